@@ -1,0 +1,232 @@
+# nix-hive's Nix library: normalizes a hive definition into an inventory
+# (cheap to evaluate: names, addresses, tags, stores, system names) plus one
+# lazily evaluated toplevel per system. The nix-hive binary embeds this file,
+# so hive.nix users need no NIX_PATH; flake users get it as lib.mkHive.
+#
+# Evaluating `inventory` must never force a system's toplevel: a fleet of
+# thousands of instances sharing five systems evaluates five toplevels, and
+# only when they are built.
+let
+  inherit (builtins)
+    attrNames attrValues concatMap concatStringsSep elem filter foldl'
+    functionArgs genList groupBy hasAttr head intersectAttrs isAttrs isBool
+    isFunction isInt isList isPath isString length listToAttrs mapAttrs
+    match removeAttrs sort tail toJSON typeOf;
+
+  # A few helpers handed to `hive.nix` when it is a function taking { lib }.
+  # nixpkgs' lib is not assumed to be reachable.
+  helpers = rec {
+    inherit mapAttrs listToAttrs attrNames attrValues filter concatMap;
+    range = first: last: if first > last then [ ] else genList (n: first + n) (last - first + 1);
+    nameValuePair = name: value: { inherit name value; };
+    genAttrs = names: f: listToAttrs (map (n: nameValuePair n (f n)) names);
+    optional = cond: x: if cond then [ x ] else [ ];
+    fixedWidth = width: n:
+      let s = toString n; pad = width - builtins.stringLength s;
+      in if pad <= 0 then s else concatStringsSep "" (genList (_: "0") pad) + s;
+  };
+
+  isURL = s: isString s && match "[a-z][a-z0-9+.-]*://.*" s != null;
+
+  # Describe a value's type the way an error message should.
+  describe = v: if isString v then "a string" else if isInt v then "an integer"
+    else if isBool v then "a boolean"
+    else if isList v then (let odd = filter (x: !isString x) v; in
+      if odd == [ ] then "a list" else "a list containing ${describe (head odd)}")
+    else if isAttrs v then "an attribute set" else if isPath v then "a path"
+    else if isFunction v then "a function" else typeOf v;
+
+  # check: one validation rule; returns a list of messages (empty = fine).
+  expect = where: attr: pred: what: v:
+    if pred v then [ ] else [ "${where}: attribute ${attr}: expected ${what}, got ${describe v}" ];
+
+  isStringList = v: isList v && builtins.all isString v;
+  isScalar = v: isString v || isInt v || isBool v;
+  isSSHOpts = v: isAttrs v && builtins.all isScalar (attrValues v);
+
+  normalizeHostKeys = v: if v == null then [ ] else if isList v then v else [ v ];
+
+  # Turn a path into a string without copying it into the store: a secret key
+  # given as ./keys/hive.sec must never become a store path.
+  pathString = v: if isPath v then toString v else v;
+
+  mkHive = hiveArg:
+    let
+      raw = if isFunction hiveArg
+        then hiveArg (intersectAttrs (functionArgs hiveArg) { lib = helpers; })
+        else hiveArg;
+      hive = raw;
+      defaults = hive.defaults or { };
+      systemsIn = hive.systems or { };
+      instancesIn = hive.instances or { };
+      hivePaths = hive.paths or { };
+      signing = hive.signing or { };
+
+      topErrors =
+        expect "hive" "systems" isAttrs "an attribute set of systems" systemsIn
+        ++ expect "hive" "instances" isAttrs "an attribute set of instances" instancesIn
+        ++ expect "hive" "defaults" isAttrs "an attribute set" defaults
+        ++ expect "hive" "paths" isAttrs "an attribute set" hivePaths
+        ++ expect "hive" "signing" isAttrs "an attribute set" signing
+        ++ (if signing ? keyFile then expect "hive" "signing.keyFile" (v: isString v || isPath v) "a file name (string)" signing.keyFile else [ ])
+        ++ (if signing ? publicKey then expect "hive" "signing.publicKey" isString "a string" signing.publicKey else [ ])
+        ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ]);
+
+      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" ];
+      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "tags" "hostKey" "ssh" "meta" ];
+
+      # ---- systems -------------------------------------------------------
+      systemErrors = name: s:
+        let where = "system \"${name}\""; kinds = filter (k: s ? ${k}) [ "modules" "configuration" "toplevel" ];
+        in if !isAttrs s then [ "${where}: expected an attribute set, got ${describe s}" ] else
+          map (a: "${where}: unknown attribute ${a} (known: ${concatStringsSep ", " knownSystemAttrs})")
+            (filter (a: !elem a knownSystemAttrs) (attrNames s))
+          ++ (if kinds == [ ] then [ "${where}: needs one of modules, configuration or toplevel" ]
+              else if length kinds > 1 then [ "${where}: give only one of ${concatStringsSep ", " kinds}" ] else [ ])
+          ++ (if s ? modules then expect where "modules" isList "a list of NixOS modules" s.modules else [ ])
+          ++ (if s ? system then expect where "system" isString "a platform string such as \"x86_64-linux\"" s.system else [ ])
+          ++ (if s ? paths then expect where "paths" isAttrs "an attribute set" s.paths else [ ]);
+
+      systemPaths = s: hivePaths // (s.paths or { });
+
+      # nixpkgs for a modules/configuration system: the system's own, then the
+      # hive's, then <nixpkgs>. Per-system settings win over hive-wide ones.
+      nixpkgsFor = s: let p = systemPaths s; in
+        s.nixpkgs or hive.nixpkgs or (if p ? nixpkgs then p.nixpkgs else <nixpkgs>);
+
+      # A ready toplevel's platform is not read from the derivation: that would
+      # force its evaluation just to list the inventory.
+      platformOf = s: s.system or (if s ? toplevel then null else "x86_64-linux");
+
+      toplevelOf = name: s:
+        if s ? toplevel then s.toplevel else
+        let
+          nixpkgs = nixpkgsFor s;
+          modules = (if s ? modules then s.modules else [ s.configuration ]) ++ [ hiveModule ];
+          args = { system = platformOf s; inherit modules; specialArgs = { hiveSystem = name; } // (s.specialArgs or { }); };
+          evaluated = if isAttrs nixpkgs && nixpkgs ? lib && nixpkgs.lib ? nixosSystem
+            then nixpkgs.lib.nixosSystem args
+            else import "${toString nixpkgs}/nixos/lib/eval-config.nix" args;
+        in evaluated.config.system.build.toplevel;
+
+      systemsOK = isAttrs systemsIn;
+      systems = if systemsOK then mapAttrs (name: s: {
+        inherit name;
+        platform = if isAttrs s then platformOf s else null;
+        kind = if !isAttrs s then null else if s ? toplevel then "toplevel" else if s ? modules then "modules" else "configuration";
+        paths = if isAttrs s then mapAttrs (_: pathString) (systemPaths s) else { };
+        meta = if isAttrs s then s.meta or { } else { };
+      }) systemsIn else { };
+
+      # ---- instances -----------------------------------------------------
+      instancesOK = isAttrs instancesIn && isAttrs defaults;
+      merged = if instancesOK then mapAttrs (name: i: if isAttrs i then defaults // i else i) instancesIn else { };
+
+      instanceErrors = name: i:
+        let where = "instance \"${name}\""; in
+        if !isAttrs i then [ "${where}: expected an attribute set, got ${describe i}" ] else
+          map (a: "${where}: unknown attribute ${a} (known: ${concatStringsSep ", " knownInstanceAttrs})")
+            (filter (a: !elem a knownInstanceAttrs) (attrNames i))
+          ++ (if !(i ? system) then [ "${where}: attribute system: missing (name one of the hive's systems)" ]
+              else if !isString i.system then expect where "system" isString "a system name (string)" i.system
+              else if !(systemsOK && systemsIn ? ${i.system}) then
+                [ "${where}: attribute system: unknown system \"${i.system}\" (known: ${concatStringsSep ", " (if systemsOK then attrNames systemsIn else [ ])})" ]
+              else [ ])
+          ++ (if i ? host then expect where "host" isString "an address or host name (string)" i.host else [ ])
+          ++ (if i ? user then expect where "user" isString "a user name (string)" i.user else [ ])
+          ++ (if i ? port then expect where "port" (p: isInt p && p > 0 && p < 65536) "a port number (1-65535)" i.port else [ ])
+          ++ (if i ? tags then expect where "tags" isStringList "a list of strings" i.tags else [ ])
+          ++ (if i ? ssh then expect where "ssh" isSSHOpts "an attribute set of OpenSSH options (strings or numbers)" i.ssh else [ ])
+          ++ (if i ? meta then expect where "meta" isAttrs "an attribute set" i.meta else [ ])
+          ++ (if i ? hostKey && i.hostKey != null then expect where "hostKey" (v: isString v || isStringList v) "a public key line (string) or a list of them" i.hostKey else [ ])
+          ++ refErrors where "jump" (i.jump or null) false
+          ++ refErrors where "store" (i.store or null) true
+          ;
+
+      refErrors = where: attr: v: urlOK:
+        if v == null then [ ]
+        else if !isString v then [ "${where}: attribute ${attr}: expected an instance name${if urlOK then " or a Nix store URL" else ""}, got ${describe v}" ]
+        else if urlOK && isURL v then [ ]
+        else if merged ? ${v} then [ ]
+        else [ "${where}: attribute ${attr}: unknown instance \"${v}\"${if urlOK then " (a store may also be a Nix store URL such as ssh-ng://host or https://cache)" else ""}" ];
+
+      # Follow a chain (jump or store) from an instance; report a cycle once,
+      # from the instance whose name sorts first in it.
+      chainOf = attr: start:
+        let
+          step = seen: cur:
+            let next = if merged ? ${cur} && isAttrs merged.${cur} then merged.${cur}.${attr} or null else null; in
+            if next == null || !isString next || !(merged ? ${next}) then { cycle = false; path = seen; }
+            else if elem next seen then { cycle = true; path = seen ++ [ next ]; }
+            else step (seen ++ [ next ]) next;
+        in step [ start ] start;
+
+      cycleErrors = attr: name:
+        let c = chainOf attr name; in
+        if c.cycle && head c.path == builtins.elemAt c.path (length c.path - 1)
+          && head (sort builtins.lessThan (tail c.path)) == name
+        then [ "instance \"${name}\": attribute ${attr}: cycle ${concatStringsSep " -> " c.path}" ]
+        else [ ];
+
+      jumpChain = name: tail (chainOf "jump" name).path;
+
+      instances = mapAttrs (name: i: {
+        inherit name;
+        system = i.system or null;
+        host = i.host or name;
+        user = i.user or "root";
+        port = i.port or 22;
+        jump = i.jump or null;
+        store = i.store or null;
+        tags = i.tags or [ ];
+        hostKeys = normalizeHostKeys (i.hostKey or null);
+        ssh = i.ssh or { };
+        meta = i.meta or { };
+      }) (filter' isAttrs merged);
+
+      filter' = pred: set: listToAttrs (map (n: { name = n; value = set.${n}; }) (filter (n: pred set.${n}) (attrNames set)));
+
+      # Two instances that reach the same address the same way must agree on
+      # its host key, or one of them is lying about which machine it is.
+      addrErrors =
+        let
+          keyed = filter (i: i.hostKeys != [ ]) (attrValues instances);
+          groups = groupBy (i: "${if i.jump == null then "" else i.jump + "/"}${i.host}:${toString i.port}") keyed;
+          bad = filter (g: length g > 1 && builtins.any (i: sort builtins.lessThan i.hostKeys != sort builtins.lessThan (head g).hostKeys) g) (attrValues groups);
+        in map (g: "instances ${concatStringsSep ", " (map (i: "\"${i.name}\"") g)}: attribute hostKey: the same address ${(head g).host}:${toString (head g).port} is given different host keys") bad;
+
+      errors = topErrors
+        ++ concatMap (n: systemErrors n systemsIn.${n}) (if systemsOK then attrNames systemsIn else [ ])
+        ++ concatMap (n: instanceErrors n merged.${n}) (attrNames merged)
+        ++ concatMap (cycleErrors "jump") (attrNames instances)
+        ++ concatMap (cycleErrors "store") (attrNames instances)
+        ++ addrErrors;
+
+      publicKey = signing.publicKey or null;
+
+      # Every system gets this module: consumers trust the hive key and use
+      # their store instance as a substituter (see nixosModules.default).
+      hiveModule = { ... }: { };
+
+      inventory = {
+        inherit instances systems errors;
+        signing = {
+          keyFile = if signing ? keyFile then pathString signing.keyFile else null;
+          inherit publicKey;
+        };
+        paths = mapAttrs (_: pathString) hivePaths;
+        build.flags = hive.nix.build.flags or [ ];
+        jumpChains = mapAttrs (n: _: jumpChain n) instances;
+      };
+    in {
+      inherit inventory;
+      # One toplevel per system, evaluated only when asked for.
+      toplevels = if systemsOK then mapAttrs toplevelOf (filter' isAttrs systemsIn) else { };
+    };
+
+  # Used by the embedded, non-flake path: `hive.nix` is a file or directory.
+  fromFile = file: mkHive (import file);
+
+in {
+  inherit mkHive fromFile helpers;
+}

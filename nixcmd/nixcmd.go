@@ -1,0 +1,152 @@
+// Package nixcmd runs the nix command-line tools: every call nix-hive makes
+// to Nix goes through here, so flags, environment and error reporting are
+// the same everywhere and work on Nix 2.8 as well as on current releases.
+package nixcmd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+)
+
+// Features are enabled on every call: users' nix.conf often lacks them and
+// nix-hive should not require editing it.
+const Features = "nix-command flakes"
+
+// Runner starts nix processes.
+type Runner struct {
+	// Stderr receives nix's progress and build logs, each line prefixed
+	// with Prefix. nil discards them (the tail is still kept for errors).
+	Stderr io.Writer
+	Prefix string
+	// Env is added to the process environment (KEY=VALUE).
+	Env []string
+	// Config lines appended to NIX_CONFIG (e.g. "substituters =").
+	Config []string
+}
+
+// Error is a failed nix invocation with the tail of what it printed.
+type Error struct {
+	Args   []string
+	Err    error
+	Stderr string
+}
+
+func (e *Error) Error() string {
+	msg := strings.TrimSpace(e.Stderr)
+	// Nix prints build logs before the error; the part from the first
+	// "error:" on is what explains the failure.
+	if i := strings.Index(msg, "error:"); i > 0 {
+		msg = msg[i:]
+	}
+	if msg == "" {
+		msg = e.Err.Error()
+	}
+	return fmt.Sprintf("%s: %s", strings.Join(e.Args, " "), msg)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Quiet returns a copy of r that does not stream stderr (the tail is still
+// kept for errors): for calls whose chatter helps nobody, like evaluation.
+func (r *Runner) Quiet() *Runner {
+	c := *r
+	c.Stderr = nil
+	return &c
+}
+
+// Command returns an exec.Cmd for tool (nix, nix-store, nix-env ...) with
+// the runner's environment; for callers that need to wire I/O themselves.
+func (r *Runner) Command(ctx context.Context, tool string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd.Env = append(os.Environ(), r.Env...)
+	conf := os.Getenv("NIX_CONFIG")
+	lines := append([]string{"extra-experimental-features = " + Features}, r.Config...)
+	if conf != "" {
+		conf += "\n"
+	}
+	cmd.Env = append(cmd.Env, "NIX_CONFIG="+conf+strings.Join(lines, "\n"))
+	return cmd
+}
+
+// Run runs tool with args and returns its stdout. Stderr is streamed to
+// r.Stderr and its last lines are kept for the error.
+func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, error) {
+	cmd := r.Command(ctx, tool, args...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	tail := &tailWriter{max: 4096}
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			line := sc.Text()
+			tail.WriteLine(line)
+			if r.Stderr != nil {
+				fmt.Fprintf(r.Stderr, "%s%s\n", r.Prefix, line)
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Run()
+	pw.Close()
+	wg.Wait()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return stdout.Bytes(), &Error{Args: append([]string{tool}, args...), Err: err, Stderr: tail.String()}
+	}
+	return stdout.Bytes(), nil
+}
+
+// JSON runs tool and decodes its stdout into v.
+func (r *Runner) JSON(ctx context.Context, v any, tool string, args ...string) error {
+	out, err := r.Run(ctx, tool, args...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		return fmt.Errorf("%s %s: decode output: %w", tool, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// tailWriter keeps the last max bytes of complete lines.
+type tailWriter struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (t *tailWriter) WriteLine(line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, line...)
+	t.buf = append(t.buf, '\n')
+	if len(t.buf) > t.max {
+		cut := len(t.buf) - t.max
+		if i := bytes.IndexByte(t.buf[cut:], '\n'); i >= 0 {
+			cut += i + 1
+		}
+		t.buf = append([]byte(nil), t.buf[cut:]...)
+	}
+}
+
+func (t *tailWriter) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
