@@ -1,0 +1,216 @@
+package eval
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	hivelib "github.com/nix-hive/nix-hive/lib"
+	"github.com/nix-hive/nix-hive/nixcmd"
+)
+
+// Evaluator evaluates and builds one hive.
+type Evaluator struct {
+	Src Source
+	Nix *nixcmd.Runner
+	// CacheDir holds the installed copy of the embedded library.
+	CacheDir string
+	// FlakeAttr is the flake output holding the hive (default "hive").
+	FlakeAttr string
+
+	libDir string
+}
+
+func (e *Evaluator) flakeAttr() string {
+	if e.FlakeAttr != "" {
+		return e.FlakeAttr
+	}
+	return "hive"
+}
+
+// installable returns the arguments that name attr (an attribute path
+// below the evaluated hive) for nix eval / nix build.
+func (e *Evaluator) installable(attr ...string) ([]string, error) {
+	path := attrPath(attr)
+	if e.Src.Flake {
+		return []string{e.Src.Dir + "#" + e.flakeAttr() + "." + path}, nil
+	}
+	if e.libDir == "" {
+		base := e.CacheDir
+		if base == "" {
+			c, err := os.UserCacheDir()
+			if err != nil {
+				c = os.TempDir()
+			}
+			base = filepath.Join(c, "nix-hive")
+		}
+		if err := os.MkdirAll(base, 0o755); err != nil {
+			return nil, fmt.Errorf("cache directory: %w", err)
+		}
+		dir, err := hivelib.Install(base)
+		if err != nil {
+			return nil, err
+		}
+		e.libDir = dir
+	}
+	return []string{"-f", filepath.Join(e.libDir, "eval.nix"), "--argstr", "hiveFile", e.Src.File, path}, nil
+}
+
+// attrPath quotes every component so system names with dots or other
+// characters address the right attribute.
+func attrPath(parts []string) string {
+	q := make([]string, len(parts))
+	for i, p := range parts {
+		q[i] = strconv.Quote(p)
+	}
+	return strings.Join(q, ".")
+}
+
+// Inventory evaluates the hive's inventory in one nix call. A hive with
+// validation errors returns *InvalidHiveError listing all of them.
+func (e *Evaluator) Inventory(ctx context.Context) (*Inventory, error) {
+	inst, err := e.installable("inventory")
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"eval", "--json"}, inst...)
+	out, err := e.Nix.Quiet().Run(ctx, "nix", args...)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate %s: %w", e.Src.File, err)
+	}
+	inv, err := decodeInventory(out)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate %s: %w", e.Src.File, err)
+	}
+	if len(inv.Errors) > 0 {
+		return inv, &InvalidHiveError{File: e.Src.File, Problems: inv.Errors}
+	}
+	return inv, nil
+}
+
+// Built is the result of building one system.
+type Built struct {
+	System  string `json:"system"`
+	DrvPath string `json:"drvPath"`
+	OutPath string `json:"outPath"`
+}
+
+// Build builds the given systems. Systems that share the same effective
+// `paths` are built in one `nix build` invocation, so Nix schedules them in
+// parallel and builds a derivation shared by two system names once; systems
+// that override `paths` differently need their own -I flags and so their
+// own invocation. extraFlags go to every nix build.
+func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string, extraFlags []string) (map[string]Built, error) {
+	groups := map[string][]string{}
+	var keys []string
+	for _, s := range systems {
+		sys, ok := inv.Systems[s]
+		if !ok {
+			return nil, fmt.Errorf("build: unknown system %q", s)
+		}
+		k := pathsKey(sys.Paths)
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], s)
+	}
+	result := map[string]Built{}
+	for _, k := range keys {
+		group := groups[k]
+		args := []string{"build", "--no-link", "--json"}
+		args = append(args, includeFlags(inv.Systems[group[0]].Paths)...)
+		args = append(args, inv.Build.Flags...)
+		args = append(args, extraFlags...)
+		// -f FILE --argstr ... is given once; then one attribute per system.
+		for i, s := range group {
+			inst, err := e.installable("toplevels", s)
+			if err != nil {
+				return nil, err
+			}
+			if i > 0 && !e.Src.Flake {
+				inst = inst[len(inst)-1:]
+			}
+			args = append(args, inst...)
+		}
+		var out []struct {
+			DrvPath string            `json:"drvPath"`
+			Outputs map[string]string `json:"outputs"`
+		}
+		if err := e.Nix.JSON(ctx, &out, "nix", args...); err != nil {
+			return result, fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
+		}
+		if len(out) != len(group) {
+			return result, fmt.Errorf("build %s: nix build returned %d results for %d systems", strings.Join(group, ", "), len(out), len(group))
+		}
+		for i, s := range group {
+			o := out[i].Outputs["out"]
+			if o == "" {
+				return result, fmt.Errorf("build %s: no `out` output in %v", s, out[i].Outputs)
+			}
+			if _, err := os.Stat(filepath.Join(o, "bin", "switch-to-configuration")); err != nil {
+				return result, fmt.Errorf("system %s: %s has no bin/switch-to-configuration; is `toplevel` a NixOS system?", s, o)
+			}
+			result[s] = Built{System: s, DrvPath: out[i].DrvPath, OutPath: o}
+		}
+	}
+	return result, nil
+}
+
+func pathsKey(p map[string]string) string {
+	b, _ := json.Marshal(p) // map keys are sorted by encoding/json
+	return string(b)
+}
+
+func includeFlags(p map[string]string) []string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var args []string
+	for _, k := range keys {
+		args = append(args, "-I", k+"="+p[k])
+	}
+	return args
+}
+
+// AddRoots registers GC roots in dir for built systems, so a garbage
+// collection on the deploy host does not delete what hive.state points at.
+func (e *Evaluator) AddRoots(ctx context.Context, dir string, built map[string]Built) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("gc roots: %w", err)
+	}
+	for s, b := range built {
+		link := filepath.Join(dir, s)
+		if _, err := e.Nix.Run(ctx, "nix-store", "--realise", "--add-root", link, "--indirect", b.OutPath); err != nil {
+			return fmt.Errorf("gc root for %s: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// Sign signs the closures of paths with the secret key in keyFile.
+func (e *Evaluator) Sign(ctx context.Context, keyFile string, paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	args := append([]string{"store", "sign", "--recursive", "--key-file", keyFile}, paths...)
+	if _, err := e.Nix.Run(ctx, "nix", args...); err != nil {
+		return fmt.Errorf("sign %d closure(s) with %s: %w", len(paths), keyFile, err)
+	}
+	return nil
+}
+
+// Valid reports whether path is a valid path in the local store.
+func (e *Evaluator) Valid(ctx context.Context, path string) bool {
+	if path == "" {
+		return false
+	}
+	_, err := e.Nix.Quiet().Run(ctx, "nix-store", "--check-validity", path)
+	return err == nil
+}

@@ -1,0 +1,191 @@
+// Package eval talks to Nix about a hive: it locates the hive definition,
+// evaluates its inventory in one call, builds the unique systems of a
+// deployment in one `nix build`, signs what it built and asks the local
+// store which paths are valid.
+package eval
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Inventory is the normalized hive: everything about instances and systems
+// that can be known without evaluating a system's toplevel.
+type Inventory struct {
+	Instances  map[string]*Instance `json:"instances"`
+	Systems    map[string]*System   `json:"systems"`
+	Errors     []string             `json:"errors,omitempty"`
+	Signing    Signing              `json:"signing"`
+	Paths      map[string]string    `json:"paths"`
+	Build      BuildSettings        `json:"build"`
+	JumpChains map[string][]string  `json:"jumpChains"`
+}
+
+// Instance is one host running one system.
+type Instance struct {
+	Name     string         `json:"name"`
+	System   string         `json:"system"`
+	Host     string         `json:"host"`
+	User     string         `json:"user"`
+	Port     int            `json:"port"`
+	Jump     string         `json:"jump,omitempty"`
+	Store    string         `json:"store,omitempty"`
+	Tags     []string       `json:"tags"`
+	HostKeys []string       `json:"hostKeys"`
+	SSH      map[string]any `json:"ssh"`
+	Meta     map[string]any `json:"meta"`
+}
+
+// StoreIsURL reports whether the instance substitutes from a Nix store URL
+// (a binary cache) rather than from another instance.
+func (i *Instance) StoreIsURL() bool { return strings.Contains(i.Store, "://") }
+
+// System is a buildable system; its toplevel is only evaluated by Build.
+type System struct {
+	Name     string            `json:"name"`
+	Platform string            `json:"platform,omitempty"`
+	Kind     string            `json:"kind"`
+	Paths    map[string]string `json:"paths"`
+	Meta     map[string]any    `json:"meta"`
+}
+
+// Signing is the hive's signing configuration.
+type Signing struct {
+	KeyFile   string `json:"keyFile,omitempty"`
+	PublicKey string `json:"publicKey,omitempty"`
+}
+
+// BuildSettings holds hive-wide options for nix build.
+type BuildSettings struct {
+	Flags []string `json:"flags"`
+}
+
+// rawInventory mirrors what lib/hive.nix emits, where absent values are null.
+type rawInstance struct {
+	Instance
+	Jump  *string `json:"jump"`
+	Store *string `json:"store"`
+}
+
+func decodeInventory(data []byte) (*Inventory, error) {
+	var raw struct {
+		Inventory
+		Instances map[string]*rawInstance `json:"instances"`
+		Signing   struct {
+			KeyFile   *string `json:"keyFile"`
+			PublicKey *string `json:"publicKey"`
+		} `json:"signing"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("decode inventory: %w", err)
+	}
+	inv := raw.Inventory
+	inv.Instances = make(map[string]*Instance, len(raw.Instances))
+	for name, ri := range raw.Instances {
+		in := ri.Instance
+		if ri.Jump != nil {
+			in.Jump = *ri.Jump
+		}
+		if ri.Store != nil {
+			in.Store = *ri.Store
+		}
+		inv.Instances[name] = &in
+	}
+	if raw.Signing.KeyFile != nil {
+		inv.Signing.KeyFile = *raw.Signing.KeyFile
+	}
+	if raw.Signing.PublicKey != nil {
+		inv.Signing.PublicKey = *raw.Signing.PublicKey
+	}
+	return &inv, nil
+}
+
+// InvalidHiveError lists everything wrong with a hive definition at once,
+// so a user fixes them in one round.
+type InvalidHiveError struct {
+	File     string
+	Problems []string
+}
+
+func (e *InvalidHiveError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: invalid hive (%d problem", e.File, len(e.Problems))
+	if len(e.Problems) != 1 {
+		b.WriteString("s")
+	}
+	b.WriteString(")")
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "\n  %s: %s", e.File, p)
+	}
+	return b.String()
+}
+
+// InstanceNames returns the instance names, sorted.
+func (inv *Inventory) InstanceNames() []string {
+	names := make([]string, 0, len(inv.Instances))
+	for n := range inv.Instances {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// SystemsOf returns the unique systems of the given instances, in the order
+// they first appear.
+func (inv *Inventory) SystemsOf(instances []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range instances {
+		s := inv.Instances[n].System
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Source is where a hive is defined.
+type Source struct {
+	// Dir is the directory the hive lives in; the state file and relative
+	// key files are resolved against it.
+	Dir string
+	// File is hive.nix (non-flake) or flake.nix.
+	File  string
+	Flake bool
+}
+
+// ErrNoHive is returned when the config points at nothing usable.
+var ErrNoHive = errors.New("no hive found")
+
+// Locate resolves -c/--config: a directory holding flake.nix or hive.nix,
+// or a file. A flake wins over hive.nix in the same directory, as the flake
+// is what `nix` itself would pick.
+func Locate(config string) (Source, error) {
+	abs, err := filepath.Abs(config)
+	if err != nil {
+		return Source{}, fmt.Errorf("locate hive %s: %w", config, err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return Source{}, fmt.Errorf("locate hive: %w", err)
+	}
+	if !st.IsDir() {
+		return Source{Dir: filepath.Dir(abs), File: abs, Flake: filepath.Base(abs) == "flake.nix"}, nil
+	}
+	for _, cand := range []struct {
+		name  string
+		flake bool
+	}{{"flake.nix", true}, {"hive.nix", false}} {
+		p := filepath.Join(abs, cand.name)
+		if _, err := os.Stat(p); err == nil {
+			return Source{Dir: abs, File: p, Flake: cand.flake}, nil
+		}
+	}
+	return Source{}, fmt.Errorf("%s: %w (expected flake.nix with a `hive` output, or hive.nix; set -c/--config)", abs, ErrNoHive)
+}
