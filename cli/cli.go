@@ -1,0 +1,108 @@
+// Package cli is nix-hive's command tree: it maps flags onto calls into the
+// packages that do the work (eval, transport, deploy) and nothing more.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// CLI is the command tree.
+type CLI struct {
+	Globals
+
+	Build     BuildCmd     `cmd:"" help:"Build each unique system of the targets once; print the inventory as JSON." group:"Deploy"`
+	Plan      PlanCmd      `cmd:"" help:"Show what deploy would do: systems, transfers, waves. Touches nothing." group:"Deploy"`
+	Deploy    DeployCmd    `cmd:"" help:"Build, push to stores, substitute, activate and check, in waves." group:"Deploy"`
+	Status    StatusCmd    `cmd:"" help:"Compare each instance's active system with what the hive wants." group:"Deploy"`
+	Rollback  RollbackCmd  `cmd:"" help:"Switch instances back to their previous generation." group:"Deploy"`
+	Run       RunCmd       `cmd:"" help:"Run a command on many instances in parallel." group:"Fleet"`
+	SSH       SSHCmd       `cmd:"" name:"ssh" help:"Open a shell or run a command on one instance." group:"Fleet"`
+	SCP       SCPCmd       `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`
+	SSHConfig SSHConfigCmd `cmd:"" name:"ssh-config" help:"Print an OpenSSH config for the hive (extends ~/.ssh/config)." group:"Fleet"`
+	Keygen    KeygenCmd    `cmd:"" help:"Create the hive's signing key pair." group:"Setup"`
+}
+
+// Exit codes. Usage errors and unimplemented commands share 2, like most
+// Unix tools; an interrupted run is 130 as after SIGINT in a shell.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+// ErrNotImplemented marks commands that exist in the tree but not yet in
+// the code, so scripts can tell them from failures.
+var ErrNotImplemented = errors.New("not implemented yet")
+
+// exitError carries an exit status chosen by a command (e.g. `ssh` passing
+// through the remote status) without printing anything more.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// Main runs nix-hive with args and returns the exit status.
+func Main(version string, args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var cli CLI
+	exitCode := -1
+	parser, err := kong.New(&cli,
+		kong.Name("nix-hive"),
+		kong.Description("Deploy a handful of NixOS systems to fleets of hosts."),
+		kong.UsageOnError(),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exitCode = code }),
+		kong.Vars{"version": version},
+		kong.BindTo(ctx, (*context.Context)(nil)),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitFailure
+	}
+	cli.Globals.stdout, cli.Globals.stderr = stdout, stderr
+	kctx, err := parser.Parse(args)
+	if exitCode >= 0 {
+		// --help and --version end parsing through kong.Exit.
+		return exitCode
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitUsage
+	}
+	if err := cli.Globals.validate(); err != nil {
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitUsage
+	}
+	err = kctx.Run(ctx, &cli.Globals)
+	return exitStatus(ctx, err, stderr)
+}
+
+func exitStatus(ctx context.Context, err error, stderr io.Writer) int {
+	var ee exitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		fmt.Fprintf(stderr, "nix-hive: interrupted: %v\n", err)
+		return exitInterrupted
+	case errors.Is(err, ErrNotImplemented):
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitFailure
+	}
+}

@@ -1,0 +1,62 @@
+package cli
+
+import "context"
+
+// PlanCmd is `nix-hive plan`.
+type PlanCmd struct {
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+}
+
+func (c *PlanCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("plan") }
+
+// DeployCmd is `nix-hive deploy`.
+type DeployCmd struct {
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+}
+
+func (c *DeployCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("deploy") }
+
+// StatusCmd is `nix-hive status`.
+type StatusCmd struct {
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+}
+
+func (c *StatusCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("status") }
+
+// RollbackCmd is `nix-hive rollback`.
+type RollbackCmd struct {
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+}
+
+func (c *RollbackCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("rollback") }
+
+// RunCmd is `nix-hive run`.
+type RunCmd struct {
+	Targets string   `arg:"" help:"Instance name glob or @tag glob."`
+	Command []string `arg:"" passthrough:"" help:"Command to run (after --)."`
+}
+
+func (c *RunCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("run") }
+
+// SSHCmd is `nix-hive ssh`.
+type SSHCmd struct {
+	Instance string   `arg:"" help:"Instance name."`
+	Command  []string `arg:"" optional:"" passthrough:"" help:"Command to run; a login shell when empty."`
+}
+
+func (c *SSHCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("ssh") }
+
+// SCPCmd is `nix-hive scp`.
+type SCPCmd struct {
+	Src string `arg:"" help:"Source: local path or instance:path."`
+	Dst string `arg:"" help:"Destination: local path or instance:path."`
+}
+
+func (c *SCPCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("scp") }
+
+// SSHConfigCmd is `nix-hive ssh-config`.
+type SSHConfigCmd struct{}
+
+func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals) error {
+	return notImplemented("ssh-config")
+}
