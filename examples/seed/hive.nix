@@ -1,0 +1,34 @@
+# The seed example: a jump box (portico) that also serves as the store for
+# three web servers behind it, and a storage server reached directly.
+#
+#   nix-hive -c examples/seed build          # build the two... three systems once
+#   nix-hive -c examples/seed deploy portico '*'
+#
+# Systems here are test stand-ins (../testsystems) so the example builds
+# without nixpkgs; in a real hive they would be `modules = [ ./www.nix ];`.
+let
+  testSystem = import ../testsystems;
+  # Addresses and host keys come from the lab when it runs the demo; these
+  # defaults document the shape.
+  lab = if builtins.pathExists ./lab.nix then import ./lab.nix else { };
+  at = name: attrs: attrs // (lab.${name} or { });
+in
+{
+  defaults = { user = "root"; port = 22; };
+
+  signing.keyFile = "keys/hive.sec";
+
+  systems = {
+    portico.toplevel = testSystem { name = "portico"; };
+    www.toplevel = testSystem { name = "www"; };
+    storage.toplevel = testSystem { name = "storage"; };
+  };
+
+  instances = {
+    portico = at "portico" { system = "portico"; host = "203.0.113.4"; tags = [ "edge" ]; };
+    storage = at "storage" { system = "storage"; host = "203.0.113.9"; tags = [ "storage" ]; };
+    www-1 = at "www-1" { system = "www"; host = "10.22.0.8"; jump = "portico"; store = "portico"; tags = [ "web" "canary" ]; };
+    www-2 = at "www-2" { system = "www"; host = "10.22.0.9"; jump = "portico"; store = "portico"; tags = [ "web" ]; };
+    www-3 = at "www-3" { system = "www"; host = "10.22.0.10"; jump = "portico"; store = "portico"; tags = [ "web" ]; };
+  };
+}

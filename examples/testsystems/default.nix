@@ -1,0 +1,51 @@
+# Stand-ins for NixOS systems that build without nixpkgs (nothing outside
+# this machine is reachable in the lab). Each is a closure with
+# bin/switch-to-configuration, like a real NixOS toplevel: it records the
+# goal it was activated with and, for switch/test, points /run/current-system
+# at itself, which is what nix-hive checks after activation.
+#
+#   broken = true     switch-to-configuration exits 1
+#   sleep = N         activation takes N seconds
+#   payloadMiB = N    the closure carries N MiB (to make transfers visible)
+#   version = "..."   a different system with the same name
+{ name
+, version ? "1"
+, broken ? false
+, sleep ? 0
+, payloadMiB ? 0
+, system ? "x86_64-linux"
+}:
+derivation {
+  inherit system version;
+  name = "nixos-system-${name}-${version}";
+  builder = "/bin/sh";
+  PATH = "/usr/bin:/bin";
+  hiveSystemName = name;
+  broken = if broken then "1" else "";
+  sleepSeconds = toString sleep;
+  payloadMiB = toString payloadMiB;
+  args = [ "-c" ''
+    set -e
+    mkdir -p "$out/bin"
+    echo "$hiveSystemName" > "$out/name"
+    echo "$version" > "$out/nixos-version"
+    if [ "$payloadMiB" -gt 0 ]; then
+      head -c "$((payloadMiB * 1048576))" /dev/urandom > "$out/payload"
+    fi
+    cat > "$out/bin/switch-to-configuration" <<EOS
+    #!/bin/sh
+    # test stand-in for NixOS's switch-to-configuration
+    goal="\$1"
+    case "\$goal" in switch|boot|test|dry-activate) ;; *) echo "usage: \$0 switch|boot|test|dry-activate" >&2; exit 100;; esac
+    mkdir -p /run/nix-hive-test
+    echo "\$(date +%s.%N) $out \$goal" >> /run/nix-hive-test/activations
+    if [ "$sleepSeconds" -gt 0 ]; then sleep "$sleepSeconds"; fi
+    if [ -n "$broken" ]; then echo "switch-to-configuration: $hiveSystemName is broken on purpose" >&2; exit 1; fi
+    case "\$goal" in
+      switch|test) ln -sfn "$out" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system ;;
+    esac
+    echo "activated $hiveSystemName ($version) with goal \$goal"
+    EOS
+    chmod +x "$out/bin/switch-to-configuration"
+  '' ];
+}
