@@ -101,10 +101,16 @@ type Built struct {
 }
 
 // Build builds the given systems. Systems that share the same effective
-// `paths` are built in one `nix build` invocation, so Nix schedules them in
-// parallel and builds a derivation shared by two system names once; systems
-// that override `paths` differently need their own -I flags and so their
-// own invocation. extraFlags go to every nix build.
+// `paths` are evaluated in one `nix eval` and realised in one
+// `nix-store --realise`, so Nix schedules them in parallel and builds a
+// derivation shared by two system names once; systems that override
+// `paths` differently need their own -I flags and so their own invocation.
+//
+// Why not `nix build --json`: it deduplicates and reorders its results, so
+// they cannot be matched to system names, and the syntax for building a
+// .drv changed in Nix 2.15; `nix-store --realise` prints outputs in argument
+// order on every Nix version and takes the same build options (--builders,
+// --max-jobs, --keep-going).
 func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string, extraFlags []string) (map[string]Built, error) {
 	groups := map[string][]string{}
 	var keys []string
@@ -122,43 +128,72 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string,
 	result := map[string]Built{}
 	for _, k := range keys {
 		group := groups[k]
-		args := []string{"build", "--no-link", "--json"}
-		args = append(args, includeFlags(inv.Systems[group[0]].Paths)...)
+		include := includeFlags(inv.Systems[group[0]].Paths)
+		drvs, err := e.instantiate(ctx, include, group)
+		if err != nil {
+			return result, err
+		}
+		args := []string{"--realise"}
 		args = append(args, inv.Build.Flags...)
 		args = append(args, extraFlags...)
-		// -f FILE --argstr ... is given once; then one attribute per system.
-		for i, s := range group {
-			inst, err := e.installable("toplevels", s)
-			if err != nil {
-				return nil, err
+		seen := map[string]bool{}
+		for _, s := range group {
+			if d := drvs[s].DrvPath; !seen[d] {
+				seen[d] = true
+				args = append(args, d)
 			}
-			if i > 0 && !e.Src.Flake {
-				inst = inst[len(inst)-1:]
-			}
-			args = append(args, inst...)
 		}
-		var out []struct {
-			DrvPath string            `json:"drvPath"`
-			Outputs map[string]string `json:"outputs"`
-		}
-		if err := e.Nix.JSON(ctx, &out, "nix", args...); err != nil {
+		if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
 			return result, fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
 		}
-		if len(out) != len(group) {
-			return result, fmt.Errorf("build %s: nix build returned %d results for %d systems", strings.Join(group, ", "), len(out), len(group))
-		}
-		for i, s := range group {
-			o := out[i].Outputs["out"]
-			if o == "" {
-				return result, fmt.Errorf("build %s: no `out` output in %v", s, out[i].Outputs)
-			}
+		for _, s := range group {
+			o := drvs[s].OutPath
 			if _, err := os.Stat(filepath.Join(o, "bin", "switch-to-configuration")); err != nil {
 				return result, fmt.Errorf("system %s: %s has no bin/switch-to-configuration; is `toplevel` a NixOS system?", s, o)
 			}
-			result[s] = Built{System: s, DrvPath: out[i].DrvPath, OutPath: o}
+			result[s] = Built{System: s, DrvPath: drvs[s].DrvPath, OutPath: o}
 		}
 	}
 	return result, nil
+}
+
+// instantiate evaluates the toplevels of systems in one call and returns
+// their derivation and output paths.
+func (e *Evaluator) instantiate(ctx context.Context, include []string, systems []string) (map[string]Built, error) {
+	inst, err := e.installable("toplevels")
+	if err != nil {
+		return nil, err
+	}
+	names, err := json.Marshal(systems)
+	if err != nil {
+		return nil, err
+	}
+	apply := "ts: builtins.listToAttrs (map (n: { name = n; value = { drv = ts.${n}.drvPath; out = ts.${n}.outPath; }; }) (builtins.fromJSON " + nixString(string(names)) + "))"
+	args := []string{"eval", "--json"}
+	args = append(args, include...)
+	args = append(args, inst...)
+	args = append(args, "--apply", apply)
+	// Not drvPath/outPath: an attrset with outPath is turned into that
+	// string by toJSON.
+	var raw map[string]struct{ Drv, Out string }
+	if err := e.Nix.JSON(ctx, &raw, "nix", args...); err != nil {
+		return nil, fmt.Errorf("evaluate systems %s: %w", strings.Join(systems, ", "), err)
+	}
+	out := map[string]Built{}
+	for _, s := range systems {
+		b, ok := raw[s]
+		if !ok || b.Drv == "" || b.Out == "" {
+			return nil, fmt.Errorf("evaluate system %s: no derivation (is its toplevel a derivation?)", s)
+		}
+		out[s] = Built{System: s, DrvPath: b.Drv, OutPath: b.Out}
+	}
+	return out, nil
+}
+
+// nixString quotes s as a Nix string literal.
+func nixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+	return `"` + r.Replace(s) + `"`
 }
 
 func pathsKey(p map[string]string) string {

@@ -125,14 +125,46 @@ func (e *InvalidHiveError) Error() string {
 	return b.String()
 }
 
-// InstanceNames returns the instance names, sorted.
+// InstanceNames returns the instance names in natural order (www-2 before
+// www-10), the order an operator reads a fleet in.
 func (inv *Inventory) InstanceNames() []string {
 	names := make([]string, 0, len(inv.Instances))
 	for n := range inv.Instances {
 		names = append(names, n)
 	}
-	sort.Strings(names)
+	sort.Slice(names, func(i, j int) bool { return naturalLess(names[i], names[j]) })
 	return names
+}
+
+// naturalLess compares strings with runs of digits compared as numbers.
+func naturalLess(a, b string) bool {
+	for a != "" && b != "" {
+		da, db := digitPrefix(a), digitPrefix(b)
+		if da != "" && db != "" {
+			na, nb := strings.TrimLeft(da, "0"), strings.TrimLeft(db, "0")
+			if len(na) != len(nb) {
+				return len(na) < len(nb)
+			}
+			if na != nb {
+				return na < nb
+			}
+			a, b = a[len(da):], b[len(db):]
+			continue
+		}
+		if a[0] != b[0] {
+			return a[0] < b[0]
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) < len(b)
+}
+
+func digitPrefix(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
 }
 
 // SystemsOf returns the unique systems of the given instances, in the order

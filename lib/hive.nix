@@ -170,18 +170,22 @@ let
 
       jumpChain = name: tail (chainOf "jump" name).path;
 
+      # Values of the wrong type are replaced by their defaults here (the
+      # errors above report them), so the inventory always has one shape.
+      typed = pred: default: v: if pred v then v else default;
+      isRef = v: v == null || isString v;
       instances = mapAttrs (name: i: {
         inherit name;
-        system = i.system or null;
-        host = i.host or name;
-        user = i.user or "root";
-        port = i.port or 22;
-        jump = i.jump or null;
-        store = i.store or null;
-        tags = i.tags or [ ];
-        hostKeys = normalizeHostKeys (i.hostKey or null);
-        ssh = i.ssh or { };
-        meta = i.meta or { };
+        system = typed isString null (i.system or null);
+        host = typed isString name (i.host or name);
+        user = typed isString "root" (i.user or "root");
+        port = typed isInt 22 (i.port or 22);
+        jump = typed isRef null (i.jump or null);
+        store = typed isRef null (i.store or null);
+        tags = typed isStringList [ ] (i.tags or [ ]);
+        hostKeys = typed isStringList [ ] (normalizeHostKeys (i.hostKey or null));
+        ssh = typed isSSHOpts { } (i.ssh or { });
+        meta = typed isAttrs { } (i.meta or { });
       }) (filter' isAttrs merged);
 
       filter' = pred: set: listToAttrs (map (n: { name = n; value = set.${n}; }) (filter (n: pred set.${n}) (attrNames set)));
