@@ -233,4 +233,5 @@ let
 
 in {
   inherit mkHive fromFile helpers;
+  nixosModule = ./module.nix;
 }
