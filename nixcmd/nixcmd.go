@@ -30,6 +30,9 @@ type Runner struct {
 	Env []string
 	// Config lines appended to NIX_CONFIG (e.g. "substituters =").
 	Config []string
+	// Observe, when set, sees every finished process (for benchmarks:
+	// peak memory and CPU time from ProcessState.SysUsage).
+	Observe func(args []string, ps *os.ProcessState)
 }
 
 // Error is a failed nix invocation with the tail of what it printed.
@@ -103,6 +106,9 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 	err := cmd.Run()
 	pw.Close()
 	wg.Wait()
+	if r.Observe != nil && cmd.ProcessState != nil {
+		r.Observe(cmd.Args, cmd.ProcessState)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
