@@ -97,7 +97,7 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 		for sc.Scan() {
 			line := sc.Text()
 			tail.WriteLine(line)
-			if r.Stderr != nil {
+			if r.Stderr != nil && !noise(line) {
 				fmt.Fprintf(r.Stderr, "%s%s\n", r.Prefix, line)
 			}
 		}
@@ -128,6 +128,12 @@ func (r *Runner) JSON(ctx context.Context, v any, tool string, args ...string) e
 		return fmt.Errorf("%s %s: decode output: %w", tool, strings.Join(args, " "), err)
 	}
 	return nil
+}
+
+// noise reports lines that only confuse users of nix-hive: nix-hive keeps
+// its own GC roots, so nix-store's advice to add one does not apply.
+func noise(line string) bool {
+	return strings.Contains(line, "you did not specify '--add-root'")
 }
 
 // tailWriter keeps the last max bytes of complete lines.
