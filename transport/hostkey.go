@@ -1,0 +1,224 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// HostKeyError is a refused host key. It matches ErrHostKeyMismatch or
+// ErrHostKeyUnknown with errors.Is, and carries what a front end needs to
+// offer pinning the key.
+type HostKeyError struct {
+	Instance string
+	Addr     string
+	// Got is the key the host presented.
+	Got ssh.PublicKey
+	// Want are the pinned or known keys; empty when the host is unknown.
+	Want []string
+	// Where says where each of Want came from ("hostKey" or file:line).
+	Where   []string
+	Revoked bool
+}
+
+// Is makes errors.Is match the sentinel for the kind of refusal.
+func (e *HostKeyError) Is(target error) bool {
+	if len(e.Want) == 0 && !e.Revoked {
+		return target == ErrHostKeyUnknown
+	}
+	return target == ErrHostKeyMismatch
+}
+
+func (e *HostKeyError) Error() string {
+	got := keyTypeLabel(e.Got) + " " + ssh.FingerprintSHA256(e.Got)
+	switch {
+	case e.Revoked:
+		return fmt.Sprintf("host key for %s (%s) is revoked in %s: %s; refusing to connect", e.Instance, e.Addr, strings.Join(e.Where, ", "), got)
+	case len(e.Want) == 0:
+		return fmt.Sprintf("host key for %s (%s) is unknown: %s; pin it with hostKey = %q; in the instance, or pass --accept-new-host-keys",
+			e.Instance, e.Addr, got, AuthorizedKey(e.Got))
+	default:
+		return fmt.Sprintf("host key for %s (%s) does not match: got %s, pinned/known: %s (%s) — if the host was reinstalled, update hostKey in the hive",
+			e.Instance, e.Addr, got, strings.Join(e.Want, ", "), strings.Join(e.Where, ", "))
+	}
+}
+
+// AuthorizedKey formats a key as the hive's hostKey wants it
+// ("ssh-ed25519 AAAA...").
+func AuthorizedKey(k ssh.PublicKey) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}
+
+// keyTypeLabel names a key type the way ssh-keygen -l does.
+func keyTypeLabel(k ssh.PublicKey) string {
+	t := k.Type()
+	switch {
+	case strings.Contains(t, "ed25519"):
+		return "ED25519"
+	case strings.Contains(t, "ecdsa"):
+		return "ECDSA"
+	case strings.Contains(t, "rsa"):
+		return "RSA"
+	}
+	return strings.ToUpper(t)
+}
+
+// hostKeys decides which host keys are acceptable for one endpoint: the
+// pinned ones, else those in known_hosts files under the endpoint's address
+// or its name (the HostKeyAlias of the generated OpenSSH config).
+type hostKeys struct {
+	instance   string
+	addr       string   // address the key is checked for (host:port)
+	candidates []string // names looked up in known_hosts
+	pinned     []ssh.PublicKey
+	files      []string
+	accept     bool
+	acceptFile string
+	acceptMu   *sync.Mutex
+}
+
+// lookupKeyType is a key no file can contain; checking it yields every
+// known key for a name.
+type lookupKeyType struct{}
+
+func (lookupKeyType) Type() string                                  { return "nix-hive-lookup" }
+func (lookupKeyType) Marshal() []byte                               { return []byte("\x00\x00\x00\x0fnix-hive-lookup") }
+func (lookupKeyType) Verify(data []byte, sig *ssh.Signature) error { return errors.New("not a key") }
+
+// dummyRemote satisfies knownhosts, which only uses it when no name is
+// given; tunneled connections have no meaningful remote address anyway.
+var dummyRemote = &net.TCPAddr{IP: net.IPv4zero, Port: 22}
+
+// known returns the keys recorded for the endpoint and where, reading the
+// files afresh so keys accepted by other dials are seen.
+func (h *hostKeys) known() (keys []ssh.PublicKey, where []string, revoked func(ssh.PublicKey) *knownhosts.KnownKey, err error) {
+	if len(h.pinned) > 0 {
+		for range h.pinned {
+			where = append(where, "hostKey")
+		}
+		return h.pinned, where, func(ssh.PublicKey) *knownhosts.KnownKey { return nil }, nil
+	}
+	var files []string
+	for _, f := range h.files {
+		if _, err := os.Stat(f); err == nil {
+			files = append(files, f)
+		}
+	}
+	cb, err := knownhosts.New(files...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read known_hosts for %s: %w", h.instance, err)
+	}
+	for _, name := range h.candidates {
+		var kerr *knownhosts.KeyError
+		if err := cb(name, dummyRemote, lookupKeyType{}); errors.As(err, &kerr) {
+			for _, k := range kerr.Want {
+				if !slices.ContainsFunc(keys, func(x ssh.PublicKey) bool { return bytes.Equal(x.Marshal(), k.Key.Marshal()) }) {
+					keys = append(keys, k.Key)
+					where = append(where, fmt.Sprintf("%s:%d", k.Filename, k.Line))
+				}
+			}
+		}
+	}
+	revoked = func(k ssh.PublicKey) *knownhosts.KnownKey {
+		var rerr *knownhosts.RevokedError
+		if err := cb(h.candidates[0], dummyRemote, k); errors.As(err, &rerr) {
+			return &rerr.Revoked
+		}
+		return nil
+	}
+	return keys, where, revoked, nil
+}
+
+// algorithms lists host key algorithms for the known keys so the server
+// offers a key we can check (as OpenSSH does); nil means the defaults.
+func algorithms(keys []ssh.PublicKey) []string {
+	ok := append(ssh.SupportedAlgorithms().HostKeys, ssh.InsecureAlgorithms().HostKeys...)
+	var out []string
+	add := func(a string) {
+		if slices.Contains(ok, a) && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	for _, k := range keys {
+		if k.Type() == ssh.KeyAlgoRSA {
+			add(ssh.KeyAlgoRSASHA512)
+			add(ssh.KeyAlgoRSASHA256)
+		}
+		add(k.Type())
+	}
+	return out
+}
+
+// callback builds the HostKeyCallback and the algorithm preference for one
+// dial.
+func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
+	keys, where, revoked, err := h.known()
+	if err != nil {
+		return nil, nil, err
+	}
+	cb := func(_ string, _ net.Addr, got ssh.PublicKey) error {
+		if r := revoked(got); r != nil {
+			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Revoked: true,
+				Want: []string{ssh.FingerprintSHA256(r.Key)}, Where: []string{fmt.Sprintf("%s:%d", r.Filename, r.Line)}}
+		}
+		for _, k := range keys {
+			if bytes.Equal(k.Marshal(), got.Marshal()) {
+				return nil
+			}
+		}
+		if len(keys) > 0 {
+			e := &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Where: where}
+			for _, k := range keys {
+				e.Want = append(e.Want, keyTypeLabel(k)+" "+ssh.FingerprintSHA256(k))
+			}
+			return e
+		}
+		if !h.accept {
+			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got}
+		}
+		return h.record(got)
+	}
+	return cb, algorithms(keys), nil
+}
+
+// record appends an accepted key under the endpoint's address, as ssh's
+// accept-new does.
+func (h *hostKeys) record(k ssh.PublicKey) error {
+	h.acceptMu.Lock()
+	defer h.acceptMu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(h.acceptFile), 0o700); err != nil {
+		return fmt.Errorf("record host key of %s: %w", h.instance, err)
+	}
+	f, err := os.OpenFile(h.acceptFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("record host key of %s: %w", h.instance, err)
+	}
+	line := knownhosts.Line([]string{h.addr}, k) + "\n"
+	// A file whose last line lacks its newline would glue our line to it.
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		last := make([]byte, 1)
+		if r, err := os.Open(h.acceptFile); err == nil {
+			if _, err := r.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
+				line = "\n" + line
+			}
+			r.Close()
+		}
+	}
+	if _, err := f.WriteString(line); err != nil {
+		f.Close()
+		return fmt.Errorf("record host key of %s in %s: %w", h.instance, h.acceptFile, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("record host key of %s in %s: %w", h.instance, h.acceptFile, err)
+	}
+	return nil
+}

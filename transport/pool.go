@@ -1,0 +1,601 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+)
+
+// maxSessions is OpenSSH's default MaxSessions: more concurrent sessions on
+// one connection are refused by sshd, so callers beyond it wait for a slot.
+const maxSessions = 10
+
+// Pool holds at most one SSH connection per endpoint and shares it between
+// every command, shell and sftp client of a run; a jump host's connection
+// carries all the hosts behind it. It is safe for concurrent use.
+type Pool struct {
+	cfg       Config
+	endpoints map[string]*settings
+	known     []string // known_hosts files consulted, in order
+	warnings  []string
+
+	ctx    context.Context // cancelled by Close; parent of every dial
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dials, watchers and keepalives
+
+	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
+
+	mu      sync.Mutex
+	closed  bool
+	conns   map[string]*conn
+	dialing map[string]*dialCall
+	dials   map[string]int
+}
+
+// conn is one pooled connection.
+type conn struct {
+	name     string
+	client   *ssh.Client
+	done     chan struct{} // closed once the connection is gone
+	sessions chan struct{} // one token per open session (maxSessions)
+
+	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
+	sftp     *sftp.Client
+	sftpDone chan struct{}
+}
+
+type dialCall struct {
+	done chan struct{}
+	c    *conn
+	err  error
+}
+
+// NewPool validates the endpoints (names, addresses, pinned keys, options,
+// jump references and cycles), reads the user's ssh config for defaults and
+// returns an empty pool; connections are made on first use.
+func NewPool(cfg Config) (*Pool, error) {
+	cfg = withDefaults(cfg)
+	uc, warn := loadUserConfig(cfg.UserConfig)
+	eps, err := resolveAll(cfg, uc)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		cfg:       cfg,
+		endpoints: eps,
+		known:     knownFiles(cfg),
+		conns:     map[string]*conn{},
+		dialing:   map[string]*dialCall{},
+		dials:     map[string]int{},
+	}
+	if warn != nil {
+		p.warnings = append(p.warnings, warn.Error())
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p, nil
+}
+
+func withDefaults(cfg Config) Config {
+	if cfg.KnownHostsFiles == nil {
+		cfg.KnownHostsFiles = []string{filepath.Join(homeDir(), ".ssh", "known_hosts")}
+	}
+	if cfg.AcceptedKnownHosts == "" {
+		cfg.AcceptedKnownHosts = filepath.Join(homeDir(), ".ssh", "known_hosts")
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 15 * time.Second
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = 3 * cfg.KeepAlive
+	}
+	return cfg
+}
+
+// knownFiles lists the known_hosts files to consult: the configured ones
+// plus the file new keys go to, when accepting is on (a key accepted by
+// one run must be known to the next).
+func knownFiles(cfg Config) []string {
+	var out []string
+	for _, f := range cfg.KnownHostsFiles {
+		f = expandPath(f)
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	if a := expandPath(cfg.AcceptedKnownHosts); cfg.AcceptNewHostKeys && !slices.Contains(out, a) {
+		out = append(out, a)
+	}
+	return out
+}
+
+// Warnings are non-fatal problems found by NewPool (an unreadable user ssh
+// config, for instance), for the caller to show.
+func (p *Pool) Warnings() []string { return slices.Clone(p.warnings) }
+
+// Names lists the endpoints, sorted.
+func (p *Pool) Names() []string {
+	out := make([]string, 0, len(p.endpoints))
+	for n := range p.endpoints {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Resolve returns the effective settings of an instance: host, port, user
+// and jump chain after merging the hive, the user's ssh config and the
+// defaults. `ssh -G -F <WriteSSHConfig output> NAME` agrees with it.
+func (p *Pool) Resolve(name string) (Effective, error) {
+	s, ok := p.endpoints[name]
+	if !ok {
+		return Effective{}, fmt.Errorf("%w %q", ErrUnknownInstance, name)
+	}
+	e := s.Effective
+	e.JumpChain = slices.Clone(e.JumpChain)
+	e.IdentityFiles = slices.Clone(e.IdentityFiles)
+	return e, nil
+}
+
+// Dials reports how many connections were started to an instance so far
+// (successful or not); with pooling it stays at 1 per host for a run
+// unless a connection died.
+func (p *Pool) Dials(name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dials[name]
+}
+
+// Client returns the pooled connection to an instance, dialing it (and its
+// jump hosts) on first use. Concurrent callers share one dial; each waits
+// only as long as its own ctx allows. The client belongs to the pool: do
+// not Close it.
+func (p *Pool) Client(ctx context.Context, name string) (*ssh.Client, error) {
+	c, err := p.conn(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return c.client, nil
+}
+
+func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
+	if _, ok := p.endpoints[name]; !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if c := p.conns[name]; c != nil {
+		select {
+		case <-c.done:
+			delete(p.conns, name)
+		default:
+			p.mu.Unlock()
+			return c, nil
+		}
+	}
+	call := p.dialing[name]
+	if call == nil {
+		call = &dialCall{done: make(chan struct{})}
+		p.dialing[name] = call
+		p.dials[name]++
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			c, err := p.dial(name)
+			p.finishDial(name, call, c, err)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.c, call.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
+	}
+}
+
+func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.dialing, name)
+	if err == nil && p.closed {
+		client.Close()
+		err = ErrClosed
+	}
+	if err != nil {
+		call.err = err
+		close(call.done)
+		return
+	}
+	c := &conn{
+		name:     name,
+		client:   client,
+		done:     make(chan struct{}),
+		sessions: make(chan struct{}, maxSessions),
+		sftpMu:   make(chan struct{}, 1),
+	}
+	p.conns[name] = c
+	call.c = c
+	close(call.done)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		client.Wait()
+		close(c.done)
+		p.evict(c)
+	}()
+	if p.cfg.KeepAlive > 0 {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.keepalive(c)
+		}()
+	}
+}
+
+// evict forgets a connection (if it is still the pooled one) so the next
+// caller redials.
+func (p *Pool) evict(c *conn) {
+	p.mu.Lock()
+	if p.conns[c.name] == c {
+		delete(p.conns, c.name)
+	}
+	p.mu.Unlock()
+}
+
+// keepalive probes the connection; a probe that fails or stays unanswered
+// for KeepAliveTimeout closes it, which evicts it from the pool.
+func (p *Pool) keepalive(c *conn) {
+	t := time.NewTicker(p.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		replied := make(chan error, 1)
+		go func() {
+			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
+			replied <- err
+		}()
+		timer := time.NewTimer(p.cfg.KeepAliveTimeout)
+		select {
+		case err := <-replied:
+			timer.Stop()
+			if err != nil {
+				c.client.Close()
+				return
+			}
+		case <-timer.C:
+			c.client.Close()
+			return
+		case <-c.done:
+			timer.Stop()
+			return
+		}
+	}
+}
+
+// dial connects to one endpoint, through its jump host's pooled connection
+// when it has one.
+func (p *Pool) dial(name string) (*ssh.Client, error) {
+	s := p.endpoints[name]
+	addr := s.Addr()
+	if len(s.JumpChain) == 0 {
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		defer cancel()
+		var d net.Dialer
+		raw, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, p.ctxErr(ctx, err))
+		}
+		return p.handshake(ctx, s, raw, "")
+	}
+	jump := s.JumpChain[len(s.JumpChain)-1]
+	// The jump's own dial is bounded by its own timeout; ours starts once
+	// the jump is up, so ConnectTimeout is per hop.
+	for attempt := 0; ; attempt++ {
+		jc, err := p.conn(p.ctx, jump)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, err)
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		raw, err := jc.client.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			cancel()
+			select {
+			case <-jc.done:
+				if attempt == 0 {
+					continue // the jump connection died under us: redial it once
+				}
+			default:
+			}
+			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, p.ctxErr(ctx, err))
+		}
+		client, err := p.handshake(ctx, s, raw, jump)
+		cancel()
+		return client, err
+	}
+}
+
+// ctxErr prefers the context's reason over the symptom it caused.
+func (p *Pool) ctxErr(ctx context.Context, err error) error {
+	if p.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("no answer within %s: %w", p.cfg.ConnectTimeout, context.DeadlineExceeded)
+	}
+	return err
+}
+
+// handshake runs the SSH handshake on raw, bounded by ctx: a deadline on
+// the raw conn (cleared afterwards) and, for tunneled conns that have no
+// deadlines, closing the conn when ctx ends.
+func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via string) (*ssh.Client, error) {
+	addr := s.Addr()
+	where := fmt.Sprintf("%s (%s)", s.Name, addr)
+	if via != "" {
+		where += " via " + via
+	}
+	hk := &hostKeys{
+		instance:   s.Name,
+		addr:       addr,
+		candidates: []string{addr, joinHostPort(s.Name, 22)},
+		pinned:     s.pinned,
+		files:      p.known,
+		accept:     p.cfg.AcceptNewHostKeys,
+		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
+		acceptMu:   &p.acceptMu,
+	}
+	cb, algos, err := hk.callback()
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	auth, closeAgent, err := authFor(s)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	defer closeAgent()
+	cc := &ssh.ClientConfig{
+		User:              s.User,
+		Auth:              []ssh.AuthMethod{auth},
+		HostKeyCallback:   cb,
+		HostKeyAlgorithms: algos,
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
+	}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(raw, addr, cc)
+	if !stop() {
+		if err == nil {
+			sc.Close()
+		}
+		return nil, fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
+	}
+	if err != nil {
+		raw.Close()
+		var hkErr *HostKeyError
+		if errors.As(err, &hkErr) {
+			return nil, hkErr
+		}
+		return nil, fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// session opens a session on the pooled connection, holding one of its
+// session slots until release is called. A connection that turns out to
+// be dead is evicted and redialed once; nothing has run on it yet, so the
+// retry is safe.
+func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Session, release func(), err error) {
+	for attempt := 0; ; attempt++ {
+		c, err := p.conn(ctx, name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		select {
+		case c.sessions <- struct{}{}:
+		case <-ctx.Done():
+			return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, ctx.Err())
+		}
+		release := func() { <-c.sessions }
+		s, err := newSession(ctx, c.client)
+		if err == nil {
+			return c, s, release, nil
+		}
+		release()
+		if ctx.Err() != nil {
+			return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, ctx.Err())
+		}
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) || attempt > 0 {
+			// The server refused the session; the connection is fine.
+			return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, err)
+		}
+		p.evict(c)
+		c.client.Close()
+	}
+}
+
+// newSession is ssh.Client.NewSession bounded by ctx; a session that
+// arrives after ctx ended is closed.
+func newSession(ctx context.Context, client *ssh.Client) (*ssh.Session, error) {
+	type result struct {
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := client.NewSession()
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.s, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.s != nil {
+				r.s.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// SFTP returns the instance's sftp client, one per pooled connection,
+// created on first use. It belongs to the pool: do not Close it. If it
+// ends (or its connection dies) the next call makes a new one.
+func (p *Pool) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := p.conn(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case c.sftpMu <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("sftp to %s: %w", name, ctx.Err())
+		}
+		if c.sftp != nil {
+			select {
+			case <-c.sftpDone:
+				c.sftp = nil
+			default:
+				sc := c.sftp
+				<-c.sftpMu
+				return sc, nil
+			}
+		}
+		sc, err := p.startSFTP(ctx, c)
+		<-c.sftpMu
+		if err == nil {
+			return sc, nil
+		}
+		select {
+		case <-c.done:
+			if attempt == 0 {
+				continue // the connection died under us: redial once
+			}
+		default:
+		}
+		return nil, err
+	}
+}
+
+// startSFTP runs the sftp subsystem on c; the caller holds c.sftpMu.
+func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
+	select {
+	case c.sessions <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("sftp to %s: %w", c.name, ctx.Err())
+	}
+	type result struct {
+		sc  *sftp.Client
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := c.client.NewSession()
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		w, err1 := s.StdinPipe()
+		r, err2 := s.StdoutPipe()
+		if err := errors.Join(err1, err2); err != nil {
+			s.Close()
+			ch <- result{err: err}
+			return
+		}
+		if err := s.RequestSubsystem("sftp"); err != nil {
+			s.Close()
+			ch <- result{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
+			return
+		}
+		// Concurrent writes are safe here: Upload writes to a temporary
+		// name and removes it on any error.
+		sc, err := sftp.NewClientPipe(r, w, sftp.UseConcurrentWrites(true))
+		if err != nil {
+			s.Close()
+			ch <- result{err: err}
+			return
+		}
+		ch <- result{sc: sc, s: s}
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.sc != nil {
+				r.sc.Close()
+				r.s.Close()
+			}
+			<-c.sessions
+		}()
+		return nil, fmt.Errorf("sftp to %s: %w", c.name, ctx.Err())
+	}
+	if r.err != nil {
+		<-c.sessions
+		return nil, fmt.Errorf("sftp to %s: %w", c.name, r.err)
+	}
+	done := make(chan struct{})
+	c.sftp, c.sftpDone = r.sc, done
+	go func() {
+		// Ends when the client is closed or the connection dies.
+		r.sc.Wait()
+		r.s.Close()
+		close(done)
+		<-c.sessions
+	}()
+	return r.sc, nil
+}
+
+// Close closes every pooled connection and sftp client and waits for the
+// pool's goroutines; dials in progress are abandoned. Later calls return
+// ErrClosed.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	conns := make([]*conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	p.cancel()
+	var errs []error
+	for _, c := range conns {
+		if err := c.client.Close(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+			errs = append(errs, fmt.Errorf("close connection to %s: %w", c.name, err))
+		}
+	}
+	p.wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,560 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// hermetic keeps the user's real agent, keys and configs out of a test.
+func hermetic(t *testing.T) string {
+	t.Helper()
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	return home
+}
+
+func newTestPool(t *testing.T, cfg Config) *Pool {
+	t.Helper()
+	if cfg.UserConfig == "" {
+		cfg.UserConfig = "none"
+	}
+	if cfg.KnownHostsFiles == nil {
+		cfg.KnownHostsFiles = []string{}
+	}
+	if cfg.AcceptedKnownHosts == "" {
+		cfg.AcceptedKnownHosts = filepath.Join(t.TempDir(), "accepted_known_hosts")
+	}
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatalf("NewPool: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func testCtx(t *testing.T) context.Context {
+	// Generous: only a hang would hit it, and a hang is the failure.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestRunOutputAndExitCodes(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	ctx := testCtx(t)
+
+	tests := []struct {
+		name, cmd, stdin     string
+		wantOut, wantErr     string
+		wantCode             int
+	}{
+		{"success", "echo out; echo err >&2", "", "out\n", "err\n", 0},
+		{"exit code passes through", "exit 3", "", "", "", 3},
+		{"stdin reaches the command", "cat", "hello\nworld", "hello\nworld", "", 0},
+		{"killed by a signal is 128+N", "kill -9 $$", "", "", "", 137},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code, err := p.Run(ctx, "a", tt.cmd, strings.NewReader(tt.stdin), &out, &errb)
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if code != tt.wantCode || out.String() != tt.wantOut || errb.String() != tt.wantErr {
+				t.Errorf("got code %d stdout %q stderr %q; want %d %q %q", code, out.String(), errb.String(), tt.wantCode, tt.wantOut, tt.wantErr)
+			}
+		})
+	}
+	stdout, stderr, code, err := p.Output(ctx, "a", "printf x; printf y >&2; exit 1")
+	if err != nil || string(stdout) != "x" || string(stderr) != "y" || code != 1 {
+		t.Errorf("Output = %q, %q, %d, %v; want x, y, 1, nil", stdout, stderr, code, err)
+	}
+	if got := p.Dials("a"); got != 1 {
+		t.Errorf("Dials(a) = %d after %d commands; want 1", got, len(tests)+1)
+	}
+}
+
+func TestConcurrentCallersShareOneDial(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	ctx := testCtx(t)
+
+	const n = 25 // more than maxSessions: the surplus waits for a slot
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, _, code, err := p.Output(ctx, "a", fmt.Sprintf("echo %d", i))
+			if err == nil && (code != 0 || string(out) != fmt.Sprintf("%d\n", i)) {
+				err = fmt.Errorf("command %d: code %d output %q", i, code, out)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if d, a := p.Dials("a"), srv.acceptCount(); d != 1 || a != 1 {
+		t.Errorf("Dials = %d, server accepted %d connections; want 1 and 1", d, a)
+	}
+}
+
+func TestHostKeyVerification(t *testing.T) {
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	other := AuthorizedKey(newHostSigner(t).PublicKey())
+
+	tests := []struct {
+		name       string
+		pinned     []string
+		knownHosts string // %s is replaced by the server's key
+		accept     bool
+		wantErr    error
+		wantInMsg  []string
+		wantRecord bool
+	}{
+		{name: "pinned key matches", pinned: []string{srv.hostKey}},
+		{name: "one of several pinned keys matches", pinned: []string{other, srv.hostKey}},
+		{name: "pinned key differs", pinned: []string{other}, wantErr: ErrHostKeyMismatch,
+			wantInMsg: []string{"does not match", "SHA256:", "update hostKey"}},
+		{name: "pinned key wins over known_hosts", pinned: []string{other}, knownHosts: "[127.0.0.1]:PORT %s\n", wantErr: ErrHostKeyMismatch},
+		{name: "known_hosts by address", knownHosts: "[127.0.0.1]:PORT %s\n"},
+		{name: "known_hosts by instance name (HostKeyAlias)", knownHosts: "www-1 %s\n"},
+		{name: "known_hosts hashed entry", knownHosts: "HASHED %s\n"},
+		{name: "known_hosts has another key", knownHosts: "[127.0.0.1]:PORT " + other + "\n", wantErr: ErrHostKeyMismatch,
+			wantInMsg: []string{"known_hosts:1"}},
+		{name: "revoked key", knownHosts: "@revoked * %s\n", accept: true, wantErr: ErrHostKeyMismatch, wantInMsg: []string{"revoked"}},
+		{name: "unknown", wantErr: ErrHostKeyUnknown,
+			wantInMsg: []string{"is unknown", "SHA256:", `hostKey = "ssh-ed25519 AAAA`, "--accept-new-host-keys"}},
+		{name: "unknown accepted when asked", accept: true, wantRecord: true},
+		{name: "mismatch refused even when accepting new keys", knownHosts: "[127.0.0.1]:PORT " + other + "\n", accept: true, wantErr: ErrHostKeyMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hermetic(t)
+			dir := t.TempDir()
+			kh := filepath.Join(dir, "known_hosts")
+			if tt.knownHosts != "" {
+				line := strings.ReplaceAll(tt.knownHosts, "PORT", fmt.Sprint(srv.port))
+				if strings.HasPrefix(line, "HASHED") {
+					line = strings.Replace(line, "HASHED", hashHost(t, fmt.Sprintf("[127.0.0.1]:%d", srv.port)), 1)
+				}
+				if strings.Contains(line, "%s") {
+					line = fmt.Sprintf(line, srv.hostKey)
+				}
+				if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			accepted := filepath.Join(dir, "accepted")
+			ep := srv.endpoint("www-1", key)
+			ep.HostKeys = tt.pinned
+			before := srv.execCount()
+			p := newTestPool(t, Config{
+				Endpoints:          map[string]Endpoint{"www-1": ep},
+				KnownHostsFiles:    []string{kh},
+				AcceptNewHostKeys:  tt.accept,
+				AcceptedKnownHosts: accepted,
+			})
+			code, err := p.Run(testCtx(t), "www-1", "true", nil, nil, nil)
+			if tt.wantErr == nil {
+				if err != nil || code != 0 {
+					t.Fatalf("Run = %d, %v; want success", code, err)
+				}
+			} else {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Run error = %v; want %v", err, tt.wantErr)
+				}
+				if srv.execCount() != before {
+					t.Errorf("a command ran on a host whose key was refused")
+				}
+			}
+			for _, s := range tt.wantInMsg {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			rec, _ := os.ReadFile(accepted)
+			if tt.wantRecord != (len(rec) > 0) {
+				t.Errorf("accepted file = %q; want a record: %v", rec, tt.wantRecord)
+			}
+			if tt.wantRecord {
+				want := fmt.Sprintf("[127.0.0.1]:%d %s\n", srv.port, srv.hostKey)
+				if string(rec) != want {
+					t.Errorf("recorded %q; want %q", rec, want)
+				}
+				// The next run knows the key without accepting anything.
+				ep.HostKeys = nil
+				p2 := newTestPool(t, Config{Endpoints: map[string]Endpoint{"www-1": ep}, KnownHostsFiles: []string{accepted}})
+				if _, err := p2.Run(testCtx(t), "www-1", "true", nil, nil, nil); err != nil {
+					t.Errorf("second run with the recorded key: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// hashHost makes a HashKnownHosts-style entry; OpenSSH hashes the
+// "[host]:port" form.
+func hashHost(t *testing.T, host string) string {
+	t.Helper()
+	return knownhosts.HashHostname(host)
+}
+
+func TestJumpChain(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	a := newTestServer(t, key.signer.PublicKey())
+	b := newTestServer(t, key.signer.PublicKey())
+	c := newTestServer(t, key.signer.PublicKey())
+	epB := b.endpoint("b", key)
+	epB.Jump = "a"
+	epC := c.endpoint("c", key)
+	epC.Jump = "b"
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": epB, "c": epC}})
+	ctx := testCtx(t)
+
+	eff, err := p.Resolve("c")
+	if err != nil || strings.Join(eff.JumpChain, ",") != "a,b" {
+		t.Fatalf("Resolve(c) = %+v, %v; want jump chain a,b", eff, err)
+	}
+	for range 3 {
+		for _, name := range []string{"c", "b", "a"} {
+			if code, err := p.Run(ctx, name, "true", nil, nil, nil); err != nil || code != 0 {
+				t.Fatalf("Run on %s = %d, %v", name, code, err)
+			}
+		}
+	}
+	for name, srv := range map[string]*testServer{"a": a, "b": b, "c": c} {
+		if d, acc := p.Dials(name), srv.acceptCount(); d != 1 || acc != 1 {
+			t.Errorf("%s: Dials = %d, server accepted %d; want 1 and 1 (jump connections are shared)", name, d, acc)
+		}
+	}
+}
+
+func TestNewPoolValidation(t *testing.T) {
+	hermetic(t)
+	ok := Endpoint{Host: "127.0.0.1"}
+	tests := []struct {
+		name    string
+		eps     map[string]Endpoint
+		wantMsg string
+	}{
+		{"jump cycle", map[string]Endpoint{"a": {Jump: "b"}, "b": {Jump: "c"}, "c": {Jump: "a"}}, "cycle: a -> b -> c -> a"},
+		{"self jump", map[string]Endpoint{"a": {Jump: "a"}}, "cycle: a -> a"},
+		{"unknown jump", map[string]Endpoint{"a": {Jump: "nope"}}, `instance a: jump = "nope" is not an instance`},
+		{"bad name", map[string]Endpoint{"a b": ok}, "name must match"},
+		{"name differs from key", map[string]Endpoint{"a": {Name: "b"}}, "must equal its key"},
+		{"bad host", map[string]Endpoint{"a": {Host: "x y"}}, "host"},
+		{"option host", map[string]Endpoint{"a": {Host: "-oProxyCommand=x"}}, "must not start with '-'"},
+		{"bad port", map[string]Endpoint{"a": {Port: 70000}}, "out of range"},
+		{"bad host key", map[string]Endpoint{"a": {HostKeys: []string{"ssh-ed25519 nope"}}}, "hostKey #1"},
+		{"reserved option", map[string]Endpoint{"a": {Options: map[string]string{"port": "2"}}}, "set port instead"},
+		{"proxycommand", map[string]Endpoint{"a": {Options: map[string]string{"ProxyCommand": "nc %h %p"}}}, "set jump instead"},
+		{"newline in option", map[string]Endpoint{"a": {Options: map[string]string{"IdentityFile": "x\nHost *"}}}, "control character"},
+		{"bad option name", map[string]Endpoint{"a": {Options: map[string]string{"Identity File": "x"}}}, "not an OpenSSH option name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewPool(Config{Endpoints: tt.eps, UserConfig: "none"})
+			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("NewPool error = %v; want one containing %q", err, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestDeadConnectionIsEvictedAndRedialed(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{
+		Endpoints:        map[string]Endpoint{"a": srv.endpoint("a", key)},
+		KeepAlive:        20 * time.Millisecond,
+		KeepAliveTimeout: 100 * time.Millisecond,
+	})
+	ctx := testCtx(t)
+	if _, err := p.Run(ctx, "a", "true", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	first, err := p.Client(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hung host: keepalives go unanswered, so the pool must drop the
+	// connection by itself.
+	srv.stall(true)
+	done := make(chan struct{})
+	go func() {
+		first.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("the stalled connection was never closed by keepalive")
+	}
+	srv.stall(false)
+	if code, err := p.Run(ctx, "a", "true", nil, nil, nil); err != nil || code != 0 {
+		t.Fatalf("Run after eviction = %d, %v", code, err)
+	}
+	if d := p.Dials("a"); d != 2 {
+		t.Errorf("Dials = %d; want 2 (one redial)", d)
+	}
+}
+
+func TestKilledHost(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	a := newTestServer(t, key.signer.PublicKey())
+	b := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": b.endpoint("b", key)}})
+	ctx := testCtx(t)
+	for _, n := range []string{"a", "b"} {
+		if _, err := p.Run(ctx, n, "true", nil, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.kill()
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := p.Run(short, "a", "true", nil, nil, nil); err == nil {
+		t.Fatal("Run on a killed host succeeded")
+	}
+	if code, err := p.Run(ctx, "b", "true", nil, nil, nil); err != nil || code != 0 {
+		t.Errorf("Run on the other host = %d, %v", code, err)
+	}
+	if d := p.Dials("b"); d != 1 {
+		t.Errorf("Dials(b) = %d; want 1", d)
+	}
+}
+
+// signalWriter closes ready at the first write.
+type signalWriter struct {
+	once  sync.Once
+	ready chan struct{}
+}
+
+func (w *signalWriter) Write(b []byte) (int, error) {
+	w.once.Do(func() { close(w.ready) })
+	return len(b), nil
+}
+
+func TestRunCancel(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	w := &signalWriter{ready: make(chan struct{})}
+	go func() {
+		<-w.ready
+		cancel()
+	}()
+	const cmd = "echo started; exec sleep 100"
+	_, err := p.Run(ctx, "a", cmd, nil, w, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run error = %v; want context.Canceled", err)
+	}
+	// The remote command must end too (SIGTERM), not linger for 100s.
+	for line := range srv.procDone {
+		if line == cmd {
+			break
+		}
+	}
+	// And the connection stays usable.
+	if code, err := p.Run(testCtx(t), "a", "true", nil, nil, nil); err != nil || code != 0 {
+		t.Errorf("Run after cancel = %d, %v", code, err)
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	hermetic(t)
+	// Accepts TCP but never speaks SSH, like a firewall black hole behind
+	// a port forward.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	key := newClientKey(t)
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	var portN int
+	fmt.Sscan(port, &portN)
+	p := newTestPool(t, Config{
+		Endpoints:      map[string]Endpoint{"a": {Host: host, Port: portN, Options: map[string]string{"IdentityFile": key.path}}},
+		ConnectTimeout: 200 * time.Millisecond,
+	})
+	_, err = p.Run(testCtx(t), "a", "true", nil, nil, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run error = %v; want a connect timeout (context.DeadlineExceeded)", err)
+	}
+}
+
+func TestAgentAuth(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+
+	keyring := agent.NewKeyring()
+	priv, err := ssh.ParseRawPrivateKey(mustRead(t, key.path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := keyring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	open := 0
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open++
+			mu.Unlock()
+			go func() {
+				agent.ServeAgent(keyring, c)
+				mu.Lock()
+				open--
+				mu.Unlock()
+			}()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+
+	ep := srv.endpoint("a", key)
+	ep.Options = nil // no identity file: only the agent can log in
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": ep}})
+	if code, err := p.Run(testCtx(t), "a", "true", nil, nil, nil); err != nil || code != 0 {
+		t.Fatalf("Run with agent = %d, %v", code, err)
+	}
+	// The agent socket is closed once the handshake is over; ServeAgent
+	// returns when it sees that.
+	for {
+		mu.Lock()
+		n := open
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestNoKeyIsAClearError(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	ep := srv.endpoint("a", key)
+	ep.Options = nil
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": ep}})
+	_, err := p.Run(testCtx(t), "a", "true", nil, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "no usable SSH key") {
+		t.Fatalf("Run error = %v; want 'no usable SSH key'", err)
+	}
+}
+
+func TestDefaultIdentityFile(t *testing.T) {
+	home := hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".ssh", "id_ed25519"), mustRead(t, key.path), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ep := srv.endpoint("a", key)
+	ep.Options = nil
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": ep}})
+	if code, err := p.Run(testCtx(t), "a", "true", nil, nil, nil); err != nil || code != 0 {
+		t.Fatalf("Run with ~/.ssh/id_ed25519 = %d, %v", code, err)
+	}
+}
+
+func TestClosedPool(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	if _, err := p.Run(testCtx(t), "a", "true", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := p.Run(testCtx(t), "a", "true", nil, nil, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Run after Close = %v; want ErrClosed", err)
+	}
+	if _, err := p.Run(testCtx(t), "nope", "true", nil, nil, nil); !errors.Is(err, ErrUnknownInstance) {
+		t.Errorf("Run on unknown instance = %v; want ErrUnknownInstance", err)
+	}
+}
+
+func TestShellWithoutTerminal(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	var out bytes.Buffer
+	code, err := p.Shell(testCtx(t), "a", strings.NewReader("echo hi\nexit 5\n"), &out, nil, Terminal{})
+	if err != nil || code != 5 || out.String() != "hi\n" {
+		t.Fatalf("Shell = %d, %v, output %q; want 5, nil, \"hi\\n\"", code, err, out.String())
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,366 @@
+package transport
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/kevinburke/ssh_config"
+	"golang.org/x/crypto/ssh"
+)
+
+// Effective is what the client will actually use for an instance after the
+// hive, the user's ssh config and the defaults are merged (hive first).
+type Effective struct {
+	Name     string
+	HostName string
+	User     string
+	Port     int
+	// JumpChain lists the hops in dial order: the first is reached directly
+	// from this machine, the last is the one that reaches Name. Empty means
+	// a direct connection.
+	JumpChain []string
+	// IdentityFiles are the explicit identity files (hive, else user
+	// config), tilde-expanded. Empty means the ssh agent and the default
+	// ~/.ssh/id_* files.
+	IdentityFiles []string
+	// IdentitiesOnly skips agent keys that are not among IdentityFiles.
+	IdentitiesOnly bool
+}
+
+// Addr is the host:port to dial for the instance (from its last jump hop,
+// if any).
+func (e Effective) Addr() string {
+	return joinHostPort(e.HostName, e.Port)
+}
+
+// settings is one endpoint after validation and merging.
+type settings struct {
+	Effective
+	pinned  []ssh.PublicKey
+	options []option // hive Options, sorted, for the generated config
+}
+
+type option struct{ key, value string }
+
+var (
+	// Names end up in "Host" lines and as ProxyJump values of OpenSSH
+	// configs, where spaces, patterns and commas have meaning.
+	nameRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
+	optionKeyRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]*$`)
+	// reservedOptions are written by WriteSSHConfig from the endpoint's own
+	// fields; OpenSSH uses the first value it sees, so a second one from
+	// Options would be silently ignored by ssh and disagree with the Go
+	// client.
+	reservedOptions = map[string]string{
+		"hostname":              "host",
+		"user":                  "user",
+		"port":                  "port",
+		"proxyjump":             "jump",
+		"proxycommand":          "jump",
+		"hostkeyalias":          "hostKey",
+		"userknownhostsfile":    "hostKey",
+		"stricthostkeychecking": "hostKey (or --accept-new-host-keys)",
+	}
+)
+
+// resolveAll validates every endpoint and merges it with the user's ssh
+// config; it reports jump cycles with the whole cycle.
+func resolveAll(cfg Config, uc *userConfig) (map[string]*settings, error) {
+	names := make([]string, 0, len(cfg.Endpoints))
+	for k := range cfg.Endpoints {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	out := make(map[string]*settings, len(names))
+	for _, key := range names {
+		ep := cfg.Endpoints[key]
+		if ep.Name == "" {
+			ep.Name = key
+		}
+		if ep.Name != key {
+			return nil, fmt.Errorf("instance %s: endpoint is named %q; the name must equal its key", key, ep.Name)
+		}
+		s, err := resolveOne(ep, uc)
+		if err != nil {
+			return nil, err
+		}
+		out[key] = s
+	}
+	for _, key := range names {
+		chain, err := jumpChain(cfg.Endpoints, key)
+		if err != nil {
+			return nil, err
+		}
+		out[key].JumpChain = chain
+	}
+	return out, nil
+}
+
+func jumpChain(eps map[string]Endpoint, name string) ([]string, error) {
+	seen := map[string]bool{name: true}
+	path := []string{name}
+	var chain []string
+	for cur := eps[name].Jump; cur != ""; cur = eps[cur].Jump {
+		prev := path[len(path)-1]
+		if _, ok := eps[cur]; !ok {
+			return nil, fmt.Errorf("instance %s: jump = %q is not an instance of the hive", prev, cur)
+		}
+		path = append(path, cur)
+		if seen[cur] {
+			return nil, fmt.Errorf("instance %s: jump chain has a cycle: %s", name, strings.Join(path, " -> "))
+		}
+		seen[cur] = true
+		chain = append([]string{cur}, chain...)
+	}
+	return chain, nil
+}
+
+func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
+	name := ep.Name
+	if !nameRE.MatchString(name) {
+		return nil, fmt.Errorf("instance %q: name must match %s to be usable as an ssh host alias", name, nameRE)
+	}
+	if err := checkWord(ep.Host); err != nil {
+		return nil, fmt.Errorf("instance %s: host %q: %w", name, ep.Host, err)
+	}
+	if err := checkWord(ep.User); err != nil {
+		return nil, fmt.Errorf("instance %s: user %q: %w", name, ep.User, err)
+	}
+	if ep.Port < 0 || ep.Port > 65535 {
+		return nil, fmt.Errorf("instance %s: port %d is out of range", name, ep.Port)
+	}
+	s := &settings{Effective: Effective{Name: name}}
+	for i, line := range ep.HostKeys {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			return nil, fmt.Errorf("instance %s: hostKey #%d %q: %w; expected \"ssh-ed25519 AAAA...\"", name, i+1, line, err)
+		}
+		s.pinned = append(s.pinned, k)
+	}
+	for k, v := range ep.Options {
+		if !optionKeyRE.MatchString(k) {
+			return nil, fmt.Errorf("instance %s: ssh option %q is not an OpenSSH option name", name, k)
+		}
+		if attr, ok := reservedOptions[strings.ToLower(k)]; ok {
+			return nil, fmt.Errorf("instance %s: ssh option %s is derived from the instance; set %s instead", name, k, attr)
+		}
+		if strings.ContainsFunc(v, isControl) {
+			return nil, fmt.Errorf("instance %s: ssh option %s has a control character in its value", name, k)
+		}
+		s.options = append(s.options, option{k, v})
+	}
+	sort.Slice(s.options, func(i, j int) bool { return s.options[i].key < s.options[j].key })
+
+	s.HostName = ep.Host
+	if s.HostName == "" {
+		s.HostName = expandTokens(uc.get(name, "HostName"), name, "", "")
+	}
+	if s.HostName == "" {
+		s.HostName = name
+	}
+	s.Port = ep.Port
+	if s.Port == 0 {
+		if p := uc.get(name, "Port"); p != "" {
+			n, err := strconv.Atoi(p)
+			if err != nil || n <= 0 || n > 65535 {
+				return nil, fmt.Errorf("instance %s: Port %q in %s is not a port number", name, p, uc.path)
+			}
+			s.Port = n
+		}
+	}
+	if s.Port == 0 {
+		s.Port = 22
+	}
+	s.User = ep.User
+	if s.User == "" {
+		s.User = uc.get(name, "User")
+	}
+	if s.User == "" {
+		s.User = "root"
+	}
+	var ids []string
+	if v := optionValue(ep.Options, "IdentityFile"); v != "" {
+		ids = strings.Split(v, ",")
+	} else {
+		ids = uc.getAll(name, "IdentityFile")
+	}
+	for _, id := range ids {
+		id = strings.TrimSpace(id)
+		if id == "" || strings.EqualFold(id, "none") {
+			continue
+		}
+		s.IdentityFiles = append(s.IdentityFiles, expandPath(expandTokens(id, name, s.HostName, s.User)))
+	}
+	only := optionValue(ep.Options, "IdentitiesOnly")
+	if only == "" {
+		only = uc.get(name, "IdentitiesOnly")
+	}
+	s.IdentitiesOnly = strings.EqualFold(only, "yes")
+	return s, nil
+}
+
+// optionValue looks a key up case-insensitively, as OpenSSH does.
+func optionValue(opts map[string]string, key string) string {
+	for k, v := range opts {
+		if strings.EqualFold(k, key) {
+			return v
+		}
+	}
+	return ""
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// checkWord rejects values that would change meaning inside an OpenSSH
+// config line or a command line.
+func checkWord(s string) error {
+	if strings.HasPrefix(s, "-") {
+		return fmt.Errorf("must not start with '-'")
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool {
+		return isControl(r) || strings.ContainsRune(" \"'\\#,*?!/=", r)
+	}); i >= 0 {
+		return fmt.Errorf("must not contain %q", s[i])
+	}
+	return nil
+}
+
+func joinHostPort(host string, port int) string {
+	h := host
+	if strings.Contains(h, ":") && !strings.HasPrefix(h, "[") {
+		h = "[" + h + "]"
+	}
+	return h + ":" + strconv.Itoa(port)
+}
+
+// homeDir is the user's home; OpenSSH uses the passwd entry, Go code the
+// environment, and they agree unless HOME was changed on purpose.
+func homeDir() string {
+	if h, err := os.UserHomeDir(); err == nil {
+		return h
+	}
+	if u, err := user.Current(); err == nil {
+		return u.HomeDir
+	}
+	return "/"
+}
+
+// expandPath expands a leading "~/" like OpenSSH does for file options.
+func expandPath(p string) string {
+	if p == "~" {
+		return homeDir()
+	}
+	if strings.HasPrefix(p, "~/") {
+		return filepath.Join(homeDir(), p[2:])
+	}
+	return p
+}
+
+// expandTokens expands the %-tokens of ssh_config(5) that make sense here;
+// unknown ones are left alone.
+func expandTokens(s, alias, host, remoteUser string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' || i+1 == len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		i++
+		switch s[i] {
+		case '%':
+			b.WriteByte('%')
+		case 'd':
+			b.WriteString(homeDir())
+		case 'h':
+			if host == "" {
+				host = alias
+			}
+			b.WriteString(host)
+		case 'n':
+			b.WriteString(alias)
+		case 'r':
+			b.WriteString(remoteUser)
+		case 'u':
+			if u, err := user.Current(); err == nil {
+				b.WriteString(u.Username)
+			}
+		default:
+			b.WriteByte('%')
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
+}
+
+// userConfig is the user's ~/.ssh/config; a nil *userConfig has no values.
+type userConfig struct {
+	path string
+	cfg  *ssh_config.Config
+}
+
+// loadUserConfig reads path ("" = ~/.ssh/config, "none" = nothing). A file
+// that does not exist is no error; one that the parser cannot read
+// (ssh_config lacks "Match exec", for instance) is returned as a warning,
+// because ssh itself still reads it through the generated config's Include.
+func loadUserConfig(path string) (uc *userConfig, warning error) {
+	if path == "none" {
+		return nil, nil
+	}
+	if path == "" {
+		path = filepath.Join(homeDir(), ".ssh", "config")
+	}
+	path = expandPath(path)
+	f, err := os.Open(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return &userConfig{path: path}, nil
+		}
+		return &userConfig{path: path}, fmt.Errorf("read ssh config %s: %w", path, err)
+	}
+	defer f.Close()
+	c, err := ssh_config.Decode(f)
+	if err != nil {
+		return &userConfig{path: path}, fmt.Errorf("parse ssh config %s (its defaults are ignored by nix-hive's own client): %w", path, err)
+	}
+	return &userConfig{path: path, cfg: c}, nil
+}
+
+func (u *userConfig) get(alias, key string) string {
+	if u == nil || u.cfg == nil {
+		return ""
+	}
+	v, err := u.cfg.Get(alias, key)
+	if err != nil {
+		return ""
+	}
+	return v
+}
+
+func (u *userConfig) getAll(alias, key string) []string {
+	if u == nil || u.cfg == nil {
+		return nil
+	}
+	v, err := u.cfg.GetAll(alias, key)
+	if err != nil {
+		return nil
+	}
+	return v
+}
+
+// exists reports whether the user's config file is there to be included.
+func (u *userConfig) exists() bool {
+	if u == nil {
+		return false
+	}
+	_, err := os.Stat(u.path)
+	return err == nil
+}

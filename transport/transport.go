@@ -1,0 +1,84 @@
+// Package transport connects to hive instances over SSH: pooled connections
+// through jump chains with pinned host keys, commands, interactive shells,
+// sftp copies, and the equivalent OpenSSH configuration for other tools.
+package transport
+
+import (
+	"errors"
+	"time"
+)
+
+// Sentinel errors; test with errors.Is. The wrapping error always names the
+// instance and, for host keys, the fingerprint and how to fix it.
+var (
+	// ErrHostKeyMismatch means the host presented a key other than the
+	// pinned or known one (or a revoked one). It is never accepted, not even
+	// with AcceptNewHostKeys.
+	ErrHostKeyMismatch = errors.New("host key mismatch")
+	// ErrHostKeyUnknown means no pinned or known key exists for the host and
+	// AcceptNewHostKeys is off.
+	ErrHostKeyUnknown = errors.New("host key unknown")
+	// ErrUnknownInstance means a name is not an endpoint of the pool.
+	ErrUnknownInstance = errors.New("unknown instance")
+	// ErrClosed means the pool was closed.
+	ErrClosed = errors.New("transport pool closed")
+)
+
+// Endpoint is how to reach one instance.
+type Endpoint struct {
+	// Name is the instance name. It is the HostKeyAlias in the generated
+	// OpenSSH config, so pinned keys are recorded under it.
+	Name string
+	// Host is an address or DNS name; "" means the user's ssh config
+	// HostName for Name, else Name itself.
+	Host string
+	// Port is the TCP port; 0 means the user's ssh config Port, else 22.
+	Port int
+	// User is the login; "" means the user's ssh config User, else root.
+	User string
+	// HostKeys are pinned keys in authorized_keys form
+	// ("ssh-ed25519 AAAA... [comment]"). When any is set, the host must
+	// present one of them and known_hosts files are not consulted.
+	HostKeys []string
+	// Jump names another endpoint to tunnel through ("" = direct). Chains
+	// are allowed; cycles are an error.
+	Jump string
+	// Options are extra OpenSSH options from the hive. All of them go into
+	// the generated OpenSSH config; the Go client itself honours
+	// IdentityFile (one path, or several separated by commas) and
+	// IdentitiesOnly. Options that would contradict the endpoint fields
+	// (HostName, User, Port, ProxyJump, ProxyCommand, HostKeyAlias,
+	// UserKnownHostsFile, StrictHostKeyChecking) are rejected by NewPool.
+	Options map[string]string
+}
+
+// Config is the set of endpoints and the client-side policy of a Pool.
+type Config struct {
+	// Endpoints by instance name; an Endpoint's empty Name is filled from
+	// its key.
+	Endpoints map[string]Endpoint
+	// KnownHostsFiles are consulted for hosts without pinned keys; files
+	// that do not exist are skipped. nil means ~/.ssh/known_hosts.
+	KnownHostsFiles []string
+	// AcceptNewHostKeys records the key of a host that has neither a pinned
+	// nor a known key in AcceptedKnownHosts and accepts it. A mismatch is
+	// still refused.
+	AcceptNewHostKeys bool
+	// AcceptedKnownHosts is the file accepted keys are appended to; it is
+	// also consulted like KnownHostsFiles. "" means ~/.ssh/known_hosts.
+	AcceptedKnownHosts string
+	// ConnectTimeout bounds TCP connect plus SSH handshake of one hop;
+	// 0 means 10s.
+	ConnectTimeout time.Duration
+	// KeepAlive is the interval of keepalive@openssh.com probes on every
+	// pooled connection; 0 means 15s, negative disables them.
+	KeepAlive time.Duration
+	// KeepAliveTimeout is how long a probe may go unanswered before the
+	// connection is closed and evicted; 0 means 3*KeepAlive (OpenSSH's
+	// ServerAliveCountMax default).
+	KeepAliveTimeout time.Duration
+	// UserConfig is the user's OpenSSH config, read for defaults the hive
+	// does not set (User, Port, HostName, IdentityFile) and included by the
+	// generated config. "" means ~/.ssh/config; "none" ignores it.
+	UserConfig string
+}
