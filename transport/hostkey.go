@@ -90,8 +90,8 @@ type hostKeys struct {
 // known key for a name.
 type lookupKeyType struct{}
 
-func (lookupKeyType) Type() string                                  { return "nix-hive-lookup" }
-func (lookupKeyType) Marshal() []byte                               { return []byte("\x00\x00\x00\x0fnix-hive-lookup") }
+func (lookupKeyType) Type() string                                 { return "nix-hive-lookup" }
+func (lookupKeyType) Marshal() []byte                              { return []byte("\x00\x00\x00\x0fnix-hive-lookup") }
 func (lookupKeyType) Verify(data []byte, sig *ssh.Signature) error { return errors.New("not a key") }
 
 // dummyRemote satisfies knownhosts, which only uses it when no name is

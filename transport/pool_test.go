@@ -61,9 +61,9 @@ func TestRunOutputAndExitCodes(t *testing.T) {
 	ctx := testCtx(t)
 
 	tests := []struct {
-		name, cmd, stdin     string
-		wantOut, wantErr     string
-		wantCode             int
+		name, cmd, stdin string
+		wantOut, wantErr string
+		wantCode         int
 	}{
 		{"success", "echo out; echo err >&2", "", "out\n", "err\n", 0},
 		{"exit code passes through", "exit 3", "", "", "", 3},
