@@ -3,9 +3,10 @@ package transport
 import "strings"
 
 // Quote makes s one word for a POSIX shell: unchanged when it only holds
-// characters no shell treats specially, else in single quotes (a single
-// quote inside becomes '\”). The result is safe for sh, bash, dash and
-// zsh, including as the first word of a command line.
+// characters no shell treats specially, else in single quotes, where an
+// embedded single quote is closed, backslash-escaped and reopened. The
+// result is safe for sh, bash, dash and zsh, including as the first word of
+// a command line.
 func Quote(s string) string {
 	if s == "" {
 		return "''"
