@@ -41,9 +41,17 @@ type call struct {
 
 func callOf(thread *sk.Thread) *call { return thread.Local(callKey).(*call) }
 
+// maxLogs bounds CheckResult.Logs; Env.Log still gets every line.
+const maxLogs = 1000
+
 func (c *call) log(msg string) {
 	c.mu.Lock()
-	c.logs = append(c.logs, msg)
+	switch n := len(c.logs); {
+	case n < maxLogs:
+		c.logs = append(c.logs, msg)
+	case n == maxLogs:
+		c.logs = append(c.logs, "(more lines went to the log only)")
+	}
 	c.mu.Unlock()
 	if c.policy.env.Log != nil {
 		name := ""
@@ -96,6 +104,9 @@ func (p *Policy) newCall(ctx context.Context, fn string, limit time.Duration) (*
 // unwound (at most cancelGrace later). The result channel has room for one
 // value so an abandoned goroutine can always finish.
 func (p *Policy) exec(c *call, do func(*sk.Thread) (sk.Value, error)) (sk.Value, error) {
+	if err := c.ctx.Err(); err != nil {
+		return nil, err // over before it began; evalError reports why
+	}
 	thread := &sk.Thread{
 		Name:  "policy " + c.fn,
 		Print: func(_ *sk.Thread, msg string) { c.log(msg) },
