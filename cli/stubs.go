@@ -2,34 +2,6 @@ package cli
 
 import "context"
 
-// PlanCmd is `nix-hive plan`.
-type PlanCmd struct {
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-}
-
-func (c *PlanCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("plan") }
-
-// DeployCmd is `nix-hive deploy`.
-type DeployCmd struct {
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-}
-
-func (c *DeployCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("deploy") }
-
-// StatusCmd is `nix-hive status`.
-type StatusCmd struct {
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-}
-
-func (c *StatusCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("status") }
-
-// RollbackCmd is `nix-hive rollback`.
-type RollbackCmd struct {
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-}
-
-func (c *RollbackCmd) Run(ctx context.Context, g *Globals) error { return notImplemented("rollback") }
-
 // RunCmd is `nix-hive run`.
 type RunCmd struct {
 	Targets string   `arg:"" help:"Instance name glob or @tag glob."`

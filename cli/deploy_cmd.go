@@ -1,0 +1,226 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/eval"
+)
+
+// DeployCmd is `nix-hive deploy`.
+type DeployCmd struct {
+	Fleet
+	Targets      []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Goal         string   `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
+	Force        bool     `help:"Activate instances that already run the wanted system."`
+	TrustHiveKey bool     `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
+	Sudo         string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+}
+
+func (c *DeployCmd) Help() string {
+	return `Builds each unique system once, pushes closures to store instances (and to
+instances without a store), lets consumers substitute from their store with
+signatures checked, then activates in waves, stores before their consumers.
+An instance already running its wanted system is left alone (--force
+re-activates). Every host ends in the summary; the exit status is non-zero
+if any host failed. Ctrl-C starts nothing new, lets running activations
+finish and records every host's state in hive.state.`
+}
+
+func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
+	inv, targets, plan, err := g.makePlan(ctx, c.Targets, true)
+	if err != nil {
+		return err
+	}
+	pub, err := g.publicKey(inv)
+	if err != nil {
+		return err
+	}
+	pool, _, err := g.pool(ctx, c.Fleet)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	sshConfig, cleanup, err := writeSSHConfig(inv, c.AcceptNewHostKeys)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	st, err := g.state()
+	if err != nil {
+		return err
+	}
+	ev, err := g.evaluator()
+	if err != nil {
+		return err
+	}
+	goal, err := deploy.ParseGoal(c.Goal)
+	if err != nil {
+		return err
+	}
+	_ = targets
+	events := g.eventPrinter()
+	report := deploy.Execute(ctx, plan, inv, pool, &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig}, deploy.Options{
+		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
+		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st, Events: events,
+		MaxFailures: -1,
+	})
+	return g.finishReport(report)
+}
+
+// makePlan evaluates, selects, builds (or, for plan, only evaluates) and
+// plans.
+func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool) (*eval.Inventory, []string, *deploy.Plan, error) {
+	inv, err := g.inventory(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	targets, err := inv.Select(patterns)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	systems := inv.SystemsOf(targets)
+	var paths map[string]eval.Built
+	if build {
+		res, err := g.buildSystems(ctx, inv, systems)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		paths = res.Paths
+		var missing []string
+		for _, s := range systems {
+			if _, ok := paths[s]; !ok {
+				missing = append(missing, s)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, nil, nil, fmt.Errorf("--no build: no valid build of %s in %s; run without --no build", strings.Join(missing, ", "), g.st.Path())
+		}
+	} else {
+		ev, err := g.evaluator()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if paths, err = ev.OutPaths(ctx, inv, systems); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	plan, err := deploy.Make(inv, targets, paths, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return inv, targets, plan, nil
+}
+
+// eventPrinter renders deploy events: JSON lines on stdout with --json,
+// else one plain line per step on stderr.
+func (g *Globals) eventPrinter() func(deploy.Event) {
+	var mu sync.Mutex
+	start := time.Now()
+	return func(e deploy.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if g.JSON {
+			json.NewEncoder(g.stdout).Encode(struct {
+				Type string `json:"type"`
+				deploy.Event
+			}{"event", e})
+			return
+		}
+		if e.Status == "start" && e.Step != deploy.StepActivate {
+			return // keep the log to outcomes; activation start matters for ordering
+		}
+		who := e.Instance
+		if who == "" {
+			who = "*"
+		}
+		wave := ""
+		if e.Wave > 0 {
+			wave = fmt.Sprintf(" [wave %d]", e.Wave)
+		}
+		msg := ""
+		if e.Message != "" {
+			msg = ": " + e.Message
+		}
+		fmt.Fprintf(g.stderr, "%6.1fs %s%s %s %s%s\n", time.Since(start).Seconds(), who, wave, e.Step, e.Status, msg)
+	}
+}
+
+// finishReport prints the per-host summary and turns failures into the
+// exit status.
+func (g *Globals) finishReport(r *deploy.Report) error {
+	if g.JSON {
+		json.NewEncoder(g.stdout).Encode(struct {
+			Type string `json:"type"`
+			*deploy.Report
+		}{"report", r})
+	} else {
+		writeSummary(g.stdout, r)
+	}
+	switch {
+	case r.Interrupted:
+		return fmt.Errorf("deploy interrupted; see the summary for each host's state: %w", context.Canceled)
+	case !r.OK():
+		return fmt.Errorf("deploy failed on %d of %d hosts%s", countNotOK(r), len(r.Order), stoppedSuffix(r))
+	}
+	return nil
+}
+
+func stoppedSuffix(r *deploy.Report) string {
+	if r.Stopped == "" {
+		return ""
+	}
+	return "; rollout stopped: " + r.Stopped
+}
+
+func countNotOK(r *deploy.Report) int {
+	n := 0
+	for _, res := range r.Results {
+		switch res.Status {
+		case deploy.StatusOK, deploy.StatusUnchanged, deploy.StatusStored:
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+func writeSummary(w io.Writer, r *deploy.Report) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tWAVE\tSYSTEM\tSTATUS\tSTEP\tTIME\tDETAIL")
+	for _, n := range r.Order {
+		res := r.Results[n]
+		wave := "-"
+		if res.Target {
+			wave = fmt.Sprint(res.Wave)
+		}
+		detail := res.Error
+		if detail == "" && len(res.Checks) > 0 {
+			detail = strings.Join(res.Checks, "; ")
+		}
+		if detail == "" && !res.Target {
+			detail = "store for other instances"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, wave, res.System, res.Status, res.Step,
+			res.Duration.Round(100*time.Millisecond), oneLine(detail))
+	}
+	tw.Flush()
+	if r.Stopped != "" {
+		fmt.Fprintf(w, "rollout stopped: %s\n", r.Stopped)
+	}
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " | ")
+	if len(s) > 240 {
+		s = s[:237] + "..."
+	}
+	return s
+}

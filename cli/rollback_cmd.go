@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/nix-hive/nix-hive/deploy"
+)
+
+// RollbackCmd is `nix-hive rollback`.
+type RollbackCmd struct {
+	Fleet
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+	Sudo    string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+}
+
+func (c *RollbackCmd) Help() string {
+	return `Switches each instance to the previous generation of its system profile
+and confirms that it is active. Targets are required: rolling back a whole
+fleet should be typed out ('*').`
+}
+
+func (c *RollbackCmd) Run(ctx context.Context, g *Globals) error {
+	if len(c.Targets) == 0 {
+		return fmt.Errorf("rollback: name the instances to roll back (use '*' for all)")
+	}
+	pool, inv, err := g.pool(ctx, c.Fleet)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	targets, err := inv.Select(c.Targets)
+	if err != nil {
+		return err
+	}
+	rows := deploy.Rollback(ctx, pool, inv, targets, c.Sudo, c.Parallel)
+	failed := 0
+	for _, r := range rows {
+		if r.Error != "" {
+			failed++
+		}
+	}
+	if g.JSON {
+		if err := json.NewEncoder(g.stdout).Encode(rows); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "INSTANCE\tBEFORE\tAFTER\tRESULT")
+		for _, r := range rows {
+			res := "ok"
+			if r.Error != "" {
+				res = "failed: " + oneLine(r.Error)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Instance, r.Before, r.After, res)
+		}
+		tw.Flush()
+	}
+	if failed > 0 {
+		return exitErrorMsg(g, fmt.Sprintf("rollback failed on %d of %d instances", failed, len(rows)))
+	}
+	return nil
+}
