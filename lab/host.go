@@ -1,0 +1,398 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	sshdPath       = "/usr/sbin/sshd"
+	sftpServerPath = "/usr/lib/openssh/sftp-server"
+	sshPort        = 22
+)
+
+// overlays are the directories every host has of its own: the host's
+// process sees Root/<dir> at <inHost>; everything else (/usr, /tmp, ...) is
+// the machine's.
+var overlays = []struct{ inHost, dir string }{
+	{"/nix", "nix"},
+	{"/run", "run"},
+	{"/etc/nix", "etc-nix"},
+	{"/root", "root"},
+}
+
+// initialNixConf makes a host behave like a fleet member with no daemon, no
+// build users and no binary cache: substituters are what a deploy configures.
+const initialNixConf = `sandbox = false
+experimental-features = nix-command flakes
+substituters =
+require-sigs = true
+build-users-group =
+`
+
+// hostEnv is the environment of a host's processes, the one an ssh session
+// as root gets: the caller's (NIX_CONFIG, say) must not leak into a host.
+var hostEnv = []string{
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME=/root",
+	"USER=root",
+	"LOGNAME=root",
+	"SHELL=/bin/bash",
+}
+
+// Host is one lab host: an sshd in its own mount and pid namespaces.
+type Host struct {
+	Name string
+	// Addr is the IP the deploy host dials; for internal hosts, the IP the
+	// jump host dials.
+	Addr string
+	Port int
+	// HostKey is the public host key in authorized_keys format, no comment.
+	HostKey string
+	// Root is the per-host directory holding nix/, run/, etc-nix/, root/.
+	Root string
+	// Jump is the name of the jump host for internal hosts, "" otherwise.
+	Jump string
+	// InternalAddr is set on the jump host only: its loopback address in the
+	// internal network. Internal hosts can reach it there and at Addr.
+	InternalAddr string
+
+	lab    *Lab
+	netns  string   // network namespace file; "" for the root namespace
+	listen []string // addresses sshd listens on
+
+	mu   sync.Mutex
+	proc *exec.Cmd     // nil while stopped
+	done chan struct{} // closed when proc has been reaped
+	exit error         // proc's Wait result, valid after done
+}
+
+// Path returns where a file inside the host lives on this machine, e.g.
+// Path("/run/current-system") is Root+"/run/current-system". Paths outside
+// the host's own directories are shared with this machine and returned as
+// they are. A symlink read this way points into the host's view (/nix/store
+// means Path("/nix/store")).
+func (h *Host) Path(p string) string {
+	p = path.Clean("/" + p)
+	for _, o := range overlays {
+		if p == o.inHost || strings.HasPrefix(p, o.inHost+"/") {
+			return filepath.Join(h.Root, o.dir, strings.TrimPrefix(p, o.inHost))
+		}
+	}
+	return p
+}
+
+func (h *Host) hostKeyFile() string    { return filepath.Join(h.Root, "ssh_host_ed25519_key") }
+func (h *Host) sshdConfigFile() string { return filepath.Join(h.Root, "sshd_config") }
+func (h *Host) logFile() string        { return filepath.Join(h.Root, "sshd.log") }
+func (h *Host) consoleFile() string    { return filepath.Join(h.Root, "console.log") }
+func (h *Host) pidFile() string        { return h.Path("/run/sshd.pid") }
+
+// prepare creates the host's directories, host key and configuration.
+func (h *Host) prepare() error {
+	for _, o := range overlays {
+		if err := os.MkdirAll(filepath.Join(h.Root, o.dir), 0o755); err != nil {
+			return fmt.Errorf("prepare host %s: %w", h.Name, err)
+		}
+	}
+	// An empty store; nix creates /nix/var itself on first use. /run/sshd is
+	// sshd's privilege separation directory.
+	for _, d := range []string{"/nix/store", "/run/sshd", "/root/.ssh"} {
+		if err := os.MkdirAll(h.Path(d), 0o755); err != nil {
+			return fmt.Errorf("prepare host %s: %w", h.Name, err)
+		}
+	}
+	if err := os.WriteFile(h.Path("/etc/nix/nix.conf"), []byte(initialNixConf), 0o644); err != nil {
+		return fmt.Errorf("prepare host %s: %w", h.Name, err)
+	}
+	// The host's root gets the lab's client key so hosts can ssh to each
+	// other (a consumer substituting from ssh://root@STORE).
+	for _, suffix := range []string{"", ".pub"} {
+		data, err := os.ReadFile(h.lab.ClientKey + suffix)
+		if err == nil {
+			err = os.WriteFile(h.Path("/root/.ssh/id_ed25519"+suffix), data, 0o600)
+		}
+		if err != nil {
+			return fmt.Errorf("prepare host %s: copy client key: %w", h.Name, err)
+		}
+	}
+	key, err := writeKeyPair(h.hostKeyFile(), "root@"+h.Name)
+	if err != nil {
+		return fmt.Errorf("prepare host %s: %w", h.Name, err)
+	}
+	h.HostKey = key
+	return writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644)
+}
+
+func (h *Host) sshdConfig() string {
+	var b strings.Builder
+	for _, a := range h.listen {
+		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(a, strconv.Itoa(h.Port)))
+	}
+	// Paths are checked by validDir to need no quoting here.
+	fmt.Fprintf(&b, "HostKey %s\n", h.hostKeyFile())
+	fmt.Fprintf(&b, "AuthorizedKeysFile %s\n", h.lab.authorizedKeysFile())
+	b.WriteString(`PidFile /run/sshd.pid
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+Subsystem sftp ` + sftpServerPath + `
+MaxSessions 200
+MaxStartups 200
+UseDNS no
+PrintMotd no
+PrintLastLog no
+LogLevel ERROR
+`)
+	return b.String()
+}
+
+// script is what runs as pid 1 of the host's namespaces before it becomes
+// sshd.
+func (h *Host) script() string {
+	var b strings.Builder
+	b.WriteString("set -e\n")
+	// Nothing mounted here may show up on this machine, and the reverse.
+	b.WriteString("mount --make-rprivate /\n")
+	// The copied mount table holds the ip-netns mounts of other labs; they
+	// would keep those namespaces alive after the other lab deletes them.
+	b.WriteString(`awk '$5 ~ "^/run/netns/." {print $5}' /proc/self/mountinfo | while read -r m; do umount -l "$m" || true; done` + "\n")
+	for _, o := range overlays {
+		fmt.Fprintf(&b, "mount --bind %s %s\n", shellQuote(filepath.Join(h.Root, o.dir)), shellQuote(o.inHost))
+	}
+	// A /proc of the host's own pid namespace: ps inside shows the host only.
+	b.WriteString("mount -t proc proc /proc\n")
+	fmt.Fprintf(&b, "exec %s -D -f %s -E %s\n", sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()))
+	return b.String()
+}
+
+// Start starts the host again with the same key, address and store (and
+// /run: unlike a reboot, /run/current-system survives) and returns once sshd
+// accepts connections. Starting a running host is an error.
+func (h *Host) Start(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.startLocked(ctx)
+}
+
+func (h *Host) startLocked(ctx context.Context) error {
+	if h.proc != nil {
+		return fmt.Errorf("start host %s: already running", h.Name)
+	}
+	if err := os.Remove(h.pidFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("start host %s: %w", h.Name, err)
+	}
+	console, err := os.OpenFile(h.consoleFile(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("start host %s: %w", h.Name, err)
+	}
+	defer console.Close()
+
+	argv := []string{"/bin/sh", "-c", h.script()}
+	if h.netns != "" {
+		// nsenter without -p execs instead of forking, so the shell stays
+		// the init of the new pid namespace.
+		argv = append([]string{"nsenter", "--net=" + h.netns, "--"}, argv...)
+	}
+	// Not CommandContext: the host outlives ctx, which bounds only the wait.
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = "/"
+	cmd.Env = hostEnv
+	cmd.Stdout = console
+	cmd.Stderr = console
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+		// A killed test binary must not leave hosts behind; the kernel
+		// then kills the whole pid namespace.
+		Pdeathsig: syscall.SIGKILL,
+		// Ctrl-C on a terminal goes to the lab's owner, which tears down.
+		Setpgid: true,
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start host %s: %w", h.Name, err)
+	}
+	done := make(chan struct{})
+	h.proc, h.done = cmd, done
+	go func() {
+		// Wait returns only when every process of the pid namespace is
+		// gone: the kernel reaps them before the namespace's init.
+		h.exit = cmd.Wait()
+		close(done)
+	}()
+	if err := h.waitReady(ctx); err != nil {
+		h.stopLocked()
+		return fmt.Errorf("start host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// waitReady waits until sshd accepts TCP connections on the host's address.
+func (h *Host) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := h.probe(ctx)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for sshd on %s: %w (last attempt: %v)", h.Addr, ctx.Err(), err)
+		case <-h.done:
+			return fmt.Errorf("sshd exited (%v): %s", h.exit, h.logTail())
+		case <-tick.C:
+		}
+	}
+}
+
+// probe tries one connection to sshd from where its clients are: this
+// machine, or for internal hosts the internal network.
+func (h *Host) probe(ctx context.Context) error {
+	if h.Jump != "" {
+		return connectIn(ctx, h.netns, h.Addr, h.Port)
+	}
+	d := net.Dialer{Timeout: time.Second}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(h.Addr, strconv.Itoa(h.Port)))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// logTail is the end of what the host's shell and sshd wrote, for errors.
+func (h *Host) logTail() string {
+	var out []byte
+	for _, f := range []string{h.consoleFile(), h.logFile()} {
+		data, _ := os.ReadFile(f)
+		out = append(out, bytes.TrimSpace(data)...)
+		out = append(out, ' ')
+	}
+	out = bytes.TrimSpace(out)
+	if len(out) > 2000 {
+		out = out[len(out)-2000:]
+	}
+	if len(out) == 0 {
+		return "no output"
+	}
+	return string(out)
+}
+
+// Stop kills the host: sshd and every process in its pid namespace, also
+// those started by ssh sessions. Its directories stay. Stopping a stopped
+// host does nothing.
+func (h *Host) Stop() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stopLocked()
+}
+
+func (h *Host) stopLocked() error {
+	if h.proc == nil {
+		return nil
+	}
+	// SIGKILL to the namespace's init makes the kernel kill all the rest.
+	if err := h.proc.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("stop host %s: %w", h.Name, err)
+	}
+	<-h.done
+	h.proc, h.done = nil, nil
+	return nil
+}
+
+// pid is the host's init as seen from this machine, 0 when stopped.
+func (h *Host) pid() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc == nil {
+		return 0
+	}
+	return h.proc.Process.Pid
+}
+
+// Exec runs a command inside the host's namespaces without ssh and returns
+// its combined output. The environment is that of a root ssh session, not the
+// caller's.
+func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
+	if len(args) == 0 {
+		return nil, fmt.Errorf("exec on host %s: no command", h.Name)
+	}
+	pid := h.pid()
+	if pid == 0 {
+		return nil, fmt.Errorf("exec %q on host %s: host is stopped", args, h.Name)
+	}
+	nsArgs := append([]string{"-t", strconv.Itoa(pid), "-m", "-p", "-n", "--"}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", nsArgs...)
+	cmd.Dir = "/"
+	cmd.Env = hostEnv
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("exec %q on host %s: %w: %s", args, h.Name, err, bytes.TrimSpace(out))
+	}
+	return out, nil
+}
+
+// ReplaceHostKey gives the host a new host key and restarts it, for tests of
+// a changed host key. The lab's and the hosts' known_hosts files are
+// rewritten with the new key; what callers copied earlier is not.
+func (h *Host) ReplaceHostKey(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	key, err := writeKeyPair(h.hostKeyFile(), "root@"+h.Name)
+	if err != nil {
+		return fmt.Errorf("replace host key of %s: %w", h.Name, err)
+	}
+	h.lab.mu.Lock()
+	h.HostKey = key
+	err = h.lab.writeKnownHostsLocked()
+	h.lab.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("replace host key of %s: %w", h.Name, err)
+	}
+	if h.proc == nil {
+		return nil
+	}
+	if err := h.stopLocked(); err != nil {
+		return err
+	}
+	return h.startLocked(ctx)
+}
+
+// WriteNixConf appends lines to the host's /etc/nix/nix.conf. Nix reads it
+// afresh in every process, so it applies to the next command on the host.
+func (h *Host) WriteNixConf(extra string) error {
+	if extra != "" && !strings.HasSuffix(extra, "\n") {
+		extra += "\n"
+	}
+	f, err := os.OpenFile(h.Path("/etc/nix/nix.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("nix.conf of host %s: %w", h.Name, err)
+	}
+	_, err = f.WriteString(extra)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("nix.conf of host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,414 @@
+// Package lab starts throwaway SSH hosts on this machine, each a real sshd
+// with its own Nix store, for nix-hive's demo and end-to-end tests.
+//
+// A host is /usr/sbin/sshd in its own mount and pid namespaces, listening
+// on its own loopback address 127.77.B.N:22, with /nix, /run, /etc/nix and
+// /root bind-mounted from its directory. With Config.Internal > 0 the lab
+// also makes a network namespace whose hosts only a jump host reaches. It
+// needs root; Require skips (or, under CI, fails) a test otherwise.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Config says which hosts a lab has.
+type Config struct {
+	Hosts int      // plain hosts reachable from the root namespace
+	Names []string // optional names for the plain hosts (default "host-1".."host-N")
+	// Internal > 0 makes a jump topology: one jump host plus this many
+	// internal hosts, reachable only through it.
+	Internal      int
+	JumpName      string   // default "portico"
+	InternalNames []string // default "int-1".."int-N"
+	Dir           string   // working directory; default: a new temp dir removed at Close
+}
+
+// Lab is a set of running hosts and the files to reach them.
+type Lab struct {
+	Dir string
+	// ClientKey is the client private key (ed25519, no passphrase) every
+	// host authorizes for root; ClientKey+".pub" exists.
+	ClientKey string
+	// Hosts in a stable order: the jump host first if any, then the plain
+	// hosts, then the internal ones.
+	Hosts []*Host
+	// KnownHostsFile holds KnownHosts(); SSHConfigFile is an OpenSSH client
+	// config naming every host (`ssh -F SSHConfigFile host-1`).
+	KnownHostsFile string
+	SSHConfigFile  string
+	// Netns is the `ip netns` name of the internal network, "" without
+	// internal hosts. The jump host and the internal hosts live in it.
+	Netns string
+
+	removeDir bool
+	dirLock   *os.File
+	block     *addrBlock
+	internal  *internalNet
+
+	mu        sync.Mutex // guards the hosts' HostKey and the files derived from them
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// dirRE keeps lab paths free of what sshd_config and ssh_config would need
+// quoted or would expand (%, spaces, quotes).
+var dirRE = regexp.MustCompile(`^[A-Za-z0-9/._+-]+$`)
+
+// Start creates the lab's files and starts all hosts in parallel. When it
+// returns without error every host accepts SSH connections. On error nothing
+// is left running.
+func Start(ctx context.Context, cfg Config) (*Lab, error) {
+	plain, internal, jump, err := hostNames(cfg)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{}
+	if err := l.start(ctx, cfg.Dir, plain, internal, jump); err != nil {
+		return nil, errors.Join(err, l.Close())
+	}
+	return l, nil
+}
+
+// hostNames applies the defaults of cfg and checks the names.
+func hostNames(cfg Config) (plain, internal []string, jump string, err error) {
+	names := func(n int, given []string, prefix, what string) ([]string, error) {
+		if n == 0 {
+			n = len(given)
+		}
+		if len(given) == 0 {
+			for i := 1; i <= n; i++ {
+				given = append(given, fmt.Sprintf("%s-%d", prefix, i))
+			}
+		}
+		if len(given) != n {
+			return nil, fmt.Errorf("lab config: %d %s but %d names for them", n, what, len(given))
+		}
+		return given, nil
+	}
+	if plain, err = names(cfg.Hosts, cfg.Names, "host", "hosts"); err != nil {
+		return nil, nil, "", err
+	}
+	if internal, err = names(cfg.Internal, cfg.InternalNames, "int", "internal hosts"); err != nil {
+		return nil, nil, "", err
+	}
+	all := append([]string(nil), plain...)
+	if len(internal) > 0 {
+		jump = cfg.JumpName
+		if jump == "" {
+			jump = "portico"
+		}
+		all = append(all, jump)
+		all = append(all, internal...)
+	}
+	if len(all) == 0 {
+		return nil, nil, "", errors.New("lab config: no hosts (set Hosts or Internal)")
+	}
+	if len(all) > maxHosts {
+		return nil, nil, "", fmt.Errorf("lab config: %d hosts, at most %d fit in a lab's address block", len(all), maxHosts)
+	}
+	seen := map[string]bool{}
+	for _, n := range all {
+		if !nameRE.MatchString(n) {
+			return nil, nil, "", fmt.Errorf("lab config: host name %q: use letters, digits, '.', '_' and '-'", n)
+		}
+		if seen[n] {
+			return nil, nil, "", fmt.Errorf("lab config: host name %q used twice", n)
+		}
+		seen[n] = true
+	}
+	return plain, internal, jump, nil
+}
+
+func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, jump string) error {
+	if err := l.useDir(dir); err != nil {
+		return err
+	}
+	var err error
+	if l.block, err = lockBlock(); err != nil {
+		return err
+	}
+	if len(internal) > 0 {
+		l.internal = newInternalNet(l.block)
+		l.Netns = l.internal.name
+	}
+
+	add := func(name, jumpName string) *Host {
+		i := len(l.Hosts)
+		h := &Host{
+			Name: name, Addr: l.block.hostAddr(i), Port: sshPort, Jump: jumpName,
+			Root: filepath.Join(l.Dir, "hosts", name), lab: l,
+		}
+		h.listen = []string{h.Addr}
+		if l.internal != nil && (jumpName != "" || name == jump) {
+			h.netns = l.internal.path()
+		}
+		l.Hosts = append(l.Hosts, h)
+		return h
+	}
+	var internalAddrs []string
+	if jump != "" {
+		j := add(jump, "")
+		j.InternalAddr, j.Addr = j.Addr, l.internal.nsAddr
+		j.listen = []string{j.Addr, j.InternalAddr}
+		internalAddrs = append(internalAddrs, j.InternalAddr)
+	}
+	for _, n := range plain {
+		add(n, "")
+	}
+	for _, n := range internal {
+		internalAddrs = append(internalAddrs, add(n, jump).Addr)
+	}
+
+	l.ClientKey = filepath.Join(l.Dir, "client", "id_ed25519")
+	if _, err := writeKeyPair(l.ClientKey, "nix-hive-lab"); err != nil {
+		return err
+	}
+	pub, err := os.ReadFile(l.ClientKey + ".pub")
+	if err == nil {
+		err = writeFileAtomic(l.authorizedKeysFile(), pub, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("authorized_keys: %w", err)
+	}
+	var g errgroup.Group
+	for _, h := range l.Hosts {
+		g.Go(h.prepare)
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	l.KnownHostsFile = filepath.Join(l.Dir, "known_hosts")
+	l.SSHConfigFile = filepath.Join(l.Dir, "ssh_config")
+	l.mu.Lock()
+	err = l.writeKnownHostsLocked()
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(l.SSHConfigFile, []byte(l.sshConfig()), 0o644); err != nil {
+		return err
+	}
+	if l.internal != nil {
+		if err := l.internal.create(ctx, internalAddrs); err != nil {
+			return err
+		}
+	}
+	sg, sctx := errgroup.WithContext(ctx)
+	for _, h := range l.Hosts {
+		sg.Go(func() error { return h.Start(sctx) })
+	}
+	return sg.Wait()
+}
+
+// useDir sets up the lab directory: a new temporary one, or dir (created if
+// missing) locked against a second lab and emptied of an earlier lab's hosts.
+func (l *Lab) useDir(dir string) error {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "nix-hive-lab-")
+		if err != nil {
+			return fmt.Errorf("lab dir: %w", err)
+		}
+		dir, l.removeDir = d, true
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("lab dir: %w", err)
+	}
+	// The resolved path is what the hosts see; /var/run is /run, say.
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return fmt.Errorf("lab dir %s: %w", dir, err)
+	}
+	l.Dir = abs
+	if !dirRE.MatchString(l.Dir) {
+		return fmt.Errorf("lab dir %q: use only letters, digits and '/._+-' (the path goes into sshd and ssh configs)", l.Dir)
+	}
+	for _, o := range overlays {
+		if l.Dir == o.inHost || strings.HasPrefix(l.Dir, o.inHost+"/") {
+			return fmt.Errorf("lab dir %s: hosts cannot see it, since each host has its own %s; choose another", l.Dir, o.inHost)
+		}
+	}
+	f, ok, err := tryLock(filepath.Join(l.Dir, dirLockName))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("lab dir %s is in use by a running lab", l.Dir)
+	}
+	l.dirLock = f
+	// Hosts of an earlier lab in this directory are gone (the lock says so);
+	// their stores must not leak into the new ones.
+	if err := os.RemoveAll(filepath.Join(l.Dir, "hosts")); err != nil {
+		return fmt.Errorf("lab dir %s: remove old hosts: %w", l.Dir, err)
+	}
+	return nil
+}
+
+// dirLockName is the file in a lab's directory that the lab keeps locked
+// while it runs.
+const dirLockName = ".lab.lock"
+
+// InUse reports whether a running lab holds dir.
+func InUse(dir string) (bool, error) {
+	f, ok, err := tryLock(filepath.Join(dir, dirLockName))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		f.Close()
+	}
+	return !ok, nil
+}
+
+func (l *Lab) authorizedKeysFile() string { return filepath.Join(l.Dir, "authorized_keys") }
+
+// Host returns the host called name, nil if there is none.
+func (l *Lab) Host(name string) *Host {
+	for _, h := range l.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// KnownHosts returns known_hosts lines for all hosts, under every address
+// each listens on.
+func (l *Lab) KnownHosts() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.knownHostsLocked()
+}
+
+func (l *Lab) knownHostsLocked() string {
+	var b strings.Builder
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&b, "%s %s\n", strings.Join(h.listen, ","), h.HostKey)
+	}
+	return b.String()
+}
+
+// writeKnownHostsLocked writes the lab's known_hosts and every host's
+// /root/.ssh/known_hosts, so hosts can ssh to each other with strict host
+// key checking.
+func (l *Lab) writeKnownHostsLocked() error {
+	kh := []byte(l.knownHostsLocked())
+	if err := writeFileAtomic(l.KnownHostsFile, kh, 0o644); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts {
+		if err := writeFileAtomic(h.Path("/root/.ssh/known_hosts"), kh, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HiveNix returns a Nix attrset of instances for a hive definition:
+// connection attributes only (host, port, user, hostKey, jump, ssh); callers
+// add system and the rest, e.g. with builtins.mapAttrs.
+func (l *Lab) HiveNix() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("{\n")
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&b, "  %s = { host = %s; port = %d; user = \"root\"; hostKey = %s;",
+			nixString(h.Name), nixString(h.Addr), h.Port, nixString(h.HostKey))
+		if h.Jump != "" {
+			fmt.Fprintf(&b, " jump = %s;", nixString(h.Jump))
+		}
+		fmt.Fprintf(&b, " ssh = { IdentityFile = %s; }; };\n", nixString(l.ClientKey))
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// sshConfig is an OpenSSH client config that reaches every host by name.
+func (l *Lab) sshConfig() string {
+	var b strings.Builder
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&b, "Host %s\n  HostName %s\n", h.Name, h.Addr)
+		if h.Jump != "" {
+			fmt.Fprintf(&b, "  ProxyJump %s\n", h.Jump)
+		}
+	}
+	fmt.Fprintf(&b, `Host *
+  User root
+  Port %d
+  IdentityFile %s
+  IdentitiesOnly yes
+  UserKnownHostsFile %s
+  StrictHostKeyChecking yes
+  BatchMode yes
+`, sshPort, l.ClientKey, l.KnownHostsFile)
+	return b.String()
+}
+
+// nixString quotes s as a Nix string literal.
+func nixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// Close stops every host, deletes the internal network and, when Start made
+// the directory, removes it. It is idempotent and returns the first call's
+// result.
+func (l *Lab) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.close() })
+	return l.closeErr
+}
+
+func (l *Lab) close() error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, h := range l.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.Stop(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if l.internal != nil {
+		// Teardown must happen even when the caller's context is gone.
+		errs = append(errs, l.internal.remove(context.Background()))
+	}
+	if l.removeDir && l.Dir != "" {
+		if err := os.RemoveAll(l.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
+		}
+	}
+	errs = append(errs, l.block.release())
+	if l.dirLock != nil {
+		errs = append(errs, l.dirLock.Close())
+		l.dirLock = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close lab %s: %w", l.Dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,279 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockDir holds one lock file per 127.77.B.0/24 block; a lab holds its
+// block's lock for its whole life, so labs started by parallel test binaries
+// never share an address.
+const lockDir = "/run/nix-hive-lab"
+
+// maxHosts is what fits in a block: .1 is left alone, hosts take .2 to .254.
+const maxHosts = 253
+
+// addrBlock is the 127.77.N.0/24 block (and the 198.18.N.0/30 veth subnet) a
+// lab owns while its lock file is locked.
+type addrBlock struct {
+	n    int
+	lock *os.File
+}
+
+func lockBlock() (*addrBlock, error) {
+	if err := os.MkdirAll(lockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", lockDir, err)
+	}
+	for n := 1; n <= 254; n++ {
+		f, ok, err := tryLock(filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return &addrBlock{n: n, lock: f}, nil
+		}
+	}
+	return nil, fmt.Errorf("all 254 address blocks 127.77.*.0/24 are in use by other labs (locks in %s)", lockDir)
+}
+
+// tryLock takes an exclusive flock on path without waiting. ok is false when
+// another open file holds it; the returned file keeps the lock until closed.
+func tryLock(path string) (f *os.File, ok bool, err error) {
+	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, false, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, true, nil
+}
+
+// hostAddr is the loopback address of the i-th host (0-based) of the lab.
+func (b *addrBlock) hostAddr(i int) string { return fmt.Sprintf("127.77.%d.%d", b.n, i+2) }
+
+func (b *addrBlock) release() error {
+	if b == nil || b.lock == nil {
+		return nil
+	}
+	err := b.lock.Close()
+	b.lock = nil
+	return err
+}
+
+// internalNet is the network namespace of a jump topology: the internal hosts
+// listen on its loopback, the jump host also on its end of a veth pair whose
+// other end is in the root namespace. 198.18.0.0/15 is reserved for network
+// tests (RFC 2544), so the veth subnet cannot collide with a real network.
+type internalNet struct {
+	name     string // ip netns name
+	vethRoot string
+	vethNS   string
+	rootAddr string // root namespace end of the veth
+	nsAddr   string // namespace end of the veth: the jump host's address
+}
+
+func newInternalNet(b *addrBlock) *internalNet {
+	return &internalNet{
+		name:     fmt.Sprintf("nhlab-%d", b.n),
+		vethRoot: fmt.Sprintf("nhlab%dr", b.n),
+		vethNS:   fmt.Sprintf("nhlab%dn", b.n),
+		rootAddr: fmt.Sprintf("198.18.%d.1", b.n),
+		nsAddr:   fmt.Sprintf("198.18.%d.2", b.n),
+	}
+}
+
+// path is the namespace file that nsenter and setns use.
+func (n *internalNet) path() string { return "/run/netns/" + n.name }
+
+// create makes the namespace and the veth pair and puts loopbackAddrs on the
+// namespace's lo. Leftovers of a lab that died with this block (a killed test
+// binary cannot delete its namespace) are removed first: holding the block's
+// lock proves nobody else uses them.
+func (n *internalNet) create(ctx context.Context, loopbackAddrs []string) error {
+	n.remove(ctx)
+	// Concurrent first uses of `ip netns add` race on making /run/netns a
+	// shared mount; serialise them between labs.
+	unlock, err := lockWait(ctx, filepath.Join(lockDir, "netns.lock"))
+	if err != nil {
+		return err
+	}
+	err = runIP(ctx, "", "netns", "add", n.name)
+	unlock()
+	if err != nil {
+		return err
+	}
+	root := []string{
+		fmt.Sprintf("link add %s type veth peer name %s netns %s", n.vethRoot, n.vethNS, n.name),
+		fmt.Sprintf("addr add %s/30 dev %s", n.rootAddr, n.vethRoot),
+		fmt.Sprintf("link set %s up", n.vethRoot),
+	}
+	inside := []string{
+		"link set lo up",
+		fmt.Sprintf("addr add %s/30 dev %s", n.nsAddr, n.vethNS),
+		fmt.Sprintf("link set %s up", n.vethNS),
+	}
+	for _, a := range loopbackAddrs {
+		inside = append(inside, fmt.Sprintf("addr add %s/32 dev lo", a))
+	}
+	if err := runIPBatch(ctx, "", root); err != nil {
+		return err
+	}
+	return runIPBatch(ctx, n.name, inside)
+}
+
+// remove deletes the veth pair and the namespace; what does not exist is not
+// an error, so remove also cleans up after a failed create.
+func (n *internalNet) remove(ctx context.Context) error {
+	var errs []error
+	// Deleting one end deletes the pair; do it explicitly because a mount
+	// namespace copied elsewhere could keep the network namespace (and with
+	// it the veth) alive after `ip netns del`.
+	if _, err := os.Stat("/sys/class/net/" + n.vethRoot); err == nil {
+		errs = append(errs, runIP(ctx, "", "link", "del", n.vethRoot))
+	}
+	if _, err := os.Stat(n.path()); err == nil {
+		errs = append(errs, runIP(ctx, "", "netns", "del", n.name))
+	}
+	return errors.Join(errs...)
+}
+
+func runIP(ctx context.Context, netns string, args ...string) error {
+	if netns != "" {
+		args = append([]string{"-n", netns}, args...)
+	}
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func runIPBatch(ctx context.Context, netns string, lines []string) error {
+	args := []string{"-batch", "-"}
+	if netns != "" {
+		args = append([]string{"-n", netns}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s <<%q: %w: %s", strings.Join(args, " "), lines, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// lockWait takes an exclusive flock on path, polling so that ctx is honoured.
+func lockWait(ctx context.Context, path string) (unlock func(), err error) {
+	for {
+		f, ok, err := tryLock(path)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return func() { f.Close() }, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for lock %s: %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// connectIn opens a TCP connection to addr:port from inside the network
+// namespace nsPath and closes it again: it tells whether something accepts
+// connections there. Only the socket is created inside the namespace (a
+// socket belongs to the namespace it was created in), so the calling thread
+// is switched there for one syscall and back.
+func connectIn(ctx context.Context, nsPath, addr string, port int) error {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || !ip.Is4() {
+		return fmt.Errorf("connect to %s in %s: not an IPv4 address", addr, nsPath)
+	}
+	fd, err := socketIn(nsPath)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: ip.As4()})
+	if errors.Is(err, unix.EINPROGRESS) {
+		err = waitConnected(ctx, fd)
+	}
+	if err != nil {
+		return fmt.Errorf("connect to %s in %s: %w", net.JoinHostPort(addr, fmt.Sprint(port)), nsPath, err)
+	}
+	return nil
+}
+
+func socketIn(nsPath string) (int, error) {
+	target, err := os.Open(nsPath)
+	if err != nil {
+		return -1, fmt.Errorf("open network namespace: %w", err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return -1, fmt.Errorf("open own network namespace: %w", err)
+	}
+	defer self.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return -1, fmt.Errorf("enter network namespace %s: %w", nsPath, err)
+	}
+	fd, sockErr := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		// The thread is stuck in the lab's namespace: leaving it locked makes
+		// the runtime discard it when this goroutine ends.
+		if sockErr == nil {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("leave network namespace %s: %w", nsPath, err)
+	}
+	runtime.UnlockOSThread()
+	if sockErr != nil {
+		return -1, fmt.Errorf("socket in %s: %w", nsPath, sockErr)
+	}
+	return fd, nil
+}
+
+// waitConnected waits for a non-blocking connect to finish.
+func waitConnected(ctx context.Context, fd int) error {
+	for ctx.Err() == nil {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, 100)
+		if errors.Is(err, unix.EINTR) || (err == nil && n == 0) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soErr != 0 {
+			return unix.Errno(soErr)
+		}
+		return nil
+	}
+	return ctx.Err()
+}
