@@ -213,8 +213,11 @@ func retry(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (
 		if err == nil && v != sk.False {
 			return v, nil
 		}
-		if c.stopped() != nil {
-			return nil, err // the call is over; the caller reports why
+		if cause := c.stopped(); cause != nil {
+			if err == nil {
+				err = cause
+			}
+			return nil, err // the call is over; evalError reports why
 		}
 		last = err
 		if err == nil {

@@ -19,6 +19,8 @@ const cancelGrace = 2 * time.Second
 
 const callKey = "nix-hive/call"
 
+var errAbandoned = errors.New("a builtin ignored the cancellation and was abandoned")
+
 // call is the state of one policy call, shared by the builtins through a
 // thread local.
 type call struct {
@@ -143,7 +145,7 @@ func (p *Policy) exec(c *call, do func(*sk.Thread) (sk.Value, error)) (sk.Value,
 	case r := <-done:
 		return r.v, r.err
 	case <-grace.C:
-		return nil, fmt.Errorf("abandoned: a builtin did not return after the call was stopped")
+		return nil, errAbandoned
 	}
 }
 
@@ -166,6 +168,9 @@ func (c *call) evalError(err error) *Error {
 		e.Fail = false
 		e.Err = cause
 		e.Msg = c.stopMessage(cause)
+		if errors.Is(err, errAbandoned) {
+			e.Msg += "; " + errAbandoned.Error()
+		}
 	}
 	return e
 }

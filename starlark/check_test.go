@@ -560,3 +560,19 @@ def post_activate(ctx):
 		t.Errorf("%d goroutines before, %d after:\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestAbandonRunnerIgnoringContext: a Runner that does not honour ctx
+// cannot hold a check past its time limit for more than cancelGrace.
+func TestAbandonRunnerIgnoringContext(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release) // lets the abandoned goroutine finish
+	runner := &fakeRunner{reply: func(context.Context, string, string) (string, string, int, error) {
+		<-release
+		return "", "", 0, nil
+	}}
+	p := mustLoad(t, "def post_activate(ctx):\n    ctx.run('hang')\n", Env{Runner: runner, CheckTimeout: 10 * time.Millisecond})
+	res := p.PostActivate(context.Background(), www1)
+	if res.OK || !errors.Is(res.Err, ErrTimeLimit) || !strings.Contains(res.Message, "abandoned") {
+		t.Errorf("result %+v, want ErrTimeLimit and the builtin abandoned", res)
+	}
+}

@@ -77,7 +77,10 @@
 // (Env.CallTimeout for loading, select and waves, Env.CheckTimeout for
 // checks). A call that hits a limit, or whose context ends, is cancelled
 // at once: builtins return early and the interpreter stops at its next
-// step. while loops and top-level if/for are allowed; recursion is not.
+// step (a Runner or http.Client that ignores its context is abandoned after
+// a grace period of two seconds). while loops and top-level if/for are
+// allowed; recursion is not; a top-level name is assigned once, so a
+// duplicated def is an error.
 //
 // # Errors
 //

@@ -158,8 +158,8 @@ func assignments(f *syntax.File) map[string]syntax.Position {
 		case *syntax.LambdaExpr:
 			return false
 		case *syntax.Ident:
-			// Only binding occurrences are reached first at top level in
-			// practice; a later use cannot precede the assignment.
+			// Top-level code cannot read a global before assigning it, so
+			// the first occurrence outside function bodies is the binding.
 			if _, ok := pos[n.Name]; !ok {
 				pos[n.Name] = n.NamePos
 			}

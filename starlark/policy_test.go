@@ -41,13 +41,6 @@ type want struct {
 	} `json:"error"`
 }
 
-func (b *FailureBudget) UnmarshalJSON(data []byte) error {
-	var v struct{ Wave, Total int }
-	err := json.Unmarshal(data, &v)
-	*b = FailureBudget(v)
-	return err
-}
-
 func names(in []Instance) []string {
 	out := make([]string, len(in))
 	for i, inst := range in {
