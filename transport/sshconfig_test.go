@@ -1,0 +1,320 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// needSSH returns the OpenSSH client or skips (fails under CI).
+func needSSH(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("ssh")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI: the OpenSSH client (ssh) is required for this test and is not installed")
+		}
+		t.Skip("no OpenSSH client (ssh) installed")
+	}
+	return p
+}
+
+// sshG runs `ssh -G -F config name` and returns its settings; keys that
+// occur several times (identityfile) are joined with "\n".
+func sshG(t *testing.T, ssh, config, name string) map[string]string {
+	t.Helper()
+	cmd := exec.Command(ssh, "-G", "-F", config, name)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ssh -G %s: %v: %s", name, err, stderr.String())
+	}
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		if old, ok := m[k]; ok {
+			v = old + "\n" + v
+		}
+		m[k] = v
+	}
+	return m
+}
+
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestSSHConfigAgreesWithOpenSSH: for every endpoint, ssh -G on the
+// generated config yields the host, user, port and jump chain that the Go
+// client uses (Resolve), with the user's own config in play.
+func TestSSHConfigAgreesWithOpenSSH(t *testing.T) {
+	ssh := needSSH(t)
+	home := hermetic(t)
+	dir := t.TempDir()
+	userConfig := writeFile(t, filepath.Join(home, ".ssh", "config"), `
+Host www-*
+	User alice
+	Port 2200
+Host db-1
+	HostName db.internal
+Host *
+	User bob
+	ProxyJump elsewhere
+	ServerAliveCountMax 7
+`)
+	dbKey := filepath.Join(dir, "my keys", "db key")
+	cfg := Config{
+		UserConfig:      userConfig,
+		KnownHostsFiles: []string{filepath.Join(dir, "user known_hosts")},
+		Endpoints: map[string]Endpoint{
+			"portico": {Host: "203.0.113.4"},
+			"www-1":   {Host: "10.22.0.8", Jump: "portico"},
+			"www-2":   {Host: "10.22.0.9", Jump: "www-1", User: "root", Port: 22},
+			"db-1":    {Jump: "www-2", Port: 2222, Options: map[string]string{"IdentityFile": dbKey, "ServerAliveInterval": "30"}},
+			"v6":      {Host: "fe80::1%eth0", User: "deploy"},
+		},
+	}
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	genKnown := filepath.Join(dir, "known_hosts")
+	var buf bytes.Buffer
+	if err := WriteSSHConfig(&buf, cfg, genKnown); err != nil {
+		t.Fatal(err)
+	}
+	config := writeFile(t, filepath.Join(dir, "ssh_config"), buf.String())
+	t.Logf("generated config:\n%s", buf.String())
+
+	want := map[string]Effective{
+		"portico": {HostName: "203.0.113.4", User: "bob", Port: 22},
+		"www-1":   {HostName: "10.22.0.8", User: "alice", Port: 2200, JumpChain: []string{"portico"}},
+		"www-2":   {HostName: "10.22.0.9", User: "root", Port: 22, JumpChain: []string{"portico", "www-1"}},
+		"db-1":    {HostName: "db.internal", User: "bob", Port: 2222, JumpChain: []string{"portico", "www-1", "www-2"}},
+		"v6":      {HostName: "fe80::1%eth0", User: "deploy", Port: 22},
+	}
+	for name, w := range want {
+		t.Run(name, func(t *testing.T) {
+			got, err := p.Resolve(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.HostName != w.HostName || got.User != w.User || got.Port != w.Port || !slices.Equal(got.JumpChain, w.JumpChain) {
+				t.Errorf("Resolve(%s) = %+v; want %+v", name, got, w)
+			}
+			g := sshG(t, ssh, config, name)
+			port, _ := strconv.Atoi(g["port"])
+			if g["hostname"] != got.HostName || g["user"] != got.User || port != got.Port {
+				t.Errorf("ssh -G: hostname %q user %q port %q; Go client: %q %q %d", g["hostname"], g["user"], g["port"], got.HostName, got.User, got.Port)
+			}
+			// Follow ProxyJump like ssh does, each hop with its own block.
+			var chain []string
+			for hop := g["proxyjump"]; hop != "" && hop != "none"; hop = sshG(t, ssh, config, hop)["proxyjump"] {
+				chain = append([]string{hop}, chain...)
+				if len(chain) > 10 {
+					t.Fatalf("ssh -G jump chain does not end: %v", chain)
+				}
+			}
+			if !slices.Equal(chain, got.JumpChain) {
+				t.Errorf("ssh -G jump chain %v; Go client %v", chain, got.JumpChain)
+			}
+			if g["hostkeyalias"] != name {
+				t.Errorf("hostkeyalias = %q; want %q", g["hostkeyalias"], name)
+			}
+			if g["stricthostkeychecking"] != "true" {
+				t.Errorf("stricthostkeychecking = %q; want true", g["stricthostkeychecking"])
+			}
+			if files := strings.Fields(g["userknownhostsfile"]); len(files) == 0 || files[0] != genKnown {
+				t.Errorf("userknownhostsfile = %q; want the generated file first", g["userknownhostsfile"])
+			}
+		})
+	}
+	// The user's config still applies where the hive says nothing.
+	if g := sshG(t, ssh, config, "portico"); g["serveralivecountmax"] != "7" {
+		t.Errorf("serveralivecountmax = %q; the user's config was not included", g["serveralivecountmax"])
+	}
+	g := sshG(t, ssh, config, "db-1")
+	if !strings.Contains(g["identityfile"], dbKey) || g["serveraliveinterval"] != "30" {
+		t.Errorf("db-1 extra options: identityfile %q serveraliveinterval %q", g["identityfile"], g["serveraliveinterval"])
+	}
+	if eff, _ := p.Resolve("db-1"); !slices.Equal(eff.IdentityFiles, []string{dbKey}) {
+		t.Errorf("Go client identity files = %v; want [%s]", eff.IdentityFiles, dbKey)
+	}
+}
+
+func TestUserConfigDefaults(t *testing.T) {
+	home := hermetic(t)
+	uc := writeFile(t, filepath.Join(home, "cfg"), `
+Host web-*
+	User alice
+	Port 2200
+	IdentityFile ~/.ssh/web
+	IdentitiesOnly yes
+Host alias
+	HostName %h.example.org
+Host *
+	IdentityFile ~/.ssh/all
+`)
+	tests := []struct {
+		name string
+		ep   Endpoint
+		want Effective
+	}{
+		{"web-1", Endpoint{Host: "10.0.0.1"}, Effective{HostName: "10.0.0.1", User: "alice", Port: 2200,
+			IdentityFiles: []string{home + "/.ssh/web", home + "/.ssh/all"}, IdentitiesOnly: true}},
+		{"web-2", Endpoint{Host: "10.0.0.2", User: "root", Port: 22, Options: map[string]string{"IdentityFile": "/k1,/k2"}},
+			Effective{HostName: "10.0.0.2", User: "root", Port: 22, IdentityFiles: []string{"/k1", "/k2"}, IdentitiesOnly: true}},
+		{"alias", Endpoint{}, Effective{HostName: "alias.example.org", User: "root", Port: 22, IdentityFiles: []string{home + "/.ssh/all"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{tt.name: tt.ep}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := p.Resolve(tt.name)
+			tt.want.Name = tt.name
+			if got.HostName != tt.want.HostName || got.User != tt.want.User || got.Port != tt.want.Port ||
+				!slices.Equal(got.IdentityFiles, tt.want.IdentityFiles) || got.IdentitiesOnly != tt.want.IdentitiesOnly {
+				t.Errorf("Resolve = %+v; want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestUnparsableUserConfigIsAWarning(t *testing.T) {
+	home := hermetic(t)
+	uc := writeFile(t, filepath.Join(home, "cfg"), "Match exec \"true\"\n\tUser x\n")
+	p, err := NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{"a": {}}})
+	if err != nil {
+		t.Fatalf("NewPool: %v", err)
+	}
+	if w := p.Warnings(); len(w) != 1 || !strings.Contains(w[0], uc) {
+		t.Errorf("Warnings = %q; want one naming %s", w, uc)
+	}
+}
+
+func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
+	home := hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	userKnown := writeFile(t, filepath.Join(home, ".ssh", "known_hosts"),
+		"[127.0.0.1]:"+strconv.Itoa(srv.port)+" "+srv.hostKey+"\n")
+	cfg := Config{
+		UserConfig: "none",
+		Endpoints: map[string]Endpoint{
+			"pinned":  {Host: "192.0.2.1", HostKeys: []string{srv.hostKey + " comment"}, Options: map[string]string{"IdentityFile": `/a b/"q"`}},
+			"learned": {Host: "127.0.0.1", Port: srv.port},
+			"unknown": {Host: "192.0.2.3"},
+		},
+	}
+	var kh bytes.Buffer
+	if err := WriteKnownHosts(&kh, cfg); err != nil {
+		t.Fatal(err)
+	}
+	wantKH := "learned " + srv.hostKey + "\npinned " + srv.hostKey + "\n"
+	if kh.String() != wantKH {
+		t.Errorf("WriteKnownHosts =\n%s\nwant\n%s", kh.String(), wantKH)
+	}
+	var sc bytes.Buffer
+	if err := WriteSSHConfig(&sc, cfg, "/tmp/gen known_hosts"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Host pinned\n\tHostName 192.0.2.1\n\tUser root\n\tPort 22\n\tProxyJump none\n\tHostKeyAlias pinned\n",
+		"\tUserKnownHostsFile \"/tmp/gen known_hosts\" " + userKnown + "\n\tStrictHostKeyChecking yes\n",
+		"\tIdentityFile \"/a b/\\\"q\\\"\"\n",
+	} {
+		if !strings.Contains(sc.String(), want) {
+			t.Errorf("WriteSSHConfig output lacks %q:\n%s", want, sc.String())
+		}
+	}
+	if strings.Contains(sc.String(), "Include") {
+		t.Errorf("UserConfig none, yet the config includes one:\n%s", sc.String())
+	}
+
+	cfg.AcceptNewHostKeys = true
+	cfg.UserConfig = ""
+	sc.Reset()
+	if err := WriteSSHConfig(&sc, cfg, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(sc.String(), "StrictHostKeyChecking accept-new") || !strings.HasSuffix(sc.String(), "\nHost *\n\tInclude ~/.ssh/config\n") {
+		t.Errorf("accept-new config without a user config:\n%s", sc.String())
+	}
+	writeFile(t, filepath.Join(home, ".ssh", "config"), "")
+	sc.Reset()
+	if err := WriteSSHConfig(&sc, cfg, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(sc.String(), "\nHost *\n\tInclude "+filepath.Join(home, ".ssh", "config")+"\n") {
+		t.Errorf("config does not include the user's existing config by absolute path:\n%s", sc.String())
+	}
+}
+
+// TestOpenSSHThroughGeneratedConfig: plain ssh, given only the generated
+// config and known_hosts, reaches a host two jumps away and checks its
+// pinned key.
+func TestOpenSSHThroughGeneratedConfig(t *testing.T) {
+	ssh := needSSH(t)
+	home := hermetic(t)
+	key := newClientKey(t)
+	a := newTestServer(t, key.signer.PublicKey())
+	b := newTestServer(t, key.signer.PublicKey())
+	c := newTestServer(t, key.signer.PublicKey())
+	epB, epC := b.endpoint("b", key), c.endpoint("c", key)
+	epB.Jump, epC.Jump = "a", "b"
+	cfg := Config{UserConfig: "none", KnownHostsFiles: []string{}, Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": epB, "c": epC}}
+
+	dir := t.TempDir()
+	var kh, sc bytes.Buffer
+	if err := WriteKnownHosts(&kh, cfg); err != nil {
+		t.Fatal(err)
+	}
+	khPath := writeFile(t, filepath.Join(dir, "known_hosts"), kh.String())
+	if err := WriteSSHConfig(&sc, cfg, khPath); err != nil {
+		t.Fatal(err)
+	}
+	config := writeFile(t, filepath.Join(dir, "config"), sc.String())
+
+	run := func(name string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, ssh, "-F", config, "-o", "BatchMode=yes", name, "echo", "hello from", name)
+		cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("c"); err != nil || out != "hello from c\n" {
+		t.Fatalf("ssh -F generated c: %v: %q", err, out)
+	}
+	// A wrong pin must stop plain ssh too.
+	epC.HostKeys = []string{AuthorizedKey(newHostSigner(t).PublicKey())}
+	cfg.Endpoints["c"] = epC
+	kh.Reset()
+	if err := WriteKnownHosts(&kh, cfg); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, khPath, kh.String())
+	if out, err := run("c"); err == nil || !strings.Contains(out, "HOST IDENTIFICATION HAS CHANGED") {
+		t.Fatalf("ssh with a wrong pinned key: err %v, output %q; want a refusal", err, out)
+	}
+}
