@@ -1,0 +1,192 @@
+package cli_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/internal/nixtest"
+	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/state"
+)
+
+// seed is the seed example deployed onto a lab: portico is the jump host
+// and store of www-1..3 (reachable only through it), storage stands alone.
+type seed struct {
+	t   *testing.T
+	lab *lab.Lab
+	dir string // the hive directory
+	pub string // the hive's public key
+}
+
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-r", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp -r %s %s: %v\n%s", src, dst, err, out)
+	}
+}
+
+func newSeed(t *testing.T) *seed {
+	nixtest.Require(t)
+	l := lab.New(t, lab.Config{Hosts: 1, Names: []string{"storage"}, Internal: 3, JumpName: "portico",
+		InternalNames: []string{"www-1", "www-2", "www-3"}})
+	root, _ := filepath.Abs("..")
+	work := t.TempDir()
+	copyTree(t, filepath.Join(root, "examples"), filepath.Join(work, "examples"))
+	dir := filepath.Join(work, "examples", "seed")
+	if err := os.WriteFile(filepath.Join(dir, "lab.nix"), []byte(l.HiveNix()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &seed{t: t, lab: l, dir: dir}
+	code, out, errOut := s.run("keygen")
+	if code != 0 {
+		t.Fatalf("keygen: %d %s", code, errOut)
+	}
+	s.pub = strings.TrimSpace(out)
+	// What lib/module.nix does on a real NixOS host: trust the hive key.
+	for _, h := range l.Hosts {
+		if err := h.WriteNixConf("trusted-public-keys = " + s.pub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// run runs nix-hive in-process against the seed hive.
+func (s *seed) run(args ...string) (code int, stdout, stderr string) {
+	s.t.Helper()
+	var o, e bytes.Buffer
+	code = cli.Main("test", append([]string{"-c", s.dir}, args...), &o, &e)
+	s.t.Logf("nix-hive %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, o.String(), e.String())
+	return code, o.String(), e.String()
+}
+
+func (s *seed) state() *state.File {
+	st, err := state.Load(filepath.Join(s.dir, "hive.state"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+// current is where /run/current-system points on host h.
+func (s *seed) current(h string) string {
+	p, _ := os.Readlink(s.lab.Host(h).Path("/run/current-system"))
+	return p
+}
+
+func (s *seed) has(h, storePath string) bool {
+	_, err := os.Stat(s.lab.Host(h).Path(storePath))
+	return err == nil
+}
+
+func (s *seed) activations(h string) []string {
+	b, _ := os.ReadFile(s.lab.Host(h).Path("/run/nix-hive-test/activations"))
+	return strings.Fields(strings.TrimSpace(string(b)))
+}
+
+type event struct {
+	Type     string `json:"type"`
+	Instance string `json:"instance"`
+	Step     string `json:"step"`
+	Status   string `json:"status"`
+	Message  string `json:"message"`
+	Results  map[string]struct {
+		Status string `json:"status"`
+		Step   string `json:"step"`
+		Error  string `json:"error"`
+	} `json:"results"`
+}
+
+func events(t *testing.T, out string) []event {
+	var evs []event
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("not a JSON event: %q: %v", line, err)
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+func TestDeploySeed(t *testing.T) {
+	s := newSeed(t)
+	code, out, _ := s.run("--json", "deploy", "portico", "*")
+	if code != 0 {
+		t.Fatalf("deploy exit %d", code)
+	}
+	st := s.state()
+	www, portico, storage := st.Systems["www"].OutPath, st.Systems["portico"].OutPath, st.Systems["storage"].OutPath
+	if www == "" || portico == "" || storage == "" {
+		t.Fatalf("systems not recorded in hive.state: %+v", st.Systems)
+	}
+	// portico holds both systems' closures; www hosts received theirs by
+	// substitution from portico, never from this host.
+	if !s.has("portico", www) || !s.has("portico", portico) {
+		t.Errorf("portico lacks a closure: www %v portico %v", s.has("portico", www), s.has("portico", portico))
+	}
+	pushes := map[string]bool{}
+	substituted := map[string]string{}
+	for _, e := range events(t, out) {
+		if e.Type == "event" && e.Step == "push" && e.Status == "ok" {
+			pushes[e.Instance] = true
+		}
+		if e.Type == "event" && e.Step == "substitute" && e.Status == "start" {
+			substituted[e.Instance] = e.Message
+		}
+	}
+	if len(pushes) != 2 || !pushes["portico"] || !pushes["storage"] {
+		t.Errorf("nix copy destinations from the deploy host = %v, want exactly portico and storage", pushes)
+	}
+	for _, h := range []string{"www-1", "www-2", "www-3"} {
+		if !strings.Contains(substituted[h], s.lab.Host("portico").Addr) {
+			t.Errorf("%s substitution: %q, want from portico", h, substituted[h])
+		}
+		if got := s.current(h); got != www {
+			t.Errorf("%s: /run/current-system = %q, want %s", h, got, www)
+		}
+		// The path arrived signed by the hive key (and was checked against it).
+		sig, err := s.lab.Host(h).Exec(t.Context(), "nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", www)
+		if err != nil || !strings.Contains(string(sig), strings.Split(s.pub, ":")[0]+":") {
+			t.Errorf("%s: %s not signed by the hive key: %s %v", h, www, sig, err)
+		}
+	}
+	if got := s.current("portico"); got != portico {
+		t.Errorf("portico: /run/current-system = %q, want %s", got, portico)
+	}
+	if got := s.current("storage"); got != storage {
+		t.Errorf("storage: /run/current-system = %q, want %s", got, storage)
+	}
+	if len(s.activations("www-1")) != 3 { // time, path, goal
+		t.Errorf("www-1 activations: %v", s.activations("www-1"))
+	}
+	for _, h := range []string{"portico", "www-1", "storage"} {
+		if in, ok := st.Instances[h]; !ok || in.Status != "ok" {
+			t.Errorf("hive.state for %s: %+v", h, in)
+		}
+	}
+
+	// A second deploy changes nothing on the hosts.
+	code, out, _ = s.run("deploy", "portico", "*")
+	if code != 0 {
+		t.Fatalf("second deploy exit %d", code)
+	}
+	if strings.Count(out, "unchanged") != 5 {
+		t.Errorf("second deploy should leave all 5 hosts unchanged:\n%s", out)
+	}
+	if len(s.activations("www-1")) != 3 {
+		t.Errorf("www-1 activated again: %v", s.activations("www-1"))
+	}
+
+	// status agrees, in text and JSON.
+	code, out, _ = s.run("status")
+	if code != 0 || strings.Count(out, " ok\n") != 5 {
+		t.Errorf("status exit %d:\n%s", code, out)
+	}
+}
