@@ -52,7 +52,8 @@ var hostEnv = []string{
 	"SHELL=/bin/bash",
 }
 
-// Host is one lab host: an sshd in its own mount and pid namespaces.
+// Host is one lab host: an sshd in its own mount, pid and UTS namespaces
+// (its hostname is its Name).
 type Host struct {
 	Name string
 	// Addr is the IP the deploy host dials; for internal hosts, the IP the
@@ -177,6 +178,7 @@ func (h *Host) script() string {
 	}
 	// A /proc of the host's own pid namespace: ps inside shows the host only.
 	b.WriteString("mount -t proc proc /proc\n")
+	fmt.Fprintf(&b, "hostname %s\n", shellQuote(h.Name))
 	fmt.Fprintf(&b, "exec %s -D -f %s -E %s\n", sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()))
 	return b.String()
 }
@@ -216,7 +218,8 @@ func (h *Host) startLocked(ctx context.Context) error {
 	cmd.Stdout = console
 	cmd.Stderr = console
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+		// A UTS namespace too, so `hostname` on a host says which it is.
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS,
 		// A killed test binary must not leave hosts behind; the kernel
 		// then kills the whole pid namespace.
 		Pdeathsig: syscall.SIGKILL,
@@ -335,7 +338,7 @@ func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
 	if pid == 0 {
 		return nil, fmt.Errorf("exec %q on host %s: host is stopped", args, h.Name)
 	}
-	nsArgs := append([]string{"-t", strconv.Itoa(pid), "-m", "-p", "-n", "--"}, args...)
+	nsArgs := append([]string{"-t", strconv.Itoa(pid), "-m", "-p", "-n", "-u", "--"}, args...)
 	cmd := exec.CommandContext(ctx, "nsenter", nsArgs...)
 	cmd.Dir = "/"
 	cmd.Env = hostEnv

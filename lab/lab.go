@@ -1,7 +1,7 @@
 // Package lab starts throwaway SSH hosts on this machine, each a real sshd
 // with its own Nix store, for nix-hive's demo and end-to-end tests.
 //
-// A host is /usr/sbin/sshd in its own mount and pid namespaces, listening
+// A host is /usr/sbin/sshd in its own mount, pid and UTS namespaces, listening
 // on its own loopback address 127.77.B.N:22, with /nix, /run, /etc/nix and
 // /root bind-mounted from its directory. With Config.Internal > 0 the lab
 // also makes a network namespace whose hosts only a jump host reaches. It

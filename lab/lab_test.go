@@ -3,12 +3,14 @@ package lab_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -143,6 +145,9 @@ func TestPlainHosts(t *testing.T) {
 			}
 			if got := run(t, c, "echo $HOME"); got != "/root" {
 				t.Errorf("%s: HOME = %q, want /root", h.Name, got)
+			}
+			if got := run(t, c, "hostname"); got != h.Name {
+				t.Errorf("%s: hostname = %q", h.Name, got)
 			}
 			c.Close()
 		}
@@ -317,6 +322,32 @@ func TestJumpTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Run("HiveNix", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, "nix-instantiate", "--eval", "--strict", "--json", "--expr", l.HiveNix()).Output()
+		if err != nil {
+			t.Fatalf("nix-instantiate: %v\n%s", err, l.HiveNix())
+		}
+		type instance struct {
+			Host    string            `json:"host"`
+			Port    int               `json:"port"`
+			User    string            `json:"user"`
+			HostKey string            `json:"hostKey"`
+			Jump    string            `json:"jump"`
+			SSH     map[string]string `json:"ssh"`
+		}
+		var got map[string]instance
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]instance{}
+		for _, h := range l.Hosts {
+			want[h.Name] = instance{h.Addr, 22, "root", h.HostKey, h.Jump, map[string]string{"IdentityFile": l.ClientKey}}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("HiveNix evaluates to\n%+v\nwant\n%+v", got, want)
+		}
+	})
+
 	t.Run("internal hosts unreachable from here", func(t *testing.T) {
 		for _, h := range []*lab.Host{int1, int2} {
 			c, err := net.DialTimeout("tcp", net.JoinHostPort(h.Addr, "22"), 5*time.Second)
@@ -332,11 +363,11 @@ func TestJumpTopology(t *testing.T) {
 
 	t.Run("ssh -J through the jump host", func(t *testing.T) {
 		out, err := exec.CommandContext(ctx, "ssh", "-F", l.SSHConfigFile,
-			"-J", "root@"+jump.Addr, "root@"+int1.Addr, "cat /etc/nix/nix.conf").CombinedOutput()
+			"-J", "root@"+jump.Addr, "root@"+int1.Addr, "hostname; cat /etc/nix/nix.conf").CombinedOutput()
 		if err != nil {
 			t.Fatalf("ssh -J: %v: %s", err, out)
 		}
-		if !strings.Contains(string(out), "# this is int-1") {
+		if !strings.HasPrefix(string(out), "int-1\n") || !strings.Contains(string(out), "# this is int-1") {
 			t.Errorf("ssh -J reached another host: nix.conf is\n%s", out)
 		}
 		// The generated config names the jump host by itself.

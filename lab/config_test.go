@@ -1,0 +1,136 @@
+package lab
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestHostNames(t *testing.T) {
+	tests := []struct {
+		name         string
+		cfg          Config
+		wantPlain    string
+		wantInternal string
+		wantJump     string
+		wantErr      string
+	}{
+		{name: "defaults", cfg: Config{Hosts: 2}, wantPlain: "host-1 host-2"},
+		{name: "names give the count", cfg: Config{Names: []string{"www", "db"}}, wantPlain: "www db"},
+		{name: "jump default", cfg: Config{Internal: 2}, wantInternal: "int-1 int-2", wantJump: "portico"},
+		{name: "jump named", cfg: Config{Hosts: 1, Internal: 1, JumpName: "bastion", InternalNames: []string{"db"}},
+			wantPlain: "host-1", wantInternal: "db", wantJump: "bastion"},
+		{name: "no hosts", cfg: Config{}, wantErr: "no hosts"},
+		{name: "count and names disagree", cfg: Config{Hosts: 3, Names: []string{"a"}}, wantErr: "3 hosts but 1 names"},
+		{name: "duplicate", cfg: Config{Names: []string{"a", "a"}}, wantErr: `"a" used twice`},
+		{name: "jump name collides", cfg: Config{Names: []string{"portico"}, Internal: 1}, wantErr: "used twice"},
+		{name: "unsafe name", cfg: Config{Names: []string{"a b"}}, wantErr: `host name "a b"`},
+		{name: "leading dash", cfg: Config{Names: []string{"-oProxyCommand=x"}}, wantErr: "host name"},
+		{name: "too many", cfg: Config{Hosts: 200, Internal: 60}, wantErr: "at most 253"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plain, internal, jump, err := hostNames(tt.cfg)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(plain, " "); got != tt.wantPlain {
+				t.Errorf("plain = %q, want %q", got, tt.wantPlain)
+			}
+			if got := strings.Join(internal, " "); got != tt.wantInternal {
+				t.Errorf("internal = %q, want %q", got, tt.wantInternal)
+			}
+			if jump != tt.wantJump {
+				t.Errorf("jump = %q, want %q", jump, tt.wantJump)
+			}
+		})
+	}
+}
+
+func TestPath(t *testing.T) {
+	h := &Host{Root: "/lab/hosts/a"}
+	tests := []struct{ in, want string }{
+		{"/run/current-system", "/lab/hosts/a/run/current-system"},
+		{"/nix/store", "/lab/hosts/a/nix/store"},
+		{"/nix", "/lab/hosts/a/nix"},
+		{"/etc/nix/nix.conf", "/lab/hosts/a/etc-nix/nix.conf"},
+		{"/root/.ssh/known_hosts", "/lab/hosts/a/root/.ssh/known_hosts"},
+		{"/etc/passwd", "/etc/passwd"},
+		{"/nixos", "/nixos"},
+		{"/rootfs/x", "/rootfs/x"},
+		{"/run/../etc/nix", "/lab/hosts/a/etc-nix"},
+		{"tmp/x", "/tmp/x"},
+	}
+	for _, tt := range tests {
+		if got := h.Path(tt.in); got != tt.want {
+			t.Errorf("Path(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestNixString checks the quoting with real nix: what goes in comes out.
+func TestNixString(t *testing.T) {
+	if _, err := exec.LookPath("nix-instantiate"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("nix-instantiate is missing (CI is set)")
+		}
+		t.Skip("nix-instantiate is missing")
+	}
+	for _, s := range []string{`plain`, `with "quotes"`, `back\slash`, `${builtins.abort "x"}`, "two\nlines\ttab", `$${x}`, `$`} {
+		out, err := exec.Command("nix-instantiate", "--eval", "--json", "--expr", nixString(s)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%q as %s: %v: %s", s, nixString(s), err, out)
+		}
+		if want := jsonString(s); strings.TrimSpace(string(out)) != want {
+			t.Errorf("%q as %s evaluates to %s, want %s", s, nixString(s), out, want)
+		}
+	}
+}
+
+func jsonString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\t", `\t`)
+	return `"` + r.Replace(s) + `"`
+}
+
+func TestShellQuote(t *testing.T) {
+	for _, s := range []string{"plain", "it's", "a b", `$(rm -rf /)`, "'", "", "new\nline"} {
+		out, err := exec.Command("/bin/sh", "-c", "printf %s "+shellQuote(s)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(out) != s {
+			t.Errorf("shellQuote(%q) came back as %q", s, out)
+		}
+	}
+}
+
+// TestSSHDConfig pins the settings the brief asks for; that sshd accepts
+// them is proven by every test that starts a host.
+func TestSSHDConfig(t *testing.T) {
+	l := &Lab{Dir: "/lab"}
+	h := &Host{Name: "portico", Port: 22, Root: "/lab/hosts/portico", lab: l, listen: []string{"198.18.1.2", "127.77.1.2"}}
+	got := h.sshdConfig()
+	for _, want := range []string{
+		"ListenAddress 198.18.1.2:22\n",
+		"ListenAddress 127.77.1.2:22\n",
+		"HostKey /lab/hosts/portico/ssh_host_ed25519_key\n",
+		"AuthorizedKeysFile /lab/authorized_keys\n",
+		"PidFile /run/sshd.pid\n",
+		"PermitRootLogin prohibit-password\n",
+		"PasswordAuthentication no\n",
+		"MaxSessions 200\n",
+		"MaxStartups 200\n",
+		"Subsystem sftp /usr/lib/openssh/sftp-server\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("sshd_config lacks %q:\n%s", want, got)
+		}
+	}
+}
