@@ -17,6 +17,7 @@ import (
 // DeployCmd is `nix-hive deploy`.
 type DeployCmd struct {
 	Fleet
+	Parallel     int      `default:"16" help:"Hosts worked on at once."`
 	Targets      []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Goal         string   `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
 	Force        bool     `help:"Activate instances that already run the wanted system."`

@@ -14,7 +14,6 @@ import (
 // Fleet flags are shared by every command that connects to instances.
 type Fleet struct {
 	AcceptNewHostKeys bool `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry (a changed key is still refused)."`
-	Parallel          int  `default:"16" help:"Hosts worked on at once."`
 }
 
 // transportConfig derives SSH endpoints from the inventory.

@@ -12,8 +12,9 @@ import (
 // RollbackCmd is `nix-hive rollback`.
 type RollbackCmd struct {
 	Fleet
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-	Sudo    string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Parallel int      `default:"16" help:"Hosts worked on at once."`
+	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+	Sudo     string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
 }
 
 func (c *RollbackCmd) Help() string {

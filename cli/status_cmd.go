@@ -12,7 +12,8 @@ import (
 // StatusCmd is `nix-hive status`.
 type StatusCmd struct {
 	Fleet
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Parallel int      `default:"32" help:"Hosts worked on at once."`
+	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 }
 
 func (c *StatusCmd) Help() string {

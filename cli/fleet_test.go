@@ -1,0 +1,217 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/lab"
+)
+
+// fleet is a hive over a lab whose instances carry the lab hosts' names,
+// plus "odd" instances whose names need quoting everywhere.
+type fleet struct {
+	t   *testing.T
+	lab *lab.Lab
+	dir string
+}
+
+const oddName = `it's a "host" $(touch /tmp/pwned)`
+
+func newFleet(t *testing.T, cfg lab.Config, odd bool) *fleet {
+	l := lab.New(t, cfg)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "lab.nix"), []byte(l.HiveNix()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first := l.Hosts[len(l.Hosts)-1]
+	extra := ""
+	if odd {
+		extra = fmt.Sprintf("%q = lab.%q // { system = \"t\"; };", oddName, first.Name)
+	}
+	hive := fmt.Sprintf(`let lab = import ./lab.nix; in {
+  systems.t.toplevel = null;
+  instances = builtins.mapAttrs (n: v: v // { system = "t"; tags = [ "lab" ]; }) lab // {
+    %s
+  };
+}`, extra)
+	if err := os.WriteFile(filepath.Join(dir, "hive.nix"), []byte(hive), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &fleet{t: t, lab: l, dir: dir}
+}
+
+func (f *fleet) run(args ...string) (int, string, string) {
+	f.t.Helper()
+	var o, e bytes.Buffer
+	code := cli.Main("test", append([]string{"-c", f.dir}, args...), &o, &e)
+	f.t.Logf("nix-hive %q: exit %d\n--- stdout\n%s--- stderr\n%s", args, code, o.String(), e.String())
+	return code, o.String(), e.String()
+}
+
+func TestRunOnTwentyHosts(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 20}, false)
+	code, out, errOut := f.run("run", "host-*", "--", "sh", "-c", "echo hello from $(hostname -I 2>/dev/null || echo x) $0", "arg0")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, h := range f.lab.Hosts {
+		want := fmt.Sprintf("%-7s | hello from", h.Name)
+		if !strings.Contains(out, want) {
+			t.Errorf("no prefixed output for %s (%q)", h.Name, want)
+		}
+	}
+	if strings.Count(out, "hello from") != 20 || !strings.Contains(errOut, "20 ok") {
+		t.Errorf("want 20 outputs and '20 ok':\n%s\n%s", out, errOut)
+	}
+
+	// A host stopped in the middle of a run is reported; the others finish.
+	victim := f.lab.Host("host-7")
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		victim.Stop()
+	}()
+	code, out, errOut = f.run("run", "host-*", "--", "sh", "-c", "sleep 2; echo finished")
+	if code == 0 {
+		t.Errorf("a host died during the run, exit status 0")
+	}
+	if strings.Count(out, "finished") != 19 || strings.Contains(out, "host-7  | finished") {
+		t.Errorf("want 19 finished hosts, host-7 not among them:\n%s", out)
+	}
+	if !strings.Contains(errOut, "19 ok") || !strings.Contains(errOut, "host-7") {
+		t.Errorf("summary does not report host-7:\n%s", errOut)
+	}
+	// exit statuses are summarised
+	code, _, errOut = f.run("run", "host-1,host-2", "--", "sh", "-c", "exit 3")
+	if code != 1 || !strings.Contains(errOut, "2 exit 3 (host-1 host-2)") {
+		t.Errorf("exit %d, summary:\n%s", code, errOut)
+	}
+}
+
+func TestChangedHostKeyIsRefused(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 2}, false)
+	h := f.lab.Host("host-2")
+	if err := h.ReplaceHostKey(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	marker := "/tmp/nix-hive-marker"
+	for _, args := range [][]string{
+		{"run", "host-2", "--", "touch", marker},
+		{"ssh", "host-2", "touch", marker},
+		{"scp", filepath.Join(f.dir, "hive.nix"), "host-2:" + marker},
+	} {
+		code, _, errOut := f.run(args...)
+		if code == 0 {
+			t.Errorf("%v: exit 0 with a changed host key", args)
+		}
+		if !strings.Contains(errOut, "does not match") || !strings.Contains(errOut, "SHA256:") {
+			t.Errorf("%v: refusal does not show the fingerprint:\n%s", args, errOut)
+		}
+	}
+	if out, err := h.Exec(context.Background(), "sh", "-c", "ls "+marker+" 2>&1 || true"); !strings.Contains(string(out), "No such file") {
+		t.Errorf("something ran on the host with the changed key: %s %v", out, err)
+	}
+	// the unchanged host still works
+	if code, _, _ := f.run("run", "host-1", "--", "true"); code != 0 {
+		t.Errorf("host-1 refused too")
+	}
+}
+
+func TestFleetHelpersThroughJumpHost(t *testing.T) {
+	f := newFleet(t, lab.Config{Internal: 2, JumpName: "portico"}, false)
+	// ssh with a command: output and exit status pass through
+	code, out, _ := f.run("ssh", "int-1", "sh", "-c", "cat /etc/hostname >/dev/null 2>&1; echo via-jump; exit 7")
+	if code != 7 || !strings.Contains(out, "via-jump") {
+		t.Errorf("ssh through the jump host: exit %d, %q", code, out)
+	}
+	code, out, _ = f.run("run", "int-*", "--", "echo", "ok")
+	if code != 0 || strings.Count(out, "ok") != 2 {
+		t.Errorf("run through the jump host: exit %d:\n%s", code, out)
+	}
+	// scp there and back
+	local := filepath.Join(t.TempDir(), "payload")
+	os.WriteFile(local, []byte("payload"), 0o640)
+	if code, _, _ := f.run("scp", local, "int-2:/tmp/payload"); code != 0 {
+		t.Fatalf("scp up failed")
+	}
+	got, err := f.lab.Host("int-2").Exec(context.Background(), "stat", "-c", "%a %s", "/tmp/payload")
+	if err != nil || strings.TrimSpace(string(got)) != "640 7" {
+		t.Errorf("uploaded file on int-2: %q %v (want mode 640, 7 bytes)", got, err)
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	if code, _, _ := f.run("scp", "int-2:/tmp/payload", back); code != 0 {
+		t.Fatalf("scp down failed")
+	}
+	if b, _ := os.ReadFile(back); string(b) != "payload" {
+		t.Errorf("downloaded %q", b)
+	}
+	// The internal hosts are unreachable without the jump host.
+	if err := dialable(f.lab.Host("int-1").Addr); err == nil {
+		t.Errorf("int-1 is reachable directly; the topology is wrong")
+	}
+	// ssh-config agrees: OpenSSH gets there through portico too.
+	code, cfg, _ := f.run("ssh-config")
+	if code != 0 || !strings.Contains(cfg, "ProxyJump portico") {
+		t.Fatalf("ssh-config:\n%s", cfg)
+	}
+}
+
+func TestQuotingOfNamesPathsAndArguments(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 1}, true)
+	os.Remove("/tmp/pwned")
+	args := []string{"it's", `"quoted"`, "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "a  b", "; touch /tmp/pwned", "--flag"}
+	code, out, _ := f.run(append([]string{"run", oddName, "--", "printf", "[%s]\n"}, args...)...)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, a := range args {
+		if !strings.Contains(out, "| ["+a+"]") {
+			t.Errorf("argument %q did not arrive intact:\n%s", a, out)
+		}
+	}
+	if !strings.Contains(out, oddName+" | [it's]") {
+		t.Errorf("output not prefixed with the odd instance name:\n%s", out)
+	}
+	// a remote path with the same characters
+	local := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(local, []byte("x"), 0o600)
+	remote := "/tmp/it's $(touch /tmp/pwned) `x` dir"
+	if code, _, _ := f.run("ssh", oddName, "mkdir", "-p", remote); code != 0 {
+		t.Fatal("mkdir failed")
+	}
+	if code, _, _ := f.run("scp", local, oddName+":"+remote+"/f"); code != 0 {
+		t.Fatal("scp failed")
+	}
+	h := f.lab.Hosts[0]
+	if b, err := os.ReadFile(h.Path(remote + "/f")); err != nil || string(b) != "x" {
+		t.Errorf("file at the odd remote path: %q %v", b, err)
+	}
+	for _, where := range []string{"/tmp/pwned", h.Path("/tmp/pwned")} {
+		if _, err := os.Stat(where); err == nil {
+			t.Errorf("%s exists: something was executed", where)
+		}
+	}
+	if out, _ := h.Exec(context.Background(), "sh", "-c", "ls /tmp/pwned 2>&1 || true"); !strings.Contains(string(out), "No such file") {
+		t.Errorf("/tmp/pwned exists on the host: something was executed")
+	}
+}
+
+func dialable(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var d netDialer
+	c, err := d.DialContext(ctx, "tcp", addr+":22")
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+type netDialer = net.Dialer

@@ -1,0 +1,161 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// RunCmd is `nix-hive run`.
+type RunCmd struct {
+	Fleet
+	Parallel int      `default:"32" help:"Instances at once."`
+	Targets  string   `arg:"" help:"Instances: a name glob or @tag glob; several separated by commas."`
+	Command  []string `arg:"" passthrough:"" help:"The command and its arguments, after --."`
+}
+
+func (c *RunCmd) Help() string {
+	return `Runs a command on every matching instance in parallel over one SSH
+connection per host. Output lines are prefixed with the instance name; a
+summary of exit statuses ends the run, and the exit status is 1 if any
+instance failed or could not be reached.
+
+Arguments reach the remote command exactly as given (each is quoted), so
+spaces, quotes and $(...) arrive intact and run nothing. For shell syntax,
+say so: nix-hive run '@web' -- sh -c 'systemctl is-active nginx || uptime'`
+}
+
+func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
+	args := c.Command
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("run: no command (nix-hive run TARGETS -- CMD ARGS...)")
+	}
+	pool, inv, err := g.pool(ctx, c.Fleet)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	targets, err := inv.Select(strings.Split(c.Targets, ","))
+	if err != nil {
+		return err
+	}
+	cmd := transport.QuoteArgs(args)
+	width := 0
+	for _, t := range targets {
+		width = max(width, len(t))
+	}
+	var outMu sync.Mutex
+	type outcome struct {
+		code int
+		err  error
+	}
+	results := make([]outcome, len(targets))
+	sem := make(chan struct{}, max(c.Parallel, 1))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				results[i] = outcome{-1, ctx.Err()}
+				return
+			}
+			defer func() { <-sem }()
+			prefix := fmt.Sprintf("%-*s | ", width, t)
+			stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
+			stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
+			code, err := pool.Run(ctx, t, cmd, nil, stdout, stderr)
+			stdout.Flush()
+			stderr.Flush()
+			results[i] = outcome{code, err}
+		}()
+	}
+	wg.Wait()
+
+	var ok []string
+	failed := map[string][]string{}
+	var unreachable []string
+	for i, t := range targets {
+		r := results[i]
+		switch {
+		case r.err != nil:
+			unreachable = append(unreachable, t)
+			fmt.Fprintf(g.stderr, "%-*s | nix-hive: %v\n", width, t, r.err)
+		case r.code != 0:
+			k := fmt.Sprintf("exit %d", r.code)
+			failed[k] = append(failed[k], t)
+		default:
+			ok = append(ok, t)
+		}
+	}
+	fmt.Fprintf(g.stderr, "nix-hive run: %d ok", len(ok))
+	keys := make([]string, 0, len(failed))
+	for k := range failed {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	nFailed := 0
+	for _, k := range keys {
+		fmt.Fprintf(g.stderr, ", %d %s (%s)", len(failed[k]), k, strings.Join(failed[k], " "))
+		nFailed += len(failed[k])
+	}
+	if len(unreachable) > 0 {
+		fmt.Fprintf(g.stderr, ", %d failed to run (%s)", len(unreachable), strings.Join(unreachable, " "))
+	}
+	fmt.Fprintln(g.stderr)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if nFailed+len(unreachable) > 0 {
+		return exitError{code: exitFailure}
+	}
+	return nil
+}
+
+// prefixWriter writes whole lines, each prefixed, so parallel hosts'
+// output never interleaves within a line.
+type prefixWriter struct {
+	w      io.Writer
+	mu     *sync.Mutex
+	prefix string
+	buf    bytes.Buffer
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.buf.Write(b)
+	for {
+		i := bytes.IndexByte(p.buf.Bytes(), '\n')
+		if i < 0 {
+			break
+		}
+		line := p.buf.Next(i + 1)
+		p.mu.Lock()
+		_, err := fmt.Fprintf(p.w, "%s%s", p.prefix, line)
+		p.mu.Unlock()
+		if err != nil {
+			return len(b), err
+		}
+	}
+	return len(b), nil
+}
+
+// Flush writes a last line that had no newline.
+func (p *prefixWriter) Flush() {
+	if p.buf.Len() > 0 {
+		p.mu.Lock()
+		fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf.String())
+		p.mu.Unlock()
+		p.buf.Reset()
+	}
+}

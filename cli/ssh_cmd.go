@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// SSHCmd is `nix-hive ssh`.
+type SSHCmd struct {
+	Fleet
+	Instance string   `arg:"" help:"Instance name."`
+	Command  []string `arg:"" optional:"" passthrough:"" help:"Command and arguments; an interactive login shell when empty."`
+}
+
+func (c *SSHCmd) Help() string {
+	return `Opens an interactive shell (with a pty when run from a terminal) on an
+instance, through its jump hosts, with its host key checked, or runs a
+command there. The remote exit status becomes nix-hive's. Arguments reach
+the remote command exactly as given; use sh -c '...' for shell syntax.`
+}
+
+func (c *SSHCmd) Run(ctx context.Context, g *Globals) error {
+	pool, inv, err := g.pool(ctx, c.Fleet)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, ok := inv.Instances[c.Instance]; !ok {
+		return fmt.Errorf("ssh: no instance %q in %s", c.Instance, g.src.File)
+	}
+	args := c.Command
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	t := transport.Terminal{In: os.Stdin}
+	if len(args) > 0 {
+		t.Command = transport.QuoteArgs(args)
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			t.In = nil
+		}
+	}
+	code, err := pool.Shell(ctx, c.Instance, os.Stdin, g.stdout, g.stderr, t)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitError{code: code}
+	}
+	return nil
+}
+
+// SCPCmd is `nix-hive scp`.
+type SCPCmd struct {
+	Fleet
+	Recursive bool   `short:"r" help:"Copy directories recursively."`
+	Quiet     bool   `short:"q" help:"No progress display."`
+	Src       string `arg:"" help:"Source: a local path or instance:path."`
+	Dst       string `arg:"" help:"Destination: a local path or instance:path."`
+}
+
+func (c *SCPCmd) Help() string {
+	return `Copies files between this machine and an instance over sftp on the pooled
+SSH connection: instance:path on either side, directories with -r, modes
+preserved, each file written under a temporary name and renamed into place.`
+}
+
+func (c *SCPCmd) Run(ctx context.Context, g *Globals) error {
+	pool, _, err := g.pool(ctx, c.Fleet)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var progress func(done, total int64)
+	if !c.Quiet {
+		if f, ok := g.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			var last time.Time
+			progress = func(done, total int64) {
+				if time.Since(last) < 100*time.Millisecond && done < total {
+					return
+				}
+				last = time.Now()
+				pct := 100.0
+				if total > 0 {
+					pct = float64(done) * 100 / float64(total)
+				}
+				fmt.Fprintf(g.stderr, "\r%s -> %s: %5.1f%% of %s", c.Src, c.Dst, pct, humanBytes(total))
+				if done >= total {
+					fmt.Fprintln(g.stderr)
+				}
+			}
+		}
+	}
+	return pool.Copy(ctx, c.Src, c.Dst, c.Recursive, progress)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// SSHConfigCmd is `nix-hive ssh-config`.
+type SSHConfigCmd struct {
+	AcceptNewHostKeys bool `help:"Write StrictHostKeyChecking accept-new instead of yes."`
+}
+
+func (c *SSHConfigCmd) Help() string {
+	return `Prints an OpenSSH client config with a Host block per instance (HostName,
+User, Port, ProxyJump, HostKeyAlias) that checks host keys against the
+hive's pinned keys (written to .nix-hive/known_hosts beside the state file)
+and then the user's known_hosts, and that ends by including ~/.ssh/config.
+Use it as: ssh -F <(nix-hive ssh-config) www-1`
+}
+
+func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals) error {
+	inv, err := g.inventory(ctx)
+	if err != nil {
+		return err
+	}
+	sp, err := g.statePath()
+	if err != nil {
+		return err
+	}
+	kh := filepath.Join(filepath.Dir(sp), ".nix-hive", "known_hosts")
+	if err := os.MkdirAll(filepath.Dir(kh), 0o755); err != nil {
+		return fmt.Errorf("ssh-config: %w", err)
+	}
+	cfg := transportConfig(inv, c.AcceptNewHostKeys)
+	f, err := os.CreateTemp(filepath.Dir(kh), ".known_hosts-")
+	if err != nil {
+		return fmt.Errorf("ssh-config: %w", err)
+	}
+	if err := transport.WriteKnownHosts(f, cfg); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	f.Close()
+	if err := os.Rename(f.Name(), kh); err != nil {
+		return fmt.Errorf("ssh-config: %w", err)
+	}
+	return transport.WriteSSHConfig(g.stdout, cfg, kh)
+}
