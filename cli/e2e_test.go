@@ -31,7 +31,11 @@ func copyTree(t *testing.T, src, dst string) {
 	}
 }
 
-func newSeed(t *testing.T) *seed {
+func newSeed(t *testing.T) *seed { return newSeedTrusting(t, nil) }
+
+// newSeedTrusting starts the seed lab; hosts named in untrusting do not
+// trust the hive key.
+func newSeedTrusting(t *testing.T, untrusting map[string]bool) *seed {
 	nixtest.Require(t)
 	l := lab.New(t, lab.Config{Hosts: 1, Names: []string{"storage"}, Internal: 3, JumpName: "portico",
 		InternalNames: []string{"www-1", "www-2", "www-3"}})
@@ -50,11 +54,30 @@ func newSeed(t *testing.T) *seed {
 	s.pub = strings.TrimSpace(out)
 	// What lib/module.nix does on a real NixOS host: trust the hive key.
 	for _, h := range l.Hosts {
+		if untrusting[h.Name] {
+			continue
+		}
 		if err := h.WriteNixConf("trusted-public-keys = " + s.pub); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return s
+}
+
+// edit rewrites the seed hive.nix.
+func (s *seed) edit(old, new string) {
+	s.t.Helper()
+	p := filepath.Join(s.dir, "hive.nix")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		s.t.Fatalf("hive.nix has no %q", old)
+	}
+	if err := os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
 }
 
 // run runs nix-hive in-process against the seed hive.

@@ -405,7 +405,7 @@ func (e *executor) substitute(ctx context.Context, n, from string, known []strin
 	var stderr bytes.Buffer
 	code, err := e.remote.Run(ctx, n, cmd, nil, io.Discard, &stderr)
 	if err == nil && code != 0 {
-		err = fmt.Errorf("nix-store --realise from %s exited %d: %s", from, code, lastLines(stderr.String(), 3))
+		err = substituteError(from, code, stderr.String())
 	}
 	if err != nil {
 		return e.fail(n, StepSubstitute, err)
@@ -604,6 +604,25 @@ func (e *executor) save() {
 	if err := e.opts.State.Save(); err != nil {
 		e.event(Event{Step: "state", Status: "failed", Message: err.Error()})
 	}
+}
+
+// substituteError explains a failed substitution, first of all the case an
+// operator must act on: the host does not trust the key the path is
+// signed with.
+func substituteError(from string, code int, stderr string) error {
+	if strings.Contains(stderr, "valid signature") || strings.Contains(stderr, "not signed by any of the keys") {
+		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", from)
+	}
+	var errs []string
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.Contains(l, "error:") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) == 0 {
+		errs = []string{lastLines(stderr, 3)}
+	}
+	return fmt.Errorf("nix-store --realise from %s exited %d: %s", from, code, strings.Join(errs, " | "))
 }
 
 func lastLines(s string, n int) string {

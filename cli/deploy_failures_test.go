@@ -1,0 +1,180 @@
+package cli_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// summaryLine finds the summary row of an instance.
+func summaryLine(out, instance string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, instance+" ") {
+			return l
+		}
+	}
+	return ""
+}
+
+func TestDeployUntrustedKeyIsRefused(t *testing.T) {
+	s := newSeedTrusting(t, map[string]bool{"www-2": true})
+	code, out, _ := s.run("deploy", "portico", "*")
+	if code == 0 {
+		t.Fatal("deploy succeeded although www-2 does not trust the hive key")
+	}
+	line := summaryLine(out, "www-2")
+	if !strings.Contains(line, "failed") || !strings.Contains(line, "substitute") || !strings.Contains(line, "not signed by a key in the host's trusted-public-keys") {
+		t.Errorf("www-2 summary should say failed at substitute (not signed by a trusted key): %q", line)
+	}
+	www := s.state().Systems["www"].OutPath
+	if s.has("www-2", www) || s.current("www-2") == www {
+		t.Errorf("www-2 accepted the path anyway")
+	}
+	for _, h := range []string{"portico", "storage", "www-1", "www-3"} {
+		if l := summaryLine(out, h); !strings.Contains(l, " ok ") {
+			t.Errorf("%s should have succeeded: %q", h, l)
+		}
+	}
+	if got := s.current("www-1"); got != www {
+		t.Errorf("www-1 not on %s: %s", www, got)
+	}
+	// --trust-hive-key brings such a host in.
+	if code, _, _ := s.run("deploy", "--trust-hive-key", "www-2"); code != 0 {
+		t.Errorf("deploy --trust-hive-key www-2 failed")
+	}
+	if got := s.current("www-2"); got != www {
+		t.Errorf("www-2 not on %s after --trust-hive-key: %s", www, got)
+	}
+}
+
+func TestDeployBrokenSystemFailsOnlyItsHosts(t *testing.T) {
+	s := newSeed(t)
+	s.edit(`storage.toplevel = testSystem { name = "storage"; };`, `storage.toplevel = testSystem { name = "storage"; broken = true; };`)
+	code, out, errOut := s.run("deploy")
+	if code == 0 {
+		t.Fatal("deploy of a broken system exited 0")
+	}
+	if l := summaryLine(out, "storage"); !strings.Contains(l, "failed") || !strings.Contains(l, "activate") || !strings.Contains(l, "exited 1") {
+		t.Errorf("storage should fail at activate: %q", l)
+	}
+	if !strings.Contains(errOut, "deploy failed on 1 of 5 hosts") {
+		t.Errorf("final error: %s", errOut)
+	}
+	for _, h := range []string{"portico", "www-1", "www-2", "www-3"} {
+		if l := summaryLine(out, h); !strings.Contains(l, " ok ") {
+			t.Errorf("%s should have succeeded: %q", h, l)
+		}
+	}
+	if st := s.state().Instances["storage"]; st.Status != "failed" || st.Step != "activate" {
+		t.Errorf("hive.state for storage: %+v", st)
+	}
+}
+
+func TestDeployHostDownAndKilledThenResume(t *testing.T) {
+	s := newSeed(t)
+	// storage carries 48 MiB so that its push takes long enough to kill.
+	s.edit(`storage.toplevel = testSystem { name = "storage"; };`, `storage.toplevel = testSystem { name = "storage"; payloadMiB = 48; };`)
+	if code, _, _ := s.run("build"); code != 0 {
+		t.Fatal("build failed")
+	}
+	// www-3 is down before the deploy; storage dies during its push.
+	s.lab.Host("www-3").Stop()
+	go func() {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if ents, _ := os.ReadDir(s.lab.Host("storage").Path("/nix/store")); len(ents) > 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.lab.Host("storage").Stop()
+	}()
+	code, out, _ := s.run("deploy", "--no", "build")
+	if code == 0 {
+		t.Fatal("deploy with dead hosts exited 0")
+	}
+	if l := summaryLine(out, "www-3"); !strings.Contains(l, "failed") {
+		t.Errorf("www-3 (down) not reported failed: %q", l)
+	}
+	if l := summaryLine(out, "storage"); !strings.Contains(l, "failed") || !strings.Contains(l, "push") {
+		t.Errorf("storage (killed during push) not reported failed at push: %q", l)
+	}
+	for _, h := range []string{"portico", "www-1", "www-2"} {
+		if l := summaryLine(out, h); !strings.Contains(l, " ok ") {
+			t.Errorf("%s should have succeeded: %q", h, l)
+		}
+	}
+	st := s.state()
+	if st.Instances["storage"].Status != "failed" || st.Instances["www-3"].Status != "failed" || st.Instances["www-1"].Status != "ok" {
+		t.Errorf("hive.state: %+v", st.Instances)
+	}
+	before := len(s.activations("www-1"))
+
+	// Resume: the hosts are back; only what was missing is done.
+	ctx := context.Background()
+	if err := s.lab.Host("www-3").Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.lab.Host("storage").Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = s.run("deploy", "--no", "build")
+	if code != 0 {
+		t.Fatalf("resume failed")
+	}
+	for h, want := range map[string]string{"storage": " ok ", "www-3": " ok ", "www-1": "unchanged", "www-2": "unchanged", "portico": "unchanged"} {
+		if l := summaryLine(out, h); !strings.Contains(l, want) {
+			t.Errorf("resume: %s should be %q: %q", h, want, l)
+		}
+	}
+	if len(s.activations("www-1")) != before {
+		t.Errorf("resume activated www-1 again")
+	}
+	if s.current("storage") != s.state().Systems["storage"].OutPath {
+		t.Errorf("storage not on its system after resume")
+	}
+}
+
+func TestGoalBootAndRollback(t *testing.T) {
+	s := newSeed(t)
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatal("first deploy failed")
+	}
+	v1 := s.state().Systems["www"].OutPath
+	s.edit(`www.toplevel = testSystem { name = "www"; };`, `www.toplevel = testSystem { name = "www"; version = "2"; };`)
+	if code, _, _ := s.run("deploy", "--goal", "boot", "www-1"); code != 0 {
+		t.Fatal("boot deploy failed")
+	}
+	v2 := s.state().Systems["www"].OutPath
+	profile, _ := os.Readlink(s.lab.Host("www-1").Path("/nix/var/nix/profiles/system"))
+	target, _ := os.Readlink(s.lab.Host("www-1").Path("/nix/var/nix/profiles/" + profile))
+	if v1 == v2 || target != v2 {
+		t.Errorf("after boot: profile %s -> %s, want %s", profile, target, v2)
+	}
+	if got := s.current("www-1"); got != v1 {
+		t.Errorf("goal boot changed /run/current-system to %s; want it still %s", got, v1)
+	}
+	// status shows the drift of the running system
+	if code, out, _ := s.run("status", "www-1"); code == 0 || !strings.Contains(out, "active system differs") {
+		t.Errorf("status after boot: exit %d\n%s", code, out)
+	}
+	// switch to v2 and roll back to v1
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatal("switch deploy failed")
+	}
+	if got := s.current("www-1"); got != v2 {
+		t.Fatalf("switch: %s, want %s", got, v2)
+	}
+	code, out, _ := s.run("rollback", "www-1")
+	if code != 0 {
+		t.Fatalf("rollback failed:\n%s", out)
+	}
+	if got := s.current("www-1"); got != v1 {
+		t.Errorf("after rollback /run/current-system = %s, want %s", got, v1)
+	}
+	if !strings.Contains(out, v2) || !strings.Contains(out, v1) {
+		t.Errorf("rollback output should show before and after:\n%s", out)
+	}
+}
