@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -53,7 +54,10 @@ const (
 	StatusSkipped    = "skipped"
 	StatusNotStarted = "not-started"
 	StatusRolledBack = "rolled-back"
-	StatusStored     = "stored" // a store-only host that received closures
+	// StatusInterrupted: Ctrl-C stopped the host's transfer; nothing
+	// was activated.
+	StatusInterrupted = "interrupted"
+	StatusStored      = "stored" // a store-only host that received closures
 )
 
 // Options tune an execution.
@@ -143,9 +147,10 @@ type executor struct {
 	copier Copier
 	opts   Options
 
-	sem chan struct{}
-	mu  sync.Mutex
-	res map[string]*Result
+	sem    chan struct{} // transfers
+	actSem chan struct{} // activations
+	mu     sync.Mutex
+	res    map[string]*Result
 
 	ensureOnce map[string]*future
 	urlOnce    map[string]*future
@@ -185,7 +190,7 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		opts.ActivationTimeout = 30 * time.Minute
 	}
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
-		sem: make(chan struct{}, opts.Parallel), res: map[string]*Result{},
+		sem: make(chan struct{}, opts.Parallel), actSem: make(chan struct{}, opts.Parallel), res: map[string]*Result{},
 		ensureOnce: map[string]*future{}, urlOnce: map[string]*future{}, activated: map[string]*future{}}
 	for _, n := range plan.Order {
 		h := plan.Hosts[n]
@@ -222,11 +227,21 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		if report.Stopped != "" {
 			break
 		}
+		// Hosts start activating in the wave's order (stores first), at
+		// most --parallel at once; after Ctrl-C no new one starts.
 		var ww sync.WaitGroup
 		for _, n := range wave {
+			select {
+			case e.actSem <- struct{}{}:
+			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
+				break
+			}
 			ww.Add(1)
 			go func() {
 				defer ww.Done()
+				defer func() { <-e.actSem }()
 				e.activated[n].run(func() error { return e.activate(ctx, n) })
 			}()
 		}
@@ -296,10 +311,14 @@ func (e *executor) step(n, step, status, msg string) {
 
 func (e *executor) fail(n, step string, err error) error {
 	msg := err.Error()
+	status := StatusFailed
+	if errors.Is(err, context.Canceled) {
+		status = StatusInterrupted
+	}
 	e.update(n, func(r *Result) {
-		r.Step, r.Status, r.Error = step, StatusFailed, msg
+		r.Step, r.Status, r.Error = step, status, msg
 	})
-	e.step(n, step, "failed", msg)
+	e.step(n, step, status, msg)
 	return fmt.Errorf("%s: %s: %w", n, step, err)
 }
 
