@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,7 +227,7 @@ func (h *Host) startLocked(ctx context.Context) error {
 		// Ctrl-C on a terminal goes to the lab's owner, which tears down.
 		Setpgid: true,
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startPinned(cmd); err != nil {
 		return fmt.Errorf("start host %s: %w", h.Name, err)
 	}
 	done := make(chan struct{})
@@ -342,6 +343,22 @@ func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "nsenter", nsArgs...)
 	cmd.Dir = "/"
 	cmd.Env = hostEnv
+	cmd.Cancel = func() error {
+		// nsenter forks the command into the host's pid namespace; killing
+		// nsenter alone would leave the command running there.
+		p := cmd.Process.Pid
+		if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p, p)); err == nil {
+			for _, f := range strings.Fields(string(kids)) {
+				if kid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(kid, syscall.SIGKILL)
+				}
+			}
+		}
+		return cmd.Process.Kill()
+	}
+	// A background process that keeps the output open would otherwise hold
+	// Exec until it ends.
+	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("exec %q on host %s: %w: %s", args, h.Name, err, bytes.TrimSpace(out))
@@ -393,6 +410,35 @@ func (h *Host) WriteNixConf(extra string) error {
 		return fmt.Errorf("nix.conf of host %s: %w", h.Name, err)
 	}
 	return nil
+}
+
+// spawner starts host processes from one OS thread that never exits:
+// Pdeathsig fires when the thread that forked the child ends, not the
+// process, and the runtime ends the thread of any goroutine that returns
+// while locked to it (golang.org/issue/27505).
+var spawner struct {
+	once sync.Once
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startPinned(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.reqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread()
+			for r := range spawner.reqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawner.reqs <- spawnReq{cmd, done}
+	return <-done
 }
 
 // shellQuote quotes s for a POSIX shell.

@@ -113,6 +113,20 @@ func leftovers(t *testing.T, dir string) []string {
 	return found
 }
 
+// waitFor polls cond until it holds; the test's deadline bounds it. Things
+// the kernel does asynchronously (signal delivery) are waited for this way,
+// not with a sleep.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("gave up waiting for %s", what)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func TestPlainHosts(t *testing.T) {
 	lab.Require(t)
 	ctx := t.Context()
@@ -225,6 +239,26 @@ func TestPlainHosts(t *testing.T) {
 		if err := a.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	t.Run("cancelled Exec ends the command", func(t *testing.T) {
+		marker := "4712" + strconv.Itoa(os.Getpid())
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.Exec(cctx, "sleep", marker)
+			done <- err
+		}()
+		waitFor(t, "sleep "+marker+" to start", func() bool {
+			return exec.Command("pgrep", "-f", "^sleep "+marker).Run() == nil
+		})
+		cancel()
+		if err := <-done; err == nil {
+			t.Error("cancelled Exec returned no error")
+		}
+		waitFor(t, "sleep "+marker+" to end", func() bool {
+			return exec.Command("pgrep", "-f", "^sleep "+marker).Run() != nil
+		})
 	})
 
 	t.Run("stop and start", func(t *testing.T) {
@@ -468,17 +502,7 @@ func TestKilledOwnerLeavesNoHosts(t *testing.T) {
 	cmd.Wait()
 	// The kernel delivers the death signal and empties the pid namespaces
 	// on its own schedule; poll for it.
-	for {
-		got := leftovers(t, dir)
-		if len(got) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("after the owner was killed:\n%s", strings.Join(got, "\n"))
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	waitFor(t, "the killed owner's hosts to die", func() bool { return len(leftovers(t, dir)) == 0 })
 	if inUse, err := lab.InUse(dir); err != nil || inUse {
 		t.Errorf("InUse(%s) = %v, %v after the owner died", dir, inUse, err)
 	}
