@@ -151,7 +151,7 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 			Root: filepath.Join(l.Dir, "hosts", name), lab: l,
 		}
 		h.listen = []string{h.Addr}
-		if l.internal != nil && (jumpName != "" || name == jump) {
+		if jumpName != "" {
 			h.netns = l.internal.path()
 		}
 		l.Hosts = append(l.Hosts, h)
@@ -162,6 +162,7 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 		j := add(jump, "")
 		j.InternalAddr, j.Addr = j.Addr, l.internal.nsAddr
 		j.listen = []string{j.Addr, j.InternalAddr}
+		j.netns = l.internal.path()
 		internalAddrs = append(internalAddrs, j.InternalAddr)
 	}
 	for _, n := range plain {
@@ -172,15 +173,12 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 	}
 
 	l.ClientKey = filepath.Join(l.Dir, "client", "id_ed25519")
-	if _, err := writeKeyPair(l.ClientKey, "nix-hive-lab"); err != nil {
+	pub, err := writeKeyPair(l.ClientKey, "nix-hive-lab")
+	if err != nil {
 		return err
 	}
-	pub, err := os.ReadFile(l.ClientKey + ".pub")
-	if err == nil {
-		err = writeFileAtomic(l.authorizedKeysFile(), pub, 0o644)
-	}
-	if err != nil {
-		return fmt.Errorf("authorized_keys: %w", err)
+	if err := writeFileAtomic(l.authorizedKeysFile(), []byte(pub+"\n"), 0o644); err != nil {
+		return err
 	}
 	var g errgroup.Group
 	for _, h := range l.Hosts {
