@@ -12,6 +12,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/starlark"
 )
 
 // DeployCmd is `nix-hive deploy`.
@@ -36,11 +37,9 @@ finish and records every host's state in hive.state.`
 }
 
 func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
-	inv, targets, plan, err := g.makePlan(ctx, c.Targets, true)
-	if err != nil {
-		return err
-	}
-	pub, err := g.publicKey(inv)
+	// The pool connects lazily: making it first lets policy checks use it,
+	// and nothing is dialled before the plan (and the policy) are sound.
+	inv, err := g.inventory(ctx)
 	if err != nil {
 		return err
 	}
@@ -49,6 +48,15 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	defer pool.Close()
+	pl, err := g.makePlan(ctx, c.Targets, true, poolRunner{pool})
+	if err != nil {
+		return err
+	}
+	plan := pl.plan
+	pub, err := g.publicKey(inv)
+	if err != nil {
+		return err
+	}
 	sshConfig, cleanup, err := writeSSHConfig(inv, c.AcceptNewHostKeys)
 	if err != nil {
 		return err
@@ -66,33 +74,56 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	_ = targets
-	events := g.eventPrinter()
-	report := deploy.Execute(ctx, plan, inv, pool, &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig}, deploy.Options{
+	opts := deploy.Options{
 		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
-		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st, Events: events,
-		MaxFailures: -1,
-	})
+		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st, Events: g.eventPrinter(),
+	}
+	if pl.policy != nil {
+		opts.Policy = newPolicyChecks(pl.policy, inv, pl.waves, plan.Waves)
+	}
+	report := deploy.Execute(ctx, plan, inv, pool, &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig}, opts)
 	return g.finishReport(report)
 }
 
-// makePlan evaluates, selects, builds (or, for plan, only evaluates) and
-// plans.
-func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool) (*eval.Inventory, []string, *deploy.Plan, error) {
+// planned is a plan with what it was made from.
+type planned struct {
+	inv     *eval.Inventory
+	targets []string
+	plan    *deploy.Plan
+	policy  *starlark.Policy
+	waves   []starlark.Wave
+}
+
+// makePlan evaluates, selects, applies the rollout policy, builds (or, for
+// plan, only evaluates) and plans. A policy error stops here, before any
+// host is touched.
+func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool, runner starlark.Runner) (*planned, error) {
 	inv, err := g.inventory(ctx)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	targets, err := inv.Select(patterns)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
+	}
+	pol, err := g.loadPolicy(ctx, runner)
+	if err != nil {
+		return nil, err
+	}
+	var waves []starlark.Wave
+	var waveList [][]string
+	if pol != nil {
+		if targets, waves, err = applyPolicy(ctx, pol, inv, targets); err != nil {
+			return nil, err
+		}
+		waveList = waveNames(waves)
 	}
 	systems := inv.SystemsOf(targets)
 	var paths map[string]eval.Built
 	if build {
 		res, err := g.buildSystems(ctx, inv, systems)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 		paths = res.Paths
 		var missing []string
@@ -102,22 +133,22 @@ func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool) (
 			}
 		}
 		if len(missing) > 0 {
-			return nil, nil, nil, fmt.Errorf("--no build: no valid build of %s in %s; run without --no build", strings.Join(missing, ", "), g.st.Path())
+			return nil, fmt.Errorf("--no build: no valid build of %s in %s; run without --no build", strings.Join(missing, ", "), g.st.Path())
 		}
 	} else {
 		ev, err := g.evaluator()
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 		if paths, err = ev.OutPaths(ctx, inv, systems); err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 	}
-	plan, err := deploy.Make(inv, targets, paths, nil)
+	plan, err := deploy.Make(inv, targets, paths, waveList)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return inv, targets, plan, nil
+	return &planned{inv: inv, targets: targets, plan: plan, policy: pol, waves: waves}, nil
 }
 
 // eventPrinter renders deploy events: JSON lines on stdout with --json,

@@ -21,6 +21,7 @@ type Globals struct {
 	State   string           `env:"NIX_HIVE_STATE" help:"State file (default: hive.state beside the hive)." type:"path"`
 	No      []string         `sep:"," placeholder:"STEP,..." help:"Skip steps whose result is already known: build, push."`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
+	Policy  string           `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer

@@ -19,10 +19,11 @@ go, where every other host substitutes from, and the activation waves.`
 }
 
 func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
-	_, _, plan, err := g.makePlan(ctx, c.Targets, false)
+	pl, err := g.makePlan(ctx, c.Targets, false, nil)
 	if err != nil {
 		return err
 	}
+	plan := pl.plan
 	if g.JSON {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
@@ -46,7 +47,11 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
 		}
 		fmt.Fprintf(w, "  %s: %s, closures %s\n", n, role, h.Source)
 	}
-	fmt.Fprintln(w, "waves:")
+	if pl.policy != nil {
+		fmt.Fprintf(w, "waves (from %s):\n", pl.policy.File)
+	} else {
+		fmt.Fprintln(w, "waves:")
+	}
 	for i, wv := range plan.Waves {
 		fmt.Fprintf(w, "  %d: %s\n", i+1, strings.Join(wv, " "))
 	}

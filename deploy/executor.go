@@ -28,10 +28,19 @@ type Copier interface {
 	Copy(ctx context.Context, dest string, paths []string) error
 }
 
-// Checks run around activation (a rollout policy provides them).
-type Checks interface {
+// Policy decides the checks around activation and when a rollout stops
+// (a Starlark rollout policy implements it).
+type Policy interface {
+	// Pre runs before activation; false skips the host.
 	Pre(ctx context.Context, instance string) (ok bool, msg string)
+	// Post runs after a confirmed activation; false fails the host.
 	Post(ctx context.Context, instance string) (ok bool, msg string)
+	// ShouldStop is asked after each host of wave (0-based) finishes; true
+	// means no further host is started.
+	ShouldStop(wave, waveFailures, totalFailures int) bool
+	// Rollback reports whether a host whose post-check failed goes back to
+	// the system it ran before.
+	Rollback() bool
 }
 
 // Step names, in the order a host goes through them.
@@ -74,12 +83,9 @@ type Options struct {
 	Sudo      string // privilege command for non-root users
 	State     *state.File
 	Events    func(Event)
-	Checks    Checks
-	// MaxFailures stops the rollout before the next wave once more hosts
-	// than this have failed; negative means never stop.
-	MaxFailures int
-	// OnFailure is "continue" (default), "stop" or "rollback".
-	OnFailure string
+	// Policy, when set, runs checks and may stop the rollout; without one
+	// every host is attempted.
+	Policy Policy
 	// ActivationTimeout bounds one activation, which is allowed to finish
 	// after Ctrl-C.
 	ActivationTimeout time.Duration
@@ -183,9 +189,6 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 	if opts.Goal == "" {
 		opts.Goal = GoalSwitch
 	}
-	if opts.OnFailure == "" {
-		opts.OnFailure = "continue"
-	}
 	if opts.ActivationTimeout == 0 {
 		opts.ActivationTimeout = 30 * time.Minute
 	}
@@ -218,24 +221,33 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		}()
 	}
 
-	failures := 0
+	total := 0
 	for wi, wave := range plan.Waves {
-		if ctx.Err() != nil {
-			report.Interrupted = true
-			break
-		}
-		if report.Stopped != "" {
+		if ctx.Err() != nil || report.Stopped != "" {
 			break
 		}
 		// Hosts start activating in the wave's order (stores first), at
-		// most --parallel at once; after Ctrl-C no new one starts.
-		var ww sync.WaitGroup
+		// most --parallel at once; after Ctrl-C, or once the policy says
+		// stop, no new one starts.
+		var (
+			ww        sync.WaitGroup
+			fmu       sync.Mutex
+			waveFails int
+			stop      bool
+		)
+		stopped := func() bool { fmu.Lock(); defer fmu.Unlock(); return stop }
 		for _, n := range wave {
+			if stopped() {
+				break
+			}
 			select {
 			case e.actSem <- struct{}{}:
 			case <-ctx.Done():
 			}
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || stopped() {
+				if ctx.Err() == nil {
+					<-e.actSem
+				}
 				break
 			}
 			ww.Add(1)
@@ -243,24 +255,22 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 				defer ww.Done()
 				defer func() { <-e.actSem }()
 				e.activated[n].run(func() error { return e.activate(ctx, n) })
+				if s := e.result(n).Status; s == StatusFailed || s == StatusRolledBack {
+					fmu.Lock()
+					waveFails++
+					total++
+					if opts.Policy != nil && !stop && opts.Policy.ShouldStop(wi, waveFails, total) {
+						stop = true
+						report.Stopped = fmt.Sprintf("policy stopped the rollout after %d failure(s) in wave %d (%d in all)", waveFails, wi+1, total)
+					}
+					fmu.Unlock()
+				}
 			}()
 		}
 		ww.Wait()
-		for _, n := range wave {
-			if s := e.result(n).Status; s == StatusFailed || s == StatusRolledBack {
-				failures++
-			}
-		}
 		e.save()
-		if wi < len(plan.Waves)-1 {
-			if opts.OnFailure == "stop" && failures > 0 {
-				report.Stopped = fmt.Sprintf("wave %d had failures and on_failure is \"stop\"", wi+1)
-			} else if opts.MaxFailures >= 0 && opts.MaxFailures > 0 && failures > opts.MaxFailures {
-				report.Stopped = fmt.Sprintf("%d hosts failed, more than max_failures = %d", failures, opts.MaxFailures)
-			}
-			if report.Stopped != "" {
-				e.event(Event{Step: "rollout", Status: "failed", Message: "stopping before wave " + fmt.Sprint(wi+2) + ": " + report.Stopped})
-			}
+		if report.Stopped != "" {
+			e.event(Event{Step: "rollout", Status: "failed", Message: report.Stopped})
 		}
 	}
 	if ctx.Err() != nil {
@@ -465,9 +475,9 @@ func (e *executor) activate(ctx context.Context, n string) error {
 		e.step(n, StepDone, "ok", "already active")
 		return nil
 	}
-	if e.opts.Checks != nil {
+	if e.opts.Policy != nil {
 		e.step(n, StepPreCheck, "start", "")
-		ok, msg := e.opts.Checks.Pre(ctx, n)
+		ok, msg := e.opts.Policy.Pre(ctx, n)
 		e.update(n, func(r *Result) { r.Checks = append(r.Checks, "pre: "+okWord(ok)+msgSuffix(msg)) })
 		if !ok {
 			e.update(n, func(r *Result) { r.Status, r.Step, r.Error = StatusSkipped, StepPreCheck, "pre-check failed: "+msg })
@@ -499,13 +509,13 @@ func (e *executor) activate(ctx context.Context, n string) error {
 	}
 	e.update(n, func(r *Result) { r.Active = after.Active })
 	e.step(n, StepConfirm, "ok", "")
-	if e.opts.Checks != nil {
+	if e.opts.Policy != nil {
 		e.step(n, StepPostCheck, "start", "")
-		ok, msg := e.opts.Checks.Post(actx, n)
+		ok, msg := e.opts.Policy.Post(actx, n)
 		e.update(n, func(r *Result) { r.Checks = append(r.Checks, "post: "+okWord(ok)+msgSuffix(msg)) })
 		if !ok {
 			e.step(n, StepPostCheck, "failed", msg)
-			if e.opts.OnFailure == "rollback" {
+			if e.opts.Policy.Rollback() {
 				return e.rollback(actx, n, before, "post-check failed: "+msg)
 			}
 			e.update(n, func(r *Result) { r.Status, r.Step, r.Error = StatusFailed, StepPostCheck, "post-check failed: "+msg })
