@@ -1,0 +1,183 @@
+// Package harness prepares what nix-hive's benchmark programs run: the
+// nix-hive binary, a hive directory on a lab, and commands in the
+// environment Nix needs here.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nix-hive/nix-hive/lab"
+)
+
+// NixConfig is NIX_CONFIG for every process a benchmark starts: no binary
+// cache is reachable from here, and waiting for one to time out would be
+// measured as deploy time.
+const NixConfig = "experimental-features = nix-command flakes\nsubstituters =\nwarn-dirty = false"
+
+// Env is this process's environment with NixConfig and, when sshConfig is
+// not empty, NIX_SSHOPTS pointing nix's ssh at that config.
+func Env(sshConfig string) []string {
+	env := append(os.Environ(), "NIX_CONFIG="+NixConfig)
+	if sshConfig != "" {
+		env = append(env, "NIX_SSHOPTS=-F "+sshConfig)
+	}
+	return env
+}
+
+// Check reports what this machine lacks to run the benchmarks: the lab's
+// needs plus the tools a benchmark runs itself.
+func Check(tools ...string) error {
+	if err := lab.Check(); err != nil {
+		return err
+	}
+	var missing []string
+	for _, t := range append([]string{"go", "nix", "nix-store", "nix-build", "ssh"}, tools...) {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the benchmark needs %s in PATH", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// ModuleRoot is the directory of nix-hive's go.mod, found from the working
+// directory as `go run ./bench/...` leaves it.
+func ModuleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("not inside a Go module: run from the nix-hive checkout (go run ./bench/...)")
+	}
+	data, err := os.ReadFile(gomod)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", gomod, err)
+	}
+	if !bytes.Contains(data, []byte("module github.com/nix-hive/nix-hive\n")) {
+		return "", fmt.Errorf("%s is not nix-hive's go.mod: run from the nix-hive checkout", gomod)
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// BuildNixHive builds the nix-hive binary from the checkout at root into
+// out, once, so that no case pays for compiling it.
+func BuildNixHive(ctx context.Context, root, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/nix-hive")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/nix-hive: %w: %s", err, bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+// Runner runs commands, keeping each one's output in a log file under Logs
+// so a failed case can be read afterwards without flooding the terminal.
+type Runner struct {
+	Logs string    // directory for the log files
+	Env  []string  // environment of every command
+	Echo io.Writer // if set, commands' output is copied here too
+}
+
+// Run runs name with args and returns its stdout. logName names the log
+// file (stdout and stderr, interleaved); several commands may share one.
+// The error carries the log's tail.
+func (r *Runner) Run(ctx context.Context, logName string, stdin io.Reader, name string, args ...string) ([]byte, error) {
+	logPath := filepath.Join(r.Logs, logName+".log")
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("log for %s: %w", name, err)
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "$ %s %s\n", name, strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = r.Env
+	cmd.Stdin = stdin
+	// The whole process group goes when ctx ends: nix's ssh and ssh's
+	// ProxyJump child would otherwise outlive an interrupted case and keep
+	// the output pipes open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, tail bytes.Buffer
+	logs := io.MultiWriter(f, &tailWriter{buf: &tail, max: 2000})
+	if r.Echo != nil {
+		logs = io.MultiWriter(logs, r.Echo)
+	}
+	cmd.Stdout = io.MultiWriter(&stdout, logs)
+	cmd.Stderr = logs
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", name, ctx.Err())
+		}
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w (log %s): %s", name, strings.Join(args, " "), err, logPath, bytes.TrimSpace(tail.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// tailWriter keeps about the last max bytes written.
+type tailWriter struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.buf.Len() > 2*t.max {
+		keep := append([]byte(nil), t.buf.Bytes()[t.buf.Len()-t.max:]...)
+		t.buf.Reset()
+		t.buf.Write(keep)
+	}
+	return len(p), nil
+}
+
+// CopyTree copies the directory src to dst (which must not exist) with
+// cp -r, as the tests do with examples/.
+func CopyTree(ctx context.Context, src, dst string) error {
+	if out, err := exec.CommandContext(ctx, "cp", "-r", src, dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("cp -r %s %s: %w: %s", src, dst, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Current is where /run/current-system points on h, "" when it does not.
+func Current(h *lab.Host) string {
+	p, _ := os.Readlink(h.Path("/run/current-system"))
+	return p
+}
+
+// Wrong lists the hosts of l whose /run/current-system is not want(host);
+// empty means every host runs what it should.
+func Wrong(l *lab.Lab, want func(*lab.Host) string) []string {
+	var bad []string
+	for _, h := range l.Hosts {
+		if got, w := Current(h), want(h); got != w {
+			if got == "" {
+				got = "nothing"
+			}
+			bad = append(bad, fmt.Sprintf("%s runs %s, want %s", h.Name, got, w))
+		}
+	}
+	return bad
+}
+
+// NixString quotes s as a Nix string literal.
+func NixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// MiB formats a byte count in MiB.
+func MiB(n uint64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
