@@ -112,22 +112,12 @@ type Built struct {
 // order on every Nix version and takes the same build options (--builders,
 // --max-jobs, --keep-going).
 func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string, extraFlags []string) (map[string]Built, error) {
-	groups := map[string][]string{}
-	var keys []string
-	for _, s := range systems {
-		sys, ok := inv.Systems[s]
-		if !ok {
-			return nil, fmt.Errorf("build: unknown system %q", s)
-		}
-		k := pathsKey(sys.Paths)
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
-		}
-		groups[k] = append(groups[k], s)
+	groups, err := groupByPaths(inv, systems)
+	if err != nil {
+		return nil, err
 	}
 	result := map[string]Built{}
-	for _, k := range keys {
-		group := groups[k]
+	for _, group := range groups {
 		include := includeFlags(inv.Systems[group[0]].Paths)
 		drvs, err := e.instantiate(ctx, include, group)
 		if err != nil {
@@ -194,6 +184,28 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 func nixString(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
 	return `"` + r.Replace(s) + `"`
+}
+
+// groupByPaths groups systems that share the same effective `paths` (and
+// so the same -I flags), keeping the order systems first appear in.
+func groupByPaths(inv *Inventory, systems []string) ([][]string, error) {
+	index := map[string]int{}
+	var groups [][]string
+	for _, s := range systems {
+		sys, ok := inv.Systems[s]
+		if !ok {
+			return nil, fmt.Errorf("unknown system %q", s)
+		}
+		k := pathsKey(sys.Paths)
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], s)
+	}
+	return groups, nil
 }
 
 func pathsKey(p map[string]string) string {

@@ -6,18 +6,12 @@ import "context"
 // (for plan and status). It writes .drv files to the local store, as any
 // evaluation of a derivation does, but realises nothing.
 func (e *Evaluator) OutPaths(ctx context.Context, inv *Inventory, systems []string) (map[string]Built, error) {
-	groups := map[string][]string{}
-	var keys []string
-	for _, s := range systems {
-		k := pathsKey(inv.Systems[s].Paths)
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
-		}
-		groups[k] = append(groups[k], s)
+	groups, err := groupByPaths(inv, systems)
+	if err != nil {
+		return nil, err
 	}
 	out := map[string]Built{}
-	for _, k := range keys {
-		g := groups[k]
+	for _, g := range groups {
 		res, err := e.instantiate(ctx, includeFlags(inv.Systems[g[0]].Paths), g)
 		if err != nil {
 			return out, err
