@@ -49,6 +49,10 @@ type Lab struct {
 	// Netns is the `ip netns` name of the internal network, "" without
 	// internal hosts. The jump host and the internal hosts live in it.
 	Netns string
+	// Uplink is the root-namespace end of the veth pair that leads to the
+	// internal network: everything this machine sends to the jump host (and
+	// through it) crosses it, so shaping it models a slow uplink.
+	Uplink string
 
 	removeDir bool
 	dirLock   *os.File
@@ -142,6 +146,7 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 	if len(internal) > 0 {
 		l.internal = newInternalNet(l.block)
 		l.Netns = l.internal.name
+		l.Uplink = l.internal.vethRoot
 	}
 
 	add := func(name, jumpName string) *Host {
