@@ -251,6 +251,9 @@ func (s *testServer) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 		}
 		cmd = exec.Command("sh", args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
+		// sshd makes each session's shell a session leader; Run's
+		// cancellation relies on its process group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			return false
 		}

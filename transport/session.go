@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/crypto/ssh"
@@ -19,10 +21,13 @@ import (
 //
 // A command that ran and exited non-zero is reported by exitCode with a nil
 // err (128+N when killed by signal N); err is only for failures to run or
-// to learn the outcome (then exitCode is -1). When ctx ends, the remote
-// command gets SIGTERM, the session is closed and Run returns ctx's error
-// at once; output arriving later is dropped rather than written to stdout
-// or stderr.
+// to learn the outcome (then exitCode is -1).
+//
+// When ctx ends, Run returns ctx's error at once and the remote command is
+// stopped: SIGTERM by signal request, the session closed, and SIGTERM to
+// its whole process group from a second session (OpenSSH ignores signal
+// requests on root logins). Output arriving later is dropped rather than
+// written to stdout or stderr.
 func (p *Pool) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error) {
 	c, s, release, err := p.session(ctx, name)
 	if err != nil {
@@ -34,15 +39,99 @@ func (p *Pool) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdou
 	defer out.close()
 	defer errOut.close()
 	s.Stdin = stdin
-	s.Stdout, s.Stderr = out.writer(), errOut.writer()
-	if err := s.Start(cmd); err != nil {
+	s.Stdout = out.writer()
+	var pids *pidFilter
+	line := cmd
+	if !p.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
+		pids = &pidFilter{w: errOut.writer(), ready: make(chan struct{})}
+		s.Stderr = pids
+		line = pidProbe + "\n" + cmd
+	} else {
+		s.Stderr = errOut.writer()
+	}
+	if err := s.Start(line); err != nil {
 		return -1, fmt.Errorf("run on %s: %w", name, err)
 	}
-	return wait(ctx, name, c, s)
+	return p.wait(ctx, name, c, s, pids)
+}
+
+// pidProbe reports the process group of the command on stderr before the
+// command starts: sshd makes each session's shell a session (and so
+// process group) leader, and a child's $PPID is that shell. It runs in sh
+// so that the login shell only needs to parse a plain command (fish has
+// no $$).
+const (
+	pidMarker = "nix-hive-pid:"
+	pidProbe  = `sh -c 'echo "` + pidMarker + `$PPID"' >&2`
+)
+
+// pidFilter takes the probe's line off the front of stderr and passes the
+// rest through; if stderr does not start with it, nothing is taken.
+type pidFilter struct {
+	mu    sync.Mutex
+	w     io.Writer // nil discards
+	buf   []byte
+	done  bool
+	ready chan struct{} // closed once done
+	pid   int
+}
+
+func (f *pidFilter) Write(b []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := len(b)
+	if !f.done {
+		f.buf = append(f.buf, b...)
+		i := bytes.IndexByte(f.buf, '\n')
+		prefix := f.buf
+		if i >= 0 {
+			prefix = f.buf[:i]
+		}
+		if !bytes.HasPrefix(prefix, []byte(pidMarker)) && !bytes.HasPrefix([]byte(pidMarker), prefix) {
+			b, f.done = f.buf, true // not our line: pass everything on
+		} else if i < 0 {
+			if len(f.buf) < 64 {
+				return n, nil
+			}
+			b, f.done = f.buf, true
+		} else {
+			if pid, err := strconv.Atoi(string(prefix[len(pidMarker):])); err == nil && pid > 1 {
+				f.pid = pid
+				b = f.buf[i+1:]
+			} else {
+				b = f.buf
+			}
+			f.done = true
+		}
+		f.buf = nil
+		if f.done {
+			close(f.ready)
+		}
+	}
+	if f.w != nil && len(b) > 0 {
+		if _, err := f.w.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// processGroup waits for the probe's line (stderr is copied by its own
+// goroutine, so it may lag behind stdout) and returns the group, 0 if
+// unknown.
+func (f *pidFilter) processGroup(ctx context.Context) int {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pid
 }
 
 // wait waits for the session's exit status, or for ctx.
-func wait(ctx context.Context, name string, c *conn, s *ssh.Session) (int, error) {
+func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, pids *pidFilter) (int, error) {
 	done := make(chan error, 1)
 	go func() { done <- s.Wait() }()
 	select {
@@ -51,6 +140,9 @@ func wait(ctx context.Context, name string, c *conn, s *ssh.Session) (int, error
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGTERM)
 		s.Close()
+		if pids != nil {
+			p.killGroup(c, pids)
+		}
 		return -1, fmt.Errorf("run on %s: %w", name, ctx.Err())
 	case <-c.done:
 		// The connection died; Wait may still be unblocking.
@@ -61,6 +153,42 @@ func wait(ctx context.Context, name string, c *conn, s *ssh.Session) (int, error
 			return -1, fmt.Errorf("run on %s: connection lost", name)
 		}
 	}
+}
+
+// killGroup sends SIGTERM to a command's remote process group from a new
+// session on the same connection, in the background so the caller returns
+// at once. A dead connection is not redialed for it: its sessions are gone.
+func (p *Pool) killGroup(c *conn, pids *pidFilter) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		defer cancel()
+		pgid := pids.processGroup(ctx)
+		if pgid <= 0 {
+			return
+		}
+		select {
+		case c.sessions <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-c.sessions }()
+		s, err := newSession(ctx, c.client)
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		stop := context.AfterFunc(ctx, func() { s.Close() })
+		defer stop()
+		_ = s.Run(fmt.Sprintf("kill -s TERM -- -%d 2>/dev/null", pgid))
+	}()
 }
 
 func exitStatus(name string, err error) (int, error) {
@@ -181,5 +309,5 @@ func (p *Pool) Shell(ctx context.Context, name string, stdin io.Reader, stdout, 
 	if err != nil {
 		return -1, fmt.Errorf("start shell on %s: %w", name, err)
 	}
-	return wait(ctx, name, c, s)
+	return p.wait(ctx, name, c, s, nil)
 }

@@ -81,4 +81,11 @@ type Config struct {
 	// does not set (User, Port, HostName, IdentityFile) and included by the
 	// generated config. "" means ~/.ssh/config; "none" ignores it.
 	UserConfig string
+	// RawCommands sends Run's command lines exactly as given. By default a
+	// short probe (sh -c ... >&2) runs first and reports the command's
+	// process group on stderr, where Run removes it again, so that a
+	// cancelled command can be stopped even on root logins, for which
+	// OpenSSH ignores signal requests. Set it for restricted accounts whose
+	// forced command checks the command line.
+	RawCommands bool
 }

@@ -1,0 +1,408 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nix-hive/nix-hive/lab"
+)
+
+// labEndpoints describes the lab's hosts, with their keys pinned or not.
+func labEndpoints(l *lab.Lab, pin bool) map[string]Endpoint {
+	eps := map[string]Endpoint{}
+	for _, h := range l.Hosts {
+		ep := Endpoint{Name: h.Name, Host: h.Addr, Port: h.Port, User: "root", Jump: h.Jump,
+			Options: map[string]string{"IdentityFile": l.ClientKey}}
+		if pin {
+			ep.HostKeys = []string{h.HostKey}
+		}
+		eps[h.Name] = ep
+	}
+	return eps
+}
+
+// TestLab runs the transport against real sshd hosts; the subtests share
+// one lab to keep the suite fast, and the destructive ones come last.
+func TestLab(t *testing.T) {
+	hermetic(t)
+	l := lab.New(t, lab.Config{Hosts: 3})
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	ctx := testCtx(t)
+	p := newTestPool(t, Config{Endpoints: labEndpoints(l, true)})
+
+	t.Run("one pooled connection per host", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for _, h := range l.Hosts {
+			for i := range 20 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					out, _, code, err := p.Output(ctx, h.Name, fmt.Sprintf("echo %s-%d", Quote(h.Name), i))
+					if want := fmt.Sprintf("%s-%d\n", h.Name, i); err != nil || code != 0 || string(out) != want {
+						t.Errorf("%s: Output = %q, %d, %v; want %q", h.Name, out, code, err, want)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		for _, h := range l.Hosts {
+			if d := p.Dials(h.Name); d != 1 {
+				t.Errorf("Dials(%s) = %d after 20 commands; want 1", h.Name, d)
+			}
+		}
+	})
+
+	t.Run("exit status and stderr", func(t *testing.T) {
+		out, errOut, code, err := p.Output(ctx, h1.Name, "echo to-out; echo to-err >&2; exit 7")
+		if err != nil || code != 7 || string(out) != "to-out\n" || string(errOut) != "to-err\n" {
+			t.Errorf("Output = %q, %q, %d, %v", out, errOut, code, err)
+		}
+	})
+
+	t.Run("quoted arguments arrive intact", func(t *testing.T) {
+		args := []string{"two words", `"double"`, "'single'", "it's", "$(touch /root/pwned1)", "`touch /root/pwned2`",
+			"$HOME", "a;touch /root/pwned3", "*", "back\\slash", "new\nline", "", "-n", "ünïcödé"}
+		out, errOut, code, err := p.Output(ctx, h1.Name, "printf '[%s]' "+QuoteArgs(args))
+		want := "[" + strings.Join(args, "][") + "]"
+		if err != nil || code != 0 || string(out) != want {
+			t.Errorf("got %q (stderr %q, code %d, err %v); want %q", out, errOut, code, err, want)
+		}
+		for _, f := range []string{"/root/pwned1", "/root/pwned2", "/root/pwned3"} {
+			if _, err := os.Lstat(h1.Path(f)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s exists on %s: an argument was executed", f, h1.Name)
+			}
+		}
+	})
+
+	t.Run("sftp round trip of a directory tree", func(t *testing.T) {
+		testCopyTree(t, ctx, p, h1)
+	})
+
+	t.Run("cancelled command returns and stops remotely", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		w := &signalWriter{ready: make(chan struct{})}
+		go func() {
+			<-w.ready
+			cancel()
+		}()
+		// sleep is the shell's child and the login is root, for which sshd
+		// ignores signal requests: only the process group kill stops it.
+		_, err := p.Run(cctx, h2.Name, "echo started; sleep 100; echo after", nil, w, nil)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run = %v; want context.Canceled", err)
+		}
+		// The host has its own pid namespace: pgrep there sees its
+		// processes only. SIGTERM lands asynchronously, so wait for it.
+		for {
+			out, err := h2.Exec(ctx, "pgrep", "-x", "sleep")
+			if err != nil {
+				break // pgrep exits 1: no sleep left
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("remote sleep still running after cancel: %s", out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if code, err := p.Run(ctx, h2.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("Run after cancel = %d, %v", code, err)
+		}
+	})
+
+	t.Run("host keys", func(t *testing.T) {
+		dir := t.TempDir()
+		known := writeFile(t, filepath.Join(dir, "known_hosts"), l.KnownHosts())
+		unpinned := labEndpoints(l, false)
+		tests := []struct {
+			name    string
+			known   []string
+			accept  bool
+			wantErr error
+		}{
+			{"no pin, key in known_hosts", []string{known}, false, nil},
+			{"no pin, nothing known", nil, false, ErrHostKeyUnknown},
+			{"no pin, accept new", nil, true, nil},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				accepted := filepath.Join(t.TempDir(), "accepted")
+				q := newTestPool(t, Config{Endpoints: unpinned, KnownHostsFiles: tt.known, AcceptNewHostKeys: tt.accept, AcceptedKnownHosts: accepted})
+				_, err := q.Run(ctx, h2.Name, "true", nil, nil, nil)
+				if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Run = %v; want %v", err, tt.wantErr)
+				}
+				if tt.accept {
+					rec, _ := os.ReadFile(accepted)
+					if want := h2.Addr + " " + h2.HostKey + "\n"; string(rec) != want {
+						t.Errorf("accepted file = %q; want %q", rec, want)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("replaced host key is refused and nothing runs", func(t *testing.T) {
+		stale := labEndpoints(l, true)[h3.Name] // pinned before the "reinstall"
+		if err := h3.ReplaceHostKey(ctx); err != nil {
+			t.Fatal(err)
+		}
+		q := newTestPool(t, Config{Endpoints: map[string]Endpoint{h3.Name: stale}})
+		_, err := q.Run(ctx, h3.Name, "touch /root/marker", nil, nil, nil)
+		if !errors.Is(err, ErrHostKeyMismatch) {
+			t.Fatalf("Run = %v; want ErrHostKeyMismatch", err)
+		}
+		if !strings.Contains(err.Error(), "SHA256:") || !strings.Contains(err.Error(), "update hostKey") {
+			t.Errorf("message %q lacks the fingerprint or the hint", err)
+		}
+		if _, err := h3.Exec(ctx, "test", "-e", "/root/marker"); err == nil {
+			t.Errorf("/root/marker exists on %s: a command ran despite the key mismatch", h3.Name)
+		}
+	})
+
+	t.Run("killed host fails promptly, others unaffected", func(t *testing.T) {
+		if err := h2.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if _, err := p.Run(short, h2.Name, "true", nil, nil, nil); err == nil {
+			t.Fatalf("Run on stopped %s succeeded", h2.Name)
+		}
+		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("Run on %s = %d, %v", h1.Name, code, err)
+		}
+		if d := p.Dials(h1.Name); d != 1 {
+			t.Errorf("Dials(%s) = %d; want 1", h1.Name, d)
+		}
+		// Back up, the next call redials.
+		if err := h2.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if code, err := p.Run(ctx, h2.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("Run on restarted %s = %d, %v", h2.Name, code, err)
+		}
+	})
+}
+
+// testCopyTree uploads a tree with assorted modes, a symlink, a read-only
+// directory and a multi-MiB file, checks it on the host, downloads it back
+// and compares.
+func testCopyTree(t *testing.T, ctx context.Context, p *Pool, h *lab.Host) {
+	src := filepath.Join(t.TempDir(), "tree")
+	files := []struct {
+		path string
+		mode fs.FileMode
+		data string
+	}{
+		{"", 0o750 | fs.ModeDir, ""},
+		{"bin", 0o755 | fs.ModeDir, ""},
+		{"bin/run", 0o755, "#!/bin/sh\necho hi\n"},
+		{"secret", 0o600, "s3cret"},
+		{"with space's", 0o644, "x"},
+		{"big", 0o644, strings.Repeat("0123456789abcdef", 3<<16)}, // 3 MiB
+		{"ro", 0o555 | fs.ModeDir, ""},
+		{"ro/inside", 0o444, "read only"},
+		{"empty", 0o640, ""},
+	}
+	var total int64
+	for _, f := range files {
+		p := filepath.Join(src, f.path)
+		if f.mode.IsDir() {
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(p, []byte(f.data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		total += int64(len(f.data))
+	}
+	if err := os.Symlink("bin/run", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	// Modes last, deepest first, so the read-only directory can be filled.
+	for i := len(files) - 1; i >= 0; i-- {
+		if err := os.Chmod(filepath.Join(src, files[i].path), files[i].mode.Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c, err := p.SFTP(ctx, h.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2, _ := p.SFTP(ctx, h.Name); c2 != c {
+		t.Errorf("SFTP returned a new client for the same host")
+	}
+	var last, calls int64
+	progress := func(done, tot int64) {
+		if done < last || tot != total {
+			t.Errorf("progress(%d, %d) after %d; total should be %d", done, tot, last, total)
+		}
+		last = done
+		calls++
+	}
+	if _, _, _, err := p.Output(ctx, h.Name, "mkdir -p /root/dst"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Copy(ctx, src, h.Name+":/root/dst", true, progress); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if last != total || calls < 3 {
+		t.Errorf("progress ended at %d of %d after %d calls", last, total, calls)
+	}
+	// Into the existing directory, as cp does; no temporary files left.
+	out, err := h.Exec(ctx, "sh", "-c", "cd /root/dst && find . | sort | while read -r f; do stat -c '%A %n' \"$f\"; done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"drwxr-xr-x ./tree/bin", "-rwxr-xr-x ./tree/bin/run", "-rw------- ./tree/secret",
+		"-rw-r--r-- ./tree/with space's", "dr-xr-xr-x ./tree/ro", "-r--r--r-- ./tree/ro/inside",
+		"lrwxrwxrwx ./tree/link", "-rw-r----- ./tree/empty", "drwxr-x--- ./tree",
+	}
+	for _, w := range want {
+		if !strings.Contains(string(out), w+"\n") {
+			t.Errorf("remote tree lacks %q:\n%s", w, out)
+		}
+	}
+	if dest, err := os.Readlink(h.Path("/root/dst/tree/link")); err != nil || dest != "bin/run" {
+		t.Errorf("remote symlink points to %q (%v); want bin/run", dest, err)
+	}
+	if strings.Contains(string(out), ".nix-hive-") {
+		t.Errorf("temporary files left behind:\n%s", out)
+	}
+	if got, err := os.ReadFile(h.Path("/root/dst/tree/big")); err != nil || string(got) != files[5].data {
+		t.Errorf("big file differs on the host (%v)", err)
+	}
+
+	back := t.TempDir()
+	if err := p.Copy(ctx, h.Name+":/root/dst/tree", back, true, nil); err != nil {
+		t.Fatalf("download: %v", err)
+	}
+	compareTrees(t, src, filepath.Join(back, "tree"))
+
+	// A single file replaces its target atomically and keeps its mode.
+	if err := p.Copy(ctx, filepath.Join(src, "secret"), h.Name+":/root/dst/tree/empty", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(h.Path("/root/dst/tree/empty")); err != nil || st.Mode().Perm() != 0o600 || st.Size() != 6 {
+		t.Errorf("replaced file: %v %v", st, err)
+	}
+	if err := p.Copy(ctx, src, h.Name+":/root/x", false, nil); err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("non-recursive copy of a directory: %v", err)
+	}
+}
+
+func compareTrees(t *testing.T, a, b string) {
+	t.Helper()
+	err := filepath.WalkDir(a, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(a, p)
+		q := filepath.Join(b, rel)
+		sa, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		sb, err := os.Lstat(q)
+		if err != nil {
+			t.Errorf("%s missing after the round trip", rel)
+			return nil
+		}
+		if sa.Mode() != sb.Mode() {
+			t.Errorf("%s: mode %v, was %v", rel, sb.Mode(), sa.Mode())
+		}
+		switch {
+		case sa.Mode()&fs.ModeSymlink != 0:
+			la, _ := os.Readlink(p)
+			lb, _ := os.Readlink(q)
+			if la != lb {
+				t.Errorf("%s: link to %q, was %q", rel, lb, la)
+			}
+		case sa.Mode().IsRegular():
+			da, _ := os.ReadFile(p)
+			db, _ := os.ReadFile(q)
+			if !bytes.Equal(da, db) {
+				t.Errorf("%s: content differs", rel)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLabJump: internal hosts are reached through the jump host's single
+// pooled connection, and not at all directly; plain ssh with the
+// generated config takes the same route.
+func TestLabJump(t *testing.T) {
+	home := hermetic(t)
+	l := lab.New(t, lab.Config{Internal: 2})
+	ctx := testCtx(t)
+	cfg := Config{Endpoints: labEndpoints(l, true)}
+	p := newTestPool(t, cfg)
+	jump := l.Hosts[0]
+	var internal []*lab.Host
+	for _, h := range l.Hosts {
+		if h.Jump != "" {
+			internal = append(internal, h)
+		}
+	}
+	if len(internal) != 2 {
+		t.Fatalf("lab has %d internal hosts; want 2", len(internal))
+	}
+	for range 5 {
+		for _, h := range internal {
+			out, _, code, err := p.Output(ctx, h.Name, "echo reached "+Quote(h.Name))
+			if err != nil || code != 0 || string(out) != "reached "+h.Name+"\n" {
+				t.Fatalf("Output on %s = %q, %d, %v", h.Name, out, code, err)
+			}
+		}
+	}
+	for _, h := range l.Hosts {
+		if d := p.Dials(h.Name); d != 1 {
+			t.Errorf("Dials(%s) = %d; want 1", h.Name, d)
+		}
+	}
+	if eff, _ := p.Resolve(internal[0].Name); len(eff.JumpChain) != 1 || eff.JumpChain[0] != jump.Name {
+		t.Errorf("Resolve(%s).JumpChain = %v; want [%s]", internal[0].Name, eff.JumpChain, jump.Name)
+	}
+
+	direct := labEndpoints(l, true)[internal[0].Name]
+	direct.Jump = ""
+	q := newTestPool(t, Config{Endpoints: map[string]Endpoint{direct.Name: direct}, ConnectTimeout: 2 * time.Second})
+	if _, err := q.Run(ctx, direct.Name, "true", nil, nil, nil); err == nil {
+		t.Errorf("direct dial of internal host %s succeeded", direct.Name)
+	}
+
+	ssh := needSSH(t)
+	dir := t.TempDir()
+	var kh, sc bytes.Buffer
+	if err := WriteKnownHosts(&kh, cfg); err != nil {
+		t.Fatal(err)
+	}
+	khPath := writeFile(t, filepath.Join(dir, "known_hosts"), kh.String())
+	if err := WriteSSHConfig(&sc, Config{Endpoints: cfg.Endpoints, UserConfig: "none"}, khPath); err != nil {
+		t.Fatal(err)
+	}
+	config := writeFile(t, filepath.Join(dir, "config"), sc.String())
+	target := internal[1].Name
+	cmd := exec.CommandContext(ctx, ssh, "-F", config, "-o", "BatchMode=yes", target, "echo", "plain", "ssh")
+	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "plain ssh\n" {
+		t.Errorf("ssh -F generated %s: %v: %q", target, err, out)
+	}
+}
