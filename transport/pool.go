@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -398,6 +399,13 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 		var hkErr *HostKeyError
 		if errors.As(err, &hkErr) {
 			return nil, hkErr
+		}
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			keys := "the ssh agent's keys and ~/.ssh/id_*"
+			if len(s.IdentityFiles) > 0 {
+				keys = strings.Join(s.IdentityFiles, ", ")
+			}
+			return nil, fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)
 		}
 		return nil, fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 	}

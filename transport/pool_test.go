@@ -508,6 +508,18 @@ func TestNoKeyIsAClearError(t *testing.T) {
 	}
 }
 
+func TestRefusedKeyIsExplained(t *testing.T) {
+	hermetic(t)
+	key, other := newClientKey(t), newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	ep := srv.endpoint("a", other)
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": ep}})
+	_, err := p.Run(testCtx(t), "a", "true", nil, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "tester was refused with "+other.path) {
+		t.Fatalf("Run error = %v; want it to name the user and the key tried", err)
+	}
+}
+
 func TestDefaultIdentityFile(t *testing.T) {
 	home := hermetic(t)
 	key := newClientKey(t)

@@ -27,7 +27,7 @@ import (
 // is where behaviour is proven; this keeps the unit tests fast and
 // root-free.
 type testServer struct {
-	t       *testing.T
+	t       testing.TB
 	ln      net.Listener
 	host    string
 	port    int
@@ -50,7 +50,7 @@ type testKey struct {
 }
 
 // newClientKey writes an unencrypted ed25519 key in OpenSSH format.
-func newClientKey(t *testing.T) testKey {
+func newClientKey(t testing.TB) testKey {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -71,7 +71,7 @@ func newClientKey(t *testing.T) testKey {
 	return testKey{path: path, signer: sg}
 }
 
-func newHostSigner(t *testing.T) ssh.Signer {
+func newHostSigner(t testing.TB) ssh.Signer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -84,7 +84,7 @@ func newHostSigner(t *testing.T) ssh.Signer {
 	return sg
 }
 
-func newTestServer(t *testing.T, client ssh.PublicKey) *testServer {
+func newTestServer(t testing.TB, client ssh.PublicKey) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -122,8 +122,12 @@ func (f *pidFilter) Write(b []byte) (int, error) {
 func (f *pidFilter) processGroup(ctx context.Context) int {
 	select {
 	case <-f.ready:
-	case <-ctx.Done():
-		return 0
+	default:
+		select {
+		case <-f.ready:
+		case <-ctx.Done():
+			return 0
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
