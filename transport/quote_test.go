@@ -48,10 +48,19 @@ func shellPrints(t *testing.T, line string) string {
 	return string(out)
 }
 
-func TestQuoteArgsRoundTrip(t *testing.T) {
+// needSh skips without a POSIX sh (fails under CI).
+func needSh(t testing.TB) {
+	t.Helper()
 	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI: sh is required to check quoting and is not on PATH")
+		}
+		t.Skip("no sh on PATH")
 	}
+}
+
+func TestQuoteArgsRoundTrip(t *testing.T) {
+	needSh(t)
 	args := []string{"a b", `"double"`, "'single'", "$(touch pwned)", "`touch pwned2`", "$HOME", "x;touch y", "-n", "*", "a\\b", "tab\there", "new\nline", "", "ünï"}
 	got := shellPrints(t, "printf '[%s]' "+QuoteArgs(args))
 	want := "[" + strings.Join(args, "][") + "]"
@@ -63,9 +72,7 @@ func TestQuoteArgsRoundTrip(t *testing.T) {
 // FuzzQuote: sh -c "printf %s " + Quote(x) prints x exactly. Run with
 // go test -fuzz FuzzQuote ./transport.
 func FuzzQuote(f *testing.F) {
-	if _, err := exec.LookPath("sh"); err != nil {
-		f.Skip("no sh")
-	}
+	needSh(f)
 	for _, s := range []string{"", "a", "'", "''", `'\''`, "$(id)", "`id`", "a b", "\n", "-n", "%s", "\\", "\xff\xfe", "~", "a=b"} {
 		f.Add(s)
 	}
