@@ -23,7 +23,8 @@ type fleet struct {
 	dir string
 }
 
-const oddName = `it's a "host" $(touch /tmp/pwned)`
+// oddName has no "/" or ":": scp's instance:path syntax cannot carry those.
+const oddName = `it's a "host" $(touch pwned-by-name) ;x`
 
 func newFleet(t *testing.T, cfg lab.Config, odd bool) *fleet {
 	l := lab.New(t, cfg)
@@ -193,7 +194,7 @@ func TestQuotingOfNamesPathsAndArguments(t *testing.T) {
 	if b, err := os.ReadFile(h.Path(remote + "/f")); err != nil || string(b) != "x" {
 		t.Errorf("file at the odd remote path: %q %v", b, err)
 	}
-	for _, where := range []string{"/tmp/pwned", h.Path("/tmp/pwned")} {
+	for _, where := range []string{"/tmp/pwned", h.Path("/tmp/pwned"), h.Path("/root/pwned-by-name"), "pwned-by-name"} {
 		if _, err := os.Stat(where); err == nil {
 			t.Errorf("%s exists: something was executed", where)
 		}

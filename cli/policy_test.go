@@ -263,3 +263,19 @@ def select(instances):
 		t.Errorf("app-1 in the summary although select() dropped it:\n%s", out)
 	}
 }
+
+func TestDeployToOddlyNamedInstance(t *testing.T) {
+	f := newPolicyFleet(t, 1, "", fmt.Sprintf(`{ %q = (import ./lab.nix).app-1 // { system = "app"; }; }`, oddName))
+	code, out, _ := f.run("deploy", oddName)
+	if code != 0 {
+		t.Fatalf("deploy to %q failed", oddName)
+	}
+	if !strings.Contains(out, oddName+"  1") || f.current("app-1") == "" {
+		t.Errorf("summary or host state wrong:\n%s", out)
+	}
+	for _, p := range []string{f.lab.Hosts[0].Path("/root/pwned-by-name"), "pwned-by-name"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s exists: the instance name was executed", p)
+		}
+	}
+}

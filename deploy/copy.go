@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // NixCopier pushes closures with `nix copy`, reaching instances through
@@ -23,7 +24,7 @@ func (c *NixCopier) URL(dest string) string {
 	}
 	// The instance name is the Host alias in the generated config, which
 	// supplies address, user, port and jump chain.
-	return "ssh://" + dest
+	return "ssh://" + transport.Alias(dest)
 }
 
 // Copy implements Copier.

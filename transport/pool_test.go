@@ -268,7 +268,7 @@ func TestNewPoolValidation(t *testing.T) {
 		{"jump cycle", map[string]Endpoint{"a": {Jump: "b"}, "b": {Jump: "c"}, "c": {Jump: "a"}}, "cycle: a -> b -> c -> a"},
 		{"self jump", map[string]Endpoint{"a": {Jump: "a"}}, "cycle: a -> a"},
 		{"unknown jump", map[string]Endpoint{"a": {Jump: "nope"}}, `instance a: jump = "nope" is not an instance`},
-		{"bad name", map[string]Endpoint{"a b": ok}, "name must match"},
+		{"bad name", map[string]Endpoint{"a\nb": ok}, "control characters"},
 		{"name differs from key", map[string]Endpoint{"a": {Name: "b"}}, "must equal its key"},
 		{"bad host", map[string]Endpoint{"a": {Host: "x y"}}, "host"},
 		{"option host", map[string]Endpoint{"a": {Host: "-oProxyCommand=x"}}, "must not start with '-'"},

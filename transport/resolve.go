@@ -123,8 +123,10 @@ func jumpChain(eps map[string]Endpoint, name string) ([]string, error) {
 
 func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	name := ep.Name
-	if !nameRE.MatchString(name) {
-		return nil, fmt.Errorf("instance %q: name must match %s to be usable as an ssh host alias", name, nameRE)
+	// Any printable name works: the Go client never puts it in a command,
+	// and generated OpenSSH files use Alias(name).
+	if name == "" || strings.ContainsFunc(name, isControl) {
+		return nil, fmt.Errorf("instance %q: name must be non-empty and free of control characters", name)
 	}
 	if err := checkWord(ep.Host); err != nil {
 		return nil, fmt.Errorf("instance %s: host %q: %w", name, ep.Host, err)

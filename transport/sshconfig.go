@@ -2,10 +2,13 @@ package transport
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -56,14 +59,19 @@ func WriteSSHConfig(w io.Writer, cfg Config, knownHostsPath string) error {
 		s := eps[name]
 		jump := "none"
 		if n := len(s.JumpChain); n > 0 {
-			jump = s.JumpChain[n-1]
+			jump = Alias(s.JumpChain[n-1])
 		}
-		fmt.Fprintf(b, "\nHost %s\n", name)
+		alias := Alias(name)
+		if alias != name {
+			fmt.Fprintf(b, "\n# instance %s\nHost %s\n", strconv.Quote(name), alias)
+		} else {
+			fmt.Fprintf(b, "\nHost %s\n", alias)
+		}
 		fmt.Fprintf(b, "\tHostName %s\n", configValue(escapeTokens(s.HostName)))
 		fmt.Fprintf(b, "\tUser %s\n", configValue(s.User))
 		fmt.Fprintf(b, "\tPort %d\n", s.Port)
 		fmt.Fprintf(b, "\tProxyJump %s\n", jump)
-		fmt.Fprintf(b, "\tHostKeyAlias %s\n", name)
+		fmt.Fprintf(b, "\tHostKeyAlias %s\n", alias)
 		fmt.Fprintf(b, "\tUserKnownHostsFile %s\n", strings.Join(hostFiles, " "))
 		fmt.Fprintf(b, "\tStrictHostKeyChecking %s\n", strict)
 		for _, o := range s.options {
@@ -119,10 +127,23 @@ func WriteKnownHosts(w io.Writer, cfg Config) error {
 			}
 		}
 		for _, k := range keys {
-			fmt.Fprintln(b, knownhosts.Line([]string{name}, k))
+			fmt.Fprintln(b, knownhosts.Line([]string{Alias(name)}, k))
 		}
 	}
 	return b.Flush()
+}
+
+// Alias is an instance's name in generated OpenSSH files (Host,
+// HostKeyAlias, ProxyJump, known_hosts) and in ssh:// store URLs: the name
+// itself when OpenSSH accepts it as a host alias, else a stable stand-in
+// derived from it, so an instance named with spaces, quotes or $(...) is
+// never pasted into a config line or a command.
+func Alias(name string) string {
+	if nameRE.MatchString(name) && !strings.HasPrefix(name, "nix-hive-") {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "nix-hive-" + hex.EncodeToString(sum[:8])
 }
 
 func sortedNames(eps map[string]*settings) []string {
