@@ -1,0 +1,49 @@
+package nixcmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestRunForwardsStderrAndExplainsFailures(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	var log bytes.Buffer
+	r := &Runner{Stderr: &log, Prefix: "nix: "}
+	out, err := r.Run(context.Background(), "sh", "-c", `echo building >&2; echo "warning: you did not specify '--add-root'" >&2; echo result; echo "error: it broke" >&2; echo "  at line 3" >&2; exit 1`)
+	var ne *Error
+	if !errors.As(err, &ne) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	if string(out) != "result\n" {
+		t.Errorf("stdout = %q", out)
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "sh -c ") || !strings.HasSuffix(msg, "exit 1: error: it broke\n  at line 3") {
+		t.Errorf("error should carry the part from error: on: %q", msg)
+	}
+	if !strings.Contains(log.String(), "nix: building\n") || strings.Contains(log.String(), "--add-root") {
+		t.Errorf("forwarded stderr: %q", log.String())
+	}
+}
+
+func TestCommandEnablesFeatures(t *testing.T) {
+	t.Setenv("NIX_CONFIG", "substituters =")
+	r := &Runner{Config: []string{"max-jobs = 2"}}
+	cmd := r.Command(context.Background(), "nix", "--version")
+	var conf string
+	for _, e := range cmd.Env {
+		if v, ok := strings.CutPrefix(e, "NIX_CONFIG="); ok {
+			conf = v
+		}
+	}
+	for _, want := range []string{"substituters =", "extra-experimental-features = nix-command flakes", "max-jobs = 2"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("NIX_CONFIG %q lacks %q", conf, want)
+		}
+	}
+}
