@@ -178,3 +178,47 @@ func TestGoalBootAndRollback(t *testing.T) {
 		t.Errorf("rollback output should show before and after:\n%s", out)
 	}
 }
+
+// A store may be a binary cache URL: the closure is pushed there once and
+// every consumer substitutes from it (signatures checked by the consumer).
+// /tmp is shared between the lab hosts and this machine, so a file://
+// cache there is reachable by all of them.
+func TestDeployThroughBinaryCacheStore(t *testing.T) {
+	s := newSeed(t)
+	cache := t.TempDir()
+	for _, h := range []string{"www-1", "www-2", "www-3"} {
+		s.edit(`at "`+h+`" { system = "www"; host = "10.22.0.`, `at "`+h+`" { store = "file://`+cache+`"; system = "www"; host = "10.22.0.`)
+	}
+	s.edit(`store = "portico"; tags = [ "web" "canary" ];`, `tags = [ "web" "canary" ];`)
+	s.edit(`jump = "portico"; store = "portico"; tags = [ "web" ]; };
+    www-3`, `jump = "portico"; tags = [ "web" ]; };
+    www-3`)
+	s.edit(`jump = "portico"; store = "portico"; tags = [ "web" ]; };
+  };`, `jump = "portico"; tags = [ "web" ]; };
+  };`)
+	code, out, _ := s.run("--json", "deploy", "www-*")
+	if code != 0 {
+		t.Fatalf("deploy through a binary cache failed")
+	}
+	pushes := map[string]int{}
+	for _, e := range events(t, out) {
+		if e.Type == "event" && e.Step == "push" && e.Status == "ok" {
+			pushes[e.Instance]++
+		}
+	}
+	if len(pushes) != 1 || pushes["file://"+cache] != 1 {
+		t.Errorf("pushes = %v, want exactly one, to the cache", pushes)
+	}
+	www := s.state().Systems["www"].OutPath
+	if _, err := os.Stat(cache + "/" + strings.TrimPrefix(www, "/nix/store/")[:32] + ".narinfo"); err != nil {
+		t.Errorf("the cache has no narinfo for %s: %v", www, err)
+	}
+	for _, h := range []string{"www-1", "www-2", "www-3"} {
+		if s.current(h) != www {
+			t.Errorf("%s not on %s", h, www)
+		}
+	}
+	if s.has("portico", www) {
+		t.Errorf("portico received the www closure although it is no store any more")
+	}
+}

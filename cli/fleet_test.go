@@ -3,9 +3,11 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/cli"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // fleet is a hive over a lab whose instances carry the lab hosts' names,
@@ -216,3 +219,28 @@ func dialable(addr string) error {
 }
 
 type netDialer = net.Dialer
+
+// nix-hive ssh without a command opens an interactive shell on a remote
+// pty when run from a terminal; the remote exit status passes through.
+// script(1) gives it the terminal.
+func TestSSHInteractivePTY(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("script(1) not installed (util-linux)")
+	}
+	f := newFleet(t, lab.Config{Hosts: 1}, false)
+	bin := filepath.Join(t.TempDir(), "nix-hive")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/nix-hive").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command("script", "-qec", transport.Quote(bin)+" -c "+transport.Quote(f.dir)+" ssh host-1", "/dev/null")
+	cmd.Stdin = strings.NewReader("tty && echo remote-term=$TERM; exit 5\n")
+	cmd.Env = append(os.Environ(), "TERM=xterm-test")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Errorf("exit: %v, want status 5 from the remote shell\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "remote-term=xterm-test") {
+		t.Errorf("no remote pty (or TERM not passed):\n%s", out)
+	}
+}
