@@ -23,7 +23,7 @@
           inherit version;
           src = ./.;
           # Kept in sync with go.sum by TestFlakeVendorHash (cmd/nix-hive).
-          vendorHash = "sha256-3vkk22574fAzYhpkCUZ+81JEYeP+Urg4Z2ls8y5HhKo=";
+          vendorHash = "sha256-EwclPaVJxDXT8/dCDfnFiIIOELNLGh0g6WA229K2EWk=";
           subPackages = [ "cmd/nix-hive" ];
           ldflags = [ "-s" "-w" "-X main.version=${version}" ];
           # The test suite needs root, sshd and a lab of hosts; CI runs it.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -76,12 +75,15 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	opts := deploy.Options{
 		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
-		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st, Events: g.eventPrinter(),
+		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st,
 	}
+	view := g.newDeployView(len(plan.Order))
+	opts.Events = view.Event
 	if pl.policy != nil {
 		opts.Policy = newPolicyChecks(pl.policy, inv, pl.waves, plan.Waves)
 	}
 	report := deploy.Execute(ctx, plan, inv, pool, &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig}, opts)
+	view.Close()
 	return g.finishReport(report)
 }
 
@@ -149,40 +151,6 @@ func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool, r
 		return nil, err
 	}
 	return &planned{inv: inv, targets: targets, plan: plan, policy: pol, waves: waves}, nil
-}
-
-// eventPrinter renders deploy events: JSON lines on stdout with --json,
-// else one plain line per step on stderr.
-func (g *Globals) eventPrinter() func(deploy.Event) {
-	var mu sync.Mutex
-	start := time.Now()
-	return func(e deploy.Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if g.JSON {
-			json.NewEncoder(g.stdout).Encode(struct {
-				Type string `json:"type"`
-				deploy.Event
-			}{"event", e})
-			return
-		}
-		if e.Status == "start" && e.Step != deploy.StepActivate {
-			return // keep the log to outcomes; activation start matters for ordering
-		}
-		who := e.Instance
-		if who == "" {
-			who = "*"
-		}
-		wave := ""
-		if e.Wave > 0 {
-			wave = fmt.Sprintf(" [wave %d]", e.Wave)
-		}
-		msg := ""
-		if e.Message != "" {
-			msg = ": " + e.Message
-		}
-		fmt.Fprintf(g.stderr, "%6.1fs %s%s %s %s%s\n", time.Since(start).Seconds(), who, wave, e.Step, e.Status, msg)
-	}
 }
 
 // finishReport prints the per-host summary and turns failures into the

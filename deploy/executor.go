@@ -53,6 +53,9 @@ const (
 	StepPostCheck  = "post-check"
 	StepRollback   = "rollback"
 	StepDone       = "done"
+	// StepFinished events carry a host's final status; exactly one per
+	// host that got that far.
+	StepFinished = "finished"
 )
 
 // Status of a host at the end.
@@ -218,6 +221,9 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		go func() {
 			defer wg.Done()
 			e.ensure(ctx, n)
+			if !plan.Hosts[n].Target {
+				e.finished(n)
+			}
 		}()
 	}
 
@@ -317,6 +323,17 @@ func (e *executor) step(n, step, status, msg string) {
 	}
 	e.update(n, func(r *Result) { r.Step = step })
 	e.event(Event{Instance: n, Wave: wave, Step: step, Status: status, Message: msg})
+}
+
+// finished announces a host's outcome (StepFinished, with its final
+// status); progress views count these.
+func (e *executor) finished(n string) {
+	r := e.result(n)
+	status := r.Status
+	if !r.Target && status == StatusNotStarted && r.Step == StepDone {
+		status = StatusStored
+	}
+	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: status, Message: r.Error})
 }
 
 func (e *executor) fail(n, step string, err error) error {
@@ -452,6 +469,7 @@ func (e *executor) activate(ctx context.Context, n string) error {
 	defer func() {
 		e.update(n, func(r *Result) { r.Duration = time.Since(start) })
 		e.record(n)
+		e.finished(n)
 	}()
 	// Stores activate before their consumers in the same wave.
 	if st := in.Store; st != "" {

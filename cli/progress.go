@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
+
+	"github.com/nix-hive/nix-hive/deploy"
+)
+
+// deployView renders deploy events. All three renderings come from the same
+// events: JSON lines on stdout (--json), plain lines on stderr (logs, CI),
+// and on a terminal the same lines above a progress bar of finished hosts.
+type deployView struct {
+	mu     sync.Mutex
+	json   io.Writer // --json: events as JSON lines
+	log    io.Writer // plain lines
+	start  time.Time
+	p      *mpb.Progress
+	bar    *mpb.Bar
+	counts map[string]int
+}
+
+func (g *Globals) newDeployView(hosts int) *deployView {
+	v := &deployView{start: time.Now(), log: g.stderr, counts: map[string]int{}}
+	if g.JSON {
+		v.json = g.stdout
+		return v
+	}
+	if f, ok := g.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		v.p = mpb.New(mpb.WithOutput(f), mpb.WithWidth(30), mpb.WithRefreshRate(150*time.Millisecond))
+		v.bar = v.p.AddBar(int64(hosts),
+			mpb.PrependDecorators(decor.Name("hosts "), decor.CountersNoUnit("%d/%d")),
+			mpb.AppendDecorators(decor.Any(func(decor.Statistics) string { return v.summary() })),
+		)
+		v.log = v.p
+	}
+	return v
+}
+
+func (v *deployView) summary() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return fmt.Sprintf(" pushed %d  substituted %d  activated %d  failed %d",
+		v.counts["push"], v.counts["substitute"], v.counts["activate"], v.counts["failed"])
+}
+
+// Event renders one event.
+func (v *deployView) Event(e deploy.Event) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.json != nil {
+		json.NewEncoder(v.json).Encode(struct {
+			Type string `json:"type"`
+			deploy.Event
+		}{"event", e})
+		return
+	}
+	switch {
+	case e.Step == deploy.StepFinished:
+		if v.bar != nil {
+			v.bar.Increment()
+		}
+		return
+	case e.Status == "ok" && (e.Step == deploy.StepPush || e.Step == deploy.StepSubstitute || e.Step == deploy.StepActivate):
+		v.counts[e.Step]++
+	case e.Status == "failed":
+		v.counts["failed"]++
+	}
+	if e.Status == "start" && e.Step != deploy.StepActivate {
+		return // outcomes only; an activation's start matters for ordering
+	}
+	who := e.Instance
+	if who == "" {
+		who = "*"
+	}
+	wave := ""
+	if e.Wave > 0 {
+		wave = fmt.Sprintf(" [wave %d]", e.Wave)
+	}
+	msg := ""
+	if e.Message != "" {
+		msg = ": " + e.Message
+	}
+	fmt.Fprintf(v.log, "%6.1fs %s%s %s %s%s\n", time.Since(v.start).Seconds(), who, wave, e.Step, e.Status, msg)
+}
+
+// Close ends the progress bar, if any, before the summary is printed.
+func (v *deployView) Close() {
+	if v.bar == nil {
+		return
+	}
+	v.bar.SetTotal(-1, true)
+	v.p.Wait()
+}
