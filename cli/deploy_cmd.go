@@ -82,7 +82,11 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 	if pl.policy != nil {
 		opts.Policy = newPolicyChecks(pl.policy, inv, pl.waves, plan.Waves)
 	}
-	report := deploy.Execute(ctx, plan, inv, pool, &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig}, opts)
+	copier := &deploy.NixCopier{Nix: ev.Nix, SSHConfig: sshConfig, Sudo: c.Sudo, Privileged: map[string]bool{}}
+	for n, in := range inv.Instances {
+		copier.Privileged[n] = in.User != "root"
+	}
+	report := deploy.Execute(ctx, plan, inv, pool, copier, opts)
 	view.Close()
 	return g.finishReport(report)
 }

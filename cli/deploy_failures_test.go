@@ -3,6 +3,8 @@ package cli_test
 import (
 	"context"
 	"os"
+	"os/exec"
+	"os/user"
 	"strings"
 	"testing"
 	"time"
@@ -220,5 +222,47 @@ func TestDeployThroughBinaryCacheStore(t *testing.T) {
 	}
 	if s.has("portico", www) {
 		t.Errorf("portico received the www closure although it is no store any more")
+	}
+}
+
+// An instance whose login is not root: nix copy writes its store through
+// sudo, activation runs under sudo, status reads as the user.
+func TestDeployAsNonRootUserWithSudo(t *testing.T) {
+	const name = "nixhive-deployer"
+	if _, err := exec.LookPath("sudo"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI: sudo is not installed (scripts/setup installs it)")
+		}
+		t.Skip("sudo is not installed")
+	}
+	s := newSeed(t)
+	if _, err := user.Lookup(name); err != nil {
+		// password "*": no password login, but not "locked", which sshd
+		// without PAM would refuse even for key logins.
+		if out, err := exec.Command("useradd", "--no-create-home", "--shell", "/bin/sh", "--password", "*", name).CombinedOutput(); err != nil {
+			t.Fatalf("useradd: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	}
+	sudoers := "/etc/sudoers.d/" + name
+	if err := os.WriteFile(sudoers, []byte(name+" ALL=(ALL) NOPASSWD: ALL\n"), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(sudoers) })
+	// storage (pushed to directly) and www-1 (substituting) log in as the
+	// user; the lab fragment says root, so let the instance's user win.
+	s.edit(`at = name: attrs: attrs // (lab.${name} or { });`, `at = name: attrs: attrs // (lab.${name} or { }) // (if attrs ? user then { inherit (attrs) user; } else { });`)
+	s.edit(`storage = at "storage" { system = "storage";`, `storage = at "storage" { user = "`+name+`"; system = "storage";`)
+	s.edit(`www-1 = at "www-1" { system = "www";`, `www-1 = at "www-1" { user = "`+name+`"; system = "www";`)
+	code, out, _ := s.run("deploy", "storage", "www-1")
+	if code != 0 {
+		t.Fatalf("deploy as %s failed:\n%s", name, out)
+	}
+	st := s.state()
+	if s.current("storage") != st.Systems["storage"].OutPath || s.current("www-1") != st.Systems["www"].OutPath {
+		t.Errorf("not activated: storage %s www-1 %s", s.current("storage"), s.current("www-1"))
+	}
+	if code, out, _ := s.run("run", "storage", "--", "id", "-un"); code != 0 || !strings.Contains(out, name) {
+		t.Errorf("commands do not run as %s: %s", name, out)
 	}
 }

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/nix-hive/nix-hive/nixcmd"
@@ -15,6 +16,11 @@ import (
 type NixCopier struct {
 	Nix       *nixcmd.Runner
 	SSHConfig string // generated config file, given to ssh as -F
+	// Privileged lists instances whose login is not root: their store is
+	// written through Sudo (nix-store --serve --write needs root when no
+	// daemon accepts the import for the user).
+	Privileged map[string]bool
+	Sudo       string
 }
 
 // URL is the store URL nix copy uses for dest.
@@ -24,7 +30,11 @@ func (c *NixCopier) URL(dest string) string {
 	}
 	// The instance name is the Host alias in the generated config, which
 	// supplies address, user, port and jump chain.
-	return "ssh://" + transport.Alias(dest)
+	u := "ssh://" + transport.Alias(dest)
+	if c.Privileged[dest] && c.Sudo != "" {
+		u += "?remote-program=" + url.PathEscape(c.Sudo+" nix-store")
+	}
+	return u
 }
 
 // Copy implements Copier.

@@ -223,6 +223,12 @@ func (l *Lab) useDir(dir string) error {
 		if err != nil {
 			return fmt.Errorf("lab dir: %w", err)
 		}
+		// sshd reads authorized_keys as the logging-in user: non-root
+		// logins need to traverse the lab directory. The client's private
+		// key stays in its own 0700 directory.
+		if err := os.Chmod(d, 0o755); err != nil {
+			return fmt.Errorf("lab dir: %w", err)
+		}
 		dir, l.removeDir = d, true
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("lab dir: %w", err)
