@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -70,7 +71,10 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
 		return exitFailure
 	}
-	cli.Globals.stdout, cli.Globals.stderr = stdout, stderr
+	// Many goroutines (hosts, policy checks, progress) write; each write
+	// must land whole. The raw stderr is kept to detect a terminal.
+	cli.Globals.stdout, cli.Globals.stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
+	cli.Globals.stderrRaw = stderr
 	kctx, err := parser.Parse(args)
 	if exitCode >= 0 {
 		// --help and --version end parsing through kong.Exit.
@@ -105,4 +109,16 @@ func exitStatus(ctx context.Context, err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
 		return exitFailure
 	}
+}
+
+// syncWriter serialises writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

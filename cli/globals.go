@@ -25,6 +25,7 @@ type Globals struct {
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer
+	stderrRaw      io.Writer // the stderr given to Main, to detect a terminal
 	src            *eval.Source
 	ev             *eval.Evaluator
 	inv            *eval.Inventory

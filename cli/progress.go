@@ -34,7 +34,7 @@ func (g *Globals) newDeployView(hosts int) *deployView {
 		v.json = g.stdout
 		return v
 	}
-	if f, ok := g.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if f, ok := g.stderrRaw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		v.p = mpb.New(mpb.WithOutput(f), mpb.WithWidth(30), mpb.WithRefreshRate(150*time.Millisecond))
 		v.bar = v.p.AddBar(int64(hosts),
 			mpb.PrependDecorators(decor.Name("hosts "), decor.CountersNoUnit("%d/%d")),

@@ -79,7 +79,7 @@ func (c *SCPCmd) Run(ctx context.Context, g *Globals) error {
 	defer pool.Close()
 	var progress func(done, total int64)
 	if !c.Quiet {
-		if f, ok := g.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if f, ok := g.stderrRaw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			var last time.Time
 			progress = func(done, total int64) {
 				if time.Since(last) < 100*time.Millisecond && done < total {

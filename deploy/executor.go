@@ -509,8 +509,8 @@ func (e *executor) activate(ctx context.Context, n string) error {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.ActivationTimeout)
 	defer cancel()
 	e.step(n, StepActivate, "start", string(e.opts.Goal))
-	var out bytes.Buffer
-	code, err := e.remote.Run(actx, n, activateCommand(h.OutPath, e.opts.Goal, in.User, e.opts.Sudo), nil, &out, &out)
+	out := &lockedBuffer{}
+	code, err := e.remote.Run(actx, n, activateCommand(h.OutPath, e.opts.Goal, in.User, e.opts.Sudo), nil, out, out)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("switch-to-configuration %s exited %d: %s", e.opts.Goal, code, lastLines(out.String(), 3))
 	}
@@ -607,8 +607,8 @@ func (e *executor) query(ctx context.Context, n string) (HostState, error) {
 func (e *executor) rollback(ctx context.Context, n string, before HostState, why string) error {
 	in := e.inv.Instances[n]
 	e.step(n, StepRollback, "start", why)
-	var out bytes.Buffer
-	code, err := e.remote.Run(ctx, n, rollbackCommand(in.User, e.opts.Sudo), nil, &out, &out)
+	out := &lockedBuffer{}
+	code, err := e.remote.Run(ctx, n, rollbackCommand(in.User, e.opts.Sudo), nil, out, out)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("rollback exited %d: %s", code, lastLines(out.String(), 3))
 	}

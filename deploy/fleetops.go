@@ -80,8 +80,8 @@ func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []s
 			return
 		}
 		row.Before = before.Active
-		var out bytes.Buffer
-		code, err := remote.Run(ctx, n, rollbackCommand(inv.Instances[n].User, sudo), nil, &out, &out)
+		out := &lockedBuffer{}
+		code, err := remote.Run(ctx, n, rollbackCommand(inv.Instances[n].User, sudo), nil, out, out)
 		if err == nil && code != 0 {
 			err = fmt.Errorf("rollback exited %d: %s", code, lastLines(out.String(), 3))
 		}

@@ -1,8 +1,10 @@
 package deploy
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -110,4 +112,23 @@ func rollbackCommand(user, sudo string) string {
 	return privileged(user, sudo, "nix-env", "-p", profile, "--rollback") + " || exit $?\n" +
 		`p=$(readlink -f ` + profile + `) || exit 1` + "\n" +
 		prefix + `"$p/bin/switch-to-configuration" switch` + "\n"
+}
+
+// lockedBuffer collects a command's stdout and stderr together; the SSH
+// session writes the two streams from different goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
