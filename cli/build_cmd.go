@@ -55,6 +55,9 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	out := buildOutput{Targets: targets, Instances: map[string]*eval.Instance{}, Systems: map[string]systemOutput{}, Signing: inv.Signing}
+	if pub, err := g.publicKey(inv); err == nil {
+		out.Signing.PublicKey = pub
+	}
 	for _, t := range targets {
 		in := inv.Instances[t]
 		out.Instances[t] = in

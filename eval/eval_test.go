@@ -314,3 +314,18 @@ func TestSignAndRoots(t *testing.T) {
 	}
 	_ = runtime.GOOS
 }
+
+func TestPublicKeyFile(t *testing.T) {
+	nixtest.Require(t)
+	src := writeHive(t, `{ signing.publicKeyFile = ./k.pub; systems.a.toplevel = null; instances.x.system = "a"; }`, "")
+	if err := os.WriteFile(filepath.Join(src.Dir, "k.pub"), []byte("hive-1:abc=\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := newEvaluator(t, src, nil).Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Signing.PublicKey != "hive-1:abc=" {
+		t.Errorf("public key = %q", inv.Signing.PublicKey)
+	}
+}

@@ -70,6 +70,7 @@ let
         ++ expect "hive" "signing" isAttrs "an attribute set" signing
         ++ (if signing ? keyFile then expect "hive" "signing.keyFile" (v: isString v || isPath v) "a file name (string)" signing.keyFile else [ ])
         ++ (if signing ? publicKey then expect "hive" "signing.publicKey" isString "a string" signing.publicKey else [ ])
+        ++ (if signing ? publicKeyFile then expect "hive" "signing.publicKeyFile" (v: isString v || isPath v) "a file" signing.publicKeyFile else [ ])
         ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ]);
 
       knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" ];
@@ -206,10 +207,17 @@ let
         ++ concatMap (cycleErrors "store") (attrNames instances)
         ++ addrErrors;
 
-      publicKey = signing.publicKey or null;
+      # The public key may be given inline or as a file (a public key in the
+      # store is harmless); nix-hive also reads keys/hive.pub beside the
+      # secret key when neither is set.
+      publicKey = signing.publicKey or (if signing ? publicKeyFile
+        then builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile signing.publicKeyFile)
+        else null);
 
-      # Every system gets this module: consumers trust the hive key and use
-      # their store instance as a substituter (see nixosModules.default).
+      # Added to every modules/configuration system, so a later version can
+      # pass hive-wide settings to systems without users changing their
+      # modules. Today it is empty: trusting the hive key and using a store
+      # is opt-in through nixosModules.default (lib/module.nix).
       hiveModule = { ... }: { };
 
       inventory = {
