@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/alecthomas/kong"
 
@@ -26,10 +27,29 @@ type Globals struct {
 
 	stdout, stderr io.Writer
 	stderrRaw      io.Writer // the stderr given to Main, to detect a terminal
+	logMu          sync.Mutex
+	log            io.Writer // where log lines go while a progress view runs
 	src            *eval.Source
 	ev             *eval.Evaluator
 	inv            *eval.Inventory
 	st             *state.File
+}
+
+// logWriter is where log lines go: above the progress bar while one is
+// shown, else stderr.
+func (g *Globals) logWriter() io.Writer {
+	g.logMu.Lock()
+	defer g.logMu.Unlock()
+	if g.log != nil {
+		return g.log
+	}
+	return g.stderr
+}
+
+func (g *Globals) setLogWriter(w io.Writer) {
+	g.logMu.Lock()
+	g.log = w
+	g.logMu.Unlock()
 }
 
 var knownSteps = map[string]bool{"build": true, "push": true}

@@ -50,7 +50,7 @@ func (g *Globals) loadPolicy(ctx context.Context, runner starlark.Runner) (*star
 			if instance != "" {
 				who = instance
 			}
-			fmt.Fprintf(g.stderr, "%s: %s\n", who, msg)
+			fmt.Fprintf(g.logWriter(), "%s: %s\n", who, msg)
 		},
 	}
 	return starlark.Load(ctx, file, nil, env)

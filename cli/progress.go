@@ -26,6 +26,7 @@ type deployView struct {
 	p      *mpb.Progress
 	bar    *mpb.Bar
 	counts map[string]int
+	g      *Globals
 }
 
 func (g *Globals) newDeployView(hosts int) *deployView {
@@ -41,6 +42,8 @@ func (g *Globals) newDeployView(hosts int) *deployView {
 			mpb.AppendDecorators(decor.Any(func(decor.Statistics) string { return v.summary() })),
 		)
 		v.log = v.p
+		g.setLogWriter(v.p)
+		v.g = g
 	}
 	return v
 }
@@ -99,4 +102,5 @@ func (v *deployView) Close() {
 	}
 	v.bar.SetTotal(-1, true)
 	v.p.Wait()
+	v.g.setLogWriter(nil)
 }
