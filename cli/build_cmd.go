@@ -42,11 +42,7 @@ type systemOutput struct {
 }
 
 func (c *BuildCmd) Run(ctx context.Context, g *Globals) error {
-	inv, err := g.inventory(ctx)
-	if err != nil {
-		return err
-	}
-	targets, err := inv.Select(c.Targets)
+	inv, targets, err := g.targets(ctx, c.Targets)
 	if err != nil {
 		return err
 	}

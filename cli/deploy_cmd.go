@@ -104,11 +104,7 @@ type planned struct {
 // plan, only evaluates) and plans. A policy error stops here, before any
 // host is touched.
 func (g *Globals) makePlan(ctx context.Context, patterns []string, build bool, runner starlark.Runner) (*planned, error) {
-	inv, err := g.inventory(ctx)
-	if err != nil {
-		return nil, err
-	}
-	targets, err := inv.Select(patterns)
+	inv, targets, err := g.targets(ctx, patterns)
 	if err != nil {
 		return nil, err
 	}

@@ -116,6 +116,19 @@ func (g *Globals) inventory(ctx context.Context) (*eval.Inventory, error) {
 	return inv, nil
 }
 
+// targets evaluates the hive and resolves target patterns.
+func (g *Globals) targets(ctx context.Context, patterns []string) (*eval.Inventory, []string, error) {
+	inv, err := g.inventory(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets, err := inv.Select(patterns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return inv, targets, nil
+}
+
 func (g *Globals) statePath() (string, error) {
 	if g.State != "" {
 		return g.State, nil

@@ -24,11 +24,7 @@ drifts or cannot be reached.`
 }
 
 func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
-	inv, err := g.inventory(ctx)
-	if err != nil {
-		return err
-	}
-	targets, err := inv.Select(c.Targets)
+	inv, targets, err := g.targets(ctx, c.Targets)
 	if err != nil {
 		return err
 	}
