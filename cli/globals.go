@@ -20,7 +20,7 @@ import (
 type Globals struct {
 	Config  string           `short:"c" default:"." env:"NIX_HIVE_CONFIG" help:"Hive: a directory with flake.nix or hive.nix, or a file." type:"path"`
 	State   string           `env:"NIX_HIVE_STATE" help:"State file (default: hive.state beside the hive)." type:"path"`
-	No      []string         `sep:"," placeholder:"STEP,..." help:"Skip steps whose result is already known: build, push."`
+	No      []string         `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push."`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
 	Policy  string           `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
 	Version kong.VersionFlag `help:"Print the version and exit."`
