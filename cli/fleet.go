@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/transport"
@@ -13,11 +14,17 @@ import (
 
 // Fleet flags are shared by every command that connects to instances.
 type Fleet struct {
-	AcceptNewHostKeys bool `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry (a changed key is still refused)."`
+	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry (a changed key is still refused)."`
+	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop)."`
 }
 
 // transportConfig derives SSH endpoints from the inventory.
 func transportConfig(inv *eval.Inventory, acceptNew bool) transport.Config {
+	return transportConfigFor(inv, Fleet{AcceptNewHostKeys: acceptNew})
+}
+
+func transportConfigFor(inv *eval.Inventory, f Fleet) transport.Config {
+	acceptNew := f.AcceptNewHostKeys
 	eps := make(map[string]transport.Endpoint, len(inv.Instances))
 	for name, in := range inv.Instances {
 		opts := map[string]string{}
@@ -27,7 +34,7 @@ func transportConfig(inv *eval.Inventory, acceptNew bool) transport.Config {
 		eps[name] = transport.Endpoint{Name: name, Host: in.Host, Port: in.Port, User: in.User,
 			HostKeys: in.HostKeys, Jump: in.Jump, Options: opts}
 	}
-	return transport.Config{Endpoints: eps, AcceptNewHostKeys: acceptNew}
+	return transport.Config{Endpoints: eps, AcceptNewHostKeys: acceptNew, ConnectTimeout: f.ConnectTimeout}
 }
 
 // pool opens the connection pool for the hive (connections are made on
@@ -37,7 +44,7 @@ func (g *Globals) pool(ctx context.Context, f Fleet) (*transport.Pool, *eval.Inv
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := transport.NewPool(transportConfig(inv, f.AcceptNewHostKeys))
+	p, err := transport.NewPool(transportConfigFor(inv, f))
 	if err != nil {
 		return nil, nil, fmt.Errorf("ssh: %w", err)
 	}

@@ -244,3 +244,17 @@ func TestSSHInteractivePTY(t *testing.T) {
 		t.Errorf("no remote pty (or TERM not passed):\n%s", out)
 	}
 }
+
+func TestRunTimeout(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 2}, false)
+	code, out, errOut := f.run("run", "--timeout", "1s", "host-*", "--", "sh", "-c", `case $(hostname) in host-1) sleep 30;; esac; echo quick`)
+	if code == 0 {
+		t.Fatal("a command that ran past --timeout counted as success")
+	}
+	if !strings.Contains(out, "host-2 | quick") || !strings.Contains(errOut, "1 ok") || !strings.Contains(errOut, "host-1") {
+		t.Errorf("host-2 should finish, host-1 time out:\n%s\n%s", out, errOut)
+	}
+	if o, _ := f.lab.Host("host-1").Exec(context.Background(), "sh", "-c", "sleep 0.5; pgrep -x sleep || echo none"); !strings.Contains(string(o), "none") {
+		t.Errorf("the timed-out command is still running on host-1: %s", o)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -15,9 +16,10 @@ import (
 // RunCmd is `nix-hive run`.
 type RunCmd struct {
 	Fleet
-	Parallel int      `default:"32" help:"Instances at once."`
-	Targets  string   `arg:"" help:"Instances: a name glob or @tag glob; several separated by commas."`
-	Command  []string `arg:"" passthrough:"" help:"The command and its arguments, after --."`
+	Parallel int           `default:"32" help:"Instances at once."`
+	Timeout  time.Duration `help:"Stop the command on a host after this long (e.g. 30s; default: no limit); the host counts as failed."`
+	Targets  string        `arg:"" help:"Instances: a name glob or @tag glob; several separated by commas."`
+	Command  []string      `arg:"" passthrough:"" help:"The command and its arguments, after --."`
 }
 
 func (c *RunCmd) Help() string {
@@ -75,7 +77,13 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
 			prefix := fmt.Sprintf("%-*s | ", width, t)
 			stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
 			stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
-			code, err := pool.Run(ctx, t, cmd, nil, stdout, stderr)
+			hctx := ctx
+			if c.Timeout > 0 {
+				var cancel context.CancelFunc
+				hctx, cancel = context.WithTimeout(ctx, c.Timeout)
+				defer cancel()
+			}
+			code, err := pool.Run(hctx, t, cmd, nil, stdout, stderr)
 			stdout.Flush()
 			stderr.Flush()
 			results[i] = outcome{code, err}

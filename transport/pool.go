@@ -34,6 +34,9 @@ type Pool struct {
 	ctx    context.Context // cancelled by Close; parent of every dial
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dials, watchers and keepalives
+	// kills are pending process-group kills of cancelled commands; Close
+	// lets them finish so a cancelled command does not outlive the run.
+	kills sync.WaitGroup
 
 	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
 
@@ -597,6 +600,12 @@ func (p *Pool) Close() error {
 		conns = append(conns, c)
 	}
 	p.mu.Unlock()
+	killed := make(chan struct{})
+	go func() { p.kills.Wait(); close(killed) }()
+	select {
+	case <-killed:
+	case <-time.After(p.cfg.ConnectTimeout):
+	}
 	p.cancel()
 	var errs []error
 	for _, c := range conns {
