@@ -169,9 +169,11 @@ func (p *Pool) killGroup(c *conn, pids *pidFilter) {
 		return
 	}
 	p.wg.Add(1)
+	p.kills.Add(1)
 	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
+		defer p.kills.Done()
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
 		defer cancel()
 		pgid := pids.processGroup(ctx)
