@@ -46,7 +46,7 @@ func (g *Globals) pool(ctx context.Context, f Fleet) (*transport.Pool, *eval.Inv
 	}
 	p, err := transport.NewPool(transportConfigFor(inv, f))
 	if err != nil {
-		return nil, nil, fmt.Errorf("ssh: %w", err)
+		return nil, nil, fmt.Errorf("%s: %w", g.src.File, err)
 	}
 	for _, w := range p.Warnings() {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
