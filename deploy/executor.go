@@ -408,7 +408,11 @@ func (e *executor) ensure(ctx context.Context, n string) error {
 				return e.fail(n, StepSubstitute, fmt.Errorf("its store %s did not receive the closure", h.Source.From))
 			}
 			st := e.inv.Instances[h.Source.From]
-			url := "ssh://" + st.User + "@" + st.Host
+			user := st.StoreUser
+			if user == "" {
+				user = st.User
+			}
+			url := "ssh://" + user + "@" + st.Host
 			var known []string
 			for _, k := range st.HostKeys {
 				known = append(known, knownHostsName(st.Host, st.Port)+" "+k)

@@ -329,3 +329,21 @@ func TestPublicKeyFile(t *testing.T) {
 		t.Errorf("public key = %q", inv.Signing.PublicKey)
 	}
 }
+
+func TestStoreUserDefaultsToUser(t *testing.T) {
+	nixtest.Require(t)
+	src := writeHive(t, `{ systems.a.toplevel = null;
+  instances.plain.system = "a";
+  instances.deployer = { system = "a"; user = "ops"; };
+  instances.served = { system = "a"; storeUser = "nix-ssh"; };
+}`, "")
+	inv, err := newEvaluator(t, src, nil).Inventory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"plain": "root", "deployer": "ops", "served": "nix-ssh"} {
+		if got := inv.Instances[name].StoreUser; got != want {
+			t.Errorf("%s: storeUser %q, want %q", name, got, want)
+		}
+	}
+}

@@ -28,17 +28,20 @@ type Inventory struct {
 
 // Instance is one host running one system.
 type Instance struct {
-	Name     string         `json:"name"`
-	System   string         `json:"system"`
-	Host     string         `json:"host"`
-	User     string         `json:"user"`
-	Port     int            `json:"port"`
-	Jump     string         `json:"jump,omitempty"`
-	Store    string         `json:"store,omitempty"`
-	Tags     []string       `json:"tags"`
-	HostKeys []string       `json:"hostKeys"`
-	SSH      map[string]any `json:"ssh"`
-	Meta     map[string]any `json:"meta"`
+	Name   string `json:"name"`
+	System string `json:"system"`
+	Host   string `json:"host"`
+	User   string `json:"user"`
+	Port   int    `json:"port"`
+	Jump   string `json:"jump,omitempty"`
+	Store  string `json:"store,omitempty"`
+	// StoreUser is the login consumers use to substitute from this
+	// instance when it is their store.
+	StoreUser string         `json:"storeUser"`
+	Tags      []string       `json:"tags"`
+	HostKeys  []string       `json:"hostKeys"`
+	SSH       map[string]any `json:"ssh"`
+	Meta      map[string]any `json:"meta"`
 }
 
 // StoreIsURL reports whether the instance substitutes from a Nix store URL

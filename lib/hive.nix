@@ -74,7 +74,7 @@ let
         ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ]);
 
       knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" ];
-      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "tags" "hostKey" "ssh" "meta" ];
+      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" ];
 
       # ---- systems -------------------------------------------------------
       systemErrors = name: s:
@@ -135,6 +135,7 @@ let
               else [ ])
           ++ (if i ? host then expect where "host" isString "an address or host name (string)" i.host else [ ])
           ++ (if i ? user then expect where "user" isString "a user name (string)" i.user else [ ])
+          ++ (if i ? storeUser then expect where "storeUser" isString "a user name (string)" i.storeUser else [ ])
           ++ (if i ? port then expect where "port" (p: isInt p && p > 0 && p < 65536) "a port number (1-65535)" i.port else [ ])
           ++ (if i ? tags then expect where "tags" isStringList "a list of strings" i.tags else [ ])
           ++ (if i ? ssh then expect where "ssh" isSSHOpts "an attribute set of OpenSSH options (strings or numbers)" i.ssh else [ ])
@@ -187,6 +188,9 @@ let
         hostKeys = typed isStringList [ ] (normalizeHostKeys (i.hostKey or null));
         ssh = typed isSSHOpts { } (i.ssh or { });
         meta = typed isAttrs { } (i.meta or { });
+        # The login consumers use to substitute from this instance when it
+        # is their store (NixOS's nix.sshServe serves as "nix-ssh").
+        storeUser = typed isString (typed isString "root" (i.user or "root")) (i.storeUser or (i.user or "root"));
       }) (filter' isAttrs merged);
 
       filter' = pred: set: listToAttrs (map (n: { name = n; value = set.${n}; }) (filter (n: pred set.${n}) (attrNames set)));

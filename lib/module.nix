@@ -21,8 +21,13 @@ in
     store = mkOption {
       type = types.nullOr types.str;
       default = null;
-      example = "ssh://root@portico";
-      description = "The store this host substitutes its systems from (another instance or a binary cache URL).";
+      example = "ssh://nix-ssh@portico";
+      description = ''
+        The store this host substitutes its systems from (another instance or a
+        binary cache URL). A store instance with serveStore.enable serves as the
+        user nix-ssh: give it `storeUser = "nix-ssh";` in the hive, so nix-hive
+        uses the same login when it substitutes.
+      '';
     };
     serveStore = {
       enable = mkEnableOption "serving this host's Nix store to consumer instances over SSH";
@@ -37,7 +42,7 @@ in
   config = {
     nix.settings.trusted-public-keys = optional (cfg.publicKey != null) cfg.publicKey;
     nix.settings.substituters = optional (cfg.store != null) cfg.store;
-    nix.settings.require-sigs = true;
+    nix.settings.require-sigs = lib.mkDefault true;
     nix.sshServe = mkIf cfg.serveStore.enable {
       enable = true;
       keys = cfg.serveStore.keys;
