@@ -56,7 +56,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	sshConfig, cleanup, err := writeSSHConfig(inv, c.AcceptNewHostKeys)
+	sshConfig, cleanup, err := writeSSHConfig(inv, c.Fleet)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,13 +19,9 @@ type Fleet struct {
 	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop)."`
 }
 
-// transportConfig derives SSH endpoints from the inventory.
-func transportConfig(inv *eval.Inventory, acceptNew bool) transport.Config {
-	return transportConfigFor(inv, Fleet{AcceptNewHostKeys: acceptNew})
-}
-
-func transportConfigFor(inv *eval.Inventory, f Fleet) transport.Config {
-	acceptNew := f.AcceptNewHostKeys
+// transportConfig derives SSH endpoints from the inventory and the fleet
+// flags.
+func transportConfig(inv *eval.Inventory, f Fleet) transport.Config {
 	eps := make(map[string]transport.Endpoint, len(inv.Instances))
 	for name, in := range inv.Instances {
 		opts := map[string]string{}
@@ -34,7 +31,7 @@ func transportConfigFor(inv *eval.Inventory, f Fleet) transport.Config {
 		eps[name] = transport.Endpoint{Name: name, Host: in.Host, Port: in.Port, User: in.User,
 			HostKeys: in.HostKeys, Jump: in.Jump, Options: opts}
 	}
-	return transport.Config{Endpoints: eps, AcceptNewHostKeys: acceptNew, ConnectTimeout: f.ConnectTimeout}
+	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, ConnectTimeout: f.ConnectTimeout}
 }
 
 // pool opens the connection pool for the hive (connections are made on
@@ -44,7 +41,7 @@ func (g *Globals) pool(ctx context.Context, f Fleet) (*transport.Pool, *eval.Inv
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := transport.NewPool(transportConfigFor(inv, f))
+	p, err := transport.NewPool(transportConfig(inv, f))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", g.src.File, err)
 	}
@@ -57,37 +54,42 @@ func (g *Globals) pool(ctx context.Context, f Fleet) (*transport.Pool, *eval.Inv
 // writeSSHConfig writes the generated OpenSSH config and known_hosts into
 // a private temporary directory for tools that run ssh themselves (nix
 // copy); cleanup removes it.
-func writeSSHConfig(inv *eval.Inventory, acceptNew bool) (path string, cleanup func(), err error) {
+func writeSSHConfig(inv *eval.Inventory, f Fleet) (path string, cleanup func(), err error) {
 	dir, err := os.MkdirTemp("", "nix-hive-ssh-")
 	if err != nil {
 		return "", nil, fmt.Errorf("ssh config: %w", err)
 	}
 	cleanup = func() { os.RemoveAll(dir) }
-	cfg := transportConfig(inv, acceptNew)
+	cfg := transportConfig(inv, f)
 	kh := filepath.Join(dir, "known_hosts")
-	khf, err := os.Create(kh)
-	if err != nil {
-		cleanup()
-		return "", nil, fmt.Errorf("ssh config: %w", err)
-	}
-	if err := transport.WriteKnownHosts(khf, cfg); err != nil {
-		khf.Close()
-		cleanup()
-		return "", nil, err
-	}
-	khf.Close()
 	path = filepath.Join(dir, "ssh_config")
-	cf, err := os.Create(path)
-	if err != nil {
-		cleanup()
-		return "", nil, fmt.Errorf("ssh config: %w", err)
+	err = writeFile(kh, func(w io.Writer) error { return transport.WriteKnownHosts(w, cfg) })
+	if err == nil {
+		err = writeFile(path, func(w io.Writer) error { return transport.WriteSSHConfig(w, cfg, kh) })
 	}
-	defer cf.Close()
-	if err := transport.WriteSSHConfig(cf, cfg, kh); err != nil {
+	if err != nil {
 		cleanup()
 		return "", nil, err
 	}
 	return path, cleanup, nil
+}
+
+// writeFile writes path atomically (a temporary file renamed into place)
+// with what write produces.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if err := write(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return os.Rename(f.Name(), path)
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -161,9 +161,17 @@ func TestFleetHelpersThroughJumpHost(t *testing.T) {
 		t.Errorf("int-1 is reachable directly; the topology is wrong")
 	}
 	// ssh-config agrees: OpenSSH gets there through portico too.
+	// and plain OpenSSH with the generated config reaches int-1 through
+	// portico, checking the pinned keys.
 	code, cfg, _ := f.run("ssh-config")
 	if code != 0 || !strings.Contains(cfg, "ProxyJump portico") {
 		t.Fatalf("ssh-config:\n%s", cfg)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "ssh_config")
+	os.WriteFile(cfgFile, []byte(cfg), 0o600)
+	hn, err := exec.Command("ssh", "-F", cfgFile, "-o", "BatchMode=yes", "int-1", "hostname").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(hn)) != "int-1" {
+		t.Errorf("ssh -F <generated config> int-1 hostname: %v\n%s", err, hn)
 	}
 }
 

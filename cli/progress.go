@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vbauerster/mpb/v8"
@@ -19,18 +20,21 @@ import (
 // events: JSON lines on stdout (--json), plain lines on stderr (logs, CI),
 // and on a terminal the same lines above a progress bar of finished hosts.
 type deployView struct {
-	mu     sync.Mutex
-	json   io.Writer // --json: events as JSON lines
-	log    io.Writer // plain lines
-	start  time.Time
-	p      *mpb.Progress
-	bar    *mpb.Bar
-	counts map[string]int
-	g      *Globals
+	mu    sync.Mutex // serialises writes of lines
+	json  io.Writer  // --json: events as JSON lines
+	log   io.Writer  // plain lines
+	start time.Time
+	p     *mpb.Progress
+	bar   *mpb.Bar
+	g     *Globals
+	// Counters are atomic, not under mu: mpb's render goroutine reads them
+	// through the decorator while an event may be waiting on that goroutine
+	// in bar.Increment.
+	pushed, substituted, activated, failed atomic.Int64
 }
 
 func (g *Globals) newDeployView(hosts int) *deployView {
-	v := &deployView{start: time.Now(), log: g.stderr, counts: map[string]int{}}
+	v := &deployView{start: time.Now(), log: g.stderr}
 	if g.JSON {
 		v.json = g.stdout
 		return v
@@ -49,17 +53,15 @@ func (g *Globals) newDeployView(hosts int) *deployView {
 }
 
 func (v *deployView) summary() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	return fmt.Sprintf(" pushed %d  substituted %d  activated %d  failed %d",
-		v.counts["push"], v.counts["substitute"], v.counts["activate"], v.counts["failed"])
+		v.pushed.Load(), v.substituted.Load(), v.activated.Load(), v.failed.Load())
 }
 
 // Event renders one event.
 func (v *deployView) Event(e deploy.Event) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	if v.json != nil {
+		v.mu.Lock()
+		defer v.mu.Unlock()
 		json.NewEncoder(v.json).Encode(struct {
 			Type string `json:"type"`
 			deploy.Event
@@ -72,10 +74,14 @@ func (v *deployView) Event(e deploy.Event) {
 			v.bar.Increment()
 		}
 		return
-	case e.Status == "ok" && (e.Step == deploy.StepPush || e.Step == deploy.StepSubstitute || e.Step == deploy.StepActivate):
-		v.counts[e.Step]++
 	case e.Status == "failed":
-		v.counts["failed"]++
+		v.failed.Add(1)
+	case e.Status == "ok" && e.Step == deploy.StepPush:
+		v.pushed.Add(1)
+	case e.Status == "ok" && e.Step == deploy.StepSubstitute:
+		v.substituted.Add(1)
+	case e.Status == "ok" && e.Step == deploy.StepActivate:
+		v.activated.Add(1)
 	}
 	if e.Status == "start" && e.Step != deploy.StepActivate {
 		return // outcomes only; an activation's start matters for ordering
@@ -92,6 +98,8 @@ func (v *deployView) Event(e deploy.Event) {
 	if e.Message != "" {
 		msg = ": " + e.Message
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	fmt.Fprintf(v.log, "%6.1fs %s%s %s %s%s\n", time.Since(v.start).Seconds(), who, wave, e.Step, e.Status, msg)
 }
 

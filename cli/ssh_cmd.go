@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -139,18 +140,8 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals) error {
 	if err := os.MkdirAll(filepath.Dir(kh), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
-	cfg := transportConfig(inv, c.AcceptNewHostKeys)
-	f, err := os.CreateTemp(filepath.Dir(kh), ".known_hosts-")
-	if err != nil {
-		return fmt.Errorf("ssh-config: %w", err)
-	}
-	if err := transport.WriteKnownHosts(f, cfg); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	f.Close()
-	if err := os.Rename(f.Name(), kh); err != nil {
+	cfg := transportConfig(inv, Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys})
+	if err := writeFile(kh, func(w io.Writer) error { return transport.WriteKnownHosts(w, cfg) }); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
 	return transport.WriteSSHConfig(g.stdout, cfg, kh)

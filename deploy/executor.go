@@ -220,8 +220,11 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.ensure(ctx, n)
+			err := e.ensure(ctx, n)
 			if !plan.Hosts[n].Target {
+				if err == nil {
+					e.update(n, func(r *Result) { r.Status = StatusStored })
+				}
 				e.finished(n)
 			}
 		}()
@@ -283,14 +286,6 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 		report.Interrupted = true
 	}
 	wg.Wait()
-	e.mu.Lock()
-	for _, n := range plan.Order {
-		r := e.res[n]
-		if !plan.Hosts[n].Target && r.Status == StatusNotStarted && r.Step == StepDone {
-			r.Status = StatusStored
-		}
-	}
-	e.mu.Unlock()
 	e.save()
 	return report
 }
@@ -329,11 +324,7 @@ func (e *executor) step(n, step, status, msg string) {
 // status); progress views count these.
 func (e *executor) finished(n string) {
 	r := e.result(n)
-	status := r.Status
-	if !r.Target && status == StatusNotStarted && r.Step == StepDone {
-		status = StatusStored
-	}
-	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: status, Message: r.Error})
+	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: r.Status, Message: r.Error})
 }
 
 func (e *executor) fail(n, step string, err error) error {
@@ -488,7 +479,7 @@ func (e *executor) activate(ctx context.Context, n string) error {
 		return nil // not started: Ctrl-C came first
 	}
 	// An instance already running the wanted system is left alone.
-	before, err := e.query(ctx, n)
+	before, err := queryHost(ctx, e.remote, n)
 	if err != nil {
 		return e.fail(n, StepActivate, err)
 	}
@@ -522,7 +513,7 @@ func (e *executor) activate(ctx context.Context, n string) error {
 		return e.fail(n, StepActivate, err)
 	}
 	e.step(n, StepActivate, "ok", "")
-	after, err := e.query(actx, n)
+	after, err := queryHost(actx, e.remote, n)
 	if err != nil {
 		return e.fail(n, StepConfirm, err)
 	}
@@ -595,41 +586,19 @@ func (e *executor) confirm(hs HostState, path string) error {
 	return nil
 }
 
-func (e *executor) query(ctx context.Context, n string) (HostState, error) {
-	var out, stderr bytes.Buffer
-	code, err := e.remote.Run(ctx, n, queryCommand, nil, &out, &stderr)
-	if err != nil {
-		return HostState{}, err
-	}
-	if code != 0 {
-		return HostState{}, fmt.Errorf("query system: exit %d: %s", code, lastLines(stderr.String(), 2))
-	}
-	return parseHostState(out.String()), nil
-}
-
 // rollback returns n to the system it ran before this deploy.
 func (e *executor) rollback(ctx context.Context, n string, before HostState, why string) error {
-	in := e.inv.Instances[n]
 	e.step(n, StepRollback, "start", why)
-	out := &lockedBuffer{}
-	code, err := e.remote.Run(ctx, n, rollbackCommand(in.User, e.opts.Sudo), nil, out, out)
-	if err == nil && code != 0 {
-		err = fmt.Errorf("rollback exited %d: %s", code, lastLines(out.String(), 3))
-	}
-	if err == nil {
-		var after HostState
-		after, err = e.query(ctx, n)
-		if err == nil && before.Active != "" && after.Active != before.Active {
-			err = fmt.Errorf("after rollback /run/current-system is %q, want %q", after.Active, before.Active)
-		}
-		if err == nil {
-			e.update(n, func(r *Result) { r.Active = after.Active })
-		}
+	after, err := rollbackHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo)
+	if err == nil && before.Active != "" && after.Active != before.Active {
+		err = fmt.Errorf("after rollback /run/current-system is %q, want %q", after.Active, before.Active)
 	}
 	if err != nil {
 		return e.fail(n, StepRollback, fmt.Errorf("%s; rollback failed: %w", why, err))
 	}
-	e.update(n, func(r *Result) { r.Status, r.Step, r.Error = StatusRolledBack, StepRollback, why })
+	e.update(n, func(r *Result) {
+		r.Status, r.Step, r.Error, r.Active = StatusRolledBack, StepRollback, why, after.Active
+	})
 	e.step(n, StepRollback, "ok", "back on "+before.Active)
 	return nil
 }

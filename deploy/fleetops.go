@@ -1,10 +1,9 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"sync"
 
 	"github.com/nix-hive/nix-hive/eval"
@@ -28,15 +27,15 @@ func Status(ctx context.Context, remote Remote, inv *eval.Inventory, names []str
 	rows := make([]StatusRow, len(names))
 	each(ctx, names, parallel, func(i int, n string) {
 		row := StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System]}
-		var out, stderr bytes.Buffer
-		code, err := remote.Run(ctx, n, queryCommand, nil, &out, &stderr)
+		hs, err := queryHost(ctx, remote, n)
+		var qe *queryError
 		switch {
+		case errors.As(err, &qe):
+			row.Error, row.Drift = err.Error(), "unknown"
 		case err != nil:
 			row.Error, row.Drift = err.Error(), "unreachable"
-		case code != 0:
-			row.Error, row.Drift = fmt.Sprintf("exit %d: %s", code, lastLines(stderr.String(), 2)), "unknown"
 		default:
-			row.HostState = parseHostState(out.String())
+			row.HostState = hs
 			switch {
 			case row.Wanted == "":
 				row.Drift = "unknown (system not evaluated)"
@@ -66,30 +65,13 @@ func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []s
 	each(ctx, names, parallel, func(i int, n string) {
 		row := RollbackRow{Instance: n}
 		defer func() { rows[i] = row }()
-		q := func() (HostState, error) {
-			var out bytes.Buffer
-			code, err := remote.Run(ctx, n, queryCommand, nil, &out, io.Discard)
-			if err == nil && code != 0 {
-				err = fmt.Errorf("query exited %d", code)
-			}
-			return parseHostState(out.String()), err
-		}
-		before, err := q()
+		before, err := queryHost(ctx, remote, n)
 		if err != nil {
 			row.Error = err.Error()
 			return
 		}
 		row.Before = before.Active
-		out := &lockedBuffer{}
-		code, err := remote.Run(ctx, n, rollbackCommand(inv.Instances[n].User, sudo), nil, out, out)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("rollback exited %d: %s", code, lastLines(out.String(), 3))
-		}
-		if err != nil {
-			row.Error = err.Error()
-			return
-		}
-		after, err := q()
+		after, err := rollbackHost(ctx, remote, n, inv.Instances[n].User, sudo)
 		if err != nil {
 			row.Error = err.Error()
 			return

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -15,13 +16,19 @@ import (
 
 const profile = "/nix/var/nix/profiles/system"
 
-// privileged prefixes cmd with the privilege command for non-root users.
-func privileged(user, sudo string, args ...string) string {
-	cmd := transport.QuoteArgs(args)
+// sudoPrefix is what goes before a command that needs root: the privilege
+// command for non-root logins, nothing for root.
+func sudoPrefix(user, sudo string) string {
 	if user == "root" || user == "" || sudo == "" {
-		return cmd
+		return ""
 	}
-	return sudo + " " + cmd
+	return sudo + " "
+}
+
+// privileged quotes args and prefixes them with the privilege command for
+// non-root users.
+func privileged(user, sudo string, args ...string) string {
+	return sudoPrefix(user, sudo) + transport.QuoteArgs(args)
 }
 
 // activateCommand sets the system profile (for goals that change the boot
@@ -93,9 +100,9 @@ func substituteCommand(paths []string, substituter string, storeKnownHosts []str
 		// in it is either a constant or a number.
 		fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
 	}
-	if user != "root" && user != "" && sudo != "" {
+	if prefix := sudoPrefix(user, sudo); prefix != "" {
 		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
-		fmt.Fprintf(&b, "%s env NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", sudo, transport.QuoteArgs(args))
+		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, transport.QuoteArgs(args))
 	} else {
 		fmt.Fprintf(&b, "%s >/dev/null\n", transport.QuoteArgs(args))
 	}
@@ -105,13 +112,47 @@ func substituteCommand(paths []string, substituter string, storeKnownHosts []str
 // rollbackCommand switches the profile to its previous generation and
 // activates it.
 func rollbackCommand(user, sudo string) string {
-	prefix := ""
-	if user != "root" && user != "" && sudo != "" {
-		prefix = sudo + " "
-	}
 	return privileged(user, sudo, "nix-env", "-p", profile, "--rollback") + " || exit $?\n" +
 		`p=$(readlink -f ` + profile + `) || exit 1` + "\n" +
-		prefix + `"$p/bin/switch-to-configuration" switch` + "\n"
+		sudoPrefix(user, sudo) + `"$p/bin/switch-to-configuration" switch` + "\n"
+}
+
+// queryError is a query that ran but failed on the host.
+type queryError struct {
+	code   int
+	stderr string
+}
+
+func (e *queryError) Error() string {
+	return fmt.Sprintf("query system: exit %d: %s", e.code, lastLines(e.stderr, 2))
+}
+
+// queryHost asks instance n what it runs. A transport failure is returned
+// as is; a failing query on the host as *queryError.
+func queryHost(ctx context.Context, remote Remote, n string) (HostState, error) {
+	var out, stderr bytes.Buffer
+	code, err := remote.Run(ctx, n, queryCommand, nil, &out, &stderr)
+	if err != nil {
+		return HostState{}, err
+	}
+	if code != 0 {
+		return HostState{}, &queryError{code: code, stderr: stderr.String()}
+	}
+	return parseHostState(out.String()), nil
+}
+
+// rollbackHost switches n's system profile to its previous generation,
+// activates it, and returns what n runs afterwards.
+func rollbackHost(ctx context.Context, remote Remote, n, user, sudo string) (HostState, error) {
+	out := &lockedBuffer{}
+	code, err := remote.Run(ctx, n, rollbackCommand(user, sudo), nil, out, out)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("rollback exited %d: %s", code, lastLines(out.String(), 3))
+	}
+	if err != nil {
+		return HostState{}, err
+	}
+	return queryHost(ctx, remote, n)
 }
 
 // lockedBuffer collects a command's stdout and stderr together; the SSH

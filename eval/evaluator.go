@@ -158,7 +158,7 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 	if err != nil {
 		return nil, err
 	}
-	apply := "ts: builtins.listToAttrs (map (n: { name = n; value = { drv = ts.${n}.drvPath; out = ts.${n}.outPath; }; }) (builtins.fromJSON " + nixString(string(names)) + "))"
+	apply := "ts: builtins.listToAttrs (map (n: { name = n; value = { drv = ts.${n}.drvPath; out = ts.${n}.outPath; }; }) (builtins.fromJSON " + nixcmd.String(string(names)) + "))"
 	args := []string{"eval", "--json"}
 	args = append(args, include...)
 	args = append(args, inst...)
@@ -178,12 +178,6 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 		out[s] = Built{System: s, DrvPath: b.Drv, OutPath: b.Out}
 	}
 	return out, nil
-}
-
-// nixString quotes s as a Nix string literal.
-func nixString(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
-	return `"` + r.Replace(s) + `"`
 }
 
 // groupByPaths groups systems that share the same effective `paths` (and

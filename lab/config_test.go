@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
 func TestHostNames(t *testing.T) {
@@ -84,12 +86,12 @@ func TestNixString(t *testing.T) {
 		t.Skip("nix-instantiate is missing")
 	}
 	for _, s := range []string{`plain`, `with "quotes"`, `back\slash`, `${builtins.abort "x"}`, "two\nlines\ttab", `$${x}`, `$`} {
-		out, err := exec.Command("nix-instantiate", "--eval", "--json", "--expr", nixString(s)).CombinedOutput()
+		out, err := exec.Command("nix-instantiate", "--eval", "--json", "--expr", nixcmd.String(s)).CombinedOutput()
 		if err != nil {
-			t.Fatalf("%q as %s: %v: %s", s, nixString(s), err, out)
+			t.Fatalf("%q as %s: %v: %s", s, nixcmd.String(s), err, out)
 		}
 		if want := jsonString(s); strings.TrimSpace(string(out)) != want {
-			t.Errorf("%q as %s evaluates to %s, want %s", s, nixString(s), out, want)
+			t.Errorf("%q as %s evaluates to %s, want %s", s, nixcmd.String(s), out, want)
 		}
 	}
 }

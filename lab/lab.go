@@ -19,6 +19,8 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
 // Config says which hosts a lab has.
@@ -339,11 +341,11 @@ func (l *Lab) HiveNix() string {
 	b.WriteString("{\n")
 	for _, h := range l.Hosts {
 		fmt.Fprintf(&b, "  %s = { host = %s; port = %d; user = \"root\"; hostKey = %s;",
-			nixString(h.Name), nixString(h.Addr), h.Port, nixString(h.HostKey))
+			nixcmd.String(h.Name), nixcmd.String(h.Addr), h.Port, nixcmd.String(h.HostKey))
 		if h.Jump != "" {
-			fmt.Fprintf(&b, " jump = %s;", nixString(h.Jump))
+			fmt.Fprintf(&b, " jump = %s;", nixcmd.String(h.Jump))
 		}
-		fmt.Fprintf(&b, " ssh = { IdentityFile = %s; }; };\n", nixString(l.ClientKey))
+		fmt.Fprintf(&b, " ssh = { IdentityFile = %s; }; };\n", nixcmd.String(l.ClientKey))
 	}
 	b.WriteString("}\n")
 	return b.String()
@@ -368,12 +370,6 @@ func (l *Lab) sshConfig() string {
   BatchMode yes
 `, sshPort, l.ClientKey, l.KnownHostsFile)
 	return b.String()
-}
-
-// nixString quotes s as a Nix string literal.
-func nixString(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
-	return `"` + r.Replace(s) + `"`
 }
 
 // Close stops every host, deletes the internal network and, when Start made

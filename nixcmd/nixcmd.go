@@ -162,3 +162,11 @@ func (t *tailWriter) String() string {
 	defer t.mu.Unlock()
 	return string(t.buf)
 }
+
+var nixEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+
+// String quotes s as a Nix string literal, for the few places that must
+// write Nix code (an --apply expression, generated hive fragments).
+func String(s string) string {
+	return `"` + nixEscaper.Replace(s) + `"`
+}

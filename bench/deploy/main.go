@@ -27,6 +27,7 @@ import (
 	"github.com/nix-hive/nix-hive/bench/internal/harness"
 	"github.com/nix-hive/nix-hive/bench/internal/wire"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -327,7 +328,7 @@ in
   instances = builtins.mapAttrs (name: conn: conn //
     (if name == %s then { system = "store"; } else { system = "web"; store = %s; })) lab;
 }
-`, payloadMiB, harness.NixString(jumpName), harness.NixString(jumpName))
+`, payloadMiB, nixcmd.String(jumpName), nixcmd.String(jumpName))
 }
 
 // baselinesNix holds the baselines' systems: the same two as the hive's, in

@@ -173,11 +173,5 @@ func Wrong(l *lab.Lab, want func(*lab.Host) string) []string {
 	return bad
 }
 
-// NixString quotes s as a Nix string literal.
-func NixString(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
-	return `"` + r.Replace(s) + `"`
-}
-
 // MiB formats a byte count in MiB.
 func MiB(n uint64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
