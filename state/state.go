@@ -12,15 +12,21 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Version is the file format version.
 const Version = 1
 
-// File is the content of hive.state. Methods are safe for concurrent use.
+// File is the content of hive.state. Methods are safe for concurrent use;
+// concurrent nix-hive runs sharing the file each keep their own records
+// (see Save).
 type File struct {
 	mu        sync.Mutex
 	path      string
+	dirtySys  map[string]bool // set by this process: they win over the file's
+	dirtyInst map[string]bool
 	Version   int                 `json:"version"`
 	Systems   map[string]System   `json:"systems"`
 	Instances map[string]Instance `json:"instances"`
@@ -35,17 +41,23 @@ type System struct {
 
 // Instance is the last deploy outcome of one instance.
 type Instance struct {
-	System  string    `json:"system"`
-	OutPath string    `json:"outPath"`
-	Step    string    `json:"step"`   // last step reached
-	Status  string    `json:"status"` // ok, failed, skipped, rolled-back ...
-	Error   string    `json:"error,omitempty"`
-	Time    time.Time `json:"time"`
+	System  string `json:"system"`
+	OutPath string `json:"outPath"`
+	Goal    string `json:"goal,omitempty"`
+	Step    string `json:"step"`   // where it ended
+	Status  string `json:"status"` // ok, failed, skipped, rolled-back ...
+	Error   string `json:"error,omitempty"`
+	// Before is what the instance ran when the deploy reached it; Job the
+	// activation job on the host (its record is in /run/nix-hive/jobs).
+	Before string    `json:"before,omitempty"`
+	Job    string    `json:"job,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // Load reads path; a missing file is an empty state.
 func Load(path string) (*File, error) {
-	f := &File{path: path, Version: Version, Systems: map[string]System{}, Instances: map[string]Instance{}}
+	f := &File{path: path, Version: Version, Systems: map[string]System{}, Instances: map[string]Instance{},
+		dirtySys: map[string]bool{}, dirtyInst: map[string]bool{}}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return f, nil
@@ -76,6 +88,7 @@ func (f *File) SetSystem(name string, s System) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Systems[name] = s
+	f.dirtySys[name] = true
 }
 
 // System returns the last build of name.
@@ -91,6 +104,7 @@ func (f *File) SetInstance(name string, i Instance) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Instances[name] = i
+	f.dirtyInst[name] = true
 }
 
 // Instance returns the last recorded outcome of name.
@@ -101,30 +115,87 @@ func (f *File) Instance(name string) (Instance, bool) {
 	return i, ok
 }
 
-// Save writes the state atomically (temp file and rename), so an
-// interrupted run never leaves a truncated file behind.
+// Save merges this process's records into the file on disk and writes it
+// atomically (temporary file, fsync, rename), under a lock on the
+// directory: two deploys of different instances both keep their records,
+// and a crash never leaves a truncated file. Records this process did not
+// set are taken from the file, so the in-memory state is the merged one.
 func (f *File) Save() error {
+	dir := filepath.Dir(f.path)
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return fmt.Errorf("write state %s: %w", f.path, err)
+	}
+	defer unlock()
+	disk, err := Load(f.path)
+	if err != nil {
+		// Unreadable: it is only a cache, and ours replaces it.
+		disk = &File{Systems: map[string]System{}, Instances: map[string]Instance{}}
+	}
 	f.mu.Lock()
+	for k, v := range disk.Systems {
+		if !f.dirtySys[k] {
+			f.Systems[k] = v
+		}
+	}
+	for k, v := range disk.Instances {
+		if !f.dirtyInst[k] {
+			f.Instances[k] = v
+		}
+	}
 	data, err := json.MarshalIndent(f, "", "  ")
 	f.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	dir := filepath.Dir(f.path)
-	tmp, err := os.CreateTemp(dir, ".hive.state-")
-	if err != nil {
-		return fmt.Errorf("write state %s: %w", f.path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state %s: %w", f.path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write state %s: %w", f.path, err)
-	}
-	if err := os.Rename(tmp.Name(), f.path); err != nil {
+	if err := writeAtomic(f.path, append(data, '\n')); err != nil {
 		return fmt.Errorf("write state %s: %w", f.path, err)
 	}
 	return nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".hive.state-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable once the directory is.
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// lockDir takes an exclusive flock on dir (no lock file to litter the
+// hive's directory) and returns its release.
+func lockDir(dir string) (func(), error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() {
+		unix.Flock(int(d.Fd()), unix.LOCK_UN)
+		d.Close()
+	}, nil
 }

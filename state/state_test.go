@@ -1,6 +1,7 @@
 package state
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,5 +52,53 @@ func TestLoadErrors(t *testing.T) {
 				t.Errorf("err = %v, want %q naming the file", err, tt.want)
 			}
 		})
+	}
+}
+
+// Two runs that loaded the same file and record different instances keep
+// both records, however their saves interleave; a record both set is the
+// last saver's.
+func TestSaveMergesConcurrentRuns(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "hive.state")
+	a, _ := Load(p)
+	b, _ := Load(p)
+	done := make(chan error, 2)
+	for i, f := range []*File{a, b} {
+		go func() {
+			for j := 0; j < 20; j++ {
+				f.SetInstance(fmt.Sprintf("run%d-host-%d", i, j), Instance{Status: "ok"})
+				f.SetInstance("shared", Instance{Status: fmt.Sprintf("run%d", i)})
+				if err := f.Save(); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		for j := 0; j < 20; j++ {
+			if _, ok := got.Instance(fmt.Sprintf("run%d-host-%d", i, j)); !ok {
+				t.Errorf("record run%d-host-%d lost", i, j)
+			}
+		}
+	}
+	if s := got.Instances["shared"].Status; s != "run0" && s != "run1" {
+		t.Errorf("shared record: %q", s)
+	}
+	// Each run's view now includes the other's records.
+	if _, ok := a.Instance("run1-host-0"); !ok {
+		if _, ok := b.Instance("run0-host-0"); !ok {
+			t.Errorf("neither run sees the other's records after saving")
+		}
 	}
 }
