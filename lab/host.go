@@ -43,14 +43,14 @@ require-sigs = true
 build-users-group =
 `
 
-// hostEnv is the environment of a host's processes, the one an ssh session
+// systemPath is the PATH an ssh session as root gets from Debian's sshd.
+const systemPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// env is the environment of the host's processes, the one an ssh session
 // as root gets: the caller's (NIX_CONFIG, say) must not leak into a host.
-var hostEnv = []string{
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	"HOME=/root",
-	"USER=root",
-	"LOGNAME=root",
-	"SHELL=/bin/bash",
+// The host's own bin directory (lab-service, reboot) comes first.
+func (h *Host) env() []string {
+	return []string{"PATH=" + h.binDir() + ":" + systemPath, "HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/bash"}
 }
 
 // Host is one lab host: an sshd in its own mount, pid and UTS namespaces
@@ -75,10 +75,11 @@ type Host struct {
 	netns  string   // network namespace file; "" for the root namespace
 	listen []string // addresses sshd listens on
 
-	mu   sync.Mutex
-	proc *exec.Cmd     // nil while stopped
-	done chan struct{} // closed when proc has been reaped
-	exit error         // proc's Wait result, valid after done
+	mu    sync.Mutex
+	boots int
+	proc  *exec.Cmd     // nil while stopped
+	done  chan struct{} // closed when proc has been reaped
+	exit  error         // proc's Wait result, valid after done
 }
 
 // Path returns where a file inside the host lives on this machine, e.g.
@@ -101,6 +102,14 @@ func (h *Host) sshdConfigFile() string { return filepath.Join(h.Root, "sshd_conf
 func (h *Host) logFile() string        { return filepath.Join(h.Root, "sshd.log") }
 func (h *Host) consoleFile() string    { return filepath.Join(h.Root, "console.log") }
 func (h *Host) pidFile() string        { return h.Path("/run/sshd.pid") }
+func (h *Host) binDir() string         { return filepath.Join(h.Root, "bin") }
+
+// firewallTable is the nft table (inet family) that lab-service uses to
+// block the host's sshd: named for the host's address, so hosts sharing a
+// network namespace never touch each other's rules.
+func (h *Host) firewallTable() string {
+	return "nixhive_lab_" + strings.NewReplacer(".", "_", ":", "_").Replace(h.Addr)
+}
 
 // prepare creates the host's directories, host key and configuration.
 func (h *Host) prepare() error {
@@ -135,7 +144,62 @@ func (h *Host) prepare() error {
 		return fmt.Errorf("prepare host %s: %w", h.Name, err)
 	}
 	h.HostKey = key
+	if err := os.MkdirAll(h.binDir(), 0o755); err != nil {
+		return fmt.Errorf("prepare host %s: %w", h.Name, err)
+	}
+	for name, text := range map[string]string{"lab-service": h.serviceScript(), "reboot": rebootScript} {
+		if err := writeFileAtomic(filepath.Join(h.binDir(), name), []byte(text), 0o755); err != nil {
+			return fmt.Errorf("prepare host %s: %w", h.Name, err)
+		}
+	}
 	return writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644)
+}
+
+// rebootScript is the host's reboot: its init (see script) exits with 129
+// on SIGHUP, and the lab starts the host again as a boot would, with an
+// empty /run.
+const rebootScript = `#!/bin/sh
+# The lab's reboot: the host's init restarts it with an empty /run.
+kill -HUP 1
+`
+
+// serviceScript is the host's stand-in for a NixOS host's service manager
+// and firewall: the test systems' switch-to-configuration calls it to
+// start or stop sshd and to block or open port 22, as switching to a
+// NixOS configuration would.
+func (h *Host) serviceScript() string {
+	addrs := strings.Join(h.listen, ", ")
+	return fmt.Sprintf(`#!/bin/sh
+# lab-service: what switching a NixOS system does to sshd and the firewall.
+set -e
+case "$1" in
+sshd-start)
+  if [ -f /run/sshd.pid ] && kill -0 "$(cat /run/sshd.pid)" 2>/dev/null; then exit 0; fi
+  mkdir -p /run/sshd
+  rm -f /run/sshd.pid
+  %[1]s -f %[2]s -E %[3]s
+  # sshd forks before it listens and writes its pid file once it does.
+  i=0
+  while [ ! -s /run/sshd.pid ]; do
+    i=$((i + 1)); [ $i -le 100 ] || { echo "lab-service: sshd did not start" >&2; exit 1; }
+    sleep 0.05
+  done ;;
+sshd-stop)
+  if [ -f /run/sshd.pid ]; then kill "$(cat /run/sshd.pid)" 2>/dev/null || :; rm -f /run/sshd.pid; fi ;;
+firewall-block-ssh)
+  nft delete table inet %[4]s 2>/dev/null || :
+  nft -f - <<EOF
+table inet %[4]s {
+  chain input { type filter hook input priority 0; ip daddr { %[5]s } tcp dport %[6]d drop; }
+}
+EOF
+  ;;
+firewall-open)
+  nft delete table inet %[4]s 2>/dev/null || : ;;
+*)
+  echo "usage: lab-service sshd-start|sshd-stop|firewall-block-ssh|firewall-open" >&2; exit 2 ;;
+esac
+`, sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()), h.firewallTable(), addrs, h.Port)
 }
 
 func (h *Host) sshdConfig() string {
@@ -146,6 +210,9 @@ func (h *Host) sshdConfig() string {
 	// Paths are checked by validDir to need no quoting here.
 	fmt.Fprintf(&b, "HostKey %s\n", h.hostKeyFile())
 	fmt.Fprintf(&b, "AuthorizedKeysFile %s\n", h.lab.authorizedKeysFile())
+	// Sessions find the host's own commands first, as a NixOS host's
+	// sessions find its system's.
+	fmt.Fprintf(&b, "SetEnv PATH=%s:%s\n", h.binDir(), systemPath)
 	b.WriteString(`PidFile /run/sshd.pid
 UsePAM no
 StrictModes no
@@ -164,8 +231,12 @@ LogLevel ERROR
 	return b.String()
 }
 
-// script is what runs as pid 1 of the host's namespaces before it becomes
-// sshd.
+// script is what runs as pid 1 of the host's namespaces: it sets the host
+// up, boots (points /run/current-system at the system profile when /run is
+// empty, as after a reboot), starts sshd as a daemon and stays, like an
+// init: sshd may stop (a system that disables it) while the host lives.
+// SIGHUP (the host's reboot) makes it exit with 129, which the lab takes
+// as a reboot.
 func (h *Host) script() string {
 	var b strings.Builder
 	b.WriteString("set -e\n")
@@ -180,9 +251,21 @@ func (h *Host) script() string {
 	// A /proc of the host's own pid namespace: ps inside shows the host only.
 	b.WriteString("mount -t proc proc /proc\n")
 	fmt.Fprintf(&b, "hostname %s\n", shellQuote(h.Name))
-	fmt.Fprintf(&b, "exec %s -D -f %s -E %s\n", sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()))
+	b.WriteString(`mkdir -p /run/sshd
+p=/nix/var/nix/profiles/system
+if [ ! -e /run/current-system ] && [ -e $p ]; then
+  ln -s "$(readlink -f $p)" /run/current-system
+  ln -s "$(readlink -f $p)" /run/booted-system
+fi
+trap 'exit 129' HUP
+`)
+	fmt.Fprintf(&b, "%s -f %s -E %s\n", sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()))
+	b.WriteString("while :; do sleep 3600 & wait $! || :; done\n")
 	return b.String()
 }
+
+// rebootExit is the init's exit status when the host reboots.
+const rebootExit = 129
 
 // Start starts the host again with the same key, address and store (and
 // /run: unlike a reboot, /run/current-system survives) and returns once sshd
@@ -215,7 +298,7 @@ func (h *Host) startLocked(ctx context.Context) error {
 	// Not CommandContext: the host outlives ctx, which bounds only the wait.
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = "/"
-	cmd.Env = hostEnv
+	cmd.Env = h.env()
 	cmd.Stdout = console
 	cmd.Stderr = console
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -237,12 +320,79 @@ func (h *Host) startLocked(ctx context.Context) error {
 		// gone: the kernel reaps them before the namespace's init.
 		h.exit = cmd.Wait()
 		close(done)
+		if ee, ok := h.exit.(*exec.ExitError); ok && ee.ExitCode() == rebootExit {
+			h.reboot(cmd)
+		}
 	}()
 	if err := h.waitReady(ctx); err != nil {
 		h.stopLocked()
 		return fmt.Errorf("start host %s: %w", h.Name, err)
 	}
 	return nil
+}
+
+// reboot starts the host again after its init exited for a reboot, as a
+// boot would: /run empty, the firewall open. A host stopped meanwhile stays
+// stopped.
+func (h *Host) reboot(cmd *exec.Cmd) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc != cmd {
+		return
+	}
+	h.proc, h.done = nil, nil
+	err := h.clearRun()
+	if err == nil {
+		h.openFirewall()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err = h.startLocked(ctx)
+	}
+	if err != nil {
+		h.appendConsole(fmt.Sprintf("lab: reboot of %s failed: %v\n", h.Name, err))
+		return
+	}
+	h.boots++
+}
+
+// Boots counts the reboots the host went through.
+func (h *Host) Boots() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.boots
+}
+
+func (h *Host) clearRun() error {
+	ents, err := os.ReadDir(h.Path("/run"))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(h.Path("/run"), e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openFirewall removes the host's blocking rules, if any (lab-service
+// firewall-block-ssh), from this machine's side. Internal hosts' rules
+// live in the internal network's namespace.
+func (h *Host) openFirewall() {
+	args := []string{"delete", "table", "inet", h.firewallTable()}
+	if h.netns != "" {
+		args = append([]string{"--net=" + h.netns, "--", "nft"}, args...)
+		exec.Command("nsenter", args...).Run()
+		return
+	}
+	exec.Command("nft", args...).Run()
+}
+
+func (h *Host) appendConsole(msg string) {
+	if f, err := os.OpenFile(h.consoleFile(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
+		f.WriteString(msg)
+		f.Close()
+	}
 }
 
 // waitReady waits until sshd accepts TCP connections on the host's address.
@@ -342,7 +492,7 @@ func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
 	nsArgs := append([]string{"-t", strconv.Itoa(pid), "-m", "-p", "-n", "-u", "--"}, args...)
 	cmd := exec.CommandContext(ctx, "nsenter", nsArgs...)
 	cmd.Dir = "/"
-	cmd.Env = hostEnv
+	cmd.Env = h.env()
 	cmd.Cancel = func() error {
 		// nsenter forks the command into the host's pid namespace; killing
 		// nsenter alone would leave the command running there.

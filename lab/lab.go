@@ -398,6 +398,13 @@ func (l *Lab) close() error {
 		}()
 	}
 	wg.Wait()
+	// Rules a test system left on this machine's firewall (lab-service);
+	// internal hosts' rules go with their network namespace.
+	for _, h := range l.Hosts {
+		if h.netns == "" {
+			h.openFirewall()
+		}
+	}
 	if l.internal != nil {
 		// Teardown must happen even when the caller's context is gone.
 		errs = append(errs, l.internal.remove(context.Background()))

@@ -55,7 +55,11 @@ func sshConfig(t *testing.T, l *lab.Lab, hostKey string) *ssh.ClientConfig {
 // dial connects to h (from this machine) pinning hostKey.
 func dial(t *testing.T, l *lab.Lab, h *lab.Host, hostKey string) (*ssh.Client, error) {
 	t.Helper()
-	return ssh.Dial("tcp", net.JoinHostPort(h.Addr, strconv.Itoa(h.Port)), sshConfig(t, l, hostKey))
+	return dialWith(h, sshConfig(t, l, hostKey))
+}
+
+func dialWith(h *lab.Host, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	return ssh.Dial("tcp", net.JoinHostPort(h.Addr, strconv.Itoa(h.Port)), cfg)
 }
 
 func run(t *testing.T, c *ssh.Client, cmd string) string {
@@ -215,8 +219,13 @@ func TestPlainHosts(t *testing.T) {
 	})
 
 	t.Run("pid namespace", func(t *testing.T) {
-		if got := exec1(t, a, "cat", "/proc/1/comm"); got != "sshd" {
-			t.Errorf("pid 1 of %s is %q, want sshd", a.Name, got)
+		// pid 1 is the host's init; sshd is a daemon under it, so it can
+		// stop (a system that disables it) while the host lives.
+		if got := exec1(t, a, "cat", "/proc/1/comm"); got != "sh" {
+			t.Errorf("pid 1 of %s is %q, want the lab's init (sh)", a.Name, got)
+		}
+		if got := exec1(t, a, "sh", "-c", "cat /proc/$(cat /run/sshd.pid)/comm"); got != "sshd" {
+			t.Errorf("/run/sshd.pid of %s names %q, want sshd", a.Name, got)
 		}
 		// A process started over ssh, detached from the session, must die
 		// with the host.

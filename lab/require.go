@@ -25,7 +25,7 @@ func Check() error {
 			missing = append(missing, "directory "+o.inHost)
 		}
 	}
-	for _, c := range []string{"nsenter", "ip", "mount", "umount", "awk", "ssh"} {
+	for _, c := range []string{"nsenter", "ip", "mount", "umount", "awk", "ssh", "nft", "flock", "setsid"} {
 		if _, err := exec.LookPath(c); err != nil {
 			missing = append(missing, c)
 		}

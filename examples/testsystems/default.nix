@@ -2,26 +2,39 @@
 # this machine is reachable in the lab). Each is a closure with
 # bin/switch-to-configuration, like a real NixOS toplevel: it records the
 # goal it was activated with and, for switch/test, points /run/current-system
-# at itself, which is what nix-hive checks after activation.
+# at itself, which is what nix-hive checks after activation. On a lab host
+# (which has lab-service) switch/test also do what switching a NixOS
+# configuration does to sshd and the firewall.
 #
-#   broken = true     switch-to-configuration exits 1
-#   sleep = N         activation takes N seconds
-#   payloadMiB = N    the closure carries N MiB (to make transfers visible)
-#   version = "..."   a different system with the same name
+#   broken = true          switch-to-configuration exits 1
+#   sleep = N              activation takes N seconds
+#   gate = true            activation waits until /run/nix-hive-test/gate exists
+#                          (a test opens it once it has done its mischief)
+#   sshd = "off"           the system stops sshd (a configuration that breaks SSH)
+#   firewall = "block-ssh" the system's firewall drops SSH to the host
+#   payloadMiB = N         the closure carries N MiB (to make transfers visible)
+#   version = "..."        a different system with the same name
 { name
 , version ? "1"
 , broken ? false
 , sleep ? 0
+, gate ? false
+, sshd ? "on"
+, firewall ? "open"
 , payloadMiB ? 0
 , system ? "x86_64-linux"
 }:
+assert builtins.elem sshd [ "on" "off" ];
+assert builtins.elem firewall [ "open" "block-ssh" ];
 derivation {
-  inherit system version;
+  inherit system version firewall;
   name = "nixos-system-${name}-${version}";
   builder = "/bin/sh";
   PATH = "/usr/bin:/bin";
   hiveSystemName = name;
   broken = if broken then "1" else "";
+  gate = if gate then "1" else "";
+  sshdAction = if sshd == "on" then "start" else "stop";
   sleepSeconds = toString sleep;
   payloadMiB = toString payloadMiB;
   args = [ "-c" ''
@@ -39,10 +52,19 @@ derivation {
     case "\$goal" in switch|boot|test|dry-activate) ;; *) echo "usage: \$0 switch|boot|test|dry-activate" >&2; exit 100;; esac
     mkdir -p /run/nix-hive-test
     echo "\$(date +%s.%N) $out \$goal" >> /run/nix-hive-test/activations
+    if [ -n "$gate" ]; then
+      while [ ! -e /run/nix-hive-test/gate ]; do sleep 0.05; done
+    fi
     if [ "$sleepSeconds" -gt 0 ]; then sleep "$sleepSeconds"; fi
     if [ -n "$broken" ]; then echo "switch-to-configuration: $hiveSystemName is broken on purpose" >&2; exit 1; fi
     case "\$goal" in
-      switch|test) ln -sfn "$out" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system ;;
+      switch|test)
+        ln -sfn "$out" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system
+        if command -v lab-service >/dev/null 2>&1; then
+          lab-service firewall-$firewall
+          lab-service sshd-$sshdAction
+        fi
+        ;;
     esac
     echo "activated $hiveSystemName ($version) with goal \$goal"
     EOS
