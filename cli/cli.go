@@ -50,9 +50,15 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// usageError is a command line that cannot work (contradicting flags):
+// exit status 2, like a parse error.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
 // Main runs nix-hive with args and returns the exit status.
 func Main(version string, args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, abort, stop := interrupts()
 	defer stop()
 
 	var cli CLI
@@ -75,6 +81,7 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 	// must land whole. The raw stderr is kept to detect a terminal.
 	cli.Globals.stdout, cli.Globals.stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
 	cli.Globals.stderrRaw = stderr
+	cli.Globals.abort = abort
 	kctx, err := parser.Parse(args)
 	if exitCode >= 0 {
 		// --help and --version end parsing through kong.Exit.
@@ -92,6 +99,40 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 	return exitStatus(ctx, err, stderr)
 }
 
+// interrupts turns SIGINT and SIGTERM into the root context's
+// cancellation (first signal: start nothing new, stop transfers) and a
+// closed abort channel (second signal: stop waiting for activations,
+// which run on detached on the hosts).
+func interrupts() (ctx context.Context, abort <-chan struct{}, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ab := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-sigs:
+			case <-done:
+				return
+			}
+			switch i {
+			case 0:
+				cancel()
+			case 1:
+				close(ab)
+				signal.Stop(sigs) // a third one kills, as without a handler
+				return
+			}
+		}
+	}()
+	return ctx, ab, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
+
 func exitStatus(ctx context.Context, err error, stderr io.Writer) int {
 	var ee exitError
 	switch {
@@ -99,6 +140,9 @@ func exitStatus(ctx context.Context, err error, stderr io.Writer) int {
 		return exitOK
 	case errors.As(err, &ee):
 		return ee.code
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
+		return exitUsage
 	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
 		fmt.Fprintf(stderr, "nix-hive: interrupted: %v\n", err)
 		return exitInterrupted

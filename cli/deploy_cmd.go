@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,12 +19,17 @@ import (
 // DeployCmd is `nix-hive deploy`.
 type DeployCmd struct {
 	Fleet
-	Parallel     int      `default:"16" help:"Hosts worked on at once."`
-	Targets      []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
-	Goal         string   `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
-	Force        bool     `help:"Activate instances that already run the wanted system."`
-	TrustHiveKey bool     `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
-	Sudo         string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Parallel          int           `default:"16" help:"Hosts worked on at once."`
+	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Goal              string        `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
+	Force             bool          `help:"Activate instances that already run the wanted system."`
+	TrustHiveKey      bool          `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
+	Sudo              string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	MagicRollback     bool          `default:"true" negatable:"" help:"For switch and test: each host returns to what it ran before by itself unless nix-hive confirms, over a new SSH connection, within --confirm-timeout (a system that breaks SSH or the network rolls back)."`
+	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation before it rolls back."`
+	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
+	Reboot            bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
+	RebootTimeout     time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
 }
 
 func (c *DeployCmd) Help() string {
@@ -31,11 +38,43 @@ instances without a store), lets consumers substitute from their store with
 signatures checked, then activates in waves, stores before their consumers.
 An instance already running its wanted system is left alone (--force
 re-activates). Every host ends in the summary; the exit status is non-zero
-if any host failed. Ctrl-C starts nothing new, lets running activations
-finish and records every host's state in hive.state.`
+if any host failed.
+
+Activation runs on each host as a job detached from the SSH connection: a
+dropped connection, or nix-hive being killed, never stops it half-way, and
+nix-hive reconnects to learn how it ended. With magic rollback (switch and
+test, on by default) the host returns to what it ran before unless nix-hive
+confirms over a new SSH connection within --confirm-timeout. A second
+deploy of a host that a deploy holds is refused at once, naming the holder.
+
+Ctrl-C starts nothing new and stops transfers; running activations finish
+and every host's state is recorded in hive.state. A second Ctrl-C stops
+waiting and names the hosts whose activation still runs (it finishes there,
+and rolls back unconfirmed).`
+}
+
+func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
+	goal, err := deploy.ParseGoal(c.Goal)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	if c.Reboot && goal != deploy.GoalBoot {
+		return deploy.Options{}, usageError{fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
+	}
+	return deploy.Options{
+		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
+		TrustKey: c.TrustHiveKey, Sudo: c.Sudo, MagicRollback: c.MagicRollback,
+		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout,
+		ConnectTimeout: c.ConnectTimeout, Reboot: c.Reboot, RebootTimeout: c.RebootTimeout,
+		Abort: g.abort, Owner: owner(),
+	}, nil
 }
 
 func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
+	opts, err := c.options(g)
+	if err != nil {
+		return err
+	}
 	// The pool connects lazily: making it first lets policy checks use it,
 	// and nothing is dialled before the plan (and the policy) are sound.
 	inv, err := g.inventory(ctx)
@@ -52,8 +91,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	plan := pl.plan
-	pub, err := g.publicKey(inv)
-	if err != nil {
+	if opts.PublicKey, err = g.publicKey(inv); err != nil {
 		return err
 	}
 	sshConfig, cleanup, err := writeSSHConfig(inv, c.Fleet)
@@ -61,21 +99,12 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	defer cleanup()
-	st, err := g.state()
-	if err != nil {
+	if opts.State, err = g.state(); err != nil {
 		return err
 	}
 	ev, err := g.evaluator()
 	if err != nil {
 		return err
-	}
-	goal, err := deploy.ParseGoal(c.Goal)
-	if err != nil {
-		return err
-	}
-	opts := deploy.Options{
-		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
-		PublicKey: pub, TrustKey: c.TrustHiveKey, Sudo: c.Sudo, State: st,
 	}
 	view := g.newDeployView(len(plan.Order))
 	opts.Events = view.Event
@@ -89,6 +118,16 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals) error {
 	report := deploy.Execute(ctx, plan, inv, pool, copier, opts)
 	view.Close()
 	return g.finishReport(report)
+}
+
+// owner says who deploys, for hosts' deploy locks: user@machine and pid.
+func owner() string {
+	who := os.Getenv("USER")
+	if u, err := user.Current(); err == nil {
+		who = u.Username
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s@%s (nix-hive pid %d, since %s)", who, host, os.Getpid(), time.Now().UTC().Format(time.RFC3339))
 }
 
 // planned is a plan with what it was made from.
@@ -164,11 +203,14 @@ func (g *Globals) finishReport(r *deploy.Report) error {
 	} else {
 		writeSummary(g.stdout, r)
 	}
+	if u := r.Unknown(); len(u) > 0 {
+		fmt.Fprintf(g.stderr, "nix-hive: the outcome of the activation on %s is not known: it may still run there; it finishes on the host, returning to the previous system unless confirmed. `nix-hive status` shows each host's state.\n", strings.Join(u, ", "))
+	}
 	switch {
 	case r.Interrupted:
 		return fmt.Errorf("deploy interrupted; see the summary for each host's state: %w", context.Canceled)
 	case !r.OK():
-		return fmt.Errorf("deploy failed on %d of %d hosts%s", countNotOK(r), len(r.Order), stoppedSuffix(r))
+		return fmt.Errorf("deploy failed on %d of %d hosts%s", r.NotOK(), len(r.Order), stoppedSuffix(r))
 	}
 	return nil
 }
@@ -178,18 +220,6 @@ func stoppedSuffix(r *deploy.Report) string {
 		return ""
 	}
 	return "; rollout stopped: " + r.Stopped
-}
-
-func countNotOK(r *deploy.Report) int {
-	n := 0
-	for _, res := range r.Results {
-		switch res.Status {
-		case deploy.StatusOK, deploy.StatusUnchanged, deploy.StatusStored:
-		default:
-			n++
-		}
-	}
-	return n
 }
 
 func writeSummary(w io.Writer, r *deploy.Report) {

@@ -16,7 +16,7 @@ import (
 // Fleet flags are shared by every command that connects to instances.
 type Fleet struct {
 	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry (a changed key is still refused)."`
-	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop)."`
+	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop); a connection silent for 3 times as long is given up."`
 }
 
 // transportConfig derives SSH endpoints from the inventory and the fleet
@@ -31,7 +31,11 @@ func transportConfig(inv *eval.Inventory, f Fleet) transport.Config {
 		eps[name] = transport.Endpoint{Name: name, Host: in.Host, Port: in.Port, User: in.User,
 			HostKeys: in.HostKeys, Jump: in.Jump, Options: opts}
 	}
-	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, ConnectTimeout: f.ConnectTimeout}
+	// One bound for everything: connecting, and silence on an open
+	// connection (keepalives every ConnectTimeout, dead after 3 missed),
+	// for the Go client and the OpenSSH config handed to nix copy alike.
+	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, ConnectTimeout: f.ConnectTimeout,
+		KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout}
 }
 
 // pool opens the connection pool for the hive (connections are made on
@@ -61,6 +65,7 @@ func writeSSHConfig(inv *eval.Inventory, f Fleet) (path string, cleanup func(), 
 	}
 	cleanup = func() { os.RemoveAll(dir) }
 	cfg := transportConfig(inv, f)
+	cfg.BatchMode = true // nix copy's ssh has no one to ask for a password
 	kh := filepath.Join(dir, "known_hosts")
 	path = filepath.Join(dir, "ssh_config")
 	err = writeFile(kh, func(w io.Writer) error { return transport.WriteKnownHosts(w, cfg) })

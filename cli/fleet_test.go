@@ -262,7 +262,25 @@ func TestRunTimeout(t *testing.T) {
 	if !strings.Contains(out, "host-2 | quick") || !strings.Contains(errOut, "1 ok") || !strings.Contains(errOut, "host-1") {
 		t.Errorf("host-2 should finish, host-1 time out:\n%s\n%s", out, errOut)
 	}
-	if o, _ := f.lab.Host("host-1").Exec(context.Background(), "sh", "-c", "sleep 0.5; pgrep -x sleep || echo none"); !strings.Contains(string(o), "none") {
-		t.Errorf("the timed-out command is still running on host-1: %s", o)
+	// The kill lands asynchronously: wait for it (bounded by the test's
+	// deadline).
+	waitUntil(t, "the timed-out command to be gone from host-1", func() bool {
+		_, err := f.lab.Host("host-1").Exec(context.Background(), "pgrep", "-f", "^sleep 30$")
+		return err != nil
+	})
+}
+
+// waitUntil polls cond until it holds; the test's deadline bounds it. For
+// things that happen asynchronously on a host (a signal landing, a file
+// written by a detached job), never a sleep that hopes.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	// A bound against a hang, not a speed assertion.
+	deadline := time.Now().Add(2 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

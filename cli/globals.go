@@ -26,7 +26,8 @@ type Globals struct {
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer
-	stderrRaw      io.Writer // the stderr given to Main, to detect a terminal
+	stderrRaw      io.Writer       // the stderr given to Main, to detect a terminal
+	abort          <-chan struct{} // closed by a second interrupt
 	logMu          sync.Mutex
 	log            io.Writer // where log lines go while a progress view runs
 	src            *eval.Source

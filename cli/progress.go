@@ -74,16 +74,16 @@ func (v *deployView) Event(e deploy.Event) {
 			v.bar.Increment()
 		}
 		return
-	case e.Status == "failed":
+	case e.Status == deploy.EventFailed:
 		v.failed.Add(1)
-	case e.Status == "ok" && e.Step == deploy.StepPush:
+	case e.Status == deploy.EventOK && e.Step == deploy.StepPush:
 		v.pushed.Add(1)
-	case e.Status == "ok" && e.Step == deploy.StepSubstitute:
+	case e.Status == deploy.EventOK && e.Step == deploy.StepSubstitute:
 		v.substituted.Add(1)
-	case e.Status == "ok" && e.Step == deploy.StepActivate:
+	case e.Status == deploy.EventOK && e.Step == deploy.StepActivate:
 		v.activated.Add(1)
 	}
-	if e.Status == "start" && e.Step != deploy.StepActivate {
+	if e.Status == deploy.EventStart && e.Step != deploy.StepActivate {
 		return // outcomes only; an activation's start matters for ordering
 	}
 	who := e.Instance

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
 )
@@ -12,14 +13,20 @@ import (
 // RollbackCmd is `nix-hive rollback`.
 type RollbackCmd struct {
 	Fleet
-	Parallel int      `default:"16" help:"Hosts worked on at once."`
-	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
-	Sudo     string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Parallel          int           `default:"16" help:"Hosts worked on at once."`
+	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+	Sudo              string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	MagicRollback     bool          `default:"true" negatable:"" help:"The host returns to what it ran before the rollback unless nix-hive confirms over a new SSH connection within --confirm-timeout."`
+	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation."`
+	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
 }
 
 func (c *RollbackCmd) Help() string {
 	return `Switches each instance to the previous generation of its system profile
-and confirms that it is active. Targets are required: rolling back a whole
+and confirms that it is active. Like a deploy's activation, it runs on the
+host detached from the SSH connection, under the host's deploy lock, and
+with magic rollback the host returns to where it was unless confirmed over
+a new connection. Targets are required: rolling back a whole
 fleet should be typed out ('*').`
 }
 
@@ -36,7 +43,10 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	rows := deploy.Rollback(ctx, pool, inv, targets, c.Sudo, c.Parallel)
+	rows := deploy.Rollback(ctx, pool, inv, targets, deploy.RollbackOptions{
+		Sudo: c.Sudo, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
+		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout, ConnectTimeout: c.ConnectTimeout,
+	})
 	failed := 0
 	for _, r := range rows {
 		if r.Error != "" {

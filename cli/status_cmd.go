@@ -57,7 +57,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	defer pool.Close()
-	rows := deploy.Status(ctx, pool, inv, targets, want, c.Parallel)
+	rows := deploy.Inspect(ctx, pool, inv, targets, want, c.Parallel)
 	drift := 0
 	for _, r := range rows {
 		if r.Drift != "" {

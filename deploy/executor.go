@@ -1,24 +1,29 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"sort"
 	"sync"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/state"
 )
 
 // Remote runs shell commands on instances (transport.Pool does).
 type Remote interface {
-	// Run runs cmd on the instance; a non-zero exit is exitCode with a nil
-	// error, err is for transport failures.
+	// Run runs cmd on the instance over its pooled connection; a non-zero
+	// exit is exitCode with a nil error, err is for transport failures.
 	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
+	// RunFresh runs cmd like Run but over a new connection made for it and
+	// closed afterwards: it proves that a new login works now.
+	RunFresh(ctx context.Context, name, cmd string, stdout, stderr io.Writer) (exitCode int, err error)
+	// Reset closes the pooled connection to the instance, if any, so the
+	// next Run dials anew (after a reboot, say).
+	Reset(name string)
 }
 
 // Copier moves closures out of the deploy host's store.
@@ -43,35 +48,6 @@ type Policy interface {
 	Rollback() bool
 }
 
-// Step names, in the order a host goes through them.
-const (
-	StepPush       = "push"
-	StepSubstitute = "substitute"
-	StepPreCheck   = "pre-check"
-	StepActivate   = "activate"
-	StepConfirm    = "confirm"
-	StepPostCheck  = "post-check"
-	StepRollback   = "rollback"
-	StepDone       = "done"
-	// StepFinished events carry a host's final status; exactly one per
-	// host that got that far.
-	StepFinished = "finished"
-)
-
-// Status of a host at the end.
-const (
-	StatusOK         = "ok"
-	StatusUnchanged  = "unchanged"
-	StatusFailed     = "failed"
-	StatusSkipped    = "skipped"
-	StatusNotStarted = "not-started"
-	StatusRolledBack = "rolled-back"
-	// StatusInterrupted: Ctrl-C stopped the host's transfer; nothing
-	// was activated.
-	StatusInterrupted = "interrupted"
-	StatusStored      = "stored" // a store-only host that received closures
-)
-
 // Options tune an execution.
 type Options struct {
 	Goal     Goal
@@ -89,33 +65,69 @@ type Options struct {
 	// Policy, when set, runs checks and may stop the rollout; without one
 	// every host is attempted.
 	Policy Policy
-	// ActivationTimeout bounds one activation, which is allowed to finish
-	// after Ctrl-C.
+	// MagicRollback arms a watchdog on the host for switch and test: the
+	// host returns to what it ran before unless nix-hive confirms over a
+	// new SSH connection within ConfirmTimeout (default 30s).
+	MagicRollback  bool
+	ConfirmTimeout time.Duration
+	// ActivationTimeout bounds one switch-to-configuration (default 30m).
 	ActivationTimeout time.Duration
+	// ConnectTimeout is the transport's bound for connecting; contact with
+	// a host may be lost for ConfirmTimeout+ConnectTimeout during an
+	// activation before its outcome is declared unknown.
+	ConnectTimeout time.Duration
+	// Reboot, with GoalBoot, reboots each host after activation and
+	// waits up to RebootTimeout (default 10m) for it to come back on the
+	// new system.
+	Reboot        bool
+	RebootTimeout time.Duration
+	// Abort, when closed, stops waiting for running activations (a
+	// second Ctrl-C); they finish on the hosts.
+	Abort <-chan struct{}
+	// Owner says who deploys, for hosts' deploy locks.
+	Owner string
 }
 
-// Event is one thing that happened to one host.
-type Event struct {
-	Time     time.Time `json:"time"`
-	Instance string    `json:"instance"`
-	Wave     int       `json:"wave"`
-	Step     string    `json:"step"`
-	Status   string    `json:"status"` // start, ok, failed, skipped, info
-	Message  string    `json:"message,omitempty"`
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = fanout.DefaultLimit
+	}
+	if o.Goal == "" {
+		o.Goal = GoalSwitch
+	}
+	def(&o.ActivationTimeout, 30*time.Minute)
+	def(&o.ConfirmTimeout, 30*time.Second)
+	def(&o.ConnectTimeout, 10*time.Second)
+	def(&o.RebootTimeout, 10*time.Minute)
+	if o.Owner == "" {
+		o.Owner = "nix-hive"
+	}
+	return o
 }
 
 // Result is a host's outcome.
 type Result struct {
-	Instance string        `json:"instance"`
-	System   string        `json:"system"`
-	Wave     int           `json:"wave"`
-	Target   bool          `json:"target"`
-	Step     string        `json:"step"` // last step reached
-	Status   string        `json:"status"`
-	Error    string        `json:"error,omitempty"`
-	Checks   []string      `json:"checks,omitempty"`
+	Instance string   `json:"instance"`
+	System   string   `json:"system"`
+	Wave     int      `json:"wave"`
+	Target   bool     `json:"target"`
+	Step     Step     `json:"step"` // where it ended
+	Status   Status   `json:"status"`
+	Error    string   `json:"error,omitempty"`
+	Checks   []string `json:"checks,omitempty"`
+	// Before is what the host ran when this deploy reached it; Active
+	// what it runs at the end.
+	Before   string        `json:"before,omitempty"`
 	Active   string        `json:"active,omitempty"`
+	Job      string        `json:"job,omitempty"` // the activation job on the host
 	Duration time.Duration `json:"duration"`
+
+	untouched bool // hive.state keeps its earlier record
 }
 
 // Report is the outcome of a deploy.
@@ -126,27 +138,32 @@ type Report struct {
 	Stopped     string             `json:"stopped,omitempty"` // why later waves did not run
 }
 
-// Failed counts hosts that failed or were rolled back.
-func (r *Report) Failed() int {
+// OK reports whether every host ended as wanted.
+func (r *Report) OK() bool {
+	return r.NotOK() == 0 && !r.Interrupted && r.Stopped == ""
+}
+
+// NotOK counts hosts that did not end as wanted.
+func (r *Report) NotOK() int {
 	n := 0
 	for _, res := range r.Results {
-		if res.Status == StatusFailed || res.Status == StatusRolledBack {
+		if !res.Status.Succeeded() {
 			n++
 		}
 	}
 	return n
 }
 
-// OK reports whether every host ended as wanted.
-func (r *Report) OK() bool {
-	for _, res := range r.Results {
-		switch res.Status {
-		case StatusOK, StatusUnchanged, StatusStored:
-		default:
-			return false
+// Unknown lists, in order, hosts whose activation outcome nix-hive does
+// not know: it may still be running there.
+func (r *Report) Unknown() []string {
+	var out []string
+	for _, n := range r.Order {
+		if r.Results[n].Status == StatusUnknown {
+			out = append(out, n)
 		}
 	}
-	return !r.Interrupted && r.Stopped == ""
+	return out
 }
 
 type executor struct {
@@ -155,15 +172,17 @@ type executor struct {
 	remote Remote
 	copier Copier
 	opts   Options
+	jobs   *jobs
 
-	sem    chan struct{} // transfers
-	actSem chan struct{} // activations
-	mu     sync.Mutex
-	res    map[string]*Result
+	mu         sync.Mutex
+	res        map[string]*Result
+	locks      map[string]*hostLock
+	lockErr    map[string]error
+	activating map[string]bool
 
-	ensureOnce map[string]*future
-	urlOnce    map[string]*future
-	activated  map[string]*future
+	ensured   map[string]*future // the host holds its closures (or failed to)
+	urlPushed map[string]*future
+	activated map[string]*future // the host's activation ended or never will start
 }
 
 type future struct {
@@ -185,109 +204,149 @@ func (f *future) run(fn func() error) error {
 
 // Execute carries out plan: closures to stores and hosts, then activation
 // wave by wave. Every host ends with a Result; none hides another's.
+// Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
+// activations go on until opts.Abort is closed.
 func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
-	if opts.Parallel <= 0 {
-		opts.Parallel = 16
-	}
-	if opts.Goal == "" {
-		opts.Goal = GoalSwitch
-	}
-	if opts.ActivationTimeout == 0 {
-		opts.ActivationTimeout = 30 * time.Minute
-	}
+	e := newExecutor(plan, inv, remote, copier, opts.withDefaults())
+	actx, cancel := activationContext(ctx, e.opts.Abort)
+	defer cancel()
+	report := &Report{Results: e.res, Order: plan.Order}
+	stopWatch := context.AfterFunc(ctx, e.announceInterrupt)
+	defer stopWatch()
+
+	// Closures move for every host at once (stores first), so consumers
+	// substitute as soon as their store holds the path, and later waves'
+	// hosts have their closure when their turn comes.
+	transfers := make(chan struct{})
+	go func() {
+		defer close(transfers)
+		e.transferAll(ctx)
+	}()
+	report.Stopped = e.runWaves(ctx, actx)
+	<-transfers
+	e.releaseLocks()
+	report.Interrupted = ctx.Err() != nil
+	e.save(true)
+	return report
+}
+
+func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
-		sem: make(chan struct{}, opts.Parallel), actSem: make(chan struct{}, opts.Parallel), res: map[string]*Result{},
-		ensureOnce: map[string]*future{}, urlOnce: map[string]*future{}, activated: map[string]*future{}}
+		res: map[string]*Result{}, locks: map[string]*hostLock{}, lockErr: map[string]error{},
+		activating: map[string]bool{}, ensured: map[string]*future{}, urlPushed: map[string]*future{},
+		activated: map[string]*future{}}
+	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
+		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step}
 	for _, n := range plan.Order {
 		h := plan.Hosts[n]
 		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}
-		e.ensureOnce[n] = newFuture()
+		e.ensured[n] = newFuture()
 		e.activated[n] = newFuture()
 	}
 	for _, t := range plan.Transfers {
 		if _, ok := plan.Hosts[t.To]; !ok {
-			e.urlOnce[t.To] = newFuture()
+			e.urlPushed[t.To] = newFuture()
 		}
 	}
-	report := &Report{Results: e.res, Order: plan.Order}
+	return e
+}
 
-	// Closures move for every host at once (bounded by the semaphore), so
-	// consumers start substituting as soon as their store holds the path,
-	// and later waves' hosts already have their closure when their turn
-	// comes.
-	var wg sync.WaitGroup
-	for _, n := range plan.Order {
-		wg.Add(1)
+// activationContext is not cancelled by Ctrl-C (a half-run
+// switch-to-configuration is worse than a finished one; and it runs
+// detached anyway), only by abort.
+func activationContext(ctx context.Context, abort <-chan struct{}) (context.Context, context.CancelFunc) {
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if abort != nil {
 		go func() {
-			defer wg.Done()
-			err := e.ensure(ctx, n)
-			if !plan.Hosts[n].Target {
-				if err == nil {
-					e.update(n, func(r *Result) { r.Status = StatusStored })
-				}
-				e.finished(n)
+			select {
+			case <-abort:
+				cancel()
+			case <-actx.Done():
 			}
 		}()
 	}
+	return actx, cancel
+}
 
+func (e *executor) announceInterrupt() {
+	e.mu.Lock()
+	var names []string
+	for n := range e.activating {
+		names = append(names, n)
+	}
+	e.mu.Unlock()
+	msg := "interrupted: no further host starts and transfers stop"
+	if len(names) > 0 {
+		sort.Strings(names)
+		msg += fmt.Sprintf("; waiting for %d running activation(s) (%v) to finish; interrupt again to stop waiting (they finish on the hosts)", len(names), names)
+	}
+	e.event(Event{Step: StepRollout, Status: EventInfo, Message: msg})
+}
+
+// transferAll makes sure every host holds its closures, stores before
+// their consumers (a consumer waits for its store's transfer).
+func (e *executor) transferAll(ctx context.Context) {
+	order := append([]string(nil), e.plan.Order...)
+	sort.SliceStable(order, func(a, b int) bool { return e.plan.Hosts[order[a]].Level < e.plan.Hosts[order[b]].Level })
+	fanout.Each(ctx, len(order), e.opts.Parallel, func(ctx context.Context, i int) {
+		n := order[i]
+		err := e.ensure(ctx, n)
+		if !e.plan.Hosts[n].Target {
+			e.settle(n, StatusStored, err)
+			e.finished(n)
+		}
+	})
+}
+
+// runWaves activates wave after wave and returns why it stopped early, if
+// it did.
+func (e *executor) runWaves(ctx, actx context.Context) string {
 	total := 0
-	for wi, wave := range plan.Waves {
-		if ctx.Err() != nil || report.Stopped != "" {
+	for wi, wave := range e.plan.Waves {
+		if ctx.Err() != nil {
 			break
 		}
-		// Hosts start activating in the wave's order (stores first), at
-		// most --parallel at once; after Ctrl-C, or once the policy says
-		// stop, no new one starts.
-		var (
-			ww        sync.WaitGroup
-			fmu       sync.Mutex
-			waveFails int
-			stop      bool
-		)
-		stopped := func() bool { fmu.Lock(); defer fmu.Unlock(); return stop }
-		for _, n := range wave {
-			if stopped() {
-				break
-			}
-			select {
-			case e.actSem <- struct{}{}:
-			case <-ctx.Done():
-			}
-			if ctx.Err() != nil || stopped() {
-				if ctx.Err() == nil {
-					<-e.actSem
-				}
-				break
-			}
-			ww.Add(1)
-			go func() {
-				defer ww.Done()
-				defer func() { <-e.actSem }()
-				e.activated[n].run(func() error { return e.activate(ctx, n) })
-				if s := e.result(n).Status; s == StatusFailed || s == StatusRolledBack {
-					fmu.Lock()
-					waveFails++
-					total++
-					if opts.Policy != nil && !stop && opts.Policy.ShouldStop(wi, waveFails, total) {
-						stop = true
-						report.Stopped = fmt.Sprintf("policy stopped the rollout after %d failure(s) in wave %d (%d in all)", waveFails, wi+1, total)
-					}
-					fmu.Unlock()
-				}
-			}()
-		}
-		ww.Wait()
-		e.save()
-		if report.Stopped != "" {
-			e.event(Event{Step: "rollout", Status: "failed", Message: report.Stopped})
+		stopped := e.runWave(ctx, actx, wi, wave, &total)
+		e.save(false)
+		if stopped != "" {
+			e.event(Event{Step: StepRollout, Status: EventFailed, Message: stopped})
+			return stopped
 		}
 	}
-	if ctx.Err() != nil {
-		report.Interrupted = true
+	return ""
+}
+
+// runWave activates one wave's hosts in its order (stores first), at most
+// opts.Parallel at once; once the policy says stop, or after Ctrl-C, no
+// further host starts.
+func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, total *int) string {
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu        sync.Mutex
+		waveFails int
+		stopped   string
+	)
+	started := fanout.Each(wctx, len(wave), e.opts.Parallel, func(_ context.Context, i int) {
+		n := wave[i]
+		e.activated[n].run(func() error { e.host(ctx, actx, n); return nil })
+		if s := e.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		waveFails++
+		*total++
+		if e.opts.Policy != nil && stopped == "" && e.opts.Policy.ShouldStop(wi, waveFails, *total) {
+			stopped = fmt.Sprintf("policy stopped the rollout after %d failure(s) in wave %d (%d in all)", waveFails, wi+1, *total)
+			stop()
+		}
+	})
+	// Consumers of a store that never started must not wait for it.
+	for _, n := range wave[started:] {
+		e.activated[n].run(func() error { return nil })
 	}
-	wg.Wait()
-	e.save()
-	return report
+	return stopped
 }
 
 func (e *executor) result(n string) Result {
@@ -311,344 +370,81 @@ func (e *executor) event(ev Event) {
 	}
 }
 
-func (e *executor) step(n, step, status, msg string) {
+func (e *executor) step(n string, step Step, status EventStatus, msg string) {
 	wave := 0
 	if h := e.plan.Hosts[n]; h != nil && h.Target {
 		wave = h.Wave + 1
 	}
-	e.update(n, func(r *Result) { r.Step = step })
 	e.event(Event{Instance: n, Wave: wave, Step: step, Status: status, Message: msg})
+}
+
+// settle sets a host's outcome from what its pipeline returned: the one
+// place a Result's status, step and error are decided.
+func (e *executor) settle(n string, ok Status, err error) {
+	status, step, msg, untouched := outcome(ok, err)
+	e.update(n, func(r *Result) {
+		r.Status, r.Step, r.Error, r.untouched = status, step, msg, untouched
+	})
+	switch {
+	case err == nil:
+	case status == StatusSkipped:
+		e.step(n, step, EventSkipped, msg)
+	default:
+		e.step(n, step, EventFailed, msg)
+	}
 }
 
 // finished announces a host's outcome (StepFinished, with its final
 // status); progress views count these.
 func (e *executor) finished(n string) {
 	r := e.result(n)
-	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: r.Status, Message: r.Error})
+	st := EventOK
+	if !r.Status.Succeeded() {
+		st = EventFailed
+	}
+	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
 }
 
-func (e *executor) fail(n, step string, err error) error {
-	msg := err.Error()
-	status := StatusFailed
-	if errors.Is(err, context.Canceled) {
-		status = StatusInterrupted
+func (e *executor) releaseLocks() {
+	e.mu.Lock()
+	locks := e.locks
+	e.locks = map[string]*hostLock{}
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range locks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.release()
+		}()
 	}
-	e.update(n, func(r *Result) {
-		r.Step, r.Status, r.Error = step, status, msg
-	})
-	e.step(n, step, status, msg)
-	return fmt.Errorf("%s: %s: %w", n, step, err)
+	wg.Wait()
 }
 
-func (e *executor) acquire(ctx context.Context) error {
-	select {
-	case e.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (e *executor) release() { <-e.sem }
-
-// ensure makes sure host n holds every closure it needs.
-func (e *executor) ensure(ctx context.Context, n string) error {
-	return e.ensureOnce[n].run(func() error {
-		h := e.plan.Hosts[n]
-		if e.opts.SkipPush {
-			e.step(n, StepPush, "skipped", "--no push")
-			e.update(n, func(r *Result) { r.Step = StepDone })
-			return nil
-		}
-		switch h.Source.Kind {
-		case "push":
-			if err := e.acquire(ctx); err != nil {
-				return e.fail(n, StepPush, err)
-			}
-			defer e.release()
-			e.step(n, StepPush, "start", fmt.Sprintf("%d closure(s)", len(h.Paths)))
-			start := time.Now()
-			if err := e.copier.Copy(ctx, n, h.Paths); err != nil {
-				return e.fail(n, StepPush, err)
-			}
-			e.step(n, StepPush, "ok", time.Since(start).Round(time.Millisecond).String())
-		case "cache":
-			f := e.urlOnce[h.Source.From]
-			err := f.run(func() error {
-				if err := e.acquire(ctx); err != nil {
-					return err
-				}
-				defer e.release()
-				e.event(Event{Instance: h.Source.From, Step: StepPush, Status: "start"})
-				err := e.copier.Copy(ctx, h.Source.From, e.urlPaths(h.Source.From))
-				if err != nil {
-					e.event(Event{Instance: h.Source.From, Step: StepPush, Status: "failed", Message: err.Error()})
-					return err
-				}
-				e.event(Event{Instance: h.Source.From, Step: StepPush, Status: "ok"})
-				return nil
-			})
-			if err != nil {
-				return e.fail(n, StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
-			}
-			if err := e.substitute(ctx, n, h.Source.From, nil, 0); err != nil {
-				return err
-			}
-		case "store":
-			if err := e.ensure(ctx, h.Source.From); err != nil {
-				return e.fail(n, StepSubstitute, fmt.Errorf("its store %s did not receive the closure", h.Source.From))
-			}
-			st := e.inv.Instances[h.Source.From]
-			user := st.StoreUser
-			if user == "" {
-				user = st.User
-			}
-			url := "ssh://" + user + "@" + st.Host
-			var known []string
-			for _, k := range st.HostKeys {
-				known = append(known, knownHostsName(st.Host, st.Port)+" "+k)
-			}
-			if err := e.substitute(ctx, n, url, known, st.Port); err != nil {
-				return err
-			}
-		}
-		e.update(n, func(r *Result) { r.Step = StepDone })
-		return nil
-	})
-}
-
-func knownHostsName(host string, port int) string {
-	if port == 0 || port == 22 {
-		return host
-	}
-	return fmt.Sprintf("[%s]:%d", host, port)
-}
-
-func (e *executor) urlPaths(url string) []string {
-	for _, t := range e.plan.Transfers {
-		if t.To == url {
-			return t.Paths
-		}
-	}
-	return nil
-}
-
-func (e *executor) substitute(ctx context.Context, n, from string, known []string, port int) error {
-	if err := e.acquire(ctx); err != nil {
-		return e.fail(n, StepSubstitute, err)
-	}
-	defer e.release()
-	h := e.plan.Hosts[n]
-	in := e.inv.Instances[n]
-	e.step(n, StepSubstitute, "start", "from "+from)
-	start := time.Now()
-	cmd := substituteCommand(h.Paths, from, known, port, e.opts.PublicKey, e.opts.TrustKey, in.User, e.opts.Sudo)
-	var stderr bytes.Buffer
-	code, err := e.remote.Run(ctx, n, cmd, nil, io.Discard, &stderr)
-	if err == nil && code != 0 {
-		err = substituteError(from, code, stderr.String())
-	}
-	if err != nil {
-		return e.fail(n, StepSubstitute, err)
-	}
-	e.step(n, StepSubstitute, "ok", time.Since(start).Round(time.Millisecond).String())
-	return nil
-}
-
-// activate runs the pre-check, activation, confirmation and post-check of
-// one target host.
-func (e *executor) activate(ctx context.Context, n string) error {
-	h := e.plan.Hosts[n]
-	in := e.inv.Instances[n]
-	start := time.Now()
-	defer func() {
-		e.update(n, func(r *Result) { r.Duration = time.Since(start) })
-		e.record(n)
-		e.finished(n)
-	}()
-	// Stores activate before their consumers in the same wave.
-	if st := in.Store; st != "" {
-		if sh, ok := e.plan.Hosts[st]; ok && sh.Target && sh.Wave == h.Wave {
-			<-e.activated[st].done
-		}
-	}
-	if err := e.ensure(ctx, n); err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return nil // not started: Ctrl-C came first
-	}
-	// An instance already running the wanted system is left alone.
-	before, err := queryHost(ctx, e.remote, n)
-	if err != nil {
-		return e.fail(n, StepActivate, err)
-	}
-	if !e.opts.Force && e.current(before, h.OutPath) {
-		e.update(n, func(r *Result) { r.Status, r.Step, r.Active = StatusUnchanged, StepDone, before.Active })
-		e.step(n, StepDone, "ok", "already active")
-		return nil
-	}
-	if e.opts.Policy != nil {
-		e.step(n, StepPreCheck, "start", "")
-		ok, msg := e.opts.Policy.Pre(ctx, n)
-		e.update(n, func(r *Result) { r.Checks = append(r.Checks, "pre: "+okWord(ok)+msgSuffix(msg)) })
-		if !ok {
-			e.update(n, func(r *Result) { r.Status, r.Step, r.Error = StatusSkipped, StepPreCheck, "pre-check failed: "+msg })
-			e.step(n, StepPreCheck, "failed", msg)
-			return nil
-		}
-		e.step(n, StepPreCheck, "ok", msg)
-	}
-	// Activation is not cancelled by Ctrl-C: a half-run
-	// switch-to-configuration is worse than a finished one.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.ActivationTimeout)
-	defer cancel()
-	e.step(n, StepActivate, "start", string(e.opts.Goal))
-	out := &lockedBuffer{}
-	code, err := e.remote.Run(actx, n, activateCommand(h.OutPath, e.opts.Goal, in.User, e.opts.Sudo), nil, out, out)
-	if err == nil && code != 0 {
-		err = fmt.Errorf("switch-to-configuration %s exited %d: %s", e.opts.Goal, code, lastLines(out.String(), 3))
-	}
-	if err != nil {
-		return e.fail(n, StepActivate, err)
-	}
-	e.step(n, StepActivate, "ok", "")
-	after, err := queryHost(actx, e.remote, n)
-	if err != nil {
-		return e.fail(n, StepConfirm, err)
-	}
-	if err := e.confirm(after, h.OutPath); err != nil {
-		return e.fail(n, StepConfirm, err)
-	}
-	e.update(n, func(r *Result) { r.Active = after.Active })
-	e.step(n, StepConfirm, "ok", "")
-	if e.opts.Policy != nil {
-		e.step(n, StepPostCheck, "start", "")
-		ok, msg := e.opts.Policy.Post(actx, n)
-		e.update(n, func(r *Result) { r.Checks = append(r.Checks, "post: "+okWord(ok)+msgSuffix(msg)) })
-		if !ok {
-			e.step(n, StepPostCheck, "failed", msg)
-			if e.opts.Policy.Rollback() {
-				return e.rollback(actx, n, before, "post-check failed: "+msg)
-			}
-			e.update(n, func(r *Result) { r.Status, r.Step, r.Error = StatusFailed, StepPostCheck, "post-check failed: "+msg })
-			return nil
-		}
-		e.step(n, StepPostCheck, "ok", msg)
-	}
-	e.update(n, func(r *Result) { r.Status, r.Step = StatusOK, StepDone })
-	e.step(n, StepDone, "ok", "")
-	return nil
-}
-
-func okWord(ok bool) string {
-	if ok {
-		return "ok"
-	}
-	return "failed"
-}
-
-func msgSuffix(m string) string {
-	if m == "" {
-		return ""
-	}
-	return " (" + m + ")"
-}
-
-// current reports whether a host already runs path the way the goal would
-// leave it.
-func (e *executor) current(hs HostState, path string) bool {
-	switch e.opts.Goal {
-	case GoalSwitch:
-		return hs.Active == path && hs.Profile == path
-	case GoalBoot:
-		return hs.Profile == path
-	case GoalTest:
-		return hs.Active == path
-	}
-	return false
-}
-
-func (e *executor) confirm(hs HostState, path string) error {
-	switch e.opts.Goal {
-	case GoalSwitch, GoalTest:
-		if hs.Active != path {
-			return fmt.Errorf("/run/current-system is %q after activation, want %s", hs.Active, path)
-		}
-		if e.opts.Goal == GoalSwitch && hs.Profile != path {
-			return fmt.Errorf("system profile points at %q, want %s", hs.Profile, path)
-		}
-	case GoalBoot:
-		if hs.Profile != path {
-			return fmt.Errorf("system profile points at %q after boot activation, want %s", hs.Profile, path)
-		}
-	}
-	return nil
-}
-
-// rollback returns n to the system it ran before this deploy.
-func (e *executor) rollback(ctx context.Context, n string, before HostState, why string) error {
-	e.step(n, StepRollback, "start", why)
-	after, err := rollbackHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo)
-	if err == nil && before.Active != "" && after.Active != before.Active {
-		err = fmt.Errorf("after rollback /run/current-system is %q, want %q", after.Active, before.Active)
-	}
-	if err != nil {
-		return e.fail(n, StepRollback, fmt.Errorf("%s; rollback failed: %w", why, err))
-	}
-	e.update(n, func(r *Result) {
-		r.Status, r.Step, r.Error, r.Active = StatusRolledBack, StepRollback, why, after.Active
-	})
-	e.step(n, StepRollback, "ok", "back on "+before.Active)
-	return nil
-}
-
+// record writes a host's outcome to hive.state (in memory; save writes
+// the file). A dry activation deploys nothing and is not recorded.
 func (e *executor) record(n string) {
-	if e.opts.State == nil {
+	r := e.result(n)
+	if e.opts.State == nil || r.untouched || (r.Target && e.opts.Goal == GoalDryActivate) {
 		return
 	}
-	r := e.result(n)
 	e.opts.State.SetInstance(n, state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath,
-		Step: r.Step, Status: r.Status, Error: r.Error, Time: time.Now().UTC()})
+		Goal: string(e.opts.Goal), Step: string(r.Step), Status: string(r.Status), Error: r.Error,
+		Before: r.Before, Job: r.Job, Time: time.Now().UTC()})
 }
 
-func (e *executor) save() {
+// save writes hive.state: every host so far reached, and at the end
+// (all) every host of the plan, those never started included.
+func (e *executor) save(all bool) {
 	if e.opts.State == nil {
 		return
 	}
 	for _, n := range e.plan.Order {
-		if e.result(n).Status != StatusNotStarted || e.result(n).Step != "" {
+		if r := e.result(n); all || r.Status != StatusNotStarted || r.Step != "" {
 			e.record(n)
 		}
 	}
 	if err := e.opts.State.Save(); err != nil {
-		e.event(Event{Step: "state", Status: "failed", Message: err.Error()})
+		e.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
 	}
-}
-
-// substituteError explains a failed substitution, first of all the case an
-// operator must act on: the host does not trust the key the path is
-// signed with.
-func substituteError(from string, code int, stderr string) error {
-	if strings.Contains(stderr, "valid signature") || strings.Contains(stderr, "not signed by any of the keys") {
-		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", from)
-	}
-	var errs []string
-	for _, l := range strings.Split(stderr, "\n") {
-		if strings.Contains(l, "error:") {
-			errs = append(errs, strings.TrimSpace(l))
-		}
-	}
-	if len(errs) == 0 {
-		errs = []string{lastLines(stderr, 3)}
-	}
-	return fmt.Errorf("nix-store --realise from %s exited %d: %s", from, code, strings.Join(errs, " | "))
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }

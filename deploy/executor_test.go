@@ -2,58 +2,13 @@ package deploy
 
 import (
 	"context"
-	"fmt"
-	"io"
+	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+	"time"
+
+	"github.com/nix-hive/nix-hive/state"
 )
-
-// fakeHosts is an in-memory fleet: it answers the executor's remote
-// commands by their shape. The lab tests prove the real commands; this
-// proves the executor's ordering and bookkeeping quickly.
-type fakeHosts struct {
-	mu      sync.Mutex
-	active  map[string]string
-	order   []string // activations, in order
-	fail    map[string]bool
-	copies  []string
-	stalled chan struct{} // when set, activations wait for it
-}
-
-func (f *fakeHosts) Run(ctx context.Context, name, cmd string, _ io.Reader, stdout, _ io.Writer) (int, error) {
-	switch {
-	case cmd == queryCommand:
-		f.mu.Lock()
-		a := f.active[name]
-		f.mu.Unlock()
-		fmt.Fprintf(stdout, "%s\nsystem-1-link\n%s\n", a, a)
-		return 0, nil
-	case strings.Contains(cmd, "switch-to-configuration"):
-		if f.stalled != nil {
-			<-f.stalled
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.order = append(f.order, name)
-		if f.fail[name] {
-			return 1, nil
-		}
-		path := strings.Trim(strings.Fields(cmd)[2], "'") // test -x PATH/bin/switch-to-configuration
-		f.active[name] = strings.TrimSuffix(path, "/bin/switch-to-configuration")
-		return 0, nil
-	case strings.Contains(cmd, "nix-store"):
-		return 0, nil
-	}
-	return 127, nil
-}
-
-func (f *fakeHosts) Copy(ctx context.Context, dest string, paths []string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.copies = append(f.copies, dest)
-	return nil
-}
 
 type stopAfter struct{ n int }
 
@@ -74,14 +29,14 @@ func TestExecutor(t *testing.T) {
 		active  map[string]string
 		policy  Policy
 		order   []string
-		status  map[string]string
+		status  map[string]Status
 		copies  int
 	}{
 		{
 			name:    "stores activate before consumers",
 			targets: []string{"www-1", "www-2", "portico"},
 			order:   []string{"portico", "www-1", "www-2"},
-			status:  map[string]string{"portico": StatusOK, "www-1": StatusOK},
+			status:  map[string]Status{"portico": StatusOK, "www-1": StatusOK},
 			copies:  1,
 		},
 		{
@@ -89,7 +44,7 @@ func TestExecutor(t *testing.T) {
 			targets: []string{"storage", "portico"},
 			active:  map[string]string{"storage": "/nix/store/s"},
 			order:   []string{"portico"},
-			status:  map[string]string{"storage": StatusUnchanged, "portico": StatusOK},
+			status:  map[string]Status{"storage": StatusUnchanged, "portico": StatusOK},
 			copies:  2,
 		},
 		{
@@ -98,7 +53,7 @@ func TestExecutor(t *testing.T) {
 			waves:   [][]string{{"storage"}, {"portico"}, {"www-1"}},
 			fail:    map[string]bool{"storage": true},
 			order:   []string{"storage", "portico", "www-1"},
-			status:  map[string]string{"storage": StatusFailed, "www-1": StatusOK},
+			status:  map[string]Status{"storage": StatusFailed, "www-1": StatusOK},
 			copies:  2,
 		},
 		{
@@ -108,7 +63,7 @@ func TestExecutor(t *testing.T) {
 			fail:    map[string]bool{"storage": true},
 			policy:  stopAfter{1},
 			order:   []string{"storage"},
-			status:  map[string]string{"storage": StatusFailed, "portico": StatusNotStarted, "www-1": StatusNotStarted},
+			status:  map[string]Status{"storage": StatusFailed, "portico": StatusNotStarted, "www-1": StatusNotStarted},
 			copies:  2,
 		},
 	}
@@ -118,9 +73,12 @@ func TestExecutor(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := &fakeHosts{active: map[string]string{}, fail: tt.fail}
+			f := newFakeHosts()
+			for k, v := range tt.fail {
+				f.fail[k] = v
+			}
 			for k, v := range tt.active {
-				f.active[k] = v
+				f.active[k], f.profile[k] = v, v
 			}
 			r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
 			if strings.Join(f.order, " ") != strings.Join(tt.order, " ") {
@@ -148,12 +106,13 @@ func TestExecutorInterrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeHosts{active: map[string]string{}, stalled: make(chan struct{})}
+	f := newFakeHosts()
+	f.stalled = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	events := make(chan Event, 100)
 	go func() {
 		for e := range events {
-			if e.Step == StepActivate && e.Status == "start" {
+			if e.Step == StepActivate && e.Status == EventStart {
 				cancel()
 				close(f.stalled)
 				return
@@ -179,4 +138,140 @@ func TestExecutorInterrupt(t *testing.T) {
 	if s := r.Results[other].Status; s != StatusNotStarted {
 		t.Errorf("%s: %s, want not-started", other, s)
 	}
+}
+
+type postFails struct{ rollback bool }
+
+func (postFails) Pre(context.Context, string) (bool, string)  { return true, "" }
+func (postFails) Post(context.Context, string) (bool, string) { return false, "unhealthy" }
+func (postFails) ShouldStop(int, int, int) bool               { return false }
+func (p postFails) Rollback() bool                            { return p.rollback }
+
+// What each host ends with, and what it runs at the end, for the outcomes
+// the host agent can report.
+func TestExecutorOutcomes(t *testing.T) {
+	inv := seedInventory()
+	const old = "/nix/store/old"
+	tests := []struct {
+		name   string
+		opts   Options
+		setup  func(f *fakeHosts)
+		status Status
+		step   Step
+		active string // on storage at the end
+		err    string
+	}{
+		{name: "confirmed", opts: Options{MagicRollback: true}, status: StatusOK, step: StepDone, active: "/nix/store/s"},
+		{name: "no new connection gets through: rolled back by the host",
+			opts:   Options{MagicRollback: true, ConfirmTimeout: 50 * time.Millisecond},
+			setup:  func(f *fakeHosts) { f.unconfirmable["storage"] = true },
+			status: StatusRolledBack, step: StepActivate, active: old, err: "not confirmed"},
+		{name: "failed activation with magic rollback returns to before",
+			opts:   Options{MagicRollback: true},
+			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
+			status: StatusRolledBack, step: StepActivate, active: old, err: "exited 1"},
+		{name: "failed activation without magic rollback stays failed",
+			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
+			status: StatusFailed, step: StepActivate, active: old, err: "exited 1"},
+		{name: "failed post-check rolls back to what ran before the deploy",
+			opts:   Options{MagicRollback: true, Policy: postFails{rollback: true}},
+			status: StatusRolledBack, step: StepRollback, active: old, err: "post-check failed: unhealthy"},
+		{name: "failed post-check without rollback",
+			opts:   Options{Policy: postFails{}},
+			status: StatusFailed, step: StepPostCheck, active: "/nix/store/s", err: "unhealthy"},
+		{name: "dry-activate changes nothing",
+			opts:   Options{Goal: GoalDryActivate},
+			status: StatusDryActivated, step: StepDone, active: old},
+		{name: "a host another deploy holds is refused at once",
+			setup:  func(f *fakeHosts) { f.locks["storage"] = "alice@box (nix-hive pid 7)" },
+			status: StatusFailed, step: StepLock, active: old, err: "alice@box (nix-hive pid 7)"},
+		{name: "boot after a failed switch runs the boot activation",
+			opts: Options{Goal: GoalBoot},
+			setup: func(f *fakeHosts) {
+				f.profile["storage"] = "/nix/store/s" // the failed switch moved the profile
+				f.last["storage"] = "J switch /nix/store/s failed"
+			},
+			status: StatusOK, step: StepDone, active: old},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := newFakeHosts()
+			f.active["storage"], f.profile["storage"] = old, old
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			st := newState(t)
+			opts := tt.opts
+			opts.State = st
+			r := Execute(context.Background(), plan, inv, f, f, opts)
+			res := r.Results["storage"]
+			if res.Status != tt.status || res.Step != tt.step || !strings.Contains(res.Error, tt.err) {
+				t.Errorf("storage: %s at %s (%q), want %s at %s (%q)", res.Status, res.Step, res.Error, tt.status, tt.step, tt.err)
+			}
+			if f.active["storage"] != tt.active {
+				t.Errorf("storage runs %s, want %s", f.active["storage"], tt.active)
+			}
+			if r.OK() != tt.status.Succeeded() {
+				t.Errorf("report OK = %v with storage %s", r.OK(), res.Status)
+			}
+			rec, recorded := st.Instance("storage")
+			switch {
+			case tt.status == StatusDryActivated || tt.step == StepLock:
+				if recorded {
+					t.Errorf("recorded in hive.state although this deploy changed nothing there: %+v", rec)
+				}
+			case !recorded || rec.Status != string(tt.status):
+				t.Errorf("hive.state: %+v, want status %s", rec, tt.status)
+			}
+			if tt.step != StepLock && len(f.locks) != 0 {
+				t.Errorf("locks left held: %v", f.locks)
+			}
+		})
+	}
+}
+
+// A second interrupt stops waiting for a running activation: the host's
+// outcome is unknown (the job goes on there), and the report says so.
+func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
+	inv := seedInventory()
+	plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHosts()
+	f.stalled = make(chan struct{})
+	defer close(f.stalled)
+	ctx, cancel := context.WithCancel(context.Background())
+	abort := make(chan struct{})
+	var interrupted string
+	r := Execute(ctx, plan, inv, f, f, Options{Abort: abort, Events: func(e Event) {
+		switch {
+		case e.Step == StepActivate && e.Status == EventStart:
+			cancel() // first Ctrl-C
+		case e.Step == StepRollout && e.Status == EventInfo:
+			interrupted = e.Message
+			close(abort) // second Ctrl-C
+		}
+	}})
+	if res := r.Results["storage"]; res.Status != StatusUnknown || !strings.Contains(res.Error, "finishes on the host") {
+		t.Errorf("storage: %s (%s), want unknown, still running on the host", res.Status, res.Error)
+	}
+	if !strings.Contains(interrupted, "[storage]") {
+		t.Errorf("the interrupt message does not name the running activation: %q", interrupted)
+	}
+	if u := r.Unknown(); len(u) != 1 || u[0] != "storage" || !r.Interrupted {
+		t.Errorf("report: unknown %v interrupted %v", u, r.Interrupted)
+	}
+}
+
+func newState(t *testing.T) *state.File {
+	st, err := state.Load(filepath.Join(t.TempDir(), "hive.state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

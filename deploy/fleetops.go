@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
+	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
 )
 
 // StatusRow is one instance's state compared with the hive.
@@ -21,13 +22,18 @@ type StatusRow struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Status asks every instance in names what it runs, parallel at most
+// Inspect asks every instance in names what it runs, parallel at most
 // parallel at once; want maps a system to its wanted path ("" unknown).
-func Status(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
 	rows := make([]StatusRow, len(names))
-	each(ctx, names, parallel, func(i int, n string) {
-		row := StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System]}
-		hs, err := queryHost(ctx, remote, n)
+	for i, n := range names {
+		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
+			Drift: "unknown", Error: "not asked: interrupted"}
+	}
+	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
+		row := &rows[i]
+		row.Error, row.Drift = "", ""
+		hs, err := queryHost(ctx, remote, row.Instance)
 		var qe *queryError
 		switch {
 		case errors.As(err, &qe):
@@ -36,18 +42,39 @@ func Status(ctx context.Context, remote Remote, inv *eval.Inventory, names []str
 			row.Error, row.Drift = err.Error(), "unreachable"
 		default:
 			row.HostState = hs
-			switch {
-			case row.Wanted == "":
-				row.Drift = "unknown (system not evaluated)"
-			case row.Active != row.Wanted:
-				row.Drift = "active system differs"
-			case row.Profile != row.Wanted:
-				row.Drift = "boot profile differs"
-			}
+			row.Drift = drift(hs, row.Wanted)
 		}
-		rows[i] = row
 	})
 	return rows
+}
+
+func drift(hs HostState, wanted string) string {
+	switch {
+	case hs.Running != "":
+		return "activation running (job " + hs.Running + ")"
+	case wanted == "":
+		return "unknown (system not evaluated)"
+	case hs.Active != wanted:
+		return "active system differs"
+	case hs.Profile != wanted:
+		return "boot profile differs"
+	case hs.Last != nil && hs.Last.Path == wanted && hs.Last.Status != "ok":
+		return "last activation " + hs.Last.Status
+	}
+	return ""
+}
+
+// RollbackOptions tune Rollback.
+type RollbackOptions struct {
+	Sudo     string
+	Parallel int
+	Owner    string
+	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
+	// mean what they mean for a deploy: a rollback is a switch too.
+	MagicRollback     bool
+	ConfirmTimeout    time.Duration
+	ActivationTimeout time.Duration
+	ConnectTimeout    time.Duration
 }
 
 // RollbackRow is one instance's rollback outcome.
@@ -58,49 +85,58 @@ type RollbackRow struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// Rollback switches each instance to its previous system generation and
-// confirms that the previous generation is active.
-func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, sudo string, parallel int) []RollbackRow {
+// Rollback switches each instance to the previous generation of its
+// system profile, as a detached activation job under the host's deploy
+// lock (with magic rollback, confirmed like a deploy), and confirms that
+// the previous generation is active.
+func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
+	opts := Options{MagicRollback: o.MagicRollback, ConfirmTimeout: o.ConfirmTimeout, Owner: o.Owner,
+		ActivationTimeout: o.ActivationTimeout, ConnectTimeout: o.ConnectTimeout}.withDefaults()
+	j := &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
+		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: func(string, Step, EventStatus, string) {}}
 	rows := make([]RollbackRow, len(names))
-	each(ctx, names, parallel, func(i int, n string) {
-		row := RollbackRow{Instance: n}
-		defer func() { rows[i] = row }()
-		before, err := queryHost(ctx, remote, n)
-		if err != nil {
-			row.Error = err.Error()
-			return
-		}
-		row.Before = before.Active
-		after, err := rollbackHost(ctx, remote, n, inv.Instances[n].User, sudo)
-		if err != nil {
-			row.Error = err.Error()
-			return
-		}
-		row.After = after.Active
-		if after.Active != after.Profile {
-			row.Error = fmt.Sprintf("after rollback /run/current-system is %s but the profile points at %s", after.Active, after.Profile)
-		} else if after.Generation >= before.Generation && before.Generation != 0 {
-			row.Error = fmt.Sprintf("profile generation is %d, was %d: no previous generation?", after.Generation, before.Generation)
-		}
+	for i, n := range names {
+		rows[i] = RollbackRow{Instance: n, Error: "not started: interrupted"}
+	}
+	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
+		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Sudo, opts)
 	})
 	return rows
 }
 
-// each calls fn for every name with at most parallel calls at once.
-func each(ctx context.Context, names []string, parallel int, fn func(i int, n string)) {
-	if parallel <= 0 {
-		parallel = 16
+func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, sudo string, opts Options) RollbackRow {
+	row := RollbackRow{Instance: in.Name}
+	l, err := lockHost(ctx, remote, in.Name, in.User, sudo, opts.Owner)
+	if err != nil {
+		row.Error = err.Error()
+		return row
 	}
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	for i, n := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			fn(i, n)
-		}()
+	defer l.release()
+	before, err := queryHost(ctx, remote, in.Name)
+	if err != nil {
+		row.Error = err.Error()
+		return row
 	}
-	wg.Wait()
+	row.Before = before.Active
+	spec := jobSpec{goal: GoalSwitch, target: "previous"}
+	if opts.MagicRollback {
+		spec.confirm = opts.ConfirmTimeout
+	}
+	st, err := j.run(ctx, in.Name, in.User, sudo, spec)
+	if err == nil {
+		err = jobOutcome(st)
+	}
+	after, qerr := queryHost(ctx, remote, in.Name)
+	row.After = after.Active
+	switch {
+	case err != nil:
+		row.Error = err.Error()
+	case qerr != nil:
+		row.Error = qerr.Error()
+	case after.Active != after.Profile:
+		row.Error = fmt.Sprintf("after rollback /run/current-system is %s but the profile points at %s", after.Active, after.Profile)
+	case after.Generation >= before.Generation && before.Generation != 0:
+		row.Error = fmt.Sprintf("profile generation is %d, was %d", after.Generation, before.Generation)
+	}
+	return row
 }

@@ -32,21 +32,26 @@ func ParseGoal(s string) (Goal, error) {
 // SetsProfile reports whether the goal makes the system the boot default.
 func (g Goal) SetsProfile() bool { return g == GoalSwitch || g == GoalBoot }
 
+// SourceKind says how a host gets its closures.
+type SourceKind string
+
+const (
+	SourcePush  SourceKind = "push"  // nix copy from the deploy host
+	SourceStore SourceKind = "store" // substituted from a store instance
+	SourceCache SourceKind = "cache" // substituted from a store URL
+)
+
 // Source says where a host gets its closure from.
 type Source struct {
-	Kind string `json:"kind"` // "push" (from the deploy host), "store" (an instance), "cache" (a store URL)
-	From string `json:"from,omitempty"`
+	Kind SourceKind `json:"kind"`
+	From string     `json:"from,omitempty"`
 }
 
 func (s Source) String() string {
-	switch s.Kind {
-	case "push":
+	if s.Kind == SourcePush {
 		return "pushed from this host"
-	case "store":
-		return "substituted from " + s.From
-	default:
-		return "substituted from " + s.From
 	}
+	return "substituted from " + s.From
 }
 
 // Host is one instance's part of the plan.
@@ -127,11 +132,11 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 		in := inv.Instances[name]
 		switch {
 		case in.Store == "":
-			h.Source = Source{Kind: "push"}
+			h.Source = Source{Kind: SourcePush}
 		case in.StoreIsURL():
-			h.Source = Source{Kind: "cache", From: in.Store}
+			h.Source = Source{Kind: SourceCache, From: in.Store}
 		default:
-			h.Source = Source{Kind: "store", From: in.Store}
+			h.Source = Source{Kind: SourceStore, From: in.Store}
 			return need(in.Store, path, depth+1)
 		}
 		return nil
@@ -148,9 +153,9 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 	for _, name := range sortedHosts(p.Hosts) {
 		h := p.Hosts[name]
 		switch h.Source.Kind {
-		case "push":
+		case SourcePush:
 			p.Transfers = append(p.Transfers, Transfer{To: name, Paths: h.Paths})
-		case "cache":
+		case SourceCache:
 			if _, ok := urls[h.Source.From]; !ok {
 				urlOrder = append(urlOrder, h.Source.From)
 			}

@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Features are enabled on every call: users' nix.conf often lacks them and
@@ -69,6 +71,14 @@ func (r *Runner) Quiet() *Runner {
 // the runner's environment; for callers that need to wire I/O themselves.
 func (r *Runner) Command(ctx context.Context, tool string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, tool, args...)
+	// nix runs ssh (nix copy), builders and substituters as children: in a
+	// process group of its own they all end with it when ctx ends, and a
+	// child that keeps the output pipes open cannot hold Wait forever.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	}
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Env = append(os.Environ(), r.Env...)
 	conf := os.Getenv("NIX_CONFIG")
 	lines := append([]string{"extra-experimental-features = " + Features}, r.Config...)

@@ -104,7 +104,7 @@ func TestLab(t *testing.T) {
 		// The host has its own pid namespace: pgrep there sees its
 		// processes only. SIGTERM lands asynchronously, so wait for it.
 		for {
-			out, err := h2.Exec(ctx, "pgrep", "-x", "sleep")
+			out, err := h2.Exec(ctx, "pgrep", "-f", "^sleep 100$")
 			if err != nil {
 				break // pgrep exits 1: no sleep left
 			}

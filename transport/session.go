@@ -317,3 +317,84 @@ func (p *Pool) Shell(ctx context.Context, name string, stdin io.Reader, stdout, 
 	}
 	return p.wait(ctx, name, c, s, nil)
 }
+
+// RunFresh runs cmd like Run, but over a new connection to the instance
+// made for this command and closed after it, never the pooled one (jump
+// hosts are still reached through theirs). It proves that a new login
+// works now: magic rollback confirms an activation this way, so a system
+// that broke sshd or the network cannot be confirmed through a connection
+// made before it was activated.
+func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io.Writer) (int, error) {
+	if _, ok := p.endpoints[name]; !ok {
+		return -1, fmt.Errorf("%w %q", ErrUnknownInstance, name)
+	}
+	client, err := p.dialFresh(ctx, name)
+	if err != nil {
+		return -1, err
+	}
+	defer client.Close()
+	s, err := newSession(ctx, client)
+	if err != nil {
+		return -1, fmt.Errorf("run on %s: %w", name, err)
+	}
+	defer s.Close()
+	out, errOut := gate(stdout), gate(stderr)
+	defer out.close()
+	defer errOut.close()
+	s.Stdout, s.Stderr = out.writer(), errOut.writer()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(cmd) }()
+	select {
+	case err := <-done:
+		return exitStatus(name, err)
+	case <-ctx.Done():
+		return -1, fmt.Errorf("run on %s: %w", name, ctx.Err())
+	}
+}
+
+// dialFresh dials a connection outside the pool, bounded by ctx as well as
+// the pool's own limits.
+func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	p.dials[name]++
+	p.wg.Add(1)
+	p.mu.Unlock()
+	type result struct {
+		c   *ssh.Client
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		defer p.wg.Done()
+		c, err := p.dial(name)
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
+	}
+}
+
+// Reset closes the pooled connection to the instance, if there is one, so
+// that the next use dials anew: after a reboot, a connection may be dead
+// without anything having noticed yet. Commands running on it fail.
+func (p *Pool) Reset(name string) {
+	p.mu.Lock()
+	c := p.conns[name]
+	delete(p.conns, name)
+	p.mu.Unlock()
+	if c != nil {
+		c.client.Close()
+	}
+}

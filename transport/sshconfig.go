@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -74,6 +75,20 @@ func WriteSSHConfig(w io.Writer, cfg Config, knownHostsPath string) error {
 		fmt.Fprintf(b, "\tHostKeyAlias %s\n", alias)
 		fmt.Fprintf(b, "\tUserKnownHostsFile %s\n", strings.Join(hostFiles, " "))
 		fmt.Fprintf(b, "\tStrictHostKeyChecking %s\n", strict)
+		// Bounds, so that ssh run by other tools (nix copy) never waits
+		// forever on a host that accepts TCP and never answers, or goes
+		// silent: the same limits as the Pool's own. The hive's options
+		// win.
+		if !s.hasOption("ConnectTimeout") {
+			fmt.Fprintf(b, "\tConnectTimeout %d\n", seconds(cfg.ConnectTimeout))
+		}
+		if cfg.KeepAlive > 0 && !s.hasOption("ServerAliveInterval") {
+			fmt.Fprintf(b, "\tServerAliveInterval %d\n", seconds(cfg.KeepAlive))
+			fmt.Fprintf(b, "\tServerAliveCountMax %d\n", max(1, int((cfg.KeepAliveTimeout+cfg.KeepAlive/2)/cfg.KeepAlive)))
+		}
+		if cfg.BatchMode && !s.hasOption("BatchMode") {
+			fmt.Fprintln(b, "\tBatchMode yes")
+		}
 		for _, o := range s.options {
 			if strings.EqualFold(o.key, "IdentityFile") {
 				// The Go client reads a comma-separated list; OpenSSH wants
@@ -168,3 +183,17 @@ func configValue(v string) string {
 // escapeTokens protects literal '%' in values where OpenSSH expands
 // %-tokens (HostName, UserKnownHostsFile).
 func escapeTokens(v string) string { return strings.ReplaceAll(v, "%", "%%") }
+
+func (s *settings) hasOption(key string) bool {
+	for _, o := range s.options {
+		if strings.EqualFold(o.key, key) {
+			return true
+		}
+	}
+	return false
+}
+
+// seconds rounds d up to whole seconds, at least 1, for OpenSSH options.
+func seconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}

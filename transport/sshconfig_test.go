@@ -77,6 +77,7 @@ Host db-1
 Host *
 	User bob
 	ProxyJump elsewhere
+	Compression yes
 	ServerAliveCountMax 7
 `)
 	dbKey := filepath.Join(dir, "my keys", "db key")
@@ -147,9 +148,13 @@ Host *
 			}
 		})
 	}
-	// The user's config still applies where the hive says nothing.
-	if g := sshG(t, ssh, config, "portico"); g["serveralivecountmax"] != "7" {
-		t.Errorf("serveralivecountmax = %q; the user's config was not included", g["serveralivecountmax"])
+	// The user's config still applies where the hive says nothing; the
+	// bounds derived from ConnectTimeout and KeepAlive are nix-hive's.
+	if g := sshG(t, ssh, config, "portico"); g["compression"] != "yes" {
+		t.Errorf("compression = %q; the user's config was not included", g["compression"])
+	} else if g["serveralivecountmax"] != "3" || g["serveraliveinterval"] != "15" || g["connecttimeout"] != "10" {
+		t.Errorf("serveralive %s x %s, connecttimeout %s; want 15 x 3 and 10 from the Pool's defaults",
+			g["serveraliveinterval"], g["serveralivecountmax"], g["connecttimeout"])
 	}
 	g := sshG(t, ssh, config, "db-1")
 	if !strings.Contains(g["identityfile"], dbKey) || g["serveraliveinterval"] != "30" {

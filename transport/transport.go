@@ -81,6 +81,10 @@ type Config struct {
 	// does not set (User, Port, HostName, IdentityFile) and included by the
 	// generated config. "" means ~/.ssh/config; "none" ignores it.
 	UserConfig string
+	// BatchMode makes the generated OpenSSH config never prompt (for a
+	// password or passphrase): for configs handed to tools that run ssh
+	// without a terminal of their own, like nix copy.
+	BatchMode bool
 	// RawCommands sends Run's command lines exactly as given. By default a
 	// short probe (sh -c ... >&2) runs first and reports the command's
 	// process group on stderr, where Run removes it again, so that a

@@ -1,0 +1,228 @@
+package deploy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// fakeHosts is an in-memory fleet that answers the executor's remote
+// programs (agent.go) the way job.sh and the agent do on a real host:
+// locks, detached jobs with confirmation, restore. The lab tests prove the
+// real programs; this proves the executor's ordering and bookkeeping
+// quickly and deterministically.
+type fakeHosts struct {
+	mu      sync.Mutex
+	changed *sync.Cond // job states and locks
+	active  map[string]string
+	profile map[string]string
+	last    map[string]string
+	order   []string // activations (switch-to-configuration runs), in order
+	fail    map[string]bool
+	// unconfirmable hosts refuse new connections after activation, like
+	// a system that broke sshd.
+	unconfirmable map[string]bool
+	copies        []string
+	stalled       chan struct{} // when set, activations wait for it
+	locks         map[string]string
+	jobs          map[string]*fakeJob
+}
+
+type fakeJob struct {
+	host, state string
+	before      [2]string // active, profile
+	confirmed   bool
+}
+
+func newFakeHosts() *fakeHosts {
+	f := &fakeHosts{active: map[string]string{}, profile: map[string]string{}, last: map[string]string{},
+		fail: map[string]bool{}, unconfirmable: map[string]bool{}, locks: map[string]string{}, jobs: map[string]*fakeJob{}}
+	f.changed = sync.NewCond(&f.mu)
+	return f
+}
+
+// programArgs returns the arguments after "nix-hive" when cmd runs prog.
+func programArgs(cmd, prog string) ([]string, bool) {
+	q := transport.Quote(prog)
+	i := strings.Index(cmd, q)
+	if i < 0 {
+		return nil, false
+	}
+	words := splitWords(cmd[i+len(q):])
+	return words[1:], true // words[0] is $0, "nix-hive"
+}
+
+// splitWords undoes transport.QuoteArgs.
+func splitWords(s string) []string {
+	var out []string
+	var cur strings.Builder
+	in, word := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case in && c == '\'':
+			in = false
+		case in:
+			cur.WriteByte(c)
+		case c == '\'':
+			in, word = true, true
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			word = true
+		case c == ' ' || c == '\n':
+			if word {
+				out = append(out, cur.String())
+				cur.Reset()
+				word = false
+			}
+		default:
+			cur.WriteByte(c)
+			word = true
+		}
+	}
+	if word {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, _ io.Writer) (int, error) {
+	if args, ok := programArgs(cmd, queryProgram); ok && len(args) == 0 {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		fmt.Fprintf(stdout, "active=%s\nlink=system-1-link\nprofile=%s\nlast=%s\n", f.active[name], f.profile[name], f.last[name])
+		return 0, nil
+	}
+	if args, ok := programArgs(cmd, lockProgram); ok {
+		return f.lock(name, args[0], stdin, stdout)
+	}
+	if args, ok := programArgs(cmd, startProgram); ok {
+		io.Copy(io.Discard, stdin)
+		f.start(name, args)
+		fmt.Fprintln(stdout, "running")
+		return 0, nil
+	}
+	if args, ok := programArgs(cmd, followProgram); ok {
+		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
+		return 0, ctx.Err()
+	}
+	if strings.Contains(cmd, "nix-store") {
+		return 0, nil
+	}
+	return 127, nil
+}
+
+func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, stdout, _ io.Writer) (int, error) {
+	args, ok := programArgs(cmd, confirmProgram)
+	if !ok {
+		return 127, nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.unconfirmable[name] {
+		return -1, errors.New("connection refused")
+	}
+	j := f.jobs[args[0]]
+	if j.state != "activated" {
+		return 1, nil
+	}
+	j.confirmed = true
+	f.changed.Broadcast()
+	return 0, nil
+}
+
+func (f *fakeHosts) Reset(string) {}
+
+func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) (int, error) {
+	f.mu.Lock()
+	if h := f.locks[name]; h != "" {
+		f.mu.Unlock()
+		fmt.Fprintf(stdout, "held by %s\n", h)
+		return 75, nil
+	}
+	f.locks[name] = owner
+	f.mu.Unlock()
+	fmt.Fprintln(stdout, "locked")
+	bufio.NewReader(stdin).ReadString('\n') // held until stdin closes
+	f.mu.Lock()
+	delete(f.locks, name)
+	f.mu.Unlock()
+	return 0, nil
+}
+
+// start runs a job like job.sh: GOAL TARGET CONFIRM LIMIT after the id.
+func (f *fakeHosts) start(name string, args []string) {
+	id, goal, target, confirm := args[0], Goal(args[1]), args[2], args[3] != "0"
+	f.mu.Lock()
+	j := &fakeJob{host: name, state: "running", before: [2]string{f.active[name], f.profile[name]}}
+	f.jobs[id] = j
+	f.mu.Unlock()
+	go func() {
+		if f.stalled != nil {
+			<-f.stalled
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		defer f.changed.Broadcast()
+		if from, ok := strings.CutPrefix(target, "restore:"); ok {
+			b := f.jobs[from].before
+			f.active[name], f.profile[name] = b[0], b[1]
+			j.state = "done ok back on " + b[0]
+			return
+		}
+		f.order = append(f.order, name)
+		if f.fail[name] {
+			j.state = "done failed switch-to-configuration " + string(goal) + " exited 1"
+			if confirm {
+				f.active[name], f.profile[name] = j.before[0], j.before[1]
+				j.state = "done rolled-back switch-to-configuration " + string(goal) + " exited 1"
+			}
+			return
+		}
+		if goal == GoalSwitch || goal == GoalTest {
+			f.active[name] = target
+		}
+		if goal.SetsProfile() {
+			f.profile[name] = target
+		}
+		if confirm {
+			j.state = "activated"
+			f.changed.Broadcast()
+			for !j.confirmed && !f.unconfirmable[name] {
+				f.changed.Wait()
+			}
+			if !j.confirmed {
+				f.active[name], f.profile[name] = j.before[0], j.before[1]
+				j.state = "done rolled-back not confirmed within 1s"
+				return
+			}
+		}
+		j.state = "done ok "
+	}()
+}
+
+func (f *fakeHosts) follow(ctx context.Context, id, until string) string {
+	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.changed.Broadcast(); f.mu.Unlock() })
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.jobs[id]
+	for !strings.HasPrefix(j.state, "done") && (until == "" || j.state != until) && ctx.Err() == nil {
+		f.changed.Wait()
+	}
+	return j.state
+}
+
+func (f *fakeHosts) Copy(ctx context.Context, dest string, paths []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.copies = append(f.copies, dest)
+	return nil
+}

@@ -1,0 +1,187 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// jobSpec is an activation job for one host (see job.sh).
+type jobSpec struct {
+	goal Goal
+	// target is a store path, "previous" (the profile's previous
+	// generation) or "restore:ID" (what ran before job ID).
+	target string
+	// confirm > 0 arms magic rollback: unless confirmed over a new SSH
+	// connection within confirm, the host returns to what ran before.
+	confirm time.Duration
+}
+
+// jobs runs activation jobs on hosts: it starts them detached, follows
+// them across dropped connections and confirms them.
+type jobs struct {
+	remote Remote
+	// limit bounds one switch-to-configuration on the host.
+	limit time.Duration
+	// reconnect is how long contact with a host may be lost before the
+	// job's outcome is declared unknown.
+	reconnect time.Duration
+	// connect bounds one attempt to confirm over a new connection.
+	connect time.Duration
+	event   func(n string, step Step, status EventStatus, msg string)
+}
+
+// errLostContact means nix-hive could not reach a host for longer than
+// the reconnect window while a job ran there; the job goes on.
+var errLostContact = errors.New("lost contact")
+
+// run starts spec on host n (as user, with sudo for non-root) and returns
+// the job's end state. An error means the outcome is not known: contact
+// was lost, or ctx ended (the second Ctrl-C); the job's id is in it.
+func (j *jobs) run(ctx context.Context, n, user, sudo string, spec jobSpec) (jobState, error) {
+	id := newJobID()
+	if err := j.start(ctx, n, user, sudo, id, spec); err != nil {
+		return jobState{id: id}, err
+	}
+	st, err := j.follow(ctx, n, id, "activated")
+	st.id = id
+	if err != nil || st.phase != "activated" {
+		return j.settled(n, id, st, err)
+	}
+	cerr := j.confirm(ctx, n, user, sudo, id, spec.confirm)
+	st, err = j.follow(ctx, n, id, "")
+	st.id = id
+	if err == nil && st.status == "rolled-back" && cerr != nil {
+		st.reason += "; confirming over a new connection failed: " + cerr.Error()
+	}
+	return j.settled(n, id, st, err)
+}
+
+func (j *jobs) settled(n, id string, st jobState, err error) (jobState, error) {
+	switch {
+	case err != nil:
+		return st, &jobError{id: id, host: n, err: err}
+	case st.phase == "lost":
+		return st, &jobError{id: id, host: n, err: fmt.Errorf("the job ended without an outcome: %s", st)}
+	}
+	return st, nil
+}
+
+// jobError: the outcome of job id on host is not known.
+type jobError struct {
+	id, host string
+	err      error
+}
+
+func (e *jobError) Error() string {
+	return fmt.Sprintf("activation job %s on %s: %v; it finishes on the host (unconfirmed, it returns to the previous system)", e.id, e.host, e.err)
+}
+func (e *jobError) Unwrap() error { return e.err }
+
+func newJobID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b)
+}
+
+func secs(d time.Duration) string {
+	return strconv.Itoa(max(int((d+time.Second-1)/time.Second), 0))
+}
+
+// start sends the job to the host and starts it. A connection lost while
+// starting leaves it unclear whether the job runs; following it tells.
+func (j *jobs) start(ctx context.Context, n, user, sudo, id string, spec jobSpec) error {
+	cmd := program(startProgram, true, user, sudo, id, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
+	out := &lockedBuffer{}
+	code, err := j.remote.Run(ctx, n, cmd, strings.NewReader(jobScript), out, out)
+	if err == nil && code != 0 {
+		return fmt.Errorf("start activation: exit %d: %s", code, lastLines(out.String(), 3))
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		st, ferr := j.follow(ctx, n, id, "running")
+		if ferr != nil || st.phase == "gone" {
+			return fmt.Errorf("start activation: %w", err)
+		}
+	}
+	return nil
+}
+
+// follow waits until job id reaches state until or ends, reconnecting
+// when the connection drops, for at most j.reconnect without contact.
+func (j *jobs) follow(ctx context.Context, n, id, until string) (jobState, error) {
+	var lostSince time.Time
+	for {
+		var out, stderr bytes.Buffer
+		began := time.Now()
+		code, err := j.remote.Run(ctx, n, program(followProgram, false, "", "", id, until), nil, &out, &stderr)
+		switch {
+		case err == nil && code == 0:
+			return parseJobState(out.String()), nil
+		case err == nil:
+			return jobState{}, fmt.Errorf("follow activation: exit %d: %s", code, lastLines(stderr.String(), 3))
+		case ctx.Err() != nil:
+			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
+		}
+		// An attempt that waited long had contact until it dropped; quick
+		// failures in a row are one loss of contact.
+		if lostSince.IsZero() || time.Since(began) > 2*j.connect {
+			lostSince = time.Now()
+			j.event(n, StepActivate, EventInfo, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
+		} else if time.Since(lostSince) > j.reconnect {
+			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(lostSince).Round(time.Second), err)
+		}
+		if err := pause(ctx, time.Second); err != nil {
+			return jobState{}, fmt.Errorf("stopped waiting: %w", err)
+		}
+	}
+}
+
+// confirm tells the job the host is still reachable: over a new SSH
+// connection, so a system that broke sshd or the network cannot be
+// confirmed through a connection made before it was activated. It tries
+// until the confirmation window has passed.
+func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window time.Duration) error {
+	deadline := time.Now().Add(window)
+	cmd := program(confirmProgram, true, user, sudo, id)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*j.connect)
+		out := &lockedBuffer{}
+		code, err := j.remote.RunFresh(actx, n, cmd, out, out)
+		cancel()
+		switch {
+		case err == nil && code == 0:
+			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
+			return nil
+		case err == nil:
+			return fmt.Errorf("%s", lastLines(out.String(), 2))
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case time.Now().After(deadline):
+			return err
+		}
+		j.event(n, StepConfirm, EventInfo, "new connection failed ("+err.Error()+"); trying again")
+		if err := pause(ctx, time.Second); err != nil {
+			return err
+		}
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,260 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// A target host goes through: lock, transfer (push, or substitute after
+// its store's transfer), wait for its wave and for its store's activation
+// in that wave, query, pre-check, activate (a detached job, confirmed over
+// a new connection), reboot (--reboot), post-check, rollback. Each step
+// returns nil or a hostError; host settles the outcome in one place.
+
+// host runs target n's pipeline from its wave's turn on and settles it.
+func (e *executor) host(ctx, actx context.Context, n string) {
+	start := time.Now()
+	status, err := e.activateHost(ctx, actx, n)
+	e.update(n, func(r *Result) { r.Duration = time.Since(start) })
+	e.settle(n, status, err)
+	e.record(n)
+	e.finished(n)
+}
+
+func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, error) {
+	h := e.plan.Hosts[n]
+	e.waitForStore(n)
+	if err := e.ensure(ctx, n); err != nil {
+		return "", err
+	}
+	if err := e.lockError(n); err != nil {
+		return "", err
+	}
+	if ctx.Err() != nil {
+		return StatusNotStarted, nil // Ctrl-C came first
+	}
+	before, err := e.idleHost(actx, n)
+	if err != nil {
+		return "", failed(StepActivate, err)
+	}
+	e.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
+	if !e.opts.Force && upToDate(e.opts.Goal, before, h.OutPath) {
+		e.step(n, StepDone, EventOK, "already active")
+		return StatusUnchanged, nil
+	}
+	if err := e.preCheck(ctx, n); err != nil {
+		return "", err
+	}
+	job, err := e.switchHost(actx, n)
+	if err != nil {
+		return "", err
+	}
+	if e.opts.Goal == GoalDryActivate {
+		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
+		return StatusDryActivated, nil
+	}
+	if e.opts.Reboot {
+		if err := e.reboot(actx, n); err != nil {
+			return "", err
+		}
+	}
+	if err := e.postCheck(actx, n, job); err != nil {
+		return "", err
+	}
+	e.step(n, StepDone, EventOK, "")
+	return StatusOK, nil
+}
+
+// waitForStore lets a store activate before its consumers in the same
+// wave.
+func (e *executor) waitForStore(n string) {
+	st := e.inv.Instances[n].Store
+	if sh, ok := e.plan.Hosts[st]; ok && sh.Target && sh.Wave == e.plan.Hosts[n].Wave {
+		<-e.activated[st].done
+	}
+}
+
+// upToDate reports whether a host already runs path the way the goal
+// would leave it, and nix-hive's last activation of path there did not
+// fail (a failed switch may have moved the profile without the boot
+// loader, say).
+func upToDate(goal Goal, hs HostState, path string) bool {
+	if hs.Last != nil && hs.Last.Path == path && hs.Last.Status != "ok" {
+		return false
+	}
+	switch goal {
+	case GoalSwitch:
+		return hs.Active == path && hs.Profile == path
+	case GoalBoot:
+		return hs.Profile == path
+	case GoalTest:
+		return hs.Active == path
+	}
+	return false
+}
+
+// idleHost queries host n; when an activation job of an earlier deploy
+// still runs there (nix-hive was killed, say), it first waits for that
+// job to end and says how it ended.
+func (e *executor) idleHost(ctx context.Context, n string) (HostState, error) {
+	hs, err := queryHost(ctx, e.remote, n)
+	if err != nil || hs.Running == "" {
+		return hs, err
+	}
+	e.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
+	st, err := e.jobs.follow(ctx, n, hs.Running, "")
+	if err != nil {
+		return hs, fmt.Errorf("activation job %s of an earlier deploy is still running: %w", hs.Running, err)
+	}
+	e.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
+	return queryHost(ctx, e.remote, n)
+}
+
+func (e *executor) preCheck(ctx context.Context, n string) error {
+	if e.opts.Policy == nil {
+		return nil
+	}
+	e.step(n, StepPreCheck, EventStart, "")
+	ok, msg := e.opts.Policy.Pre(ctx, n)
+	e.addCheck(n, "pre", ok, msg)
+	if !ok {
+		return skipped(StepPreCheck, "pre-check failed: "+msg)
+	}
+	e.step(n, StepPreCheck, EventOK, msg)
+	return nil
+}
+
+func (e *executor) addCheck(n, which string, ok bool, msg string) {
+	s := which + ": ok"
+	if !ok {
+		s = which + ": failed"
+	}
+	if msg != "" {
+		s += " (" + msg + ")"
+	}
+	e.update(n, func(r *Result) { r.Checks = append(r.Checks, s) })
+}
+
+// switchHost runs the activation job and returns its id. With magic
+// rollback (switch, test) the job waits for a confirmation over a new
+// connection and otherwise returns to what ran before.
+func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
+	goal, path := e.opts.Goal, e.plan.Hosts[n].OutPath
+	spec := jobSpec{goal: goal, target: path}
+	if e.opts.MagicRollback && (goal == GoalSwitch || goal == GoalTest) {
+		spec.confirm = e.opts.ConfirmTimeout
+	}
+	e.setActivating(n, true)
+	defer e.setActivating(n, false)
+	e.step(n, StepActivate, EventStart, string(goal))
+	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, spec)
+	e.update(n, func(r *Result) { r.Job = st.id })
+	var je *jobError
+	switch {
+	case errors.As(err, &je):
+		return "", unknown(StepActivate, err)
+	case err != nil:
+		return "", failed(StepActivate, err)
+	}
+	if err := jobOutcome(st); err != nil {
+		if st.status == "rolled-back" {
+			e.update(n, func(r *Result) { r.Active = r.Before })
+			return "", rolledBack(StepActivate, err)
+		}
+		return "", failed(StepActivate, err)
+	}
+	if goal != GoalBoot && goal != GoalDryActivate {
+		e.update(n, func(r *Result) { r.Active = path })
+	}
+	e.step(n, StepActivate, EventOK, "")
+	return st.id, nil
+}
+
+func (e *executor) setActivating(n string, on bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if on {
+		e.activating[n] = true
+	} else {
+		delete(e.activating, n)
+	}
+}
+
+// jobOutcome is nil for a job that ended ok, else why it did not.
+func jobOutcome(st jobState) error {
+	if st.phase == "done" && st.status == "ok" {
+		return nil
+	}
+	msg := st.reason
+	if msg == "" {
+		msg = st.phase + " " + st.status
+	}
+	if st.log != "" {
+		msg += " (host log: " + lastLines(st.log, 3) + ")"
+	}
+	return errors.New(msg)
+}
+
+// postCheck runs the policy's post-activation check; when it fails and
+// the policy says so, the host returns to what ran before.
+func (e *executor) postCheck(ctx context.Context, n, job string) error {
+	if e.opts.Policy == nil {
+		return nil
+	}
+	e.step(n, StepPostCheck, EventStart, "")
+	ok, msg := e.opts.Policy.Post(ctx, n)
+	e.addCheck(n, "post", ok, msg)
+	if ok {
+		e.step(n, StepPostCheck, EventOK, msg)
+		return nil
+	}
+	why := errors.New("post-check failed: " + msg)
+	if !e.opts.Policy.Rollback() {
+		return failed(StepPostCheck, why)
+	}
+	e.step(n, StepPostCheck, EventFailed, msg)
+	return e.rollback(ctx, n, job, why)
+}
+
+// rollback returns host n to exactly what ran before job: the profile
+// generation and the active system recorded on the host when job
+// started, as the goal affects them (test never touches the profile).
+func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
+	e.step(n, StepRollback, EventStart, why.Error())
+	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, jobSpec{goal: e.opts.Goal, target: "restore:" + job})
+	if err != nil {
+		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
+	}
+	if err := jobOutcome(st); err != nil {
+		return failed(StepRollback, fmt.Errorf("%v; rollback failed: %w", why, err))
+	}
+	e.update(n, func(r *Result) { r.Active = r.Before })
+	e.step(n, StepRollback, EventOK, st.reason)
+	return rolledBack(StepRollback, why)
+}
+
+func (e *executor) lockError(n string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lockErr[n]
+}
+
+// lock takes target n's deploy lock; a host another deploy holds is
+// refused at once, with who holds it, and its hive.state record is left
+// alone.
+func (e *executor) lock(ctx context.Context, n string) error {
+	l, err := lockHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo, e.opts.Owner)
+	if err != nil {
+		err = &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		e.lockErr[n] = err
+		return err
+	}
+	e.locks[n] = l
+	return nil
+}

@@ -1,0 +1,150 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// ensure makes sure host n holds every closure it needs, once however many
+// ask. A target takes its deploy lock first; one that another deploy
+// holds gets no transfer unless it is a store that others need.
+func (e *executor) ensure(ctx context.Context, n string) error {
+	return e.ensured[n].run(func() error {
+		if e.plan.Hosts[n].Target {
+			if err := e.lock(ctx, n); err != nil && !e.servesOthers(n) {
+				return err
+			}
+		}
+		return e.transfer(ctx, n)
+	})
+}
+
+func (e *executor) servesOthers(n string) bool {
+	for _, h := range e.plan.Hosts {
+		if h.Source.Kind == SourceStore && h.Source.From == n {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *executor) transfer(ctx context.Context, n string) error {
+	h := e.plan.Hosts[n]
+	if e.opts.SkipPush {
+		e.step(n, StepPush, EventSkipped, "--no push")
+		return nil
+	}
+	switch h.Source.Kind {
+	case SourcePush:
+		return e.push(ctx, n, h.Paths)
+	case SourceCache:
+		if err := e.pushURL(ctx, h.Source.From); err != nil {
+			return failed(StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
+		}
+		return e.substitute(ctx, n, substitution{from: h.Source.From})
+	case SourceStore:
+		if err := e.ensure(ctx, h.Source.From); err != nil {
+			return failedf(StepSubstitute, "its store %s did not receive the closure", h.Source.From)
+		}
+		st := e.inv.Instances[h.Source.From]
+		user := st.StoreUser
+		if user == "" {
+			user = st.User
+		}
+		s := substitution{from: "ssh://" + user + "@" + st.Host, port: st.Port}
+		for _, k := range st.HostKeys {
+			s.knownHosts = append(s.knownHosts, knownHostsName(st.Host, st.Port)+" "+k)
+		}
+		return e.substitute(ctx, n, s)
+	}
+	return fmt.Errorf("host %s: unknown source %q", n, h.Source.Kind)
+}
+
+func (e *executor) push(ctx context.Context, n string, paths []string) error {
+	e.step(n, StepPush, EventStart, fmt.Sprintf("%d closure(s)", len(paths)))
+	start := time.Now()
+	if err := e.copier.Copy(ctx, n, paths); err != nil {
+		return failed(StepPush, err)
+	}
+	e.step(n, StepPush, EventOK, time.Since(start).Round(time.Millisecond).String())
+	return nil
+}
+
+// pushURL copies to a store URL once, whichever consumer asks first.
+func (e *executor) pushURL(ctx context.Context, url string) error {
+	return e.urlPushed[url].run(func() error {
+		e.event(Event{Instance: url, Step: StepPush, Status: EventStart})
+		if err := e.copier.Copy(ctx, url, e.urlPaths(url)); err != nil {
+			e.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
+			return err
+		}
+		e.event(Event{Instance: url, Step: StepPush, Status: EventOK})
+		return nil
+	})
+}
+
+func knownHostsName(host string, port int) string {
+	if port == 0 || port == 22 {
+		return host
+	}
+	return fmt.Sprintf("[%s]:%d", host, port)
+}
+
+func (e *executor) urlPaths(url string) []string {
+	for _, t := range e.plan.Transfers {
+		if t.To == url {
+			return t.Paths
+		}
+	}
+	return nil
+}
+
+// substitute realises n's paths on n from its store.
+func (e *executor) substitute(ctx context.Context, n string, s substitution) error {
+	in := e.inv.Instances[n]
+	s.paths, s.user, s.sudo = e.plan.Hosts[n].Paths, in.User, e.opts.Sudo
+	s.publicKey, s.trustKey, s.connectTimeout = e.opts.PublicKey, e.opts.TrustKey, e.opts.ConnectTimeout
+	e.step(n, StepSubstitute, EventStart, "from "+s.from)
+	start := time.Now()
+	var stderr bytes.Buffer
+	code, err := e.remote.Run(ctx, n, s.command(), nil, io.Discard, &stderr)
+	if err == nil && code != 0 {
+		err = substituteError(s.from, code, stderr.String())
+	}
+	if err != nil {
+		return failed(StepSubstitute, err)
+	}
+	e.step(n, StepSubstitute, EventOK, time.Since(start).Round(time.Millisecond).String())
+	return nil
+}
+
+// substituteError explains a failed substitution, first of all the case an
+// operator must act on: the host does not trust the key the path is
+// signed with.
+func substituteError(from string, code int, stderr string) error {
+	if strings.Contains(stderr, "valid signature") || strings.Contains(stderr, "not signed by any of the keys") {
+		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", from)
+	}
+	var errs []string
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.Contains(l, "error:") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) == 0 {
+		errs = []string{lastLines(stderr, 3)}
+	}
+	return fmt.Errorf("nix-store --realise from %s exited %d: %s", from, code, strings.Join(errs, " | "))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
