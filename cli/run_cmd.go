@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -61,35 +62,25 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
 		err  error
 	}
 	results := make([]outcome, len(targets))
-	sem := make(chan struct{}, max(c.Parallel, 1))
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				results[i] = outcome{-1, ctx.Err()}
-				return
-			}
-			defer func() { <-sem }()
-			prefix := fmt.Sprintf("%-*s | ", width, t)
-			stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
-			stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
-			hctx := ctx
-			if c.Timeout > 0 {
-				var cancel context.CancelFunc
-				hctx, cancel = context.WithTimeout(ctx, c.Timeout)
-				defer cancel()
-			}
-			code, err := pool.Run(hctx, t, cmd, nil, stdout, stderr)
-			stdout.Flush()
-			stderr.Flush()
-			results[i] = outcome{code, err}
-		}()
+	for i := range results {
+		results[i] = outcome{-1, fmt.Errorf("not started: %w", context.Canceled)}
 	}
-	wg.Wait()
+	fanout.Each(ctx, len(targets), c.Parallel, func(ctx context.Context, i int) {
+		t := targets[i]
+		prefix := fmt.Sprintf("%-*s | ", width, t)
+		stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
+		stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
+		hctx := ctx
+		if c.Timeout > 0 {
+			var cancel context.CancelFunc
+			hctx, cancel = context.WithTimeout(ctx, c.Timeout)
+			defer cancel()
+		}
+		code, err := pool.Run(hctx, t, cmd, nil, stdout, stderr)
+		stdout.Flush()
+		stderr.Flush()
+		results[i] = outcome{code, err}
+	})
 
 	var ok []string
 	failed := map[string][]string{}

@@ -64,12 +64,13 @@ printf 'rebootmark=%s\n' "$(cat /run/nix-hive/reboot 2>/dev/null)"
 // lockProgram OWNER takes the host's deploy lock and holds it until its
 // stdin closes (nix-hive closes it when done with the host; a dropped
 // connection closes it too). It prints "locked", or "held by OWNER" and
-// exits 75 when another deploy has it.
+// exits 75 when another deploy has it. It waits a few seconds first: the
+// holder of a deploy that just died takes a moment to notice.
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
 mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
 o=/run/nix-hive/deploy.owner
-if ! flock -n 9; then
+if ! flock -w 3 9; then
   printf 'held by %s\n' "$(cat $o 2>/dev/null)"
   exit 75
 fi
@@ -106,13 +107,16 @@ done
 cat "$d/state"
 `
 
-// followProgram ID UNTIL waits until job ID reaches state UNTIL
-// ("activated"; "" for none) or ends, and prints its state: a state line,
-// "gone" (no such job: it never started, or a reboot cleared /run) or
-// "lost" (it ended without an outcome), then, unless it ended ok, the end
-// of its log. It needs no privileges.
+// followProgram ID UNTIL BEAT waits until job ID reaches state UNTIL
+// ("activated"; "" for none) or ends, printing a "." every BEAT seconds
+// meanwhile (0: never) so that nix-hive notices a connection gone silent,
+// and then the job's state: a state line, "gone" (no such job: it never
+// started, or a reboot cleared /run) or "lost" (it ended without an
+// outcome), then, unless it ended ok, the end of its log. It needs no
+// privileges.
 const followProgram = `d=/run/nix-hive/jobs/$1 l=/run/nix-hive/activation.lock
 [ -d "$d" ] || { echo gone; exit 0; }
+n=0 beat=$((${3:-0} * 5))
 while :; do
   s=$(cat "$d/state" 2>/dev/null)
   case $s in done*) break ;; esac
@@ -123,6 +127,8 @@ while :; do
     break
   fi
   sleep 0.2
+  n=$((n + 1))
+  if [ "$beat" -gt 0 ] && [ "$n" -ge "$beat" ]; then echo .; n=0; fi
 done
 printf '%s\n' "$s"
 case $s in "done ok"*|activated) ;; *) tail -n 15 "$d/log" 2>/dev/null ;; esac
@@ -211,6 +217,9 @@ type jobState struct {
 }
 
 func parseJobState(out string) jobState {
+	for strings.HasPrefix(out, ".\n") { // heartbeats
+		out = out[2:]
+	}
 	first, rest, _ := strings.Cut(strings.TrimRight(out, "\n"), "\n")
 	f := strings.SplitN(strings.TrimSpace(first), " ", 3)
 	js := jobState{phase: f[0], log: strings.TrimSpace(rest)}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -115,34 +116,116 @@ func (j *jobs) start(ctx context.Context, n, user, sudo, id string, spec jobSpec
 	return nil
 }
 
-// follow waits until job id reaches state until or ends, reconnecting
-// when the connection drops, for at most j.reconnect without contact.
+// follow waits until job id reaches state until or ends. When the host
+// goes silent (no heartbeat for a connect timeout) or the connection
+// drops, it reconnects and follows again, until it has heard nothing from
+// the host for j.reconnect.
 func (j *jobs) follow(ctx context.Context, n, id, until string) (jobState, error) {
-	var lostSince time.Time
-	for {
-		var out, stderr bytes.Buffer
-		began := time.Now()
-		code, err := j.remote.Run(ctx, n, program(followProgram, false, "", "", id, until), nil, &out, &stderr)
+	beat := max(j.connect/3, time.Second)
+	cmd := program(followProgram, false, "", "", id, until, secs(beat))
+	heard := time.Now()
+	for announced := false; ; {
+		hb := &heartbeat{last: time.Now()}
+		actx, cancel := context.WithCancel(ctx)
+		stop := hb.watch(j.connect, cancel)
+		var stderr bytes.Buffer
+		code, err := j.remote.Run(actx, n, cmd, nil, hb, &stderr)
+		stop()
+		cancel()
+		heard = later(heard, hb.lastHeard())
 		switch {
 		case err == nil && code == 0:
-			return parseJobState(out.String()), nil
+			return parseJobState(hb.String()), nil
 		case err == nil:
 			return jobState{}, fmt.Errorf("follow activation: exit %d: %s", code, lastLines(stderr.String(), 3))
 		case ctx.Err() != nil:
 			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
 		}
-		// An attempt that waited long had contact until it dropped; quick
-		// failures in a row are one loss of contact.
-		if lostSince.IsZero() || time.Since(began) > 2*j.connect {
-			lostSince = time.Now()
+		if hb.silent() {
+			err = fmt.Errorf("no word from the host for %s", j.connect)
+		}
+		if time.Since(heard) > j.reconnect {
+			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(heard).Round(time.Second), err)
+		}
+		if !announced {
 			j.event(n, StepActivate, EventInfo, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
-		} else if time.Since(lostSince) > j.reconnect {
-			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(lostSince).Round(time.Second), err)
+			announced = true
 		}
 		if err := pause(ctx, time.Second); err != nil {
 			return jobState{}, fmt.Errorf("stopped waiting: %w", err)
 		}
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// heartbeat collects a follow's output and notes when it last heard from
+// the host; watch cancels the follow when the host stays silent too long.
+type heartbeat struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	last    time.Time
+	gotByte bool
+	quiet   bool
+}
+
+func (h *heartbeat) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.last, h.gotByte = time.Now(), true
+	return h.buf.Write(p)
+}
+
+func (h *heartbeat) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.buf.String()
+}
+
+// lastHeard is when the host last said something (zero if never).
+func (h *heartbeat) lastHeard() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.gotByte {
+		return time.Time{}
+	}
+	return h.last
+}
+
+func (h *heartbeat) silent() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.quiet
+}
+
+// watch calls cancel once nothing was written for limit; stop ends it.
+func (h *heartbeat) watch(limit time.Duration, cancel func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(limit / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			h.mu.Lock()
+			quiet := time.Since(h.last) > limit
+			h.quiet = h.quiet || quiet
+			h.mu.Unlock()
+			if quiet {
+				cancel()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // confirm tells the job the host is still reachable: over a new SSH

@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -107,47 +108,55 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 		in := inv.Instances[t]
 		p.Hosts[t] = &Host{Name: t, System: in.System, OutPath: p.Systems[in.System], Target: true}
 	}
-	// Every path a host needs: its own, plus whatever its consumers need
-	// from it, following store chains upwards.
-	var need func(name, path string, depth int) error
-	need = func(name, path string, depth int) error {
-		if depth > len(inv.Instances) {
-			return fmt.Errorf("instance %s: store chain too long (cycle?)", name)
-		}
-		h := p.Hosts[name]
-		if h == nil {
-			in := inv.Instances[name]
-			if in == nil {
-				return fmt.Errorf("unknown store instance %q", name)
-			}
-			h = &Host{Name: name, System: in.System}
-			p.Hosts[name] = h
-		}
-		for _, have := range h.Paths {
-			if have == path {
-				return nil
-			}
-		}
-		h.Paths = append(h.Paths, path)
-		in := inv.Instances[name]
-		switch {
-		case in.Store == "":
-			h.Source = Source{Kind: SourcePush}
-		case in.StoreIsURL():
-			h.Source = Source{Kind: SourceCache, From: in.Store}
-		default:
-			h.Source = Source{Kind: SourceStore, From: in.Store}
-			return need(in.Store, path, depth+1)
-		}
-		return nil
-	}
 	for _, t := range targets {
-		if err := need(t, p.Hosts[t].OutPath, 0); err != nil {
+		if err := p.need(inv, t, p.Hosts[t].OutPath, 0); err != nil {
 			return nil, err
 		}
 	}
-	// Transfers from the deploy host: to each host that gets pushes and to
-	// each store URL, once per path.
+	p.setTransfers()
+	for _, h := range p.Hosts {
+		h.Level = level(inv, h.Name)
+	}
+	if err := p.setWaves(inv, targets, waves); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// need records that host name must hold path: its own system, or one its
+// consumers need from it, following store chains upwards.
+func (p *Plan) need(inv *eval.Inventory, name, path string, depth int) error {
+	if depth > len(inv.Instances) {
+		return fmt.Errorf("instance %s: store chain too long (cycle?)", name)
+	}
+	in := inv.Instances[name]
+	if in == nil {
+		return fmt.Errorf("unknown store instance %q", name)
+	}
+	h := p.Hosts[name]
+	if h == nil {
+		h = &Host{Name: name, System: in.System}
+		p.Hosts[name] = h
+	}
+	if slices.Contains(h.Paths, path) {
+		return nil
+	}
+	h.Paths = append(h.Paths, path)
+	switch {
+	case in.Store == "":
+		h.Source = Source{Kind: SourcePush}
+	case in.StoreIsURL():
+		h.Source = Source{Kind: SourceCache, From: in.Store}
+	default:
+		h.Source = Source{Kind: SourceStore, From: in.Store}
+		return p.need(inv, in.Store, path, depth+1)
+	}
+	return nil
+}
+
+// setTransfers lists what leaves the deploy host: to each host that gets
+// pushes, and to each store URL once per path.
+func (p *Plan) setTransfers() {
 	urls := map[string][]string{}
 	var urlOrder []string
 	for _, name := range sortedHosts(p.Hosts) {
@@ -165,48 +174,24 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 	for _, u := range urlOrder {
 		p.Transfers = append(p.Transfers, Transfer{To: u, Paths: urls[u]})
 	}
-	// Stores first: a host's level is one more than its store's.
-	var level func(name string) int
-	level = func(name string) int {
-		in := inv.Instances[name]
-		if in.Store == "" || in.StoreIsURL() {
-			return 0
-		}
-		return level(in.Store) + 1
+}
+
+// level orders hosts so that stores come first: one more than its store's.
+func level(inv *eval.Inventory, name string) int {
+	in := inv.Instances[name]
+	if in.Store == "" || in.StoreIsURL() {
+		return 0
 	}
-	for _, h := range p.Hosts {
-		h.Level = level(h.Name)
-	}
-	if err := p.setWaves(inv, targets, waves); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return level(inv, in.Store) + 1
 }
 
 func (p *Plan) setWaves(inv *eval.Inventory, targets []string, waves [][]string) error {
 	if waves == nil {
 		waves = [][]string{targets}
 	}
-	wave := map[string]int{}
-	for i, w := range waves {
-		for _, n := range w {
-			if _, ok := p.Hosts[n]; !ok || !p.Hosts[n].Target {
-				return fmt.Errorf("wave %d: %q is not a target", i+1, n)
-			}
-			if _, dup := wave[n]; dup {
-				return fmt.Errorf("wave %d: %q is already in wave %d", i+1, n, wave[n]+1)
-			}
-			wave[n] = i
-		}
-	}
-	var missing []string
-	for _, t := range targets {
-		if _, ok := wave[t]; !ok {
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("targets in no wave: %s", strings.Join(missing, ", "))
+	wave, err := p.waveOf(targets, waves)
+	if err != nil {
+		return err
 	}
 	// A targeted store activates no later than its earliest consumer.
 	for changed := true; changed; {
@@ -220,11 +205,41 @@ func (p *Plan) setWaves(inv *eval.Inventory, targets []string, waves [][]string)
 			}
 		}
 	}
-	p.Waves = make([][]string, len(waves))
-	for _, t := range targets {
-		p.Hosts[t].Wave = wave[t]
+	p.order(waves, wave)
+	return nil
+}
+
+// waveOf checks the policy's waves and says which wave each target is in.
+func (p *Plan) waveOf(targets []string, waves [][]string) (map[string]int, error) {
+	wave := map[string]int{}
+	for i, w := range waves {
+		for _, n := range w {
+			if _, ok := p.Hosts[n]; !ok || !p.Hosts[n].Target {
+				return nil, fmt.Errorf("wave %d: %q is not a target", i+1, n)
+			}
+			if _, dup := wave[n]; dup {
+				return nil, fmt.Errorf("wave %d: %q is already in wave %d", i+1, n, wave[n]+1)
+			}
+			wave[n] = i
+		}
 	}
-	// Within a wave: by level (stores first), then the order given.
+	var missing []string
+	for _, t := range targets {
+		if _, ok := wave[t]; !ok {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("targets in no wave: %s", strings.Join(missing, ", "))
+	}
+	return wave, nil
+}
+
+// order sets the plan's waves (empty ones dropped) and its host order:
+// within a wave by level (stores first), then the order given; store-only
+// hosts last.
+func (p *Plan) order(waves [][]string, wave map[string]int) {
+	p.Waves = make([][]string, len(waves))
 	for _, w := range waves {
 		for _, n := range w {
 			p.Waves[wave[n]] = append(p.Waves[wave[n]], n)
@@ -249,7 +264,6 @@ func (p *Plan) setWaves(inv *eval.Inventory, targets []string, waves [][]string)
 			p.Order = append(p.Order, n)
 		}
 	}
-	return nil
 }
 
 func sortedHosts(m map[string]*Host) []string {

@@ -7,6 +7,8 @@
 # configuration does to sshd and the firewall.
 #
 #   broken = true          switch-to-configuration exits 1
+#   failOn = [ "switch" ]  it exits 1 for these goals only (a unit that fails
+#                          to start on switch; the boot entry is fine)
 #   sleep = N              activation takes N seconds
 #   gate = true            activation waits until /run/nix-hive-test/gate exists
 #                          (a test opens it once it has done its mischief)
@@ -17,6 +19,7 @@
 { name
 , version ? "1"
 , broken ? false
+, failOn ? [ ]
 , sleep ? 0
 , gate ? false
 , sshd ? "on"
@@ -32,7 +35,7 @@ derivation {
   builder = "/bin/sh";
   PATH = "/usr/bin:/bin";
   hiveSystemName = name;
-  broken = if broken then "1" else "";
+  failOn = if broken then "switch boot test dry-activate" else toString failOn;
   gate = if gate then "1" else "";
   sshdAction = if sshd == "on" then "start" else "stop";
   sleepSeconds = toString sleep;
@@ -56,7 +59,7 @@ derivation {
       while [ ! -e /run/nix-hive-test/gate ]; do sleep 0.05; done
     fi
     if [ "$sleepSeconds" -gt 0 ]; then sleep "$sleepSeconds"; fi
-    if [ -n "$broken" ]; then echo "switch-to-configuration: $hiveSystemName is broken on purpose" >&2; exit 1; fi
+    case " $failOn " in *" \$goal "*) echo "switch-to-configuration: $hiveSystemName fails \$goal on purpose" >&2; exit 1;; esac
     case "\$goal" in
       switch|test)
         ln -sfn "$out" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system

@@ -1,0 +1,340 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/internal/nixtest"
+	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/state"
+)
+
+// faultLab is a lab of plain hosts app-1..app-N, each the only instance
+// of a system of its own (so each can be given a faulty variant), with a
+// hive key every host trusts.
+type faultLab struct {
+	t   *testing.T
+	lab *lab.Lab
+	dir string
+}
+
+func newFaultLab(t *testing.T, n int) *faultLab {
+	nixtest.Require(t)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("app-%d", i+1)
+	}
+	l := lab.New(t, lab.Config{Names: names})
+	root, _ := filepath.Abs("..")
+	f := &faultLab{t: t, lab: l, dir: t.TempDir()}
+	f.write("lab.nix", l.HiveNix())
+	f.write("hive.nix", fmt.Sprintf(`let
+  lab = import ./lab.nix;
+  ts = import %q;
+  variants = import ./variants.nix;
+in {
+  signing.keyFile = "keys/hive.sec";
+  systems = builtins.mapAttrs (n: _: { toplevel = ts ({ name = "app"; } // (variants.${n} or { })); }) lab;
+  instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;
+}`, filepath.Join(root, "examples", "testsystems")))
+	f.variants(nil)
+	code, pub, _ := f.run("keygen")
+	if code != 0 {
+		t.Fatal("keygen failed")
+	}
+	for _, h := range l.Hosts {
+		if err := h.WriteNixConf("trusted-public-keys = " + strings.TrimSpace(pub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+func (f *faultLab) write(name, text string) {
+	f.t.Helper()
+	if err := os.WriteFile(filepath.Join(f.dir, name), []byte(text), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// variants sets each host's test-system arguments (Nix attributes, e.g.
+// `version = "2"; gate = true;`); hosts not named run version 1.
+func (f *faultLab) variants(v map[string]string) {
+	var b strings.Builder
+	b.WriteString("{\n")
+	for h, attrs := range v {
+		fmt.Fprintf(&b, "  %q = { %s };\n", h, attrs)
+	}
+	b.WriteString("}\n")
+	f.write("variants.nix", b.String())
+}
+
+func (f *faultLab) run(args ...string) (int, string, string) {
+	f.t.Helper()
+	var o, e bytes.Buffer
+	code := cli.Main("test", append([]string{"-c", f.dir}, args...), &o, &e)
+	f.t.Logf("nix-hive %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, o.String(), e.String())
+	return code, o.String(), e.String()
+}
+
+// built is the path hive.state records for host's system.
+func (f *faultLab) built(host string) string {
+	f.t.Helper()
+	return f.state().Systems[host].OutPath
+}
+
+func (f *faultLab) state() *state.File {
+	f.t.Helper()
+	st, err := state.Load(filepath.Join(f.dir, "hive.state"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
+}
+
+// hostSystem is what a host runs: /run/current-system, the profile's
+// target and its generation link.
+type hostSystem struct{ active, profile, link string }
+
+func (f *faultLab) system(host string) hostSystem {
+	h := f.lab.Host(host)
+	var s hostSystem
+	s.active, _ = os.Readlink(h.Path("/run/current-system"))
+	s.link, _ = os.Readlink(h.Path("/nix/var/nix/profiles/system"))
+	if s.link != "" {
+		s.profile, _ = os.Readlink(h.Path("/nix/var/nix/profiles/" + s.link))
+	}
+	return s
+}
+
+// waitActivation waits until host's test system logs an activation of
+// path with goal (the stand-in writes the line when it starts).
+func (f *faultLab) waitActivation(host, path, goal string) {
+	f.t.Helper()
+	waitUntil(f.t, host+" to start activating "+path, func() bool {
+		b, _ := os.ReadFile(f.lab.Host(host).Path("/run/nix-hive-test/activations"))
+		return strings.Contains(string(b), " "+path+" "+goal+"\n")
+	})
+}
+
+func (f *faultLab) openGate(host string) {
+	f.t.Helper()
+	if err := os.WriteFile(f.lab.Host(host).Path("/run/nix-hive-test/gate"), nil, 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// settled waits until no activation job runs on host, so that its final
+// state is what the host will keep.
+func (f *faultLab) settled(host string) {
+	f.t.Helper()
+	waitUntil(f.t, "the activation jobs on "+host+" to end", func() bool {
+		out, err := f.lab.Host(host).Exec(context.Background(), "sh", "-c",
+			"[ ! -e /run/nix-hive/activation.lock ] || flock -n /run/nix-hive/activation.lock true")
+		return err == nil && len(out) == 0
+	})
+}
+
+// lastActivation is the host's own record of nix-hive's last activation.
+func (f *faultLab) lastActivation(host string) string {
+	b, _ := os.ReadFile(f.lab.Host(host).Path("/nix/var/nix-hive/last"))
+	return strings.TrimSpace(string(b))
+}
+
+// watched collects output and lets a test wait for a line in it: how a
+// test synchronises on nix-hive's events.
+type watched struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	buf  bytes.Buffer
+}
+
+func newWatched() *watched {
+	w := &watched{}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+func (w *watched) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.cond.Broadcast()
+	return w.buf.Write(p)
+}
+
+func (w *watched) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitFor blocks until the output matches re (or done closes first).
+func (w *watched) waitFor(t *testing.T, re string, done <-chan struct{}) {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	ended := make(chan struct{})
+	defer close(ended)
+	// A bound against a hang, not a speed assertion.
+	hang := time.NewTimer(3 * time.Minute)
+	defer hang.Stop()
+	var hung bool
+	go func() {
+		select {
+		case <-done:
+		case <-ended:
+		case <-hang.C:
+			w.mu.Lock()
+			hung = true
+			w.mu.Unlock()
+		}
+		w.mu.Lock()
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	}()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for !rx.Match(w.buf.Bytes()) {
+		select {
+		case <-done:
+			t.Fatalf("nix-hive ended before printing %q:\n%s", re, w.buf.String())
+		default:
+		}
+		if hung {
+			t.Fatalf("nix-hive did not print %q:\n%s", re, w.buf.String())
+		}
+		w.cond.Wait()
+	}
+}
+
+// running is a deploy started in the background: in this process, or as
+// a process of its own (to be killed or interrupted).
+type running struct {
+	t              *testing.T
+	args           []string
+	stdout, stderr *watched
+	done           chan struct{}
+	code           int
+	cmd            *exec.Cmd
+	ended          time.Time
+}
+
+func (f *faultLab) start(args ...string) *running {
+	r := &running{t: f.t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.code = cli.Main("test", append([]string{"-c", f.dir}, args...), r.stdout, r.stderr)
+		r.ended = time.Now()
+	}()
+	return r
+}
+
+// startProcess runs nix-hive (this test binary, see TestMain) as a
+// process of its own, in a process group of its own, with a private TMPDIR
+// so that what it leaves behind can be found.
+func (f *faultLab) startProcess(args ...string) *running {
+	r := &running{t: f.t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
+	r.cmd = exec.Command("nix-hive", append([]string{"-c", f.dir}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
+	r.cmd.Env = append(os.Environ(), "TMPDIR="+f.t.TempDir())
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := r.cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	go func() {
+		defer close(r.done)
+		r.cmd.Wait()
+		r.code = r.cmd.ProcessState.ExitCode()
+		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			r.code = 128 + int(ws.Signal())
+		}
+		r.ended = time.Now()
+	}()
+	return r
+}
+
+func (r *running) signal(sig syscall.Signal) {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// wait waits for the deploy to end; a hang is a failure, bounded so the
+// suite reports it instead of timing out.
+func (r *running) wait() int {
+	r.t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Minute):
+		r.t.Fatalf("nix-hive %s did not end:\n%s\n%s", strings.Join(r.args, " "), r.stdout.String(), r.stderr.String())
+	}
+	r.t.Logf("nix-hive %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(r.args, " "), r.code, r.stdout.String(), r.stderr.String())
+	return r.code
+}
+
+// faultRow is one fault's line in the table the suite prints.
+type faultRow struct {
+	fault    string
+	exit     int
+	outcome  string        // the faulty host's summary status
+	hosts    string        // every host's final system, checked
+	wrong    int           // hosts not in the state the fault should leave
+	badExit  bool          // exited 0 although a host failed
+	lost     int           // hive.state records lost
+	took     time.Duration // from the fault to the deploy's end
+	finished bool
+}
+
+var faultTable struct {
+	mu   sync.Mutex
+	rows []faultRow
+}
+
+func addFaultRow(r faultRow) {
+	faultTable.mu.Lock()
+	defer faultTable.mu.Unlock()
+	faultTable.rows = append(faultTable.rows, r)
+}
+
+// printFaultTable logs the fault suite's table and its measures.
+func printFaultTable(t *testing.T) {
+	faultTable.mu.Lock()
+	defer faultTable.mu.Unlock()
+	rows := faultTable.rows
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].fault < rows[j].fault })
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FAULT\tEXIT\tOUTCOME\tHOSTS AT THE END\tWRONG\tEXIT 0 ON FAILURE\tLOST RECORDS\tFAULT TO END")
+	var wrong, bad, lost int
+	var longest time.Duration
+	for _, r := range rows {
+		took := "-"
+		if r.took > 0 {
+			took = r.took.Round(100 * time.Millisecond).String()
+			longest = max(longest, r.took)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%d\t%s\n", r.fault, r.exit, r.outcome, r.hosts, r.wrong, r.badExit, r.lost, took)
+		wrong += r.wrong
+		lost += r.lost
+		if r.badExit {
+			bad++
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(&b, "\nfaults tried: %d\nhosts left in an unknown or half-switched state: %d (goal 0)\nruns that exited 0 with a failed host: %d (goal 0)\nrecords lost from hive.state: %d (goal 0)\nlongest time a fault kept a deploy from ending: %s (goal: connect timeout + confirm timeout + a few seconds)\n",
+		len(rows), wrong, bad, lost, longest.Round(100*time.Millisecond))
+	t.Logf("fault suite:\n%s", b.String())
+}

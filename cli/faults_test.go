@@ -1,0 +1,601 @@
+package cli_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// The fault suite: one test per fault injected on the lab while a deploy
+// runs. Each asserts every host's final system, the summary, the exit
+// status and hive.state, and adds a row to the table printed at the end
+// (go test -v -run TestFaults ./cli shows it).
+
+const (
+	faultConnect = "3s" // --connect-timeout in the fault suite
+	faultConfirm = "5s" // --confirm-timeout
+)
+
+func TestFaults(t *testing.T) {
+	t.Cleanup(func() { printFaultTable(t) })
+	t.Run("connection cut mid-activation", testFaultConnectionCut)
+	t.Run("nix-hive killed mid-activation", testFaultKilled)
+	t.Run("system stops sshd", func(t *testing.T) { testFaultBreaksSSH(t, `sshd = "off";`) })
+	t.Run("system firewalls port 22", func(t *testing.T) { testFaultBreaksSSH(t, `firewall = "block-ssh";`) })
+	t.Run("host accepts TCP and never answers", testFaultSilentHost)
+	t.Run("host frozen mid-activation", testFaultFrozen)
+	t.Run("concurrent deploys", testFaultConcurrent)
+	t.Run("failed switch then boot", testFaultSwitchThenBoot)
+	t.Run("post-check rollback after a failed deploy", testFaultRollbackAfterFailure)
+	t.Run("post-check rollback with goal test", testFaultRollbackGoalTest)
+	t.Run("second interrupt", testFaultSecondInterrupt)
+	t.Run("interrupt ends a stuck push", testFaultStuckPush)
+}
+
+// baseline deploys version 1 everywhere and returns its paths.
+func (f *faultLab) baseline() map[string]string {
+	f.t.Helper()
+	if code, _, _ := f.run("deploy", "--connect-timeout", faultConnect); code != 0 {
+		f.t.Fatal("baseline deploy failed")
+	}
+	v1 := map[string]string{}
+	for _, h := range f.lab.Hosts {
+		v1[h.Name] = f.built(h.Name)
+	}
+	return v1
+}
+
+// build builds the current variants and returns their paths.
+func (f *faultLab) build() map[string]string {
+	f.t.Helper()
+	if code, _, _ := f.run("build"); code != 0 {
+		f.t.Fatal("build failed")
+	}
+	out := map[string]string{}
+	for _, h := range f.lab.Hosts {
+		out[h.Name] = f.built(h.Name)
+	}
+	return out
+}
+
+// expect compares every host's final system with want (active and
+// profile target; "" profile means whatever active is) and returns a
+// description of the hosts and how many are not as they should be.
+func (f *faultLab) expect(want map[string]hostSystem) (string, int) {
+	f.t.Helper()
+	var parts []string
+	wrong := 0
+	for _, h := range f.lab.Hosts {
+		f.settled(h.Name)
+		got, w := f.system(h.Name), want[h.Name]
+		if w.profile == "" {
+			w.profile = w.active
+		}
+		state := "ok"
+		if got.active != w.active || got.profile != w.profile || (w.link != "" && got.link != w.link) {
+			state = "WRONG"
+			wrong++
+			f.t.Errorf("%s: active %s, profile %s (%s); want active %s, profile %s %s", h.Name, got.active, got.profile, got.link, w.active, w.profile, w.link)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s %s", h.Name, version(got.active), state))
+	}
+	return strings.Join(parts, ", "), wrong
+}
+
+// version is the test system's version from its store path.
+func version(path string) string {
+	if i := strings.LastIndex(path, "-"); i >= 0 {
+		return "v" + path[i+1:]
+	}
+	return "none"
+}
+
+// recorded checks hive.state's record of each host and returns how many
+// are missing or wrong.
+func (f *faultLab) recorded(want map[string]string) int {
+	f.t.Helper()
+	st := f.state()
+	lost := 0
+	for h, status := range want {
+		if got := st.Instances[h].Status; got != status {
+			lost++
+			f.t.Errorf("hive.state for %s: %q, want %q", h, got, status)
+		}
+	}
+	return lost
+}
+
+func summaryHas(t *testing.T, out, host string, want ...string) string {
+	t.Helper()
+	line := summaryLine(out, host)
+	for _, w := range want {
+		if !strings.Contains(line, w) {
+			t.Errorf("%s summary %q lacks %q", host, line, w)
+		}
+	}
+	fields := strings.Fields(line)
+	if len(fields) > 3 {
+		return fields[3]
+	}
+	return "?"
+}
+
+// A dropped connection while switch-to-configuration runs: the detached
+// activation completes, nix-hive reconnects and reports what happened.
+func testFaultConnectionCut(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; gate = true;`, "app-2": `version = "2";`})
+	v2 := f.build()
+	r := f.start("deploy", "--no", "build", "--connect-timeout", faultConnect)
+	f.waitActivation("app-1", v2["app-1"], "switch")
+	if n, err := f.lab.Host("app-1").CutConnections(); err != nil || n == 0 {
+		t.Fatalf("cut connections: %d %v", n, err)
+	}
+	cut := time.Now()
+	r.stderr.waitFor(t, `app-1 \[wave 1\] activate info: connection lost`, r.done)
+	f.openGate("app-1")
+	code := r.wait()
+	out := r.stdout.String()
+	if code != 0 {
+		t.Errorf("exit %d, want 0: the activation finished on the host", code)
+	}
+	outcome := summaryHas(t, out, "app-1", " ok ")
+	summaryHas(t, out, "app-2", " ok ")
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}, "app-2": {active: v2["app-2"]}})
+	lost := f.recorded(map[string]string{"app-1": "ok", "app-2": "ok"})
+	_ = v1
+	addFaultRow(faultRow{fault: "connection cut mid-activation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: false, lost: lost, took: r.ended.Sub(cut)})
+}
+
+// nix-hive killed (SIGKILL) while switch-to-configuration runs: the
+// activation completes on the host. Without magic rollback the host stays
+// on the new system and the next deploy finds it done; with it, the host
+// returns to the old system by itself, unconfirmed, and the next deploy
+// (started while that job still runs) waits for it and says how it ended.
+func testFaultKilled(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; gate = true;`})
+	v2 := f.build()
+
+	// No magic rollback: the job finishes and stays.
+	r := f.startProcess("deploy", "--no", "build", "--no-magic-rollback", "--connect-timeout", faultConnect)
+	f.waitActivation("app-1", v2["app-1"], "switch")
+	r.signal(syscall.SIGKILL)
+	killed := time.Now()
+	if code := r.wait(); code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("exit %d after SIGKILL", code)
+	}
+	f.openGate("app-1")
+	f.settled("app-1")
+	if got := f.system("app-1"); got.active != v2["app-1"] || got.profile != v2["app-1"] {
+		t.Errorf("after the kill the activation did not complete: %+v", got)
+	}
+	code, out, _ := f.run("deploy", "--no", "build", "--connect-timeout", faultConnect)
+	if code != 0 || !strings.Contains(summaryLine(out, "app-1"), "unchanged") {
+		t.Errorf("the next deploy should find app-1 done (unchanged), exit 0: %d\n%s", code, out)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}})
+	addFaultRow(faultRow{fault: "nix-hive SIGKILLed mid-activation (--no-magic-rollback)", exit: code,
+		outcome: "next deploy: unchanged", hosts: hosts, wrong: wrong, lost: f.recorded(map[string]string{"app-1": "unchanged"}),
+		took: 0, finished: !killed.IsZero()})
+
+	// Magic rollback: back to version 2's predecessor... deploy version 3.
+	f.lab.Host("app-1").Exec(t.Context(), "rm", "-f", "/run/nix-hive-test/gate")
+	f.variants(map[string]string{"app-1": `version = "3"; gate = true;`})
+	v3 := f.build()
+	r = f.startProcess("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	f.waitActivation("app-1", v3["app-1"], "switch")
+	r.signal(syscall.SIGKILL)
+	r.wait()
+	next := f.start("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	next.stderr.waitFor(t, `app-1 \[wave 1\] activate info: waiting for activation job \S+ of an earlier deploy`, next.done)
+	f.openGate("app-1")
+	next.stderr.waitFor(t, `earlier activation job \S+ ended: done rolled-back not confirmed`, next.done)
+	code = next.wait()
+	if code != 0 {
+		t.Errorf("the next deploy should activate version 3 after the earlier job rolled back: exit %d", code)
+	}
+	outcome := summaryHas(t, next.stdout.String(), "app-1", " ok ")
+	hosts, wrong = f.expect(map[string]hostSystem{"app-1": {active: v3["app-1"]}})
+	addFaultRow(faultRow{fault: "nix-hive SIGKILLed mid-activation (magic rollback)", exit: code,
+		outcome: "rolled back itself; next deploy " + outcome, hosts: hosts, wrong: wrong,
+		lost: f.recorded(map[string]string{"app-1": "ok"})})
+	_ = v1
+}
+
+// A system that breaks SSH (stops sshd, or firewalls port 22): no new
+// connection gets through to confirm, so the host returns to the system
+// it ran before by itself; the deploy says so and exits non-zero.
+func testFaultBreaksSSH(t *testing.T, variant string) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; ` + variant, "app-2": `version = "2";`})
+	v2 := f.build()
+	start := time.Now()
+	code, out, errOut := f.run("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	took := time.Since(start)
+	if code == 0 {
+		t.Error("exit 0 although app-1 rolled back")
+	}
+	outcome := summaryHas(t, out, "app-1", "rolled-back", "not confirmed within 5s")
+	summaryHas(t, out, "app-2", " ok ")
+	if !strings.Contains(errOut, "deploy failed on 1 of 2 hosts") {
+		t.Errorf("final error: %s", errOut)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}, "app-2": {active: v2["app-2"]}})
+	// The host is reachable again.
+	if c, runOut, _ := f.run("run", "--connect-timeout", faultConnect, "app-1", "--", "readlink", "/run/current-system"); c != 0 || !strings.Contains(runOut, v1["app-1"]) {
+		t.Errorf("app-1 not reachable on its old system after rolling back: %d %s", c, runOut)
+	}
+	lost := f.recorded(map[string]string{"app-1": "rolled-back", "app-2": "ok"})
+	addFaultRow(faultRow{fault: "system with " + strings.TrimSuffix(variant, ";"), exit: code, outcome: outcome, hosts: hosts,
+		wrong: wrong, badExit: code == 0, lost: lost, took: took})
+}
+
+// A host that accepts TCP and never answers: deploy, status and run end
+// within the connect bound, naming it; the other host is deployed.
+func testFaultSilentHost(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2";`, "app-2": `version = "2";`})
+	v2 := f.build()
+	h := f.lab.Host("app-1")
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := h.Silence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	code, out, _ := f.run("deploy", "--no", "build", "--connect-timeout", faultConnect)
+	took := time.Since(start)
+	outcome := summaryHas(t, out, "app-1", "failed", "no answer within 3s")
+	summaryHas(t, out, "app-2", " ok ")
+	if code == 0 {
+		t.Error("exit 0 with app-1 unreachable")
+	}
+	for _, cmd := range [][]string{{"status", "--connect-timeout", faultConnect}, {"run", "--connect-timeout", faultConnect, "*", "--", "true"}} {
+		c, o, e := f.run(cmd...)
+		if c == 0 || !strings.Contains(o+e, "app-1") || !strings.Contains(o+e, "no answer within 3s") {
+			t.Errorf("%s: exit %d, want non-zero naming app-1 and the timeout", cmd[0], c)
+		}
+	}
+	if silent.Accepted() == 0 {
+		t.Error("nothing connected to the silent host: the fault was not exercised")
+	}
+	silent.Close()
+	if err := h.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}, "app-2": {active: v2["app-2"]}})
+	addFaultRow(faultRow{fault: "host accepts TCP, never answers", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "failed", "app-2": "ok"}), took: took})
+}
+
+// A host that freezes (SIGSTOP) while it activates: nix-hive gives up on
+// it after the reconnect window and reports its outcome unknown, the
+// other host is deployed; once thawed, the unconfirmed job returns the
+// host to its old system.
+func testFaultFrozen(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; gate = true;`, "app-2": `version = "2";`})
+	v2 := f.build()
+	r := f.start("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	f.waitActivation("app-1", v2["app-1"], "switch")
+	h := f.lab.Host("app-1")
+	if err := h.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	f.openGate("app-1") // seen once the host thaws
+	code := r.wait()
+	took := r.ended.Sub(frozen)
+	if err := h.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	out := r.stdout.String()
+	if code == 0 {
+		t.Error("exit 0 with app-1 frozen")
+	}
+	outcome := summaryHas(t, out, "app-1", "unknown", "finishes on the host")
+	summaryHas(t, out, "app-2", " ok ")
+	if !strings.Contains(r.stderr.String(), "may still run there") {
+		t.Errorf("the deploy does not say app-1's activation may still run:\n%s", r.stderr.String())
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}, "app-2": {active: v2["app-2"]}})
+	if last := f.lastActivation("app-1"); !strings.HasSuffix(last, "rolled-back") {
+		t.Errorf("app-1's own record: %q, want the job rolled back, unconfirmed", last)
+	}
+	addFaultRow(faultRow{fault: "host frozen (SIGSTOP) mid-activation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "unknown", "app-2": "ok"}), took: took})
+}
+
+// Two deploys at once: of different hosts, both records are kept; of the
+// same host, the second is refused at once, naming the first.
+func testFaultConcurrent(t *testing.T) {
+	f := newFaultLab(t, 2)
+	f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; gate = true;`, "app-2": `version = "2"; gate = true;`})
+	v2 := f.build()
+	a := f.start("deploy", "--no", "build", "--connect-timeout", faultConnect, "app-1")
+	b := f.start("deploy", "--no", "build", "--connect-timeout", faultConnect, "app-2")
+	f.waitActivation("app-1", v2["app-1"], "switch")
+	f.waitActivation("app-2", v2["app-2"], "switch")
+	// Same host: refused while a holds it.
+	started := time.Now()
+	code, out, _ := f.run("deploy", "--no", "build", "--connect-timeout", faultConnect, "app-1")
+	took := time.Since(started)
+	outcome := summaryHas(t, out, "app-1", "failed", "lock", "locked by another deploy", "nix-hive pid")
+	if code == 0 {
+		t.Error("the second deploy of app-1 exited 0")
+	}
+	f.openGate("app-1")
+	f.openGate("app-2")
+	if ca, cb := a.wait(), b.wait(); ca != 0 || cb != 0 {
+		t.Errorf("concurrent deploys of different hosts: exit %d and %d", ca, cb)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}, "app-2": {active: v2["app-2"]}})
+	lost := f.recorded(map[string]string{"app-1": "ok", "app-2": "ok"})
+	addFaultRow(faultRow{fault: "two deploys at once (other host, same host)", exit: code, outcome: "same host: " + outcome,
+		hosts: hosts, wrong: wrong, badExit: code == 0, lost: lost, took: took})
+}
+
+// A switch that fails (without magic rollback the profile already points
+// at the new system), then --goal boot: the boot activation runs, and the
+// deploy exits 0 only because it did.
+func testFaultSwitchThenBoot(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; failOn = [ "switch" ];`})
+	v2 := f.build()
+	code, out, _ := f.run("deploy", "--no", "build", "--no-magic-rollback")
+	if code == 0 {
+		t.Fatal("the failing switch exited 0")
+	}
+	summaryHas(t, out, "app-1", "failed", "activate", "exited 1")
+	if got := f.system("app-1"); got.profile != v2["app-1"] || got.active != v1["app-1"] {
+		t.Fatalf("after the failed switch: %+v (want profile on v2, v1 active)", got)
+	}
+	code, out, _ = f.run("deploy", "--no", "build", "--goal", "boot")
+	outcome := summaryHas(t, out, "app-1", " ok ")
+	acts, _ := os.ReadFile(f.lab.Host("app-1").Path("/run/nix-hive-test/activations"))
+	if !strings.Contains(string(acts), v2["app-1"]+" boot\n") {
+		t.Errorf("the boot activation never ran:\n%s", acts)
+	}
+	if code != 0 {
+		t.Errorf("boot deploy exit %d", code)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], profile: v2["app-1"]}})
+	addFaultRow(faultRow{fault: "failed switch, then --goal boot", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: false, lost: f.recorded(map[string]string{"app-1": "ok"})})
+}
+
+const rollbackPolicy = `
+on_failure = "rollback"
+
+def post_activate(ctx):
+    fail("health check failed on %s" % ctx.instance.name)
+`
+
+// A failed post-check after an earlier failed deploy left the profile on
+// a generation that never ran: the rollback returns to exactly what ran
+// before this deploy (that generation, the system that was active), not
+// to the profile's previous generation.
+func testFaultRollbackAfterFailure(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; failOn = [ "switch" ];`})
+	v2 := f.build()
+	if code, _, _ := f.run("deploy", "--no", "build", "--no-magic-rollback"); code == 0 {
+		t.Fatal("the failing switch exited 0")
+	}
+	f.variants(map[string]string{"app-1": `version = "3";`})
+	f.build()
+	f.write("hive.star", rollbackPolicy)
+	defer os.Remove(filepath.Join(f.dir, "hive.star"))
+	code, out, _ := f.run("deploy", "--no", "build")
+	outcome := summaryHas(t, out, "app-1", "rolled-back", "rollback", "health check failed")
+	if code == 0 {
+		t.Error("exit 0 after a rollback")
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], profile: v2["app-1"], link: "system-2-link"}})
+	addFaultRow(faultRow{fault: "post-check rollback after an earlier failed deploy", exit: code, outcome: outcome, hosts: hosts,
+		wrong: wrong, badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "rolled-back"})})
+}
+
+// With --goal test the profile never moves, so a rollback must not move
+// it either: only the active system returns.
+func testFaultRollbackGoalTest(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	f.build()
+	f.write("hive.star", rollbackPolicy)
+	code, out, _ := f.run("deploy", "--no", "build", "--goal", "test")
+	outcome := summaryHas(t, out, "app-1", "rolled-back", "health check failed")
+	if code == 0 {
+		t.Error("exit 0 after a rollback")
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
+	if _, err := os.Lstat(f.lab.Host("app-1").Path("/nix/var/nix/profiles/system-2-link")); err == nil {
+		t.Error("goal test created a profile generation")
+	}
+	addFaultRow(faultRow{fault: "post-check rollback with --goal test", exit: code, outcome: outcome, hosts: hosts,
+		wrong: wrong, badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "rolled-back"})})
+}
+
+// Ctrl-C waits for running activations; a second one stops waiting at
+// once and names the hosts whose activation still runs. That activation
+// finishes on the host, and unconfirmed it returns to the old system.
+func testFaultSecondInterrupt(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; gate = true;`, "app-2": `version = "2";`})
+	v2 := f.build()
+	r := f.startProcess("deploy", "--no", "build", "--parallel", "1", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect, "app-1", "app-2")
+	f.waitActivation("app-1", v2["app-1"], "switch")
+	r.signal(syscall.SIGINT)
+	r.stderr.waitFor(t, `waiting for 1 running activation\(s\) \(\[app-1\]\)`, r.done)
+	select {
+	case <-r.done:
+		t.Fatal("nix-hive ended after the first interrupt while an activation ran")
+	default:
+	}
+	r.signal(syscall.SIGINT)
+	second := time.Now()
+	code := r.wait()
+	if code != 130 {
+		t.Errorf("exit %d, want 130", code)
+	}
+	outcome := summaryHas(t, r.stdout.String(), "app-1", "unknown", "finishes on the host")
+	summaryHas(t, r.stdout.String(), "app-2", "not-started")
+	if !strings.Contains(r.stderr.String(), "app-1") || !strings.Contains(r.stderr.String(), "may still run there") {
+		t.Errorf("stderr does not name the host whose activation still runs:\n%s", r.stderr.String())
+	}
+	f.openGate("app-1")
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}, "app-2": {active: v1["app-2"]}})
+	addFaultRow(faultRow{fault: "second Ctrl-C during an activation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "unknown", "app-2": "not-started"}), took: r.ended.Sub(second)})
+}
+
+// A push stuck on a frozen host, with a connect timeout long enough not
+// to end it: SIGTERM to nix-hive alone ends the deploy, and nothing it
+// started (nix, ssh) outlives it.
+func testFaultStuckPush(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; payloadMiB = 128;`})
+	f.build()
+	r := f.startProcess("--json", "deploy", "--no", "build", "--connect-timeout", "60s")
+	r.stdout.waitFor(t, `"instance":"app-1","wave":1,"step":"push","status":"start"`, r.done)
+	h := f.lab.Host("app-1")
+	if err := h.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Thaw()
+	r.signal(syscall.SIGTERM)
+	term := time.Now()
+	code := r.wait()
+	if code != 130 {
+		t.Errorf("exit %d after SIGTERM, want 130", code)
+	}
+	res := reportOf(t, r.stdout.String()).Results["app-1"]
+	if res.Status != "interrupted" || res.Step != "push" {
+		t.Errorf("app-1: %+v, want interrupted at push", res)
+	}
+	outcome := res.Status
+	tmp := r.cmd.Env[len(r.cmd.Env)-1][len("TMPDIR="):]
+	if out, err := exec.Command("pgrep", "-af", tmp).Output(); err == nil {
+		t.Errorf("processes of the deploy outlived it:\n%s", out)
+	}
+	h.Thaw()
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}})
+	addFaultRow(faultRow{fault: "SIGTERM during a push stuck on a frozen host", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "interrupted"}), took: r.ended.Sub(term)})
+}
+
+// reportOf is the final report of a --json deploy.
+func reportOf(t *testing.T, out string) event {
+	t.Helper()
+	evs := events(t, out)
+	if len(evs) == 0 || evs[len(evs)-1].Type != "report" {
+		t.Fatalf("no report at the end of:\n%s", out)
+	}
+	return evs[len(evs)-1]
+}
+
+// --goal boot --reboot: the host reboots (the lab emulates it: /run
+// empties, the boot follows the system profile), nix-hive waits for it to
+// come back and checks it runs the new system. Without --goal boot,
+// --reboot is a usage error.
+func TestDeployBootWithReboot(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	v2 := f.build()
+	if code, _, errOut := f.run("deploy", "--no", "build", "--reboot"); code != 2 || !strings.Contains(errOut, "--reboot needs --goal boot") {
+		t.Errorf("--reboot without --goal boot: exit %d, %s", code, errOut)
+	}
+	code, out, errOut := f.run("deploy", "--no", "build", "--goal", "boot", "--reboot", "--connect-timeout", faultConnect, "app-1")
+	if code != 0 {
+		t.Fatalf("boot deploy with reboot: exit %d", code)
+	}
+	summaryHas(t, out, "app-1", " ok ")
+	if !strings.Contains(errOut, "app-1 [wave 1] reboot ok: booted "+v2["app-1"]) {
+		t.Errorf("no reboot event:\n%s", errOut)
+	}
+	if n := f.lab.Host("app-1").Boots(); n != 1 {
+		t.Errorf("app-1 booted %d times, want 1", n)
+	}
+	if n := f.lab.Host("app-2").Boots(); n != 0 {
+		t.Errorf("app-2 rebooted although it was not a target")
+	}
+	if got := f.system("app-1"); got.active != v2["app-1"] || got.profile != v2["app-1"] {
+		t.Errorf("after the reboot app-1 runs %+v, want %s", got, v2["app-1"])
+	}
+	if booted, _ := os.Readlink(f.lab.Host("app-1").Path("/run/booted-system")); booted != v2["app-1"] {
+		t.Errorf("/run/booted-system = %s", booted)
+	}
+	if got := f.system("app-2"); got.active != v1["app-2"] {
+		t.Errorf("app-2 changed: %+v", got)
+	}
+}
+
+// nix copy runs its own ssh with the generated config: to a host that
+// accepts TCP and never answers, it gives up after the connect timeout
+// instead of hanging the deploy (the config carries ConnectTimeout,
+// ServerAlive* and BatchMode).
+func TestNixCopyToSilentHostEnds(t *testing.T) {
+	f := newFaultLab(t, 1)
+	f.build()
+	h := f.lab.Host("app-1")
+	dir := t.TempDir()
+	cfg := transport.Config{ConnectTimeout: 2 * time.Second, KeepAlive: 2 * time.Second, KeepAliveTimeout: 6 * time.Second,
+		BatchMode: true, UserConfig: "none",
+		Endpoints: map[string]transport.Endpoint{"app-1": {Host: h.Addr, Port: h.Port, User: "root", HostKeys: []string{h.HostKey},
+			Options: map[string]string{"IdentityFile": f.lab.ClientKey}}}}
+	var kh, sc bytes.Buffer
+	if err := transport.WriteKnownHosts(&kh, cfg); err != nil {
+		t.Fatal(err)
+	}
+	khPath := filepath.Join(dir, "known_hosts")
+	os.WriteFile(khPath, kh.Bytes(), 0o644)
+	if err := transport.WriteSSHConfig(&sc, cfg, khPath); err != nil {
+		t.Fatal(err)
+	}
+	scPath := filepath.Join(dir, "ssh_config")
+	os.WriteFile(scPath, sc.Bytes(), 0o644)
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := h.Silence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	copier := &deploy.NixCopier{Nix: &nixcmd.Runner{}, SSHConfig: scPath}
+	start := time.Now()
+	err = copier.Copy(t.Context(), "app-1", []string{f.built("app-1")})
+	t.Logf("nix copy to a silent host ended after %s: %v", time.Since(start).Round(100*time.Millisecond), err)
+	if err == nil || !strings.Contains(err.Error(), "cannot connect") {
+		t.Errorf("nix copy to a silent host: %v, want it to give up connecting", err)
+	}
+	if silent.Accepted() == 0 {
+		t.Error("nix copy never reached the silent host")
+	}
+}
