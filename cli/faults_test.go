@@ -38,6 +38,7 @@ func TestFaults(t *testing.T) {
 	t.Run("failed switch then boot", testFaultSwitchThenBoot)
 	t.Run("post-check rollback after a failed deploy", testFaultRollbackAfterFailure)
 	t.Run("post-check rollback with goal test", testFaultRollbackGoalTest)
+	t.Run("activation timeout", testFaultActivationTimeout)
 	t.Run("second interrupt", testFaultSecondInterrupt)
 	t.Run("interrupt ends a stuck push", testFaultStuckPush)
 }
@@ -597,5 +598,98 @@ func TestNixCopyToSilentHostEnds(t *testing.T) {
 	}
 	if silent.Accepted() == 0 {
 		t.Error("nix copy never reached the silent host")
+	}
+}
+
+// An activation that runs past --activation-timeout is stopped on the
+// host and, with magic rollback, returns to what ran before.
+func testFaultActivationTimeout(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2"; sleep = 600;`})
+	f.build()
+	start := time.Now()
+	code, out, _ := f.run("deploy", "--no", "build", "--activation-timeout", "2s", "--connect-timeout", faultConnect)
+	took := time.Since(start)
+	outcome := summaryHas(t, out, "app-1", "rolled-back", "did not finish within 2s")
+	if code == 0 {
+		t.Error("exit 0 after a timed-out activation")
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
+	addFaultRow(faultRow{fault: "activation past --activation-timeout", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "rolled-back"}), took: took})
+}
+
+// --goal dry-activate runs switch-to-configuration dry-activate and is
+// reported as such; nothing changes on the host or in hive.state.
+func TestDeployDryActivate(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	before := f.state().Instances["app-1"]
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	v2 := f.build()
+	code, out, _ := f.run("deploy", "--no", "build", "--goal", "dry-activate")
+	if code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	summaryHas(t, out, "app-1", "dry-activated")
+	acts, _ := os.ReadFile(f.lab.Host("app-1").Path("/run/nix-hive-test/activations"))
+	if !strings.Contains(string(acts), v2["app-1"]+" dry-activate\n") {
+		t.Errorf("dry-activate did not run:\n%s", acts)
+	}
+	if got := f.system("app-1"); got.active != v1["app-1"] || got.profile != v1["app-1"] {
+		t.Errorf("dry-activate changed the host: %+v", got)
+	}
+	if after := f.state().Instances["app-1"]; after != before {
+		t.Errorf("hive.state recorded a dry activation: %+v (was %+v)", after, before)
+	}
+}
+
+// Where systemd runs, the job is a transient unit (systemd-run), with the
+// session's PATH handed over. The lab has no systemd: a stand-in
+// systemd-run checks the arguments nix-hive gives it and starts the
+// command the way a unit starts, in a clean environment of only what
+// --setenv passes, detached.
+func TestDeployThroughSystemdRun(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	h := f.lab.Host("app-1")
+	if err := os.MkdirAll(h.Path("/run/systemd/system"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	standIn := `#!/bin/sh
+# systemd-run stand-in: what a transient service gets
+log=/run/nix-hive-test/systemd-run.log
+mkdir -p /run/nix-hive-test
+echo "$*" >> $log
+env=
+while [ $# -gt 0 ]; do
+  case $1 in
+  --unit=*|--collect|--quiet|--no-ask-password|--service-type=exec) ;;
+  --setenv=*) env="$env ${1#--setenv=}" ;;
+  --) shift; break ;;
+  -*) echo "unexpected option $1" >> $log; exit 1 ;;
+  *) break ;;
+  esac
+  shift
+done
+env -i $env setsid "$@" </dev/null >/dev/null 2>&1 &
+`
+	if err := os.WriteFile(filepath.Join(h.Root, "bin", "systemd-run"), []byte(standIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	v2 := f.build()
+	code, out, _ := f.run("deploy", "--no", "build", "--connect-timeout", faultConnect)
+	if code != 0 {
+		t.Fatalf("deploy through systemd-run: exit %d", code)
+	}
+	summaryHas(t, out, "app-1", " ok ")
+	log, _ := os.ReadFile(h.Path("/run/nix-hive-test/systemd-run.log"))
+	if !strings.Contains(string(log), "--unit=nix-hive-") || !strings.Contains(string(log), "--setenv=PATH=") || strings.Contains(string(log), "unexpected") {
+		t.Errorf("systemd-run was not used as expected:\n%s", log)
+	}
+	if got := f.system("app-1"); got.active != v2["app-1"] || got.active == v1["app-1"] {
+		t.Errorf("app-1 runs %+v, want %s", got, v2["app-1"])
 	}
 }

@@ -318,9 +318,10 @@ func (h *Host) startLocked(ctx context.Context) error {
 	go func() {
 		// Wait returns only when every process of the pid namespace is
 		// gone: the kernel reaps them before the namespace's init.
-		h.exit = cmd.Wait()
+		err := cmd.Wait()
+		h.exit = err
 		close(done)
-		if ee, ok := h.exit.(*exec.ExitError); ok && ee.ExitCode() == rebootExit {
+		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == rebootExit {
 			h.reboot(cmd)
 		}
 	}()
