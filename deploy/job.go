@@ -59,7 +59,7 @@ func (j *jobs) run(ctx context.Context, n, user, sudo string, spec jobSpec) (job
 	st, err = j.follow(ctx, n, id, "")
 	st.id = id
 	if err == nil && st.status == "rolled-back" && cerr != nil {
-		st.reason += "; confirming over a new connection failed: " + cerr.Error()
+		st.reason += "; last attempt: " + cerr.Error()
 	}
 	return j.settled(n, id, st, err)
 }
@@ -235,6 +235,7 @@ func (h *heartbeat) watch(limit time.Duration, cancel func()) (stop func()) {
 func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window time.Duration) error {
 	deadline := time.Now().Add(window)
 	cmd := program(confirmProgram, true, user, sudo, id)
+	var last error // the last new connection that failed
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*j.connect)
 		out := &lockedBuffer{}
@@ -244,6 +245,8 @@ func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window tim
 		case err == nil && code == 0:
 			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
 			return nil
+		case err == nil && last != nil:
+			return last // too late, because no connection got through
 		case err == nil:
 			return fmt.Errorf("%s", lastLines(out.String(), 2))
 		case ctx.Err() != nil:
@@ -251,7 +254,10 @@ func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window tim
 		case time.Now().After(deadline):
 			return err
 		}
-		j.event(n, StepConfirm, EventInfo, "new connection failed ("+err.Error()+"); trying again")
+		if last == nil {
+			j.event(n, StepConfirm, EventInfo, "a new connection failed ("+err.Error()+"); trying until the confirmation window closes")
+		}
+		last = err
 		if err := pause(ctx, time.Second); err != nil {
 			return err
 		}

@@ -191,7 +191,7 @@ func jobOutcome(st jobState) error {
 	if msg == "" {
 		msg = st.phase + " " + st.status
 	}
-	if st.log != "" {
+	if st.log != "" && st.status != "rolled-back" {
 		msg += " (host log: " + lastLines(st.log, 3) + ")"
 	}
 	return errors.New(msg)
