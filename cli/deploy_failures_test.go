@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 // summaryLine finds the summary row of an instance.
@@ -229,12 +231,7 @@ func TestDeployThroughBinaryCacheStore(t *testing.T) {
 // sudo, activation runs under sudo, status reads as the user.
 func TestDeployAsNonRootUserWithSudo(t *testing.T) {
 	const name = "nixhive-deployer"
-	if _, err := exec.LookPath("sudo"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI: sudo is not installed (scripts/setup installs it)")
-		}
-		t.Skip("sudo is not installed")
-	}
+	testenv.Tool(t, "sudo", "scripts/setup installs it")
 	s := newSeed(t)
 	if _, err := user.Lookup(name); err != nil {
 		// password "*": no password login, but not "locked", which sshd

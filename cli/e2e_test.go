@@ -12,6 +12,7 @@ import (
 	"github.com/nix-hive/nix-hive/cli"
 	"github.com/nix-hive/nix-hive/internal/nixtest"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -37,7 +38,7 @@ func newSeed(t *testing.T) *seed { return newSeedTrusting(t, nil) }
 // trust the hive key.
 func newSeedTrusting(t *testing.T, untrusting map[string]bool) *seed {
 	nixtest.Require(t)
-	l := lab.New(t, lab.Config{Hosts: 1, Names: []string{"storage"}, Internal: 3, JumpName: "portico",
+	l := labtest.New(t, lab.Config{Hosts: 1, Names: []string{"storage"}, Internal: 3, JumpName: "portico",
 		InternalNames: []string{"www-1", "www-2", "www-3"}})
 	root, _ := filepath.Abs("..")
 	work := t.TempDir()

@@ -19,6 +19,7 @@ import (
 	"github.com/nix-hive/nix-hive/cli"
 	"github.com/nix-hive/nix-hive/internal/nixtest"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -37,7 +38,7 @@ func newFaultLab(t *testing.T, n int) *faultLab {
 	for i := range names {
 		names[i] = fmt.Sprintf("app-%d", i+1)
 	}
-	l := lab.New(t, lab.Config{Names: names})
+	l := labtest.New(t, lab.Config{Names: names})
 	root, _ := filepath.Abs("..")
 	f := &faultLab{t: t, lab: l, dir: t.TempDir()}
 	f.write("lab.nix", l.HiveNix())

@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/lab/labtest"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // fleet is a hive over a lab whose instances carry the lab hosts' names,
@@ -30,7 +32,7 @@ type fleet struct {
 const oddName = `it's a "host" $(touch pwned-by-name) ;x`
 
 func newFleet(t *testing.T, cfg lab.Config, odd bool) *fleet {
-	l := lab.New(t, cfg)
+	l := labtest.New(t, cfg)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "lab.nix"), []byte(l.HiveNix()), 0o644); err != nil {
 		t.Fatal(err)
@@ -232,15 +234,13 @@ type netDialer = net.Dialer
 // pty when run from a terminal; the remote exit status passes through.
 // script(1) gives it the terminal.
 func TestSSHInteractivePTY(t *testing.T) {
-	if _, err := exec.LookPath("script"); err != nil {
-		t.Skip("script(1) not installed (util-linux)")
-	}
+	testenv.Tool(t, "script", "apt-get install bsdutils")
 	f := newFleet(t, lab.Config{Hosts: 1}, false)
 	bin := filepath.Join(t.TempDir(), "nix-hive")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/nix-hive").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	cmd := exec.Command("script", "-qec", transport.Quote(bin)+" -c "+transport.Quote(f.dir)+" ssh host-1", "/dev/null")
+	cmd := exec.Command("script", "-qec", shell.Quote(bin)+" -c "+shell.Quote(f.dir)+" ssh host-1", "/dev/null")
 	cmd.Stdin = strings.NewReader("tty && echo remote-term=$TERM; exit 5\n")
 	cmd.Env = append(os.Environ(), "TERM=xterm-test")
 	out, err := cmd.CombinedOutput()

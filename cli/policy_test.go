@@ -12,6 +12,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/internal/nixtest"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 // newPolicyFleet: a lab of n hosts app-1..app-n running system "app", with
@@ -23,7 +24,7 @@ func newPolicyFleet(t *testing.T, n int, policy, extra string) *fleet {
 	for i := range names {
 		names[i] = fmt.Sprintf("app-%d", i+1)
 	}
-	l := lab.New(t, lab.Config{Names: names})
+	l := labtest.New(t, lab.Config{Names: names})
 	root, _ := filepath.Abs("..")
 	dir := t.TempDir()
 	write := func(name, text string) {

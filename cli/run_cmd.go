@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/fanout"
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // RunCmd is `nix-hive run`.
@@ -51,7 +51,7 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	cmd := transport.QuoteArgs(args)
+	cmd := shell.QuoteArgs(args)
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/cli"
 	"github.com/nix-hive/nix-hive/internal/nixtest"
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 )
 
@@ -54,7 +55,7 @@ func TestScripts(t *testing.T) {
 				return false, fmt.Errorf("unknown condition %q", cond)
 			}
 			err := lab.Check()
-			if err != nil && os.Getenv("CI") != "" {
+			if err != nil && testenv.CI() {
 				return false, fmt.Errorf("CI: lab scripts cannot run: %v", err)
 			}
 			return err == nil, nil

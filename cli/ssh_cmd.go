@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -42,7 +43,7 @@ func (c *SSHCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	t := transport.Terminal{In: os.Stdin}
 	if len(args) > 0 {
-		t.Command = transport.QuoteArgs(args)
+		t.Command = shell.QuoteArgs(args)
 		if !term.IsTerminal(int(os.Stdin.Fd())) {
 			t.In = nil
 		}

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // Remote commands are built here and only here. Each is a fixed shell
@@ -34,7 +34,7 @@ func sudoPrefix(user, sudo string) string {
 // privileged quotes args and prefixes them with the privilege command for
 // non-root users.
 func privileged(user, sudo string, args ...string) string {
-	return sudoPrefix(user, sudo) + transport.QuoteArgs(args)
+	return sudoPrefix(user, sudo) + shell.QuoteArgs(args)
 }
 
 // program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set.
@@ -43,7 +43,7 @@ func program(prog string, root bool, user, sudo string, args ...string) string {
 	if root {
 		return privileged(user, sudo, argv...)
 	}
-	return transport.QuoteArgs(argv)
+	return shell.QuoteArgs(argv)
 }
 
 // queryProgram prints what the host runs as key=value lines (see

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // fakeHosts is an in-memory fleet that answers the executor's remote
@@ -49,7 +49,7 @@ func newFakeHosts() *fakeHosts {
 
 // programArgs returns the arguments after "nix-hive" when cmd runs prog.
 func programArgs(cmd, prog string) ([]string, bool) {
-	q := transport.Quote(prog)
+	q := shell.Quote(prog)
 	i := strings.Index(cmd, q)
 	if i < 0 {
 		return nil, false

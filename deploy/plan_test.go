@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 func seedInventory() *eval.Inventory {
@@ -123,7 +123,7 @@ func TestRemoteCommandsQuote(t *testing.T) {
 	if c := program(confirmProgram, true, "root", "sudo", "id"); strings.Contains(c, "sudo") {
 		t.Errorf("root needs no sudo:\n%s", c)
 	}
-	if !strings.Contains(cmd, transport.Quote(startProgram)) || strings.Contains(cmd, "switch-to-configuration") {
+	if !strings.Contains(cmd, shell.Quote(startProgram)) || strings.Contains(cmd, "switch-to-configuration") {
 		t.Errorf("the start program travels as one quoted word, the job script on stdin only:\n%s", cmd)
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // substitution is a consumer realising paths from its store.
@@ -49,7 +49,7 @@ func (s substitution) command() string {
 	if len(s.knownHosts) > 0 {
 		b.WriteString("umask 077; kh=$(mktemp) || exit 1; trap 'rm -f \"$kh\"' EXIT\n")
 		for _, l := range s.knownHosts {
-			fmt.Fprintf(&b, "printf '%%s\\n' %s >> \"$kh\"\n", transport.Quote(l))
+			fmt.Fprintf(&b, "printf '%%s\\n' %s >> \"$kh\"\n", shell.Quote(l))
 		}
 		sshopts = append(sshopts, "-o", "UserKnownHostsFile=$kh", "-o", "StrictHostKeyChecking=yes")
 	}
@@ -58,9 +58,9 @@ func (s substitution) command() string {
 	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
 	if prefix := sudoPrefix(s.user, s.sudo); prefix != "" {
 		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
-		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, transport.QuoteArgs(args))
+		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, shell.QuoteArgs(args))
 	} else {
-		fmt.Fprintf(&b, "%s >/dev/null\n", transport.QuoteArgs(args))
+		fmt.Fprintf(&b, "%s >/dev/null\n", shell.QuoteArgs(args))
 	}
 	return b.String()
 }

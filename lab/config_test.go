@@ -1,12 +1,13 @@
 package lab
 
 import (
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 func TestHostNames(t *testing.T) {
@@ -79,12 +80,7 @@ func TestPath(t *testing.T) {
 
 // TestNixString checks the quoting with real nix: what goes in comes out.
 func TestNixString(t *testing.T) {
-	if _, err := exec.LookPath("nix-instantiate"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("nix-instantiate is missing (CI is set)")
-		}
-		t.Skip("nix-instantiate is missing")
-	}
+	testenv.Tool(t, "nix-instantiate", "apt-get install nix-bin")
 	for _, s := range []string{`plain`, `with "quotes"`, `back\slash`, `${builtins.abort "x"}`, "two\nlines\ttab", `$${x}`, `$`} {
 		out, err := exec.Command("nix-instantiate", "--eval", "--json", "--expr", nixcmd.String(s)).CombinedOutput()
 		if err != nil {
@@ -103,12 +99,12 @@ func jsonString(s string) string {
 
 func TestShellQuote(t *testing.T) {
 	for _, s := range []string{"plain", "it's", "a b", `$(rm -rf /)`, "'", "", "new\nline"} {
-		out, err := exec.Command("/bin/sh", "-c", "printf %s "+shellQuote(s)).Output()
+		out, err := exec.Command("/bin/sh", "-c", "printf %s "+shell.Quote(s)).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if string(out) != s {
-			t.Errorf("shellQuote(%q) came back as %q", s, out)
+			t.Errorf("shell.Quote(%q) came back as %q", s, out)
 		}
 	}
 }

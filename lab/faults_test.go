@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 // canDial reports whether an SSH session to h gets through within a few
@@ -44,7 +45,7 @@ func canDial(t *testing.T, l *lab.Lab, h *lab.Host) error {
 // stop while the host lives on, and come back; the firewall can drop SSH
 // to this host alone.
 func TestHostServices(t *testing.T) {
-	l := lab.New(t, lab.Config{Hosts: 2})
+	l := labtest.New(t, lab.Config{Hosts: 2})
 	a, b := l.Hosts[0], l.Hosts[1]
 	exec1(t, a, "lab-service", "sshd-stop")
 	if err := canDial(t, l, a); err == nil {
@@ -71,7 +72,7 @@ func TestHostServices(t *testing.T) {
 // reboot inside a host restarts it as a boot would: /run is empty again,
 // /run/current-system is what the system profile points at, sshd is back.
 func TestHostReboot(t *testing.T) {
-	l := lab.New(t, lab.Config{Hosts: 1})
+	l := labtest.New(t, lab.Config{Hosts: 1})
 	h := l.Hosts[0]
 	exec1(t, h, "sh", "-c", `set -e
 mkdir -p /nix/store/aaa-sys-1 /nix/store/bbb-sys-2 /nix/var/nix/profiles
@@ -95,7 +96,7 @@ touch /run/marker`)
 }
 
 func TestHostFaults(t *testing.T) {
-	l := lab.New(t, lab.Config{Hosts: 2})
+	l := labtest.New(t, lab.Config{Hosts: 2})
 	a, b := l.Hosts[0], l.Hosts[1]
 
 	t.Run("cut connections", func(t *testing.T) {

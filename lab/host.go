@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 const (
@@ -199,7 +201,7 @@ firewall-open)
 *)
   echo "usage: lab-service sshd-start|sshd-stop|firewall-block-ssh|firewall-open" >&2; exit 2 ;;
 esac
-`, sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()), h.firewallTable(), addrs, h.Port)
+`, sshdPath, shell.Quote(h.sshdConfigFile()), shell.Quote(h.logFile()), h.firewallTable(), addrs, h.Port)
 }
 
 func (h *Host) sshdConfig() string {
@@ -246,11 +248,11 @@ func (h *Host) script() string {
 	// would keep those namespaces alive after the other lab deletes them.
 	b.WriteString(`awk '$5 ~ "^/run/netns/." {print $5}' /proc/self/mountinfo | while read -r m; do umount -l "$m" || true; done` + "\n")
 	for _, o := range overlays {
-		fmt.Fprintf(&b, "mount --bind %s %s\n", shellQuote(filepath.Join(h.Root, o.dir)), shellQuote(o.inHost))
+		fmt.Fprintf(&b, "mount --bind %s %s\n", shell.Quote(filepath.Join(h.Root, o.dir)), shell.Quote(o.inHost))
 	}
 	// A /proc of the host's own pid namespace: ps inside shows the host only.
 	b.WriteString("mount -t proc proc /proc\n")
-	fmt.Fprintf(&b, "hostname %s\n", shellQuote(h.Name))
+	fmt.Fprintf(&b, "hostname %s\n", shell.Quote(h.Name))
 	b.WriteString(`mkdir -p /run/sshd
 p=/nix/var/nix/profiles/system
 if [ ! -e /run/current-system ] && [ -e $p ]; then
@@ -259,7 +261,7 @@ if [ ! -e /run/current-system ] && [ -e $p ]; then
 fi
 trap 'exit 129' HUP
 `)
-	fmt.Fprintf(&b, "%s -f %s -E %s\n", sshdPath, shellQuote(h.sshdConfigFile()), shellQuote(h.logFile()))
+	fmt.Fprintf(&b, "%s -f %s -E %s\n", sshdPath, shell.Quote(h.sshdConfigFile()), shell.Quote(h.logFile()))
 	b.WriteString("while :; do sleep 3600 & wait $! || :; done\n")
 	return b.String()
 }
@@ -590,9 +592,4 @@ func startPinned(cmd *exec.Cmd) error {
 	done := make(chan error, 1)
 	spawner.reqs <- spawnReq{cmd, done}
 	return <-done
-}
-
-// shellQuote quotes s for a POSIX shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 func clientSigner(t *testing.T, l *lab.Lab) ssh.Signer {
@@ -132,7 +133,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestPlainHosts(t *testing.T) {
-	lab.Require(t)
+	labtest.Require(t)
 	ctx := t.Context()
 	l, err := lab.Start(ctx, lab.Config{Hosts: 3})
 	if err != nil {
@@ -347,7 +348,7 @@ func TestPlainHosts(t *testing.T) {
 }
 
 func TestJumpTopology(t *testing.T) {
-	l := lab.New(t, lab.Config{Hosts: 1, Internal: 2})
+	l := labtest.New(t, lab.Config{Hosts: 1, Internal: 2})
 	ctx := t.Context()
 
 	var names []string
@@ -478,7 +479,7 @@ func TestJumpTopology(t *testing.T) {
 // crashed or timed-out test binary would be, and checks its hosts died with
 // it.
 func TestKilledOwnerLeavesNoHosts(t *testing.T) {
-	lab.Require(t)
+	labtest.Require(t)
 	ctx := t.Context()
 	dir := t.TempDir()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperLabOwner$", "-test.v")
@@ -516,7 +517,7 @@ func TestKilledOwnerLeavesNoHosts(t *testing.T) {
 		t.Errorf("InUse(%s) = %v, %v after the owner died", dir, inUse, err)
 	}
 	// The directory is reusable: a new lab replaces the dead one's hosts.
-	l := lab.New(t, lab.Config{Hosts: 1, Dir: dir})
+	l := labtest.New(t, lab.Config{Hosts: 1, Dir: dir})
 	if got := exec1(t, l.Hosts[0], "ls", "-A", "/nix/store"); got != "" {
 		t.Errorf("new lab in %s inherited a store: %q", dir, got)
 	}
@@ -546,9 +547,9 @@ func TestFiftyHosts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 50 hosts; skipped with -short")
 	}
-	lab.Require(t)
+	labtest.Require(t)
 	start := time.Now()
-	l := lab.New(t, lab.Config{Hosts: 50})
+	l := labtest.New(t, lab.Config{Hosts: 50})
 	t.Logf("50 hosts accepting SSH %v after Start was called", time.Since(start))
 
 	start = time.Now()

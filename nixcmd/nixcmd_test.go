@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 func TestRunForwardsStderrAndExplainsFailures(t *testing.T) {
-	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
-	}
+	testenv.Tool(t, "sh", "a POSIX shell stands in for nix")
 	var log bytes.Buffer
 	r := &Runner{Stderr: &log, Prefix: "nix: "}
 	out, err := r.Run(context.Background(), "sh", "-c", `echo building >&2; echo "warning: you did not specify '--add-root'" >&2; echo result; echo "error: it broke" >&2; echo "  at line 3" >&2; exit 1`)

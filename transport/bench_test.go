@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 // benchRun runs b.N commands twice, over one pooled connection and with a
@@ -62,6 +63,6 @@ func BenchmarkRunInProcess(b *testing.B) {
 func BenchmarkRunLab(b *testing.B) {
 	b.Setenv("HOME", b.TempDir())
 	b.Setenv("SSH_AUTH_SOCK", "")
-	l := lab.New(b, lab.Config{Hosts: 1})
+	l := labtest.New(b, lab.Config{Hosts: 1})
 	benchRun(b, Config{Endpoints: labEndpoints(l, true), KnownHostsFiles: []string{}}, l.Hosts[0].Name)
 }

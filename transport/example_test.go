@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 
+	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -26,7 +27,7 @@ func Example() {
 	}
 	defer pool.Close()
 
-	cmd := transport.QuoteArgs([]string{"systemctl", "is-active", "nginx.service"})
+	cmd := shell.QuoteArgs([]string{"systemctl", "is-active", "nginx.service"})
 	code, err := pool.Run(ctx, "www-1", cmd, nil, os.Stdout, os.Stderr)
 	if err != nil {
 		log.Fatal(err) // could not run it: connection, host key, auth, ctx

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // labEndpoints describes the lab's hosts, with their keys pinned or not.
@@ -35,7 +37,7 @@ func labEndpoints(l *lab.Lab, pin bool) map[string]Endpoint {
 // one lab to keep the suite fast, and the destructive ones come last.
 func TestLab(t *testing.T) {
 	hermetic(t)
-	l := lab.New(t, lab.Config{Hosts: 3})
+	l := labtest.New(t, lab.Config{Hosts: 3})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	ctx := testCtx(t)
 	p := newTestPool(t, Config{Endpoints: labEndpoints(l, true)})
@@ -47,7 +49,7 @@ func TestLab(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					out, _, code, err := p.Output(ctx, h.Name, fmt.Sprintf("echo %s-%d", Quote(h.Name), i))
+					out, _, code, err := p.Output(ctx, h.Name, fmt.Sprintf("echo %s-%d", shell.Quote(h.Name), i))
 					if want := fmt.Sprintf("%s-%d\n", h.Name, i); err != nil || code != 0 || string(out) != want {
 						t.Errorf("%s: Output = %q, %d, %v; want %q", h.Name, out, code, err, want)
 					}
@@ -72,7 +74,7 @@ func TestLab(t *testing.T) {
 	t.Run("quoted arguments arrive intact", func(t *testing.T) {
 		args := []string{"two words", `"double"`, "'single'", "it's", "$(touch /root/pwned1)", "`touch /root/pwned2`",
 			"$HOME", "a;touch /root/pwned3", "*", "back\\slash", "new\nline", "", "-n", "ünïcödé"}
-		out, errOut, code, err := p.Output(ctx, h1.Name, "printf '[%s]' "+QuoteArgs(args))
+		out, errOut, code, err := p.Output(ctx, h1.Name, "printf '[%s]' "+shell.QuoteArgs(args))
 		want := "[" + strings.Join(args, "][") + "]"
 		if err != nil || code != 0 || string(out) != want {
 			t.Errorf("got %q (stderr %q, code %d, err %v); want %q", out, errOut, code, err, want)
@@ -350,7 +352,7 @@ func compareTrees(t *testing.T, a, b string) {
 // generated config takes the same route.
 func TestLabJump(t *testing.T) {
 	home := hermetic(t)
-	l := lab.New(t, lab.Config{Internal: 2})
+	l := labtest.New(t, lab.Config{Internal: 2})
 	ctx := testCtx(t)
 	cfg := Config{Endpoints: labEndpoints(l, true)}
 	p := newTestPool(t, cfg)
@@ -366,7 +368,7 @@ func TestLabJump(t *testing.T) {
 	}
 	for range 5 {
 		for _, h := range internal {
-			out, _, code, err := p.Output(ctx, h.Name, "echo reached "+Quote(h.Name))
+			out, _, code, err := p.Output(ctx, h.Name, "echo reached "+shell.Quote(h.Name))
 			if err != nil || code != 0 || string(out) != "reached "+h.Name+"\n" {
 				t.Fatalf("Output on %s = %q, %d, %v", h.Name, out, code, err)
 			}

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/term"
 )
 
-// Run runs cmd, a shell command line (quote its parts with Quote or
-// QuoteArgs), on the instance over the pooled connection. stdin may be
+// Run runs cmd, a shell command line (quote its parts with shell.Quote or
+// shell.QuoteArgs), on the instance over the pooled connection. stdin may be
 // nil (the command sees EOF); nil stdout or stderr discard that stream.
 //
 // A command that ran and exited non-zero is reported by exitCode with a nil

@@ -12,19 +12,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 // needSSH returns the OpenSSH client or skips (fails under CI).
 func needSSH(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("ssh")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI: the OpenSSH client (ssh) is required for this test and is not installed")
-		}
-		t.Skip("no OpenSSH client (ssh) installed")
-	}
-	return p
+	return testenv.Tool(t, "ssh", "apt-get install openssh-client")
 }
 
 // sshG runs `ssh -G -F config name` and returns its settings; keys that

@@ -28,8 +28,8 @@ import (
 	"github.com/nix-hive/nix-hive/bench/internal/wire"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/state"
-	"github.com/nix-hive/nix-hive/transport"
 )
 
 type options struct {
@@ -487,7 +487,7 @@ func first(s []string, n int) []string {
 // the same two steps nix-hive takes.
 func activate(path string) string {
 	return fmt.Sprintf("nix-env -p /nix/var/nix/profiles/system --set %s && %s switch",
-		transport.Quote(path), transport.Quote(path+"/bin/switch-to-configuration"))
+		shell.Quote(path), shell.Quote(path+"/bin/switch-to-configuration"))
 }
 
 // nix runs nix with its ssh pointed at the baselines' config.
@@ -559,7 +559,7 @@ func (b *bench) script(ctx context.Context, s systems) error {
 		cmd := activate(s.of(h))
 		if h.Name != jumpName {
 			cmd = fmt.Sprintf("nix-store --realise %s --option substituters %s --option require-sigs true >/dev/null && %s",
-				transport.Quote(s.web), transport.Quote(store), cmd)
+				shell.Quote(s.web), shell.Quote(store), cmd)
 		}
 		g.Go(func() error {
 			if err := b.ssh(gctx, "c", h.Name, cmd); err != nil {

@@ -24,7 +24,7 @@ import (
 	"github.com/nix-hive/nix-hive/bench/internal/harness"
 	"github.com/nix-hive/nix-hive/bench/internal/wire"
 	"github.com/nix-hive/nix-hive/lab"
-	"github.com/nix-hive/nix-hive/transport"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 type options struct {
@@ -130,7 +130,7 @@ func run(ctx context.Context, o options) (err error) {
 	// The loop a user would type; names and the config path are quoted
 	// although the lab's are plain, since this string goes to a shell.
 	loop := fmt.Sprintf(`for h in %s; do ssh -F %s "$h" true || exit 1; done`,
-		transport.QuoteArgs(names), transport.Quote(l.SSHConfigFile))
+		shell.QuoteArgs(names), shell.Quote(l.SSHConfigFile))
 
 	measure := func(logName, name string, args ...string) (sample, error) {
 		c0, err := table.Read(ctx)

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 // The test binary doubles as nix-hive-lab, so the tests run the command as
@@ -53,7 +54,7 @@ func (s *syncBuffer) String() string {
 }
 
 func TestUpDown(t *testing.T) {
-	lab.Require(t)
+	labtest.Require(t)
 	ctx := t.Context()
 	dir := t.TempDir()
 

@@ -1,10 +1,12 @@
-package transport
+package shell
 
 import (
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 func TestQuote(t *testing.T) {
@@ -51,12 +53,7 @@ func shellPrints(t *testing.T, line string) string {
 // needSh skips without a POSIX sh (fails under CI).
 func needSh(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("sh"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI: sh is required to check quoting and is not on PATH")
-		}
-		t.Skip("no sh on PATH")
-	}
+	testenv.Tool(t, "sh", "a POSIX shell checks the quoting")
 }
 
 func TestQuoteArgsRoundTrip(t *testing.T) {
@@ -70,7 +67,7 @@ func TestQuoteArgsRoundTrip(t *testing.T) {
 }
 
 // FuzzQuote: sh -c "printf %s " + Quote(x) prints x exactly. Run with
-// go test -fuzz FuzzQuote ./transport.
+// go test -fuzz FuzzQuote ./shell.
 func FuzzQuote(f *testing.F) {
 	needSh(f)
 	for _, s := range []string{"", "a", "'", "''", `'\''`, "$(id)", "`id`", "a b", "\n", "-n", "%s", "\\", "\xff\xfe", "~", "a=b"} {
