@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
@@ -16,7 +15,8 @@ type BuildCmd struct {
 }
 
 func (c *BuildCmd) Help() string {
-	return `Builds every unique system of the selected instances in one nix build,
+	return `Builds every unique system of the selected instances once (one
+nix-store --realise),
 signs the closures when signing.keyFile is set, records the result in
 hive.state and prints the inventory as JSON on stdout (logs go to stderr).
 
@@ -105,7 +105,7 @@ func (g *Globals) buildSystems(ctx context.Context, inv *eval.Inventory, systems
 	if err != nil {
 		return nil, err
 	}
-	built, err := ev.Build(ctx, inv, systems, nil)
+	built, err := ev.Build(ctx, inv, systems)
 	now := time.Now().UTC()
 	for s, b := range built {
 		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, BuiltAt: now})
@@ -137,8 +137,4 @@ func (g *Globals) buildSystems(ctx context.Context, inv *eval.Inventory, systems
 		}
 	}
 	return res, nil
-}
-
-func notImplemented(name string) error {
-	return fmt.Errorf("%s: %w", name, ErrNotImplemented)
 }

@@ -40,10 +40,6 @@ const (
 	exitInterrupted = 130
 )
 
-// ErrNotImplemented marks commands that exist in the tree but not yet in
-// the code, so scripts can tell them from failures.
-var ErrNotImplemented = errors.New("not implemented yet")
-
 // exitError carries an exit status chosen by a command (e.g. `ssh` passing
 // through the remote status) without printing anything more.
 type exitError struct{ code int }
@@ -146,9 +142,6 @@ func exitStatus(ctx context.Context, err error, stderr io.Writer) int {
 	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
 		fmt.Fprintf(stderr, "nix-hive: interrupted: %v\n", err)
 		return exitInterrupted
-	case errors.Is(err, ErrNotImplemented):
-		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
-		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "nix-hive: %v\n", err)
 		return exitFailure

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -31,7 +33,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	w := g.stdout
 	fmt.Fprintln(w, "systems:")
-	for _, s := range sortedKeys(plan.Systems) {
+	for _, s := range slices.Sorted(maps.Keys(plan.Systems)) {
 		fmt.Fprintf(w, "  %s: %s\n", s, plan.Systems[s])
 	}
 	fmt.Fprintln(w, "transfers from this host:")

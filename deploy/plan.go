@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -159,7 +160,7 @@ func (p *Plan) need(inv *eval.Inventory, name, path string, depth int) error {
 func (p *Plan) setTransfers() {
 	urls := map[string][]string{}
 	var urlOrder []string
-	for _, name := range sortedHosts(p.Hosts) {
+	for _, name := range slices.Sorted(maps.Keys(p.Hosts)) {
 		h := p.Hosts[name]
 		switch h.Source.Kind {
 		case SourcePush:
@@ -259,20 +260,11 @@ func (p *Plan) order(waves [][]string, wave map[string]int) {
 			p.Order = append(p.Order, n)
 		}
 	}
-	for _, n := range sortedHosts(p.Hosts) {
+	for _, n := range slices.Sorted(maps.Keys(p.Hosts)) {
 		if !p.Hosts[n].Target {
 			p.Order = append(p.Order, n)
 		}
 	}
-}
-
-func sortedHosts(m map[string]*Host) []string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }
 
 func appendNew(xs []string, ys ...string) []string {

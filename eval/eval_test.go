@@ -112,7 +112,7 @@ func TestBuildEachSystemOnce(t *testing.T) {
 	if len(systems) != 4 {
 		t.Fatalf("systems of targets = %v, want 4", systems)
 	}
-	built, err := ev.Build(ctx, inv, systems, nil)
+	built, err := ev.Build(ctx, inv, systems)
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, stderr.String())
 	}
@@ -257,7 +257,7 @@ func TestSystemPathsOverrideHivePaths(t *testing.T) {
 	if inv.Systems["b"].Paths["nixpkgs"] != ownNixpkgs || inv.Systems["a"].Paths["nixpkgs"] != hiveNixpkgs {
 		t.Fatalf("effective paths: a=%v b=%v", inv.Systems["a"].Paths, inv.Systems["b"].Paths)
 	}
-	built, err := ev.Build(ctx, inv, []string{"a", "b"}, nil)
+	built, err := ev.Build(ctx, inv, []string{"a", "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestSignAndRoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := ev.Build(ctx, inv, []string{"a"}, nil)
+	built, err := ev.Build(ctx, inv, []string{"a"})
 	if err != nil {
 		t.Fatal(err)
 	}

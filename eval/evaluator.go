@@ -111,7 +111,7 @@ type Built struct {
 // .drv changed in Nix 2.15; `nix-store --realise` prints outputs in argument
 // order on every Nix version and takes the same build options (--builders,
 // --max-jobs, --keep-going).
-func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string, extraFlags []string) (map[string]Built, error) {
+func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string) (map[string]Built, error) {
 	groups, err := groupByPaths(inv, systems)
 	if err != nil {
 		return nil, err
@@ -125,7 +125,6 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string,
 		}
 		args := []string{"--realise"}
 		args = append(args, inv.Build.Flags...)
-		args = append(args, extraFlags...)
 		seen := map[string]bool{}
 		for _, s := range group {
 			if d := drvs[s].DrvPath; !seen[d] {

@@ -1,7 +1,7 @@
 // Package eval talks to Nix about a hive: it locates the hive definition,
 // evaluates its inventory in one call, builds the unique systems of a
-// deployment in one `nix build`, signs what it built and asks the local
-// store which paths are valid.
+// deployment in one `nix-store --realise`, keeps GC roots for them, signs
+// what it built and asks the local store which paths are valid.
 package eval
 
 import (
@@ -23,7 +23,6 @@ type Inventory struct {
 	Signing    Signing              `json:"signing"`
 	Paths      map[string]string    `json:"paths"`
 	Build      BuildSettings        `json:"build"`
-	JumpChains map[string][]string  `json:"jumpChains"`
 }
 
 // Instance is one host running one system.
@@ -68,7 +67,8 @@ type BuildSettings struct {
 	Flags []string `json:"flags"`
 }
 
-// rawInventory mirrors what lib/hive.nix emits, where absent values are null.
+// rawInstance mirrors an instance as lib/hive.nix emits it, where absent
+// values are null.
 type rawInstance struct {
 	Instance
 	Jump  *string `json:"jump"`

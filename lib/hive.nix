@@ -170,7 +170,6 @@ let
         then [ "instance \"${name}\": attribute ${attr}: cycle ${concatStringsSep " -> " c.path}" ]
         else [ ];
 
-      jumpChain = name: tail (chainOf "jump" name).path;
 
       # Values of the wrong type are replaced by their defaults here (the
       # errors above report them), so the inventory always has one shape.
@@ -232,7 +231,6 @@ let
         };
         paths = mapAttrs (_: pathString) hivePaths;
         build.flags = hive.nix.build.flags or [ ];
-        jumpChains = mapAttrs (n: _: jumpChain n) instances;
       };
     in {
       inherit inventory;

@@ -3,8 +3,9 @@ package starlark
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strings"
 
 	sk "go.starlark.net/starlark"
@@ -48,7 +49,7 @@ func newInstanceValue(inst *Instance, index int) (*instanceValue, error) {
 		tags[i] = sk.String(t)
 	}
 	meta := sk.NewDict(len(inst.Meta))
-	for _, k := range sortedKeys(inst.Meta) {
+	for _, k := range slices.Sorted(maps.Keys(inst.Meta)) {
 		v, err := fromJSON(inst.Meta[k], "meta."+k)
 		if err != nil {
 			return nil, fmt.Errorf("instance %s: %w", inst.Name, err)
@@ -154,7 +155,7 @@ func fromJSON(x any, path string) (sk.Value, error) {
 		return l, nil
 	case map[string]any:
 		d := sk.NewDict(len(x))
-		for _, k := range sortedKeys(x) {
+		for _, k := range slices.Sorted(maps.Keys(x)) {
 			v, err := fromJSON(x[k], path+"."+k)
 			if err != nil {
 				return nil, err
@@ -167,15 +168,6 @@ func fromJSON(x any, path string) (sk.Value, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("%s: unsupported type %T", path, x)
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // instanceValues converts in for one policy call and indexes it by name.

@@ -169,9 +169,6 @@ func assignments(f *syntax.File) map[string]syntax.Position {
 	return pos
 }
 
-// settingNames are the long names a typo is likely in; a global within two
-// edits of one, while the real one is undefined, is reported rather than
-// silently ignored.
 // functionStarts is the set of positions of def statements and lambdas,
 // which is where a frame stands before its function's body runs.
 func functionStarts(f *syntax.File) map[syntax.Position]bool {
@@ -188,6 +185,9 @@ func functionStarts(f *syntax.File) map[syntax.Position]bool {
 	return starts
 }
 
+// settingNames are the long names a typo is likely in; a global within two
+// edits of one, while the real one is undefined, is reported rather than
+// silently ignored.
 var settingNames = []string{"pre_activate", "post_activate", "max_failures", "on_failure"}
 
 // configure reads the settings and functions out of the frozen globals.
