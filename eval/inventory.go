@@ -17,12 +17,12 @@ import (
 // Inventory is the normalized hive: everything about instances and systems
 // that can be known without evaluating a system's toplevel.
 type Inventory struct {
-	Instances  map[string]*Instance `json:"instances"`
-	Systems    map[string]*System   `json:"systems"`
-	Errors     []string             `json:"errors,omitempty"`
-	Signing    Signing              `json:"signing"`
-	Paths      map[string]string    `json:"paths"`
-	Build      BuildSettings        `json:"build"`
+	Instances map[string]*Instance `json:"instances"`
+	Systems   map[string]*System   `json:"systems"`
+	Errors    []string             `json:"errors,omitempty"`
+	Signing   Signing              `json:"signing"`
+	Paths     map[string]string    `json:"paths"`
+	Build     BuildSettings        `json:"build"`
 }
 
 // Instance is one host running one system.
