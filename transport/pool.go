@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -129,16 +128,6 @@ func knownFiles(cfg Config) []string {
 // Warnings are non-fatal problems found by NewPool (an unreadable user ssh
 // config, for instance), for the caller to show.
 func (p *Pool) Warnings() []string { return slices.Clone(p.warnings) }
-
-// Names lists the endpoints, sorted.
-func (p *Pool) Names() []string {
-	out := make([]string, 0, len(p.endpoints))
-	for n := range p.endpoints {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
 
 // Resolve returns the effective settings of an instance: host, port, user
 // and jump chain after merging the hive, the user's ssh config and the
