@@ -75,141 +75,9 @@ func (p *Pool) Copy(ctx context.Context, src, dst string, recursive bool, progre
 // never see a partial file. progress, if set, gets the bytes copied so far
 // and the total of all files, starting with (0, total).
 func Upload(ctx context.Context, c *sftp.Client, local, remote string, recursive bool, progress func(done, total int64)) error {
-	st, err := os.Stat(local)
-	if err != nil {
-		return fmt.Errorf("upload: %w", err)
-	}
-	if st.IsDir() && !recursive {
-		return fmt.Errorf("upload %s: is a directory (copy it recursively)", local)
-	}
-	if remote == "" {
-		remote = "."
-	}
-	target := remote
-	if rst, err := c.Stat(remote); err == nil && rst.IsDir() {
-		target = path.Join(remote, filepath.Base(local))
-	}
-	total, err := localSize(local)
-	if err != nil {
+	if err := copyTree(ctx, localFS{}, remoteFS{c}, local, remote, recursive, progress); err != nil {
 		return fmt.Errorf("upload %s: %w", local, err)
 	}
-	pr := newProgress(ctx, total, progress)
-	if !st.IsDir() {
-		if err := uploadFile(c, local, target, st.Mode(), pr); err != nil {
-			return fmt.Errorf("upload %s to %s: %w", local, target, err)
-		}
-		return nil
-	}
-	// Directories are created writable and get their own mode at the end,
-	// deepest first, so a read-only directory can still be filled.
-	type dirMode struct {
-		path string
-		mode fs.FileMode
-	}
-	var dirs []dirMode
-	err = filepath.WalkDir(local, func(lp string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(local, lp)
-		if err != nil {
-			return err
-		}
-		rp := path.Join(target, filepath.ToSlash(rel))
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			if err := c.Mkdir(rp); err != nil {
-				if rst, serr := c.Stat(rp); serr != nil || !rst.IsDir() {
-					return fmt.Errorf("mkdir %s: %w", rp, err)
-				}
-			}
-			if err := c.Chmod(rp, 0o700); err != nil {
-				return fmt.Errorf("chmod %s: %w", rp, err)
-			}
-			dirs = append(dirs, dirMode{rp, info.Mode()})
-		case d.Type()&fs.ModeSymlink != 0:
-			dest, err := os.Readlink(lp)
-			if err != nil {
-				return err
-			}
-			_ = c.Remove(rp)
-			if err := c.Symlink(dest, rp); err != nil {
-				return fmt.Errorf("symlink %s: %w", rp, err)
-			}
-		case d.Type().IsRegular():
-			if err := uploadFile(c, lp, rp, info.Mode(), pr); err != nil {
-				return fmt.Errorf("%s to %s: %w", lp, rp, err)
-			}
-		default:
-			return fmt.Errorf("%s: cannot copy a %s", lp, d.Type())
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("upload %s: %w", local, err)
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := c.Chmod(dirs[i].path, dirs[i].mode&modeBits); err != nil {
-			return fmt.Errorf("upload %s: chmod %s: %w", local, dirs[i].path, err)
-		}
-	}
-	return nil
-}
-
-func uploadFile(c *sftp.Client, local, remote string, mode fs.FileMode, pr *progress) error {
-	in, err := os.Open(local)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	tmp := path.Join(path.Dir(remote), "."+path.Base(remote)+".nix-hive-"+randomSuffix())
-	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			c.Remove(tmp)
-		}
-	}()
-	// The reader reports its size so sftp can pipeline writes.
-	if _, err := f.ReadFrom(pr.reader(in, st.Size())); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode & modeBits); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if _, posix := c.HasExtension("posix-rename@openssh.com"); posix {
-		err = c.PosixRename(tmp, remote)
-	} else {
-		// Plain SFTP rename refuses to replace an existing file.
-		if rerr := c.Remove(remote); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = rerr
-		} else {
-			err = c.Rename(tmp, remote)
-		}
-	}
-	if err != nil {
-		c.Remove(tmp)
-		return fmt.Errorf("rename %s to %s: %w", tmp, remote, err)
-	}
-	ok = true
 	return nil
 }
 
@@ -218,95 +86,114 @@ func uploadFile(c *sftp.Client, local, remote string, mode fs.FileMode, pr *prog
 // when local is an existing directory, modes and symlinks preserved,
 // temporary name then rename, progress over all files).
 func Download(ctx context.Context, c *sftp.Client, remote, local string, recursive bool, progress func(done, total int64)) error {
-	if remote == "" {
-		remote = "."
-	}
-	st, err := c.Stat(remote)
-	if err != nil {
+	if err := copyTree(ctx, remoteFS{c}, localFS{}, remote, local, recursive, progress); err != nil {
 		return fmt.Errorf("download %s: %w", remote, err)
+	}
+	return nil
+}
+
+// copyTree copies from (a file or, when recursive, a directory) on src to
+// to on dst.
+func copyTree(ctx context.Context, src, dst side, from, to string, recursive bool, progress func(done, total int64)) error {
+	if from == "" {
+		from = "."
+	}
+	if to == "" {
+		to = "."
+	}
+	st, err := src.Stat(from)
+	if err != nil {
+		return err
 	}
 	if st.IsDir() && !recursive {
-		return fmt.Errorf("download %s: is a directory (copy it recursively)", remote)
+		return errors.New("is a directory (copy it recursively)")
 	}
-	target := local
-	if lst, err := os.Stat(local); err == nil && lst.IsDir() {
-		base := path.Base(remote)
-		if base == "." || base == "/" {
-			if real, err := c.RealPath(remote); err == nil {
-				base = path.Base(real)
-			}
-		}
-		target = filepath.Join(local, base)
+	target := to
+	if ts, err := dst.Stat(to); err == nil && ts.IsDir() {
+		target = dst.Join(to, src.Base(from))
 	}
-	total, err := remoteSize(c, remote)
+	total, err := treeSize(src, from)
 	if err != nil {
-		return fmt.Errorf("download %s: %w", remote, err)
+		return err
 	}
 	pr := newProgress(ctx, total, progress)
 	if !st.IsDir() {
-		if err := downloadFile(c, remote, target, st.Mode(), pr); err != nil {
-			return fmt.Errorf("download %s to %s: %w", remote, target, err)
+		if err := copyFile(src, dst, from, target, st.Mode(), pr); err != nil {
+			return fmt.Errorf("to %s: %w", target, err)
 		}
 		return nil
 	}
-	type dirMode struct {
-		path string
-		mode fs.FileMode
-	}
+	// Directories are made writable first and get their own mode at the
+	// end, deepest first, so a read-only directory can still be filled.
 	var dirs []dirMode
-	w := c.Walk(remote)
-	for w.Step() {
-		if err := w.Err(); err != nil {
-			return fmt.Errorf("download %s: %w", remote, err)
-		}
+	err = src.Walk(from, func(rel string, info fs.FileInfo) error {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("download %s: %w", remote, err)
+			return err
 		}
-		rp, info := w.Path(), w.Stat()
-		lp := filepath.Join(target, filepath.FromSlash(remoteRel(remote, rp)))
-		switch {
-		case info.IsDir():
-			if err := os.Mkdir(lp, 0o700); err != nil {
-				if lst, serr := os.Stat(lp); serr != nil || !lst.IsDir() {
-					return fmt.Errorf("download %s: %w", remote, err)
-				}
-				if err := os.Chmod(lp, 0o700); err != nil {
-					return fmt.Errorf("download %s: %w", remote, err)
-				}
-			}
-			dirs = append(dirs, dirMode{lp, info.Mode()})
-		case info.Mode()&fs.ModeSymlink != 0:
-			dest, err := c.ReadLink(rp)
-			if err != nil {
-				return fmt.Errorf("download %s: readlink %s: %w", remote, rp, err)
-			}
-			_ = os.Remove(lp)
-			if err := os.Symlink(dest, lp); err != nil {
-				return fmt.Errorf("download %s: %w", remote, err)
-			}
-		case info.Mode().IsRegular():
-			if err := downloadFile(c, rp, lp, info.Mode(), pr); err != nil {
-				return fmt.Errorf("download %s to %s: %w", rp, lp, err)
-			}
-		default:
-			return fmt.Errorf("download %s: %s: cannot copy a %s", remote, rp, info.Mode().Type())
+		d, err := copyEntry(src, dst, src.Join(from, rel), dst.Join(target, rel), info, pr)
+		if d != nil {
+			dirs = append(dirs, *d)
 		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := os.Chmod(dirs[i].path, dirs[i].mode&modeBits); err != nil {
-			return fmt.Errorf("download %s: %w", remote, err)
+		if err := dst.Chmod(dirs[i].path, dirs[i].mode&modeBits); err != nil {
+			return fmt.Errorf("chmod %s: %w", dirs[i].path, err)
 		}
 	}
 	return nil
 }
 
-func downloadFile(c *sftp.Client, remote, local string, mode fs.FileMode, pr *progress) error {
-	in, err := c.Open(remote)
+type dirMode struct {
+	path string
+	mode fs.FileMode
+}
+
+// copyEntry copies one walked entry; a directory is returned for its mode
+// to be set at the end.
+func copyEntry(src, dst side, sp, dp string, info fs.FileInfo, pr *progress) (*dirMode, error) {
+	switch {
+	case info.IsDir():
+		if err := dst.Mkdir(dp); err != nil {
+			if st, serr := dst.Stat(dp); serr != nil || !st.IsDir() {
+				return nil, fmt.Errorf("mkdir %s: %w", dp, err)
+			}
+		}
+		if err := dst.Chmod(dp, 0o700); err != nil {
+			return nil, fmt.Errorf("chmod %s: %w", dp, err)
+		}
+		return &dirMode{dp, info.Mode()}, nil
+	case info.Mode()&fs.ModeSymlink != 0:
+		link, err := src.Readlink(sp)
+		if err != nil {
+			return nil, fmt.Errorf("readlink %s: %w", sp, err)
+		}
+		_ = dst.Remove(dp)
+		if err := dst.Symlink(link, dp); err != nil {
+			return nil, fmt.Errorf("symlink %s: %w", dp, err)
+		}
+	case info.Mode().IsRegular():
+		if err := copyFile(src, dst, sp, dp, info.Mode(), pr); err != nil {
+			return nil, fmt.Errorf("%s to %s: %w", sp, dp, err)
+		}
+	default:
+		return nil, fmt.Errorf("%s: cannot copy a %s", sp, info.Mode().Type())
+	}
+	return nil, nil
+}
+
+// copyFile writes to a temporary file beside to and renames it over to once
+// complete.
+func copyFile(src, dst side, from, to string, mode fs.FileMode, pr *progress) error {
+	in, size, err := src.Open(from)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.CreateTemp(filepath.Dir(local), "."+filepath.Base(local)+".nix-hive-*")
+	out, tmp, err := dst.CreateTemp(to)
 	if err != nil {
 		return err
 	}
@@ -314,24 +201,178 @@ func downloadFile(c *sftp.Client, remote, local string, mode fs.FileMode, pr *pr
 	defer func() {
 		if !ok {
 			out.Close()
-			os.Remove(out.Name())
+			dst.Remove(tmp)
 		}
 	}()
-	// in.WriteTo reads with concurrent requests; the writer counts.
-	if _, err := in.WriteTo(pr.writer(out)); err != nil {
+	if err := pump(out, in, size, pr); err != nil {
 		return err
 	}
-	if err := out.Chmod(mode & modeBits); err != nil {
-		return err
+	if err := dst.Chmod(tmp, mode&modeBits); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
 	}
 	if err := out.Close(); err != nil {
-		return err
+		return fmt.Errorf("close %s: %w", tmp, err)
 	}
-	if err := os.Rename(out.Name(), local); err != nil {
-		return err
+	if err := dst.Rename(tmp, to); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, to, err)
 	}
 	ok = true
 	return nil
+}
+
+// pump copies in to out, counting: sftp is fast only when it may pipeline,
+// writing through ReadFrom (with the size known) or reading through
+// WriteTo.
+func pump(out io.Writer, in io.Reader, size int64, pr *progress) error {
+	if _, remote := out.(*sftp.File); remote {
+		_, err := out.(*sftp.File).ReadFrom(pr.reader(in, size))
+		return err
+	}
+	if wt, ok := in.(io.WriterTo); ok {
+		_, err := wt.WriteTo(pr.writer(out))
+		return err
+	}
+	_, err := io.Copy(pr.writer(out), in)
+	return err
+}
+
+// side is one end of a copy: this machine or an instance over sftp.
+type side interface {
+	Stat(p string) (fs.FileInfo, error)
+	// Walk calls fn for root and everything below it, with paths relative
+	// to root ("" for root itself) in the side's own syntax.
+	Walk(root string, fn func(rel string, info fs.FileInfo) error) error
+	Mkdir(p string) error
+	Chmod(p string, mode fs.FileMode) error
+	Readlink(p string) (string, error)
+	Symlink(target, p string) error
+	Remove(p string) error
+	Rename(from, to string) error
+	Open(p string) (io.ReadCloser, int64, error)
+	// CreateTemp creates a new file beside p, returning it and its name.
+	CreateTemp(p string) (io.WriteCloser, string, error)
+	Join(dir, rel string) string
+	Base(p string) string
+}
+
+type localFS struct{}
+
+func (localFS) Stat(p string) (fs.FileInfo, error)  { return os.Stat(p) }
+func (localFS) Mkdir(p string) error                { return os.Mkdir(p, 0o700) }
+func (localFS) Chmod(p string, m fs.FileMode) error { return os.Chmod(p, m) }
+func (localFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
+func (localFS) Symlink(target, p string) error      { return os.Symlink(target, p) }
+func (localFS) Remove(p string) error               { return os.Remove(p) }
+func (localFS) Rename(from, to string) error        { return os.Rename(from, to) }
+func (localFS) Base(p string) string                { return filepath.Base(p) }
+func (localFS) Join(dir, rel string) string         { return filepath.Join(dir, filepath.FromSlash(rel)) }
+
+func (localFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		if rel == "." {
+			rel = ""
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return fn(filepath.ToSlash(rel), info)
+	})
+}
+
+func (localFS) Open(p string) (io.ReadCloser, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+func (localFS) CreateTemp(p string) (io.WriteCloser, string, error) {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".nix-hive-*")
+	if err != nil {
+		return nil, "", err
+	}
+	return f, f.Name(), nil
+}
+
+type remoteFS struct{ c *sftp.Client }
+
+func (r remoteFS) Stat(p string) (fs.FileInfo, error)  { return r.c.Stat(p) }
+func (r remoteFS) Mkdir(p string) error                { return r.c.Mkdir(p) }
+func (r remoteFS) Chmod(p string, m fs.FileMode) error { return r.c.Chmod(p, m) }
+func (r remoteFS) Readlink(p string) (string, error)   { return r.c.ReadLink(p) }
+func (r remoteFS) Symlink(target, p string) error      { return r.c.Symlink(target, p) }
+func (r remoteFS) Remove(p string) error               { return r.c.Remove(p) }
+func (r remoteFS) Join(dir, rel string) string         { return path.Join(dir, rel) }
+
+// Base names what "." or "/" stand for.
+func (r remoteFS) Base(p string) string {
+	base := path.Base(p)
+	if base == "." || base == "/" {
+		if real, err := r.c.RealPath(p); err == nil {
+			base = path.Base(real)
+		}
+	}
+	return base
+}
+
+func (r remoteFS) Rename(from, to string) error {
+	if _, posix := r.c.HasExtension("posix-rename@openssh.com"); posix {
+		return r.c.PosixRename(from, to)
+	}
+	// Plain SFTP rename refuses to replace an existing file.
+	if err := r.c.Remove(to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return r.c.Rename(from, to)
+}
+
+func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
+	w := r.c.Walk(root)
+	for w.Step() {
+		if err := w.Err(); err != nil {
+			return err
+		}
+		if err := fn(remoteRel(root, w.Path()), w.Stat()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) {
+	f, err := r.c.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+func (r remoteFS) CreateTemp(p string) (io.WriteCloser, string, error) {
+	tmp := path.Join(path.Dir(p), "."+path.Base(p)+".nix-hive-"+randomSuffix())
+	f, err := r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return nil, "", fmt.Errorf("create %s: %w", tmp, err)
+	}
+	return f, tmp, nil
 }
 
 // remoteRel is p relative to the walk's root (the walker joins, and so
@@ -349,43 +390,16 @@ func remoteRel(root, p string) string {
 	return strings.TrimPrefix(p, root+"/")
 }
 
-func localSize(root string) (int64, error) {
+// treeSize is the size of the regular files at and below root.
+func treeSize(s side, root string) (int64, error) {
 	var n int64
-	err := filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
+	err := s.Walk(root, func(_ string, info fs.FileInfo) error {
+		if info.Mode().IsRegular() {
 			n += info.Size()
 		}
 		return nil
 	})
 	return n, err
-}
-
-func remoteSize(c *sftp.Client, root string) (int64, error) {
-	st, err := c.Stat(root)
-	if err != nil {
-		return 0, err
-	}
-	if !st.IsDir() {
-		return st.Size(), nil
-	}
-	var n int64
-	w := c.Walk(root)
-	for w.Step() {
-		if err := w.Err(); err != nil {
-			return 0, err
-		}
-		if w.Stat().Mode().IsRegular() {
-			n += w.Stat().Size()
-		}
-	}
-	return n, nil
 }
 
 func randomSuffix() string {
