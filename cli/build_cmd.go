@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/state"
@@ -16,9 +15,9 @@ type BuildCmd struct {
 
 func (c *BuildCmd) Help() string {
 	return `Builds every unique system of the selected instances once (one
-nix-store --realise),
-signs the closures when signing.keyFile is set, records the result in
-hive.state and prints the inventory as JSON on stdout (logs go to stderr).
+nix-store --realise), signs the closures when signing.keyFile is set,
+records the result in hive.state and prints the inventory as JSON on stdout
+(logs go to stderr).
 
 With --no build nothing is realised: systems whose last build in hive.state
 is still valid in the store are reported from there, the others without paths.`
@@ -41,18 +40,23 @@ type systemOutput struct {
 	Instances []string `json:"instances"`
 }
 
-func (c *BuildCmd) Run(ctx context.Context, g *Globals) error {
-	inv, targets, err := g.targets(ctx, c.Targets)
+func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
+	inv := h.Inventory
+	targets, err := inv.Select(c.Targets)
 	if err != nil {
 		return err
 	}
-	res, err := g.buildSystems(ctx, inv, inv.SystemsOf(targets))
+	mode := eval.Build
+	if g.skip("build") {
+		mode = eval.Reuse
+	}
+	builds, err := h.Paths(ctx, st, inv.SystemsOf(targets), mode)
 	if err != nil {
 		return err
 	}
 	out := buildOutput{Targets: targets, Instances: map[string]*eval.Instance{}, Systems: map[string]systemOutput{}, Signing: inv.Signing}
-	if pub, err := g.publicKey(inv); err == nil {
-		out.Signing.PublicKey = pub
+	if out.Signing.PublicKey, err = h.PublicKey(); err != nil {
+		return err
 	}
 	for _, t := range targets {
 		in := inv.Instances[t]
@@ -60,9 +64,9 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals) error {
 		so, ok := out.Systems[in.System]
 		if !ok {
 			so = systemOutput{System: inv.Systems[in.System]}
-			if b, ok := res.Paths[in.System]; ok {
+			if b, ok := builds.Paths[in.System]; ok {
 				so.DrvPath, so.OutPath = b.DrvPath, b.OutPath
-				so.Built = res.Built[in.System]
+				so.Built = builds.Built[in.System]
 				so.Cached = !so.Built
 			}
 		}
@@ -72,69 +76,4 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals) error {
 	enc := json.NewEncoder(g.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
-}
-
-// buildResult is what the build step produced or reused.
-type buildResult struct {
-	Paths map[string]eval.Built // every system with a known, valid path
-	Built map[string]bool       // systems realised by this run
-}
-
-// buildSystems runs the build step for systems: build (unless --no build),
-// keep GC roots, sign, and record the builds in hive.state, which is saved
-// even when a later step of the command fails.
-func (g *Globals) buildSystems(ctx context.Context, inv *eval.Inventory, systems []string) (*buildResult, error) {
-	ev, err := g.evaluator()
-	if err != nil {
-		return nil, err
-	}
-	st, err := g.state()
-	if err != nil {
-		return nil, err
-	}
-	res := &buildResult{Paths: map[string]eval.Built{}, Built: map[string]bool{}}
-	if g.skip("build") {
-		for _, s := range systems {
-			if prev, ok := st.System(s); ok && ev.Valid(ctx, prev.OutPath) {
-				res.Paths[s] = eval.Built{System: s, DrvPath: prev.DrvPath, OutPath: prev.OutPath}
-			}
-		}
-		return res, nil
-	}
-	keyFile, err := g.keyFile(inv)
-	if err != nil {
-		return nil, err
-	}
-	built, err := ev.Build(ctx, inv, systems)
-	now := time.Now().UTC()
-	for s, b := range built {
-		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, BuiltAt: now})
-		res.Paths[s] = b
-		res.Built[s] = true
-	}
-	if len(built) > 0 {
-		if serr := st.Save(); serr != nil && err == nil {
-			err = serr
-		}
-	}
-	if err != nil {
-		return res, err
-	}
-	dir, err := g.gcRootDir()
-	if err != nil {
-		return res, err
-	}
-	if err := ev.AddRoots(ctx, dir, built); err != nil {
-		return res, err
-	}
-	if keyFile != "" {
-		var paths []string
-		for _, s := range systems {
-			paths = append(paths, built[s].OutPath)
-		}
-		if err := ev.Sign(ctx, keyFile, paths); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
 }

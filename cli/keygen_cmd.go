@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
 // KeygenCmd is `nix-hive keygen`.
@@ -25,24 +26,20 @@ module in lib/hive.nix). Existing keys are never overwritten. Keep the secret
 key out of version control and out of the Nix store.`
 }
 
-func (c *KeygenCmd) Run(ctx context.Context, g *Globals) error {
+func (c *KeygenCmd) Run(ctx context.Context, g *Globals, src eval.Source, nix *nixcmd.Runner) error {
 	out := c.Out
 	if out == "" {
-		src, err := g.source()
-		if err != nil {
-			return err
-		}
 		out = filepath.Join(src.Dir, "keys", "hive.sec")
 		// Only ask the hive where the key belongs when it is readable:
 		// keygen must work before the hive is complete.
-		if inv, err := g.inventory(ctx); err == nil && inv.Signing.KeyFile != "" {
-			out = inv.Signing.KeyFile
+		if h, err := eval.Open(ctx, src, nix); err == nil && h.Inventory.Signing.KeyFile != "" {
+			out = h.Inventory.Signing.KeyFile
 			if !filepath.IsAbs(out) {
 				out = filepath.Join(src.Dir, out)
 			}
 		}
 	}
-	pub := publicKeyPath(out)
+	pub := eval.PublicKeyPath(out)
 	for _, p := range []string{out, pub} {
 		if _, err := os.Stat(p); err == nil {
 			return fmt.Errorf("keygen: %s already exists; not overwriting a signing key", p)
@@ -50,22 +47,10 @@ func (c *KeygenCmd) Run(ctx context.Context, g *Globals) error {
 			return fmt.Errorf("keygen: %w", err)
 		}
 	}
-	name := c.Name
-	if name == "" {
-		dir := filepath.Base(filepath.Dir(filepath.Dir(out)))
-		if filepath.Base(filepath.Dir(out)) != "keys" {
-			dir = filepath.Base(filepath.Dir(out))
-		}
-		name = dir + "-1"
-	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
-	ev, err := g.evaluatorNoHive()
-	if err != nil {
-		return err
-	}
-	if _, err := ev.Nix.Run(ctx, "nix-store", "--generate-binary-cache-key", name, out, pub); err != nil {
+	if _, err := nix.Run(ctx, "nix-store", "--generate-binary-cache-key", c.keyName(out), out, pub); err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
 	if err := os.Chmod(out, 0o600); err != nil {
@@ -80,24 +65,14 @@ func (c *KeygenCmd) Run(ctx context.Context, g *Globals) error {
 	return nil
 }
 
-// publicKeyPath is where the public half of a secret key file lives.
-func publicKeyPath(secret string) string {
-	return strings.TrimSuffix(secret, ".sec") + ".pub"
-}
-
-// publicKey returns the hive's public signing key: signing.publicKey, else
-// the .pub file beside signing.keyFile; "" when the hive does not sign.
-func (g *Globals) publicKey(inv *eval.Inventory) (string, error) {
-	if inv.Signing.PublicKey != "" {
-		return inv.Signing.PublicKey, nil
+// keyName is --name, else the hive directory's name with -1.
+func (c *KeygenCmd) keyName(secret string) string {
+	if c.Name != "" {
+		return c.Name
 	}
-	kf, err := g.keyFile(inv)
-	if err != nil || kf == "" {
-		return "", err
+	dir := filepath.Base(filepath.Dir(filepath.Dir(secret)))
+	if filepath.Base(filepath.Dir(secret)) != "keys" {
+		dir = filepath.Base(filepath.Dir(secret))
 	}
-	b, err := os.ReadFile(publicKeyPath(kf))
-	if err != nil {
-		return "", fmt.Errorf("public signing key: %w (set signing.publicKey in the hive)", err)
-	}
-	return strings.TrimSpace(string(b)), nil
+	return dir + "-1"
 }

@@ -4,9 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/starlark"
+	"github.com/nix-hive/nix-hive/state"
 )
 
 // PlanCmd is `nix-hive plan`.
@@ -20,18 +26,26 @@ system's output path, the closures that leave this machine and where they
 go, where every other host substitutes from, and the activation waves.`
 }
 
-func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
-	pl, err := g.makePlan(ctx, c.Targets, false, nil)
+func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy) error {
+	mode := eval.Evaluate
+	if g.skip("build") {
+		mode = eval.Reuse
+	}
+	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
-	plan := pl.plan
 	if g.JSON {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(plan)
+		return enc.Encode(prep.Plan)
 	}
-	w := g.stdout
+	writePlan(g.stdout, prep)
+	return nil
+}
+
+func writePlan(w io.Writer, prep *deploy.Prepared) {
+	plan := prep.Plan
 	fmt.Fprintln(w, "systems:")
 	for _, s := range slices.Sorted(maps.Keys(plan.Systems)) {
 		fmt.Fprintf(w, "  %s: %s\n", s, plan.Systems[s])
@@ -49,8 +63,8 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
 		}
 		fmt.Fprintf(w, "  %s: %s, closures %s\n", n, role, h.Source)
 	}
-	if pl.policy != nil {
-		fmt.Fprintf(w, "waves (from %s):\n", pl.policy.File)
+	if prep.Policy != nil {
+		fmt.Fprintf(w, "waves (from %s):\n", prep.Policy.File)
 	} else {
 		fmt.Fprintln(w, "waves:")
 	}
@@ -60,5 +74,4 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals) error {
 	for _, m := range plan.Moved {
 		fmt.Fprintf(w, "note: %s\n", m)
 	}
-	return nil
 }

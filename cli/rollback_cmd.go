@@ -2,12 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // RollbackCmd is `nix-hive rollback`.
@@ -26,51 +26,37 @@ func (c *RollbackCmd) Help() string {
 and confirms that it is active. Like a deploy's activation, it runs on the
 host detached from the SSH connection, under the host's deploy lock, and
 with magic rollback the host returns to where it was unless confirmed over
-a new connection. Targets are required: rolling back a whole
-fleet should be typed out ('*').`
+a new connection. Targets are required: rolling back a whole fleet should
+be typed out ('*').`
 }
 
-func (c *RollbackCmd) Run(ctx context.Context, g *Globals) error {
+func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
 	if len(c.Targets) == 0 {
 		return fmt.Errorf("rollback: name the instances to roll back (use '*' for all)")
 	}
-	pool, inv, err := g.pool(ctx, c.Fleet)
+	targets, err := h.Inventory.Select(c.Targets)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	targets, err := inv.Select(c.Targets)
-	if err != nil {
-		return err
-	}
-	rows := deploy.Rollback(ctx, pool, inv, targets, deploy.RollbackOptions{
+	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{
 		Sudo: c.Sudo, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
 		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout, ConnectTimeout: c.ConnectTimeout,
 	})
 	failed := 0
+	var table [][]string
 	for _, r := range rows {
+		res := "ok"
 		if r.Error != "" {
 			failed++
+			res = "failed: " + oneLine(r.Error)
 		}
+		table = append(table, []string{r.Instance, r.Before, r.After, res})
 	}
-	if g.JSON {
-		if err := json.NewEncoder(g.stdout).Encode(rows); err != nil {
-			return err
-		}
-	} else {
-		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "INSTANCE\tBEFORE\tAFTER\tRESULT")
-		for _, r := range rows {
-			res := "ok"
-			if r.Error != "" {
-				res = "failed: " + oneLine(r.Error)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Instance, r.Before, r.After, res)
-		}
-		tw.Flush()
+	if err := g.render(rows, "INSTANCE\tBEFORE\tAFTER\tRESULT", table); err != nil {
+		return err
 	}
 	if failed > 0 {
-		return exitErrorMsg(g, fmt.Sprintf("rollback failed on %d of %d instances", failed, len(rows)))
+		return failures(g, fmt.Sprintf("rollback failed on %d of %d instances", failed, len(rows)))
 	}
 	return nil
 }

@@ -5,13 +5,17 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/shell"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // RunCmd is `nix-hive run`.
@@ -34,7 +38,7 @@ spaces, quotes and $(...) arrive intact and run nothing. For shell syntax,
 say so: nix-hive run '@web' -- sh -c 'systemctl is-active nginx || uptime'`
 }
 
-func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
+func (c *RunCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
 	args := c.Command
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
@@ -42,52 +46,67 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
 	if len(args) == 0 {
 		return fmt.Errorf("run: no command (nix-hive run TARGETS -- CMD ARGS...)")
 	}
-	pool, inv, err := g.pool(ctx, c.Fleet)
+	targets, err := h.Inventory.Select(strings.Split(c.Targets, ","))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	targets, err := inv.Select(strings.Split(c.Targets, ","))
-	if err != nil {
-		return err
+	results := c.runOn(ctx, g, pool, targets, shell.QuoteArgs(args))
+	if !summarizeRun(g, targets, results) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return cmdline.ExitError{Code: cmdline.Failure}
 	}
-	cmd := shell.QuoteArgs(args)
+	return nil
+}
+
+// runOutcome is how cmd ended on one host: an exit status, or err when
+// it could not run (or was stopped).
+type runOutcome struct {
+	code int
+	err  error
+}
+
+// runOn runs cmd on every target, at most --parallel at once, with each
+// host's output lines prefixed by its name.
+func (c *RunCmd) runOn(ctx context.Context, g *Globals, pool *transport.Pool, targets []string, cmd string) []runOutcome {
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t))
 	}
 	var outMu sync.Mutex
-	type outcome struct {
-		code int
-		err  error
-	}
-	results := make([]outcome, len(targets))
+	results := make([]runOutcome, len(targets))
 	for i := range results {
-		results[i] = outcome{-1, fmt.Errorf("not started: %w", context.Canceled)}
+		results[i] = runOutcome{-1, fmt.Errorf("not started: %w", context.Canceled)}
 	}
 	fanout.Each(ctx, len(targets), c.Parallel, func(ctx context.Context, i int) {
-		t := targets[i]
-		prefix := fmt.Sprintf("%-*s | ", width, t)
+		prefix := fmt.Sprintf("%-*s | ", width, targets[i])
 		stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
 		stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
-		hctx := ctx
 		if c.Timeout > 0 {
 			var cancel context.CancelFunc
-			hctx, cancel = context.WithTimeout(ctx, c.Timeout)
+			ctx, cancel = context.WithTimeout(ctx, c.Timeout)
 			defer cancel()
 		}
-		code, err := pool.Run(hctx, t, cmd, nil, stdout, stderr)
+		code, err := pool.Run(ctx, targets[i], cmd, nil, stdout, stderr)
 		stdout.Flush()
 		stderr.Flush()
-		results[i] = outcome{code, err}
+		results[i] = runOutcome{code, err}
 	})
+	return results
+}
 
-	var ok []string
+// summarizeRun prints why hosts failed and a line of exit statuses; it
+// reports whether every host exited 0.
+func summarizeRun(g *Globals, targets []string, results []runOutcome) bool {
+	width := 0
+	for _, t := range targets {
+		width = max(width, len(t))
+	}
+	var ok, unreachable []string
 	failed := map[string][]string{}
-	var unreachable []string
 	for i, t := range targets {
-		r := results[i]
-		switch {
+		switch r := results[i]; {
 		case r.err != nil:
 			unreachable = append(unreachable, t)
 			fmt.Fprintf(g.stderr, "%-*s | nix-hive: %v\n", width, t, r.err)
@@ -99,27 +118,14 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals) error {
 		}
 	}
 	fmt.Fprintf(g.stderr, "nix-hive run: %d ok", len(ok))
-	keys := make([]string, 0, len(failed))
-	for k := range failed {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	nFailed := 0
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(failed)) {
 		fmt.Fprintf(g.stderr, ", %d %s (%s)", len(failed[k]), k, strings.Join(failed[k], " "))
-		nFailed += len(failed[k])
 	}
 	if len(unreachable) > 0 {
 		fmt.Fprintf(g.stderr, ", %d failed to run (%s)", len(unreachable), strings.Join(unreachable, " "))
 	}
 	fmt.Fprintln(g.stderr)
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if nFailed+len(unreachable) > 0 {
-		return exitError{code: exitFailure}
-	}
-	return nil
+	return len(ok) == len(targets)
 }
 
 // prefixWriter writes whole lines, each prefixed, so parallel hosts'

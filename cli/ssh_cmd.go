@@ -3,14 +3,16 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	"golang.org/x/term"
 
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/shell"
+	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -28,14 +30,9 @@ command there. The remote exit status becomes nix-hive's. Arguments reach
 the remote command exactly as given; use sh -c '...' for shell syntax.`
 }
 
-func (c *SSHCmd) Run(ctx context.Context, g *Globals) error {
-	pool, inv, err := g.pool(ctx, c.Fleet)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if _, ok := inv.Instances[c.Instance]; !ok {
-		return fmt.Errorf("ssh: no instance %q in %s", c.Instance, g.src.File)
+func (c *SSHCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
+	if _, ok := h.Inventory.Instances[c.Instance]; !ok {
+		return fmt.Errorf("ssh: no instance %q in %s", c.Instance, h.Src.File)
 	}
 	args := c.Command
 	if len(args) > 0 && args[0] == "--" {
@@ -53,7 +50,7 @@ func (c *SSHCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	if code != 0 {
-		return exitError{code: code}
+		return cmdline.ExitError{Code: code}
 	}
 	return nil
 }
@@ -73,12 +70,7 @@ SSH connection: instance:path on either side, directories with -r, modes
 preserved, each file written under a temporary name and renamed into place.`
 }
 
-func (c *SCPCmd) Run(ctx context.Context, g *Globals) error {
-	pool, _, err := g.pool(ctx, c.Fleet)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
+func (c *SCPCmd) Run(ctx context.Context, g *Globals, pool *transport.Pool) error {
 	var progress func(done, total int64)
 	if !c.Quiet {
 		if f, ok := g.stderrRaw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -128,22 +120,22 @@ and then the user's known_hosts, and that ends by including ~/.ssh/config.
 Use it as: ssh -F <(nix-hive ssh-config) www-1`
 }
 
-func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals) error {
-	inv, err := g.inventory(ctx)
+func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
+	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: 10 * time.Second}
+	p, err := transport.NewPool(f.transportConfig(h.Inventory))
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", h.Src.File, err)
 	}
-	sp, err := g.statePath()
-	if err != nil {
-		return err
+	defer p.Close()
+	for _, w := range p.Warnings() {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
 	}
-	kh := filepath.Join(filepath.Dir(sp), ".nix-hive", "known_hosts")
+	kh := st.AuxPath("known_hosts")
 	if err := os.MkdirAll(filepath.Dir(kh), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
-	cfg := transportConfig(inv, Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys})
-	if err := writeFile(kh, func(w io.Writer) error { return transport.WriteKnownHosts(w, cfg) }); err != nil {
+	if err := p.WriteOpenSSH(filepath.Join(filepath.Dir(kh), "ssh_config"), kh); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
-	return transport.WriteSSHConfig(g.stdout, cfg, kh)
+	return p.WriteSSHConfig(g.stdout, kh)
 }

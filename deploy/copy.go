@@ -4,15 +4,19 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
 // NixCopier pushes closures with `nix copy`, reaching instances through
-// the generated OpenSSH config so jump hosts and pinned keys apply exactly
-// as they do for nix-hive's own connections.
+// the pool's OpenSSH configuration (written to a private temporary
+// directory), so addresses, jump hosts and pinned keys apply exactly as
+// they do for nix-hive's own connections.
 type NixCopier struct {
 	Nix       *nixcmd.Runner
 	SSHConfig string // generated config file, given to ssh as -F
@@ -21,6 +25,33 @@ type NixCopier struct {
 	// daemon accepts the import for the user).
 	Privileged map[string]bool
 	Sudo       string
+	dir        string
+}
+
+// NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
+// them.
+func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, sudo string) (*NixCopier, error) {
+	dir, err := os.MkdirTemp("", "nix-hive-ssh-")
+	if err != nil {
+		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
+	}
+	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Sudo: sudo, Privileged: map[string]bool{}, dir: dir}
+	if err := pool.WriteOpenSSH(c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
+	}
+	for n, in := range inv.Instances {
+		c.Privileged[n] = in.User != "root"
+	}
+	return c, nil
+}
+
+// Close removes the files NewNixCopier wrote.
+func (c *NixCopier) Close() error {
+	if c.dir == "" {
+		return nil
+	}
+	return os.RemoveAll(c.dir)
 }
 
 // URL is the store URL nix copy uses for dest.

@@ -82,12 +82,15 @@ type Transfer struct {
 
 // Plan is everything deploy will do, computed without touching a host.
 type Plan struct {
-	Targets   []string          `json:"targets"`
-	Systems   map[string]string `json:"systems"` // name -> out path
-	Hosts     map[string]*Host  `json:"hosts"`
-	Order     []string          `json:"order"` // every host: targets first in activation order, then store-only hosts
-	Waves     [][]string        `json:"waves"`
-	Transfers []Transfer        `json:"transfers"`
+	Targets []string          `json:"targets"`
+	Systems map[string]string `json:"systems"` // name -> out path
+	Hosts   map[string]*Host  `json:"hosts"`
+	Order   []string          `json:"order"` // every host: targets first in activation order, then store-only hosts
+	Waves   [][]string        `json:"waves"`
+	// WaveOrigin is, for each of Waves, the index of the wave given to
+	// Make it is (Waves leaves out waves that ended up empty).
+	WaveOrigin []int      `json:"-"`
+	Transfers  []Transfer `json:"transfers"`
 	// Moved lists stores pulled into an earlier wave than the policy gave
 	// them, so that they activate before their consumers.
 	Moved []string `json:"moved,omitempty"`
@@ -247,10 +250,11 @@ func (p *Plan) order(waves [][]string, wave map[string]int) {
 		}
 	}
 	var nonEmpty [][]string
-	for _, w := range p.Waves {
+	for i, w := range p.Waves {
 		sort.SliceStable(w, func(a, b int) bool { return p.Hosts[w[a]].Level < p.Hosts[w[b]].Level })
 		if len(w) > 0 {
 			nonEmpty = append(nonEmpty, w)
+			p.WaveOrigin = append(p.WaveOrigin, i)
 		}
 	}
 	p.Waves = nonEmpty

@@ -103,6 +103,14 @@ func Default(env Env) *Policy {
 	return &Policy{File: "(default policy)", OnFailure: OnFailureStop, MaxFailures: FailureBudget{Wave: Unlimited, Total: 0}, env: env}
 }
 
+// WithRunner returns the policy with r running its ctx.run commands: a
+// policy is loaded before there are connections to run them on.
+func (p *Policy) WithRunner(r Runner) *Policy {
+	q := *p
+	q.env.Runner = r
+	return &q
+}
+
 // fileOptions allow while loops and top-level if/for so users can write
 // polling loops; the step and time limits keep them safe. Recursion stays
 // off: it is never needed for a rollout and deep recursion costs stack.

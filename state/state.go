@@ -83,6 +83,12 @@ func Load(path string) (*File, error) {
 // Path is where the state is saved.
 func (f *File) Path() string { return f.path }
 
+// AuxPath is where nix-hive keeps name (GC roots, generated known_hosts)
+// beside the state: .nix-hive/name in the state's directory.
+func (f *File) AuxPath(name string) string {
+	return filepath.Join(filepath.Dir(f.path), ".nix-hive", name)
+}
+
 // SetSystem records a build.
 func (f *File) SetSystem(name string, s System) {
 	f.mu.Lock()

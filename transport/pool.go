@@ -27,7 +27,8 @@ const maxSessions = 10
 type Pool struct {
 	cfg       Config
 	endpoints map[string]*settings
-	known     []string // known_hosts files consulted, in order
+	known     []string    // known_hosts files consulted, in order
+	uc        *userConfig // the user's ssh config, included by WriteSSHConfig
 	warnings  []string
 
 	ctx    context.Context // cancelled by Close; parent of every dial
@@ -78,6 +79,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		cfg:       cfg,
 		endpoints: eps,
 		known:     knownFiles(cfg),
+		uc:        uc,
 		conns:     map[string]*conn{},
 		dialing:   map[string]*dialCall{},
 		dials:     map[string]int{},
@@ -187,12 +189,10 @@ func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
 		call = &dialCall{done: make(chan struct{})}
 		p.dialing[name] = call
 		p.dials[name]++
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
+		p.goTracked(func() {
 			c, err := p.dial(name)
 			p.finishDial(name, call, c, err)
-		}()
+		})
 	}
 	p.mu.Unlock()
 	select {
@@ -226,19 +226,13 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 	p.conns[name] = c
 	call.c = c
 	close(call.done)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	p.goTracked(func() {
 		client.Wait()
 		close(c.done)
 		p.evict(c)
-	}()
+	})
 	if p.cfg.KeepAlive > 0 {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.keepalive(c)
-		}()
+		p.goTracked(func() { p.keepalive(c) })
 	}
 }
 
@@ -264,10 +258,10 @@ func (p *Pool) keepalive(c *conn) {
 		case <-t.C:
 		}
 		replied := make(chan error, 1)
-		go func() {
+		p.goTracked(func() {
 			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
 			replied <- err
-		}()
+		})
 		timer := time.NewTimer(p.cfg.KeepAliveTimeout)
 		select {
 		case err := <-replied:
@@ -421,7 +415,7 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 			return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, ctx.Err())
 		}
 		release := func() { <-c.sessions }
-		s, err := newSession(ctx, c.client)
+		s, err := p.newSession(ctx, c.client)
 		if err == nil {
 			return c, s, release, nil
 		}
@@ -441,27 +435,37 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 
 // newSession is ssh.Client.NewSession bounded by ctx; a session that
 // arrives after ctx ended is closed.
-func newSession(ctx context.Context, client *ssh.Client) (*ssh.Session, error) {
+func (p *Pool) newSession(ctx context.Context, client *ssh.Client) (*ssh.Session, error) {
 	type result struct {
 		s   *ssh.Session
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
+	p.goTracked(func() {
 		s, err := client.NewSession()
 		ch <- result{s, err}
-	}()
+	})
 	select {
 	case r := <-ch:
 		return r.s, r.err
 	case <-ctx.Done():
-		go func() {
+		p.goTracked(func() {
 			if r := <-ch; r.s != nil {
 				r.s.Close()
 			}
-		}()
+		})
 		return nil, ctx.Err()
 	}
+}
+
+// goTracked runs fn in a goroutine that Close waits for. Every goroutine
+// the pool starts goes through here, so none outlives Close.
+func (p *Pool) goTracked(fn func()) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
 }
 
 // SFTP returns the instance's sftp client, one per pooled connection,
@@ -517,7 +521,7 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
+	p.goTracked(func() {
 		s, err := c.client.NewSession()
 		if err != nil {
 			ch <- result{err: err}
@@ -544,18 +548,18 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 			return
 		}
 		ch <- result{sc: sc, s: s}
-	}()
+	})
 	var r result
 	select {
 	case r = <-ch:
 	case <-ctx.Done():
-		go func() {
+		p.goTracked(func() {
 			if r := <-ch; r.sc != nil {
 				r.sc.Close()
 				r.s.Close()
 			}
 			<-c.sessions
-		}()
+		})
 		return nil, fmt.Errorf("sftp to %s: %w", c.name, ctx.Err())
 	}
 	if r.err != nil {
@@ -564,13 +568,13 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 	}
 	done := make(chan struct{})
 	c.sftp, c.sftpDone = r.sc, done
-	go func() {
+	p.goTracked(func() {
 		// Ends when the client is closed or the connection dies.
 		r.sc.Wait()
 		r.s.Close()
 		close(done)
 		<-c.sessions
-	}()
+	})
 	return r.sc, nil
 }
 

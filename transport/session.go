@@ -29,6 +29,16 @@ import (
 // requests on root logins). Output arriving later is dropped rather than
 // written to stdout or stderr.
 func (p *Pool) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error) {
+	return p.withSession(ctx, name, stdin, stdout, stderr, func(c *conn, s *ssh.Session, errOut *gated) (int, error) {
+		return p.start(ctx, name, cmd, c, s, errOut)
+	})
+}
+
+// withSession opens a session on the pooled connection with stdin and
+// gated stdout and stderr, and runs fn with it; the session and its slot
+// are released when fn returns.
+func (p *Pool) withSession(ctx context.Context, name string, stdin io.Reader, stdout, stderr io.Writer,
+	fn func(c *conn, s *ssh.Session, errOut *gated) (int, error)) (int, error) {
 	c, s, release, err := p.session(ctx, name)
 	if err != nil {
 		return -1, err
@@ -39,15 +49,19 @@ func (p *Pool) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdou
 	defer out.close()
 	defer errOut.close()
 	s.Stdin = stdin
-	s.Stdout = out.writer()
+	s.Stdout, s.Stderr = out.writer(), errOut.writer()
+	return fn(c, s, errOut)
+}
+
+// start runs cmd in s, behind the probe that reports its process group,
+// and waits for it.
+func (p *Pool) start(ctx context.Context, name, cmd string, c *conn, s *ssh.Session, errOut *gated) (int, error) {
 	var pids *pidFilter
 	line := cmd
 	if !p.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
 		pids = &pidFilter{w: errOut.writer(), ready: make(chan struct{})}
 		s.Stderr = pids
 		line = pidProbe + "\n" + cmd
-	} else {
-		s.Stderr = errOut.writer()
 	}
 	if err := s.Start(line); err != nil {
 		return -1, fmt.Errorf("run on %s: %w", name, err)
@@ -137,7 +151,7 @@ func (f *pidFilter) processGroup(ctx context.Context) int {
 // wait waits for the session's exit status, or for ctx.
 func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, pids *pidFilter) (int, error) {
 	done := make(chan error, 1)
-	go func() { done <- s.Wait() }()
+	p.goTracked(func() { done <- s.Wait() })
 	select {
 	case err := <-done:
 		return exitStatus(name, err)
@@ -186,7 +200,7 @@ func (p *Pool) killGroup(c *conn, pids *pidFilter) {
 			return
 		}
 		defer func() { <-c.sessions }()
-		s, err := newSession(ctx, c.client)
+		s, err := p.newSession(ctx, c.client)
 		if err != nil {
 			return
 		}
@@ -270,52 +284,55 @@ type Terminal struct {
 // with the given streams and returns its exit status, under the same rules
 // as Run. The local terminal is restored before Shell returns.
 func (p *Pool) Shell(ctx context.Context, name string, stdin io.Reader, stdout, stderr io.Writer, t Terminal) (int, error) {
-	c, s, release, err := p.session(ctx, name)
-	if err != nil {
-		return -1, err
-	}
-	defer release()
-	defer s.Close()
-	out, errOut := gate(stdout), gate(stderr)
-	defer out.close()
-	defer errOut.close()
-	s.Stdin = stdin
-	s.Stdout, s.Stderr = out.writer(), errOut.writer()
+	return p.withSession(ctx, name, stdin, stdout, stderr, func(c *conn, s *ssh.Session, _ *gated) (int, error) {
+		restore, err := terminal(name, s, t)
+		if err != nil {
+			return -1, err
+		}
+		defer restore()
+		if t.Command != "" {
+			err = s.Start(t.Command)
+		} else {
+			err = s.Shell()
+		}
+		if err != nil {
+			return -1, fmt.Errorf("start shell on %s: %w", name, err)
+		}
+		return p.wait(ctx, name, c, s, nil)
+	})
+}
 
-	if t.In != nil && term.IsTerminal(int(t.In.Fd())) {
-		fd := int(t.In.Fd())
-		w, h, err := term.GetSize(fd)
-		if err != nil {
-			w, h = 80, 24
-		}
-		tt := t.Term
-		if tt == "" {
-			tt = os.Getenv("TERM")
-		}
-		if tt == "" {
-			tt = "xterm-256color"
-		}
-		modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
-		if err := s.RequestPty(tt, h, w, modes); err != nil {
-			return -1, fmt.Errorf("request pty on %s: %w", name, err)
-		}
-		old, err := term.MakeRaw(fd)
-		if err != nil {
-			return -1, fmt.Errorf("raw mode for %s: %w", t.In.Name(), err)
-		}
-		defer term.Restore(fd, old)
-		stop := followWindowSize(fd, s)
-		defer stop()
+// terminal puts the local terminal (if t.In is one) in raw mode and asks
+// for a remote pty of its size that follows it; restore undoes it.
+func terminal(name string, s *ssh.Session, t Terminal) (restore func(), err error) {
+	if t.In == nil || !term.IsTerminal(int(t.In.Fd())) {
+		return func() {}, nil
 	}
-	if t.Command != "" {
-		err = s.Start(t.Command)
-	} else {
-		err = s.Shell()
-	}
+	fd := int(t.In.Fd())
+	w, h, err := term.GetSize(fd)
 	if err != nil {
-		return -1, fmt.Errorf("start shell on %s: %w", name, err)
+		w, h = 80, 24
 	}
-	return p.wait(ctx, name, c, s, nil)
+	tt := t.Term
+	if tt == "" {
+		tt = os.Getenv("TERM")
+	}
+	if tt == "" {
+		tt = "xterm-256color"
+	}
+	modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+	if err := s.RequestPty(tt, h, w, modes); err != nil {
+		return nil, fmt.Errorf("request pty on %s: %w", name, err)
+	}
+	old, err := term.MakeRaw(fd)
+	if err != nil {
+		return nil, fmt.Errorf("raw mode for %s: %w", t.In.Name(), err)
+	}
+	stop := followWindowSize(fd, s)
+	return func() {
+		stop()
+		term.Restore(fd, old)
+	}, nil
 }
 
 // RunFresh runs cmd like Run, but over a new connection to the instance
@@ -333,7 +350,7 @@ func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io
 		return -1, err
 	}
 	defer client.Close()
-	s, err := newSession(ctx, client)
+	s, err := p.newSession(ctx, client)
 	if err != nil {
 		return -1, fmt.Errorf("run on %s: %w", name, err)
 	}
@@ -343,7 +360,7 @@ func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io
 	defer errOut.close()
 	s.Stdout, s.Stderr = out.writer(), errOut.writer()
 	done := make(chan error, 1)
-	go func() { done <- s.Run(cmd) }()
+	p.goTracked(func() { done <- s.Run(cmd) })
 	select {
 	case err := <-done:
 		return exitStatus(name, err)
@@ -361,27 +378,25 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 		return nil, ErrClosed
 	}
 	p.dials[name]++
-	p.wg.Add(1)
 	p.mu.Unlock()
 	type result struct {
 		c   *ssh.Client
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
-		defer p.wg.Done()
+	p.goTracked(func() {
 		c, err := p.dial(name)
 		ch <- result{c, err}
-	}()
+	})
 	select {
 	case r := <-ch:
 		return r.c, r.err
 	case <-ctx.Done():
-		go func() {
+		p.goTracked(func() {
 			if r := <-ch; r.c != nil {
 				r.c.Close()
 			}
-		}()
+		})
 		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
 	}
 }

@@ -1,0 +1,105 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/starlark"
+	"github.com/nix-hive/nix-hive/state"
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// What commands need is made here, once per run and only when a command's
+// Run asks for it: kong calls a provider when a Run method (or another
+// provider) takes its type.
+func providers() []kong.Option {
+	return []kong.Option{
+		kong.BindSingletonProvider(nixRunner),
+		kong.BindSingletonProvider(locate),
+		kong.BindSingletonProvider(openHive),
+		kong.BindSingletonProvider(openState),
+		kong.BindSingletonProvider(loadPolicy),
+		kong.BindSingletonProvider(openPool),
+	}
+}
+
+// providerError marks an error of a provider, so that the message printed
+// is the provider's own, not kong's wrapping with type names.
+type providerError struct{ err error }
+
+func (e providerError) Error() string { return e.err.Error() }
+func (e providerError) Unwrap() error { return e.err }
+
+func provided[T any](v T, err error) (T, error) {
+	if err != nil {
+		return v, providerError{err}
+	}
+	return v, nil
+}
+
+func nixRunner(g *Globals) *nixcmd.Runner {
+	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: "}
+}
+
+func locate(g *Globals) (eval.Source, error) {
+	return provided(eval.Locate(g.Config))
+}
+
+func openHive(ctx context.Context, src eval.Source, nix *nixcmd.Runner) (*eval.Hive, error) {
+	return provided(eval.Open(ctx, src, nix))
+}
+
+func openState(g *Globals, src eval.Source) (*state.File, error) {
+	path := g.State
+	if path == "" {
+		path = src.StatePath()
+	}
+	return provided(state.Load(path))
+}
+
+// loadPolicy loads --policy, else hive.star beside the hive; nil when
+// there is none (one wave, every host attempted).
+func loadPolicy(ctx context.Context, g *Globals, src eval.Source) (*starlark.Policy, error) {
+	file := g.Policy
+	if file == "" {
+		file = filepath.Join(src.Dir, "hive.star")
+		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+	}
+	if _, err := os.Stat(file); err != nil {
+		return provided[*starlark.Policy](nil, fmt.Errorf("policy: %w", err))
+	}
+	env := starlark.Env{Log: func(instance, msg string) {
+		who := "policy"
+		if instance != "" {
+			who = instance
+		}
+		fmt.Fprintf(g.logWriter(), "%s: %s\n", who, msg)
+	}}
+	return provided(starlark.Load(ctx, file, nil, env))
+}
+
+// openPool makes the connection pool for the hive (connections are made
+// on first use, one per host); it is closed when the command ends.
+func openPool(g *Globals, h *eval.Hive, f *Fleet) (*transport.Pool, error) {
+	cfg := f.transportConfig(h.Inventory)
+	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
+	p, err := transport.NewPool(cfg)
+	if err != nil {
+		return provided[*transport.Pool](nil, fmt.Errorf("%s: %w", h.Src.File, err))
+	}
+	for _, w := range p.Warnings() {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
+	}
+	g.onClose(func() { p.Close() })
+	return p, nil
+}

@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
+)
+
+// render writes v as JSON with --json, else rows as an aligned table
+// under header (tab-separated cells).
+func (g *Globals) render(v any, header string, rows [][]string) error {
+	if g.JSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// finishReport prints the per-host summary and turns failures into the
+// exit status.
+func (g *Globals) finishReport(r *deploy.Report) error {
+	var err error
+	if g.JSON {
+		err = json.NewEncoder(g.stdout).Encode(struct {
+			Type string `json:"type"`
+			*deploy.Report
+		}{"report", r})
+	} else {
+		err = g.render(r, "INSTANCE\tWAVE\tSYSTEM\tSTATUS\tSTEP\tTIME\tDETAIL", summaryRows(r))
+		if r.Stopped != "" {
+			fmt.Fprintf(g.stdout, "rollout stopped: %s\n", r.Stopped)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write the summary: %w", err)
+	}
+	if u := r.Unknown(); len(u) > 0 {
+		fmt.Fprintf(g.stderr, "nix-hive: the outcome of the activation on %s is not known: it may still run there; it finishes on the host, returning to the previous system unless confirmed. `nix-hive status` shows each host's state.\n", strings.Join(u, ", "))
+	}
+	switch {
+	case r.Interrupted:
+		return fmt.Errorf("deploy interrupted; see the summary for each host's state: %w", context.Canceled)
+	case !r.OK():
+		msg := fmt.Sprintf("deploy failed on %d of %d hosts", r.NotOK(), len(r.Order))
+		if r.Stopped != "" {
+			msg += "; rollout stopped: " + r.Stopped
+		}
+		return fmt.Errorf("%s", msg)
+	}
+	return nil
+}
+
+func summaryRows(r *deploy.Report) [][]string {
+	var rows [][]string
+	for _, n := range r.Order {
+		res := r.Results[n]
+		wave := "-"
+		if res.Target {
+			wave = fmt.Sprint(res.Wave)
+		}
+		detail := res.Error
+		if detail == "" && len(res.Checks) > 0 {
+			detail = strings.Join(res.Checks, "; ")
+		}
+		if detail == "" && !res.Target {
+			detail = "store for other instances"
+		}
+		rows = append(rows, []string{n, wave, res.System, string(res.Status), string(res.Step),
+			res.Duration.Round(100 * time.Millisecond).String(), oneLine(detail)})
+	}
+	return rows
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " | ")
+	if len(s) > 240 {
+		s = s[:237] + "..."
+	}
+	return s
+}
+
+// failures prints msg and exits 1 without the generic error prefix
+// repeating the table.
+func failures(g *Globals, msg string) error {
+	fmt.Fprintf(g.stderr, "nix-hive: %s\n", msg)
+	return cmdline.ExitError{Code: cmdline.Failure}
+}

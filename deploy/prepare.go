@@ -1,0 +1,187 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/starlark"
+	"github.com/nix-hive/nix-hive/state"
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// Request is what to plan: targets of a hive, the rollout policy (nil
+// without one), and how to find the systems' paths.
+type Request struct {
+	Hive     *eval.Hive
+	State    *state.File
+	Policy   *starlark.Policy
+	Patterns []string
+	Paths    eval.PathMode
+}
+
+// Prepared is a plan with what it was made from.
+type Prepared struct {
+	Hive   *eval.Hive
+	Plan   *Plan
+	Policy *starlark.Policy
+	// Waves are the policy's waves (nil without a policy), indexed like
+	// the policy returned them; Plan.WaveOrigin maps plan waves to them.
+	Waves []starlark.Wave
+}
+
+// Prepare selects the targets, lets the policy narrow and order them,
+// finds (builds, with eval.Build) their systems and plans. A policy error
+// or a missing build stops here, before any host is touched.
+func Prepare(ctx context.Context, r Request) (*Prepared, error) {
+	inv := r.Hive.Inventory
+	targets, err := inv.Select(r.Patterns)
+	if err != nil {
+		return nil, err
+	}
+	var waves []starlark.Wave
+	if r.Policy != nil {
+		if targets, waves, err = applyPolicy(ctx, r.Policy, inv, targets); err != nil {
+			return nil, err
+		}
+	}
+	systems := inv.SystemsOf(targets)
+	builds, err := r.Hive.Paths(ctx, r.State, systems, r.Paths)
+	if err != nil {
+		return nil, err
+	}
+	if missing := builds.Missing(systems); r.Paths == eval.Reuse && len(missing) > 0 {
+		return nil, fmt.Errorf("--no build: no valid build of %s in %s; run without --no build", strings.Join(missing, ", "), r.State.Path())
+	}
+	var waveList [][]string
+	if waves != nil {
+		waveList = waveNames(waves)
+	}
+	plan, err := Make(inv, targets, builds.Paths, waveList)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{Hive: r.Hive, Plan: plan, Policy: r.Policy, Waves: waves}, nil
+}
+
+// Deploy carries out a prepared plan: closures leave through nix copy with
+// the pool's OpenSSH configuration, everything else goes over the pool,
+// policy checks included.
+func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixcmd.Runner, opts Options) (*Report, error) {
+	var err error
+	if opts.PublicKey, err = prep.Hive.PublicKey(); err != nil {
+		return nil, err
+	}
+	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Sudo)
+	if err != nil {
+		return nil, err
+	}
+	defer copier.Close()
+	if prep.Policy != nil {
+		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(poolRunner{pool}), prep.Hive.Inventory, prep.Waves, prep.Plan)
+	}
+	return Execute(ctx, prep.Plan, prep.Hive.Inventory, pool, copier, opts), nil
+}
+
+func policyInstance(in *eval.Instance) starlark.Instance {
+	return starlark.Instance{Name: in.Name, System: in.System, Host: in.Host, Store: in.Store,
+		Jump: in.Jump, Tags: in.Tags, Meta: in.Meta}
+}
+
+// applyPolicy narrows targets with select() and orders them with waves().
+func applyPolicy(ctx context.Context, p *starlark.Policy, inv *eval.Inventory, targets []string) ([]string, []starlark.Wave, error) {
+	in := make([]starlark.Instance, len(targets))
+	for i, t := range targets {
+		in[i] = policyInstance(inv.Instances[t])
+	}
+	sel, err := p.Select(ctx, in)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(sel) == 0 {
+		return nil, nil, fmt.Errorf("%s: select() chose no instance", p.File)
+	}
+	waves, err := p.Waves(ctx, sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	selected := make([]string, len(sel))
+	for i, s := range sel {
+		selected[i] = s.Name
+	}
+	return selected, waves, nil
+}
+
+func waveNames(waves []starlark.Wave) [][]string {
+	out := make([][]string, len(waves))
+	for i, w := range waves {
+		for _, in := range w.Instances {
+			out[i] = append(out[i], in.Name)
+		}
+	}
+	return out
+}
+
+// policyChecks adapts a Starlark policy to the executor. Which wave is a
+// canary wave is the policy's decision (starlark.Wave.Canary): a plan
+// wave is the policy's wave it came from, whatever stores the plan moved
+// into it.
+type policyChecks struct {
+	p     *starlark.Policy
+	inv   *eval.Inventory
+	waves []starlark.Wave // indexed like the plan's waves
+}
+
+func newPolicyChecks(p *starlark.Policy, inv *eval.Inventory, policyWaves []starlark.Wave, plan *Plan) *policyChecks {
+	waves := make([]starlark.Wave, len(plan.Waves))
+	for i, from := range plan.WaveOrigin {
+		if from < len(policyWaves) {
+			waves[i] = policyWaves[from]
+		}
+	}
+	return &policyChecks{p: p, inv: inv, waves: waves}
+}
+
+func verdict(r starlark.CheckResult) (bool, string) {
+	if r.OK {
+		if n := len(r.Logs); n > 0 {
+			return true, r.Logs[n-1]
+		}
+		return true, ""
+	}
+	return false, r.Message
+}
+
+func (c *policyChecks) Pre(ctx context.Context, n string) (bool, string) {
+	if !c.p.HasPre {
+		return true, ""
+	}
+	return verdict(c.p.PreActivate(ctx, policyInstance(c.inv.Instances[n])))
+}
+
+func (c *policyChecks) Post(ctx context.Context, n string) (bool, string) {
+	if !c.p.HasPost {
+		return true, ""
+	}
+	return verdict(c.p.PostActivate(ctx, policyInstance(c.inv.Instances[n])))
+}
+
+func (c *policyChecks) ShouldStop(wave, waveFailures, totalFailures int) bool {
+	var w starlark.Wave
+	if wave < len(c.waves) {
+		w = c.waves[wave]
+	}
+	return c.p.ShouldStop(w, waveFailures, totalFailures)
+}
+
+func (c *policyChecks) Rollback() bool { return c.p.OnFailure == starlark.OnFailureRollback }
+
+// poolRunner lets ctx.run use the pooled SSH connections.
+type poolRunner struct{ pool *transport.Pool }
+
+func (r poolRunner) Run(ctx context.Context, instance, cmd string) (string, string, int, error) {
+	stdout, stderr, code, err := r.pool.Output(ctx, instance, cmd)
+	return string(stdout), string(stderr), code, err
+}

@@ -1,0 +1,138 @@
+// Package cmdline runs a kong command tree the way both of nix-hive's
+// programs do: one signal-aware root context, parse, run, and one mapping
+// of errors onto exit statuses.
+package cmdline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// Exit statuses. Usage errors are 2, like most Unix tools; an interrupted
+// run is 130 as after SIGINT in a shell.
+const (
+	OK          = 0
+	Failure     = 1
+	Usage       = 2
+	Interrupted = 130
+)
+
+// ExitError carries an exit status a command chose (ssh passing the
+// remote one through, say); nothing more is printed.
+type ExitError struct{ Code int }
+
+func (e ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// UsageError is a command line that cannot work (contradicting flags).
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+// Program is a command tree and how to run it.
+type Program struct {
+	Name    string
+	Tree    any // the kong grammar: a pointer to a struct of commands
+	Options []kong.Option
+	// Validate, if set, checks the parsed flags; its error is a usage
+	// error.
+	Validate func() error
+	// Message, if set, turns an error into what is printed (to strip
+	// wrapping that means nothing to a user).
+	Message func(error) string
+}
+
+// Main parses args, runs the selected command with ctx bound as
+// context.Context and returns the exit status.
+func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	exitCode := -1
+	opts := append([]kong.Option{
+		kong.Name(p.Name),
+		kong.UsageOnError(),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exitCode = code }),
+		kong.BindTo(ctx, (*context.Context)(nil)),
+	}, p.Options...)
+	parser, err := kong.New(p.Tree, opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
+		return Failure
+	}
+	kctx, err := parser.Parse(args)
+	if exitCode >= 0 {
+		return exitCode // --help, --version
+	}
+	if err == nil && p.Validate != nil {
+		err = p.Validate()
+	}
+	if err != nil {
+		return p.Status(ctx, UsageError{err}, stderr)
+	}
+	return p.Status(ctx, kctx.Run(), stderr)
+}
+
+// Status maps err onto an exit status, printing it unless the command
+// chose its status itself.
+func (p Program) Status(ctx context.Context, err error, stderr io.Writer) int {
+	msg := func() string {
+		if p.Message != nil {
+			return p.Message(err)
+		}
+		return err.Error()
+	}
+	var ee ExitError
+	switch {
+	case err == nil:
+		return OK
+	case errors.As(err, &ee):
+		return ee.Code
+	case errors.As(err, new(UsageError)):
+		fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
+		return Usage
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		fmt.Fprintf(stderr, "%s: interrupted: %s\n", p.Name, msg())
+		return Interrupted
+	default:
+		fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
+		return Failure
+	}
+}
+
+// Interrupts turns SIGINT and SIGTERM into the root context's
+// cancellation (the first) and a closed abort channel (the second); a
+// third one kills the program, as without a handler. stop releases the
+// signals.
+func Interrupts() (ctx context.Context, abort <-chan struct{}, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ab := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 2; i++ {
+			select {
+			case <-sigs:
+			case <-done:
+				return
+			}
+			if i == 0 {
+				cancel()
+				continue
+			}
+			close(ab)
+			signal.Stop(sigs)
+		}
+	}()
+	return ctx, ab, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
