@@ -7,7 +7,6 @@ import (
 	"os/user"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nix-hive/nix-hive/internal/testenv"
 )
@@ -83,31 +82,28 @@ func TestDeployHostDownAndKilledThenResume(t *testing.T) {
 	if code, _, _ := s.run("build"); code != 0 {
 		t.Fatal("build failed")
 	}
-	// www-3 is down before the deploy; storage dies during its push.
-	s.lab.Host("www-3").Stop()
-	go func() {
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			if ents, _ := os.ReadDir(s.lab.Host("storage").Path("/nix/store")); len(ents) > 0 {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		s.lab.Host("storage").Stop()
-	}()
-	code, out, _ := s.run("deploy", "--no", "build")
-	if code == 0 {
+	// www-3 is down before the deploy; storage dies as its push starts.
+	if err := s.lab.Host("www-3").Stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := startIn(t, s.dir, "--json", "deploy", "--no", "build")
+	r.stdout.waitFor(t, `"instance":"storage","wave":1,"step":"push","status":"start"`, r.done)
+	if err := s.lab.Host("storage").Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait(); code == 0 {
 		t.Fatal("deploy with dead hosts exited 0")
 	}
-	if l := summaryLine(out, "www-3"); !strings.Contains(l, "failed") {
-		t.Errorf("www-3 (down) not reported failed: %q", l)
+	results := reportOf(t, r.stdout.String()).Results
+	if res := results["www-3"]; res.Status != "failed" {
+		t.Errorf("www-3 (down) not reported failed: %+v", res)
 	}
-	if l := summaryLine(out, "storage"); !strings.Contains(l, "failed") || !strings.Contains(l, "push") {
-		t.Errorf("storage (killed during push) not reported failed at push: %q", l)
+	if res := results["storage"]; res.Status != "failed" || res.Step != "push" {
+		t.Errorf("storage (killed during push) not reported failed at push: %+v", res)
 	}
 	for _, h := range []string{"portico", "www-1", "www-2"} {
-		if l := summaryLine(out, h); !strings.Contains(l, " ok ") {
-			t.Errorf("%s should have succeeded: %q", h, l)
+		if res := results[h]; res.Status != "ok" {
+			t.Errorf("%s should have succeeded: %+v", h, res)
 		}
 	}
 	st := s.state()
@@ -124,7 +120,7 @@ func TestDeployHostDownAndKilledThenResume(t *testing.T) {
 	if err := s.lab.Host("storage").Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ = s.run("deploy", "--no", "build")
+	code, out, _ := s.run("deploy", "--no", "build")
 	if code != 0 {
 		t.Fatalf("resume failed")
 	}

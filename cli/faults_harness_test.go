@@ -232,11 +232,15 @@ type running struct {
 	ended          time.Time
 }
 
-func (f *faultLab) start(args ...string) *running {
-	r := &running{t: f.t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
+func (f *faultLab) start(args ...string) *running { return startIn(f.t, f.dir, args...) }
+
+// startIn runs nix-hive on the hive in dir in the background, in this
+// process.
+func startIn(t *testing.T, dir string, args ...string) *running {
+	r := &running{t: t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		r.code = cli.Main("test", append([]string{"-c", f.dir}, args...), r.stdout, r.stderr)
+		r.code = cli.Main("test", append([]string{"-c", dir}, args...), r.stdout, r.stderr)
 		r.ended = time.Now()
 	}()
 	return r

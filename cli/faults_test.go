@@ -575,12 +575,12 @@ func TestNixCopyToSilentHostEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	khPath := filepath.Join(dir, "known_hosts")
-	os.WriteFile(khPath, kh.Bytes(), 0o644)
+	writeFile(t, khPath, kh.String())
 	if err := transport.WriteSSHConfig(&sc, cfg, khPath); err != nil {
 		t.Fatal(err)
 	}
 	scPath := filepath.Join(dir, "ssh_config")
-	os.WriteFile(scPath, sc.Bytes(), 0o644)
+	writeFile(t, scPath, sc.String())
 	if err := h.Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -78,13 +78,32 @@ func TestRunOnTwentyHosts(t *testing.T) {
 		t.Errorf("want 20 outputs and '20 ok':\n%s\n%s", out, errOut)
 	}
 
-	// A host stopped in the middle of a run is reported; the others finish.
+	// A host stopped in the middle of a run is reported; the others
+	// finish. Every host says it started, then waits for its go; host-7
+	// is stopped once it started, then the others get theirs.
 	victim := f.lab.Host("host-7")
+	stopped := make(chan error, 1)
 	go func() {
-		time.Sleep(700 * time.Millisecond)
-		victim.Stop()
+		err := waitFor("host-7 to start the command", func() bool {
+			_, err := os.Stat(victim.Path("/run/run-started"))
+			return err == nil
+		})
+		if err == nil {
+			err = victim.Stop()
+		}
+		for _, h := range f.lab.Hosts {
+			if h != victim {
+				if werr := os.WriteFile(h.Path("/run/run-go"), nil, 0o644); werr != nil && err == nil {
+					err = werr
+				}
+			}
+		}
+		stopped <- err
 	}()
-	code, out, errOut = f.run("run", "host-*", "--", "sh", "-c", "sleep 2; echo finished")
+	code, out, errOut = f.run("run", "host-*", "--", "sh", "-c", "touch /run/run-started; while [ ! -e /run/run-go ]; do sleep 0.05; done; echo finished")
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
 	if code == 0 {
 		t.Errorf("a host died during the run, exit status 0")
 	}
@@ -143,7 +162,10 @@ func TestFleetHelpersThroughJumpHost(t *testing.T) {
 	}
 	// scp there and back
 	local := filepath.Join(t.TempDir(), "payload")
-	os.WriteFile(local, []byte("payload"), 0o640)
+	writeFile(t, local, "payload")
+	if err := os.Chmod(local, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	if code, _, _ := f.run("scp", local, "int-2:/tmp/payload"); code != 0 {
 		t.Fatalf("scp up failed")
 	}
@@ -170,7 +192,7 @@ func TestFleetHelpersThroughJumpHost(t *testing.T) {
 		t.Fatalf("ssh-config:\n%s", cfg)
 	}
 	cfgFile := filepath.Join(t.TempDir(), "ssh_config")
-	os.WriteFile(cfgFile, []byte(cfg), 0o600)
+	writeFile(t, cfgFile, cfg)
 	hn, err := exec.Command("ssh", "-F", cfgFile, "-o", "BatchMode=yes", "int-1", "hostname").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(hn)) != "int-1" {
 		t.Errorf("ssh -F <generated config> int-1 hostname: %v\n%s", err, hn)
@@ -179,7 +201,9 @@ func TestFleetHelpersThroughJumpHost(t *testing.T) {
 
 func TestQuotingOfNamesPathsAndArguments(t *testing.T) {
 	f := newFleet(t, lab.Config{Hosts: 1}, true)
-	os.Remove("/tmp/pwned")
+	if err := os.Remove("/tmp/pwned"); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 	args := []string{"it's", `"quoted"`, "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "a  b", "; touch /tmp/pwned", "--flag"}
 	code, out, _ := f.run(append([]string{"run", oddName, "--", "printf", "[%s]\n"}, args...)...)
 	if code != 0 {
@@ -195,7 +219,7 @@ func TestQuotingOfNamesPathsAndArguments(t *testing.T) {
 	}
 	// a remote path with the same characters
 	local := filepath.Join(t.TempDir(), "f")
-	os.WriteFile(local, []byte("x"), 0o600)
+	writeFile(t, local, "x")
 	remote := "/tmp/it's $(touch /tmp/pwned) `x` dir"
 	if code, _, _ := f.run("ssh", oddName, "mkdir", "-p", remote); code != 0 {
 		t.Fatal("mkdir failed")
@@ -275,12 +299,20 @@ func TestRunTimeout(t *testing.T) {
 // written by a detached job), never a sleep that hopes.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	if err := waitFor(what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor is waitUntil for goroutines other than the test's.
+func waitFor(what string, cond func() bool) error {
 	// A bound against a hang, not a speed assertion.
 	deadline := time.Now().Add(2 * time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
+			return fmt.Errorf("gave up waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }

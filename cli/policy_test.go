@@ -147,7 +147,7 @@ func TestPolicyCanaryThenBatches(t *testing.T) {
 
 	// A failing canary stops everything after it.
 	f.setVersion("2")
-	os.WriteFile(filepath.Join(f.dir, "hive.nix"), []byte(strings.Replace(readFile(t, filepath.Join(f.dir, "hive.nix")), `tags = [ "app" "canary" ];`, `tags = [ "app" "canary" ]; meta.fail = true;`, 1)), 0o644)
+	editFile(t, filepath.Join(f.dir, "hive.nix"), `tags = [ "app" "canary" ];`, `tags = [ "app" "canary" ]; meta.fail = true;`)
 	code, out, _ = f.run("deploy")
 	if code == 0 {
 		t.Fatal("deploy with a failing canary exited 0")
@@ -192,7 +192,7 @@ def post_activate(ctx):
 	}
 	v1 := f.current("app-2")
 	f.setVersion("2")
-	os.WriteFile(filepath.Join(f.dir, "hive.nix"), []byte(strings.Replace(readFile(t, filepath.Join(f.dir, "hive.nix")), "// { };", `// { app-2 = (import ./lab.nix).app-2 // { system = "app"; meta.fail = true; }; };`, 1)), 0o644)
+	editFile(t, filepath.Join(f.dir, "hive.nix"), "// { };", `// { app-2 = (import ./lab.nix).app-2 // { system = "app"; meta.fail = true; }; };`)
 	code, out, errOut := f.run("deploy")
 	if code == 0 {
 		t.Fatal("deploy with a failing post-check exited 0")
@@ -223,7 +223,7 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			os.WriteFile(filepath.Join(f.dir, "hive.star"), []byte(tt.policy), 0o644)
+			writeFile(t, filepath.Join(f.dir, "hive.star"), tt.policy)
 			for _, cmd := range []string{"plan", "deploy"} {
 				code, _, errOut := f.run(cmd)
 				if code == 0 || !strings.Contains(errOut, tt.want) {

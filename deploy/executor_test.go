@@ -128,8 +128,11 @@ func TestExecutorInterrupt(t *testing.T) {
 	if !r.Interrupted {
 		t.Error("report not marked interrupted")
 	}
-	if len(f.order) != 1 || r.Results[f.order[0]].Status != StatusOK {
-		t.Errorf("the running activation should finish ok, alone: %v", f.order)
+	if len(f.order) != 1 {
+		t.Fatalf("exactly the running activation should finish: %v", f.order)
+	}
+	if s := r.Results[f.order[0]].Status; s != StatusOK {
+		t.Errorf("the running activation ended %s, want ok", s)
 	}
 	other := "storage"
 	if f.order[0] == "storage" {
@@ -274,4 +277,41 @@ func newState(t *testing.T) *state.File {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// Ctrl-C while a store's push hangs: the store and the consumers waiting
+// for it end interrupted (not failed), nothing is activated.
+func TestExecutorInterruptedStorePush(t *testing.T) {
+	inv := seedInventory()
+	plan, err := Make(inv, []string{"www-1", "www-2"}, seedBuilt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHosts()
+	f.hung = map[string]bool{"portico": true}
+	f.pushing = make(chan string, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for d := range f.pushing {
+			if d == "portico" {
+				cancel() // the push to the store has started and hangs
+			}
+		}
+	}()
+	r := Execute(ctx, plan, inv, f, f, Options{})
+	close(f.pushing)
+	for _, h := range []string{"www-1", "www-2", "portico"} {
+		if s := r.Results[h].Status; s != StatusInterrupted && s != StatusNotStarted {
+			t.Errorf("%s: %s (%s), want interrupted or not-started", h, s, r.Results[h].Error)
+		}
+	}
+	if s := r.Results["www-1"].Status; s != StatusInterrupted {
+		t.Errorf("www-1 waited for its store's push: %s, want interrupted", s)
+	}
+	if len(f.order) != 0 {
+		t.Errorf("activated %v after Ctrl-C", f.order)
+	}
+	if !r.Interrupted || r.OK() {
+		t.Errorf("report: interrupted %v ok %v", r.Interrupted, r.OK())
+	}
 }

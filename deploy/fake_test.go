@@ -30,6 +30,10 @@ type fakeHosts struct {
 	unconfirmable map[string]bool
 	copies        []string
 	stalled       chan struct{} // when set, activations wait for it
+	// pushing, when set, receives dest as a copy starts; copies to hung
+	// block until cancelled.
+	pushing chan string
+	hung    map[string]bool
 	locks         map[string]string
 	jobs          map[string]*fakeJob
 }
@@ -221,6 +225,13 @@ func (f *fakeHosts) follow(ctx context.Context, id, until string) string {
 }
 
 func (f *fakeHosts) Copy(ctx context.Context, dest string, paths []string) error {
+	if f.pushing != nil {
+		f.pushing <- dest
+	}
+	if f.hung[dest] {
+		<-ctx.Done()
+		return fmt.Errorf("nix copy to %s: %w", dest, ctx.Err())
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.copies = append(f.copies, dest)

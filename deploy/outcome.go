@@ -144,3 +144,12 @@ func outcome(ok Status, err error) (Status, Step, string, bool) {
 	}
 	return StatusFailed, "", err.Error(), false
 }
+
+// cause is what a hostError says went wrong, without its step and status.
+func cause(err error) error {
+	var he *hostError
+	if errors.As(err, &he) {
+		return he.err
+	}
+	return err
+}

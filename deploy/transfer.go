@@ -48,7 +48,9 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 		return e.substitute(ctx, n, substitution{from: h.Source.From})
 	case SourceStore:
 		if err := e.ensure(ctx, h.Source.From); err != nil {
-			return failedf(StepSubstitute, "its store %s did not receive the closure", h.Source.From)
+			// %w: a store push that Ctrl-C stopped leaves its consumers
+			// interrupted, not failed.
+			return failed(StepSubstitute, fmt.Errorf("its store %s did not receive the closure: %w", h.Source.From, cause(err)))
 		}
 		st := e.inv.Instances[h.Source.From]
 		user := st.StoreUser

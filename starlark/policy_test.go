@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -33,6 +34,7 @@ type want struct {
 	Select      []string       `json:"select"`
 	Waves       [][]string     `json:"waves"`
 	Canary      []bool         `json:"canary"`
+	Logs        []string       `json:"logs"` // what log() and print() said, in order
 	Error       *struct {
 		In       string   `json:"in"` // load, select or waves
 		At       string   `json:"at"` // suffix of file:line:col
@@ -136,6 +138,9 @@ func planCase(t *testing.T, file string, w *want) (string, error) {
 	}
 	if w.Canary != nil && !reflect.DeepEqual(canary, w.Canary) {
 		t.Errorf("canary waves = %v, want %v", canary, w.Canary)
+	}
+	if !slices.Equal(logs, w.Logs) {
+		t.Errorf("logs = %q, want %q", logs, w.Logs)
 	}
 	return "", nil
 }

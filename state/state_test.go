@@ -46,7 +46,9 @@ func TestLoadErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "hive.state")
-			os.WriteFile(p, []byte(tt.content), 0o644)
+			if err := os.WriteFile(p, []byte(tt.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			_, err := Load(p)
 			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), p) {
 				t.Errorf("err = %v, want %q naming the file", err, tt.want)

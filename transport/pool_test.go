@@ -295,8 +295,10 @@ func TestDeadConnectionIsEvictedAndRedialed(t *testing.T) {
 	srv := newTestServer(t, key.signer.PublicKey())
 	p := newTestPool(t, Config{
 		Endpoints:        map[string]Endpoint{"a": srv.endpoint("a", key)},
+		// Probes often; a reply may take long on a loaded machine before
+		// a connection counts as dead, so only the stall below kills it.
 		KeepAlive:        20 * time.Millisecond,
-		KeepAliveTimeout: 100 * time.Millisecond,
+		KeepAliveTimeout: 3 * time.Second,
 	})
 	ctx := testCtx(t)
 	if _, err := p.Run(ctx, "a", "true", nil, nil, nil); err != nil {
@@ -483,13 +485,17 @@ func TestAgentAuth(t *testing.T) {
 		t.Fatalf("Run with agent = %d, %v", code, err)
 	}
 	// The agent socket is closed once the handshake is over; ServeAgent
-	// returns when it sees that.
-	for {
+	// returns when it sees that (asynchronously: wait for it, bounded
+	// against a hang).
+	for deadline := time.Now().Add(time.Minute); ; {
 		mu.Lock()
 		n := open
 		mu.Unlock()
 		if n == 0 {
 			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d agent connections still open after the handshake", n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
