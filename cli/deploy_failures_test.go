@@ -51,30 +51,6 @@ func TestDeployUntrustedKeyIsRefused(t *testing.T) {
 		t.Errorf("www-2 not on %s after --trust-hive-key: %s", www, got)
 	}
 }
-
-func TestDeployBrokenSystemFailsOnlyItsHosts(t *testing.T) {
-	s := newSeed(t)
-	s.edit(`storage.toplevel = testSystem { name = "storage"; };`, `storage.toplevel = testSystem { name = "storage"; broken = true; };`)
-	code, out, errOut := s.run("deploy")
-	if code == 0 {
-		t.Fatal("deploy of a broken system exited 0")
-	}
-	if l := summaryLine(out, "storage"); !strings.Contains(l, "failed") || !strings.Contains(l, "activate") || !strings.Contains(l, "exited 1") {
-		t.Errorf("storage should fail at activate: %q", l)
-	}
-	if !strings.Contains(errOut, "deploy failed on 1 of 5 hosts") {
-		t.Errorf("final error: %s", errOut)
-	}
-	for _, h := range []string{"portico", "www-1", "www-2", "www-3"} {
-		if l := summaryLine(out, h); !strings.Contains(l, " ok ") {
-			t.Errorf("%s should have succeeded: %q", h, l)
-		}
-	}
-	if st := s.state().Instances["storage"]; st.Status != "failed" || st.Step != "activate" {
-		t.Errorf("hive.state for storage: %+v", st)
-	}
-}
-
 func TestDeployHostDownAndKilledThenResume(t *testing.T) {
 	s := newSeed(t)
 	// storage carries 48 MiB so that its push takes long enough to kill.
@@ -136,53 +112,6 @@ func TestDeployHostDownAndKilledThenResume(t *testing.T) {
 		t.Errorf("storage not on its system after resume")
 	}
 }
-
-func TestGoalBootAndRollback(t *testing.T) {
-	s := newSeed(t)
-	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
-		t.Fatal("first deploy failed")
-	}
-	v1 := s.state().Systems["www"].OutPath
-	s.edit(`www.toplevel = testSystem { name = "www"; };`, `www.toplevel = testSystem { name = "www"; version = "2"; };`)
-	if code, _, _ := s.run("deploy", "--goal", "boot", "www-1"); code != 0 {
-		t.Fatal("boot deploy failed")
-	}
-	v2 := s.state().Systems["www"].OutPath
-	profile, _ := os.Readlink(s.lab.Host("www-1").Path("/nix/var/nix/profiles/system"))
-	target, _ := os.Readlink(s.lab.Host("www-1").Path("/nix/var/nix/profiles/" + profile))
-	if v1 == v2 || target != v2 {
-		t.Errorf("after boot: profile %s -> %s, want %s", profile, target, v2)
-	}
-	if got := s.current("www-1"); got != v1 {
-		t.Errorf("goal boot changed /run/current-system to %s; want it still %s", got, v1)
-	}
-	// status shows the drift of the running system
-	if code, out, _ := s.run("status", "www-1"); code == 0 || !strings.Contains(out, "active system differs") {
-		t.Errorf("status after boot: exit %d\n%s", code, out)
-	}
-	// switch to v2 and roll back to v1
-	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
-		t.Fatal("switch deploy failed")
-	}
-	if got := s.current("www-1"); got != v2 {
-		t.Fatalf("switch: %s, want %s", got, v2)
-	}
-	code, out, _ := s.run("rollback", "www-1")
-	if code != 0 {
-		t.Fatalf("rollback failed:\n%s", out)
-	}
-	if got := s.current("www-1"); got != v1 {
-		t.Errorf("after rollback /run/current-system = %s, want %s", got, v1)
-	}
-	if !strings.Contains(out, v2) || !strings.Contains(out, v1) {
-		t.Errorf("rollback output should show before and after:\n%s", out)
-	}
-}
-
-// A store may be a binary cache URL: the closure is pushed there once and
-// every consumer substitutes from it (signatures checked by the consumer).
-// /tmp is shared between the lab hosts and this machine, so a file://
-// cache there is reachable by all of them.
 func TestDeployThroughBinaryCacheStore(t *testing.T) {
 	s := newSeed(t)
 	cache := t.TempDir()

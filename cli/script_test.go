@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,7 +136,8 @@ func cmdTrustKey(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// hostread HOST PATH: print a file (or a symlink's target) inside a host.
+// hostread HOST PATH: print a file (or a symlink's target) inside a host;
+// ! hostread HOST PATH: PATH does not exist there.
 func cmdHostRead(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 2 {
 		ts.Fatalf("usage: hostread HOST PATH")
@@ -144,14 +147,21 @@ func cmdHostRead(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("no lab host %s", args[0])
 	}
 	p := h.Path(args[1])
+	_, err := os.Lstat(p)
+	switch {
+	case neg && err == nil:
+		ts.Fatalf("hostread: %s exists on %s", args[1], args[0])
+	case neg && errors.Is(err, fs.ErrNotExist):
+		return
+	case err != nil:
+		ts.Fatalf("hostread: %v", err)
+	}
 	if target, err := os.Readlink(p); err == nil {
 		fmt.Fprintln(ts.Stdout(), target)
 		return
 	}
 	b, err := os.ReadFile(p)
-	if err != nil && !neg {
-		ts.Fatalf("hostread: %v", err)
-	}
+	ts.Check(err)
 	ts.Stdout().Write(b)
 }
 
