@@ -150,7 +150,26 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 		l.Netns = l.internal.name
 		l.Uplink = l.internal.vethRoot
 	}
+	internalAddrs := l.addHosts(plain, internal, jump)
+	if err := l.writeFiles(); err != nil {
+		return err
+	}
+	if l.internal != nil {
+		if err := l.internal.create(ctx, internalAddrs); err != nil {
+			return err
+		}
+	}
+	sg, sctx := errgroup.WithContext(ctx)
+	for _, h := range l.Hosts {
+		sg.Go(func() error { return h.Start(sctx) })
+	}
+	return sg.Wait()
+}
 
+// addHosts gives every host its address and directory: the jump host
+// first, then the plain hosts, then the internal ones. It returns the
+// addresses that live in the internal network.
+func (l *Lab) addHosts(plain, internal []string, jump string) []string {
 	add := func(name, jumpName string) *Host {
 		i := len(l.Hosts)
 		h := &Host{
@@ -178,7 +197,12 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 	for _, n := range internal {
 		internalAddrs = append(internalAddrs, add(n, jump).Addr)
 	}
+	return internalAddrs
+}
 
+// writeFiles writes the client key, authorized_keys, every host's
+// directory and configuration, known_hosts and the ssh config.
+func (l *Lab) writeFiles() error {
 	l.ClientKey = filepath.Join(l.Dir, "client", "id_ed25519")
 	pub, err := writeKeyPair(l.ClientKey, "nix-hive-lab")
 	if err != nil {
@@ -202,19 +226,7 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(l.SSHConfigFile, []byte(l.sshConfig()), 0o644); err != nil {
-		return err
-	}
-	if l.internal != nil {
-		if err := l.internal.create(ctx, internalAddrs); err != nil {
-			return err
-		}
-	}
-	sg, sctx := errgroup.WithContext(ctx)
-	for _, h := range l.Hosts {
-		sg.Go(func() error { return h.Start(sctx) })
-	}
-	return sg.Wait()
+	return writeFileAtomic(l.SSHConfigFile, []byte(l.sshConfig()), 0o644)
 }
 
 // useDir sets up the lab directory: a new temporary one, or dir (created if

@@ -134,40 +134,46 @@ func fromJSON(x any, path string) (sk.Value, error) {
 		}
 		return sk.Float(f), nil
 	case []string:
-		elems := make([]sk.Value, len(x))
+		elems := make([]any, len(x))
 		for i, s := range x {
-			elems[i] = sk.String(s)
+			elems[i] = s
 		}
-		l := sk.NewList(elems)
-		l.Freeze()
-		return l, nil
+		return listFromJSON(elems, path)
 	case []any:
-		elems := make([]sk.Value, len(x))
-		for i, e := range x {
-			v, err := fromJSON(e, fmt.Sprintf("%s[%d]", path, i))
-			if err != nil {
-				return nil, err
-			}
-			elems[i] = v
-		}
-		l := sk.NewList(elems)
-		l.Freeze()
-		return l, nil
+		return listFromJSON(x, path)
 	case map[string]any:
-		d := sk.NewDict(len(x))
-		for _, k := range slices.Sorted(maps.Keys(x)) {
-			v, err := fromJSON(x[k], path+"."+k)
-			if err != nil {
-				return nil, err
-			}
-			if err := d.SetKey(sk.String(k), v); err != nil {
-				return nil, fmt.Errorf("%s.%s: %w", path, k, err)
-			}
-		}
-		d.Freeze()
-		return d, nil
+		return dictFromJSON(x, path)
 	}
 	return nil, fmt.Errorf("%s: unsupported type %T", path, x)
+}
+
+func listFromJSON(x []any, path string) (sk.Value, error) {
+	elems := make([]sk.Value, len(x))
+	for i, e := range x {
+		v, err := fromJSON(e, fmt.Sprintf("%s[%d]", path, i))
+		if err != nil {
+			return nil, err
+		}
+		elems[i] = v
+	}
+	l := sk.NewList(elems)
+	l.Freeze()
+	return l, nil
+}
+
+func dictFromJSON(x map[string]any, path string) (sk.Value, error) {
+	d := sk.NewDict(len(x))
+	for _, k := range slices.Sorted(maps.Keys(x)) {
+		v, err := fromJSON(x[k], path+"."+k)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.SetKey(sk.String(k), v); err != nil {
+			return nil, fmt.Errorf("%s.%s: %w", path, k, err)
+		}
+	}
+	d.Freeze()
+	return d, nil
 }
 
 // instanceValues converts in for one policy call and indexes it by name.

@@ -205,7 +205,6 @@ func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position
 		e.setPos(pos[name])
 		return e
 	}
-
 	for _, name := range globals.Keys() {
 		for _, known := range settingNames {
 			if name != known && !globals.Has(known) && editDistance(name, known) <= 2 {
@@ -213,7 +212,17 @@ func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position
 			}
 		}
 	}
+	if err := p.functions(globals, errAt); err != nil {
+		return err
+	}
+	return p.settings(globals, errAt)
+}
 
+type errAtFunc func(name, format string, args ...any) *Error
+
+// functions picks select, waves, pre_activate and post_activate out of
+// the globals.
+func (p *Policy) functions(globals sk.StringDict, errAt errAtFunc) error {
 	fns := []struct {
 		name string
 		dst  **sk.Function
@@ -238,7 +247,11 @@ func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position
 		}
 		*f.dst, *f.has = fn, true
 	}
+	return nil
+}
 
+// settings reads on_failure and max_failures, with their defaults.
+func (p *Policy) settings(globals sk.StringDict, errAt errAtFunc) error {
 	p.OnFailure = OnFailureStop
 	if v, ok := globals["on_failure"]; ok {
 		s, _ := sk.AsString(v)
@@ -249,7 +262,6 @@ func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position
 			return errAt("on_failure", `on_failure must be "stop", "continue" or "rollback", got %s`, v.String())
 		}
 	}
-
 	p.MaxFailures = FailureBudget{Wave: Unlimited, Total: 0}
 	if p.OnFailure == OnFailureContinue {
 		p.MaxFailures.Total = Unlimited
@@ -436,6 +448,13 @@ func (p *Policy) Waves(ctx context.Context, in []Instance) ([]Wave, error) {
 	if err != nil {
 		return nil, c.evalError(err)
 	}
+	return p.readWaves(ret, in, byName, c.canaries)
+}
+
+// readWaves turns what waves() returned into waves; every instance must be
+// in exactly one. A wave is a canary wave when canaries() picked all its
+// instances.
+func (p *Policy) readWaves(ret sk.Value, in []Instance, byName map[string]int, canaries map[string]bool) ([]Wave, error) {
 	const want = "want a list of waves, each a list of instances or names"
 	waveVals, err := iterate("waves", ret)
 	if err != nil {
@@ -462,24 +481,28 @@ func (p *Policy) Waves(ctx context.Context, in []Instance) ([]Wave, error) {
 			}
 			waveOf[idx] = w + 1
 			wave.Instances = append(wave.Instances, in[idx])
-			wave.Canary = wave.Canary && c.canaries[in[idx].Name]
+			wave.Canary = wave.Canary && canaries[in[idx].Name]
 		}
 		out = append(out, wave)
 	}
 	if len(waveOf) < len(in) {
-		var missing []string
-		for i := range in {
-			if _, ok := waveOf[i]; !ok {
-				missing = append(missing, in[i].Name)
-			}
-		}
-		list := strings.Join(missing[:min(5, len(missing))], ", ")
-		if len(missing) > 5 {
-			list += fmt.Sprintf(" and %d more", len(missing)-5)
-		}
-		return nil, returnError(p.wavesFn, "waves", "left out %d of the instances it was given (%s); put them in a wave or drop them in select()", len(missing), list)
+		return nil, p.leftOut(in, waveOf)
 	}
 	return out, nil
+}
+
+func (p *Policy) leftOut(in []Instance, waveOf map[int]int) error {
+	var missing []string
+	for i := range in {
+		if _, ok := waveOf[i]; !ok {
+			missing = append(missing, in[i].Name)
+		}
+	}
+	list := strings.Join(missing[:min(5, len(missing))], ", ")
+	if len(missing) > 5 {
+		list += fmt.Sprintf(" and %d more", len(missing)-5)
+	}
+	return returnError(p.wavesFn, "waves", "left out %d of the instances it was given (%s); put them in a wave or drop them in select()", len(missing), list)
 }
 
 func listOf(vals []*instanceValue) *sk.List {

@@ -23,72 +23,83 @@ var defaultIdentities = []string{"id_ed25519", "id_ecdsa", "id_rsa"}
 // keys, then the default identity files. The returned close function
 // releases the agent socket; call it once the handshake is over.
 func authFor(s *settings) (ssh.AuthMethod, func(), error) {
-	var (
-		signers []ssh.Signer
-		skipped []string
-		seen    = map[string]bool{}
-	)
-	add := func(sg ssh.Signer) {
-		k := string(sg.PublicKey().Marshal())
-		if !seen[k] {
-			seen[k] = true
-			signers = append(signers, sg)
-		}
-	}
+	k := &keyring{seen: map[string]bool{}}
 	// Public halves of explicit identities, for IdentitiesOnly with agent
 	// keys whose private file is encrypted.
 	wanted := map[string]bool{}
 	for _, path := range s.IdentityFiles {
-		sg, pub, err := loadIdentity(path)
-		if pub != nil {
+		if pub := k.load(path); pub != nil {
 			wanted[string(pub.Marshal())] = true
 		}
-		if err != nil {
-			skipped = append(skipped, fmt.Sprintf("%s (%v)", path, err))
-			continue
-		}
-		add(sg)
 	}
-
-	closeAgent := func() {}
-	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
-		if c, err := net.DialTimeout("unix", sock, 2*time.Second); err == nil {
-			closeAgent = func() { c.Close() }
-			if ss, err := agent.NewClient(c).Signers(); err == nil {
-				for _, sg := range ss {
-					if !s.IdentitiesOnly || wanted[string(sg.PublicKey().Marshal())] {
-						add(sg)
-					}
-				}
-			}
-		}
-	}
-
+	closeAgent := k.agent(func(pub ssh.PublicKey) bool { return !s.IdentitiesOnly || wanted[string(pub.Marshal())] })
 	if len(s.IdentityFiles) == 0 {
 		for _, name := range defaultIdentities {
 			path := filepath.Join(homeDir(), ".ssh", name)
-			if _, err := os.Stat(path); err != nil {
-				continue
+			if _, err := os.Stat(path); err == nil {
+				k.load(path)
 			}
-			sg, _, err := loadIdentity(path)
-			if err != nil {
-				skipped = append(skipped, fmt.Sprintf("%s (%v)", path, err))
-				continue
-			}
-			add(sg)
 		}
 	}
-	if len(signers) == 0 {
+	if len(k.signers) == 0 {
 		closeAgent()
 		msg := "no usable SSH key: set IdentityFile in the instance's ssh options, add a key to ssh-agent, or create ~/.ssh/id_ed25519"
-		if len(skipped) > 0 {
-			msg += "; skipped " + strings.Join(skipped, ", ")
+		if len(k.skipped) > 0 {
+			msg += "; skipped " + strings.Join(k.skipped, ", ")
 		}
 		return nil, nil, fmt.Errorf("authenticate to %s: %s", s.Name, msg)
 	}
 	// One publickey method with every signer: x/crypto tries each method
 	// name once, so a second publickey method would never run.
-	return ssh.PublicKeys(signers...), closeAgent, nil
+	return ssh.PublicKeys(k.signers...), closeAgent, nil
+}
+
+// keyring collects signers once each, in the order found, and what could
+// not be used.
+type keyring struct {
+	signers []ssh.Signer
+	skipped []string
+	seen    map[string]bool
+}
+
+func (k *keyring) add(sg ssh.Signer) {
+	if key := string(sg.PublicKey().Marshal()); !k.seen[key] {
+		k.seen[key] = true
+		k.signers = append(k.signers, sg)
+	}
+}
+
+// load adds the identity file at path and returns its public key when
+// known (an encrypted key's .pub, say), even if the key itself is unusable.
+func (k *keyring) load(path string) ssh.PublicKey {
+	sg, pub, err := loadIdentity(path)
+	if err != nil {
+		k.skipped = append(k.skipped, fmt.Sprintf("%s (%v)", path, err))
+		return pub
+	}
+	k.add(sg)
+	return pub
+}
+
+// agent adds the ssh agent's keys that use accepts; the returned function
+// closes the agent socket.
+func (k *keyring) agent(use func(ssh.PublicKey) bool) (closeAgent func()) {
+	sock := os.Getenv("SSH_AUTH_SOCK")
+	if sock == "" {
+		return func() {}
+	}
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		return func() {}
+	}
+	if ss, err := agent.NewClient(c).Signers(); err == nil {
+		for _, sg := range ss {
+			if use(sg.PublicKey()) {
+				k.add(sg)
+			}
+		}
+	}
+	return func() { c.Close() }
 }
 
 // loadIdentity reads a private key file; for an encrypted one it still

@@ -342,33 +342,12 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 	if via != "" {
 		where += " via " + via
 	}
-	hk := &hostKeys{
-		instance:   s.Name,
-		addr:       addr,
-		candidates: []string{addr, joinHostPort(s.Name, 22)},
-		pinned:     s.pinned,
-		files:      p.known,
-		accept:     p.cfg.AcceptNewHostKeys,
-		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
-		acceptMu:   &p.acceptMu,
-	}
-	cb, algos, err := hk.callback()
-	if err != nil {
-		raw.Close()
-		return nil, err
-	}
-	auth, closeAgent, err := authFor(s)
+	cc, closeAgent, err := p.clientConfig(s)
 	if err != nil {
 		raw.Close()
 		return nil, err
 	}
 	defer closeAgent()
-	cc := &ssh.ClientConfig{
-		User:              s.User,
-		Auth:              []ssh.AuthMethod{auth},
-		HostKeyCallback:   cb,
-		HostKeyAlgorithms: algos,
-	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
 	}
@@ -382,21 +361,52 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 	}
 	if err != nil {
 		raw.Close()
-		var hkErr *HostKeyError
-		if errors.As(err, &hkErr) {
-			return nil, hkErr
-		}
-		if strings.Contains(err.Error(), "unable to authenticate") {
-			keys := "the ssh agent's keys and ~/.ssh/id_*"
-			if len(s.IdentityFiles) > 0 {
-				keys = strings.Join(s.IdentityFiles, ", ")
-			}
-			return nil, fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)
-		}
-		return nil, fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
+		return nil, p.handshakeError(ctx, s, where, err)
 	}
 	_ = raw.SetDeadline(time.Time{})
 	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// clientConfig is the SSH client configuration of one handshake with s:
+// its host key checks and its keys; closeAgent releases the agent.
+func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(), err error) {
+	addr := s.Addr()
+	hk := &hostKeys{
+		instance:   s.Name,
+		addr:       addr,
+		candidates: []string{addr, joinHostPort(s.Name, 22)},
+		pinned:     s.pinned,
+		files:      p.known,
+		accept:     p.cfg.AcceptNewHostKeys,
+		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
+		acceptMu:   &p.acceptMu,
+	}
+	cb, algos, err := hk.callback()
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, closeAgent, err := authFor(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}, closeAgent, nil
+}
+
+// handshakeError says why a handshake with s failed: a host key error as
+// it is, a refused login with the keys that were tried.
+func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, err error) error {
+	var hkErr *HostKeyError
+	if errors.As(err, &hkErr) {
+		return hkErr
+	}
+	if strings.Contains(err.Error(), "unable to authenticate") {
+		keys := "the ssh agent's keys and ~/.ssh/id_*"
+		if len(s.IdentityFiles) > 0 {
+			keys = strings.Join(s.IdentityFiles, ", ")
+		}
+		return fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)
+	}
+	return fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 }
 
 // session opens a session on the pooled connection, holding one of its
@@ -515,41 +525,9 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("sftp to %s: %w", c.name, ctx.Err())
 	}
-	type result struct {
-		sc  *sftp.Client
-		s   *ssh.Session
-		err error
-	}
-	ch := make(chan result, 1)
-	p.goTracked(func() {
-		s, err := c.client.NewSession()
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		w, err1 := s.StdinPipe()
-		r, err2 := s.StdoutPipe()
-		if err := errors.Join(err1, err2); err != nil {
-			s.Close()
-			ch <- result{err: err}
-			return
-		}
-		if err := s.RequestSubsystem("sftp"); err != nil {
-			s.Close()
-			ch <- result{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
-			return
-		}
-		// Concurrent writes are safe here: Upload writes to a temporary
-		// name and removes it on any error.
-		sc, err := sftp.NewClientPipe(r, w, sftp.UseConcurrentWrites(true))
-		if err != nil {
-			s.Close()
-			ch <- result{err: err}
-			return
-		}
-		ch <- result{sc: sc, s: s}
-	})
-	var r result
+	ch := make(chan sftpSession, 1)
+	p.goTracked(func() { ch <- openSFTP(c.client) })
+	var r sftpSession
 	select {
 	case r = <-ch:
 	case <-ctx.Done():
@@ -576,6 +554,38 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 		<-c.sessions
 	})
 	return r.sc, nil
+}
+
+// sftpSession is an sftp client on a session of its own.
+type sftpSession struct {
+	sc  *sftp.Client
+	s   *ssh.Session
+	err error
+}
+
+func openSFTP(client *ssh.Client) sftpSession {
+	s, err := client.NewSession()
+	if err != nil {
+		return sftpSession{err: err}
+	}
+	w, err1 := s.StdinPipe()
+	r, err2 := s.StdoutPipe()
+	if err := errors.Join(err1, err2); err != nil {
+		s.Close()
+		return sftpSession{err: err}
+	}
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		s.Close()
+		return sftpSession{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
+	}
+	// Concurrent writes are safe here: Upload writes to a temporary name
+	// and removes it on any error.
+	sc, err := sftp.NewClientPipe(r, w, sftp.UseConcurrentWrites(true))
+	if err != nil {
+		s.Close()
+		return sftpSession{err: err}
+	}
+	return sftpSession{sc: sc, s: s}
 }
 
 // Close closes every pooled connection and sftp client and waits for the

@@ -123,19 +123,8 @@ func jumpChain(eps map[string]Endpoint, name string) ([]string, error) {
 
 func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	name := ep.Name
-	// Any printable name works: the Go client never puts it in a command,
-	// and generated OpenSSH files use Alias(name).
-	if name == "" || strings.ContainsFunc(name, isControl) {
-		return nil, fmt.Errorf("instance %q: name must be non-empty and free of control characters", name)
-	}
-	if err := checkWord(ep.Host); err != nil {
-		return nil, fmt.Errorf("instance %s: host %q: %w", name, ep.Host, err)
-	}
-	if err := checkWord(ep.User); err != nil {
-		return nil, fmt.Errorf("instance %s: user %q: %w", name, ep.User, err)
-	}
-	if ep.Port < 0 || ep.Port > 65535 {
-		return nil, fmt.Errorf("instance %s: port %d is out of range", name, ep.Port)
+	if err := checkEndpoint(ep); err != nil {
+		return nil, err
 	}
 	s := &settings{Effective: Effective{Name: name}}
 	for i, line := range ep.HostKeys {
@@ -146,51 +135,23 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 		s.pinned = append(s.pinned, k)
 	}
 	for k, v := range ep.Options {
-		if !optionKeyRE.MatchString(k) {
-			return nil, fmt.Errorf("instance %s: ssh option %q is not an OpenSSH option name", name, k)
-		}
-		if attr, ok := reservedOptions[strings.ToLower(k)]; ok {
-			return nil, fmt.Errorf("instance %s: ssh option %s is derived from the instance; set %s instead", name, k, attr)
-		}
-		if strings.ContainsFunc(v, isControl) {
-			return nil, fmt.Errorf("instance %s: ssh option %s has a control character in its value", name, k)
+		if err := checkOption(name, k, v); err != nil {
+			return nil, err
 		}
 		s.options = append(s.options, option{k, v})
 	}
 	sort.Slice(s.options, func(i, j int) bool { return s.options[i].key < s.options[j].key })
-
-	s.HostName = ep.Host
-	if s.HostName == "" {
-		s.HostName = expandTokens(uc.get(name, "HostName"), name, "", "")
+	// The hive first, then the user's ssh config, then OpenSSH's defaults.
+	s.HostName = firstOf(ep.Host, expandTokens(uc.get(name, "HostName"), name, "", ""), name)
+	port, err := userPort(uc, name)
+	if err != nil {
+		return nil, err
 	}
-	if s.HostName == "" {
-		s.HostName = name
-	}
-	s.Port = ep.Port
-	if s.Port == 0 {
-		if p := uc.get(name, "Port"); p != "" {
-			n, err := strconv.Atoi(p)
-			if err != nil || n <= 0 || n > 65535 {
-				return nil, fmt.Errorf("instance %s: Port %q in %s is not a port number", name, p, uc.path)
-			}
-			s.Port = n
-		}
-	}
-	if s.Port == 0 {
-		s.Port = 22
-	}
-	s.User = ep.User
-	if s.User == "" {
-		s.User = uc.get(name, "User")
-	}
-	if s.User == "" {
-		s.User = "root"
-	}
-	var ids []string
+	s.Port = firstNonZero(ep.Port, port, 22)
+	s.User = firstOf(ep.User, uc.get(name, "User"), "root")
+	ids := uc.getAll(name, "IdentityFile")
 	if v := optionValue(ep.Options, "IdentityFile"); v != "" {
 		ids = strings.Split(v, ",")
-	} else {
-		ids = uc.getAll(name, "IdentityFile")
 	}
 	for _, id := range ids {
 		id = strings.TrimSpace(id)
@@ -199,12 +160,74 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 		}
 		s.IdentityFiles = append(s.IdentityFiles, expandPath(expandTokens(id, name, s.HostName, s.User)))
 	}
-	only := optionValue(ep.Options, "IdentitiesOnly")
-	if only == "" {
-		only = uc.get(name, "IdentitiesOnly")
-	}
+	only := firstOf(optionValue(ep.Options, "IdentitiesOnly"), uc.get(name, "IdentitiesOnly"))
 	s.IdentitiesOnly = strings.EqualFold(only, "yes")
 	return s, nil
+}
+
+// checkEndpoint refuses names, hosts, users and ports that could not work
+// or would be misread.
+func checkEndpoint(ep Endpoint) error {
+	name := ep.Name
+	// Any printable name works: the Go client never puts it in a command,
+	// and generated OpenSSH files use Alias(name).
+	if name == "" || strings.ContainsFunc(name, isControl) {
+		return fmt.Errorf("instance %q: name must be non-empty and free of control characters", name)
+	}
+	if err := checkWord(ep.Host); err != nil {
+		return fmt.Errorf("instance %s: host %q: %w", name, ep.Host, err)
+	}
+	if err := checkWord(ep.User); err != nil {
+		return fmt.Errorf("instance %s: user %q: %w", name, ep.User, err)
+	}
+	if ep.Port < 0 || ep.Port > 65535 {
+		return fmt.Errorf("instance %s: port %d is out of range", name, ep.Port)
+	}
+	return nil
+}
+
+func checkOption(name, k, v string) error {
+	if !optionKeyRE.MatchString(k) {
+		return fmt.Errorf("instance %s: ssh option %q is not an OpenSSH option name", name, k)
+	}
+	if attr, ok := reservedOptions[strings.ToLower(k)]; ok {
+		return fmt.Errorf("instance %s: ssh option %s is derived from the instance; set %s instead", name, k, attr)
+	}
+	if strings.ContainsFunc(v, isControl) {
+		return fmt.Errorf("instance %s: ssh option %s has a control character in its value", name, k)
+	}
+	return nil
+}
+
+// userPort is the Port the user's ssh config gives name, 0 for none.
+func userPort(uc *userConfig, name string) (int, error) {
+	p := uc.get(name, "Port")
+	if p == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n <= 0 || n > 65535 {
+		return 0, fmt.Errorf("instance %s: Port %q in %s is not a port number", name, p, uc.path)
+	}
+	return n, nil
+}
+
+func firstOf(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func firstNonZero(vs ...int) int {
+	for _, v := range vs {
+		if v != 0 {
+			return v
+		}
+	}
+	return 0
 }
 
 // optionValue looks a key up case-insensitively, as OpenSSH does.
