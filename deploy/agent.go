@@ -63,9 +63,10 @@ printf 'rebootmark=%s\n' "$(cat /run/nix-hive/reboot 2>/dev/null)"
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
 // stdin closes (nix-hive closes it when done with the host; a dropped
-// connection closes it too). It prints "locked", or "held by OWNER" and
-// exits 75 when another deploy has it. It waits a few seconds first: the
-// holder of a deploy that just died takes a moment to notice.
+// connection closes it too). It prints "locked" and what the host runs
+// (queryProgram's lines, then "end"), or "held by OWNER" and exits 75 when
+// another deploy has it. It waits a few seconds first: the holder of a
+// deploy that just died takes a moment to notice.
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
 mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
@@ -76,71 +77,90 @@ if ! flock -w 3 9; then
 fi
 printf '%s\n' "$1" >$o.tmp && mv -f $o.tmp $o
 echo locked
+` + queryProgram + `echo end
 read -r _ || :
 `
 
-// startProgram ID GOAL TARGET CONFIRM LIMIT stores the job script from
-// stdin in /run/nix-hive/jobs/ID and starts it detached: a transient
-// systemd unit where systemd runs (like nixos-rebuild), else a session of
-// its own. It returns once the job holds the activation lock (or refused
-// to run) and prints the job's first state.
-const startProgram = `set -u
-command -v flock >/dev/null 2>&1 || { echo "nix-hive: flock is missing on the host (util-linux)" >&2; exit 2; }
-id=$1; shift
+// waitProgram is shared by the programs that wait for a job: wait ID
+// UNTIL BEAT waits until job ID reaches state UNTIL ("activated"; "" for
+// none) or ends, printing a "." every BEAT seconds meanwhile so that
+// nix-hive notices a connection gone silent, and then the job's state: a
+// state line, "gone" (no such job: it never started, or a reboot cleared
+// /run) or "lost" (it ended without an outcome), then, unless it ended
+// ok, the end of its log. It blocks on the job's phase locks (see job.sh)
+// and needs no privileges.
+const waitProgram = `wait_job() {
+  d=/run/nix-hive/jobs/$1
+  [ -d "$d" ] || { echo gone; return 0; }
+  wait_lock running.lock "$3"
+  [ "$2" = activated ] || wait_lock activated.lock "$3"
+  s=$(cat "$d/state" 2>/dev/null)
+  case $s in done*|activated) ;; *) s=lost ;; esac
+  printf '%s\n' "$s"
+  case $s in "done ok"*|activated) ;; *) tail -n 15 "$d/log" 2>/dev/null ;; esac
+}
+# wait_lock LOCK BEAT: until the job lets go of LOCK (or dies); a lock
+# never taken is not waited for.
+wait_lock() {
+  [ -e "$d/$1" ] || return 0
+  while :; do
+    flock -s -w "$2" "$d/$1" true 2>/dev/null
+    [ $? = 1 ] || return 0
+    echo .
+  done
+}
+`
+
+// startProgram ID UNTIL BEAT GOAL TARGET CONFIRM LIMIT stores the job
+// script from stdin in /run/nix-hive/jobs/ID, starts it detached (a
+// transient systemd unit where systemd runs, like nixos-rebuild, else a
+// session of its own) and, in the same SSH session, waits for it like
+// waitProgram.
+const startProgram = waitProgram + `set -u
+for t in flock setsid timeout mkfifo; do
+  command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
+done
+id=$1 until=$2 beat=$3; shift 3
+goal=$1 target=$2 confirm=$3 limit=$4
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
-mkdir -p $b/jobs && mkdir "$d" && cat >"$d/job.sh" || exit 2
-find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null
+mkdir -p "$d" && cat >"$d/job.sh" && mkfifo "$d/started" || exit 2
+exec 3<>"$d/started"
+set -- $b/jobs/*
+[ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
+set -- "$goal" "$target" "$confirm" "$limit"
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="nix-hive-$id" --collect --quiet --no-ask-password --service-type=exec \
     --setenv=PATH="$PATH" ${LOCALE_ARCHIVE:+--setenv=LOCALE_ARCHIVE="$LOCALE_ARCHIVE"} \
     "$(command -v sh)" "$d/job.sh" "$d" "$@" || exit 2
 else
-  setsid sh "$d/job.sh" "$d" "$@" </dev/null >/dev/null 2>&1 &
+  setsid sh "$d/job.sh" "$d" "$@" </dev/null >/dev/null 2>&1 3>&- &
 fi
-i=0
-while [ ! -s "$d/state" ]; do
-  i=$((i + 1))
-  [ $i -le 300 ] || { echo "nix-hive: the activation job did not start; see $d/log" >&2; exit 2; }
-  sleep 0.1
-done
-cat "$d/state"
+timeout 30 sh -c 'read -r _ <&3' || { echo "nix-hive: the activation job did not start; see $d/log" >&2; exit 2; }
+exec 3>&-
+wait_job "$id" "$until" "$beat"
 `
 
-// followProgram ID UNTIL BEAT waits until job ID reaches state UNTIL
-// ("activated"; "" for none) or ends, printing a "." every BEAT seconds
-// meanwhile (0: never) so that nix-hive notices a connection gone silent,
-// and then the job's state: a state line, "gone" (no such job: it never
-// started, or a reboot cleared /run) or "lost" (it ended without an
-// outcome), then, unless it ended ok, the end of its log. It needs no
-// privileges.
-const followProgram = `d=/run/nix-hive/jobs/$1 l=/run/nix-hive/activation.lock
-[ -d "$d" ] || { echo gone; exit 0; }
-n=0 beat=$((${3:-0} * 5))
-while :; do
-  s=$(cat "$d/state" 2>/dev/null)
-  case $s in done*) break ;; esac
-  [ -n "$2" ] && [ "$s" = "$2" ] && break
-  if flock -n $l true 2>/dev/null; then
-    s=$(cat "$d/state" 2>/dev/null)
-    case $s in done*) ;; *) s=lost ;; esac
-    break
-  fi
-  sleep 0.2
-  n=$((n + 1))
-  if [ "$beat" -gt 0 ] && [ "$n" -ge "$beat" ]; then echo .; n=0; fi
-done
-printf '%s\n' "$s"
-case $s in "done ok"*|activated) ;; *) tail -n 15 "$d/log" 2>/dev/null ;; esac
+// followProgram ID UNTIL BEAT waits for job ID (see waitProgram).
+const followProgram = waitProgram + `wait_job "$@"
 `
 
-// confirmProgram ID confirms an activation awaiting confirmation: the
-// rename races the job's own rename at its deadline, and only one wins.
-// Exit 1 means too late (the job is returning to what ran before).
-const confirmProgram = `d=/run/nix-hive/jobs/$1
-if mv "$d/awaiting" "$d/confirmed" 2>/dev/null || [ -e "$d/confirmed" ]; then echo confirmed; exit 0; fi
-printf 'too late: %s\n' "$(cat "$d/state" 2>/dev/null)"
-exit 1
+// confirmProgram ID BEAT confirms an activation awaiting confirmation,
+// then waits for the job to end (see waitProgram). The rename races the
+// job's own rename at its deadline, and only one wins; a line on the
+// job's FIFO then wakes it. The first line says "confirmed" or "late"
+// (the job is returning to what ran before).
+const confirmProgram = waitProgram + `d=/run/nix-hive/jobs/$1
+if mv "$d/awaiting" "$d/confirmed" 2>/dev/null; then
+  exec 8<>"$d/confirm" && echo >&8
+  exec 8>&-
+  echo confirmed
+elif [ -e "$d/confirmed" ]; then
+  echo confirmed
+else
+  echo late
+fi
+wait_job "$1" "" "$2"
 `
 
 // rebootProgram MARK leaves MARK in /run (which a reboot clears) and
@@ -217,9 +237,7 @@ type jobState struct {
 }
 
 func parseJobState(out string) jobState {
-	for strings.HasPrefix(out, ".\n") { // heartbeats
-		out = out[2:]
-	}
+	out = skipBeats(out)
 	first, rest, _ := strings.Cut(strings.TrimRight(out, "\n"), "\n")
 	f := strings.SplitN(strings.TrimSpace(first), " ", 3)
 	js := jobState{phase: f[0], log: strings.TrimSpace(rest)}
@@ -238,4 +256,12 @@ func (js jobState) String() string {
 		s += fmt.Sprintf(" (log: %s)", lastLines(js.log, 3))
 	}
 	return s
+}
+
+// skipBeats drops the heartbeat lines at the start of out.
+func skipBeats(out string) string {
+	for strings.HasPrefix(out, ".\n") {
+		out = out[2:]
+	}
+	return out
 }

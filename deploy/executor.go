@@ -177,6 +177,7 @@ type executor struct {
 	mu         sync.Mutex
 	res        map[string]*Result
 	locks      map[string]*hostLock
+	locked     map[string]HostState // what each host ran when its lock was taken
 	lockErr    map[string]error
 	activating map[string]bool
 
@@ -232,7 +233,7 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 
 func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
-		res: map[string]*Result{}, locks: map[string]*hostLock{}, lockErr: map[string]error{},
+		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,

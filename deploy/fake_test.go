@@ -34,8 +34,8 @@ type fakeHosts struct {
 	// block until cancelled.
 	pushing chan string
 	hung    map[string]bool
-	locks         map[string]string
-	jobs          map[string]*fakeJob
+	locks   map[string]string
+	jobs    map[string]*fakeJob
 }
 
 type fakeJob struct {
@@ -98,20 +98,14 @@ func splitWords(s string) []string {
 }
 
 func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, _ io.Writer) (int, error) {
-	if args, ok := programArgs(cmd, queryProgram); ok && len(args) == 0 {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		fmt.Fprintf(stdout, "active=%s\nlink=system-1-link\nprofile=%s\nlast=%s\n", f.active[name], f.profile[name], f.last[name])
-		return 0, nil
-	}
 	if args, ok := programArgs(cmd, lockProgram); ok {
 		return f.lock(name, args[0], stdin, stdout)
 	}
 	if args, ok := programArgs(cmd, startProgram); ok {
 		io.Copy(io.Discard, stdin)
-		f.start(name, args)
-		fmt.Fprintln(stdout, "running")
-		return 0, nil
+		f.start(name, args[0], args[3:])
+		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
+		return 0, ctx.Err()
 	}
 	if args, ok := programArgs(cmd, followProgram); ok {
 		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
@@ -129,17 +123,19 @@ func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, stdout, _ io
 		return 127, nil
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.unconfirmable[name] {
+		f.mu.Unlock()
 		return -1, errors.New("connection refused")
 	}
 	j := f.jobs[args[0]]
-	if j.state != "activated" {
-		return 1, nil
+	verdict := "late"
+	if j.state == "activated" {
+		j.confirmed, verdict = true, "confirmed"
+		f.changed.Broadcast()
 	}
-	j.confirmed = true
-	f.changed.Broadcast()
-	return 0, nil
+	f.mu.Unlock()
+	fmt.Fprintf(stdout, "%s\n%s\n", verdict, f.follow(ctx, args[0], ""))
+	return 0, ctx.Err()
 }
 
 func (f *fakeHosts) Reset(string) {}
@@ -152,8 +148,8 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 		return 75, nil
 	}
 	f.locks[name] = owner
+	fmt.Fprintf(stdout, "locked\nactive=%s\nlink=system-1-link\nprofile=%s\nlast=%s\nend\n", f.active[name], f.profile[name], f.last[name])
 	f.mu.Unlock()
-	fmt.Fprintln(stdout, "locked")
 	bufio.NewReader(stdin).ReadString('\n') // held until stdin closes
 	f.mu.Lock()
 	delete(f.locks, name)
@@ -161,9 +157,9 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 	return 0, nil
 }
 
-// start runs a job like job.sh: GOAL TARGET CONFIRM LIMIT after the id.
-func (f *fakeHosts) start(name string, args []string) {
-	id, goal, target, confirm := args[0], Goal(args[1]), args[2], args[3] != "0"
+// start runs a job like job.sh with GOAL TARGET CONFIRM LIMIT.
+func (f *fakeHosts) start(name, id string, args []string) {
+	goal, target, confirm := Goal(args[0]), args[1], args[2] != "0"
 	f.mu.Lock()
 	j := &fakeJob{host: name, state: "running", before: [2]string{f.active[name], f.profile[name]}}
 	f.jobs[id] = j

@@ -106,17 +106,12 @@ func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []s
 
 func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, sudo string, opts Options) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, err := lockHost(ctx, remote, in.Name, in.User, sudo, opts.Owner)
+	l, before, err := lockHost(ctx, remote, in.Name, in.User, sudo, opts.Owner)
 	if err != nil {
 		row.Error = err.Error()
 		return row
 	}
 	defer l.release()
-	before, err := queryHost(ctx, remote, in.Name)
-	if err != nil {
-		row.Error = err.Error()
-		return row
-	}
 	row.Before = before.Active
 	spec := jobSpec{goal: GoalSwitch, target: "previous"}
 	if opts.MagicRollback {

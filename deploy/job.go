@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,22 +46,22 @@ var errLostContact = errors.New("lost contact")
 // run starts spec on host n (as user, with sudo for non-root) and returns
 // the job's end state. An error means the outcome is not known: contact
 // was lost, or ctx ended (the second Ctrl-C); the job's id is in it.
+// Three SSH sessions carry a confirmed activation: the query before it,
+// the start (which goes on to wait for the activation), and the
+// confirmation over a new connection (which waits for the end).
 func (j *jobs) run(ctx context.Context, n, user, sudo string, spec jobSpec) (jobState, error) {
 	id := newJobID()
-	if err := j.start(ctx, n, user, sudo, id, spec); err != nil {
-		return jobState{id: id}, err
+	until := ""
+	if spec.confirm > 0 {
+		until = "activated"
 	}
-	st, err := j.follow(ctx, n, id, "activated")
+	st, err := j.start(ctx, n, user, sudo, id, until, spec)
 	st.id = id
 	if err != nil || st.phase != "activated" {
 		return j.settled(n, id, st, err)
 	}
-	cerr := j.confirm(ctx, n, user, sudo, id, spec.confirm)
-	st, err = j.follow(ctx, n, id, "")
+	st, err = j.confirm(ctx, n, user, sudo, id, spec.confirm)
 	st.id = id
-	if err == nil && st.status == "rolled-back" && cerr != nil {
-		st.reason += "; last attempt: " + cerr.Error()
-	}
 	return j.settled(n, id, st, err)
 }
 
@@ -95,25 +96,71 @@ func secs(d time.Duration) string {
 	return strconv.Itoa(max(int((d+time.Second-1)/time.Second), 0))
 }
 
-// start sends the job to the host and starts it. A connection lost while
-// starting leaves it unclear whether the job runs; following it tells.
-func (j *jobs) start(ctx context.Context, n, user, sudo, id string, spec jobSpec) error {
-	cmd := program(startProgram, true, user, sudo, id, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
-	out := &lockedBuffer{}
-	code, err := j.remote.Run(ctx, n, cmd, strings.NewReader(jobScript), out, out)
-	if err == nil && code != 0 {
-		return fmt.Errorf("start activation: exit %d: %s", code, lastLines(out.String(), 3))
+// start sends the job to the host, starts it and waits there until it
+// reaches until or ends. When the connection is lost on the way it is
+// unclear whether the job runs; following it tells.
+func (j *jobs) start(ctx context.Context, n, user, sudo, id, until string, spec jobSpec) (jobState, error) {
+	cmd := program(startProgram, true, user, sudo, id, until, secs(j.beat()), string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
+	began := time.Now()
+	out, heard, err := j.watched(ctx, n, cmd, strings.NewReader(jobScript), j.remote.Run)
+	var ee *exitError
+	switch {
+	case err == nil:
+		return parseJobState(out), nil
+	case errors.As(err, &ee):
+		return jobState{}, fmt.Errorf("start activation: %w", err)
+	case ctx.Err() != nil:
+		return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		st, ferr := j.follow(ctx, n, id, "running")
-		if ferr != nil || st.phase == "gone" {
-			return fmt.Errorf("start activation: %w", err)
-		}
+	j.lost(n, err)
+	st, ferr := j.followFrom(ctx, n, id, until, later(began, heard), true)
+	if ferr == nil && st.phase == "gone" {
+		return st, fmt.Errorf("start activation: %w", err)
 	}
-	return nil
+	return st, ferr
+}
+
+// lost says the connection to n was lost while a job ran there.
+func (j *jobs) lost(n string, err error) {
+	j.event(n, StepActivate, EventInfo, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
+}
+
+func (j *jobs) beat() time.Duration { return max(j.connect/3, time.Second) }
+
+// watched runs cmd with run (Run or a RunFresh adapter), cancelling it
+// when the host says nothing on stdout for a connect timeout. It returns
+// stdout, and err for a transport failure (silence included) or, with a
+// non-zero exit, what the command said on stderr.
+func (j *jobs) watched(ctx context.Context, n, cmd string, stdin io.Reader, run runFunc) (out string, heard time.Time, err error) {
+	hb := &heartbeat{last: time.Now()}
+	stderr := &lockedBuffer{}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := hb.watch(j.connect, cancel)
+	code, err := run(actx, n, cmd, stdin, hb, stderr)
+	stop()
+	switch {
+	case err != nil && hb.silent() && ctx.Err() == nil:
+		err = fmt.Errorf("no word from the host for %s", j.connect)
+	case err == nil && code != 0:
+		err = &exitError{code: code, stderr: lastLines(stderr.String(), 3)}
+	}
+	return hb.String(), hb.lastHeard(), err
+}
+
+// exitError is a host program that ran and failed.
+type exitError struct {
+	code   int
+	stderr string
+}
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e.stderr) }
+
+type runFunc func(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+
+// fresh adapts RunFresh to runFunc.
+func (j *jobs) fresh(ctx context.Context, name, cmd string, _ io.Reader, stdout, stderr io.Writer) (int, error) {
+	return j.remote.RunFresh(ctx, name, cmd, stdout, stderr)
 }
 
 // follow waits until job id reaches state until or ends. When the host
@@ -121,34 +168,30 @@ func (j *jobs) start(ctx context.Context, n, user, sudo, id string, spec jobSpec
 // drops, it reconnects and follows again, until it has heard nothing from
 // the host for j.reconnect.
 func (j *jobs) follow(ctx context.Context, n, id, until string) (jobState, error) {
-	beat := max(j.connect/3, time.Second)
-	cmd := program(followProgram, false, "", "", id, until, secs(beat))
-	heard := time.Now()
-	for announced := false; ; {
-		hb := &heartbeat{last: time.Now()}
-		actx, cancel := context.WithCancel(ctx)
-		stop := hb.watch(j.connect, cancel)
-		var stderr bytes.Buffer
-		code, err := j.remote.Run(actx, n, cmd, nil, hb, &stderr)
-		stop()
-		cancel()
-		heard = later(heard, hb.lastHeard())
+	return j.followFrom(ctx, n, id, until, time.Now(), false)
+}
+
+// followFrom is follow when the host was last heard from at heard, and
+// the loss of contact was already announced or not.
+func (j *jobs) followFrom(ctx context.Context, n, id, until string, heard time.Time, announced bool) (jobState, error) {
+	cmd := program(followProgram, false, "", "", id, until, secs(j.beat()))
+	for {
+		out, at, err := j.watched(ctx, n, cmd, nil, j.remote.Run)
+		heard = later(heard, at)
+		var ee *exitError
 		switch {
-		case err == nil && code == 0:
-			return parseJobState(hb.String()), nil
 		case err == nil:
-			return jobState{}, fmt.Errorf("follow activation: exit %d: %s", code, lastLines(stderr.String(), 3))
+			return parseJobState(out), nil
+		case errors.As(err, &ee):
+			return jobState{}, fmt.Errorf("follow activation: %w", err)
 		case ctx.Err() != nil:
 			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
-		}
-		if hb.silent() {
-			err = fmt.Errorf("no word from the host for %s", j.connect)
 		}
 		if time.Since(heard) > j.reconnect {
 			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(heard).Round(time.Second), err)
 		}
 		if !announced {
-			j.event(n, StepActivate, EventInfo, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
+			j.lost(n, err)
 			announced = true
 		}
 		if err := pause(ctx, time.Second); err != nil {
@@ -228,38 +271,53 @@ func (h *heartbeat) watch(limit time.Duration, cancel func()) (stop func()) {
 	return func() { close(done) }
 }
 
-// confirm tells the job the host is still reachable: over a new SSH
+// confirm tells the job the host is still reachable, over a new SSH
 // connection, so a system that broke sshd or the network cannot be
-// confirmed through a connection made before it was activated. It tries
-// until the confirmation window has passed.
-func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window time.Duration) error {
+// confirmed through a connection made before it was activated; the same
+// session then waits for the job to end. It tries until the confirmation
+// window has passed; then (or when the session is lost after confirming)
+// it follows the job over the pool to learn how it ended.
+func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window time.Duration) (jobState, error) {
 	deadline := time.Now().Add(window)
-	cmd := program(confirmProgram, true, user, sudo, id)
-	var last error // the last new connection that failed
+	cmd := program(confirmProgram, true, user, sudo, id, secs(j.beat()))
+	var last error // why the last new connection failed
 	for {
-		actx, cancel := context.WithTimeout(ctx, 2*j.connect)
-		out := &lockedBuffer{}
-		code, err := j.remote.RunFresh(actx, n, cmd, out, out)
-		cancel()
+		out, _, err := j.watched(ctx, n, cmd, nil, j.fresh)
+		verdict, rest, _ := strings.Cut(out, "\n")
+		var ee *exitError
 		switch {
-		case err == nil && code == 0:
+		case err == nil && verdict == "confirmed":
 			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
-			return nil
-		case err == nil && last != nil:
-			return last // too late, because no connection got through
+			return parseJobState(rest), nil
 		case err == nil:
-			return fmt.Errorf("%s", lastLines(out.String(), 2))
+			st := parseJobState(rest) // too late: the job returned, or returns, to what ran before
+			if last != nil && st.status == "rolled-back" {
+				st.reason += "; last attempt: " + last.Error()
+			}
+			return st, nil
+		case errors.As(err, &ee):
+			return jobState{}, fmt.Errorf("confirm activation: %w", err)
 		case ctx.Err() != nil:
-			return ctx.Err()
-		case time.Now().After(deadline):
-			return err
+			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
+		case verdict == "confirmed":
+			// Confirmed, and then the session was lost: follow the rest.
+			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
+			j.lost(n, err)
+			return j.followFrom(ctx, n, id, "", time.Now(), true)
 		}
 		if last == nil {
 			j.event(n, StepConfirm, EventInfo, "a new connection failed ("+err.Error()+"); trying until the confirmation window closes")
 		}
 		last = err
+		if time.Now().After(deadline) {
+			st, ferr := j.follow(ctx, n, id, "")
+			if ferr == nil && st.status == "rolled-back" {
+				st.reason += "; last attempt: " + last.Error()
+			}
+			return st, ferr
+		}
 		if err := pause(ctx, time.Second); err != nil {
-			return err
+			return jobState{}, fmt.Errorf("stopped waiting: %w", err)
 		}
 	}
 }

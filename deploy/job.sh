@@ -18,11 +18,15 @@
 # The job writes its progress to DIR/state, always by rename so a reader
 # sees a whole line: "running", "activated" (awaiting confirmation), then
 # "done STATUS REASON" with STATUS ok, failed, rolled-back or
-# rollback-failed. Confirmation is the rename of DIR/awaiting to
-# DIR/confirmed; when time is up the job renames it to DIR/expired
-# instead, so exactly one of the two happens. The outcome of every
-# activation that changes the system is also kept in /nix/var/nix-hive/last
-# ("ID GOAL PATH STATUS"), which survives reboots.
+# rollback-failed. Nothing polls: the job holds DIR/running.lock while it
+# runs and DIR/activated.lock while it awaits confirmation (taking the
+# second before it lets go of the first), so a follower blocks on those
+# locks and wakes when a phase ends, or the job dies. Confirmation is the
+# rename of DIR/awaiting to DIR/confirmed, then a line on the FIFO
+# DIR/confirm that wakes the job; when time is up the job renames awaiting
+# to DIR/expired instead, so exactly one of the two happens. The outcome of
+# every activation that changes the system is also kept in
+# /nix/var/nix-hive/last ("ID GOAL PATH STATUS"), which survives reboots.
 set -u
 dir=$1 goal=$2 target=$3 confirm=$4 limit=$5
 id=${dir##*/}
@@ -31,11 +35,14 @@ profile=/nix/var/nix/profiles/system
 record=/nix/var/nix-hive/last
 exec </dev/null >>"$dir/log" 2>&1
 
-setstate() { printf '%s\n' "$*" >"$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"; }
+# Readers of the state wait for the phase lock the job lets go of after
+# writing it (or for the start FIFO), so a plain write is whole for them.
+setstate() { printf '%s\n' "$*" >"$dir/state"; }
 log() { echo "nix-hive: $*"; }
 remember() {
   [ "$goal" = dry-activate ] && return 0
-  mkdir -p "${record%/*}" && printf '%s %s %s %s\n' "$id" "$goal" "$path" "$1" >"$record.tmp" && mv -f "$record.tmp" "$record"
+  [ -d "${record%/*}" ] || mkdir -p "${record%/*}"
+  printf '%s %s %s %s\n' "$id" "$goal" "$path" "$1" >"$record.tmp" && mv -f "$record.tmp" "$record"
 }
 finish() {
   remember "$1"
@@ -44,13 +51,23 @@ finish() {
   exit 0
 }
 
+# started tells the start command the job is under way (the FIFO is
+# opened read-write, so this never blocks, whether or not it listens).
+started() {
+  exec 9<>"$dir/started" && echo >&9
+  exec 9>&-
+}
+
 # One activation at a time on this host; the lock goes with this process.
 exec 8>>"$base/activation.lock"
 if ! flock -n 8; then
   setstate "done refused another activation is running (job $(cat "$base/current" 2>/dev/null))"
+  started
   exit 0
 fi
 printf '%s\n' "$id" >"$base/current"
+exec 5>"$dir/running.lock"
+flock 5
 
 # What runs now, for a return to exactly this.
 before_active=$(readlink /run/current-system 2>/dev/null) || before_active=
@@ -63,6 +80,7 @@ before_profile=
 printf 'active=%s\ngeneration=%s\nprofile=%s\n' "$before_active" "$before_gen" "$before_profile" >"$dir/before"
 path=
 setstate running
+started
 
 # stc SYSTEM GOAL runs SYSTEM's switch-to-configuration, bounded by LIMIT.
 stc() {
@@ -71,11 +89,9 @@ stc() {
     return 3
   fi
   log "$1/bin/switch-to-configuration $2"
-  if command -v timeout >/dev/null 2>&1; then
-    timeout -k 10 "$limit" "$1/bin/switch-to-configuration" "$2"
-  else
-    "$1/bin/switch-to-configuration" "$2"
-  fi
+  # Not the job's locks: a daemon the activation starts must not hold
+  # them after the job has ended.
+  timeout -k 10 "$limit" "$1/bin/switch-to-configuration" "$2" 5>&- 6>&- 7>&- 8>&-
 }
 
 explain() { # explain STEP CODE
@@ -90,7 +106,7 @@ restore() {
   case $goal in
   switch | boot)
     if [ -n "$r_gen" ]; then
-      nix-env -p "$profile" --switch-generation "$r_gen" || return 1
+      nix-env -p "$profile" --switch-generation "$r_gen" 5>&- 6>&- 7>&- 8>&- || return 1
     fi
     ;;
   esac
@@ -147,16 +163,16 @@ restore:*)
   esac
   ;;
 previous)
-  prev=$(nix-env -p "$profile" --list-generations | awk -v cur="$before_gen" '$1 + 0 < cur + 0 { p = $1 } END { print p }')
+  prev=$(nix-env -p "$profile" --list-generations 5>&- 6>&- 7>&- 8>&- | awk -v cur="$before_gen" '$1 + 0 < cur + 0 { p = $1 } END { print p }')
   [ -n "$prev" ] || finish failed "the system profile has no generation before ${before_gen:-the current one}"
-  nix-env -p "$profile" --switch-generation "$prev" || finish failed "nix-env --switch-generation $prev exited $?"
+  nix-env -p "$profile" --switch-generation "$prev" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --switch-generation $prev exited $?"
   path=$(readlink -f "$profile")
   ;;
 *)
   path=$target
   case $goal in
   switch | boot)
-    nix-env -p "$profile" --set "$path" || finish failed "nix-env --set exited $?"
+    nix-env -p "$profile" --set "$path" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --set exited $?"
     ;;
   esac
   ;;
@@ -189,14 +205,16 @@ if [ -n "$why" ]; then
 fi
 
 if [ "$confirm" -gt 0 ]; then
+  exec 6>"$dir/activated.lock"
+  flock 6
+  mkfifo "$dir/confirm" && exec 7<>"$dir/confirm"
   : >"$dir/awaiting"
   setstate activated
-  deadline=$(($(date +%s) + confirm))
-  while [ ! -e "$dir/confirmed" ]; do
-    if [ "$(date +%s)" -ge "$deadline" ] && mv "$dir/awaiting" "$dir/expired" 2>/dev/null; then
-      back "not confirmed within ${confirm}s (no new SSH connection got through)"
-    fi
-    sleep 0.2
-  done
+  exec 5>&-
+  # Wait for the confirmer's line, at most CONFIRM seconds.
+  timeout "$confirm" sh -c 'read -r _ <&7'
+  if [ ! -e "$dir/confirmed" ] && mv "$dir/awaiting" "$dir/expired" 2>/dev/null; then
+    back "not confirmed within ${confirm}s (no new SSH connection got through)"
+  fi
 fi
 finish ok ""

@@ -23,8 +23,8 @@ type hostLock struct {
 }
 
 // lockHost takes the deploy lock of host n for owner, or fails at once
-// with who holds it.
-func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (*hostLock, error) {
+// with who holds it. It returns what the host runs, read under the lock.
+func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (*hostLock, HostState, error) {
 	pr, pw := io.Pipe()
 	outR, outW := io.Pipe()
 	l := &hostLock{stdin: pw, done: make(chan struct{})}
@@ -43,21 +43,37 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 		pr.Close()
 		res <- result{code, err}
 	}()
-	line, rerr := bufio.NewReader(outR).ReadString('\n')
-	go io.Copy(io.Discard, outR)
+	br := bufio.NewReader(outR)
+	line, rerr := br.ReadString('\n')
 	line = strings.TrimSpace(line)
 	if rerr == nil && line == "locked" {
-		return l, nil
+		var state strings.Builder
+		for {
+			ln, err := br.ReadString('\n')
+			if err != nil || ln == "end\n" {
+				rerr = err
+				break
+			}
+			state.WriteString(ln)
+		}
+		go io.Copy(io.Discard, outR)
+		if rerr == nil {
+			return l, parseHostState(state.String()), nil
+		}
+		pw.Close()
+		r := <-res
+		return nil, HostState{}, fmt.Errorf("lock: %w", errors.Join(r.err, rerr))
 	}
+	go io.Copy(io.Discard, outR)
 	pw.Close()
 	r := <-res
 	switch {
 	case r.err != nil:
-		return nil, fmt.Errorf("lock: %w", r.err)
+		return nil, HostState{}, fmt.Errorf("lock: %w", r.err)
 	case r.code == 75:
-		return nil, fmt.Errorf("%w: %s", ErrHostLocked, strings.TrimPrefix(line, "held by "))
+		return nil, HostState{}, fmt.Errorf("%w: %s", ErrHostLocked, strings.TrimPrefix(line, "held by "))
 	default:
-		return nil, fmt.Errorf("lock: exit %d: %s", r.code, line)
+		return nil, HostState{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
 	}
 }
 

@@ -95,13 +95,16 @@ func upToDate(goal Goal, hs HostState, path string) bool {
 	return false
 }
 
-// idleHost queries host n; when an activation job of an earlier deploy
-// still runs there (nix-hive was killed, say), it first waits for that
-// job to end and says how it ended.
+// idleHost is what host n runs: as read when its deploy lock was taken
+// (nothing but this deploy changes it while the lock is held). When an
+// activation job of an earlier deploy ran there then (nix-hive was killed,
+// say), it first waits for that job to end and says how it ended.
 func (e *executor) idleHost(ctx context.Context, n string) (HostState, error) {
-	hs, err := queryHost(ctx, e.remote, n)
-	if err != nil || hs.Running == "" {
-		return hs, err
+	e.mu.Lock()
+	hs := e.locked[n]
+	e.mu.Unlock()
+	if hs.Running == "" {
+		return hs, nil
 	}
 	e.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
 	st, err := e.jobs.follow(ctx, n, hs.Running, "")
@@ -245,7 +248,7 @@ func (e *executor) lockError(n string) error {
 // refused at once, with who holds it, and its hive.state record is left
 // alone.
 func (e *executor) lock(ctx context.Context, n string) error {
-	l, err := lockHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo, e.opts.Owner)
+	l, hs, err := lockHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo, e.opts.Owner)
 	if err != nil {
 		err = &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
 	}
@@ -255,6 +258,6 @@ func (e *executor) lock(ctx context.Context, n string) error {
 		e.lockErr[n] = err
 		return err
 	}
-	e.locks[n] = l
+	e.locks[n], e.locked[n] = l, hs
 	return nil
 }

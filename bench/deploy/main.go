@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -79,6 +80,8 @@ type bench struct {
 	uplink  string // root-namespace end of the veth to the jump host
 	counter *wire.Table
 	logs    *harness.Runner
+	logDir  string
+	step    func(string) // logs a step and the time it took
 }
 
 // systems is what one case deploys: store on the jump host, web on every
@@ -119,47 +122,11 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	b := &bench{o: o}
-	if b.work, err = os.MkdirTemp("", "nix-hive-bench-deploy-"); err != nil {
-		return fmt.Errorf("work dir: %w", err)
-	}
-	if o.keep {
-		defer fmt.Fprintf(os.Stderr, "work directory kept: %s\n", b.work)
-	} else {
-		defer os.RemoveAll(b.work)
-	}
-	logDir := filepath.Join(b.work, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return fmt.Errorf("work dir: %w", err)
-	}
-	b.logs = &harness.Runner{Logs: logDir, Env: harness.Env("")}
-	if o.verbose {
-		b.logs.Echo = os.Stderr
-	}
-
-	step := stepper()
-	b.bin = filepath.Join(b.work, "nix-hive")
-	if err := harness.BuildNixHive(ctx, root, b.bin); err != nil {
-		return err
-	}
-	step("built nix-hive")
-
-	l, err := lab.Start(ctx, lab.Config{Internal: o.consumers, JumpName: jumpName})
+	cleanup, err := b.setup(ctx, root)
+	defer func() { err = errors.Join(err, cleanup()) }()
 	if err != nil {
-		return fmt.Errorf("start lab: %w", err)
-	}
-	defer func() {
-		if cerr := l.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	b.lab = l
-	step(fmt.Sprintf("lab up: %s + %d consumers", jumpName, o.consumers))
-
-	if err := b.prepareHive(ctx, root); err != nil {
 		return err
 	}
-	step("hive, keys and ssh config ready")
-
 	sys, err := b.buildAll(ctx, cases)
 	if err != nil {
 		return err
@@ -168,36 +135,96 @@ func run(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
-	step(fmt.Sprintf("systems built and signed (a warm `nix-hive build` takes %.2fs)", warm.Seconds()))
+	b.step(fmt.Sprintf("systems built and signed (a warm `nix-hive build` takes %.2fs)", warm.Seconds()))
+	undo, err := b.instrument(ctx)
+	defer func() { err = errors.Join(err, undo()) }()
+	if err != nil {
+		return err
+	}
+	return b.measureAll(ctx, cases, sys)
+}
 
-	portico := l.Host(jumpName)
+// setup makes the work directory, builds nix-hive, starts the lab and
+// writes the hive; cleanup undoes what was done, also after an error.
+func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, err error) {
+	var undo []func() error
+	cleanup = func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		return errors.Join(errs...)
+	}
+	if b.work, err = os.MkdirTemp("", "nix-hive-bench-deploy-"); err != nil {
+		return cleanup, fmt.Errorf("work dir: %w", err)
+	}
+	undo = append(undo, func() error {
+		if b.o.keep {
+			fmt.Fprintf(os.Stderr, "work directory kept: %s\n", b.work)
+			return nil
+		}
+		return os.RemoveAll(b.work)
+	})
+	b.logDir = filepath.Join(b.work, "logs")
+	if err := os.MkdirAll(b.logDir, 0o755); err != nil {
+		return cleanup, fmt.Errorf("work dir: %w", err)
+	}
+	b.logs = &harness.Runner{Logs: b.logDir, Env: harness.Env("")}
+	if b.o.verbose {
+		b.logs.Echo = os.Stderr
+	}
+	b.step = stepper()
+	b.bin = filepath.Join(b.work, "nix-hive")
+	if err := harness.BuildNixHive(ctx, root, b.bin); err != nil {
+		return cleanup, err
+	}
+	b.step("built nix-hive")
+	if b.lab, err = lab.Start(ctx, lab.Config{Internal: b.o.consumers, JumpName: jumpName}); err != nil {
+		return cleanup, fmt.Errorf("start lab: %w", err)
+	}
+	undo = append(undo, b.lab.Close)
+	b.step(fmt.Sprintf("lab up: %s + %d consumers", jumpName, b.o.consumers))
+	if err := b.prepareHive(ctx, root); err != nil {
+		return cleanup, err
+	}
+	b.step("hive, keys and ssh config ready")
+	return cleanup, nil
+}
+
+// instrument counts the bytes sent to the jump host's sshd and shapes the
+// deploy host's uplink; undo removes both.
+func (b *bench) instrument(ctx context.Context) (undo func() error, err error) {
+	undo = func() error { return nil }
+	portico := b.lab.Host(jumpName)
 	if b.uplink, err = wire.Uplink(ctx, portico.Addr); err != nil {
-		return fmt.Errorf("find the deploy host's uplink (the lab does not export its veth name): %w", err)
+		return undo, fmt.Errorf("find the deploy host's uplink (the lab does not export its veth name): %w", err)
 	}
 	addr, err := netip.ParseAddr(portico.Addr)
 	if err != nil {
-		return fmt.Errorf("jump host address %q: %w", portico.Addr, err)
+		return undo, fmt.Errorf("jump host address %q: %w", portico.Addr, err)
 	}
 	table := fmt.Sprintf("nix_hive_bench_deploy_%d", os.Getpid())
 	if b.counter, err = wire.NewTable(ctx, table, []wire.Counter{{Name: "to_jump", Rule: wire.ToSSH(addr)}}); err != nil {
-		return err
+		return undo, err
 	}
-	defer func() {
-		if derr := b.counter.Delete(); derr != nil && err == nil {
-			err = derr
-		}
-	}()
-	unshape, err := wire.Shape(ctx, b.uplink, o.rate)
+	undo = b.counter.Delete
+	unshape, err := wire.Shape(ctx, b.uplink, b.o.rate)
 	if err != nil {
-		return err
+		return undo, err
 	}
-	defer func() {
-		if uerr := unshape(); uerr != nil && err == nil {
-			err = fmt.Errorf("remove tc qdisc from %s: %w", b.uplink, uerr)
+	undo = func() error {
+		var uerr error
+		if err := unshape(); err != nil {
+			uerr = fmt.Errorf("remove tc qdisc from %s: %w", b.uplink, err)
 		}
-	}()
-	step(fmt.Sprintf("uplink %s shaped to %s; counting TX bytes and nft %s", b.uplink, o.rate, table))
+		return errors.Join(uerr, b.counter.Delete())
+	}
+	b.step(fmt.Sprintf("uplink %s shaped to %s; counting TX bytes and nft %s", b.uplink, b.o.rate, table))
+	return undo, nil
+}
 
+// measureAll runs every case, prints the table and says which failed.
+func (b *bench) measureAll(ctx context.Context, cases []string, sys map[string]systems) error {
 	var results []*result
 	for _, c := range cases {
 		if ctx.Err() != nil {
@@ -211,9 +238,6 @@ func run(ctx context.Context, o options) (err error) {
 			fmt.Fprintf(os.Stderr, "case %s: %.1fs, %s MiB uploaded\n", c, r.wall.Seconds(), harness.MiB(r.vethBytes))
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
 	b.report(os.Stdout, results)
 	var failed []string
 	for _, r := range results {
@@ -222,7 +246,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("cases did not complete: %s (logs in %s; -keep keeps them)", strings.Join(failed, ", "), logDir)
+		return fmt.Errorf("cases did not complete: %s (logs in %s; -keep keeps them)", strings.Join(failed, ", "), b.logDir)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -77,93 +78,99 @@ func run(ctx context.Context, o options) (err error) {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	logs := &harness.Runner{Logs: work, Env: harness.Env("")}
+	m := &meter{logs: &harness.Runner{Logs: work, Env: harness.Env("")}}
 	if o.verbose {
-		logs.Echo = os.Stderr
+		m.logs.Echo = os.Stderr
 	}
 	bin := filepath.Join(work, "nix-hive")
 	if err := harness.BuildNixHive(ctx, root, bin); err != nil {
 		return err
 	}
-	if _, err := logs.Run(ctx, "setup", nil, bin, "run", "--help"); err != nil {
-		return fmt.Errorf("nix-hive run is not available in this checkout: %w", err)
-	}
-
 	start := time.Now()
-	l, err := lab.Start(ctx, lab.Config{Hosts: o.hosts})
-	if err != nil {
+	if m.lab, err = lab.Start(ctx, lab.Config{Hosts: o.hosts}); err != nil {
 		return fmt.Errorf("start lab: %w", err)
 	}
-	defer func() {
-		if cerr := l.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
+	defer func() { err = errors.Join(err, m.lab.Close()) }()
 	fmt.Fprintf(os.Stderr, "lab of %d hosts up in %.1fs\n", o.hosts, time.Since(start).Seconds())
-
-	hive, err := writeHive(ctx, root, work, l)
+	hive, err := writeHive(ctx, root, work, m.lab)
 	if err != nil {
 		return err
 	}
+	if err := m.count(ctx); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, m.table.Delete()) }()
+	return m.compare(ctx, o, bin, hive)
+}
+
+// meter runs commands against the lab and counts the SSH connections
+// each opens to every host.
+type meter struct {
+	lab   *lab.Lab
+	logs  *harness.Runner
+	table *wire.Table
+}
+
+// count sets up an nft counter of new SSH connections per host.
+func (m *meter) count(ctx context.Context) error {
 	var counters []wire.Counter
-	for i, h := range l.Hosts {
+	for i, h := range m.lab.Hosts {
 		a, err := netip.ParseAddr(h.Addr)
 		if err != nil {
 			return fmt.Errorf("host %s address %q: %w", h.Name, h.Addr, err)
 		}
 		counters = append(counters, wire.Counter{Name: fmt.Sprintf("h%d", i), Rule: wire.NewSSHConns(a)})
 	}
-	table, err := wire.NewTable(ctx, fmt.Sprintf("nix_hive_bench_run_%d", os.Getpid()), counters)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if derr := table.Delete(); derr != nil && err == nil {
-			err = derr
-		}
-	}()
+	var err error
+	m.table, err = wire.NewTable(ctx, fmt.Sprintf("nix_hive_bench_run_%d", os.Getpid()), counters)
+	return err
+}
 
+// measure runs a command and returns its wall time and the connections
+// it opened to each host.
+func (m *meter) measure(ctx context.Context, logName, name string, args ...string) (sample, error) {
+	c0, err := m.table.Read(ctx)
+	if err != nil {
+		return sample{}, err
+	}
+	t0 := time.Now()
+	_, err = m.logs.Run(ctx, logName, nil, name, args...)
+	wall := time.Since(t0)
+	if err != nil {
+		return sample{}, err
+	}
+	c1, err := m.table.Read(ctx)
+	if err != nil {
+		return sample{}, err
+	}
+	d := wire.Sub(c1, c0)
+	s := sample{wall: wall, conns: map[string]uint64{}}
+	for i, h := range m.lab.Hosts {
+		s.conns[h.Name] = d[fmt.Sprintf("h%d", i)].Packets
+	}
+	return s, nil
+}
+
+// compare runs nix-hive run and the ssh loop a user would type, in turns,
+// and reports.
+func (m *meter) compare(ctx context.Context, o options, bin, hive string) error {
 	var names []string
-	for _, h := range l.Hosts {
+	for _, h := range m.lab.Hosts {
 		names = append(names, h.Name)
 	}
-	// The loop a user would type; names and the config path are quoted
-	// although the lab's are plain, since this string goes to a shell.
+	// Names and the config path are quoted although the lab's are plain,
+	// since this string goes to a shell.
 	loop := fmt.Sprintf(`for h in %s; do ssh -F %s "$h" true || exit 1; done`,
-		shell.QuoteArgs(names), shell.Quote(l.SSHConfigFile))
-
-	measure := func(logName, name string, args ...string) (sample, error) {
-		c0, err := table.Read(ctx)
-		if err != nil {
-			return sample{}, err
-		}
-		t0 := time.Now()
-		_, err = logs.Run(ctx, logName, nil, name, args...)
-		wall := time.Since(t0)
-		if err != nil {
-			return sample{}, err
-		}
-		c1, err := table.Read(ctx)
-		if err != nil {
-			return sample{}, err
-		}
-		d := wire.Sub(c1, c0)
-		s := sample{wall: wall, conns: map[string]uint64{}}
-		for i, h := range l.Hosts {
-			s.conns[h.Name] = d[fmt.Sprintf("h%d", i)].Packets
-		}
-		return s, nil
-	}
+		shell.QuoteArgs(names), shell.Quote(m.lab.SSHConfigFile))
 	var hiveRuns, loopRuns []sample
 	for i := 0; i < o.runs; i++ {
 		// Alternate, so a slow phase of the machine hits both sides.
-		s, err := measure("loop", "sh", "-c", loop)
+		s, err := m.measure(ctx, "loop", "sh", "-c", loop)
 		if err != nil {
 			return fmt.Errorf("ssh loop: %w", err)
 		}
 		loopRuns = append(loopRuns, s)
-		s, err = measure("nix-hive", bin, "-c", hive, "run", "*", "--", "true")
-		if err != nil {
+		if s, err = m.measure(ctx, "nix-hive", bin, "-c", hive, "run", "*", "--", "true"); err != nil {
 			return fmt.Errorf("nix-hive run: %w", err)
 		}
 		hiveRuns = append(hiveRuns, s)
