@@ -294,7 +294,7 @@ func TestDeadConnectionIsEvictedAndRedialed(t *testing.T) {
 	key := newClientKey(t)
 	srv := newTestServer(t, key.signer.PublicKey())
 	p := newTestPool(t, Config{
-		Endpoints:        map[string]Endpoint{"a": srv.endpoint("a", key)},
+		Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)},
 		// Probes often; a reply may take long on a loaded machine before
 		// a connection counts as dead, so only the stall below kills it.
 		KeepAlive:        20 * time.Millisecond,
