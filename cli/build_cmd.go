@@ -46,10 +46,7 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 	if err != nil {
 		return err
 	}
-	mode := eval.Build
-	if g.skip("build") {
-		mode = eval.Reuse
-	}
+	mode := g.paths(eval.Build)
 	builds, err := h.Paths(ctx, st, inv.SystemsOf(targets), mode)
 	if err != nil {
 		return err

@@ -76,10 +76,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	mode := eval.Build
-	if g.skip("build") {
-		mode = eval.Reuse
-	}
+	mode := g.paths(eval.Build)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err

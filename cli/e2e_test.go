@@ -48,37 +48,14 @@ func newSeedTrusting(t *testing.T, untrusting map[string]bool) *seed {
 		t.Fatal(err)
 	}
 	s := &seed{t: t, lab: l, dir: dir}
-	code, out, errOut := s.run("keygen")
-	if code != 0 {
-		t.Fatalf("keygen: %d %s", code, errOut)
-	}
-	s.pub = strings.TrimSpace(out)
-	// What lib/module.nix does on a real NixOS host: trust the hive key.
-	for _, h := range l.Hosts {
-		if untrusting[h.Name] {
-			continue
-		}
-		if err := h.WriteNixConf("trusted-public-keys = " + s.pub); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s.pub = keygenTrusted(t, s.run, l, untrusting)
 	return s
 }
 
 // edit rewrites the seed hive.nix.
 func (s *seed) edit(old, new string) {
 	s.t.Helper()
-	p := filepath.Join(s.dir, "hive.nix")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	if !strings.Contains(string(b), old) {
-		s.t.Fatalf("hive.nix has no %q", old)
-	}
-	if err := os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
-		s.t.Fatal(err)
-	}
+	editFile(s.t, filepath.Join(s.dir, "hive.nix"), old, new)
 }
 
 // run runs nix-hive in-process against the seed hive.

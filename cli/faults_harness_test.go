@@ -33,12 +33,7 @@ type faultLab struct {
 }
 
 func newFaultLab(t *testing.T, n int) *faultLab {
-	nixtest.Require(t)
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("app-%d", i+1)
-	}
-	l := labtest.New(t, lab.Config{Names: names})
+	l := appLab(t, n)
 	root, _ := filepath.Abs("..")
 	f := &faultLab{t: t, lab: l, dir: t.TempDir()}
 	f.write("lab.nix", l.HiveNix())
@@ -52,16 +47,39 @@ in {
   instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;
 }`, filepath.Join(root, "examples", "testsystems")))
 	f.variants(nil)
-	code, pub, _ := f.run("keygen")
+	keygenTrusted(t, f.run, l, nil)
+	return f
+}
+
+// appLab starts a lab of plain hosts app-1..app-n for tests that run nix.
+func appLab(t *testing.T, n int) *lab.Lab {
+	nixtest.Require(t)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("app-%d", i+1)
+	}
+	return labtest.New(t, lab.Config{Names: names})
+}
+
+// keygenTrusted makes the hive's key pair and has every lab host but
+// those in except trust it, as lib/module.nix does on NixOS; it returns
+// the public key.
+func keygenTrusted(t *testing.T, run func(...string) (int, string, string), l *lab.Lab, except map[string]bool) string {
+	t.Helper()
+	code, out, _ := run("keygen")
 	if code != 0 {
 		t.Fatal("keygen failed")
 	}
+	pub := strings.TrimSpace(out)
 	for _, h := range l.Hosts {
-		if err := h.WriteNixConf("trusted-public-keys = " + strings.TrimSpace(pub)); err != nil {
+		if except[h.Name] {
+			continue
+		}
+		if err := h.WriteNixConf("trusted-public-keys = " + pub); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return f
+	return pub
 }
 
 func (f *faultLab) write(name, text string) {

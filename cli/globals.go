@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/alecthomas/kong"
+	"github.com/nix-hive/nix-hive/eval"
 )
 
 // Globals are the flags every command shares, and the program's output.
@@ -56,6 +57,15 @@ func (g *Globals) validate() error {
 
 // skip reports whether --no names step.
 func (g *Globals) skip(step string) bool { return slices.Contains(g.No, step) }
+
+// paths is how a command finds systems' paths: as it would (build, or
+// only evaluate), or from hive.state with --no build.
+func (g *Globals) paths(mode eval.PathMode) eval.PathMode {
+	if g.skip("build") {
+		return eval.Reuse
+	}
+	return mode
+}
 
 // onClose registers what to do when the command ends.
 func (g *Globals) onClose(f func()) { g.closers = append(g.closers, f) }

@@ -27,10 +27,7 @@ go, where every other host substitutes from, and the activation waves.`
 }
 
 func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy) error {
-	mode := eval.Evaluate
-	if g.skip("build") {
-		mode = eval.Reuse
-	}
+	mode := g.paths(eval.Evaluate)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err

@@ -9,22 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/nix-hive/nix-hive/internal/nixtest"
-	"github.com/nix-hive/nix-hive/lab"
-	"github.com/nix-hive/nix-hive/lab/labtest"
 )
 
 // newPolicyFleet: a lab of n hosts app-1..app-n running system "app", with
 // a hive key every host trusts, and policy as hive.star. extra is Nix
 // merged into the instances (e.g. to tag a canary).
 func newPolicyFleet(t *testing.T, n int, policy, extra string) *fleet {
-	nixtest.Require(t)
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("app-%d", i+1)
-	}
-	l := labtest.New(t, lab.Config{Names: names})
+	l := appLab(t, n)
 	root, _ := filepath.Abs("..")
 	dir := t.TempDir()
 	write := func(name, text string) {
@@ -45,15 +36,7 @@ in {
 	write("version", "1")
 	write("hive.star", policy)
 	f := &fleet{t: t, lab: l, dir: dir}
-	code, pub, _ := f.run("keygen")
-	if code != 0 {
-		t.Fatal("keygen failed")
-	}
-	for _, h := range l.Hosts {
-		if err := h.WriteNixConf("trusted-public-keys = " + strings.TrimSpace(pub)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	keygenTrusted(t, f.run, l, nil)
 	return f
 }
 

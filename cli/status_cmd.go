@@ -29,10 +29,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	mode := eval.Evaluate
-	if g.skip("build") {
-		mode = eval.Reuse
-	}
+	mode := g.paths(eval.Evaluate)
 	builds, err := h.Paths(ctx, st, h.Inventory.SystemsOf(targets), mode)
 	if err != nil {
 		return err

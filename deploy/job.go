@@ -103,14 +103,8 @@ func (j *jobs) start(ctx context.Context, n, user, sudo, id, until string, spec 
 	cmd := program(startProgram, true, user, sudo, id, until, secs(j.beat()), string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
 	began := time.Now()
 	out, heard, err := j.watched(ctx, n, cmd, strings.NewReader(jobScript), j.remote.Run)
-	var ee *exitError
-	switch {
-	case err == nil:
-		return parseJobState(out), nil
-	case errors.As(err, &ee):
-		return jobState{}, fmt.Errorf("start activation: %w", err)
-	case ctx.Err() != nil:
-		return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
+	if st, final, ferr := sorted(ctx, "start activation", out, err); final {
+		return st, ferr
 	}
 	j.lost(n, err)
 	st, ferr := j.followFrom(ctx, n, id, until, later(began, heard), true)
@@ -118,6 +112,22 @@ func (j *jobs) start(ctx context.Context, n, user, sudo, id, until string, spec 
 		return st, fmt.Errorf("start activation: %w", err)
 	}
 	return st, ferr
+}
+
+// sorted says what a waiting program's result means: the job's state, or
+// a failure of the program (what) or of ctx; all final. A lost connection
+// is not final: the job goes on, and can be followed again.
+func sorted(ctx context.Context, what, out string, err error) (st jobState, final bool, ferr error) {
+	var ee *exitError
+	switch {
+	case err == nil:
+		return parseJobState(out), true, nil
+	case errors.As(err, &ee):
+		return jobState{}, true, fmt.Errorf("%s: %w", what, err)
+	case ctx.Err() != nil:
+		return jobState{}, true, fmt.Errorf("stopped waiting: %w", ctx.Err())
+	}
+	return jobState{}, false, nil
 }
 
 // lost says the connection to n was lost while a job ran there.
@@ -178,14 +188,8 @@ func (j *jobs) followFrom(ctx context.Context, n, id, until string, heard time.T
 	for {
 		out, at, err := j.watched(ctx, n, cmd, nil, j.remote.Run)
 		heard = later(heard, at)
-		var ee *exitError
-		switch {
-		case err == nil:
-			return parseJobState(out), nil
-		case errors.As(err, &ee):
-			return jobState{}, fmt.Errorf("follow activation: %w", err)
-		case ctx.Err() != nil:
-			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
+		if st, final, ferr := sorted(ctx, "follow activation", out, err); final {
+			return st, ferr
 		}
 		if time.Since(heard) > j.reconnect {
 			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(heard).Round(time.Second), err)
@@ -322,11 +326,10 @@ func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window tim
 	}
 }
 
+// pause waits d, or less when ctx ends first.
 func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-time.After(d):
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

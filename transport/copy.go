@@ -287,8 +287,13 @@ func (localFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 	})
 }
 
-func (localFS) Open(p string) (io.ReadCloser, int64, error) {
-	f, err := os.Open(p)
+func (localFS) Open(p string) (io.ReadCloser, int64, error) { return sized(os.Open(p)) }
+
+// sized returns an opened file with its size.
+func sized[F interface {
+	io.ReadCloser
+	Stat() (fs.FileInfo, error)
+}](f F, err error) (io.ReadCloser, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
@@ -353,18 +358,7 @@ func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 	return nil
 }
 
-func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) {
-	f, err := r.c.Open(p)
-	if err != nil {
-		return nil, 0, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, st.Size(), nil
-}
+func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) { return sized(r.c.Open(p)) }
 
 func (r remoteFS) CreateTemp(p string) (io.WriteCloser, string, error) {
 	tmp := path.Join(path.Dir(p), "."+path.Base(p)+".nix-hive-"+randomSuffix())

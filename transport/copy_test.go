@@ -30,11 +30,7 @@ func TestSplitTarget(t *testing.T) {
 // The in-process server's sftp works on this machine's file system, so
 // "remote" paths here are temporary directories too.
 func TestCopyInProcess(t *testing.T) {
-	hermetic(t)
-	key := newClientKey(t)
-	srv := newTestServer(t, key.signer.PublicKey())
-	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
-	ctx := testCtx(t)
+	p, _, ctx := onePool(t)
 
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "tree", "sub", "f"), "hello")

@@ -53,12 +53,18 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestRunOutputAndExitCodes(t *testing.T) {
+// onePool is a pool of one endpoint, "a", served in-process.
+func onePool(t *testing.T) (*Pool, *testServer, context.Context) {
+	t.Helper()
 	hermetic(t)
 	key := newClientKey(t)
 	srv := newTestServer(t, key.signer.PublicKey())
 	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
-	ctx := testCtx(t)
+	return p, srv, testCtx(t)
+}
+
+func TestRunOutputAndExitCodes(t *testing.T) {
+	p, _, ctx := onePool(t)
 
 	tests := []struct {
 		name, cmd, stdin string
@@ -92,11 +98,7 @@ func TestRunOutputAndExitCodes(t *testing.T) {
 }
 
 func TestConcurrentCallersShareOneDial(t *testing.T) {
-	hermetic(t)
-	key := newClientKey(t)
-	srv := newTestServer(t, key.signer.PublicKey())
-	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
-	ctx := testCtx(t)
+	p, srv, ctx := onePool(t)
 
 	const n = 25 // more than maxSessions: the surplus waits for a slot
 	var wg sync.WaitGroup
