@@ -84,7 +84,9 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	view := g.newDeployView(len(prep.Plan.Order))
 	opts.Events, opts.State = view.Event, st
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)
-	view.Close()
+	if verr := view.Close(); err == nil {
+		err = verr
+	}
 	if err != nil {
 		return err
 	}

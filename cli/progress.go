@@ -31,6 +31,7 @@ type deployView struct {
 	// through the decorator while an event may be waiting on that goroutine
 	// in bar.Increment.
 	pushed, substituted, activated, failed atomic.Int64
+	err                                    error // the first event that could not be written
 }
 
 func (g *Globals) newDeployView(hosts int) *deployView {
@@ -62,10 +63,13 @@ func (v *deployView) Event(e deploy.Event) {
 	if v.json != nil {
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		json.NewEncoder(v.json).Encode(struct {
+		err := json.NewEncoder(v.json).Encode(struct {
 			Type string `json:"type"`
 			deploy.Event
 		}{"event", e})
+		if err != nil && v.err == nil {
+			v.err = fmt.Errorf("write events: %w", err)
+		}
 		return
 	}
 	switch {
@@ -103,12 +107,15 @@ func (v *deployView) Event(e deploy.Event) {
 	fmt.Fprintf(v.log, "%6.1fs %s%s %s %s%s\n", time.Since(v.start).Seconds(), who, wave, e.Step, e.Status, msg)
 }
 
-// Close ends the progress bar, if any, before the summary is printed.
-func (v *deployView) Close() {
-	if v.bar == nil {
-		return
+// Close ends the progress bar, if any, before the summary is printed, and
+// says whether the events could not be written.
+func (v *deployView) Close() error {
+	if v.bar != nil {
+		v.bar.SetTotal(-1, true)
+		v.p.Wait()
+		v.g.setLogWriter(nil)
 	}
-	v.bar.SetTotal(-1, true)
-	v.p.Wait()
-	v.g.setLogWriter(nil)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.err
 }
