@@ -42,12 +42,17 @@ func (s *fakeSleeper) Sleep(ctx context.Context, d time.Duration) error {
 	return ctx.Err()
 }
 
+// mustLoad loads src; env's limits apply to the calls after loading (a
+// loaded machine may take longer than a test's tight limit to load).
 func mustLoad(t *testing.T, src string, env Env) *Policy {
 	t.Helper()
-	p, err := Load(context.Background(), "hive.star", []byte(src), env)
+	roomy := env
+	roomy.CallTimeout = max(env.CallTimeout, time.Minute)
+	p, err := Load(context.Background(), "hive.star", []byte(src), roomy)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
+	p.env = env
 	return p
 }
 
@@ -526,10 +531,10 @@ def pre_activate(ctx):
 def post_activate(ctx):
     ctx.run("block")
 `
-	// Calls that must hit their limit get a short one; pre_activate, which
-	// must finish, a limit no loaded machine reaches.
+	// Calls that must hit their limit get a short one; loading the file and
+	// pre_activate, which must finish, a limit no loaded machine reaches.
+	roomy := mustLoad(t, src, Env{Runner: runner, HTTP: client, MaxSteps: 1 << 62, CheckTimeout: time.Minute})
 	p := mustLoad(t, src, Env{Runner: runner, HTTP: client, MaxSteps: 1 << 62, CallTimeout: 20 * time.Millisecond, CheckTimeout: 20 * time.Millisecond})
-	roomy := mustLoad(t, src, Env{Runner: runner, HTTP: client, CheckTimeout: time.Minute})
 	inst := Instance{Name: "www-1", Meta: map[string]any{"url": srv.URL}}
 
 	for range 5 {
