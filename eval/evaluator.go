@@ -254,3 +254,26 @@ func (e *Evaluator) Valid(ctx context.Context, path string) bool {
 	_, err := e.Nix.Quiet().Run(ctx, "nix-store", "--check-validity", path)
 	return err == nil
 }
+
+// KeyTexts evaluates the values of the text keys of instances: instance
+// -> key name -> value. Nothing is written: no derivation, no eval cache
+// (--no-eval-cache), and nix's output is read from a pipe. The values are
+// secrets; callers must keep them out of logs and errors.
+func (e *Evaluator) KeyTexts(ctx context.Context, instances []string) (map[string]map[string]string, error) {
+	inst, err := e.installable("keyTexts")
+	if err != nil {
+		return nil, err
+	}
+	names, err := json.Marshal(instances)
+	if err != nil {
+		return nil, err
+	}
+	apply := "ts: builtins.listToAttrs (map (n: { name = n; value = ts.${n} or { }; }) (builtins.fromJSON " + nixcmd.String(string(names)) + "))"
+	args := append([]string{"eval", "--json", "--no-eval-cache"}, inst...)
+	args = append(args, "--apply", apply)
+	out := map[string]map[string]string{}
+	if err := e.Nix.Quiet().JSON(ctx, &out, "nix", args...); err != nil {
+		return nil, fmt.Errorf("evaluate the text keys of %s: %w", e.Src.File, err)
+	}
+	return out, nil
+}

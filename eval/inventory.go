@@ -41,7 +41,31 @@ type Instance struct {
 	HostKeys  []string       `json:"hostKeys"`
 	SSH       map[string]any `json:"ssh"`
 	Meta      map[string]any `json:"meta"`
+	// Keys are the secrets uploaded to the instance, by name: where each
+	// comes from and where it goes, never its value.
+	Keys map[string]*Key `json:"keys"`
 }
+
+// Key is a secret's metadata (lib/hive.nix keyInfo).
+type Key struct {
+	Name string `json:"name"`
+	// Source is "text" (in the hive), "file" (read on this machine) or
+	// "command" (its stdout, run on this machine).
+	Source  string   `json:"source"`
+	File    string   `json:"file,omitempty"`    // for "file": as given (relative to the hive)
+	Command []string `json:"command,omitempty"` // for "command": argv
+	Dest    string   `json:"dest"`
+	User    string   `json:"user"`
+	Group   string   `json:"group"`
+	Mode    string   `json:"mode"`   // octal, e.g. "0400"
+	Upload  string   `json:"upload"` // "pre-activation" or "post-activation"
+}
+
+// Upload points of a key.
+const (
+	PreActivation  = "pre-activation"
+	PostActivation = "post-activation"
+)
 
 // StoreIsURL reports whether the instance substitutes from a Nix store URL
 // (a binary cache) rather than from another instance.

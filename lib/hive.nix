@@ -73,8 +73,54 @@ let
         ++ (if signing ? publicKeyFile then expect "hive" "signing.publicKeyFile" (v: isString v || isPath v) "a file" signing.publicKeyFile else [ ])
         ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ]);
 
-      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" ];
-      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" ];
+      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" ];
+      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" ];
+
+      # ---- keys ----------------------------------------------------------
+      # A key's value comes from exactly one source; its value is never part
+      # of the inventory (only evaluated, on its own, when it is uploaded).
+      keySources = [ "text" "file" "command" ];
+      knownKeyAttrs = keySources ++ [ "dest" "user" "group" "mode" "upload" ];
+      keyErrors = where: name: k:
+        let w = "${where}: key \"${name}\""; given = filter (a: k ? ${a}) keySources; in
+        if !isAttrs k then [ "${w}: expected an attribute set with one of text, file or command, got ${describe k}" ] else
+          (if match "[A-Za-z0-9_][A-Za-z0-9._-]*" name == null then [ "${w}: the name may hold letters, digits and . _ - (it names /run/keys/<name> and <name>-key.service)" ] else [ ])
+          ++ map (a: "${w}: unknown attribute ${a} (known: ${concatStringsSep ", " knownKeyAttrs})") (filter (a: !elem a knownKeyAttrs) (attrNames k))
+          ++ (if given == [ ] then [ "${w}: needs one of text, file or command" ]
+              else if length given > 1 then [ "${w}: give only one of ${concatStringsSep ", " given}" ] else [ ])
+          ++ (if k ? text then expect w "text" isString "a string" k.text else [ ])
+          ++ (if k ? file then expect w "file" (v: isString v || isPath v) "a file name on this machine (string)" k.file else [ ])
+          ++ (if k ? command then expect w "command" (v: isString v || (isStringList v && v != [ ])) "a command line (string) or an argv list" k.command else [ ])
+          ++ (if k ? dest then expect w "dest" (v: isString v && match "/.*[^/]" v != null) "an absolute file name" k.dest else [ ])
+          ++ (if k ? user then expect w "user" isString "a user name (string)" k.user else [ ])
+          ++ (if k ? group then expect w "group" isString "a group name (string)" k.group else [ ])
+          ++ (if k ? mode then expect w "mode" (v: isString v && match "0?[0-7]{3}" v != null) "an octal mode string such as \"0400\"" k.mode else [ ])
+          ++ (if k ? upload then expect w "upload" (v: elem v [ "pre-activation" "post-activation" ]) "\"pre-activation\" or \"post-activation\"" k.upload else [ ]);
+      keysErrors = where: ks:
+        if !isAttrs ks then [ "${where}: attribute keys: expected an attribute set of keys, got ${describe ks}" ]
+        else concatMap (n: keyErrors where n ks.${n}) (attrNames ks);
+
+      # Keys of an instance: defaults', then its system's, then its own; a
+      # key of the same name replaces the earlier one whole.
+      keysOf = name: i:
+        let
+          pick = v: if isAttrs v then v else { };
+          sys = if isString (i.system or null) && systemsOK && isAttrs (systemsIn.${i.system} or null) then systemsIn.${i.system}.keys or { } else { };
+        in filter' isAttrs (pick (defaults.keys or { }) // pick sys // pick (instancesIn.${name}.keys or { }));
+
+      # What the inventory says of a key: where it comes from and where it
+      # goes, never its value. A command string runs with /bin/sh.
+      keyInfo = name: k: {
+        inherit name;
+        source = head (filter (a: k ? ${a}) keySources ++ [ null ]);
+        file = if k ? file then pathString k.file else null;
+        command = if !(k ? command) then null else if isString k.command then [ "/bin/sh" "-c" k.command ] else k.command;
+        dest = typed isString "/run/keys/${name}" (k.dest or "/run/keys/${name}");
+        user = typed isString "root" (k.user or "root");
+        group = typed isString "root" (k.group or "root");
+        mode = typed isString "0400" (k.mode or "0400");
+        upload = typed (v: elem v [ "pre-activation" "post-activation" ]) "pre-activation" (k.upload or "pre-activation");
+      };
 
       # ---- systems -------------------------------------------------------
       systemErrors = name: s:
@@ -86,7 +132,8 @@ let
               else if length kinds > 1 then [ "${where}: give only one of ${concatStringsSep ", " kinds}" ] else [ ])
           ++ (if s ? modules then expect where "modules" isList "a list of NixOS modules" s.modules else [ ])
           ++ (if s ? system then expect where "system" isString "a platform string such as \"x86_64-linux\"" s.system else [ ])
-          ++ (if s ? paths then expect where "paths" isAttrs "an attribute set" s.paths else [ ]);
+          ++ (if s ? paths then expect where "paths" isAttrs "an attribute set" s.paths else [ ])
+          ++ (if s ? keys then keysErrors where s.keys else [ ]);
 
       systemPaths = s: hivePaths // (s.paths or { });
 
@@ -103,7 +150,7 @@ let
         if s ? toplevel then s.toplevel else
         let
           nixpkgs = nixpkgsFor s;
-          modules = (if s ? modules then s.modules else [ s.configuration ]) ++ [ hiveModule ];
+          modules = (if s ? modules then s.modules else [ s.configuration ]) ++ [ (hiveModule name) ];
           args = { system = platformOf s; inherit modules; specialArgs = { hiveSystem = name; } // (s.specialArgs or { }); };
           evaluated = if isAttrs nixpkgs && nixpkgs ? lib && nixpkgs.lib ? nixosSystem
             then nixpkgs.lib.nixosSystem args
@@ -141,6 +188,7 @@ let
           ++ (if i ? ssh then expect where "ssh" isSSHOpts "an attribute set of OpenSSH options (strings or numbers)" i.ssh else [ ])
           ++ (if i ? meta then expect where "meta" isAttrs "an attribute set" i.meta else [ ])
           ++ (if i ? hostKey && i.hostKey != null then expect where "hostKey" (v: isString v || isStringList v) "a public key line (string) or a list of them" i.hostKey else [ ])
+          ++ (if instancesIn.${name} ? keys then keysErrors where instancesIn.${name}.keys else [ ])
           ++ refErrors where "jump" (i.jump or null) false
           ++ refErrors where "store" (i.store or null) true
           ;
@@ -190,6 +238,7 @@ let
         # The login consumers use to substitute from this instance when it
         # is their store (NixOS's nix.sshServe serves as "nix-ssh").
         storeUser = typed isString (typed isString "root" (i.user or "root")) (i.storeUser or (i.user or "root"));
+        keys = mapAttrs keyInfo (keysOf name i);
       }) (filter' isAttrs merged);
 
       filter' = pred: set: listToAttrs (map (n: { name = n; value = set.${n}; }) (filter (n: pred set.${n}) (attrNames set)));
@@ -204,6 +253,7 @@ let
         in map (g: "instances ${concatStringsSep ", " (map (i: "\"${i.name}\"") g)}: attribute hostKey: the same address ${(head g).host}:${toString (head g).port} is given different host keys") bad;
 
       errors = topErrors
+        ++ (if isAttrs defaults && defaults ? keys then keysErrors "defaults" defaults.keys else [ ])
         ++ concatMap (n: systemErrors n systemsIn.${n}) (if systemsOK then attrNames systemsIn else [ ])
         ++ concatMap (n: instanceErrors n merged.${n}) (attrNames merged)
         ++ concatMap (cycleErrors "jump") (attrNames instances)
@@ -217,11 +267,18 @@ let
         then builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile signing.publicKeyFile)
         else null);
 
-      # Added to every modules/configuration system, so a later version can
-      # pass hive-wide settings to systems without users changing their
-      # modules. Today it is empty: trusting the hive key and using a store
-      # is opt-in through nixosModules.default (lib/module.nix).
-      hiveModule = { ... }: { };
+      # Added to every modules/configuration system. When the system imports
+      # nixosModules.default (lib/module.nix), it learns its keys' metadata
+      # (defaults' and the system's keys; an instance's own keys are not in
+      # a closure its system shares), so their units are declared there.
+      # Trusting the hive key and using a store stay opt-in through it.
+      hiveModule = name: { options ? { }, ... }: {
+        config = if options ? nix-hive && options.nix-hive ? keys then {
+          nix-hive.keys = mapAttrs (n: k: removeAttrs (keyInfo n k) [ "name" "source" "file" "command" ])
+            (filter' isAttrs ((if isAttrs (defaults.keys or null) then defaults.keys else { })
+              // (if isAttrs (systemsIn.${name}.keys or null) then systemsIn.${name}.keys else { })));
+        } else { };
+      };
 
       inventory = {
         inherit instances systems errors;
@@ -234,6 +291,9 @@ let
       };
     in {
       inherit inventory;
+      # The text keys' values, by instance, evaluated only when uploaded
+      # (with the eval cache off, so they are written nowhere).
+      keyTexts = mapAttrs (name: i: mapAttrs (_: k: k.text) (filter' (k: k ? text && isString k.text) (keysOf name i))) (filter' isAttrs merged);
       # One toplevel per system, evaluated only when asked for.
       toplevels = if systemsOK then mapAttrs toplevelOf (filter' isAttrs systemsIn) else { };
     };
