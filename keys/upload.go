@@ -1,0 +1,292 @@
+package keys
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/pkg/sftp"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/shell"
+)
+
+// Host is what an upload needs of a connection to an instance
+// (transport.Pool).
+type Host interface {
+	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+	SFTP(ctx context.Context, name string) (*sftp.Client, error)
+}
+
+// Uploader puts an instance's keys on it.
+type Uploader struct {
+	Host   Host
+	Values *Values
+	Sudo   string // privilege command for non-root logins
+}
+
+// Batch is an instance's keys with their values, ready to go.
+type Batch struct {
+	u        *Uploader
+	instance *eval.Instance
+	keys     []*eval.Key // sorted by name
+	values   map[string][]byte
+	ids      map[string][2]int // key -> uid, gid on the host
+}
+
+// Prepare reads every key value of instance in (running commands, reading
+// files) and checks that the owners of its pre-activation keys exist on
+// the host (a post-activation key's user may come with the new system: it
+// is checked before its upload). Nothing is written anywhere; an error
+// here leaves the host as it was.
+func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, error) {
+	b := &Batch{u: u, instance: in, values: map[string][]byte{}, ids: map[string][2]int{}}
+	for _, name := range slices.Sorted(mapsKeys(in.Keys)) {
+		k := in.Keys[name]
+		v, err := u.Values.Of(ctx, in.Name, k)
+		if err != nil {
+			return nil, err
+		}
+		b.keys = append(b.keys, k)
+		b.values[name] = v
+	}
+	return b, b.resolveOwners(ctx, eval.PreActivation)
+}
+
+func mapsKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// ownersProgram USER GROUP ... prints "uid gid" for each pair, or fails
+// naming the first user or group the host does not have.
+const ownersProgram = `while [ $# -gt 0 ]; do
+  u=$(id -u -- "$1" 2>/dev/null) || { echo "no user $1 on the host" >&2; exit 3; }
+  g=$(getent group "$2" | cut -d: -f3)
+  [ -n "$g" ] || { echo "no group $2 on the host" >&2; exit 3; }
+  echo "$u $g"
+  shift 2
+done
+`
+
+// resolveOwners finds the uid and gid of the owners of the keys uploaded
+// at when ("" for all) that are not known yet.
+func (b *Batch) resolveOwners(ctx context.Context, when string) error {
+	var todo []*eval.Key
+	for _, k := range b.keys {
+		if _, known := b.ids[k.Name]; !known && (when == "" || k.Upload == when) {
+			todo = append(todo, k)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	args := []string{"sh", "-c", ownersProgram, "nix-hive"}
+	for _, k := range todo {
+		args = append(args, k.User, k.Group)
+	}
+	var out, stderr bytes.Buffer
+	code, err := b.u.Host.Run(ctx, b.instance.Name, shell.QuoteArgs(args), nil, &out, &stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("%s", strings.TrimSpace(stderr.String()))
+	}
+	if err != nil {
+		return fmt.Errorf("key owners: %w", err)
+	}
+	lines := strings.Fields(out.String())
+	if len(lines) != 2*len(todo) {
+		return fmt.Errorf("key owners: unexpected answer %q", out.String())
+	}
+	for i, k := range todo {
+		uid, err1 := strconv.Atoi(lines[2*i])
+		gid, err2 := strconv.Atoi(lines[2*i+1])
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("key owners: %w", err)
+		}
+		b.ids[k.Name] = [2]int{uid, gid}
+	}
+	return nil
+}
+
+// Names lists the batch's keys uploaded at when (pre- or post-activation;
+// "" for all).
+func (b *Batch) Names(when string) []string {
+	var out []string
+	for _, k := range b.keys {
+		if when == "" || k.Upload == when {
+			out = append(out, k.Name)
+		}
+	}
+	return out
+}
+
+// Upload writes the batch's keys uploaded at when ("" for all): each
+// replaces its destination whole (readers see the old or the new value),
+// with its owner and mode from the start, never readable by others.
+func (b *Batch) Upload(ctx context.Context, when string) error {
+	if err := b.resolveOwners(ctx, when); err != nil {
+		return err
+	}
+	for _, k := range b.keys {
+		if when != "" && k.Upload != when {
+			continue
+		}
+		if err := b.upload(ctx, k); err != nil {
+			return fmt.Errorf("key %s to %s: %s", k.Name, k.Dest, Scrub(err.Error(), b.values[k.Name]))
+		}
+	}
+	return nil
+}
+
+func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
+	mode, err := strconv.ParseUint(k.Mode, 8, 32)
+	if err != nil {
+		return fmt.Errorf("mode %q: %w", k.Mode, err)
+	}
+	id := b.ids[k.Name]
+	in := b.instance
+	// sftp runs as the login: only a root login can chown and write
+	// anywhere. Others go through the privilege command.
+	if in.User == "root" || in.User == "" {
+		c, err := b.u.Host.SFTP(ctx, in.Name)
+		if err == nil {
+			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), b.values[k.Name])
+		}
+		if !strings.Contains(err.Error(), "subsystem") {
+			return err
+		}
+		// No sftp on this host (NixOS allowSFTP = false): the shell does it.
+	}
+	return b.uploadShell(ctx, k.Dest, id, k.Mode, b.values[k.Name])
+}
+
+// uploadSFTP writes data to dest through a directory of its own beside
+// dest, made private (0700) before anything is in it. sftp creates files
+// with the server's default mode, so the file is made 0600 while still
+// empty, then written, synced, given its mode and owner, and renamed over
+// dest. Leftovers of an upload cut off earlier are removed first (the
+// host's deploy lock keeps uploads apart).
+func uploadSFTP(c *sftp.Client, dest string, uid, gid int, mode os.FileMode, data []byte) error {
+	dir := path.Dir(dest)
+	if _, err := c.Stat(dir); err != nil {
+		if err := c.MkdirAll(dir); err != nil {
+			return fmt.Errorf("mkdir %s: %w", dir, err)
+		}
+		if err := c.Chmod(dir, 0o750); err != nil {
+			return fmt.Errorf("chmod %s: %w", dir, err)
+		}
+	}
+	if ents, err := c.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".nix-hive-") {
+				c.RemoveAll(path.Join(dir, e.Name()))
+			}
+		}
+	}
+	stage := path.Join(dir, ".nix-hive-"+randomHex())
+	if err := c.Mkdir(stage); err != nil {
+		return fmt.Errorf("mkdir %s: %w", stage, err)
+	}
+	defer c.RemoveDirectory(stage)
+	if err := c.Chmod(stage, 0o700); err != nil {
+		return fmt.Errorf("chmod %s: %w", stage, err)
+	}
+	tmp := path.Join(stage, path.Base(dest))
+	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer c.Remove(tmp) // a no-op after the rename
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	err = writeSynced(f, data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := c.Chmod(tmp, mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err := c.Chown(tmp, uid, gid); err != nil {
+		return fmt.Errorf("chown %s: %w", tmp, err)
+	}
+	if err := c.PosixRename(tmp, dest); err != nil {
+		return fmt.Errorf("rename into %s: %w", dest, err)
+	}
+	return nil
+}
+
+// writeSynced writes data and asks the server to fsync it (OpenSSH's
+// fsync@openssh.com); a server without the extension still gets the data.
+func writeSynced(f *sftp.File, data []byte) error {
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil && !errors.Is(err, sftp.ErrSSHFxOpUnsupported) {
+		var se *sftp.StatusError
+		if !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxOpUnsupported {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeProgram DEST UID GID MODE writes stdin to DEST the same way as
+// uploadSFTP: mktemp makes the file 0600 in DEST's directory; it is
+// synced, given its owner and mode, and renamed over DEST. The value
+// arrives on stdin, never on a command line.
+const writeProgram = `set -eu
+dest=$1 uid=$2 gid=$3 mode=$4
+dir=${dest%/*}
+[ -n "$dir" ] || dir=/
+if [ ! -d "$dir" ]; then mkdir -p "$dir" && chmod 0750 "$dir"; fi
+rm -rf "$dir"/.nix-hive-*
+umask 077
+tmp=$(mktemp "$dir/.nix-hive-XXXXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat >"$tmp"
+sync "$tmp" 2>/dev/null || sync
+chown "$uid:$gid" "$tmp"
+chmod "$mode" "$tmp"
+mv -f "$tmp" "$dest"
+trap - EXIT
+`
+
+func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, data []byte) error {
+	in := b.instance
+	argv := []string{"sh", "-c", writeProgram, "nix-hive", dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
+	cmd := shell.QuoteArgs(argv)
+	if in.User != "root" && in.User != "" && b.u.Sudo != "" {
+		cmd = b.u.Sudo + " " + cmd
+	}
+	var stderr bytes.Buffer
+	code, err := b.u.Host.Run(ctx, in.Name, cmd, bytes.NewReader(data), io.Discard, &stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+	}
+	return err
+}
+
+func randomHex() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
