@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,6 +216,9 @@ func (h *Host) sshdConfig() string {
 	// Sessions find the host's own commands first, as a NixOS host's
 	// sessions find its system's.
 	fmt.Fprintf(&b, "SetEnv PATH=%s:%s\n", h.binDir(), systemPath)
+	if !slices.Contains(h.lab.noSFTP, h.Name) {
+		fmt.Fprintf(&b, "Subsystem sftp %s\n", sftpServerPath)
+	}
 	b.WriteString(`PidFile /run/sshd.pid
 UsePAM no
 StrictModes no
@@ -222,7 +226,6 @@ PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-Subsystem sftp ` + sftpServerPath + `
 MaxSessions 200
 MaxStartups 200
 UseDNS no

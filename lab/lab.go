@@ -33,6 +33,9 @@ type Config struct {
 	JumpName      string   // default "portico"
 	InternalNames []string // default "int-1".."int-N"
 	Dir           string   // working directory; default: a new temp dir removed at Close
+	// NoSFTP names hosts whose sshd offers no sftp subsystem, like a NixOS
+	// host with services.openssh.allowSFTP = false.
+	NoSFTP []string
 }
 
 // Lab is a set of running hosts and the files to reach them.
@@ -57,6 +60,7 @@ type Lab struct {
 	Uplink string
 
 	removeDir bool
+	noSFTP    []string
 	dirLock   *os.File
 	block     *addrBlock
 	internal  *internalNet
@@ -80,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Lab{}
+	l := &Lab{noSFTP: cfg.NoSFTP}
 	if err := l.start(ctx, cfg.Dir, plain, internal, jump); err != nil {
 		return nil, errors.Join(err, l.Close())
 	}

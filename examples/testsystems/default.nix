@@ -1,8 +1,9 @@
 # Stand-ins for NixOS systems that build without nixpkgs (nothing outside
 # this machine is reachable in the lab). Each is a closure with
 # bin/switch-to-configuration, like a real NixOS toplevel: it records the
-# goal it was activated with and, for switch/test, points /run/current-system
-# at itself, which is what nix-hive checks after activation. On a lab host
+# goal it was activated with (and which keys /run/keys held then) and, for
+# switch/test, points /run/current-system at itself, which is what nix-hive
+# checks after activation. On a lab host
 # (which has lab-service) switch/test also do what switching a NixOS
 # configuration does to sshd and the firewall.
 #
@@ -55,6 +56,7 @@ derivation {
     case "\$goal" in switch|boot|test|dry-activate) ;; *) echo "usage: \$0 switch|boot|test|dry-activate" >&2; exit 100;; esac
     mkdir -p /run/nix-hive-test
     echo "\$(date +%s.%N) $out \$goal" >> /run/nix-hive-test/activations
+    echo "$out \$goal:" \$(ls /run/keys 2>/dev/null) >> /run/nix-hive-test/keys-seen
     if [ -n "$gate" ]; then
       while [ ! -e /run/nix-hive-test/gate ]; do sleep 0.05; done
     fi
