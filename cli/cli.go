@@ -28,6 +28,7 @@ type CLI struct {
 	SSH       SSHCmd       `cmd:"" name:"ssh" help:"Open a shell or run a command on one instance." group:"Fleet"`
 	SCP       SCPCmd       `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`
 	SSHConfig SSHConfigCmd `cmd:"" name:"ssh-config" help:"Print an OpenSSH config for the hive (extends ~/.ssh/config)." group:"Fleet"`
+	Keys      KeysCmd      `cmd:"" help:"List or upload the hosts' keys (secrets)." group:"Fleet"`
 	Keygen    KeygenCmd    `cmd:"" help:"Create the hive's signing key pair." group:"Setup"`
 }
 

@@ -62,7 +62,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
 	return deploy.Options{
-		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), Force: c.Force,
+		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), SkipKeys: g.skip("keys"), Force: c.Force,
 		TrustKey: c.TrustHiveKey, Sudo: c.Sudo, MagicRollback: c.MagicRollback,
 		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout,
 		ConnectTimeout: c.ConnectTimeout, Reboot: c.Reboot, RebootTimeout: c.RebootTimeout,

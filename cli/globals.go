@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/alecthomas/kong"
@@ -14,7 +15,7 @@ import (
 type Globals struct {
 	Config  string           `short:"c" default:"." env:"NIX_HIVE_CONFIG" help:"Hive: a directory with flake.nix or hive.nix, or a file." type:"path"`
 	State   string           `env:"NIX_HIVE_STATE" help:"State file (default: hive.state beside the hive)." type:"path"`
-	No      []string         `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push."`
+	No      []string         `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push, keys."`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
 	Policy  string           `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
 	Version kong.VersionFlag `help:"Print the version and exit."`
@@ -44,12 +45,12 @@ func (g *Globals) setLogWriter(w io.Writer) {
 	g.logMu.Unlock()
 }
 
-var knownSteps = []string{"build", "push"}
+var knownSteps = []string{"build", "push", "keys"}
 
 func (g *Globals) validate() error {
 	for _, s := range g.No {
 		if !slices.Contains(knownSteps, s) {
-			return fmt.Errorf("--no %s: unknown step (known: build, push)", s)
+			return fmt.Errorf("--no %s: unknown step (known: %s)", s, strings.Join(knownSteps, ", "))
 		}
 	}
 	return nil

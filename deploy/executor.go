@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -86,6 +87,12 @@ type Options struct {
 	Abort <-chan struct{}
 	// Owner says who deploys, for hosts' deploy locks.
 	Owner string
+	// Keys uploads the hosts' keys (nil: none, --no keys): pre-activation
+	// keys before the switch, post-activation ones after it, both before
+	// the post-check; an unchanged host gets its keys too.
+	Keys *keys.Uploader
+	// SkipKeys (--no keys) uploads none.
+	SkipKeys bool
 }
 
 func (o Options) withDefaults() Options {

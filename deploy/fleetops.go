@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/keys"
 )
 
 // StatusRow is one instance's state compared with the hive.
@@ -134,4 +137,48 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 		row.Error = fmt.Sprintf("profile generation is %d, was %d", after.Generation, before.Generation)
 	}
 	return row
+}
+
+// KeysOptions tune UploadKeys.
+type KeysOptions struct {
+	Sudo     string
+	Parallel int
+	Owner    string
+}
+
+// KeysRow is one instance's key upload.
+type KeysRow struct {
+	Instance string   `json:"instance"`
+	Keys     []string `json:"keys"`
+	Error    string   `json:"error,omitempty"`
+}
+
+// UploadKeys uploads every key of each instance in names, under the host's
+// deploy lock; a key that cannot be had fails its host before anything is
+// written there.
+func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
+	rows := make([]KeysRow, len(names))
+	for i, n := range names {
+		rows[i] = KeysRow{Instance: n, Error: "not started: interrupted"}
+	}
+	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
+		in := inv.Instances[names[i]]
+		row := KeysRow{Instance: in.Name, Keys: slices.Sorted(maps.Keys(in.Keys))}
+		defer func() { rows[i] = row }()
+		if len(in.Keys) == 0 {
+			return
+		}
+		l, _, err := lockHost(ctx, remote, in.Name, in.User, o.Sudo, o.Owner)
+		if err == nil {
+			defer l.release()
+			var b *keys.Batch
+			if b, err = up.Prepare(ctx, in); err == nil {
+				err = b.Upload(ctx, "")
+			}
+		}
+		if err != nil {
+			row.Error = err.Error()
+		}
+	})
+	return rows
 }

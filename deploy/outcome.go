@@ -16,6 +16,7 @@ const (
 	StepPush       Step = "push"
 	StepSubstitute Step = "substitute"
 	StepPreCheck   Step = "pre-check"
+	StepKeys       Step = "keys"
 	StepActivate   Step = "activate"
 	StepConfirm    Step = "confirm"
 	StepPostCheck  Step = "post-check"

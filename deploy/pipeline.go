@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/keys"
 )
 
 // A target host goes through: lock, transfer (push, or substitute after
@@ -40,11 +44,21 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 		return "", failed(StepActivate, err)
 	}
 	e.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
+	batch, err := e.prepareKeys(ctx, n)
+	if err != nil {
+		return "", err
+	}
 	if !e.opts.Force && upToDate(e.opts.Goal, before, h.OutPath) {
+		if err := e.uploadKeys(ctx, n, batch, ""); err != nil {
+			return "", err
+		}
 		e.step(n, StepDone, EventOK, "already active")
 		return StatusUnchanged, nil
 	}
 	if err := e.preCheck(ctx, n); err != nil {
+		return "", err
+	}
+	if err := e.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
 		return "", err
 	}
 	job, err := e.switchHost(actx, n)
@@ -54,6 +68,9 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if e.opts.Goal == GoalDryActivate {
 		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
 		return StatusDryActivated, nil
+	}
+	if err := e.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
+		return "", err
 	}
 	if e.opts.Reboot {
 		if err := e.reboot(actx, n); err != nil {
@@ -65,6 +82,36 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	}
 	e.step(n, StepDone, EventOK, "")
 	return StatusOK, nil
+}
+
+// prepareKeys reads host n's key values and checks their owners exist on
+// the host, writing nothing: a key that cannot be had fails the host
+// before anything changes there. nil without keys to upload.
+func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, error) {
+	in := e.inv.Instances[n]
+	if e.opts.Keys == nil || len(in.Keys) == 0 || e.opts.Goal == GoalDryActivate {
+		return nil, nil
+	}
+	b, err := e.opts.Keys.Prepare(ctx, in)
+	if err != nil {
+		return nil, failed(StepKeys, err)
+	}
+	return b, nil
+}
+
+// uploadKeys uploads the batch's keys of when ("" for all); events name
+// keys, never values.
+func (e *executor) uploadKeys(ctx context.Context, n string, b *keys.Batch, when string) error {
+	if b == nil || len(b.Names(when)) == 0 {
+		return nil
+	}
+	names := strings.Join(b.Names(when), ", ")
+	e.step(n, StepKeys, EventStart, names)
+	if err := b.Upload(ctx, when); err != nil {
+		return failed(StepKeys, err)
+	}
+	e.step(n, StepKeys, EventOK, names)
+	return nil
 }
 
 // waitForStore lets a store activate before its consumers in the same

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
@@ -82,7 +83,33 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 	if prep.Policy != nil {
 		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(poolRunner{pool}), prep.Hive.Inventory, prep.Waves, prep.Plan)
 	}
+	if !opts.SkipKeys {
+		if opts.Keys, err = NewKeys(ctx, prep.Hive, pool, prep.Plan.Targets, opts.Sudo); err != nil {
+			return nil, err
+		}
+	}
 	return Execute(ctx, prep.Plan, prep.Hive.Inventory, pool, copier, opts), nil
+}
+
+// NewKeys is the uploader of the hive's keys over pool; the text keys of
+// targets are evaluated now, in one go.
+func NewKeys(ctx context.Context, h *eval.Hive, pool *transport.Pool, targets []string, sudo string) (*keys.Uploader, error) {
+	v := keys.NewValues(h)
+	var withText []string
+	for _, t := range targets {
+		for _, k := range h.Inventory.Instances[t].Keys {
+			if k.Source == "text" {
+				withText = append(withText, t)
+				break
+			}
+		}
+	}
+	if len(withText) > 0 {
+		if err := v.LoadTexts(ctx, withText); err != nil {
+			return nil, err
+		}
+	}
+	return &keys.Uploader{Host: pool, Values: v, Sudo: sudo}, nil
 }
 
 func policyInstance(in *eval.Instance) starlark.Instance {

@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/shell"
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// KeysCmd is `nix-hive keys`.
+type KeysCmd struct {
+	List   KeysListCmd   `cmd:"" help:"Show which keys go where: source, destination, owner, mode (never values)."`
+	Upload KeysUploadCmd `cmd:"" help:"Upload the targets' keys without deploying."`
+}
+
+// KeysListCmd is `nix-hive keys list`.
+type KeysListCmd struct {
+	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+}
+
+// keyRow is one key of one instance, as listed.
+type keyRow struct {
+	Instance string `json:"instance"`
+	*eval.Key
+}
+
+func (c *KeysListCmd) Run(g *Globals, h *eval.Hive) error {
+	targets, err := h.Inventory.Select(c.Targets)
+	if err != nil {
+		return err
+	}
+	rows := []keyRow{}
+	var table [][]string
+	for _, t := range targets {
+		in := h.Inventory.Instances[t]
+		for _, name := range slices.Sorted(maps.Keys(in.Keys)) {
+			k := in.Keys[name]
+			rows = append(rows, keyRow{t, k})
+			from := k.Source
+			switch k.Source {
+			case "file":
+				from += " " + k.File
+			case "command":
+				from += " " + commandLine(k.Command)
+			}
+			table = append(table, []string{t, name, from, k.Dest, k.User + ":" + k.Group, k.Mode, k.Upload})
+		}
+	}
+	return g.render(rows, "INSTANCE\tKEY\tSOURCE\tDEST\tOWNER\tMODE\tUPLOAD", table)
+}
+
+// KeysUploadCmd is `nix-hive keys upload`.
+type KeysUploadCmd struct {
+	Fleet
+	Parallel int      `default:"16" help:"Hosts worked on at once."`
+	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Sudo     string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+}
+
+func (c *KeysUploadCmd) Help() string {
+	return `Uploads every key of the targets, as a deploy does but without building or
+activating anything, under each host's deploy lock. A key whose value
+cannot be had (a failing command, a missing file) fails its host before
+anything is written there.`
+}
+
+func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
+	targets, err := h.Inventory.Select(c.Targets)
+	if err != nil {
+		return err
+	}
+	up, err := deploy.NewKeys(ctx, h, pool, targets, c.Sudo)
+	if err != nil {
+		return err
+	}
+	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, deploy.KeysOptions{Sudo: c.Sudo, Parallel: c.Parallel, Owner: owner()})
+	failed := 0
+	var table [][]string
+	for _, r := range rows {
+		res := "ok"
+		if r.Error != "" {
+			failed++
+			res = "failed: " + oneLine(r.Error)
+		}
+		table = append(table, []string{r.Instance, fmt.Sprint(len(r.Keys)), res})
+	}
+	if err := g.render(rows, "INSTANCE\tKEYS\tRESULT", table); err != nil {
+		return err
+	}
+	if failed > 0 {
+		return failures(g, fmt.Sprintf("keys failed on %d of %d instances", failed, len(rows)))
+	}
+	return nil
+}
+
+// commandLine shows a key's command as it was given: a shell string as
+// itself, an argv list quoted.
+func commandLine(argv []string) string {
+	if len(argv) == 3 && argv[0] == "/bin/sh" && argv[1] == "-c" {
+		return argv[2]
+	}
+	return shell.QuoteArgs(argv)
+}

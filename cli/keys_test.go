@@ -1,0 +1,307 @@
+package cli_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/nixtest"
+	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
+)
+
+// keysLab is a lab whose hive gives every host keys from each source:
+// app-1 has sftp, app-2 has none (the shell takes over), app-3 has a key
+// whose command fails. Every value holds a canary that must turn up
+// nowhere but in the key files.
+type keysLab struct {
+	*faultLab
+	canary  string
+	secrets string // directory of the file and command keys' sources
+	values  map[string]string
+}
+
+func newKeysLab(t *testing.T) *keysLab {
+	nixtest.Require(t)
+	l := labtest.New(t, lab.Config{Names: []string{"app-1", "app-2", "app-3"}, NoSFTP: []string{"app-2"}})
+	root, _ := filepath.Abs("..")
+	b := make([]byte, 8)
+	rand.Read(b)
+	k := &keysLab{faultLab: &faultLab{t: t, lab: l, dir: t.TempDir()}, canary: "CANARY" + hex.EncodeToString(b), secrets: t.TempDir()}
+	k.values = map[string]string{
+		"db":     k.canary + "-db\n",
+		"tls":    k.canary + "-tls\nsecond line\n",
+		"shared": k.canary + "-shared",
+	}
+	writeFile(t, filepath.Join(k.secrets, "tls"), k.values["tls"])
+	writeFile(t, filepath.Join(k.secrets, "shared"), k.values["shared"])
+	k.write("lab.nix", l.HiveNix())
+	k.write("hive.nix", fmt.Sprintf(`let
+  lab = import ./lab.nix;
+  ts = import %q;
+  version = builtins.readFile ./version;
+in {
+  signing.keyFile = "keys/hive.sec";
+  defaults.keys.shared = { command = [ "cat" %q ]; };
+  systems.app = {
+    toplevel = ts { name = "app"; inherit version; };
+    keys.tls = { file = %q; user = "nobody"; group = "nogroup"; mode = "0440"; };
+  };
+  instances = builtins.mapAttrs (n: v: v // {
+    system = "app";
+    keys.db = { text = %q; upload = "post-activation"; };
+  }) lab // {
+    app-3 = lab.app-3 // { system = "app"; keys.broken = { command = "echo %s-broken; echo no such secret >&2; exit 3"; }; };
+  };
+}`, filepath.Join(root, "examples", "testsystems"), filepath.Join(k.secrets, "shared"), filepath.Join(k.secrets, "tls"),
+		strings.TrimSuffix(k.values["db"], "\n")+"\n", k.canary))
+	k.write("version", "1")
+	keygenTrusted(t, k.run, l, nil)
+	return k
+}
+
+type keyFile struct {
+	content     string
+	mode        fs.FileMode
+	owner, grup int
+}
+
+func (k *keysLab) keyOn(host, name string) (keyFile, error) {
+	p := k.lab.Host(host).Path("/run/keys/" + name)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return keyFile{}, err
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return keyFile{}, err
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	return keyFile{string(b), st.Mode().Perm(), int(sys.Uid), int(sys.Gid)}, nil
+}
+
+func lookupID(t *testing.T, db, name string) int {
+	out, err := exec.Command("getent", db, name).Output()
+	if err != nil {
+		t.Fatalf("getent %s %s: %v", db, name, err)
+	}
+	var id int
+	fmt.Sscan(strings.Split(string(out), ":")[2], &id)
+	return id
+}
+
+// Keys from text, a file and a command arrive with their content, owner
+// and mode, over sftp and without it; pre-activation keys are there when
+// the system activates, post-activation ones come after; a key whose
+// command fails fails its host before anything is written there.
+func TestKeysDeploy(t *testing.T) {
+	k := newKeysLab(t)
+	scan := scanCmdlines(k.canary)
+	code, out, errOut := k.run("deploy")
+	leaked := scan()
+	if code == 0 {
+		t.Error("exit 0 although app-3's key command failed")
+	}
+	summaryHas(t, out, "app-1", " ok ")
+	summaryHas(t, out, "app-2", " ok ")
+	summaryHas(t, out, "app-3", "failed", "keys", "key broken: command /bin/sh exited 3: no such secret")
+	nobody, nogroup := lookupID(t, "passwd", "nobody"), lookupID(t, "group", "nogroup")
+	want := map[string]keyFile{
+		"db":     {k.values["db"], 0o400, 0, 0},
+		"tls":    {k.values["tls"], 0o440, nobody, nogroup},
+		"shared": {k.values["shared"], 0o400, 0, 0},
+	}
+	for _, h := range []string{"app-1", "app-2"} {
+		for name, w := range want {
+			got, err := k.keyOn(h, name)
+			if err != nil || got != w {
+				t.Errorf("%s /run/keys/%s: %+v %v, want %+v", h, name, got, err, w)
+			}
+		}
+		seen, _ := os.ReadFile(k.lab.Host(h).Path("/run/nix-hive-test/keys-seen"))
+		if !strings.HasSuffix(strings.TrimSpace(string(seen)), "switch: shared tls") {
+			t.Errorf("%s at activation had keys %q, want the pre-activation ones (shared tls), not db", h, seen)
+		}
+	}
+	if ents, _ := os.ReadDir(k.lab.Host("app-3").Path("/run/keys")); len(ents) != 0 {
+		t.Errorf("app-3 got %d entries in /run/keys although a key of its failed", len(ents))
+	}
+	if _, err := os.Stat(k.lab.Host("app-3").Path("/run/current-system")); err == nil {
+		t.Error("app-3 was activated although a key of its failed")
+	}
+	if code, _, errOut := k.run("scp", filepath.Join(k.dir, "version"), "app-2:/tmp/v"); code == 0 || !strings.Contains(errOut, "subsystem") {
+		t.Errorf("app-2 offers sftp after all (scp exit %d), the shell fallback was not exercised: %s", code, errOut)
+	}
+	k.assertNowhere(t, leaked, out+errOut)
+}
+
+// scanCmdlines watches every process's command line on this machine (lab
+// hosts' included: their pid namespaces are below this one) until the
+// returned function is called, which reports those that held canary.
+func scanCmdlines(canary string) func() []string {
+	var (
+		mu    sync.Mutex
+		found []string
+	)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ents, _ := os.ReadDir("/proc")
+			for _, e := range ents {
+				b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+				if err == nil && bytes.Contains(b, []byte(canary)) {
+					mu.Lock()
+					found = append(found, strings.ReplaceAll(string(b), "\x00", " "))
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	return func() []string {
+		close(stop)
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return found
+	}
+}
+
+// assertNowhere: the canary is in no Nix store (this machine's and every
+// host's), no output, not in hive.state, the inventory, plan or keys
+// list, and was on no command line.
+func (k *keysLab) assertNowhere(t *testing.T, cmdlines []string, outputs ...string) {
+	t.Helper()
+	for _, c := range cmdlines {
+		if !strings.Contains(c, "-broken") { // the failing command's own text holds it on purpose
+			t.Errorf("a command line held a secret: %s", c)
+		}
+	}
+	_, jsonOut, jsonErr := k.run("--json", "deploy", "--no", "build")
+	_, plan, _ := k.run("plan")
+	_, inv, _ := k.run("build")
+	_, list, _ := k.run("keys", "list")
+	_, listJSON, _ := k.run("--json", "keys", "list")
+	state, _ := os.ReadFile(filepath.Join(k.dir, "hive.state"))
+	texts := append(outputs, jsonOut, jsonErr, plan, inv, list, listJSON, string(state))
+	for i, s := range texts {
+		if strings.Contains(strings.ReplaceAll(s, k.canary+"-broken", ""), k.canary) {
+			t.Errorf("output %d holds a secret:\n%s", i, s)
+		}
+	}
+	stores := []string{"/nix/store"}
+	for _, h := range k.lab.Hosts {
+		stores = append(stores, h.Path("/nix/store"))
+	}
+	for _, s := range stores {
+		out, err := exec.Command("grep", "-rlF", "--", k.canary, s).CombinedOutput()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			t.Errorf("the secret is in %s: %s", s, out)
+		case !errors.As(err, &ee) || ee.ExitCode() != 1:
+			t.Errorf("grep %s: %v: %s", s, err, out)
+		}
+	}
+}
+
+// An upload cut off half-way (the connection drops) leaves the old key or
+// the new one, never a part of it, and nothing readable by others.
+func TestKeysUploadInterrupted(t *testing.T) {
+	k := newKeysLab(t)
+	if code, _, _ := k.run("keys", "upload", "app-1", "app-2"); code != 0 {
+		t.Fatal("first upload failed")
+	}
+	line := k.canary + "-new-tls\n"
+	big := strings.Repeat(line, 64<<20/len(line)) // 64 MiB: the upload takes a while
+	writeFile(t, filepath.Join(k.secrets, "tls"), big)
+	for _, host := range []string{"app-1", "app-2"} { // over sftp, through the shell
+		t.Run(host, func(t *testing.T) {
+			h := k.lab.Host(host)
+			r := startIn(t, k.dir, "keys", "upload", host)
+			err := waitFor("an upload to start on "+host, func() bool {
+				return uploading(h.Path("/run/keys"))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := h.CutConnections(); err != nil || n == 0 {
+				t.Fatalf("cut: %d %v", n, err)
+			}
+			if code := r.wait(); code == 0 {
+				t.Error("the upload went on as if nothing had happened: the cut came too late to test anything")
+			}
+			got, err := k.keyOn(host, "tls")
+			switch {
+			case err == nil && got.content == k.values["tls"]:
+				t.Logf("%s still has the old key", host)
+			case err == nil && got.content == big:
+				t.Logf("%s has the new key, whole", host)
+			default:
+				t.Errorf("/run/keys/tls after the cut: %d bytes, %v; want the old or the new key whole", len(got.content), err)
+			}
+			filepath.WalkDir(h.Path("/run/keys"), func(p string, d fs.DirEntry, err error) error {
+				if err == nil {
+					if info, _ := d.Info(); info != nil && info.Mode().Perm()&0o007 != 0 {
+						t.Errorf("%s is readable by others (%v)", p, info.Mode())
+					}
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// uploading reports whether a key upload's temporary file or directory
+// is in dir.
+func uploading(dir string) bool {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".nix-hive-") {
+			return true
+		}
+	}
+	return false
+}
+
+// A key whose owner the host does not have fails that host before any of
+// its keys is written; --no keys deploys without them.
+func TestKeysMissingOwner(t *testing.T) {
+	k := newKeysLab(t)
+	editFile(t, filepath.Join(k.dir, "hive.nix"), `user = "nobody";`, `user = "nix-hive-no-such-user";`)
+	code, out, errOut := k.run("keys", "upload", "app-1")
+	if code == 0 || !strings.Contains(out+errOut, "no user nix-hive-no-such-user on the host") {
+		t.Errorf("exit %d, want a failure naming the missing user", code)
+	}
+	if ents, _ := os.ReadDir(k.lab.Host("app-1").Path("/run/keys")); len(ents) != 0 {
+		t.Errorf("app-1 has %d entries in /run/keys although its keys could not all be placed", len(ents))
+	}
+
+	// --no keys leaves keys out entirely: the missing owner no longer
+	// matters, the system is switched to and nothing lands in /run/keys.
+	if code, out, errOut := k.run("deploy", "--no", "keys", "app-1"); code != 0 {
+		t.Fatalf("deploy --no keys: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(k.lab.Host("app-1").Path("/run/current-system")); err != nil {
+		t.Errorf("deploy --no keys did not activate app-1: %v", err)
+	}
+	if ents, _ := os.ReadDir(k.lab.Host("app-1").Path("/run/keys")); len(ents) != 0 {
+		t.Errorf("deploy --no keys put %d entries in app-1's /run/keys", len(ents))
+	}
+}
