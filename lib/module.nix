@@ -5,10 +5,45 @@
 # over SSH to its consumers. nix-hive passes the same settings on the command
 # line when it substitutes, so this module is what makes them permanent (and
 # what lets a host substitute by itself, e.g. during `nixos-rebuild`).
-{ config, lib, ... }:
+#
+# Keys (secrets) nix-hive uploads live in /run/keys (root:keys 0750, as
+# NixOS has it); each key named in nix-hive.keys gets a <name>-key.service
+# that is active while the key's file exists, so services can order
+# themselves after it (wants/after = [ "db-password-key.service" ]).
+{ config, lib, pkgs, ... }:
 let
   cfg = config.nix-hive;
-  inherit (lib) mkOption mkEnableOption mkIf types optional;
+  inherit (lib) mkOption mkEnableOption mkIf types optional mapAttrs' nameValuePair;
+
+  keyModule = { name, ... }: {
+    options = {
+      dest = mkOption { type = types.str; default = "/run/keys/${name}"; description = "Where the key's file is."; };
+      user = mkOption { type = types.str; default = "root"; description = "The key file's owner."; };
+      group = mkOption { type = types.str; default = "root"; description = "The key file's group."; };
+      mode = mkOption { type = types.str; default = "0400"; description = "The key file's mode."; };
+      upload = mkOption { type = types.enum [ "pre-activation" "post-activation" ]; default = "pre-activation"; description = "When nix-hive uploads it."; };
+    };
+  };
+
+  # Active while the file exists: the key is replaced by a rename (the old
+  # inode goes, a new one is there) or removed (the unit stops).
+  keyService = name: k: nameValuePair "${name}-key" {
+    description = "nix-hive key ${name} (${k.dest})";
+    unitConfig.ConditionPathExists = k.dest;
+    serviceConfig = {
+      Type = "simple";
+      ExecStart = pkgs.writeShellScript "${name}-key" ''
+        while [ -e ${lib.escapeShellArg k.dest} ]; do
+          ${pkgs.inotify-tools}/bin/inotifywait -qq -e delete_self -e move_self ${lib.escapeShellArg k.dest} || sleep 1
+        done
+      '';
+    };
+  };
+  keyPath = name: k: nameValuePair "${name}-key" {
+    description = "nix-hive key ${name} appears";
+    wantedBy = [ "multi-user.target" ];
+    pathConfig.PathExists = k.dest;
+  };
 in
 {
   options.nix-hive = {
@@ -29,6 +64,16 @@ in
         uses the same login when it substitutes.
       '';
     };
+    keys = mkOption {
+      type = types.attrsOf (types.submodule keyModule);
+      default = { };
+      example = { db-password = { user = "postgres"; group = "postgres"; }; };
+      description = ''
+        The keys nix-hive uploads to this host: metadata only, never values
+        (the hive's keys, which nix-hive fills in for modules systems). Each
+        gets a <name>-key.service, active while its file exists.
+      '';
+    };
     serveStore = {
       enable = mkEnableOption "serving this host's Nix store to consumer instances over SSH";
       keys = mkOption {
@@ -40,6 +85,10 @@ in
   };
 
   config = {
+    systemd.tmpfiles.rules = [ "d /run/keys 0750 root keys -" ];
+    users.groups.keys = { };
+    systemd.services = mapAttrs' keyService cfg.keys;
+    systemd.paths = mapAttrs' keyPath cfg.keys;
     nix.settings.trusted-public-keys = optional (cfg.publicKey != null) cfg.publicKey;
     nix.settings.substituters = optional (cfg.store != null) cfg.store;
     nix.settings.require-sigs = lib.mkDefault true;
