@@ -14,13 +14,29 @@ let
   at = name: attrs: attrs // (lab.${name} or { });
 in
 {
-  defaults = { user = "root"; port = 22; };
+  defaults = {
+    user = "root";
+    port = 22;
+    # Keys (secrets) are uploaded over SSH when a host is deployed, into
+    # /run/keys, and never enter the Nix store. A text key suits a demo
+    # only: real values come from a file (a string path on this machine,
+    # read at deploy time) or a command (e.g. [ "pass" "show" "fleet/x" ]).
+    keys.fleet-token = { text = "demo token: not a real secret"; };
+  };
 
   signing.keyFile = "keys/hive.sec";
 
   systems = {
     portico.toplevel = testSystem { name = "portico"; };
-    www.toplevel = testSystem { name = "www"; };
+    www = {
+      toplevel = testSystem { name = "www"; };
+      # Every www instance gets it, readable by nogroup's members, before
+      # its system is switched to.
+      keys.tls-key = {
+        command = [ "sh" "-c" "echo demo TLS key made $(date -u +%F)" ];
+        user = "root"; group = "nogroup"; mode = "0440";
+      };
+    };
     storage.toplevel = testSystem { name = "storage"; };
   };
 
