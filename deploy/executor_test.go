@@ -294,7 +294,15 @@ func TestExecutorInterruptedStorePush(t *testing.T) {
 	go func() {
 		for d := range f.pushing {
 			if d == "portico" {
-				cancel() // the push to the store has started and hangs
+				// The push to the store has started and hangs; once www-1
+				// holds its lock it goes on to wait for that push, and
+				// Ctrl-C comes.
+				f.mu.Lock()
+				for f.locks["www-1"] == "" {
+					f.changed.Wait()
+				}
+				f.mu.Unlock()
+				cancel()
 			}
 		}
 	}()

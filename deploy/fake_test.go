@@ -148,6 +148,7 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 		return 75, nil
 	}
 	f.locks[name] = owner
+	f.changed.Broadcast()
 	fmt.Fprintf(stdout, "locked\nactive=%s\nlink=system-1-link\nprofile=%s\nlast=%s\nend\n", f.active[name], f.profile[name], f.last[name])
 	f.mu.Unlock()
 	bufio.NewReader(stdin).ReadString('\n') // held until stdin closes

@@ -22,7 +22,9 @@ import (
 // silence is the expected outcome either way).
 func canDial(t *testing.T, l *lab.Lab, h *lab.Host) error { return dialWithin(t, l, h, time.Minute) }
 
-func cannotDial(t *testing.T, l *lab.Lab, h *lab.Host) error { return dialWithin(t, l, h, 3*time.Second) }
+func cannotDial(t *testing.T, l *lab.Lab, h *lab.Host) error {
+	return dialWithin(t, l, h, 3*time.Second)
+}
 
 func dialWithin(t *testing.T, l *lab.Lab, h *lab.Host, limit time.Duration) error {
 	addr := net.JoinHostPort(h.Addr, strconv.Itoa(h.Port))
