@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -77,6 +78,17 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 	}
 	args := append([]string{"copy", "--to", c.URL(dest)}, paths...)
 	if _, err := r.Run(ctx, "nix", args...); err != nil {
+		// Releases word a failed connection differently; say it one way,
+		// with what ssh said, instead of Nix's command line.
+		var ne *nixcmd.Error
+		if ctx.Err() == nil && errors.As(err, &ne) {
+			if detail, ok := nixcmd.SSHConnectFailure(ne.Stderr); ok {
+				if detail == "" {
+					detail = "ssh gave no reason"
+				}
+				return fmt.Errorf("nix copy to %s: cannot connect over SSH: %s", dest, detail)
+			}
+		}
 		return fmt.Errorf("nix copy to %s: %w", dest, err)
 	}
 	return nil

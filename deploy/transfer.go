@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
 // ensure makes sure host n holds every closure it needs, once however many
@@ -128,7 +130,7 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 // operator must act on: the host does not trust the key the path is
 // signed with.
 func substituteError(from string, code int, stderr string) error {
-	if strings.Contains(stderr, "valid signature") || strings.Contains(stderr, "not signed by any of the keys") {
+	if nixcmd.SignatureRefused(stderr) {
 		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", from)
 	}
 	var errs []string

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -430,12 +429,9 @@ func (b *bench) closureSize(ctx context.Context, paths ...string) (uint64, error
 	if err != nil {
 		return 0, err
 	}
-	var infos []struct {
-		Path    string `json:"path"`
-		NarSize uint64 `json:"narSize"`
-	}
-	if err := json.Unmarshal(out, &infos); err != nil {
-		return 0, fmt.Errorf("parse nix path-info --json: %w", err)
+	infos, err := nixcmd.DecodePathInfo(out) // a list up to Nix 2.18, an object since
+	if err != nil {
+		return 0, err
 	}
 	seen := map[string]bool{}
 	var n uint64
