@@ -1,7 +1,10 @@
 package lab
 
 import (
+	"maps"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -130,5 +133,44 @@ func TestSSHDConfig(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("sshd_config lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+func TestNixDirs(t *testing.T) {
+	sys := t.TempDir()
+	other := t.TempDir()
+	for _, d := range []string{sys, other} {
+		if err := os.WriteFile(filepath.Join(d, "nix"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	empty := t.TempDir()
+	hosts := []string{"a", "b", ""} // "" is the absent jump host
+	tests := []struct {
+		name    string
+		cfg     Config
+		want    map[string]string
+		wantErr string
+	}{
+		{"one Nix for all", Config{Nix: sys}, map[string]string{"a": sys, "b": sys}, ""},
+		{"a fleet mid-upgrade", Config{Nix: sys, NixFor: map[string]string{"b": other}}, map[string]string{"a": sys, "b": other}, ""},
+		{"no nix there", Config{Nix: empty}, nil, "holds no nix executable"},
+		{"relative", Config{Nix: "bin"}, nil, "want an absolute path"},
+		{"needs quoting", Config{Nix: "/opt/my nix/bin"}, nil, "want an absolute path"},
+		{"unknown host", Config{Nix: sys, NixFor: map[string]string{"c": other}}, nil, `host "c": no such host`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := nixDirs(tt.cfg, hosts)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !maps.Equal(got, tt.want) {
+				t.Errorf("got %v %v, want %v", got, err, tt.want)
+			}
+		})
 	}
 }

@@ -53,7 +53,17 @@ const systemPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 // as root gets: the caller's (NIX_CONFIG, say) must not leak into a host.
 // The host's own bin directory (lab-service, reboot) comes first.
 func (h *Host) env() []string {
-	return []string{"PATH=" + h.binDir() + ":" + systemPath, "HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/bash"}
+	return []string{"PATH=" + h.path(), "NIX_CONF_DIR=/etc/nix", "HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/bash"}
+}
+
+// path is the PATH of the host's sessions: its own commands, then its
+// Nix, then the system's.
+func (h *Host) path() string {
+	p := h.binDir()
+	if h.Nix != "" {
+		p += ":" + h.Nix
+	}
+	return p + ":" + systemPath
 }
 
 // Host is one lab host: an sshd in its own mount, pid and UTS namespaces
@@ -73,6 +83,8 @@ type Host struct {
 	// InternalAddr is set on the jump host only: its loopback address in the
 	// internal network. Internal hosts can reach it there and at Addr.
 	InternalAddr string
+	// Nix is the bin directory of the Nix the host runs.
+	Nix string
 
 	lab    *Lab
 	netns  string   // network namespace file; "" for the root namespace
@@ -215,7 +227,9 @@ func (h *Host) sshdConfig() string {
 	fmt.Fprintf(&b, "AuthorizedKeysFile %s\n", h.lab.authorizedKeysFile())
 	// Sessions find the host's own commands first, as a NixOS host's
 	// sessions find its system's.
-	fmt.Fprintf(&b, "SetEnv PATH=%s:%s\n", h.binDir(), systemPath)
+	// A hand-built Nix reads its own sysconfdir unless told: the host's
+	// nix.conf is /etc/nix, whichever Nix it runs.
+	fmt.Fprintf(&b, "SetEnv PATH=%s NIX_CONF_DIR=/etc/nix\n", h.path())
 	if !slices.Contains(h.lab.noSFTP, h.Name) {
 		fmt.Fprintf(&b, "Subsystem sftp %s\n", sftpServerPath)
 	}

@@ -28,6 +28,7 @@ type HostInfo struct {
 	Root         string `json:"root"`
 	Jump         string `json:"jump,omitempty"`
 	InternalAddr string `json:"internalAddr,omitempty"`
+	Nix          string `json:"nix"` // bin directory of the host's Nix
 }
 
 // WriteInfo writes HiveNix() to dir/lab.nix and then the lab's Info to
@@ -49,7 +50,7 @@ func (l *Lab) WriteInfo(dir string) error {
 	for _, h := range l.Hosts {
 		info.Hosts = append(info.Hosts, HostInfo{
 			Name: h.Name, Addr: h.Addr, Port: h.Port, HostKey: h.HostKey,
-			Root: h.Root, Jump: h.Jump, InternalAddr: h.InternalAddr,
+			Root: h.Root, Jump: h.Jump, InternalAddr: h.InternalAddr, Nix: h.Nix,
 		})
 	}
 	l.mu.Unlock()

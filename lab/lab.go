@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -36,6 +38,12 @@ type Config struct {
 	// NoSFTP names hosts whose sshd offers no sftp subsystem, like a NixOS
 	// host with services.openssh.allowSFTP = false.
 	NoSFTP []string
+	// Nix is the bin directory of the Nix every host runs (its sessions
+	// find it first on PATH, with NIX_CONF_DIR=/etc/nix); default: the
+	// directory of the nix this process finds on PATH. NixFor overrides it
+	// per host, for fleets mid-upgrade.
+	Nix    string
+	NixFor map[string]string
 }
 
 // Lab is a set of running hosts and the files to reach them.
@@ -61,6 +69,7 @@ type Lab struct {
 
 	removeDir bool
 	noSFTP    []string
+	nixFor    map[string]string // host name -> Nix bin directory
 	dirLock   *os.File
 	block     *addrBlock
 	internal  *internalNet
@@ -85,10 +94,54 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	l := &Lab{noSFTP: cfg.NoSFTP}
+	nixFor, err := nixDirs(cfg, append(append(append([]string(nil), plain...), internal...), jump))
+	if err != nil {
+		return nil, err
+	}
+	l.nixFor = nixFor
 	if err := l.start(ctx, cfg.Dir, plain, internal, jump); err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
 	return l, nil
+}
+
+// nixDirs gives each host the bin directory of its Nix, checked to hold
+// nix and to need no quoting in sshd_config.
+func nixDirs(cfg Config, hosts []string) (map[string]string, error) {
+	def := cfg.Nix
+	if def == "" {
+		p, err := exec.LookPath("nix")
+		if err != nil {
+			return nil, fmt.Errorf("lab config: no nix on PATH for the hosts to run (install nix-bin, or set the Nix bin directory): %w", err)
+		}
+		if p, err = filepath.Abs(p); err != nil {
+			return nil, err
+		}
+		def = filepath.Dir(p)
+	}
+	for n := range cfg.NixFor {
+		if !slices.Contains(hosts, n) {
+			return nil, fmt.Errorf("lab config: Nix for host %q: no such host", n)
+		}
+	}
+	dirs := map[string]string{}
+	for _, n := range hosts {
+		if n == "" {
+			continue
+		}
+		d := def
+		if o := cfg.NixFor[n]; o != "" {
+			d = o
+		}
+		if !filepath.IsAbs(d) || !dirRE.MatchString(d) {
+			return nil, fmt.Errorf("lab config: Nix bin directory %q of host %s: want an absolute path of letters, digits and /._+-", d, n)
+		}
+		if fi, err := os.Stat(filepath.Join(d, "nix")); err != nil || fi.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("lab config: Nix bin directory %s of host %s holds no nix executable", d, n)
+		}
+		dirs[n] = d
+	}
+	return dirs, nil
 }
 
 // hostNames applies the defaults of cfg and checks the names.
@@ -178,7 +231,7 @@ func (l *Lab) addHosts(plain, internal []string, jump string) []string {
 		i := len(l.Hosts)
 		h := &Host{
 			Name: name, Addr: l.block.hostAddr(i), Port: sshPort, Jump: jumpName,
-			Root: filepath.Join(l.Dir, "hosts", name), lab: l,
+			Root: filepath.Join(l.Dir, "hosts", name), Nix: l.nixFor[name], lab: l,
 		}
 		h.listen = []string{h.Addr}
 		if jumpName != "" {

@@ -13,12 +13,14 @@ import (
 )
 
 type upCmd struct {
-	Hosts         int      `short:"n" default:"3" help:"Plain hosts, reachable from this machine."`
-	Names         []string `help:"Names of the plain hosts (replaces -n; default host-1..host-N)." placeholder:"NAME"`
-	Internal      int      `help:"Hosts reachable only through a jump host (adds the jump host)."`
-	InternalNames []string `help:"Names of the internal hosts (replaces --internal; default int-1..int-N)." placeholder:"NAME"`
-	JumpName      string   `default:"portico" help:"Name of the jump host."`
-	Dir           string   `required:"" type:"path" placeholder:"DIR" help:"Directory for the hosts, lab.json, lab.nix and lab.pid."`
+	Hosts         int               `short:"n" default:"3" help:"Plain hosts, reachable from this machine."`
+	Names         []string          `help:"Names of the plain hosts (replaces -n; default host-1..host-N)." placeholder:"NAME"`
+	Internal      int               `help:"Hosts reachable only through a jump host (adds the jump host)."`
+	InternalNames []string          `help:"Names of the internal hosts (replaces --internal; default int-1..int-N)." placeholder:"NAME"`
+	JumpName      string            `default:"portico" help:"Name of the jump host."`
+	Dir           string            `required:"" type:"path" placeholder:"DIR" help:"Directory for the hosts, lab.json, lab.nix and lab.pid."`
+	Nix           string            `type:"path" placeholder:"BINDIR" help:"Bin directory of the Nix the hosts run (default: the nix on PATH)."`
+	NixFor        map[string]string `placeholder:"HOST=BINDIR" help:"Another Nix for some hosts (a fleet mid-upgrade)."`
 }
 
 func (c *upCmd) Help() string {
@@ -52,7 +54,7 @@ func (c *upCmd) Run(ctx context.Context, out io.Writer) error {
 	}
 	defer os.Remove(pidFile)
 
-	cfg := lab.Config{Hosts: c.Hosts, Names: c.Names, Internal: c.Internal, InternalNames: c.InternalNames, JumpName: c.JumpName, Dir: c.Dir}
+	cfg := lab.Config{Hosts: c.Hosts, Names: c.Names, Internal: c.Internal, InternalNames: c.InternalNames, JumpName: c.JumpName, Dir: c.Dir, Nix: c.Nix, NixFor: c.NixFor}
 	if len(c.Names) > 0 {
 		cfg.Hosts = 0
 	}
