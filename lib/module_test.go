@@ -6,83 +6,129 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nix-hive/nix-hive/internal/nixtest"
-	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
-// nixpkgsLib unpacks nixpkgs' lib (../shared/nix/nixpkgs-lib.tar.gz, or
-// $NIX_HIVE_NIXPKGS_LIB) and returns the directory holding lib/.
-func nixpkgsLib(t *testing.T) string {
+// evalNixOS evaluates modules (Nix expressions, with `module` bound to
+// lib/module.nix) with the NixOS stand-in's eval-config.nix, on nixpkgs'
+// real module system, and decodes `result` (a Nix expression over
+// `config`) into v. A failed evaluation is returned as its message.
+func evalNixOS(t *testing.T, nixpkgs string, modules []string, result string, v any) error {
 	t.Helper()
-	tarball := os.Getenv("NIX_HIVE_NIXPKGS_LIB")
-	if tarball == "" {
-		tarball, _ = filepath.Abs("../../shared/nix/nixpkgs-lib.tar.gz")
-	}
-	if _, err := os.Stat(tarball); err != nil {
-		testenv.Missing(t, "nixpkgs' lib: "+err.Error()+" (set NIX_HIVE_NIXPKGS_LIB to nixpkgs-lib.tar.gz)")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("tar", "-xzf", tarball, "-C", dir).CombinedOutput(); err != nil {
-		t.Fatalf("unpack %s: %v\n%s", tarball, err, out)
-	}
-	return filepath.Join(dir, "nixpkgs-lib")
-}
-
-// stubs declare the NixOS options lib/module.nix and the tests touch, so
-// the real module system (lib.evalModules) can evaluate the module
-// without all of NixOS.
-const stubs = `{ lib, ... }: with lib; {
-  options = {
-    systemd.services = mkOption { type = types.attrsOf types.anything; default = { }; };
-    systemd.paths = mkOption { type = types.attrsOf types.anything; default = { }; };
-    systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
-    users.groups = mkOption { type = types.attrsOf types.anything; default = { }; };
-    nix.settings = mkOption { type = types.submodule { freeformType = types.attrsOf types.anything; }; default = { }; };
-    nix.sshServe = mkOption { type = types.anything; default = { }; };
-    system.build.toplevel = mkOption { type = types.anything; };
-  };
-}`
-
-const fakePkgs = `{ writeShellScript = name: text: "/nix/store/fake-" + name; inotify-tools = "/nix/store/fake-inotify-tools"; }`
-
-func evalJSON(t *testing.T, expr string, v any) {
-	t.Helper()
-	nixtest.Require(t)
+	module, _ := filepath.Abs("module.nix")
+	expr := `let
+  module = ` + module + `;
+  config = (import ` + nixpkgs + `/nixos/lib/eval-config.nix { modules = [ ` + strings.Join(modules, " ") + ` ]; }).config;
+in ` + result
 	out, err := exec.Command("nix", "eval", "--json", "--impure", "--expr", expr).CombinedOutput()
 	if err != nil {
-		t.Fatalf("nix eval: %v\n%s", err, out)
+		return &evalError{string(out)}
 	}
 	if err := json.Unmarshal(out, v); err != nil {
 		t.Fatalf("decode %s: %v", out, err)
 	}
+	return nil
 }
 
-// The NixOS module with the real module system: /run/keys as NixOS has
-// it, and per key a <name>-key.service active while the file exists and a
-// path unit that starts it when the file appears.
+type evalError struct{ msg string }
+
+func (e *evalError) Error() string { return e.msg }
+
+// The settings lib/module.nix makes, merged by the real module system with
+// NixOS's own definitions (cache.nixos.org) under NixOS's option types: a
+// consumer trusts the hive key and substitutes from its store first; a
+// store serves its store read-only to the consumers' keys, as NixOS's
+// nix.sshServe does; a host can be both.
+func TestModuleNixSettings(t *testing.T) {
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
+	const (
+		hiveKey     = "hive-1:a7RJ08eMPX1tbUR8C2N1jnfhO8TmOQACJJdmILnd/2E="
+		cacheKey    = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+		consumerKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGSrPfYuT6k5ISHDBvBe99bAQ3db4hGeSIBlFd+syBj www-1"
+	)
+	consumer := `{ nix-hive.publicKey = "` + hiveKey + `"; nix-hive.store = "ssh://nix-ssh@portico"; }`
+	store := `{ nix-hive.serveStore = { enable = true; keys = [ "` + consumerKey + `" ]; }; }`
+	type settings struct {
+		Substituters      []string `json:"substituters"`
+		TrustedPublicKeys []string `json:"trusted-public-keys"`
+		RequireSigs       bool     `json:"require-sigs"`
+	}
+	type result struct {
+		Settings    settings
+		SSHServe    struct{ Enable bool }
+		NixSSH      []string
+		ExtraConfig string
+	}
+	tests := []struct {
+		name     string
+		modules  []string
+		settings settings
+		serves   bool
+	}{
+		{"neither", nil, settings{[]string{"https://cache.nixos.org/"}, []string{cacheKey}, true}, false},
+		{"consumer", []string{consumer}, settings{[]string{"ssh://nix-ssh@portico", "https://cache.nixos.org/"}, []string{cacheKey, hiveKey}, true}, false},
+		{"store", []string{store}, settings{[]string{"https://cache.nixos.org/"}, []string{cacheKey}, true}, true},
+		{"both", []string{consumer, store}, settings{[]string{"ssh://nix-ssh@portico", "https://cache.nixos.org/"}, []string{cacheKey, hiveKey}, true}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got result
+			err := evalNixOS(t, nixpkgs, append([]string{"module"}, tt.modules...), `{
+  settings = { inherit (config.nix.settings) substituters trusted-public-keys require-sigs; };
+  sshServe.enable = config.nix.sshServe.enable;
+  nixSSH = config.users.users.nix-ssh.openssh.authorizedKeys.keys or [ ];
+  extraConfig = config.services.openssh.extraConfig;
+}`, &got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(got.Settings.TrustedPublicKeys)
+			if !reflect.DeepEqual(got.Settings, tt.settings) {
+				t.Errorf("nix.settings = %+v\nwant %+v", got.Settings, tt.settings)
+			}
+			if got.SSHServe.Enable != tt.serves {
+				t.Errorf("nix.sshServe.enable = %v, want %v", got.SSHServe.Enable, tt.serves)
+			}
+			if tt.serves {
+				if !reflect.DeepEqual(got.NixSSH, []string{consumerKey}) || !strings.Contains(got.ExtraConfig, "ForceCommand nix-store --serve\n") {
+					t.Errorf("serving: nix-ssh keys %q, sshd config %q; want the consumers' keys and a read-only nix-store --serve", got.NixSSH, got.ExtraConfig)
+				}
+			}
+		})
+	}
+}
+
+// The module system checks the module's options as NixOS would: a value
+// of the wrong type is refused naming the option, and an operator's own
+// require-sigs wins over the module's default.
+func TestModuleTypesAndPriorities(t *testing.T) {
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
+	var v any
+	err := evalNixOS(t, nixpkgs, []string{"module", `{ nix-hive.store = 42; }`}, "config.nix.settings.substituters", &v)
+	if err == nil || !strings.Contains(err.Error(), "nix-hive.store") || !strings.Contains(err.Error(), "is not of type") {
+		t.Errorf("a number as the store: %v, want a type error naming nix-hive.store", err)
+	}
+	err = evalNixOS(t, nixpkgs, []string{"module", `{ nix-hive.keys.x.upload = "later"; }`}, "config.nix-hive.keys", &v)
+	if err == nil || !strings.Contains(err.Error(), "nix-hive.keys.x.upload") {
+		t.Errorf("an unknown upload point: %v, want an error naming nix-hive.keys.x.upload", err)
+	}
+	var sigs bool
+	if err := evalNixOS(t, nixpkgs, []string{"module", `{ nix.settings.require-sigs = false; }`}, "config.nix.settings.require-sigs", &sigs); err != nil || sigs {
+		t.Errorf("require-sigs set false by the operator: %v %v, want false", sigs, err)
+	}
+}
+
+// /run/keys as NixOS has it, and per key a <name>-key.service active
+// while the file exists and a path unit that starts it when it appears.
 func TestModuleKeysUnits(t *testing.T) {
-	lib := nixpkgsLib(t)
-	module, _ := filepath.Abs("module.nix")
-	expr := `let
-  lib = import ` + lib + `/lib;
-  eval = lib.evalModules {
-    modules = [ (` + stubs + `) ` + module + ` {
-      nix-hive.keys.db-password = { user = "postgres"; group = "postgres"; };
-      nix-hive.keys.tls = { dest = "/var/lib/keys/tls.pem"; mode = "0440"; upload = "post-activation"; };
-    } ];
-    specialArgs.pkgs = ` + fakePkgs + `;
-  };
-  c = eval.config;
-in {
-  tmpfiles = c.systemd.tmpfiles.rules;
-  groups = builtins.attrNames c.users.groups;
-  services = lib.mapAttrs (n: s: { inherit (s) description; cond = s.unitConfig.ConditionPathExists; exec = s.serviceConfig.ExecStart; }) c.systemd.services;
-  paths = lib.mapAttrs (n: p: { exists = p.pathConfig.PathExists; wantedBy = p.wantedBy; }) c.systemd.paths;
-  keys = c.nix-hive.keys;
-}`
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
 	var got struct {
 		Tmpfiles []string
 		Groups   []string
@@ -93,13 +139,25 @@ in {
 		}
 		Keys map[string]map[string]string
 	}
-	evalJSON(t, expr, &got)
+	err := evalNixOS(t, nixpkgs, []string{"module", `{
+  nix-hive.keys.db-password = { user = "postgres"; group = "postgres"; };
+  nix-hive.keys.tls = { dest = "/var/lib/keys/tls.pem"; mode = "0440"; upload = "post-activation"; };
+}`}, `{
+  tmpfiles = config.systemd.tmpfiles.rules;
+  groups = builtins.attrNames config.users.groups;
+  services = builtins.mapAttrs (n: s: { inherit (s) description; cond = s.unitConfig.ConditionPathExists; exec = "${s.serviceConfig.ExecStart}"; }) config.systemd.services;
+  paths = builtins.mapAttrs (n: p: { exists = p.pathConfig.PathExists; wantedBy = p.wantedBy; }) config.systemd.paths;
+  keys = config.nix-hive.keys;
+}`, &got)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !reflect.DeepEqual(got.Tmpfiles, []string{"d /run/keys 0750 root keys -"}) || !reflect.DeepEqual(got.Groups, []string{"keys"}) {
 		t.Errorf("/run/keys: tmpfiles %q, groups %q", got.Tmpfiles, got.Groups)
 	}
 	for name, dest := range map[string]string{"db-password": "/run/keys/db-password", "tls": "/var/lib/keys/tls.pem"} {
 		s, ok := got.Services[name+"-key"]
-		if !ok || s.Cond != dest || s.Exec != "/nix/store/fake-"+name+"-key" {
+		if !ok || s.Cond != dest || !strings.HasPrefix(s.Exec, "/nix/store/") || !strings.HasSuffix(s.Exec, "-"+name+"-key") {
 			t.Errorf("%s-key.service: %+v (present %v), want it conditioned on %s", name, s, ok, dest)
 		}
 		p, ok := got.Paths[name+"-key"]
@@ -116,32 +174,33 @@ in {
 // the hive (defaults' and the system's; never a value), so the units are
 // declared where the system is built.
 func TestHiveModuleMirrorsKeys(t *testing.T) {
-	lib := nixpkgsLib(t)
-	dir := t.TempDir()
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
 	module, _ := filepath.Abs("module.nix")
 	hive, _ := filepath.Abs("hive.nix")
-	// A stand-in nixpkgs whose eval-config is lib.evalModules with the
-	// stubs; its toplevel is the keys the module saw.
-	evalConfig := `{ system, modules, specialArgs ? { } }:
-let lib = import ` + lib + `/lib; in
-lib.evalModules {
-  modules = modules ++ [ (` + stubs + `) ({ config, ... }: { system.build.toplevel = config.nix-hive.keys; }) ];
-  specialArgs = specialArgs // { pkgs = ` + fakePkgs + `; };
-}`
-	if err := os.MkdirAll(filepath.Join(dir, "nixpkgs", "nixos", "lib"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "nixpkgs", "nixos", "lib", "eval-config.nix"), []byte(evalConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	expr := `(import ` + hive + `).mkHive {
-  paths.nixpkgs = ` + filepath.Join(dir, "nixpkgs") + `;
+  paths.nixpkgs = ` + nixpkgs + `;
   defaults.keys.shared = { text = "NOT-IN-METADATA"; };
-  systems.web = { modules = [ ` + module + ` ]; keys.tls = { command = "pass tls"; user = "nginx"; }; };
+  systems.web = {
+    modules = [ ` + module + ` ({ config, ... }: { environment.etc."keys.json".text = builtins.toJSON config.nix-hive.keys; }) ];
+    keys.tls = { command = "pass tls"; user = "nginx"; };
+  };
   instances.web-1 = { system = "web"; keys.own = { text = "x"; }; };
 }`
+	out, err := exec.Command("nix-build", "--no-out-link", "-E", "("+expr+").toplevels.web").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	toplevel := lines[len(lines)-1]
+	data, err := os.ReadFile(filepath.Join(toplevel, "etc", "keys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var got map[string]map[string]string
-	evalJSON(t, "("+expr+").toplevels.web", &got)
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]map[string]string{
 		"shared": {"dest": "/run/keys/shared", "user": "root", "group": "root", "mode": "0400", "upload": "pre-activation"},
 		"tls":    {"dest": "/run/keys/tls", "user": "nginx", "group": "root", "mode": "0400", "upload": "pre-activation"},
@@ -149,8 +208,11 @@ lib.evalModules {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("nix-hive.keys of the system = %v\nwant %v", got, want)
 	}
-	b, _ := json.Marshal(got)
-	if strings.Contains(string(b), "NOT-IN-METADATA") || strings.Contains(string(b), "pass tls") {
-		t.Errorf("the system's key metadata holds a value or a source: %s", b)
+	units, _ := os.ReadFile(filepath.Join(toplevel, "etc", "nix-hive-test", "units"))
+	if !strings.Contains(string(units), "shared-key.service") || !strings.Contains(string(units), "tls-key.path") {
+		t.Errorf("the system declares units %q, want shared-key and tls-key", units)
+	}
+	if strings.Contains(string(data), "NOT-IN-METADATA") || strings.Contains(string(data), "pass tls") {
+		t.Errorf("the system's key metadata holds a value or a source: %s", data)
 	}
 }

@@ -17,6 +17,9 @@
 #   firewall = "block-ssh" the system's firewall drops SSH to the host
 #   payloadMiB = N         the closure carries N MiB (to make transfers visible)
 #   version = "..."        a different system with the same name
+#   etc = { "nix/nix.conf" = "..."; }
+#                          files of the system's etc/ (what a configuration
+#                          decided, for tests of modules systems)
 { name
 , version ? "1"
 , broken ? false
@@ -27,10 +30,16 @@
 , firewall ? "open"
 , payloadMiB ? 0
 , system ? "x86_64-linux"
+, etc ? { }
 }:
 assert builtins.elem sshd [ "on" "off" ];
 assert builtins.elem firewall [ "open" "block-ssh" ];
-derivation {
+let
+  etcTexts = builtins.listToAttrs (builtins.genList
+    (i: { name = "etc_${toString i}"; value = etc.${builtins.elemAt (builtins.attrNames etc) i}; })
+    (builtins.length (builtins.attrNames etc)));
+in
+derivation (etcTexts // {
   inherit system version firewall;
   name = "nixos-system-${name}-${version}";
   builder = "/bin/sh";
@@ -41,11 +50,19 @@ derivation {
   sshdAction = if sshd == "on" then "start" else "stop";
   sleepSeconds = toString sleep;
   payloadMiB = toString payloadMiB;
+  # etc file i (names without spaces) has its text in $etc_i
+  etcNames = builtins.attrNames etc;
   args = [ "-c" ''
     set -e
     mkdir -p "$out/bin"
     echo "$hiveSystemName" > "$out/name"
     echo "$version" > "$out/nixos-version"
+    i=0
+    for n in $etcNames; do
+      mkdir -p "$(dirname "$out/etc/$n")"
+      eval "printf '%s' \"\$etc_$i\"" > "$out/etc/$n"
+      i=$((i + 1))
+    done
     if [ "$payloadMiB" -gt 0 ]; then
       head -c "$((payloadMiB * 1048576))" /dev/urandom > "$out/payload"
     fi
@@ -75,4 +92,4 @@ derivation {
     EOS
     chmod +x "$out/bin/switch-to-configuration"
   '' ];
-}
+})
