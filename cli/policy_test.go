@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -261,5 +262,30 @@ func TestDeployToOddlyNamedInstance(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s exists: the instance name was executed", p)
 		}
+	}
+}
+
+// Instance names may hold '/' (a rack, a region): '*' and other globs
+// match across it for run, deploy and status alike, so '*' never silently
+// leaves such instances out.
+func TestStarMatchesNamesWithSlash(t *testing.T) {
+	f := newPolicyFleet(t, 2, "", "{ }")
+	editFile(t, filepath.Join(f.dir, "hive.nix"), "}) lab // { };", `}) { inherit (lab) app-1; "rack-1/app" = lab.app-2; };`)
+	code, out, _ := f.run("run", "*", "--", "hostname")
+	if code != 0 || !strings.Contains(out, "rack-1/app") || !strings.Contains(out, "app-2") || !strings.Contains(out, "app-1") {
+		t.Errorf("run '*': exit %d, want both instances, rack-1/app on host app-2:\n%s", code, out)
+	}
+	code, out, _ = f.run("deploy", "*")
+	if code != 0 {
+		t.Fatalf("deploy '*' exited %d", code)
+	}
+	summaryHas(t, out, "rack-1/app", " ok ")
+	summaryHas(t, out, "app-1", " ok ")
+	if f.current("app-2") == "" || f.current("app-1") == "" {
+		t.Errorf("not every host was deployed: app-1 %q, app-2 %q", f.current("app-1"), f.current("app-2"))
+	}
+	code, out, _ = f.run("status", "rack*")
+	if code != 0 || !strings.Contains(out, "rack-1/app") || regexp.MustCompile(`(?m)^app-1\s`).MatchString(out) {
+		t.Errorf("status 'rack*': exit %d, want rack-1/app only:\n%s", code, out)
 	}
 }

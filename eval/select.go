@@ -72,7 +72,7 @@ func validPattern(p string) error {
 	if glob == "" {
 		return fmt.Errorf("target %q: empty pattern", p)
 	}
-	if _, err := path.Match(glob, ""); err != nil {
+	if _, err := globMatch(glob, ""); err != nil {
 		return fmt.Errorf("target %q: %w", p, err)
 	}
 	return nil
@@ -81,13 +81,21 @@ func validPattern(p string) error {
 func (inv *Inventory) matches(p, name string) (bool, error) {
 	if tag, ok := strings.CutPrefix(p, "@"); ok {
 		for _, t := range inv.Instances[name].Tags {
-			if m, err := path.Match(tag, t); err != nil || m {
+			if m, err := globMatch(tag, t); err != nil || m {
 				return m, err
 			}
 		}
 		return false, nil
 	}
-	return path.Match(p, name)
+	return globMatch(p, name)
+}
+
+// globMatch is path.Match with '/' an ordinary character: instance names
+// are not paths, and `*` that stopped at a '/' would silently leave
+// instances such as "rack-1/web-1" out of a deploy of '*'.
+func globMatch(pattern, name string) (bool, error) {
+	const sep = "\x00" // cannot occur in a name or a pattern given on a command line
+	return path.Match(strings.ReplaceAll(pattern, "/", sep), strings.ReplaceAll(name, "/", sep))
 }
 
 func quoteList(xs []string) string {

@@ -8,11 +8,12 @@ import (
 
 func TestSelect(t *testing.T) {
 	inv := &Inventory{Instances: map[string]*Instance{
-		"portico": {Name: "portico", Tags: []string{"edge"}},
-		"storage": {Name: "storage", Tags: []string{"storage"}},
-		"www-1":   {Name: "www-1", Tags: []string{"web", "canary"}},
-		"www-2":   {Name: "www-2", Tags: []string{"web"}},
-		"www-10":  {Name: "www-10", Tags: []string{"web"}},
+		"portico":   {Name: "portico", Tags: []string{"edge"}},
+		"storage":   {Name: "storage", Tags: []string{"storage"}},
+		"www-1":     {Name: "www-1", Tags: []string{"web", "canary"}},
+		"www-2":     {Name: "www-2", Tags: []string{"web"}},
+		"www-10":    {Name: "www-10", Tags: []string{"web"}},
+		"rack/db-1": {Name: "rack/db-1", Tags: []string{"db/primary"}},
 	}}
 	tests := []struct {
 		name     string
@@ -20,8 +21,11 @@ func TestSelect(t *testing.T) {
 		want     []string
 		err      string
 	}{
-		{"all by default, natural order", nil, []string{"portico", "storage", "www-1", "www-2", "www-10"}, ""},
-		{"explicit first, duplicates collapse", []string{"*", "portico"}, []string{"portico", "storage", "www-1", "www-2", "www-10"}, ""},
+		{"all by default, natural order", nil, []string{"portico", "rack/db-1", "storage", "www-1", "www-2", "www-10"}, ""},
+		{"explicit first, duplicates collapse", []string{"*", "portico"}, []string{"portico", "rack/db-1", "storage", "www-1", "www-2", "www-10"}, ""},
+		{"* crosses /", []string{"r*1"}, []string{"rack/db-1"}, ""},
+		{"? and classes match /", []string{"rack?db-[1]", "rack[/]db-1"}, []string{"rack/db-1"}, ""},
+		{"tag glob crosses /", []string{"@db*"}, []string{"rack/db-1"}, ""},
 		{"explicit order kept", []string{"www-2", "www-1"}, []string{"www-2", "www-1"}, ""},
 		{"glob", []string{"www-?"}, []string{"www-1", "www-2"}, ""},
 		{"tag", []string{"@canary"}, []string{"www-1"}, ""},
