@@ -7,12 +7,13 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Fleet flags are shared by every command that connects to instances.
 type Fleet struct {
-	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry (a changed key is still refused)."`
+	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry, in the hive's .nix-hive/known_hosts (a changed key is still refused)."`
 	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop); a connection silent for 3 times as long is given up."`
 }
 
@@ -24,8 +25,10 @@ func (f *Fleet) AfterApply(kctx *kong.Context) error {
 }
 
 // transportConfig derives SSH endpoints from the inventory and the fleet
-// flags.
-func (f *Fleet) transportConfig(inv *eval.Inventory) transport.Config {
+// flags. Host keys accepted with --accept-new-host-keys go to the hive's
+// own known_hosts (beside its state), never the user's: they belong to
+// the hive's instances, not to addresses other hives may reuse.
+func (f *Fleet) transportConfig(inv *eval.Inventory, st *state.File) transport.Config {
 	eps := make(map[string]transport.Endpoint, len(inv.Instances))
 	for name, in := range inv.Instances {
 		opts := map[string]string{}
@@ -38,6 +41,6 @@ func (f *Fleet) transportConfig(inv *eval.Inventory) transport.Config {
 	// One bound for everything: connecting, and silence on an open
 	// connection (keepalives every ConnectTimeout, dead after 3 missed),
 	// for the Go client and the OpenSSH config handed to nix copy alike.
-	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, ConnectTimeout: f.ConnectTimeout,
-		KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout}
+	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, AcceptedKnownHosts: st.AuxPath("known_hosts"),
+		ConnectTimeout: f.ConnectTimeout, KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout}
 }

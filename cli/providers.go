@@ -90,8 +90,8 @@ func loadPolicy(ctx context.Context, g *Globals, src eval.Source) (*starlark.Pol
 
 // openPool makes the connection pool for the hive (connections are made
 // on first use, one per host); it is closed when the command ends.
-func openPool(g *Globals, h *eval.Hive, f *Fleet) (*transport.Pool, error) {
-	cfg := f.transportConfig(h.Inventory)
+func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Pool, error) {
+	cfg := f.transportConfig(h.Inventory, st)
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
 	p, err := transport.NewPool(cfg)
 	if err != nil {

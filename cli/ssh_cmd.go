@@ -20,14 +20,25 @@ import (
 type SSHCmd struct {
 	Fleet
 	Instance string   `arg:"" help:"Instance name."`
-	Command  []string `arg:"" optional:"" passthrough:"" help:"Command and arguments; an interactive login shell when empty."`
+	Command  []string `arg:"" optional:"" passthrough:"" help:"A command line for the remote shell, or a command and its arguments; an interactive login shell when empty."`
 }
+
+// sshFailure is OpenSSH's exit status for its own failures (no connection,
+// connection lost), so scripts can tell them from the remote command's.
+const sshFailure = 255
 
 func (c *SSHCmd) Help() string {
 	return `Opens an interactive shell (with a pty when run from a terminal) on an
 instance, through its jump hosts, with its host key checked, or runs a
-command there. The remote exit status becomes nix-hive's. Arguments reach
-the remote command exactly as given; use sh -c '...' for shell syntax.`
+command there. The remote exit status becomes nix-hive's; 255 means the
+connection could not be made or was lost, as with OpenSSH.
+
+One argument is a command line for the remote shell, as with ssh:
+  nix-hive ssh www-1 'systemctl is-active nginx; exit 4'
+Several arguments are a command and its arguments, each reaching the
+remote command exactly as given (quoted one by one, unlike ssh, which
+joins them with spaces):
+  nix-hive ssh www-1 ls -l "/var/lib/my dir"`
 }
 
 func (c *SSHCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
@@ -40,14 +51,20 @@ func (c *SSHCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 	}
 	t := transport.Terminal{In: os.Stdin}
 	if len(args) > 0 {
-		t.Command = shell.QuoteArgs(args)
+		t.Command = args[0]
+		if len(args) > 1 {
+			t.Command = shell.QuoteArgs(args)
+		}
 		if !term.IsTerminal(int(os.Stdin.Fd())) {
 			t.In = nil
 		}
 	}
 	code, err := pool.Shell(ctx, c.Instance, os.Stdin, g.stdout, g.stderr, t)
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return err // interrupted here: 130, as for any command
+		}
+		return cmdline.ExitError{Code: sshFailure, Err: err}
 	}
 	if code != 0 {
 		return cmdline.ExitError{Code: code}
@@ -109,20 +126,24 @@ func humanBytes(n int64) string {
 
 // SSHConfigCmd is `nix-hive ssh-config`.
 type SSHConfigCmd struct {
-	AcceptNewHostKeys bool `help:"Write StrictHostKeyChecking accept-new instead of yes."`
+	AcceptNewHostKeys bool `help:"Write StrictHostKeyChecking accept-new instead of yes (new keys go to the hive's .nix-hive/known_hosts)."`
+	Write             bool `help:"Only write the files and print the config's path, for ssh -F \"$(nix-hive ssh-config --write)\"."`
 }
 
 func (c *SSHConfigCmd) Help() string {
 	return `Prints an OpenSSH client config with a Host block per instance (HostName,
 User, Port, ProxyJump, HostKeyAlias) that checks host keys against the
-hive's pinned keys (written to .nix-hive/known_hosts beside the state file)
-and then the user's known_hosts, and that ends by including ~/.ssh/config.
-Use it as: ssh -F <(nix-hive ssh-config) www-1`
+hive's pinned keys (written to .nix-hive/ssh_known_hosts beside the state
+file), else the keys accepted for the hive (.nix-hive/known_hosts) and the
+user's known_hosts, and that ends by including ~/.ssh/config. The config
+is also written to .nix-hive/ssh_config, which --write prints instead:
+  ssh -F "$(nix-hive ssh-config --write)" www-1
+(ssh -F <(...) cannot work: ssh closes the descriptor before reading it.)`
 }
 
 func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
 	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: 10 * time.Second}
-	p, err := transport.NewPool(f.transportConfig(h.Inventory))
+	p, err := transport.NewPool(f.transportConfig(h.Inventory, st))
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Src.File, err)
 	}
@@ -130,12 +151,21 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 	for _, w := range p.Warnings() {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
 	}
-	kh := st.AuxPath("known_hosts")
-	if err := os.MkdirAll(filepath.Dir(kh), 0o755); err != nil {
+	cfg := st.AuxPath("ssh_config")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
-	if err := p.WriteOpenSSH(filepath.Join(filepath.Dir(kh), "ssh_config"), kh); err != nil {
+	kh := st.AuxPath("ssh_known_hosts")
+	if err := p.WriteOpenSSH(cfg, kh); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
+	}
+	if c.Write {
+		abs, err := filepath.Abs(cfg)
+		if err != nil {
+			return fmt.Errorf("ssh-config: %w", err)
+		}
+		_, err = fmt.Fprintln(g.stdout, abs)
+		return err
 	}
 	return p.WriteSSHConfig(g.stdout, kh)
 }

@@ -26,7 +26,13 @@ type NixCopier struct {
 	// daemon accepts the import for the user).
 	Privileged map[string]bool
 	Sudo       string
-	dir        string
+	// pool, when set, connects to an instance before nix copy does, so
+	// a refused host key is reported as nix-hive reports it (fingerprint
+	// and the hostKey line to pin) rather than as ssh's "cannot connect",
+	// and a key accepted with --accept-new-host-keys is recorded before
+	// ssh looks for it.
+	pool *transport.Pool
+	dir  string
 }
 
 // NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
@@ -36,7 +42,7 @@ func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory,
 	if err != nil {
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
-	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Sudo: sudo, Privileged: map[string]bool{}, dir: dir}
+	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Sudo: sudo, Privileged: map[string]bool{}, pool: pool, dir: dir}
 	if err := pool.WriteOpenSSH(c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
@@ -75,6 +81,11 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 	r.Stderr = nil // per-path chatter of a fleet-wide copy helps nobody; errors keep the tail
 	if c.SSHConfig != "" {
 		r.Env = append(append([]string(nil), r.Env...), "NIX_SSHOPTS=-F "+c.SSHConfig)
+	}
+	if c.pool != nil && !strings.Contains(dest, "://") {
+		if _, err := c.pool.Client(ctx, dest); err != nil {
+			return fmt.Errorf("nix copy to %s: %w", dest, err)
+		}
 	}
 	args := append([]string{"copy", "--to", c.URL(dest)}, paths...)
 	if _, err := r.Run(ctx, "nix", args...); err != nil {

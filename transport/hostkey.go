@@ -47,8 +47,8 @@ func (e *HostKeyError) Error() string {
 		return fmt.Sprintf("host key for %s (%s) is unknown: %s; pin it with hostKey = %q; in the instance, or pass --accept-new-host-keys",
 			e.Instance, e.Addr, got, AuthorizedKey(e.Got))
 	default:
-		return fmt.Sprintf("host key for %s (%s) does not match: got %s, pinned/known: %s (%s) — if the host was reinstalled, update hostKey in the hive",
-			e.Instance, e.Addr, got, strings.Join(e.Want, ", "), strings.Join(e.Where, ", "))
+		return fmt.Sprintf("host key for %s (%s) does not match: got %s, pinned/known: %s (%s); if the host was reinstalled, pin its new key with hostKey = %q; in the instance (and remove the old entry)",
+			e.Instance, e.Addr, got, strings.Join(e.Want, ", "), strings.Join(e.Where, ", "), AuthorizedKey(e.Got))
 	}
 }
 
@@ -77,6 +77,7 @@ func keyTypeLabel(k ssh.PublicKey) string {
 // or its name (the HostKeyAlias of the generated OpenSSH config).
 type hostKeys struct {
 	instance   string
+	alias      string   // the name accepted keys are recorded under
 	addr       string   // address the key is checked for (host:port)
 	candidates []string // names looked up in known_hosts
 	pinned     []ssh.PublicKey
@@ -190,8 +191,8 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 	return cb, algorithms(keys), nil
 }
 
-// record appends an accepted key under the endpoint's address, as ssh's
-// accept-new does.
+// record appends an accepted key under the instance's alias, as ssh's
+// accept-new does with the generated config's HostKeyAlias.
 func (h *hostKeys) record(k ssh.PublicKey) error {
 	h.acceptMu.Lock()
 	defer h.acceptMu.Unlock()
@@ -202,7 +203,7 @@ func (h *hostKeys) record(k ssh.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("record host key of %s: %w", h.instance, err)
 	}
-	line := knownhosts.Line([]string{h.addr}, k) + "\n"
+	line := knownhosts.Line([]string{h.alias}, k) + "\n"
 	// A file whose last line lacks its newline would glue our line to it.
 	if st, err := f.Stat(); err == nil && st.Size() > 0 {
 		last := make([]byte, 1)

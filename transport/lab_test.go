@@ -148,7 +148,7 @@ func TestLab(t *testing.T) {
 				}
 				if tt.accept {
 					rec, _ := os.ReadFile(accepted)
-					if want := h2.Addr + " " + h2.HostKey + "\n"; string(rec) != want {
+					if want := h2.Name + " " + h2.HostKey + "\n"; string(rec) != want {
 						t.Errorf("accepted file = %q; want %q", rec, want)
 					}
 				}
@@ -166,7 +166,7 @@ func TestLab(t *testing.T) {
 		if !errors.Is(err, ErrHostKeyMismatch) {
 			t.Fatalf("Run = %v; want ErrHostKeyMismatch", err)
 		}
-		if !strings.Contains(err.Error(), "SHA256:") || !strings.Contains(err.Error(), "update hostKey") {
+		if !strings.Contains(err.Error(), "SHA256:") || !strings.Contains(err.Error(), "pin its new key with hostKey = ") {
 			t.Errorf("message %q lacks the fingerprint or the hint", err)
 		}
 		if _, err := os.Lstat(h3.Path("/root/marker")); !errors.Is(err, fs.ErrNotExist) {

@@ -110,19 +110,16 @@ func withDefaults(cfg Config) Config {
 	return cfg
 }
 
-// knownFiles lists the known_hosts files to consult: the configured ones
-// plus the file new keys go to, when accepting is on (a key accepted by
-// one run must be known to the next).
+// knownFiles lists the known_hosts files to consult: the file new keys go
+// to first (a key accepted by one run is known to the next, with or
+// without accepting), then the configured ones.
 func knownFiles(cfg Config) []string {
-	var out []string
+	out := []string{expandPath(cfg.AcceptedKnownHosts)}
 	for _, f := range cfg.KnownHostsFiles {
 		f = expandPath(f)
 		if !slices.Contains(out, f) {
 			out = append(out, f)
 		}
-	}
-	if a := expandPath(cfg.AcceptedKnownHosts); cfg.AcceptNewHostKeys && !slices.Contains(out, a) {
-		out = append(out, a)
 	}
 	return out
 }
@@ -374,7 +371,8 @@ func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(
 	hk := &hostKeys{
 		instance:   s.Name,
 		addr:       addr,
-		candidates: []string{addr, joinHostPort(s.Name, 22)},
+		alias:      Alias(s.Name),
+		candidates: s.knownNames(),
 		pinned:     s.pinned,
 		files:      p.known,
 		accept:     p.cfg.AcceptNewHostKeys,

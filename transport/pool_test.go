@@ -143,7 +143,7 @@ func TestHostKeyVerification(t *testing.T) {
 		{name: "pinned key matches", pinned: []string{srv.hostKey}},
 		{name: "one of several pinned keys matches", pinned: []string{other, srv.hostKey}},
 		{name: "pinned key differs", pinned: []string{other}, wantErr: ErrHostKeyMismatch,
-			wantInMsg: []string{"does not match", "SHA256:", "update hostKey"}},
+			wantInMsg: []string{"does not match", "SHA256:", "pin its new key with hostKey = \"ssh-ed25519 "}},
 		{name: "pinned key wins over known_hosts", pinned: []string{other}, knownHosts: "[127.0.0.1]:PORT %s\n", wantErr: ErrHostKeyMismatch},
 		{name: "known_hosts by address", knownHosts: "[127.0.0.1]:PORT %s\n"},
 		{name: "known_hosts by instance name (HostKeyAlias)", knownHosts: "www-1 %s\n"},
@@ -206,13 +206,15 @@ func TestHostKeyVerification(t *testing.T) {
 				t.Errorf("accepted file = %q; want a record: %v", rec, tt.wantRecord)
 			}
 			if tt.wantRecord {
-				want := fmt.Sprintf("[127.0.0.1]:%d %s\n", srv.port, srv.hostKey)
+				// Under the instance's alias, not the address: the key
+				// belongs to www-1, wherever it lives.
+				want := "www-1 " + srv.hostKey + "\n"
 				if string(rec) != want {
 					t.Errorf("recorded %q; want %q", rec, want)
 				}
 				// The next run knows the key without accepting anything.
 				ep.HostKeys = nil
-				p2 := newTestPool(t, Config{Endpoints: map[string]Endpoint{"www-1": ep}, KnownHostsFiles: []string{accepted}})
+				p2 := newTestPool(t, Config{Endpoints: map[string]Endpoint{"www-1": ep}, AcceptedKnownHosts: accepted})
 				if _, err := p2.Run(testCtx(t), "www-1", "true", nil, nil, nil); err != nil {
 					t.Errorf("second run with the recorded key: %v", err)
 				}

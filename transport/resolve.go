@@ -389,3 +389,10 @@ func (u *userConfig) exists() bool {
 	_, err := os.Stat(u.path)
 	return err == nil
 }
+
+// knownNames are the names s's host keys may be recorded under in
+// known_hosts files: its address, as plain ssh records it, and its alias,
+// as the generated config's HostKeyAlias and AcceptNewHostKeys record it.
+func (s *settings) knownNames() []string {
+	return []string{s.Addr(), joinHostPort(Alias(s.Name), 22)}
+}

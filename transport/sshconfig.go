@@ -28,7 +28,7 @@ import (
 // known_hosts out. It reads the endpoints as NewPool resolved them, so
 // the file and the Go client never disagree.
 func (p *Pool) WriteSSHConfig(w io.Writer, knownHostsPath string) error {
-	hostFiles, err := p.knownHostsLine(knownHostsPath)
+	pinnedFiles, otherFiles, err := p.knownHostsFiles(knownHostsPath)
 	if err != nil {
 		return err
 	}
@@ -37,7 +37,12 @@ func (p *Pool) WriteSSHConfig(w io.Writer, knownHostsPath string) error {
 	fmt.Fprintln(b, "# Use: ssh -F THIS_FILE INSTANCE. OpenSSH keeps the first value it reads,")
 	fmt.Fprintln(b, "# so the hive's settings below win over the user's config included at the end.")
 	for _, name := range slices.Sorted(maps.Keys(p.endpoints)) {
-		p.writeHost(b, p.endpoints[name], hostFiles)
+		s := p.endpoints[name]
+		files := otherFiles
+		if len(s.pinned) > 0 {
+			files = pinnedFiles
+		}
+		p.writeHost(b, s, files)
 	}
 	if p.uc != nil {
 		// Include inside "Host *" so it applies to every host: after a Host
@@ -57,25 +62,33 @@ func (p *Pool) WriteSSHConfig(w io.Writer, knownHostsPath string) error {
 	return b.Flush()
 }
 
-// knownHostsLine is the UserKnownHostsFile value: the generated file, then
-// the ones the Pool consults.
-func (p *Pool) knownHostsLine(generated string) (string, error) {
-	var files []string
+// knownHostsFiles are the UserKnownHostsFile values for hosts with pinned
+// keys (the generated file alone: pins replace known_hosts, as in the Go
+// client) and for the others: the file accepted keys go to first, since
+// OpenSSH's accept-new appends to the first file, then the generated one,
+// then the rest the Pool consults.
+func (p *Pool) knownHostsFiles(generated string) (pinned, others string, err error) {
+	var gen []string
 	if generated != "" {
 		abs, err := filepath.Abs(expandPath(generated))
 		if err != nil {
-			return "", fmt.Errorf("generated known_hosts path %s: %w", generated, err)
+			return "", "", fmt.Errorf("generated known_hosts path %s: %w", generated, err)
 		}
-		files = append(files, abs)
+		gen = []string{abs}
 	}
-	files = append(files, p.known...)
-	if len(files) == 0 {
-		files = []string{"/dev/null"}
+	files := append(append(slices.Clone(p.known[:1]), gen...), p.known[1:]...)
+	if len(gen) == 0 {
+		gen = []string{"/dev/null"}
 	}
+	return knownHostsValue(gen), knownHostsValue(files), nil
+}
+
+func knownHostsValue(files []string) string {
+	q := make([]string, len(files))
 	for i, f := range files {
-		files[i] = configValue(escapeTokens(f))
+		q[i] = configValue(escapeTokens(f))
 	}
-	return strings.Join(files, " "), nil
+	return strings.Join(q, " ")
 }
 
 func (p *Pool) writeHost(b *bufio.Writer, s *settings, knownHosts string) {
@@ -140,7 +153,7 @@ func (p *Pool) WriteKnownHosts(w io.Writer) error {
 		s := p.endpoints[name]
 		keys := s.pinned
 		if len(keys) == 0 {
-			hk := &hostKeys{instance: name, candidates: []string{s.Addr()}, files: p.known}
+			hk := &hostKeys{instance: name, candidates: s.knownNames(), files: p.known}
 			var err error
 			if keys, _, _, err = hk.known(); err != nil {
 				return err

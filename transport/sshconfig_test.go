@@ -138,8 +138,11 @@ Host *
 			if g["stricthostkeychecking"] != "true" {
 				t.Errorf("stricthostkeychecking = %q; want true", g["stricthostkeychecking"])
 			}
-			if files := strings.Fields(g["userknownhostsfile"]); len(files) == 0 || files[0] != genKnown {
-				t.Errorf("userknownhostsfile = %q; want the generated file first", g["userknownhostsfile"])
+			// Accepted keys first (OpenSSH's accept-new writes to the
+			// first file), then the generated one, then the user's.
+			accepted := filepath.Join(home, ".ssh", "known_hosts")
+			if want := strings.Join([]string{accepted, genKnown, cfg.KnownHostsFiles[0]}, " "); g["userknownhostsfile"] != want {
+				t.Errorf("userknownhostsfile = %q; want accepted, generated, user files", g["userknownhostsfile"])
 			}
 		})
 	}
@@ -240,7 +243,10 @@ func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Host pinned\n\tHostName 192.0.2.1\n\tUser root\n\tPort 22\n\tProxyJump none\n\tHostKeyAlias pinned\n",
-		"\tUserKnownHostsFile \"/tmp/gen known_hosts\" " + userKnown + "\n\tStrictHostKeyChecking yes\n",
+		// pinned: the pins alone, as the Go client checks them
+		"\tUserKnownHostsFile \"/tmp/gen known_hosts\"\n\tStrictHostKeyChecking yes\n",
+		// the others: accepted keys (by default the user's file), generated
+		"HostKeyAlias unknown\n\tUserKnownHostsFile " + userKnown + " \"/tmp/gen known_hosts\"\n",
 		"\tIdentityFile \"/a b/\\\"q\\\"\"\n",
 	} {
 		if !strings.Contains(sc.String(), want) {

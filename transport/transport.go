@@ -64,8 +64,13 @@ type Config struct {
 	// nor a known key in AcceptedKnownHosts and accepts it. A mismatch is
 	// still refused.
 	AcceptNewHostKeys bool
-	// AcceptedKnownHosts is the file accepted keys are appended to; it is
-	// also consulted like KnownHostsFiles. "" means ~/.ssh/known_hosts.
+	// AcceptedKnownHosts is the file accepted keys are appended to, under
+	// the instance's Alias (the HostKeyAlias of the generated OpenSSH
+	// config), so a key belongs to the instance rather than to an address
+	// another hive may reuse. It is always consulted like KnownHostsFiles,
+	// and is the first known_hosts file of the generated config, where
+	// OpenSSH's accept-new writes too. nix-hive uses the hive's
+	// .nix-hive/known_hosts; "" means ~/.ssh/known_hosts.
 	AcceptedKnownHosts string
 	// ConnectTimeout bounds TCP connect plus SSH handshake of one hop;
 	// 0 means 10s.

@@ -26,9 +26,21 @@ const (
 
 // ExitError carries an exit status a command chose (ssh passing the
 // remote one through, say); nothing more is printed.
-type ExitError struct{ Code int }
+type ExitError struct {
+	Code int
+	// Err, if set, is printed before exiting with Code (ssh's own
+	// failures: 255 and why).
+	Err error
+}
 
-func (e ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+func (e ExitError) Error() string {
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.Code)
+}
+
+func (e ExitError) Unwrap() error { return e.Err }
 
 // UsageError is a command line that cannot work (contradicting flags).
 type UsageError struct{ Err error }
@@ -92,6 +104,9 @@ func (p Program) Status(ctx context.Context, err error, stderr io.Writer) int {
 	case err == nil:
 		return OK
 	case errors.As(err, &ee):
+		if ee.Err != nil {
+			fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
+		}
 		return ee.Code
 	case errors.As(err, new(UsageError)):
 		fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
