@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 )
 
@@ -123,5 +124,68 @@ func TestDeployHostKeyUnknownThenAccepted(t *testing.T) {
 	out, err := exec.Command("ssh", "-F", strings.TrimSpace(cfg), "-o", "BatchMode=yes", "storage", "echo", "via-openssh").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "via-openssh") {
 		t.Errorf("OpenSSH with the generated config: %v\n%s", err, out)
+	}
+}
+
+// A host reachable only through a ProxyCommand in the user's ~/.ssh/config
+// (as SSM, Teleport or cloudflared users have): deploy pushes to it with
+// nix copy and activates it with nix-hive's own client, both through the
+// command; plain OpenSSH with the generated config gets there too.
+func TestProxyCommandFromUserConfig(t *testing.T) {
+	testenv.Tool(t, "nc", "apt-get install netcat-openbsd")
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	s := newSeed(t)
+	www1 := s.lab.Host("www-1")
+	if err := dialable(www1.Addr); err == nil {
+		t.Fatal("www-1 is reachable directly; the topology is wrong")
+	}
+	// The hive says nothing about how to get there: no jump, no store.
+	editFile(t, filepath.Join(s.dir, "lab.nix"), fmt.Sprintf("%q = { host = %q; port = 22; user = \"root\"; hostKey = %q; jump = \"portico\";",
+		"www-1", www1.Addr, www1.HostKey), fmt.Sprintf("%q = { host = %q; port = 22; user = \"root\"; hostKey = %q;", "www-1", www1.Addr, www1.HostKey))
+	s.edit(`jump = "portico"; store = "portico"; tags = [ "web" "canary" ];`, `tags = [ "web" "canary" ];`)
+	// The proxy leaves a trace of each use, so the test knows it was
+	// the way in.
+	uses := filepath.Join(t.TempDir(), "proxy-uses")
+	if err := os.Mkdir(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, ".ssh", "config"), fmt.Sprintf(
+		"Host www-1\n\tProxyCommand sh -c 'echo %%n >>%s; exec ip netns exec %s nc %%h %%p'\n", uses, s.lab.Netns))
+
+	code, out, _ := s.run("--json", "deploy", "www-1")
+	if code != 0 {
+		t.Fatalf("deploy through ProxyCommand: exit %d", code)
+	}
+	www := s.state().Systems["www"].OutPath
+	if got := s.current("www-1"); got != www {
+		t.Errorf("www-1 runs %q, want %s", got, www)
+	}
+	pushed := false
+	for _, e := range events(t, out) {
+		pushed = pushed || e.Type == "event" && e.Instance == "www-1" && e.Step == "push" && e.Status == "ok"
+	}
+	if !pushed {
+		t.Errorf("www-1 was not pushed to with nix copy")
+	}
+	b, _ := os.ReadFile(uses)
+	// At least one use by nix-hive's client and one by nix copy's ssh.
+	if n := strings.Count(string(b), "www-1\n"); n < 2 {
+		t.Errorf("ProxyCommand used %d times (%q); want nix copy and nix-hive's client", n, b)
+	}
+	code, out, _ = s.run("ssh", "www-1", "hostname")
+	if code != 0 || strings.TrimSpace(out) != "www-1" {
+		t.Errorf("nix-hive ssh through ProxyCommand: exit %d %q", code, out)
+	}
+	_, cfg, _ := s.run("ssh-config", "--write")
+	hn, err := exec.Command("ssh", "-F", strings.TrimSpace(cfg), "-o", "BatchMode=yes", "www-1", "hostname").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(hn)) != "www-1" {
+		t.Errorf("OpenSSH with the generated config: %v\n%s", err, hn)
+	}
+	// A failing proxy says why, in nix-hive's words and the proxy's.
+	writeFile(t, filepath.Join(home, ".ssh", "config"), "Host www-1\n\tProxyCommand sh -c 'echo session manager says no >&2; exit 3'\n")
+	code, _, errOut := s.run("ssh", "www-1", "true")
+	if code != 255 || !strings.Contains(errOut, "session manager says no") {
+		t.Errorf("failing ProxyCommand: exit %d, stderr %q", code, errOut)
 	}
 }

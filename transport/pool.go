@@ -285,12 +285,11 @@ func (p *Pool) dial(name string) (*ssh.Client, error) {
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
 		defer cancel()
-		var d net.Dialer
-		raw, err := d.DialContext(ctx, "tcp", addr)
+		raw, via, err := p.dialDirect(ctx, s)
 		if err != nil {
 			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, p.ctxErr(ctx, err))
 		}
-		return p.handshake(ctx, s, raw, "")
+		return p.handshake(ctx, s, raw, via)
 	}
 	jump := s.JumpChain[len(s.JumpChain)-1]
 	// The jump's own dial is bounded by its own timeout; ours starts once

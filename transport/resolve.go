@@ -31,6 +31,17 @@ type Effective struct {
 	IdentityFiles []string
 	// IdentitiesOnly skips agent keys that are not among IdentityFiles.
 	IdentitiesOnly bool
+	// ProxyCommand, from the user's ssh config for an instance the hive
+	// gives no jump, is run on this machine to reach the host (SSM,
+	// Teleport, cloudflared): its stdin and stdout are the connection.
+	// Tokens are not yet expanded; ProxyCommandLine does that.
+	ProxyCommand string
+}
+
+// ProxyCommandLine is the ProxyCommand with %h, %p, %r, %n, %u, %d and %%
+// expanded, as OpenSSH expands it.
+func (e Effective) ProxyCommandLine() string {
+	return expandTokens(e.ProxyCommand, tokens{alias: e.Name, host: e.HostName, port: e.Port, user: e.User})
 }
 
 // Addr is the host:port to dial for the instance (from its last jump hop,
@@ -62,11 +73,18 @@ var (
 		"user":                  "user",
 		"port":                  "port",
 		"proxyjump":             "jump",
-		"proxycommand":          "jump",
 		"hostkeyalias":          "hostKey",
 		"userknownhostsfile":    "hostKey",
 		"stricthostkeychecking": "hostKey (or --accept-new-host-keys)",
 	}
+	// localOptions make ssh run a program (or load code) on the deploy
+	// host, or pull in a file that may. Hives are shared and may be
+	// generated (from terraform output, say): a hive must never choose
+	// what runs on the operator's machine. The user's own ~/.ssh/config
+	// may, and is honoured. Host and Match would also start a block of
+	// their own in the generated config.
+	localOptions = []string{"ProxyCommand", "Include", "LocalCommand", "PermitLocalCommand", "KnownHostsCommand",
+		"Match", "Host", "PKCS11Provider", "SecurityKeyProvider", "XAuthLocation"}
 )
 
 // resolveAll validates every endpoint and merges it with the user's ssh
@@ -142,7 +160,7 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	}
 	sort.Slice(s.options, func(i, j int) bool { return s.options[i].key < s.options[j].key })
 	// The hive first, then the user's ssh config, then OpenSSH's defaults.
-	s.HostName = firstOf(ep.Host, expandTokens(uc.get(name, "HostName"), name, "", ""), name)
+	s.HostName = firstOf(ep.Host, expandTokens(uc.get(name, "HostName"), tokens{alias: name}), name)
 	port, err := userPort(uc, name)
 	if err != nil {
 		return nil, err
@@ -158,10 +176,18 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 		if id == "" || strings.EqualFold(id, "none") {
 			continue
 		}
-		s.IdentityFiles = append(s.IdentityFiles, expandPath(expandTokens(id, name, s.HostName, s.User)))
+		s.IdentityFiles = append(s.IdentityFiles, expandPath(expandTokens(id, tokens{alias: name, host: s.HostName, user: s.User})))
 	}
 	only := firstOf(optionValue(ep.Options, "IdentitiesOnly"), uc.get(name, "IdentitiesOnly"))
 	s.IdentitiesOnly = strings.EqualFold(only, "yes")
+	// OpenSSH takes the first of ProxyJump and ProxyCommand it reads; the
+	// hive's jump is written first, so the user's ProxyCommand applies
+	// only where the hive has none.
+	if ep.Jump == "" {
+		if pc := uc.get(name, "ProxyCommand"); pc != "" && !strings.EqualFold(pc, "none") {
+			s.ProxyCommand = pc
+		}
+	}
 	return s, nil
 }
 
@@ -189,6 +215,11 @@ func checkEndpoint(ep Endpoint) error {
 func checkOption(name, k, v string) error {
 	if !optionKeyRE.MatchString(k) {
 		return fmt.Errorf("instance %s: ssh option %q is not an OpenSSH option name", name, k)
+	}
+	for _, l := range localOptions {
+		if strings.EqualFold(k, l) {
+			return fmt.Errorf("instance %s: ssh option %s is refused: it can make ssh run a command on this machine, and a hive must not choose that (hives are shared, and may be generated); put it in your ~/.ssh/config (ProxyCommand there is honoured), or use jump for a jump host", name, l)
+		}
 	}
 	if attr, ok := reservedOptions[strings.ToLower(k)]; ok {
 		return fmt.Errorf("instance %s: ssh option %s is derived from the instance; set %s instead", name, k, attr)
@@ -287,9 +318,16 @@ func expandPath(p string) string {
 	return p
 }
 
+// tokens are the values of ssh_config(5)'s %-tokens for one host.
+type tokens struct {
+	alias, host, user string
+	port              int
+}
+
 // expandTokens expands the %-tokens of ssh_config(5) that make sense here;
-// unknown ones are left alone.
-func expandTokens(s, alias, host, remoteUser string) string {
+// unknown ones (and those without a value) are left alone.
+func expandTokens(s string, t tokens) string {
+	alias, host, remoteUser := t.alias, t.host, t.user
 	if !strings.Contains(s, "%") {
 		return s
 	}
@@ -314,6 +352,12 @@ func expandTokens(s, alias, host, remoteUser string) string {
 			b.WriteString(alias)
 		case 'r':
 			b.WriteString(remoteUser)
+		case 'p':
+			if t.port == 0 {
+				b.WriteString("%p")
+				break
+			}
+			b.WriteString(strconv.Itoa(t.port))
 		case 'u':
 			if u, err := user.Current(); err == nil {
 				b.WriteString(u.Username)

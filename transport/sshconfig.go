@@ -109,7 +109,13 @@ func (p *Pool) writeHost(b *bufio.Writer, s *settings, knownHosts string) {
 	fmt.Fprintf(b, "\tHostName %s\n", configValue(escapeTokens(s.HostName)))
 	fmt.Fprintf(b, "\tUser %s\n", configValue(s.User))
 	fmt.Fprintf(b, "\tPort %d\n", s.Port)
-	fmt.Fprintf(b, "\tProxyJump %s\n", jump)
+	if s.ProxyCommand != "" {
+		// From the user's config, verbatim (OpenSSH reads the rest of
+		// the line as the command and expands its tokens itself).
+		fmt.Fprintf(b, "\tProxyCommand %s\n", s.ProxyCommand)
+	} else {
+		fmt.Fprintf(b, "\tProxyJump %s\n", jump)
+	}
 	fmt.Fprintf(b, "\tHostKeyAlias %s\n", alias)
 	fmt.Fprintf(b, "\tUserKnownHostsFile %s\n", knownHosts)
 	fmt.Fprintf(b, "\tStrictHostKeyChecking %s\n", strict)

@@ -47,8 +47,11 @@ type Endpoint struct {
 	// the generated OpenSSH config; the Go client itself honours
 	// IdentityFile (one path, or several separated by commas) and
 	// IdentitiesOnly. Options that would contradict the endpoint fields
-	// (HostName, User, Port, ProxyJump, ProxyCommand, HostKeyAlias,
-	// UserKnownHostsFile, StrictHostKeyChecking) are rejected by NewPool.
+	// (HostName, User, Port, ProxyJump, HostKeyAlias, UserKnownHostsFile,
+	// StrictHostKeyChecking) are rejected by NewPool, and so are those that
+	// can run a command on this machine (ProxyCommand, Include,
+	// LocalCommand, KnownHostsCommand, Match, ...): a ProxyCommand comes
+	// from the user's own ssh config only.
 	Options map[string]string
 }
 
