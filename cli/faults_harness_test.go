@@ -264,17 +264,19 @@ func startIn(t *testing.T, dir string, args ...string) *running {
 	return r
 }
 
-// startProcess runs nix-hive (this test binary, see TestMain) as a
-// process of its own, in a process group of its own, with a private TMPDIR
-// so that what it leaves behind can be found.
-func (f *faultLab) startProcess(args ...string) *running {
-	r := &running{t: f.t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
-	r.cmd = exec.Command("nix-hive", append([]string{"-c", f.dir}, args...)...)
+func (f *faultLab) startProcess(args ...string) *running { return startProcessIn(f.t, f.dir, args...) }
+
+// startProcessIn runs nix-hive (this test binary, see TestMain) on the
+// hive in dir as a process of its own, in a process group of its own, with
+// a private TMPDIR so that what it leaves behind can be found.
+func startProcessIn(t *testing.T, dir string, args ...string) *running {
+	r := &running{t: t, args: args, stdout: newWatched(), stderr: newWatched(), done: make(chan struct{})}
+	r.cmd = exec.Command("nix-hive", append([]string{"-c", dir}, args...)...)
 	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
-	r.cmd.Env = append(os.Environ(), "TMPDIR="+f.t.TempDir())
+	r.cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := r.cmd.Start(); err != nil {
-		f.t.Fatal(err)
+		t.Fatal(err)
 	}
 	go func() {
 		defer close(r.done)

@@ -1,11 +1,13 @@
 package cli_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nix-hive/nix-hive/internal/testenv"
@@ -187,5 +189,131 @@ func TestProxyCommandFromUserConfig(t *testing.T) {
 	code, _, errOut := s.run("ssh", "www-1", "true")
 	if code != 255 || !strings.Contains(errOut, "session manager says no") {
 		t.Errorf("failing ProxyCommand: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// An upload is never readable by others while in flight, whatever the
+// host's umask, and an interrupted one leaves nothing behind. The source
+// is a FIFO the test keeps feeding, so the upload is in flight for as long
+// as the test wants.
+func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 1}, false)
+	h := f.lab.Host("host-1")
+	// The precondition that made the old upload leak: a 022 umask, so a
+	// file created over sftp without care is 0644.
+	if code, out, _ := f.run("ssh", "host-1", "umask"); code != 0 || strings.TrimSpace(out) != "0022" {
+		t.Fatalf("host umask %q; the test needs 0022", out)
+	}
+	fifo := filepath.Join(t.TempDir(), "secret")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startProcessIn(t, f.dir, "scp", fifo, "host-1:/tmp/secret")
+	feeding := make(chan error, 1)
+	go func() {
+		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			feeding <- err
+			return
+		}
+		defer w.Close()
+		chunk := bytes.Repeat([]byte("s3cret\n"), 4096)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				feeding <- nil // the reader is gone: nix-hive ended
+				return
+			}
+		}
+	}()
+	// Watch the host's /tmp until the temporary file holds data.
+	tmp := h.Path("/tmp")
+	var seen string
+	waitUntil(t, "the upload's temporary file to hold data", func() bool {
+		stages, _ := filepath.Glob(filepath.Join(tmp, ".nix-hive-*"))
+		for _, st := range stages {
+			files, _ := filepath.Glob(filepath.Join(st, "*"))
+			for _, fn := range files {
+				fi, err := os.Stat(fn)
+				if err != nil {
+					continue
+				}
+				di, err := os.Stat(st)
+				if err != nil {
+					continue
+				}
+				if di.Mode().Perm()&0o077 != 0 {
+					t.Errorf("staging directory %s is %v while it holds %s", st, di.Mode().Perm(), fn)
+				}
+				if fi.Size() > 0 {
+					if fi.Mode().Perm()&0o077 != 0 {
+						t.Errorf("temporary file %s is %v while written", fn, fi.Mode().Perm())
+					}
+					seen = fn
+					return true
+				}
+			}
+		}
+		return false
+	})
+	if _, err := os.Stat(h.Path("/tmp/secret")); err == nil {
+		t.Fatalf("/tmp/secret exists before the upload completed")
+	}
+	r.signal(syscall.SIGTERM)
+	if code := r.wait(); code == 0 {
+		t.Errorf("scp interrupted by SIGTERM: exit 0")
+	}
+	if err := <-feeding; err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(tmp, ".nix-hive-*"))
+	if _, err := os.Stat(seen); err == nil || len(left) > 0 {
+		t.Errorf("left behind on the host: %v (temporary file %s)", left, seen)
+	}
+	if _, err := os.Stat(h.Path("/tmp/secret")); err == nil {
+		t.Errorf("/tmp/secret exists after an interrupted upload")
+	}
+
+	// A completed upload has the source's mode.
+	src := filepath.Join(t.TempDir(), "done")
+	writeFile(t, src, "complete")
+	if err := os.Chmod(src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := f.run("scp", src, "host-1:/tmp/secret"); code != 0 {
+		t.Fatal("scp failed")
+	}
+	if fi, err := os.Stat(h.Path("/tmp/secret")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("/tmp/secret: %v %v, want 0600", fi, err)
+	}
+}
+
+// scp -r into a local directory holding a symbolic link where the copy
+// needs a directory refuses instead of writing, or changing modes, through
+// the link.
+func TestSCPDownloadRefusesLocalSymlinks(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 1}, false)
+	if code, _, _ := f.run("ssh", "host-1", "mkdir -p /tmp/tree/sub && echo x >/tmp/tree/sub/file && chmod 0700 /tmp/tree/sub"); code != 0 {
+		t.Fatal("remote setup failed")
+	}
+	dest := t.TempDir()
+	outside := t.TempDir()
+	if err := os.Chmod(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dest, "tree"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dest, "tree", "sub")); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := f.run("scp", "-r", "host-1:/tmp/tree", dest)
+	if code == 0 || !strings.Contains(errOut, "symbolic link") {
+		t.Errorf("scp -r through a local symlink: exit %d, stderr %q", code, errOut)
+	}
+	if fi, err := os.Stat(outside); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the link's target is now %v (%v); want 0755 as before", fi.Mode().Perm(), err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("files written through the link: %v", ents)
 	}
 }

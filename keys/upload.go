@@ -3,8 +3,6 @@ package keys
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/shell"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Host is what an upload needs of a connection to an instance
@@ -174,12 +173,11 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	return b.uploadShell(ctx, k.Dest, id, k.Mode, b.values[k.Name])
 }
 
-// uploadSFTP writes data to dest through a directory of its own beside
-// dest, made private (0700) before anything is in it. sftp creates files
-// with the server's default mode, so the file is made 0600 while still
-// empty, then written, synced, given its mode and owner, and renamed over
-// dest. Leftovers of an upload cut off earlier are removed first (the
-// host's deploy lock keeps uploads apart).
+// uploadSFTP writes data to dest through a private file
+// (transport.CreatePrivate: a 0700 directory beside dest, the file 0600
+// while empty), synced, given its owner and mode, and renamed over dest.
+// Leftovers of an upload cut off earlier are removed first (the host's
+// deploy lock keeps uploads apart).
 func uploadSFTP(c *sftp.Client, dest string, uid, gid int, mode os.FileMode, data []byte) error {
 	dir := path.Dir(dest)
 	if _, err := c.Stat(dir); err != nil {
@@ -197,41 +195,19 @@ func uploadSFTP(c *sftp.Client, dest string, uid, gid int, mode os.FileMode, dat
 			}
 		}
 	}
-	stage := path.Join(dir, ".nix-hive-"+randomHex())
-	if err := c.Mkdir(stage); err != nil {
-		return fmt.Errorf("mkdir %s: %w", stage, err)
-	}
-	defer c.RemoveDirectory(stage)
-	if err := c.Chmod(stage, 0o700); err != nil {
-		return fmt.Errorf("chmod %s: %w", stage, err)
-	}
-	tmp := path.Join(stage, path.Base(dest))
-	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	t, err := transport.CreatePrivate(c, dest)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
+		return err
 	}
-	defer c.Remove(tmp) // a no-op after the rename
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("chmod %s: %w", tmp, err)
+	if err := writeSynced(t.File, data); err != nil {
+		t.Discard()
+		return fmt.Errorf("write %s: %w", t.Name(), err)
 	}
-	err = writeSynced(f, data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if err := c.Chown(t.Name(), uid, gid); err != nil {
+		t.Discard()
+		return fmt.Errorf("chown %s: %w", t.Name(), err)
 	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := c.Chmod(tmp, mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if err := c.Chown(tmp, uid, gid); err != nil {
-		return fmt.Errorf("chown %s: %w", tmp, err)
-	}
-	if err := c.PosixRename(tmp, dest); err != nil {
-		return fmt.Errorf("rename into %s: %w", dest, err)
-	}
-	return nil
+	return t.Commit(mode)
 }
 
 // writeSynced writes data and asks the server to fsync it (OpenSSH's
@@ -283,10 +259,4 @@ func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode st
 		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
 	}
 	return err
-}
-
-func randomHex() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -158,7 +158,13 @@ func copyEntry(src, dst side, sp, dp string, info fs.FileInfo, pr *progress) (*d
 	switch {
 	case info.IsDir():
 		if err := dst.Mkdir(dp); err != nil {
-			if st, serr := dst.Stat(dp); serr != nil || !st.IsDir() {
+			// Lstat: an existing symbolic link is not followed, so
+			// nothing outside the destination is written or chmodded.
+			st, serr := dst.Lstat(dp)
+			if serr == nil && st.Mode()&fs.ModeSymlink != 0 {
+				return nil, fmt.Errorf("%s is a symbolic link; refusing to copy a directory through it", dp)
+			}
+			if serr != nil || !st.IsDir() {
 				return nil, fmt.Errorf("mkdir %s: %w", dp, err)
 			}
 		}
@@ -185,47 +191,33 @@ func copyEntry(src, dst side, sp, dp string, info fs.FileInfo, pr *progress) (*d
 	return nil, nil
 }
 
-// copyFile writes to a temporary file beside to and renames it over to once
-// complete.
+// copyFile writes to a temporary file that only this user can read (never
+// world-readable, whatever the umask) and renames it over to once
+// complete, with its mode; on failure or interruption the temporary file
+// is removed.
 func copyFile(src, dst side, from, to string, mode fs.FileMode, pr *progress) error {
 	in, size, err := src.Open(from)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, tmp, err := dst.CreateTemp(to)
+	out, err := dst.CreateTemp(to)
 	if err != nil {
 		return err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			out.Close()
-			dst.Remove(tmp)
-		}
-	}()
 	if err := pump(out, in, size, pr); err != nil {
+		out.Discard()
 		return err
 	}
-	if err := dst.Chmod(tmp, mode&modeBits); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := dst.Rename(tmp, to); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, to, err)
-	}
-	ok = true
-	return nil
+	return out.Commit(mode & modeBits)
 }
 
 // pump copies in to out, counting: sftp is fast only when it may pipeline,
 // writing through ReadFrom (with the size known) or reading through
 // WriteTo.
 func pump(out io.Writer, in io.Reader, size int64, pr *progress) error {
-	if _, remote := out.(*sftp.File); remote {
-		_, err := out.(*sftp.File).ReadFrom(pr.reader(in, size))
+	if rf, ok := out.(io.ReaderFrom); ok {
+		_, err := rf.ReadFrom(pr.reader(in, size))
 		return err
 	}
 	if wt, ok := in.(io.WriterTo); ok {
@@ -249,8 +241,11 @@ type side interface {
 	Remove(p string) error
 	Rename(from, to string) error
 	Open(p string) (io.ReadCloser, int64, error)
-	// CreateTemp creates a new file beside p, returning it and its name.
-	CreateTemp(p string) (io.WriteCloser, string, error)
+	// Lstat does not follow a final symbolic link.
+	Lstat(p string) (fs.FileInfo, error)
+	// CreateTemp creates a file, readable by this user only, that
+	// Commit moves to p.
+	CreateTemp(p string) (tempFile, error)
 	Join(dir, rel string) string
 	Base(p string) string
 }
@@ -258,6 +253,7 @@ type side interface {
 type localFS struct{}
 
 func (localFS) Stat(p string) (fs.FileInfo, error)  { return os.Stat(p) }
+func (localFS) Lstat(p string) (fs.FileInfo, error) { return os.Lstat(p) }
 func (localFS) Mkdir(p string) error                { return os.Mkdir(p, 0o700) }
 func (localFS) Chmod(p string, m fs.FileMode) error { return os.Chmod(p, m) }
 func (localFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
@@ -305,17 +301,54 @@ func sized[F interface {
 	return f, st.Size(), nil
 }
 
-func (localFS) CreateTemp(p string) (io.WriteCloser, string, error) {
+// tempFile is a file being written for its destination.
+type tempFile interface {
+	io.Writer
+	// Commit gives the file mode and renames it over its destination.
+	Commit(mode fs.FileMode) error
+	// Discard removes it.
+	Discard()
+}
+
+func (localFS) CreateTemp(p string) (tempFile, error) {
+	// os.CreateTemp makes the file 0600.
 	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".nix-hive-*")
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	return f, f.Name(), nil
+	return &localTemp{File: f, dest: p}, nil
+}
+
+type localTemp struct {
+	*os.File
+	dest string
+}
+
+func (t *localTemp) Commit(mode fs.FileMode) error {
+	if err := t.Chmod(mode); err != nil {
+		t.Discard()
+		return fmt.Errorf("chmod %s: %w", t.Name(), err)
+	}
+	if err := t.Close(); err != nil {
+		t.Discard()
+		return fmt.Errorf("close %s: %w", t.Name(), err)
+	}
+	if err := os.Rename(t.Name(), t.dest); err != nil {
+		t.Discard()
+		return fmt.Errorf("rename %s to %s: %w", t.Name(), t.dest, err)
+	}
+	return nil
+}
+
+func (t *localTemp) Discard() {
+	t.Close()
+	os.Remove(t.Name())
 }
 
 type remoteFS struct{ c *sftp.Client }
 
 func (r remoteFS) Stat(p string) (fs.FileInfo, error)  { return r.c.Stat(p) }
+func (r remoteFS) Lstat(p string) (fs.FileInfo, error) { return r.c.Lstat(p) }
 func (r remoteFS) Mkdir(p string) error                { return r.c.Mkdir(p) }
 func (r remoteFS) Chmod(p string, m fs.FileMode) error { return r.c.Chmod(p, m) }
 func (r remoteFS) Readlink(p string) (string, error)   { return r.c.ReadLink(p) }
@@ -360,13 +393,12 @@ func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 
 func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) { return sized(r.c.Open(p)) }
 
-func (r remoteFS) CreateTemp(p string) (io.WriteCloser, string, error) {
-	tmp := path.Join(path.Dir(p), "."+path.Base(p)+".nix-hive-"+randomSuffix())
-	f, err := r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+func (r remoteFS) CreateTemp(p string) (tempFile, error) {
+	t, err := CreatePrivate(r.c, p)
 	if err != nil {
-		return nil, "", fmt.Errorf("create %s: %w", tmp, err)
+		return nil, err
 	}
-	return f, tmp, nil
+	return t, nil
 }
 
 // remoteRel is p relative to the walk's root (the walker joins, and so
