@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/alecthomas/kong"
 
@@ -41,6 +45,27 @@ func (f *Fleet) transportConfig(inv *eval.Inventory, st *state.File) transport.C
 	// One bound for everything: connecting, and silence on an open
 	// connection (keepalives every ConnectTimeout, dead after 3 missed),
 	// for the Go client and the OpenSSH config handed to nix copy alike.
-	return transport.Config{Endpoints: eps, AcceptNewHostKeys: f.AcceptNewHostKeys, AcceptedKnownHosts: st.AuxPath("known_hosts"),
-		ConnectTimeout: f.ConnectTimeout, KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout}
+	return transport.Config{Endpoints: eps, HostCAs: inv.HostCAs,
+		AcceptNewHostKeys: f.AcceptNewHostKeys, AcceptedKnownHosts: st.AuxPath("known_hosts"),
+		ConnectTimeout: f.ConnectTimeout, KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout,
+		Passphrase: askPassphrase}
+}
+
+// askPassphrase asks on the controlling terminal, as ssh does, without
+// echo; the transport asks once per key file and never two at a time.
+// Without a terminal (cron, CI) the key is skipped, and the refused login
+// says to load it into ssh-agent.
+func askPassphrase(keyFile string) ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, errors.New("encrypted, no agent holds it, and there is no terminal to ask for its passphrase; load it into ssh-agent")
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "Enter passphrase for key '%s': ", keyFile)
+	pass, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(tty)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase: %w", err)
+	}
+	return pass, nil
 }

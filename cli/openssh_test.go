@@ -3,15 +3,19 @@ package cli_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // nix-hive ssh behaves as OpenSSH's ssh where scripts depend on it: one
@@ -201,14 +205,14 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 	h := f.lab.Host("host-1")
 	// The precondition that made the old upload leak: a 022 umask, so a
 	// file created over sftp without care is 0644.
-	if code, out, _ := f.run("ssh", "host-1", "umask"); code != 0 || strings.TrimSpace(out) != "0022" {
+	if code, out, _ := f.run("ssh", "host-1", "mkdir -p /root/scp && umask"); code != 0 || strings.TrimSpace(out) != "0022" {
 		t.Fatalf("host umask %q; the test needs 0022", out)
 	}
 	fifo := filepath.Join(t.TempDir(), "secret")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := startProcessIn(t, f.dir, "scp", fifo, "host-1:/tmp/secret")
+	r := startProcessIn(t, f.dir, "scp", fifo, "host-1:/root/scp/secret")
 	feeding := make(chan error, 1)
 	go func() {
 		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
@@ -225,8 +229,8 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 			}
 		}
 	}()
-	// Watch the host's /tmp until the temporary file holds data.
-	tmp := h.Path("/tmp")
+	// Watch the directory on the host until the temporary file holds data.
+	tmp := h.Path("/root/scp")
 	var seen string
 	waitUntil(t, "the upload's temporary file to hold data", func() bool {
 		stages, _ := filepath.Glob(filepath.Join(tmp, ".nix-hive-*"))
@@ -255,8 +259,8 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 		}
 		return false
 	})
-	if _, err := os.Stat(h.Path("/tmp/secret")); err == nil {
-		t.Fatalf("/tmp/secret exists before the upload completed")
+	if _, err := os.Stat(h.Path("/root/scp/secret")); err == nil {
+		t.Fatalf("/root/scp/secret exists before the upload completed")
 	}
 	r.signal(syscall.SIGTERM)
 	if code := r.wait(); code == 0 {
@@ -269,8 +273,8 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 	if _, err := os.Stat(seen); err == nil || len(left) > 0 {
 		t.Errorf("left behind on the host: %v (temporary file %s)", left, seen)
 	}
-	if _, err := os.Stat(h.Path("/tmp/secret")); err == nil {
-		t.Errorf("/tmp/secret exists after an interrupted upload")
+	if _, err := os.Stat(h.Path("/root/scp/secret")); err == nil {
+		t.Errorf("/root/scp/secret exists after an interrupted upload")
 	}
 
 	// A completed upload has the source's mode.
@@ -279,11 +283,11 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 	if err := os.Chmod(src, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, _ := f.run("scp", src, "host-1:/tmp/secret"); code != 0 {
+	if code, _, _ := f.run("scp", src, "host-1:/root/scp/secret"); code != 0 {
 		t.Fatal("scp failed")
 	}
-	if fi, err := os.Stat(h.Path("/tmp/secret")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("/tmp/secret: %v %v, want 0600", fi, err)
+	if fi, err := os.Stat(h.Path("/root/scp/secret")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("/root/scp/secret: %v %v, want 0600", fi, err)
 	}
 }
 
@@ -292,7 +296,7 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 // the link.
 func TestSCPDownloadRefusesLocalSymlinks(t *testing.T) {
 	f := newFleet(t, lab.Config{Hosts: 1}, false)
-	if code, _, _ := f.run("ssh", "host-1", "mkdir -p /tmp/tree/sub && echo x >/tmp/tree/sub/file && chmod 0700 /tmp/tree/sub"); code != 0 {
+	if code, _, _ := f.run("ssh", "host-1", "mkdir -p /root/tree/sub && echo x >/root/tree/sub/file && chmod 0700 /root/tree/sub"); code != 0 {
 		t.Fatal("remote setup failed")
 	}
 	dest := t.TempDir()
@@ -306,7 +310,7 @@ func TestSCPDownloadRefusesLocalSymlinks(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(dest, "tree", "sub")); err != nil {
 		t.Fatal(err)
 	}
-	code, _, errOut := f.run("scp", "-r", "host-1:/tmp/tree", dest)
+	code, _, errOut := f.run("scp", "-r", "host-1:/root/tree", dest)
 	if code == 0 || !strings.Contains(errOut, "symbolic link") {
 		t.Errorf("scp -r through a local symlink: exit %d, stderr %q", code, errOut)
 	}
@@ -316,4 +320,204 @@ func TestSCPDownloadRefusesLocalSymlinks(t *testing.T) {
 	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 		t.Errorf("files written through the link: %v", ents)
 	}
+}
+
+// sshKeygen runs ssh-keygen or fails the test.
+func sshKeygen(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ssh-keygen", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen %q: %v\n%s", args, err, out)
+	}
+}
+
+// Host certificates (a hive hostCA, or @cert-authority in known_hosts)
+// stand in for pinned keys; a certificate for another name is refused.
+// User certificates log in where sshd trusts only a user CA.
+func TestCertificates(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	f := newFleet(t, lab.Config{Hosts: 2}, false)
+	keys := t.TempDir()
+	ca := filepath.Join(keys, "host_ca")
+	sshKeygen(t, "-q", "-t", "ed25519", "-N", "", "-C", "host CA", "-f", ca)
+	caPub, err := os.ReadFile(ca + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// host-1's certificate names its address; host-2's names another host.
+	for _, c := range []struct{ host, principal string }{{"host-1", f.lab.Host("host-1").Addr}, {"host-2", "elsewhere.example"}} {
+		h := f.lab.Host(c.host)
+		sshKeygen(t, "-q", "-s", ca, "-I", c.host, "-h", "-n", c.principal, h.HostKeyFile()+".pub")
+		if err := h.ConfigureSSHD(t.Context(), "HostCertificate "+h.HostKeyFile()+"-cert.pub"); err != nil {
+			t.Fatal(err)
+		}
+		// No pin: only the certificate can vouch for the host.
+		editFile(t, filepath.Join(f.dir, "lab.nix"), fmt.Sprintf("hostKey = %q;", h.HostKey), "")
+	}
+	editFile(t, filepath.Join(f.dir, "hive.nix"), "systems.t.toplevel = null;",
+		fmt.Sprintf("systems.t.toplevel = null;\n  hostCA = %q;", strings.TrimSpace(string(caPub))))
+
+	code, out, _ := f.run("run", "host-1", "--", "echo", "certified")
+	if code != 0 || !strings.Contains(out, "certified") {
+		t.Errorf("host-1 with a host certificate from the hive's hostCA: exit %d", code)
+	}
+	code, _, errOut := f.run("run", "host-2", "--", "touch", "/root/ran")
+	if code == 0 || !strings.Contains(errOut, "host certificate was refused") || !strings.Contains(errOut, "elsewhere") {
+		t.Errorf("host-2's certificate for another name: exit %d\n%s", code, errOut)
+	}
+	if _, err := os.Stat(f.lab.Host("host-2").Path("/root/ran")); err == nil {
+		t.Errorf("a command ran on host-2")
+	}
+	// OpenSSH with the generated config checks the same certificate.
+	_, cfg, _ := f.run("ssh-config", "--write")
+	cfg = strings.TrimSpace(cfg)
+	if out, err := exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", "host-1", "echo", "openssh-certified").CombinedOutput(); err != nil || !strings.Contains(string(out), "openssh-certified") {
+		t.Errorf("OpenSSH to host-1 with the generated config: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", "host-2", "true").CombinedOutput(); err == nil {
+		t.Errorf("OpenSSH accepted host-2's certificate for another name\n%s", out)
+	}
+
+	// The same authority from the user's known_hosts instead of the hive.
+	editFile(t, filepath.Join(f.dir, "hive.nix"), fmt.Sprintf("hostCA = %q;", strings.TrimSpace(string(caPub))), "")
+	if code, _, _ := f.run("run", "host-1", "--", "true"); code == 0 {
+		t.Fatalf("host-1 accepted with no authority and no pin")
+	}
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, ".ssh", "known_hosts"), "@cert-authority 127.77.* "+string(caPub))
+	if code, _, errOut := f.run("run", "host-1", "--", "true"); code != 0 {
+		t.Errorf("host-1 with @cert-authority in ~/.ssh/known_hosts: exit %d\n%s", code, errOut)
+	}
+
+	// A user certificate: host-1 trusts only the user CA, and a key it has
+	// never seen logs in with its certificate (found beside the key).
+	h := f.lab.Host("host-1")
+	userCA := filepath.Join(keys, "user_ca")
+	sshKeygen(t, "-q", "-t", "ed25519", "-N", "", "-C", "user CA", "-f", userCA)
+	if err := h.ConfigureSSHD(t.Context(), fmt.Sprintf("HostCertificate %s-cert.pub\nTrustedUserCAKeys %s.pub\nAuthorizedKeysFile none", h.HostKeyFile(), userCA)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := f.run("run", "host-1", "--", "true"); code == 0 {
+		t.Fatalf("host-1 still takes the lab's plain key; the test is wrong")
+	}
+	me := filepath.Join(keys, "me")
+	sshKeygen(t, "-q", "-t", "ed25519", "-N", "", "-f", me)
+	sshKeygen(t, "-q", "-s", userCA, "-I", "me", "-n", "root", me+".pub")
+	labNix := filepath.Join(f.dir, "lab.nix")
+	b, err := os.ReadFile(labNix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), `"host-1" =`) {
+			lines[i] = strings.Replace(l, fmt.Sprintf("IdentityFile = %q;", f.lab.ClientKey), fmt.Sprintf("IdentityFile = %q; IdentitiesOnly = \"yes\";", me), 1)
+		}
+	}
+	writeFile(t, labNix, strings.Join(lines, "\n"))
+	if code, out, _ := f.run("run", "host-1", "--", "echo", "by-certificate"); code != 0 || !strings.Contains(out, "by-certificate") {
+		t.Errorf("login with a user certificate beside the key: exit %d", code)
+	}
+	// CertificateFile names it elsewhere.
+	moved := filepath.Join(t.TempDir(), "my cert.pub")
+	if err := os.Rename(me+"-cert.pub", moved); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := f.run("run", "host-1", "--", "true"); code == 0 {
+		t.Errorf("logged in without the certificate; the test is wrong")
+	}
+	editFile(t, filepath.Join(f.dir, "lab.nix"), `IdentitiesOnly = "yes";`, fmt.Sprintf(`IdentitiesOnly = "yes"; CertificateFile = %q;`, moved))
+	if code, _, _ := f.run("run", "host-1", "--", "true"); code != 0 {
+		t.Errorf("login with CertificateFile: exit %d", code)
+	}
+}
+
+// An encrypted key that no agent holds: from a terminal, nix-hive asks for
+// its passphrase once (without echo), however many hosts use it; without
+// one, the key is skipped and the refusal says what to do.
+func TestEncryptedKeyPassphrasePrompt(t *testing.T) {
+	testenv.Tool(t, "script", "apt-get install bsdutils")
+	t.Setenv("SSH_AUTH_SOCK", "")
+	f := newFleet(t, lab.Config{Hosts: 2}, false)
+	keys := t.TempDir()
+	enc := filepath.Join(keys, "enc")
+	const passphrase = "correct horse battery"
+	sshKeygen(t, "-q", "-t", "ed25519", "-N", passphrase, "-f", enc)
+	if err := os.Remove(enc + ".pub"); err != nil { // the key's own header must do
+		t.Fatal(err)
+	}
+	sshKeygen(t, "-q", "-y", "-P", passphrase, "-f", enc) // checks the passphrase
+	pub, err := exec.Command("ssh-keygen", "-y", "-P", passphrase, "-f", enc).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorized := filepath.Join(keys, "authorized_keys")
+	writeFile(t, authorized, string(pub))
+	for _, h := range f.lab.Hosts {
+		if err := h.ConfigureSSHD(t.Context(), "AuthorizedKeysFile "+authorized); err != nil {
+			t.Fatal(err)
+		}
+	}
+	editFileAll(t, filepath.Join(f.dir, "lab.nix"), fmt.Sprintf("IdentityFile = %q;", f.lab.ClientKey), fmt.Sprintf("IdentityFile = %q;", enc))
+
+	// No terminal (a new session has none): skipped, and said why.
+	cmd := exec.Command("nix-hive", "-c", f.dir, "run", "host-*", "--", "true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "load it into ssh-agent") {
+		t.Errorf("without a terminal: %v\n%s", err, out)
+	}
+
+	// From a terminal (script gives it one): asked once, for both hosts.
+	in, feed := io.Pipe()
+	term := newWatched()
+	sc := exec.Command("script", "-qec", "nix-hive -c "+shell.Quote(f.dir)+" run 'host-*' -- echo logged-in", "/dev/null")
+	sc.Stdin, sc.Stdout, sc.Stderr = in, term, term
+	if err := sc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var code int
+	go func() {
+		sc.Wait()
+		code = sc.ProcessState.ExitCode()
+		feed.Close()
+		close(done)
+	}()
+	term.waitFor(t, "Enter passphrase for key '"+regexp.QuoteMeta(enc)+"': ", done)
+	if _, err := io.WriteString(feed, passphrase+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	feed.Close() // script ends only after its input does
+	select {
+	case <-done:
+	case <-time.After(3 * time.Minute): // a bound against a hang
+		sc.Process.Kill()
+		t.Fatalf("nix-hive did not end after the passphrase was typed:\n%s", term.String())
+	}
+	t.Logf("through script: exit %d\n%s", code, term.String())
+	if code != 0 || strings.Count(term.String(), "logged-in") != 2 {
+		t.Errorf("with the passphrase typed: exit %d, want both hosts logged in", code)
+	}
+	if n := strings.Count(term.String(), "Enter passphrase"); n != 1 {
+		t.Errorf("asked %d times; want once for one key file", n)
+	}
+	if strings.Contains(term.String(), passphrase) {
+		t.Errorf("the passphrase was echoed")
+	}
+}
+
+// editFileAll replaces every old in path with new.
+func editFileAll(t *testing.T, path, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%s has no %q", path, old)
+	}
+	writeFile(t, path, strings.ReplaceAll(string(b), old, new))
 }

@@ -23,6 +23,9 @@ type Inventory struct {
 	Signing   Signing              `json:"signing"`
 	Paths     map[string]string    `json:"paths"`
 	Build     BuildSettings        `json:"build"`
+	// HostCAs are the hive's hostCA keys: host certificates they sign are
+	// accepted for instances without a pinned hostKey.
+	HostCAs []string `json:"hostCAs"`
 }
 
 // Instance is one host running one system.

@@ -89,6 +89,7 @@ type Host struct {
 	lab    *Lab
 	netns  string   // network namespace file; "" for the root namespace
 	listen []string // addresses sshd listens on
+	sshd   string   // extra sshd_config lines, read before the lab's own
 
 	mu    sync.Mutex
 	boots int
@@ -112,7 +113,11 @@ func (h *Host) Path(p string) string {
 	return p
 }
 
-func (h *Host) hostKeyFile() string    { return filepath.Join(h.Root, "ssh_host_ed25519_key") }
+func (h *Host) hostKeyFile() string { return filepath.Join(h.Root, "ssh_host_ed25519_key") }
+
+// HostKeyFile is the host's private host key (its public half beside it,
+// with .pub), for tests that sign it into a host certificate.
+func (h *Host) HostKeyFile() string    { return h.hostKeyFile() }
 func (h *Host) sshdConfigFile() string { return filepath.Join(h.Root, "sshd_config") }
 func (h *Host) logFile() string        { return filepath.Join(h.Root, "sshd.log") }
 func (h *Host) consoleFile() string    { return filepath.Join(h.Root, "console.log") }
@@ -219,6 +224,9 @@ esac
 
 func (h *Host) sshdConfig() string {
 	var b strings.Builder
+	// First: sshd keeps the first value it reads for most options, so
+	// these override the lab's (AuthorizedKeysFile none, say).
+	b.WriteString(h.sshd)
 	for _, a := range h.listen {
 		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(a, strconv.Itoa(h.Port)))
 	}
@@ -552,6 +560,29 @@ func (h *Host) ReplaceHostKey(ctx context.Context) error {
 	h.lab.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("replace host key of %s: %w", h.Name, err)
+	}
+	if h.proc == nil {
+		return nil
+	}
+	if err := h.stopLocked(); err != nil {
+		return err
+	}
+	return h.startLocked(ctx)
+}
+
+// ConfigureSSHD gives the host's sshd extra configuration lines (read
+// before the lab's own, so they win) and restarts the host with them: a
+// HostCertificate, TrustedUserCAKeys, AuthorizedKeysFile none for a host
+// that only takes user certificates.
+func (h *Host) ConfigureSSHD(ctx context.Context, lines string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if lines != "" && !strings.HasSuffix(lines, "\n") {
+		lines += "\n"
+	}
+	h.sshd = lines
+	if err := writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644); err != nil {
+		return fmt.Errorf("sshd config of %s: %w", h.Name, err)
 	}
 	if h.proc == nil {
 		return nil

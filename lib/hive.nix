@@ -71,7 +71,8 @@ let
         ++ (if signing ? keyFile then expect "hive" "signing.keyFile" (v: isString v || isPath v) "a file name (string)" signing.keyFile else [ ])
         ++ (if signing ? publicKey then expect "hive" "signing.publicKey" isString "a string" signing.publicKey else [ ])
         ++ (if signing ? publicKeyFile then expect "hive" "signing.publicKeyFile" (v: isString v || isPath v) "a file" signing.publicKeyFile else [ ])
-        ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ]);
+        ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ])
+        ++ (if hive ? hostCA && hive.hostCA != null then expect "hive" "hostCA" (v: isString v || isStringList v) "a CA public key line (string) or a list of them" hive.hostCA else [ ]);
 
       knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" ];
       knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" ];
@@ -288,6 +289,10 @@ let
         };
         paths = mapAttrs (_: pathString) hivePaths;
         build.flags = hive.nix.build.flags or [ ];
+        # Host certificates signed by these keys are accepted for any
+        # instance without a pinned hostKey, as @cert-authority lines in
+        # known_hosts would be.
+        hostCAs = let v = normalizeHostKeys (hive.hostCA or null); in if isStringList v then v else [ ];
       };
     in {
       inherit inventory;

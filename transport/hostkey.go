@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -28,6 +29,9 @@ type HostKeyError struct {
 	// Where says where each of Want came from ("hostKey" or file:line).
 	Where   []string
 	Revoked bool
+	// Cert says why a host certificate was not accepted, when the host
+	// presented one.
+	Cert error
 }
 
 // Is makes errors.Is match the sentinel for the kind of refusal.
@@ -40,6 +44,9 @@ func (e *HostKeyError) Is(target error) bool {
 
 func (e *HostKeyError) Error() string {
 	got := keyTypeLabel(e.Got) + " " + ssh.FingerprintSHA256(e.Got)
+	if e.Cert != nil {
+		got += " (its host certificate was refused: " + e.Cert.Error() + ")"
+	}
 	switch {
 	case e.Revoked:
 		return fmt.Sprintf("host key for %s (%s) is revoked in %s: %s; refusing to connect", e.Instance, e.Addr, strings.Join(e.Where, ", "), got)
@@ -77,8 +84,10 @@ func keyTypeLabel(k ssh.PublicKey) string {
 // or its name (the HostKeyAlias of the generated OpenSSH config).
 type hostKeys struct {
 	instance   string
-	alias      string   // the name accepted keys are recorded under
-	addr       string   // address the key is checked for (host:port)
+	alias      string // the name accepted keys are recorded under
+	addr       string // address the key is checked for (host:port)
+	hostName   string // the principal a host certificate must name
+	cas        []ssh.PublicKey
 	candidates []string // names looked up in known_hosts
 	pinned     []ssh.PublicKey
 	files      []string
@@ -166,7 +175,21 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cb := func(_ string, _ net.Addr, got ssh.PublicKey) error {
+	certs, certCheck, err := h.certificates()
+	if err != nil {
+		return nil, nil, err
+	}
+	var certErr error
+	var check func(got ssh.PublicKey) error
+	check = func(got ssh.PublicKey) error {
+		if cert, ok := got.(*ssh.Certificate); ok {
+			// As OpenSSH: a certificate no authority vouches for is
+			// checked as the plain key inside it.
+			if certErr = certCheck(cert); certErr == nil {
+				return nil
+			}
+			return check(cert.Key)
+		}
 		if r := revoked(got); r != nil {
 			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Revoked: true,
 				Want: []string{ssh.FingerprintSHA256(r.Key)}, Where: []string{fmt.Sprintf("%s:%d", r.Filename, r.Line)}}
@@ -177,18 +200,142 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 			}
 		}
 		if len(keys) > 0 {
-			e := &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Where: where}
+			e := &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Where: where, Cert: certErr}
 			for _, k := range keys {
 				e.Want = append(e.Want, keyTypeLabel(k)+" "+ssh.FingerprintSHA256(k))
 			}
 			return e
 		}
-		if !h.accept {
-			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got}
+		if !h.accept || certErr != nil {
+			// A certificate that failed its check is never accepted as
+			// new: the host claims an authority that does not vouch for it.
+			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Cert: certErr}
 		}
 		return h.record(got)
 	}
-	return cb, algorithms(keys), nil
+	cb := func(_ string, _ net.Addr, got ssh.PublicKey) error { return check(got) }
+	algos := algorithms(keys)
+	if certs {
+		algos = append(certAlgorithms(keys), algos...)
+	}
+	return cb, algos, nil
+}
+
+// certificates says whether host certificates may be accepted for the
+// endpoint (it has no pins, and the hive or a known_hosts file names an
+// authority) and returns their check: signed by one of the hive's
+// hostCAs or by an @cert-authority of the known_hosts files for the
+// address, valid now, naming the HostName as a principal.
+func (h *hostKeys) certificates() (bool, func(*ssh.Certificate) error, error) {
+	none := func(*ssh.Certificate) error { return errors.New("no certificate authority is trusted for it") }
+	if len(h.pinned) > 0 {
+		return false, none, nil
+	}
+	var files []string
+	for _, f := range h.files {
+		if hasCertAuthority(f) {
+			files = append(files, f)
+		}
+	}
+	if len(h.cas) == 0 && len(files) == 0 {
+		return false, none, nil
+	}
+	var known ssh.HostKeyCallback
+	if len(files) > 0 {
+		cb, err := knownhosts.New(files...)
+		if err != nil {
+			return false, nil, fmt.Errorf("read known_hosts for %s: %w", h.instance, err)
+		}
+		known = cb
+	}
+	hive := &ssh.CertChecker{IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+		return slices.ContainsFunc(h.cas, func(ca ssh.PublicKey) bool { return bytes.Equal(ca.Marshal(), auth.Marshal()) })
+	}}
+	// The principal is the HostName, as OpenSSH checks it without a
+	// HostKeyAlias (the generated config sets none for such hosts).
+	addr := joinHostPort(h.hostName, portOf(h.addr))
+	return true, func(cert *ssh.Certificate) error {
+		err := hive.CheckHostKey(addr, dummyRemote, cert)
+		if err != nil && known != nil {
+			if kerr := known(addr, dummyRemote, cert); kerr == nil {
+				return nil
+			} else if len(h.cas) == 0 {
+				err = kerr
+			}
+		}
+		return err
+	}, nil
+}
+
+// hasCertAuthority reports whether a known_hosts file has an
+// @cert-authority line.
+func hasCertAuthority(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for len(data) > 0 {
+		marker, _, _, _, rest, err := ssh.ParseKnownHosts(data)
+		if err != nil {
+			return false
+		}
+		if marker == "cert-authority" {
+			return true
+		}
+		data = rest
+	}
+	return false
+}
+
+// certAlgorithms are the certificate algorithms to ask for, before the
+// plain ones: those of the known keys' types, or all when none is known.
+func certAlgorithms(keys []ssh.PublicKey) []string {
+	all := []string{ssh.CertAlgoED25519v01, ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01, ssh.CertAlgoECDSA521v01,
+		ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01}
+	if len(keys) == 0 {
+		return all
+	}
+	var out []string
+	for _, k := range keys {
+		switch k.Type() {
+		case ssh.KeyAlgoED25519:
+			out = append(out, ssh.CertAlgoED25519v01)
+		case ssh.KeyAlgoECDSA256:
+			out = append(out, ssh.CertAlgoECDSA256v01)
+		case ssh.KeyAlgoECDSA384:
+			out = append(out, ssh.CertAlgoECDSA384v01)
+		case ssh.KeyAlgoECDSA521:
+			out = append(out, ssh.CertAlgoECDSA521v01)
+		case ssh.KeyAlgoRSA:
+			out = append(out, ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01)
+		}
+	}
+	return out
+}
+
+// parseCAs parses the hive's hostCA keys.
+func parseCAs(lines []string) ([]ssh.PublicKey, error) {
+	var out []ssh.PublicKey
+	for i, line := range lines {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			return nil, fmt.Errorf("hostCA #%d %q: %w; expected \"ssh-ed25519 AAAA...\"", i+1, line, err)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 22
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return 22
+	}
+	return n
 }
 
 // record appends an accepted key under the instance's alias, as ssh's

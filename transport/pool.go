@@ -27,7 +27,8 @@ const maxSessions = 10
 type Pool struct {
 	cfg       Config
 	endpoints map[string]*settings
-	known     []string    // known_hosts files consulted, in order
+	known     []string // known_hosts files consulted, in order
+	cas       []ssh.PublicKey
 	uc        *userConfig // the user's ssh config, included by WriteSSHConfig
 	warnings  []string
 
@@ -39,6 +40,7 @@ type Pool struct {
 	kills sync.WaitGroup
 
 	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
+	ids      identities // identity files decrypted in this run
 
 	mu      sync.Mutex
 	closed  bool
@@ -75,8 +77,13 @@ func NewPool(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	cas, err := parseCAs(cfg.HostCAs)
+	if err != nil {
+		return nil, err
+	}
 	p := &Pool{
 		cfg:       cfg,
+		cas:       cas,
 		endpoints: eps,
 		known:     knownFiles(cfg),
 		uc:        uc,
@@ -366,11 +373,26 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 // clientConfig is the SSH client configuration of one handshake with s:
 // its host key checks and its keys; closeAgent releases the agent.
 func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(), err error) {
-	addr := s.Addr()
-	hk := &hostKeys{
+	hk := p.hostKeys(s)
+	cb, algos, err := hk.callback()
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, closeAgent, err := p.authFor(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}, closeAgent, nil
+}
+
+// hostKeys is what decides s's host keys.
+func (p *Pool) hostKeys(s *settings) *hostKeys {
+	return &hostKeys{
 		instance:   s.Name,
-		addr:       addr,
+		addr:       s.Addr(),
 		alias:      Alias(s.Name),
+		hostName:   s.HostName,
+		cas:        p.cas,
 		candidates: s.knownNames(),
 		pinned:     s.pinned,
 		files:      p.known,
@@ -378,15 +400,6 @@ func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(
 		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
 		acceptMu:   &p.acceptMu,
 	}
-	cb, algos, err := hk.callback()
-	if err != nil {
-		return nil, nil, err
-	}
-	auth, closeAgent, err := authFor(s)
-	if err != nil {
-		return nil, nil, err
-	}
-	return &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}, closeAgent, nil
 }
 
 // handshakeError says why a handshake with s failed: a host key error as

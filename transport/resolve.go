@@ -31,6 +31,10 @@ type Effective struct {
 	IdentityFiles []string
 	// IdentitiesOnly skips agent keys that are not among IdentityFiles.
 	IdentitiesOnly bool
+	// CertificateFiles are user certificates (hive CertificateFile, else
+	// the user's config), offered with the keys they certify; an
+	// identity's <file>-cert.pub is offered too, as OpenSSH does.
+	CertificateFiles []string
 	// ProxyCommand, from the user's ssh config for an instance the hive
 	// gives no jump, is run on this machine to reach the host (SSM,
 	// Teleport, cloudflared): its stdin and stdout are the connection.
@@ -177,6 +181,15 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 			continue
 		}
 		s.IdentityFiles = append(s.IdentityFiles, expandPath(expandTokens(id, tokens{alias: name, host: s.HostName, user: s.User})))
+	}
+	certs := uc.getAll(name, "CertificateFile")
+	if v := optionValue(ep.Options, "CertificateFile"); v != "" {
+		certs = strings.Split(v, ",")
+	}
+	for _, c := range certs {
+		if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "none") {
+			s.CertificateFiles = append(s.CertificateFiles, expandPath(expandTokens(c, tokens{alias: name, host: s.HostName, user: s.User})))
+		}
 	}
 	only := firstOf(optionValue(ep.Options, "IdentitiesOnly"), uc.get(name, "IdentitiesOnly"))
 	s.IdentitiesOnly = strings.EqualFold(only, "yes")

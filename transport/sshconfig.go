@@ -116,12 +116,14 @@ func (p *Pool) writeHost(b *bufio.Writer, s *settings, knownHosts string) {
 	} else {
 		fmt.Fprintf(b, "\tProxyJump %s\n", jump)
 	}
-	fmt.Fprintf(b, "\tHostKeyAlias %s\n", alias)
+	if !p.certified(s) {
+		fmt.Fprintf(b, "\tHostKeyAlias %s\n", alias)
+	}
 	fmt.Fprintf(b, "\tUserKnownHostsFile %s\n", knownHosts)
 	fmt.Fprintf(b, "\tStrictHostKeyChecking %s\n", strict)
 	p.writeBounds(b, s)
 	for _, o := range s.options {
-		if strings.EqualFold(o.key, "IdentityFile") {
+		if strings.EqualFold(o.key, "IdentityFile") || strings.EqualFold(o.key, "CertificateFile") {
 			// The Go client reads a comma-separated list; OpenSSH wants
 			// one IdentityFile line per file.
 			for _, f := range strings.Split(o.value, ",") {
@@ -153,23 +155,42 @@ func (p *Pool) writeBounds(b *bufio.Writer, s *settings) {
 // the generated ssh config looks up: every pinned key, and for endpoints
 // without pins, the keys the user's known_hosts files hold for their
 // address (so plain ssh accepts what the Pool accepts).
+//
+// Hosts that may present a host certificate (see certified) are written
+// under their address instead, with an @cert-authority line per hive
+// hostCA: OpenSSH checks a certificate's principals against the
+// HostKeyAlias when there is one, and principals name hosts, not
+// instances.
 func (p *Pool) WriteKnownHosts(w io.Writer) error {
 	b := bufio.NewWriter(w)
 	for _, name := range slices.Sorted(maps.Keys(p.endpoints)) {
 		s := p.endpoints[name]
 		keys := s.pinned
 		if len(keys) == 0 {
-			hk := &hostKeys{instance: name, candidates: s.knownNames(), files: p.known}
 			var err error
-			if keys, _, _, err = hk.known(); err != nil {
+			if keys, _, _, err = p.hostKeys(s).known(); err != nil {
 				return err
 			}
 		}
+		host := Alias(name)
+		if p.certified(s) {
+			host = knownhosts.Normalize(s.Addr())
+			for _, ca := range p.cas {
+				fmt.Fprintf(b, "@cert-authority %s\n", knownhosts.Line([]string{host}, ca))
+			}
+		}
 		for _, k := range keys {
-			fmt.Fprintln(b, knownhosts.Line([]string{Alias(name)}, k))
+			fmt.Fprintln(b, knownhosts.Line([]string{host}, k))
 		}
 	}
 	return b.Flush()
+}
+
+// certified reports whether s may be verified by a host certificate: it has
+// no pinned keys, and the hive or a known_hosts file names an authority.
+func (p *Pool) certified(s *settings) bool {
+	ok, _, err := p.hostKeys(s).certificates()
+	return ok && err == nil
 }
 
 // WriteOpenSSH writes the known_hosts (as knownHosts) and the config (as

@@ -63,6 +63,12 @@ type Config struct {
 	// KnownHostsFiles are consulted for hosts without pinned keys; files
 	// that do not exist are skipped. nil means ~/.ssh/known_hosts.
 	KnownHostsFiles []string
+	// HostCAs are certificate authority keys (authorized_keys form): a
+	// host certificate they signed, naming the host's HostName among its
+	// principals, is accepted for any endpoint without pinned keys, as an
+	// "@cert-authority" line in known_hosts would be (those are honoured
+	// too).
+	HostCAs []string
 	// AcceptNewHostKeys records the key of a host that has neither a pinned
 	// nor a known key in AcceptedKnownHosts and accepts it. A mismatch is
 	// still refused.
@@ -93,6 +99,10 @@ type Config struct {
 	// password or passphrase): for configs handed to tools that run ssh
 	// without a terminal of their own, like nix copy.
 	BatchMode bool
+	// Passphrase, if set, is asked for the passphrase of an encrypted
+	// identity file that no agent holds (once per file and run; calls are
+	// serialised). nix-hive asks on the terminal; nil skips such keys.
+	Passphrase func(keyFile string) ([]byte, error)
 	// RawCommands sends Run's command lines exactly as given. By default a
 	// short probe (sh -c ... >&2) runs first and reports the command's
 	// process group on stderr, where Run removes it again, so that a
