@@ -19,17 +19,19 @@ import (
 type CLI struct {
 	Globals
 
-	Build     BuildCmd     `cmd:"" help:"Build each unique system of the targets once; print the inventory as JSON." group:"Deploy"`
-	Plan      PlanCmd      `cmd:"" help:"Show what deploy would do: systems, transfers, waves. Touches nothing." group:"Deploy"`
-	Deploy    DeployCmd    `cmd:"" help:"Build, push to stores, substitute, activate and check, in waves." group:"Deploy"`
-	Status    StatusCmd    `cmd:"" help:"Compare each instance's active system with what the hive wants." group:"Deploy"`
-	Rollback  RollbackCmd  `cmd:"" help:"Switch instances back to their previous generation." group:"Deploy"`
-	Run       RunCmd       `cmd:"" help:"Run a command on many instances in parallel." group:"Fleet"`
-	SSH       SSHCmd       `cmd:"" name:"ssh" help:"Open a shell or run a command on one instance." group:"Fleet"`
-	SCP       SCPCmd       `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`
-	SSHConfig SSHConfigCmd `cmd:"" name:"ssh-config" help:"Print an OpenSSH config for the hive (extends ~/.ssh/config)." group:"Fleet"`
-	Keys      KeysCmd      `cmd:"" help:"List or upload the hosts' keys (secrets)." group:"Fleet"`
-	Keygen    KeygenCmd    `cmd:"" help:"Create the hive's signing key pair." group:"Setup"`
+	Build      BuildCmd      `cmd:"" help:"Build each unique system of the targets once; print the inventory as JSON." group:"Deploy"`
+	Plan       PlanCmd       `cmd:"" help:"Show what deploy would do: systems, transfers, waves. Touches nothing." group:"Deploy"`
+	Deploy     DeployCmd     `cmd:"" help:"Build, push to stores, substitute, activate and check, in waves." group:"Deploy"`
+	Status     StatusCmd     `cmd:"" help:"Compare each instance's active system with what the hive wants." group:"Deploy"`
+	Rollback   RollbackCmd   `cmd:"" help:"Switch instances back to their previous generation." group:"Deploy"`
+	Run        RunCmd        `cmd:"" help:"Run a command on many instances in parallel." group:"Fleet"`
+	SSH        SSHCmd        `cmd:"" name:"ssh" help:"Open a shell or run a command on one instance." group:"Fleet"`
+	SCP        SCPCmd        `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`
+	SSHConfig  SSHConfigCmd  `cmd:"" name:"ssh-config" help:"Print an OpenSSH config for the hive (extends ~/.ssh/config)." group:"Fleet"`
+	Keys       KeysCmd       `cmd:"" help:"List or upload the hosts' keys (secrets)." group:"Fleet"`
+	Keygen     KeygenCmd     `cmd:"" help:"Create the hive's signing key pair." group:"Setup"`
+	Completion CompletionCmd `cmd:"" help:"Print shell completion for bash, zsh or fish." group:"Setup"`
+	Man        ManCmd        `cmd:"" help:"Print nix-hive's manual page (roff)." group:"Setup"`
 }
 
 // Main runs nix-hive with args and returns the exit status: 0 success, 1
