@@ -12,6 +12,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 )
 
@@ -50,12 +51,13 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 		Tree: &cli,
 		Options: append([]kong.Option{
 			kong.Description("Deploy a handful of NixOS systems to fleets of hosts."),
-			kong.Vars{"version": version},
+			kong.Vars{"version": "nix-hive " + versionString(version)},
 			kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 			kong.Bind(g),
 		}, providers()...),
 		Validate: g.validate,
 		Message:  message,
+		IsUsage:  func(err error) bool { return errors.Is(err, eval.ErrHive) },
 	}.Main(ctx, args, stdout, stderr)
 }
 

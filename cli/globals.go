@@ -18,6 +18,7 @@ type Globals struct {
 	No      []string         `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push, keys."`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
 	Policy  string           `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
+	Verbose bool             `short:"v" help:"Say more: every host of a large plan, the Nix command lines behind errors."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer

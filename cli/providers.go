@@ -46,7 +46,7 @@ func provided[T any](v T, err error) (T, error) {
 }
 
 func nixRunner(g *Globals) *nixcmd.Runner {
-	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: "}
+	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: ", Verbose: g.Verbose}
 }
 
 func locate(g *Globals) (eval.Source, error) {
@@ -95,7 +95,7 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
 	p, err := transport.NewPool(cfg)
 	if err != nil {
-		return provided[*transport.Pool](nil, fmt.Errorf("%s: %w", h.Src.File, err))
+		return provided[*transport.Pool](nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err)))
 	}
 	for _, w := range p.Warnings() {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)

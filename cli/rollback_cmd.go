@@ -14,7 +14,7 @@ import (
 type RollbackCmd struct {
 	Fleet
 	Parallel          int           `default:"16" help:"Hosts worked on at once."`
-	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs."`
+	Targets           []string      `arg:"" help:"Instance name globs, or @tag globs ('*' for all: a fleet-wide rollback is typed out)."`
 	Sudo              string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
 	MagicRollback     bool          `default:"true" negatable:"" help:"The host returns to what it ran before the rollback unless nix-hive confirms over a new SSH connection within --confirm-timeout."`
 	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation."`
@@ -31,9 +31,6 @@ be typed out ('*').`
 }
 
 func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
-	if len(c.Targets) == 0 {
-		return fmt.Errorf("rollback: name the instances to roll back (use '*' for all)")
-	}
 	targets, err := h.Inventory.Select(c.Targets)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -24,7 +25,7 @@ type RunCmd struct {
 	Parallel int           `default:"32" help:"Instances at once."`
 	Timeout  time.Duration `help:"Stop the command on a host after this long (e.g. 30s; default: no limit); the host counts as failed."`
 	Targets  string        `arg:"" help:"Instances: a name glob or @tag glob; several separated by commas."`
-	Command  []string      `arg:"" passthrough:"" help:"The command and its arguments, after --."`
+	Command  []string      `arg:"" optional:"" passthrough:"" help:"The command and its arguments, after --."`
 }
 
 func (c *RunCmd) Help() string {
@@ -44,7 +45,7 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 		args = args[1:]
 	}
 	if len(args) == 0 {
-		return fmt.Errorf("run: no command (nix-hive run TARGETS -- CMD ARGS...)")
+		return cmdline.UsageError{Err: fmt.Errorf("run: give targets, then the command after --: nix-hive run TARGETS -- CMD ARGS... (got targets %q and no command)", c.Targets)}
 	}
 	targets, err := h.Inventory.Select(strings.Split(c.Targets, ","))
 	if err != nil {
@@ -91,6 +92,9 @@ func (c *RunCmd) runOn(ctx context.Context, g *Globals, pool *transport.Pool, ta
 		code, err := pool.Run(ctx, targets[i], cmd, nil, stdout, stderr)
 		stdout.Flush()
 		stderr.Flush()
+		if err != nil && c.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("stopped after --timeout %s", c.Timeout)
+		}
 		results[i] = runOutcome{code, err}
 	})
 	return results

@@ -145,7 +145,7 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: 10 * time.Second}
 	p, err := transport.NewPool(f.transportConfig(h.Inventory, st))
 	if err != nil {
-		return fmt.Errorf("%s: %w", h.Src.File, err)
+		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
 	}
 	defer p.Close()
 	for _, w := range p.Warnings() {

@@ -75,6 +75,18 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 	if opts.PublicKey, err = prep.Hive.PublicKey(); err != nil {
 		return nil, err
 	}
+	if opts.PublicKey == "" && !opts.SkipPush {
+		if subs := prep.Plan.substituting(); len(subs) > 0 {
+			// Consumers require signatures; without a hive key they would
+			// fail one by one, each with advice that cannot help.
+			verb := "substitute"
+			if len(subs) == 1 {
+				verb = "substitutes"
+			}
+			return nil, eval.InHive(fmt.Errorf("%s: %s %s from a store, which needs closures signed by the hive, and the hive has no signing key: run `nix-hive keygen` and set signing.keyFile = \"keys/hive.sec\";",
+				prep.Hive.Src.File, countNames(subs, "instance"), verb))
+		}
+	}
 	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Sudo)
 	if err != nil {
 		return nil, err
@@ -181,6 +193,17 @@ func verdict(r starlark.CheckResult) (bool, string) {
 	return false, r.Message
 }
 
+// HasCheck says which checks the policy defines.
+func (c *policyChecks) HasCheck(which string) bool {
+	switch which {
+	case "pre":
+		return c.p.HasPre
+	case "post":
+		return c.p.HasPost
+	}
+	return false
+}
+
 func (c *policyChecks) Pre(ctx context.Context, n string) (bool, string) {
 	if !c.p.HasPre {
 		return true, ""
@@ -211,4 +234,28 @@ type poolRunner struct{ pool *transport.Pool }
 func (r poolRunner) Run(ctx context.Context, instance, cmd string) (string, string, int, error) {
 	stdout, stderr, code, err := r.pool.Output(ctx, instance, cmd)
 	return string(stdout), string(stderr), code, err
+}
+
+// substituting lists the targets that substitute from a store or cache.
+func (p *Plan) substituting() []string {
+	var out []string
+	for _, n := range p.Order {
+		if h := p.Hosts[n]; h.Target && (h.Source.Kind == SourceStore || h.Source.Kind == SourceCache) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// countNames is "www-1" or "3 instances (www-1, www-2, www-3)", at most
+// five names.
+func countNames(names []string, noun string) string {
+	if len(names) == 1 {
+		return noun + " " + names[0]
+	}
+	shown := names
+	if len(shown) > 5 {
+		shown = append(append([]string(nil), shown[:5]...), "...")
+	}
+	return fmt.Sprintf("%d %ss (%s)", len(names), noun, strings.Join(shown, ", "))
 }

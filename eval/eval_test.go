@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -345,5 +346,51 @@ func TestStoreUserDefaultsToUser(t *testing.T) {
 		if got := inv.Instances[name].StoreUser; got != want {
 			t.Errorf("%s: storeUser %q, want %q", name, got, want)
 		}
+	}
+}
+
+// Offline, Nix waits for unreachable substituters on every build; the
+// first build of a run says which, once, and still builds. Nothing is
+// said when everything is already built.
+func TestWarnsOfUnreachableSubstituters(t *testing.T) {
+	nixtest.Require(t)
+	// A port nothing listens on: refused at once, as offline DNS or
+	// routing failures are, soon.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	src := writeHive(t, fleetHive, nonce(t))
+	var stderr bytes.Buffer
+	ev := newEvaluator(t, src, &stderr)
+	ev.Nix.Config = append(ev.Nix.Config, "substituters = "+dead)
+	var warnings []string
+	ev.Warn = func(m string) { warnings = append(warnings, m) }
+	ctx := context.Background()
+	inv, err := ev.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, round := range []string{"first", "second"} {
+		built, err := ev.Build(ctx, inv, []string{"web", "db"})
+		if err != nil || !ev.Valid(ctx, built["web"].OutPath) {
+			t.Fatalf("%s build: %v\n%s", round, err, stderr.String())
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "substituter "+dead+" is unreachable") || !strings.Contains(warnings[0], "substituters =") {
+		t.Errorf("warnings = %q; want one naming %s and the fix", warnings, dead)
+	}
+	// A new run with everything built: nothing to warn about.
+	warnings = nil
+	ev2 := newEvaluator(t, src, &stderr)
+	ev2.Nix.Config = append(ev2.Nix.Config, "substituters = "+dead)
+	ev2.Warn = func(m string) { warnings = append(warnings, m) }
+	if _, err := ev2.Build(ctx, inv, []string{"web", "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Errorf("warned with nothing to build: %q", warnings)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	hivelib "github.com/nix-hive/nix-hive/lib"
 	"github.com/nix-hive/nix-hive/nixcmd"
@@ -22,6 +23,10 @@ type Evaluator struct {
 	CacheDir string
 	// FlakeAttr is the flake output holding the hive (default "hive").
 	FlakeAttr string
+	// Warn, if set, receives warnings (one line each, no prefix).
+	Warn func(string)
+
+	offlineOnce sync.Once
 
 	libDir string
 }
@@ -81,6 +86,9 @@ func (e *Evaluator) Inventory(ctx context.Context) (*Inventory, error) {
 	args := append([]string{"eval", "--json"}, inst...)
 	out, err := e.Nix.Quiet().Run(ctx, "nix", args...)
 	if err != nil {
+		if ctx.Err() == nil {
+			err = hiveError{err}
+		}
 		return nil, fmt.Errorf("evaluate %s: %w", e.Src.File, err)
 	}
 	inv, err := decodeInventory(out)
@@ -123,6 +131,9 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		if err != nil {
 			return result, err
 		}
+		if !e.allValid(ctx, drvs) {
+			e.warnOffline(ctx)
+		}
 		args := []string{"--realise"}
 		args = append(args, inv.Build.Flags...)
 		seen := map[string]bool{}
@@ -146,6 +157,17 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 	return result, nil
 }
 
+// allValid reports whether every output is already in the store (nothing
+// to build or substitute).
+func (e *Evaluator) allValid(ctx context.Context, drvs map[string]Built) bool {
+	for _, b := range drvs {
+		if !e.Valid(ctx, b.OutPath) {
+			return false
+		}
+	}
+	return true
+}
+
 // instantiate evaluates the toplevels of systems in one call and returns
 // their derivation and output paths.
 func (e *Evaluator) instantiate(ctx context.Context, include []string, systems []string) (map[string]Built, error) {
@@ -166,6 +188,9 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 	// string by toJSON.
 	var raw map[string]struct{ Drv, Out string }
 	if err := e.Nix.JSON(ctx, &raw, "nix", args...); err != nil {
+		if ctx.Err() == nil {
+			err = hiveError{err}
+		}
 		return nil, fmt.Errorf("evaluate systems %s: %w", strings.Join(systems, ", "), err)
 	}
 	out := map[string]Built{}

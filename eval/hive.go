@@ -24,6 +24,9 @@ type Hive struct {
 // errors is an *InvalidHiveError naming the file.
 func Open(ctx context.Context, src Source, nix *nixcmd.Runner) (*Hive, error) {
 	ev := &Evaluator{Src: src, Nix: nix}
+	if w := nix.Stderr; w != nil {
+		ev.Warn = func(msg string) { fmt.Fprintf(w, "nix-hive: warning: %s\n", msg) }
+	}
 	inv, err := ev.Inventory(ctx)
 	if err != nil {
 		return nil, err

@@ -135,12 +135,35 @@ func decodeInventory(data []byte) (*Inventory, error) {
 	return &inv, nil
 }
 
+// ErrHive matches (with errors.Is) every error in what the user wrote
+// rather than in what happened: an invalid hive, an expression that does
+// not evaluate, a target that matches nothing. Commands exit 2 for them,
+// as for a bad command line.
+var ErrHive = errors.New("error in the hive")
+
+// hiveError marks err as an ErrHive without changing its message.
+type hiveError struct{ error }
+
+// InHive marks err, found by another package in what the hive says (an
+// ssh option transport refuses, say), as an ErrHive.
+func InHive(err error) error {
+	if err == nil {
+		return nil
+	}
+	return hiveError{err}
+}
+
+func (e hiveError) Is(target error) bool { return target == ErrHive }
+func (e hiveError) Unwrap() error        { return e.error }
+
 // InvalidHiveError lists everything wrong with a hive definition at once,
 // so a user fixes them in one round.
 type InvalidHiveError struct {
 	File     string
 	Problems []string
 }
+
+func (e *InvalidHiveError) Is(target error) bool { return target == ErrHive }
 
 func (e *InvalidHiveError) Error() string {
 	var b strings.Builder

@@ -58,7 +58,7 @@ func (inv *Inventory) Select(patterns []string) ([]string, error) {
 		}
 	}
 	if len(unmatched) > 0 {
-		return nil, fmt.Errorf("target %s matches no instance (patterns are globs on names, or @glob on tags)", quoteList(unmatched))
+		return nil, hiveError{fmt.Errorf("target %s matches no instance (patterns are globs on names, or @glob on tags)%s", quoteList(unmatched), inv.suggestTargets(unmatched))}
 	}
 	return out, nil
 }
@@ -70,10 +70,10 @@ func isExplicit(p string) bool {
 func validPattern(p string) error {
 	glob := strings.TrimPrefix(p, "@")
 	if glob == "" {
-		return fmt.Errorf("target %q: empty pattern", p)
+		return hiveError{fmt.Errorf("target %q: empty pattern", p)}
 	}
 	if _, err := globMatch(glob, ""); err != nil {
-		return fmt.Errorf("target %q: %w", p, err)
+		return hiveError{fmt.Errorf("target %q: %w", p, err)}
 	}
 	return nil
 }

@@ -28,6 +28,42 @@ let
 
   isURL = s: isString s && match "[a-z][a-z0-9+.-]*://.*" s != null;
 
+  # ---- did you mean --------------------------------------------------
+  # Only ever computed for a name that is already wrong, so a quadratic
+  # edit distance over short names costs nothing in a valid hive.
+  lower = builtins.replaceStrings
+    (builtins.filter isString (builtins.split "" "ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    (builtins.filter isString (builtins.split "" "abcdefghijklmnopqrstuvwxyz"));
+  chars = s: genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+  min3 = a: b: c: if a < b then (if a < c then a else c) else (if b < c then b else c);
+  editDistance = a: b:
+    let
+      as = chars (lower a); bs = chars (lower b); lb = length bs;
+      step = prev: ca: foldl' (row: j: row ++ [
+        (min3 (builtins.elemAt prev j + 1) (builtins.elemAt row (j - 1) + 1)
+          (builtins.elemAt prev (j - 1) + (if ca == builtins.elemAt bs (j - 1) then 0 else 1)))
+      ]) [ (head prev + 1) ] (genList (j: j + 1) lb);
+    in builtins.elemAt (foldl' step (genList (j: j) (lb + 1)) as) lb;
+  # The candidate nearest to word, if near enough to be a typo (at most a
+  # third of its length, at least one edit), else null; one or two letters
+  # are too short to guess from.
+  closest = word: candidates:
+    if builtins.stringLength word < 3 then null else
+    let
+      limit = let t = builtins.stringLength word / 3; in if t < 1 then 1 else t;
+      scored = map (c: { inherit c; d = editDistance word c; }) candidates;
+      best = foldl' (acc: x: if x.d <= limit && (acc == null || x.d < acc.d) then x else acc) null scored;
+    in if best == null then null else best.c;
+  # "; did you mean X?" for an unknown name, else the known ones.
+  unknownHint = word: known:
+    let c = closest word known; in
+    if c != null then "; did you mean ${c}?" else " (known: ${concatStringsSep ", " known})";
+  # The same for a reference to a name (quoted), with no list when the
+  # known names could be thousands.
+  refHint = word: known:
+    let c = closest word known; in
+    if c != null then "; did you mean \"${c}\"?" else "";
+
   # Describe a value's type the way an error message should.
   describe = v: if isString v then "a string" else if isInt v then "an integer"
     else if isBool v then "a boolean"
@@ -62,8 +98,18 @@ let
       hivePaths = hive.paths or { };
       signing = hive.signing or { };
 
+      knownTopAttrs = [ "defaults" "systems" "instances" "paths" "signing" "nix" "nixpkgs" "hostCA" ];
+      knownSigningAttrs = [ "keyFile" "publicKey" "publicKeyFile" ];
+      unknownIn = where: known: set:
+        if !isAttrs set then [ ] else
+        map (a: "${where}: unknown attribute ${a}${unknownHint a known}") (filter (a: !elem a known) (attrNames set));
+
       topErrors =
-        expect "hive" "systems" isAttrs "an attribute set of systems" systemsIn
+        unknownIn "hive" knownTopAttrs hive
+        ++ unknownIn "signing" knownSigningAttrs signing
+        ++ unknownIn "nix" [ "build" ] (hive.nix or { })
+        ++ (if isAttrs (hive.nix or null) then unknownIn "nix.build" [ "flags" ] (hive.nix.build or { }) else [ ])
+        ++ expect "hive" "systems" isAttrs "an attribute set of systems" systemsIn
         ++ expect "hive" "instances" isAttrs "an attribute set of instances" instancesIn
         ++ expect "hive" "defaults" isAttrs "an attribute set" defaults
         ++ expect "hive" "paths" isAttrs "an attribute set" hivePaths
@@ -86,7 +132,7 @@ let
         let w = "${where}: key \"${name}\""; given = filter (a: k ? ${a}) keySources; in
         if !isAttrs k then [ "${w}: expected an attribute set with one of text, file or command, got ${describe k}" ] else
           (if match "[A-Za-z0-9_][A-Za-z0-9._-]*" name == null then [ "${w}: the name may hold letters, digits and . _ - (it names /run/keys/<name> and <name>-key.service)" ] else [ ])
-          ++ map (a: "${w}: unknown attribute ${a} (known: ${concatStringsSep ", " knownKeyAttrs})") (filter (a: !elem a knownKeyAttrs) (attrNames k))
+          ++ unknownIn w knownKeyAttrs k
           ++ (if given == [ ] then [ "${w}: needs one of text, file or command" ]
               else if length given > 1 then [ "${w}: give only one of ${concatStringsSep ", " given}" ] else [ ])
           ++ (if k ? text then expect w "text" isString "a string" k.text else [ ])
@@ -127,8 +173,7 @@ let
       systemErrors = name: s:
         let where = "system \"${name}\""; kinds = filter (k: s ? ${k}) [ "modules" "configuration" "toplevel" ];
         in if !isAttrs s then [ "${where}: expected an attribute set, got ${describe s}" ] else
-          map (a: "${where}: unknown attribute ${a} (known: ${concatStringsSep ", " knownSystemAttrs})")
-            (filter (a: !elem a knownSystemAttrs) (attrNames s))
+          unknownIn where knownSystemAttrs s
           ++ (if kinds == [ ] then [ "${where}: needs one of modules, configuration or toplevel" ]
               else if length kinds > 1 then [ "${where}: give only one of ${concatStringsSep ", " kinds}" ] else [ ])
           ++ (if s ? modules then expect where "modules" isList "a list of NixOS modules" s.modules else [ ])
@@ -140,8 +185,14 @@ let
 
       # nixpkgs for a modules/configuration system: the system's own, then the
       # hive's, then <nixpkgs>. Per-system settings win over hive-wide ones.
-      nixpkgsFor = s: let p = systemPaths s; in
-        s.nixpkgs or hive.nixpkgs or (if p ? nixpkgs then p.nixpkgs else <nixpkgs>);
+      nixpkgsFor = name: s: let p = systemPaths s; in
+        s.nixpkgs or hive.nixpkgs or (if p ? nixpkgs then p.nixpkgs
+          else if nixpkgsOnPath then <nixpkgs>
+          else throw "system \"${name}\": its modules need nixpkgs, and none is set: add paths.nixpkgs = \"/path/to/nixpkgs\"; to the hive (or to the system), or nixpkgs = <a nixpkgs flake or path>;, or put nixpkgs on NIX_PATH");
+      # Looked up by hand: a missing <nixpkgs> is an error no tryEval
+      # catches, and its message says nothing of where nix-hive takes it.
+      nixpkgsOnPath = builtins.any (e: e.prefix == "nixpkgs"
+        || e.prefix == "" && builtins.pathExists (e.path + "/nixpkgs")) builtins.nixPath;
 
       # A ready toplevel's platform is not read from the derivation: that would
       # force its evaluation just to list the inventory.
@@ -150,7 +201,7 @@ let
       toplevelOf = name: s:
         if s ? toplevel then s.toplevel else
         let
-          nixpkgs = nixpkgsFor s;
+          nixpkgs = nixpkgsFor name s;
           modules = (if s ? modules then s.modules else [ s.configuration ]) ++ [ (hiveModule name) ];
           args = { system = platformOf s; inherit modules; specialArgs = { hiveSystem = name; } // (s.specialArgs or { }); };
           evaluated = if isAttrs nixpkgs && nixpkgs ? lib && nixpkgs.lib ? nixosSystem
@@ -171,16 +222,10 @@ let
       instancesOK = isAttrs instancesIn && isAttrs defaults;
       merged = if instancesOK then mapAttrs (name: i: if isAttrs i then defaults // i else i) instancesIn else { };
 
-      instanceErrors = name: i:
-        let where = "instance \"${name}\""; in
-        if !isAttrs i then [ "${where}: expected an attribute set, got ${describe i}" ] else
-          map (a: "${where}: unknown attribute ${a} (known: ${concatStringsSep ", " knownInstanceAttrs})")
-            (filter (a: !elem a knownInstanceAttrs) (attrNames i))
-          ++ (if !(i ? system) then [ "${where}: attribute system: missing (name one of the hive's systems)" ]
-              else if !isString i.system then expect where "system" isString "a system name (string)" i.system
-              else if !(systemsOK && systemsIn ? ${i.system}) then
-                [ "${where}: attribute system: unknown system \"${i.system}\" (known: ${concatStringsSep ", " (if systemsOK then attrNames systemsIn else [ ])})" ]
-              else [ ])
+      # What an instance says itself is checked for each instance; what
+      # it inherits from defaults is checked once, as defaults.
+      attrErrors = where: i:
+          unknownIn where knownInstanceAttrs i
           ++ (if i ? host then expect where "host" isString "an address or host name (string)" i.host else [ ])
           ++ (if i ? user then expect where "user" isString "a user name (string)" i.user else [ ])
           ++ (if i ? storeUser then expect where "storeUser" isString "a user name (string)" i.storeUser else [ ])
@@ -189,17 +234,33 @@ let
           ++ (if i ? ssh then expect where "ssh" isSSHOpts "an attribute set of OpenSSH options (strings or numbers)" i.ssh else [ ])
           ++ (if i ? meta then expect where "meta" isAttrs "an attribute set" i.meta else [ ])
           ++ (if i ? hostKey && i.hostKey != null then expect where "hostKey" (v: isString v || isStringList v) "a public key line (string) or a list of them" i.hostKey else [ ])
-          ++ (if instancesIn.${name} ? keys then keysErrors where instancesIn.${name}.keys else [ ])
+          ++ (if i ? system then systemRefErrors where i.system else [ ])
           ++ refErrors where "jump" (i.jump or null) false
-          ++ refErrors where "store" (i.store or null) true
-          ;
+          ++ refErrors where "store" (i.store or null) true;
+
+      systemRefErrors = where: v:
+        if !isString v then expect where "system" isString "a system name (string)" v
+        else if !(systemsOK && systemsIn ? ${v}) then
+          [ "${where}: attribute system: unknown system \"${v}\"${
+            let known = if systemsOK then attrNames systemsIn else [ ]; c = closest v known; in
+            if c != null then "; did you mean \"${c}\"?" else " (known: ${concatStringsSep ", " known})"}" ]
+        else [ ];
+
+      defaultsErrors = if isAttrs defaults then attrErrors "defaults" (removeAttrs defaults [ "keys" ]) else [ ];
+
+      instanceErrors = name: i:
+        let where = "instance \"${name}\""; own = instancesIn.${name}; in
+        if !isAttrs own then [ "${where}: expected an attribute set, got ${describe own}" ] else
+          attrErrors where (removeAttrs own [ "keys" ])
+          ++ (if !(i ? system) then [ "${where}: attribute system: missing (name one of the hive's systems)" ] else [ ])
+          ++ (if own ? keys then keysErrors where own.keys else [ ]);
 
       refErrors = where: attr: v: urlOK:
         if v == null then [ ]
         else if !isString v then [ "${where}: attribute ${attr}: expected an instance name${if urlOK then " or a Nix store URL" else ""}, got ${describe v}" ]
         else if urlOK && isURL v then [ ]
         else if merged ? ${v} then [ ]
-        else [ "${where}: attribute ${attr}: unknown instance \"${v}\"${if urlOK then " (a store may also be a Nix store URL such as ssh-ng://host or https://cache)" else ""}" ];
+        else [ "${where}: attribute ${attr}: unknown instance \"${v}\"${refHint v (attrNames merged)}${if urlOK then " (a store may also be a Nix store URL such as ssh-ng://host or https://cache)" else ""}" ];
 
       # Follow a chain (jump or store) from an instance; report a cycle once,
       # from the instance whose name sorts first in it.
@@ -254,6 +315,7 @@ let
         in map (g: "instances ${concatStringsSep ", " (map (i: "\"${i.name}\"") g)}: attribute hostKey: the same address ${(head g).host}:${toString (head g).port} is given different host keys") bad;
 
       errors = topErrors
+        ++ defaultsErrors
         ++ (if isAttrs defaults && defaults ? keys then keysErrors "defaults" defaults.keys else [ ])
         ++ concatMap (n: systemErrors n systemsIn.${n}) (if systemsOK then attrNames systemsIn else [ ])
         ++ concatMap (n: instanceErrors n merged.${n}) (attrNames merged)

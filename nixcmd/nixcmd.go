@@ -32,6 +32,9 @@ type Runner struct {
 	Env []string
 	// Config lines appended to NIX_CONFIG (e.g. "substituters =").
 	Config []string
+	// Verbose puts the command line into errors; without it an error is
+	// what Nix said, which is what a user can act on.
+	Verbose bool
 	// Observe, when set, sees every finished process (for benchmarks:
 	// peak memory and CPU time from ProcessState.SysUsage).
 	Observe func(args []string, ps *os.ProcessState)
@@ -42,6 +45,8 @@ type Error struct {
 	Args   []string
 	Err    error
 	Stderr string
+	// Verbose: the message starts with the command line.
+	Verbose bool
 }
 
 func (e *Error) Error() string {
@@ -52,7 +57,10 @@ func (e *Error) Error() string {
 		msg = msg[i:]
 	}
 	if msg == "" {
-		msg = e.Err.Error()
+		msg = e.Args[0] + ": " + e.Err.Error()
+	}
+	if !e.Verbose {
+		return msg
 	}
 	return fmt.Sprintf("%s: %s", strings.Join(e.Args, " "), msg)
 }
@@ -104,10 +112,14 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 		defer wg.Done()
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		// From Nix's first "error:" on, lines go only into the returned
+		// error, so that it is printed once.
+		failing := false
 		for sc.Scan() {
 			line := sc.Text()
 			tail.WriteLine(line)
-			if r.Stderr != nil && !noise(line) {
+			failing = failing || strings.HasPrefix(line, "error:")
+			if r.Stderr != nil && !failing && !noise(line) {
 				fmt.Fprintf(r.Stderr, "%s%s\n", r.Prefix, line)
 			}
 		}
@@ -123,7 +135,7 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return stdout.Bytes(), &Error{Args: append([]string{tool}, args...), Err: err, Stderr: tail.String()}
+		return stdout.Bytes(), &Error{Args: append([]string{tool}, args...), Err: err, Stderr: tail.String(), Verbose: r.Verbose}
 	}
 	return stdout.Bytes(), nil
 }
@@ -141,9 +153,10 @@ func (r *Runner) JSON(ctx context.Context, v any, tool string, args ...string) e
 }
 
 // noise reports lines that only confuse users of nix-hive: nix-hive keeps
-// its own GC roots, so nix-store's advice to add one does not apply.
+// its own GC roots, so nix-store's advice to add one does not apply, and
+// signing what is already signed is nothing to report.
 func noise(line string) bool {
-	return strings.Contains(line, "you did not specify '--add-root'")
+	return strings.Contains(line, "you did not specify '--add-root'") || strings.TrimSpace(line) == "added 0 signatures"
 }
 
 // tailWriter keeps the last max bytes of complete lines.

@@ -22,11 +22,17 @@ func TestRunForwardsStderrAndExplainsFailures(t *testing.T) {
 	if string(out) != "result\n" {
 		t.Errorf("stdout = %q", out)
 	}
-	if msg := err.Error(); !strings.HasPrefix(msg, "sh -c ") || !strings.HasSuffix(msg, "exit 1: error: it broke\n  at line 3") {
-		t.Errorf("error should carry the part from error: on: %q", msg)
+	// What Nix said, from error: on, and once: not streamed too.
+	if msg := err.Error(); msg != "error: it broke\n  at line 3" {
+		t.Errorf("error should be the part from error: on: %q", msg)
 	}
-	if !strings.Contains(log.String(), "nix: building\n") || strings.Contains(log.String(), "--add-root") {
+	if !strings.Contains(log.String(), "nix: building\n") || strings.Contains(log.String(), "--add-root") || strings.Contains(log.String(), "it broke") {
 		t.Errorf("forwarded stderr: %q", log.String())
+	}
+	// -v: the command line too.
+	r.Verbose = true
+	if _, err := r.Run(context.Background(), "sh", "-c", `echo "error: it broke" >&2; exit 1`); !strings.HasPrefix(err.Error(), "sh -c ") {
+		t.Errorf("verbose error lacks the command line: %q", err)
 	}
 }
 

@@ -59,6 +59,9 @@ type Program struct {
 	// Message, if set, turns an error into what is printed (to strip
 	// wrapping that means nothing to a user).
 	Message func(error) string
+	// IsUsage, if set, picks out errors that exit with Usage besides
+	// UsageError: mistakes in the program's input files, say.
+	IsUsage func(error) bool
 }
 
 // Main parses args, runs the selected command with ctx bound as
@@ -76,6 +79,11 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
 		return Failure
+	}
+	if len(args) == 0 {
+		// The program alone: what it can do, not an error about what is
+		// missing.
+		args = []string{"--help"}
 	}
 	kctx, err := parser.Parse(args)
 	if exitCode >= 0 {
@@ -108,7 +116,7 @@ func (p Program) Status(ctx context.Context, err error, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
 		}
 		return ee.Code
-	case errors.As(err, new(UsageError)):
+	case errors.As(err, new(UsageError)) || p.IsUsage != nil && p.IsUsage(err) && ctx.Err() == nil:
 		fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
 		return Usage
 	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
