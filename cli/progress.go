@@ -90,6 +90,10 @@ func (v *deployView) Event(e deploy.Event) {
 	if e.Status == deploy.EventStart && e.Step != deploy.StepActivate {
 		return // outcomes only; an activation's start matters for ordering
 	}
+	if e.Step == deploy.StepDone && e.Message == deploy.Unchanged {
+		// One line per unchanged host: the summary's.
+		return
+	}
 	who := e.Instance
 	if who == "" {
 		who = "*"

@@ -41,19 +41,31 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	rows := deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel)
 	drift := 0
 	var table [][]string
+	var why []string
 	for _, r := range rows {
 		state := "ok"
 		if r.Drift != "" {
 			drift++
 			state = r.Drift
-			if r.Error != "" {
-				state += ": " + oneLine(r.Error)
+		}
+		gen := fmt.Sprint(r.Generation)
+		if r.Error != "" {
+			// In full below the table: a host key error's fix is at its
+			// end, and a table cell would cut it.
+			why = append(why, fmt.Sprintf("%s: %s", r.Instance, r.Error))
+			if r.Generation == 0 {
+				gen = "-" // not known, rather than generation 0
 			}
 		}
-		table = append(table, []string{r.Instance, r.System, fmt.Sprint(r.Generation), r.Active, state})
+		table = append(table, []string{r.Instance, r.System, gen, r.Active, state})
 	}
 	if err := g.render(rows, "INSTANCE\tSYSTEM\tGEN\tACTIVE\tSTATE", table); err != nil {
 		return err
+	}
+	if !g.JSON {
+		for _, w := range why {
+			fmt.Fprintf(g.stderr, "nix-hive: %s\n", w)
+		}
 	}
 	if drift > 0 {
 		return failures(g, fmt.Sprintf("%d of %d instances differ from the hive or could not be asked", drift, len(rows)))

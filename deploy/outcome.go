@@ -31,6 +31,10 @@ const (
 	StepState   Step = "state"
 )
 
+// Unchanged is the message of the StepDone event of a host that already
+// ran what the deploy would leave it running.
+const Unchanged = "unchanged: already active"
+
 // Status is how a host ended.
 type Status string
 

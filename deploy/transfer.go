@@ -20,9 +20,26 @@ func (e *executor) ensure(ctx context.Context, n string) error {
 			if err := e.lock(ctx, n); err != nil && !e.servesOthers(n) {
 				return err
 			}
+			if e.alreadyThere(n) {
+				return nil // it runs the closure, so it has it
+			}
 		}
 		return e.transfer(ctx, n)
 	})
+}
+
+// alreadyThere reports whether target n, as read when its lock was taken,
+// already runs what the deploy would leave it running, so that a no-op
+// deploy copies nothing to it. A store still receives what its consumers
+// need.
+func (e *executor) alreadyThere(n string) bool {
+	if e.opts.Force || e.servesOthers(n) {
+		return false
+	}
+	e.mu.Lock()
+	hs, ok := e.locked[n]
+	e.mu.Unlock()
+	return ok && hs.Running == "" && upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath)
 }
 
 func (e *executor) servesOthers(n string) bool {
