@@ -17,6 +17,7 @@ let
   # nixpkgs' lib is not assumed to be reachable.
   helpers = rec {
     inherit mapAttrs listToAttrs attrNames attrValues filter concatMap;
+    inherit (import ./import.nix) fromTerraform fromPulumi mergeInstances;
     range = first: last: if first > last then [ ] else genList (n: first + n) (last - first + 1);
     nameValuePair = name: value: { inherit name value; };
     genAttrs = names: f: listToAttrs (map (n: nameValuePair n (f n)) names);

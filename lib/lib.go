@@ -11,14 +11,14 @@ import (
 	"path/filepath"
 )
 
-//go:embed hive.nix eval.nix
+//go:embed hive.nix eval.nix import.nix
 var files embed.FS
 
 // Install writes the library into a content-addressed directory under base
 // (once per version of the library) and returns that directory.
 func Install(base string) (string, error) {
 	h := sha256.New()
-	names := []string{"hive.nix", "eval.nix"}
+	names := []string{"hive.nix", "eval.nix", "import.nix"}
 	contents := map[string][]byte{}
 	for _, n := range names {
 		b, err := files.ReadFile(n)
