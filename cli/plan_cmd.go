@@ -1,16 +1,19 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
+	"os/exec"
 	"slices"
 	"strings"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -18,57 +21,286 @@ import (
 // PlanCmd is `nix-hive plan`.
 type PlanCmd struct {
 	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Format  string   `enum:"text,json,dot,svg" default:"text" help:"text, json (as --json), dot (a Graphviz graph of the distribution tree) or svg (that graph drawn by Graphviz's dot)."`
 }
 
 func (c *PlanCmd) Help() string {
 	return `Shows what deploy would do, touching no host and building nothing: each
 system's output path, the closures that leave this machine and where they
-go, where every other host substitutes from, and the activation waves.`
+go, where every other host substitutes from, and the activation waves.
+
+The text plan ends with a summary; with more than 50 hosts it lists the
+hosts, and the pushes to hosts that are no store, only with -v. Closure
+sizes are shown when the systems are built on this machine.
+
+--format dot prints a Graphviz digraph: this machine, the stores, the hosts
+that substitute from them (more than 50 of one store are drawn as one node
+per wave unless -v), jump hops as dashed edges, one cluster per wave.
+--format svg draws it with Graphviz's dot.`
 }
 
-func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy) error {
+// planVerboseHosts is how many hosts a text plan lists without -v.
+const planVerboseHosts = 50
+
+func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy, nix *nixcmd.Runner) error {
+	format := c.Format
+	if g.JSON {
+		// --json predates --format and stays its alias.
+		if format != "text" && format != "json" {
+			return fmt.Errorf("--json and --format %s: choose one", format)
+		}
+		format = "json"
+	}
+	var dotPath string
+	if format == "svg" {
+		// Before Prepare evaluates every system: a missing tool should
+		// not cost that wait.
+		var err error
+		if dotPath, err = exec.LookPath("dot"); err != nil {
+			return fmt.Errorf("--format svg needs Graphviz's dot (%w): install graphviz (apt-get install graphviz), or use --format dot and render it elsewhere", err)
+		}
+	}
 	mode := g.paths(eval.Evaluate)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
-	if g.JSON {
+	if format == "json" {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(prep.Plan)
+		return enc.Encode(newPlanJSON(prep.Plan))
 	}
-	writePlan(g.stdout, prep)
+	sizes := planSizes(ctx, g, nix, prep.Plan)
+	switch format {
+	case "dot":
+		return prep.Plan.WriteDot(g.stdout, dotOptions(g, prep, sizes))
+	case "svg":
+		return renderSVG(ctx, dotPath, g.stdout, prep, dotOptions(g, prep, sizes))
+	}
+	writePlan(g.stdout, prep, sizes, g.Verbose)
 	return nil
 }
 
-func writePlan(w io.Writer, prep *deploy.Prepared) {
+// planSizes are the closure sizes of the plan's systems when this machine
+// has them (they were built here); nil otherwise. Sizes only decorate a
+// plan, so failing to learn them is a warning, not a failed plan.
+func planSizes(ctx context.Context, g *Globals, nix *nixcmd.Runner, plan *deploy.Plan) deploy.ClosureSizer {
+	paths := slices.Sorted(maps.Values(plan.Systems))
+	sizes, err := deploy.LoadSizes(ctx, nix.Quiet(), slices.Compact(paths))
+	if err != nil {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
+		return nil
+	}
+	if sizes == nil {
+		return nil // not built here: a nil *Sizes in the interface would not compare nil
+	}
+	return sizes
+}
+
+func dotOptions(g *Globals, prep *deploy.Prepared, sizes deploy.ClosureSizer) deploy.DotOptions {
+	opts := deploy.DotOptions{Inventory: prep.Hive.Inventory, Sizes: sizes}
+	if g.Verbose {
+		opts.Collapse = -1
+	}
+	if prep.Policy != nil {
+		opts.Title = "waves from " + prep.Policy.File
+	}
+	return opts
+}
+
+// renderSVG pipes the plan's graph through `dot -Tsvg`.
+func renderSVG(ctx context.Context, dotPath string, w io.Writer, prep *deploy.Prepared, opts deploy.DotOptions) error {
+	var graph bytes.Buffer
+	if err := prep.Plan.WriteDot(&graph, opts); err != nil {
+		return err
+	}
+	var out, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, dotPath, "-Tsvg")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = &graph, &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("graphviz: dot -Tsvg: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	// Written only once dot succeeded, so a failure leaves no half a file.
+	if _, err := w.Write(out.Bytes()); err != nil {
+		return fmt.Errorf("write svg: %w", err)
+	}
+	return nil
+}
+
+// planJSON is the plan as `plan --json` prints it. deploy.Host.Wave is an
+// index into Plan.Waves (0 for the first wave), but wave numbers users read
+// (the text plan, deploy's events and report) count from 1: so does
+// "wave" here, and a store-only host, which activates in no wave, has 0,
+// as in deploy's events.
+type planJSON struct {
+	*deploy.Plan
+	Hosts map[string]planHostJSON `json:"hosts"`
+}
+
+// planHostJSON shadows the embedded Wave (encoding/json takes the
+// shallower field); every other field is deploy.Host's own.
+type planHostJSON struct {
+	*deploy.Host
+	Wave int `json:"wave"`
+}
+
+func newPlanJSON(p *deploy.Plan) planJSON {
+	out := planJSON{Plan: p, Hosts: make(map[string]planHostJSON, len(p.Hosts))}
+	for n, h := range p.Hosts {
+		wave := 0
+		if h.Target {
+			wave = h.Wave + 1
+		}
+		out.Hosts[n] = planHostJSON{Host: h, Wave: wave}
+	}
+	return out
+}
+
+// writePlan writes the text plan. A plan of more than planVerboseHosts
+// hosts lists them only when verbose: a fleet's worth of lines would bury
+// the summary that a reader of such a plan wants.
+func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, verbose bool) {
 	plan := prep.Plan
+	all := verbose || len(plan.Hosts) <= planVerboseHosts
 	fmt.Fprintln(w, "systems:")
 	for _, s := range slices.Sorted(maps.Keys(plan.Systems)) {
 		fmt.Fprintf(w, "  %s: %s\n", s, plan.Systems[s])
 	}
-	fmt.Fprintln(w, "transfers from this host:")
-	for _, t := range plan.Transfers {
-		fmt.Fprintf(w, "  -> %s: %d closure(s)\n", t.To, len(t.Paths))
-	}
-	fmt.Fprintln(w, "hosts:")
-	for _, n := range plan.Order {
-		h := plan.Hosts[n]
-		role := "activate " + h.System
-		if !h.Target {
-			role = "store only"
+	writeTransfers(w, plan, sizes, all)
+	if all {
+		fmt.Fprintln(w, "hosts:")
+		for _, n := range plan.Order {
+			h := plan.Hosts[n]
+			role := "activate " + h.System
+			if !h.Target {
+				role = "store only"
+			}
+			fmt.Fprintf(w, "  %s: %s, closures %s\n", n, role, h.Source)
 		}
-		fmt.Fprintf(w, "  %s: %s, closures %s\n", n, role, h.Source)
 	}
-	if prep.Policy != nil {
-		fmt.Fprintf(w, "waves (from %s):\n", prep.Policy.File)
-	} else {
-		fmt.Fprintln(w, "waves:")
-	}
-	for i, wv := range plan.Waves {
-		fmt.Fprintf(w, "  %d: %s\n", i+1, strings.Join(wv, " "))
+	if all {
+		fmt.Fprintf(w, "waves%s:\n", policyFrom(prep))
+		for i, wv := range plan.Waves {
+			fmt.Fprintf(w, "  %d: %s\n", i+1, strings.Join(wv, " "))
+		}
 	}
 	for _, m := range plan.Moved {
 		fmt.Fprintf(w, "note: %s\n", m)
 	}
+	writeSummary(w, prep, sizes, all)
+}
+
+// writeTransfers lists what leaves this machine. Without all, pushes to
+// hosts that serve no one else are counted rather than listed: the ones
+// to stores are the plan's shape, the rest is one line per host.
+func writeTransfers(w io.Writer, plan *deploy.Plan, sizes deploy.ClosureSizer, all bool) {
+	stores, _ := plan.Stores()
+	fmt.Fprintln(w, "transfers from this host:")
+	others := 0
+	for _, t := range plan.Transfers {
+		if h := plan.Hosts[t.To]; !all && h != nil && !slices.Contains(stores, t.To) {
+			others++
+			continue
+		}
+		fmt.Fprintf(w, "  -> %s: %d closure(s)%s\n", t.To, len(t.Paths), sizeSuffix(sizes, t.Paths))
+	}
+	if others > 0 {
+		fmt.Fprintf(w, "  -> %s that are no store (-v lists them)\n", plural(others, "other host"))
+	}
+}
+
+func sizeSuffix(sizes deploy.ClosureSizer, paths []string) string {
+	if sizes == nil {
+		return ""
+	}
+	if n, ok := sizes.ClosureSize(paths); ok {
+		return ", " + deploy.HumanBytes(n)
+	}
+	return ""
+}
+
+// writeSummary ends the text plan with its numbers.
+func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, all bool) {
+	plan := prep.Plan
+	targets := 0
+	for _, h := range plan.Hosts {
+		if h.Target {
+			targets++
+		}
+	}
+	stores, urls := plan.Stores()
+	fmt.Fprintln(w, "summary:")
+	fmt.Fprintf(w, "  systems: %d\n", len(plan.Systems))
+	hosts := fmt.Sprintf("%d to activate", targets)
+	if n := len(plan.Hosts) - targets; n > 0 {
+		hosts += fmt.Sprintf(", %d store only", n)
+	}
+	more := ""
+	if !all {
+		more = "; -v lists them"
+	}
+	fmt.Fprintf(w, "  hosts: %d (%s)%s\n", len(plan.Hosts), hosts, more)
+	fmt.Fprintf(w, "  stores: %d%s\n", len(stores)+len(urls), nameList(append(stores, urls...)))
+	from := ""
+	if !all {
+		from = policyFrom(prep) // no waves section said it
+	}
+	fmt.Fprintf(w, "  waves%s: %d (hosts per wave: %s)\n", from, len(plan.Waves), waveSizes(plan.Waves))
+	closures := 0
+	for _, t := range plan.Transfers {
+		closures += len(t.Paths)
+	}
+	out := "size unknown (not built on this machine)"
+	if n, ok := plan.BytesOut(sizes); ok {
+		out = "at most " + deploy.HumanBytes(n)
+	}
+	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(plan.Transfers), "destination"), out)
+}
+
+// waveSizes is how many hosts each wave has, in order; a run of three or
+// more equal waves (batches) is written once with its count: "1, 5 ×398, 2".
+func waveSizes(waves [][]string) string {
+	var parts []string
+	for i := 0; i < len(waves); {
+		j := i
+		for j < len(waves) && len(waves[j]) == len(waves[i]) {
+			j++
+		}
+		if j-i >= 3 {
+			parts = append(parts, fmt.Sprintf("%d ×%d", len(waves[i]), j-i))
+		} else {
+			for k := i; k < j; k++ {
+				parts = append(parts, fmt.Sprint(len(waves[k])))
+			}
+		}
+		i = j
+	}
+	return strings.Join(parts, ", ")
+}
+
+// nameList is " (a, b, c)", at most ten names and a count of the rest.
+func nameList(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	const shown = 10
+	if len(names) <= shown {
+		return " (" + strings.Join(names, ", ") + ")"
+	}
+	return fmt.Sprintf(" (%s and %d more)", strings.Join(names[:shown], ", "), len(names)-shown)
+}
+
+// policyFrom is " (from FILE)" when a policy made the waves.
+func policyFrom(prep *deploy.Prepared) string {
+	if prep.Policy == nil {
+		return ""
+	}
+	return " (from " + prep.Policy.File + ")"
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
