@@ -10,6 +10,7 @@ import (
 
 // BuildCmd is `nix-hive build`.
 type BuildCmd struct {
+	Steps
 	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 }
 
@@ -46,7 +47,7 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 	if err != nil {
 		return err
 	}
-	mode := g.paths(eval.Build)
+	mode := c.paths(eval.Build)
 	builds, err := h.Paths(ctx, st, inv.SystemsOf(targets), mode)
 	if err != nil {
 		return err

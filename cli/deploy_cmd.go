@@ -19,6 +19,8 @@ import (
 // DeployCmd is `nix-hive deploy`.
 type DeployCmd struct {
 	Fleet
+	Steps
+	Rollout
 	Parallel          int           `default:"16" help:"Hosts worked on at once."`
 	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Goal              string        `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
@@ -62,7 +64,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
 	return deploy.Options{
-		Goal: goal, Parallel: c.Parallel, SkipPush: g.skip("push"), SkipKeys: g.skip("keys"), Force: c.Force,
+		Goal: goal, Parallel: c.Parallel, SkipPush: c.skip("push"), SkipKeys: c.skip("keys"), Force: c.Force,
 		TrustKey: c.TrustHiveKey, Sudo: c.Sudo, MagicRollback: c.MagicRollback,
 		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout,
 		ConnectTimeout: c.ConnectTimeout, Reboot: c.Reboot, RebootTimeout: c.RebootTimeout,
@@ -76,7 +78,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	mode := g.paths(eval.Build)
+	mode := c.paths(eval.Build)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err

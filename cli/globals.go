@@ -15,9 +15,7 @@ import (
 type Globals struct {
 	Config  string           `short:"c" default:"." env:"NIX_HIVE_CONFIG" help:"Hive: a directory with flake.nix or hive.nix, or a file." type:"path"`
 	State   string           `env:"NIX_HIVE_STATE" help:"State file (default: hive.state beside the hive)." type:"path"`
-	No      []string         `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push, keys."`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
-	Policy  string           `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
 	Verbose bool             `short:"v" help:"Say more: every host of a large plan, the Nix command lines behind errors."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
@@ -46,27 +44,47 @@ func (g *Globals) setLogWriter(w io.Writer) {
 	g.logMu.Unlock()
 }
 
+func (g *Globals) validate() error { return nil }
+
+// Steps is the --no flag of the commands that build, push or upload: only
+// those show it in their help.
+type Steps struct {
+	No []string `sep:"," placeholder:"STEP" help:"Skip steps whose result is already known: build, push, keys."`
+}
+
 var knownSteps = []string{"build", "push", "keys"}
 
-func (g *Globals) validate() error {
-	for _, s := range g.No {
-		if !slices.Contains(knownSteps, s) {
-			return fmt.Errorf("--no %s: unknown step (known: %s)", s, strings.Join(knownSteps, ", "))
+// AfterApply checks the steps named.
+func (s *Steps) AfterApply() error {
+	for _, n := range s.No {
+		if !slices.Contains(knownSteps, n) {
+			return fmt.Errorf("--no %s: unknown step (known: %s)", n, strings.Join(knownSteps, ", "))
 		}
 	}
 	return nil
 }
 
 // skip reports whether --no names step.
-func (g *Globals) skip(step string) bool { return slices.Contains(g.No, step) }
+func (s *Steps) skip(step string) bool { return slices.Contains(s.No, step) }
 
 // paths is how a command finds systems' paths: as it would (build, or
 // only evaluate), or from hive.state with --no build.
-func (g *Globals) paths(mode eval.PathMode) eval.PathMode {
-	if g.skip("build") {
+func (s *Steps) paths(mode eval.PathMode) eval.PathMode {
+	if s.skip("build") {
 		return eval.Reuse
 	}
 	return mode
+}
+
+// Rollout is the --policy flag of the commands that order a rollout.
+type Rollout struct {
+	Policy string `env:"NIX_HIVE_POLICY" help:"Rollout policy (default: hive.star beside the hive, if present)." type:"path"`
+}
+
+// AfterApply makes the flag available to the policy's provider.
+func (r *Rollout) AfterApply(kctx *kong.Context) error {
+	kctx.Bind(r)
+	return nil
 }
 
 // onClose registers what to do when the command ends.

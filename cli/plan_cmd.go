@@ -20,6 +20,8 @@ import (
 
 // PlanCmd is `nix-hive plan`.
 type PlanCmd struct {
+	Steps
+	Rollout
 	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Format  string   `enum:"text,json,dot,svg" default:"text" help:"text, json (as --json), dot (a Graphviz graph of the distribution tree) or svg (that graph drawn by Graphviz's dot)."`
 }
@@ -60,7 +62,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 			return fmt.Errorf("--format svg needs Graphviz's dot (%w): install graphviz (apt-get install graphviz), or use --format dot and render it elsewhere", err)
 		}
 	}
-	mode := g.paths(eval.Evaluate)
+	mode := c.paths(eval.Evaluate)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err

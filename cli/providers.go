@@ -67,8 +67,8 @@ func openState(g *Globals, src eval.Source) (*state.File, error) {
 
 // loadPolicy loads --policy, else hive.star beside the hive; nil when
 // there is none (one wave, every host attempted).
-func loadPolicy(ctx context.Context, g *Globals, src eval.Source) (*starlark.Policy, error) {
-	file := g.Policy
+func loadPolicy(ctx context.Context, g *Globals, r *Rollout, src eval.Source) (*starlark.Policy, error) {
+	file := r.Policy
 	if file == "" {
 		file = filepath.Join(src.Dir, "hive.star")
 		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {

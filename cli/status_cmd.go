@@ -13,6 +13,7 @@ import (
 // StatusCmd is `nix-hive status`.
 type StatusCmd struct {
 	Fleet
+	Steps
 	Parallel int      `default:"32" help:"Hosts worked on at once."`
 	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 }
@@ -29,7 +30,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	mode := g.paths(eval.Evaluate)
+	mode := c.paths(eval.Evaluate)
 	builds, err := h.Paths(ctx, st, h.Inventory.SystemsOf(targets), mode)
 	if err != nil {
 		return err
