@@ -38,7 +38,17 @@ func (g *Globals) finishReport(r *deploy.Report) error {
 			*deploy.Report
 		}{"report", r})
 	} else {
-		err = g.render(r, "INSTANCE\tWAVE\tSYSTEM\tSTATUS\tSTEP\tTIME\tDETAIL", summaryRows(r))
+		rows := summaryRows(r)
+		var counts string
+		if len(r.Order) > fullTableHosts && !g.Verbose {
+			rows, counts = groupedRows(r, rows)
+		}
+		if len(rows) > 0 {
+			err = g.render(r, "INSTANCE\tWAVE\tSYSTEM\tSTATUS\tSTEP\tTIME\tDETAIL", rows)
+		}
+		if counts != "" {
+			fmt.Fprintln(g.stdout, counts)
+		}
 		if r.Stopped != "" {
 			fmt.Fprintf(g.stdout, "rollout stopped: %s\n", r.Stopped)
 		}
@@ -60,6 +70,33 @@ func (g *Globals) finishReport(r *deploy.Report) error {
 		return fmt.Errorf("%s", msg)
 	}
 	return nil
+}
+
+// fullTableHosts is the most hosts the summary lists one by one without
+// -v: above it, a table of a thousand "ok" rows would hide the few that
+// matter.
+const fullTableHosts = 50
+
+// groupedRows keeps the rows of hosts that did not end ok or unchanged and
+// counts every status: "998 ok, 2 failed".
+func groupedRows(r *deploy.Report, rows [][]string) (kept [][]string, counts string) {
+	n := map[deploy.Status]int{}
+	var order []deploy.Status
+	for i, name := range r.Order {
+		st := r.Results[name].Status
+		if n[st] == 0 {
+			order = append(order, st)
+		}
+		n[st]++
+		if st != deploy.StatusOK && st != deploy.StatusUnchanged && st != deploy.StatusStored {
+			kept = append(kept, rows[i])
+		}
+	}
+	var parts []string
+	for _, st := range order {
+		parts = append(parts, fmt.Sprintf("%d %s", n[st], st))
+	}
+	return kept, fmt.Sprintf("%d hosts: %s (every host with -v or --json)", len(r.Order), strings.Join(parts, ", "))
 }
 
 func summaryRows(r *deploy.Report) [][]string {
