@@ -188,6 +188,7 @@ type executor struct {
 	lockErr    map[string]error
 	activating map[string]bool
 
+	servers   map[string]bool    // hosts that are other hosts' store
 	ensured   map[string]*future // the host holds its closures (or failed to)
 	urlPushed map[string]*future
 	activated map[string]*future // the host's activation ended or never will start
@@ -242,7 +243,7 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
 		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, urlPushed: map[string]*future{},
-		activated: map[string]*future{}}
+		activated: map[string]*future{}, servers: map[string]bool{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step}
 	for _, n := range plan.Order {
@@ -250,6 +251,9 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}
 		e.ensured[n] = newFuture()
 		e.activated[n] = newFuture()
+		if h.Source.Kind == SourceStore {
+			e.servers[h.Source.From] = true
+		}
 	}
 	for _, t := range plan.Transfers {
 		if _, ok := plan.Hosts[t.To]; !ok {

@@ -42,14 +42,9 @@ func (e *executor) alreadyThere(n string) bool {
 	return ok && hs.Running == "" && upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath)
 }
 
-func (e *executor) servesOthers(n string) bool {
-	for _, h := range e.plan.Hosts {
-		if h.Source.Kind == SourceStore && h.Source.From == n {
-			return true
-		}
-	}
-	return false
-}
+// servesOthers reports whether n is the store of another host of the
+// plan (looked up, not searched: it is asked for every host).
+func (e *executor) servesOthers(n string) bool { return e.servers[n] }
 
 func (e *executor) transfer(ctx context.Context, n string) error {
 	h := e.plan.Hosts[n]

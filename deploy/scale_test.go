@@ -1,0 +1,80 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
+)
+
+// treeInventory is a store tree: one region store, racks substituting from
+// it, and consumers spread over the racks.
+func treeInventory(racks, consumers int) *eval.Inventory {
+	inv := &eval.Inventory{Instances: map[string]*eval.Instance{}}
+	add := func(name, system, store string) {
+		inv.Instances[name] = &eval.Instance{Name: name, System: system, Store: store, User: "root", Port: 22, Host: name}
+	}
+	add("region", "store", "")
+	for r := range racks {
+		add(fmt.Sprintf("rack-%d", r), "store", "region")
+	}
+	for c := range consumers {
+		add(fmt.Sprintf("node-%d", c), "node", fmt.Sprintf("rack-%d", c%racks))
+	}
+	return inv
+}
+
+var treeBuilt = map[string]eval.Built{"store": {OutPath: "/nix/store/s"}, "node": {OutPath: "/nix/store/n"}}
+
+// deployTree plans and executes a deploy of the whole tree on fake hosts
+// and returns how long the nix-hive side took.
+func deployTree(tb testing.TB, consumers int) time.Duration {
+	inv := treeInventory(4, consumers)
+	targets, err := inv.Select(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	start := time.Now()
+	plan, err := Make(inv, targets, treeBuilt, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := newFakeHosts()
+	r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 16})
+	took := time.Since(start)
+	if !r.OK() {
+		tb.Fatalf("deploy of %d consumers failed", consumers)
+	}
+	if len(f.copies) != 1 {
+		tb.Fatalf("copies from the deploy host: %v, want only the region store", f.copies)
+	}
+	return took
+}
+
+// BenchmarkTreeDeployScaling measures nix-hive's own cost per host (plan,
+// executor, events, bookkeeping; the hosts are in-memory fakes, so every
+// microsecond is nix-hive's) at 100 and at 1,000 consumers in one run, and
+// reports the ratio: 1.0 is linear growth, more means a cost per host that
+// grows with the fleet.
+//
+//	go test ./deploy -run '^$' -bench TreeDeployScaling -benchtime 3x
+func BenchmarkTreeDeployScaling(b *testing.B) {
+	var small, large time.Duration
+	for range b.N {
+		small += deployTree(b, 100)
+		large += deployTree(b, 1000)
+	}
+	perSmall := small.Seconds() / float64(b.N*100)
+	perLarge := large.Seconds() / float64(b.N*1000)
+	b.ReportMetric(perSmall*1e6, "µs/host@100")
+	b.ReportMetric(perLarge*1e6, "µs/host@1000")
+	b.ReportMetric(perLarge/perSmall, "ratio")
+}
+
+// The tree deploys at 1,000 consumers with one copy from the deploy host;
+// the benchmark above measures how its cost grows.
+func TestTreeDeployOneUpload(t *testing.T) {
+	deployTree(t, 1000)
+}
