@@ -32,10 +32,14 @@ type deployView struct {
 	// in bar.Increment.
 	pushed, substituted, activated, failed atomic.Int64
 	err                                    error // the first event that could not be written
+	// brief: a large fleet without -v logs what needs a look (failures,
+	// the rollout, pushes from this machine), not every host's every step;
+	// the counters and the summary say the rest.
+	brief bool
 }
 
 func (g *Globals) newDeployView(hosts int) *deployView {
-	v := &deployView{start: time.Now(), log: g.stderr}
+	v := &deployView{start: time.Now(), log: g.stderr, brief: hosts > fullTableHosts && !g.Verbose}
 	if g.JSON {
 		v.json = g.stdout
 		return v
@@ -92,6 +96,9 @@ func (v *deployView) Event(e deploy.Event) {
 	}
 	if e.Step == deploy.StepDone && e.Message == deploy.Unchanged {
 		// One line per unchanged host: the summary's.
+		return
+	}
+	if v.brief && e.Status != deploy.EventFailed && e.Step != deploy.StepRollout && e.Step != deploy.StepState && e.Step != deploy.StepPush {
 		return
 	}
 	who := e.Instance

@@ -47,3 +47,38 @@ func TestLargeSummaryGroupsOutcomes(t *testing.T) {
 		}
 	}
 }
+
+// A large fleet's log says what needs a look: failures, pushes from this
+// machine, the rollout; -v says everything.
+func TestLargeDeployLogIsBrief(t *testing.T) {
+	events := []deploy.Event{
+		{Instance: "region", Step: deploy.StepPush, Status: deploy.EventOK, Message: "1.2s"},
+		{Instance: "www-1", Step: deploy.StepSubstitute, Status: deploy.EventOK},
+		{Instance: "www-1", Step: deploy.StepActivate, Status: deploy.EventStart, Message: "switch"},
+		{Instance: "www-1", Step: deploy.StepConfirm, Status: deploy.EventOK},
+		{Instance: "www-7", Step: deploy.StepActivate, Status: deploy.EventFailed, Message: "boom"},
+		{Step: deploy.StepRollout, Status: deploy.EventInfo, Message: "wave 2 of 3"},
+	}
+	for _, tt := range []struct {
+		hosts   int
+		verbose bool
+		lines   int
+	}{{60, false, 3}, {60, true, 6}, {50, false, 6}} {
+		var out, errOut bytes.Buffer
+		g := &Globals{Verbose: tt.verbose}
+		g.stdout, g.stderr, g.stderrRaw = &out, &errOut, &errOut
+		v := g.newDeployView(tt.hosts)
+		for _, e := range events {
+			v.Event(e)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(errOut.String(), "\n"); n != tt.lines {
+			t.Errorf("%d hosts, -v %v: %d lines, want %d:\n%s", tt.hosts, tt.verbose, n, tt.lines, errOut.String())
+		}
+		if !strings.Contains(errOut.String(), "www-7 [") && !strings.Contains(errOut.String(), "www-7 activate failed") {
+			t.Errorf("the failure is not logged:\n%s", errOut.String())
+		}
+	}
+}
