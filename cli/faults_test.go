@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -273,6 +274,10 @@ func testFaultSilentHost(t *testing.T) {
 		c, o, e := f.run(cmd...)
 		if c == 0 || !strings.Contains(o+e, "app-1") || !strings.Contains(o+e, "no answer within 3s") {
 			t.Errorf("%s: exit %d, want non-zero naming app-1 and the timeout", cmd[0], c)
+		}
+		// status: a generation not known is "-", not 0.
+		if cmd[0] == "status" && !regexp.MustCompile(`(?m)^app-1\s+\S+\s+-\s`).MatchString(o) {
+			t.Errorf("status shows a generation for unreachable app-1:\n%s", o)
 		}
 	}
 	if silent.Accepted() == 0 {

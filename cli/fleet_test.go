@@ -283,8 +283,8 @@ func TestRunTimeout(t *testing.T) {
 	if code == 0 {
 		t.Fatal("a command that ran past --timeout counted as success")
 	}
-	if !strings.Contains(out, "host-2 | quick") || !strings.Contains(errOut, "1 ok") || !strings.Contains(errOut, "host-1") {
-		t.Errorf("host-2 should finish, host-1 time out:\n%s\n%s", out, errOut)
+	if !strings.Contains(out, "host-2 | quick") || !strings.Contains(errOut, "1 ok") || !strings.Contains(errOut, "host-1 | nix-hive: stopped after --timeout 1s") {
+		t.Errorf("host-2 should finish, host-1 time out (and say so):\n%s\n%s", out, errOut)
 	}
 	// The kill lands asynchronously: wait for it (bounded by the test's
 	// deadline).
