@@ -188,10 +188,12 @@ type executor struct {
 	lockErr    map[string]error
 	activating map[string]bool
 
-	servers   map[string]bool    // hosts that are other hosts' store
-	ensured   map[string]*future // the host holds its closures (or failed to)
-	urlPushed map[string]*future
-	activated map[string]*future // the host's activation ended or never will start
+	servers map[string]bool // hosts that are other hosts' store
+	// storeSlots bound the substitutions from each store instance.
+	storeSlots map[string]chan struct{}
+	ensured    map[string]*future // the host holds its closures (or failed to)
+	urlPushed  map[string]*future
+	activated  map[string]*future // the host's activation ended or never will start
 }
 
 type future struct {
@@ -239,11 +241,19 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 	return report
 }
 
+// storeConcurrency bounds the consumers substituting from one store at
+// once. Each opens an SSH connection to the store, and sshd's default
+// MaxStartups (10:30:100) starts dropping unauthenticated connections
+// beyond 10 at a time: a rack of 250 consumers with a high --parallel
+// would see random "connection closed" failures. Below that limit they
+// queue instead; --parallel still bounds the whole deploy.
+const storeConcurrency = 8
+
 func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
 		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, urlPushed: map[string]*future{},
-		activated: map[string]*future{}, servers: map[string]bool{}}
+		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step}
 	for _, n := range plan.Order {
@@ -251,8 +261,9 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}
 		e.ensured[n] = newFuture()
 		e.activated[n] = newFuture()
-		if h.Source.Kind == SourceStore {
+		if h.Source.Kind == SourceStore && !e.servers[h.Source.From] {
 			e.servers[h.Source.From] = true
+			e.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
 		}
 	}
 	for _, t := range plan.Transfers {

@@ -36,6 +36,11 @@ type fakeHosts struct {
 	hung    map[string]bool
 	locks   map[string]string
 	jobs    map[string]*fakeJob
+	// substituting counts the substitutions in flight of hosts in
+	// substGate, most the highest; they wait for release to close.
+	substituting, most int
+	substGate          map[string]bool
+	release            chan struct{}
 }
 
 type fakeJob struct {
@@ -112,7 +117,25 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 		return 0, ctx.Err()
 	}
 	if strings.Contains(cmd, "nix-store") {
-		return 0, nil
+		f.mu.Lock()
+		gated := f.substGate[name]
+		if gated {
+			f.substituting++
+			f.most = max(f.most, f.substituting)
+			f.changed.Broadcast()
+		}
+		f.mu.Unlock()
+		if !gated {
+			return 0, nil
+		}
+		select {
+		case <-f.release:
+		case <-ctx.Done():
+		}
+		f.mu.Lock()
+		f.substituting--
+		f.mu.Unlock()
+		return 0, ctx.Err()
 	}
 	return 127, nil
 }

@@ -15,6 +15,7 @@ import (
 type substitution struct {
 	paths []string
 	from  string // the substituter: a store URL
+	store string // the store instance, "" for a URL
 	// knownHosts are the pinned keys of an instance store, handed to the
 	// consumer's ssh so it checks the store as strictly as nix-hive does.
 	knownHosts []string

@@ -3,6 +3,8 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,4 +79,76 @@ func BenchmarkTreeDeployScaling(b *testing.B) {
 // the benchmark above measures how its cost grows.
 func TestTreeDeployOneUpload(t *testing.T) {
 	deployTree(t, 1000)
+}
+
+// However high --parallel, at most storeConcurrency consumers substitute
+// from one store at once (sshd's MaxStartups would drop more); the rest
+// queue, saying so, and then all finish.
+func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
+	inv := treeInventory(1, 40)
+	targets, err := inv.Select(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Make(inv, targets, treeBuilt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHosts()
+	f.substGate = map[string]bool{}
+	for n := range inv.Instances {
+		if strings.HasPrefix(n, "node-") {
+			f.substGate[n] = true
+		}
+	}
+	f.release = make(chan struct{})
+	var mu sync.Mutex
+	queued := 0
+	cond := sync.NewCond(&mu)
+	events := func(ev Event) {
+		if ev.Step == StepSubstitute && ev.Status == EventInfo && strings.HasPrefix(ev.Message, "queued") {
+			mu.Lock()
+			queued++
+			cond.Broadcast()
+			mu.Unlock()
+		}
+	}
+	done := make(chan *Report)
+	const parallel = 32
+	go func() {
+		done <- Execute(context.Background(), plan, inv, f, f, Options{Parallel: parallel, Events: events})
+	}()
+	// Every worker is busy: storeConcurrency substituting, the others
+	// queued (the region and the rack take two workers' turns first and
+	// are done by then).
+	// A bound against a hang (substitutions that never queue), not a
+	// speed assertion.
+	hung := false
+	guard := time.AfterFunc(2*time.Minute, func() { mu.Lock(); hung = true; cond.Broadcast(); mu.Unlock() })
+	defer guard.Stop()
+	mu.Lock()
+	for queued < parallel-storeConcurrency && !hung {
+		cond.Wait()
+	}
+	mu.Unlock()
+	if hung {
+		f.mu.Lock()
+		t.Fatalf("only %d substitutions queued; %d in flight", queued, f.substituting)
+	}
+	// The slot holders have all reached the host (a slot is taken just
+	// before the command starts).
+	f.mu.Lock()
+	for f.substituting < storeConcurrency {
+		f.changed.Wait()
+	}
+	inFlight := f.substituting
+	f.mu.Unlock()
+	close(f.release)
+	r := <-done
+	if !r.OK() {
+		t.Fatalf("deploy failed: %+v", r)
+	}
+	if inFlight != storeConcurrency || f.most > storeConcurrency {
+		t.Errorf("%d substitutions from the rack in flight with %d queued (at most %d at once); want %d", inFlight, queued, f.most, storeConcurrency)
+	}
 }

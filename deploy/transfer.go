@@ -71,7 +71,7 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 		if user == "" {
 			user = st.User
 		}
-		s := substitution{from: "ssh://" + user + "@" + st.Host, port: st.Port}
+		s := substitution{from: "ssh://" + user + "@" + st.Host, port: st.Port, store: h.Source.From}
 		for _, k := range st.HostKeys {
 			s.knownHosts = append(s.knownHosts, knownHostsName(st.Host, st.Port)+" "+k)
 		}
@@ -124,6 +124,20 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 	in := e.inv.Instances[n]
 	s.paths, s.user, s.sudo = e.plan.Hosts[n].Paths, in.User, e.opts.Sudo
 	s.publicKey, s.trustKey, s.connectTimeout = e.opts.PublicKey, e.opts.TrustKey, e.opts.ConnectTimeout
+	if slots := e.storeSlots[s.store]; slots != nil {
+		// Queue rather than fail: see storeConcurrency.
+		select {
+		case slots <- struct{}{}:
+		default:
+			e.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.store))
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return failed(StepSubstitute, ctx.Err())
+			}
+		}
+		defer func() { <-slots }()
+	}
 	e.step(n, StepSubstitute, EventStart, "from "+s.from)
 	start := time.Now()
 	var stderr bytes.Buffer
