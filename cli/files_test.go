@@ -18,6 +18,17 @@ func writeFile(t *testing.T, path, text string) {
 // the test rather than leaving the file as it was.
 func editFile(t *testing.T, path, old, new string) {
 	t.Helper()
+	replaceIn(t, path, old, new, 1)
+}
+
+// editFileAll replaces every old in path with new.
+func editFileAll(t *testing.T, path, old, new string) {
+	t.Helper()
+	replaceIn(t, path, old, new, -1)
+}
+
+func replaceIn(t *testing.T, path, old, new string, n int) {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -25,5 +36,5 @@ func editFile(t *testing.T, path, old, new string) {
 	if !strings.Contains(string(b), old) {
 		t.Fatalf("%s has no %q", path, old)
 	}
-	writeFile(t, path, strings.Replace(string(b), old, new, 1))
+	writeFile(t, path, strings.Replace(string(b), old, new, n))
 }

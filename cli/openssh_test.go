@@ -508,16 +508,3 @@ func TestEncryptedKeyPassphrasePrompt(t *testing.T) {
 		t.Errorf("the passphrase was echoed")
 	}
 }
-
-// editFileAll replaces every old in path with new.
-func editFileAll(t *testing.T, path, old, new string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), old) {
-		t.Fatalf("%s has no %q", path, old)
-	}
-	writeFile(t, path, strings.ReplaceAll(string(b), old, new))
-}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/nix-hive/nix-hive/internal/spelling"
 )
 
 // suggestTargets is a " (did you mean ...?)" hint for targets that matched
@@ -25,10 +27,10 @@ func (inv *Inventory) suggestTargets(unmatched []string) string {
 	var hints []string
 	for _, p := range unmatched {
 		if tag, ok := strings.CutPrefix(p, "@"); ok {
-			if c := closest(tag, tags); c != "" {
+			if c := spelling.Closest(tag, tags); c != "" {
 				hints = append(hints, fmt.Sprintf("%q", "@"+c))
 			}
-		} else if c := closest(p, names); c != "" {
+		} else if c := spelling.Closest(p, names); c != "" {
 			hints = append(hints, fmt.Sprintf("%q", c))
 		}
 	}
@@ -36,43 +38,4 @@ func (inv *Inventory) suggestTargets(unmatched []string) string {
 		return ""
 	}
 	return "; did you mean " + strings.Join(hints, ", ") + "?"
-}
-
-// closest is the candidate nearest to word by edit distance, if it is near
-// enough to be a typo (at most a third of the word's length, at least 1
-// edit), else ""; one or two letters are too short to guess from.
-// Ties go to the first candidate.
-func closest(word string, candidates []string) string {
-	if len(word) < 3 {
-		return "" // too short to guess from
-	}
-	best, bestD := "", max(1, len(word)/3)+1
-	for _, c := range candidates {
-		if d := editDistance(strings.ToLower(word), strings.ToLower(c)); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b, in bytes
-// (names are ASCII in practice).
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

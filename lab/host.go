@@ -561,6 +561,12 @@ func (h *Host) ReplaceHostKey(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("replace host key of %s: %w", h.Name, err)
 	}
+	return h.restartLocked(ctx)
+}
+
+// restartLocked restarts a running host (for a new host key or sshd
+// configuration); a stopped one starts with it when started.
+func (h *Host) restartLocked(ctx context.Context) error {
 	if h.proc == nil {
 		return nil
 	}
@@ -584,13 +590,7 @@ func (h *Host) ConfigureSSHD(ctx context.Context, lines string) error {
 	if err := writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644); err != nil {
 		return fmt.Errorf("sshd config of %s: %w", h.Name, err)
 	}
-	if h.proc == nil {
-		return nil
-	}
-	if err := h.stopLocked(); err != nil {
-		return err
-	}
-	return h.startLocked(ctx)
+	return h.restartLocked(ctx)
 }
 
 // WriteNixConf appends lines to the host's /etc/nix/nix.conf. Nix reads it

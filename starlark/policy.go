@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nix-hive/nix-hive/internal/spelling"
 	sk "go.starlark.net/starlark"
 	"go.starlark.net/syntax"
 )
@@ -207,7 +208,7 @@ func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position
 	}
 	for _, name := range globals.Keys() {
 		for _, known := range settingNames {
-			if name != known && !globals.Has(known) && editDistance(name, known) <= 2 {
+			if name != known && !globals.Has(known) && spelling.Distance(name, known) <= 2 {
 				return errAt(name, "%s is not a policy setting; did you mean %s?", name, known)
 			}
 		}
@@ -332,26 +333,6 @@ func takesOneArg(fn *sk.Function) bool {
 		}
 	}
 	return required <= 1 && (positional >= 1 || fn.HasVarargs())
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
 
 func (p *Policy) maxSteps() uint64 {
