@@ -5,12 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -195,85 +192,4 @@ func lockWait(ctx context.Context, path string) (unlock func(), err error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// connectIn opens a TCP connection to addr:port from inside the network
-// namespace nsPath and closes it again: it tells whether something accepts
-// connections there. Only the socket is created inside the namespace (a
-// socket belongs to the namespace it was created in), so the calling thread
-// is switched there for one syscall and back.
-func connectIn(ctx context.Context, nsPath, addr string, port int) error {
-	ip, err := netip.ParseAddr(addr)
-	if err != nil || !ip.Is4() {
-		return fmt.Errorf("connect to %s in %s: not an IPv4 address", addr, nsPath)
-	}
-	fd, err := socketIn(nsPath)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: ip.As4()})
-	if errors.Is(err, unix.EINPROGRESS) {
-		err = waitConnected(ctx, fd)
-	}
-	if err != nil {
-		return fmt.Errorf("connect to %s in %s: %w", net.JoinHostPort(addr, fmt.Sprint(port)), nsPath, err)
-	}
-	return nil
-}
-
-func socketIn(nsPath string) (int, error) {
-	target, err := os.Open(nsPath)
-	if err != nil {
-		return -1, fmt.Errorf("open network namespace: %w", err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("open own network namespace: %w", err)
-	}
-	defer self.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-	}
-	fd, sockErr := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread is stuck in the lab's namespace: leaving it locked makes
-		// the runtime discard it when this goroutine ends.
-		if sockErr == nil {
-			unix.Close(fd)
-		}
-		return -1, fmt.Errorf("leave network namespace %s: %w", nsPath, err)
-	}
-	runtime.UnlockOSThread()
-	if sockErr != nil {
-		return -1, fmt.Errorf("socket in %s: %w", nsPath, sockErr)
-	}
-	return fd, nil
-}
-
-// waitConnected waits for a non-blocking connect to finish.
-func waitConnected(ctx context.Context, fd int) error {
-	for ctx.Err() == nil {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, err := unix.Poll(pfd, 100)
-		if errors.Is(err, unix.EINTR) || (err == nil && n == 0) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
-	}
-	return ctx.Err()
 }
