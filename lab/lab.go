@@ -179,7 +179,7 @@ func hostNames(cfg Config) (plain, internal []string, jump string, err error) {
 		return nil, nil, "", errors.New("lab config: no hosts (set Hosts or Internal)")
 	}
 	if len(all) > maxHosts {
-		return nil, nil, "", fmt.Errorf("lab config: %d hosts, at most %d fit in a lab's address block", len(all), maxHosts)
+		return nil, nil, "", fmt.Errorf("lab config: %d hosts, at most %d fit in a lab's %d address blocks", len(all), maxHosts, maxBlocks)
 	}
 	seen := map[string]bool{}
 	for _, n := range all {
@@ -198,8 +198,12 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 	if err := l.useDir(dir); err != nil {
 		return err
 	}
+	n := len(plain) + len(internal)
+	if jump != "" {
+		n++
+	}
 	var err error
-	if l.block, err = lockBlock(); err != nil {
+	if l.block, err = lockBlock(n); err != nil {
 		return err
 	}
 	if len(internal) > 0 {

@@ -19,30 +19,50 @@ import (
 // never share an address.
 const lockDir = "/run/nix-hive-lab"
 
-// maxHosts is what fits in a block: .1 is left alone, hosts take .2 to .254.
-const maxHosts = 253
+// perBlock is what fits in a /24 block: .1 is left alone, hosts take .2 to
+// .254. A larger lab takes several blocks.
+const perBlock = 253
 
-// addrBlock is the 127.77.N.0/24 block (and the 198.18.N.0/30 veth subnet) a
-// lab owns while its lock file is locked.
+// maxBlocks bounds the blocks one lab takes, leaving most of the 254 to
+// parallel labs.
+const maxBlocks = 16
+
+// maxHosts is the most hosts one lab can have.
+const maxHosts = perBlock * maxBlocks
+
+// addrBlock is the set of 127.77.N.0/24 blocks (and, for the first, the
+// 198.18.N.0/24 veth subnets) a lab owns while their lock files are locked.
 type addrBlock struct {
-	n    int
-	lock *os.File
+	n     int   // the first block: names the lab's namespaces and veths
+	ns    []int // all blocks, in the order hosts fill them
+	locks []*os.File
 }
 
-func lockBlock() (*addrBlock, error) {
+// lockBlock takes enough blocks for hosts addresses; they need not be
+// adjacent.
+func lockBlock(hosts int) (*addrBlock, error) {
 	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", lockDir, err)
 	}
-	for n := 1; n <= 254; n++ {
+	want := max(1, (hosts+perBlock-1)/perBlock)
+	b := &addrBlock{}
+	for n := 1; n <= 254 && len(b.ns) < want; n++ {
 		f, ok, err := tryLock(filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)))
 		if err != nil {
+			b.release()
 			return nil, err
 		}
 		if ok {
-			return &addrBlock{n: n, lock: f}, nil
+			b.ns = append(b.ns, n)
+			b.locks = append(b.locks, f)
 		}
 	}
-	return nil, fmt.Errorf("all 254 address blocks 127.77.*.0/24 are in use by other labs (locks in %s)", lockDir)
+	if len(b.ns) < want {
+		b.release()
+		return nil, fmt.Errorf("%d hosts need %d free address blocks 127.77.*.0/24, but other labs use all but %d (locks in %s)", hosts, want, len(b.ns), lockDir)
+	}
+	b.n = b.ns[0]
+	return b, nil
 }
 
 // tryLock takes an exclusive flock on path without waiting. ok is false when
@@ -63,15 +83,20 @@ func tryLock(path string) (f *os.File, ok bool, err error) {
 }
 
 // hostAddr is the loopback address of the i-th host (0-based) of the lab.
-func (b *addrBlock) hostAddr(i int) string { return fmt.Sprintf("127.77.%d.%d", b.n, i+2) }
+func (b *addrBlock) hostAddr(i int) string {
+	return fmt.Sprintf("127.77.%d.%d", b.ns[i/perBlock], i%perBlock+2)
+}
 
 func (b *addrBlock) release() error {
-	if b == nil || b.lock == nil {
+	if b == nil {
 		return nil
 	}
-	err := b.lock.Close()
-	b.lock = nil
-	return err
+	var errs []error
+	for _, f := range b.locks {
+		errs = append(errs, f.Close())
+	}
+	b.locks = nil
+	return errors.Join(errs...)
 }
 
 // internalNet is the network namespace of a jump topology: the internal hosts
