@@ -9,6 +9,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -415,17 +416,21 @@ func (l *Lab) knownHostsLocked() string {
 	return b.String()
 }
 
-// writeKnownHostsLocked writes the lab's known_hosts and every host's
-// /root/.ssh/known_hosts, so hosts can ssh to each other with strict host
-// key checking.
+// writeKnownHostsLocked writes the lab's known_hosts, which every host's
+// /root/.ssh/known_hosts links to, so hosts can ssh to each other with
+// strict host key checking. A link rather than a copy per host: copies
+// are n lines written n times, 100 MB for 1,000 hosts.
 func (l *Lab) writeKnownHostsLocked() error {
-	kh := []byte(l.knownHostsLocked())
-	if err := writeFileAtomic(l.KnownHostsFile, kh, 0o644); err != nil {
+	if err := writeFileAtomic(l.KnownHostsFile, []byte(l.knownHostsLocked()), 0o644); err != nil {
 		return err
 	}
 	for _, h := range l.Hosts {
-		if err := writeFileAtomic(h.Path("/root/.ssh/known_hosts"), kh, 0o644); err != nil {
-			return err
+		p := h.Path("/root/.ssh/known_hosts")
+		if target, err := os.Readlink(p); err == nil && target == l.KnownHostsFile {
+			continue
+		}
+		if err := os.Symlink(l.KnownHostsFile, p); err != nil {
+			return fmt.Errorf("known_hosts of host %s: %w", h.Name, err)
 		}
 	}
 	return nil
@@ -499,9 +504,11 @@ func (l *Lab) close() error {
 	}
 	wg.Wait()
 	// Rules a test system left on this machine's firewall (lab-service);
-	// internal hosts' rules go with their network namespace.
+	// internal hosts' rules go with their network namespace. One listing
+	// instead of an nft run per host, which took 15 s for 1,000 hosts.
+	tables, listErr := exec.Command("nft", "list", "tables").Output()
 	for _, h := range l.Hosts {
-		if h.netns == "" {
+		if h.netns == "" && (listErr != nil || bytes.Contains(tables, []byte(" "+h.firewallTable()+"\n"))) {
 			h.openFirewall()
 		}
 	}
