@@ -3,8 +3,10 @@
 //
 // A host is /usr/sbin/sshd in its own mount, pid and UTS namespaces, listening
 // on its own loopback address 127.77.B.N:22, with /nix, /run, /etc/nix and
-// /root bind-mounted from its directory. With Config.Internal > 0 the lab
-// also makes a network namespace whose hosts only a jump host reaches. It
+// /root bind-mounted from its directory; a lab takes as many blocks B as its
+// hosts need. With Config.Internal > 0 the lab also makes a network
+// namespace whose hosts only a jump host reaches; with Config.Tree, a tree
+// of stores (region, racks, consumers) reached through jump chains. It
 // needs root; Require skips (or, under CI, fails) a test otherwise.
 package lab
 
