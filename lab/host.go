@@ -296,7 +296,7 @@ trap 'exit 129' HUP
 // after the other lab deletes them), and the host's directories are bound
 // over /nix, /run, /etc/nix and /root. Doing it with syscalls from here
 // rather than mount(8) in the host's shell spares five execs per host,
-// a fifth of the CPU a large lab takes to start.
+// which were half the CPU a large lab took to start.
 func (h *Host) mountHost(pid int) error {
 	errc := make(chan error, 1)
 	go func() {
