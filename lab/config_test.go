@@ -33,7 +33,11 @@ func TestHostNames(t *testing.T) {
 		{name: "jump name collides", cfg: Config{Names: []string{"portico"}, Internal: 1}, wantErr: "used twice"},
 		{name: "unsafe name", cfg: Config{Names: []string{"a b"}}, wantErr: `host name "a b"`},
 		{name: "leading dash", cfg: Config{Names: []string{"-oProxyCommand=x"}}, wantErr: "host name"},
-		{name: "too many", cfg: Config{Hosts: 200, Internal: 60}, wantErr: "at most 253"},
+		{name: "too many", cfg: Config{Hosts: 4000, Internal: 60}, wantErr: "at most 4048"},
+		{name: "tree names collide", cfg: Config{Names: []string{"region"}, Tree: &TreeConfig{Racks: 1}}, wantErr: `"region" used twice`},
+		{name: "tree and internal", cfg: Config{Internal: 1, Tree: &TreeConfig{Racks: 1}}, wantErr: "choose one"},
+		{name: "too many racks", cfg: Config{Tree: &TreeConfig{Racks: 64}}, wantErr: "1 to 63 racks"},
+		{name: "tree alone", cfg: Config{Tree: &TreeConfig{Racks: 1, PerRack: 1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,12 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -22,30 +19,50 @@ import (
 // never share an address.
 const lockDir = "/run/nix-hive-lab"
 
-// maxHosts is what fits in a block: .1 is left alone, hosts take .2 to .254.
-const maxHosts = 253
+// perBlock is what fits in a /24 block: .1 is left alone, hosts take .2 to
+// .254. A larger lab takes several blocks.
+const perBlock = 253
 
-// addrBlock is the 127.77.N.0/24 block (and the 198.18.N.0/30 veth subnet) a
-// lab owns while its lock file is locked.
+// maxBlocks bounds the blocks one lab takes, leaving most of the 254 to
+// parallel labs.
+const maxBlocks = 16
+
+// maxHosts is the most hosts one lab can have.
+const maxHosts = perBlock * maxBlocks
+
+// addrBlock is the set of 127.77.N.0/24 blocks (and, for the first, the
+// 198.18.N.0/24 veth subnets) a lab owns while their lock files are locked.
 type addrBlock struct {
-	n    int
-	lock *os.File
+	n     int   // the first block: names the lab's namespaces and veths
+	ns    []int // all blocks, in the order hosts fill them
+	locks []*os.File
 }
 
-func lockBlock() (*addrBlock, error) {
+// lockBlock takes enough blocks for hosts addresses; they need not be
+// adjacent.
+func lockBlock(hosts int) (*addrBlock, error) {
 	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", lockDir, err)
 	}
-	for n := 1; n <= 254; n++ {
+	want := max(1, (hosts+perBlock-1)/perBlock)
+	b := &addrBlock{}
+	for n := 1; n <= 254 && len(b.ns) < want; n++ {
 		f, ok, err := tryLock(filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)))
 		if err != nil {
+			b.release()
 			return nil, err
 		}
 		if ok {
-			return &addrBlock{n: n, lock: f}, nil
+			b.ns = append(b.ns, n)
+			b.locks = append(b.locks, f)
 		}
 	}
-	return nil, fmt.Errorf("all 254 address blocks 127.77.*.0/24 are in use by other labs (locks in %s)", lockDir)
+	if len(b.ns) < want {
+		b.release()
+		return nil, fmt.Errorf("%d hosts need %d free address blocks 127.77.*.0/24, but other labs use all but %d (locks in %s)", hosts, want, len(b.ns), lockDir)
+	}
+	b.n = b.ns[0]
+	return b, nil
 }
 
 // tryLock takes an exclusive flock on path without waiting. ok is false when
@@ -66,15 +83,20 @@ func tryLock(path string) (f *os.File, ok bool, err error) {
 }
 
 // hostAddr is the loopback address of the i-th host (0-based) of the lab.
-func (b *addrBlock) hostAddr(i int) string { return fmt.Sprintf("127.77.%d.%d", b.n, i+2) }
+func (b *addrBlock) hostAddr(i int) string {
+	return fmt.Sprintf("127.77.%d.%d", b.ns[i/perBlock], i%perBlock+2)
+}
 
 func (b *addrBlock) release() error {
-	if b == nil || b.lock == nil {
+	if b == nil {
 		return nil
 	}
-	err := b.lock.Close()
-	b.lock = nil
-	return err
+	var errs []error
+	for _, f := range b.locks {
+		errs = append(errs, f.Close())
+	}
+	b.locks = nil
+	return errors.Join(errs...)
 }
 
 // internalNet is the network namespace of a jump topology: the internal hosts
@@ -195,85 +217,4 @@ func lockWait(ctx context.Context, path string) (unlock func(), err error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// connectIn opens a TCP connection to addr:port from inside the network
-// namespace nsPath and closes it again: it tells whether something accepts
-// connections there. Only the socket is created inside the namespace (a
-// socket belongs to the namespace it was created in), so the calling thread
-// is switched there for one syscall and back.
-func connectIn(ctx context.Context, nsPath, addr string, port int) error {
-	ip, err := netip.ParseAddr(addr)
-	if err != nil || !ip.Is4() {
-		return fmt.Errorf("connect to %s in %s: not an IPv4 address", addr, nsPath)
-	}
-	fd, err := socketIn(nsPath)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: ip.As4()})
-	if errors.Is(err, unix.EINPROGRESS) {
-		err = waitConnected(ctx, fd)
-	}
-	if err != nil {
-		return fmt.Errorf("connect to %s in %s: %w", net.JoinHostPort(addr, fmt.Sprint(port)), nsPath, err)
-	}
-	return nil
-}
-
-func socketIn(nsPath string) (int, error) {
-	target, err := os.Open(nsPath)
-	if err != nil {
-		return -1, fmt.Errorf("open network namespace: %w", err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("open own network namespace: %w", err)
-	}
-	defer self.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-	}
-	fd, sockErr := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread is stuck in the lab's namespace: leaving it locked makes
-		// the runtime discard it when this goroutine ends.
-		if sockErr == nil {
-			unix.Close(fd)
-		}
-		return -1, fmt.Errorf("leave network namespace %s: %w", nsPath, err)
-	}
-	runtime.UnlockOSThread()
-	if sockErr != nil {
-		return -1, fmt.Errorf("socket in %s: %w", nsPath, sockErr)
-	}
-	return fd, nil
-}
-
-// waitConnected waits for a non-blocking connect to finish.
-func waitConnected(ctx context.Context, fd int) error {
-	for ctx.Err() == nil {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, err := unix.Poll(pfd, 100)
-		if errors.Is(err, unix.EINTR) || (err == nil && n == 0) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
-	}
-	return ctx.Err()
 }

@@ -18,6 +18,9 @@ type upCmd struct {
 	Internal      int               `help:"Hosts reachable only through a jump host (adds the jump host)."`
 	InternalNames []string          `help:"Names of the internal hosts (replaces --internal; default int-1..int-N)." placeholder:"NAME"`
 	JumpName      string            `default:"portico" help:"Name of the jump host."`
+	Racks         int               `help:"A tree of stores: a region host reachable from this machine, this many rack hosts reachable only through it, and --per-rack consumers behind each rack (rack-K, node-K-I)."`
+	PerRack       int               `help:"Consumers behind each rack of --racks." placeholder:"N"`
+	RegionName    string            `default:"region" help:"Name of the tree's region host."`
 	Dir           string            `required:"" type:"path" placeholder:"DIR" help:"Directory for the hosts, lab.json, lab.nix and lab.pid."`
 	Nix           string            `type:"path" placeholder:"BINDIR" help:"Bin directory of the Nix the hosts run (default: the nix on PATH)."`
 	NixFor        map[string]string `placeholder:"HOST=BINDIR" help:"Another Nix for some hosts (a fleet mid-upgrade)."`
@@ -57,6 +60,11 @@ func (c *upCmd) Run(ctx context.Context, out io.Writer) error {
 	cfg := lab.Config{Hosts: c.Hosts, Names: c.Names, Internal: c.Internal, InternalNames: c.InternalNames, JumpName: c.JumpName, Dir: c.Dir, Nix: c.Nix, NixFor: c.NixFor}
 	if len(c.Names) > 0 {
 		cfg.Hosts = 0
+	}
+	if c.Racks > 0 {
+		cfg.Tree = &lab.TreeConfig{Racks: c.Racks, PerRack: c.PerRack, RegionName: c.RegionName}
+	} else if c.PerRack > 0 {
+		return errors.New("--per-rack needs --racks")
 	}
 	if len(c.InternalNames) > 0 {
 		cfg.Internal = len(c.InternalNames)

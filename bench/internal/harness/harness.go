@@ -95,10 +95,17 @@ type Runner struct {
 // file (stdout and stderr, interleaved); several commands may share one.
 // The error carries the log's tail.
 func (r *Runner) Run(ctx context.Context, logName string, stdin io.Reader, name string, args ...string) ([]byte, error) {
+	out, _, err := r.RunState(ctx, logName, stdin, name, args...)
+	return out, err
+}
+
+// RunState is Run that also returns the finished process's state (nil if
+// it did not start), for what the process used: ProcessState.SysUsage.
+func (r *Runner) RunState(ctx context.Context, logName string, stdin io.Reader, name string, args ...string) ([]byte, *os.ProcessState, error) {
 	logPath := filepath.Join(r.Logs, logName+".log")
 	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("log for %s: %w", name, err)
+		return nil, nil, fmt.Errorf("log for %s: %w", name, err)
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "$ %s %s\n", name, strings.Join(args, " "))
@@ -120,11 +127,11 @@ func (r *Runner) Run(ctx context.Context, logName string, stdin io.Reader, name 
 	cmd.Stderr = logs
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: %w", name, ctx.Err())
+			return nil, cmd.ProcessState, fmt.Errorf("%s: %w", name, ctx.Err())
 		}
-		return stdout.Bytes(), fmt.Errorf("%s %s: %w (log %s): %s", name, strings.Join(args, " "), err, logPath, bytes.TrimSpace(tail.Bytes()))
+		return stdout.Bytes(), cmd.ProcessState, fmt.Errorf("%s %s: %w (log %s): %s", name, strings.Join(args, " "), err, logPath, bytes.TrimSpace(tail.Bytes()))
 	}
-	return stdout.Bytes(), nil
+	return stdout.Bytes(), cmd.ProcessState, nil
 }
 
 // tailWriter keeps about the last max bytes written.
