@@ -21,7 +21,7 @@ type DeployCmd struct {
 	Fleet
 	Steps
 	Rollout
-	Parallel          int           `default:"16" help:"Hosts worked on at once."`
+	Parallel          int           `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
 	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Goal              string        `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
 	Force             bool          `help:"Activate instances that already run the wanted system."`

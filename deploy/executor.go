@@ -52,7 +52,7 @@ type Policy interface {
 // Options tune an execution.
 type Options struct {
 	Goal     Goal
-	Parallel int // hosts worked on at once (default 16)
+	Parallel int // hosts worked on at once (0: AutoParallel of the plan)
 	SkipPush bool
 	// Force activates hosts that already run the wanted system.
 	Force bool
@@ -100,9 +100,6 @@ func (o Options) withDefaults() Options {
 		if *d <= 0 {
 			*d = v
 		}
-	}
-	if o.Parallel <= 0 {
-		o.Parallel = fanout.DefaultLimit
 	}
 	if o.Goal == "" {
 		o.Goal = GoalSwitch
@@ -218,7 +215,11 @@ func (f *future) run(fn func() error) error {
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
 // activations go on until opts.Abort is closed.
 func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
-	e := newExecutor(plan, inv, remote, copier, opts.withDefaults())
+	opts = opts.withDefaults()
+	if opts.Parallel <= 0 {
+		opts.Parallel = AutoParallel(plan)
+	}
+	e := newExecutor(plan, inv, remote, copier, opts)
 	actx, cancel := activationContext(ctx, e.opts.Abort)
 	defer cancel()
 	report := &Report{Results: e.res, Order: plan.Order}
@@ -239,6 +240,23 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
 	return report
+}
+
+// AutoParallel is how many hosts a deploy works on at once unless told:
+// enough to keep every store of the plan serving storeConcurrency
+// consumers, and never fewer than fanout.DefaultLimit (16) for direct
+// pushes and activations; capped at 256, beyond which the deploy host's
+// own SSH sessions and processes, not the hosts, become the limit.
+// A tree of 4 racks runs 32 hosts at once, 32 racks 256: more racks, more
+// parallel service, without the deploy host thrashing on a flat fleet.
+func AutoParallel(p *Plan) int {
+	stores := map[string]bool{}
+	for _, h := range p.Hosts {
+		if h.Source.Kind == SourceStore || h.Source.Kind == SourceCache {
+			stores[h.Source.From] = true
+		}
+	}
+	return min(max(fanout.DefaultLimit, storeConcurrency*len(stores)), 256)
 }
 
 // storeConcurrency bounds the consumers substituting from one store at

@@ -152,3 +152,30 @@ func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 		t.Errorf("%d substitutions from the rack in flight with %d queued (at most %d at once); want %d", inFlight, queued, f.most, storeConcurrency)
 	}
 }
+
+func TestAutoParallel(t *testing.T) {
+	plan := func(inv *eval.Inventory, built map[string]eval.Built) *Plan {
+		targets, err := inv.Select(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Make(inv, targets, built, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		name string
+		plan *Plan
+		want int
+	}{
+		{"seed: one store and one cache", plan(seedInventory(), seedBuilt), 16},
+		{"4 racks behind a region", plan(treeInventory(4, 1000), treeBuilt), 40},
+		{"40 racks", plan(treeInventory(40, 1000), treeBuilt), 256},
+	} {
+		if got := AutoParallel(tt.plan); got != tt.want {
+			t.Errorf("%s: AutoParallel = %d; want %d", tt.name, got, tt.want)
+		}
+	}
+}
