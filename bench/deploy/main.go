@@ -146,42 +146,18 @@ func run(ctx context.Context, o options) (err error) {
 // setup makes the work directory, builds nix-hive, starts the lab and
 // writes the hive; cleanup undoes what was done, also after an error.
 func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, err error) {
-	var undo []func() error
-	cleanup = func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		return errors.Join(errs...)
-	}
-	if b.work, err = os.MkdirTemp("", "nix-hive-bench-deploy-"); err != nil {
-		return cleanup, fmt.Errorf("work dir: %w", err)
-	}
-	undo = append(undo, func() error {
-		if b.o.keep {
-			fmt.Fprintf(os.Stderr, "work directory kept: %s\n", b.work)
-			return nil
-		}
-		return os.RemoveAll(b.work)
-	})
-	b.logDir = filepath.Join(b.work, "logs")
-	if err := os.MkdirAll(b.logDir, 0o755); err != nil {
-		return cleanup, fmt.Errorf("work dir: %w", err)
-	}
-	b.logs = &harness.Runner{Logs: b.logDir, Env: harness.Env("")}
-	if b.o.verbose {
-		b.logs.Echo = os.Stderr
-	}
 	b.step = stepper()
-	b.bin = filepath.Join(b.work, "nix-hive")
-	if err := harness.BuildNixHive(ctx, root, b.bin); err != nil {
+	w, err := harness.NewWorkspace(ctx, "nix-hive-bench-deploy-", root, b.o.keep, b.o.verbose)
+	cleanup = w.Cleanup
+	if err != nil {
 		return cleanup, err
 	}
+	b.work, b.logs, b.bin, b.logDir = w.Dir, w.Logs, w.Bin, w.Logs.Logs
 	b.step("built nix-hive")
 	if b.lab, err = lab.Start(ctx, lab.Config{Internal: b.o.consumers, JumpName: jumpName}); err != nil {
 		return cleanup, fmt.Errorf("start lab: %w", err)
 	}
-	undo = append(undo, b.lab.Close)
+	w.OnCleanup(b.lab.Close)
 	b.step(fmt.Sprintf("lab up: %s + %d consumers", jumpName, b.o.consumers))
 	if err := b.prepareHive(ctx, root); err != nil {
 		return cleanup, err

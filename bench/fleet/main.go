@@ -117,43 +117,19 @@ func run(ctx context.Context, o options) (err error) {
 // setup builds nix-hive, starts the lab, writes the hive and makes every
 // host trust its key; cleanup undoes it, also after an error.
 func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, err error) {
-	var undo []func() error
-	cleanup = func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		return errors.Join(errs...)
-	}
-	if b.work, err = os.MkdirTemp("", "nix-hive-bench-fleet-"); err != nil {
-		return cleanup, fmt.Errorf("work dir: %w", err)
-	}
-	undo = append(undo, func() error {
-		if b.o.keep {
-			fmt.Fprintf(os.Stderr, "work directory kept: %s\n", b.work)
-			return nil
-		}
-		return os.RemoveAll(b.work)
-	})
-	logDir := filepath.Join(b.work, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return cleanup, fmt.Errorf("work dir: %w", err)
-	}
-	b.logs = &harness.Runner{Logs: logDir, Env: harness.Env("")}
-	if b.o.verbose {
-		b.logs.Echo = os.Stderr
-	}
-	b.bin = filepath.Join(b.work, "nix-hive")
-	if err := harness.BuildNixHive(ctx, root, b.bin); err != nil {
+	w, err := harness.NewWorkspace(ctx, "nix-hive-bench-fleet-", root, b.o.keep, b.o.verbose)
+	cleanup = w.Cleanup
+	if err != nil {
 		return cleanup, err
 	}
+	b.work, b.logs, b.bin = w.Dir, w.Logs, w.Bin
 	b.step("built nix-hive")
 	start := time.Now()
 	b.lab, err = lab.Start(ctx, lab.Config{Tree: &lab.TreeConfig{Racks: b.o.racks, PerRack: b.perRack, RegionName: regionName}})
 	if err != nil {
 		return cleanup, fmt.Errorf("start lab: %w", err)
 	}
-	undo = append(undo, b.lab.Close)
+	w.OnCleanup(b.lab.Close)
 	b.step(fmt.Sprintf("lab up: %s + %d racks + %d consumers, %d hosts in %.1fs",
 		regionName, b.o.racks, b.o.racks*b.perRack, len(b.lab.Hosts), time.Since(start).Seconds()))
 	if err := b.prepareHive(ctx, root); err != nil {
@@ -170,7 +146,7 @@ func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, e
 	if b.counter, err = wire.NewTable(ctx, table, []wire.Counter{{Name: "to_region", Rule: wire.ToSSH(addr)}}); err != nil {
 		return cleanup, err
 	}
-	undo = append(undo, b.counter.Delete)
+	w.OnCleanup(b.counter.Delete)
 	return cleanup, nil
 }
 

@@ -6,6 +6,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -182,3 +183,54 @@ func Wrong(l *lab.Lab, want func(*lab.Host) string) []string {
 
 // MiB formats a byte count in MiB.
 func MiB(n uint64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
+
+// Workspace is a benchmark's work directory with its logs and the
+// nix-hive binary it measures, and the undo steps of its setup.
+type Workspace struct {
+	Dir  string
+	Bin  string  // nix-hive, built from the checkout
+	Logs *Runner // one log per command under Dir/logs
+	keep bool
+	undo []func() error
+}
+
+// NewWorkspace makes a work directory (named with prefix), a log
+// directory and a Runner writing there (echoing to stderr when verbose),
+// and builds nix-hive from root into it. Call Cleanup also after an
+// error: it undoes what was done.
+func NewWorkspace(ctx context.Context, prefix, root string, keep, verbose bool) (*Workspace, error) {
+	w := &Workspace{keep: keep}
+	var err error
+	if w.Dir, err = os.MkdirTemp("", prefix); err != nil {
+		return w, fmt.Errorf("work dir: %w", err)
+	}
+	w.OnCleanup(func() error {
+		if w.keep {
+			fmt.Fprintf(os.Stderr, "work directory kept: %s\n", w.Dir)
+			return nil
+		}
+		return os.RemoveAll(w.Dir)
+	})
+	logDir := filepath.Join(w.Dir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return w, fmt.Errorf("work dir: %w", err)
+	}
+	w.Logs = &Runner{Logs: logDir, Env: Env("")}
+	if verbose {
+		w.Logs.Echo = os.Stderr
+	}
+	w.Bin = filepath.Join(w.Dir, "nix-hive")
+	return w, BuildNixHive(ctx, root, w.Bin)
+}
+
+// OnCleanup adds an undo step; Cleanup runs them last first.
+func (w *Workspace) OnCleanup(f func() error) { w.undo = append(w.undo, f) }
+
+// Cleanup undoes the setup, last step first, and joins what failed.
+func (w *Workspace) Cleanup() error {
+	var errs []error
+	for i := len(w.undo) - 1; i >= 0; i-- {
+		errs = append(errs, w.undo[i]())
+	}
+	return errors.Join(errs...)
+}
