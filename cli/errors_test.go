@@ -172,6 +172,9 @@ func TestExitStatusContract(t *testing.T) {
 			t.Errorf("%s: exit %d, want 2 (usage)\n%s", strings.Join(c, " "), code, msg)
 		}
 	}
+	if code, msg := run(filepath.Join(good, "nowhere"), "plan"); code != 2 || !strings.Contains(msg, "nowhere") {
+		t.Errorf("-c to a missing hive: exit %d, want 2\n%s", code, msg)
+	}
 	var o, e bytes.Buffer
 	if code := cli.Main("test", nil, &o, &e); code != 0 || !strings.Contains(o.String(), "Usage: nix-hive <command>") || !strings.Contains(o.String(), "deploy") {
 		t.Errorf("nix-hive alone: exit %d, want the help:\n%s%s", code, o.String(), e.String())

@@ -130,7 +130,7 @@ deploy. Without targets, where they are optional, every instance is meant.`)
 	for _, s := range []struct{ code, meaning string }{
 		{"0", "Success."},
 		{"1", "Failure: a host failed (deploy, keys upload, rollback), a command failed on an instance (run), an instance drifted from the hive (status), or something else went wrong (a build, reading the state)."},
-		{"2", "Usage error: an unknown command or flag, a bad flag value, flags that contradict each other; or a mistake in the hive: it does not evaluate, it is invalid, or a target matches no instance."},
+		{"2", "Usage error: an unknown command or flag, a bad flag value, flags that contradict each other, no hive where -c points; or a mistake in the hive: it does not evaluate, it is invalid, or a target matches no instance."},
 		{"130", "Interrupted (SIGINT or SIGTERM) before the command finished. A deploy records every host's state in hive.state first."},
 		{"255", "ssh: the connection to the instance could not be made or was lost, as with OpenSSH. Otherwise ssh exits with the remote command's status."},
 	} {

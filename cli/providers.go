@@ -11,6 +11,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
@@ -49,8 +50,14 @@ func nixRunner(g *Globals) *nixcmd.Runner {
 	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: ", Verbose: g.Verbose}
 }
 
+// locate finds the hive; none where -c points is a usage error (2), as a
+// wrong path on any command line is.
 func locate(g *Globals) (eval.Source, error) {
-	return provided(eval.Locate(g.Config))
+	src, err := eval.Locate(g.Config)
+	if err != nil {
+		err = cmdline.UsageError{Err: err}
+	}
+	return provided(src, err)
 }
 
 func openHive(ctx context.Context, src eval.Source, nix *nixcmd.Runner) (*eval.Hive, error) {
