@@ -15,10 +15,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -56,13 +54,7 @@ func main() {
 	if *quick {
 		o.consumers = 10
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench/deploy: %v\n", err)
-		os.Exit(1)
-	}
+	harness.Main("bench/deploy", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 const jumpName = "portico"

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -47,13 +46,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, hive) instead of removing it")
 	flag.BoolVar(&o.verbose, "v", false, "copy every command's output to stderr")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench/fleet: %v\n", err)
-		os.Exit(1)
-	}
+	harness.Main("bench/fleet", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 const regionName = "region"

@@ -14,11 +14,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -42,13 +40,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, hive) instead of removing it")
 	flag.BoolVar(&o.verbose, "v", false, "copy every command's output to stderr")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench/run: %v\n", err)
-		os.Exit(1)
-	}
+	harness.Main("bench/run", func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // sample is one timed run of one side, with the new connections each host

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -233,4 +234,16 @@ func (w *Workspace) Cleanup() error {
 		errs = append(errs, w.undo[i]())
 	}
 	return errors.Join(errs...)
+}
+
+// Main runs a benchmark's run with a context that SIGINT and SIGTERM
+// cancel (so its cleanup stops the lab), and exits 1 with name's error.
+func Main(name string, run func(context.Context) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
 }
