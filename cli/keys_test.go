@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -33,7 +34,8 @@ type keysLab struct {
 
 func newKeysLab(t *testing.T) *keysLab {
 	nixtest.Require(t)
-	l := labtest.New(t, lab.Config{Names: []string{"app-1", "app-2", "app-3"}, NoSFTP: []string{"app-2"}})
+	l := labtest.New(t, lab.Config{Names: []string{"app-1", "app-2", "app-3"},
+		NoSFTP: []string{"app-2"}, NoGzip: []string{"app-2"}})
 	root, _ := filepath.Abs("..")
 	b := make([]byte, 8)
 	rand.Read(b)
@@ -133,6 +135,14 @@ func TestKeysDeploy(t *testing.T) {
 			t.Errorf("%s at activation had keys %q, want the pre-activation ones (shared tls), not db", h, seen)
 		}
 	}
+	// app-2 has no gzip: its job script came uncompressed, and is the
+	// one app-1 unpacked from gzip.
+	if out, err := k.lab.Host("app-2").Exec(context.Background(), "sh", "-c", "command -v gzip"); err == nil {
+		t.Errorf("app-2 has gzip (%s), the lab did not hide it", out)
+	}
+	if a, b := jobScriptOn(t, k.lab.Host("app-1")), jobScriptOn(t, k.lab.Host("app-2")); a != b || !strings.Contains(a, "switch-to-configuration") {
+		t.Errorf("the job scripts on app-1 (gzip) and app-2 (plain) differ:\n%s\n---\n%s", a, b)
+	}
 	if ents, _ := os.ReadDir(k.lab.Host("app-3").Path("/run/keys")); len(ents) != 0 {
 		t.Errorf("app-3 got %d entries in /run/keys although a key of its failed", len(ents))
 	}
@@ -223,6 +233,20 @@ func (k *keysLab) assertNowhere(t *testing.T, cmdlines []string, outputs ...stri
 
 // An upload cut off half-way (the connection drops) leaves the old key or
 // the new one, never a part of it, and nothing readable by others.
+// jobScriptOn is the job script of the only activation job on h.
+func jobScriptOn(t *testing.T, h *lab.Host) string {
+	t.Helper()
+	m, _ := filepath.Glob(h.Path("/run/nix-hive/jobs/*/job.sh"))
+	if len(m) != 1 {
+		t.Fatalf("%s: %d activation jobs, want 1", h.Name, len(m))
+	}
+	b, err := os.ReadFile(m[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func TestKeysUploadInterrupted(t *testing.T) {
 	k := newKeysLab(t)
 	if code, _, _ := k.run("keys", "upload", "app-1", "app-2"); code != 0 {

@@ -107,6 +107,13 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	for _, w := range p.Warnings() {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
 	}
-	g.onClose(func() { p.Close() })
+	g.onClose(func() {
+		p.Close()
+		if d, t := p.Handshakes(); g.Verbose && d+t > 0 {
+			// What the command cost the hosts' sshd, for operators
+			// sizing MaxStartups and for bench/fleet.
+			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions\n", d+t, d, t, p.Sessions())
+		}
+	})
 	return p, nil
 }

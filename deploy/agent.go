@@ -1,10 +1,13 @@
 package deploy
 
 import (
+	"bytes"
+	"compress/gzip"
 	_ "embed"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nix-hive/nix-hive/shell"
 )
@@ -21,6 +24,45 @@ const profile = "/nix/var/nix/profiles/system"
 //
 //go:embed job.sh
 var jobScript string
+
+// jobPayload is what the start program reads on stdin: the job script,
+// compacted, and gzipped for hosts that have gzip (NixOS always does).
+// At a thousand hosts every byte sent per host counts: the script's
+// comments are for its readers here, not for the hosts.
+func jobPayload(gz bool) string {
+	if !gz {
+		return compactJob()
+	}
+	return gzippedJob()
+}
+
+var (
+	compactJob = sync.OnceValue(func() string { return compact(jobScript) })
+	gzippedJob = sync.OnceValue(func() string {
+		var b bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+		w.Write([]byte(compactJob()))
+		w.Close()
+		return b.String()
+	})
+)
+
+// compact drops comment lines, blank lines and indentation from a shell
+// program. It is only correct for programs with no multi-line quoted
+// strings or here-documents, which TestProgramsCompact checks for every
+// program in this package.
+func compact(prog string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(prog, "\n") {
+		line = strings.TrimLeft(line, " \t")
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
 
 // sudoPrefix is what goes before a command that needs root: the privilege
 // command for non-root logins, nothing for root.
@@ -39,7 +81,7 @@ func privileged(user, sudo string, args ...string) string {
 
 // program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set.
 func program(prog string, root bool, user, sudo string, args ...string) string {
-	argv := append([]string{"sh", "-c", prog, "nix-hive"}, args...)
+	argv := append([]string{"sh", "-c", compact(prog), "nix-hive"}, args...)
 	if root {
 		return privileged(user, sudo, argv...)
 	}
@@ -59,6 +101,7 @@ if [ -e $l ] && command -v flock >/dev/null 2>&1 && ! flock -n $l true 2>/dev/nu
 fi
 printf 'boot=%s\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 printf 'rebootmark=%s\n' "$(cat /run/nix-hive/reboot 2>/dev/null)"
+if command -v gzip >/dev/null 2>&1; then echo gzip=1; fi
 `
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
@@ -111,8 +154,8 @@ wait_lock() {
 }
 `
 
-// startProgram ID UNTIL BEAT GOAL TARGET CONFIRM LIMIT stores the job
-// script from stdin in /run/nix-hive/jobs/ID, starts it detached (a
+// startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT stores the job
+// script from stdin (gzipped when ENC is "gzip") in /run/nix-hive/jobs/ID, starts it detached (a
 // transient systemd unit where systemd runs, like nixos-rebuild, else a
 // session of its own) and, in the same SSH session, waits for it like
 // waitProgram.
@@ -120,11 +163,12 @@ const startProgram = waitProgram + `set -u
 for t in flock setsid timeout mkfifo; do
   command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
 done
-id=$1 until=$2 beat=$3; shift 3
+id=$1 until=$2 beat=$3 enc=$4; shift 4
 goal=$1 target=$2 confirm=$3 limit=$4
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
-mkdir -p "$d" && cat >"$d/job.sh" && mkfifo "$d/started" || exit 2
+unpack() { if [ "$enc" = gzip ]; then gzip -dc; else cat; fi; }
+mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" || exit 2
 exec 3<>"$d/started"
 set -- $b/jobs/*
 [ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
@@ -183,6 +227,8 @@ type HostState struct {
 	Running    string `json:"running,omitempty"`
 	BootID     string `json:"-"`
 	RebootMark string `json:"-"`
+	// Gzip says the host has gzip: the job script goes there compressed.
+	Gzip bool `json:"-"`
 }
 
 // LastActivation is a host's record of the last activation nix-hive ran
@@ -221,6 +267,8 @@ func parseHostState(out string) HostState {
 			hs.BootID = v
 		case "rebootmark":
 			hs.RebootMark = v
+		case "gzip":
+			hs.Gzip = v == "1"
 		}
 	}
 	return hs

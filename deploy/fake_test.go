@@ -58,7 +58,7 @@ func newFakeHosts() *fakeHosts {
 
 // programArgs returns the arguments after "nix-hive" when cmd runs prog.
 func programArgs(cmd, prog string) ([]string, bool) {
-	q := shell.Quote(prog)
+	q := shell.Quote(compact(prog))
 	i := strings.Index(cmd, q)
 	if i < 0 {
 		return nil, false
@@ -108,7 +108,7 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 	}
 	if args, ok := programArgs(cmd, startProgram); ok {
 		io.Copy(io.Discard, stdin)
-		f.start(name, args[0], args[3:])
+		f.start(name, args[0], args[4:])
 		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
 		return 0, ctx.Err()
 	}

@@ -116,7 +116,7 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 	}
 	defer l.release()
 	row.Before = before.Active
-	spec := jobSpec{goal: GoalSwitch, target: "previous"}
+	spec := jobSpec{goal: GoalSwitch, target: "previous", gzip: before.Gzip}
 	if opts.MagicRollback {
 		spec.confirm = opts.ConfirmTimeout
 	}

@@ -23,6 +23,8 @@ type jobSpec struct {
 	// confirm > 0 arms magic rollback: unless confirmed over a new SSH
 	// connection within confirm, the host returns to what ran before.
 	confirm time.Duration
+	// gzip: the host has gzip (HostState.Gzip), send the script gzipped.
+	gzip bool
 }
 
 // jobs runs activation jobs on hosts: it starts them detached, follows
@@ -100,9 +102,13 @@ func secs(d time.Duration) string {
 // reaches until or ends. When the connection is lost on the way it is
 // unclear whether the job runs; following it tells.
 func (j *jobs) start(ctx context.Context, n, user, sudo, id, until string, spec jobSpec) (jobState, error) {
-	cmd := program(startProgram, true, user, sudo, id, until, secs(j.beat()), string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
+	enc := "plain"
+	if spec.gzip {
+		enc = "gzip"
+	}
+	cmd := program(startProgram, true, user, sudo, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
 	began := time.Now()
-	out, heard, err := j.watched(ctx, n, cmd, strings.NewReader(jobScript), j.remote.Run)
+	out, heard, err := j.watched(ctx, n, cmd, strings.NewReader(jobPayload(spec.gzip)), j.remote.Run)
 	if st, final, ferr := sorted(ctx, "start activation", out, err); final {
 		return st, ferr
 	}

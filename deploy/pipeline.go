@@ -209,7 +209,7 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	goal, path := e.opts.Goal, e.plan.Hosts[n].OutPath
-	spec := jobSpec{goal: goal, target: path}
+	spec := jobSpec{goal: goal, target: path, gzip: e.hasGzip(n)}
 	if e.opts.MagicRollback && (goal == GoalSwitch || goal == GoalTest) {
 		spec.confirm = e.opts.ConfirmTimeout
 	}
@@ -290,7 +290,7 @@ func (e *executor) postCheck(ctx context.Context, n, job string) error {
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
 	e.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, jobSpec{goal: e.opts.Goal, target: "restore:" + job})
+	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, jobSpec{goal: e.opts.Goal, target: "restore:" + job, gzip: e.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
@@ -300,6 +300,13 @@ func (e *executor) rollback(ctx context.Context, n, job string, why error) error
 	e.update(n, func(r *Result) { r.Active = r.Before })
 	e.step(n, StepRollback, EventOK, st.reason)
 	return rolledBack(StepRollback, why)
+}
+
+// hasGzip says what the host's lock query found (false when unknown).
+func (e *executor) hasGzip(n string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.locked[n].Gzip
 }
 
 func (e *executor) lockError(n string) error {

@@ -113,7 +113,7 @@ func TestPlan(t *testing.T) {
 
 func TestRemoteCommandsQuote(t *testing.T) {
 	evil := "/nix/store/x-it's $(rm -rf /)"
-	cmd := program(startProgram, true, "deploy", "sudo", "id", string(GoalSwitch), evil, "30", "60")
+	cmd := program(startProgram, true, "deploy", "sudo", "id", "", "1", "gzip", string(GoalSwitch), evil, "30", "60")
 	if !strings.Contains(cmd, `'/nix/store/x-it'\''s $(rm -rf /)'`) {
 		t.Errorf("path not quoted as one word:\n%s", cmd)
 	}
@@ -123,7 +123,7 @@ func TestRemoteCommandsQuote(t *testing.T) {
 	if c := program(confirmProgram, true, "root", "sudo", "id"); strings.Contains(c, "sudo") {
 		t.Errorf("root needs no sudo:\n%s", c)
 	}
-	if !strings.Contains(cmd, shell.Quote(startProgram)) || strings.Contains(cmd, "switch-to-configuration") {
+	if !strings.Contains(cmd, shell.Quote(compact(startProgram))) || strings.Contains(cmd, "switch-to-configuration") {
 		t.Errorf("the start program travels as one quoted word, the job script on stdin only:\n%s", cmd)
 	}
 }

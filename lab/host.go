@@ -341,6 +341,24 @@ func (h *Host) mountIn(pid int) error {
 			return fmt.Errorf("mounts: bind %s on %s: %w", filepath.Join(h.Root, o.dir), o.inHost, err)
 		}
 	}
+	if slices.Contains(h.lab.noGzip, h.Name) {
+		return hideProgram("gzip")
+	}
+	return nil
+}
+
+// hideProgram binds /dev/null (no regular file, so no program) over every
+// copy of name on the hosts' PATH, in the calling thread's namespace.
+func hideProgram(name string) error {
+	for _, dir := range filepath.SplitList(systemPath) {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if err := unix.Mount("/dev/null", p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mounts: hide %s: %w", p, err)
+		}
+	}
 	return nil
 }
 

@@ -44,6 +44,10 @@ type Config struct {
 	// NoSFTP names hosts whose sshd offers no sftp subsystem, like a NixOS
 	// host with services.openssh.allowSFTP = false.
 	NoSFTP []string
+	// NoGzip names hosts where gzip cannot be found (a file that is no
+	// program hides it in their mount namespace), like a host trimmed to
+	// the bare minimum: nix-hive must work there too.
+	NoGzip []string
 	// Nix is the bin directory of the Nix every host runs (its sessions
 	// find it first on PATH, with NIX_CONF_DIR=/etc/nix); default: the
 	// directory of the nix this process finds on PATH. NixFor overrides it
@@ -77,6 +81,7 @@ type Lab struct {
 
 	removeDir bool
 	noSFTP    []string
+	noGzip    []string
 	nixFor    map[string]string // host name -> Nix bin directory
 	dirLock   *os.File
 	block     *addrBlock
@@ -106,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Lab{noSFTP: cfg.NoSFTP}
+	l := &Lab{noSFTP: cfg.NoSFTP, noGzip: cfg.NoGzip}
 	nixFor, err := nixDirs(cfg, append(append(append(append([]string(nil), plain...), internal...), jump), tree.all()...))
 	if err != nil {
 		return nil, err
