@@ -188,7 +188,8 @@ type executor struct {
 	servers map[string]bool // hosts that are other hosts' store
 	// storeSlots bound the substitutions from each store instance.
 	storeSlots map[string]chan struct{}
-	ensured    map[string]*future // the host holds its closures (or failed to)
+	ensured    map[string]*future // the host holds what it runs (or failed to)
+	supplied   map[string]*future // the host holds every closure of the plan's for it
 	urlPushed  map[string]*future
 	activated  map[string]*future // the host's activation ended or never will start
 }
@@ -270,7 +271,7 @@ const storeConcurrency = 8
 func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
 		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
-		activating: map[string]bool{}, ensured: map[string]*future{}, urlPushed: map[string]*future{},
+		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step}
@@ -278,6 +279,7 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		h := plan.Hosts[n]
 		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}
 		e.ensured[n] = newFuture()
+		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()
 		if h.Source.Kind == SourceStore && !e.servers[h.Source.From] {
 			e.servers[h.Source.From] = true

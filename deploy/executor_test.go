@@ -49,6 +49,25 @@ func TestExecutor(t *testing.T) {
 			copies:  1,
 		},
 		{
+			// The store runs its system and so do its consumers: no copy
+			// at all, not even to the store.
+			name:    "a no-op deploy through a store copies nothing",
+			targets: []string{"portico", "www-1", "www-2"},
+			active:  map[string]string{"portico": "/nix/store/p", "www-1": "/nix/store/w", "www-2": "/nix/store/w"},
+			status:  map[string]Status{"portico": StatusUnchanged, "www-1": StatusUnchanged, "www-2": StatusUnchanged},
+			copies:  0,
+		},
+		{
+			// The store is left alone as a target, and still receives what
+			// a consumer lacks, once.
+			name:    "a store on its system still supplies its consumers",
+			targets: []string{"portico", "www-1", "www-2"},
+			active:  map[string]string{"portico": "/nix/store/p"},
+			order:   []string{"www-1", "www-2"},
+			status:  map[string]Status{"portico": StatusUnchanged, "www-1": StatusOK, "www-2": StatusOK},
+			copies:  1,
+		},
+		{
 			name:    "a failure does not stop the others without a policy",
 			targets: []string{"portico", "storage", "www-1"},
 			waves:   [][]string{{"storage"}, {"portico"}, {"www-1"}},

@@ -11,9 +11,12 @@ import (
 	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
-// ensure makes sure host n holds every closure it needs, once however many
+// ensure makes sure host n holds what it is to run, once however many
 // ask. A target takes its deploy lock first; one that another deploy
-// holds gets no transfer unless it is a store that others need.
+// holds gets no transfer unless it is a store that others need. A target
+// that already runs its system gets nothing: a store among them receives
+// its consumers' closures only when the first consumer that lacks them
+// asks (supply), so a no-op deploy copies nothing anywhere.
 func (e *executor) ensure(ctx context.Context, n string) error {
 	return e.ensured[n].run(func() error {
 		if e.plan.Hosts[n].Target {
@@ -24,16 +27,21 @@ func (e *executor) ensure(ctx context.Context, n string) error {
 				return nil // it runs the closure, so it has it
 			}
 		}
-		return e.transfer(ctx, n)
+		return e.supply(ctx, n)
 	})
+}
+
+// supply transfers to n every closure the plan gives it (its own and,
+// for a store, its consumers'), once however many ask.
+func (e *executor) supply(ctx context.Context, n string) error {
+	return e.supplied[n].run(func() error { return e.transfer(ctx, n) })
 }
 
 // alreadyThere reports whether target n, as read when its lock was taken,
 // already runs what the deploy would leave it running, so that a no-op
-// deploy copies nothing to it. A store still receives what its consumers
-// need.
+// deploy copies nothing to it.
 func (e *executor) alreadyThere(n string) bool {
-	if e.opts.Force || e.servesOthers(n) {
+	if e.opts.Force {
 		return false
 	}
 	e.mu.Lock()
@@ -61,7 +69,11 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 		}
 		return e.substitute(ctx, n, substitution{from: h.Source.From})
 	case SourceStore:
-		if err := e.ensure(ctx, h.Source.From); err != nil {
+		err := e.ensure(ctx, h.Source.From)
+		if err == nil {
+			err = e.supply(ctx, h.Source.From)
+		}
+		if err != nil {
 			// %w: a store push that Ctrl-C stopped leaves its consumers
 			// interrupted, not failed.
 			return failed(StepSubstitute, fmt.Errorf("its store %s did not receive the closure: %w", h.Source.From, cause(err)))

@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -33,6 +35,7 @@ type options struct {
 	racks      int
 	payloadMiB int
 	parallel   int
+	baselines  string
 	keep       bool
 	verbose    bool
 }
@@ -42,7 +45,8 @@ func main() {
 	flag.IntVar(&o.hosts, "hosts", 40, "consumers, spread evenly over the racks (rounded up to a multiple of -racks)")
 	flag.IntVar(&o.racks, "racks", 4, "rack stores between the region store and the consumers")
 	flag.IntVar(&o.payloadMiB, "payload-mib", 1, "MiB of payload in each test system")
-	flag.IntVar(&o.parallel, "parallel", 32, "nix-hive deploy --parallel")
+	flag.IntVar(&o.parallel, "parallel", 0, "nix-hive deploy --parallel and the script's concurrency (default: nix-hive's own choice, 8 per store)")
+	flag.StringVar(&o.baselines, "baselines", "all", "the hand-written script's runs: all (a tenth and the whole fleet), tenth, or none")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, hive) instead of removing it")
 	flag.BoolVar(&o.verbose, "v", false, "copy every command's output to stderr")
 	flag.Parse()
@@ -59,6 +63,7 @@ type bench struct {
 	hive    string
 	bin     string
 	counter *wire.Table
+	sshCfg  string // nix-hive ssh-config's output, for the script
 	logs    *harness.Runner
 	step    func(string)
 	out     map[string]string // system name -> out path of the last build
@@ -66,18 +71,28 @@ type bench struct {
 
 // row is one measured command.
 type row struct {
-	what    string
-	hosts   int // instances it covers
-	wall    time.Duration
-	up      uint64 // bytes sent to the region's sshd (IP level)
-	closure uint64 // NAR size of the systems it deployed, 0 if none
-	rssKiB  int64  // nix-hive's peak RSS
-	err     error
+	what     string
+	hosts    int // instances it covers
+	deploy   bool
+	script   bool // the baseline, not nix-hive
+	wall     time.Duration
+	up       uint64 // bytes sent to the region's sshd (IP level)
+	closure  uint64 // NAR size of the systems it deployed, 0 if none
+	tcpConns int    // TCP connections opened to the region
+	sshConns int    // SSH connections nix-hive made (its -v count)
+	sessions int
+	rssKiB   int64 // nix-hive's peak RSS
+	fds      int   // nix-hive's peak open files
+	cpu      float64
+	err      error
 }
 
 func run(ctx context.Context, o options) (err error) {
-	if o.hosts < 1 || o.racks < 1 || o.payloadMiB < 0 || o.parallel < 1 {
-		return errors.New("need -hosts >= 1, -racks >= 1, -payload-mib >= 0, -parallel >= 1")
+	if o.hosts < 1 || o.racks < 1 || o.payloadMiB < 0 || o.parallel < 0 {
+		return errors.New("need -hosts >= 1, -racks >= 1, -payload-mib >= 0, -parallel >= 0")
+	}
+	if !slices.Contains([]string{"all", "tenth", "none"}, o.baselines) {
+		return fmt.Errorf("-baselines %q: want all, tenth or none", o.baselines)
 	}
 	if err := harness.Check("nft"); err != nil {
 		return err
@@ -136,7 +151,8 @@ func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, e
 	// Everything the deploy host sends to any host crosses the region's
 	// sshd: the racks and consumers are reached through it.
 	table := fmt.Sprintf("nix_hive_bench_fleet_%d", os.Getpid())
-	if b.counter, err = wire.NewTable(ctx, table, []wire.Counter{{Name: "to_region", Rule: wire.ToSSH(addr)}}); err != nil {
+	if b.counter, err = wire.NewTable(ctx, table, []wire.Counter{
+		{Name: "to_region", Rule: wire.ToSSH(addr)}, {Name: "new_conns", Rule: wire.NewSSHConns(addr)}}); err != nil {
 		return cleanup, err
 	}
 	w.OnCleanup(b.counter.Delete)
@@ -176,6 +192,20 @@ func (b *bench) prepareHive(ctx context.Context, root string) error {
 		if err := h.WriteNixConf("trusted-public-keys = " + pub); err != nil {
 			return err
 		}
+	}
+	// The script reaches hosts the way a user of nix-hive would by hand:
+	// through the config nix-hive generates (ProxyJump chains, pinned keys).
+	out, err = b.logs.Run(ctx, "setup", nil, b.bin, "-c", b.hive, "ssh-config")
+	if err != nil {
+		return err
+	}
+	b.sshCfg = filepath.Join(b.work, "ssh_config")
+	if err := os.WriteFile(b.sshCfg, out, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", b.sshCfg, err)
+	}
+	last := b.lab.Hosts[len(b.lab.Hosts)-1].Name
+	if _, err := b.logs.Run(ctx, "setup", nil, "ssh", "-F", b.sshCfg, "--", last, "true"); err != nil {
+		return fmt.Errorf("the script's ssh config does not reach %s: %w", last, err)
 	}
 	return nil
 }
@@ -224,10 +254,23 @@ func (b *bench) tenth() []string {
 	return names
 }
 
+// parallel is how many hosts the script works on at once: what nix-hive
+// chooses by default for this tree (deploy.AutoParallel: 8 per store),
+// unless -parallel says.
+func (b *bench) parallel() int {
+	if b.o.parallel > 0 {
+		return b.o.parallel
+	}
+	return min(max(16, 8*(b.o.racks+1)), 256)
+}
+
 func (b *bench) measureAll(ctx context.Context) []*row {
 	all := len(b.lab.Hosts)
 	tenth := b.tenth()
-	deploy := []string{"-c", b.hive, "deploy", "--parallel", fmt.Sprint(b.o.parallel)}
+	deploy := []string{"-v", "-c", b.hive, "deploy"}
+	if b.o.parallel > 0 {
+		deploy = append(deploy, "--parallel", fmt.Sprint(b.o.parallel))
+	}
 	var rows []*row
 	add := func(r *row) {
 		rows = append(rows, r)
@@ -236,39 +279,50 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 		}
 	}
 	// Each deploy gets systems of its own version, built beforehand: the
-	// times are nix-hive's evaluation, transfers and activations.
-	for _, p := range []struct {
+	// times are evaluation, transfers and activations. The script runs
+	// before nix-hive at full size, so that the no-op redeploy, status
+	// and run that follow find nix-hive's systems.
+	type deployRow struct {
 		version, what string
 		targets       []string
-		hosts         int
-	}{
-		{"tenth", "deploy, a tenth", tenth, len(tenth)},
-		{"all", "deploy, all", nil, all},
-	} {
+		script        bool
+	}
+	runs := []deployRow{{"tenth", "nix-hive deploy, a tenth", tenth, false}}
+	if b.o.baselines != "none" {
+		runs = append(runs, deployRow{"script-tenth", "script, a tenth", tenth, true})
+	}
+	if b.o.baselines == "all" {
+		runs = append(runs, deployRow{"script-all", "script, all", nil, true})
+	}
+	runs = append(runs, deployRow{"all", "nix-hive deploy, all", nil, false})
+	for _, p := range runs {
 		if ctx.Err() != nil {
 			return rows
 		}
-		r := &row{what: p.what, hosts: p.hosts}
+		r := &row{what: p.what, hosts: len(p.targets), deploy: true, script: p.script}
+		if p.targets == nil {
+			r.hosts = all
+		}
 		if r.err = b.setVersion(p.version); r.err == nil {
 			r.closure, r.err = b.build(ctx, p.version)
 		}
-		if r.err == nil {
+		if r.err == nil && p.script {
+			b.measureScript(ctx, r, p.version, p.targets)
+		} else if r.err == nil {
 			b.measure(ctx, r, p.version, append(deploy, p.targets...)...)
 		}
-		add(r)
-	}
-	if rows[len(rows)-1].err == nil {
-		if bad := harness.Wrong(b.lab, b.outPath); len(bad) > 0 {
-			rows[len(rows)-1].err = fmt.Errorf("%d hosts do not run their system, e.g. %s", len(bad), bad[0])
+		if r.err == nil {
+			r.err = b.check(p.targets)
 		}
+		add(r)
 	}
 	for _, c := range []struct {
 		what string
 		args []string
 	}{
 		{"no-op redeploy", deploy},
-		{"status", []string{"-c", b.hive, "status"}},
-		{"run '*' -- true", []string{"-c", b.hive, "run", "*", "--", "true"}},
+		{"status", []string{"-v", "-c", b.hive, "status"}},
+		{"run '*' -- true", []string{"-v", "-c", b.hive, "run", "*", "--", "true"}},
 	} {
 		if ctx.Err() != nil {
 			return rows
@@ -278,6 +332,22 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 		add(r)
 	}
 	return rows
+}
+
+// check says whether every host of targets (nil: all) runs the system
+// last built for it.
+func (b *bench) check(targets []string) error {
+	var bad []string
+	for _, w := range harness.Wrong(b.lab, b.outPath) {
+		name, _, _ := strings.Cut(w, " ")
+		if targets == nil || slices.Contains(targets, name) {
+			bad = append(bad, w)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d hosts do not run their system, e.g. %s", len(bad), bad[0])
+	}
+	return nil
 }
 
 func (b *bench) outPath(h *lab.Host) string {
@@ -328,42 +398,150 @@ func (b *bench) build(ctx context.Context, version string) (uint64, error) {
 	return n, nil
 }
 
-// measure runs nix-hive between two readings of the byte counter.
-func (b *bench) measure(ctx context.Context, r *row, logName string, args ...string) {
-	c0, err := b.counter.Read(ctx)
+// counters are the readings a row is the difference of.
+type counters struct {
+	nft map[string]wire.Value
+	cpu float64 // seconds of CPU this machine (and so every lab host) used
+}
+
+func (b *bench) read(ctx context.Context) (counters, error) {
+	c, err := b.counter.Read(ctx)
+	if err != nil {
+		return counters{}, err
+	}
+	cpu, err := machineCPU()
+	return counters{nft: c, cpu: cpu}, err
+}
+
+// around runs fn between two readings of the counters and fills in r.
+func (b *bench) around(ctx context.Context, r *row, fn func() error) {
+	c0, err := b.read(ctx)
 	if err != nil {
 		r.err = err
 		return
 	}
 	start := time.Now()
-	_, ps, err := b.logs.RunState(ctx, strings.NewReplacer(" ", "-", "'", "", "*", "").Replace(r.what), nil, b.bin, args...)
+	err = fn()
 	r.wall = time.Since(start)
-	if ps != nil {
-		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			r.rssKiB = ru.Maxrss // Linux: KiB
+	if err != nil {
+		r.err = err
+		return
+	}
+	c1, err := b.read(ctx)
+	if err != nil {
+		r.err = err
+		return
+	}
+	d := wire.Sub(c1.nft, c0.nft)
+	r.up, r.tcpConns = d["to_region"].Bytes, int(d["new_conns"].Packets)
+	r.cpu = c1.cpu - c0.cpu
+}
+
+// measure runs nix-hive (with -v, for its count of SSH connections).
+func (b *bench) measure(ctx context.Context, r *row, logName string, args ...string) {
+	logs := *b.logs
+	var fds int
+	logs.Watch = func(pid int) func() { return watchFDs(pid, &fds) }
+	b.around(ctx, r, func() error {
+		out, ps, err := logs.RunState(ctx, strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what), nil, b.bin, args...)
+		if ps != nil {
+			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+				r.rssKiB = ru.Maxrss // Linux: KiB
+			}
+		}
+		r.fds = fds
+		_ = out
+		return err
+	})
+	if r.err == nil {
+		r.sshConns, r.sessions, r.err = sshCounts(filepath.Join(b.logs.Logs, strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what)+".log"))
+	}
+}
+
+// sshCounts reads the last "ssh: N connections (...), M sessions" line
+// nix-hive -v printed into a log.
+func sshCounts(log string) (conns, sessions int, err error) {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return 0, 0, err
+	}
+	var found bool
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "ssh: "); ok && strings.Contains(rest, " connections (") {
+			var direct, tunnelled int
+			if _, err := fmt.Sscanf(rest, "%d connections (%d direct, %d", &conns, &direct, &tunnelled); err != nil {
+				return 0, 0, fmt.Errorf("%s: %q: %w", log, line, err)
+			}
+			if i := strings.LastIndex(rest, "), "); i >= 0 {
+				fmt.Sscanf(rest[i+3:], "%d sessions", &sessions)
+			}
+			found = true
 		}
 	}
-	if err != nil {
-		r.err = err
-		return
+	if !found {
+		return 0, 0, fmt.Errorf("%s: nix-hive -v printed no count of SSH connections", log)
 	}
-	c1, err := b.counter.Read(ctx)
+	return conns, sessions, nil
+}
+
+// watchFDs samples how many files pid has open until stop is called,
+// keeping the largest count in *peak.
+func watchFDs(pid int, peak *int) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if ents, err := os.ReadDir(dir); err == nil {
+				*peak = max(*peak, len(ents))
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// machineCPU is the CPU time this machine has spent (user, nice, system,
+// irq, softirq) in seconds, from /proc/stat.
+func machineCPU() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		r.err = err
-		return
+		return 0, err
 	}
-	r.up = wire.Sub(c1, c0)["to_region"].Bytes
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks float64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		ticks += v
+	}
+	return ticks / 100, nil // USER_HZ is 100 on Linux
 }
 
 func (b *bench) report(w *os.File, rows []*row) {
-	fmt.Fprintf(w, "\nnix-hive fleet benchmark: %s -> %d racks -> %d consumers (%d hosts), %d MiB payload per system, deploy --parallel %d\n",
-		regionName, b.o.racks, b.o.racks*b.perRack, len(b.lab.Hosts), b.o.payloadMiB, b.o.parallel)
-	fmt.Fprintf(w, "times include nix-hive's evaluation; systems were built beforehand; MiB up = bytes this machine sent to the region's sshd (nft)\n\n")
+	fmt.Fprintf(w, "\nnix-hive fleet benchmark: %s -> %d racks -> %d consumers (%d hosts), %d MiB payload per system, nix-hive deploy --parallel %s, script %d at once\n",
+		regionName, b.o.racks, b.o.racks*b.perRack, len(b.lab.Hosts), b.o.payloadMiB, b.parallelFlag(), b.parallel())
+	fmt.Fprintf(w, "times include nix-hive's evaluation; systems were built beforehand; MiB up = bytes this machine sent to the region's sshd (nft);\n")
+	fmt.Fprintf(w, "control = (up - closure) / hosts; TCP = connections this machine opened to the region (nft SYN); SSH = nix-hive's connections\n")
+	fmt.Fprintf(w, "(direct and through jump hosts, from its -v) and sessions; CPU = what the whole machine, lab hosts included, spent per host\n\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tcontrol KiB/host\tTCP\tSSH conns\tsessions\tpeak RSS MiB\tpeak FDs\tCPU ms/host\t")
 	for _, r := range rows {
 		if r.err != nil {
-			fmt.Fprintf(tw, "%s\t%d\tFAILED\t-\t-\t-\t-\t-\t\n", r.what, r.hosts)
+			fmt.Fprintf(tw, "%s\t%d\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\n", r.what, r.hosts)
 			continue
 		}
 		closure, ratio := "-", "-"
@@ -371,10 +549,117 @@ func (b *bench) report(w *os.File, rows []*row) {
 			closure = harness.MiB(r.closure)
 			ratio = fmt.Sprintf("%.2f", float64(r.up)/float64(r.closure))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.0f\t\n", r.what, r.hosts, r.wall.Seconds(),
-			float64(r.wall.Milliseconds())/float64(r.hosts), harness.MiB(r.up), closure, ratio, float64(r.rssKiB)/1024)
+		conns, sessions, rss, fds := "-", "-", "-", "-"
+		if !r.script {
+			conns, sessions = fmt.Sprint(r.sshConns), fmt.Sprint(r.sessions)
+			rss, fds = fmt.Sprintf("%.0f", float64(r.rssKiB)/1024), fmt.Sprint(r.fds)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.1f\t%d\t%s\t%s\t%s\t%s\t%.0f\t\n", r.what, r.hosts, r.wall.Seconds(),
+			r.msPerHost(), harness.MiB(r.up), closure, ratio, r.controlKiB(), r.tcpConns, conns, sessions, rss, fds, 1000*r.cpu/float64(r.hosts))
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "\ngoals (issue 14):")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, g := range goals(rows) {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", g.what, g.target, g.value, g.verdict())
+	}
+	tw.Flush()
+}
+
+func (b *bench) parallelFlag() string {
+	if b.o.parallel > 0 {
+		return fmt.Sprint(b.o.parallel)
+	}
+	return "default"
+}
+
+func (r *row) msPerHost() float64 { return float64(r.wall.Milliseconds()) / float64(r.hosts) }
+
+// controlKiB is what crossed the uplink per host besides the closures.
+func (r *row) controlKiB() float64 {
+	return (float64(r.up) - float64(r.closure)) / 1024 / float64(r.hosts)
+}
+
+// goal is one target of the issue and the value measured for it.
+type goal struct {
+	what, target, value string
+	ok, known           bool
+}
+
+func (g goal) verdict() string {
+	switch {
+	case !g.known:
+		return "not measured"
+	case g.ok:
+		return "met"
+	}
+	return "MISSED"
+}
+
+func goals(rows []*row) []goal {
+	find := func(what string) *row {
+		for _, r := range rows {
+			if r.what == what && r.err == nil {
+				return r
+			}
+		}
+		return nil
+	}
+	tenth, all := find("nix-hive deploy, a tenth"), find("nix-hive deploy, all")
+	noop, status := find("no-op redeploy"), find("status")
+	var gs []goal
+	g := goal{what: "every host runs the new system after nix-hive deploy, all", target: "all"}
+	if r := rowNamed(rows, "nix-hive deploy, all"); r != nil {
+		g.known, g.ok = true, r.err == nil
+		g.value = "yes"
+		if r.err != nil {
+			g.value = r.err.Error()
+		}
+	}
+	gs = append(gs, g)
+	g = goal{what: "upload, all: at most 1.2 x closure + 16 KiB per host", target: "<= 16 KiB/host control"}
+	if all != nil {
+		limit := 1.2*float64(all.closure) + 16*1024*float64(all.hosts)
+		g.known, g.ok = true, float64(all.up) <= limit
+		g.value = fmt.Sprintf("%s MiB for %s MiB of closures; %.1f KiB/host control", harness.MiB(all.up), harness.MiB(all.closure), all.controlKiB())
+	}
+	gs = append(gs, g)
+	g = goal{what: "time per host, all / a tenth", target: "<= 1.30"}
+	if tenth != nil && all != nil {
+		ratio := all.msPerHost() / tenth.msPerHost()
+		g.known, g.ok, g.value = true, ratio <= 1.3, fmt.Sprintf("%.2f (%.0f / %.0f ms)", ratio, all.msPerHost(), tenth.msPerHost())
+	}
+	gs = append(gs, g)
+	for _, r := range []*row{noop, status} {
+		if r == nil {
+			continue
+		}
+		gs = append(gs, goal{what: r.what + " of all", target: "< 10 s", known: true, ok: r.wall < 10*time.Second,
+			value: fmt.Sprintf("%.1f s (the machine spent %.0f ms CPU per host)", r.wall.Seconds(), 1000*r.cpu/float64(r.hosts))})
+	}
+	if noop != nil && status != nil {
+		ratio := noop.wall.Seconds() / status.wall.Seconds()
+		gs = append(gs, goal{what: "no-op redeploy / status", target: "little more than 1", known: true, ok: ratio <= 1.5,
+			value: fmt.Sprintf("%.2f", ratio)})
+	}
+	var rss int64
+	for _, r := range rows {
+		if r.err == nil && !r.script {
+			rss = max(rss, r.rssKiB)
+		}
+	}
+	gs = append(gs, goal{what: "nix-hive peak RSS", target: "< 500 MB", known: rss > 0, ok: rss*1024 < 500e6,
+		value: fmt.Sprintf("%.0f MB", float64(rss)*1024/1e6)})
+	return gs
+}
+
+func rowNamed(rows []*row, what string) *row {
+	for _, r := range rows {
+		if r.what == what {
+			return r
+		}
+	}
+	return nil
 }
 
 // stepper prints setup progress with the time each step took.

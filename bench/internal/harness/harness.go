@@ -91,6 +91,9 @@ type Runner struct {
 	Logs string    // directory for the log files
 	Env  []string  // environment of every command
 	Echo io.Writer // if set, commands' output is copied here too
+	// Watch, if set, is called with the pid of each command once it has
+	// started; the function it returns is called when the command ends.
+	Watch func(pid int) (stop func())
 }
 
 // Run runs name with args and returns its stdout. logName names the log
@@ -127,7 +130,16 @@ func (r *Runner) RunState(ctx context.Context, logName string, stdin io.Reader, 
 	}
 	cmd.Stdout = io.MultiWriter(&stdout, logs)
 	cmd.Stderr = logs
-	if err := cmd.Run(); err != nil {
+	err = cmd.Start()
+	if err == nil {
+		stop := func() {}
+		if r.Watch != nil {
+			stop = r.Watch(cmd.Process.Pid)
+		}
+		err = cmd.Wait()
+		stop()
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, cmd.ProcessState, fmt.Errorf("%s: %w", name, ctx.Err())
 		}
