@@ -89,18 +89,21 @@ func program(prog string, root bool, user, sudo string, args ...string) string {
 }
 
 // queryProgram prints what the host runs as key=value lines (see
-// parseHostState). It needs no privileges.
+// parseHostState). It needs no privileges. It reads files with the
+// shell's read, not cat: every process it spares is spared on each host
+// of every status and deploy.
 const queryProgram = `p=` + profile + `
+line() { v=; { read -r v <"$2"; } 2>/dev/null; printf '%s=%s\n' "$1" "$v"; }
 printf 'active=%s\n' "$(readlink /run/current-system 2>/dev/null)"
 printf 'link=%s\n' "$(readlink $p 2>/dev/null)"
 if [ -e $p ]; then printf 'profile=%s\n' "$(readlink -f $p)"; fi
-printf 'last=%s\n' "$(cat /nix/var/nix-hive/last 2>/dev/null)"
+line last /nix/var/nix-hive/last
 l=/run/nix-hive/activation.lock
 if [ -e $l ] && command -v flock >/dev/null 2>&1 && ! flock -n $l true 2>/dev/null; then
-  printf 'running=%s\n' "$(cat /run/nix-hive/current 2>/dev/null)"
+  line running /run/nix-hive/current
 fi
-printf 'boot=%s\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
-printf 'rebootmark=%s\n' "$(cat /run/nix-hive/reboot 2>/dev/null)"
+line boot /proc/sys/kernel/random/boot_id
+line rebootmark /run/nix-hive/reboot
 if command -v gzip >/dev/null 2>&1; then echo gzip=1; fi
 `
 
