@@ -25,6 +25,7 @@ type CLI struct {
 	Deploy     DeployCmd     `cmd:"" help:"Build, push to stores, substitute, activate and check, in waves." group:"Deploy"`
 	Status     StatusCmd     `cmd:"" help:"Compare each instance's active system with what the hive wants." group:"Deploy"`
 	Rollback   RollbackCmd   `cmd:"" help:"Switch instances back to their previous generation." group:"Deploy"`
+	Eval       EvalCmd       `cmd:"" help:"Evaluate an expression against the hive, or an attribute of an instance's system; print JSON." group:"Deploy"`
 	Run        RunCmd        `cmd:"" help:"Run a command on many instances in parallel." group:"Fleet"`
 	SSH        SSHCmd        `cmd:"" name:"ssh" help:"Open a shell or run a command on one instance." group:"Fleet"`
 	SCP        SCPCmd        `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`

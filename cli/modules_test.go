@@ -86,6 +86,14 @@ func TestModulesSystemsDeploy(t *testing.T) {
 	if !strings.Contains(events, "web-1 [wave 1] substitute ok") {
 		t.Errorf("web-1 did not substitute from db-1:\n%s", events)
 	}
+	// eval reads the same configuration the hosts got, and lib is
+	// nixpkgs' lib.
+	if code, out, _ := f.run("eval", "--instance", "db-1", "--attr", "environment.etc.role.text"); code != 0 || out != "\"I am db\"\n" {
+		t.Errorf("eval --instance db-1 --attr environment.etc.role.text: exit %d, %q", code, out)
+	}
+	if code, out, _ := f.run("eval", "-E", "{ hive, lib }: lib.toUpper hive.instances.web-1.system"); code != 0 || out != "\"WEB\"\n" {
+		t.Errorf("eval -E with nixpkgs' lib: exit %d, %q", code, out)
+	}
 }
 
 // A hive as a flake, the way operators write one: nix-hive and nixpkgs as

@@ -39,3 +39,13 @@ func (inv *Inventory) suggestTargets(unmatched []string) string {
 	}
 	return "; did you mean " + strings.Join(hints, ", ") + "?"
 }
+
+// NoSuchInstance is the error for an instance name the hive does not have,
+// with the closest name it does have (an ErrHive).
+func (inv *Inventory) NoSuchInstance(name string) error {
+	hint := ""
+	if h := inv.suggestTargets([]string{name}); h != "" {
+		hint = " (" + strings.TrimPrefix(h, "; ") + ")"
+	}
+	return hiveError{fmt.Errorf("no instance %q in the hive%s", name, hint)}
+}

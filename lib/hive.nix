@@ -199,16 +199,22 @@ let
       # force its evaluation just to list the inventory.
       platformOf = s: s.system or (if s ? toplevel then null else "x86_64-linux");
 
-      toplevelOf = name: s:
-        if s ? toplevel then s.toplevel else
+      toplevelOf = name: s: if s ? toplevel then s.toplevel else (evaluatedOf name s).config.system.build.toplevel;
+
+      evaluatedOf = name: s:
         let
           nixpkgs = nixpkgsFor name s;
           modules = (if s ? modules then s.modules else [ s.configuration ]) ++ [ (hiveModule name) ];
           args = { system = platformOf s; inherit modules; specialArgs = { hiveSystem = name; } // (s.specialArgs or { }); };
-          evaluated = if isAttrs nixpkgs && nixpkgs ? lib && nixpkgs.lib ? nixosSystem
-            then nixpkgs.lib.nixosSystem args
-            else import "${toString nixpkgs}/nixos/lib/eval-config.nix" args;
-        in evaluated.config.system.build.toplevel;
+        in if isAttrs nixpkgs && nixpkgs ? lib && nixpkgs.lib ? nixosSystem
+          then nixpkgs.lib.nixosSystem args
+          else import "${toString nixpkgs}/nixos/lib/eval-config.nix" args;
+
+      # The configuration `nix-hive eval --attr` reads: a modules system's
+      # NixOS config; a toplevel system has only its toplevel.
+      configOf = name: s:
+        if s ? toplevel then { system.build.toplevel = s.toplevel; }
+        else (evaluatedOf name s).config;
 
       systemsOK = isAttrs systemsIn;
       systems = if systemsOK then mapAttrs (name: s: {
@@ -364,6 +370,17 @@ let
       keyTexts = mapAttrs (name: i: mapAttrs (_: k: k.text) (filter' (k: k ? text && isString k.text) (keysOf name i))) (filter' isAttrs merged);
       # One toplevel per system, evaluated only when asked for.
       toplevels = if systemsOK then mapAttrs toplevelOf (filter' isAttrs systemsIn) else { };
+      configs = if systemsOK then mapAttrs configOf (filter' isAttrs systemsIn) else { };
+      # What `nix-hive eval -E` applies its expression to: the normalized
+      # hive, and nixpkgs' lib when the hive names nixpkgs (hive.nixpkgs, a
+      # flake with lib, or paths.nixpkgs), else builtins.
+      evalArgs = {
+        hive = inventory;
+        lib = let n = hive.nixpkgs or hivePaths.nixpkgs or null; in
+          if isAttrs n && n ? lib then n.lib
+          else if n != null then import "${toString n}/lib"
+          else builtins;
+      };
     };
 
   # Used by the embedded, non-flake path: `hive.nix` is a file or directory.
