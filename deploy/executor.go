@@ -186,6 +186,7 @@ type executor struct {
 	activating map[string]bool
 
 	servers map[string]bool // hosts that are other hosts' store
+	jumps   map[string]bool // hosts that are other hosts' jump host
 	// storeSlots bound the substitutions from each store instance.
 	storeSlots map[string]chan struct{}
 	ensured    map[string]*future // the host holds what it runs (or failed to)
@@ -291,6 +292,7 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 			e.urlPushed[t.To] = newFuture()
 		}
 	}
+	e.jumps = jumpHosts(inv)
 	return e
 }
 
@@ -446,6 +448,23 @@ func (e *executor) finished(n string) {
 		st = EventFailed
 	}
 	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
+}
+
+// letGo releases target n's deploy lock and, unless other hosts are
+// reached through it or served by it, closes its pooled connection, as
+// soon as its pipeline has ended. Nothing of this deploy touches it
+// again, and at a thousand hosts, holding every connection until the last
+// host is done costs memory here and keepalives through the uplink for
+// the whole deploy.
+func (e *executor) letGo(n string) {
+	e.mu.Lock()
+	l := e.locks[n]
+	delete(e.locks, n)
+	e.mu.Unlock()
+	l.release()
+	if !e.servers[n] && !e.jumps[n] {
+		e.remote.Reset(n)
+	}
 }
 
 func (e *executor) releaseLocks() {

@@ -33,10 +33,14 @@ func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []st
 		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
 			Drift: "unknown", Error: "not asked: interrupted"}
 	}
+	jumps := jumpHosts(inv)
 	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
 		row := &rows[i]
 		row.Error, row.Drift = "", ""
 		hs, err := queryHost(ctx, remote, row.Instance)
+		if !jumps[row.Instance] {
+			remote.Reset(row.Instance) // done with it: no keepalives, no memory held
+		}
 		var qe *queryError
 		switch {
 		case errors.As(err, &qe):
@@ -49,6 +53,18 @@ func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []st
 		}
 	})
 	return rows
+}
+
+// jumpHosts are the instances others are reached through: their pooled
+// connections carry others' and stay open while the command runs.
+func jumpHosts(inv *eval.Inventory) map[string]bool {
+	jumps := map[string]bool{}
+	for _, in := range inv.Instances {
+		if in.Jump != "" {
+			jumps[in.Jump] = true
+		}
+	}
+	return jumps
 }
 
 func drift(hs HostState, wanted string) string {
