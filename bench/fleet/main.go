@@ -623,7 +623,7 @@ func goals(rows []*row) []goal {
 		}
 	}
 	gs = append(gs, g)
-	g = goal{what: "upload, all: at most 1.2 x closure + 16 KiB per host", target: "<= 16 KiB/host control"}
+	g = goal{what: "upload, all: at most 1.2 x closure + 16 KiB per host", target: "<= 1.2 x closure + 16 KiB x hosts"}
 	if all != nil {
 		limit := 1.2*float64(all.closure) + 16*1024*float64(all.hosts)
 		g.known, g.ok = true, float64(all.up) <= limit
