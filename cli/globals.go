@@ -16,7 +16,7 @@ type Globals struct {
 	Config  string           `short:"c" default:"." env:"NIX_HIVE_CONFIG" help:"Hive: a directory with flake.nix or hive.nix, or a file." type:"path"`
 	State   string           `env:"NIX_HIVE_STATE" help:"State file (default: hive.state beside the hive)." type:"path"`
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
-	Verbose bool             `short:"v" help:"Say more: every host of a large plan, the Nix command lines behind errors."`
+	Verbose bool             `short:"v" help:"Say more: every host of a large plan, the Nix command lines behind errors, the SSH connections and sessions a command used."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer
