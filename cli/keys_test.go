@@ -280,11 +280,22 @@ func TestKeysUploadInterrupted(t *testing.T) {
 			default:
 				t.Errorf("/run/keys/tls after the cut: %d bytes, %v; want the old or the new key whole", len(got.content), err)
 			}
+			// What the cut leaves must give others nothing: no file with
+			// content they may read, no staging directory they may enter
+			// with anything in it. (A cut between creating the temporary
+			// file and its chmod 0600 leaves it empty, with the umask's
+			// mode, in a staging directory that is already 0700.)
 			filepath.WalkDir(h.Path("/run/keys"), func(p string, d fs.DirEntry, err error) error {
-				if err == nil {
-					if info, _ := d.Info(); info != nil && info.Mode().Perm()&0o007 != 0 {
-						t.Errorf("%s is readable by others (%v)", p, info.Mode())
-					}
+				info, _ := d.Info()
+				if err != nil || info == nil || info.Mode().Perm()&0o007 == 0 {
+					return nil
+				}
+				ents, _ := os.ReadDir(p)
+				switch {
+				case info.Mode().IsRegular() && info.Size() > 0:
+					t.Errorf("%s (%d bytes) is readable by others (%v)", p, info.Size(), info.Mode())
+				case info.IsDir() && p != h.Path("/run/keys") && len(ents) > 0:
+					t.Errorf("staging directory %s is open to others (%v) and holds %d entries", p, info.Mode(), len(ents))
 				}
 				return nil
 			})
