@@ -30,19 +30,26 @@ func treeInventory(racks, consumers int) *eval.Inventory {
 
 var treeBuilt = map[string]eval.Built{"store": {OutPath: "/nix/store/s"}, "node": {OutPath: "/nix/store/n"}}
 
-// deployTree plans and executes a deploy of the whole tree on fake hosts
-// and returns how long the nix-hive side took.
-func deployTree(tb testing.TB, consumers int) time.Duration {
-	inv := treeInventory(4, consumers)
+// planAll plans a deploy of every instance of inv.
+func planAll(tb testing.TB, inv *eval.Inventory, built map[string]eval.Built) *Plan {
+	tb.Helper()
 	targets, err := inv.Select(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	start := time.Now()
-	plan, err := Make(inv, targets, treeBuilt, nil)
+	plan, err := Make(inv, targets, built, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return plan
+}
+
+// deployTree plans and executes a deploy of the whole tree on fake hosts
+// and returns how long the nix-hive side took.
+func deployTree(tb testing.TB, consumers int) time.Duration {
+	inv := treeInventory(4, consumers)
+	start := time.Now()
+	plan := planAll(tb, inv, treeBuilt)
 	f := newFakeHosts()
 	r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 16})
 	took := time.Since(start)
@@ -86,14 +93,7 @@ func TestTreeDeployOneUpload(t *testing.T) {
 // queue, saying so, and then all finish.
 func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 	inv := treeInventory(1, 40)
-	targets, err := inv.Select(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := Make(inv, targets, treeBuilt, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	plan := planAll(t, inv, treeBuilt)
 	f := newFakeHosts()
 	f.substGate = map[string]bool{}
 	for n := range inv.Instances {
@@ -154,17 +154,7 @@ func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 }
 
 func TestAutoParallel(t *testing.T) {
-	plan := func(inv *eval.Inventory, built map[string]eval.Built) *Plan {
-		targets, err := inv.Select(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := Make(inv, targets, built, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	plan := func(inv *eval.Inventory, built map[string]eval.Built) *Plan { return planAll(t, inv, built) }
 	for _, tt := range []struct {
 		name string
 		plan *Plan

@@ -315,7 +315,7 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 		if r.err == nil && p.script {
 			b.measureScript(ctx, r, p.version, p.targets)
 		} else if r.err == nil {
-			b.measure(ctx, r, p.version, append(deploy, p.targets...)...)
+			b.measure(ctx, r, append(deploy, p.targets...)...)
 		}
 		if r.err == nil {
 			r.err = b.check(p.targets)
@@ -334,7 +334,7 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 			return rows
 		}
 		r := &row{what: c.what, hosts: all}
-		b.measure(ctx, r, "all", c.args...)
+		b.measure(ctx, r, c.args...)
 		add(r)
 	}
 	return rows
@@ -444,23 +444,23 @@ func (b *bench) around(ctx context.Context, r *row, fn func() error) {
 }
 
 // measure runs nix-hive (with -v, for its count of SSH connections).
-func (b *bench) measure(ctx context.Context, r *row, logName string, args ...string) {
+func (b *bench) measure(ctx context.Context, r *row, args ...string) {
+	logName := strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what)
 	logs := *b.logs
 	var fds int
 	logs.Watch = func(pid int) func() { return watchFDs(pid, &fds) }
 	b.around(ctx, r, func() error {
-		out, ps, err := logs.RunState(ctx, strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what), nil, b.bin, args...)
+		_, ps, err := logs.RunState(ctx, logName, nil, b.bin, args...)
 		if ps != nil {
 			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
 				r.rssKiB = ru.Maxrss // Linux: KiB
 			}
 		}
 		r.fds = fds
-		_ = out
 		return err
 	})
 	if r.err == nil {
-		r.sshConns, r.sessions, r.err = sshCounts(filepath.Join(b.logs.Logs, strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what)+".log"))
+		r.sshConns, r.sessions, r.err = sshCounts(filepath.Join(b.logs.Logs, logName+".log"))
 	}
 }
 
