@@ -8,6 +8,7 @@ package cli
 import (
 	"errors"
 	"io"
+	"os"
 	"sync"
 
 	"github.com/alecthomas/kong"
@@ -46,6 +47,7 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 	// Many goroutines (hosts, policy checks, progress) write; each write
 	// must land whole. The raw stderr is kept to detect a terminal.
 	g.stdout, g.stderr, g.stderrRaw, g.abort = &syncWriter{w: stdout}, &syncWriter{w: stderr}, stderr, abort
+	g.stdin = os.Stdin
 	defer g.close()
 	return cmdline.Program{
 		Name: "nix-hive",

@@ -1,10 +1,14 @@
 package cli
 
 import (
+	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
+	"strings"
 	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
@@ -32,6 +36,7 @@ type DeployCmd struct {
 	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
 	Reboot            bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
 	RebootTimeout     time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
+	Confirm           bool          `short:"i" help:"Build, then show the plan with what changes on each host (as plan does) and ask before touching any."`
 }
 
 func (c *DeployCmd) Help() string {
@@ -83,6 +88,11 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
+	if c.Confirm {
+		if err := c.confirm(ctx, g, prep, st, pool, nix); err != nil {
+			return err
+		}
+	}
 	view := g.newDeployView(len(prep.Plan.Order))
 	opts.Events, opts.State = view.Event, st
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)
@@ -93,6 +103,35 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	return g.finishReport(report)
+}
+
+// errNotConfirmed is the answer no to deploy --confirm.
+var errNotConfirmed = errors.New("not confirmed: no host was touched")
+
+// confirm shows the plan and what it changes, and asks on stdin.
+func (c *DeployCmd) confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, pool *transport.Pool, nix *nixcmd.Runner) error {
+	changes := &planChanges{Systems: deploy.Changes(ctx, deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory,
+		Remote: pool, State: st, Nix: nix.Quiet(), Parallel: cmp.Or(c.Parallel, deploy.AutoParallel(prep.Plan))})}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	writePlan(g.stderr, prep, planSizes(ctx, g, nix, prep.Plan), changes, g.Verbose)
+	change, same, unknown := changes.counts()
+	hosts := change + unknown
+	if c.Force {
+		hosts += same
+	}
+	fmt.Fprintf(g.stderr, "Deploy (%s) to %s? [y/N] ", c.Goal, plural(hosts, "host"))
+	answer, err := bufio.NewReader(g.stdin).ReadString('\n')
+	if err != nil && answer == "" {
+		fmt.Fprintln(g.stderr)
+		return fmt.Errorf("--confirm: no answer on standard input: %w", errNotConfirmed)
+	}
+	switch strings.ToLower(strings.TrimSpace(answer)) {
+	case "y", "yes":
+		return nil
+	}
+	return errNotConfirmed
 }
 
 // owner says who deploys, for hosts' deploy locks: user@machine and pid.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
@@ -20,16 +21,31 @@ import (
 
 // PlanCmd is `nix-hive plan`.
 type PlanCmd struct {
+	Fleet
 	Steps
 	Rollout
-	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
-	Format  string   `enum:"text,json,dot,svg" default:"text" help:"text, json (as --json), dot (a Graphviz graph of the distribution tree) or svg (that graph drawn by Graphviz's dot)."`
+	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Format   string   `enum:"text,json,dot,svg" default:"text" help:"text, json (as --json), dot (a Graphviz graph of the distribution tree) or svg (that graph drawn by Graphviz's dot)."`
+	Offline  bool     `help:"Ask no host what it runs: compare with what hive.state recorded."`
+	Build    bool     `help:"Build the systems first, so that the plan shows what changes in their closures."`
+	Parallel int      `default:"32" help:"Hosts asked at once."`
 }
 
 func (c *PlanCmd) Help() string {
-	return `Shows what deploy would do, touching no host and building nothing: each
-system's output path, the closures that leave this machine and where they
-go, where every other host substitutes from, and the activation waves.
+	return `Shows what deploy would do, changing nothing: each system's output path,
+the closures that leave this machine and where they go, where every other
+host substitutes from, the activation waves, and what changes on the
+hosts.
+
+What changes: the hosts are asked, in parallel, which system they run
+(--offline asks none and takes what hive.state recorded). Hosts that run
+the wanted system are counted unchanged; for the others, grouped by what
+they run, the closure difference is shown as Nix's diff-closures shows it:
+packages added, removed and changed (old -> new versions) and the size
+delta. It needs the wanted systems built on this machine (--build, or
+nix-hive build first); a running system this machine lacks is read from
+one host that runs it. An unreachable host is named and the rest of the
+plan still printed.
 
 The text plan ends with a summary; with more than 50 hosts it lists the
 hosts, and the pushes to hosts that are no store, only with -v. Closure
@@ -63,14 +79,28 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 		}
 	}
 	mode := c.paths(eval.Evaluate)
+	if c.Build {
+		if c.skip("build") {
+			return cmdline.UsageError{Err: fmt.Errorf("--build and --no build: choose one")}
+		}
+		mode = eval.Build
+	}
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
+	var changes *planChanges
+	if format == "text" || format == "json" {
+		// A graph shows the distribution, not the hosts' systems: it asks
+		// no host.
+		if changes, err = c.changes(ctx, g, prep, st, nix); err != nil {
+			return err
+		}
+	}
 	if format == "json" {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(newPlanJSON(prep.Plan))
+		return enc.Encode(newPlanJSON(prep.Plan, changes))
 	}
 	sizes := planSizes(ctx, g, nix, prep.Plan)
 	switch format {
@@ -79,8 +109,23 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 	case "svg":
 		return renderSVG(ctx, dotPath, g.stdout, prep, dotOptions(g, prep, sizes))
 	}
-	writePlan(g.stdout, prep, sizes, g.Verbose)
+	writePlan(g.stdout, prep, sizes, changes, g.Verbose)
 	return nil
+}
+
+// changes compares the plan's systems with what the hosts run, or with
+// hive.state when offline. The pool is made only when hosts are asked: a
+// plan offline reads no SSH configuration.
+func (c *PlanCmd) changes(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, nix *nixcmd.Runner) (*planChanges, error) {
+	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, State: st, Nix: nix.Quiet(), Parallel: c.Parallel}
+	if !c.Offline {
+		pool, err := openPool(g, prep.Hive, st, &c.Fleet)
+		if err != nil {
+			return nil, err
+		}
+		req.Remote = pool
+	}
+	return &planChanges{Offline: c.Offline, Systems: deploy.Changes(ctx, req)}, nil
 }
 
 // planSizes are the closure sizes of the plan's systems when this machine
@@ -137,6 +182,8 @@ func renderSVG(ctx context.Context, dotPath string, w io.Writer, prep *deploy.Pr
 type planJSON struct {
 	*deploy.Plan
 	Hosts map[string]planHostJSON `json:"hosts"`
+	// Changes is what changes on the hosts.
+	Changes *planChanges `json:"changes,omitempty"`
 }
 
 // planHostJSON shadows the embedded Wave (encoding/json takes the
@@ -146,8 +193,8 @@ type planHostJSON struct {
 	Wave int `json:"wave"`
 }
 
-func newPlanJSON(p *deploy.Plan) planJSON {
-	out := planJSON{Plan: p, Hosts: make(map[string]planHostJSON, len(p.Hosts))}
+func newPlanJSON(p *deploy.Plan, changes *planChanges) planJSON {
+	out := planJSON{Plan: p, Hosts: make(map[string]planHostJSON, len(p.Hosts)), Changes: changes}
 	for n, h := range p.Hosts {
 		wave := 0
 		if h.Target {
@@ -161,7 +208,7 @@ func newPlanJSON(p *deploy.Plan) planJSON {
 // writePlan writes the text plan. A plan of more than planVerboseHosts
 // hosts lists them only when verbose: a fleet's worth of lines would bury
 // the summary that a reader of such a plan wants.
-func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, verbose bool) {
+func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, changes *planChanges, verbose bool) {
 	plan := prep.Plan
 	all := verbose || len(plan.Hosts) <= planVerboseHosts
 	fmt.Fprintln(w, "systems:")
@@ -189,7 +236,10 @@ func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, ve
 	for _, m := range plan.Moved {
 		fmt.Fprintf(w, "note: %s\n", m)
 	}
-	writeSummary(w, prep, sizes, all)
+	if changes != nil {
+		writeChanges(w, changes)
+	}
+	writeSummary(w, prep, sizes, changes, all)
 }
 
 // writeTransfers lists what leaves this machine. Without all, pushes to
@@ -222,7 +272,7 @@ func sizeSuffix(sizes deploy.ClosureSizer, paths []string) string {
 }
 
 // writeSummary ends the text plan with its numbers.
-func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, all bool) {
+func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, changes *planChanges, all bool) {
 	plan := prep.Plan
 	targets := 0
 	for _, h := range plan.Hosts {
@@ -257,6 +307,9 @@ func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer,
 		out = "at most " + deploy.HumanBytes(n)
 	}
 	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(plan.Transfers), "destination"), out)
+	if changes != nil {
+		fmt.Fprintf(w, "  changes: %s\n", changesSummary(changes))
+	}
 }
 
 // waveSizes is how many hosts each wave has, in order; a run of three or

@@ -17,6 +17,10 @@
 #   firewall = "block-ssh" the system's firewall drops SSH to the host
 #   payloadMiB = N         the closure carries N MiB (to make transfers visible)
 #   version = "..."        a different system with the same name
+#   packages = [ { name = "blob"; version = "1.0"; sizeKiB = 1024; } ]
+#                          packages the system references from sw/, each a
+#                          store path of its own (name-version), as a NixOS
+#                          system path does: what plan's closure diffs show
 #   etc = { "nix/nix.conf" = "..."; }
 #                          files of the system's etc/ (what a configuration
 #                          decided, for tests of modules systems)
@@ -31,10 +35,19 @@
 , payloadMiB ? 0
 , system ? "x86_64-linux"
 , etc ? { }
+, packages ? [ ]
 }:
 assert builtins.elem sshd [ "on" "off" ];
 assert builtins.elem firewall [ "open" "block-ssh" ];
 let
+  package = p: derivation {
+    inherit system;
+    name = "${p.name}-${p.version}";
+    builder = "/bin/sh";
+    PATH = "/usr/bin:/bin";
+    sizeKiB = toString (p.sizeKiB or 1);
+    args = [ "-c" "head -c $((sizeKiB * 1024)) /dev/zero > $out" ];
+  };
   etcTexts = builtins.listToAttrs (builtins.genList
     (i: { name = "etc_${toString i}"; value = etc.${builtins.elemAt (builtins.attrNames etc) i}; })
     (builtins.length (builtins.attrNames etc)));
@@ -52,11 +65,14 @@ derivation (etcTexts // {
   payloadMiB = toString payloadMiB;
   # etc file i (names without spaces) has its text in $etc_i
   etcNames = builtins.attrNames etc;
+  packages = map package packages;
   args = [ "-c" ''
     set -e
     mkdir -p "$out/bin"
     echo "$hiveSystemName" > "$out/name"
     echo "$version" > "$out/nixos-version"
+    mkdir -p "$out/sw"
+    for p in $packages; do ln -s "$p" "$out/sw/"; done
     i=0
     for n in $etcNames; do
       mkdir -p "$(dirname "$out/etc/$n")"

@@ -1,0 +1,105 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/nix-hive/nix-hive/deploy"
+)
+
+// planChanges is what a plan changes on the hosts.
+type planChanges struct {
+	// Offline: compared with hive.state, no host asked.
+	Offline bool                  `json:"offline"`
+	Systems []deploy.SystemChange `json:"systems"`
+}
+
+// counts is how many targets change, stay and are not known.
+func (pc *planChanges) counts() (change, same, unknown int) {
+	for _, s := range pc.Systems {
+		same += len(s.Unchanged)
+		unknown += len(s.Unknown)
+		for _, f := range s.From {
+			change += len(f.Instances)
+		}
+	}
+	return change, same, unknown
+}
+
+// unknownShown is how many hosts of unknown state a text plan names.
+const unknownShown = 10
+
+// writeChanges writes the plan's "changes" section: per system, the
+// instances grouped by what they run now and the closure difference
+// each group sees.
+func writeChanges(w io.Writer, pc *planChanges) {
+	if pc.Offline {
+		fmt.Fprintln(w, "changes (against hive.state; no host asked):")
+	} else {
+		fmt.Fprintln(w, "changes (against what the hosts run now):")
+	}
+	var unknown []string
+	for _, s := range pc.Systems {
+		n := len(s.Unchanged) + len(s.Unknown)
+		for _, f := range s.From {
+			n += len(f.Instances)
+		}
+		line := fmt.Sprintf("  %s: %s", s.System, plural(n, "host"))
+		if len(s.Unchanged) > 0 {
+			line += fmt.Sprintf(", %d unchanged%s", len(s.Unchanged), nameList(s.Unchanged))
+		}
+		if len(s.Unknown) > 0 {
+			line += fmt.Sprintf(", %d not known", len(s.Unknown))
+		}
+		fmt.Fprintln(w, line)
+		for _, f := range s.From {
+			from := "no system"
+			if f.Path != "" {
+				from = f.Path
+			}
+			fmt.Fprintf(w, "    %s run %s%s:\n", plural(len(f.Instances), "host"), from, nameList(f.Instances))
+			writeDiff(w, "      ", f)
+		}
+		for _, i := range slices.Sorted(maps.Keys(s.Unknown)) {
+			unknown = append(unknown, i+": "+s.Unknown[i])
+		}
+	}
+	slices.Sort(unknown)
+	for i, u := range unknown {
+		if i == unknownShown {
+			fmt.Fprintf(w, "  not known: %d more\n", len(unknown)-unknownShown)
+			break
+		}
+		fmt.Fprintf(w, "  not known: %s\n", u)
+	}
+}
+
+func writeDiff(w io.Writer, indent string, f deploy.ChangeFrom) {
+	if f.Diff == nil {
+		fmt.Fprintf(w, "%sno closure diff: %s\n", indent, f.Error)
+		return
+	}
+	d := f.Diff
+	for _, p := range d.Packages {
+		fmt.Fprintf(w, "%s%s\n", indent, p)
+	}
+	rebuilt := ""
+	if d.Rebuilt > 0 {
+		rebuilt = fmt.Sprintf("; %s rebuilt with the same version", plural(d.Rebuilt, "package"))
+	}
+	fmt.Fprintf(w, "%sclosure: %d → %d paths, %s → %s (%s)%s\n", indent, d.OldPaths, d.NewPaths,
+		deploy.HumanBytes(d.OldSize), deploy.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
+}
+
+// changesSummary is the summary line of what changes.
+func changesSummary(pc *planChanges) string {
+	change, same, unknown := pc.counts()
+	parts := []string{fmt.Sprintf("%d to change", change), fmt.Sprintf("%d unchanged", same)}
+	if unknown > 0 {
+		parts = append(parts, fmt.Sprintf("%d not known", unknown))
+	}
+	return strings.Join(parts, ", ")
+}
