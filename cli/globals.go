@@ -20,7 +20,7 @@ type Globals struct {
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
 	stdout, stderr io.Writer
-	stdin          io.Reader // answers to questions (deploy --confirm)
+	stdin          io.Reader       // answers to questions (deploy --confirm)
 	stderrRaw      io.Writer       // the stderr given to Main, to detect a terminal
 	abort          <-chan struct{} // closed by a second interrupt
 	logMu          sync.Mutex
