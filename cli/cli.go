@@ -22,8 +22,9 @@ type CLI struct {
 	Globals
 
 	Build      BuildCmd      `cmd:"" help:"Build each unique system of the targets once; print the inventory as JSON." group:"Deploy"`
-	Plan       PlanCmd       `cmd:"" help:"Show what deploy would do: systems, transfers, waves. Touches nothing." group:"Deploy"`
+	Plan       PlanCmd       `cmd:"" help:"Show what deploy would do: systems, transfers, waves, what changes on the hosts. Changes nothing." group:"Deploy"`
 	Deploy     DeployCmd     `cmd:"" help:"Build, push to stores, substitute, activate and check, in waves." group:"Deploy"`
+	ApplyLocal ApplyLocalCmd `cmd:"" name:"apply-local" help:"Build this machine's system and activate it here, without SSH." group:"Deploy"`
 	Status     StatusCmd     `cmd:"" help:"Compare each instance's active system with what the hive wants." group:"Deploy"`
 	Rollback   RollbackCmd   `cmd:"" help:"Switch instances back to their previous generation." group:"Deploy"`
 	Eval       EvalCmd       `cmd:"" help:"Evaluate an expression against the hive, or an attribute of an instance's system; print JSON." group:"Deploy"`

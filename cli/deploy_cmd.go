@@ -25,18 +25,37 @@ type DeployCmd struct {
 	Fleet
 	Steps
 	Rollout
-	Parallel          int           `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
-	Targets           []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Parallel int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
+	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Activation
+	TrustHiveKey  bool          `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
+	Sudo          string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Reboot        bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
+	RebootTimeout time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
+}
+
+// Activation is how deploy and apply-local activate: the flags they
+// share.
+type Activation struct {
 	Goal              string        `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
 	Force             bool          `help:"Activate instances that already run the wanted system."`
-	TrustHiveKey      bool          `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
-	Sudo              string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
-	MagicRollback     bool          `default:"true" negatable:"" help:"For switch and test: each host returns to what it ran before by itself unless nix-hive confirms, over a new SSH connection, within --confirm-timeout (a system that breaks SSH or the network rolls back)."`
+	MagicRollback     bool          `default:"true" negatable:"" help:"For switch and test: each host returns to what it ran before by itself unless nix-hive confirms, over a new connection, within --confirm-timeout (a system that breaks SSH or the network rolls back)."`
 	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation before it rolls back."`
 	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
-	Reboot            bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
-	RebootTimeout     time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
 	Confirm           bool          `short:"i" help:"Build, then show the plan with what changes on each host (as plan does) and ask before touching any."`
+}
+
+// options are the deploy.Options the flags decide.
+func (a *Activation) options(g *Globals, s *Steps) (deploy.Options, error) {
+	goal, err := deploy.ParseGoal(a.Goal)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	return deploy.Options{
+		Goal: goal, SkipPush: s.skip("push"), SkipKeys: s.skip("keys"), Force: a.Force,
+		MagicRollback: a.MagicRollback, ConfirmTimeout: a.ConfirmTimeout, ActivationTimeout: a.ActivationTimeout,
+		Abort: g.abort, Owner: owner(),
+	}, nil
 }
 
 func (c *DeployCmd) Help() string {
@@ -61,20 +80,16 @@ and rolls back unconfirmed).`
 }
 
 func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
-	goal, err := deploy.ParseGoal(c.Goal)
+	opts, err := c.Activation.options(g, &c.Steps)
 	if err != nil {
-		return deploy.Options{}, err
+		return opts, err
 	}
-	if c.Reboot && goal != deploy.GoalBoot {
+	if c.Reboot && opts.Goal != deploy.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
-	return deploy.Options{
-		Goal: goal, Parallel: c.Parallel, SkipPush: c.skip("push"), SkipKeys: c.skip("keys"), Force: c.Force,
-		TrustKey: c.TrustHiveKey, Sudo: c.Sudo, MagicRollback: c.MagicRollback,
-		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout,
-		ConnectTimeout: c.ConnectTimeout, Reboot: c.Reboot, RebootTimeout: c.RebootTimeout,
-		Abort: g.abort, Owner: owner(),
-	}, nil
+	opts.Parallel, opts.TrustKey, opts.Sudo = c.Parallel, c.TrustHiveKey, c.Sudo
+	opts.ConnectTimeout, opts.Reboot, opts.RebootTimeout = c.ConnectTimeout, c.Reboot, c.RebootTimeout
+	return opts, nil
 }
 
 func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy,
@@ -89,7 +104,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	if c.Confirm {
-		if err := c.confirm(ctx, g, prep, st, pool, nix); err != nil {
+		if err := confirm(ctx, g, prep, st, pool, nix, &c.Activation, cmp.Or(c.Parallel, deploy.AutoParallel(prep.Plan))); err != nil {
 			return err
 		}
 	}
@@ -108,10 +123,11 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 // errNotConfirmed is the answer no to deploy --confirm.
 var errNotConfirmed = errors.New("not confirmed: no host was touched")
 
-// confirm shows the plan and what it changes, and asks on stdin.
-func (c *DeployCmd) confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, pool *transport.Pool, nix *nixcmd.Runner) error {
+// confirm shows the plan and what it changes on the hosts (asked through
+// remote, parallel at once), and asks on stdin.
+func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int) error {
 	changes := &planChanges{Systems: deploy.Changes(ctx, deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory,
-		Remote: pool, State: st, Nix: nix.Quiet(), Parallel: cmp.Or(c.Parallel, deploy.AutoParallel(prep.Plan))})}
+		Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel})}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -93,6 +93,9 @@ type Options struct {
 	Keys *keys.Uploader
 	// SkipKeys (--no keys) uploads none.
 	SkipKeys bool
+	// Local says the one host is this machine (apply-local): its closure
+	// is here already, and its commands run without SSH.
+	Local bool
 }
 
 func (o Options) withDefaults() Options {

@@ -92,20 +92,34 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 		return nil, err
 	}
 	defer copier.Close()
+	return execute(ctx, prep, pool, copier, opts)
+}
+
+// hosts is what a deploy needs of its way to the hosts: commands (with
+// policy checks among them) and key uploads.
+type hosts interface {
+	Remote
+	keys.Host
+}
+
+// execute runs the plan through h, with the policy's checks and the
+// hive's keys.
+func execute(ctx context.Context, prep *Prepared, h hosts, copier Copier, opts Options) (*Report, error) {
+	var err error
 	if prep.Policy != nil {
-		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(poolRunner{pool}), prep.Hive.Inventory, prep.Waves, prep.Plan)
+		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(remoteRunner{h}), prep.Hive.Inventory, prep.Waves, prep.Plan)
 	}
 	if !opts.SkipKeys {
-		if opts.Keys, err = NewKeys(ctx, prep.Hive, pool, prep.Plan.Targets, opts.Sudo); err != nil {
+		if opts.Keys, err = NewKeys(ctx, prep.Hive, h, prep.Plan.Targets, opts.Sudo); err != nil {
 			return nil, err
 		}
 	}
-	return Execute(ctx, prep.Plan, prep.Hive.Inventory, pool, copier, opts), nil
+	return Execute(ctx, prep.Plan, prep.Hive.Inventory, h, copier, opts), nil
 }
 
 // NewKeys is the uploader of the hive's keys over pool; the text keys of
 // targets are evaluated now, in one go.
-func NewKeys(ctx context.Context, h *eval.Hive, pool *transport.Pool, targets []string, sudo string) (*keys.Uploader, error) {
+func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []string, sudo string) (*keys.Uploader, error) {
 	v := keys.NewValues(h)
 	var withText []string
 	for _, t := range targets {
@@ -121,7 +135,7 @@ func NewKeys(ctx context.Context, h *eval.Hive, pool *transport.Pool, targets []
 			return nil, err
 		}
 	}
-	return &keys.Uploader{Host: pool, Values: v, Sudo: sudo}, nil
+	return &keys.Uploader{Host: hosts, Values: v, Sudo: sudo}, nil
 }
 
 func policyInstance(in *eval.Instance) starlark.Instance {
@@ -228,12 +242,13 @@ func (c *policyChecks) ShouldStop(wave, waveFailures, totalFailures int) bool {
 
 func (c *policyChecks) Rollback() bool { return c.p.OnFailure == starlark.OnFailureRollback }
 
-// poolRunner lets ctx.run use the pooled SSH connections.
-type poolRunner struct{ pool *transport.Pool }
+// remoteRunner lets ctx.run use the deploy's connections.
+type remoteRunner struct{ remote Remote }
 
-func (r poolRunner) Run(ctx context.Context, instance, cmd string) (string, string, int, error) {
-	stdout, stderr, code, err := r.pool.Output(ctx, instance, cmd)
-	return string(stdout), string(stderr), code, err
+func (r remoteRunner) Run(ctx context.Context, instance, cmd string) (string, string, int, error) {
+	var o, e lockedBuffer
+	code, err := r.remote.Run(ctx, instance, cmd, nil, &o, &e)
+	return o.String(), e.String(), code, err
 }
 
 // substituting lists the targets that substitute from a store or cache.

@@ -56,7 +56,11 @@ func (e *executor) servesOthers(n string) bool { return e.servers[n] }
 
 func (e *executor) transfer(ctx context.Context, n string) error {
 	h := e.plan.Hosts[n]
-	if e.opts.SkipPush {
+	switch {
+	case e.opts.Local:
+		e.step(n, StepPush, EventSkipped, "built on this machine, the host")
+		return nil
+	case e.opts.SkipPush:
 		e.step(n, StepPush, EventSkipped, "--no push")
 		return nil
 	}
