@@ -17,8 +17,9 @@ type ApplyLocalCmd struct {
 	Steps
 	Rollout
 	Activation
-	Instance string `help:"The instance this machine is (default: the one named like this machine's hostname, or whose host is it)."`
-	Sudo     bool   `help:"Run what needs root through sudo (when not run as root)."`
+	Instance        string `help:"The instance this machine is (default: the one named like this machine's hostname, or whose host is it)."`
+	Sudo            bool   `help:"Run what needs root through sudo (when not run as root)."`
+	AskSudoPassword bool   `help:"With --sudo: ask for the sudo password once, on the terminal, before anything runs. Without it nix-hive asks when sudo turns out to want one."`
 }
 
 func (c *ApplyLocalCmd) Help() string {
@@ -54,7 +55,13 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 		if !c.Sudo {
 			return fmt.Errorf("apply-local as %s: activating %s needs root: run as root, or with --sudo", me.Username, name)
 		}
-		opts.Sudo = "sudo"
+		// -n: sudo never prompts on the terminal itself (its prompt would
+		// fight the progress view, and a command in its own process
+		// group cannot read the terminal); nix-hive asks once instead.
+		esc := Escalation{Sudo: "sudo -n", AskSudoPassword: c.AskSudoPassword}
+		if opts.Privilege, err = esc.privilege(); err != nil {
+			return err
+		}
 	}
 	local := deploy.LocalHive(h, name, me.Username)
 	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: local, State: st, Policy: pol, Patterns: []string{name}, Paths: c.paths(eval.Build)})

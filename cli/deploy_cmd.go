@@ -28,8 +28,8 @@ type DeployCmd struct {
 	Parallel int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
 	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Activation
-	TrustHiveKey  bool          `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
-	Sudo          string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	TrustHiveKey bool `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
+	Escalation
 	Reboot        bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
 	RebootTimeout time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
 }
@@ -87,7 +87,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	if c.Reboot && opts.Goal != deploy.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
-	opts.Parallel, opts.TrustKey, opts.Sudo = c.Parallel, c.TrustHiveKey, c.Sudo
+	opts.Parallel, opts.TrustKey = c.Parallel, c.TrustHiveKey
 	opts.ConnectTimeout, opts.Reboot, opts.RebootTimeout = c.ConnectTimeout, c.Reboot, c.RebootTimeout
 	return opts, nil
 }
@@ -96,6 +96,9 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	pool *transport.Pool, nix *nixcmd.Runner) error {
 	opts, err := c.options(g)
 	if err != nil {
+		return err
+	}
+	if opts.Privilege, err = c.privilege(); err != nil {
 		return err
 	}
 	mode := c.paths(eval.Build)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -68,4 +69,46 @@ func askPassphrase(keyFile string) ([]byte, error) {
 		return nil, fmt.Errorf("read passphrase: %w", err)
 	}
 	return pass, nil
+}
+
+// Escalation is how commands that need root on hosts get it for
+// non-root logins.
+type Escalation struct {
+	Sudo            string `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	AskSudoPassword bool   `help:"Ask for the non-root logins' sudo password once, on the terminal, before touching any host. Without it nix-hive asks when a host's sudo turns out to want one."`
+}
+
+// privilege is the flags' privilege command, asking for a password on
+// the terminal when one is wanted.
+func (e *Escalation) privilege() (*deploy.Privilege, error) {
+	p := deploy.NewPrivilege(e.Sudo, askSudoPassword(), e.AskSudoPassword)
+	return p, p.Prepare()
+}
+
+// askSudoPassword is the prompt for the sudo password on the controlling
+// terminal, without echo; nil without a terminal (cron, CI), so that a
+// host that wants a password fails with what to do.
+func askSudoPassword() func() ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil
+	}
+	tty.Close()
+	return func() ([]byte, error) {
+		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sudo password: %w", err)
+		}
+		defer tty.Close()
+		fmt.Fprint(tty, "[nix-hive] sudo password for the hosts' logins: ")
+		pass, err := term.ReadPassword(int(tty.Fd()))
+		fmt.Fprintln(tty)
+		if err != nil {
+			return nil, fmt.Errorf("read sudo password: %w", err)
+		}
+		if len(pass) == 0 {
+			return nil, fmt.Errorf("%w: none given", deploy.ErrSudoPassword)
+		}
+		return pass, nil
+	}
 }

@@ -59,7 +59,7 @@ type KeysUploadCmd struct {
 	Fleet
 	Parallel int      `default:"16" help:"Hosts worked on at once."`
 	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
-	Sudo     string   `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Escalation
 }
 
 func (c *KeysUploadCmd) Help() string {
@@ -74,11 +74,15 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	up, err := deploy.NewKeys(ctx, h, pool, targets, c.Sudo)
+	priv, err := c.privilege()
 	if err != nil {
 		return err
 	}
-	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, deploy.KeysOptions{Sudo: c.Sudo, Parallel: c.Parallel, Owner: owner()})
+	up, err := deploy.NewKeys(ctx, h, priv.Hosts(pool), targets, priv)
+	if err != nil {
+		return err
+	}
+	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, deploy.KeysOptions{Privilege: priv, Parallel: c.Parallel, Owner: owner()})
 	failed := 0
 	var table [][]string
 	for _, r := range rows {

@@ -13,9 +13,9 @@ import (
 // RollbackCmd is `nix-hive rollback`.
 type RollbackCmd struct {
 	Fleet
-	Parallel          int           `default:"16" help:"Hosts worked on at once."`
-	Targets           []string      `arg:"" help:"Instance name globs, or @tag globs ('*' for all: a fleet-wide rollback is typed out)."`
-	Sudo              string        `default:"sudo" help:"Privilege command for instances whose user is not root."`
+	Parallel int      `default:"16" help:"Hosts worked on at once."`
+	Targets  []string `arg:"" help:"Instance name globs, or @tag globs ('*' for all: a fleet-wide rollback is typed out)."`
+	Escalation
 	MagicRollback     bool          `default:"true" negatable:"" help:"The host returns to what it ran before the rollback unless nix-hive confirms over a new SSH connection within --confirm-timeout."`
 	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation."`
 	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
@@ -35,8 +35,12 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *t
 	if err != nil {
 		return err
 	}
+	priv, err := c.privilege()
+	if err != nil {
+		return err
+	}
 	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{
-		Sudo: c.Sudo, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
+		Privilege: priv, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
 		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout, ConnectTimeout: c.ConnectTimeout,
 	})
 	failed := 0

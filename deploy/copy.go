@@ -22,10 +22,13 @@ type NixCopier struct {
 	Nix       *nixcmd.Runner
 	SSHConfig string // generated config file, given to ssh as -F
 	// Privileged lists instances whose login is not root: their store is
-	// written through Sudo (nix-store --serve --write needs root when no
-	// daemon accepts the import for the user).
+	// written through the privilege command (nix-store --serve --write
+	// needs root when no daemon accepts the import for the user), unless
+	// sudo there wants a password, which nix copy has no way to give: then
+	// nix-store runs as the login, and the host's nix-daemon (NixOS runs
+	// one) imports the signed closure.
 	Privileged map[string]bool
-	Sudo       string
+	Privilege  *Privilege
 	// pool, when set, connects to an instance before nix copy does, so
 	// a refused host key is reported as nix-hive reports it (fingerprint
 	// and the hostKey line to pin) rather than as ssh's "cannot connect",
@@ -37,12 +40,12 @@ type NixCopier struct {
 
 // NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
 // them.
-func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, sudo string) (*NixCopier, error) {
+func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, priv *Privilege) (*NixCopier, error) {
 	dir, err := os.MkdirTemp("", "nix-hive-ssh-")
 	if err != nil {
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
-	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Sudo: sudo, Privileged: map[string]bool{}, pool: pool, dir: dir}
+	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Privilege: priv, Privileged: map[string]bool{}, pool: pool, dir: dir}
 	if err := pool.WriteOpenSSH(c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
@@ -69,8 +72,8 @@ func (c *NixCopier) URL(dest string) string {
 	// The instance name is the Host alias in the generated config, which
 	// supplies address, user, port and jump chain.
 	u := "ssh://" + transport.Alias(dest)
-	if c.Privileged[dest] && c.Sudo != "" {
-		u += "?remote-program=" + url.PathEscape(c.Sudo+" nix-store")
+	if sudo := c.Privilege.For(dest); c.Privileged[dest] && sudo != "" && !c.Privilege.usesPassword(dest) {
+		u += "?remote-program=" + url.PathEscape(sudo+" nix-store")
 	}
 	return u
 }

@@ -21,7 +21,7 @@ type Remote interface {
 	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
 	// RunFresh runs cmd like Run but over a new connection made for it and
 	// closed afterwards: it proves that a new login works now.
-	RunFresh(ctx context.Context, name, cmd string, stdout, stderr io.Writer) (exitCode int, err error)
+	RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
 	// Reset closes the pooled connection to the instance, if any, so the
 	// next Run dials anew (after a reboot, say).
 	Reset(name string)
@@ -60,7 +60,8 @@ type Options struct {
 	// consumers' command line instead of relying on their nix.conf.
 	PublicKey string
 	TrustKey  bool
-	Sudo      string // privilege command for non-root users
+	// Privilege is how non-root logins become root (nil: they cannot).
+	Privilege *Privilege
 	State     *state.File
 	Events    func(Event)
 	// Policy, when set, runs checks and may stop the rollout; without one
@@ -469,6 +470,9 @@ func (e *executor) letGo(n string) {
 		e.remote.Reset(n)
 	}
 }
+
+// sudo is the privilege command for host n's commands.
+func (e *executor) sudo(n string) string { return e.opts.Privilege.For(n) }
 
 func (e *executor) releaseLocks() {
 	e.mu.Lock()

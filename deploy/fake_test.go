@@ -140,7 +140,7 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 	return 127, nil
 }
 
-func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, stdout, _ io.Writer) (int, error) {
+func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, _ io.Reader, stdout, _ io.Writer) (int, error) {
 	args, ok := programArgs(cmd, confirmProgram)
 	if !ok {
 		return 127, nil

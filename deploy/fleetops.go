@@ -85,7 +85,7 @@ func drift(hs HostState, wanted string) string {
 
 // RollbackOptions tune Rollback.
 type RollbackOptions struct {
-	Sudo     string
+	Privilege *Privilege
 	Parallel int
 	Owner    string
 	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
@@ -111,6 +111,7 @@ type RollbackRow struct {
 func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
 	opts := Options{MagicRollback: o.MagicRollback, ConfirmTimeout: o.ConfirmTimeout, Owner: o.Owner,
 		ActivationTimeout: o.ActivationTimeout, ConnectTimeout: o.ConnectTimeout}.withDefaults()
+	remote = o.Privilege.Remote(remote)
 	j := &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: func(string, Step, EventStatus, string) {}}
 	rows := make([]RollbackRow, len(names))
@@ -118,14 +119,14 @@ func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []s
 		rows[i] = RollbackRow{Instance: n, Error: "not started: interrupted"}
 	}
 	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
-		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Sudo, opts)
+		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Privilege, opts)
 	})
 	return rows
 }
 
-func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, sudo string, opts Options) RollbackRow {
+func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, priv *Privilege, opts Options) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, before, err := lockHost(ctx, remote, in.Name, in.User, sudo, opts.Owner)
+	l, before, err := lockAs(ctx, remote, in, priv, opts.Owner)
 	if err != nil {
 		row.Error = err.Error()
 		return row
@@ -136,7 +137,7 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 	if opts.MagicRollback {
 		spec.confirm = opts.ConfirmTimeout
 	}
-	st, err := j.run(ctx, in.Name, in.User, sudo, spec)
+	st, err := j.run(ctx, in.Name, in.User, priv.For(in.Name), spec)
 	if err == nil {
 		err = jobOutcome(st)
 	}
@@ -157,7 +158,7 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 
 // KeysOptions tune UploadKeys.
 type KeysOptions struct {
-	Sudo     string
+	Privilege *Privilege
 	Parallel int
 	Owner    string
 }
@@ -173,6 +174,7 @@ type KeysRow struct {
 // deploy lock; a key that cannot be had fails its host before anything is
 // written there.
 func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
+	remote = o.Privilege.Remote(remote)
 	rows := make([]KeysRow, len(names))
 	for i, n := range names {
 		rows[i] = KeysRow{Instance: n, Error: "not started: interrupted"}
@@ -184,7 +186,7 @@ func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names [
 		if len(in.Keys) == 0 {
 			return
 		}
-		l, _, err := lockHost(ctx, remote, in.Name, in.User, o.Sudo, o.Owner)
+		l, _, err := lockAs(ctx, remote, in, o.Privilege, o.Owner)
 		if err == nil {
 			defer l.release()
 			var b *keys.Batch

@@ -175,8 +175,8 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e
 type runFunc func(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 
 // fresh adapts RunFresh to runFunc.
-func (j *jobs) fresh(ctx context.Context, name, cmd string, _ io.Reader, stdout, stderr io.Writer) (int, error) {
-	return j.remote.RunFresh(ctx, name, cmd, stdout, stderr)
+func (j *jobs) fresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return j.remote.RunFresh(ctx, name, cmd, stdin, stdout, stderr)
 }
 
 // follow waits until job id reaches state until or ends. When the host

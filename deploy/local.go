@@ -42,8 +42,8 @@ func (Local) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout,
 }
 
 // RunFresh implements Remote: here every command is a fresh start.
-func (l Local) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io.Writer) (int, error) {
-	return l.Run(ctx, name, cmd, nil, stdout, stderr)
+func (l Local) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return l.Run(ctx, name, cmd, stdin, stdout, stderr)
 }
 
 // Reset implements Remote; there is no connection.

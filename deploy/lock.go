@@ -8,6 +8,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
 )
 
 // ErrHostLocked means another deploy holds the host.
@@ -33,12 +35,13 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 		err  error
 	}
 	res := make(chan result, 1)
+	var stderr lockedBuffer
 	// The lock outlives a first Ctrl-C, like the activations it guards;
 	// release ends it.
 	lctx := context.WithoutCancel(ctx)
 	go func() {
 		defer close(l.done)
-		code, err := remote.Run(lctx, n, program(lockProgram, true, user, sudo, owner), pr, outW, nil)
+		code, err := remote.Run(lctx, n, program(lockProgram, true, user, sudo, owner), pr, outW, &stderr)
 		outW.Close()
 		pr.Close()
 		res <- result{code, err}
@@ -72,9 +75,34 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 		return nil, HostState{}, fmt.Errorf("lock: %w", r.err)
 	case r.code == 75:
 		return nil, HostState{}, fmt.Errorf("%w: %s", ErrHostLocked, strings.TrimPrefix(line, "held by "))
+	case needsPassword(stderr.String()):
+		return nil, HostState{}, fmt.Errorf("lock: %w", ErrSudoPassword)
 	default:
 		return nil, HostState{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
 	}
+}
+
+// lockAs takes in's deploy lock, becoming root with priv. When sudo there
+// turns out to want a password, the password is asked (once for the run),
+// checked on the host, and the lock taken again with it.
+func lockAs(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*hostLock, HostState, error) {
+	n := in.Name
+	if priv.usesPassword(n) {
+		if err := priv.check(ctx, remote, n); err != nil {
+			return nil, HostState{}, fmt.Errorf("lock: %w", err)
+		}
+	}
+	l, hs, err := lockHost(ctx, remote, n, in.User, priv.For(n), owner)
+	if !errors.Is(err, ErrSudoPassword) || priv.usesPassword(n) {
+		return l, hs, err
+	}
+	if err := priv.givePassword(n); err != nil {
+		return nil, HostState{}, fmt.Errorf("lock: %w", err)
+	}
+	if err := priv.check(ctx, remote, n); err != nil {
+		return nil, HostState{}, fmt.Errorf("lock: %w", err)
+	}
+	return lockHost(ctx, remote, n, in.User, priv.For(n), owner)
 }
 
 // release lets go of the lock and waits (briefly) for the remote holder

@@ -217,7 +217,7 @@ func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
 	e.step(n, StepActivate, EventStart, string(goal))
-	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, spec)
+	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.sudo(n), spec)
 	e.update(n, func(r *Result) { r.Job = st.id })
 	var je *jobError
 	switch {
@@ -291,7 +291,7 @@ func (e *executor) postCheck(ctx context.Context, n, job string) error {
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
 	e.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.opts.Sudo, jobSpec{goal: e.opts.Goal, target: "restore:" + job, gzip: e.hasGzip(n)})
+	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.sudo(n), jobSpec{goal: e.opts.Goal, target: "restore:" + job, gzip: e.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
@@ -320,7 +320,7 @@ func (e *executor) lockError(n string) error {
 // refused at once, with who holds it, and its hive.state record is left
 // alone.
 func (e *executor) lock(ctx context.Context, n string) error {
-	l, hs, err := lockHost(ctx, e.remote, n, e.inv.Instances[n].User, e.opts.Sudo, e.opts.Owner)
+	l, hs, err := lockAs(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege, e.opts.Owner)
 	if err != nil {
 		err = &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
 	}

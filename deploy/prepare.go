@@ -87,7 +87,7 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 				prep.Hive.Src.File, countNames(subs, "instance"), verb))
 		}
 	}
-	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Sudo)
+	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Privilege)
 	if err != nil {
 		return nil, err
 	}
@@ -95,22 +95,23 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 	return execute(ctx, prep, pool, copier, opts)
 }
 
-// hosts is what a deploy needs of its way to the hosts: commands (with
+// Hosts is what a deploy needs of its way to the hosts: commands (with
 // policy checks among them) and key uploads.
-type hosts interface {
+type Hosts interface {
 	Remote
 	keys.Host
 }
 
 // execute runs the plan through h, with the policy's checks and the
 // hive's keys.
-func execute(ctx context.Context, prep *Prepared, h hosts, copier Copier, opts Options) (*Report, error) {
+func execute(ctx context.Context, prep *Prepared, h Hosts, copier Copier, opts Options) (*Report, error) {
 	var err error
+	h = opts.Privilege.Hosts(h)
 	if prep.Policy != nil {
 		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(remoteRunner{h}), prep.Hive.Inventory, prep.Waves, prep.Plan)
 	}
 	if !opts.SkipKeys {
-		if opts.Keys, err = NewKeys(ctx, prep.Hive, h, prep.Plan.Targets, opts.Sudo); err != nil {
+		if opts.Keys, err = NewKeys(ctx, prep.Hive, h, prep.Plan.Targets, opts.Privilege); err != nil {
 			return nil, err
 		}
 	}
@@ -119,7 +120,7 @@ func execute(ctx context.Context, prep *Prepared, h hosts, copier Copier, opts O
 
 // NewKeys is the uploader of the hive's keys over pool; the text keys of
 // targets are evaluated now, in one go.
-func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []string, sudo string) (*keys.Uploader, error) {
+func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []string, priv *Privilege) (*keys.Uploader, error) {
 	v := keys.NewValues(h)
 	var withText []string
 	for _, t := range targets {
@@ -135,7 +136,7 @@ func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []strin
 			return nil, err
 		}
 	}
-	return &keys.Uploader{Host: hosts, Values: v, Sudo: sudo}, nil
+	return &keys.Uploader{Host: hosts, Values: v, Sudo: priv.For}, nil
 }
 
 func policyInstance(in *eval.Instance) starlark.Instance {

@@ -19,7 +19,7 @@ func (e *executor) reboot(ctx context.Context, n string) error {
 	mark := newJobID()
 	e.step(n, StepReboot, EventStart, "")
 	out := &lockedBuffer{}
-	code, err := e.remote.Run(ctx, n, program(rebootProgram, true, e.inv.Instances[n].User, e.opts.Sudo, mark), nil, out, out)
+	code, err := e.remote.Run(ctx, n, program(rebootProgram, true, e.inv.Instances[n].User, e.sudo(n), mark), nil, out, out)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("reboot exited %d: %s", code, lastLines(out.String(), 3))
 	}

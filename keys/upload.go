@@ -30,7 +30,8 @@ type Host interface {
 type Uploader struct {
 	Host   Host
 	Values *Values
-	Sudo   string // privilege command for non-root logins
+	// Sudo is the privilege command for an instance's non-root login.
+	Sudo func(instance string) string
 }
 
 // Batch is an instance's keys with their values, ready to go.
@@ -250,8 +251,10 @@ func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode st
 	in := b.instance
 	argv := []string{"sh", "-c", writeProgram, "nix-hive", dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
 	cmd := shell.QuoteArgs(argv)
-	if in.User != "root" && in.User != "" && b.u.Sudo != "" {
-		cmd = b.u.Sudo + " " + cmd
+	if in.User != "root" && in.User != "" && b.u.Sudo != nil {
+		if sudo := b.u.Sudo(in.Name); sudo != "" {
+			cmd = sudo + " " + cmd
+		}
 	}
 	var stderr bytes.Buffer
 	code, err := b.u.Host.Run(ctx, in.Name, cmd, bytes.NewReader(data), io.Discard, &stderr)

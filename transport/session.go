@@ -341,7 +341,7 @@ func terminal(name string, s *ssh.Session, t Terminal) (restore func(), err erro
 // works now: magic rollback confirms an activation this way, so a system
 // that broke sshd or the network cannot be confirmed through a connection
 // made before it was activated.
-func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io.Writer) (int, error) {
+func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	if _, ok := p.endpoints[name]; !ok {
 		return -1, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
@@ -358,7 +358,7 @@ func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdout, stderr io
 	out, errOut := gate(stdout), gate(stderr)
 	defer out.close()
 	defer errOut.close()
-	s.Stdout, s.Stderr = out.writer(), errOut.writer()
+	s.Stdin, s.Stdout, s.Stderr = stdin, out.writer(), errOut.writer()
 	done := make(chan error, 1)
 	p.goTracked(func() { done <- s.Run(cmd) })
 	select {

@@ -1,0 +1,243 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/nix-hive/nix-hive/shell"
+)
+
+// Privilege is how commands become root on hosts whose login is not
+// root: the privilege command (--sudo) and, when sudo wants one, the
+// login's password.
+//
+// The password goes to sudo on its standard input (sudo -S), never on a
+// command line, in the environment or in a file: each command that needs
+// it starts with a line of the password and a line with a marker random
+// to this run, then the command's own input. sudo reads the first line
+// one byte at a time and leaves the rest; a small shell running as root
+// then drops everything up to the marker, so the command sees its own
+// input whether sudo asked (the password consumed) or not (credentials
+// cached, or a NOPASSWD rule: the line is dropped unread).
+type Privilege struct {
+	// Command is the privilege command; "" runs commands as the login.
+	Command string
+	// Ask prompts for the password, once: nil when there is no terminal
+	// to ask on.
+	Ask func() ([]byte, error)
+	// Upfront gives every non-root host the password from the start
+	// (--ask-sudo-password), instead of when its sudo turns out to need
+	// one.
+	Upfront bool
+
+	once     sync.Once
+	password []byte
+	askErr   error
+	marker   string
+	mu       sync.Mutex
+	hosts    map[string]bool // hosts given the password
+	checked  map[string]bool // hosts where sudo took it
+	refused  error           // a host's sudo refused it: no other host is tried
+}
+
+// NewPrivilege is the privilege command cmd with password handling.
+func NewPrivilege(cmd string, ask func() ([]byte, error), upfront bool) *Privilege {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return &Privilege{Command: cmd, Ask: ask, Upfront: upfront, marker: "nix-hive-sudo-" + hex.EncodeToString(b),
+		hosts: map[string]bool{}, checked: map[string]bool{}}
+}
+
+// isSudo says whether the privilege command is sudo, which alone is
+// given passwords (how to feed doas or run0 one differs).
+func (p *Privilege) isSudo() bool {
+	f := strings.Fields(p.Command)
+	return len(f) > 0 && (f[0] == "sudo" || strings.HasSuffix(f[0], "/sudo"))
+}
+
+// For is the privilege command for host: the command as given, or, once
+// the host is given the password, sudo reading it from standard input.
+func (p *Privilege) For(host string) string {
+	if p == nil {
+		return ""
+	}
+	if !p.usesPassword(host) {
+		return p.Command
+	}
+	skip := `while IFS= read -r l; do [ "$l" = "$0" ] && break; done; exec "$@"`
+	// -p '': no prompt on the command's stderr. The marker is $0 of the
+	// skipping shell: constant to it, and not a secret.
+	return p.base() + " -S -p '' -- sh -c " + shell.Quote(skip) + " " + p.marker
+}
+
+func (p *Privilege) usesPassword(host string) bool {
+	if p == nil || !p.isSudo() {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Upfront || p.hosts[host]
+}
+
+// ErrSudoPassword is sudo on a host wanting a password nix-hive cannot
+// give it.
+var ErrSudoPassword = errors.New("sudo needs a password")
+
+// needsPassword reports whether stderr is sudo saying it needs a
+// password it could not read.
+func needsPassword(stderr string) bool {
+	return strings.Contains(stderr, "sudo: a password is required") ||
+		strings.Contains(stderr, "sudo: a terminal is required") ||
+		strings.Contains(stderr, "sudo: no tty present")
+}
+
+// givePassword makes host use the password from now on, asking for it
+// if nobody has yet. It fails when there is no terminal to ask on.
+func (p *Privilege) givePassword(host string) error {
+	if p == nil || !p.isSudo() {
+		return ErrSudoPassword
+	}
+	if err := p.ask(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.hosts[host] = true
+	p.mu.Unlock()
+	return nil
+}
+
+// ask prompts once; every later call has the first answer.
+func (p *Privilege) ask() error {
+	p.once.Do(func() {
+		if p.Ask == nil {
+			p.askErr = fmt.Errorf("%w and there is no terminal to ask it on: run nix-hive on a terminal with --ask-sudo-password, or give the login NOPASSWD sudo rules (README: least privilege)", ErrSudoPassword)
+			return
+		}
+		p.password, p.askErr = p.Ask()
+	})
+	return p.askErr
+}
+
+// Prepare asks for the password now when it is wanted upfront, before
+// any host is touched.
+func (p *Privilege) Prepare() error {
+	if p == nil || !p.Upfront {
+		return nil
+	}
+	if !p.isSudo() {
+		return fmt.Errorf("--ask-sudo-password: the privilege command %q is not sudo", p.Command)
+	}
+	return p.ask()
+}
+
+// check makes sure, once per host, that sudo there takes the password,
+// before a command whose input follows it: a refused password would make
+// sudo read that input as further attempts. The check gives sudo the
+// password line alone, so a wrong one counts as one failed attempt (and
+// stops every other host from trying it: account lockouts count).
+func (p *Privilege) check(ctx context.Context, remote Remote, host string) error {
+	p.mu.Lock()
+	done, refused := p.checked[host], p.refused
+	p.mu.Unlock()
+	switch {
+	case done:
+		return nil
+	case refused != nil:
+		return refused
+	}
+	if err := p.ask(); err != nil {
+		return err
+	}
+	in := bytes.NewReader(append(append([]byte(nil), p.password...), '\n'))
+	var stderr lockedBuffer
+	code, err := remote.Run(ctx, host, p.base()+" -S -p '' -- sh -c 'exit 0'", in, io.Discard, &stderr)
+	switch {
+	case err != nil:
+		return fmt.Errorf("sudo password check: %w", err)
+	case code != 0:
+		err = fmt.Errorf("sudo refused the password (exit %d: %s)", code, lastLines(stderr.String(), 1))
+		p.mu.Lock()
+		p.refused = fmt.Errorf("%w on another host: not tried here", err)
+		p.mu.Unlock()
+		return err
+	}
+	p.mu.Lock()
+	p.checked[host] = true
+	p.mu.Unlock()
+	return nil
+}
+
+// base is the privilege command without a flag that forbids reading a
+// password (-n): the command a password is given to.
+func (p *Privilege) base() string {
+	var out []string
+	for _, f := range strings.Fields(p.Command) {
+		if f != "-n" && f != "--non-interactive" {
+			out = append(out, f)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// stdin is the input of cmd: the password and marker first when cmd
+// runs sudo with the password.
+func (p *Privilege) stdin(cmd string, in io.Reader) io.Reader {
+	if p == nil || p.password == nil || !strings.Contains(cmd, p.marker) {
+		return in
+	}
+	head := bytes.NewReader(append(append(append([]byte(nil), p.password...), '\n'), p.marker+"\n"...))
+	if in == nil {
+		return head
+	}
+	return io.MultiReader(head, in)
+}
+
+// Hosts is h with every command that runs sudo with the password given
+// it on standard input.
+func (p *Privilege) Hosts(h Hosts) Hosts {
+	if p == nil || !p.isSudo() {
+		return h
+	}
+	return privilegedHosts{Hosts: h, p: p}
+}
+
+// Remote is Hosts for a Remote.
+func (p *Privilege) Remote(r Remote) Remote {
+	if p == nil || !p.isSudo() {
+		return r
+	}
+	return privilegedRemote{Remote: r, p: p}
+}
+
+type privilegedRemote struct {
+	Remote
+	p *Privilege
+}
+
+func (h privilegedRemote) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return h.Remote.Run(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
+}
+
+func (h privilegedRemote) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return h.Remote.RunFresh(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
+}
+
+type privilegedHosts struct {
+	Hosts
+	p *Privilege
+}
+
+func (h privilegedHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return h.Hosts.Run(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
+}
+
+func (h privilegedHosts) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return h.Hosts.RunFresh(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
+}
