@@ -86,8 +86,8 @@ func drift(hs HostState, wanted string) string {
 // RollbackOptions tune Rollback.
 type RollbackOptions struct {
 	Privilege *Privilege
-	Parallel int
-	Owner    string
+	Parallel  int
+	Owner     string
 	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
 	// mean what they mean for a deploy: a rollback is a switch too.
 	MagicRollback     bool
@@ -159,8 +159,8 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 // KeysOptions tune UploadKeys.
 type KeysOptions struct {
 	Privilege *Privilege
-	Parallel int
-	Owner    string
+	Parallel  int
+	Owner     string
 }
 
 // KeysRow is one instance's key upload.
