@@ -13,7 +13,7 @@ buildGoModule {
   # change the source's hash, and rebuild, without changing nix-hive.
   src = lib.cleanSource ./.;
   # Kept in sync with go.sum by TestFlakeVendorHash (cmd/nix-hive).
-  vendorHash = "sha256-EwclPaVJxDXT8/dCDfnFiIIOELNLGh0g6WA229K2EWk=";
+  vendorHash = "sha256-dRhVpSVMuI6h/1n016rwHVPY7HjRh+yFvhOeZnCuzxA=";
   subPackages = [ "cmd/nix-hive" ];
   ldflags = [ "-s" "-w" "-X main.version=${version}" ];
   # The test suite needs root, sshd and a lab of hosts; CI runs it.
