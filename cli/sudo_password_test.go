@@ -18,14 +18,17 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
-// A login whose sudo wants a password: nix-hive asks for it once on its
-// terminal (a pty here), feeds it to sudo on the host, and the deploy
-// goes through; the password shows up in no output, no event, no
-// process's command line or environment, and no file. Without a
-// terminal the deploy fails saying what to do, and leaves the host alone.
+// A login whose sudo wants a password and allows nix-hive-agent alone
+// (README's least-privilege rule): nix-hive asks for the password once on
+// its terminal (a pty here), feeds it to sudo on the host, and the deploy
+// (lock, substitution, keys, activation job, confirmation) and a rollback
+// go through the agent; the password shows up in no output, no event, no
+// process's command line or environment, and no file. Without a terminal
+// the deploy fails saying what to do, and leaves the host alone.
 func TestDeploySudoPassword(t *testing.T) {
 	const name = "nixhive-pw"
 	testenv.Tool(t, "sudo", "scripts/setup installs it")
@@ -48,10 +51,13 @@ func TestDeploySudoPassword(t *testing.T) {
 		t.Fatalf("chpasswd: %v\n%s", err, out)
 	}
 	sudoers := "/etc/sudoers.d/" + name
-	// The rules README.md documents (Non-root logins and sudo), password
-	// variant, with Debian's paths.
-	rules := name + " ALL=(root) /bin/sh, /usr/bin/sh, /usr/bin/env, /usr/bin/nix-store\n"
-	if err := os.WriteFile(sudoers, []byte(rules), 0o440); err != nil {
+	// The agent where the host's sessions find it, and a sudo rule that
+	// allows it and nothing else.
+	agent := filepath.Join(s.lab.Host("www-1").Root, "bin", "nix-hive-agent")
+	if err := os.WriteFile(agent, []byte(deploy.AgentScript()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sudoers, []byte(name+" ALL=(root) "+agent+"\n"), 0o440); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(sudoers) })
@@ -100,7 +106,7 @@ func TestDeploySudoPassword(t *testing.T) {
 
 	// On a terminal: asked once; a wrong answer fails the host (one
 	// attempt, no hang), the right one deploys.
-	code, out, _, prompts, leaks := ptyDeploy(t, start, "wrong-"+password)
+	code, out, _, prompts, leaks := ptyRun(t, start, "wrong-"+password, "deploy", "www-1")
 	if len(leaks) > 0 {
 		t.Errorf("the wrong password was in processes: %s", strings.Join(leaks, "; "))
 	}
@@ -110,7 +116,7 @@ func TestDeploySudoPassword(t *testing.T) {
 	if got := s.current("www-1"); got != "" {
 		t.Errorf("www-1 was activated (%s) with a wrong sudo password", got)
 	}
-	code, out, transcript, prompts, leaks := ptyDeploy(t, start, password)
+	code, out, transcript, prompts, leaks := ptyRun(t, start, password, "deploy", "www-1")
 	if code != 0 {
 		t.Fatalf("deploy on a terminal: exit %d\n%s\n--- terminal\n%s", code, out, transcript.String())
 	}
@@ -129,6 +135,33 @@ func TestDeploySudoPassword(t *testing.T) {
 	if len(leaks) > 0 {
 		t.Errorf("the password was in processes: %s", strings.Join(leaks, "; "))
 	}
+	// A second system, then back to the first: rollback through the
+	// agent too.
+	s.edit(`toplevel = testSystem { name = "www"; };`, `toplevel = testSystem { name = "www"; version = "2"; };`)
+	if code, _, _, _, more := ptyRun(t, start, password, "deploy", "www-1"); code != 0 || len(more) > 0 {
+		t.Fatalf("second deploy: exit %d, leaks %v", code, more)
+	}
+	if got := s.current("www-1"); !strings.HasSuffix(got, "-nixos-system-www-2") {
+		t.Fatalf("www-1 runs %s after the second deploy", got)
+	}
+	if code, out, _, _, more := ptyRun(t, start, password, "rollback", "www-1"); code != 0 || len(more) > 0 || strings.Contains(out.String(), password) {
+		t.Errorf("rollback: exit %d, leaks %v", code, more)
+	}
+	if got := s.current("www-1"); got != want {
+		t.Errorf("www-1 runs %s after the rollback, want %s", got, want)
+	}
+	// An agent of another nix-hive: not used, and the refusal says why.
+	old := strings.Replace(deploy.AgentScript(), "v="+deploy.AgentVersion(), "v=0ld", 1)
+	if err := os.WriteFile(agent, []byte(old), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _, _, _ = ptyRun(t, start, password, "deploy", "--force", "www-1")
+	if code == 0 || !strings.Contains(out.String(), `nix-hive-agent is version \"0ld\", this nix-hive's is `+deploy.AgentVersion()) {
+		t.Errorf("an agent of another version: exit %d, no word of the versions", code)
+	}
+	if got := s.current("www-1"); got != want {
+		t.Errorf("www-1 runs %s after a refused deploy, want %s", got, want)
+	}
 	for _, dir := range []string{s.lab.Dir, s.dir, tmp, "/var/log"} {
 		for _, f := range filesContaining(t, dir, password) {
 			t.Errorf("the password is in file %s", f)
@@ -136,16 +169,16 @@ func TestDeploySudoPassword(t *testing.T) {
 	}
 }
 
-// ptyDeploy runs `deploy www-1` with a pty as its terminal, answers each
+// ptyRun runs nix-hive with args and a pty as its terminal, answers each
 // password prompt with answer, and watches every process's command line
 // and environment for the answer while it runs.
-func ptyDeploy(t *testing.T, start func(*os.File, ...string) (*exec.Cmd, *bytes.Buffer), answer string) (code int, out, transcript *bytes.Buffer, prompts int, leaks []string) {
+func ptyRun(t *testing.T, start func(*os.File, ...string) (*exec.Cmd, *bytes.Buffer), answer string, args ...string) (code int, out, transcript *bytes.Buffer, prompts int, leaks []string) {
 	ptmx, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ptmx.Close()
-	cmd, out := start(tty, "--json", "deploy", "www-1")
+	cmd, out := start(tty, append([]string{"--json"}, args...)...)
 	tty.Close()
 	done := make(chan struct{})
 	var leakMu sync.Mutex
@@ -186,7 +219,7 @@ func ptyDeploy(t *testing.T, start func(*os.File, ...string) (*exec.Cmd, *bytes.
 	<-read
 	leakMu.Lock()
 	defer leakMu.Unlock()
-	t.Logf("deploy on a terminal: exit %d\n%s\n--- terminal\n%s", code, out, transcript)
+	t.Logf("%s on a terminal: exit %d\n%s\n--- terminal\n%s", strings.Join(args, " "), code, out, transcript)
 	return code, out, transcript, prompts, leaks
 }
 

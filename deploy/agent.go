@@ -64,28 +64,36 @@ func compact(prog string) string {
 	return b.String()
 }
 
+// escalation is how one host's commands become root.
+type escalation struct {
+	// prefix is the privilege command with its flags ("" runs commands
+	// as the login), ending with the host agent's path when agent is set.
+	prefix string
+	agent  bool
+}
+
 // sudoPrefix is what goes before a command that needs root: the privilege
 // command for non-root logins, nothing for root.
-func sudoPrefix(user, sudo string) string {
-	if user == "root" || user == "" || sudo == "" {
+func sudoPrefix(user string, esc escalation) string {
+	if user == "root" || user == "" || esc.prefix == "" {
 		return ""
 	}
-	return sudo + " "
+	return esc.prefix + " "
 }
 
-// privileged quotes args and prefixes them with the privilege command for
-// non-root users.
-func privileged(user, sudo string, args ...string) string {
-	return sudoPrefix(user, sudo) + shell.QuoteArgs(args)
-}
-
-// program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set.
-func program(prog string, root bool, user, sudo string, args ...string) string {
+// program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set:
+// for a non-root login through its privilege command, and through the
+// host agent's operation for the program where the host has the agent.
+func program(prog string, root bool, user string, esc escalation, args ...string) string {
 	argv := append([]string{"sh", "-c", compact(prog), "nix-hive"}, args...)
-	if root {
-		return privileged(user, sudo, argv...)
+	if !root {
+		return shell.QuoteArgs(argv)
 	}
-	return shell.QuoteArgs(argv)
+	prefix := sudoPrefix(user, esc)
+	if op, ok := agentOps[prog]; ok && esc.agent && prefix != "" {
+		return prefix + shell.QuoteArgs(append([]string{op}, args...))
+	}
+	return prefix + shell.QuoteArgs(argv)
 }
 
 // queryProgram prints what the host runs as key=value lines (see

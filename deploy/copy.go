@@ -24,9 +24,10 @@ type NixCopier struct {
 	// Privileged lists instances whose login is not root: their store is
 	// written through the privilege command (nix-store --serve --write
 	// needs root when no daemon accepts the import for the user), unless
-	// sudo there wants a password, which nix copy has no way to give: then
-	// nix-store runs as the login, and the host's nix-daemon (NixOS runs
-	// one) imports the signed closure.
+	// sudo there wants a password, which nix copy has no way to give, or
+	// the host has the nix-hive agent, whose sudo rules allow nothing
+	// else: then nix-store runs as the login, and the host's nix-daemon
+	// (NixOS runs one) imports the signed closure.
 	Privileged map[string]bool
 	Privilege  *Privilege
 	// pool, when set, connects to an instance before nix copy does, so
@@ -72,8 +73,8 @@ func (c *NixCopier) URL(dest string) string {
 	// The instance name is the Host alias in the generated config, which
 	// supplies address, user, port and jump chain.
 	u := "ssh://" + transport.Alias(dest)
-	if sudo := c.Privilege.For(dest); c.Privileged[dest] && sudo != "" && !c.Privilege.usesPassword(dest) {
-		u += "?remote-program=" + url.PathEscape(sudo+" nix-store")
+	if esc := c.Privilege.For(dest); c.Privileged[dest] && esc.prefix != "" && !esc.agent && !c.Privilege.usesPassword(dest) {
+		u += "?remote-program=" + url.PathEscape(esc.prefix+" nix-store")
 	}
 	return u
 }
@@ -87,6 +88,11 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 	}
 	if c.pool != nil && !strings.Contains(dest, "://") {
 		if _, err := c.pool.Client(ctx, dest); err != nil {
+			return fmt.Errorf("nix copy to %s: %w", dest, err)
+		}
+	}
+	if c.pool != nil && c.Privileged[dest] {
+		if err := c.Privilege.probeAgent(ctx, c.pool, dest); err != nil {
 			return fmt.Errorf("nix copy to %s: %w", dest, err)
 		}
 	}

@@ -59,7 +59,7 @@ nix-store --query --size $p`
 // remoteClosure reads path's closure from instance n's store.
 func remoteClosure(ctx context.Context, remote Remote, n, path string) (Closure, error) {
 	var out, stderr lockedBuffer
-	code, err := remote.Run(ctx, n, program(closureProgram, false, "", "", path), nil, &out, &stderr)
+	code, err := remote.Run(ctx, n, program(closureProgram, false, "", escalation{}, path), nil, &out, &stderr)
 	if err != nil {
 		return nil, fmt.Errorf("closure of %s on %s: %w", path, n, err)
 	}

@@ -471,8 +471,8 @@ func (e *executor) letGo(n string) {
 	}
 }
 
-// sudo is the privilege command for host n's commands.
-func (e *executor) sudo(n string) string { return e.opts.Privilege.For(n) }
+// sudo is how host n's commands become root.
+func (e *executor) sudo(n string) escalation { return e.opts.Privilege.For(n) }
 
 func (e *executor) releaseLocks() {
 	e.mu.Lock()

@@ -51,18 +51,18 @@ var errLostContact = errors.New("lost contact")
 // Three SSH sessions carry a confirmed activation: the query before it,
 // the start (which goes on to wait for the activation), and the
 // confirmation over a new connection (which waits for the end).
-func (j *jobs) run(ctx context.Context, n, user, sudo string, spec jobSpec) (jobState, error) {
+func (j *jobs) run(ctx context.Context, n, user string, esc escalation, spec jobSpec) (jobState, error) {
 	id := newJobID()
 	until := ""
 	if spec.confirm > 0 {
 		until = "activated"
 	}
-	st, err := j.start(ctx, n, user, sudo, id, until, spec)
+	st, err := j.start(ctx, n, user, esc, id, until, spec)
 	st.id = id
 	if err != nil || st.phase != "activated" {
 		return j.settled(n, id, st, err)
 	}
-	st, err = j.confirm(ctx, n, user, sudo, id, spec.confirm)
+	st, err = j.confirm(ctx, n, user, esc, id, spec.confirm)
 	st.id = id
 	return j.settled(n, id, st, err)
 }
@@ -101,14 +101,20 @@ func secs(d time.Duration) string {
 // start sends the job to the host, starts it and waits there until it
 // reaches until or ends. When the connection is lost on the way it is
 // unclear whether the job runs; following it tells.
-func (j *jobs) start(ctx context.Context, n, user, sudo, id, until string, spec jobSpec) (jobState, error) {
+func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, until string, spec jobSpec) (jobState, error) {
 	enc := "plain"
-	if spec.gzip {
+	// The agent starts its own job script: nothing is sent.
+	agent := esc.agent && sudoPrefix(user, esc) != ""
+	if spec.gzip && !agent {
 		enc = "gzip"
 	}
-	cmd := program(startProgram, true, user, sudo, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
+	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
 	began := time.Now()
-	out, heard, err := j.watched(ctx, n, cmd, strings.NewReader(jobPayload(spec.gzip)), j.remote.Run)
+	var payload io.Reader = strings.NewReader(jobPayload(spec.gzip))
+	if agent {
+		payload = nil
+	}
+	out, heard, err := j.watched(ctx, n, cmd, payload, j.remote.Run)
 	if st, final, ferr := sorted(ctx, "start activation", out, err); final {
 		return st, ferr
 	}
@@ -190,7 +196,7 @@ func (j *jobs) follow(ctx context.Context, n, id, until string) (jobState, error
 // followFrom is follow when the host was last heard from at heard, and
 // the loss of contact was already announced or not.
 func (j *jobs) followFrom(ctx context.Context, n, id, until string, heard time.Time, announced bool) (jobState, error) {
-	cmd := program(followProgram, false, "", "", id, until, secs(j.beat()))
+	cmd := program(followProgram, false, "", escalation{}, id, until, secs(j.beat()))
 	for {
 		out, at, err := j.watched(ctx, n, cmd, nil, j.remote.Run)
 		heard = later(heard, at)
@@ -287,9 +293,9 @@ func (h *heartbeat) watch(limit time.Duration, cancel func()) (stop func()) {
 // session then waits for the job to end. It tries until the confirmation
 // window has passed; then (or when the session is lost after confirming)
 // it follows the job over the pool to learn how it ended.
-func (j *jobs) confirm(ctx context.Context, n, user, sudo, id string, window time.Duration) (jobState, error) {
+func (j *jobs) confirm(ctx context.Context, n, user string, esc escalation, id string, window time.Duration) (jobState, error) {
 	deadline := time.Now().Add(window)
-	cmd := program(confirmProgram, true, user, sudo, id, secs(j.beat()))
+	cmd := program(confirmProgram, true, user, esc, id, secs(j.beat()))
 	var last error // why the last new connection failed
 	for {
 		out, _, err := j.watched(ctx, n, cmd, nil, j.fresh)

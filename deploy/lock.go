@@ -26,7 +26,7 @@ type hostLock struct {
 
 // lockHost takes the deploy lock of host n for owner, or fails at once
 // with who holds it. It returns what the host runs, read under the lock.
-func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (*hostLock, HostState, error) {
+func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation, owner string) (*hostLock, HostState, error) {
 	pr, pw := io.Pipe()
 	outR, outW := io.Pipe()
 	l := &hostLock{stdin: pw, done: make(chan struct{})}
@@ -41,7 +41,7 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 	lctx := context.WithoutCancel(ctx)
 	go func() {
 		defer close(l.done)
-		code, err := remote.Run(lctx, n, program(lockProgram, true, user, sudo, owner), pr, outW, &stderr)
+		code, err := remote.Run(lctx, n, program(lockProgram, true, user, esc, owner), pr, outW, &stderr)
 		outW.Close()
 		pr.Close()
 		res <- result{code, err}
@@ -77,6 +77,8 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 		return nil, HostState{}, fmt.Errorf("%w: %s", ErrHostLocked, strings.TrimPrefix(line, "held by "))
 	case needsPassword(stderr.String()):
 		return nil, HostState{}, fmt.Errorf("lock: %w", ErrSudoPassword)
+	case strings.Contains(stderr.String(), "is not allowed to execute"):
+		return nil, HostState{}, fmt.Errorf("lock: %w: %s", errNotAllowed, lastLines(stderr.String(), 1))
 	default:
 		return nil, HostState{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
 	}
@@ -87,12 +89,20 @@ func lockHost(ctx context.Context, remote Remote, n, user, sudo, owner string) (
 // checked on the host, and the lock taken again with it.
 func lockAs(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*hostLock, HostState, error) {
 	n := in.Name
+	if in.User != "root" && in.User != "" {
+		if err := priv.probeAgent(ctx, remote, n); err != nil {
+			return nil, HostState{}, fmt.Errorf("lock: %w", err)
+		}
+	}
 	if priv.usesPassword(n) {
 		if err := priv.check(ctx, remote, n); err != nil {
 			return nil, HostState{}, fmt.Errorf("lock: %w", err)
 		}
 	}
 	l, hs, err := lockHost(ctx, remote, n, in.User, priv.For(n), owner)
+	if errors.Is(err, errNotAllowed) {
+		return nil, HostState{}, fmt.Errorf("%w%s", err, priv.agentMismatch(n))
+	}
 	if !errors.Is(err, ErrSudoPassword) || priv.usesPassword(n) {
 		return l, hs, err
 	}

@@ -113,14 +113,15 @@ func TestPlan(t *testing.T) {
 
 func TestRemoteCommandsQuote(t *testing.T) {
 	evil := "/nix/store/x-it's $(rm -rf /)"
-	cmd := program(startProgram, true, "deploy", "sudo", "id", "", "1", "gzip", string(GoalSwitch), evil, "30", "60")
+	sudo := escalation{prefix: "sudo"}
+	cmd := program(startProgram, true, "deploy", sudo, "id", "", "1", "gzip", string(GoalSwitch), evil, "30", "60")
 	if !strings.Contains(cmd, `'/nix/store/x-it'\''s $(rm -rf /)'`) {
 		t.Errorf("path not quoted as one word:\n%s", cmd)
 	}
 	if !strings.HasPrefix(cmd, "sudo sh -c ") {
 		t.Errorf("no privilege command for a non-root user:\n%s", cmd)
 	}
-	if c := program(confirmProgram, true, "root", "sudo", "id"); strings.Contains(c, "sudo") {
+	if c := program(confirmProgram, true, "root", sudo, "id"); strings.Contains(c, "sudo") {
 		t.Errorf("root needs no sudo:\n%s", c)
 	}
 	if !strings.Contains(cmd, shell.Quote(compact(startProgram))) || strings.Contains(cmd, "switch-to-configuration") {

@@ -136,7 +136,7 @@ func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []strin
 			return nil, err
 		}
 	}
-	return &keys.Uploader{Host: hosts, Values: v, Sudo: priv.For}, nil
+	return &keys.Uploader{Host: hosts, Values: v, Root: priv.Root}, nil
 }
 
 func policyInstance(in *eval.Instance) starlark.Instance {

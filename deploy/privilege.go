@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/shell"
 )
 
@@ -42,9 +43,11 @@ type Privilege struct {
 	askErr   error
 	marker   string
 	mu       sync.Mutex
-	hosts    map[string]bool // hosts given the password
-	checked  map[string]bool // hosts where sudo took it
-	refused  error           // a host's sudo refused it: no other host is tried
+	hosts    map[string]bool   // hosts given the password
+	checked  map[string]bool   // hosts where sudo took it
+	refused  error             // a host's sudo refused it: no other host is tried
+	agents   map[string]string // hosts' nix-hive-agent of this version: its path
+	probed   map[string]string // hosts asked for one: what they answered
 }
 
 // NewPrivilege is the privilege command cmd with password handling.
@@ -52,7 +55,7 @@ func NewPrivilege(cmd string, ask func() ([]byte, error), upfront bool) *Privile
 	b := make([]byte, 16)
 	rand.Read(b)
 	return &Privilege{Command: cmd, Ask: ask, Upfront: upfront, marker: "nix-hive-sudo-" + hex.EncodeToString(b),
-		hosts: map[string]bool{}, checked: map[string]bool{}}
+		hosts: map[string]bool{}, checked: map[string]bool{}, agents: map[string]string{}, probed: map[string]string{}}
 }
 
 // isSudo says whether the privilege command is sudo, which alone is
@@ -62,19 +65,75 @@ func (p *Privilege) isSudo() bool {
 	return len(f) > 0 && (f[0] == "sudo" || strings.HasSuffix(f[0], "/sudo"))
 }
 
-// For is the privilege command for host: the command as given, or, once
-// the host is given the password, sudo reading it from standard input.
-func (p *Privilege) For(host string) string {
+// For is how host's commands become root: the privilege command as
+// given, or, once the host is given the password, sudo reading it from
+// standard input; through the host's agent when it has this nix-hive's.
+func (p *Privilege) For(host string) escalation {
+	if p == nil || p.Command == "" {
+		return escalation{}
+	}
+	p.mu.Lock()
+	agent := p.agents[host]
+	p.mu.Unlock()
+	password := p.usesPassword(host)
+	switch {
+	case agent != "" && password:
+		return escalation{prefix: p.base() + " -S -p '' -- " + shell.Quote(agent) + " --skip-to " + p.marker, agent: true}
+	case agent != "":
+		return escalation{prefix: p.Command + " " + shell.Quote(agent), agent: true}
+	case password:
+		skip := `while IFS= read -r l; do [ "$l" = "$0" ] && break; done; exec "$@"`
+		// -p '': no prompt on the command's stderr. The marker is $0 of
+		// the skipping shell: constant to it, and not a secret.
+		return escalation{prefix: p.base() + " -S -p '' -- sh -c " + shell.Quote(skip) + " " + p.marker}
+	}
+	return escalation{prefix: p.Command}
+}
+
+// probeAgent asks host, as its login, for a nix-hive-agent, once: one of
+// this nix-hive's version is used from then on.
+func (p *Privilege) probeAgent(ctx context.Context, remote Remote, host string) error {
+	if p == nil || p.Command == "" {
+		return nil
+	}
+	p.mu.Lock()
+	_, done := p.probed[host]
+	p.mu.Unlock()
+	if done {
+		return nil
+	}
+	var out, stderr lockedBuffer
+	code, err := remote.Run(ctx, host, program(agentProbe, false, "", escalation{}), nil, &out, &stderr)
+	if err != nil {
+		return fmt.Errorf("look for nix-hive-agent: %w", err)
+	}
+	answer := strings.TrimSpace(out.String())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.probed[host] = answer
+	if path, version, ok := strings.Cut(answer, " "); code == 0 && ok && version == AgentVersion() {
+		p.agents[host] = path
+	}
+	return nil
+}
+
+// agentMismatch explains a host's agent of another version, if it has one.
+func (p *Privilege) agentMismatch(host string) string {
 	if p == nil {
 		return ""
 	}
-	if !p.usesPassword(host) {
-		return p.Command
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	path, version, ok := strings.Cut(p.probed[host], " ")
+	if !ok || version == AgentVersion() {
+		return ""
 	}
-	skip := `while IFS= read -r l; do [ "$l" = "$0" ] && break; done; exec "$@"`
-	// -p '': no prompt on the command's stderr. The marker is $0 of the
-	// skipping shell: constant to it, and not a secret.
-	return p.base() + " -S -p '' -- sh -c " + shell.Quote(skip) + " " + p.marker
+	return fmt.Sprintf("; its %s is version %q, this nix-hive's is %s (install this one: nix-hive agent, or lib/module.nix from this nix-hive)", path, version, AgentVersion())
+}
+
+// Root runs program with args as root on in (the keys' way to it).
+func (p *Privilege) Root(in *eval.Instance, prog string, args ...string) string {
+	return program(prog, true, in.User, p.For(in.Name), args...)
 }
 
 func (p *Privilege) usesPassword(host string) bool {
@@ -89,6 +148,9 @@ func (p *Privilege) usesPassword(host string) bool {
 // ErrSudoPassword is sudo on a host wanting a password nix-hive cannot
 // give it.
 var ErrSudoPassword = errors.New("sudo needs a password")
+
+// errNotAllowed is sudo refusing the command nix-hive gave it.
+var errNotAllowed = errors.New("sudo does not allow nix-hive's command")
 
 // needsPassword reports whether stderr is sudo saying it needs a
 // password it could not read.
@@ -157,10 +219,18 @@ func (p *Privilege) check(ctx context.Context, remote Remote, host string) error
 	}
 	in := bytes.NewReader(append(append([]byte(nil), p.password...), '\n'))
 	var stderr lockedBuffer
-	code, err := remote.Run(ctx, host, p.base()+" -S -p '' -- sh -c 'exit 0'", in, io.Discard, &stderr)
+	cmd := p.base() + " -S -p '' -- sh -c 'exit 0'"
+	p.mu.Lock()
+	if agent := p.agents[host]; agent != "" {
+		cmd = p.base() + " -S -p '' -- " + shell.Quote(agent) + " version"
+	}
+	p.mu.Unlock()
+	code, err := remote.Run(ctx, host, cmd, in, io.Discard, &stderr)
 	switch {
 	case err != nil:
 		return fmt.Errorf("sudo password check: %w", err)
+	case code != 0 && strings.Contains(stderr.String(), "is not allowed to execute"):
+		return fmt.Errorf("%w: %s%s", errNotAllowed, lastLines(stderr.String(), 1), p.agentMismatch(host))
 	case code != 0:
 		err = fmt.Errorf("sudo refused the password (exit %d: %s)", code, lastLines(stderr.String(), 1))
 		p.mu.Lock()

@@ -26,7 +26,7 @@ type substitution struct {
 	publicKey string
 	trustKey  bool
 	user      string
-	sudo      string
+	esc       escalation
 	// connectTimeout bounds the consumer's ssh to its store: connecting,
 	// and silence on an open connection (3 unanswered keepalives).
 	connectTimeout time.Duration
@@ -57,7 +57,17 @@ func (s substitution) command() string {
 	// $kh must expand, so this one value is double-quoted; everything in
 	// it is either a constant or a number.
 	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
-	if prefix := sudoPrefix(s.user, s.sudo); prefix != "" {
+	prefix := sudoPrefix(s.user, s.esc)
+	if prefix != "" && s.esc.agent {
+		// The agent sets NIX_SSHOPTS itself, to the same options.
+		key := ""
+		if s.trustKey {
+			key = s.publicKey
+		}
+		fmt.Fprintf(&b, "%srealise %d %d \"${kh-}\" %s %s %s >/dev/null\n", prefix, secs, s.port, shell.Quote(s.from), shell.Quote(key), shell.QuoteArgs(s.paths))
+		return b.String()
+	}
+	if prefix != "" {
 		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
 		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, shell.QuoteArgs(args))
 	} else {
@@ -80,7 +90,7 @@ func (e *queryError) Error() string {
 // as is; a failing query on the host as *queryError.
 func queryHost(ctx context.Context, remote Remote, n string) (HostState, error) {
 	var out, stderr bytes.Buffer
-	code, err := remote.Run(ctx, n, program(queryProgram, false, "", ""), nil, &out, &stderr)
+	code, err := remote.Run(ctx, n, program(queryProgram, false, "", escalation{}), nil, &out, &stderr)
 	if err != nil {
 		return HostState{}, err
 	}

@@ -138,7 +138,7 @@ func (e *executor) urlPaths(url string) []string {
 // substitute realises n's paths on n from its store.
 func (e *executor) substitute(ctx context.Context, n string, s substitution) error {
 	in := e.inv.Instances[n]
-	s.paths, s.user, s.sudo = e.plan.Hosts[n].Paths, in.User, e.sudo(n)
+	s.paths, s.user, s.esc = e.plan.Hosts[n].Paths, in.User, e.sudo(n)
 	s.publicKey, s.trustKey, s.connectTimeout = e.opts.PublicKey, e.opts.TrustKey, e.opts.ConnectTimeout
 	if slots := e.storeSlots[s.store]; slots != nil {
 		// Queue rather than fail: see storeConcurrency.

@@ -30,8 +30,10 @@ type Host interface {
 type Uploader struct {
 	Host   Host
 	Values *Values
-	// Sudo is the privilege command for an instance's non-root login.
-	Sudo func(instance string) string
+	// Root is the command that runs program with args as root on the
+	// instance (through its privilege command for a non-root login); nil
+	// runs it as the login.
+	Root func(in *eval.Instance, program string, args ...string) string
 }
 
 // Batch is an instance's keys with their values, ready to go.
@@ -226,11 +228,11 @@ func writeSynced(f *sftp.File, data []byte) error {
 	return nil
 }
 
-// writeProgram DEST UID GID MODE writes stdin to DEST the same way as
+// WriteProgram DEST UID GID MODE writes stdin to DEST the same way as
 // uploadSFTP: mktemp makes the file 0600 in DEST's directory; it is
 // synced, given its owner and mode, and renamed over DEST. The value
 // arrives on stdin, never on a command line.
-const writeProgram = `set -eu
+const WriteProgram = `set -eu
 dest=$1 uid=$2 gid=$3 mode=$4
 dir=${dest%/*}
 [ -n "$dir" ] || dir=/
@@ -249,12 +251,10 @@ trap - EXIT
 
 func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, data []byte) error {
 	in := b.instance
-	argv := []string{"sh", "-c", writeProgram, "nix-hive", dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
-	cmd := shell.QuoteArgs(argv)
-	if in.User != "root" && in.User != "" && b.u.Sudo != nil {
-		if sudo := b.u.Sudo(in.Name); sudo != "" {
-			cmd = sudo + " " + cmd
-		}
+	args := []string{dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
+	cmd := shell.QuoteArgs(append([]string{"sh", "-c", WriteProgram, "nix-hive"}, args...))
+	if b.u.Root != nil {
+		cmd = b.u.Root(in, WriteProgram, args...)
 	}
 	var stderr bytes.Buffer
 	code, err := b.u.Host.Run(ctx, in.Name, cmd, bytes.NewReader(data), io.Discard, &stderr)

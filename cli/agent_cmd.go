@@ -1,0 +1,37 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/nix-hive/nix-hive/deploy"
+)
+
+// AgentCmd is `nix-hive agent`.
+type AgentCmd struct {
+	PrintVersion bool `name:"print-version" help:"Print only the agent's version."`
+}
+
+func (c *AgentCmd) Help() string {
+	return `Prints nix-hive-agent: what nix-hive runs as root on a host whose login is
+not root, one fixed operation per call (take the deploy lock, start an
+activation job, confirm it, reboot, write a key, realise store paths from a
+substituter), so that sudo can allow that file and nothing else.
+
+On NixOS, lib/module.nix installs it and writes the sudo rule
+(nix-hive.deployUser). Elsewhere, install it root-owned, e.g.
+
+  nix-hive agent > /usr/local/sbin/nix-hive-agent
+  chmod 0755 /usr/local/sbin/nix-hive-agent
+
+and allow it in sudoers (see README: Non-root logins and sudo). nix-hive
+uses a host's agent only when its version is this nix-hive's.`
+}
+
+func (c *AgentCmd) Run(g *Globals) error {
+	if c.PrintVersion {
+		_, err := fmt.Fprintln(g.stdout, deploy.AgentVersion())
+		return err
+	}
+	_, err := fmt.Fprint(g.stdout, deploy.AgentScript())
+	return err
+}

@@ -1,0 +1,76 @@
+package deploy
+
+import (
+	"bytes"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestPrivilegeCommands(t *testing.T) {
+	p := NewPrivilege("sudo -n", nil, false)
+	p.agents["b"] = "/usr/local/bin/nix-hive-agent"
+	p.hosts["c"], p.hosts["d"] = true, true
+	p.agents["d"] = "/run/current-system/sw/bin/nix-hive-agent"
+	for _, c := range []struct{ host, want string }{
+		{"a", "sudo -n sh -c "},
+		{"b", "sudo -n /usr/local/bin/nix-hive-agent lock owner"},
+		{"c", "sudo -S -p '' -- sh -c 'while IFS= read -r l; do [ \"$l\" = \"$0\" ] && break; done; exec \"$@\"' " + p.marker + " sh -c "},
+		{"d", "sudo -S -p '' -- /run/current-system/sw/bin/nix-hive-agent --skip-to " + p.marker + " lock owner"},
+	} {
+		got := program(lockProgram, true, "deploy", p.For(c.host), "owner")
+		if !strings.HasPrefix(got, c.want) {
+			t.Errorf("%s: lock as %q, want it to start %q", c.host, got, c.want)
+		}
+		if root := program(lockProgram, true, "root", p.For(c.host), "owner"); strings.Contains(root, "sudo") {
+			t.Errorf("%s: a root login's lock goes through sudo: %q", c.host, root)
+		}
+	}
+	if got := program(queryProgram, false, "deploy", p.For("d")); strings.Contains(got, "sudo") {
+		t.Errorf("an unprivileged program goes through sudo: %q", got)
+	}
+}
+
+// The password goes first, then the marker, then the command's input; only
+// to commands that carry this run's marker.
+func TestPrivilegeStdin(t *testing.T) {
+	p := NewPrivilege("sudo", nil, true)
+	p.password = []byte("s3cret")
+	cmd := program(WriteProgramForTest, true, "deploy", p.For("a"))
+	in, _ := io.ReadAll(p.stdin(cmd, strings.NewReader("key value")))
+	if want := "s3cret\n" + p.marker + "\nkey value"; string(in) != want {
+		t.Errorf("stdin = %q, want %q", in, want)
+	}
+	other, _ := io.ReadAll(p.stdin("sh -c 'cat'", strings.NewReader("x")))
+	if string(other) != "x" {
+		t.Errorf("a command without the marker got %q", other)
+	}
+}
+
+const WriteProgramForTest = `cat`
+
+// The agent's realise refuses what could smuggle options into nix-store or
+// ssh; the shell's own parsing decides, so run it.
+func TestAgentRealiseChecksArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"10", "22", "", "ssh://-oProxyCommand=x", "", "/nix/store/abc-x"},
+		{"10", "22", "/tmp/kh x", "ssh://root@h", "", "/nix/store/abc-x"},
+		{"1a", "22", "", "ssh://root@h", "", "/nix/store/abc-x"},
+		{"10", "22", "", "ssh://root@h", "", "--option"},
+		{"10", "22", "", "ssh://root@h", "", "/nix/store/abc-x/../../etc"},
+		{"10", "22", "", "ssh://root@h", ""},
+	} {
+		var stderr bytes.Buffer
+		cmd := exec.Command("sh", append([]string{"-c", AgentScript(), "nix-hive-agent", "realise"}, args...)...)
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 64 || !strings.Contains(stderr.String(), "nix-hive-agent realise:") {
+			t.Errorf("realise %q: %v, %s", args, err, stderr.String())
+		}
+	}
+	out, err := exec.Command("sh", "-c", AgentScript(), "nix-hive-agent", "version").Output()
+	if err != nil || strings.TrimSpace(string(out)) != AgentVersion() {
+		t.Errorf("version: %q, %v", out, err)
+	}
+}
