@@ -10,6 +10,11 @@
 # NixOS has it); each key named in nix-hive.keys gets a <name>-key.service
 # that is active while the key's file exists, so services can order
 # themselves after it (wants/after = [ "db-password-key.service" ]).
+#
+# A host whose hive login is not root (instances.<name>.user) sets
+# nix-hive.sudo.user to it: the module installs nix-hive-agent (./agent.sh,
+# what nix-hive runs as root there, one fixed operation per call) and a sudo
+# rule that allows the login that file and nothing else.
 { config, lib, pkgs, ... }:
 let
   cfg = config.nix-hive;
@@ -39,6 +44,10 @@ let
       '';
     };
   };
+  # The agent of the nix-hive this module comes with: nix-hive uses a
+  # host's agent only when it is its own version.
+  agent = pkgs.writeScriptBin "nix-hive-agent" (builtins.readFile ./agent.sh);
+
   keyPath = name: k: nameValuePair "${name}-key" {
     description = "nix-hive key ${name} appears";
     wantedBy = [ "multi-user.target" ];
@@ -74,6 +83,22 @@ in
         gets a <name>-key.service, active while its file exists.
       '';
     };
+    sudo = {
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "deploy";
+        description = ''
+          The login nix-hive deploys as when it is not root. It may run
+          nix-hive-agent as root through sudo, and nothing else.
+        '';
+      };
+      noPassword = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether sudo lets the login run nix-hive-agent without its password (otherwise nix-hive asks for it once per run).";
+      };
+    };
     serveStore = {
       enable = mkEnableOption "serving this host's Nix store to consumer instances over SSH";
       keys = mkOption {
@@ -85,6 +110,15 @@ in
   };
 
   config = {
+    environment.systemPackages = mkIf (cfg.sudo.user != null) [ agent ];
+    security.sudo.extraRules = mkIf (cfg.sudo.user != null) [{
+      users = [ cfg.sudo.user ];
+      runAs = "root";
+      commands = [{
+        command = "/run/current-system/sw/bin/nix-hive-agent";
+        options = optional cfg.sudo.noPassword "NOPASSWD";
+      }];
+    }];
     systemd.tmpfiles.rules = [ "d /run/keys 0750 root keys -" ];
     users.groups.keys = { };
     systemd.services = mapAttrs' keyService cfg.keys;

@@ -216,3 +216,51 @@ func TestHiveModuleMirrorsKeys(t *testing.T) {
 		t.Errorf("the system's key metadata holds a value or a source: %s", data)
 	}
 }
+
+// nix-hive.sudo.user installs the agent (lib/agent.sh) and a sudo rule
+// that allows that login the agent alone, with or without its password.
+func TestModuleSudoAgent(t *testing.T) {
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
+	type rule struct {
+		Users    []string
+		RunAs    string
+		Commands []struct {
+			Command string
+			Options []string
+		}
+	}
+	var got struct {
+		Rules    []rule
+		Packages []string
+		Drvs     []string
+	}
+	err := evalNixOS(t, nixpkgs, []string{"module", `{ nix-hive.sudo = { user = "deploy"; noPassword = true; }; }`},
+		`{ rules = config.security.sudo.extraRules; packages = map (p: "${p}") config.environment.systemPackages; drvs = map (p: p.drvPath) config.environment.systemPackages; }`, &got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Rules) != 1 || !slices.Equal(got.Rules[0].Users, []string{"deploy"}) || got.Rules[0].RunAs != "root" ||
+		len(got.Rules[0].Commands) != 1 || got.Rules[0].Commands[0].Command != "/run/current-system/sw/bin/nix-hive-agent" ||
+		!slices.Equal(got.Rules[0].Commands[0].Options, []string{"NOPASSWD"}) {
+		t.Errorf("sudo rules: %+v", got.Rules)
+	}
+	if len(got.Packages) != 1 {
+		t.Fatalf("system packages: %q, want the agent", got.Packages)
+	}
+	// Built, it is lib/agent.sh as a command.
+	out, err := exec.Command("nix-store", "--realise", got.Drvs[0]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the agent: %v\n%s", err, out)
+	}
+	built, err := os.ReadFile(filepath.Join(got.Packages[0], "bin", "nix-hive-agent"))
+	want, _ := os.ReadFile("agent.sh")
+	if err != nil || string(built) != string(want) {
+		t.Errorf("the installed agent is not lib/agent.sh (%v)", err)
+	}
+
+	var none struct{ Rules []rule }
+	if err := evalNixOS(t, nixpkgs, []string{"module", `{ }`}, `{ rules = config.security.sudo.extraRules; }`, &none); err != nil || len(none.Rules) != 0 {
+		t.Errorf("without nix-hive.sudo.user: rules %+v, %v", none.Rules, err)
+	}
+}

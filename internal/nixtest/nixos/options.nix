@@ -1,6 +1,7 @@
 # Declarations of the NixOS options the tests' modules set, with the types
 # NixOS gives them (nixos/modules/config/nix.nix, services/misc/nix-ssh-serve.nix,
-# system/boot/systemd.nix, config/users-groups.nix), and what
+# system/boot/systemd.nix, config/users-groups.nix, config/system-path.nix,
+# security/sudo.nix), and what
 # nix-ssh-serve.nix does with its options: enough for the real module
 # system to merge, check and reject values as NixOS would.
 { config, lib, ... }:
@@ -42,6 +43,29 @@ in
     systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
     users.users = mkOption { type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; }); default = { }; };
     users.groups = mkOption { type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; }); default = { }; };
+    environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
+    security.sudo.extraRules = mkOption {
+      type = types.listOf (types.submodule {
+        options = {
+          users = mkOption { type = types.listOf (types.either types.str types.int); default = [ ]; };
+          groups = mkOption { type = types.listOf (types.either types.str types.int); default = [ ]; };
+          host = mkOption { type = types.str; default = "ALL"; };
+          runAs = mkOption { type = types.str; default = "ALL:ALL"; };
+          commands = mkOption {
+            type = types.listOf (types.either types.str (types.submodule {
+              options = {
+                command = mkOption { type = types.str; };
+                options = mkOption {
+                  type = types.listOf (types.enum [ "NOPASSWD" "PASSWD" "NOEXEC" "EXEC" "SETENV" "NOSETENV" "LOG_INPUT" "NOLOG_INPUT" "LOG_OUTPUT" "NOLOG_OUTPUT" "MAIL" "NOMAIL" "FOLLOW" "NOFOLLOW" "INTERCEPT" "NOINTERCEPT" ]);
+                  default = [ ];
+                };
+              };
+            }));
+          };
+        };
+      });
+      default = [ ];
+    };
     services.openssh.enable = mkOption { type = types.bool; default = false; };
     services.openssh.extraConfig = mkOption { type = types.lines; default = ""; };
   };

@@ -16,6 +16,11 @@ let
       args = [ "-c" ''printf '#!/bin/sh\n%s' "$text" > "$out"; /bin/chmod +x "$out"'' ];
     };
     inotify-tools = "/run/current-system/sw";
+    writeScriptBin = name: text: derivation {
+      inherit name text system;
+      builder = "/bin/sh";
+      args = [ "-c" ''/bin/mkdir -p "$out/bin" && printf '%s' "$text" > "$out/bin/${name}" && /bin/chmod +x "$out/bin/${name}"'' ];
+    };
   };
 in
 {
