@@ -1,14 +1,15 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/alecthomas/kong"
+	"golang.org/x/sys/unix"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
@@ -62,9 +63,7 @@ func askPassphrase(keyFile string) ([]byte, error) {
 		return nil, errors.New("encrypted, no agent holds it, and there is no terminal to ask for its passphrase; load it into ssh-agent")
 	}
 	defer tty.Close()
-	fmt.Fprintf(tty, "Enter passphrase for key '%s': ", keyFile)
-	pass, err := term.ReadPassword(int(tty.Fd()))
-	fmt.Fprintln(tty)
+	pass, err := readSecret(tty, fmt.Sprintf("Enter passphrase for key '%s': ", keyFile))
 	if err != nil {
 		return nil, fmt.Errorf("read passphrase: %w", err)
 	}
@@ -100,9 +99,7 @@ func askSudoPassword() func() ([]byte, error) {
 			return nil, fmt.Errorf("sudo password: %w", err)
 		}
 		defer tty.Close()
-		fmt.Fprint(tty, "[nix-hive] sudo password for the hosts' logins: ")
-		pass, err := term.ReadPassword(int(tty.Fd()))
-		fmt.Fprintln(tty)
+		pass, err := readSecret(tty, "[nix-hive] sudo password for the hosts' logins: ")
 		if err != nil {
 			return nil, fmt.Errorf("read sudo password: %w", err)
 		}
@@ -110,5 +107,43 @@ func askSudoPassword() func() ([]byte, error) {
 			return nil, fmt.Errorf("%w: none given", deploy.ErrSudoPassword)
 		}
 		return pass, nil
+	}
+}
+
+// readSecret shows prompt on tty and reads a line with echo off. Echo goes
+// off before the prompt shows, as ssh's readpassphrase does: what is
+// typed as soon as the prompt appears is never echoed.
+func readSecret(tty *os.File, prompt string) ([]byte, error) {
+	fd := int(tty.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, fmt.Errorf("terminal: %w", err)
+	}
+	quiet := *old
+	quiet.Lflag &^= unix.ECHO
+	quiet.Lflag |= unix.ICANON | unix.ISIG
+	quiet.Iflag |= unix.ICRNL
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &quiet); err != nil {
+		return nil, fmt.Errorf("terminal: %w", err)
+	}
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	fmt.Fprint(tty, prompt)
+	defer fmt.Fprintln(tty)
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		// A byte at a time: nothing after the line is taken from the
+		// terminal.
+		n, err := tty.Read(b)
+		if n == 1 && b[0] != '\n' {
+			line = append(line, b[0])
+			continue
+		}
+		if n == 1 || (err == io.EOF && len(line) > 0) {
+			return bytes.TrimSuffix(line, []byte("\r")), nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 }
