@@ -13,6 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/shell"
+	"github.com/pkg/sftp"
 )
 
 // Privilege is how commands become root on hosts whose login is not
@@ -275,7 +276,7 @@ func (p *Privilege) Hosts(h Hosts) Hosts {
 	if p == nil || !p.isSudo() {
 		return h
 	}
-	return privilegedHosts{Hosts: h, p: p}
+	return privilegedHosts{privilegedRemote: privilegedRemote{Remote: h, p: p}, hosts: h}
 }
 
 // Remote is Hosts for a Remote.
@@ -299,15 +300,12 @@ func (h privilegedRemote) RunFresh(ctx context.Context, name, cmd string, stdin 
 	return h.Remote.RunFresh(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
 }
 
+// privilegedHosts adds the hosts' sftp to privilegedRemote.
 type privilegedHosts struct {
-	Hosts
-	p *Privilege
+	privilegedRemote
+	hosts Hosts
 }
 
-func (h privilegedHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	return h.Hosts.Run(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
-}
-
-func (h privilegedHosts) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	return h.Hosts.RunFresh(ctx, name, cmd, h.p.stdin(cmd, stdin), stdout, stderr)
+func (h privilegedHosts) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
+	return h.hosts.SFTP(ctx, name)
 }
