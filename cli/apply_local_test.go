@@ -44,8 +44,13 @@ def post_activate(ctx):
 
 	// Found by its hostname; built in app-1's own store.
 	f.setVersion("2")
-	if _, err := applyLocal(); err != nil {
+	out, err := applyLocal()
+	if err != nil {
 		t.Fatalf("apply-local failed: %v", err)
+	}
+	// Magic rollback armed and confirmed, here from a new process.
+	if !strings.Contains(out, "confirm ok: confirmed from a new process") || !strings.Contains(out, "built on this machine, the host") {
+		t.Errorf("apply-local did not confirm the activation as a deploy does")
 	}
 	v2 := f.current("app-1")
 	if v2 == v1 || !strings.HasSuffix(v2, "-nixos-system-app-2") {
@@ -70,7 +75,7 @@ def post_activate(ctx):
 	if err := os.WriteFile(h.Path("/run/health"), []byte("sick\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := applyLocal("--instance", "app-1")
+	out, err = applyLocal("--instance", "app-1")
 	if err == nil {
 		t.Fatal("apply-local with a failing post-check exited 0")
 	}

@@ -279,7 +279,7 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
-		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step}
+		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
 	for _, n := range plan.Order {
 		h := plan.Hosts[n]
 		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}

@@ -39,6 +39,17 @@ type jobs struct {
 	// connect bounds one attempt to confirm over a new connection.
 	connect time.Duration
 	event   func(n string, step Step, status EventStatus, msg string)
+	// local: the host is this machine (apply-local), where a new
+	// connection is a new process.
+	local bool
+}
+
+// confirmedHow says how a confirmation reached the host.
+func (j *jobs) confirmedHow() string {
+	if j.local {
+		return "confirmed from a new process"
+	}
+	return "confirmed over a new connection"
 }
 
 // errLostContact means nix-hive could not reach a host for longer than
@@ -303,7 +314,7 @@ func (j *jobs) confirm(ctx context.Context, n, user string, esc escalation, id s
 		var ee *exitError
 		switch {
 		case err == nil && verdict == "confirmed":
-			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
+			j.event(n, StepConfirm, EventOK, j.confirmedHow())
 			return parseJobState(rest), nil
 		case err == nil:
 			st := parseJobState(rest) // too late: the job returned, or returns, to what ran before
@@ -317,7 +328,7 @@ func (j *jobs) confirm(ctx context.Context, n, user string, esc escalation, id s
 			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
 		case verdict == "confirmed":
 			// Confirmed, and then the session was lost: follow the rest.
-			j.event(n, StepConfirm, EventOK, "confirmed over a new connection")
+			j.event(n, StepConfirm, EventOK, j.confirmedHow())
 			j.lost(n, err)
 			return j.followFrom(ctx, n, id, "", time.Now(), true)
 		}
