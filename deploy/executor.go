@@ -438,6 +438,10 @@ func (e *executor) settle(n string, ok Status, err error) {
 	case err == nil:
 	case status == StatusSkipped:
 		e.step(n, step, EventSkipped, msg)
+	case status == StatusRolledBack:
+		// The rollback itself went well (its own event said so); what
+		// failed is the host's deploy.
+		e.step(n, StepDone, EventFailed, "rolled back: "+msg)
 	default:
 		e.step(n, step, EventFailed, msg)
 	}
