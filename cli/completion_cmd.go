@@ -846,6 +846,14 @@ func fishCompletion(root *compNode) string {
 
 	b.WriteString(fishArgs)
 	b.WriteString("\ncomplete -c nix-hive -e\ncomplete -c nix-hive -f\n")
+	fishCompletes(&b, root)
+	b.WriteString("complete -c nix-hive -a '(__nix_hive_args)'\n")
+	return b.String()
+}
+
+// fishCompletes writes the complete commands: each command's flags and
+// subcommands.
+func fishCompletes(b *strings.Builder, root *compNode) {
 	root.walk(func(n *compNode) {
 		for _, f := range n.own {
 			line := "complete -c nix-hive -n " + fq("__nix_hive_flag_at "+fq(n.path))
@@ -866,16 +874,14 @@ func fishCompletion(root *compNode) string {
 			}
 			b.WriteString(line + " -d " + fq(f.help) + "\n")
 			if f.negation != "" {
-				fmt.Fprintf(&b, "complete -c nix-hive -n %s -l %s -d %s\n", fq("__nix_hive_flag_at "+fq(n.path)),
+				fmt.Fprintf(b, "complete -c nix-hive -n %s -l %s -d %s\n", fq("__nix_hive_flag_at "+fq(n.path)),
 					strings.TrimPrefix(f.negation, "--"), fq(f.help))
 			}
 		}
 		for _, ch := range n.children {
-			fmt.Fprintf(&b, "complete -c nix-hive -n %s -a %s -d %s\n", fq("__nix_hive_cmd_at "+fq(n.path)), fq(ch.name), fq(ch.help))
+			fmt.Fprintf(b, "complete -c nix-hive -n %s -a %s -d %s\n", fq("__nix_hive_cmd_at "+fq(n.path)), fq(ch.name), fq(ch.help))
 		}
 	})
-	b.WriteString("complete -c nix-hive -a '(__nix_hive_args)'\n")
-	return b.String()
 }
 
 const fishHead = `# fish completion for nix-hive

@@ -54,6 +54,35 @@ func manPage(app *kong.Application, version string) string {
 	m.macro("SH", "NAME")
 	m.text(name + " - " + nameLine(app.Help))
 
+	m.synopsis(app)
+	m.macro("SH", "DESCRIPTION")
+	m.paragraphs(app.Help)
+	m.paragraphs(app.Detail)
+	m.paragraphs(`The hive is read from the directory given with -c/--config (or
+NIX_HIVE_CONFIG), by default the current directory: its flake.nix (the
+flake's hive output) if there is one, else its hive.nix. -c may also name
+the file itself.
+
+Commands that take targets select instances with globs on instance names
+(www-*), or with @ and a glob on their tags (@web). Instances named
+explicitly come first, in the order given; duplicates collapse. A pattern
+that matches nothing is an error, so a typo never silently shrinks a
+deploy. Without targets, where they are optional, every instance is meant.`)
+
+	m.commands(app)
+	m.macro("SH", "GLOBAL OPTIONS")
+	m.text("These options are accepted before or after the command.")
+	m.flags(visibleFlags(app.Node))
+
+	m.reference(app)
+	m.macro("SH", "SEE ALSO")
+	m.raw(`\fBnix\fR(1), \fBnix\-build\fR(1), \fBnix\-copy\-closure\fR(1), \fBssh\fR(1), \fBssh_config\fR(5), \fBnixos\-rebuild\fR(8)`)
+	return m.String()
+}
+
+// synopsis is the SYNOPSIS section: the general form, then each command's.
+func (m *roff) synopsis(app *kong.Application) {
+	name := app.Name
 	m.macro("SH", "SYNOPSIS")
 	m.macro("SY", name)
 	m.raw(optional("global options"))
@@ -76,20 +105,12 @@ func manPage(app *kong.Application, version string) string {
 		m.macro("YS")
 	}
 
-	m.macro("SH", "DESCRIPTION")
-	m.paragraphs(app.Help)
-	m.paragraphs(app.Detail)
-	m.paragraphs(`The hive is read from the directory given with -c/--config (or
-NIX_HIVE_CONFIG), by default the current directory: its flake.nix (the
-flake's hive output) if there is one, else its hive.nix. -c may also name
-the file itself.
+}
 
-Commands that take targets select instances with globs on instance names
-(www-*), or with @ and a glob on their tags (@web). Instances named
-explicitly come first, in the order given; duplicates collapse. A pattern
-that matches nothing is an error, so a typo never silently shrinks a
-deploy. Without targets, where they are optional, every instance is meant.`)
-
+// commands is the COMMANDS section: each command's help, arguments and
+// options.
+func (m *roff) commands(app *kong.Application) {
+	name := app.Name
 	m.macro("SH", "COMMANDS")
 	for _, cmd := range commands(app.Node) {
 		m.macro("SS", name+" "+cmd.Path())
@@ -122,10 +143,10 @@ deploy. Without targets, where they are optional, every instance is meant.`)
 		}
 	}
 
-	m.macro("SH", "GLOBAL OPTIONS")
-	m.text("These options are accepted before or after the command.")
-	m.flags(visibleFlags(app.Node))
+}
 
+// reference is the EXIT STATUS, ENVIRONMENT and FILES sections.
+func (m *roff) reference(app *kong.Application) {
 	m.macro("SH", "EXIT STATUS")
 	for _, s := range []struct{ code, meaning string }{
 		{"0", "Success."},
@@ -161,9 +182,6 @@ deploy. Without targets, where they are optional, every instance is meant.`)
 		m.text(f.meaning)
 	}
 
-	m.macro("SH", "SEE ALSO")
-	m.raw(`\fBnix\fR(1), \fBnix\-build\fR(1), \fBnix\-copy\-closure\fR(1), \fBssh\fR(1), \fBssh_config\fR(5), \fBnixos\-rebuild\fR(8)`)
-	return m.String()
 }
 
 // nameLine is the NAME section's description: by convention lower case

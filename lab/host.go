@@ -387,27 +387,7 @@ func (h *Host) startLocked(ctx context.Context) error {
 	}
 	defer console.Close()
 
-	argv := []string{"/bin/sh", "-c", h.script()}
-	if h.netns != "" {
-		// nsenter without -p execs instead of forking, so the shell stays
-		// the init of the new pid namespace.
-		argv = append([]string{"nsenter", "--net=" + h.netns, "--"}, argv...)
-	}
-	// Not CommandContext: the host outlives ctx, which bounds only the wait.
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = "/"
-	cmd.Env = h.env()
-	cmd.Stdout = console
-	cmd.Stderr = console
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// A UTS namespace too, so `hostname` on a host says which it is.
-		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS,
-		// A killed test binary must not leave hosts behind; the kernel
-		// then kills the whole pid namespace.
-		Pdeathsig: syscall.SIGKILL,
-		// Ctrl-C on a terminal goes to the lab's owner, which tears down.
-		Setpgid: true,
-	}
+	cmd := h.command(console)
 	// fd 3: the lab releases the shell once the mounts are done; fd 4:
 	// the shell says it has started.
 	mountsDone, release, err := os.Pipe()
@@ -440,6 +420,44 @@ func (h *Host) startLocked(ctx context.Context) error {
 		return fmt.Errorf("start host %s: %w: %s", h.Name, err, h.logTail())
 	}
 	release.Close()
+	h.watch(cmd)
+	if err := h.waitReady(ctx); err != nil {
+		h.stopLocked()
+		return fmt.Errorf("start host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// command is the host's init: a shell in new mount, pid and UTS
+// namespaces (and the host's network namespace), writing to console.
+func (h *Host) command(console *os.File) *exec.Cmd {
+	argv := []string{"/bin/sh", "-c", h.script()}
+	if h.netns != "" {
+		// nsenter without -p execs instead of forking, so the shell stays
+		// the init of the new pid namespace.
+		argv = append([]string{"nsenter", "--net=" + h.netns, "--"}, argv...)
+	}
+	// Not CommandContext: the host outlives ctx, which bounds only the wait.
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = "/"
+	cmd.Env = h.env()
+	cmd.Stdout = console
+	cmd.Stderr = console
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// A UTS namespace too, so `hostname` on a host says which it is.
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS,
+		// A killed test binary must not leave hosts behind; the kernel
+		// then kills the whole pid namespace.
+		Pdeathsig: syscall.SIGKILL,
+		// Ctrl-C on a terminal goes to the lab's owner, which tears down.
+		Setpgid: true,
+	}
+	return cmd
+}
+
+// watch records the host's end, and boots it again when its init exited
+// for a reboot.
+func (h *Host) watch(cmd *exec.Cmd) {
 	done := make(chan struct{})
 	h.proc, h.done = cmd, done
 	go func() {
@@ -452,11 +470,6 @@ func (h *Host) startLocked(ctx context.Context) error {
 			h.reboot(cmd)
 		}
 	}()
-	if err := h.waitReady(ctx); err != nil {
-		h.stopLocked()
-		return fmt.Errorf("start host %s: %w", h.Name, err)
-	}
-	return nil
 }
 
 // reboot starts the host again after its init exited for a reboot, as a

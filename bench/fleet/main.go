@@ -270,6 +270,30 @@ func (b *bench) parallel() int {
 	return min(max(16, 8*(b.o.racks+1)), 256)
 }
 
+// deployRow is one measured deploy: of the systems of version, to targets
+// (nil: all), by nix-hive or the script.
+type deployRow struct {
+	version, what string
+	targets       []string
+	script        bool
+}
+
+// deployRuns are the deploys measured, in order. Each gets systems of its
+// own version, built beforehand: the times are evaluation, transfers and
+// activations. The script runs before nix-hive at full size, so that the
+// no-op redeploy, status and run that follow find nix-hive's systems.
+func (b *bench) deployRuns(tenth []string) []deployRow {
+	runs := []deployRow{{"tenth", "nix-hive deploy, a tenth", tenth, false}}
+	if b.o.baselines != "none" {
+		runs = append(runs, deployRow{"script-tenth", "script, a tenth", tenth, true})
+	}
+	if b.o.baselines == "all" {
+		runs = append(runs, deployRow{"script-all", "script, all", nil, true})
+	}
+	runs = append(runs, deployRow{"all", "nix-hive deploy, all", nil, false})
+	return runs
+}
+
 func (b *bench) measureAll(ctx context.Context) []*row {
 	all := len(b.lab.Hosts)
 	tenth := b.tenth()
@@ -284,23 +308,7 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 			fmt.Fprintf(os.Stderr, "%s: %.1fs\n", r.what, r.wall.Seconds())
 		}
 	}
-	// Each deploy gets systems of its own version, built beforehand: the
-	// times are evaluation, transfers and activations. The script runs
-	// before nix-hive at full size, so that the no-op redeploy, status
-	// and run that follow find nix-hive's systems.
-	type deployRow struct {
-		version, what string
-		targets       []string
-		script        bool
-	}
-	runs := []deployRow{{"tenth", "nix-hive deploy, a tenth", tenth, false}}
-	if b.o.baselines != "none" {
-		runs = append(runs, deployRow{"script-tenth", "script, a tenth", tenth, true})
-	}
-	if b.o.baselines == "all" {
-		runs = append(runs, deployRow{"script-all", "script, all", nil, true})
-	}
-	runs = append(runs, deployRow{"all", "nix-hive deploy, all", nil, false})
+	runs := b.deployRuns(tenth)
 	for _, p := range runs {
 		if ctx.Err() != nil {
 			return rows

@@ -70,6 +70,33 @@ func main() {
 	if len(os.Args) > 1 {
 		dir = os.Args[1]
 	}
+	hosts := terraformHosts()
+	objectType := []any{"object", map[string]any{
+		"az": "string", "bastion": "string", "host_key": "string", "instance_id": "string",
+		"name": "string", "private_ip": "string", "public_ip": "string", "region": "string",
+		"role": "string", "tags": []any{"map", "string"},
+	}}
+	write(filepath.Join(dir, "terraform.json"), map[string]any{
+		"hosts": map[string]any{"sensitive": false, "type": []any{"list", objectType}, "value": hosts},
+		"vpc_ids": map[string]any{"sensitive": false, "type": []any{"map", "string"}, "value": map[string]string{
+			"ap-southeast-1": "vpc-0d5e2f1a", "eu-west-1": "vpc-0c4d1e09", "us-east-1": "vpc-0a2b3c4d", "us-west-2": "vpc-0b3c4d5e",
+		}},
+		"db_admin_password": map[string]any{"sensitive": true, "type": "string", "value": "example-not-a-secret"},
+	})
+
+	runners := pulumiRunners()
+	write(filepath.Join(dir, "pulumi.json"), map[string]any{
+		"ciRunners":   runners,
+		"network":     "ci-net",
+		"project":     "acme-ci",
+		"registryKey": "[secret]",
+	})
+}
+
+// terraformHosts are the hosts of 4 regions × 5 roles: bastions and, in
+// some regions, web hosts with public addresses, the rest behind their
+// region's bastion.
+func terraformHosts() []host {
 	regions := []struct {
 		name, short, env string
 		publicWeb        bool
@@ -124,26 +151,19 @@ func main() {
 			}
 		}
 	}
-	objectType := []any{"object", map[string]any{
-		"az": "string", "bastion": "string", "host_key": "string", "instance_id": "string",
-		"name": "string", "private_ip": "string", "public_ip": "string", "region": "string",
-		"role": "string", "tags": []any{"map", "string"},
-	}}
-	write(filepath.Join(dir, "terraform.json"), map[string]any{
-		"hosts": map[string]any{"sensitive": false, "type": []any{"list", objectType}, "value": hosts},
-		"vpc_ids": map[string]any{"sensitive": false, "type": []any{"map", "string"}, "value": map[string]string{
-			"ap-southeast-1": "vpc-0d5e2f1a", "eu-west-1": "vpc-0c4d1e09", "us-east-1": "vpc-0a2b3c4d", "us-west-2": "vpc-0b3c4d5e",
-		}},
-		"db_admin_password": map[string]any{"sensitive": true, "type": "string", "value": "example-not-a-secret"},
-	})
+	return hosts
+}
 
-	type runner struct {
-		HostKey   string            `json:"hostKey"`
-		Labels    map[string]string `json:"labels"`
-		PrivateIP string            `json:"privateIp"`
-		PublicIP  string            `json:"publicIp"`
-		Zone      string            `json:"zone"`
-	}
+type runner struct {
+	HostKey   string            `json:"hostKey"`
+	Labels    map[string]string `json:"labels"`
+	PrivateIP string            `json:"privateIp"`
+	PublicIP  string            `json:"publicIp"`
+	Zone      string            `json:"zone"`
+}
+
+// pulumiRunners are the stack's four CI runners.
+func pulumiRunners() map[string]runner {
 	runners := map[string]runner{}
 	for n := 1; n <= 4; n++ {
 		name := fmt.Sprintf("ci-runner-%d", n)
@@ -159,10 +179,5 @@ func main() {
 			Zone:      fmt.Sprintf("europe-west4-%c", 'a'+rune(n%3)),
 		}
 	}
-	write(filepath.Join(dir, "pulumi.json"), map[string]any{
-		"ciRunners":   runners,
-		"network":     "ci-net",
-		"project":     "acme-ci",
-		"registryKey": "[secret]",
-	})
+	return runners
 }
