@@ -72,14 +72,22 @@ type escalation struct {
 	agent  bool
 }
 
+// needsPrivilege reports whether a login must go through the privilege
+// command for root's work: every login but root's.
+func needsPrivilege(user string) bool { return user != "root" && user != "" }
+
 // sudoPrefix is what goes before a command that needs root: the privilege
 // command for non-root logins, nothing for root.
 func sudoPrefix(user string, esc escalation) string {
-	if user == "root" || user == "" || esc.prefix == "" {
+	if !needsPrivilege(user) || esc.prefix == "" {
 		return ""
 	}
 	return esc.prefix + " "
 }
+
+// viaAgent reports whether user's root commands are the host agent's
+// operations.
+func (e escalation) viaAgent(user string) bool { return e.agent && sudoPrefix(user, e) != "" }
 
 // program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set:
 // for a non-root login through its privilege command, and through the
@@ -90,7 +98,7 @@ func program(prog string, root bool, user string, esc escalation, args ...string
 		return shell.QuoteArgs(argv)
 	}
 	prefix := sudoPrefix(user, esc)
-	if op, ok := agentOps[prog]; ok && esc.agent && prefix != "" {
+	if op, ok := agentOps[prog]; ok && esc.viaAgent(user) {
 		return prefix + shell.QuoteArgs(append([]string{op}, args...))
 	}
 	return prefix + shell.QuoteArgs(argv)

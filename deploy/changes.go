@@ -54,12 +54,7 @@ type ChangesRequest struct {
 // diffs use this machine's store where it has both systems; a running
 // system it lacks is read from one instance that runs it.
 func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
-	var targets []string
-	for _, n := range r.Plan.Order {
-		if r.Plan.Hosts[n].Target {
-			targets = append(targets, n)
-		}
-	}
+	targets := r.Plan.Targets
 	running, unknown := currentSystems(ctx, r, targets)
 	bySystem := map[string]*SystemChange{}
 	groups := map[string]map[string][]string{} // system -> running path -> instances

@@ -52,7 +52,7 @@ func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory,
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
 	for n, in := range inv.Instances {
-		c.Privileged[n] = in.User != "root"
+		c.Privileged[n] = needsPrivilege(in.User)
 	}
 	return c, nil
 }

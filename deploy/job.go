@@ -115,7 +115,7 @@ func secs(d time.Duration) string {
 func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, until string, spec jobSpec) (jobState, error) {
 	enc := "plain"
 	// The agent starts its own job script: nothing is sent.
-	agent := esc.agent && sudoPrefix(user, esc) != ""
+	agent := esc.viaAgent(user)
 	if spec.gzip && !agent {
 		enc = "gzip"
 	}

@@ -77,7 +77,7 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 		return nil, HostState{}, fmt.Errorf("%w: %s", ErrHostLocked, strings.TrimPrefix(line, "held by "))
 	case needsPassword(stderr.String()):
 		return nil, HostState{}, fmt.Errorf("lock: %w", ErrSudoPassword)
-	case strings.Contains(stderr.String(), "is not allowed to execute"):
+	case notAllowed(stderr.String()):
 		return nil, HostState{}, fmt.Errorf("lock: %w: %s", errNotAllowed, lastLines(stderr.String(), 1))
 	default:
 		return nil, HostState{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
@@ -89,10 +89,11 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 // checked on the host, and the lock taken again with it.
 func lockAs(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*hostLock, HostState, error) {
 	n := in.Name
-	if in.User != "root" && in.User != "" {
-		if err := priv.probeAgent(ctx, remote, n); err != nil {
-			return nil, HostState{}, fmt.Errorf("lock: %w", err)
-		}
+	if !needsPrivilege(in.User) {
+		return lockHost(ctx, remote, n, in.User, escalation{}, owner)
+	}
+	if err := priv.probeAgent(ctx, remote, n); err != nil {
+		return nil, HostState{}, fmt.Errorf("lock: %w", err)
 	}
 	if priv.usesPassword(n) {
 		if err := priv.check(ctx, remote, n); err != nil {

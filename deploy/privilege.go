@@ -79,14 +79,14 @@ func (p *Privilege) For(host string) escalation {
 	password := p.usesPassword(host)
 	switch {
 	case agent != "" && password:
-		return escalation{prefix: p.base() + " -S -p '' -- " + shell.Quote(agent) + " --skip-to " + p.marker, agent: true}
+		return escalation{prefix: p.withPassword() + shell.Quote(agent) + " --skip-to " + p.marker, agent: true}
 	case agent != "":
 		return escalation{prefix: p.Command + " " + shell.Quote(agent), agent: true}
 	case password:
 		skip := `while IFS= read -r l; do [ "$l" = "$0" ] && break; done; exec "$@"`
-		// -p '': no prompt on the command's stderr. The marker is $0 of
-		// the skipping shell: constant to it, and not a secret.
-		return escalation{prefix: p.base() + " -S -p '' -- sh -c " + shell.Quote(skip) + " " + p.marker}
+		// The marker is $0 of the skipping shell: constant to it, and
+		// not a secret.
+		return escalation{prefix: p.withPassword() + "sh -c " + shell.Quote(skip) + " " + p.marker}
 	}
 	return escalation{prefix: p.Command}
 }
@@ -152,6 +152,9 @@ var ErrSudoPassword = errors.New("sudo needs a password")
 
 // errNotAllowed is sudo refusing the command nix-hive gave it.
 var errNotAllowed = errors.New("sudo does not allow nix-hive's command")
+
+// notAllowed reports whether stderr is sudo refusing the command itself.
+func notAllowed(stderr string) bool { return strings.Contains(stderr, "is not allowed to execute") }
 
 // needsPassword reports whether stderr is sudo saying it needs a
 // password it could not read.
@@ -220,17 +223,17 @@ func (p *Privilege) check(ctx context.Context, remote Remote, host string) error
 	}
 	in := bytes.NewReader(append(append([]byte(nil), p.password...), '\n'))
 	var stderr lockedBuffer
-	cmd := p.base() + " -S -p '' -- sh -c 'exit 0'"
+	cmd := p.withPassword() + "sh -c 'exit 0'"
 	p.mu.Lock()
 	if agent := p.agents[host]; agent != "" {
-		cmd = p.base() + " -S -p '' -- " + shell.Quote(agent) + " version"
+		cmd = p.withPassword() + shell.Quote(agent) + " version"
 	}
 	p.mu.Unlock()
 	code, err := remote.Run(ctx, host, cmd, in, io.Discard, &stderr)
 	switch {
 	case err != nil:
 		return fmt.Errorf("sudo password check: %w", err)
-	case code != 0 && strings.Contains(stderr.String(), "is not allowed to execute"):
+	case code != 0 && notAllowed(stderr.String()):
 		return fmt.Errorf("%w: %s%s", errNotAllowed, lastLines(stderr.String(), 1), p.agentMismatch(host))
 	case code != 0:
 		err = fmt.Errorf("sudo refused the password (exit %d: %s)", code, lastLines(stderr.String(), 1))
@@ -256,6 +259,11 @@ func (p *Privilege) base() string {
 	}
 	return strings.Join(out, " ")
 }
+
+// withPassword is the privilege command reading the password from stdin
+// (-S), with no prompt of its own on the command's stderr (-p ”), up to
+// the command it runs.
+func (p *Privilege) withPassword() string { return p.base() + " -S -p '' -- " }
 
 // stdin is the input of cmd: the password and marker first when cmd
 // runs sudo with the password.

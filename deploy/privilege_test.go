@@ -2,10 +2,14 @@ package deploy
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/eval"
 )
 
 func TestPrivilegeCommands(t *testing.T) {
@@ -37,7 +41,7 @@ func TestPrivilegeCommands(t *testing.T) {
 func TestPrivilegeStdin(t *testing.T) {
 	p := NewPrivilege("sudo", nil, true)
 	p.password = []byte("s3cret")
-	cmd := program(WriteProgramForTest, true, "deploy", p.For("a"))
+	cmd := program(catProgram, true, "deploy", p.For("a"))
 	in, _ := io.ReadAll(p.stdin(cmd, strings.NewReader("key value")))
 	if want := "s3cret\n" + p.marker + "\nkey value"; string(in) != want {
 		t.Errorf("stdin = %q, want %q", in, want)
@@ -48,7 +52,8 @@ func TestPrivilegeStdin(t *testing.T) {
 	}
 }
 
-const WriteProgramForTest = `cat`
+// catProgram is a root program that reads its input.
+const catProgram = `cat`
 
 // The agent's realise refuses what could smuggle options into nix-store or
 // ssh; the shell's own parsing decides, so run it.
@@ -72,5 +77,50 @@ func TestAgentRealiseChecksArguments(t *testing.T) {
 	out, err := exec.Command("sh", "-c", AgentScript(), "nix-hive-agent", "version").Output()
 	if err != nil || strings.TrimSpace(string(out)) != AgentVersion() {
 		t.Errorf("version: %q, %v", out, err)
+	}
+}
+
+// lockRecorder answers the lock program and records every command.
+type lockRecorder struct {
+	Remote
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (r *lockRecorder) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	r.mu.Lock()
+	r.cmds = append(r.cmds, cmd)
+	r.mu.Unlock()
+	if strings.Contains(cmd, "lock") {
+		io.WriteString(stdout, "locked\nactive=/nix/store/x\nend\n")
+	}
+	if stdin != nil {
+		io.Copy(io.Discard, stdin)
+	}
+	return 0, nil
+}
+
+// With the password asked upfront, a root login's lock still runs no
+// sudo at all: no probe, no password check, no sudo -S.
+func TestLockAsRootLoginSkipsPrivilege(t *testing.T) {
+	p := NewPrivilege("sudo", func() ([]byte, error) { return []byte("pw"), nil }, true)
+	if err := p.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		user      string
+		wantCmds  int
+		wantSudoS bool
+	}{{"root", 1, false}, {"deploy", 3, true}} { // probe, check, lock
+		r := &lockRecorder{}
+		l, hs, err := lockAs(context.Background(), r, &eval.Instance{Name: "h-" + c.user, User: c.user}, p, "me")
+		if err != nil || hs.Active != "/nix/store/x" {
+			t.Fatalf("%s: lock: %v %+v", c.user, err, hs)
+		}
+		l.release()
+		all := strings.Join(r.cmds, "\n")
+		if len(r.cmds) != c.wantCmds || strings.Contains(all, "sudo -S") != c.wantSudoS {
+			t.Errorf("%s: %d commands, want %d (sudo -S: %v):\n%s", c.user, len(r.cmds), c.wantCmds, c.wantSudoS, all)
+		}
 	}
 }

@@ -58,7 +58,7 @@ func (s substitution) command() string {
 	// it is either a constant or a number.
 	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
 	prefix := sudoPrefix(s.user, s.esc)
-	if prefix != "" && s.esc.agent {
+	if s.esc.viaAgent(s.user) {
 		// The agent sets NIX_SSHOPTS itself, to the same options.
 		key := ""
 		if s.trustKey {
