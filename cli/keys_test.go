@@ -283,6 +283,15 @@ func TestKeysUploadInterrupted(t *testing.T) {
 				}
 				t.Logf("attempt %d: the upload finished before the freeze; again", attempt)
 			}
+			// In flight, the temporary file already has the owner bits of
+			// the key's mode (0440: 0400), whatever the host's umask.
+			files, _ := filepath.Glob(h.Path("/run/keys/.nix-hive-*/*"))
+			for _, fn := range files {
+				if fi, err := os.Stat(fn); err == nil && fi.Mode().Perm() != 0o400 {
+					t.Errorf("in flight, %s is %v (%d bytes), want 0400", fn, fi.Mode().Perm(), fi.Size())
+				}
+			}
+			t.Logf("in flight: %d temporary files, each 0400", len(files))
 			n, err := h.CutConnections()
 			h.Thaw()
 			if err != nil || n == 0 {
@@ -300,22 +309,19 @@ func TestKeysUploadInterrupted(t *testing.T) {
 			default:
 				t.Errorf("/run/keys/tls after the cut: %d bytes, %v; want the old or the new key whole", len(got.content), err)
 			}
-			// What the cut leaves must give others nothing: no file with
-			// content they may read, no staging directory they may enter
-			// with anything in it. (A cut between creating the temporary
-			// file and its chmod 0600 leaves it empty, with the umask's
-			// mode, in a staging directory that is already 0700.)
+			// What the cut leaves gives others nothing: a staging directory
+			// is 0700, and a file in it has no group or other bits (it is
+			// created with the owner bits of the key's mode).
 			filepath.WalkDir(h.Path("/run/keys"), func(p string, d fs.DirEntry, err error) error {
 				info, _ := d.Info()
-				if err != nil || info == nil || info.Mode().Perm()&0o007 == 0 {
+				if err != nil || info == nil || !strings.Contains(p, "/.nix-hive-") {
 					return nil
 				}
-				ents, _ := os.ReadDir(p)
 				switch {
-				case info.Mode().IsRegular() && info.Size() > 0:
-					t.Errorf("%s (%d bytes) is readable by others (%v)", p, info.Size(), info.Mode())
-				case info.IsDir() && p != h.Path("/run/keys") && len(ents) > 0:
-					t.Errorf("staging directory %s is open to others (%v) and holds %d entries", p, info.Mode(), len(ents))
+				case info.IsDir() && info.Mode().Perm() != 0o700:
+					t.Errorf("staging directory %s is %v", p, info.Mode())
+				case !info.IsDir() && info.Mode().Perm()&0o077 != 0:
+					t.Errorf("%s (%d bytes) is %v: open to group or others", p, info.Size(), info.Mode())
 				}
 				return nil
 			})

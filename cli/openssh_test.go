@@ -230,8 +230,12 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 		}
 	}()
 	// Watch the directory on the host until the temporary file holds data.
+	// From the first sighting on, the staging directory is 0700 and the
+	// file has the source's mode (0600): it is created so, not chmodded
+	// after the umask made it 0644.
 	tmp := h.Path("/root/scp")
 	var seen string
+	sightings := 0
 	waitUntil(t, "the upload's temporary file to hold data", func() bool {
 		stages, _ := filepath.Glob(filepath.Join(tmp, ".nix-hive-*"))
 		for _, st := range stages {
@@ -245,13 +249,14 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 				if err != nil {
 					continue
 				}
-				if di.Mode().Perm()&0o077 != 0 {
+				sightings++
+				if di.Mode().Perm() != 0o700 {
 					t.Errorf("staging directory %s is %v while it holds %s", st, di.Mode().Perm(), fn)
 				}
+				if fi.Mode().Perm() != 0o600 {
+					t.Errorf("temporary file %s is %v (%d bytes), want 0600 from the start", fn, fi.Mode().Perm(), fi.Size())
+				}
 				if fi.Size() > 0 {
-					if fi.Mode().Perm()&0o077 != 0 {
-						t.Errorf("temporary file %s is %v while written", fn, fi.Mode().Perm())
-					}
 					seen = fn
 					return true
 				}
@@ -259,6 +264,7 @@ func TestSCPUploadPrivateInFlightAndCleanedUp(t *testing.T) {
 		}
 		return false
 	})
+	t.Logf("temporary file seen %d times, always 0600 in a 0700 directory", sightings)
 	if _, err := os.Stat(h.Path("/root/scp/secret")); err == nil {
 		t.Fatalf("/root/scp/secret exists before the upload completed")
 	}

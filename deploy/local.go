@@ -13,7 +13,7 @@ import (
 	"syscall"
 
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/pkg/sftp"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Local runs an instance's commands on this machine, without SSH: the
@@ -51,7 +51,7 @@ func (Local) Reset(string) {}
 
 // SFTP implements keys.Host: there is no sftp server here, and keys take
 // the shell's way, which gives them the same guarantees.
-func (Local) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
+func (Local) SFTP(ctx context.Context, name string) (*transport.SFTP, error) {
 	return nil, errors.New("this machine: no sftp subsystem for a local apply")
 }
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/shell"
-	"github.com/pkg/sftp"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Privilege is how commands become root on hosts whose login is not
@@ -314,6 +314,6 @@ type privilegedHosts struct {
 	hosts Hosts
 }
 
-func (h privilegedHosts) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
+func (h privilegedHosts) SFTP(ctx context.Context, name string) (*transport.SFTP, error) {
 	return h.hosts.SFTP(ctx, name)
 }

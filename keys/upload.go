@@ -23,7 +23,7 @@ import (
 // (transport.Pool).
 type Host interface {
 	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
-	SFTP(ctx context.Context, name string) (*sftp.Client, error)
+	SFTP(ctx context.Context, name string) (*transport.SFTP, error)
 }
 
 // Uploader puts an instance's keys on it.
@@ -177,11 +177,12 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 }
 
 // uploadSFTP writes data to dest through a private file
-// (transport.CreatePrivate: a 0700 directory beside dest, the file 0600
-// while empty), synced, given its owner and mode, and renamed over dest.
+// (transport.CreatePrivate: a 0700 directory beside dest, the file created
+// with the owner bits of mode), synced, given its owner and then its whole
+// mode, and renamed over dest.
 // Leftovers of an upload cut off earlier are removed first (the host's
 // deploy lock keeps uploads apart).
-func uploadSFTP(c *sftp.Client, dest string, uid, gid int, mode os.FileMode, data []byte) error {
+func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, data []byte) error {
 	dir := path.Dir(dest)
 	if _, err := c.Stat(dir); err != nil {
 		if err := c.MkdirAll(dir); err != nil {
@@ -198,7 +199,7 @@ func uploadSFTP(c *sftp.Client, dest string, uid, gid int, mode os.FileMode, dat
 			}
 		}
 	}
-	t, err := transport.CreatePrivate(c, dest)
+	t, err := transport.CreatePrivate(c, dest, mode)
 	if err != nil {
 		return err
 	}
@@ -229,9 +230,10 @@ func writeSynced(f *sftp.File, data []byte) error {
 }
 
 // WriteProgram DEST UID GID MODE writes stdin to DEST the same way as
-// uploadSFTP: mktemp makes the file 0600 in DEST's directory; it is
-// synced, given its owner and mode, and renamed over DEST. The value
-// arrives on stdin, never on a command line.
+// uploadSFTP: mktemp -d makes a 0700 directory beside DEST, and the file
+// in it is created under a umask that leaves only MODE's owner bits; it
+// is synced, given its owner and then MODE, and renamed over DEST. The
+// value arrives on stdin, never on a command line.
 const WriteProgram = `set -eu
 dest=$1 uid=$2 gid=$3 mode=$4
 dir=${dest%/*}
@@ -239,14 +241,16 @@ dir=${dest%/*}
 if [ ! -d "$dir" ]; then mkdir -p "$dir" && chmod 0750 "$dir"; fi
 rm -rf "$dir"/.nix-hive-*
 umask 077
-tmp=$(mktemp "$dir/.nix-hive-XXXXXXXX")
-trap 'rm -f "$tmp"' EXIT
+stage=$(mktemp -d "$dir/.nix-hive-XXXXXXXX")
+trap 'rm -rf "$stage"' EXIT
+tmp=$stage/${dest##*/}
+umask "$(printf %o $((0777 & ~(0$mode & 0700))))"
 cat >"$tmp"
+umask 077
 sync "$tmp" 2>/dev/null || sync
 chown "$uid:$gid" "$tmp"
 chmod "$mode" "$tmp"
 mv -f "$tmp" "$dest"
-trap - EXIT
 `
 
 func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, data []byte) error {

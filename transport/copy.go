@@ -12,8 +12,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-
-	"github.com/pkg/sftp"
 )
 
 // modeBits are the mode bits a copy preserves.
@@ -74,7 +72,7 @@ func (p *Pool) Copy(ctx context.Context, src, dst string, recursive bool, progre
 // name beside its target and renamed over it once complete, so readers
 // never see a partial file. progress, if set, gets the bytes copied so far
 // and the total of all files, starting with (0, total).
-func Upload(ctx context.Context, c *sftp.Client, local, remote string, recursive bool, progress func(done, total int64)) error {
+func Upload(ctx context.Context, c *SFTP, local, remote string, recursive bool, progress func(done, total int64)) error {
 	if err := copyTree(ctx, localFS{}, remoteFS{c}, local, remote, recursive, progress); err != nil {
 		return fmt.Errorf("upload %s: %w", local, err)
 	}
@@ -85,7 +83,7 @@ func Upload(ctx context.Context, c *sftp.Client, local, remote string, recursive
 // directory) to local, with the same rules as Upload (into local/<base>
 // when local is an existing directory, modes and symlinks preserved,
 // temporary name then rename, progress over all files).
-func Download(ctx context.Context, c *sftp.Client, remote, local string, recursive bool, progress func(done, total int64)) error {
+func Download(ctx context.Context, c *SFTP, remote, local string, recursive bool, progress func(done, total int64)) error {
 	if err := copyTree(ctx, remoteFS{c}, localFS{}, remote, local, recursive, progress); err != nil {
 		return fmt.Errorf("download %s: %w", remote, err)
 	}
@@ -201,7 +199,7 @@ func copyFile(src, dst side, from, to string, mode fs.FileMode, pr *progress) er
 		return err
 	}
 	defer in.Close()
-	out, err := dst.CreateTemp(to)
+	out, err := dst.CreateTemp(to, mode&modeBits)
 	if err != nil {
 		return err
 	}
@@ -243,9 +241,9 @@ type side interface {
 	Open(p string) (io.ReadCloser, int64, error)
 	// Lstat does not follow a final symbolic link.
 	Lstat(p string) (fs.FileInfo, error)
-	// CreateTemp creates a file, readable by this user only, that
-	// Commit moves to p.
-	CreateTemp(p string) (tempFile, error)
+	// CreateTemp creates a file, with mode's owner bits only from the
+	// moment it exists, that Commit moves to p.
+	CreateTemp(p string, mode fs.FileMode) (tempFile, error)
 	Join(dir, rel string) string
 	Base(p string) string
 }
@@ -310,7 +308,7 @@ type tempFile interface {
 	Discard()
 }
 
-func (localFS) CreateTemp(p string) (tempFile, error) {
+func (localFS) CreateTemp(p string, _ fs.FileMode) (tempFile, error) {
 	// os.CreateTemp makes the file 0600.
 	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".nix-hive-*")
 	if err != nil {
@@ -345,11 +343,11 @@ func (t *localTemp) Discard() {
 	os.Remove(t.Name())
 }
 
-type remoteFS struct{ c *sftp.Client }
+type remoteFS struct{ c *SFTP }
 
 func (r remoteFS) Stat(p string) (fs.FileInfo, error)  { return r.c.Stat(p) }
 func (r remoteFS) Lstat(p string) (fs.FileInfo, error) { return r.c.Lstat(p) }
-func (r remoteFS) Mkdir(p string) error                { return r.c.Mkdir(p) }
+func (r remoteFS) Mkdir(p string) error                { return r.c.MkdirMode(p, 0o700) }
 func (r remoteFS) Chmod(p string, m fs.FileMode) error { return r.c.Chmod(p, m) }
 func (r remoteFS) Readlink(p string) (string, error)   { return r.c.ReadLink(p) }
 func (r remoteFS) Symlink(target, p string) error      { return r.c.Symlink(target, p) }
@@ -393,8 +391,8 @@ func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 
 func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) { return sized(r.c.Open(p)) }
 
-func (r remoteFS) CreateTemp(p string) (tempFile, error) {
-	t, err := CreatePrivate(r.c, p)
+func (r remoteFS) CreateTemp(p string, mode fs.FileMode) (tempFile, error) {
+	t, err := CreatePrivate(r.c, p, mode)
 	if err != nil {
 		return nil, err
 	}

@@ -63,7 +63,7 @@ type conn struct {
 	sessions chan struct{} // one token per open session (maxSessions)
 
 	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
-	sftp     *sftp.Client
+	sftp     *SFTP
 	sftpDone chan struct{}
 }
 
@@ -530,7 +530,7 @@ func (p *Pool) goTracked(fn func()) {
 // SFTP returns the instance's sftp client, one per pooled connection,
 // created on first use. It belongs to the pool: do not Close it. If it
 // ends (or its connection dies) the next call makes a new one.
-func (p *Pool) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
+func (p *Pool) SFTP(ctx context.Context, name string) (*SFTP, error) {
 	for attempt := 0; ; attempt++ {
 		c, err := p.conn(ctx, name)
 		if err != nil {
@@ -568,7 +568,7 @@ func (p *Pool) SFTP(ctx context.Context, name string) (*sftp.Client, error) {
 }
 
 // startSFTP runs the sftp subsystem on c; the caller holds c.sftpMu.
-func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
+func (p *Pool) startSFTP(ctx context.Context, c *conn) (*SFTP, error) {
 	select {
 	case c.sessions <- struct{}{}:
 	case <-ctx.Done():
@@ -607,7 +607,7 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*sftp.Client, error) {
 
 // sftpSession is an sftp client on a session of its own.
 type sftpSession struct {
-	sc  *sftp.Client
+	sc  *SFTP
 	s   *ssh.Session
 	err error
 }
@@ -629,12 +629,13 @@ func openSFTP(client *ssh.Client) sftpSession {
 	}
 	// Concurrent writes are safe here: Upload writes to a temporary name
 	// and removes it on any error.
-	sc, err := sftp.NewClientPipe(r, w, sftp.UseConcurrentWrites(true))
+	modes := newModeWriter(w)
+	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
 	if err != nil {
 		s.Close()
 		return sftpSession{err: err}
 	}
-	return sftpSession{sc: sc, s: s}
+	return sftpSession{sc: &SFTP{Client: sc, modes: modes}, s: s}
 }
 
 // Close closes every pooled connection and sftp client and waits for the

@@ -3,32 +3,30 @@ package transport
 import (
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 
 	"github.com/pkg/sftp"
 )
 
-// PrivateFile is a file being written over sftp for dest, in a directory
-// of its own beside dest that only the login user can enter, so that no one
-// else can open it while it is written, whatever the host's umask (sftp
-// creates files with the server's default mode, 0644 under a 022 umask).
-// Commit gives it its mode and renames it over dest; Discard removes it.
+// PrivateFile is a file being written over sftp for dest. It is created
+// with the owner bits of its final mode (so exactly its final mode for
+// 0400 or 0600), in a directory of its own beside dest that is 0700 from
+// the moment it exists. Either would keep others out; both together still
+// do on a server that ignores the mode in a create request. Group and
+// other bits come only with Commit, once the file is complete.
 type PrivateFile struct {
 	*sftp.File
-	c     *sftp.Client
+	c     *SFTP
 	stage string
 	name  string
 	dest  string
 	done  bool
 }
 
-// CreatePrivate creates a PrivateFile for dest: the staging directory is
-// made 0700 before anything is in it, and the file 0600 while still
-// empty.
-func CreatePrivate(c *sftp.Client, dest string) (*PrivateFile, error) {
+// CreatePrivate creates a PrivateFile for dest that will have mode.
+func CreatePrivate(c *SFTP, dest string, mode fs.FileMode) (*PrivateFile, error) {
 	stage := path.Join(path.Dir(dest), ".nix-hive-"+randomSuffix())
-	if err := c.Mkdir(stage); err != nil {
+	if err := c.MkdirMode(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("mkdir %s: %w", stage, err)
 	}
 	t := &PrivateFile{c: c, stage: stage, name: path.Join(stage, path.Base(dest)), dest: dest}
@@ -36,13 +34,14 @@ func CreatePrivate(c *sftp.Client, dest string) (*PrivateFile, error) {
 		t.Discard()
 		return nil, fmt.Errorf("chmod %s: %w", stage, err)
 	}
-	f, err := c.OpenFile(t.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	owner := mode.Perm() & 0o700
+	f, err := c.CreateMode(t.name, owner)
 	if err != nil {
 		t.Discard()
 		return nil, fmt.Errorf("create %s: %w", t.name, err)
 	}
 	t.File = f
-	if err := f.Chmod(0o600); err != nil {
+	if err := f.Chmod(owner); err != nil {
 		t.Discard()
 		return nil, fmt.Errorf("chmod %s: %w", t.name, err)
 	}

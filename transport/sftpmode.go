@@ -1,0 +1,130 @@
+package transport
+
+import (
+	"encoding/binary"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+
+	"github.com/pkg/sftp"
+)
+
+// SFTP is a pooled sftp client that can also create a file or directory
+// with its mode from the start. pkg/sftp's OPEN and MKDIR requests carry no
+// attributes, so the server creates with its own default (0666 or 0777
+// under the host's umask: world-readable under 022) and a chmod can only
+// follow; CreateMode and MkdirMode ask for the mode in the request itself,
+// as the protocol allows (SFTP v3, section 6.3), which OpenSSH's server
+// passes to open(2) and mkdir(2).
+type SFTP struct {
+	*sftp.Client
+	modes *modeWriter
+}
+
+// CreateMode creates p, which must not exist, for writing, with mode
+// (less the host's umask) from the moment it exists.
+func (c *SFTP) CreateMode(p string, mode fs.FileMode) (*sftp.File, error) {
+	defer c.modes.ask(p, mode)()
+	return c.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+}
+
+// MkdirMode creates directory p with mode (less the host's umask) from
+// the moment it exists.
+func (c *SFTP) MkdirMode(p string, mode fs.FileMode) error {
+	defer c.modes.ask(p, mode)()
+	return c.Mkdir(p)
+}
+
+// SFTP packet types and flags this file reads or writes (SFTP v3).
+const (
+	fxpOpen        = 3
+	fxpMkdir       = 14
+	fxfCreat       = 0x08
+	attrPermission = 0x04
+)
+
+// modeWriter sits between pkg/sftp and the session's stdin. It passes
+// every packet through unchanged, except an OPEN that creates, or a
+// MKDIR, of a path that CreateMode or MkdirMode is waiting on: that one
+// gains the permissions attribute.
+type modeWriter struct {
+	w   io.WriteCloser
+	buf []byte // a packet not yet complete
+
+	mu    sync.Mutex
+	modes map[string]fs.FileMode
+}
+
+func newModeWriter(w io.WriteCloser) *modeWriter {
+	return &modeWriter{w: w, modes: map[string]fs.FileMode{}}
+}
+
+// ask makes the next create of p carry mode until the returned func is
+// called.
+func (m *modeWriter) ask(p string, mode fs.FileMode) func() {
+	m.mu.Lock()
+	m.modes[p] = mode.Perm()
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		delete(m.modes, p)
+		m.mu.Unlock()
+	}
+}
+
+// Write forwards whole packets; pkg/sftp writes one packet at a time,
+// possibly in several calls, under its own lock.
+func (m *modeWriter) Write(p []byte) (int, error) {
+	m.buf = append(m.buf, p...)
+	for len(m.buf) >= 4 {
+		end := 4 + int(binary.BigEndian.Uint32(m.buf))
+		if len(m.buf) < end {
+			break
+		}
+		if _, err := m.w.Write(m.rewrite(m.buf[:end])); err != nil {
+			return 0, err
+		}
+		m.buf = m.buf[end:]
+	}
+	if len(m.buf) == 0 {
+		m.buf = nil // let a large packet's buffer go
+	}
+	return len(p), nil
+}
+
+func (m *modeWriter) Close() error { return m.w.Close() }
+
+// rewrite returns packet, or a copy of it with the permissions attribute
+// if it creates a path waiting for a mode. The request's layout: length,
+// type, id, path, then pflags (OPEN only), then attributes, which pkg/sftp
+// sends empty (flags 0).
+func (m *modeWriter) rewrite(packet []byte) []byte {
+	body := packet[4:]
+	if len(body) < 9 || (body[0] != fxpOpen && body[0] != fxpMkdir) {
+		return packet
+	}
+	n := int(binary.BigEndian.Uint32(body[5:9]))
+	rest := body[min(9+n, len(body)):]
+	want := 4 // empty attributes
+	if body[0] == fxpOpen {
+		want = 8
+		if len(rest) != want || binary.BigEndian.Uint32(rest)&fxfCreat == 0 {
+			return packet
+		}
+	}
+	if len(rest) != want || binary.BigEndian.Uint32(rest[want-4:]) != 0 {
+		return packet
+	}
+	m.mu.Lock()
+	mode, ok := m.modes[string(body[9:9+n])]
+	m.mu.Unlock()
+	if !ok {
+		return packet
+	}
+	out := make([]byte, 0, len(packet)+4)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(body)+4))
+	out = append(out, body[:len(body)-4]...)
+	out = binary.BigEndian.AppendUint32(out, attrPermission)
+	return binary.BigEndian.AppendUint32(out, uint32(mode))
+}
