@@ -37,14 +37,25 @@ let
     (builtins.filter isString (builtins.split "" "abcdefghijklmnopqrstuvwxyz"));
   chars = s: genList (i: builtins.substring i 1 s) (builtins.stringLength s);
   min3 = a: b: c: if a < b then (if a < c then a else c) else (if b < c then b else c);
+  # Optimal string alignment: a swap of neighbouring letters ("prot" for
+  # "port") is one edit, as in internal/spelling.
   editDistance = a: b:
     let
       as = chars (lower a); bs = chars (lower b); lb = length bs;
-      step = prev: ca: foldl' (row: j: row ++ [
-        (min3 (builtins.elemAt prev j + 1) (builtins.elemAt row (j - 1) + 1)
-          (builtins.elemAt prev (j - 1) + (if ca == builtins.elemAt bs (j - 1) then 0 else 1)))
-      ]) [ (head prev + 1) ] (genList (j: j + 1) lb);
-    in builtins.elemAt (foldl' step (genList (j: j) (lb + 1)) as) lb;
+      at = builtins.elemAt;
+      step = st: ca:
+        let
+          i = st.i + 1;
+          row = foldl' (row: j:
+            let
+              best = min3 (at st.p j + 1) (at row (j - 1) + 1)
+                (at st.p (j - 1) + (if ca == at bs (j - 1) then 0 else 1));
+              swap = i > 1 && j > 1 && ca == at bs (j - 2) && st.c == at bs (j - 1);
+            in row ++ [ (if swap && at st.pp (j - 2) + 1 < best then at st.pp (j - 2) + 1 else best) ]
+          ) [ i ] (genList (j: j + 1) lb);
+        in { inherit i; pp = st.p; p = row; c = ca; };
+      start = { i = 0; pp = [ ]; p = genList (j: j) (lb + 1); c = null; };
+    in at (foldl' step start as).p lb;
   # The candidate nearest to word, if near enough to be a typo (at most a
   # third of its length, at least one edit), else null; one or two letters
   # are too short to guess from.
@@ -111,6 +122,8 @@ let
         ++ unknownIn "nix" [ "build" ] (hive.nix or { })
         ++ (if isAttrs (hive.nix or null) then unknownIn "nix.build" [ "flags" ] (hive.nix.build or { }) else [ ])
         ++ expect "hive" "systems" isAttrs "an attribute set of systems" systemsIn
+        # Said once here, not once per instance that names a system.
+        ++ (if systemsOK && systemsIn == { } && instancesIn != { } then [ "hive: attribute systems: no system is defined, and every instance needs one" ] else [ ])
         ++ expect "hive" "instances" isAttrs "an attribute set of instances" instancesIn
         ++ expect "hive" "defaults" isAttrs "an attribute set" defaults
         ++ expect "hive" "paths" isAttrs "an attribute set" hivePaths
@@ -247,6 +260,7 @@ let
 
       systemRefErrors = where: v:
         if !isString v then expect where "system" isString "a system name (string)" v
+        else if systemsOK && systemsIn == { } then [ ]
         else if !(systemsOK && systemsIn ? ${v}) then
           [ "${where}: attribute system: unknown system \"${v}\"${
             let known = if systemsOK then attrNames systemsIn else [ ]; c = closest v known; in

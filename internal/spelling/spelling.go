@@ -21,9 +21,11 @@ func Closest(word string, candidates []string) string {
 	return best
 }
 
-// Distance is the Levenshtein distance between a and b, in bytes (names
-// are ASCII in practice).
+// Distance is the edit distance between a and b in bytes (names are ASCII
+// in practice), where swapping two neighbouring letters is one edit, as
+// in "prot" for "port": the optimal string alignment distance.
 func Distance(a, b string) int {
+	pp := make([]int, len(b)+1) // row i-2
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
@@ -37,8 +39,11 @@ func Distance(a, b string) int {
 				cost = 0
 			}
 			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], pp[j-2]+1)
+			}
 		}
-		prev, cur = cur, prev
+		pp, prev, cur = prev, cur, pp
 	}
 	return prev[len(b)]
 }
