@@ -50,13 +50,14 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 			state = r.Drift
 		}
 		gen := fmt.Sprint(r.Generation)
+		if r.Generation == 0 {
+			// Not known, or no system profile yet: generations start at 1.
+			gen = "-"
+		}
 		if r.Error != "" {
 			// In full below the table: a host key error's fix is at its
 			// end, and a table cell would cut it.
 			why = append(why, fmt.Sprintf("%s: %s", r.Instance, r.Error))
-			if r.Generation == 0 {
-				gen = "-" // not known, rather than generation 0
-			}
 		}
 		table = append(table, []string{r.Instance, r.System, gen, r.Active, state})
 	}
