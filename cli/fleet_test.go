@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
@@ -315,4 +317,70 @@ func waitFor(what string, cond func() bool) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
+}
+
+// status reads a host's links as readlink would, though the shell's cd
+// does most of it now: where cd cannot (a link into the store to a path
+// that is gone, a profile generation), readlink still answers.
+func TestStatusReadsHostLinks(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 1}, false)
+	h := f.lab.Host("host-1")
+	const (
+		a    = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"
+		b    = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"
+		gone = "/nix/store/gggggggggggggggggggggggggggggggg-nixos-system-gone"
+	)
+	for _, d := range []string{a, b} {
+		if err := os.MkdirAll(h.Path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(target, name string) {
+		t.Helper()
+		os.Remove(h.Path(name))
+		if err := os.Symlink(target, h.Path(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	profiles := "/nix/var/nix/profiles/"
+	if err := os.MkdirAll(h.Path(profiles), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name              string
+		active, gen, prof string // link targets; "" leaves the link out
+		wantActive        string
+		wantGen           int
+		wantProfile       string
+	}{
+		{"links into the store", a, b, "system-3-link", a, 3, b},
+		{"active gone from the store", gone, b, "system-4-link", gone, 4, b},
+		{"profile gone from the store", a, gone, "system-5-link", a, 5, ""},
+		{"no system yet", "", "", "", "", 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			os.Remove(h.Path("/run/current-system"))
+			os.Remove(h.Path(profiles + "system"))
+			if tt.active != "" {
+				link(tt.active, "/run/current-system")
+			}
+			if tt.gen != "" {
+				link(tt.gen, profiles+tt.prof)
+				link(tt.prof, profiles+"system")
+			}
+			// The hive's system is not evaluated (--no build): only what
+			// the host says counts here.
+			_, out, _ := f.run("--json", "status", "--no", "build")
+			var rows []deploy.StatusRow
+			if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
+				t.Fatalf("status --json: %v: %s", err, out)
+			}
+			r := rows[0]
+			if r.Error != "" || r.Active != tt.wantActive || r.Generation != tt.wantGen || r.Profile != tt.wantProfile {
+				t.Errorf("got active %q generation %d profile %q (error %q); want %q %d %q",
+					r.Active, r.Generation, r.Profile, r.Error, tt.wantActive, tt.wantGen, tt.wantProfile)
+			}
+		})
+	}
 }
