@@ -202,9 +202,11 @@ func (b *bench) prepareHive(ctx context.Context, root string) error {
 	// And it multiplexes, as a careful person's script would: without
 	// ControlMaster every consumer costs three handshakes (region, rack,
 	// node), and at 40 at once on this machine ProxyJump's banner
-	// exchanges time out.
+	// exchanges time out. Even multiplexed, a few did within the config's
+	// ConnectTimeout (10 s) at full size, and a script stops at its first
+	// failure, so it waits longer (ssh keeps the first value it reads).
 	b.sshCfg = filepath.Join(b.work, "ssh_config")
-	mux := fmt.Sprintf("Host *\n\tControlMaster auto\n\tControlPath %s/cm-%%C\n\tControlPersist 120\n\n", b.work)
+	mux := fmt.Sprintf("Host *\n\tControlMaster auto\n\tControlPath %s/cm-%%C\n\tControlPersist 120\n\tConnectTimeout 60\n\n", b.work)
 	out = append([]byte(mux), out...)
 	if err := os.WriteFile(b.sshCfg, out, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", b.sshCfg, err)
