@@ -40,6 +40,8 @@ var hiveErrorCases = []struct {
 	{"systems misspelt: said once", `{ sytsems.www.toplevel = null; instances.a.system = "www"; instances.b.system = "www"; }`,
 		[]string{"plan"}, []string{"hive: unknown attribute sytsems; did you mean systems?",
 			"hive: attribute systems: no system is defined, and every instance needs one", "(2 problems)"}},
+	{"systems not a set: said once", `{ systems = [ ]; instances.a.system = "www"; instances.b.system = "www"; }`,
+		[]string{"plan"}, []string{"hive: attribute systems: expected an attribute set of systems, got a list", "(1 problem)"}},
 	{"instance attribute typo", `{ systems.www.toplevel = null; instances.a = { system = "www"; hostkey = "x"; }; }`, []string{"plan"},
 		[]string{`instance "a": unknown attribute hostkey; did you mean hostKey?`}},
 	{"unknown system", `{ systems.www.toplevel = null; instances.a.system = "wwww"; }`, []string{"plan"},

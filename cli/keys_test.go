@@ -286,6 +286,9 @@ func TestKeysUploadInterrupted(t *testing.T) {
 			// In flight, the temporary file already has the owner bits of
 			// the key's mode (0440: 0400), whatever the host's umask.
 			files, _ := filepath.Glob(h.Path("/run/keys/.nix-hive-*/*"))
+			if len(files) == 0 {
+				t.Fatal("frozen mid-upload, yet no temporary file in a staging directory")
+			}
 			for _, fn := range files {
 				if fi, err := os.Stat(fn); err == nil && fi.Mode().Perm() != 0o400 {
 					t.Errorf("in flight, %s is %v (%d bytes), want 0400", fn, fi.Mode().Perm(), fi.Size())
@@ -329,16 +332,11 @@ func TestKeysUploadInterrupted(t *testing.T) {
 	}
 }
 
-// uploading reports whether a key upload's temporary file or directory
-// is in dir.
+// uploading reports whether a key upload's temporary file is in a
+// staging directory of dir.
 func uploading(dir string) bool {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".nix-hive-") {
-			return true
-		}
-	}
-	return false
+	files, _ := filepath.Glob(filepath.Join(dir, ".nix-hive-*", "*"))
+	return len(files) > 0
 }
 
 // A key whose owner the host does not have fails that host before any of

@@ -260,10 +260,11 @@ let
 
       systemRefErrors = where: v:
         if !isString v then expect where "system" isString "a system name (string)" v
-        else if systemsOK && systemsIn == { } then [ ]
-        else if !(systemsOK && systemsIn ? ${v}) then
+        # No usable systems at all is said once, at the hive's level.
+        else if !systemsOK || systemsIn == { } then [ ]
+        else if !(systemsIn ? ${v}) then
           [ "${where}: attribute system: unknown system \"${v}\"${
-            let known = if systemsOK then attrNames systemsIn else [ ]; c = closest v known; in
+            let known = attrNames systemsIn; c = closest v known; in
             if c != null then "; did you mean \"${c}\"?" else " (known: ${concatStringsSep ", " known})"}" ]
         else [ ];
 
