@@ -319,9 +319,8 @@ func waitFor(what string, cond func() bool) error {
 	return nil
 }
 
-// status reads a host's links as readlink would, though the shell's cd
-// does most of it now: where cd cannot (a link into the store to a path
-// that is gone, a profile generation), readlink still answers.
+// status reads a host's links as readlink does: links into the store,
+// links to paths gone from it, and the profile's generation.
 func TestStatusReadsHostLinks(t *testing.T) {
 	f := newFleet(t, lab.Config{Hosts: 1}, false)
 	h := f.lab.Host("host-1")

@@ -3,7 +3,11 @@ package transport
 import (
 	"bytes"
 	"context"
+	"os/exec"
+	"syscall"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 func TestPidFilter(t *testing.T) {
@@ -20,6 +24,7 @@ func TestPidFilter(t *testing.T) {
 		{"marker prefix, bad number", []string{"nix-hive-pid:x\nrest"}, "nix-hive-pid:x\nrest", 0},
 		{"marker only once", []string{"nix-hive-pid:7\n", "nix-hive-pid:8\n"}, "nix-hive-pid:8\n", 7},
 		{"nothing", nil, "", 0},
+		{"probe without /proc", []string{"nix-hive-pid:\nerr\n"}, "err\n", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,6 +42,43 @@ func TestPidFilter(t *testing.T) {
 			cancel() // an undecided filter must not block processGroup
 			if pid := f.processGroup(ctx); pid != tt.wantPID {
 				t.Errorf("pid = %d; want %d", pid, tt.wantPID)
+			}
+		})
+	}
+}
+
+// TestPidProbeInLoginShells runs the probe and a command under each login
+// shell as sshd runs a session's shell (a new session, the line as -c) and
+// checks that it reports the shell's process group and leaves the
+// command's output alone. PATH holds no command, so a probe that started
+// a process (as `sh -c 'echo $PPID'` did) would report nothing.
+func TestPidProbeInLoginShells(t *testing.T) {
+	for _, c := range []struct{ shell, hint string }{
+		{"bash", "apt-get install bash"},
+		{"dash", "apt-get install dash"},
+		{"zsh", "apt-get install zsh"},
+		{"fish", "apt-get install fish"},
+	} {
+		t.Run(c.shell, func(t *testing.T) {
+			sh := testenv.Tool(t, c.shell, c.hint)
+			cmd := exec.Command(sh, "-c", pidProbe+"\n"+`/bin/sh -c 'echo out; echo err >&2'`)
+			cmd.Env = []string{"PATH=/nonexistent", "HOME=" + t.TempDir()}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			var out, errOut bytes.Buffer
+			f := &pidFilter{w: &errOut, ready: make(chan struct{})}
+			cmd.Stdout, cmd.Stderr = &out, f
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("%s -c: %v\nstderr: %s", c.shell, err, errOut.String())
+			}
+			leader := cmd.Process.Pid
+			if got := f.processGroup(context.Background()); got != leader {
+				t.Errorf("probe reported %d; the session's group is %d (stderr %q)", got, leader, errOut.String())
+			}
+			if out.String() != "out\n" {
+				t.Errorf("stdout = %q; want the command's own", out.String())
+			}
+			if errOut.String() != "err\n" {
+				t.Errorf("stderr = %q; want only the command's", errOut.String())
 			}
 		})
 	}
