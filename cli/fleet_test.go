@@ -320,7 +320,8 @@ func waitFor(what string, cond func() bool) error {
 }
 
 // status reads a host's links as readlink does: links into the store,
-// links to paths gone from it, and the profile's generation.
+// links to paths gone from it, either link alone, a profile that is no
+// directory, and the profile's generation.
 func TestStatusReadsHostLinks(t *testing.T) {
 	f := newFleet(t, lab.Config{Hosts: 1}, false)
 	h := f.lab.Host("host-1")
@@ -328,11 +329,15 @@ func TestStatusReadsHostLinks(t *testing.T) {
 		a    = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"
 		b    = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"
 		gone = "/nix/store/gggggggggggggggggggggggggggggggg-nixos-system-gone"
+		file = "/nix/store/ffffffffffffffffffffffffffffffff-not-a-system"
 	)
 	for _, d := range []string{a, b} {
 		if err := os.MkdirAll(h.Path(d), 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.WriteFile(h.Path(file), nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	link := func(target, name string) {
 		t.Helper()
@@ -356,6 +361,9 @@ func TestStatusReadsHostLinks(t *testing.T) {
 		{"active gone from the store", gone, b, "system-4-link", gone, 4, b},
 		{"profile gone from the store", a, gone, "system-5-link", a, 5, ""},
 		{"no system yet", "", "", "", "", 0, ""},
+		{"active link only", a, "", "", a, 0, ""},
+		{"profile only", "", b, "system-6-link", "", 6, b},
+		{"profile that is a file", a, file, "system-7-link", a, 7, file},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

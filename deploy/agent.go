@@ -105,14 +105,27 @@ func program(prog string, root bool, user string, esc escalation, args ...string
 }
 
 // queryProgram prints what the host runs as key=value lines (see
-// parseHostState). It needs no privileges. It reads files with the
-// shell's read, not cat: every process it spares is spared on each host
-// of every status and deploy.
-const queryProgram = `p=` + profile + `
+// parseHostState). It needs no privileges. Every process it spares is
+// spared on each host of every status and deploy, a third of what a
+// query's session costs the host: it reads files with the shell's read,
+// not cat; both links with one readlink (whose output follows its operands;
+// a link that vanishes between the test and readlink leaves one word, and
+// then each is read alone); and the profile's store path with cd -P
+// rather than readlink -f.
+const queryProgram = `p=` + profile + ` c=/run/current-system
 line() { v=; { read -r v <"$2"; } 2>/dev/null; printf '%s=%s\n' "$1" "$v"; }
-printf 'active=%s\n' "$(readlink /run/current-system 2>/dev/null)"
-printf 'link=%s\n' "$(readlink $p 2>/dev/null)"
-if [ -e $p ]; then printf 'profile=%s\n' "$(readlink -f $p)"; fi
+set -f
+set --
+if [ -L $c ] && [ -L $p ]; then set -- $(readlink $c $p 2>/dev/null); fi
+if [ $# = 2 ]; then active=$1 link=$2; else
+  active= link=
+  if [ -L $c ]; then active=$(readlink $c 2>/dev/null); fi
+  if [ -L $p ]; then link=$(readlink $p 2>/dev/null); fi
+fi
+printf 'active=%s\nlink=%s\n' "$active" "$link"
+if [ -e $p ]; then
+  if cd -P $p 2>/dev/null; then printf 'profile=%s\n' "$PWD"; cd /; else printf 'profile=%s\n' "$(readlink -f $p)"; fi
+fi
 line last /nix/var/nix-hive/last
 l=/run/nix-hive/activation.lock
 if [ -e $l ] && command -v flock >/dev/null 2>&1 && ! flock -n $l true 2>/dev/null; then
@@ -131,7 +144,7 @@ if command -v gzip >/dev/null 2>&1; then echo gzip=1; fi
 // deploy that just died takes a moment to notice.
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
-mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
+{ [ -d /run/nix-hive ] || mkdir -p /run/nix-hive; } && exec 9>>/run/nix-hive/deploy.lock || exit 2
 o=/run/nix-hive/deploy.owner
 if ! flock -w 3 9; then
   printf 'held by %s\n' "$(cat $o 2>/dev/null)"
