@@ -59,3 +59,28 @@ func TestHiveInstances(t *testing.T) {
 		t.Errorf("instances = %v, want %v", got, want)
 	}
 }
+
+func TestSSHCounts(t *testing.T) {
+	tests := []struct {
+		name, log           string
+		wantConns, wantSess int
+		wantErr             bool
+	}{
+		{"own line", "INSTANCE\nssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 23 sessions\n", 23, 23, false},
+		{"inside a table row", "node-1-9   web     ssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 24 sessions\n1    /nix/store/x  ok\n", 23, 24, false},
+		{"the last one counts", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\nssh: 5 connections (1 direct, 4 through jump hosts or ProxyCommand), 9 sessions\n", 5, 9, false},
+		{"none", "INSTANCE\n", 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "log")
+			if err := os.WriteFile(f, []byte(tt.log), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c, s, err := sshCounts(f)
+			if (err != nil) != tt.wantErr || c != tt.wantConns || s != tt.wantSess {
+				t.Errorf("sshCounts = %d, %d, %v; want %d, %d, error %v", c, s, err, tt.wantConns, tt.wantSess, tt.wantErr)
+			}
+		})
+	}
+}
