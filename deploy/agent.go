@@ -105,35 +105,32 @@ func program(prog string, root bool, user string, esc escalation, args ...string
 }
 
 // queryProgram prints what the host runs as key=value lines (see
-// parseHostState). It needs no privileges. Every process it spares is
-// spared on each host of every status and deploy, a third of what a
-// query's session costs the host: it reads files with the shell's read,
-// not cat; both links with one readlink (whose output follows its operands;
-// a link that vanishes between the test and readlink leaves one word, and
+// parseHostState). It needs no privileges and always exits 0; what goes
+// wrong shows as empty values, so its stderr is dropped once, not per
+// command. Every process it spares is spared on each host of every status
+// and deploy, and on the lab a query's processes cost the host as much as
+// the session that runs it: it reads files with the shell's read, not
+// cat; both links with one readlink (whose output follows its operands; a
+// link that vanishes between the test and readlink leaves one word, and
 // then each is read alone); and the profile's store path with cd -P
 // rather than readlink -f.
 const queryProgram = `p=` + profile + ` c=/run/current-system
-line() { v=; { read -r v <"$2"; } 2>/dev/null; printf '%s=%s\n' "$1" "$v"; }
-set -f
-set --
-if [ -L $c ] && [ -L $p ]; then set -- $(readlink $c $p 2>/dev/null); fi
-if [ $# = 2 ]; then active=$1 link=$2; else
-  active= link=
-  if [ -L $c ]; then active=$(readlink $c 2>/dev/null); fi
-  if [ -L $p ]; then link=$(readlink $p 2>/dev/null); fi
-fi
-printf 'active=%s\nlink=%s\n' "$active" "$link"
-if [ -e $p ]; then
-  if cd -P $p 2>/dev/null; then printf 'profile=%s\n' "$PWD"; cd /; else printf 'profile=%s\n' "$(readlink -f $p)"; fi
-fi
+{
+line() { v=; read -r v <"$2"; printf "%s=%s\n" "$1" "$v"; }
+set -f; set --
+[ -L $c ] && [ -L $p ] && set -- $(readlink $c $p)
+[ $# = 2 ] || set -- "$(readlink $c)" "$(readlink $p)"
+echo "active=$1"; echo "link=$2"
+cd -P $p && echo "profile=$PWD" && cd / || { [ -e $p ] && echo "profile=$(readlink -f $p)"; }
 line last /nix/var/nix-hive/last
 l=/run/nix-hive/activation.lock
-if [ -e $l ] && command -v flock >/dev/null 2>&1 && ! flock -n $l true 2>/dev/null; then
+if [ -e $l ] && command -v flock >/dev/null && ! flock -n $l true; then
   line running /run/nix-hive/current
 fi
 line boot /proc/sys/kernel/random/boot_id
 line rebootmark /run/nix-hive/reboot
-if command -v gzip >/dev/null 2>&1; then echo gzip=1; fi
+if command -v gzip >/dev/null; then echo gzip=1; fi
+} 2>/dev/null
 `
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
@@ -144,13 +141,13 @@ if command -v gzip >/dev/null 2>&1; then echo gzip=1; fi
 // deploy that just died takes a moment to notice.
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
-{ [ -d /run/nix-hive ] || mkdir -p /run/nix-hive; } && exec 9>>/run/nix-hive/deploy.lock || exit 2
+mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
 o=/run/nix-hive/deploy.owner
 if ! flock -w 3 9; then
-  printf 'held by %s\n' "$(cat $o 2>/dev/null)"
+  printf "held by %s\n" "$(cat $o 2>/dev/null)"
   exit 75
 fi
-printf '%s\n' "$1" >$o.tmp && mv -f $o.tmp $o
+printf "%s\n" "$1" >$o.tmp && mv -f $o.tmp $o
 echo locked
 ` + queryProgram + `echo end
 read -r _ || :
@@ -171,7 +168,7 @@ const waitProgram = `wait_job() {
   [ "$2" = activated ] || wait_lock activated.lock "$3"
   s=$(cat "$d/state" 2>/dev/null)
   case $s in done*|activated) ;; *) s=lost ;; esac
-  printf '%s\n' "$s"
+  printf "%s\n" "$s"
   case $s in "done ok"*|activated) ;; *) tail -n 15 "$d/log" 2>/dev/null ;; esac
 }
 # wait_lock LOCK BEAT: until the job lets go of LOCK (or dies); a lock

@@ -76,10 +76,12 @@ func (p *Pool) start(ctx context.Context, name, cmd string, c *conn, s *ssh.Sess
 // syntax bash, dash, zsh and fish share, so it starts no process: a probe
 // that ran `sh -c 'echo $PPID'` cost every session an extra fork and exec,
 // about a third of a short command's cost on the host, and kept the login
-// shell from exec'ing the command itself.
+// shell from exec'ing the command itself. (Without /proc, which no NixOS
+// host lacks, read's complaint comes before the marker and the filter
+// passes everything on: the group is unknown, as with RawCommands.)
 const (
 	pidMarker = "nix-hive-pid:"
-	pidProbe  = `read nh_pid nh_comm nh_state nh_ppid nh_pgrp nh_rest 2>/dev/null </proc/self/stat; echo "` + pidMarker + `$nh_pgrp" >&2`
+	pidProbe  = `read p c s q g r </proc/self/stat; echo ` + pidMarker + `$g >&2`
 )
 
 // pidFilter takes the probe's line off the front of stderr and passes the
@@ -113,7 +115,7 @@ func (f *pidFilter) Write(b []byte) (int, error) {
 			b, f.done = f.buf, true
 		} else {
 			if v := string(prefix[len(pidMarker):]); v == "" {
-				b = f.buf[i+1:] // the probe could not read /proc: unknown
+				b = f.buf[i+1:] // the probe found no group: unknown
 			} else if pid, err := strconv.Atoi(v); err == nil && pid > 1 {
 				f.pid = pid
 				b = f.buf[i+1:]
