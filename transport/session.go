@@ -115,7 +115,7 @@ func (f *pidFilter) Write(b []byte) (int, error) {
 			b, f.done = f.buf, true
 		} else {
 			if v := string(prefix[len(pidMarker):]); v == "" {
-				b = f.buf[i+1:] // the probe found no group: unknown
+				b = f.buf[i+1:] // the shell read no group (an empty field): unknown
 			} else if pid, err := strconv.Atoi(v); err == nil && pid > 1 {
 				f.pid = pid
 				b = f.buf[i+1:]

@@ -24,7 +24,7 @@ func TestPidFilter(t *testing.T) {
 		{"marker prefix, bad number", []string{"nix-hive-pid:x\nrest"}, "nix-hive-pid:x\nrest", 0},
 		{"marker only once", []string{"nix-hive-pid:7\n", "nix-hive-pid:8\n"}, "nix-hive-pid:8\n", 7},
 		{"nothing", nil, "", 0},
-		{"probe without /proc", []string{"nix-hive-pid:\nerr\n"}, "err\n", 0},
+		{"marker without a group", []string{"nix-hive-pid:\nerr\n"}, "err\n", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

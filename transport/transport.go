@@ -105,9 +105,9 @@ type Config struct {
 	Passphrase func(keyFile string) ([]byte, error)
 	// RawCommands sends Run's command lines exactly as given. By default a
 	// short probe of shell builtins (read and echo, no process) runs first
-	// and reports the command's process group on stderr, where Run removes it again, so that a
-	// cancelled command can be stopped even on root logins, for which
-	// OpenSSH ignores signal requests. Set it for restricted accounts whose
-	// forced command checks the command line.
+	// and reports the command's process group on stderr, where Run removes
+	// it again, so that a cancelled command can be stopped even on root
+	// logins, for which OpenSSH ignores signal requests. Set it for
+	// restricted accounts whose forced command checks the command line.
 	RawCommands bool
 }
