@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -389,5 +390,49 @@ func TestStatusReadsHostLinks(t *testing.T) {
 					r.Active, r.Generation, r.Profile, r.Error, tt.wantActive, tt.wantGen, tt.wantProfile)
 			}
 		})
+	}
+}
+
+// status says an activation runs exactly while a process holds the host's
+// activation lock, as a job does for its whole run (the lock taken here,
+// by this process, is the same file lock the host's flock tests), and
+// names the job from /run/nix-hive/current.
+func TestStatusSeesRunningActivation(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 1}, false)
+	h := f.lab.Host("host-1")
+	if err := os.MkdirAll(h.Path("/run/nix-hive"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.Path("/run/nix-hive/current"), []byte("job-42\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(h.Path("/run/nix-hive/activation.lock"), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	running := func() string {
+		t.Helper()
+		_, out, _ := f.run("--json", "status", "--no", "build")
+		var rows []deploy.StatusRow
+		if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 || rows[0].Error != "" {
+			t.Fatalf("status --json: %v: %s", err, out)
+		}
+		return rows[0].Running
+	}
+	if got := running(); got != "" {
+		t.Errorf("with the lock free, status reports job %q running", got)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	if got := running(); got != "job-42" {
+		t.Errorf("with the lock held, status reports running job %q, want job-42", got)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if got := running(); got != "" {
+		t.Errorf("after the lock is released, status reports job %q running", got)
 	}
 }

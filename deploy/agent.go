@@ -113,7 +113,8 @@ func program(prog string, root bool, user string, esc escalation, args ...string
 // cat; both links with one readlink (whose output follows its operands; a
 // link that vanishes between the test and readlink leaves one word, and
 // then each is read alone); and the profile's store path with cd -P
-// rather than readlink -f.
+// rather than readlink -f; and the activation lock with flock on a
+// descriptor the shell opens, rather than with flock running true.
 const queryProgram = `p=` + profile + ` c=/run/current-system
 {
 line() { v=; read -r v <"$2"; printf "%s=%s\n" "$1" "$v"; }
@@ -124,7 +125,7 @@ echo "active=$1"; echo "link=$2"
 cd -P $p && echo "profile=$PWD" && cd / || { [ -e $p ] && echo "profile=$(readlink -f $p)"; }
 line last /nix/var/nix-hive/last
 l=/run/nix-hive/activation.lock
-if [ -e $l ] && command -v flock >/dev/null && ! flock -n $l true; then
+if [ -e $l ] && command -v flock >/dev/null && ! flock -n 9 9<$l; then
   line running /run/nix-hive/current
 fi
 line boot /proc/sys/kernel/random/boot_id
