@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync/atomic"
 
@@ -35,24 +36,16 @@ func (b *bench) measureFloor(ctx context.Context, r *row) {
 			jumps[h.Jump] = true
 		}
 	}
-	var failed atomic.Int64
-	var first atomic.Value
 	b.around(ctx, r, func() error {
-		fanout.Each(ctx, len(b.lab.Hosts), floorParallel, func(ctx context.Context, i int) {
-			h := b.lab.Hosts[i]
+		return eachHost(ctx, b.lab.Hosts, func(ctx context.Context, h *lab.Host) error {
 			if _, err := pool.Client(ctx, h.Name); err != nil {
-				failed.Add(1)
-				first.CompareAndSwap(nil, err)
-				return
+				return err
 			}
 			if !jumps[h.Name] {
 				pool.Reset(h.Name) // as status does: no connection outlives its host
 			}
+			return nil
 		})
-		if n := failed.Load(); n > 0 {
-			return fmt.Errorf("%d connections failed, e.g. %w", n, first.Load().(error))
-		}
-		return ctx.Err()
 	})
 	direct, tunnelled := pool.Handshakes()
 	r.sshConns = direct + tunnelled
@@ -73,4 +66,94 @@ func floorConfig(l *lab.Lab) transport.Config {
 	}
 	return transport.Config{Endpoints: eps, KnownHostsFiles: []string{}, UserConfig: "none", BatchMode: true,
 		AcceptedKnownHosts: filepath.Join(l.Dir, "floor_known_hosts")}
+}
+
+// measureHeld times what status would cost a process that already holds
+// a connection and an sftp session to every host (a ControlPersist-like
+// keeper, which nix-hive does not have): one round of the reads status
+// needs (both system links, the generation the profile points at, the
+// last outcome and the boot id) as sftp requests, which start no process
+// on the host. Connecting and starting sftp are done first and not timed.
+// Every host's active system is checked against what the last deploy put
+// there, so the reads are real. It is a study for the design decision in
+// docs/scale.md, not a measurement of nix-hive.
+func (b *bench) measureHeld(ctx context.Context, r *row) {
+	pool, err := transport.NewPool(floorConfig(b.lab))
+	if err != nil {
+		r.err = err
+		return
+	}
+	defer pool.Close()
+	hosts := b.lab.Hosts
+	if r.err = eachHost(ctx, hosts, func(ctx context.Context, h *lab.Host) error {
+		_, err := pool.SFTP(ctx, h.Name)
+		return err
+	}); r.err != nil {
+		return
+	}
+	d0, t0 := pool.Handshakes()
+	b.around(ctx, r, func() error {
+		return eachHost(ctx, hosts, func(ctx context.Context, h *lab.Host) error {
+			active, err := heldQuery(ctx, pool, h.Name)
+			if err != nil {
+				return err
+			}
+			if want := b.outPath(h); active != want {
+				return fmt.Errorf("%s: /run/current-system is %q, the last deploy made it %q", h.Name, active, want)
+			}
+			return nil
+		})
+	})
+	d1, t1 := pool.Handshakes()
+	r.sshConns = d1 + t1 - d0 - t0
+}
+
+// heldQuery reads over the host's pooled sftp session what status reads
+// with a shell and returns the active system.
+func heldQuery(ctx context.Context, pool *transport.Pool, name string) (string, error) {
+	s, err := pool.SFTP(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	active, err := s.ReadLink("/run/current-system")
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	const profiles = "/nix/var/nix/profiles/"
+	gen, err := s.ReadLink(profiles + "system")
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	if _, err := s.ReadLink(profiles + gen); err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	for _, p := range []string{"/nix/var/nix-hive/last", "/proc/sys/kernel/random/boot_id"} {
+		f, err := s.Open(p)
+		if err != nil {
+			continue // status reports a missing file as an empty value
+		}
+		_, err = io.Copy(io.Discard, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: read %s: %w", name, p, err)
+		}
+	}
+	return active, nil
+}
+
+// eachHost runs fn for every host, floorParallel at once, and reports how
+// many failed with the first error.
+func eachHost(ctx context.Context, hosts []*lab.Host, fn func(context.Context, *lab.Host) error) error {
+	var failed atomic.Int64
+	var first atomic.Value
+	fanout.Each(ctx, len(hosts), floorParallel, func(ctx context.Context, i int) {
+		if err := fn(ctx, hosts[i]); err != nil {
+			failed.Add(1)
+			first.CompareAndSwap(nil, err)
+		}
+	})
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d of %d hosts failed, e.g. %w", n, len(hosts), first.Load().(error))
+	}
+	return ctx.Err()
 }
