@@ -90,6 +90,10 @@ func TestLab(t *testing.T) {
 		testCopyTree(t, ctx, p, h1)
 	})
 
+	t.Run("sftp reader answers like readlink and read", func(t *testing.T) {
+		testReader(t, ctx, p, h2)
+	})
+
 	t.Run("cancelled command returns and stops remotely", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		w := &signalWriter{ready: make(chan struct{})}
@@ -410,5 +414,48 @@ func TestLabJump(t *testing.T) {
 	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
 	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "plain ssh\n" {
 		t.Errorf("ssh -F generated %s: %v: %q", target, err, out)
+	}
+}
+
+// testReader checks Reader against files made on a lab host: the host's
+// answers (missing, not a link, dangling) are empty values, not errors,
+// and a /proc file, whose size sftp reports as 0, reads in full.
+func testReader(t *testing.T, ctx context.Context, p *Pool, h *lab.Host) {
+	dir := "/root/reader"
+	if _, _, code, err := p.Output(ctx, h.Name, "mkdir -p "+dir+" && cd "+dir+
+		" && mkdir target && printf 'first line\\nsecond\\n' >file && ln -sfn target link && ln -sfn link chain && ln -sfn gone dangling"); err != nil || code != 0 {
+		t.Fatalf("make files: %d, %v", code, err)
+	}
+	c, err := p.SFTP(ctx, h.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Reader()
+	str := func(v string, err error) string {
+		if err != nil {
+			t.Errorf("session error: %v", err)
+		}
+		return v
+	}
+	for _, tt := range []struct{ what, got, want string }{
+		{"Readlink of a link", str(r.Readlink(dir + "/chain")), "link"},
+		{"Readlink of a file", str(r.Readlink(dir + "/file")), ""},
+		{"Readlink of nothing", str(r.Readlink(dir + "/missing")), ""},
+		{"Resolve of a chain", str(r.Resolve(dir + "/chain")), dir + "/target"},
+		{"Resolve of a dangling link", str(r.Resolve(dir + "/dangling")), ""},
+		{"Resolve of nothing", str(r.Resolve(dir + "/missing")), ""},
+		{"FirstLine of a file", str(r.FirstLine(dir + "/file")), "first line"},
+		{"FirstLine of nothing", str(r.FirstLine(dir + "/missing")), ""},
+		{"FirstLine of a directory", str(r.FirstLine(dir)), ""},
+		{"FirstLine of /proc/sys/kernel/ostype", str(r.FirstLine("/proc/sys/kernel/ostype")), "Linux"},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.what, tt.got, tt.want)
+		}
+	}
+	for p, want := range map[string]bool{dir + "/dangling": true, dir + "/missing": false} {
+		if got, err := r.Exists(p); err != nil || got != want {
+			t.Errorf("Exists(%s) = %v, %v; want %v", p, got, err, want)
+		}
 	}
 }

@@ -52,7 +52,7 @@ type Pool struct {
 	// handshakes counts SSH connections established, direct and
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
 	handshakes [2]atomic.Int64
-	sessions   atomic.Int64
+	sessions   atomic.Int64 // sessions opened: commands, shells, sftp
 }
 
 // conn is one pooled connection.
@@ -593,6 +593,7 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*SFTP, error) {
 		<-c.sessions
 		return nil, fmt.Errorf("sftp to %s: %w", c.name, r.err)
 	}
+	p.sessions.Add(1)
 	done := make(chan struct{})
 	c.sftp, c.sftpDone = r.sc, done
 	p.goTracked(func() {
