@@ -28,19 +28,27 @@ type StatusRow struct {
 // Inspect asks every instance in names what it runs, parallel at most
 // parallel at once; want maps a system to its wanted path ("" unknown).
 func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+	jumps := jumpHosts(inv)
+	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (HostState, error) {
+		hs, err := queryHost(ctx, remote, n)
+		if !jumps[n] {
+			remote.Reset(n) // done with it: no keepalives, no memory held
+		}
+		return hs, err
+	})
+}
+
+func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int,
+	query func(context.Context, string) (HostState, error)) []StatusRow {
 	rows := make([]StatusRow, len(names))
 	for i, n := range names {
 		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
 			Drift: "unknown", Error: "not asked: interrupted"}
 	}
-	jumps := jumpHosts(inv)
 	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
 		row := &rows[i]
 		row.Error, row.Drift = "", ""
-		hs, err := queryHost(ctx, remote, row.Instance)
-		if !jumps[row.Instance] {
-			remote.Reset(row.Instance) // done with it: no keepalives, no memory held
-		}
+		hs, err := query(ctx, row.Instance)
 		var qe *queryError
 		switch {
 		case errors.As(err, &qe):
