@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -377,62 +378,158 @@ func TestStatusReadsHostLinks(t *testing.T) {
 				link(tt.gen, profiles+tt.prof)
 				link(tt.prof, profiles+"system")
 			}
-			// The hive's system is not evaluated (--no build): only what
-			// the host says counts here.
-			_, out, _ := f.run("--json", "status", "--no", "build")
-			var rows []deploy.StatusRow
-			if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
-				t.Fatalf("status --json: %v: %s", err, out)
-			}
-			r := rows[0]
-			if r.Error != "" || r.Active != tt.wantActive || r.Generation != tt.wantGen || r.Profile != tt.wantProfile {
-				t.Errorf("got active %q generation %d profile %q (error %q); want %q %d %q",
-					r.Active, r.Generation, r.Profile, r.Error, tt.wantActive, tt.wantGen, tt.wantProfile)
+			// The shell query and --watch's sftp reads must agree.
+			for _, mode := range statusModes {
+				r := f.statusRow(mode...)
+				if r.Error != "" || r.Active != tt.wantActive || r.Generation != tt.wantGen || r.Profile != tt.wantProfile {
+					t.Errorf("status %q: got active %q generation %d profile %q (error %q); want %q %d %q", mode,
+						r.Active, r.Generation, r.Profile, r.Error, tt.wantActive, tt.wantGen, tt.wantProfile)
+				}
 			}
 		})
 	}
 }
 
+// statusModes are the two ways status asks a host: its shell query, and
+// the sftp reads of one --watch round.
+var statusModes = [][]string{nil, {"--watch", "1h", "--count", "1"}}
+
+// statusRow is the one row of status --json on a one-host fleet. The
+// hive's system is not evaluated (--no build): only what the host says
+// counts.
+func (f *fleet) statusRow(args ...string) deploy.StatusRow {
+	f.t.Helper()
+	_, out, _ := f.run(append([]string{"--json", "status", "--no", "build"}, args...)...)
+	var rows []deploy.StatusRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
+		f.t.Fatalf("status --json %q: %v: %s", args, err, out)
+	}
+	return rows[0]
+}
+
 // status says an activation runs exactly while a process holds the host's
 // activation lock, as a job does for its whole run (the lock taken here,
 // by this process, is the same file lock the host's flock tests), and
-// names the job from /run/nix-hive/current.
+// names the job from /run/nix-hive/current; --watch's sftp reads agree,
+// also when the job's state says it ended.
 func TestStatusSeesRunningActivation(t *testing.T) {
 	f := newFleet(t, lab.Config{Hosts: 1}, false)
 	h := f.lab.Host("host-1")
-	if err := os.MkdirAll(h.Path("/run/nix-hive"), 0o755); err != nil {
-		t.Fatal(err)
+	write := func(p, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(h.Path(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(h.Path(p), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.WriteFile(h.Path("/run/nix-hive/current"), []byte("job-42\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	write("/run/nix-hive/current", "job-42\n")
 	lock, err := os.OpenFile(h.Path("/run/nix-hive/activation.lock"), os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lock.Close()
-	running := func() string {
+	check := func(when, want string) {
 		t.Helper()
-		_, out, _ := f.run("--json", "status", "--no", "build")
-		var rows []deploy.StatusRow
-		if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 || rows[0].Error != "" {
-			t.Fatalf("status --json: %v: %s", err, out)
+		for _, mode := range statusModes {
+			if got := f.statusRow(mode...); got.Error != "" || got.Running != want {
+				t.Errorf("%s, status %q reports running job %q (error %q), want %q", when, mode, got.Running, got.Error, want)
+			}
 		}
-		return rows[0].Running
 	}
-	if got := running(); got != "" {
-		t.Errorf("with the lock free, status reports job %q running", got)
-	}
+	check("with the lock free", "")
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Fatal(err)
 	}
-	if got := running(); got != "job-42" {
-		t.Errorf("with the lock held, status reports running job %q, want job-42", got)
-	}
+	check("with the lock held", "job-42")
+	write("/run/nix-hive/jobs/job-42/state", "activated\n")
+	check("with the lock held by an activated job", "job-42")
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
 		t.Fatal(err)
 	}
-	if got := running(); got != "" {
-		t.Errorf("after the lock is released, status reports job %q running", got)
+	check("after the lock is released", "")
+	write("/run/nix-hive/jobs/job-42/state", "done ok\n")
+	check("after the job wrote its final state", "")
+}
+
+// status --watch keeps one connection per host and reads each round's
+// state over one sftp session: a change made on the host between two
+// rounds shows in the second, and no round after the first opens a
+// connection or a session. A connection cut between two rounds is
+// redialed, and the host is read over sftp again afterwards. Changes and
+// cuts are made while a round's output is being written, before the next
+// round can start.
+func TestStatusWatch(t *testing.T) {
+	f := newFleet(t, lab.Config{Hosts: 2, NoSFTP: []string{"host-2"}}, false)
+	const (
+		a = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"
+		b = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"
+	)
+	activate := func(target string) {
+		t.Helper()
+		for _, h := range f.lab.Hosts {
+			if err := os.MkdirAll(h.Path(target), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(h.Path("/run/current-system"))
+			if err := os.Symlink(target, h.Path("/run/current-system")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	activate(a)
+	var rounds [][]deploy.StatusRow
+	out := writerFunc(func(p []byte) (int, error) {
+		// --json writes each round as one array, in one write.
+		var rows []deploy.StatusRow
+		if err := json.Unmarshal(p, &rows); err != nil {
+			t.Errorf("a round is not one JSON array: %v: %s", err, p)
+		}
+		rounds = append(rounds, rows)
+		switch len(rounds) {
+		case 1:
+			activate(b)
+		case 2:
+			if n, err := f.lab.Host("host-1").CutConnections(); n == 0 || err != nil {
+				t.Errorf("cut host-1's connections: %d cut, %v", n, err)
+			}
+		}
+		return len(p), nil
+	})
+	var stderr bytes.Buffer
+	const n = 6
+	code := cli.Main("test", []string{"-c", f.dir, "-v", "--json", "status", "--no", "build", "--watch", "1ms", "--count", fmt.Sprint(n)}, out, &stderr)
+	t.Logf("stderr:\n%s", stderr.String())
+	if code != 1 { // the hive's system is not evaluated: every host drifts
+		t.Errorf("exit %d, want 1", code)
+	}
+	if len(rounds) != n {
+		t.Fatalf("%d rounds printed, want %d", len(rounds), n)
+	}
+	for i := range rounds {
+		want := b
+		if i == 0 {
+			want = a
+		}
+		for _, r := range rounds[i] {
+			if r.Error != "" || r.Active != want {
+				t.Errorf("round %d, %s: active %q (error %q), want %q", i+1, r.Instance, r.Active, r.Error, want)
+			}
+		}
+	}
+	// host-2, whose sshd refuses sftp: one connection, a query's session
+	// per round (6). host-1: a connection and an sftp session, and after
+	// the cut a second connection and sftp session, with a query in
+	// between if round 3 found the dead connection before the pool did (2
+	// or 3). Had the cut left host-1 on queries, rounds 3 to 6 would each
+	// open a session (5).
+	m := regexp.MustCompile(`ssh: 3 connections \(3 direct, 0 through jump hosts or ProxyCommand\), (\d+) sessions`).FindStringSubmatch(stderr.String())
+	if m == nil || m[1] != "8" && m[1] != "9" {
+		t.Errorf("want 3 connections and 8 or 9 sessions; got %q", m)
 	}
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }

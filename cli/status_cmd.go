@@ -3,6 +3,11 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
+	"time"
+
+	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"golang.org/x/term"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
@@ -14,18 +19,36 @@ import (
 type StatusCmd struct {
 	Fleet
 	Steps
-	Parallel int      `default:"32" help:"Hosts worked on at once."`
-	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Parallel int           `default:"32" help:"Hosts worked on at once."`
+	Watch    time.Duration `placeholder:"INTERVAL" help:"Ask again INTERVAL (5s, say) after each round until interrupted, over connections kept open."`
+	Count    int           `help:"With --watch, stop after this many rounds (0: until interrupted)."`
+	Targets  []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 }
 
 func (c *StatusCmd) Help() string {
 	return `Asks every instance, in parallel, which system is active, which profile
 generation it is on, and whether that is what the hive wants (drift). The
 wanted systems are evaluated, not built. Exit status 1 when any instance
-drifts or cannot be reached.`
+drifts or cannot be reached.
+
+With --watch, the connections stay open and status asks again after each
+interval, printing one table (or one JSON array) per round, until
+interrupted or --count rounds are done; the exit status is the last
+complete round's. A host's state is read as files over its sftp session,
+opened once, which starts no process on the host: a round costs the
+hosts far less than a new status would. (Where the host has no sftp, or
+an activation may be running, the usual query asks instead.)`
 }
 
 func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pool *transport.Pool) error {
+	switch {
+	case c.Watch < 0:
+		return cmdline.UsageError{Err: fmt.Errorf("--watch %s: want an interval above 0", c.Watch)}
+	case c.Count < 0:
+		return cmdline.UsageError{Err: fmt.Errorf("--count %d: want 0 (no limit) or more rounds", c.Count)}
+	case c.Count > 0 && c.Watch == 0:
+		return cmdline.UsageError{Err: fmt.Errorf("--count needs --watch")}
+	}
 	targets, err := h.Inventory.Select(c.Targets)
 	if err != nil {
 		return err
@@ -39,7 +62,48 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	for s, b := range builds.Paths {
 		want[s] = b.OutPath
 	}
-	rows := deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel)
+	if c.Watch == 0 {
+		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
+	}
+	w := &deploy.Watcher{Remote: pool, Files: func(ctx context.Context, name string) (deploy.HostFiles, error) {
+		s, err := pool.SFTP(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		return s.Reader(), nil
+	}}
+	last := fmt.Errorf("interrupted before the first round completed: %w", context.Canceled)
+	for round := 1; c.Count == 0 || round <= c.Count; round++ {
+		rows := w.Inspect(ctx, h.Inventory, targets, want, c.Parallel)
+		if ctx.Err() != nil {
+			break // an interrupted round is not shown: the last complete one stands
+		}
+		if !g.JSON {
+			fmt.Fprintf(g.stdout, "%s-- round %d, %s\n", clearScreen(g), round, time.Now().Format("15:04:05"))
+		}
+		last = c.report(g, rows)
+		if c.Count > 0 && round == c.Count {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(c.Watch):
+		}
+	}
+	return last
+}
+
+// clearScreen starts a round of --watch at the top of a terminal; rounds
+// written elsewhere follow each other.
+func clearScreen(g *Globals) string {
+	if f, ok := g.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return "\x1b[H\x1b[2J"
+	}
+	return "\n"
+}
+
+// report prints one round's table and turns drift into the exit status.
+func (c *StatusCmd) report(g *Globals, rows []deploy.StatusRow) error {
 	drift := 0
 	var table [][]string
 	var why []string
