@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/transport"
@@ -68,15 +69,12 @@ func floorConfig(l *lab.Lab) transport.Config {
 		AcceptedKnownHosts: filepath.Join(l.Dir, "floor_known_hosts")}
 }
 
-// measureHeld times what status would cost a process that already holds
-// a connection and an sftp session to every host (a ControlPersist-like
-// keeper, which nix-hive does not have): one round of the reads status
-// needs (both system links, the generation the profile points at, the
-// last outcome and the boot id) as sftp requests, which start no process
-// on the host. Connecting and starting sftp are done first and not timed.
-// Every host's active system is checked against what the last deploy put
-// there, so the reads are real. It is a study for the design decision in
-// docs/scale.md, not a measurement of nix-hive.
+// measureHeld times a later round of status --watch: nix-hive's own
+// deploy.Watcher, run in this process on a pool that already holds a
+// connection and an sftp session to every host (the first round, which
+// opens them, is not timed). A round reads each host's state as files
+// over sftp and starts no process on the host; every host's active
+// system must be what the last deploy put there.
 func (b *bench) measureHeld(ctx context.Context, r *row) {
 	pool, err := transport.NewPool(floorConfig(b.lab))
 	if err != nil {
@@ -84,61 +82,39 @@ func (b *bench) measureHeld(ctx context.Context, r *row) {
 		return
 	}
 	defer pool.Close()
-	hosts := b.lab.Hosts
-	if r.err = eachHost(ctx, hosts, func(ctx context.Context, h *lab.Host) error {
-		_, err := pool.SFTP(ctx, h.Name)
-		return err
-	}); r.err != nil {
+	inv := &eval.Inventory{Instances: map[string]*eval.Instance{}}
+	names := make([]string, len(b.lab.Hosts))
+	for i, h := range b.lab.Hosts {
+		names[i] = h.Name
+		inv.Instances[h.Name] = &eval.Instance{Name: h.Name, System: "web"}
+	}
+	w := &deploy.Watcher{Remote: pool, Files: func(ctx context.Context, name string) (deploy.HostFiles, error) {
+		s, err := pool.SFTP(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		return s.Reader(), nil
+	}}
+	round := func() error {
+		var bad []string
+		for i, row := range w.Inspect(ctx, inv, names, nil, floorParallel) {
+			if want := b.outPath(b.lab.Hosts[i]); row.Error != "" || row.Active != want {
+				bad = append(bad, fmt.Sprintf("%s: active %q, want %q (%s)", row.Instance, row.Active, want, row.Error))
+			}
+		}
+		if len(bad) > 0 {
+			return fmt.Errorf("%d hosts answered wrong, e.g. %s", len(bad), bad[0])
+		}
+		return ctx.Err()
+	}
+	if r.err = round(); r.err != nil {
 		return
 	}
 	d0, t0 := pool.Handshakes()
-	b.around(ctx, r, func() error {
-		return eachHost(ctx, hosts, func(ctx context.Context, h *lab.Host) error {
-			active, err := heldQuery(ctx, pool, h.Name)
-			if err != nil {
-				return err
-			}
-			if want := b.outPath(h); active != want {
-				return fmt.Errorf("%s: /run/current-system is %q, the last deploy made it %q", h.Name, active, want)
-			}
-			return nil
-		})
-	})
+	s0 := pool.Sessions()
+	b.around(ctx, r, round)
 	d1, t1 := pool.Handshakes()
-	r.sshConns = d1 + t1 - d0 - t0
-}
-
-// heldQuery reads over the host's pooled sftp session what status reads
-// with a shell and returns the active system.
-func heldQuery(ctx context.Context, pool *transport.Pool, name string) (string, error) {
-	s, err := pool.SFTP(ctx, name)
-	if err != nil {
-		return "", err
-	}
-	active, err := s.ReadLink("/run/current-system")
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", name, err)
-	}
-	const profiles = "/nix/var/nix/profiles/"
-	gen, err := s.ReadLink(profiles + "system")
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", name, err)
-	}
-	if _, err := s.ReadLink(profiles + gen); err != nil {
-		return "", fmt.Errorf("%s: %w", name, err)
-	}
-	for _, p := range []string{"/nix/var/nix-hive/last", "/proc/sys/kernel/random/boot_id"} {
-		f, err := s.Open(p)
-		if err != nil {
-			continue // status reports a missing file as an empty value
-		}
-		_, err = io.Copy(io.Discard, f)
-		f.Close()
-		if err != nil {
-			return "", fmt.Errorf("%s: read %s: %w", name, p, err)
-		}
-	}
-	return active, nil
+	r.sshConns, r.sessions = d1+t1-d0-t0, pool.Sessions()-s0
 }
 
 // eachHost runs fn for every host, floorParallel at once, and reports how
