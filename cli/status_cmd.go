@@ -6,11 +6,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"golang.org/x/term"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
