@@ -380,7 +380,7 @@ func TestStatusReadsHostLinks(t *testing.T) {
 			}
 			// The shell query and --watch's sftp reads must agree.
 			for _, mode := range statusModes {
-				r := f.statusRow(mode...)
+				r := f.statusRow(t, mode...)
 				if r.Error != "" || r.Active != tt.wantActive || r.Generation != tt.wantGen || r.Profile != tt.wantProfile {
 					t.Errorf("status %q: got active %q generation %d profile %q (error %q); want %q %d %q", mode,
 						r.Active, r.Generation, r.Profile, r.Error, tt.wantActive, tt.wantGen, tt.wantProfile)
@@ -397,12 +397,12 @@ var statusModes = [][]string{nil, {"--watch", "1h", "--count", "1"}}
 // statusRow is the one row of status --json on a one-host fleet. The
 // hive's system is not evaluated (--no build): only what the host says
 // counts.
-func (f *fleet) statusRow(args ...string) deploy.StatusRow {
-	f.t.Helper()
+func (f *fleet) statusRow(t *testing.T, args ...string) deploy.StatusRow {
+	t.Helper()
 	_, out, _ := f.run(append([]string{"--json", "status", "--no", "build"}, args...)...)
 	var rows []deploy.StatusRow
 	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
-		f.t.Fatalf("status --json %q: %v: %s", args, err, out)
+		t.Fatalf("status --json %q: %v: %s", args, err, out)
 	}
 	return rows[0]
 }
@@ -433,7 +433,7 @@ func TestStatusSeesRunningActivation(t *testing.T) {
 	check := func(when, want string) {
 		t.Helper()
 		for _, mode := range statusModes {
-			if got := f.statusRow(mode...); got.Error != "" || got.Running != want {
+			if got := f.statusRow(t, mode...); got.Error != "" || got.Running != want {
 				t.Errorf("%s, status %q reports running job %q (error %q), want %q", when, mode, got.Running, got.Error, want)
 			}
 		}
