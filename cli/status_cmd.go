@@ -65,16 +65,15 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if c.Watch == 0 {
 		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
 	}
-	w := &deploy.Watcher{Remote: pool, Files: func(ctx context.Context, name string) (deploy.HostFiles, error) {
-		s, err := pool.SFTP(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		return s.Reader(), nil
-	}}
+	return c.watch(ctx, g, &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}, h.Inventory, targets, want)
+}
+
+// watch runs --watch's rounds and returns the last complete round's
+// outcome.
+func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, inv *eval.Inventory, targets []string, want map[string]string) error {
 	last := fmt.Errorf("interrupted before the first round completed: %w", context.Canceled)
 	for round := 1; c.Count == 0 || round <= c.Count; round++ {
-		rows := w.Inspect(ctx, h.Inventory, targets, want, c.Parallel)
+		rows := w.Inspect(ctx, inv, targets, want, c.Parallel)
 		if ctx.Err() != nil {
 			break // an interrupted round is not shown: the last complete one stands
 		}

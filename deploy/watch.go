@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // HostFiles reads a host's links and small files without starting a
@@ -38,6 +39,18 @@ type Watcher struct {
 	noFiles sync.Map // instance -> true: its sftp failed where a shell worked
 }
 
+// PoolFiles is a Watcher's Files over pool's sftp sessions: one per host,
+// opened on first use and kept with the host's pooled connection.
+func PoolFiles(pool *transport.Pool) func(context.Context, string) (HostFiles, error) {
+	return func(ctx context.Context, name string) (HostFiles, error) {
+		s, err := pool.SFTP(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		return s.Reader(), nil
+	}
+}
+
 // Inspect is one round: Inspect's rows, from the state files where they
 // can tell it.
 func (w *Watcher) Inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
@@ -62,6 +75,7 @@ func (w *Watcher) query(ctx context.Context, n string) (HostState, error) {
 			}
 			return hs, qerr
 		}
+		// Read, but inexact: the query's flock says whether a job runs.
 	}
 	return queryHost(ctx, w.Remote, n)
 }

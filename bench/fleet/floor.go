@@ -88,13 +88,7 @@ func (b *bench) measureHeld(ctx context.Context, r *row) {
 		names[i] = h.Name
 		inv.Instances[h.Name] = &eval.Instance{Name: h.Name, System: "web"}
 	}
-	w := &deploy.Watcher{Remote: pool, Files: func(ctx context.Context, name string) (deploy.HostFiles, error) {
-		s, err := pool.SFTP(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		return s.Reader(), nil
-	}}
+	w := &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}
 	round := func() error {
 		var bad []string
 		for i, row := range w.Inspect(ctx, inv, names, nil, floorParallel) {
