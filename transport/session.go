@@ -76,12 +76,14 @@ func (p *Pool) start(ctx context.Context, name, cmd string, c *conn, s *ssh.Sess
 // syntax bash, dash, zsh and fish share, so it starts no process: a probe
 // that ran `sh -c 'echo $PPID'` cost every session an extra fork and exec,
 // about a third of a short command's cost on the host, and kept the login
-// shell from exec'ing the command itself. (Without /proc, which no NixOS
+// shell from exec'ing the command itself. It runs in the shell that then
+// runs the command line, so it sets only two variables, named so that a
+// command line's own $p or $g is not the probe's. (Without /proc, which no NixOS
 // host lacks, read's complaint comes before the marker and the filter
 // passes everything on: the group is unknown, as with RawCommands.)
 const (
 	pidMarker = "nix-hive-pid:"
-	pidProbe  = `read p c s q g r </proc/self/stat; echo ` + pidMarker + `$g >&2`
+	pidProbe  = `read nh nh nh nh nhg nh </proc/self/stat; echo ` + pidMarker + `$nhg >&2`
 )
 
 // pidFilter takes the probe's line off the front of stderr and passes the
