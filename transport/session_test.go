@@ -61,7 +61,9 @@ func TestPidProbeInLoginShells(t *testing.T) {
 	} {
 		t.Run(c.shell, func(t *testing.T) {
 			sh := testenv.Tool(t, c.shell, c.hint)
-			cmd := exec.Command(sh, "-c", pidProbe+"\n"+`/bin/sh -c 'echo out; echo err >&2'`)
+			// The command line sees none of the one-letter names the
+			// probe once read into.
+			cmd := exec.Command(sh, "-c", pidProbe+"\n"+`echo "out$p$c$s$q$g$r"; /bin/sh -c 'echo err >&2'`)
 			cmd.Env = []string{"PATH=/nonexistent", "HOME=" + t.TempDir()}
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			var out, errOut bytes.Buffer
