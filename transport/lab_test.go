@@ -95,37 +95,7 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("cancelled command returns and stops remotely", func(t *testing.T) {
-		cctx, cancel := context.WithCancel(ctx)
-		w := &signalWriter{ready: make(chan struct{})}
-		go func() {
-			<-w.ready
-			cancel()
-		}()
-		// sleep is the shell's child and the login is root, for which sshd
-		// ignores signal requests: only the process group kill stops it.
-		_, err := p.Run(cctx, h2.Name, "echo started; sleep 100; echo after", nil, w, nil)
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Run = %v; want context.Canceled", err)
-		}
-		// The host has its own pid namespace: pgrep there sees its
-		// processes only. SIGTERM lands asynchronously, so wait for it.
-		for {
-			out, err := h2.Exec(ctx, "pgrep", "-f", "^sleep 100$")
-			var ee *exec.ExitError
-			if errors.As(err, &ee) && ee.ExitCode() == 1 {
-				break // no sleep left
-			}
-			if err != nil && !errors.As(err, &ee) {
-				t.Fatalf("pgrep on %s: %v", h2.Name, err)
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("remote sleep still running after cancel: %s", out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if code, err := p.Run(ctx, h2.Name, "true", nil, nil, nil); err != nil || code != 0 {
-			t.Errorf("Run after cancel = %d, %v", code, err)
-		}
+		testCancel(t, ctx, p, h2)
 	})
 
 	t.Run("host keys", func(t *testing.T) {
@@ -201,6 +171,42 @@ func TestLab(t *testing.T) {
 			t.Errorf("Run on restarted %s = %d, %v", h2.Name, code, err)
 		}
 	})
+}
+
+// testCancel runs a command on h and cancels it once it has started: Run
+// returns at once, and the command stops on the host.
+func testCancel(t *testing.T, ctx context.Context, p *Pool, h *lab.Host) {
+	cctx, cancel := context.WithCancel(ctx)
+	w := &signalWriter{ready: make(chan struct{})}
+	go func() {
+		<-w.ready
+		cancel()
+	}()
+	// sleep is the shell's child and the login is root, for which sshd
+	// ignores signal requests: only the process group kill stops it.
+	_, err := p.Run(cctx, h.Name, "echo started; sleep 100; echo after", nil, w, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v; want context.Canceled", err)
+	}
+	// The host has its own pid namespace: pgrep there sees its
+	// processes only. SIGTERM lands asynchronously, so wait for it.
+	for {
+		out, err := h.Exec(ctx, "pgrep", "-f", "^sleep 100$")
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 1 {
+			break // no sleep left
+		}
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("pgrep on %s: %v", h.Name, err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("remote sleep still running after cancel: %s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, err := p.Run(ctx, h.Name, "true", nil, nil, nil); err != nil || code != 0 {
+		t.Errorf("Run after cancel = %d, %v", code, err)
+	}
 }
 
 // testCopyTree uploads a tree with assorted modes, a symlink, a read-only
@@ -426,11 +432,10 @@ func testReader(t *testing.T, ctx context.Context, p *Pool, h *lab.Host) {
 		" && mkdir target && printf 'first line\\nsecond\\n' >file && ln -sfn target link && ln -sfn link chain && ln -sfn gone dangling"); err != nil || code != 0 {
 		t.Fatalf("make files: %d, %v", code, err)
 	}
-	c, err := p.SFTP(ctx, h.Name)
+	r, err := p.Files(ctx, h.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := c.Reader()
 	str := func(v string, err error) string {
 		if err != nil {
 			t.Errorf("session error: %v", err)

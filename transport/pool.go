@@ -43,6 +43,8 @@ type Pool struct {
 	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
 	ids      identities // identity files decrypted in this run
 
+	mux *muxClient // the holder every connection goes through, if any
+
 	mu      sync.Mutex
 	closed  bool
 	conns   map[string]*conn
@@ -99,6 +101,13 @@ func NewPool(cfg Config) (*Pool, error) {
 	}
 	if warn != nil {
 		p.warnings = append(p.warnings, warn.Error())
+	}
+	if cfg.Mux != "" {
+		m, err := dialMux(cfg.Mux, cfg.ConnectTimeout)
+		if err != nil {
+			p.warnings = append(p.warnings, fmt.Sprintf("%v; connecting to each host directly", err))
+		}
+		p.mux = m
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
@@ -210,7 +219,7 @@ func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
 		p.dialing[name] = call
 		p.dials[name]++
 		p.goTracked(func() {
-			c, err := p.dial(name)
+			c, err := p.dial(name, false)
 			p.finishDial(name, call, c, err)
 		})
 	}
@@ -251,7 +260,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 {
+	if p.cfg.KeepAlive > 0 && p.mux == nil {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -301,8 +310,14 @@ func (p *Pool) keepalive(c *conn) {
 }
 
 // dial connects to one endpoint, through its jump host's pooled connection
-// when it has one.
-func (p *Pool) dial(name string) (*ssh.Client, error) {
+// when it has one, or through the holder. A fresh connection is one the
+// holder makes for the channel opened on it alone (see RunFresh).
+func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
+	if p.mux != nil {
+		ctx, cancel := context.WithTimeout(p.ctx, 2*p.cfg.ConnectTimeout)
+		defer cancel()
+		return p.mux.dial(ctx, name, fresh)
+	}
 	s := p.endpoints[name]
 	addr := s.Addr()
 	if len(s.JumpChain) == 0 {
@@ -489,6 +504,82 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 	}
 }
 
+// openChannel opens a channel of any type on the instance, as a holder
+// relays it: on the pooled connection (a session holding one of its
+// slots, redialing once a connection found dead, like session) or, when
+// fresh, on a connection made for it. release gives back what it held;
+// call it once the channel is closed.
+func (p *Pool) openChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
+	if fresh {
+		client, err := p.dialFresh(ctx, name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ch, reqs, err := p.channelWithin(ctx, client, typ, data)
+		if err != nil {
+			client.Close()
+			return nil, nil, nil, err
+		}
+		return ch, reqs, func() { client.Close() }, nil
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := p.conn(ctx, name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		release := func() {}
+		if typ == "session" {
+			select {
+			case c.sessions <- struct{}{}:
+			case <-ctx.Done():
+				return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, ctx.Err())
+			}
+			release = func() { <-c.sessions }
+		}
+		ch, reqs, err := p.channelWithin(ctx, c.client, typ, data)
+		if err == nil {
+			return ch, reqs, release, nil
+		}
+		release()
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) || attempt > 0 || ctx.Err() != nil {
+			return nil, nil, nil, err
+		}
+		p.evict(c)
+		c.client.Close()
+	}
+}
+
+// channelWithin is client.OpenChannel bounded by ctx; a channel that
+// arrives after ctx ended is closed.
+func (p *Pool) channelWithin(ctx context.Context, client *ssh.Client, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, error) {
+	type result struct {
+		ch   ssh.Channel
+		reqs <-chan *ssh.Request
+		err  error
+	}
+	res := make(chan result, 1)
+	p.goTracked(func() {
+		ch, reqs, err := client.OpenChannel(typ, data)
+		if err == nil && typ == "session" {
+			p.sessions.Add(1)
+		}
+		res <- result{ch, reqs, err}
+	})
+	select {
+	case r := <-res:
+		return r.ch, r.reqs, r.err
+	case <-ctx.Done():
+		p.goTracked(func() {
+			if r := <-res; r.ch != nil {
+				go ssh.DiscardRequests(r.reqs)
+				r.ch.Close()
+			}
+		})
+		return nil, nil, fmt.Errorf("open %s channel: %w", typ, ctx.Err())
+	}
+}
+
 // newSession is ssh.Client.NewSession bounded by ctx; a session that
 // arrives after ctx ended is closed.
 func (p *Pool) newSession(ctx context.Context, client *ssh.Client) (*ssh.Session, error) {
@@ -666,6 +757,9 @@ func (p *Pool) Close() error {
 		if err := c.client.Close(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 			errs = append(errs, fmt.Errorf("close connection to %s: %w", c.name, err))
 		}
+	}
+	if p.mux != nil {
+		p.mux.close()
 	}
 	p.wg.Wait()
 	return errors.Join(errs...)

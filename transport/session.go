@@ -394,7 +394,7 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 	}
 	ch := make(chan result, 1)
 	p.goTracked(func() {
-		c, err := p.dial(name)
+		c, err := p.dial(name, true)
 		ch <- result{c, err}
 	})
 	select {
@@ -413,7 +413,18 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 // Reset closes the pooled connection to the instance, if there is one, so
 // that the next use dials anew: after a reboot, a connection may be dead
 // without anything having noticed yet. Commands running on it fail.
+// Through a holder, the holder drops its connection too.
 func (p *Pool) Reset(name string) {
+	p.Release(name)
+	if p.mux != nil {
+		p.mux.reset(name)
+	}
+}
+
+// Release closes the pooled connection to the instance, if there is one:
+// the command is done with the host, and holds neither its connection
+// nor its keepalives any longer. A holder keeps its own connection.
+func (p *Pool) Release(name string) {
 	p.mu.Lock()
 	c := p.conns[name]
 	delete(p.conns, name)
@@ -421,4 +432,57 @@ func (p *Pool) Reset(name string) {
 	if c != nil {
 		c.client.Close()
 	}
+}
+
+// Mux is the socket of the holder the pool goes through, "" for none.
+func (p *Pool) Mux() string {
+	if p.mux == nil {
+		return ""
+	}
+	return p.mux.path
+}
+
+// MuxInfo asks the holder the pool goes through about itself.
+func (p *Pool) MuxInfo() (MuxInfo, error) {
+	if p.mux == nil {
+		return MuxInfo{}, errors.New("no mux")
+	}
+	return p.mux.info()
+}
+
+// StopMux ends the holder the pool goes through and returns once it has
+// closed its connections to the hosts.
+func (p *Pool) StopMux() error {
+	if p.mux == nil {
+		return errors.New("no mux")
+	}
+	if _, _, err := p.mux.client.SendRequest(muxStop, true, nil); err != nil {
+		return fmt.Errorf("mux %s: stop: %w", p.mux.path, err)
+	}
+	<-p.mux.done
+	return nil
+}
+
+// FileReader reads a host's links and small files (see Reader).
+type FileReader interface {
+	Readlink(p string) (string, error)
+	Resolve(p string) (string, error)
+	Exists(p string) (bool, error)
+	FirstLine(p string) (string, error)
+}
+
+// Files reads the instance's files over its sftp session: the pool's own,
+// or the holder's, which outlives the command.
+func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
+	if p.mux != nil {
+		if _, ok := p.endpoints[name]; !ok {
+			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
+		}
+		return p.mux.filesOf(ctx, name)
+	}
+	sc, err := p.SFTP(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return sc.Reader(), nil
 }

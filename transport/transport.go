@@ -110,4 +110,8 @@ type Config struct {
 	// logins, for which OpenSSH ignores signal requests. Set it for
 	// restricted accounts whose forced command checks the command line.
 	RawCommands bool
+	// Mux is the socket of a connection holder (nix-hive mux, MuxSocket)
+	// to go through instead of connecting to hosts: "" connects directly.
+	// A holder that does not answer is warned about and passed over.
+	Mux string
 }

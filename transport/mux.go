@@ -1,0 +1,565 @@
+package transport
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// A connection holder ("nix-hive mux", like OpenSSH's ControlPersist)
+// keeps a Pool's connections, and each host's sftp session, open between
+// commands. Commands reach it over a Unix socket that only its user can
+// reach, speaking SSH there too: each channel a command opens names the
+// instance it is for, and the holder opens the same channel on its
+// connection to that instance and relays it. A command through the holder
+// thus costs each host a session but no new connection (a key exchange,
+// a login, sshd's privilege separation), and reads a host's state files
+// over the held sftp session without starting any process there.
+//
+// The socket's name is a hash of the endpoints and the client policy
+// (Config), so a hive whose addresses, keys or jump hosts changed gets
+// a holder of its own, and the old one ends when it has been idle long
+// enough.
+
+// The holder's channel types and global requests.
+const (
+	muxOpen    = "open@nix-hive"    // relay a channel: muxOpenMsg
+	muxConnect = "connect@nix-hive" // dial an instance (if not yet), then close
+	muxFiles   = "files@nix-hive"   // FileReader requests: JSON lines
+	muxReset   = "reset@nix-hive"   // drop an instance's connection
+	muxInfo    = "info@nix-hive"    // MuxInfo as JSON
+	muxStop    = "stop@nix-hive"    // end the holder
+)
+
+// muxProtocol changes whenever the protocol does: it is part of the
+// socket's name, so a newer nix-hive never talks to an older holder.
+const muxProtocol = "nix-hive-mux-1"
+
+type muxOpenMsg struct {
+	Instance string
+	// Fresh asks for a connection made for this channel alone and closed
+	// with it (RunFresh), not the held one.
+	Fresh bool
+	Type  string
+	Data  []byte
+}
+
+// MuxInfo is what a holder reports about itself.
+type MuxInfo struct {
+	Pid     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Idle    string    `json:"idle_timeout"`
+	// Connected is how many instances it holds a connection to now.
+	Connected int `json:"connected"`
+	// Handshakes is how many SSH connections it has made since it
+	// started: a command that found every host connected adds none.
+	Handshakes int `json:"handshakes"`
+	Sessions   int `json:"sessions"`
+}
+
+// muxConfig is the part of a Config that a holder is made of, and that
+// names its socket.
+type muxConfig struct {
+	Protocol           string
+	Endpoints          map[string]Endpoint
+	KnownHostsFiles    []string
+	HostCAs            []string
+	AcceptNewHostKeys  bool
+	AcceptedKnownHosts string
+	ConnectTimeout     time.Duration
+	KeepAlive          time.Duration
+	KeepAliveTimeout   time.Duration
+	UserConfig         string
+	// UserConfigSum is the user's ssh config's content hash: a changed
+	// IdentityFile or HostName there changes the holder too.
+	UserConfigSum string
+}
+
+func toMuxConfig(cfg Config) muxConfig {
+	cfg = withDefaults(cfg)
+	path := cfg.UserConfig
+	if path == "" {
+		path = filepath.Join(homeDir(), ".ssh", "config")
+	}
+	var sum string
+	if b, err := os.ReadFile(expandPath(path)); err == nil {
+		s := sha256.Sum256(b)
+		sum = hex.EncodeToString(s[:])
+	}
+	return muxConfig{Protocol: muxProtocol, Endpoints: cfg.Endpoints, KnownHostsFiles: cfg.KnownHostsFiles,
+		HostCAs: cfg.HostCAs, AcceptNewHostKeys: cfg.AcceptNewHostKeys, AcceptedKnownHosts: cfg.AcceptedKnownHosts,
+		ConnectTimeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive, KeepAliveTimeout: cfg.KeepAliveTimeout,
+		UserConfig: cfg.UserConfig, UserConfigSum: sum}
+}
+
+func (m muxConfig) config() Config {
+	return Config{Endpoints: m.Endpoints, KnownHostsFiles: m.KnownHostsFiles, HostCAs: m.HostCAs,
+		AcceptNewHostKeys: m.AcceptNewHostKeys, AcceptedKnownHosts: m.AcceptedKnownHosts,
+		ConnectTimeout: m.ConnectTimeout, KeepAlive: m.KeepAlive, KeepAliveTimeout: m.KeepAliveTimeout,
+		UserConfig: m.UserConfig, BatchMode: true}
+}
+
+// MuxDir is the directory of this user's holder sockets:
+// $XDG_RUNTIME_DIR/nix-hive, else nix-hive-UID in the temporary directory.
+// With create it is made (mode 0700) if missing. One that exists must be
+// a directory of this user's that no one else can enter, or it is
+// refused: whoever could write there could pose as the holder.
+func MuxDir(create bool) (string, error) {
+	dir := filepath.Join(os.TempDir(), "nix-hive-"+strconv.Itoa(os.Getuid()))
+	if rt := os.Getenv("XDG_RUNTIME_DIR"); rt != "" {
+		dir = filepath.Join(rt, "nix-hive")
+	}
+	if create {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("mux socket directory: %w", err)
+		}
+	}
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) && !create {
+		return dir, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("mux socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return "", fmt.Errorf("mux socket directory %s: not a directory; remove it", dir)
+	case !ok || int(st.Uid) != os.Getuid():
+		return "", fmt.Errorf("mux socket directory %s: owned by another user; remove it", dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("mux socket directory %s: mode %s lets others in; chmod 700 it", dir, fi.Mode().Perm())
+	}
+	return dir, nil
+}
+
+// MuxSocket is the socket of the holder for cfg, in MuxDir (which it
+// does not create). Timeouts are the holder's own and not part of the
+// name: a command with another --connect-timeout still finds it.
+func MuxSocket(cfg Config) (string, error) {
+	dir, err := MuxDir(false)
+	if err != nil {
+		return "", err
+	}
+	m := toMuxConfig(cfg)
+	m.ConnectTimeout, m.KeepAlive, m.KeepAliveTimeout = 0, 0, 0
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("mux socket name: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return filepath.Join(dir, hex.EncodeToString(sum[:12])+".sock"), nil
+}
+
+// EncodeMuxConfig is cfg as a holder started in another process reads it
+// (DecodeMuxConfig); it holds no secret, only endpoints and policy.
+func EncodeMuxConfig(cfg Config) ([]byte, error) { return json.Marshal(toMuxConfig(cfg)) }
+
+// DecodeMuxConfig reads EncodeMuxConfig's output.
+func DecodeMuxConfig(b []byte) (Config, error) {
+	var m muxConfig
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Config{}, fmt.Errorf("mux config: %w", err)
+	}
+	if m.Protocol != muxProtocol {
+		return Config{}, fmt.Errorf("mux config: protocol %q, want %q", m.Protocol, muxProtocol)
+	}
+	return m.config(), nil
+}
+
+// peerUID is the user id of the process at the other end of a Unix
+// socket connection.
+func peerUID(c net.Conn) (int, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return -1, errors.New("not a Unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// MuxServer holds a pool's connections for the commands that connect to
+// its socket.
+type MuxServer struct {
+	pool    *Pool
+	idle    time.Duration
+	started time.Time
+	hostKey ssh.Signer
+	log     func(format string, args ...any)
+
+	clients atomic.Int64
+	mu      sync.Mutex
+	active  chan struct{} // signalled whenever a client comes or goes
+	stop    chan struct{}
+	once    sync.Once
+}
+
+// NewMuxServer makes a holder of cfg's connections that ends after idle
+// without a client (0: never). log, if not nil, is told about clients
+// refused and connections dropped.
+func NewMuxServer(cfg Config, idle time.Duration, log func(format string, args ...any)) (*MuxServer, error) {
+	cfg.Passphrase = nil // no one to ask: the agent's keys and unencrypted files only
+	p, err := NewPool(cfg)
+	if err != nil {
+		return nil, err
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	if log == nil {
+		log = func(string, ...any) {}
+	}
+	return &MuxServer{pool: p, idle: idle, started: time.Now(), hostKey: signer, log: log,
+		active: make(chan struct{}, 1), stop: make(chan struct{})}, nil
+}
+
+// Pool is the holder's pool.
+func (s *MuxServer) Pool() *Pool { return s.pool }
+
+// Listen creates the socket (mode 0600, in a directory only this user can
+// enter) and writes the holder's public key beside it, for clients to
+// check they reached it. A socket left by a holder that died is replaced;
+// one that answers is an error.
+func (s *MuxServer) Listen(path string) (*net.UnixListener, error) {
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("mux %s: another holder already listens there", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("mux: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("mux: %w", err)
+	}
+	pub := ssh.MarshalAuthorizedKey(s.hostKey.PublicKey())
+	if err := os.WriteFile(path+".pub", pub, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("mux: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve answers clients on ln until Stop, ctx's end, or idle time without
+// a client; it then closes ln and every held connection.
+func (s *MuxServer) Serve(ctx context.Context, ln *net.UnixListener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer s.pool.Close()
+	defer os.Remove(ln.Addr().String() + ".pub")
+	go func() {
+		s.waitIdle(ctx)
+		// Clients see their connection end only once the hosts' have:
+		// mux stop returns when the holder is gone.
+		ln.Close()
+		s.pool.Close()
+		cancel()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				<-ctx.Done()
+				return nil
+			}
+			return fmt.Errorf("mux: accept: %w", err)
+		}
+		if uid, err := peerUID(c); err != nil || uid != os.Getuid() {
+			s.log("refused a client of uid %d (%v)", uid, err)
+			c.Close()
+			continue
+		}
+		s.clients.Add(1)
+		s.touch()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.touch()
+			defer s.clients.Add(-1)
+			s.serveClient(ctx, c)
+		}()
+	}
+}
+
+// Stop ends Serve.
+func (s *MuxServer) Stop() { s.once.Do(func() { close(s.stop) }) }
+
+func (s *MuxServer) touch() {
+	select {
+	case s.active <- struct{}{}:
+	default:
+	}
+}
+
+// waitIdle returns once the holder is to end: Stop, ctx, or idle time
+// with no client connected.
+func (s *MuxServer) waitIdle(ctx context.Context) {
+	var timer <-chan time.Time
+	for {
+		if s.idle > 0 && s.clients.Load() == 0 && timer == nil {
+			timer = time.After(s.idle)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stop:
+			return
+		case <-timer:
+			if s.clients.Load() == 0 {
+				s.log("idle for %s: ending", s.idle)
+				return
+			}
+			timer = nil
+		case <-s.active:
+			timer = nil
+		}
+	}
+}
+
+func (s *MuxServer) serveClient(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	cfg := &ssh.ServerConfig{NoClientAuth: true}
+	cfg.AddHostKey(s.hostKey)
+	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
+	if err != nil {
+		s.log("client handshake: %v", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { sc.Close() })
+	defer stop()
+	go s.globalRequests(reqs)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for nc := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.channel(ctx, nc)
+		}()
+	}
+}
+
+func (s *MuxServer) globalRequests(reqs <-chan *ssh.Request) {
+	for r := range reqs {
+		switch r.Type {
+		case muxReset:
+			s.pool.Reset(string(r.Payload))
+			r.Reply(true, nil)
+		case muxInfo:
+			b, _ := json.Marshal(s.Info())
+			r.Reply(true, b)
+		case muxStop:
+			r.Reply(true, nil)
+			s.Stop()
+		case "keepalive@openssh.com":
+			r.Reply(true, nil)
+		default:
+			r.Reply(false, nil)
+		}
+	}
+}
+
+// Info describes the holder now.
+func (s *MuxServer) Info() MuxInfo {
+	s.pool.mu.Lock()
+	connected := len(s.pool.conns)
+	s.pool.mu.Unlock()
+	d, t := s.pool.Handshakes()
+	idle := "none"
+	if s.idle > 0 {
+		idle = s.idle.String()
+	}
+	return MuxInfo{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: connected,
+		Handshakes: d + t, Sessions: s.pool.Sessions()}
+}
+
+func (s *MuxServer) channel(ctx context.Context, nc ssh.NewChannel) {
+	switch nc.ChannelType() {
+	case muxConnect:
+		name := string(nc.ExtraData())
+		cctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+		defer cancel()
+		if _, err := s.pool.conn(cctx, name); err != nil {
+			nc.Reject(ssh.ConnectionFailed, err.Error())
+			return
+		}
+		if ch, reqs, err := nc.Accept(); err == nil {
+			go ssh.DiscardRequests(reqs)
+			ch.Close()
+		}
+	case muxFiles:
+		ch, reqs, err := nc.Accept()
+		if err != nil {
+			return
+		}
+		go ssh.DiscardRequests(reqs)
+		s.files(ctx, ch, string(nc.ExtraData()))
+	case muxOpen:
+		var m muxOpenMsg
+		if err := ssh.Unmarshal(nc.ExtraData(), &m); err != nil {
+			nc.Reject(ssh.Prohibited, "malformed "+muxOpen)
+			return
+		}
+		s.relay(ctx, nc, m)
+	default:
+		nc.Reject(ssh.UnknownChannelType, nc.ChannelType())
+	}
+}
+
+// relay opens m's channel on the instance's connection and relays it to
+// the client's until either side closes it.
+func (s *MuxServer) relay(ctx context.Context, nc ssh.NewChannel, m muxOpenMsg) {
+	octx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+	up, upReqs, release, err := s.pool.openChannel(octx, m.Instance, m.Fresh, m.Type, m.Data)
+	cancel()
+	if err != nil {
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) {
+			nc.Reject(oce.Reason, oce.Message)
+		} else {
+			nc.Reject(ssh.ConnectionFailed, err.Error())
+		}
+		return
+	}
+	defer release()
+	down, downReqs, err := nc.Accept()
+	if err != nil {
+		up.Close()
+		return
+	}
+	relayChannel(down, downReqs, up, upReqs)
+}
+
+// relayChannel copies data, stderr and requests both ways. It returns
+// once the host's side has closed (its exit status passed on first) or
+// the client's has.
+func relayChannel(down ssh.Channel, downReqs <-chan *ssh.Request, up ssh.Channel, upReqs <-chan *ssh.Request) {
+	var out sync.WaitGroup
+	out.Add(2)
+	go func() {
+		defer out.Done()
+		io.Copy(down, up)
+	}()
+	go func() {
+		defer out.Done()
+		io.Copy(down.Stderr(), up.Stderr())
+	}()
+	go func() {
+		io.Copy(up, down)
+		up.CloseWrite()
+	}()
+	go func() {
+		for r := range downReqs {
+			ok, err := up.SendRequest(r.Type, r.WantReply, r.Payload)
+			if r.WantReply {
+				r.Reply(ok && err == nil, nil)
+			}
+		}
+		up.Close() // the client closed its side
+	}()
+	for r := range upReqs {
+		ok, err := down.SendRequest(r.Type, r.WantReply, r.Payload)
+		if r.WantReply {
+			r.Reply(ok && err == nil, nil)
+		}
+	}
+	out.Wait()
+	down.CloseWrite()
+	down.Close()
+	up.Close()
+}
+
+// fileQuery and fileAnswer are the files channel's requests and answers,
+// one JSON object per line each way.
+type fileQuery struct {
+	Op   string `json:"op"`
+	Path string `json:"path"`
+}
+
+type fileAnswer struct {
+	S   string `json:"s,omitempty"`
+	B   bool   `json:"b,omitempty"`
+	Err string `json:"err,omitempty"`
+}
+
+// files answers a client's FileReader requests about instance over the
+// held sftp session, opening it on first use and again after it failed.
+func (s *MuxServer) files(ctx context.Context, ch ssh.Channel, instance string) {
+	defer ch.Close()
+	dec, enc := json.NewDecoder(ch), json.NewEncoder(ch)
+	for {
+		var q fileQuery
+		if err := dec.Decode(&q); err != nil {
+			return
+		}
+		var a fileAnswer
+		sctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+		sc, err := s.pool.SFTP(sctx, instance)
+		cancel()
+		if err == nil {
+			r := sc.Reader()
+			switch q.Op {
+			case "readlink":
+				a.S, err = r.Readlink(q.Path)
+			case "resolve":
+				a.S, err = r.Resolve(q.Path)
+			case "exists":
+				a.B, err = r.Exists(q.Path)
+			case "firstline":
+				a.S, err = r.FirstLine(q.Path)
+			default:
+				err = fmt.Errorf("unknown file request %q", q.Op)
+			}
+			if err != nil {
+				sc.Close() // the next request opens a new session
+			}
+		}
+		if err != nil {
+			a = fileAnswer{Err: err.Error()}
+		}
+		if enc.Encode(a) != nil {
+			return
+		}
+	}
+}

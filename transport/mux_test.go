@@ -1,0 +1,295 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
+	"github.com/nix-hive/nix-hive/shell"
+)
+
+// startMux serves cfg's connections from a holder in this process, on a
+// socket in a directory of its own; it ends with the test. done is
+// closed when Serve has returned.
+func startMux(t *testing.T, cfg Config) (s *MuxServer, sock string, done <-chan struct{}) {
+	t.Helper()
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	if _, err := MuxDir(true); err != nil {
+		t.Fatal(err)
+	}
+	sock, err := MuxSocket(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = NewMuxServer(cfg, 0, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := s.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		if err := s.Serve(context.Background(), ln); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		<-ended
+	})
+	return s, sock, ended
+}
+
+// TestMuxLab runs commands, sftp and file reads on real sshd hosts behind
+// a jump host through a holder, from pools that make no connection of
+// their own: the holder's connections serve every pool, a cut one is
+// redialed, RunFresh and Reset get new ones, and a stopped holder fails
+// commands instead of hanging them.
+func TestMuxLab(t *testing.T) {
+	hermetic(t)
+	l := labtest.New(t, lab.Config{Internal: 2})
+	ctx := testCtx(t)
+	cfg := Config{Endpoints: labEndpoints(l, true), UserConfig: "none", KnownHostsFiles: []string{},
+		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
+	srv, sock, ended := startMux(t, cfg)
+	var internal []*lab.Host
+	for _, h := range l.Hosts {
+		if h.Jump != "" {
+			internal = append(internal, h)
+		}
+	}
+	h1, h2 := internal[0], internal[1]
+	client := func(t *testing.T) *Pool {
+		t.Helper()
+		c := cfg
+		c.Mux = sock
+		p := newTestPool(t, c)
+		if p.Mux() != sock {
+			t.Fatalf("pool does not go through the holder: %v", p.Warnings())
+		}
+		return p
+	}
+	p := client(t)
+	made := func() int { return srv.Info().Handshakes }
+
+	t.Run("output, stderr, exit status and stdin", func(t *testing.T) {
+		out, errOut, code, err := p.Output(ctx, h1.Name, "echo to-out; echo to-err >&2; exit 7")
+		if err != nil || code != 7 || string(out) != "to-out\n" || string(errOut) != "to-err\n" {
+			t.Errorf("Output = %q, %q, %d, %v", out, errOut, code, err)
+		}
+		var got strings.Builder
+		code, err = p.Run(ctx, h2.Name, "cat", strings.NewReader("through the holder\n"), &got, nil)
+		if err != nil || code != 0 || got.String() != "through the holder\n" {
+			t.Errorf("cat = %q, %d, %v", got.String(), code, err)
+		}
+		// The jump host and both internal hosts: one connection each.
+		if n := made(); n != 3 {
+			t.Errorf("holder made %d connections; want 3", n)
+		}
+	})
+
+	t.Run("sftp round trip of a directory tree", func(t *testing.T) {
+		testCopyTree(t, ctx, p, h1)
+	})
+
+	t.Run("file reads over the holder's sftp session", func(t *testing.T) {
+		testReader(t, ctx, p, h2)
+	})
+
+	t.Run("cancelled command returns and stops remotely", func(t *testing.T) {
+		testCancel(t, ctx, p, h2)
+	})
+
+	t.Run("another pool makes no connection", func(t *testing.T) {
+		before := made()
+		q := client(t)
+		for _, h := range l.Hosts {
+			out, _, code, err := q.Output(ctx, h.Name, "echo reached "+shell.Quote(h.Name))
+			if err != nil || code != 0 || string(out) != "reached "+h.Name+"\n" {
+				t.Errorf("Output on %s = %q, %d, %v", h.Name, out, code, err)
+			}
+		}
+		if d, tun := q.Handshakes(); d+tun != 0 || made() != before {
+			t.Errorf("pool made %d, holder %d new connections; want none", d+tun, made()-before)
+		}
+	})
+
+	t.Run("RunFresh gets a connection of its own", func(t *testing.T) {
+		before := made()
+		var out strings.Builder
+		if code, err := p.RunFresh(ctx, h1.Name, "echo fresh", nil, &out, nil); err != nil || code != 0 || out.String() != "fresh\n" {
+			t.Errorf("RunFresh = %q, %d, %v", out.String(), code, err)
+		}
+		if n := made() - before; n != 1 {
+			t.Errorf("holder made %d connections for RunFresh; want 1", n)
+		}
+	})
+
+	t.Run("a cut connection is redialed, Reset drops one", func(t *testing.T) {
+		before := made()
+		if n, err := h1.CutConnections(); n == 0 || err != nil {
+			t.Fatalf("cut %s: %d, %v", h1.Name, n, err)
+		}
+		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("Run after the cut = %d, %v", code, err)
+		}
+		p.Reset(h2.Name)
+		if code, err := p.Run(ctx, h2.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("Run after Reset = %d, %v", code, err)
+		}
+		if n := made() - before; n != 2 {
+			t.Errorf("holder made %d connections; want 2 (a redial, a reset)", n)
+		}
+	})
+
+	t.Run("unknown instance", func(t *testing.T) {
+		if _, err := p.Run(ctx, "nope", "true", nil, nil, nil); !errors.Is(err, ErrUnknownInstance) {
+			t.Errorf("Run on nope = %v; want ErrUnknownInstance", err)
+		}
+	})
+
+	t.Run("a stopped holder fails commands and removes its socket", func(t *testing.T) {
+		if err := p.StopMux(); err != nil {
+			t.Fatal(err)
+		}
+		<-ended
+		if _, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err == nil {
+			t.Error("Run through a stopped holder succeeded")
+		}
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket after stop: %v", err)
+		}
+		c := cfg
+		c.Mux = sock
+		q := newTestPool(t, c)
+		if q.Mux() != "" || len(q.Warnings()) == 0 {
+			t.Errorf("pool over a stopped holder: mux %q, warnings %q", q.Mux(), q.Warnings())
+		}
+		if code, err := q.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Errorf("direct Run without the holder = %d, %v", code, err)
+		}
+	})
+}
+
+// The holder ends once it has been idle long enough after its last
+// client left.
+func TestMuxIdle(t *testing.T) {
+	hermetic(t)
+	l := labtest.New(t, lab.Config{Hosts: 1})
+	ctx := testCtx(t)
+	cfg := Config{Endpoints: labEndpoints(l, true), UserConfig: "none", KnownHostsFiles: []string{},
+		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	if _, err := MuxDir(true); err != nil {
+		t.Fatal(err)
+	}
+	sock, _ := MuxSocket(cfg)
+	s, err := NewMuxServer(cfg, 1, t.Logf) // 1ns: as soon as no client is connected
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := s.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A client counted before Serve starts, so that the holder cannot
+	// end before the real one below connects; it leaves with it.
+	s.clients.Add(1)
+	ended := make(chan error, 1)
+	go func() { ended <- s.Serve(context.Background(), ln) }()
+	c := cfg
+	c.Mux = sock
+	p, err := NewPool(c)
+	if err != nil || p.Mux() == "" {
+		t.Fatalf("NewPool: %v %v", err, p.Warnings())
+	}
+	if code, err := p.Run(ctx, l.Hosts[0].Name, "true", nil, nil, nil); err != nil || code != 0 {
+		t.Errorf("Run = %d, %v", code, err)
+	}
+	if n := s.Info().Connected; n != 1 {
+		t.Errorf("holder holds %d connections; want 1", n)
+	}
+	p.Close()
+	s.clients.Add(-1)
+	s.touch()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the holder did not end once idle")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket after the holder ended: %v", err)
+	}
+}
+
+// MuxDir refuses a directory that someone else could use to pose as the
+// holder.
+func TestMuxDir(t *testing.T) {
+	tests := []struct {
+		name    string
+		prepare func(dir string) error
+		create  bool
+		wantErr string
+	}{
+		{"missing, made", func(string) error { return nil }, true, ""},
+		{"missing, only named", func(string) error { return nil }, false, ""},
+		{"mode 0700", func(d string) error { return os.Mkdir(d, 0o700) }, false, ""},
+		{"mode 0755", func(d string) error { return os.Mkdir(d, 0o755) }, true, "lets others in; chmod 700 it"},
+		{"a file", func(d string) error { return os.WriteFile(d, nil, 0o600) }, true, "not a directory"},
+		{"a symlink", func(d string) error { return os.Symlink(os.TempDir(), d) }, true, "not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := t.TempDir()
+			t.Setenv("XDG_RUNTIME_DIR", rt)
+			want := filepath.Join(rt, "nix-hive")
+			if err := tt.prepare(want); err != nil {
+				t.Fatal(err)
+			}
+			dir, err := MuxDir(tt.create)
+			switch {
+			case tt.wantErr == "" && (err != nil || dir != want):
+				t.Errorf("MuxDir = %q, %v; want %q", dir, err, want)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), want)):
+				t.Errorf("MuxDir = %q, %v; want an error naming %s and saying %q", dir, err, want, tt.wantErr)
+			}
+			if _, serr := MuxSocket(Config{}); (serr != nil) != (tt.wantErr != "") {
+				t.Errorf("MuxSocket error %v, MuxDir error %v: they should agree", serr, err)
+			}
+		})
+	}
+}
+
+// A holder's socket name follows the endpoints but not the timeouts.
+func TestMuxSocketName(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	base := Config{Endpoints: map[string]Endpoint{"a": {Name: "a", Host: "10.0.0.1"}}, UserConfig: "none"}
+	name := func(cfg Config) string {
+		s, err := MuxSocket(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	moved := base
+	moved.Endpoints = map[string]Endpoint{"a": {Name: "a", Host: "10.0.0.2"}}
+	slow := base
+	slow.ConnectTimeout = 99
+	switch {
+	case name(base) == name(moved):
+		t.Error("a changed address keeps the holder's socket")
+	case name(base) != name(slow):
+		t.Error("a changed timeout changes the holder's socket")
+	}
+}

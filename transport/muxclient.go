@@ -1,0 +1,287 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// muxClient is a pool's connection to a holder (see mux.go): every
+// instance's "connection" is then a muxHostConn over it.
+type muxClient struct {
+	path   string
+	client *ssh.Client
+	done   chan struct{}
+
+	mu    sync.Mutex
+	files map[string]*muxFileReader
+}
+
+// dialMux connects to the holder listening at path, checking that it is
+// this user's process and the holder whose key lies beside the socket.
+func dialMux(path string, timeout time.Duration) (*muxClient, error) {
+	pubText, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		return nil, fmt.Errorf("mux %s: %w", path, err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(pubText)
+	if err != nil {
+		return nil, fmt.Errorf("mux %s: key: %w", path, err)
+	}
+	c, err := net.DialTimeout("unix", path, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("mux %s: %w", path, err)
+	}
+	if uid, err := peerUID(c); err != nil || uid != os.Getuid() {
+		c.Close()
+		return nil, fmt.Errorf("mux %s: served by uid %d, not this user (%v)", path, uid, err)
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	sc, chans, reqs, err := ssh.NewClientConn(c, "mux", &ssh.ClientConfig{User: "nix-hive", HostKeyCallback: ssh.FixedHostKey(pub)})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("mux %s: %w", path, err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	m := &muxClient{path: path, client: ssh.NewClient(sc, chans, reqs), done: make(chan struct{}), files: map[string]*muxFileReader{}}
+	go func() {
+		m.client.Wait()
+		close(m.done)
+	}()
+	return m, nil
+}
+
+// MuxInfo asks the holder about itself.
+func (m *muxClient) info() (MuxInfo, error) {
+	ok, b, err := m.client.SendRequest(muxInfo, true, nil)
+	if err == nil && !ok {
+		err = errors.New("refused")
+	}
+	var info MuxInfo
+	if err == nil {
+		err = json.Unmarshal(b, &info)
+	}
+	if err != nil {
+		return MuxInfo{}, fmt.Errorf("mux %s: info: %w", m.path, err)
+	}
+	return info, nil
+}
+
+// dial is an instance's connection through the holder. Unless fresh, the
+// holder connects to the instance first (if it has not), so that a
+// connection error comes from dial, as it would without a holder.
+func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error) {
+	if !fresh {
+		type result struct {
+			ch  ssh.Channel
+			err error
+		}
+		res := make(chan result, 1)
+		go func() {
+			ch, reqs, err := m.client.OpenChannel(muxConnect, []byte(name))
+			if err == nil {
+				go ssh.DiscardRequests(reqs)
+			}
+			res <- result{ch, err}
+		}()
+		var r result
+		select {
+		case r = <-res:
+		case <-ctx.Done():
+			go func() {
+				if r := <-res; r.ch != nil {
+					r.ch.Close()
+				}
+			}()
+			return nil, fmt.Errorf("connect %s through mux: %w", name, ctx.Err())
+		}
+		if r.err != nil {
+			var oce *ssh.OpenChannelError
+			if errors.As(r.err, &oce) {
+				return nil, fmt.Errorf("%s (through mux)", oce.Message)
+			}
+			return nil, fmt.Errorf("connect %s through mux %s: %w", name, m.path, r.err)
+		}
+		r.ch.Close()
+	}
+	h := &muxHostConn{m: m, name: name, fresh: fresh, closed: make(chan struct{}),
+		chans: make(chan ssh.NewChannel), reqs: make(chan *ssh.Request)}
+	return ssh.NewClient(h, h.chans, h.reqs), nil
+}
+
+// reset asks the holder to drop its connection to name.
+func (m *muxClient) reset(name string) {
+	m.mu.Lock()
+	delete(m.files, name)
+	m.mu.Unlock()
+	m.client.SendRequest(muxReset, true, []byte(name))
+}
+
+func (m *muxClient) close() error { return m.client.Close() }
+
+// muxHostConn is an instance's connection as the pool sees it: channels
+// opened on it are opened by the holder on its own connection.
+type muxHostConn struct {
+	m     *muxClient
+	name  string
+	fresh bool
+
+	once   sync.Once
+	closed chan struct{}
+	chans  chan ssh.NewChannel // nothing arrives: the holder relays no channel the host opens
+	reqs   chan *ssh.Request
+}
+
+func (h *muxHostConn) OpenChannel(typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, error) {
+	select {
+	case <-h.closed:
+		return nil, nil, net.ErrClosed
+	default:
+	}
+	return h.m.client.OpenChannel(muxOpen, ssh.Marshal(muxOpenMsg{Instance: h.name, Fresh: h.fresh, Type: typ, Data: data}))
+}
+
+// SendRequest answers the pool's keepalives for the holder, which keeps
+// its own connections alive: the holder answering is what matters here.
+func (h *muxHostConn) SendRequest(name string, wantReply bool, payload []byte) (bool, []byte, error) {
+	if name == "keepalive@openssh.com" {
+		return h.m.client.SendRequest(name, wantReply, payload)
+	}
+	return false, nil, nil
+}
+
+func (h *muxHostConn) shut() {
+	h.once.Do(func() {
+		close(h.closed)
+		close(h.chans)
+		close(h.reqs)
+	})
+}
+
+func (h *muxHostConn) Close() error {
+	h.shut()
+	return nil
+}
+
+func (h *muxHostConn) Wait() error {
+	select {
+	case <-h.closed:
+		return nil
+	case <-h.m.done:
+		h.shut()
+		return fmt.Errorf("mux %s: connection lost", h.m.path)
+	}
+}
+
+func (h *muxHostConn) User() string          { return h.m.client.User() }
+func (h *muxHostConn) SessionID() []byte     { return h.m.client.SessionID() }
+func (h *muxHostConn) ClientVersion() []byte { return h.m.client.ClientVersion() }
+func (h *muxHostConn) ServerVersion() []byte { return h.m.client.ServerVersion() }
+func (h *muxHostConn) RemoteAddr() net.Addr  { return h.m.client.RemoteAddr() }
+func (h *muxHostConn) LocalAddr() net.Addr   { return h.m.client.LocalAddr() }
+
+// muxFileReader is a FileReader whose requests the holder answers over its
+// sftp session with the instance: one request at a time per instance.
+type muxFileReader struct {
+	mu     sync.Mutex
+	ch     ssh.Channel
+	enc    *json.Encoder
+	dec    *json.Decoder
+	broken bool
+}
+
+// filesOf is name's FileReader through the holder, reopened if the last
+// one broke.
+func (m *muxClient) filesOf(ctx context.Context, name string) (*muxFileReader, error) {
+	m.mu.Lock()
+	f := m.files[name]
+	m.mu.Unlock()
+	if f != nil {
+		f.mu.Lock()
+		broken := f.broken
+		f.mu.Unlock()
+		if !broken {
+			return f, nil
+		}
+	}
+	type result struct {
+		ch  ssh.Channel
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		ch, reqs, err := m.client.OpenChannel(muxFiles, []byte(name))
+		if err == nil {
+			go ssh.DiscardRequests(reqs)
+		}
+		res <- result{ch, err}
+	}()
+	var r result
+	select {
+	case r = <-res:
+	case <-ctx.Done():
+		go func() {
+			if r := <-res; r.ch != nil {
+				r.ch.Close()
+			}
+		}()
+		return nil, fmt.Errorf("read files of %s through mux: %w", name, ctx.Err())
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("read files of %s through mux: %w", name, r.err)
+	}
+	f = &muxFileReader{ch: r.ch, enc: json.NewEncoder(r.ch), dec: json.NewDecoder(r.ch)}
+	m.mu.Lock()
+	m.files[name] = f
+	m.mu.Unlock()
+	return f, nil
+}
+
+func (f *muxFileReader) ask(op, path string) (fileAnswer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.broken {
+		return fileAnswer{}, errors.New("files channel closed")
+	}
+	var a fileAnswer
+	err := f.enc.Encode(fileQuery{Op: op, Path: path})
+	if err == nil {
+		err = f.dec.Decode(&a)
+	}
+	if err != nil {
+		f.broken = true
+		f.ch.Close()
+		return fileAnswer{}, fmt.Errorf("%s %s through mux: %w", op, path, err)
+	}
+	if a.Err != "" {
+		return fileAnswer{}, fmt.Errorf("%s %s: %s", op, path, a.Err)
+	}
+	return a, nil
+}
+
+func (f *muxFileReader) Readlink(p string) (string, error) {
+	a, err := f.ask("readlink", p)
+	return a.S, err
+}
+
+func (f *muxFileReader) Resolve(p string) (string, error) {
+	a, err := f.ask("resolve", p)
+	return a.S, err
+}
+
+func (f *muxFileReader) Exists(p string) (bool, error) {
+	a, err := f.ask("exists", p)
+	return a.B, err
+}
+
+func (f *muxFileReader) FirstLine(p string) (string, error) {
+	a, err := f.ask("firstline", p)
+	return a.S, err
+}
