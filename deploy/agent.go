@@ -152,6 +152,7 @@ printf "%s\n" "$1" >$o.tmp && mv -f $o.tmp $o
 echo locked
 ` + queryProgram + `echo end
 read -r _ || :
+rm -f $o
 `
 
 // waitProgram is shared by the programs that wait for a job: wait ID

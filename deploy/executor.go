@@ -25,6 +25,9 @@ type Remote interface {
 	// Reset closes the pooled connection to the instance, if any, so the
 	// next Run dials anew (after a reboot, say).
 	Reset(name string)
+	// Release says the command is done with the instance: its connection
+	// need not be kept (a connection holder's may be).
+	Release(name string)
 }
 
 // Copier moves closures out of the deploy host's store.
@@ -97,6 +100,12 @@ type Options struct {
 	// Local says the one host is this machine (apply-local): its closure
 	// is here already, and its commands run without SSH.
 	Local bool
+	// Files, when set, reads a host's state files where that is cheaper
+	// than a session (through a connection holder, whose sftp sessions
+	// outlive the command): a target seen already running what the deploy
+	// would leave it running, with no deploy holding it and no activation
+	// running, is left alone without taking its deploy lock.
+	Files func(ctx context.Context, name string) (HostFiles, error)
 }
 
 func (o Options) withDefaults() Options {
@@ -471,7 +480,7 @@ func (e *executor) letGo(n string) {
 	e.mu.Unlock()
 	l.release()
 	if !e.servers[n] && !e.jumps[n] {
-		e.remote.Reset(n)
+		e.remote.Release(n)
 	}
 }
 

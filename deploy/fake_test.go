@@ -161,7 +161,8 @@ func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, _ io.Reader,
 	return 0, ctx.Err()
 }
 
-func (f *fakeHosts) Reset(string) {}
+func (f *fakeHosts) Reset(string)   {}
+func (f *fakeHosts) Release(string) {}
 
 func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) (int, error) {
 	f.mu.Lock()

@@ -32,7 +32,7 @@ func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []st
 	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (HostState, error) {
 		hs, err := queryHost(ctx, remote, n)
 		if !jumps[n] {
-			remote.Reset(n) // done with it: no keepalives, no memory held
+			remote.Release(n) // done with it: no keepalives, no memory held
 		}
 		return hs, err
 	})

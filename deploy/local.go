@@ -49,6 +49,9 @@ func (l Local) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, 
 // Reset implements Remote; there is no connection.
 func (Local) Reset(string) {}
 
+// Release implements Remote: there is no connection to let go.
+func (Local) Release(string) {}
+
 // SFTP implements keys.Host: there is no sftp server here, and keys take
 // the shell's way, which gives them the same guarantees.
 func (Local) SFTP(ctx context.Context, name string) (*transport.SFTP, error) {

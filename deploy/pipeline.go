@@ -93,15 +93,19 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 // the host, writing nothing: a key that cannot be had fails the host
 // before anything changes there. nil without keys to upload.
 func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, error) {
-	in := e.inv.Instances[n]
-	if e.opts.Keys == nil || len(in.Keys) == 0 || e.opts.Goal == GoalDryActivate {
+	if !e.hasKeys(n) {
 		return nil, nil
 	}
-	b, err := e.opts.Keys.Prepare(ctx, in)
+	b, err := e.opts.Keys.Prepare(ctx, e.inv.Instances[n])
 	if err != nil {
 		return nil, failed(StepKeys, err)
 	}
 	return b, nil
+}
+
+// hasKeys reports whether the deploy uploads keys to host n.
+func (e *executor) hasKeys(n string) bool {
+	return e.opts.Keys != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Goal != GoalDryActivate
 }
 
 // uploadKeys uploads the batch's keys of when ("" for all); events name

@@ -20,6 +20,12 @@ import (
 func (e *executor) ensure(ctx context.Context, n string) error {
 	return e.ensured[n].run(func() error {
 		if e.plan.Hosts[n].Target {
+			if hs, ok := e.seenUpToDate(ctx, n); ok {
+				e.mu.Lock()
+				e.locked[n] = hs
+				e.mu.Unlock()
+				return nil
+			}
 			if err := e.lock(ctx, n); err != nil && !e.servesOthers(n) {
 				return err
 			}
@@ -48,6 +54,35 @@ func (e *executor) alreadyThere(n string) bool {
 	hs, ok := e.locked[n]
 	e.mu.Unlock()
 	return ok && hs.Running == "" && upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath)
+}
+
+// deployOwner names the deploy that holds a host's deploy lock; it exists
+// only while one does (or one ended without removing it, when the host
+// was cut off: reading it as held then only costs a lock).
+const deployOwner = "/run/nix-hive/deploy.owner"
+
+// seenUpToDate reads target n's state without its deploy lock where
+// Options.Files makes that cheap: a host that runs what the deploy would
+// leave it running, that no deploy holds and where no activation runs,
+// has nothing to lock for (a deploy that takes it a moment later finds
+// it as this one leaves it). Keys to upload, a held lock, or a read that
+// cannot decide take the lock as usual.
+func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool) {
+	if e.opts.Files == nil || e.opts.Force || e.hasKeys(n) {
+		return HostState{}, false
+	}
+	f, err := e.opts.Files(ctx, n)
+	if err != nil {
+		return HostState{}, false
+	}
+	if held, err := f.Exists(deployOwner); err != nil || held {
+		return HostState{}, false
+	}
+	hs, exact, err := readHostState(f)
+	if err != nil || !exact || hs.Running != "" || !upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath) {
+		return HostState{}, false
+	}
+	return hs, true
 }
 
 // servesOthers reports whether n is the store of another host of the

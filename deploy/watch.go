@@ -40,14 +40,15 @@ type Watcher struct {
 }
 
 // PoolFiles is a Watcher's Files over pool's sftp sessions: one per host,
-// opened on first use and kept with the host's pooled connection.
+// opened on first use and kept with the host's pooled connection, or the
+// connection holder's (nix-hive mux), which outlive the command.
 func PoolFiles(pool *transport.Pool) func(context.Context, string) (HostFiles, error) {
 	return func(ctx context.Context, name string) (HostFiles, error) {
-		s, err := pool.SFTP(ctx, name)
+		f, err := pool.Files(ctx, name)
 		if err != nil {
 			return nil, err
 		}
-		return s.Reader(), nil
+		return f, nil
 	}
 }
 
