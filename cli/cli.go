@@ -33,6 +33,7 @@ type CLI struct {
 	SCP        SCPCmd        `cmd:"" name:"scp" help:"Copy files to or from instances (instance:path) over sftp." group:"Fleet"`
 	SSHConfig  SSHConfigCmd  `cmd:"" name:"ssh-config" help:"Print an OpenSSH config for the hive (extends ~/.ssh/config)." group:"Fleet"`
 	Keys       KeysCmd       `cmd:"" help:"List or upload the hosts' keys (secrets)." group:"Fleet"`
+	Mux        MuxCmd        `cmd:"" help:"Hold every instance's SSH connection open between commands (start, stop, check)." group:"Fleet"`
 	Agent      AgentCmd      `cmd:"" help:"Print nix-hive-agent, the privileged steps for hosts whose login is not root." group:"Setup"`
 	Keygen     KeygenCmd     `cmd:"" help:"Create the hive's signing key pair." group:"Setup"`
 	Completion CompletionCmd `cmd:"" help:"Print shell completion for bash, zsh or fish." group:"Setup"`

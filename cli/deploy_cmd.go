@@ -111,6 +111,9 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 			return err
 		}
 	}
+	if pool.Mux() != "" {
+		opts.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
+	}
 	view := g.newDeployView(len(prep.Plan.Order))
 	opts.Events, opts.State = view.Event, st
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)

@@ -21,6 +21,7 @@ import (
 type Fleet struct {
 	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry, in the hive's .nix-hive/known_hosts (a changed key is still refused)."`
 	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop); a connection silent for 3 times as long is given up."`
+	NoMux             bool          `name:"no-mux" help:"Connect to the hosts directly even while a connection holder (nix-hive mux) runs for the hive."`
 }
 
 // AfterApply makes the flags of the command that embeds Fleet available

@@ -100,6 +100,13 @@ func loadPolicy(ctx context.Context, g *Globals, r *Rollout, src eval.Source) (*
 func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Pool, error) {
 	cfg := f.transportConfig(h.Inventory, st)
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
+	if !f.NoMux {
+		if sock, err := transport.MuxSocket(cfg); err != nil {
+			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+		} else if _, err := os.Stat(sock); err == nil {
+			cfg.Mux = sock
+		}
+	}
 	p, err := transport.NewPool(cfg)
 	if err != nil {
 		return provided[*transport.Pool](nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err)))
@@ -107,7 +114,18 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	for _, w := range p.Warnings() {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
 	}
+	var before transport.MuxInfo
+	if p.Mux() != "" && g.Verbose {
+		before, _ = p.MuxInfo()
+	}
 	g.onClose(func() {
+		if p.Mux() != "" && g.Verbose {
+			// The holder's count, not the pool's: its connections are
+			// what the command cost the hosts' sshd.
+			if after, err := p.MuxInfo(); err == nil {
+				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions\n", after.Pid, after.Handshakes-before.Handshakes, p.Sessions())
+			}
+		}
 		p.Close()
 		if d, t := p.Handshakes(); g.Verbose && d+t > 0 {
 			// What the command cost the hosts' sshd, for operators

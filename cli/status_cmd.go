@@ -62,10 +62,14 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	for s, b := range builds.Paths {
 		want[s] = b.OutPath
 	}
-	if c.Watch == 0 {
+	if c.Watch == 0 && pool.Mux() == "" {
 		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
 	}
-	return c.watch(ctx, g, &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}, h.Inventory, targets, want)
+	w := &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}
+	if c.Watch == 0 { // the holder's sftp sessions are open: read, as a --watch round does
+		return c.report(g, w.Inspect(ctx, h.Inventory, targets, want, c.Parallel))
+	}
+	return c.watch(ctx, g, w, h.Inventory, targets, want)
 }
 
 // watch runs --watch's rounds and returns the last complete round's

@@ -1,0 +1,281 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/state"
+	"github.com/nix-hive/nix-hive/transport"
+)
+
+// MuxCmd is `nix-hive mux`.
+type MuxCmd struct {
+	Start MuxStartCmd `cmd:"" help:"Start the hive's connection holder and connect it to the targets."`
+	Stop  MuxStopCmd  `cmd:"" help:"Stop the hive's connection holder; its connections close."`
+	Check MuxCheckCmd `cmd:"" help:"Say whether the hive's connection holder runs, and what it holds."`
+	Serve MuxServeCmd `cmd:"" hidden:"" help:"Be the connection holder (what start runs in the background)."`
+}
+
+func (c *MuxCmd) Help() string {
+	return `A connection holder is a background process, like OpenSSH's ControlPersist
+master, that keeps an SSH connection to every instance of the hive (and
+each one's sftp session) open between commands. While it runs, status,
+deploy, run, ssh and scp go through it instead of connecting: they cost
+each host a session but no new login, status reads each host's state
+files over the held sftp session, and a deploy leaves a host that already
+runs its system alone without taking its deploy lock. --no-mux connects
+directly anyway.
+
+The holder belongs to the hive's endpoints as they are now: one whose
+addresses, keys or jump hosts changed gets a holder of its own. It ends
+after --idle without a command using it, with mux stop, or when killed;
+commands then connect directly again. Its socket lies in a directory
+only this user can enter ($XDG_RUNTIME_DIR/nix-hive, else
+/tmp/nix-hive-UID), and it serves only this user's processes. It logs in
+to the hosts with the ssh agent's keys and unencrypted identity files: it
+has no terminal to ask for a passphrase.`
+}
+
+// MuxStartCmd is `nix-hive mux start`.
+type MuxStartCmd struct {
+	Fleet
+	Idle     time.Duration `default:"10m" help:"End after this long without a command using the holder (0: never)."`
+	Parallel int           `default:"32" help:"Hosts connected at once."`
+	Targets  []string      `arg:"" optional:"" help:"Instance name globs, or @tag globs, to connect now (default: all); others are connected when first used."`
+}
+
+func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
+	if c.Idle < 0 {
+		return fmt.Errorf("--idle %s: want 0 (never) or more", c.Idle)
+	}
+	targets, err := h.Inventory.Select(c.Targets)
+	if err != nil {
+		return err
+	}
+	cfg := c.transportConfig(h.Inventory, st)
+	if _, err := transport.MuxDir(true); err != nil {
+		return err
+	}
+	sock, err := transport.MuxSocket(cfg)
+	if err != nil {
+		return err
+	}
+	cfg.Mux = sock
+	pool, err := transport.NewPool(cfg)
+	if err != nil {
+		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+	}
+	if pool.Mux() == "" { // none answered: start one
+		pool.Close()
+		if err := c.spawn(cfg, sock); err != nil {
+			return err
+		}
+		if pool, err = transport.NewPool(cfg); err != nil {
+			return err
+		}
+		if pool.Mux() == "" {
+			return fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
+		}
+	}
+	defer pool.Close()
+	var mu sync.Mutex
+	var failed []string
+	fanout.Each(ctx, len(targets), c.Parallel, func(ctx context.Context, i int) {
+		if _, err := pool.Client(ctx, targets[i]); err != nil {
+			mu.Lock()
+			failed = append(failed, fmt.Sprintf("%s: %v", targets[i], err))
+			mu.Unlock()
+			return
+		}
+		// Open the sftp session status reads through, too; a host whose
+		// sshd has none is asked with a shell instead, so no error here.
+		if f, err := pool.Files(ctx, targets[i]); err == nil {
+			f.Exists("/")
+		}
+	})
+	info, err := pool.MuxInfo()
+	if err != nil {
+		return err
+	}
+	slices.Sort(failed)
+	for _, f := range failed {
+		fmt.Fprintf(g.stderr, "nix-hive: mux: %s\n", f)
+	}
+	fmt.Fprintf(g.stdout, "mux: pid %d holds %d connections (%d of %d targets connected), idle timeout %s\n",
+		info.Pid, info.Connected, len(targets)-len(failed), len(targets), info.Idle)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("mux: %d of %d targets could not be connected (the holder runs, and tries them again when used)", len(failed), len(targets))
+	}
+	return nil
+}
+
+// spawn starts `nix-hive mux serve` in a session of its own, hands it
+// the endpoints on stdin, and waits until it listens (its first line of
+// output) or fails (its log says why).
+func (c *MuxStartCmd) spawn(cfg transport.Config, sock string) error {
+	conf, err := transport.EncodeMuxConfig(cfg)
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("mux: find nix-hive: %w", err)
+	}
+	logPath := strings.TrimSuffix(sock, ".sock") + ".log"
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("mux: %w", err)
+	}
+	defer logFile.Close()
+	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--idle", c.Idle.String()},
+		Stdin: bytes.NewReader(conf), Stderr: logFile, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("mux: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("mux: start %s: %w", exe, err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		werr := cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("mux: the holder did not start (%v): %s", werr, strings.TrimSpace(string(b)))
+	}
+	go cmd.Wait() // reaps it should it end while this command runs
+	return nil
+}
+
+// MuxStopCmd is `nix-hive mux stop`.
+type MuxStopCmd struct {
+	Fleet
+}
+
+func (c *MuxStopCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
+	info, stop, err := c.holder(h, st)
+	if err != nil {
+		return err
+	}
+	if stop == nil {
+		fmt.Fprintln(g.stderr, "mux: no holder runs for this hive")
+		return nil
+	}
+	if err := stop(); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "mux: stopped pid %d; its %d connections are closed\n", info.Pid, info.Connected)
+	return nil
+}
+
+// holder finds the hive's holder: its info and a function that stops
+// it, returning once it is gone; a nil stop means none runs.
+func (f *Fleet) holder(h *eval.Hive, st *state.File) (transport.MuxInfo, func() error, error) {
+	cfg := f.transportConfig(h.Inventory, st)
+	sock, err := transport.MuxSocket(cfg)
+	if err != nil {
+		return transport.MuxInfo{}, nil, err
+	}
+	if _, err := os.Stat(sock); errors.Is(err, os.ErrNotExist) {
+		return transport.MuxInfo{}, nil, nil
+	}
+	cfg.Mux = sock
+	pool, err := transport.NewPool(cfg)
+	if err != nil {
+		return transport.MuxInfo{}, nil, err
+	}
+	if pool.Mux() == "" {
+		pool.Close()
+		return transport.MuxInfo{}, nil, nil
+	}
+	info, err := pool.MuxInfo()
+	if err != nil {
+		pool.Close()
+		return transport.MuxInfo{}, nil, err
+	}
+	return info, func() error {
+		defer pool.Close()
+		return pool.StopMux()
+	}, nil
+}
+
+// MuxCheckCmd is `nix-hive mux check`.
+type MuxCheckCmd struct {
+	Fleet
+}
+
+func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
+	info, stop, err := c.holder(h, st)
+	if err != nil {
+		return err
+	}
+	if stop == nil {
+		return errors.New("mux: no holder runs for this hive")
+	}
+	if g.JSON {
+		enc := json.NewEncoder(g.stdout)
+		return enc.Encode(info)
+	}
+	fmt.Fprintf(g.stdout, "mux: pid %d, up %s, idle timeout %s: holds %d connections (%d made since it started), %d sessions opened\n",
+		info.Pid, time.Since(info.Started).Round(time.Second), info.Idle, info.Connected, info.Handshakes, info.Sessions)
+	return nil
+}
+
+// MuxServeCmd is `nix-hive mux serve`: the holder itself, reading its
+// endpoints from stdin. It prints "ready" once it listens.
+type MuxServeCmd struct {
+	Socket string        `required:"" help:"Socket to listen on."`
+	Idle   time.Duration `default:"10m" help:"End after this long without a client (0: never)."`
+}
+
+func (c *MuxServeCmd) Run(g *Globals) error {
+	conf, err := io.ReadAll(g.stdin)
+	if err != nil {
+		return fmt.Errorf("mux: read config: %w", err)
+	}
+	cfg, err := transport.DecodeMuxConfig(conf)
+	if err != nil {
+		return err
+	}
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(g.stderr, "%s %s\n", time.Now().UTC().Format(time.RFC3339), fmt.Sprintf(format, args...))
+	}
+	s, err := transport.NewMuxServer(cfg, c.Idle, logf)
+	if err != nil {
+		return err
+	}
+	ln, err := s.Listen(c.Socket)
+	if err != nil {
+		s.Pool().Close()
+		return err
+	}
+	// Its own signals only: it outlives the command that started it, and
+	// that command's Ctrl-C is not for it.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	logf("pid %d listening on %s for %d instances", os.Getpid(), c.Socket, len(cfg.Endpoints))
+	fmt.Fprintln(g.stdout, "ready")
+	if f, ok := g.stdout.(*os.File); ok {
+		f.Close() // start returns now
+	}
+	err = s.Serve(ctx, ln)
+	logf("ended")
+	return err
+}

@@ -1,0 +1,140 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// viaMux is the -v line of a command that went through a holder.
+var viaMux = regexp.MustCompile(`ssh: through mux pid (\d+): (\d+) new connections, (\d+) sessions`)
+
+// muxCost is what a command cost the hosts through the holder: the
+// connections the holder made for it and the sessions it opened.
+func muxCost(t *testing.T, stderr string) (conns, sessions int) {
+	t.Helper()
+	m := viaMux.FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("the command did not go through the holder (no %q line)", viaMux)
+	}
+	conns, _ = strconv.Atoi(m[2])
+	sessions, _ = strconv.Atoi(m[3])
+	return conns, sessions
+}
+
+// TestMux starts a holder with mux start and runs status and deploy
+// through it on real hosts: status reads over the held sftp sessions and
+// a no-op deploy takes no lock, neither costing a host a connection or a
+// session; a deploy lock held by someone else is still honoured; a
+// change activates and is confirmed over a new connection; a cut
+// connection is redialed; --no-mux and mux stop go back to connecting
+// directly.
+func TestMux(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir()) // the holder's socket, inherited by the holder
+	f := newFaultLab(t, 3)
+	if code, _, _ := f.run("deploy"); code != 0 {
+		t.Fatalf("first deploy: exit %d", code)
+	}
+	v1 := f.built("app-1")
+	code, out, _ := f.run("mux", "start", "--idle", "0")
+	if code != 0 || !strings.Contains(out, "holds 3 connections (3 of 3 targets connected)") {
+		t.Fatalf("mux start: exit %d, %q", code, out)
+	}
+	t.Cleanup(func() { f.run("mux", "stop") })
+
+	code, out, errOut := f.run("-v", "status")
+	if c, s := muxCost(t, errOut); code != 0 || c != 0 || s != 0 {
+		t.Errorf("status: exit %d, %d connections and %d sessions; want 0, 0, 0", code, c, s)
+	}
+	for _, h := range []string{"app-1", "app-2", "app-3"} {
+		if !regexp.MustCompile(`(?m)^` + h + `\s.*` + regexp.QuoteMeta(f.built(h)) + `\s+ok\s*$`).MatchString(out) {
+			t.Errorf("status does not show %s ok on %s", h, f.built(h))
+		}
+	}
+
+	code, _, errOut = f.run("-v", "deploy")
+	if c, s := muxCost(t, errOut); code != 0 || c != 0 || s != 0 {
+		t.Errorf("no-op deploy: exit %d, %d connections and %d sessions; want 0, 0, 0", code, c, s)
+	}
+
+	// Another deploy holds app-2: its lock and its owner file.
+	h2 := f.lab.Host("app-2")
+	lock, err := os.OpenFile(h2.Path("/run/nix-hive/deploy.lock"), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h2.Path("/run/nix-hive/deploy.owner"), []byte("alice@box (test)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = f.run("deploy")
+	if code == 0 || !strings.Contains(out+errOut, "alice@box (test)") {
+		t.Errorf("deploy of a host another deploy holds: exit %d, holder not named", code)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	// The owner file stays, as after a deploy cut off from the host: the
+	// next deploy takes the lock to find out, and removes it on release.
+	code, _, errOut = f.run("-v", "deploy")
+	if _, s := muxCost(t, errOut); code != 0 || s != 1 {
+		t.Errorf("deploy after the lock was freed: exit %d, %d sessions; want 0 and 1 (app-2's lock)", code, s)
+	}
+	if _, err := os.Stat(h2.Path("/run/nix-hive/deploy.owner")); !os.IsNotExist(err) {
+		t.Errorf("deploy.owner after the deploy released the lock: %v", err)
+	}
+
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	code, _, errOut = f.run("-v", "deploy")
+	v2 := f.built("app-1")
+	if c, _ := muxCost(t, errOut); code != 0 || v2 == v1 || f.system("app-1").active != v2 || c == 0 {
+		t.Errorf("deploy of a change: exit %d, app-1 runs %s (want %s), %d new connections (the confirmation needs one)",
+			code, f.system("app-1").active, v2, c)
+	}
+	for _, h := range []string{"app-2", "app-3"} {
+		if got := f.system(h).active; got != f.built(h) {
+			t.Errorf("%s runs %s; want %s", h, got, f.built(h))
+		}
+	}
+
+	if n, err := f.lab.Host("app-3").CutConnections(); n == 0 || err != nil {
+		t.Fatalf("cut app-3's connections: %d, %v", n, err)
+	}
+	code, _, errOut = f.run("-v", "status")
+	if c, _ := muxCost(t, errOut); code != 0 || c != 1 {
+		t.Errorf("status after a cut: exit %d, %d new connections; want 0 and 1", code, c)
+	}
+
+	direct := regexp.MustCompile(`ssh: 3 connections \(3 direct`)
+	code, _, errOut = f.run("-v", "status", "--no-mux")
+	if code != 0 || !direct.MatchString(errOut) || viaMux.MatchString(errOut) {
+		t.Errorf("status --no-mux: exit %d, did not connect directly", code)
+	}
+
+	code, out, _ = f.run("mux", "check")
+	if code != 0 || !strings.Contains(out, "holds 3 connections") {
+		t.Errorf("mux check: exit %d, %q", code, out)
+	}
+	code, out, _ = f.run("mux", "stop")
+	if code != 0 || !strings.Contains(out, "stopped pid") {
+		t.Errorf("mux stop: exit %d, %q", code, out)
+	}
+	if code, _, _ = f.run("mux", "check"); code != 1 {
+		t.Errorf("mux check after stop: exit %d, want 1", code)
+	}
+	socks, _ := filepath.Glob(filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "nix-hive", "*.sock"))
+	if len(socks) != 0 {
+		t.Errorf("sockets left after stop: %q", socks)
+	}
+	code, _, errOut = f.run("-v", "status")
+	if code != 0 || !direct.MatchString(errOut) {
+		t.Errorf("status after stop: exit %d, did not connect directly", code)
+	}
+}
