@@ -75,11 +75,8 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool)
 	if err != nil {
 		return HostState{}, false
 	}
-	if held, err := f.Exists(deployOwner); err != nil || held {
-		return HostState{}, false
-	}
-	hs, exact, err := readHostState(f)
-	if err != nil || !exact || hs.Running != "" || !upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath) {
+	hs, exact, held, err := readState(f, true)
+	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath) {
 		return HostState{}, false
 	}
 	return hs, true

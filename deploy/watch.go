@@ -20,6 +20,8 @@ type HostFiles interface {
 	Resolve(p string) (string, error)
 	Exists(p string) (bool, error)
 	FirstLine(p string) (string, error)
+	// Batch asks for several reads at once (transport.FileReader).
+	Batch(qs []transport.FileQuery) ([]transport.FileAnswer, error)
 }
 
 // Watcher asks the same hosts what they run, round after round (status
@@ -110,46 +112,63 @@ func (w *Watcher) readFiles(ctx context.Context, n string) (hs HostState, exact 
 	}
 }
 
+// stateReads are the reads of readHostState's first batch: what
+// queryProgram prints, under the same keys.
+var stateReads = []struct{ key, op, path string }{
+	{"active", "readlink", "/run/current-system"},
+	{"link", "readlink", profile},
+	{"profile", "resolve", profile},
+	{"last", "firstline", "/nix/var/nix-hive/last"},
+	{"boot", "firstline", "/proc/sys/kernel/random/boot_id"},
+	{"rebootmark", "firstline", "/run/nix-hive/reboot"},
+}
+
 // readHostState reads what queryProgram prints, file by file, and parses
 // it the same way. exact is false when the state files leave open whether
 // an activation runs, which only the activation lock can tell: the lock
 // exists and the job /run/nix-hive/current names has not written a final
 // state (a job writes "done ..." last, still holding the lock).
 func readHostState(f HostFiles) (hs HostState, exact bool, err error) {
+	hs, exact, _, err = readState(f, false)
+	return hs, exact, err
+}
+
+// readState is readHostState, in one batch of reads (two while a job's
+// lock exists); with owner it also says whether a deploy owner file
+// exists, that is whether a deploy may hold the host.
+func readState(f HostFiles, owner bool) (hs HostState, exact, held bool, err error) {
+	qs := make([]transport.FileQuery, 0, len(stateReads)+3)
+	for _, r := range stateReads {
+		qs = append(qs, transport.FileQuery{Op: r.op, Path: r.path})
+	}
+	qs = append(qs, transport.FileQuery{Op: "exists", Path: "/run/nix-hive/activation.lock"},
+		transport.FileQuery{Op: "firstline", Path: "/run/nix-hive/current"})
+	if owner {
+		qs = append(qs, transport.FileQuery{Op: "exists", Path: deployOwner})
+	}
+	a, err := f.Batch(qs)
+	if err != nil {
+		return HostState{}, false, false, err
+	}
 	var b strings.Builder
-	var firstErr error
-	get := func(key string, read func(string) (string, error), p string) string {
-		v, err := read(p)
-		if err != nil && firstErr == nil {
-			firstErr = err
+	for i, r := range stateReads {
+		if v := a[i].S; v != "" {
+			fmt.Fprintf(&b, "%s=%s\n", r.key, v)
 		}
-		if key != "" && v != "" {
-			fmt.Fprintf(&b, "%s=%s\n", key, v)
-		}
-		return v
 	}
-	get("active", f.Readlink, "/run/current-system")
-	get("link", f.Readlink, profile)
-	get("profile", f.Resolve, profile)
-	get("last", f.FirstLine, "/nix/var/nix-hive/last")
-	get("boot", f.FirstLine, "/proc/sys/kernel/random/boot_id")
-	get("rebootmark", f.FirstLine, "/run/nix-hive/reboot")
-	locked, err := f.Exists("/run/nix-hive/activation.lock")
-	if firstErr == nil {
-		firstErr = err
-	}
-	if firstErr != nil {
-		return HostState{}, false, firstErr
-	}
-	if locked {
-		id := get("", f.FirstLine, "/run/nix-hive/current")
+	n := len(stateReads)
+	held = owner && a[n+2].B
+	if locked, id := a[n].B, a[n+1].S; locked {
 		if id == "" || strings.ContainsAny(id, "/") || id == "." || id == ".." {
-			return HostState{}, false, firstErr
+			return HostState{}, false, held, nil
 		}
-		state := get("", f.FirstLine, "/run/nix-hive/jobs/"+id+"/state")
-		if firstErr != nil || !strings.HasPrefix(state, "done") {
-			return HostState{}, false, firstErr
+		st, err := f.Batch([]transport.FileQuery{{Op: "firstline", Path: "/run/nix-hive/jobs/" + id + "/state"}})
+		if err != nil {
+			return HostState{}, false, false, err
+		}
+		if !strings.HasPrefix(st[0].S, "done") {
+			return HostState{}, false, held, nil
 		}
 	}
-	return parseHostState(b.String()), true, nil
+	return parseHostState(b.String()), true, held, nil
 }

@@ -3,6 +3,8 @@ package deploy
 import (
 	"errors"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // fakeFiles is a host's files as the sftp reader answers them: links,
@@ -39,6 +41,9 @@ func (f fakeFiles) Exists(p string) (bool, error) {
 	return line || link, f.err(p)
 }
 func (f fakeFiles) FirstLine(p string) (string, error) { return f.lines[p], f.err(p) }
+func (f fakeFiles) Batch(qs []transport.FileQuery) ([]transport.FileAnswer, error) {
+	return transport.BatchOf(f, qs, false)
+}
 
 func TestReadHostState(t *testing.T) {
 	const sys = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"

@@ -510,53 +510,39 @@ func relayChannel(down ssh.Channel, downReqs <-chan *ssh.Request, up ssh.Channel
 	up.Close()
 }
 
-// fileQuery and fileAnswer are the files channel's requests and answers,
-// one JSON object per line each way.
-type fileQuery struct {
-	Op   string `json:"op"`
-	Path string `json:"path"`
+// filesRequest and filesReply are the files channel's messages, one
+// JSON object per line each way: a batch of reads and their answers, or
+// why the session failed.
+type filesRequest struct {
+	Batch []FileQuery `json:"batch"`
 }
 
-type fileAnswer struct {
-	S   string `json:"s,omitempty"`
-	B   bool   `json:"b,omitempty"`
-	Err string `json:"err,omitempty"`
+type filesReply struct {
+	Answers []FileAnswer `json:"answers,omitempty"`
+	Err     string       `json:"err,omitempty"`
 }
 
-// files answers a client's FileReader requests about instance over the
+// files answers a client's batches of reads of instance's files over the
 // held sftp session, opening it on first use and again after it failed.
 func (s *MuxServer) files(ctx context.Context, ch ssh.Channel, instance string) {
 	defer ch.Close()
 	dec, enc := json.NewDecoder(ch), json.NewEncoder(ch)
 	for {
-		var q fileQuery
+		var q filesRequest
 		if err := dec.Decode(&q); err != nil {
 			return
 		}
-		var a fileAnswer
+		var a filesReply
 		sctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
 		sc, err := s.pool.SFTP(sctx, instance)
 		cancel()
 		if err == nil {
-			r := sc.Reader()
-			switch q.Op {
-			case "readlink":
-				a.S, err = r.Readlink(q.Path)
-			case "resolve":
-				a.S, err = r.Resolve(q.Path)
-			case "exists":
-				a.B, err = r.Exists(q.Path)
-			case "firstline":
-				a.S, err = r.FirstLine(q.Path)
-			default:
-				err = fmt.Errorf("unknown file request %q", q.Op)
-			}
-			if err != nil {
+			if a.Answers, err = sc.Reader().Batch(q.Batch); err != nil {
 				sc.Close() // the next request opens a new session
 			}
 		}
 		if err != nil {
-			a = fileAnswer{Err: err.Error()}
+			a = filesReply{Err: err.Error()}
 		}
 		if enc.Encode(a) != nil {
 			return

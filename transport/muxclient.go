@@ -244,44 +244,57 @@ func (m *muxClient) filesOf(ctx context.Context, name string) (*muxFileReader, e
 	return f, nil
 }
 
-func (f *muxFileReader) ask(op, path string) (fileAnswer, error) {
+// Batch sends qs to the holder as one request, which it answers with
+// their sftp requests in flight together.
+func (f *muxFileReader) Batch(qs []FileQuery) ([]FileAnswer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.broken {
-		return fileAnswer{}, errors.New("files channel closed")
+		return nil, errors.New("files channel closed")
 	}
-	var a fileAnswer
-	err := f.enc.Encode(fileQuery{Op: op, Path: path})
+	var a filesReply
+	err := f.enc.Encode(filesRequest{Batch: qs})
 	if err == nil {
 		err = f.dec.Decode(&a)
 	}
 	if err != nil {
 		f.broken = true
 		f.ch.Close()
-		return fileAnswer{}, fmt.Errorf("%s %s through mux: %w", op, path, err)
+		return nil, fmt.Errorf("read files through mux: %w", err)
 	}
 	if a.Err != "" {
-		return fileAnswer{}, fmt.Errorf("%s %s: %s", op, path, a.Err)
+		return nil, fmt.Errorf("read files: %s", a.Err)
 	}
-	return a, nil
+	if len(a.Answers) != len(qs) {
+		return nil, fmt.Errorf("read files through mux: %d answers to %d reads", len(a.Answers), len(qs))
+	}
+	return a.Answers, nil
+}
+
+func (f *muxFileReader) one(op, p string) (FileAnswer, error) {
+	a, err := f.Batch([]FileQuery{{Op: op, Path: p}})
+	if err != nil {
+		return FileAnswer{}, err
+	}
+	return a[0], nil
 }
 
 func (f *muxFileReader) Readlink(p string) (string, error) {
-	a, err := f.ask("readlink", p)
+	a, err := f.one("readlink", p)
 	return a.S, err
 }
 
 func (f *muxFileReader) Resolve(p string) (string, error) {
-	a, err := f.ask("resolve", p)
+	a, err := f.one("resolve", p)
 	return a.S, err
 }
 
 func (f *muxFileReader) Exists(p string) (bool, error) {
-	a, err := f.ask("exists", p)
+	a, err := f.one("exists", p)
 	return a.B, err
 }
 
 func (f *muxFileReader) FirstLine(p string) (string, error) {
-	a, err := f.ask("firstline", p)
+	a, err := f.one("firstline", p)
 	return a.S, err
 }

@@ -463,12 +463,11 @@ func (p *Pool) StopMux() error {
 	return nil
 }
 
-// FileReader reads a host's links and small files (see Reader).
+// FileReader reads a host's links and small files (see Reader), one at
+// a time or in a batch.
 type FileReader interface {
-	Readlink(p string) (string, error)
-	Resolve(p string) (string, error)
-	Exists(p string) (bool, error)
-	FirstLine(p string) (string, error)
+	fileMethods
+	Batch(qs []FileQuery) ([]FileAnswer, error)
 }
 
 // Files reads the instance's files over its sftp session: the pool's own,
