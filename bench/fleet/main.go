@@ -9,6 +9,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -78,6 +79,7 @@ type row struct {
 	script   bool // the baseline, not nix-hive
 	floor    bool // connections alone, in this process (measureFloor)
 	held     bool // a status --watch round, in this process (measureHeld)
+	mux      bool // through the connection holder that "mux start" started
 	wall     time.Duration
 	up       uint64 // bytes sent to the region's sshd (IP level)
 	closure  uint64 // NAR size of the systems it deployed, 0 if none
@@ -361,7 +363,99 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 		b.measureHeld(ctx, r)
 		add(r)
 	}
+	b.measureMux(ctx, deploy, add)
 	return rows
+}
+
+const (
+	muxStartWhat  = "mux start (connections, sftp sessions)"
+	muxNoopWhat   = "no-op redeploy, through mux"
+	muxStatusWhat = "status, through mux"
+)
+
+// measureMux starts the holder with mux start, runs the no-op redeploy
+// and status through it, and stops it. Their own CPU includes the
+// holder's over the same time.
+func (b *bench) measureMux(ctx context.Context, deploy []string, add func(*row)) {
+	if ctx.Err() != nil {
+		return
+	}
+	all := len(b.lab.Hosts)
+	start := &row{what: muxStartWhat, hosts: all, mux: true}
+	b.measure(ctx, start, "-c", b.hive, "mux", "start", "--idle", "0")
+	add(start)
+	defer b.logs.Run(context.WithoutCancel(ctx), "mux-stop", nil, b.bin, "-c", b.hive, "mux", "stop")
+	if start.err != nil {
+		return
+	}
+	pid, err := holderPid(filepath.Join(b.logs.Logs, logName(start.what)+".log"))
+	if err != nil {
+		start.err = err
+		return
+	}
+	start.ownCPU += procCPU(pid)
+	for _, c := range []struct {
+		what string
+		args []string
+	}{
+		{muxNoopWhat, deploy},
+		{muxStatusWhat, []string{"-v", "-c", b.hive, "status"}},
+	} {
+		if ctx.Err() != nil {
+			break
+		}
+		r := &row{what: c.what, hosts: all, mux: true}
+		before := procCPU(pid)
+		b.measure(ctx, r, c.args...)
+		r.ownCPU += procCPU(pid) - before
+		if r.err == nil {
+			r.err = b.check(nil)
+		}
+		add(r)
+	}
+}
+
+// holderPid reads the holder's pid from mux start's output.
+func holderPid(log string) (int, error) {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return 0, err
+	}
+	m := regexp.MustCompile(`mux: pid (\d+) holds`).FindSubmatch(b)
+	if m == nil {
+		return 0, fmt.Errorf("%s: mux start named no holder pid", log)
+	}
+	return strconv.Atoi(string(m[1]))
+}
+
+// procCPU is the user and system time pid has used so far, 0 if it cannot
+// be read.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: utime and stime are fields 14 and 15 of the line.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on every
+// Linux architecture Go runs on.
+const clockTicks = 100
+
+func logName(what string) string {
+	return strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "", "(", "", ")", "").Replace(what)
 }
 
 const (
@@ -476,7 +570,7 @@ func (b *bench) around(ctx context.Context, r *row, fn func() error) {
 
 // measure runs nix-hive (with -v, for its count of SSH connections).
 func (b *bench) measure(ctx context.Context, r *row, args ...string) {
-	logName := strings.NewReplacer(" ", "-", "'", "", "*", "", ",", "").Replace(r.what)
+	logName := logName(r.what)
 	logs := *b.logs
 	var fds int
 	var ownCPU time.Duration
@@ -493,10 +587,32 @@ func (b *bench) measure(ctx context.Context, r *row, args ...string) {
 		return err
 	})
 	r.ownCPU = ownCPU
-	if r.err == nil {
+	switch {
+	case r.err != nil || r.what == muxStartWhat: // it prints no count: it is the holder's
+	case r.mux:
+		r.sshConns, r.sessions, r.err = muxCounts(filepath.Join(b.logs.Logs, logName+".log"))
+	default:
 		r.sshConns, r.sessions, r.err = sshCounts(filepath.Join(b.logs.Logs, logName+".log"))
 	}
 }
+
+// muxCounts reads nix-hive -v's count of a command through the holder:
+// the connections the holder made for it, the sessions it opened.
+func muxCounts(log string) (conns, sessions int, err error) {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return 0, 0, err
+	}
+	m := muxCountsRE.FindSubmatch(b)
+	if m == nil {
+		return 0, 0, fmt.Errorf("%s: the command did not go through the holder", log)
+	}
+	conns, _ = strconv.Atoi(string(m[1]))
+	sessions, _ = strconv.Atoi(string(m[2]))
+	return conns, sessions, nil
+}
+
+var muxCountsRE = regexp.MustCompile(`ssh: through mux pid \d+: (\d+) new connections, (\d+) sessions`)
 
 // selfCPU is the CPU time this process has used.
 func selfCPU() time.Duration {
@@ -700,6 +816,23 @@ func goals(rows []*row) []goal {
 			value += fmt.Sprintf("; a later round of status --watch %.1f s (%.1f ms CPU per host)", held.wall.Seconds(), 1000*held.cpu/float64(held.hosts))
 		}
 		gs = append(gs, goal{what: r.what + " of all", target: "< 10 s", known: true, ok: r.wall < 10*time.Second, value: value})
+	}
+	muxStart, muxNoop, muxStatus := find(muxStartWhat), find(muxNoopWhat), find(muxStatusWhat)
+	for _, r := range []*row{muxNoop, muxStatus} {
+		if r == nil {
+			continue
+		}
+		value := fmt.Sprintf("%.1f s (the machine spent %.0f ms CPU per host, nix-hive and its holder %.1f; %d new connections, %d sessions)",
+			r.wall.Seconds(), 1000*r.cpu/float64(r.hosts), r.ownMsPerHost(), r.sshConns, r.sessions)
+		if muxStart != nil {
+			value += fmt.Sprintf("; mux start took %.1f s", muxStart.wall.Seconds())
+		}
+		gs = append(gs, goal{what: r.what + ", all", target: "< 10 s", known: true, ok: r.wall < 10*time.Second, value: value})
+	}
+	if muxNoop != nil && muxStatus != nil {
+		ratio := muxNoop.wall.Seconds() / muxStatus.wall.Seconds()
+		gs = append(gs, goal{what: "no-op redeploy / status, through mux", target: "little more than 1", known: true, ok: ratio <= 1.5,
+			value: fmt.Sprintf("%.2f", ratio)})
 	}
 	if noop != nil && status != nil {
 		ratio := noop.wall.Seconds() / status.wall.Seconds()
