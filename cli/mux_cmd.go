@@ -19,6 +19,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -60,8 +61,11 @@ type MuxStartCmd struct {
 }
 
 func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
-	if c.Idle < 0 {
-		return fmt.Errorf("--idle %s: want 0 (never) or more", c.Idle)
+	switch {
+	case c.Idle < 0:
+		return cmdline.UsageError{Err: fmt.Errorf("--idle %s: want 0 (never) or more", c.Idle)}
+	case c.NoMux:
+		return cmdline.UsageError{Err: errors.New("--no-mux: mux start starts the holder")}
 	}
 	targets, err := h.Inventory.Select(c.Targets)
 	if err != nil {
@@ -188,6 +192,9 @@ func (c *MuxStopCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 // holder finds the hive's holder: its info and a function that stops
 // it, returning once it is gone; a nil stop means none runs.
 func (f *Fleet) holder(h *eval.Hive, st *state.File) (transport.MuxInfo, func() error, error) {
+	if f.NoMux {
+		return transport.MuxInfo{}, nil, cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
+	}
 	cfg := f.transportConfig(h.Inventory, st)
 	sock, err := transport.MuxSocket(cfg)
 	if err != nil {
@@ -233,8 +240,9 @@ func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 		enc := json.NewEncoder(g.stdout)
 		return enc.Encode(info)
 	}
-	fmt.Fprintf(g.stdout, "mux: pid %d, up %s, idle timeout %s: holds %d connections (%d made since it started), %d sessions opened\n",
-		info.Pid, time.Since(info.Started).Round(time.Second), info.Idle, info.Connected, info.Handshakes, info.Sessions)
+	fmt.Fprintf(g.stdout, "mux: pid %d, up %s, idle timeout %s: holds %d connections (%d made since it started), %d sessions opened; socket %s, log %s\n",
+		info.Pid, time.Since(info.Started).Round(time.Second), info.Idle, info.Connected, info.Handshakes, info.Sessions,
+		info.Socket, strings.TrimSuffix(info.Socket, ".sock")+".log")
 	return nil
 }
 

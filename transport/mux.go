@@ -71,6 +71,8 @@ type MuxInfo struct {
 	// started: a command that found every host connected adds none.
 	Handshakes int `json:"handshakes"`
 	Sessions   int `json:"sessions"`
+	// Socket is where it listens; its log is beside it (.log).
+	Socket string `json:"socket"`
 }
 
 // muxConfig is the part of a Config that a holder is made of, and that
@@ -211,6 +213,7 @@ func peerUID(c net.Conn) (int, error) {
 // its socket.
 type MuxServer struct {
 	pool    *Pool
+	socket  string
 	idle    time.Duration
 	started time.Time
 	hostKey ssh.Signer
@@ -267,6 +270,7 @@ func (s *MuxServer) Listen(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("mux: %w", err)
 	}
 	ln.SetUnlinkOnClose(true)
+	s.socket = path
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("mux: %w", err)
@@ -411,7 +415,7 @@ func (s *MuxServer) Info() MuxInfo {
 		idle = s.idle.String()
 	}
 	return MuxInfo{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: connected,
-		Handshakes: d + t, Sessions: s.pool.Sessions()}
+		Handshakes: d + t, Sessions: s.pool.Sessions(), Socket: s.socket}
 }
 
 func (s *MuxServer) channel(ctx context.Context, nc ssh.NewChannel) {
