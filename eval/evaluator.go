@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"crypto/sha1"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -131,7 +132,8 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		if err != nil {
 			return result, err
 		}
-		if !e.allValid(ctx, drvs) {
+		valid := e.allValid(ctx, drvs)
+		if !valid {
 			e.warnOffline(ctx)
 		}
 		args := []string{"--realise"}
@@ -143,8 +145,12 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 				args = append(args, d)
 			}
 		}
-		if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
-			return result, fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
+		// Outputs already in the store need no realising: a no-op deploy
+		// spares the process.
+		if !valid {
+			if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
+				return result, fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
+			}
 		}
 		for _, s := range group {
 			o := drvs[s].OutPath
@@ -160,12 +166,15 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 // allValid reports whether every output is already in the store (nothing
 // to build or substitute).
 func (e *Evaluator) allValid(ctx context.Context, drvs map[string]Built) bool {
+	args := []string{"--check-validity"}
 	for _, b := range drvs {
-		if !e.Valid(ctx, b.OutPath) {
+		if b.OutPath == "" {
 			return false
 		}
+		args = append(args, b.OutPath)
 	}
-	return true
+	_, err := e.Nix.Quiet().Run(ctx, "nix-store", args...)
+	return err == nil
 }
 
 // instantiate evaluates the toplevels of systems in one call and returns
@@ -252,11 +261,58 @@ func (e *Evaluator) AddRoots(ctx context.Context, dir string, built map[string]B
 	}
 	for s, b := range built {
 		link := filepath.Join(dir, s)
+		if rootIsSet(link, b.OutPath) {
+			continue // nix-store would only write the same links again
+		}
 		if _, err := e.Nix.Run(ctx, "nix-store", "--realise", "--add-root", link, "--indirect", b.OutPath); err != nil {
 			return fmt.Errorf("gc root for %s: %w", s, err)
 		}
 	}
 	return nil
+}
+
+// rootIsSet reports whether link is already an indirect GC root of out,
+// as nix-store --add-root --indirect leaves one: link points to out, and
+// the store's gcroots/auto holds a link to link, named by the nix32
+// SHA-1 of its absolute path.
+func rootIsSet(link, out string) bool {
+	if t, err := os.Readlink(link); err != nil || t != out {
+		return false
+	}
+	abs, err := filepath.Abs(link)
+	if err != nil {
+		return false
+	}
+	sum := sha1.Sum([]byte(abs))
+	auto := filepath.Join(stateDir(), "gcroots", "auto", nix32(sum[:]))
+	t, err := os.Readlink(auto)
+	return err == nil && t == abs
+}
+
+// stateDir is Nix's state directory, as Nix finds it.
+func stateDir() string {
+	if d := os.Getenv("NIX_STATE_DIR"); d != "" {
+		return d
+	}
+	return "/nix/var/nix"
+}
+
+// nix32 is Nix's base-32 encoding of a hash (its own alphabet, last
+// byte first).
+func nix32(h []byte) string {
+	const chars = "0123456789abcdfghijklmnpqrsvwxyz"
+	n := (len(h)*8-1)/5 + 1
+	out := make([]byte, 0, n)
+	for k := n - 1; k >= 0; k-- {
+		b := k * 5
+		i, j := b/8, uint(b%8)
+		c := h[i] >> j
+		if i+1 < len(h) {
+			c |= h[i+1] << (8 - j)
+		}
+		out = append(out, chars[c&0x1f])
+	}
+	return string(out)
 }
 
 // Sign signs the closures of paths with the secret key in keyFile.
