@@ -394,12 +394,13 @@ func (b *bench) measureMux(ctx context.Context, deploy []string, add func(*row))
 		return
 	}
 	start.ownCPU += procCPU(pid)
+	start.rssKiB = max(start.rssKiB, peakRSS(pid))
 	for _, c := range []struct {
 		what string
 		args []string
 	}{
-		{muxNoopWhat, deploy},
 		{muxStatusWhat, []string{"-v", "-c", b.hive, "status"}},
+		{muxNoopWhat, deploy},
 	} {
 		if ctx.Err() != nil {
 			break
@@ -408,6 +409,7 @@ func (b *bench) measureMux(ctx context.Context, deploy []string, add func(*row))
 		before := procCPU(pid)
 		b.measure(ctx, r, c.args...)
 		r.ownCPU += procCPU(pid) - before
+		r.rssKiB = max(r.rssKiB, peakRSS(pid)) // the holder's, if larger
 		if r.err == nil {
 			r.err = b.check(nil)
 		}
@@ -573,17 +575,15 @@ func (b *bench) measure(ctx context.Context, r *row, args ...string) {
 	logName := logName(r.what)
 	logs := *b.logs
 	var fds int
+	var hwm int64
 	var ownCPU time.Duration
-	logs.Watch = func(pid int) func() { return watchFDs(pid, &fds) }
+	logs.Watch = func(pid int) func() { return watchFDs(pid, &fds, &hwm) }
 	b.around(ctx, r, func() error {
 		_, ps, err := logs.RunState(ctx, logName, nil, b.bin, args...)
 		if ps != nil {
-			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-				r.rssKiB = ru.Maxrss // Linux: KiB
-			}
 			ownCPU = ps.UserTime() + ps.SystemTime()
 		}
-		r.fds = fds
+		r.fds, r.rssKiB = fds, hwm
 		return err
 	})
 	r.ownCPU = ownCPU
@@ -647,7 +647,7 @@ var sshCountsRE = regexp.MustCompile(`ssh: (\d+) connections \(\d+ direct, \d+ t
 
 // watchFDs samples how many files pid has open until stop is called,
 // keeping the largest count in *peak.
-func watchFDs(pid int, peak *int) (stop func()) {
+func watchFDs(pid int, peak *int, hwm *int64) (stop func()) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -659,6 +659,7 @@ func watchFDs(pid int, peak *int) (stop func()) {
 			if ents, err := os.ReadDir(dir); err == nil {
 				*peak = max(*peak, len(ents))
 			}
+			*hwm = max(*hwm, peakRSS(pid))
 			select {
 			case <-done:
 				return
@@ -667,6 +668,25 @@ func watchFDs(pid int, peak *int) (stop func()) {
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// peakRSS is pid's VmHWM in KiB (0 if it cannot be read): the high-water
+// mark of its own memory since it exec'd. (wait4's ru_maxrss would do,
+// but Linux folds the forking process's peak into it at exec: a child of
+// this program, after it held a thousand connections itself, would
+// report this program's memory.)
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // machineCPU is the CPU time this machine has spent (user, nice, system,
