@@ -207,7 +207,18 @@ sshd-start)
     sleep 0.05
   done ;;
 sshd-stop)
-  if [ -f /run/sshd.pid ]; then kill "$(cat /run/sshd.pid)" 2>/dev/null || :; rm -f /run/sshd.pid; fi ;;
+  # kill only sends SIGTERM: sshd may accept a while longer. It has
+  # stopped listening once it is gone (or a zombie).
+  if [ -f /run/sshd.pid ]; then
+    p=$(cat /run/sshd.pid)
+    kill "$p" 2>/dev/null || :
+    rm -f /run/sshd.pid
+    i=0
+    while kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; do
+      i=$((i + 1)); [ $i -le 200 ] || { echo "lab-service: sshd did not stop" >&2; exit 1; }
+      sleep 0.05
+    done
+  fi ;;
 firewall-block-ssh)
   nft delete table inet %[4]s 2>/dev/null || :
   nft -f - <<EOF
