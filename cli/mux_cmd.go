@@ -86,13 +86,17 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	}
 	if pool.Mux() == "" { // none answered: start one
 		pool.Close()
-		if err := c.spawn(cfg, sock); err != nil {
-			return err
-		}
+		// A mux start running at the same time may have won the socket:
+		// its holder serves this command as well as one of ours would.
+		serr := c.spawn(cfg, sock)
 		if pool, err = transport.NewPool(cfg); err != nil {
 			return err
 		}
 		if pool.Mux() == "" {
+			pool.Close()
+			if serr != nil {
+				return serr
+			}
 			return fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
 		}
 	}

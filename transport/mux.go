@@ -307,7 +307,14 @@ func (s *MuxServer) Serve(ctx context.Context, ln *net.UnixListener) error {
 				<-ctx.Done()
 				return nil
 			}
-			return fmt.Errorf("mux: accept: %w", err)
+			// Out of descriptors, say: the held connections are still
+			// good, and a client a moment later may get through.
+			s.log("accept: %v", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		if uid, err := peerUID(c); err != nil || uid != os.Getuid() {
 			s.log("refused a client of uid %d (%v)", uid, err)
