@@ -13,6 +13,12 @@ import (
 	"github.com/nix-hive/nix-hive/shell"
 )
 
+// labMuxConfig is the lab's endpoints, pinned, as a holder's config.
+func labMuxConfig(t *testing.T, l *lab.Lab) Config {
+	return Config{Endpoints: labEndpoints(l, true), UserConfig: "none", KnownHostsFiles: []string{},
+		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
+}
+
 // startMux serves cfg's connections from a holder in this process, on a
 // socket in a directory of its own; it ends with the test. done is
 // closed when Serve has returned.
@@ -57,8 +63,7 @@ func TestMuxLab(t *testing.T) {
 	hermetic(t)
 	l := labtest.New(t, lab.Config{Internal: 2})
 	ctx := testCtx(t)
-	cfg := Config{Endpoints: labEndpoints(l, true), UserConfig: "none", KnownHostsFiles: []string{},
-		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
+	cfg := labMuxConfig(t, l)
 	srv, sock, ended := startMux(t, cfg)
 	var internal []*lab.Host
 	for _, h := range l.Hosts {
@@ -185,8 +190,7 @@ func TestMuxIdle(t *testing.T) {
 	hermetic(t)
 	l := labtest.New(t, lab.Config{Hosts: 1})
 	ctx := testCtx(t)
-	cfg := Config{Endpoints: labEndpoints(l, true), UserConfig: "none", KnownHostsFiles: []string{},
-		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
+	cfg := labMuxConfig(t, l)
 	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
 	if _, err := MuxDir(true); err != nil {
 		t.Fatal(err)

@@ -79,41 +79,47 @@ func (m *muxClient) info() (MuxInfo, error) {
 // connection error comes from dial, as it would without a holder.
 func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error) {
 	if !fresh {
-		type result struct {
-			ch  ssh.Channel
-			err error
-		}
-		res := make(chan result, 1)
-		go func() {
-			ch, reqs, err := m.client.OpenChannel(muxConnect, []byte(name))
-			if err == nil {
-				go ssh.DiscardRequests(reqs)
-			}
-			res <- result{ch, err}
-		}()
-		var r result
-		select {
-		case r = <-res:
-		case <-ctx.Done():
-			go func() {
-				if r := <-res; r.ch != nil {
-					r.ch.Close()
-				}
-			}()
-			return nil, fmt.Errorf("connect %s through mux: %w", name, ctx.Err())
-		}
-		if r.err != nil {
+		ch, err := m.open(ctx, muxConnect, name)
+		if err != nil {
 			var oce *ssh.OpenChannelError
-			if errors.As(r.err, &oce) {
+			if errors.As(err, &oce) {
 				return nil, fmt.Errorf("%s (through mux)", oce.Message)
 			}
-			return nil, fmt.Errorf("connect %s through mux %s: %w", name, m.path, r.err)
+			return nil, fmt.Errorf("connect %s through mux %s: %w", name, m.path, err)
 		}
-		r.ch.Close()
+		ch.Close()
 	}
 	h := &muxHostConn{m: m, name: name, fresh: fresh, closed: make(chan struct{}),
 		chans: make(chan ssh.NewChannel), reqs: make(chan *ssh.Request)}
 	return ssh.NewClient(h, h.chans, h.reqs), nil
+}
+
+// open opens a channel of the holder's own (typ, for instance), bounded
+// by ctx; one that arrives after ctx ended is closed.
+func (m *muxClient) open(ctx context.Context, typ, instance string) (ssh.Channel, error) {
+	type result struct {
+		ch  ssh.Channel
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		ch, reqs, err := m.client.OpenChannel(typ, []byte(instance))
+		if err == nil {
+			go ssh.DiscardRequests(reqs)
+		}
+		res <- result{ch, err}
+	}()
+	select {
+	case r := <-res:
+		return r.ch, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-res; r.ch != nil {
+				r.ch.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // reset asks the holder to drop its connection to name.
@@ -211,33 +217,11 @@ func (m *muxClient) filesOf(ctx context.Context, name string) (*muxFileReader, e
 			return f, nil
 		}
 	}
-	type result struct {
-		ch  ssh.Channel
-		err error
+	ch, err := m.open(ctx, muxFiles, name)
+	if err != nil {
+		return nil, fmt.Errorf("read files of %s through mux: %w", name, err)
 	}
-	res := make(chan result, 1)
-	go func() {
-		ch, reqs, err := m.client.OpenChannel(muxFiles, []byte(name))
-		if err == nil {
-			go ssh.DiscardRequests(reqs)
-		}
-		res <- result{ch, err}
-	}()
-	var r result
-	select {
-	case r = <-res:
-	case <-ctx.Done():
-		go func() {
-			if r := <-res; r.ch != nil {
-				r.ch.Close()
-			}
-		}()
-		return nil, fmt.Errorf("read files of %s through mux: %w", name, ctx.Err())
-	}
-	if r.err != nil {
-		return nil, fmt.Errorf("read files of %s through mux: %w", name, r.err)
-	}
-	f = &muxFileReader{ch: r.ch, enc: json.NewEncoder(r.ch), dec: json.NewDecoder(r.ch)}
+	f = &muxFileReader{ch: ch, enc: json.NewEncoder(ch), dec: json.NewDecoder(ch)}
 	m.mu.Lock()
 	m.files[name] = f
 	m.mu.Unlock()
