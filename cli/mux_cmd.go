@@ -71,56 +71,16 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	if err != nil {
 		return err
 	}
-	cfg := c.transportConfig(h.Inventory, st)
-	if _, err := transport.MuxDir(true); err != nil {
-		return err
-	}
-	sock, err := transport.MuxSocket(cfg)
+	pool, err := c.holderPool(h, st)
 	if err != nil {
 		return err
-	}
-	cfg.Mux = sock
-	pool, err := transport.NewPool(cfg)
-	if err != nil {
-		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
-	}
-	if pool.Mux() == "" { // none answered: start one
-		pool.Close()
-		// A mux start running at the same time may have won the socket:
-		// its holder serves this command as well as one of ours would.
-		serr := c.spawn(cfg, sock)
-		if pool, err = transport.NewPool(cfg); err != nil {
-			return err
-		}
-		if pool.Mux() == "" {
-			pool.Close()
-			if serr != nil {
-				return serr
-			}
-			return fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
-		}
 	}
 	defer pool.Close()
-	var mu sync.Mutex
-	var failed []string
-	fanout.Each(ctx, len(targets), c.Parallel, func(ctx context.Context, i int) {
-		if _, err := pool.Client(ctx, targets[i]); err != nil {
-			mu.Lock()
-			failed = append(failed, fmt.Sprintf("%s: %v", targets[i], err))
-			mu.Unlock()
-			return
-		}
-		// Open the sftp session status reads through, too; a host whose
-		// sshd has none is asked with a shell instead, so no error here.
-		if f, err := pool.Files(ctx, targets[i]); err == nil {
-			f.Exists("/")
-		}
-	})
+	failed := connectAll(ctx, pool, targets, c.Parallel)
 	info, err := pool.MuxInfo()
 	if err != nil {
 		return err
 	}
-	slices.Sort(failed)
 	for _, f := range failed {
 		fmt.Fprintf(g.stderr, "nix-hive: mux: %s\n", f)
 	}
@@ -133,6 +93,64 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 		return fmt.Errorf("mux: %d of %d targets could not be connected (the holder runs, and tries them again when used)", len(failed), len(targets))
 	}
 	return nil
+}
+
+// holderPool is a pool through the hive's holder, started if none
+// answers.
+func (c *MuxStartCmd) holderPool(h *eval.Hive, st *state.File) (*transport.Pool, error) {
+	cfg := c.transportConfig(h.Inventory, st)
+	if _, err := transport.MuxDir(true); err != nil {
+		return nil, err
+	}
+	sock, err := transport.MuxSocket(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Mux = sock
+	pool, err := transport.NewPool(cfg)
+	if err != nil {
+		return nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+	}
+	if pool.Mux() != "" {
+		return pool, nil
+	}
+	pool.Close()
+	// A mux start running at the same time may have won the socket: its
+	// holder serves this command as well as one of ours would.
+	serr := c.spawn(cfg, sock)
+	if pool, err = transport.NewPool(cfg); err != nil {
+		return nil, err
+	}
+	if pool.Mux() == "" {
+		pool.Close()
+		if serr != nil {
+			return nil, serr
+		}
+		return nil, fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
+	}
+	return pool, nil
+}
+
+// connectAll has the holder connect to every target and open its sftp
+// session, parallel at once; it returns the failures, sorted.
+func connectAll(ctx context.Context, pool *transport.Pool, targets []string, parallel int) []string {
+	var mu sync.Mutex
+	var failed []string
+	fanout.Each(ctx, len(targets), parallel, func(ctx context.Context, i int) {
+		if _, err := pool.Client(ctx, targets[i]); err != nil {
+			mu.Lock()
+			failed = append(failed, fmt.Sprintf("%s: %v", targets[i], err))
+			mu.Unlock()
+			return
+		}
+		// The sftp session status reads through; a host whose sshd has
+		// none is asked with a shell instead, so no error here.
+		if f, err := pool.Files(ctx, targets[i]); err == nil {
+			f.Exists("/")
+		}
+	})
+	slices.Sort(failed)
+	return failed
 }
 
 // spawn starts `nix-hive mux serve` in a session of its own, hands it
@@ -200,14 +218,10 @@ func (f *Fleet) holder(h *eval.Hive, st *state.File) (transport.MuxInfo, func() 
 		return transport.MuxInfo{}, nil, cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
 	}
 	cfg := f.transportConfig(h.Inventory, st)
-	sock, err := transport.MuxSocket(cfg)
-	if err != nil {
+	var err error
+	if cfg.Mux, err = transport.RunningMux(cfg); err != nil || cfg.Mux == "" {
 		return transport.MuxInfo{}, nil, err
 	}
-	if _, err := os.Stat(sock); errors.Is(err, os.ErrNotExist) {
-		return transport.MuxInfo{}, nil, nil
-	}
-	cfg.Mux = sock
 	pool, err := transport.NewPool(cfg)
 	if err != nil {
 		return transport.MuxInfo{}, nil, err

@@ -101,10 +101,9 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	cfg := f.transportConfig(h.Inventory, st)
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
 	if !f.NoMux {
-		if sock, err := transport.MuxSocket(cfg); err != nil {
+		var err error
+		if cfg.Mux, err = transport.RunningMux(cfg); err != nil {
 			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
-		} else if _, err := os.Stat(sock); err == nil {
-			cfg.Mux = sock
 		}
 	}
 	p, err := transport.NewPool(cfg)

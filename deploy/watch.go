@@ -11,18 +11,9 @@ import (
 )
 
 // HostFiles reads a host's links and small files without starting a
-// process there (transport.Reader, over an sftp session held open). Each
-// method returns "" or false, with a nil error, where the host says the
-// path cannot be read that way; an error means the session failed.
-type HostFiles interface {
-	Readlink(p string) (string, error)
-	// Resolve follows every link of p, "" if what it names is missing.
-	Resolve(p string) (string, error)
-	Exists(p string) (bool, error)
-	FirstLine(p string) (string, error)
-	// Batch asks for several reads at once (transport.FileReader).
-	Batch(qs []transport.FileQuery) ([]transport.FileAnswer, error)
-}
+// process there: over an sftp session held open, the pool's or a
+// connection holder's.
+type HostFiles = transport.FileReader
 
 // Watcher asks the same hosts what they run, round after round (status
 // --watch), over connections it keeps: its Remote must not be Reset
@@ -45,13 +36,7 @@ type Watcher struct {
 // opened on first use and kept with the host's pooled connection, or the
 // connection holder's (nix-hive mux), which outlive the command.
 func PoolFiles(pool *transport.Pool) func(context.Context, string) (HostFiles, error) {
-	return func(ctx context.Context, name string) (HostFiles, error) {
-		f, err := pool.Files(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		return f, nil
-	}
+	return pool.Files
 }
 
 // Inspect is one round: Inspect's rows, from the state files where they

@@ -169,6 +169,20 @@ func MuxSocket(cfg Config) (string, error) {
 	return filepath.Join(dir, hex.EncodeToString(sum[:12])+".sock"), nil
 }
 
+// RunningMux is the socket of cfg's holder if one is there, else "":
+// what a command goes through unless told not to. A socket directory
+// others could use is an error.
+func RunningMux(cfg Config) (string, error) {
+	sock, err := MuxSocket(cfg)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(sock); err != nil {
+		return "", nil
+	}
+	return sock, nil
+}
+
 // EncodeMuxConfig is cfg as a holder started in another process reads it
 // (DecodeMuxConfig); it holds no secret, only endpoints and policy.
 func EncodeMuxConfig(cfg Config) ([]byte, error) { return json.Marshal(toMuxConfig(cfg)) }
@@ -413,15 +427,12 @@ func (s *MuxServer) globalRequests(reqs <-chan *ssh.Request) {
 
 // Info describes the holder now.
 func (s *MuxServer) Info() MuxInfo {
-	s.pool.mu.Lock()
-	connected := len(s.pool.conns)
-	s.pool.mu.Unlock()
 	d, t := s.pool.Handshakes()
 	idle := "none"
 	if s.idle > 0 {
 		idle = s.idle.String()
 	}
-	return MuxInfo{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: connected,
+	return MuxInfo{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: s.pool.Connected(),
 		Handshakes: d + t, Sessions: s.pool.Sessions(), Socket: s.socket}
 }
 

@@ -180,6 +180,13 @@ func (p *Pool) Handshakes() (direct, tunnelled int) {
 	return int(p.handshakes[0].Load()), int(p.handshakes[1].Load())
 }
 
+// Connected reports how many instances the pool holds a connection to.
+func (p *Pool) Connected() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // Sessions reports how many SSH sessions (commands) were opened so far.
 func (p *Pool) Sessions() int { return int(p.sessions.Load()) }
 

@@ -477,7 +477,11 @@ func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
 		if _, ok := p.endpoints[name]; !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		return p.mux.filesOf(ctx, name)
+		f, err := p.mux.filesOf(ctx, name)
+		if err != nil {
+			return nil, err // not a nil *muxFileReader in a non-nil interface
+		}
+		return f, nil
 	}
 	sc, err := p.SFTP(ctx, name)
 	if err != nil {
