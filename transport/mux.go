@@ -183,6 +183,17 @@ func RunningMux(cfg Config) (string, error) {
 	return sock, nil
 }
 
+// MuxAnswers says whether a process listens at the socket path: a socket
+// whose holder died (killed, or its machine's /tmp kept) does not.
+func MuxAnswers(path string) bool {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
 // EncodeMuxConfig is cfg as a holder started in another process reads it
 // (DecodeMuxConfig); it holds no secret, only endpoints and policy.
 func EncodeMuxConfig(cfg Config) ([]byte, error) { return json.Marshal(toMuxConfig(cfg)) }
@@ -274,8 +285,7 @@ func (s *MuxServer) Pool() *Pool { return s.pool }
 // check they reached it. A socket left by a holder that died is replaced;
 // one that answers is an error.
 func (s *MuxServer) Listen(path string) (*net.UnixListener, error) {
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
+	if MuxAnswers(path) {
 		return nil, fmt.Errorf("mux %s: another holder already listens there", path)
 	}
 	_ = os.Remove(path)
@@ -443,7 +453,7 @@ func (s *MuxServer) channel(ctx context.Context, nc ssh.NewChannel) {
 		cctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
 		defer cancel()
 		if _, err := s.pool.conn(cctx, name); err != nil {
-			nc.Reject(ssh.ConnectionFailed, err.Error())
+			nc.Reject(dialRejection(err), err.Error())
 			return
 		}
 		if ch, reqs, err := nc.Accept(); err == nil {
@@ -469,6 +479,16 @@ func (s *MuxServer) channel(ctx context.Context, nc ssh.NewChannel) {
 	}
 }
 
+// dialRejection is the reason a holder gives for a connection it could
+// not make: Prohibited when it could not log in, which tells a client
+// that can ask for a passphrase to log in itself.
+func dialRejection(err error) ssh.RejectionReason {
+	if errors.As(err, new(loginError)) {
+		return ssh.Prohibited
+	}
+	return ssh.ConnectionFailed
+}
+
 // relay opens m's channel on the instance's connection and relays it to
 // the client's until either side closes it.
 func (s *MuxServer) relay(ctx context.Context, nc ssh.NewChannel, m muxOpenMsg) {
@@ -480,7 +500,7 @@ func (s *MuxServer) relay(ctx context.Context, nc ssh.NewChannel, m muxOpenMsg) 
 		if errors.As(err, &oce) {
 			nc.Reject(oce.Reason, oce.Message)
 		} else {
-			nc.Reject(ssh.ConnectionFailed, err.Error())
+			nc.Reject(dialRejection(err), err.Error())
 		}
 		return
 	}

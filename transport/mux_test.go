@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
 	"github.com/nix-hive/nix-hive/shell"
+	"golang.org/x/crypto/ssh"
 )
 
 // labMuxConfig is the lab's endpoints, pinned, as a holder's config.
@@ -235,6 +237,84 @@ func TestMuxIdle(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket after the holder ended: %v", err)
 	}
+}
+
+// A host that refuses the holder's keys (it has no one to ask for a
+// passphrase) is logged in to by the command itself when it can ask,
+// through the holder's connection to the jump host; a command that cannot
+// ask gets the host's refusal.
+func TestMuxLoginFallback(t *testing.T) {
+	hermetic(t)
+	t.Setenv("SSH_AUTH_SOCK", "") // the key below is in no agent
+	l := labtest.New(t, lab.Config{Internal: 1})
+	ctx := testCtx(t)
+	cfg := labMuxConfig(t, l)
+	var inner *lab.Host
+	for _, h := range l.Hosts {
+		if h.Jump != "" {
+			inner = h
+		}
+	}
+	const pass = "correct horse"
+	ep := cfg.Endpoints[inner.Name]
+	ep.Options = map[string]string{"IdentityFile": encryptedCopy(t, l.ClientKey, pass)}
+	cfg.Endpoints[inner.Name] = ep
+	srv, sock, _ := startMux(t, cfg)
+
+	c := cfg
+	c.Mux = sock
+	asked := 0
+	c.Passphrase = func(string) ([]byte, error) { asked++; return []byte(pass), nil }
+	p := newTestPool(t, c)
+	out, _, code, err := p.Output(ctx, inner.Name, "echo logged in")
+	if err != nil || code != 0 || string(out) != "logged in\n" {
+		t.Fatalf("Output through the fallback = %q, %d, %v", out, code, err)
+	}
+	if d, tun := p.Handshakes(); d != 0 || tun != 1 || asked != 1 {
+		t.Errorf("command made %d direct and %d tunnelled connections and asked %d times; want 0, 1, 1", d, tun, asked)
+	}
+	// Only the jump host's connection is the holder's: the tunnel above
+	// went through it.
+	if info := srv.Info(); info.Connected != 1 || info.Handshakes != 1 {
+		t.Errorf("holder holds %d connections, made %d; want 1 and 1 (the jump host)", info.Connected, info.Handshakes)
+	}
+	f, err := p.Files(ctx, inner.Name)
+	if err != nil {
+		t.Fatalf("Files through the fallback: %v", err)
+	}
+	if ok, err := f.Exists("/etc"); !ok || err != nil {
+		t.Errorf("file reads through the fallback: Exists(/etc) = %v, %v", ok, err)
+	}
+
+	c.Passphrase = nil
+	q := newTestPool(t, c)
+	_, _, _, err = q.Output(ctx, inner.Name, "true")
+	if err == nil || !strings.Contains(err.Error(), "no agent holds it") || !strings.Contains(err.Error(), "through mux") {
+		t.Errorf("Output from a command that cannot ask = %v; want the holder's refusal", err)
+	}
+}
+
+// encryptedCopy writes key (an unencrypted OpenSSH private key file)
+// encrypted with pass, and returns its path.
+func encryptedCopy(t *testing.T, key, pass string) string {
+	t.Helper()
+	b, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := ssh.ParseRawPrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKeyWithPassphrase(raw, "", []byte(pass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "id_encrypted")
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // MuxDir refuses a directory that someone else could use to pose as the

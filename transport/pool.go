@@ -50,6 +50,7 @@ type Pool struct {
 	conns   map[string]*conn
 	dialing map[string]*dialCall
 	dials   map[string]int
+	direct  map[string]bool // instances the holder cannot log in to: dialed here
 
 	// handshakes counts SSH connections established, direct and
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
@@ -98,6 +99,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		conns:     map[string]*conn{},
 		dialing:   map[string]*dialCall{},
 		dials:     map[string]int{},
+		direct:    map[string]bool{},
 	}
 	if warn != nil {
 		p.warnings = append(p.warnings, warn.Error())
@@ -267,7 +269,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 && p.mux == nil {
+	if p.cfg.KeepAlive > 0 && (p.mux == nil || p.direct[name]) {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -316,14 +318,34 @@ func (p *Pool) keepalive(c *conn) {
 	}
 }
 
+// throughHolder says whether name's connections go through the holder.
+func (p *Pool) throughHolder(name string) bool {
+	if p.mux == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.direct[name]
+}
+
 // dial connects to one endpoint, through its jump host's pooled connection
 // when it has one, or through the holder. A fresh connection is one the
 // holder makes for the channel opened on it alone (see RunFresh).
 func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
-	if p.mux != nil {
+	if p.throughHolder(name) {
 		ctx, cancel := context.WithTimeout(p.ctx, 2*p.cfg.ConnectTimeout)
 		defer cancel()
-		return p.mux.dial(ctx, name, fresh)
+		c, err := p.mux.dial(ctx, name, fresh)
+		var le *muxLoginError
+		if !errors.As(err, &le) || p.cfg.Passphrase == nil {
+			return c, err
+		}
+		// The holder has no one to ask for a key's passphrase; this
+		// command has, so it logs in itself (through the holder's
+		// connections to the jump hosts, if it has those).
+		p.mu.Lock()
+		p.direct[name] = true
+		p.mu.Unlock()
 	}
 	s := p.endpoints[name]
 	addr := s.Addr()
@@ -472,7 +494,7 @@ func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, er
 		if len(s.IdentityFiles) > 0 {
 			keys = strings.Join(s.IdentityFiles, ", ")
 		}
-		return fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)
+		return loginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
 	}
 	return fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 }

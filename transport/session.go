@@ -473,7 +473,7 @@ type FileReader interface {
 // Files reads the instance's files over its sftp session: the pool's own,
 // or the holder's, which outlives the command.
 func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
-	if p.mux != nil {
+	if p.throughHolder(name) {
 		if _, ok := p.endpoints[name]; !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
