@@ -13,6 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -22,11 +23,15 @@ type Fleet struct {
 	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry, in the hive's .nix-hive/known_hosts (a changed key is still refused)."`
 	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop); a connection silent for 3 times as long is given up."`
 	NoMux             bool          `name:"no-mux" help:"Connect to the hosts directly even while a connection holder (nix-hive mux) runs for the hive."`
+	MuxPersist        time.Duration `name:"mux-persist" default:"10m" env:"NIX_HIVE_MUX_PERSIST" help:"When no connection holder runs for the hive, start one that keeps the connections this command makes open until this long passes without a command using them, as OpenSSH's ControlPersist does (0: start none)."`
 }
 
 // AfterApply makes the flags of the command that embeds Fleet available
 // to the pool's provider.
 func (f *Fleet) AfterApply(kctx *kong.Context) error {
+	if f.MuxPersist < 0 {
+		return cmdline.UsageError{Err: fmt.Errorf("--mux-persist %s: want 0 (start no holder) or more", f.MuxPersist)}
+	}
 	kctx.Bind(f)
 	return nil
 }

@@ -42,6 +42,12 @@ files over the held sftp session, and a deploy leaves a host that already
 runs its system alone without taking its deploy lock. --no-mux connects
 directly anyway.
 
+Without a holder, the first command that connects starts one, as
+OpenSSH's ControlMaster auto with ControlPersist does: --mux-persist
+(default 10m, or NIX_HIVE_MUX_PERSIST) is how long it stays unused, and
+0 starts none. mux start starts one and connects it to every target now,
+so that the first command is fast too.
+
 The holder belongs to the hive's endpoints as they are now: one whose
 addresses, keys or jump hosts changed gets a holder of its own. It ends
 after --idle without a command using it, with mux stop, or when killed;
@@ -49,7 +55,8 @@ commands then connect directly again. Its socket lies in a directory
 only this user can enter ($XDG_RUNTIME_DIR/nix-hive, else
 /tmp/nix-hive-UID), and it serves only this user's processes. It logs in
 to the hosts with the ssh agent's keys and unencrypted identity files: it
-has no terminal to ask for a passphrase.`
+has no terminal to ask for a passphrase, so a host that refuses those
+keys is logged in to by the command, which can ask.`
 }
 
 // MuxStartCmd is `nix-hive mux start`.
@@ -99,10 +106,7 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 // answers.
 func (c *MuxStartCmd) holderPool(h *eval.Hive, st *state.File) (*transport.Pool, error) {
 	cfg := c.transportConfig(h.Inventory, st)
-	if _, err := transport.MuxDir(true); err != nil {
-		return nil, err
-	}
-	sock, err := transport.MuxSocket(cfg)
+	sock, _, err := ensureHolder(cfg, c.Idle)
 	if err != nil {
 		return nil, err
 	}
@@ -111,24 +115,32 @@ func (c *MuxStartCmd) holderPool(h *eval.Hive, st *state.File) (*transport.Pool,
 	if err != nil {
 		return nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
 	}
-	if pool.Mux() != "" {
-		return pool, nil
-	}
-	pool.Close()
-	// A mux start running at the same time may have won the socket: its
-	// holder serves this command as well as one of ours would.
-	serr := c.spawn(cfg, sock)
-	if pool, err = transport.NewPool(cfg); err != nil {
-		return nil, err
-	}
 	if pool.Mux() == "" {
 		pool.Close()
-		if serr != nil {
-			return nil, serr
-		}
 		return nil, fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
 	}
 	return pool, nil
+}
+
+// ensureHolder returns the socket of cfg's holder, starting one that ends
+// after idle without use unless one answers there already; pid is the
+// started holder's, 0 when one was running. A holder a concurrent command
+// started first serves this one as well as its own would.
+func ensureHolder(cfg transport.Config, idle time.Duration) (sock string, pid int, err error) {
+	if _, err := transport.MuxDir(true); err != nil {
+		return "", 0, err
+	}
+	if sock, err = transport.MuxSocket(cfg); err != nil {
+		return "", 0, err
+	}
+	if transport.MuxAnswers(sock) {
+		return sock, 0, nil
+	}
+	pid, err = spawnHolder(cfg, sock, idle)
+	if err != nil && transport.MuxAnswers(sock) {
+		return sock, 0, nil // lost the race to another command's holder
+	}
+	return sock, pid, err
 }
 
 // connectAll has the holder connect to every target and open its sftp
@@ -153,41 +165,42 @@ func connectAll(ctx context.Context, pool *transport.Pool, targets []string, par
 	return failed
 }
 
-// spawn starts `nix-hive mux serve` in a session of its own, hands it
-// the endpoints on stdin, and waits until it listens (its first line of
-// output) or fails (its log says why).
-func (c *MuxStartCmd) spawn(cfg transport.Config, sock string) error {
+// spawnHolder starts `nix-hive mux serve` in a session of its own, hands
+// it the endpoints on stdin, and waits until it listens (its first line
+// of output) or fails (its log says why). The holder shares no output
+// with this command: `$(nix-hive status)` must not wait for it to end.
+func spawnHolder(cfg transport.Config, sock string, idle time.Duration) (int, error) {
 	conf, err := transport.EncodeMuxConfig(cfg)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("mux: find nix-hive: %w", err)
+		return 0, fmt.Errorf("mux: find nix-hive: %w", err)
 	}
 	logPath := strings.TrimSuffix(sock, ".sock") + ".log"
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("mux: %w", err)
+		return 0, fmt.Errorf("mux: %w", err)
 	}
 	defer logFile.Close()
-	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--idle", c.Idle.String()},
+	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--idle", idle.String()},
 		Stdin: bytes.NewReader(conf), Stderr: logFile, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return fmt.Errorf("mux: %w", err)
+		return 0, fmt.Errorf("mux: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("mux: start %s: %w", exe, err)
+		return 0, fmt.Errorf("mux: start %s: %w", exe, err)
 	}
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if strings.TrimSpace(line) != "ready" {
 		werr := cmd.Wait()
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("mux: the holder did not start (%v): %s", werr, strings.TrimSpace(string(b)))
+		return 0, fmt.Errorf("mux: the holder did not start (%v): %s", werr, strings.TrimSpace(string(b)))
 	}
 	go cmd.Wait() // reaps it should it end while this command runs
-	return nil
+	return cmd.Process.Pid, nil
 }
 
 // MuxStopCmd is `nix-hive mux stop`.

@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // viaMux is the -v line of a command that went through a holder.
@@ -136,5 +139,105 @@ func TestMux(t *testing.T) {
 	code, _, errOut = f.run("-v", "status")
 	if code != 0 || !direct.MatchString(errOut) {
 		t.Errorf("status after stop: exit %d, did not connect directly", code)
+	}
+}
+
+// TestMuxPersist runs commands with the default --mux-persist, as an
+// operator who changed no setting does: the first starts a holder (and
+// returns while it runs on), the next ones go through it at no new
+// connection, a holder that was killed is replaced, and a deploy of a
+// change through it activates.
+func TestMuxPersist(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	f := newFaultLab(t, 2)
+	if code, _, _ := f.run("deploy", "--mux-persist", "0"); code != 0 {
+		t.Fatalf("first deploy: exit %d", code)
+	}
+	t.Setenv("NIX_HIVE_MUX_PERSIST", "") // put back after the test
+	os.Unsetenv("NIX_HIVE_MUX_PERSIST")  // TestMain's 0: the default applies
+	t.Cleanup(func() { f.run("mux", "stop") })
+
+	// A process of its own, whose output is a pipe: it ends although the
+	// holder it started runs on, so the holder does not hold that pipe.
+	r := f.startProcess("-v", "status")
+	code := r.wait()
+	pid := startedHolder(t, r.stderr.String())
+	if c, s := muxCost(t, r.stderr.String()); code != 0 || c != 2 || s != 0 {
+		t.Errorf("first status: exit %d, %d new connections and %d sessions; want 0, 2, 0", code, c, s)
+	}
+	for _, h := range []string{"app-1", "app-2"} {
+		if !regexp.MustCompile(`(?m)^` + h + `\s.*` + regexp.QuoteMeta(f.built(h)) + `\s+ok\s*$`).MatchString(r.stdout.String()) {
+			t.Errorf("first status does not show %s ok on %s", h, f.built(h))
+		}
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("holder pid %d after the command ended: %v", pid, err)
+	}
+
+	code, out, errOut := f.run("-v", "status")
+	if c, s := muxCost(t, errOut); code != 0 || c != 0 || s != 0 || strings.Contains(errOut, "started connection holder") {
+		t.Errorf("next status: exit %d, %d new connections and %d sessions, or a holder started; want 0, 0, 0", code, c, s)
+	}
+	if !strings.Contains(out, f.built("app-2")) {
+		t.Errorf("next status does not show app-2's system")
+	}
+	code, out, _ = f.run("--json", "mux", "check")
+	var info struct {
+		Pid  int    `json:"pid"`
+		Idle string `json:"idle_timeout"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); code != 0 || err != nil || info.Pid != pid || info.Idle != "10m0s" {
+		t.Errorf("mux check --json: exit %d, %+v (%v); want pid %d, idle 10m0s", code, info, err, pid)
+	}
+	// --mux-persist 0 starts none, but a running holder still serves.
+	code, _, errOut = f.run("-v", "status", "--mux-persist", "0")
+	if c, _ := muxCost(t, errOut); code != 0 || c != 0 {
+		t.Errorf("status --mux-persist 0: exit %d, %d new connections; want 0, 0", code, c)
+	}
+
+	// A holder killed outright leaves its socket; the next command starts
+	// another in its place.
+	waitKilled(t, pid)
+	code, _, errOut = f.run("-v", "status")
+	if next := startedHolder(t, errOut); code != 0 || next == pid {
+		t.Errorf("status after the holder was killed: exit %d, holder pid %d (the killed one was %d)", code, next, pid)
+	}
+
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	code, _, errOut = f.run("-v", "deploy")
+	if c, _ := muxCost(t, errOut); code != 0 || f.system("app-1").active != f.built("app-1") || c == 0 {
+		t.Errorf("deploy of a change: exit %d, app-1 runs %s (want %s), %d new connections (the confirmation needs one)",
+			code, f.system("app-1").active, f.built("app-1"), c)
+	}
+}
+
+var startedRE = regexp.MustCompile(`nix-hive: mux: started connection holder pid (\d+); it keeps this hive's connections until 10m0s pass unused`)
+
+// startedHolder is the pid of the holder the command says it started.
+func startedHolder(t *testing.T, stderr string) int {
+	t.Helper()
+	m := startedRE.FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("the command started no holder (no %q line)", startedRE)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	return pid
+}
+
+// waitKilled kills pid with SIGKILL and returns once it has exited, told
+// by its pidfd (it is not this process's child to wait for).
+func waitKilled(t *testing.T, pid int) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 60_000); n != 1 || err != nil {
+		t.Fatalf("holder pid %d did not exit after SIGKILL: %v", pid, err)
 	}
 }

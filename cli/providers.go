@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/alecthomas/kong"
 
@@ -95,6 +96,21 @@ func loadPolicy(ctx context.Context, g *Globals, r *Rollout, src eval.Source) (*
 	return provided(starlark.Load(ctx, file, nil, env))
 }
 
+// holderFor is the socket of the holder the command goes through: the
+// running one, else (persist > 0) one started now, which then keeps the
+// connections this command makes for the next ones, as ControlPersist
+// does. Starting it is said once, since it outlives the command.
+func holderFor(g *Globals, cfg transport.Config, persist time.Duration) (string, error) {
+	if persist == 0 {
+		return transport.RunningMux(cfg)
+	}
+	sock, pid, err := ensureHolder(cfg, persist)
+	if err == nil && pid != 0 {
+		fmt.Fprintf(g.stderr, "nix-hive: mux: started connection holder pid %d; it keeps this hive's connections until %s pass unused (nix-hive mux stop ends it, --mux-persist 0 starts none)\n", pid, persist)
+	}
+	return sock, err
+}
+
 // openPool makes the connection pool for the hive (connections are made
 // on first use, one per host); it is closed when the command ends.
 func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Pool, error) {
@@ -102,7 +118,9 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
 	if !f.NoMux {
 		var err error
-		if cfg.Mux, err = transport.RunningMux(cfg); err != nil {
+		cfg.Mux, err = holderFor(g, cfg, f.MuxPersist)
+		if err != nil {
+			cfg.Mux = ""
 			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
 		}
 	}

@@ -25,6 +25,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// A holder started by one test's command would serve the next ones and
+	// outlive the run: tests that want one say so (TestMuxPersist). Not
+	// when this binary runs as a test's nix-hive: that one's environment
+	// is the test's.
+	if filepath.Base(os.Args[0]) != "nix-hive" {
+		os.Setenv("NIX_HIVE_MUX_PERSIST", "0")
+	}
 	testscript.Main(m, map[string]func(){
 		"nix-hive": func() { os.Exit(cli.Main("test", os.Args[1:], os.Stdout, os.Stderr)) },
 	})
@@ -49,6 +56,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("TESTSYSTEMS", filepath.Join(root, "examples", "testsystems"))
 			env.Setenv("EXAMPLES", filepath.Join(root, "examples"))
 			env.Setenv("NIX_CONFIG", nixtest.Config)
+			env.Setenv("NIX_HIVE_MUX_PERSIST", "0")
 			env.Setenv("XDG_CACHE_HOME", filepath.Join(env.WorkDir, ".cache"))
 			return nil
 		},

@@ -26,9 +26,11 @@ import (
 const NixConfig = "experimental-features = nix-command flakes\nsubstituters =\nwarn-dirty = false"
 
 // Env is this process's environment with NixConfig and, when sshConfig is
-// not empty, NIX_SSHOPTS pointing nix's ssh at that config.
+// not empty, NIX_SSHOPTS pointing nix's ssh at that config. nix-hive starts
+// no connection holder (a row that measures one starts it itself): each
+// row measures its command alone, not what an earlier one left open.
 func Env(sshConfig string) []string {
-	env := append(os.Environ(), "NIX_CONFIG="+NixConfig)
+	env := append(os.Environ(), "NIX_CONFIG="+NixConfig, "NIX_HIVE_MUX_PERSIST=0")
 	if sshConfig != "" {
 		env = append(env, "NIX_SSHOPTS=-F "+sshConfig)
 	}
