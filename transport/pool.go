@@ -52,6 +52,8 @@ type Pool struct {
 	dials   map[string]int
 	direct  map[string]bool // instances the holder cannot log in to: dialed here
 
+	keepaliveTick func(probed bool) // tests: told at each keepalive tick whether it probed
+
 	// handshakes counts SSH connections established, direct and
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
 	handshakes [2]atomic.Int64
@@ -65,6 +67,7 @@ type conn struct {
 	done     chan struct{} // closed once the connection is gone
 	sessions chan struct{} // one token per open session (maxSessions)
 
+	inUse    atomic.Int32  // channels open through openChannel (IdleKeepAlive)
 	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
 	sftp     *SFTP
 	sftpDone chan struct{}
@@ -289,12 +292,21 @@ func (p *Pool) evict(c *conn) {
 func (p *Pool) keepalive(c *conn) {
 	t := time.NewTicker(p.cfg.KeepAlive)
 	defer t.Stop()
+	probed := time.Now()
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-t.C:
 		}
+		idle := c.inUse.Load() == 0 && time.Since(probed) < p.cfg.IdleKeepAlive
+		if p.keepaliveTick != nil {
+			p.keepaliveTick(!idle)
+		}
+		if idle {
+			continue
+		}
+		probed = time.Now()
 		replied := make(chan error, 1)
 		p.goTracked(func() {
 			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
@@ -567,11 +579,22 @@ func (p *Pool) openChannel(ctx context.Context, name string, fresh bool, typ str
 		}
 		ch, reqs, err := p.channelWithin(ctx, c.client, typ, data)
 		if err == nil {
-			return ch, reqs, release, nil
+			c.inUse.Add(1)
+			return ch, reqs, func() { c.inUse.Add(-1); release() }, nil
 		}
 		release()
 		var oce *ssh.OpenChannelError
-		if errors.As(err, &oce) || attempt > 0 || ctx.Err() != nil {
+		if errors.As(err, &oce) {
+			return nil, nil, nil, err
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// No answer in time: a connection a NAT or firewall forgot
+			// while it was idle goes silent rather than failing. The
+			// next open redials instead of waiting on it again.
+			p.evict(c)
+			c.client.Close()
+		}
+		if attempt > 0 || ctx.Err() != nil {
 			return nil, nil, nil, err
 		}
 		p.evict(c)

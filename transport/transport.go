@@ -91,6 +91,12 @@ type Config struct {
 	// connection is closed and evicted; 0 means 3*KeepAlive (OpenSSH's
 	// ServerAliveCountMax default).
 	KeepAliveTimeout time.Duration
+	// IdleKeepAlive, if longer than KeepAlive, is the interval of probes
+	// on a connection no channel opened through the pool is using (see
+	// openChannel): a holder's connections waiting between commands then
+	// cost the uplink little, while one a command uses is still probed
+	// every KeepAlive.
+	IdleKeepAlive time.Duration
 	// UserConfig is the user's OpenSSH config, read for defaults the hive
 	// does not set (User, Port, HostName, IdentityFile) and included by the
 	// generated config. "" means ~/.ssh/config; "none" ignores it.
