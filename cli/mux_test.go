@@ -14,7 +14,7 @@ import (
 )
 
 // viaMux is the -v line of a command that went through a holder.
-var viaMux = regexp.MustCompile(`ssh: through mux pid (\d+): (\d+) new connections, (\d+) sessions`)
+var viaMux = regexp.MustCompile(`ssh: through mux pid (\d+): (\d+) new connections, (\d+) sessions, (\d+) hosts' state read`)
 
 // muxCost is what a command cost the hosts through the holder: the
 // connections the holder made for it and the sessions it opened.
@@ -27,6 +27,17 @@ func muxCost(t *testing.T, stderr string) (conns, sessions int) {
 	conns, _ = strconv.Atoi(m[2])
 	sessions, _ = strconv.Atoi(m[3])
 	return conns, sessions
+}
+
+// muxReads is how many hosts' state the holder read for a command.
+func muxReads(t *testing.T, stderr string) int {
+	t.Helper()
+	m := viaMux.FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("the command did not go through the holder (no %q line)", viaMux)
+	}
+	n, _ := strconv.Atoi(m[4])
+	return n
 }
 
 // TestMux starts a holder with mux start and runs status and deploy
@@ -60,8 +71,8 @@ func TestMux(t *testing.T) {
 	}
 
 	code, _, errOut = f.run("-v", "deploy")
-	if c, s := muxCost(t, errOut); code != 0 || c != 0 || s != 0 {
-		t.Errorf("no-op deploy: exit %d, %d connections and %d sessions; want 0, 0, 0", code, c, s)
+	if c, s := muxCost(t, errOut); code != 0 || c != 0 || s != 0 || muxReads(t, errOut) != 3 {
+		t.Errorf("no-op deploy: exit %d, %d connections, %d sessions and %d state reads; want 0, 0, 0, 3", code, c, s, muxReads(t, errOut))
 	}
 
 	// Another deploy holds app-2: its lock and its owner file.
@@ -100,6 +111,11 @@ func TestMux(t *testing.T) {
 	if c, _ := muxCost(t, errOut); code != 0 || v2 == v1 || f.system("app-1").active != v2 || c == 0 {
 		t.Errorf("deploy of a change: exit %d, app-1 runs %s (want %s), %d new connections (the confirmation needs one)",
 			code, f.system("app-1").active, v2, c)
+	}
+	// hive.state says app-1 runs v1: reading that it does would not spare
+	// its lock, so only app-2 and app-3 are read.
+	if n := muxReads(t, errOut); n != 2 {
+		t.Errorf("deploy of a change read %d hosts' state; want 2", n)
 	}
 	for _, h := range []string{"app-2", "app-3"} {
 		if got := f.system(h).active; got != f.built(h) {

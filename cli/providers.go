@@ -140,7 +140,8 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 			// The holder's count, not the pool's: its connections are
 			// what the command cost the hosts' sshd.
 			if after, err := p.MuxInfo(); err == nil {
-				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions\n", after.Pid, after.Handshakes-before.Handshakes, p.Sessions())
+				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions, %d hosts' state read\n",
+					after.Pid, after.Handshakes-before.Handshakes, p.Sessions(), after.Reads-before.Reads)
 			}
 		}
 		p.Close()

@@ -110,13 +110,14 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 	if r.Remote == nil {
 		for _, n := range targets {
 			rec, ok := r.State.Instances[n]
+			path, known := recordedRunning(rec)
 			switch {
 			case !ok:
 				unknown[n] = "no deploy recorded in " + r.State.Path()
-			case rec.Status != string(StatusOK) || !Goal(rec.Goal).Activates():
+			case !known:
 				unknown[n] = "last deploy recorded: " + rec.Status + " (" + rec.Goal + ")"
 			default:
-				running[n] = rec.OutPath
+				running[n] = path
 			}
 		}
 		return running, unknown
@@ -134,6 +135,16 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 
 // Activates reports whether the goal changes what runs now ("" is a
 // record from before goals were recorded: a switch).
+// recordedRunning is what an instance runs by its last deploy's record:
+// known only when that deploy activated its system, or found it running
+// already, and succeeded.
+func recordedRunning(rec state.Instance) (string, bool) {
+	if (rec.Status != string(StatusOK) && rec.Status != string(StatusUnchanged)) || !Goal(rec.Goal).Activates() || rec.OutPath == "" {
+		return "", false
+	}
+	return rec.OutPath, true
+}
+
 func (g Goal) Activates() bool { return g == "" || g == GoalSwitch || g == GoalTest }
 
 type localResult struct {

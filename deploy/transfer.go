@@ -66,9 +66,12 @@ const deployOwner = "/run/nix-hive/deploy.owner"
 // leave it running, that no deploy holds and where no activation runs,
 // has nothing to lock for (a deploy that takes it a moment later finds
 // it as this one leaves it). Keys to upload, a held lock, or a read that
-// cannot decide take the lock as usual.
+// cannot decide take the lock as usual; so does a host hive.state says
+// runs another system, which the read would only confirm, at a cost: on
+// the 103-host lab a deploy of a change through a holder sent 34.1 KB per
+// host with the read, 29.1 without.
 func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool) {
-	if e.opts.Files == nil || e.opts.Force || e.hasKeys(n) {
+	if e.opts.Files == nil || e.opts.Force || e.hasKeys(n) || e.leftElsewhere(n) {
 		return HostState{}, false
 	}
 	f, err := e.opts.Files(ctx, n)
@@ -80,6 +83,17 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool)
 		return HostState{}, false
 	}
 	return hs, true
+}
+
+// leftElsewhere says whether hive.state has n's last deploy ending with
+// n running another system than the one this deploy wants.
+func (e *executor) leftElsewhere(n string) bool {
+	if e.opts.State == nil {
+		return false
+	}
+	rec, _ := e.opts.State.Instance(n)
+	path, known := recordedRunning(rec)
+	return known && path != e.plan.Hosts[n].OutPath
 }
 
 // servesOthers reports whether n is the store of another host of the

@@ -264,9 +264,11 @@ func parseCounters(out []byte) (map[string]Value, error) {
 }
 
 // Delete removes the table. Like Shape's remove it runs while a benchmark
-// unwinds, so it does not take the (maybe cancelled) caller's context.
+// unwinds, so it does not take the (maybe cancelled) caller's context. Its
+// bound is generous: it may run while 1,000 hosts' sshd sessions end at
+// once (a holder just stopped), and nft then waited over 10 s for a core.
 func (t *Table) Delete() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err := run(ctx, "", "nft", "delete", "table", "inet", t.name)
 	if err != nil && strings.Contains(err.Error(), "No such file") {
