@@ -97,19 +97,31 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 		}
 	}
 	args := append([]string{"copy", "--to", c.URL(dest)}, paths...)
-	if _, err := r.Run(ctx, "nix", args...); err != nil {
+	for attempt := 0; ; attempt++ {
+		_, err := r.Run(ctx, "nix", args...)
+		if err == nil {
+			return nil
+		}
 		// Releases word a failed connection differently; say it one way,
 		// with what ssh said, instead of Nix's command line.
 		var ne *nixcmd.Error
-		if ctx.Err() == nil && errors.As(err, &ne) {
-			if detail, ok := nixcmd.SSHConnectFailure(ne.Stderr); ok {
-				if detail == "" {
-					detail = "ssh gave no reason"
-				}
-				return fmt.Errorf("nix copy to %s: cannot connect over SSH: %s", dest, detail)
-			}
+		if ctx.Err() != nil || !errors.As(err, &ne) {
+			return fmt.Errorf("nix copy to %s: %w", dest, err)
 		}
-		return fmt.Errorf("nix copy to %s: %w", dest, err)
+		detail, ok := nixcmd.SSHConnectFailure(ne.Stderr)
+		if !ok {
+			return fmt.Errorf("nix copy to %s: %w", dest, err)
+		}
+		// ssh never got in, so nothing was copied: trying once more is
+		// safe. It is worth it where the deploy host or a jump host is
+		// loaded (1 to 2 consumers of 103 on a lab's first deploy, their
+		// ProxyJump timed out) or sshd's MaxStartups turned one away.
+		if attempt == 0 {
+			continue
+		}
+		if detail == "" {
+			detail = "ssh gave no reason"
+		}
+		return fmt.Errorf("nix copy to %s: cannot connect over SSH (tried twice): %s", dest, detail)
 	}
-	return nil
 }
