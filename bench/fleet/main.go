@@ -30,6 +30,7 @@ import (
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/state"
+	"golang.org/x/sys/unix"
 )
 
 type options struct {
@@ -698,21 +699,40 @@ func sshCounts(log string) (conns, sessions int, err error) {
 
 var sshCountsRE = regexp.MustCompile(`ssh: (\d+) connections \(\d+ direct, \d+ through [^)]*\), (\d+) sessions`)
 
-// watchFDs samples how many files pid has open until stop is called,
-// keeping the largest count in *peak.
+// watchFDs samples how many files pid has open, and its peak RSS, until
+// stop is called, keeping the largest in *peak and *hwm. A sample counts
+// only if the process had not exited when it was taken: the harness
+// reaps it before calling stop, and on a lab of 1,000 hosts its pid is
+// soon another process's (rows once showed 226 and 240 open files that
+// were some other process's).
 func watchFDs(pid int, peak *int, hwm *int64) (stop func()) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	// Opened before the harness reaps pid, so it is that process's.
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return func() {}
+	}
+	running := func() bool {
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		return err == nil && n == 0
+	}
 	go func() {
 		defer close(finished)
+		defer unix.Close(pidfd)
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if ents, err := os.ReadDir(dir); err == nil {
-				*peak = max(*peak, len(ents))
+			ents, err := os.ReadDir(dir)
+			rss := peakRSS(pid)
+			if running() {
+				if err == nil {
+					*peak = max(*peak, len(ents))
+				}
+				*hwm = max(*hwm, rss)
 			}
-			*hwm = max(*hwm, peakRSS(pid))
 			select {
 			case <-done:
 				return
