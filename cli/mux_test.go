@@ -20,23 +20,27 @@ var viaMux = regexp.MustCompile(`ssh: through mux pid (\d+): (\d+) new connectio
 // connections the holder made for it and the sessions it opened.
 func muxCost(t *testing.T, stderr string) (conns, sessions int) {
 	t.Helper()
-	m := viaMux.FindStringSubmatch(stderr)
-	if m == nil {
-		t.Fatalf("the command did not go through the holder (no %q line)", viaMux)
-	}
-	conns, _ = strconv.Atoi(m[2])
-	sessions, _ = strconv.Atoi(m[3])
-	return conns, sessions
+	n := muxCounts(t, stderr)
+	return n[0], n[1]
 }
 
 // muxReads is how many hosts' state the holder read for a command.
 func muxReads(t *testing.T, stderr string) int {
 	t.Helper()
+	return muxCounts(t, stderr)[2]
+}
+
+// muxCounts are the numbers of a command's viaMux line.
+func muxCounts(t *testing.T, stderr string) [3]int {
+	t.Helper()
 	m := viaMux.FindStringSubmatch(stderr)
 	if m == nil {
 		t.Fatalf("the command did not go through the holder (no %q line)", viaMux)
 	}
-	n, _ := strconv.Atoi(m[4])
+	var n [3]int
+	for i := range n {
+		n[i], _ = strconv.Atoi(m[i+2])
+	}
 	return n
 }
 

@@ -382,29 +382,11 @@ const (
 	muxStatusWhat = "status, through mux"
 )
 
-// measureMux starts the holder with mux start, runs the no-op redeploy
-// and status through it, and stops it. Their own CPU includes the
-// holder's over the same time.
+// measureMux starts the holder with mux start, runs status and the no-op
+// redeploy through it, and stops it.
 func (b *bench) measureMux(ctx context.Context, deploy []string, add func(*row)) {
-	if ctx.Err() != nil {
-		return
-	}
-	all := len(b.lab.Hosts)
-	start := &row{what: muxStartWhat, hosts: all, mux: true}
-	b.measure(ctx, start, "-c", b.hive, "mux", "start", "--idle", "0")
-	add(start)
-	defer b.logs.Run(context.WithoutCancel(ctx), "mux-stop", nil, b.bin, "-c", b.hive, "mux", "stop")
-	if start.err != nil {
-		return
-	}
-	pid, err := holderPid(filepath.Join(b.logs.Logs, logName(start.what)+".log"), muxStartPidRE)
-	if err != nil {
-		start.err = err
-		return
-	}
-	start.ownCPU += procCPU(pid)
-	start.rssKiB = max(start.rssKiB, peakRSS(pid))
-	b.measureThrough(ctx, pid, add, command{muxStatusWhat, []string{"-v", "-c", b.hive, "status"}}, command{muxNoopWhat, deploy})
+	b.measureHolder(ctx, add, command{muxStartWhat, []string{"-c", b.hive, "mux", "start", "--idle", "0"}}, muxStartPidRE,
+		command{muxStatusWhat, []string{"-v", "-c", b.hive, "status"}}, command{muxNoopWhat, deploy})
 }
 
 const (
@@ -418,26 +400,34 @@ const (
 // the benchmark's environment turns off for every other row), the next
 // ones go through it.
 func (b *bench) measureAutoMux(ctx context.Context, deploy []string, add func(*row)) {
+	persist := []string{"--mux-persist", "10m"}
+	status := append([]string{"-v", "-c", b.hive, "status"}, persist...)
+	b.measureHolder(ctx, add, command{autoFirstWhat, status}, autoStartPidRE,
+		command{autoStatusWhat, status}, command{autoNoopWhat, append(slices.Clone(deploy), persist...)})
+}
+
+// measureHolder runs first, which leaves a holder running (its log names
+// the holder's pid, found with pidRE), then cmds through it, and stops
+// it. first's CPU and peak RSS include the holder's.
+func (b *bench) measureHolder(ctx context.Context, add func(*row), first command, pidRE *regexp.Regexp, cmds ...command) {
 	if ctx.Err() != nil {
 		return
 	}
-	persist := []string{"--mux-persist", "10m"}
-	status := append([]string{"-v", "-c", b.hive, "status"}, persist...)
-	first := &row{what: autoFirstWhat, hosts: len(b.lab.Hosts), mux: true}
-	b.measure(ctx, first, status...)
-	add(first)
-	defer b.logs.Run(context.WithoutCancel(ctx), "auto-mux-stop", nil, b.bin, "-c", b.hive, "mux", "stop")
-	if first.err != nil {
+	r := &row{what: first.what, hosts: len(b.lab.Hosts), mux: true}
+	b.measure(ctx, r, first.args...)
+	add(r)
+	defer b.logs.Run(context.WithoutCancel(ctx), logName(first.what)+"-stop", nil, b.bin, "-c", b.hive, "mux", "stop")
+	if r.err != nil {
 		return
 	}
-	pid, err := holderPid(filepath.Join(b.logs.Logs, logName(first.what)+".log"), autoStartPidRE)
+	pid, err := holderPid(filepath.Join(b.logs.Logs, logName(r.what)+".log"), pidRE)
 	if err != nil {
-		first.err = err
+		r.err = err
 		return
 	}
-	first.ownCPU += procCPU(pid)
-	first.rssKiB = max(first.rssKiB, peakRSS(pid))
-	b.measureThrough(ctx, pid, add, command{autoStatusWhat, status}, command{autoNoopWhat, append(slices.Clone(deploy), persist...)})
+	r.ownCPU += procCPU(pid)
+	r.rssKiB = max(r.rssKiB, peakRSS(pid))
+	b.measureThrough(ctx, pid, add, cmds...)
 }
 
 type command struct {
