@@ -130,11 +130,11 @@ func ensureHolder(cfg transport.Config, idle time.Duration) (sock string, pid in
 	if _, err := transport.MuxDir(true); err != nil {
 		return "", 0, err
 	}
+	if sock, err = transport.RunningMux(cfg); sock != "" || err != nil {
+		return sock, 0, err
+	}
 	if sock, err = transport.MuxSocket(cfg); err != nil {
 		return "", 0, err
-	}
-	if transport.MuxAnswers(sock) {
-		return sock, 0, nil
 	}
 	pid, err = spawnHolder(cfg, sock, idle)
 	if err != nil && transport.MuxAnswers(sock) {

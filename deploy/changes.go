@@ -133,8 +133,6 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 	return running, unknown
 }
 
-// Activates reports whether the goal changes what runs now ("" is a
-// record from before goals were recorded: a switch).
 // recordedRunning is what an instance runs by its last deploy's record:
 // known only when that deploy activated its system, or found it running
 // already, and succeeded.
@@ -145,6 +143,8 @@ func recordedRunning(rec state.Instance) (string, bool) {
 	return rec.OutPath, true
 }
 
+// Activates reports whether the goal changes what runs now ("" is a
+// record from before goals were recorded: a switch).
 func (g Goal) Activates() bool { return g == "" || g == GoalSwitch || g == GoalTest }
 
 type localResult struct {

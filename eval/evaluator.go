@@ -132,24 +132,12 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		if err != nil {
 			return result, err
 		}
-		valid := e.allValid(ctx, drvs)
-		if !valid {
-			e.warnOffline(ctx)
-		}
-		args := []string{"--realise"}
-		args = append(args, inv.Build.Flags...)
-		seen := map[string]bool{}
-		for _, s := range group {
-			if d := drvs[s].DrvPath; !seen[d] {
-				seen[d] = true
-				args = append(args, d)
-			}
-		}
 		// Outputs already in the store need no realising: a no-op deploy
 		// spares the process.
-		if !valid {
-			if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
-				return result, fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
+		if !e.allValid(ctx, drvs) {
+			e.warnOffline(ctx)
+			if err := e.realise(ctx, inv.Build.Flags, group, drvs); err != nil {
+				return result, err
 			}
 		}
 		for _, s := range group {
@@ -161,6 +149,23 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		}
 	}
 	return result, nil
+}
+
+// realise builds (or substitutes) the derivations of group's systems,
+// each once.
+func (e *Evaluator) realise(ctx context.Context, flags, group []string, drvs map[string]Built) error {
+	args := append([]string{"--realise"}, flags...)
+	seen := map[string]bool{}
+	for _, s := range group {
+		if d := drvs[s].DrvPath; !seen[d] {
+			seen[d] = true
+			args = append(args, d)
+		}
+	}
+	if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
+		return fmt.Errorf("build %s: %w", strings.Join(group, ", "), err)
+	}
+	return nil
 }
 
 // allValid reports whether every output is already in the store (nothing

@@ -65,7 +65,7 @@ func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
 
 // loginError is a login the host refused, or one no key could be offered
 // for. A holder, which cannot ask for passphrases, says so to a command
-// that can (see dialRejection).
+// that can (see dialRejection), whose muxClient.dial returns it again.
 type loginError struct{ error }
 
 func (e loginError) Unwrap() error { return e.error }

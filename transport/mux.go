@@ -173,16 +173,13 @@ func MuxSocket(cfg Config) (string, error) {
 	return filepath.Join(dir, hex.EncodeToString(sum[:12])+".sock"), nil
 }
 
-// RunningMux is the socket of cfg's holder if one is there, else "":
-// what a command goes through unless told not to. A socket directory
+// RunningMux is the socket of cfg's holder if one answers there, else
+// "": what a command goes through unless told not to. A socket directory
 // others could use is an error.
 func RunningMux(cfg Config) (string, error) {
 	sock, err := MuxSocket(cfg)
-	if err != nil {
+	if err != nil || !MuxAnswers(sock) {
 		return "", err
-	}
-	if _, err := os.Stat(sock); err != nil {
-		return "", nil
 	}
 	return sock, nil
 }

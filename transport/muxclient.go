@@ -81,12 +81,12 @@ func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Cli
 	if !fresh {
 		ch, err := m.open(ctx, muxConnect, name)
 		if err != nil {
-			var oce *ssh.OpenChannelError
-			if errors.As(err, &oce) && oce.Reason == ssh.Prohibited {
-				return nil, &muxLoginError{oce.Message}
-			}
-			if errors.As(err, &oce) {
-				return nil, fmt.Errorf("%s (through mux)", oce.Message)
+			if oce := (*ssh.OpenChannelError)(nil); errors.As(err, &oce) {
+				err = fmt.Errorf("%s (through mux)", oce.Message)
+				if oce.Reason == ssh.Prohibited { // see dialRejection
+					err = loginError{err}
+				}
+				return nil, err
 			}
 			return nil, fmt.Errorf("connect %s through mux %s: %w", name, m.path, err)
 		}
@@ -96,12 +96,6 @@ func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Cli
 		chans: make(chan ssh.NewChannel), reqs: make(chan *ssh.Request)}
 	return ssh.NewClient(h, h.chans, h.reqs), nil
 }
-
-// muxLoginError is the holder's refusal by the host: its keys, which
-// are the agent's and unencrypted files only, do not log in there.
-type muxLoginError struct{ msg string }
-
-func (e *muxLoginError) Error() string { return e.msg + " (through mux)" }
 
 // open opens a channel of the holder's own (typ, for instance), bounded
 // by ctx; one that arrives after ctx ended is closed.

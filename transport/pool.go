@@ -348,8 +348,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		ctx, cancel := context.WithTimeout(p.ctx, 2*p.cfg.ConnectTimeout)
 		defer cancel()
 		c, err := p.mux.dial(ctx, name, fresh)
-		var le *muxLoginError
-		if !errors.As(err, &le) || p.cfg.Passphrase == nil {
+		if !errors.As(err, new(loginError)) || p.cfg.Passphrase == nil {
 			return c, err
 		}
 		// The holder has no one to ask for a key's passphrase; this
