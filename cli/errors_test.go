@@ -62,7 +62,18 @@ var hiveErrorCases = []struct {
 	{"tag typo", `{ systems.www.toplevel = null; instances.a = { system = "www"; tags = [ "canary" ]; }; }`, []string{"plan", "@canry"},
 		[]string{`target "@canry" matches no instance`, `did you mean "@canary"?`}},
 	{"ssh option running a local command", `{ systems.www.toplevel = null; instances.a = { system = "www"; ssh.ProxyCommand = "nc %h %p"; }; }`,
-		[]string{"run", "a", "--", "true"}, []string{"hive.nix: instance a: ssh option ProxyCommand is refused"}},
+		[]string{"run", "a", "--", "true"}, []string{`hive.nix: instance "a": attribute ssh: ssh option ProxyCommand is refused`}},
+	{"ssh option outside the allowlist", `{ systems.www.toplevel = null; instances.a = { system = "www"; ssh = { SendEnv = "*"; ForwardAgent = "yes"; ControlPath = "/tmp/x"; GlobalKnownHostsFile = "/dev/null"; }; }; }`,
+		[]string{"plan", "--offline"}, []string{"ssh option SendEnv is refused: it sends something from this machine", "ssh option ForwardAgent is refused",
+			"ssh option ControlPath is refused: it shares connections", "ssh option GlobalKnownHostsFile is refused: it decides which host keys are trusted", "(4 problems)"}},
+	{"shell in host, user, name, tag, store", `{ systems.www.toplevel = null;
+		instances."$(id>pwned)a" = { system = "www"; host = "10.0.0.1"; };
+		instances.b = { system = "www"; host = "$(id>pwned)10.0.0.2"; user = "r;id"; storeUser = "-x"; tags = [ "a b" ]; store = "ssh://-oProxyCommand=id@x"; }; }`,
+		[]string{"plan", "--offline"}, []string{`instance "$(id>pwned)a": the name is not a valid instance name`, `instance "b": attribute host: "$(id>pwned)10.0.0.2" is not a DNS name`,
+			`instance "b": attribute user: "r;id" is not a POSIX login name`, `instance "b": attribute storeUser: "-x" is not a POSIX login name`,
+			`instance "b": attribute tags: "a b" is not a valid tag`, `instance "b": attribute store: "ssh://-oProxyCommand=id@x" has a`, "(6 problems)"}},
+	{"bad default user: said once", `{ systems.www.toplevel = null; defaults.user = "$(id)"; instances = builtins.listToAttrs (map (n: { name = "w-${toString n}"; value = { system = "www"; host = "10.0.0.${toString n}"; }; }) [ 1 2 3 4 5 ]); }`,
+		[]string{"plan", "--offline"}, []string{`instances "w-1", "w-2", "w-3" and 2 more: attribute user: "$(id)" is not a POSIX login name`, "(1 problem)"}},
 }
 
 // nixWorded are the cases whose message Nix words, differently in each

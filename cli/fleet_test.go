@@ -32,8 +32,11 @@ type fleet struct {
 	dir string
 }
 
-// oddName has no "/" or ":": scp's instance:path syntax cannot carry those.
-const oddName = `it's a "host" $(touch pwned-by-name) ;x`
+// oddName is as odd as an instance name may be (package endpoint) and
+// still be scp's instance:path ("/" would make it a local path): "+" and
+// a leading "_" make OpenSSH files use an alias for it. Names that would
+// need quoting are refused (TestHostileHiveValuesNeverRun).
+const oddName = `_it.s+odd-1`
 
 func newFleet(t *testing.T, cfg lab.Config, odd bool) *fleet {
 	l := labtest.New(t, cfg)

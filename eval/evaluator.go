@@ -96,8 +96,8 @@ func (e *Evaluator) Inventory(ctx context.Context) (*Inventory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("evaluate %s: %w", e.Src.File, err)
 	}
-	if len(inv.Errors) > 0 {
-		return inv, &InvalidHiveError{File: e.Src.File, Problems: inv.Errors}
+	if problems := append(inv.Errors, inv.checkEndpoints()...); len(problems) > 0 {
+		return inv, &InvalidHiveError{File: e.Src.File, Problems: problems}
 	}
 	return inv, nil
 }

@@ -12,6 +12,9 @@ import (
 
 	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nix-hive/nix-hive/endpoint"
+	"github.com/nix-hive/nix-hive/shell"
 )
 
 // Effective is what the client will actually use for an instance after the
@@ -43,9 +46,12 @@ type Effective struct {
 }
 
 // ProxyCommandLine is the ProxyCommand with %h, %p, %r, %n, %u, %d and %%
-// expanded, as OpenSSH expands it.
+// expanded, as OpenSSH expands it, except that each value is quoted for
+// the shell that runs the line: the hive's rules already keep names,
+// hosts and users to plain words (quoting leaves those as they are), and
+// this keeps a value that escaped them from ever running.
 func (e Effective) ProxyCommandLine() string {
-	return expandTokens(e.ProxyCommand, tokens{alias: e.Name, host: e.HostName, port: e.Port, user: e.User})
+	return expandTokens(e.ProxyCommand, tokens{alias: e.Name, host: e.HostName, port: e.Port, user: e.User, quote: shell.Quote})
 }
 
 // Addr is the host:port to dial for the instance (from its last jump hop,
@@ -63,33 +69,9 @@ type settings struct {
 
 type option struct{ key, value string }
 
-var (
-	// Names end up in "Host" lines and as ProxyJump values of OpenSSH
-	// configs, where spaces, patterns and commas have meaning.
-	nameRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
-	optionKeyRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]*$`)
-	// reservedOptions are written by WriteSSHConfig from the endpoint's own
-	// fields; OpenSSH uses the first value it sees, so a second one from
-	// Options would be silently ignored by ssh and disagree with the Go
-	// client.
-	reservedOptions = map[string]string{
-		"hostname":              "host",
-		"user":                  "user",
-		"port":                  "port",
-		"proxyjump":             "jump",
-		"hostkeyalias":          "hostKey",
-		"userknownhostsfile":    "hostKey",
-		"stricthostkeychecking": "hostKey (or --accept-new-host-keys)",
-	}
-	// localOptions make ssh run a program (or load code) on the deploy
-	// host, or pull in a file that may. Hives are shared and may be
-	// generated (from terraform output, say): a hive must never choose
-	// what runs on the operator's machine. The user's own ~/.ssh/config
-	// may, and is honoured. Host and Match would also start a block of
-	// their own in the generated config.
-	localOptions = []string{"ProxyCommand", "Include", "LocalCommand", "PermitLocalCommand", "KnownHostsCommand",
-		"Match", "Host", "PKCS11Provider", "SecurityKeyProvider", "XAuthLocation"}
-)
+// nameRE is what OpenSSH takes as a Host alias; other names get one
+// derived from them (Alias).
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
 
 // resolveAll validates every endpoint and merges it with the user's ssh
 // config; it reports jump cycles with the whole cycle.
@@ -164,7 +146,7 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	}
 	sort.Slice(s.options, func(i, j int) bool { return s.options[i].key < s.options[j].key })
 	// The hive first, then the user's ssh config, then OpenSSH's defaults.
-	s.HostName = firstOf(ep.Host, expandTokens(uc.get(name, "HostName"), tokens{alias: name}), name)
+	s.HostName = firstOf(endpoint.HostName(ep.Host), expandTokens(uc.get(name, "HostName"), tokens{alias: name}), name)
 	port, err := userPort(uc, name)
 	if err != nil {
 		return nil, err
@@ -204,20 +186,23 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	return s, nil
 }
 
-// checkEndpoint refuses names, hosts, users and ports that could not work
-// or would be misread.
+// checkEndpoint applies the hive's rules (package endpoint) again, for
+// endpoints that did not come through eval; "" host or user means the
+// user's ssh config decides.
 func checkEndpoint(ep Endpoint) error {
 	name := ep.Name
-	// Any printable name works: the Go client never puts it in a command,
-	// and generated OpenSSH files use Alias(name).
-	if name == "" || strings.ContainsFunc(name, isControl) {
-		return fmt.Errorf("instance %q: name must be non-empty and free of control characters", name)
+	if err := endpoint.CheckName(name); err != nil {
+		return fmt.Errorf("instance %q: name %w", name, err)
 	}
-	if err := checkWord(ep.Host); err != nil {
-		return fmt.Errorf("instance %s: host %q: %w", name, ep.Host, err)
+	if ep.Host != "" {
+		if err := endpoint.CheckHost(ep.Host); err != nil {
+			return fmt.Errorf("instance %s: host %q %w", name, ep.Host, err)
+		}
 	}
-	if err := checkWord(ep.User); err != nil {
-		return fmt.Errorf("instance %s: user %q: %w", name, ep.User, err)
+	if ep.User != "" {
+		if err := endpoint.CheckUser(ep.User); err != nil {
+			return fmt.Errorf("instance %s: user %q %w", name, ep.User, err)
+		}
 	}
 	if ep.Port < 0 || ep.Port > 65535 {
 		return fmt.Errorf("instance %s: port %d is out of range", name, ep.Port)
@@ -226,19 +211,8 @@ func checkEndpoint(ep Endpoint) error {
 }
 
 func checkOption(name, k, v string) error {
-	if !optionKeyRE.MatchString(k) {
-		return fmt.Errorf("instance %s: ssh option %q is not an OpenSSH option name", name, k)
-	}
-	for _, l := range localOptions {
-		if strings.EqualFold(k, l) {
-			return fmt.Errorf("instance %s: ssh option %s is refused: it can make ssh run a command on this machine, and a hive must not choose that (hives are shared, and may be generated); put it in your ~/.ssh/config (ProxyCommand there is honoured), or use jump for a jump host", name, l)
-		}
-	}
-	if attr, ok := reservedOptions[strings.ToLower(k)]; ok {
-		return fmt.Errorf("instance %s: ssh option %s is derived from the instance; set %s instead", name, k, attr)
-	}
-	if strings.ContainsFunc(v, isControl) {
-		return fmt.Errorf("instance %s: ssh option %s has a control character in its value", name, k)
+	if err := endpoint.CheckOption(k, v); err != nil {
+		return fmt.Errorf("instance %s: %w", name, err)
 	}
 	return nil
 }
@@ -284,22 +258,6 @@ func optionValue(opts map[string]string, key string) string {
 	return ""
 }
 
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
-
-// checkWord rejects values that would change meaning inside an OpenSSH
-// config line or a command line.
-func checkWord(s string) error {
-	if strings.HasPrefix(s, "-") {
-		return fmt.Errorf("must not start with '-'")
-	}
-	if i := strings.IndexFunc(s, func(r rune) bool {
-		return isControl(r) || strings.ContainsRune(" \"'\\#,*?!/=", r)
-	}); i >= 0 {
-		return fmt.Errorf("must not contain %q", s[i])
-	}
-	return nil
-}
-
 func joinHostPort(host string, port int) string {
 	h := host
 	if strings.Contains(h, ":") && !strings.HasPrefix(h, "[") {
@@ -335,14 +293,21 @@ func expandPath(p string) string {
 type tokens struct {
 	alias, host, user string
 	port              int
+	// quote, if set, is applied to every value expanded.
+	quote func(string) string
 }
 
 // expandTokens expands the %-tokens of ssh_config(5) that make sense here;
 // unknown ones (and those without a value) are left alone.
 func expandTokens(s string, t tokens) string {
-	alias, host, remoteUser := t.alias, t.host, t.user
 	if !strings.Contains(s, "%") {
 		return s
+	}
+	put := func(b *strings.Builder, v string) {
+		if t.quote != nil {
+			v = t.quote(v)
+		}
+		b.WriteString(v)
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -355,16 +320,13 @@ func expandTokens(s string, t tokens) string {
 		case '%':
 			b.WriteByte('%')
 		case 'd':
-			b.WriteString(homeDir())
+			put(&b, homeDir())
 		case 'h':
-			if host == "" {
-				host = alias
-			}
-			b.WriteString(host)
+			put(&b, firstOf(t.host, t.alias))
 		case 'n':
-			b.WriteString(alias)
+			put(&b, t.alias)
 		case 'r':
-			b.WriteString(remoteUser)
+			put(&b, t.user)
 		case 'p':
 			if t.port == 0 {
 				b.WriteString("%p")
@@ -373,7 +335,7 @@ func expandTokens(s string, t tokens) string {
 			b.WriteString(strconv.Itoa(t.port))
 		case 'u':
 			if u, err := user.Current(); err == nil {
-				b.WriteString(u.Username)
+				put(&b, u.Username)
 			}
 		default:
 			b.WriteByte('%')

@@ -46,12 +46,10 @@ type Endpoint struct {
 	// Options are extra OpenSSH options from the hive. All of them go into
 	// the generated OpenSSH config; the Go client itself honours
 	// IdentityFile (one path, or several separated by commas) and
-	// IdentitiesOnly. Options that would contradict the endpoint fields
-	// (HostName, User, Port, ProxyJump, HostKeyAlias, UserKnownHostsFile,
-	// StrictHostKeyChecking) are rejected by NewPool, and so are those that
-	// can run a command on this machine (ProxyCommand, Include,
-	// LocalCommand, KnownHostsCommand, Match, ...): a ProxyCommand comes
-	// from the user's own ssh config only.
+	// IdentitiesOnly (and CertificateFile). NewPool accepts only the
+	// options of endpoint.Options, those that shape the connection; a
+	// ProxyCommand, SendEnv or ControlPath comes from the user's own ssh
+	// config only.
 	Options map[string]string
 }
 
