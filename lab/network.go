@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,7 +48,7 @@ func lockBlock(hosts int) (*addrBlock, error) {
 	want := max(1, (hosts+perBlock-1)/perBlock)
 	b := &addrBlock{}
 	for n := 1; n <= 254 && len(b.ns) < want; n++ {
-		f, ok, err := tryLock(filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)))
+		f, ok, err := tryLock(blockLock(n))
 		if err != nil {
 			b.release()
 			return nil, err
@@ -63,6 +64,26 @@ func lockBlock(hosts int) (*addrBlock, error) {
 	}
 	b.n = b.ns[0]
 	return b, nil
+}
+
+// blockLock is the lock file of block n.
+func blockLock(n int) string { return filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)) }
+
+// HoldBlock waits until no lab owns the address block of addr, a lab
+// address (127.77.B.N, or 198.18.B.N of a lab whose first block is B), and
+// keeps every lab from taking the block until release is called. A test
+// looks at a closed lab's addresses this way without a lab that a parallel
+// test binary starts reusing them meanwhile.
+func HoldBlock(ctx context.Context, addr string) (release func(), err error) {
+	a, err := netip.ParseAddr(addr)
+	if err != nil || !a.Is4() {
+		return nil, fmt.Errorf("hold the block of %q: not an IPv4 address", addr)
+	}
+	b := a.As4()
+	if !(b[0] == 127 && b[1] == 77 || b[0] == 198 && b[1] == 18) || b[2] < 1 || b[2] > 254 {
+		return nil, fmt.Errorf("hold the block of %s: not a lab address (127.77.B.N or 198.18.B.N, B from 1 to 254)", addr)
+	}
+	return lockWait(ctx, blockLock(int(b[2])))
 }
 
 // tryLock takes an exclusive flock on path without waiting. ok is false when
