@@ -6,8 +6,12 @@
 // /root bind-mounted from its directory; a lab takes as many blocks B as its
 // hosts need. With Config.Internal > 0 the lab also makes a network
 // namespace whose hosts only a jump host reaches; with Config.Tree, a tree
-// of stores (region, racks, consumers) reached through jump chains. It
-// needs root; Require skips (or, under CI, fails) a test otherwise.
+// of stores (region, racks, consumers) reached through jump chains. Their
+// veths take addresses in 198.18.0.0/16, for which every lab start
+// installs an unreachable route in this machine's network namespace that
+// no lab removes: no packet for a lab address, of a running lab or a
+// closed one, leaves this machine. The lab needs root; Require skips (or,
+// under CI, fails) a test otherwise.
 package lab
 
 import (
@@ -217,6 +221,9 @@ func hostNames(cfg Config) (plain, internal []string, jump string, err error) {
 }
 
 func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, jump string, tree *treeNames) error {
+	if err := fenceLabRange(ctx, ""); err != nil {
+		return err
+	}
 	if err := l.useDir(dir); err != nil {
 		return err
 	}
@@ -485,8 +492,10 @@ func (l *Lab) sshConfig() string {
 }
 
 // Close stops every host, deletes the internal network and, when Start made
-// the directory, removes it. It is idempotent and returns the first call's
-// result.
+// the directory, removes it. It leaves the unreachable route that Start
+// installs for the lab's veth addresses (198.18.0.0/16), so that a packet
+// for a closed lab's address fails at once rather than leaving this
+// machine. It is idempotent and returns the first call's result.
 func (l *Lab) Close() error {
 	l.closeOnce.Do(func() { l.closeErr = l.close() })
 	return l.closeErr

@@ -450,6 +450,13 @@ func TestJumpTopology(t *testing.T) {
 		}
 	})
 
+	t.Run("the jump host is reached through the uplink", func(t *testing.T) {
+		out, err := exec.CommandContext(ctx, "ip", "-o", "route", "get", jump.Addr).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), " dev "+l.Uplink+" ") {
+			t.Errorf("ip route get %s: %v: %s; want it through %s", jump.Addr, err, out, l.Uplink)
+		}
+	})
+
 	t.Run("close", func(t *testing.T) {
 		if l.Netns == "" {
 			t.Fatal("Lab.Netns is empty")
@@ -457,6 +464,10 @@ func TestJumpTopology(t *testing.T) {
 		if err := l.Close(); err != nil {
 			t.Fatal(err)
 		}
+		// The jump host's address leads nowhere once the lab is gone:
+		// not out through this machine's default route.
+		labtest.HoldBlock(t, jump.Addr)
+		labtest.Unroutable(t, jump.Addr)
 		if got := leftovers(t, l.Dir); len(got) > 0 {
 			t.Errorf("left behind by Close:\n%s", strings.Join(got, "\n"))
 		}

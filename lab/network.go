@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,7 +48,7 @@ func lockBlock(hosts int) (*addrBlock, error) {
 	want := max(1, (hosts+perBlock-1)/perBlock)
 	b := &addrBlock{}
 	for n := 1; n <= 254 && len(b.ns) < want; n++ {
-		f, ok, err := tryLock(filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)))
+		f, ok, err := tryLock(blockLock(n))
 		if err != nil {
 			b.release()
 			return nil, err
@@ -63,6 +64,26 @@ func lockBlock(hosts int) (*addrBlock, error) {
 	}
 	b.n = b.ns[0]
 	return b, nil
+}
+
+// blockLock is the lock file of block n.
+func blockLock(n int) string { return filepath.Join(lockDir, fmt.Sprintf("127.77.%d.0.lock", n)) }
+
+// HoldBlock waits until no lab owns the address block of addr, a lab
+// address (127.77.B.N, or 198.18.B.N of a lab whose first block is B), and
+// keeps every lab from taking the block until release is called. A test
+// looks at a closed lab's addresses this way without a lab that a parallel
+// test binary starts reusing them meanwhile.
+func HoldBlock(ctx context.Context, addr string) (release func(), err error) {
+	a, err := netip.ParseAddr(addr)
+	if err != nil || !a.Is4() {
+		return nil, fmt.Errorf("hold the block of %q: not an IPv4 address", addr)
+	}
+	b := a.As4()
+	if !(b[0] == 127 && b[1] == 77 || b[0] == 198 && b[1] == 18) || b[2] < 1 || b[2] > 254 {
+		return nil, fmt.Errorf("hold the block of %s: not a lab address (127.77.B.N or 198.18.B.N, B from 1 to 254)", addr)
+	}
+	return lockWait(ctx, blockLock(int(b[2])))
 }
 
 // tryLock takes an exclusive flock on path without waiting. ok is false when
@@ -99,10 +120,82 @@ func (b *addrBlock) release() error {
 	return errors.Join(errs...)
 }
 
+// labRange holds every address the lab gives a veth: 198.18.B.0/24 for a
+// lab whose first block is B. It lies in 198.18.0.0/15, which RFC 2544
+// reserves for network tests, so it collides with no real network; but
+// without fenceLabRange this machine would send a packet for it out
+// through its default route, to whatever answers there.
+const labRange = "198.18.0.0/16"
+
+// fenceLabRange keeps every packet for labRange on this machine (netns
+// "", or the named namespace): an unreachable route for the whole range
+// fails a connection at once with "no route to host", unless a running
+// lab's veth, a longer prefix, carries it. Every lab start installs the
+// route and no lab removes it, since a closed lab's addresses must lead
+// nowhere too. Namespaces the lab makes need none: none routes past the
+// lab's own links. Nor does IPv6: the lab addresses nothing by it (its
+// veths have only their link-local addresses, which stay on the link).
+func fenceLabRange(ctx context.Context, netns string) error {
+	addErr := runIP(ctx, netns, "route", "add", "unreachable", labRange)
+	if addErr == nil {
+		return nil
+	}
+	// Usually an earlier or a parallel lab added it already.
+	out, err := ipOutput(ctx, netns, "-o", "route", "show", "exact", labRange)
+	if err != nil {
+		return fmt.Errorf("keep the lab's addresses %s on this machine: %w; and %w", labRange, addErr, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "unreachable" && f[1] == labRange {
+			return nil
+		}
+	}
+	return fmt.Errorf("keep the lab's addresses %s on this machine: %w, and the route there is %q: the lab needs that range unreachable from here, so remove the route or run the lab on another machine", labRange, addErr, bytes.TrimSpace(out))
+}
+
+// checkUnroutable fails unless this machine (netns "", or the named
+// namespace) has no route to any of addrs. A lab checks its veth addresses
+// this way before it makes the links, so that they lead nowhere once the
+// links are gone: not through a route more specific than the fence's, or a
+// routing rule, out of the machine.
+func checkUnroutable(ctx context.Context, netns string, addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	var lines []string
+	for _, a := range addrs {
+		lines = append(lines, "route get "+a)
+	}
+	args := []string{"-o", "-force", "-batch", "-"}
+	if netns != "" {
+		args = append([]string{"-n", netns}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// ip fails when a lookup fails, and every one should.
+	runErr := cmd.Run()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if stdout.Len() > 0 {
+		var routes []string
+		for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+			route, _, _ := strings.Cut(line, `\`) // -o puts the cache flags after a backslash
+			routes = append(routes, strings.TrimSpace(route))
+		}
+		return fmt.Errorf("lab addresses would leave this machine, where the lab needs %s unreachable: ip route get says %s; remove the route that takes them (ip route, ip rule) or run the lab on another machine", labRange, strings.Join(routes, "; "))
+	}
+	if n := strings.Count(stderr.String(), "No route to host"); n != len(addrs) {
+		return fmt.Errorf("check that lab addresses %s lead nowhere: ip route get: %v: %s", strings.Join(addrs, " "), runErr, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return nil
+}
+
 // internalNet is the network namespace of a jump topology: the internal hosts
 // listen on its loopback, the jump host also on its end of a veth pair whose
-// other end is in the root namespace. 198.18.0.0/15 is reserved for network
-// tests (RFC 2544), so the veth subnet cannot collide with a real network.
+// other end is in the root namespace, with addresses in labRange.
 type internalNet struct {
 	name     string // ip netns name
 	vethRoot string
@@ -130,6 +223,9 @@ func (n *internalNet) path() string { return "/run/netns/" + n.name }
 // lock proves nobody else uses them.
 func (n *internalNet) create(ctx context.Context, loopbackAddrs []string) error {
 	n.remove(ctx)
+	if err := checkUnroutable(ctx, "", []string{n.rootAddr, n.nsAddr}); err != nil {
+		return err
+	}
 	// Concurrent first uses of `ip netns add` race on making /run/netns a
 	// shared mount; serialise them between labs.
 	unlock, err := lockWait(ctx, filepath.Join(lockDir, "netns.lock"))
@@ -177,14 +273,23 @@ func (n *internalNet) remove(ctx context.Context) error {
 }
 
 func runIP(ctx context.Context, netns string, args ...string) error {
+	_, err := ipOutput(ctx, netns, args...)
+	return err
+}
+
+// ipOutput runs ip and returns its stdout; an error carries its stderr.
+func ipOutput(ctx context.Context, netns string, args ...string) ([]byte, error) {
 	if netns != "" {
 		args = append([]string{"-n", netns}, args...)
 	}
-	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		return out, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(append(out, stderr.Bytes()...)))
 	}
-	return nil
+	return out, nil
 }
 
 func runIPBatch(ctx context.Context, netns string, lines []string) error {

@@ -111,6 +111,13 @@ func (r *rackNet) path() string { return "/run/netns/" + r.name }
 // block are removed first, as internalNet.create does.
 func (t *treeNet) create(ctx context.Context) error {
 	t.remove(ctx)
+	var addrs []string
+	for _, r := range t.racks {
+		addrs = append(addrs, r.regionAddr, r.rackAddr)
+	}
+	if err := checkUnroutable(ctx, "", addrs); err != nil {
+		return err
+	}
 	if err := t.up.create(ctx, nil); err != nil {
 		return err
 	}

@@ -157,6 +157,10 @@ func TestUpDown(t *testing.T) {
 	if _, err := os.Stat("/run/netns/" + info.Netns); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("network namespace %s left behind: %v", info.Netns, err)
 	}
+	// Commands against the torn-down lab's jump host go nowhere: not out
+	// through this machine's default route.
+	labtest.HoldBlock(t, info.Hosts[0].Addr)
+	labtest.Unroutable(t, info.Hosts[0].Addr)
 
 	out, err = command(t, "down", "--dir", dir).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no lab runs") {
