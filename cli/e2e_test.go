@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -200,5 +201,26 @@ func TestDeploySeed(t *testing.T) {
 	code, out, _ = s.run("status")
 	if code != 0 || strings.Count(out, " ok\n") != 5 {
 		t.Errorf("status exit %d:\n%s", code, out)
+	}
+
+	// A consumer's deploy sends portico, its store, a new closure: the
+	// store's own record (its system, ok) stays, and what it received is
+	// recorded beside it; plan --offline still knows what portico runs.
+	s.edit(`toplevel = testSystem { name = "www"; };`, `toplevel = testSystem { name = "www"; version = "2"; };`)
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatalf("deploy www-1 exit %d", code)
+	}
+	st = s.state()
+	www2 := st.Systems["www"].OutPath
+	rec := st.Instances["portico"]
+	if (rec.Status != "ok" && rec.Status != "unchanged") || rec.OutPath != portico || rec.Goal != "switch" || rec.Stored == nil || !slices.Contains(rec.Stored.Paths, www2) {
+		t.Errorf("hive.state for portico after deploying its consumer: %+v (stored %+v); want its own record (ok or unchanged) of %s, and %s stored", rec, rec.Stored, portico, www2)
+	}
+	if !s.has("portico", www2) || s.current("www-1") != www2 {
+		t.Errorf("portico holds %s: %v; www-1 runs %s", www2, s.has("portico", www2), s.current("www-1"))
+	}
+	code, out, _ = s.run("plan", "--offline", "portico")
+	if code != 0 || !strings.Contains(out, "unchanged") || strings.Contains(out, "unknown") {
+		t.Errorf("plan --offline portico: exit %d, want it unchanged:\n%s", code, out)
 	}
 }

@@ -112,7 +112,7 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 			rec, ok := r.State.Instances[n]
 			path, known := recordedRunning(rec)
 			switch {
-			case !ok:
+			case !ok || rec.Status == "": // a store's record of closures it received only
 				unknown[n] = "no deploy recorded in " + r.State.Path()
 			case !known:
 				unknown[n] = "last deploy recorded: " + rec.Status + " (" + rec.Goal + ")"

@@ -510,9 +510,25 @@ func (e *executor) record(n string) {
 	if e.opts.State == nil || r.untouched || (r.Target && e.opts.Goal == GoalDryActivate) {
 		return
 	}
-	e.opts.State.SetInstance(n, state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath,
+	now := time.Now().UTC()
+	if !r.Target {
+		// A store that only received closures keeps the record of its own
+		// activation, which this deploy did not touch.
+		rec, _ := e.opts.State.Instance(n)
+		if rec.System == "" {
+			rec.System = r.System
+		}
+		rec.Stored = &state.Stored{Paths: e.plan.Hosts[n].Paths, Status: string(r.Status), Error: r.Error, Time: now}
+		e.opts.State.SetInstance(n, rec)
+		return
+	}
+	rec := state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath,
 		Goal: string(e.opts.Goal), Step: string(r.Step), Status: string(r.Status), Error: r.Error,
-		Before: r.Before, Job: r.Job, Time: time.Now().UTC()})
+		Before: r.Before, Job: r.Job, Time: now}
+	if prev, ok := e.opts.State.Instance(n); ok {
+		rec.Stored = prev.Stored
+	}
+	e.opts.State.SetInstance(n, rec)
 }
 
 // save writes hive.state: every host so far reached, and at the end

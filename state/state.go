@@ -52,6 +52,19 @@ type Instance struct {
 	Before string    `json:"before,omitempty"`
 	Job    string    `json:"job,omitempty"`
 	Time   time.Time `json:"time"`
+	// Stored is what the instance last received as a store for others'
+	// closures, in a deploy that did not target it: kept beside its own
+	// activation record above, which that deploy did not change.
+	Stored *Stored `json:"stored,omitempty"`
+}
+
+// Stored is a store instance's last receipt of closures for its
+// consumers.
+type Stored struct {
+	Paths  []string  `json:"paths"`
+	Status string    `json:"status"` // stored, failed, interrupted ...
+	Error  string    `json:"error,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // Load reads path; a missing file is an empty state.
