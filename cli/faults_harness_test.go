@@ -167,6 +167,13 @@ func (f *faultLab) settled(host string) {
 	})
 }
 
+// activationsOf are the test system's records of its activations on
+// host, one "TIME PATH GOAL" line each.
+func (f *faultLab) activationsOf(host string) []string {
+	b, _ := os.ReadFile(f.lab.Host(host).Path("/run/nix-hive-test/activations"))
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
 // lastActivation is the host's own record of nix-hive's last activation.
 func (f *faultLab) lastActivation(host string) string {
 	b, _ := os.ReadFile(f.lab.Host(host).Path("/nix/var/nix-hive/last"))

@@ -42,6 +42,8 @@ func TestFaults(t *testing.T) {
 	t.Run("activation timeout", testFaultActivationTimeout)
 	t.Run("second interrupt", testFaultSecondInterrupt)
 	t.Run("interrupt ends a stuck push", testFaultStuckPush)
+	t.Run("rollback skips a rolled-back generation", testFaultRollbackSkipsRolledBack)
+	t.Run("nix-hive killed during a post-check", testFaultKilledDuringCheck)
 }
 
 // baseline deploys version 1 everywhere and returns its paths.
@@ -422,6 +424,109 @@ func testFaultRollbackAfterFailure(t *testing.T) {
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], profile: v2["app-1"], link: "system-2-link"}})
 	addFaultRow(faultRow{fault: "post-check rollback after an earlier failed deploy", exit: code, outcome: outcome, hosts: hosts,
 		wrong: wrong, badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "rolled-back"})})
+}
+
+// rollback goes to the last generation confirmed good on the host, never
+// to one that was itself rolled back: version 2 failed its post-check and
+// was rolled back (its generation stays), version 3 is fine; rollback
+// returns to version 1. With no good generation before the current one,
+// rollback says so and changes nothing.
+func testFaultRollbackSkipsRolledBack(t *testing.T) {
+	f := newFaultLab(t, 1)
+	v1 := f.baseline()
+	f.variants(map[string]string{"app-1": `version = "2";`})
+	f.build()
+	f.write("hive.star", rollbackPolicy)
+	if code, out, _ := f.run("deploy", "--no", "build"); code == 0 || !strings.Contains(summaryLine(out, "app-1"), "rolled-back") {
+		t.Fatalf("version 2 was not rolled back: exit %d", code)
+	}
+	if err := os.Remove(filepath.Join(f.dir, "hive.star")); err != nil {
+		t.Fatal(err)
+	}
+	f.variants(map[string]string{"app-1": `version = "3";`})
+	f.build()
+	if code, _, _ := f.run("deploy", "--no", "build"); code != 0 || f.system("app-1").link != "system-3-link" {
+		t.Fatalf("version 3: exit %d, %+v", code, f.system("app-1"))
+	}
+	code, _, _ := f.run("rollback", "--confirm-timeout", faultConfirm, "app-1")
+	if code != 0 {
+		t.Errorf("rollback: exit %d", code)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
+	outcome := "back on v1"
+	if wrong > 0 {
+		outcome = "WRONG generation"
+	}
+	// Nothing good before generation 1: said, and nothing is touched.
+	last := f.lastActivation("app-1")
+	code2, out2, errOut2 := f.run("rollback", "--confirm-timeout", faultConfirm, "app-1")
+	if code2 != 1 || !strings.Contains(out2+errOut2, "recorded as good") || !strings.Contains(out2+errOut2, "nothing was changed") {
+		t.Errorf("a rollback with no good generation to go to: exit %d, want 1 and why:\n%s%s", code2, out2, errOut2)
+	}
+	if got := f.lastActivation("app-1"); got != last {
+		t.Errorf("the refused rollback changed the host's record: %q, was %q", got, last)
+	}
+	_, wrong2 := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
+	addFaultRow(faultRow{fault: "rollback after a rolled-back generation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong + wrong2,
+		badExit: code2 == 0})
+}
+
+// slowCheckPolicy makes app-1 a canary wave of its own whose post-check
+// says it started (/run/check-started), waits for /run/check-go, and
+// passes only if /run/check-verdict says "pass".
+const slowCheckPolicy = `
+def waves(instances):
+    return [[i for i in instances if i.name == "app-1"], [i for i in instances if i.name != "app-1"]]
+
+def post_activate(ctx):
+    r = ctx.run("touch /run/check-started; while [ ! -e /run/check-go ]; do sleep 0.05; done; cat /run/check-verdict")
+    if r.stdout.strip() != "pass":
+        fail("unhealthy: " + r.stdout.strip())
+`
+
+// nix-hive SIGKILLed while the canary's post-check runs: the canary runs
+// the new system, but its checks never finished, so its record on the
+// host says so. The rerun runs the checks again (not the activation);
+// they fail, and the policy stops the rollout: wave 2 never starts.
+func testFaultKilledDuringCheck(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+	f.write("hive.star", slowCheckPolicy)
+	f.variants(map[string]string{"app-1": `version = "2";`, "app-2": `version = "2";`})
+	v2 := f.build()
+	r := f.startProcess("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	canary := f.lab.Host("app-1")
+	waitUntil(t, "app-1's post-check to start", func() bool {
+		_, err := os.Stat(canary.Path("/run/check-started"))
+		return err == nil
+	})
+	r.signal(syscall.SIGKILL)
+	killed := time.Now()
+	r.wait()
+	if last := f.lastActivation("app-1"); !strings.HasSuffix(last, v2["app-1"]+" activated") {
+		t.Errorf("app-1's record while its checks had not finished: %q, want the activation of %s awaiting them", last, v2["app-1"])
+	}
+	for name, text := range map[string]string{"/run/check-verdict": "fail\n", "/run/check-go": ""} {
+		if err := os.WriteFile(canary.Path(name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ := f.run("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
+	if code != 1 {
+		t.Errorf("rerun: exit %d, want 1", code)
+	}
+	outcome := summaryHas(t, out, "app-1", "failed", "unhealthy: fail")
+	summaryHas(t, out, "app-2", "not-started")
+	if n := strings.Count(strings.Join(f.activationsOf("app-1"), "\n"), v2["app-1"]); n != 1 {
+		t.Errorf("app-1 activated %s %d times; the rerun should only check it", v2["app-1"], n)
+	}
+	if last := f.lastActivation("app-1"); !strings.HasSuffix(last, v2["app-1"]+" failed") {
+		t.Errorf("app-1's record after its checks failed: %q", last)
+	}
+	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}, "app-2": {active: v1["app-2"]}})
+	addFaultRow(faultRow{fault: "nix-hive SIGKILLed during a canary's post-check", exit: code, outcome: "rerun checks again: " + outcome,
+		hosts: hosts, wrong: wrong, badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "failed", "app-2": "not-started"}),
+		finished: !killed.IsZero()})
 }
 
 // With --goal test the profile never moves, so a rollback must not move

@@ -22,8 +22,10 @@ type RollbackCmd struct {
 }
 
 func (c *RollbackCmd) Help() string {
-	return `Switches each instance to the previous generation of its system profile
-and confirms that it is active. Like a deploy's activation, it runs on the
+	return `Switches each instance to the newest earlier generation of its system
+profile that the host records as good (deployed by nix-hive, confirmed,
+its checks passed; never one that was rolled back or failed) and confirms
+that it is active; with none, it says so and changes nothing. Like a deploy's activation, it runs on the
 host detached from the SSH connection, under the host's deploy lock, and
 with magic rollback the host returns to where it was unless confirmed over
 a new connection. Targets are required: rolling back a whole fleet should

@@ -185,7 +185,7 @@ wait_lock() {
 }
 `
 
-// startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT stores the job
+// startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT CHECKS stores the job
 // script from stdin (gzipped when ENC is "gzip") in /run/nix-hive/jobs/ID, starts it detached (a
 // transient systemd unit where systemd runs, like nixos-rebuild, else a
 // session of its own) and, in the same SSH session, waits for it like
@@ -195,7 +195,7 @@ for t in flock setsid timeout mkfifo; do
   command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
 done
 id=$1 until=$2 beat=$3 enc=$4; shift 4
-goal=$1 target=$2 confirm=$3 limit=$4
+goal=$1 target=$2 confirm=$3 limit=$4 checks=${5:-0}
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
 unpack() { if [ "$enc" = gzip ]; then gzip -dc; else cat; fi; }
@@ -203,7 +203,7 @@ mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" || exit 2
 exec 3<>"$d/started"
 set -- $b/jobs/*
 [ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
-set -- "$goal" "$target" "$confirm" "$limit"
+set -- "$goal" "$target" "$confirm" "$limit" "$checks"
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="nix-hive-$id" --collect --quiet --no-ask-password --service-type=exec \
     --setenv=PATH="$PATH" ${LOCALE_ARCHIVE:+--setenv=LOCALE_ARCHIVE="$LOCALE_ARCHIVE"} \
@@ -238,6 +238,24 @@ fi
 wait_job "$1" "" "$2"
 `
 
+// markProgram JOB STATUS records on the host how the post-activation
+// checks of job JOB ended (ok or failed), where the job recorded its
+// activation "activated" (see job.sh): in /nix/var/nix-hive/last, if JOB
+// is still the last activation there, and in the record of the
+// generation it made. It prints "marked" when it changed them.
+const markProgram = `set -u
+j=$1 s=$2
+case $s in ok|failed) ;; *) echo "nix-hive: mark: the status is ok or failed" >&2; exit 64 ;; esac
+r=/nix/var/nix-hive/last g=/nix/var/nix-hive/generations
+put() { printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; }
+read -r id goal path st <$r 2>/dev/null || exit 0
+[ "$id" = "$j" ] && [ "$st" = activated ] || exit 0
+for f in $g/*; do
+  read -r fs fp fj <"$f" 2>/dev/null && [ "$fj" = "$j" ] && [ "$fs" = activated ] && put "$f" "$s $fp $fj"
+done
+put $r "$id $goal $path $s" && echo marked
+`
+
 // rebootProgram MARK leaves MARK in /run (which a reboot clears) and
 // reboots a second later, so this command returns before the connection
 // goes down.
@@ -265,10 +283,13 @@ type HostState struct {
 // LastActivation is a host's record of the last activation nix-hive ran
 // on it (/nix/var/nix-hive/last, kept across reboots).
 type LastActivation struct {
-	Job    string `json:"job"`
-	Goal   Goal   `json:"goal"`
-	Path   string `json:"path"`
-	Status string `json:"status"` // ok, failed, rolled-back, rollback-failed, running
+	Job  string `json:"job"`
+	Goal Goal   `json:"goal"`
+	Path string `json:"path"`
+	// Status is ok, failed, rolled-back, rollback-failed, or activated:
+	// the activation succeeded and its post-activation checks have not
+	// finished (nix-hive stopped during them, say).
+	Status string `json:"status"`
 }
 
 func parseHostState(out string) HostState {

@@ -19,6 +19,20 @@ func (s stopAfter) ShouldStop(wave, waveFailures, total int) bool {
 }
 func (s stopAfter) Rollback() bool { return false }
 
+// failPost is a policy whose post-check fails on the hosts it names; it
+// stops after the first failure.
+type failPost map[string]bool
+
+func (p failPost) Pre(context.Context, string) (bool, string) { return true, "" }
+func (p failPost) Post(_ context.Context, n string) (bool, string) {
+	if p[n] {
+		return false, "unhealthy"
+	}
+	return true, ""
+}
+func (p failPost) ShouldStop(wave, waveFailures, total int) bool { return total >= 1 }
+func (p failPost) Rollback() bool                                { return false }
+
 func TestExecutor(t *testing.T) {
 	inv := seedInventory()
 	tests := []struct {
@@ -27,10 +41,12 @@ func TestExecutor(t *testing.T) {
 		waves   [][]string
 		fail    map[string]bool
 		active  map[string]string
+		last    map[string]string // the hosts' /nix/var/nix-hive/last
 		policy  Policy
 		order   []string
 		status  map[string]Status
 		copies  int
+		marks   []string // checks recorded on the hosts
 	}{
 		{
 			name:    "stores activate before consumers",
@@ -86,6 +102,50 @@ func TestExecutor(t *testing.T) {
 			status:  map[string]Status{"storage": StatusFailed, "portico": StatusNotStarted, "www-1": StatusNotStarted},
 			copies:  2,
 		},
+		{
+			name:    "passed checks are recorded on the host",
+			targets: []string{"storage"},
+			policy:  failPost{},
+			order:   []string{"storage"},
+			status:  map[string]Status{"storage": StatusOK},
+			copies:  1,
+			marks:   []string{"storage ok"},
+		},
+		{
+			// nix-hive was killed during the checks: the host runs the
+			// system, and its record says they never finished.
+			name:    "checks that never finished run again, without a new activation",
+			targets: []string{"storage"},
+			active:  map[string]string{"storage": "/nix/store/s"},
+			last:    map[string]string{"storage": "J1 switch /nix/store/s activated"},
+			policy:  failPost{},
+			status:  map[string]Status{"storage": StatusOK},
+			marks:   []string{"storage ok"},
+		},
+		{
+			// ... and when they fail now, the policy's rule applies: the
+			// canary fails and the next wave never starts.
+			name:    "a canary whose rerun checks fail stops the rollout",
+			targets: []string{"storage", "portico"},
+			waves:   [][]string{{"storage"}, {"portico"}},
+			active:  map[string]string{"storage": "/nix/store/s"},
+			last:    map[string]string{"storage": "J1 switch /nix/store/s activated"},
+			policy:  failPost{"storage": true},
+			status:  map[string]Status{"storage": StatusFailed, "portico": StatusNotStarted},
+			copies:  1,
+			marks:   []string{"storage failed"},
+		},
+		{
+			name:    "a failed check is recorded, and not taken as up to date",
+			targets: []string{"storage"},
+			active:  map[string]string{"storage": "/nix/store/s"},
+			last:    map[string]string{"storage": "J1 switch /nix/store/s failed"},
+			policy:  failPost{},
+			order:   []string{"storage"},
+			status:  map[string]Status{"storage": StatusOK},
+			copies:  1,
+			marks:   []string{"storage ok"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,6 +160,9 @@ func TestExecutor(t *testing.T) {
 			for k, v := range tt.active {
 				f.active[k], f.profile[k] = v, v
 			}
+			for k, v := range tt.last {
+				f.last[k] = v
+			}
 			r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
 			if strings.Join(f.order, " ") != strings.Join(tt.order, " ") {
 				t.Errorf("activations %v, want %v", f.order, tt.order)
@@ -112,7 +175,10 @@ func TestExecutor(t *testing.T) {
 			if len(f.copies) != tt.copies {
 				t.Errorf("copies %v, want %d", f.copies, tt.copies)
 			}
-			if tt.policy != nil && r.Stopped == "" {
+			if strings.Join(f.marks, ", ") != strings.Join(tt.marks, ", ") {
+				t.Errorf("checks recorded on hosts: %v, want %v", f.marks, tt.marks)
+			}
+			if _, stops := tt.policy.(stopAfter); (stops || tt.status["portico"] == StatusNotStarted) && r.Stopped == "" {
 				t.Errorf("report does not say the rollout stopped")
 			}
 		})

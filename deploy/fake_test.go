@@ -29,6 +29,7 @@ type fakeHosts struct {
 	// a system that broke sshd.
 	unconfirmable map[string]bool
 	copies        []string
+	marks         []string      // "host status" of each markProgram that changed a record
 	stalled       chan struct{} // when set, activations wait for it
 	// pushing, when set, receives dest as a copy starts; copies to hung
 	// block until cancelled.
@@ -116,6 +117,15 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
 		return 0, ctx.Err()
 	}
+	if args, ok := programArgs(cmd, markProgram); ok {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if l := strings.Fields(f.last[name]); len(l) == 4 && l[0] == args[0] && l[3] == "activated" {
+			f.last[name] = strings.Join(append(l[:3], args[1]), " ")
+			f.marks = append(f.marks, name+" "+args[1])
+		}
+		return 0, nil
+	}
 	if strings.Contains(cmd, "nix-store") {
 		f.mu.Lock()
 		gated := f.substGate[name]
@@ -182,9 +192,9 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 	return 0, nil
 }
 
-// start runs a job like job.sh with GOAL TARGET CONFIRM LIMIT.
+// start runs a job like job.sh with GOAL TARGET CONFIRM LIMIT CHECKS.
 func (f *fakeHosts) start(name, id string, args []string) {
-	goal, target, confirm := Goal(args[0]), args[1], args[2] != "0"
+	goal, target, confirm, checks := Goal(args[0]), args[1], args[2] != "0", args[4] == "1"
 	f.mu.Lock()
 	j := &fakeJob{host: name, state: "running", before: [2]string{f.active[name], f.profile[name]}}
 	f.jobs[id] = j
@@ -200,6 +210,7 @@ func (f *fakeHosts) start(name, id string, args []string) {
 			b := f.jobs[from].before
 			f.active[name], f.profile[name] = b[0], b[1]
 			j.state = "done ok back on " + b[0]
+			f.last[name] = fmt.Sprintf("%s %s %s ok", id, goal, b[0])
 			return
 		}
 		f.order = append(f.order, name)
@@ -230,6 +241,11 @@ func (f *fakeHosts) start(name, id string, args []string) {
 			}
 		}
 		j.state = "done ok "
+		status := "ok"
+		if checks {
+			status = "activated"
+		}
+		f.last[name] = fmt.Sprintf("%s %s %s %s", id, goal, target, status)
 	}()
 }
 

@@ -85,6 +85,8 @@ func drift(hs HostState, wanted string) string {
 		return "active system differs"
 	case hs.Profile != wanted:
 		return "boot profile differs"
+	case hs.Last != nil && hs.Last.Path == wanted && hs.Last.Status == "activated":
+		return "checks of the last activation did not finish"
 	case hs.Last != nil && hs.Last.Path == wanted && hs.Last.Status != "ok":
 		return "last activation " + hs.Last.Status
 	}

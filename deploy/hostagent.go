@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -52,6 +54,7 @@ var agentOps = map[string]string{
 	lockProgram:       "lock",
 	startProgram:      "start",
 	confirmProgram:    "confirm",
+	markProgram:       "mark",
 	rebootProgram:     "reboot",
 	realiseProgram:    "realise",
 	keys.WriteProgram: "write-key",
@@ -88,11 +91,14 @@ op=${1-}
 case $op in
 version) echo "$v" ;;
 `)
-	for _, op := range []struct{ name, prog string }{
-		{"lock", lockProgram}, {"confirm", confirmProgram}, {"reboot", rebootProgram},
-		{"realise", realiseProgram}, {"write-key", keys.WriteProgram},
-	} {
-		fmt.Fprintf(&b, "%s) exec sh -c %s nix-hive \"$@\" ;;\n", op.name, shell.Quote(compact(op.prog)))
+	progs := map[string]string{}
+	for prog, op := range agentOps {
+		progs[op] = prog
+	}
+	for _, op := range slices.Sorted(maps.Keys(progs)) {
+		if op != "start" {
+			fmt.Fprintf(&b, "%s) exec sh -c %s nix-hive \"$@\" ;;\n", op, shell.Quote(compact(progs[op])))
+		}
 	}
 	// The job script is the agent's own, never one sent with the call.
 	fmt.Fprintf(&b, "start) [ \"${4-}\" = plain ] || { echo \"nix-hive-agent start: the job is the agent's (ENC plain)\" >&2; exit 64; }\n"+

@@ -25,6 +25,9 @@ type jobSpec struct {
 	confirm time.Duration
 	// gzip: the host has gzip (HostState.Gzip), send the script gzipped.
 	gzip bool
+	// checks: post-activation checks follow, so a successful activation
+	// is recorded "activated" until they pass (markChecked).
+	checks bool
 }
 
 // jobs runs activation jobs on hosts: it starts them detached, follows
@@ -119,7 +122,11 @@ func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 	if spec.gzip && !agent {
 		enc = "gzip"
 	}
-	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit))
+	checks := "0"
+	if spec.checks {
+		checks = "1"
+	}
+	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit), checks)
 	began := time.Now()
 	var payload io.Reader = strings.NewReader(jobPayload(spec.gzip))
 	if agent {
@@ -357,4 +364,20 @@ func pause(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// mark records on host n how the post-activation checks of job id ended
+// (ok or failed): until then the host's records say the activation's
+// checks have not finished, so a deploy stopped during them runs them
+// again rather than counting the host as up to date.
+func (j *jobs) mark(ctx context.Context, n, user string, esc escalation, id, status string) error {
+	var stderr bytes.Buffer
+	code, err := j.remote.Run(ctx, n, program(markProgram, true, user, esc, id, status), nil, io.Discard, &stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit %d: %s", code, lastLines(stderr.String(), 3))
+	}
+	if err != nil {
+		return fmt.Errorf("record the checks of activation job %s as %s on %s: %w", id, status, n, err)
+	}
+	return nil
 }

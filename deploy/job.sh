@@ -4,16 +4,21 @@
 # systemd runs, else in a session of its own (setsid): a dropped
 # connection, or nix-hive being killed, never stops an activation half-way.
 #
-#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT
+#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT CHECKS
 #
 # DIR     the job's directory, /run/nix-hive/jobs/ID (the job writes state,
 #         log and before there)
 # GOAL    switch, boot, test or dry-activate
-# TARGET  a store path (activate it), previous (the profile's previous
-#         generation), or restore:ID (return to what ran before job ID)
+# TARGET  a store path (activate it), previous (the newest generation
+#         before the current one that is recorded good), or restore:ID
+#         (return to what ran before job ID)
 # CONFIRM seconds to wait for confirmation after a successful activation
 #         (0: none); unconfirmed, the job returns to what ran before
 # LIMIT   seconds one switch-to-configuration may take
+# CHECKS  1 when nix-hive runs post-activation checks after the job: a
+#         successful activation is then recorded "activated" (not yet
+#         good) until nix-hive marks it ok or failed (agent.go's
+#         markProgram)
 #
 # The job writes its progress to DIR/state, always by rename so a reader
 # sees a whole line: "running", "activated" (awaiting confirmation), then
@@ -24,25 +29,41 @@
 # locks and wakes when a phase ends, or the job dies. Confirmation is the
 # rename of DIR/awaiting to DIR/confirmed, then a line on the FIFO
 # DIR/confirm that wakes the job; when time is up the job renames awaiting
-# to DIR/expired instead, so exactly one of the two happens. The outcome of
-# every activation that changes the system is also kept in
-# /nix/var/nix-hive/last ("ID GOAL PATH STATUS"), which survives reboots.
+# to DIR/expired instead, so exactly one of the two happens.
+#
+# Records that survive reboots: the outcome of every activation that
+# changes the system is kept in /nix/var/nix-hive/last ("ID GOAL PATH
+# STATUS"), and that of every system profile generation a job made in
+# /nix/var/nix-hive/generations/N ("STATUS PATH ID"): ok (confirmed, its
+# checks passed), activated (its checks have not finished), failed,
+# rolled-back or rollback-failed. A rollback goes only to a generation
+# recorded ok.
 set -u
-dir=$1 goal=$2 target=$3 confirm=$4 limit=$5
+dir=$1 goal=$2 target=$3 confirm=$4 limit=$5 checks=${6:-0}
 id=${dir##*/}
 base=${dir%/jobs/*}
 profile=/nix/var/nix/profiles/system
 record=/nix/var/nix-hive/last
+gens=/nix/var/nix-hive/generations
 exec </dev/null >>"$dir/log" 2>&1
 
 # Readers of the state wait for the phase lock the job lets go of after
 # writing it (or for the start FIFO), so a plain write is whole for them.
 setstate() { printf '%s\n' "$*" >"$dir/state"; }
 log() { echo "nix-hive: $*"; }
+# put FILE LINE replaces FILE with LINE, whole or not at all.
+put() { printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; }
+# remember STATUS records how this job's activation of $path ended, and
+# so the generation it made ($gen); a job that activated nothing (it was
+# refused, or found nothing to return to) leaves the records alone.
 remember() {
   [ "$goal" = dry-activate ] && return 0
-  [ -d "${record%/*}" ] || mkdir -p "${record%/*}"
-  printf '%s %s %s %s\n' "$id" "$goal" "$path" "$1" >"$record.tmp" && mv -f "$record.tmp" "$record"
+  [ -n "$path" ] || return 0
+  st=$1
+  [ "$st" = ok ] && [ "$checks" = 1 ] && st=activated
+  mkdir -p "$gens" || return 0
+  put "$record" "$id $goal $path $st"
+  [ -z "$gen" ] || put "$gens/$gen" "$st $path $id"
 }
 finish() {
   remember "$1"
@@ -78,7 +99,7 @@ case $before_gen in '' | *[!0-9]*) before_gen= ;; esac
 before_profile=
 [ -e "$profile" ] && before_profile=$(readlink -f "$profile")
 printf 'active=%s\ngeneration=%s\nprofile=%s\n' "$before_active" "$before_gen" "$before_profile" >"$dir/before"
-path=
+path= gen=
 setstate running
 started
 
@@ -157,14 +178,26 @@ restore:*)
   [ "$goal" = boot ] && path=$f_profile
   restore "$f_active" "$f_gen" "$f_profile"
   case $? in
-  0) finish ok "back on ${path:-nothing}" ;;
+  0)
+    # The generation that job made is not one to return to.
+    g=$(cat "${from%/before}/generation" 2>/dev/null) && [ -n "$g" ] &&
+      read -r _ p j <"$gens/$g" && [ "$j" = "${target#restore:}" ] && put "$gens/$g" "rolled-back $p $j"
+    finish ok "back on ${path:-nothing}"
+    ;;
   2) finish failed "nothing ran before job ${target#restore:}" ;;
   *) finish failed "the return failed (see $dir/log)" ;;
   esac
   ;;
 previous)
-  prev=$(nix-env -p "$profile" --list-generations 5>&- 6>&- 7>&- 8>&- | awk -v cur="$before_gen" '$1 + 0 < cur + 0 { p = $1 } END { print p }')
-  [ -n "$prev" ] || finish failed "the system profile has no generation before ${before_gen:-the current one}"
+  # The newest earlier generation recorded ok, whose link still points
+  # where the record says: never one rolled back, failed or unchecked.
+  prev=
+  for g in $(nix-env -p "$profile" --list-generations 5>&- 6>&- 7>&- 8>&- | awk -v cur="$before_gen" '$1 + 0 < cur + 0 { print $1 }'); do
+    s= p=
+    read -r s p _ <"$gens/$g" 2>/dev/null
+    [ "$s" = ok ] && [ "$(readlink -f "$profile-$g-link")" = "$p" ] && prev=$g
+  done
+  [ -n "$prev" ] || finish failed "no generation before ${before_gen:-the current one} is recorded as good on this host (deployed by nix-hive, confirmed, its checks passed); nothing was changed"
   nix-env -p "$profile" --switch-generation "$prev" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --switch-generation $prev exited $?"
   path=$(readlink -f "$profile")
   ;;
@@ -173,6 +206,9 @@ previous)
   case $goal in
   switch | boot)
     nix-env -p "$profile" --set "$path" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --set exited $?"
+    gen=$(readlink "$profile") && gen=${gen#system-} && gen=${gen%-link}
+    case $gen in *[!0-9]* | "$before_gen") gen= ;; esac
+    printf '%s\n' "$gen" >"$dir/generation"
     ;;
   esac
   ;;

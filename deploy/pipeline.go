@@ -49,6 +49,9 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", err
 	}
+	if job := checksPending(e.opts.Goal, before, h.OutPath); job != "" && !e.opts.Force {
+		return e.recheck(actx, n, job, batch)
+	}
 	if !e.opts.Force && upToDate(e.opts.Goal, before, h.OutPath) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
@@ -135,11 +138,26 @@ func (e *executor) waitForStore(n string) {
 // upToDate reports whether a host already runs path the way the goal
 // would leave it, and nix-hive's last activation of path there did not
 // fail (a failed switch may have moved the profile without the boot
-// loader, say).
+// loader, say) and passed its checks.
 func upToDate(goal Goal, hs HostState, path string) bool {
 	if hs.Last != nil && hs.Last.Path == path && hs.Last.Status != "ok" {
 		return false
 	}
+	return runs(goal, hs, path)
+}
+
+// checksPending is the job whose activation of path the host runs as the
+// goal would leave it, but whose post-activation checks never finished
+// (nix-hive was stopped during them); "" when there is none.
+func checksPending(goal Goal, hs HostState, path string) string {
+	if l := hs.Last; l != nil && l.Path == path && l.Goal == goal && l.Status == "activated" && runs(goal, hs, path) {
+		return l.Job
+	}
+	return ""
+}
+
+// runs reports whether a host runs path the way goal would leave it.
+func runs(goal Goal, hs HostState, path string) bool {
 	switch goal {
 	case GoalSwitch:
 		return hs.Active == path && hs.Profile == path
@@ -149,6 +167,31 @@ func upToDate(goal Goal, hs HostState, path string) bool {
 		return hs.Active == path
 	}
 	return false
+}
+
+// recheck finishes what an earlier deploy left half-done on host n: job
+// activated the wanted system there, and nix-hive stopped before its
+// checks ended. The checks run again (keys first, as after an
+// activation) and the policy's failure rule applies, as if the deploy
+// had never stopped.
+func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch) (Status, error) {
+	e.update(n, func(r *Result) { r.Job = job })
+	e.step(n, StepPostCheck, EventInfo, "activation job "+job+" of an earlier deploy activated this system, and its checks did not finish: running them again")
+	if batch != nil {
+		if err := e.uploadKeys(ctx, n, batch, ""); err != nil {
+			return "", err
+		}
+	}
+	check := e.postCheck
+	if !e.hasCheck("post") {
+		// The policy has no post-check any more: nothing to wait for.
+		check = func(ctx context.Context, n, job string) error { return e.markChecked(ctx, n, job, "ok") }
+	}
+	if err := check(ctx, n, job); err != nil {
+		return "", err
+	}
+	e.step(n, StepDone, EventOK, "")
+	return StatusOK, nil
 }
 
 // idleHost is what host n runs: as read when its deploy lock was taken
@@ -214,7 +257,7 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	goal, path := e.opts.Goal, e.plan.Hosts[n].OutPath
-	spec := jobSpec{goal: goal, target: path, gzip: e.hasGzip(n)}
+	spec := jobSpec{goal: goal, target: path, gzip: e.hasGzip(n), checks: e.hasCheck("post")}
 	if e.opts.MagicRollback && (goal == GoalSwitch || goal == GoalTest) {
 		spec.confirm = e.opts.ConfirmTimeout
 	}
@@ -269,25 +312,43 @@ func jobOutcome(st jobState) error {
 	return errors.New(msg)
 }
 
-// postCheck runs the policy's post-activation check; when it fails and
-// the policy says so, the host returns to what ran before.
+// postCheck runs the policy's post-activation check and records its
+// outcome on the host (job's activation was recorded "activated" until
+// now); when it fails and the policy says so, the host returns to what
+// ran before.
 func (e *executor) postCheck(ctx context.Context, n, job string) error {
 	if !e.hasCheck("post") {
-		return nil
+		return nil // the job recorded its activation ok
 	}
 	e.step(n, StepPostCheck, EventStart, "")
 	ok, msg := e.opts.Policy.Post(ctx, n)
 	e.addCheck(n, "post", ok, msg)
 	if ok {
+		if err := e.markChecked(ctx, n, job, "ok"); err != nil {
+			return err
+		}
 		e.step(n, StepPostCheck, EventOK, msg)
 		return nil
 	}
 	why := errors.New("post-check failed: " + msg)
 	if !e.opts.Policy.Rollback() {
+		if err := e.markChecked(ctx, n, job, "failed"); err != nil {
+			return failed(StepPostCheck, fmt.Errorf("%v; %w", why, err))
+		}
 		return failed(StepPostCheck, why)
 	}
 	e.step(n, StepPostCheck, EventFailed, msg)
 	return e.rollback(ctx, n, job, why)
+}
+
+// markChecked records how job's checks ended on host n. A host whose
+// record cannot be written fails: its checks would run again next time,
+// and the operator should know why.
+func (e *executor) markChecked(ctx context.Context, n, job, status string) error {
+	if err := e.jobs.mark(ctx, n, e.inv.Instances[n].User, e.sudo(n), job, status); err != nil {
+		return failed(StepPostCheck, err)
+	}
+	return nil
 }
 
 // rollback returns host n to exactly what ran before job: the profile

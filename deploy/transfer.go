@@ -44,8 +44,8 @@ func (e *executor) supply(ctx context.Context, n string) error {
 }
 
 // alreadyThere reports whether target n, as read when its lock was taken,
-// already runs what the deploy would leave it running, so that a no-op
-// deploy copies nothing to it.
+// already runs what the deploy would leave it running (or only awaits
+// its checks), so that a no-op deploy copies nothing to it.
 func (e *executor) alreadyThere(n string) bool {
 	if e.opts.Force {
 		return false
@@ -53,7 +53,8 @@ func (e *executor) alreadyThere(n string) bool {
 	e.mu.Lock()
 	hs, ok := e.locked[n]
 	e.mu.Unlock()
-	return ok && hs.Running == "" && upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath)
+	path := e.plan.Hosts[n].OutPath
+	return ok && hs.Running == "" && (upToDate(e.opts.Goal, hs, path) || checksPending(e.opts.Goal, hs, path) != "")
 }
 
 // deployOwner names the deploy that holds a host's deploy lock; it exists
