@@ -17,6 +17,20 @@ type planChanges struct {
 	Systems []deploy.SystemChange `json:"systems"`
 }
 
+// unreachable are the targets a plan that asked the hosts could not ask
+// (none offline: hive.state's gaps are not failures), sorted.
+func (pc *planChanges) unreachable() []string {
+	if pc == nil || pc.Offline {
+		return nil
+	}
+	var out []string
+	for _, s := range pc.Systems {
+		out = append(out, slices.Collect(maps.Keys(s.Unknown))...)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // counts is how many targets change, stay and are not known.
 func (pc *planChanges) counts() (change, same, unknown int) {
 	for _, s := range pc.Systems {

@@ -328,6 +328,9 @@ type faultRow struct {
 	lost     int           // hive.state records lost
 	took     time.Duration // from the fault to the deploy's end
 	finished bool
+	// interrupt: the fault is a Ctrl-C or SIGTERM, which should end the
+	// command within a second (took).
+	interrupt bool
 }
 
 var faultTable struct {
@@ -350,7 +353,7 @@ func printFaultTable(t *testing.T) {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FAULT\tEXIT\tOUTCOME\tHOSTS AT THE END\tWRONG\tEXIT 0 ON FAILURE\tLOST RECORDS\tFAULT TO END")
-	var wrong, bad, lost int
+	var wrong, bad, lost, interrupts, slow int
 	var longest time.Duration
 	for _, r := range rows {
 		took := "-"
@@ -364,9 +367,16 @@ func printFaultTable(t *testing.T) {
 		if r.badExit {
 			bad++
 		}
+		if r.interrupt {
+			interrupts++
+			if r.took > time.Second || r.exit != 130 {
+				slow++
+			}
+		}
 	}
 	tw.Flush()
 	fmt.Fprintf(&b, "\nfaults tried: %d\nhosts left in an unknown or half-switched state: %d (goal 0)\nruns that exited 0 with a failed host: %d (goal 0)\nrecords lost from hive.state: %d (goal 0)\nlongest time a fault kept a deploy from ending: %s (goal: connect timeout + confirm timeout + a few seconds)\n",
 		len(rows), wrong, bad, lost, longest.Round(100*time.Millisecond))
+	fmt.Fprintf(&b, "interrupts not honoured within 1 s with exit 130: %d of %d (goal 0)\n", slow, interrupts)
 	t.Logf("fault suite:\n%s", b.String())
 }

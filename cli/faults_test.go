@@ -44,6 +44,7 @@ func TestFaults(t *testing.T) {
 	t.Run("interrupt ends a stuck push", testFaultStuckPush)
 	t.Run("rollback skips a rolled-back generation", testFaultRollbackSkipsRolledBack)
 	t.Run("nix-hive killed during a post-check", testFaultKilledDuringCheck)
+	t.Run("interrupt while connecting", testFaultInterruptConnecting)
 }
 
 // baseline deploys version 1 everywhere and returns its paths.
@@ -292,6 +293,70 @@ func testFaultSilentHost(t *testing.T) {
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}, "app-2": {active: v2["app-2"]}})
 	addFaultRow(faultRow{fault: "host accepts TCP, never answers", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
 		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "failed", "app-2": "ok"}), took: took})
+}
+
+// Ctrl-C (or SIGTERM) while a command waits for a host that accepts TCP
+// and never speaks SSH ends it at once, exit 130, saying what it
+// interrupted, whatever the command and whether or not it goes through a
+// connection holder. --connect-timeout is a minute, so only the interrupt
+// can end them early. Through a holder, a silent host is given up after
+// --connect-timeout, as without one.
+func testFaultInterruptConnecting(t *testing.T) {
+	f := newFaultLab(t, 2)
+	f.baseline()
+	h := f.lab.Host("app-1")
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := h.Silence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	const patient = "60s"
+	interrupt := func(how string, sig syscall.Signal, args ...string) {
+		t.Helper()
+		before := silent.Accepted()
+		r := f.startProcess(append(args, "--connect-timeout", patient)...)
+		waitUntil(t, how+" to connect to the silent host", func() bool { return silent.Accepted() > before })
+		r.signal(sig)
+		sent := time.Now()
+		code := r.wait()
+		took := r.ended.Sub(sent)
+		ok := code == 130 && strings.Contains(r.stderr.String(), "interrupted") && took < time.Minute
+		if !ok {
+			t.Errorf("%s: exit %d after %s (want 130 before the connect timeout, saying what was interrupted):\n%s", how, code, took.Round(time.Millisecond), r.stderr.String())
+		}
+		outcome := "exit 130, interrupted"
+		if !ok {
+			outcome = fmt.Sprintf("exit %d", code)
+		}
+		addFaultRow(faultRow{fault: "interrupt while connecting: " + how, exit: code, outcome: outcome, hosts: "-",
+			badExit: code == 0, took: took, finished: true, interrupt: true})
+	}
+	interrupt("run, SIGINT", syscall.SIGINT, "run", "app-1", "--", "true")
+	interrupt("ssh, SIGINT", syscall.SIGINT, "ssh", "app-1", "true")
+	interrupt("status, SIGINT", syscall.SIGINT, "status")
+	interrupt("deploy, SIGTERM", syscall.SIGTERM, "deploy", "--no", "build")
+	interrupt("plan, SIGINT", syscall.SIGINT, "plan", "--no", "build")
+
+	// Through a holder (connected to app-2 only).
+	if code, _, _ := f.run("mux", "start", "app-2"); code != 0 {
+		t.Fatalf("mux start: exit %d", code)
+	}
+	defer f.run("mux", "stop")
+	interrupt("status through a holder, SIGINT", syscall.SIGINT, "status")
+	interrupt("deploy through a holder, SIGINT", syscall.SIGINT, "deploy", "--no", "build")
+	for _, cmd := range []string{"status", "deploy"} {
+		start := time.Now()
+		code, out, errOut := f.run(cmd, "--connect-timeout", faultConnect)
+		took := time.Since(start)
+		if code != 1 || !strings.Contains(out+errOut, "no answer within "+faultConnect) {
+			t.Errorf("%s through a holder with app-1 silent: exit %d, want 1 and app-1 given up after --connect-timeout (%s)", cmd, code, faultConnect)
+		}
+		addFaultRow(faultRow{fault: cmd + " through a holder, silent host, --connect-timeout " + faultConnect, exit: code, outcome: "given up", hosts: "-",
+			badExit: code == 0, took: took, finished: true})
+	}
 }
 
 // A host that freezes (SIGSTOP) while it activates: nix-hive gives up on
@@ -581,7 +646,7 @@ func testFaultSecondInterrupt(t *testing.T) {
 	f.openGate("app-1")
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}, "app-2": {active: v1["app-2"]}})
 	addFaultRow(faultRow{fault: "second Ctrl-C during an activation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
-		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "unknown", "app-2": "not-started"}), took: r.ended.Sub(second)})
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "unknown", "app-2": "not-started"}), took: r.ended.Sub(second), interrupt: true})
 }
 
 // A push stuck on a frozen host, with a connect timeout long enough not
@@ -617,7 +682,7 @@ func testFaultStuckPush(t *testing.T) {
 	h.Thaw()
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}})
 	addFaultRow(faultRow{fault: "SIGTERM during a push stuck on a frozen host", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
-		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "interrupted"}), took: r.ended.Sub(term)})
+		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "interrupted"}), took: r.ended.Sub(term), interrupt: true})
 }
 
 // reportOf is the final report of a --json deploy.

@@ -100,7 +100,10 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 	if format == "json" {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(newPlanJSON(prep.Plan, changes))
+		if err := enc.Encode(newPlanJSON(prep.Plan, changes)); err != nil {
+			return err
+		}
+		return unreachableError(g, changes)
 	}
 	sizes := planSizes(ctx, g, nix, prep.Plan)
 	switch format {
@@ -110,7 +113,20 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 		return renderSVG(ctx, dotPath, g.stdout, prep, dotOptions(g, prep, sizes))
 	}
 	writePlan(g.stdout, prep, sizes, changes, g.Verbose)
-	return nil
+	return unreachableError(g, changes)
+}
+
+// unreachableError fails a plan that could not ask every host what it
+// runs, naming them (exit 1, as for every command a host fails).
+func unreachableError(g *Globals, changes *planChanges) error {
+	u := changes.unreachable()
+	if len(u) == 0 {
+		return nil
+	}
+	if len(u) > 10 {
+		u = append(u[:10], fmt.Sprintf("and %d more", len(u)-10))
+	}
+	return failures(g, fmt.Sprintf("could not ask %s what it runs (the plan above lists why)", strings.Join(u, ", ")))
 }
 
 // changes compares the plan's systems with what the hosts run, or with

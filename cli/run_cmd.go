@@ -53,9 +53,6 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 	}
 	results := c.runOn(ctx, g, pool, targets, shell.QuoteArgs(args))
 	if !summarizeRun(g, targets, results) {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 		return cmdline.ExitError{Code: cmdline.Failure}
 	}
 	return nil

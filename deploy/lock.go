@@ -46,9 +46,19 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 		pr.Close()
 		res <- result{code, err}
 	}()
+	// Until the lock is held, Ctrl-C stops waiting for it (and for the
+	// connection it needs): the command above gives up on the host, and
+	// a lock taken later is let go of at once, its stdin being closed.
+	stop := context.AfterFunc(ctx, func() {
+		pw.Close()
+		outR.CloseWithError(fmt.Errorf("lock: %w", context.Cause(ctx)))
+	})
 	br := bufio.NewReader(outR)
 	line, rerr := br.ReadString('\n')
 	line = strings.TrimSpace(line)
+	if !stop() {
+		return nil, HostState{}, fmt.Errorf("connect %s and take its deploy lock: %w", n, context.Cause(ctx))
+	}
 	if rerr == nil && line == "locked" {
 		var state strings.Builder
 		for {

@@ -387,14 +387,19 @@ func (e *executor) lockError(n string) error {
 func (e *executor) lock(ctx context.Context, n string) error {
 	l, hs, err := lockAs(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege, e.opts.Owner)
 	if err != nil {
-		err = &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
+		return e.lockFailed(n, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err != nil {
-		e.lockErr[n] = err
-		return err
-	}
 	e.locks[n], e.locked[n] = l, hs
 	return nil
+}
+
+// lockFailed records why target n could not be locked (lockError).
+func (e *executor) lockFailed(n string, err error) error {
+	he := &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lockErr[n] = he
+	return he
 }

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -53,6 +54,10 @@ func (w *Watcher) query(ctx context.Context, n string) (HostState, error) {
 			return hs, nil
 		case ctx.Err() != nil:
 			return HostState{}, ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			// No answer within the connect timeout: the shell query would
+			// wait as long again for the same silence.
+			return HostState{}, err
 		case err != nil:
 			// A dropped connection fails both; the shell query redials it.
 			hs, qerr := queryHost(ctx, w.Remote, n)

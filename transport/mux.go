@@ -465,7 +465,7 @@ func (s *MuxServer) channel(ctx context.Context, nc ssh.NewChannel) {
 	switch nc.ChannelType() {
 	case muxConnect:
 		name := string(nc.ExtraData())
-		cctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+		cctx, cancel := context.WithTimeout(ctx, s.dialBound(name))
 		defer cancel()
 		if _, err := s.pool.conn(cctx, name); err != nil {
 			nc.Reject(dialRejection(err), err.Error())
@@ -505,10 +505,19 @@ func dialRejection(err error) ssh.RejectionReason {
 	return ssh.ConnectionFailed
 }
 
+// dialBound is how long the holder waits to reach instance: as long as
+// its pool dials, ConnectTimeout per hop.
+func (s *MuxServer) dialBound(instance string) time.Duration {
+	if ep, ok := s.pool.endpoints[instance]; ok {
+		return s.pool.dialBound(ep)
+	}
+	return s.pool.cfg.ConnectTimeout
+}
+
 // relay opens m's channel on the instance's connection and relays it to
 // the client's until either side closes it.
 func (s *MuxServer) relay(ctx context.Context, nc ssh.NewChannel, m muxOpenMsg) {
-	octx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+	octx, cancel := context.WithTimeout(ctx, s.dialBound(m.Instance))
 	up, upReqs, release, err := s.pool.openChannel(octx, m.Instance, m.Fresh, m.Type, m.Data)
 	cancel()
 	if err != nil {
@@ -591,7 +600,7 @@ func (s *MuxServer) files(ctx context.Context, ch ssh.Channel, instance string) 
 			return
 		}
 		var a filesReply
-		sctx, cancel := context.WithTimeout(ctx, 2*s.pool.cfg.ConnectTimeout)
+		sctx, cancel := context.WithTimeout(ctx, s.dialBound(instance))
 		sc, err := s.pool.SFTP(sctx, instance)
 		cancel()
 		if err == nil {

@@ -199,16 +199,19 @@ func (h *muxHostConn) LocalAddr() net.Addr   { return h.m.client.LocalAddr() }
 // muxFileReader is a FileReader whose requests the holder answers over its
 // sftp session with the instance: one request at a time per instance.
 type muxFileReader struct {
-	mu     sync.Mutex
-	ch     ssh.Channel
-	enc    *json.Encoder
-	dec    *json.Decoder
+	mu  sync.Mutex
+	ch  ssh.Channel
+	enc *json.Encoder
+	dec *json.Decoder
+	// within bounds each batch, the holder's dial of the host included:
+	// what the command's own pool would allow it (ConnectTimeout per hop).
+	within time.Duration
 	broken bool
 }
 
 // filesOf is name's FileReader through the holder, reopened if the last
 // one broke.
-func (m *muxClient) filesOf(ctx context.Context, name string) (*muxFileReader, error) {
+func (m *muxClient) filesOf(ctx context.Context, name string, within time.Duration) (*muxFileReader, error) {
 	m.mu.Lock()
 	f := m.files[name]
 	m.mu.Unlock()
@@ -224,7 +227,7 @@ func (m *muxClient) filesOf(ctx context.Context, name string) (*muxFileReader, e
 	if err != nil {
 		return nil, fmt.Errorf("read files of %s through mux: %w", name, err)
 	}
-	f = &muxFileReader{ch: ch, enc: json.NewEncoder(ch), dec: json.NewDecoder(ch)}
+	f = &muxFileReader{ch: ch, enc: json.NewEncoder(ch), dec: json.NewDecoder(ch), within: within}
 	m.mu.Lock()
 	m.files[name] = f
 	m.mu.Unlock()
@@ -240,9 +243,15 @@ func (f *muxFileReader) Batch(qs []FileQuery) ([]FileAnswer, error) {
 		return nil, errors.New("files channel closed")
 	}
 	var a filesReply
+	// A host that does not answer is given up as the pool gives up a
+	// dial: closing the channel ends the wait.
+	expired := time.AfterFunc(f.within, func() { f.ch.Close() })
 	err := f.enc.Encode(filesRequest{Batch: qs})
 	if err == nil {
 		err = f.dec.Decode(&a)
+	}
+	if !expired.Stop() {
+		err = fmt.Errorf("no answer within %s: %w", f.within, context.DeadlineExceeded)
 	}
 	if err != nil {
 		f.broken = true

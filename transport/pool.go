@@ -344,10 +344,15 @@ func (p *Pool) throughHolder(name string) bool {
 // when it has one, or through the holder. A fresh connection is one the
 // holder makes for the channel opened on it alone (see RunFresh).
 func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
+	s := p.endpoints[name]
+	addr := s.Addr()
 	if p.throughHolder(name) {
-		ctx, cancel := context.WithTimeout(p.ctx, 2*p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.dialBound(s))
 		defer cancel()
 		c, err := p.mux.dial(ctx, name, fresh)
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
+		}
 		if !errors.As(err, new(loginError)) || p.cfg.Passphrase == nil {
 			return c, err
 		}
@@ -358,8 +363,6 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		p.direct[name] = true
 		p.mu.Unlock()
 	}
-	s := p.endpoints[name]
-	addr := s.Addr()
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
 		defer cancel()
@@ -394,6 +397,13 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		cancel()
 		return client, err
 	}
+}
+
+// dialBound is how long connecting to s may take: ConnectTimeout per
+// hop, as when this pool dials it, and as long as a command waits for a
+// holder to.
+func (p *Pool) dialBound(s *settings) time.Duration {
+	return time.Duration(1+len(s.JumpChain)) * p.cfg.ConnectTimeout
 }
 
 // ctxErr prefers the context's reason over the symptom it caused.

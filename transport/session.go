@@ -474,10 +474,11 @@ type FileReader interface {
 // or the holder's, which outlives the command.
 func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
 	if p.throughHolder(name) {
-		if _, ok := p.endpoints[name]; !ok {
+		s, ok := p.endpoints[name]
+		if !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		f, err := p.mux.filesOf(ctx, name)
+		f, err := p.mux.filesOf(ctx, name, p.dialBound(s))
 		if err != nil {
 			return nil, err // not a nil *muxFileReader in a non-nil interface
 		}

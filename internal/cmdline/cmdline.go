@@ -111,6 +111,16 @@ func (p Program) Status(ctx context.Context, err error, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return OK
+	case errors.As(err, &ee) && ctx.Err() != nil && ee.Code != OK:
+		// A command that summarised its hosts (the interrupted ones among
+		// them) still ends as interrupted: a script must tell Ctrl-C from
+		// a failed host.
+		if ee.Err != nil {
+			fmt.Fprintf(stderr, "%s: interrupted: %s\n", p.Name, msg())
+		} else {
+			fmt.Fprintf(stderr, "%s: interrupted\n", p.Name)
+		}
+		return Interrupted
 	case errors.As(err, &ee):
 		if ee.Err != nil {
 			fmt.Fprintf(stderr, "%s: %s\n", p.Name, msg())
