@@ -4,7 +4,10 @@
 // connection: sftp into a private directory beside its destination, or,
 // where sftp is off or the login is not root, a shell program that reads
 // it from stdin. It never enters a Nix store, a log, an event, hive.state,
-// an error message or a command line.
+// an error message or a command line, nor a file on this machine.
+//
+// A file's value is streamed from the file to each host, never held
+// whole.
 package keys
 
 import (
@@ -12,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +26,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 )
 
-// Values produces keys' values, each source once per run however many
+// Values produces keys' values, each command once per run however many
 // instances share it (a command in defaults.keys runs once, not once per
 // host).
 type Values struct {
@@ -30,7 +34,7 @@ type Values struct {
 
 	mu    sync.Mutex
 	texts map[string]map[string]string // instance -> key -> text
-	byID  map[string]*value            // file and command values by source
+	byID  map[string]*value            // command values by command
 }
 
 type value struct {
@@ -62,9 +66,18 @@ func (v *Values) LoadTexts(ctx context.Context, instances []string) error {
 	return nil
 }
 
-// Of is the value of key k of instance n. Its error never holds the
-// value.
-func (v *Values) Of(ctx context.Context, n string, k *eval.Key) ([]byte, error) {
+// A Value is a key's value, ready to be sent: held in memory (a text or
+// a command's output) or a file, read as it is sent.
+type Value struct {
+	data []byte
+	file string // absolute; "" for a value in memory
+}
+
+// Of is the value of key k of instance n: a text or a command's output
+// (the command runs now, once for all instances that share it), or a
+// file, checked to be a regular file this process can open. Its error
+// never holds the value.
+func (v *Values) Of(ctx context.Context, n string, k *eval.Key) (*Value, error) {
 	switch k.Source {
 	case "text":
 		v.mu.Lock()
@@ -82,11 +95,24 @@ func (v *Values) Of(ctx context.Context, n string, k *eval.Key) ([]byte, error) 
 		if !ok {
 			return nil, fmt.Errorf("key %s: no text evaluated for instance %s", k.Name, n)
 		}
-		return []byte(t), nil
+		return &Value{data: []byte(t)}, nil
 	case "file":
-		return v.once("file\x00"+k.File, func() ([]byte, error) { return v.readFile(k) })
+		p := k.File
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(v.hive.Src.Dir, p)
+		}
+		f, _, err := openFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("key %s: %w", k.Name, err)
+		}
+		f.Close()
+		return &Value{file: p}, nil
 	case "command":
-		return v.once("command\x00"+strings.Join(k.Command, "\x00"), func() ([]byte, error) { return runCommand(ctx, v.hive.Src.Dir, k) })
+		data, err := v.once("command\x00"+strings.Join(k.Command, "\x00"), func() ([]byte, error) { return runCommand(ctx, v.hive.Src.Dir, k) })
+		if err != nil {
+			return nil, err
+		}
+		return &Value{data: data}, nil
 	}
 	return nil, fmt.Errorf("key %s: unknown source %q", k.Name, k.Source)
 }
@@ -103,16 +129,58 @@ func (v *Values) once(id string, produce func() ([]byte, error)) ([]byte, error)
 	return val.data, val.err
 }
 
-func (v *Values) readFile(k *eval.Key) ([]byte, error) {
-	p := k.File
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(v.hive.Src.Dir, p)
-	}
-	data, err := os.ReadFile(p)
+// openFile opens a key's file, which must be a regular file (its length
+// is known, and reading it cannot hang), and returns its length.
+func openFile(p string) (*os.File, int64, error) {
+	f, err := os.Open(p)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", k.Name, err)
+		return nil, 0, err
 	}
-	return data, nil
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", p)
+	}
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+// Open returns the value's content and its length. A file is opened
+// anew for each upload and read as it is sent; its content ends at the
+// length the file had when opened.
+func (v *Value) Open() (io.ReadCloser, int64, error) {
+	if v.file == "" {
+		return io.NopCloser(bytes.NewReader(v.data)), int64(len(v.data)), nil
+	}
+	f, size, err := openFile(v.file)
+	if err != nil {
+		return nil, 0, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(f, size), f}, size, nil
+}
+
+// scrubHead is how much of a file Value.Scrub reads.
+const scrubHead = 1 << 20
+
+// Scrub is the package's Scrub with this value: for a file, its first
+// scrubHead bytes (a defence: what the host or sftp says holds no value,
+// and a large file is not read whole for a message).
+func (v *Value) Scrub(s string) string {
+	if v.file == "" {
+		return Scrub(s, v.data)
+	}
+	f, _, err := openFile(v.file)
+	if err != nil {
+		return s
+	}
+	defer f.Close()
+	head, _ := io.ReadAll(io.LimitReader(f, scrubHead))
+	return Scrub(s, head)
 }
 
 // runCommand runs a key's command in the hive's directory dir (where a
