@@ -17,6 +17,108 @@ import (
 	"time"
 )
 
+// hangKey adds defaults.keys.a-hang (first of every host's keys by name):
+// a command whose shell writes its pid to sh.pid in the hive's directory,
+// starts a child that would run for ever (a background job, which ignores
+// SIGINT as a non-interactive shell's jobs do), writes that one's pid to
+// child.pid and waits. attrs are more of the key's attributes.
+func (k *keysLab) hangKey(attrs string) {
+	k.t.Helper()
+	editFile(k.t, filepath.Join(k.dir, "hive.nix"), `defaults.keys.shared = {`,
+		`defaults.keys.a-hang = { command = "echo $$ >sh.pid; sleep 100000 & echo $! >child.pid; wait"; `+attrs+` };
+  defaults.keys.shared = {`)
+}
+
+// hangPids waits for the hanging key's command to have started and
+// returns the pids of its shell and its child.
+func (k *keysLab) hangPids() (sh, child string) {
+	k.t.Helper()
+	read := func(name string) string {
+		var s string
+		err := waitFor(name, func() bool {
+			b, err := os.ReadFile(filepath.Join(k.dir, name))
+			s = strings.TrimSpace(string(b))
+			return err == nil && strings.HasSuffix(string(b), "\n")
+		})
+		if err != nil {
+			k.t.Fatal(err)
+		}
+		return s
+	}
+	return read("sh.pid"), read("child.pid")
+}
+
+// processGone reports whether process pid (on this machine) has ended; a
+// zombie has.
+func processGone(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
+}
+
+func assertGone(t *testing.T, what string, pids ...string) {
+	t.Helper()
+	for _, p := range pids {
+		if err := waitFor("process "+p+" to end", func() bool { return processGone(p) }); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
+
+// A key's command that does not end is stopped after --key-timeout, or
+// the key's own timeout: the host fails saying so, the command's whole
+// process group is gone, and nothing was written to the host.
+func TestKeysCommandTimeout(t *testing.T) {
+	k := newKeysLab(t)
+	k.hangKey("")
+	code, out, errOut := k.run("keys", "upload", "--key-timeout", "1s", "app-1")
+	if code == 0 || !strings.Contains(out+errOut, "key a-hang: command /bin/sh timed out after 1s") {
+		t.Errorf("exit %d, want a failure saying the command timed out after 1s", code)
+	}
+	sh, child := k.hangPids()
+	assertGone(t, "after --key-timeout", sh, child)
+	if ents, _ := os.ReadDir(k.lab.Host("app-1").Path("/run/keys")); len(ents) != 0 {
+		t.Errorf("app-1 has %d entries in /run/keys although a key of its could not be had", len(ents))
+	}
+
+	// The key's own timeout wins over the flag's.
+	for _, f := range []string{"sh.pid", "child.pid"} {
+		os.Remove(filepath.Join(k.dir, f))
+	}
+	editFile(t, filepath.Join(k.dir, "hive.nix"), `wait"; `, `wait"; timeout = "2s"; `)
+	code, out, errOut = k.run("keys", "upload", "--key-timeout", "1h", "app-1")
+	if code == 0 || !strings.Contains(out+errOut, "key a-hang: command /bin/sh timed out after 2s") {
+		t.Errorf("exit %d, want a failure saying the command timed out after 2s (the key's timeout)", code)
+	}
+	sh, child = k.hangPids()
+	assertGone(t, "after the key's timeout", sh, child)
+}
+
+// Ctrl-C (SIGINT to nix-hive's process group, as a terminal sends it)
+// while a key's command runs: the host fails saying the command was
+// interrupted, not that it exited -1, and the command's process group,
+// children included, is gone.
+func TestKeysCommandInterrupted(t *testing.T) {
+	k := newKeysLab(t)
+	k.hangKey("")
+	r := k.startProcess("keys", "upload", "app-1")
+	sh, child := k.hangPids()
+	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait(); code != 130 {
+		t.Errorf("exit %d after Ctrl-C, want 130", code)
+	}
+	out := r.stdout.String() + r.stderr.String()
+	if !strings.Contains(out, "key a-hang: command /bin/sh was interrupted") || strings.Contains(out, "exited -1") {
+		t.Errorf("want the key's command named as interrupted:\n%s", out)
+	}
+	assertGone(t, "after Ctrl-C", sh, child)
+}
+
 // uploadingBig reports whether a staging directory in dir holds a file
 // of a MiB or more: a big key is being written, not the small ones.
 func uploadingBig(dir string) bool {

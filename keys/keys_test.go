@@ -7,10 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/transport"
@@ -42,7 +44,7 @@ func TestValuesOf(t *testing.T) {
 		{"command not found", eval.Key{Name: "nf", Source: "command", Command: []string{"nix-hive-no-such-command"}}, "", "key nf: command nix-hive-no-such-command: "},
 		{"a directory is no key file", eval.Key{Name: "d", Source: "file", File: "."}, "", "key d: " + dir + " is not a regular file"},
 	}
-	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}})
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			val, err := v.Of(context.Background(), "i", &tt.key)
@@ -85,7 +87,7 @@ func content(t *testing.T, v *Value) string {
 func TestValuesOfRunsACommandOnce(t *testing.T) {
 	dir := t.TempDir()
 	k := &eval.Key{Name: "shared", Source: "command", Command: []string{"/bin/sh", "-c", "echo run >> runs; echo value"}}
-	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}})
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
@@ -123,6 +125,155 @@ func TestScrub(t *testing.T) {
 		if got := Scrub(tt.s, secs...); got != tt.want {
 			t.Errorf("Scrub(%q) = %q, want %q", tt.s, got, tt.want)
 		}
+	}
+}
+
+// waitFile waits for a file the command under test writes: the event a
+// test acts on, never a sleep.
+func waitFile(t *testing.T, p string) string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute) // against a hang, not a speed assertion
+	for {
+		if b, err := os.ReadFile(p); err == nil && strings.HasSuffix(string(b), "\n") {
+			return strings.TrimSpace(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", p)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// gone reports whether process pid has ended (a zombie has).
+func gone(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	// pid (comm) STATE ...: the state follows the last parenthesis.
+	s := string(b)
+	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
+}
+
+// waitGone waits for the processes to end: the kill that stops a key's
+// command is sent before Of returns, but the kernel may take a moment.
+func waitGone(t *testing.T, what string, pids ...string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute) // against a hang, not a speed assertion
+	for _, p := range pids {
+		for !gone(p) {
+			if time.Now().After(deadline) {
+				t.Errorf("%s: process %s still runs", what, p)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// hangingKey is a command key whose shell writes its pid, starts a child
+// that would run for ever (a background job, which ignores SIGINT as a
+// non-interactive shell's jobs do), writes that one's pid and waits.
+func hangingKey(dir string) *eval.Key {
+	return &eval.Key{Name: "hang", Source: "command", Command: []string{"/bin/sh", "-c",
+		"echo $$ >sh.pid; sleep 100000 & echo $! >child.pid; wait"}}
+}
+
+// Ctrl-C while a key's command runs: the error says it was interrupted
+// (and is context.Canceled, so the host counts as interrupted), and the
+// command's whole process group is gone, its children with it.
+func TestValuesOfInterruptedCommand(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := v.Of(ctx, "i", hangingKey(dir))
+		errc <- err
+	}()
+	sh, child := waitFile(t, filepath.Join(dir, "sh.pid")), waitFile(t, filepath.Join(dir, "child.pid"))
+	cancel()
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "key hang: command /bin/sh was interrupted") || !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want one saying the command was interrupted, and context.Canceled", err)
+	}
+	waitGone(t, "after the interrupt", sh, child)
+}
+
+// A command's value is held in memory (once, for every host that shares
+// it), so it is bounded: output past MaxValue stops the command and fails
+// the key, without the output being kept.
+func TestValuesOfCommandOverLimit(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	// 256 MiB of output, then the shell would go on waiting.
+	k := &eval.Key{Name: "big", Source: "command", Command: []string{"/bin/sh", "-c",
+		"echo $$ >sh.pid; head -c 268435456 /dev/zero; sleep 100000 & echo $! >child.pid; wait"}}
+	// A bound against a hang (a command nothing stops), not a speed
+	// assertion.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := v.Of(ctx, "i", k)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "key big: command /bin/sh printed more than 1 MiB") {
+		t.Errorf("err %v, want the limit named", err)
+	}
+	// Everything allocated meanwhile, garbage included: far below the
+	// 256 MiB the command printed.
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %.1f MiB while the command printed 256 MiB", float64(alloc)/(1<<20))
+	if alloc > 16<<20 {
+		t.Errorf("allocated %d bytes reading a command's output: it was held, not refused", alloc)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "sh.pid")); err == nil {
+		waitGone(t, "after the limit", strings.TrimSpace(string(b)))
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "child.pid")); err == nil {
+		waitGone(t, "after the limit", strings.TrimSpace(string(b)))
+	}
+}
+
+// A key's command that runs past its timeout (the key's own, else the
+// run's) is stopped with everything it started, and the error says so.
+func TestValuesOfCommandTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		name, keyTimeout string
+		runTimeout       time.Duration
+		want             string
+	}{
+		{"the run's timeout", "", time.Second, "timed out after 1s"},
+		{"the key's own timeout wins", "2s", time.Hour, "timed out after 2s"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, tt.runTimeout)
+			k := hangingKey(dir)
+			k.Timeout = tt.keyTimeout
+			_, err := v.Of(context.Background(), "i", k)
+			if err == nil || !strings.Contains(err.Error(), "key hang: command /bin/sh "+tt.want) || errors.Is(err, context.Canceled) {
+				t.Errorf("err %v, want one saying the command %s (and not context.Canceled)", err, tt.want)
+			}
+			waitGone(t, "after the timeout", waitFile(t, filepath.Join(dir, "sh.pid")), waitFile(t, filepath.Join(dir, "child.pid")))
+		})
+	}
+}
+
+// A text is held in memory like a command's output, so it is bounded the
+// same way.
+func TestValuesOfTextLimit(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	v.texts = map[string]map[string]string{"i": {"big": strings.Repeat("x", MaxValue+1), "fits": strings.Repeat("x", MaxValue)}}
+	if _, err := v.Of(context.Background(), "i", &eval.Key{Name: "big", Source: "text"}); err == nil ||
+		!strings.Contains(err.Error(), "key big: its text has 1048577 bytes, more than the 1 MiB a text key may hold") {
+		t.Errorf("err %v, want the limit named", err)
+	}
+	if _, err := v.Of(context.Background(), "i", &eval.Key{Name: "fits", Source: "text"}); err != nil {
+		t.Errorf("a text of MaxValue bytes: %v", err)
 	}
 }
 
