@@ -20,6 +20,7 @@ type ApplyLocalCmd struct {
 	Instance        string `help:"The instance this machine is (default: the one named like this machine's hostname, or whose host is it)."`
 	Sudo            bool   `help:"Run what needs root through sudo (when not run as root)."`
 	AskSudoPassword bool   `help:"With --sudo: ask for the sudo password once, on the terminal, before anything runs. Without it nix-hive asks when sudo turns out to want one."`
+	KeyLimits
 }
 
 func (c *ApplyLocalCmd) Help() string {
@@ -43,6 +44,7 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 	if err != nil {
 		return err
 	}
+	opts.KeyTimeout = c.KeyTimeout
 	name, err := deploy.ThisInstance(h.Inventory, c.Instance)
 	if err != nil {
 		return err

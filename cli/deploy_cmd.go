@@ -32,6 +32,7 @@ type DeployCmd struct {
 	Escalation
 	Reboot        bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
 	RebootTimeout time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
+	KeyLimits
 }
 
 // Activation is how deploy and apply-local activate: the flags they
@@ -89,6 +90,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	}
 	opts.Parallel, opts.TrustKey = c.Parallel, c.TrustHiveKey
 	opts.ConnectTimeout, opts.Reboot, opts.RebootTimeout = c.ConnectTimeout, c.Reboot, c.RebootTimeout
+	opts.KeyTimeout = c.KeyTimeout
 	return opts, nil
 }
 

@@ -54,6 +54,8 @@ var hiveErrorCases = []struct {
 		[]string{`system "www": unknown attribute mdoules; did you mean modules?`, `system "www": needs one of modules, configuration or toplevel`}},
 	{"key typo", `{ systems.www.toplevel = null; instances.a = { system = "www"; keys.k.txt = "x"; }; }`, []string{"plan"},
 		[]string{`instance "a": key "k": unknown attribute txt; did you mean text?`}},
+	{"key timeout", `{ systems.www.toplevel = null; instances.a = { system = "www"; keys.k = { command = "pass show k"; timeout = 30; }; }; }`, []string{"plan"},
+		[]string{`instance "a": key "k": attribute timeout: expected a duration such as "30s", "5m" or "1h30m", got an integer`}},
 	{"missing nixpkgs", `{ systems.db.modules = [ ]; instances.c.system = "db"; }`, []string{"build"},
 		[]string{`system "db": its modules need nixpkgs, and none is set: add paths.nixpkgs`}},
 	{"syntax error", `{ x = ; }`, []string{"plan"}, []string{"hive.nix:1:7", "syntax error"}},

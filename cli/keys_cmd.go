@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
@@ -60,13 +61,19 @@ type KeysUploadCmd struct {
 	Parallel int      `default:"16" help:"Hosts worked on at once."`
 	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Escalation
+	KeyLimits
+}
+
+// KeyLimits are the flags of the commands that upload keys.
+type KeyLimits struct {
+	KeyTimeout time.Duration `default:"1m" help:"How long a key's command may run (a key's own timeout attribute wins); one that runs longer is stopped, with what it started, and fails its hosts."`
 }
 
 func (c *KeysUploadCmd) Help() string {
 	return `Uploads every key of the targets, as a deploy does but without building or
 activating anything, under each host's deploy lock. A key whose value
-cannot be had (a failing command, a missing file) fails its host before
-anything is written there.`
+cannot be had (a failing command, one that runs past --key-timeout, a
+missing file) fails its host before anything is written there.`
 }
 
 func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
@@ -78,7 +85,7 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	up, err := deploy.NewKeys(ctx, h, priv.Hosts(pool), targets, priv)
+	up, err := deploy.NewKeys(ctx, h, priv.Hosts(pool), targets, priv, c.KeyTimeout)
 	if err != nil {
 		return err
 	}
@@ -95,6 +102,9 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	}
 	if err := g.render(rows, "INSTANCE\tKEYS\tRESULT", table); err != nil {
 		return err
+	}
+	if failed > 0 && ctx.Err() != nil {
+		return fmt.Errorf("keys upload interrupted; see the summary for each host: %w", context.Canceled)
 	}
 	if failed > 0 {
 		return failures(g, fmt.Sprintf("keys failed on %d of %d instances", failed, len(rows)))

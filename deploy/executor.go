@@ -97,6 +97,9 @@ type Options struct {
 	Keys *keys.Uploader
 	// SkipKeys (--no keys) uploads none.
 	SkipKeys bool
+	// KeyTimeout bounds a key's command that has no timeout of its own
+	// (0: keys.DefaultTimeout).
+	KeyTimeout time.Duration
 	// Local says the one host is this machine (apply-local): its closure
 	// is here already, and its commands run without SSH.
 	Local bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/keys"
@@ -111,7 +112,7 @@ func execute(ctx context.Context, prep *Prepared, h Hosts, copier Copier, opts O
 		opts.Policy = newPolicyChecks(prep.Policy.WithRunner(remoteRunner{h}), prep.Hive.Inventory, prep.Waves, prep.Plan)
 	}
 	if !opts.SkipKeys {
-		if opts.Keys, err = NewKeys(ctx, prep.Hive, h, prep.Plan.Targets, opts.Privilege); err != nil {
+		if opts.Keys, err = NewKeys(ctx, prep.Hive, h, prep.Plan.Targets, opts.Privilege, opts.KeyTimeout); err != nil {
 			return nil, err
 		}
 	}
@@ -119,9 +120,13 @@ func execute(ctx context.Context, prep *Prepared, h Hosts, copier Copier, opts O
 }
 
 // NewKeys is the uploader of the hive's keys over pool; the text keys of
-// targets are evaluated now, in one go.
-func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []string, priv *Privilege) (*keys.Uploader, error) {
-	v := keys.NewValues(h)
+// targets are evaluated now, in one go. A key's command without a timeout
+// of its own is stopped after timeout (0: keys.DefaultTimeout).
+func NewKeys(ctx context.Context, h *eval.Hive, hosts keys.Host, targets []string, priv *Privilege, timeout time.Duration) (*keys.Uploader, error) {
+	if timeout <= 0 {
+		timeout = keys.DefaultTimeout
+	}
+	v := keys.NewValues(h, timeout)
 	var withText []string
 	for _, t := range targets {
 		for _, k := range h.Inventory.Instances[t].Keys {

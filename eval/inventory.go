@@ -62,6 +62,9 @@ type Key struct {
 	Group   string   `json:"group"`
 	Mode    string   `json:"mode"`   // octal, e.g. "0400"
 	Upload  string   `json:"upload"` // "pre-activation" or "post-activation"
+	// Timeout bounds a command (a Go duration, "30s"); "" leaves it to
+	// the run's --key-timeout.
+	Timeout string `json:"timeout,omitempty"`
 }
 
 // Upload points of a key.

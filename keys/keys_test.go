@@ -2,13 +2,20 @@ package keys
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 func TestValuesOf(t *testing.T) {
@@ -35,11 +42,12 @@ func TestValuesOf(t *testing.T) {
 			Command: []string{"/bin/sh", "-c", "echo half-a-secret; echo noise >&2; echo failed near half-a-secret >&2; exit 4"}},
 			"", "key bad: command /bin/sh exited 4: failed near <secret>"},
 		{"command not found", eval.Key{Name: "nf", Source: "command", Command: []string{"nix-hive-no-such-command"}}, "", "key nf: command nix-hive-no-such-command: "},
+		{"a directory is no key file", eval.Key{Name: "d", Source: "file", File: "."}, "", "key d: " + dir + " is not a regular file"},
 	}
-	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}})
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := v.Of(context.Background(), "i", &tt.key)
+			val, err := v.Of(context.Background(), "i", &tt.key)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err %v, want one containing %q", err, tt.wantErr)
@@ -49,11 +57,29 @@ func TestValuesOf(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || string(got) != tt.want {
-				t.Errorf("got %q, %v; want %q", got, err, tt.want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := content(t, val); got != tt.want {
+				t.Errorf("got %q; want %q", got, tt.want)
 			}
 		})
 	}
+}
+
+// content reads a value whole, as an upload would send it.
+func content(t *testing.T, v *Value) string {
+	t.Helper()
+	r, size, err := v.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil || int64(len(b)) != size {
+		t.Fatalf("read %d of %d bytes: %v", len(b), size, err)
+	}
+	return string(b)
 }
 
 // A source shared by many instances is read once per run, however many
@@ -61,14 +87,15 @@ func TestValuesOf(t *testing.T) {
 func TestValuesOfRunsACommandOnce(t *testing.T) {
 	dir := t.TempDir()
 	k := &eval.Key{Name: "shared", Source: "command", Command: []string{"/bin/sh", "-c", "echo run >> runs; echo value"}}
-	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}})
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if got, err := v.Of(context.Background(), "host-"+string(rune('a'+i)), k); err != nil || string(got) != "value\n" {
-				t.Errorf("host %d: %q %v", i, got, err)
+			got, err := v.Of(context.Background(), "host-"+string(rune('a'+i)), k)
+			if err != nil || string(got.data) != "value\n" {
+				t.Errorf("host %d: %v %v", i, got, err)
 			}
 		}()
 	}
@@ -98,5 +125,235 @@ func TestScrub(t *testing.T) {
 		if got := Scrub(tt.s, secs...); got != tt.want {
 			t.Errorf("Scrub(%q) = %q, want %q", tt.s, got, tt.want)
 		}
+	}
+}
+
+// waitFile waits for a file the command under test writes: the event a
+// test acts on, never a sleep.
+func waitFile(t *testing.T, p string) string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute) // against a hang, not a speed assertion
+	for {
+		if b, err := os.ReadFile(p); err == nil && strings.HasSuffix(string(b), "\n") {
+			return strings.TrimSpace(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", p)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// gone reports whether process pid has ended (a zombie has).
+func gone(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	// pid (comm) STATE ...: the state follows the last parenthesis.
+	s := string(b)
+	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
+}
+
+// waitGone waits for the processes to end: the kill that stops a key's
+// command is sent before Of returns, but the kernel may take a moment.
+func waitGone(t *testing.T, what string, pids ...string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute) // against a hang, not a speed assertion
+	for _, p := range pids {
+		for !gone(p) {
+			if time.Now().After(deadline) {
+				t.Errorf("%s: process %s still runs", what, p)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// hangingKey is a command key whose shell writes its pid, starts a child
+// that would run for ever (a background job, which ignores SIGINT as a
+// non-interactive shell's jobs do), writes that one's pid and waits.
+func hangingKey(dir string) *eval.Key {
+	return &eval.Key{Name: "hang", Source: "command", Command: []string{"/bin/sh", "-c",
+		"echo $$ >sh.pid; sleep 100000 & echo $! >child.pid; wait"}}
+}
+
+// Ctrl-C while a key's command runs: the error says it was interrupted
+// (and is context.Canceled, so the host counts as interrupted), and the
+// command's whole process group is gone, its children with it.
+func TestValuesOfInterruptedCommand(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := v.Of(ctx, "i", hangingKey(dir))
+		errc <- err
+	}()
+	sh, child := waitFile(t, filepath.Join(dir, "sh.pid")), waitFile(t, filepath.Join(dir, "child.pid"))
+	cancel()
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "key hang: command /bin/sh was interrupted") || !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want one saying the command was interrupted, and context.Canceled", err)
+	}
+	waitGone(t, "after the interrupt", sh, child)
+}
+
+// A command's value is held in memory (once, for every host that shares
+// it), so it is bounded: output past MaxValue stops the command and fails
+// the key, without the output being kept.
+func TestValuesOfCommandOverLimit(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	// 256 MiB of output, then the shell would go on waiting.
+	k := &eval.Key{Name: "big", Source: "command", Command: []string{"/bin/sh", "-c",
+		"echo $$ >sh.pid; head -c 268435456 /dev/zero; sleep 100000 & echo $! >child.pid; wait"}}
+	// A bound against a hang (a command nothing stops), not a speed
+	// assertion.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := v.Of(ctx, "i", k)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "key big: command /bin/sh printed more than 1 MiB") {
+		t.Errorf("err %v, want the limit named", err)
+	}
+	// Everything allocated meanwhile, garbage included: far below the
+	// 256 MiB the command printed.
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %.1f MiB while the command printed 256 MiB", float64(alloc)/(1<<20))
+	if alloc > 16<<20 {
+		t.Errorf("allocated %d bytes reading a command's output: it was held, not refused", alloc)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "sh.pid")); err == nil {
+		waitGone(t, "after the limit", strings.TrimSpace(string(b)))
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "child.pid")); err == nil {
+		waitGone(t, "after the limit", strings.TrimSpace(string(b)))
+	}
+}
+
+// A key's command that runs past its timeout (the key's own, else the
+// run's) is stopped with everything it started, and the error says so.
+func TestValuesOfCommandTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		name, keyTimeout string
+		runTimeout       time.Duration
+		want             string
+	}{
+		{"the run's timeout", "", time.Second, "timed out after 1s"},
+		{"the key's own timeout wins", "2s", time.Hour, "timed out after 2s"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, tt.runTimeout)
+			k := hangingKey(dir)
+			k.Timeout = tt.keyTimeout
+			_, err := v.Of(context.Background(), "i", k)
+			if err == nil || !strings.Contains(err.Error(), "key hang: command /bin/sh "+tt.want) || errors.Is(err, context.Canceled) {
+				t.Errorf("err %v, want one saying the command %s (and not context.Canceled)", err, tt.want)
+			}
+			waitGone(t, "after the timeout", waitFile(t, filepath.Join(dir, "sh.pid")), waitFile(t, filepath.Join(dir, "child.pid")))
+		})
+	}
+}
+
+// A text is held in memory like a command's output, so it is bounded the
+// same way.
+func TestValuesOfTextLimit(t *testing.T) {
+	dir := t.TempDir()
+	v := NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)
+	v.texts = map[string]map[string]string{"i": {"big": strings.Repeat("x", MaxValue+1), "fits": strings.Repeat("x", MaxValue)}}
+	if _, err := v.Of(context.Background(), "i", &eval.Key{Name: "big", Source: "text"}); err == nil ||
+		!strings.Contains(err.Error(), "key big: its text has 1048577 bytes, more than the 1 MiB a text key may hold") {
+		t.Errorf("err %v, want the limit named", err)
+	}
+	if _, err := v.Of(context.Background(), "i", &eval.Key{Name: "fits", Source: "text"}); err != nil {
+		t.Errorf("a text of MaxValue bytes: %v", err)
+	}
+}
+
+// runWrite runs WriteProgram here, as the shell way runs it on a host.
+func runWrite(t *testing.T, dest, mode, stdin string) (int, string) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", WriteProgram, "nix-hive", dest, strconv.Itoa(os.Getuid()), strconv.Itoa(os.Getgid()), mode)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), stderr.String()
+}
+
+// The shell way's program: the value after its length line lands whole
+// with its mode; one that ends short (the connection was lost half-way)
+// leaves the old value; staging directories whose writer is gone are
+// removed, a live one's kept (transport.StagePrefix).
+func TestWriteProgram(t *testing.T) {
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "key")
+	if code, errOut := runWrite(t, dest, "0440", "5\nfirst"); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if b, err := os.ReadFile(dest); err != nil || string(b) != "first" {
+		t.Fatalf("%s: %q %v", dest, b, err)
+	}
+	if fi, _ := os.Stat(dest); fi.Mode().Perm() != 0o440 {
+		t.Errorf("mode %v, want 0440", fi.Mode())
+	}
+
+	code, errOut := runWrite(t, dest, "0440", "100\nsecond, cut off")
+	if code == 0 || !strings.Contains(errOut, "the value ended after 15 of its 100 bytes") {
+		t.Errorf("a value that ends short: exit %d: %s", code, errOut)
+	}
+	if b, _ := os.ReadFile(dest); string(b) != "first" {
+		t.Errorf("after a short value %s holds %q, want the old value", dest, b)
+	}
+	if code, errOut := runWrite(t, dest, "0440", "second"); code == 0 || !strings.Contains(errOut, "no length before the value") {
+		t.Errorf("a value without its length: exit %d: %s", code, errOut)
+	}
+
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := string(b[:8])
+	ended := exec.Command("true")
+	if err := ended.Run(); err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]bool{ // name: kept
+		transport.StagePrefix + boot + "-" + strconv.Itoa(os.Getpid()) + "-live":       true,
+		transport.StagePrefix + boot + "-" + strconv.Itoa(ended.Process.Pid) + "-dead": false,
+		transport.StagePrefix + "00000000-" + strconv.Itoa(os.Getpid()) + "-oldboot":   false,
+		transport.StagePrefix + boot + "-nopid-x":                                      true,
+		"unrelated": true,
+	}
+	for name := range entries {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code, errOut := runWrite(t, dest, "0400", "5\nthird"); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for name, kept := range entries {
+		if _, err := os.Stat(filepath.Join(dir, name)); kept != (err == nil) {
+			t.Errorf("%s: kept %v, want %v", name, err == nil, kept)
+		}
+	}
+	if b, _ := os.ReadFile(dest); string(b) != "third" {
+		t.Errorf("%s holds %q, want the third value", dest, b)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".nix-hive-*"))
+	if len(left) != 2 {
+		t.Errorf("left in %s: %s; want the live staging directory and the one not named as staging", dir, left)
 	}
 }

@@ -41,17 +41,17 @@ type Batch struct {
 	u        *Uploader
 	instance *eval.Instance
 	keys     []*eval.Key // sorted by name
-	values   map[string][]byte
+	values   map[string]*Value
 	ids      map[string][2]int // key -> uid, gid on the host
 }
 
-// Prepare reads every key value of instance in (running commands, reading
-// files) and checks that the owners of its pre-activation keys exist on
-// the host (a post-activation key's user may come with the new system: it
-// is checked before its upload). Nothing is written anywhere; an error
-// here leaves the host as it was.
+// Prepare has every key value of instance in (running commands, checking
+// files, which are read as they are sent) and checks that the owners of
+// its pre-activation keys exist on the host (a post-activation key's user
+// may come with the new system: it is checked before its upload). Nothing
+// is written anywhere; an error here leaves the host as it was.
 func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, error) {
-	b := &Batch{u: u, instance: in, values: map[string][]byte{}, ids: map[string][2]int{}}
+	b := &Batch{u: u, instance: in, values: map[string]*Value{}, ids: map[string][2]int{}}
 	for _, name := range slices.Sorted(mapsKeys(in.Keys)) {
 		k := in.Keys[name]
 		v, err := u.Values.Of(ctx, in.Name, k)
@@ -148,7 +148,7 @@ func (b *Batch) Upload(ctx context.Context, when string) error {
 			continue
 		}
 		if err := b.upload(ctx, k); err != nil {
-			return fmt.Errorf("key %s to %s: %s", k.Name, k.Dest, Scrub(err.Error(), b.values[k.Name]))
+			return fmt.Errorf("key %s to %s: %s", k.Name, k.Dest, b.values[k.Name].Scrub(err.Error()))
 		}
 	}
 	return nil
@@ -159,6 +159,12 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	if err != nil {
 		return fmt.Errorf("mode %q: %w", k.Mode, err)
 	}
+	r, size, err := b.values[k.Name].Open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	value := &sending{ctx: ctx, r: r, size: size}
 	id := b.ids[k.Name]
 	in := b.instance
 	// sftp runs as the login: only a root login can chown and write
@@ -166,23 +172,52 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	if in.User == "root" || in.User == "" {
 		c, err := b.u.Host.SFTP(ctx, in.Name)
 		if err == nil {
-			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), b.values[k.Name])
+			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), value)
 		}
 		if !strings.Contains(err.Error(), "subsystem") {
 			return err
 		}
 		// No sftp on this host (NixOS allowSFTP = false): the shell does it.
 	}
-	return b.uploadShell(ctx, k.Dest, id, k.Mode, b.values[k.Name])
+	return b.uploadShell(ctx, k.Dest, id, k.Mode, value)
 }
 
-// uploadSFTP writes data to dest through a private file
+// sending is a value on its way: it stops when ctx ends, and tells sftp
+// its size, so that sftp pipelines its writes. It is read in chunks,
+// never whole.
+type sending struct {
+	ctx  context.Context
+	r    io.Reader
+	size int64
+	n    int64 // read so far
+}
+
+func (s *sending) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	return n, err
+}
+
+func (s *sending) Size() int64 { return s.size }
+
+// short is the error of a value that ended before its length: a file
+// that shrank while it was read.
+func (s *sending) short() error {
+	if s.n == s.size {
+		return nil
+	}
+	return fmt.Errorf("the value ended after %d of its %d bytes (its file changed while it was read)", s.n, s.size)
+}
+
+// uploadSFTP writes value to dest through a private file
 // (transport.CreatePrivate: a 0700 directory beside dest, the file created
-// with the owner bits of mode), synced, given its owner and then its whole
-// mode, and renamed over dest.
-// Leftovers of an upload cut off earlier are removed first (the host's
-// deploy lock keeps uploads apart).
-func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, data []byte) error {
+// with the owner bits of mode; staging directories that uploads cut off
+// earlier left there are removed first), synced, given its owner and then
+// its whole mode, and renamed over dest.
+func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, value *sending) error {
 	dir := path.Dir(dest)
 	if _, err := c.Stat(dir); err != nil {
 		if err := c.MkdirAll(dir); err != nil {
@@ -192,18 +227,11 @@ func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, 
 			return fmt.Errorf("chmod %s: %w", dir, err)
 		}
 	}
-	if ents, err := c.ReadDir(dir); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), ".nix-hive-") {
-				c.RemoveAll(path.Join(dir, e.Name()))
-			}
-		}
-	}
 	t, err := transport.CreatePrivate(c, dest, mode)
 	if err != nil {
 		return err
 	}
-	if err := writeSynced(t.File, data); err != nil {
+	if err := writeSynced(t.File, value); err != nil {
 		t.Discard()
 		return fmt.Errorf("write %s: %w", t.Name(), err)
 	}
@@ -214,10 +242,14 @@ func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, 
 	return t.Commit(mode)
 }
 
-// writeSynced writes data and asks the server to fsync it (OpenSSH's
-// fsync@openssh.com); a server without the extension still gets the data.
-func writeSynced(f *sftp.File, data []byte) error {
-	if _, err := f.Write(data); err != nil {
+// writeSynced writes value in pipelined chunks and asks the server to
+// fsync it (OpenSSH's fsync@openssh.com); a server without the extension
+// still gets the data.
+func writeSynced(f *sftp.File, value *sending) error {
+	if _, err := f.ReadFrom(value); err != nil {
+		return err
+	}
+	if err := value.short(); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil && !errors.Is(err, sftp.ErrSSHFxOpUnsupported) {
@@ -230,30 +262,54 @@ func writeSynced(f *sftp.File, data []byte) error {
 }
 
 // WriteProgram DEST UID GID MODE writes stdin to DEST the same way as
-// uploadSFTP: mktemp -d makes a 0700 directory beside DEST, and the file
-// in it is created under a umask that leaves only MODE's owner bits; it
-// is synced, given its owner and then MODE, and renamed over DEST. The
-// value arrives on stdin, never on a command line.
+// uploadSFTP. It removes the staging directories beside DEST whose writer
+// is gone (transport.StagePrefix: named with the host's boot and the
+// writer's pid, which for this program is its shell); mktemp -d makes
+// its own, 0700, and the file in it is created under a umask that leaves
+// only MODE's owner bits. The value arrives on stdin, never on a command
+// line, after a line with its length: a value that ends short (the
+// connection was lost, nix-hive killed) is never put in place. The file
+// is synced, given its owner and then MODE, and renamed over DEST.
 const WriteProgram = `set -eu
 dest=$1 uid=$2 gid=$3 mode=$4
 dir=${dest%/*}
 [ -n "$dir" ] || dir=/
 if [ ! -d "$dir" ]; then mkdir -p "$dir" && chmod 0750 "$dir"; fi
-rm -rf "$dir"/.nix-hive-*
+boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id 2>/dev/null) || boot=
+name=.nix-hive-
+if [ -n "$boot" ] && [ -d "/proc/$$" ]; then
+  name=.nix-hive-stage-$boot-$$-
+  for s in "$dir"/.nix-hive-stage-*; do
+    o=${s##*/.nix-hive-stage-}; b=${o%%-*}; o=${o#*-}; p=${o%%-*}
+    case $b in ????????) ;; *) continue ;; esac
+    case $p in *[!0-9]*|'') continue ;; esac
+    if [ -d "$s" ] && { [ "$b" != "$boot" ] || [ ! -d "/proc/$p" ]; }; then rm -rf "$s"; fi
+  done
+fi
 umask 077
-stage=$(mktemp -d "$dir/.nix-hive-XXXXXXXX")
+stage=$(mktemp -d "$dir/${name}XXXXXXXX")
 trap 'rm -rf "$stage"' EXIT
+trap 'exit 129' HUP
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
 tmp=$stage/${dest##*/}
+IFS= read -r size || size=
+case $size in *[!0-9]*|'') echo "no length before the value" >&2; exit 64 ;; esac
 umask "$(printf %o $((0777 & ~(0$mode & 0700))))"
 cat >"$tmp"
 umask 077
+got=$(($(wc -c <"$tmp")))
+if [ "$got" != "$size" ]; then
+  echo "the value ended after $got of its $size bytes (the upload was cut off)" >&2
+  exit 65
+fi
 sync "$tmp" 2>/dev/null || sync
 chown "$uid:$gid" "$tmp"
 chmod "$mode" "$tmp"
 mv -f "$tmp" "$dest"
 `
 
-func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, data []byte) error {
+func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, value *sending) error {
 	in := b.instance
 	args := []string{dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
 	cmd := shell.QuoteArgs(append([]string{"sh", "-c", WriteProgram, "nix-hive"}, args...))
@@ -261,9 +317,13 @@ func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode st
 		cmd = b.u.Root(in, WriteProgram, args...)
 	}
 	var stderr bytes.Buffer
-	code, err := b.u.Host.Run(ctx, in.Name, cmd, bytes.NewReader(data), io.Discard, &stderr)
+	stdin := io.MultiReader(strings.NewReader(strconv.FormatInt(value.size, 10)+"\n"), value)
+	code, err := b.u.Host.Run(ctx, in.Name, cmd, stdin, io.Discard, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+	}
+	if err == nil {
+		err = value.short() // the host would have said so
 	}
 	return err
 }

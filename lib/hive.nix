@@ -141,7 +141,9 @@ let
       # A key's value comes from exactly one source; its value is never part
       # of the inventory (only evaluated, on its own, when it is uploaded).
       keySources = [ "text" "file" "command" ];
-      knownKeyAttrs = keySources ++ [ "dest" "user" "group" "mode" "upload" ];
+      knownKeyAttrs = keySources ++ [ "dest" "user" "group" "mode" "upload" "timeout" ];
+      # A command's time limit, as Go reads durations: "30s", "5m", "1h30m".
+      isTimeout = v: isString v && match "([0-9]+[hms])+" v != null && match "(0+[hms])+" v == null;
       keyErrors = where: name: k:
         let w = "${where}: key \"${name}\""; given = filter (a: k ? ${a}) keySources; in
         if !isAttrs k then [ "${w}: expected an attribute set with one of text, file or command, got ${describe k}" ] else
@@ -156,7 +158,10 @@ let
           ++ (if k ? user then expect w "user" isString "a user name (string)" k.user else [ ])
           ++ (if k ? group then expect w "group" isString "a group name (string)" k.group else [ ])
           ++ (if k ? mode then expect w "mode" (v: isString v && match "0?[0-7]{3}" v != null) "an octal mode string such as \"0400\"" k.mode else [ ])
-          ++ (if k ? upload then expect w "upload" (v: elem v [ "pre-activation" "post-activation" ]) "\"pre-activation\" or \"post-activation\"" k.upload else [ ]);
+          ++ (if k ? upload then expect w "upload" (v: elem v [ "pre-activation" "post-activation" ]) "\"pre-activation\" or \"post-activation\"" k.upload else [ ])
+          ++ (if !(k ? timeout) then [ ]
+              else if !(k ? command) then [ "${w}: attribute timeout: only a command key has one (a text or file is read without running anything)" ]
+              else expect w "timeout" isTimeout "a duration such as \"30s\", \"5m\" or \"1h30m\"" k.timeout);
       keysErrors = where: ks:
         if !isAttrs ks then [ "${where}: attribute keys: expected an attribute set of keys, got ${describe ks}" ]
         else concatMap (n: keyErrors where n ks.${n}) (attrNames ks);
@@ -181,6 +186,7 @@ let
         group = typed isString "root" (k.group or "root");
         mode = typed isString "0400" (k.mode or "0400");
         upload = typed (v: elem v [ "pre-activation" "post-activation" ]) "pre-activation" (k.upload or "pre-activation");
+        timeout = typed isTimeout null (k.timeout or null);
       };
 
       # ---- systems -------------------------------------------------------
@@ -359,7 +365,7 @@ let
       # Trusting the hive key and using a store stay opt-in through it.
       hiveModule = name: { options ? { }, ... }: {
         config = if options ? nix-hive && options.nix-hive ? keys then {
-          nix-hive.keys = mapAttrs (n: k: removeAttrs (keyInfo n k) [ "name" "source" "file" "command" ])
+          nix-hive.keys = mapAttrs (n: k: removeAttrs (keyInfo n k) [ "name" "source" "file" "command" "timeout" ])
             (filter' isAttrs ((if isAttrs (defaults.keys or null) then defaults.keys else { })
               // (if isAttrs (systemsIn.${name}.keys or null) then systemsIn.${name}.keys else { })));
         } else { };

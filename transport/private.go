@@ -1,9 +1,14 @@
 package transport
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/pkg/sftp"
 )
@@ -23,9 +28,14 @@ type PrivateFile struct {
 	done  bool
 }
 
-// CreatePrivate creates a PrivateFile for dest that will have mode.
+// CreatePrivate creates a PrivateFile for dest that will have mode. The
+// first upload of a session into dest's directory removes the staging
+// directories there that uploads cut off earlier left behind (see
+// StagePrefix).
 func CreatePrivate(c *SFTP, dest string, mode fs.FileMode) (*PrivateFile, error) {
-	stage := path.Join(path.Dir(dest), ".nix-hive-"+randomSuffix())
+	dir := path.Dir(dest)
+	c.removeStale(dir)
+	stage := path.Join(dir, c.stageName())
 	if err := c.MkdirMode(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("mkdir %s: %w", stage, err)
 	}
@@ -81,4 +91,119 @@ func (t *PrivateFile) Discard() {
 		_ = t.c.Remove(t.name)
 	}
 	_ = t.c.RemoveDirectory(t.stage)
+}
+
+// StagePrefix begins the name of the staging directory an upload makes
+// beside its destination (CreatePrivate here; keys' shell program names
+// its own the same way): StagePrefix + BOOT + "-" + PID + "-" + random,
+// where BOOT is the first 8 characters of the host's boot id and PID the
+// process on the host that writes in it (the session's sftp server, or
+// the shell program). An upload that could not clean up after itself
+// (nix-hive killed, the connection lost) leaves its directory behind;
+// once its writer is gone (PID no longer runs, or BOOT is not the host's
+// boot) the next upload into that directory removes it. The directory of
+// an upload that is still running is never removed, whoever runs it. A
+// host where the owner cannot be learned (no /proc) gets staging
+// directories named .nix-hive-<random>, which nothing removes.
+const StagePrefix = ".nix-hive-stage-"
+
+// StageOwner is the boot and writer's pid that a staging directory's name
+// carries; ok is false for a name that is not a staging directory's.
+func StageOwner(name string) (boot string, pid int, ok bool) {
+	rest, ok := strings.CutPrefix(name, StagePrefix)
+	if !ok {
+		return "", 0, false
+	}
+	parts := strings.SplitN(rest, "-", 3)
+	if len(parts) != 3 || len(parts[0]) != 8 {
+		return "", 0, false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 {
+		return "", 0, false
+	}
+	return parts[0], pid, true
+}
+
+// stages is what an sftp session knows of staging directories: who owns
+// the ones it makes, and the directories it has cleaned.
+type stages struct {
+	once sync.Once
+	boot string // "" where unknown
+	pid  int
+
+	mu      sync.Mutex
+	cleaned map[string]bool
+}
+
+// owner learns, once per session, the host's boot and the pid of the
+// session's sftp server (the link /proc/self is the reading process's
+// pid): what names its staging directories.
+func (c *SFTP) owner() (boot string, pid int) {
+	c.stages.once.Do(func() {
+		link, err := c.ReadLink("/proc/self")
+		if err != nil {
+			return
+		}
+		p, err := strconv.Atoi(link)
+		if err != nil || p <= 0 {
+			return
+		}
+		f, err := c.Open("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		b, err := io.ReadAll(io.LimitReader(f, 64))
+		if id := strings.TrimSpace(string(b)); err == nil && len(id) >= 8 && !strings.Contains(id[:8], "-") {
+			c.stages.boot, c.stages.pid = id[:8], p
+		}
+	})
+	return c.stages.boot, c.stages.pid
+}
+
+// stageName is a new staging directory's name (see StagePrefix).
+func (c *SFTP) stageName() string {
+	boot, pid := c.owner()
+	if boot == "" {
+		return ".nix-hive-" + randomSuffix()
+	}
+	return StagePrefix + boot + "-" + strconv.Itoa(pid) + "-" + randomSuffix()
+}
+
+// removeStale removes, once per session and directory, the staging
+// directories in dir whose writer is gone. Best effort: a directory that
+// cannot be read or removed is left as it is, and one whose writer's
+// state is in doubt is kept.
+func (c *SFTP) removeStale(dir string) {
+	boot, _ := c.owner()
+	if boot == "" {
+		return
+	}
+	c.stages.mu.Lock()
+	done := c.stages.cleaned[dir]
+	if c.stages.cleaned == nil {
+		c.stages.cleaned = map[string]bool{}
+	}
+	c.stages.cleaned[dir] = true
+	c.stages.mu.Unlock()
+	if done {
+		return
+	}
+	ents, err := c.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		b, pid, ok := StageOwner(e.Name())
+		if !ok || !e.IsDir() {
+			continue
+		}
+		if b == boot {
+			if _, err := c.Stat("/proc/" + strconv.Itoa(pid)); !errors.Is(err, fs.ErrNotExist) {
+				continue // its writer runs (or may)
+			}
+		}
+		_ = c.RemoveAll(path.Join(dir, e.Name()))
+	}
 }

@@ -19,7 +19,8 @@ import (
 // passes to open(2) and mkdir(2).
 type SFTP struct {
 	*sftp.Client
-	modes *modeWriter
+	modes  *modeWriter
+	stages stages
 }
 
 // CreateMode creates p, which must not exist, for writing, with mode
