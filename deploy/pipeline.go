@@ -397,7 +397,11 @@ func (e *executor) lock(ctx context.Context, n string) error {
 
 // lockFailed records why target n could not be locked (lockError).
 func (e *executor) lockFailed(n string, err error) error {
-	he := &hostError{step: StepLock, status: StatusFailed, err: err, untouched: errors.Is(err, ErrHostLocked)}
+	status := StatusFailed
+	if errors.Is(err, context.Canceled) {
+		status = StatusInterrupted // Ctrl-C while it connected
+	}
+	he := &hostError{step: StepLock, status: status, err: err, untouched: errors.Is(err, ErrHostLocked)}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.lockErr[n] = he
