@@ -201,7 +201,7 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 	f := newPolicyFleet(t, 2, "", "{ }")
 	tests := []struct{ name, policy, want string }{
 		{"syntax", "def waves(instances)\n    return []\n", "hive.star:2:1: got newline, want ':'"},
-		{"endless loop", "def waves(instances):\n    while True:\n        pass\n", "hive.star:1:1: waves(): stopped after"},
+		{"endless loop", "def waves(instances):\n    while True:\n        pass\n", "hive.star:1:1: waves(): policy exceeded"},
 		{"waves not a list", "def waves(instances):\n    return 3\n", "hive.star:1:1: waves(): returned int"},
 		{"unknown builtin", "def pre_activate(ctx):\n    open(\"/etc/passwd\")\n", "hive.star:2:5: undefined: open"},
 	}

@@ -88,9 +88,9 @@ func (c *call) stopped() error {
 func (c *call) stopMessage(cause error) string {
 	switch {
 	case errors.Is(cause, ErrStepLimit):
-		return fmt.Sprintf("stopped after %d execution steps (the limit; an endless loop?)", c.policy.maxSteps())
+		return fmt.Sprintf("policy exceeded %d execution steps (the limit; an endless loop?)", c.policy.maxSteps())
 	case errors.Is(cause, ErrTimeLimit):
-		return fmt.Sprintf("stopped after running for %s (the time limit)", c.limit)
+		return fmt.Sprintf("policy exceeded %s (the time limit) and was stopped", c.limit)
 	}
 	return fmt.Sprintf("cancelled: %v", cause)
 }
