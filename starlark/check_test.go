@@ -52,6 +52,7 @@ func mustLoad(t *testing.T, src string, env Env) *Policy {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
+	t.Cleanup(p.ev.stop)
 	p.env = env
 	return p
 }
@@ -553,9 +554,12 @@ def post_activate(ctx):
 			t.Fatalf("PostActivate cancelled: %+v", res)
 		}
 	}
-	// Closing the server and the client's connections ends their goroutines.
+	// Closing the server and the client's connections ends their goroutines;
+	// stopping the evaluators ends the goroutines that talk to them.
 	srv.Close()
 	client.CloseIdleConnections()
+	roomy.ev.stop()
+	p.ev.stop()
 
 	// Goroutines that have returned may take a moment to be accounted
 	// (bounded against a hang, not a speed assertion).
