@@ -260,6 +260,9 @@ func httpGet(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple)
 	if c.instance == nil {
 		return nil, fmt.Errorf("%s: only available in pre_activate and post_activate, so that loading, select and waves touch no host", b.Name())
 	}
+	if len(rawURL) > maxText {
+		return nil, fmt.Errorf("%s: the URL is %d bytes, at most %d are allowed", b.Name(), len(rawURL), maxText)
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", b.Name(), err)
@@ -294,6 +297,9 @@ func run(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (sk
 	var timeout sk.Value = sk.None
 	if err := sk.UnpackArgs(b.Name(), args, kwargs, "cmd", &cmd, "timeout?", &timeout); err != nil {
 		return nil, err
+	}
+	if len(cmd) > maxCommand {
+		return nil, fmt.Errorf("%s: the command is %d bytes, at most %d are allowed", b.Name(), len(cmd), maxCommand)
 	}
 	req := request{Op: "run", Cmd: cmd}
 	if timeout != sk.None {

@@ -7,12 +7,21 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	sk "go.starlark.net/starlark"
 	"go.starlark.net/syntax"
 )
 
 const callKey = "nix-hive/call"
+
+// maxText bounds every message the evaluator sends nix-hive (a log line,
+// fail()'s message, an error, a backtrace): a policy must not be able to
+// move its memory into the deploy host's process.
+const maxText = 16 << 10
+
+// maxCommand bounds the command ctx.run sends, a script included.
+const maxCommand = 1 << 20
 
 // call is the state of one policy call inside the evaluator, shared by
 // the builtins through a thread local. Its thread runs on the call's own
@@ -90,7 +99,7 @@ func (c *call) stopped() error {
 
 func (c *call) log(msg string) {
 	if !c.quiet {
-		c.srv.send(frame{Op: opLog, ID: c.id, Msg: msg})
+		c.srv.send(frame{Op: opLog, ID: c.id, Msg: clip(msg)})
 	}
 }
 
@@ -153,5 +162,18 @@ func (c *call) evalError(err error) *outcome {
 		e.Fail = true
 		e.Msg = f.msg
 	}
+	e.Msg, e.Backtrace = clip(e.Msg), clip(e.Backtrace)
 	return &outcome{Err: e, Stop: c.stopKind()}
+}
+
+// clip shortens s to maxText bytes, saying how much it left out.
+func clip(s string) string {
+	if len(s) <= maxText {
+		return s
+	}
+	n := maxText
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return fmt.Sprintf("%s... (%d more bytes)", s[:n], len(s)-n)
 }

@@ -76,10 +76,11 @@
 // program started again, which this package's init recognises and turns
 // into a server of policy calls before main runs. nix-hive answers the
 // builtins that reach out (ctx.run, http_get, sleep, log) and gets back
-// nothing but indices, settings and messages. One evaluator serves every
-// call of a policy running at once; after 5 idle seconds it exits, and the
-// next call starts a new one, which runs the file's top level again
-// without showing its log() output.
+// nothing but indices, settings and messages of at most 16 KiB (longer
+// ones are cut; ctx.run takes commands of up to 1 MiB). One evaluator
+// serves every call of a policy running at once; after 5 idle seconds it
+// exits, and the next call starts a new one, which runs the file's top
+// level again without showing its log() output.
 //
 // Every call (loading the file, select, waves, each check) runs on a fresh
 // thread with at most Env.MaxSteps execution steps and a time limit

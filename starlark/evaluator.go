@@ -27,7 +27,7 @@ import (
 // reach out (ctx.run, http_get, sleep, log), stops a call at its time
 // limit and, if the call is inside one long step, abandons it and kills
 // the process once no other call runs in it. Nothing a policy computes
-// comes back but indices, settings and messages.
+// comes back but indices, settings and messages of bounded size.
 //
 // One process serves every call of a policy running at once (checks of
 // hundreds of hosts run concurrently): the memory limit is for all of
@@ -41,7 +41,10 @@ const (
 	// idleExit is how long an evaluator with no call waits for the next
 	// before it exits; a later call starts a new one.
 	idleExit = 5 * time.Second
-	// maxLogs bounds CheckResult.Logs; Env.Log still gets every line.
+	// maxLogBytes bounds the log() output a CheckResult keeps (maxLogs
+	// lines at most too); Env.Log still gets every line.
+	maxLogBytes = 256 << 10
+	// maxLogs bounds CheckResult.Logs.
 	maxLogs = 1000
 	// residentInterval is how often nix-hive reads an evaluator's resident
 	// memory (see proc.watch).
@@ -107,6 +110,7 @@ type invocation struct {
 
 	mu       sync.Mutex
 	logs     []string
+	logBytes int
 	logsFull bool
 }
 
@@ -587,8 +591,9 @@ func (inv *invocation) httpGet(r *request) *reply {
 func (inv *invocation) log(msg string) {
 	inv.mu.Lock()
 	switch {
-	case len(inv.logs) < maxLogs:
+	case len(inv.logs) < maxLogs && inv.logBytes+len(msg) <= maxLogBytes:
 		inv.logs = append(inv.logs, msg)
+		inv.logBytes += len(msg)
 	case !inv.logsFull:
 		inv.logs = append(inv.logs, "(more lines went to the log only)")
 		inv.logsFull = true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -312,5 +313,49 @@ func watchHeld() func() uint64 {
 		close(stop)
 		<-stopped
 		return peak
+	}
+}
+
+// TestPolicyOutputBounded: what a policy sends out of its evaluator is
+// bounded, so that it cannot move its memory into nix-hive's process: log
+// lines and messages are cut, a check keeps a bounded part of its log, and
+// ctx.run refuses a command of megabytes.
+func TestPolicyOutputBounded(t *testing.T) {
+	var mu sync.Mutex
+	var logged []int
+	runner := &fakeRunner{reply: func(context.Context, string, string) (string, string, int, error) { return "", "", 0, nil }}
+	p := mustLoad(t, `
+def pre_activate(ctx):
+    ctx.run("x" * (2 << 20))
+def post_activate(ctx):
+    for i in range(100):
+        log("y" * (1 << 20))
+    fail("z" * (1 << 20))
+`, Env{Runner: runner, Log: func(_, msg string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, len(msg))
+	}})
+
+	res := p.PostActivate(context.Background(), www1)
+	if res.OK || len(res.Message) > maxText+100 || !strings.HasSuffix(res.Message, "... (1032192 more bytes)") {
+		t.Errorf("fail() of 1 MiB: message of %d bytes ending %q, want it cut to %d", len(res.Message), res.Message[max(0, len(res.Message)-40):], maxText)
+	}
+	kept := 0
+	for _, l := range res.Logs {
+		kept += len(l)
+	}
+	if kept > maxLogBytes+100 || res.Logs[len(res.Logs)-1] != "(more lines went to the log only)" {
+		t.Errorf("the check kept %d lines, %d bytes of log; want at most %d bytes", len(res.Logs), kept, maxLogBytes)
+	}
+	mu.Lock()
+	if len(logged) != 100 || slices.Max(logged) > maxText+100 {
+		t.Errorf("Env.Log got %d lines of at most %d bytes, want 100 cut to %d", len(logged), slices.Max(logged), maxText)
+	}
+	mu.Unlock()
+
+	res = p.PreActivate(context.Background(), www1)
+	if res.OK || !strings.Contains(res.Message, "run: the command is 2097152 bytes, at most 1048576 are allowed") || len(runner.calls) != 0 {
+		t.Errorf("ctx.run of 2 MiB: %+v, runner got %d calls; want it refused", res, len(runner.calls))
 	}
 }

@@ -231,8 +231,9 @@ func (p *Policy) Waves(ctx context.Context, in []Instance) ([]Wave, error) {
 // instance.
 type CheckResult struct {
 	OK bool
-	// Message says why the check failed: fail()'s message exactly, or the
-	// first line of Err ("file:line:col: post_activate(): ...").
+	// Message says why the check failed: fail()'s message exactly (its
+	// first 16 KiB), or the first line of Err
+	// ("file:line:col: post_activate(): ...").
 	Message string
 	// Err is the *Error of a failed check, nil when OK. Err.Fail is set
 	// when the policy called fail(); errors.Is(Err, context.Canceled) when

@@ -353,11 +353,11 @@ func lookup(v sk.Value, byName map[string]int, n int) (idx int, msg string) {
 	case sk.String:
 		name = string(v)
 	default:
-		return 0, fmt.Sprintf("%s (%s) is neither an instance nor a name", v.String(), v.Type())
+		return 0, fmt.Sprintf("%s (%s) is neither an instance nor a name", clip(v.String()), v.Type())
 	}
 	idx, ok := byName[name]
 	if !ok {
-		return 0, fmt.Sprintf("%q is not among the %d instances passed in", name, n)
+		return 0, fmt.Sprintf("%q is not among the %d instances passed in", clip(name), n)
 	}
 	return idx, ""
 }
