@@ -104,7 +104,7 @@
 // step cannot be interrupted, so the step that passes the limit may add
 // to it before it is stopped (a doubled list holds its old and new
 // copies): the evaluator holds less than twice the limit at its peak
-// (TestMemoryLimit -v prints what it held).
+// (TestMemoryLimit -v and BenchmarkHostilePolicy print what it held).
 // A check stopped by the memory limit fails its host, which follows
 // on_failure, and the rollout stops whatever max_failures allows
 // (Policy.ShouldStop): the policy is broken.
