@@ -201,7 +201,11 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 	f := newPolicyFleet(t, 2, "", "{ }")
 	tests := []struct{ name, policy, want string }{
 		{"syntax", "def waves(instances)\n    return []\n", "hive.star:2:1: got newline, want ':'"},
-		{"endless loop", "def waves(instances):\n    while True:\n        pass\n", "hive.star:1:1: waves(): stopped after"},
+		{"endless loop", "def waves(instances):\n    while True:\n        pass\n", "hive.star:1:1: waves(): policy exceeded"},
+		// One step asking for 512 MiB: a doubling loop would take seconds
+		// to pass the limit on a loaded machine and could meet the time
+		// limit first (the starlark tests cover both).
+		{"memory", "def waves(instances):\n    l = [0] * (1 << 25)\n    return [instances]\n", "waves(): policy exceeded 256 MiB (the memory limit)"},
 		{"waves not a list", "def waves(instances):\n    return 3\n", "hive.star:1:1: waves(): returned int"},
 		{"unknown builtin", "def pre_activate(ctx):\n    open(\"/etc/passwd\")\n", "hive.star:2:5: undefined: open"},
 	}
@@ -223,6 +227,49 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPolicyMemoryLimitStopsDeploy: a post_activate that passes the
+// policy memory limit fails its host, which follows on_failure (here back
+// to what it ran), and stops the rollout whatever max_failures allows:
+// no host starts after it.
+func TestPolicyMemoryLimitStopsDeploy(t *testing.T) {
+	f := newPolicyFleet(t, 3, "", "{ }")
+	if code, _, _ := f.run("deploy"); code != 0 {
+		t.Fatal("first deploy failed")
+	}
+	v1 := f.current("app-1")
+	f.setVersion("2")
+	writeFile(t, filepath.Join(f.dir, "hive.star"), `
+on_failure = "rollback"
+max_failures = 5
+
+def post_activate(ctx):
+    if ctx.instance.name == "app-1":
+        l = [0]
+        while True:
+            l = l + l
+`)
+	code, out, errOut := f.run("deploy", "--parallel", "1")
+	if code == 0 {
+		t.Fatal("deploy with a policy past its memory limit exited 0")
+	}
+	if l := summaryLine(out, "app-1"); !strings.Contains(l, "rolled-back") || !strings.Contains(l, "post_activate(): policy exceeded 256 MiB (the memory limit)") {
+		t.Errorf("app-1 row: %q\n%s", l, errOut)
+	}
+	if !strings.Contains(out, "rollout stopped") {
+		t.Errorf("summary does not say the rollout stopped:\n%s", out)
+	}
+	for _, h := range []string{"app-1", "app-2", "app-3"} {
+		if got := f.current(h); got != v1 {
+			t.Errorf("%s runs %s, want %s (rolled back, or never started)", h, got, v1)
+		}
+	}
+	for _, h := range []string{"app-2", "app-3"} {
+		if l := summaryLine(out, h); !strings.Contains(l, "not-started") {
+			t.Errorf("%s row: %q", h, l)
+		}
 	}
 }
 

@@ -1,12 +1,9 @@
 package starlark
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"net/http"
 	"net/url"
 	"time"
 
@@ -183,8 +180,7 @@ func sleep(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (
 	if err != nil {
 		return nil, err
 	}
-	c := callOf(thread)
-	if err := c.policy.sleep(c.ctx, d); err != nil {
+	if err := callOf(thread).sleep(d); err != nil {
 		return nil, fmt.Errorf("%s: %w", b.Name(), err)
 	}
 	return sk.None, nil
@@ -225,7 +221,7 @@ func retry(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (
 		}
 		c.log(fmt.Sprintf("retry: attempt %d of %d failed: %s", i, attempts, attemptMessage(c, last)))
 		if i < attempts {
-			if err := c.policy.sleep(c.ctx, d); err != nil {
+			if err := c.sleep(d); err != nil {
 				return nil, fmt.Errorf("%s: %w", b.Name(), err)
 			}
 		}
@@ -244,7 +240,7 @@ func attemptMessage(c *call, err error) string {
 		return f.msg
 	}
 	if ee := (*sk.EvalError)(nil); errors.As(err, &ee) {
-		if pos := innermost(ee.CallStack, c.policy.entries); pos.IsValid() {
+		if pos := innermost(ee.CallStack, c.entries); pos.IsValid() {
 			return fmt.Sprintf("%s: %s", pos, ee.Msg)
 		}
 		return ee.Msg
@@ -253,6 +249,7 @@ func attemptMessage(c *call, err error) string {
 }
 
 // http_get(url, timeout=10) fetches url and returns struct(status, body).
+// nix-hive makes the request with Env.HTTP (see invocation.httpGet).
 func httpGet(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (sk.Value, error) {
 	var rawURL string
 	var timeout sk.Value = sk.None
@@ -262,6 +259,9 @@ func httpGet(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple)
 	c := callOf(thread)
 	if c.instance == nil {
 		return nil, fmt.Errorf("%s: only available in pre_activate and post_activate, so that loading, select and waves touch no host", b.Name())
+	}
+	if len(rawURL) > maxText {
+		return nil, fmt.Errorf("%s: the URL is %d bytes, at most %d are allowed", b.Name(), len(rawURL), maxText)
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -276,66 +276,50 @@ func httpGet(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple)
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, d)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	r, err := c.ask(request{Op: "http_get", URL: rawURL, Timeout: d, HasTimeout: true})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", b.Name(), err)
 	}
-	client := c.policy.env.HTTP
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", b.Name(), err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxHTTPBody))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: read body: %w", b.Name(), rawURL, err)
+	if r.Err != "" {
+		return nil, errors.New(r.Err)
 	}
 	return starlarkstruct.FromStringDict(starlarkstruct.Default, sk.StringDict{
-		"status": sk.MakeInt(resp.StatusCode),
-		"body":   sk.String(body),
+		"status": sk.MakeInt(r.Status),
+		"body":   sk.String(r.Body),
 	}), nil
 }
 
 // run is ctx.run(cmd, timeout=None): cmd on the check's instance through
-// Env.Runner. A non-zero exit is a result, not an error.
+// Env.Runner (see invocation.run). A non-zero exit is a result, not an
+// error.
 func run(thread *sk.Thread, b *sk.Builtin, args sk.Tuple, kwargs []sk.Tuple) (sk.Value, error) {
 	var cmd string
 	var timeout sk.Value = sk.None
 	if err := sk.UnpackArgs(b.Name(), args, kwargs, "cmd", &cmd, "timeout?", &timeout); err != nil {
 		return nil, err
 	}
-	c := callOf(thread)
-	runner := c.policy.env.Runner
-	if runner == nil {
-		return nil, fmt.Errorf("%s: no runner configured", b.Name())
+	if len(cmd) > maxCommand {
+		return nil, fmt.Errorf("%s: the command is %d bytes, at most %d are allowed", b.Name(), len(cmd), maxCommand)
 	}
-	ctx := c.ctx
+	req := request{Op: "run", Cmd: cmd}
 	if timeout != sk.None {
 		d, err := seconds(b.Name(), "timeout", timeout)
 		if err != nil {
 			return nil, err
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+		req.Timeout, req.HasTimeout = d, true
 	}
-	name := c.instance.inst.Name
-	stdout, stderr, code, err := runner.Run(ctx, name, cmd)
+	r, err := callOf(thread).ask(req)
 	if err != nil {
-		if ctx.Err() != nil && c.ctx.Err() == nil {
-			return nil, fmt.Errorf("%s %q on %s: timed out: %w", b.Name(), cmd, name, err)
-		}
-		return nil, fmt.Errorf("%s %q on %s: %w", b.Name(), cmd, name, err)
+		return nil, fmt.Errorf("%s: %w", b.Name(), err)
+	}
+	if r.Err != "" {
+		return nil, errors.New(r.Err)
 	}
 	return starlarkstruct.FromStringDict(starlarkstruct.Default, sk.StringDict{
-		"stdout": sk.String(stdout),
-		"stderr": sk.String(stderr),
-		"code":   sk.MakeInt(code),
+		"stdout": sk.String(r.Stdout),
+		"stderr": sk.String(r.Stderr),
+		"code":   sk.MakeInt(r.Code),
 	}), nil
 }
 
@@ -347,19 +331,4 @@ func checkContext(iv *instanceValue) sk.Value {
 		"instance": iv,
 		"run":      runBuiltin,
 	})
-}
-
-// realSleep waits d or until ctx ends.
-func realSleep(ctx context.Context, d time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -7,155 +7,153 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	sk "go.starlark.net/starlark"
+	"go.starlark.net/syntax"
 )
-
-// cancelGrace is how long a call that hit its limit or lost its context
-// waits for the interpreter to unwind. Every builtin honours ctx, so this
-// only matters when an injected Runner or http.Client does not; the call
-// then returns anyway and its goroutine ends when the dependency returns.
-const cancelGrace = 2 * time.Second
 
 const callKey = "nix-hive/call"
 
-var errAbandoned = errors.New("a builtin ignored the cancellation and was abandoned")
+// maxText bounds every message the evaluator sends nix-hive (a log line,
+// fail()'s message, an error, a backtrace): a policy must not be able to
+// move its memory into the deploy host's process.
+const maxText = 16 << 10
 
-// call is the state of one policy call, shared by the builtins through a
-// thread local.
+// maxCommand bounds the command ctx.run sends, a script included.
+const maxCommand = 1 << 20
+
+// call is the state of one policy call inside the evaluator, shared by
+// the builtins through a thread local. Its thread runs on the call's own
+// goroutine; stop may be called from any goroutine.
 type call struct {
-	policy   *Policy
-	ctx      context.Context // ends at the call's time limit
-	parent   context.Context // the caller's context
-	fn       string          // "select", "waves", "pre_activate", "post_activate", "" while loading
-	instance *instanceValue  // the instance a check runs for; nil otherwise
-	limit    time.Duration
+	srv      *server
+	id       uint64
+	fn       string                   // "select", "waves", "pre_activate", "post_activate", "" while loading
+	entries  map[syntax.Position]bool // where the file's functions start; nil while loading
+	instance *instanceValue           // the instance a check runs for; nil otherwise
+	quiet    bool                     // drop log() and print(): a reload after Load showed them
+	thread   *sk.Thread
 
-	stepLimited atomic.Bool
+	once   sync.Once
+	why    atomic.Uint32 // a stopKind, stored before halted is closed
+	halted chan struct{}
 
-	// canaries collects the names canaries() returned, so Waves can mark
-	// the waves made of them. Only the interpreter goroutine touches it.
+	// canaries collects the names canaries() returned, so waves can mark
+	// the waves made of them. Only the thread's goroutine touches it.
 	canaries map[string]bool
 
-	mu   sync.Mutex
-	logs []string
+	mu      sync.Mutex
+	seq     uint64
+	waiting map[uint64]chan *reply // requests sent to nix-hive, by Seq
 }
 
 func callOf(thread *sk.Thread) *call { return thread.Local(callKey).(*call) }
 
-// maxLogs bounds CheckResult.Logs; Env.Log still gets every line.
-const maxLogs = 1000
-
-func (c *call) log(msg string) {
-	c.mu.Lock()
-	switch n := len(c.logs); {
-	case n < maxLogs:
-		c.logs = append(c.logs, msg)
-	case n == maxLogs:
-		c.logs = append(c.logs, "(more lines went to the log only)")
-	}
-	c.mu.Unlock()
-	if c.policy.env.Log != nil {
-		name := ""
-		if c.instance != nil {
-			name = c.instance.inst.Name
-		}
-		c.policy.env.Log(name, msg)
-	}
-}
-
-func (c *call) logsCopy() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.logs...)
-}
-
-// stopped returns why the call was stopped from outside the policy (time
-// limit, step limit, caller's context), or nil while it may run on.
-func (c *call) stopped() error {
-	if c.stepLimited.Load() {
-		return ErrStepLimit
-	}
-	if c.ctx.Err() == nil {
-		return nil
-	}
-	if c.parent.Err() != nil {
-		return context.Cause(c.parent)
-	}
-	return context.Cause(c.ctx)
-}
-
-func (c *call) stopMessage(cause error) string {
-	switch {
-	case errors.Is(cause, ErrStepLimit):
-		return fmt.Sprintf("stopped after %d execution steps (the limit; an endless loop?)", c.policy.maxSteps())
-	case errors.Is(cause, ErrTimeLimit):
-		return fmt.Sprintf("stopped after running for %s (the time limit)", c.limit)
-	}
-	return fmt.Sprintf("cancelled: %v", cause)
-}
-
-// newCall prepares a call of the policy function fn with time limit limit.
-func (p *Policy) newCall(ctx context.Context, fn string, limit time.Duration) (*call, context.CancelFunc) {
-	cctx, cancel := context.WithTimeoutCause(ctx, limit, ErrTimeLimit)
-	return &call{policy: p, ctx: cctx, parent: ctx, fn: fn, limit: limit}, cancel
-}
-
-// exec runs do on a fresh thread in its own goroutine and returns when it
-// is done or, once the call's context ends, when the interpreter has
-// unwound (at most cancelGrace later). The result channel has room for one
-// value so an abandoned goroutine can always finish.
-func (p *Policy) exec(c *call, do func(*sk.Thread) (sk.Value, error)) (sk.Value, error) {
-	if err := c.ctx.Err(); err != nil {
-		return nil, err // over before it began; evalError reports why
-	}
-	thread := &sk.Thread{
-		Name:  "policy " + c.fn,
+func newCall(srv *server, f frame) *call {
+	c := &call{srv: srv, id: f.ID, fn: f.Fn, quiet: f.Quiet, halted: make(chan struct{}), waiting: map[uint64]chan *reply{}}
+	c.thread = &sk.Thread{
+		Name:  "policy " + f.Fn,
 		Print: func(_ *sk.Thread, msg string) { c.log(msg) },
 		Load: func(_ *sk.Thread, module string) (sk.StringDict, error) {
 			return nil, fmt.Errorf("load(%q): a policy is a single file, load is not available", module)
 		},
-		OnMaxSteps: func(t *sk.Thread) {
-			c.stepLimited.Store(true)
-			t.Cancel("step limit")
-		},
+		OnMaxSteps: func(*sk.Thread) { c.stop(stopSteps) },
 	}
-	thread.SetMaxExecutionSteps(p.maxSteps())
-	thread.SetLocal(callKey, c)
+	c.thread.SetMaxExecutionSteps(f.MaxSteps)
+	c.thread.SetLocal(callKey, c)
+	return c
+}
 
-	type result struct {
-		v   sk.Value
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := do(thread)
-		done <- result{v, err}
-	}()
+// stop ends the call from outside the policy: builtins waiting for nix-hive
+// return at once and the interpreter stops at its next step. The first
+// reason stays.
+func (c *call) stop(why stopKind) {
+	c.once.Do(func() {
+		c.why.Store(uint32(why))
+		close(c.halted)
+		c.thread.Cancel(why.String())
+	})
+}
 
+func (c *call) stopKind() stopKind {
 	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-c.ctx.Done():
-	}
-	thread.Cancel("time limit or cancellation")
-	grace := time.NewTimer(cancelGrace)
-	defer grace.Stop()
-	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-grace.C:
-		return nil, errAbandoned
+	case <-c.halted:
+		return stopKind(c.why.Load())
+	default:
+		return stopNone
 	}
 }
 
-// evalError turns an error from the interpreter into an *Error positioned
-// at the innermost frame in the policy file.
-func (c *call) evalError(err error) *Error {
-	e := &Error{File: c.policy.File, Func: c.fn, Msg: err.Error()}
+var stopErrors = [...]error{stopTime: ErrTimeLimit, stopCancel: context.Canceled, stopSteps: ErrStepLimit, stopMemory: ErrMemoryLimit}
+
+// stopped returns why the call was stopped from outside the policy, or nil
+// while it may run on. nix-hive has the last word on the reason (it
+// knows its caller's context); this one only ends retries and waits.
+func (c *call) stopped() error {
+	if k := c.stopKind(); k != stopNone {
+		return stopErrors[k]
+	}
+	return nil
+}
+
+func (c *call) log(msg string) {
+	if !c.quiet {
+		c.srv.send(frame{Op: opLog, ID: c.id, Msg: clip(msg)})
+	}
+}
+
+// ask sends req to nix-hive and waits for its reply, or until the call is
+// stopped.
+func (c *call) ask(req request) (*reply, error) {
+	ch := make(chan *reply, 1)
+	c.mu.Lock()
+	c.seq++
+	seq := c.seq
+	c.waiting[seq] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, seq)
+		c.mu.Unlock()
+	}()
+	c.srv.send(frame{Op: opRequest, ID: c.id, Seq: seq, Req: &req})
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-c.halted:
+		return nil, c.stopped()
+	}
+}
+
+func (c *call) deliver(seq uint64, r *reply) {
+	c.mu.Lock()
+	ch := c.waiting[seq]
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- r // room for one; a request has one reply
+	}
+}
+
+// sleep waits d through nix-hive's Env.Sleep.
+func (c *call) sleep(d time.Duration) error {
+	r, err := c.ask(request{Op: "sleep", Timeout: d})
+	if err != nil {
+		return err
+	}
+	if r.Err != "" {
+		return errors.New(r.Err)
+	}
+	return nil
+}
+
+// evalError turns an error from the interpreter into the call's outcome,
+// an *Error positioned at the innermost frame in the policy file.
+func (c *call) evalError(err error) *outcome {
+	e := &Error{File: c.srv.file, Func: c.fn, Msg: err.Error()}
 	var ee *sk.EvalError
 	if errors.As(err, &ee) {
-		e.setPos(innermost(ee.CallStack, c.policy.entries))
+		e.setPos(innermost(ee.CallStack, c.entries))
 		e.Msg = ee.Msg
 		e.Backtrace = ee.Backtrace()
 	}
@@ -164,13 +162,18 @@ func (c *call) evalError(err error) *Error {
 		e.Fail = true
 		e.Msg = f.msg
 	}
-	if cause := c.stopped(); cause != nil {
-		e.Fail = false
-		e.Err = cause
-		e.Msg = c.stopMessage(cause)
-		if errors.Is(err, errAbandoned) {
-			e.Msg += "; " + errAbandoned.Error()
-		}
+	e.Msg, e.Backtrace = clip(e.Msg), clip(e.Backtrace)
+	return &outcome{Err: e, Stop: c.stopKind()}
+}
+
+// clip shortens s to maxText bytes, saying how much it left out.
+func clip(s string) string {
+	if len(s) <= maxText {
+		return s
 	}
-	return e
+	n := maxText
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return fmt.Sprintf("%s... (%d more bytes)", s[:n], len(s)-n)
 }

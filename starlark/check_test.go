@@ -52,6 +52,7 @@ func mustLoad(t *testing.T, src string, env Env) *Policy {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
+	t.Cleanup(p.ev.stop)
 	p.env = env
 	return p
 }
@@ -120,7 +121,7 @@ func TestStepLimit(t *testing.T) {
 		if !errors.Is(err, ErrStepLimit) || perr.Func != "waves" || perr.Line < 1 || perr.Line > 4 {
 			t.Errorf("err = %v, want ErrStepLimit inside waves", err)
 		}
-		if !strings.Contains(err.Error(), "stopped after 100000 execution steps (the limit; an endless loop?)") {
+		if !strings.Contains(err.Error(), "waves(): policy exceeded 100000 execution steps (the limit; an endless loop?)") {
 			t.Errorf("message does not explain the limit: %v", err)
 		}
 	})
@@ -150,14 +151,14 @@ func TestTimeLimit(t *testing.T) {
 		if !errors.Is(err, ErrTimeLimit) || perr.Func != "waves" || perr.Line < 1 || perr.Line > 3 {
 			t.Errorf("err = %v, want ErrTimeLimit inside waves", err)
 		}
-		if !strings.Contains(err.Error(), "stopped after running for 50ms (the time limit)") {
+		if !strings.Contains(err.Error(), "waves(): policy exceeded 50ms (the time limit) and was stopped") {
 			t.Errorf("message does not explain the limit: %v", err)
 		}
 	})
 	t.Run("check sleeping", func(t *testing.T) {
 		p := mustLoad(t, "def pre_activate(ctx):\n    sleep(3600)\n", env)
 		res := p.PreActivate(context.Background(), www1)
-		if res.OK || !errors.Is(res.Err, ErrTimeLimit) || !strings.HasPrefix(res.Message, "hive.star:2:10: pre_activate(): stopped after") {
+		if res.OK || !errors.Is(res.Err, ErrTimeLimit) || !strings.HasPrefix(res.Message, "hive.star:2:10: pre_activate(): policy exceeded 50ms (the time limit)") {
 			t.Errorf("result %+v, want ErrTimeLimit at hive.star:2:10", res)
 		}
 	})
@@ -553,9 +554,12 @@ def post_activate(ctx):
 			t.Fatalf("PostActivate cancelled: %+v", res)
 		}
 	}
-	// Closing the server and the client's connections ends their goroutines.
+	// Closing the server and the client's connections ends their goroutines;
+	// stopping the evaluators ends the goroutines that talk to them.
 	srv.Close()
 	client.CloseIdleConnections()
+	roomy.ev.stop()
+	p.ev.stop()
 
 	// Goroutines that have returned may take a moment to be accounted
 	// (bounded against a hang, not a speed assertion).

@@ -72,20 +72,54 @@
 //
 // # Limits
 //
+// A policy runs in a process of its own, the policy evaluator: this
+// program started again, which this package's init recognises and turns
+// into a server of policy calls before main runs. nix-hive answers the
+// builtins that reach out (ctx.run, http_get, sleep, log) and gets back
+// nothing but indices, settings and messages of at most 16 KiB (longer
+// ones are cut; ctx.run takes commands of up to 1 MiB). One evaluator
+// serves every call of a policy running at once; after 5 idle seconds it
+// exits, and the next call starts a new one, which runs the file's top
+// level again without showing its log() output.
+//
 // Every call (loading the file, select, waves, each check) runs on a fresh
 // thread with at most Env.MaxSteps execution steps and a time limit
 // (Env.CallTimeout for loading, select and waves, Env.CheckTimeout for
-// checks). A call that hits a limit, or whose context ends, is cancelled
-// at once: builtins return early and the interpreter stops at its next
-// step (a Runner or http.Client that ignores its context is abandoned after
-// a grace period of two seconds). while loops and top-level if/for are
-// allowed; recursion is not; a top-level name is assigned once, so a
-// duplicated def is an error.
+// checks). At the time limit, or when its context ends, the call is
+// stopped: builtins return at once and the interpreter stops at its next
+// step. One step can take minutes (a comparison, a sort), so a call that
+// has not stopped 200 ms after its deadline is abandoned, and its
+// evaluator is killed as soon as no other call runs in it; the call
+// returns then either way. A Runner or http.Client that ignores its
+// context is abandoned too (its goroutine ends when it returns).
+//
+// The memory of a policy, all its calls running at once together, is
+// limited to Env.MaxMemory (DefaultMaxMemory, 256 MiB). The evaluator
+// reads what its Go runtime holds every millisecond (an allocation counts
+// when it is made, touched or not), and nix-hive reads the evaluator's
+// resident memory every 2 ms where /proc exists (a stop of the world can
+// hold the evaluator's own reading up while one step copies a gigabyte).
+// Past the limit, every call running is stopped with ErrMemoryLimit and
+// the evaluator exits or is killed; a later call starts a new one. One
+// step cannot be interrupted, so the step that passes the limit may add
+// to it before it is stopped (a doubled list holds its old and new
+// copies): the evaluator holds less than twice the limit at its peak
+// (TestMemoryLimit -v and BenchmarkHostilePolicy print what it held).
+// A check stopped by the memory limit fails its host, which follows
+// on_failure, and the rollout stops whatever max_failures allows
+// (Policy.ShouldStop): the policy is broken.
+//
+// while loops and top-level if/for are allowed; recursion is not; a
+// top-level name is assigned once, so a duplicated def is an error.
 //
 // # Errors
 //
 // Policy bugs — syntax errors, runtime errors, limits, wrong return values
 // — are *Error values pointing at file:line:col with the Starlark
-// backtrace. Load, Select and Waves return them; checks report them in
-// CheckResult.
+// backtrace (a call stopped inside one step, or killed, names the file
+// and the function only). A limit reads "policy exceeded 256 MiB (the
+// memory limit)", "policy exceeded 5s (the time limit)" or "policy
+// exceeded 10000000 execution steps"; Error.Err says which (ErrMemoryLimit,
+// ErrTimeLimit, ErrStepLimit). Load, Select and Waves return them; checks
+// report them in CheckResult.
 package starlark

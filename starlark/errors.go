@@ -16,6 +16,12 @@ var (
 	// ErrStepLimit is wrapped by the *Error of a policy call that executed
 	// more than Env.MaxSteps Starlark steps, typically an endless loop.
 	ErrStepLimit = errors.New("policy call exceeded its step limit")
+	// ErrMemoryLimit is wrapped by the *Error of a policy call that was
+	// running when the policy's memory passed Env.MaxMemory.
+	ErrMemoryLimit = errors.New("policy exceeded its memory limit")
+	// ErrEvaluator is wrapped by the error of a policy call whose
+	// evaluator process could not be started or ended unexpectedly.
+	ErrEvaluator = errors.New("the policy evaluator failed")
 )
 
 // Error is a problem located in the policy file: a syntax error, a runtime
@@ -32,8 +38,9 @@ type Error struct {
 	// Msg is then exactly msg. In a check that is a verdict, not a bug.
 	Fail bool
 	// Err is the cause when the call was stopped from outside the policy:
-	// ErrTimeLimit, ErrStepLimit, or the cause of the caller's context
-	// (context.Canceled, context.DeadlineExceeded). Nil otherwise.
+	// ErrTimeLimit, ErrStepLimit, ErrMemoryLimit, or the cause of the
+	// caller's context (context.Canceled, context.DeadlineExceeded);
+	// ErrEvaluator when the evaluator process failed. Nil otherwise.
 	Err error
 }
 

@@ -5,12 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"time"
-
-	"github.com/nix-hive/nix-hive/internal/spelling"
-	sk "go.starlark.net/starlark"
-	"go.starlark.net/syntax"
 )
 
 // Defaults for the zero fields of Env.
@@ -18,6 +13,9 @@ const (
 	DefaultMaxSteps     = 10_000_000
 	DefaultCallTimeout  = 5 * time.Second
 	DefaultCheckTimeout = 60 * time.Second
+	// DefaultMaxMemory is what a policy may hold: hundreds of times what
+	// planning a fleet of thousands of instances needs.
+	DefaultMaxMemory = 256 << 20
 )
 
 // Runner runs shell commands on instances for ctx.run.
@@ -46,6 +44,10 @@ type Env struct {
 	MaxSteps     uint64        // Starlark steps per call; 0 means DefaultMaxSteps
 	CallTimeout  time.Duration // loading the file, select, waves; 0 means DefaultCallTimeout
 	CheckTimeout time.Duration // each pre_activate and post_activate; 0 means DefaultCheckTimeout
+	// MaxMemory is how many bytes the policy may hold, all its calls
+	// running at once together; 0 means DefaultMaxMemory. Passing it
+	// stops every call running (see the package documentation).
+	MaxMemory uint64
 }
 
 // FailureAction is what the executor does with a host whose activation or
@@ -85,7 +87,7 @@ type Wave struct {
 
 // Policy is a loaded policy file. Its methods may be called concurrently:
 // the file's globals are frozen after loading and every call runs on a
-// fresh Starlark thread.
+// fresh Starlark thread, in the policy's evaluator process.
 type Policy struct {
 	File        string
 	OnFailure   FailureAction // on_failure; default OnFailureStop
@@ -93,9 +95,8 @@ type Policy struct {
 	// Which optional functions the file defines.
 	HasSelect, HasWaves, HasPre, HasPost bool
 
-	env                          Env
-	entries                      map[syntax.Position]bool // where each def and lambda starts
-	selectFn, wavesFn, pre, post *sk.Function
+	env Env
+	ev  *evaluator // runs the file's calls; nil for Default
 }
 
 // Default is the policy of a hive without hive.star: every target, one
@@ -112,14 +113,15 @@ func (p *Policy) WithRunner(r Runner) *Policy {
 	return &q
 }
 
-// fileOptions allow while loops and top-level if/for so users can write
-// polling loops; the step and time limits keep them safe. Recursion stays
-// off: it is never needed for a rollout and deep recursion costs stack.
-var fileOptions = &syntax.FileOptions{Set: true, While: true, TopLevelControl: true}
-
-// Load parses and runs the policy file, within env.CallTimeout, and checks
-// its settings and functions. src is the file's content; nil reads file.
-// Errors in the policy are *Error pointing at file:line:col.
+// Load parses and runs the policy file, within env.CallTimeout and
+// env.MaxMemory, and checks its settings and functions. src is the file's
+// content; nil reads file. Errors in the policy are *Error pointing at
+// file:line:col.
+//
+// The file runs in an evaluator process started for the policy (and
+// started again, running the file anew without showing its log() output,
+// when a later call finds none: it ends after a few idle seconds, and
+// when the policy's memory passes the limit).
 func Load(ctx context.Context, file string, src []byte, env Env) (*Policy, error) {
 	if src == nil {
 		var err error
@@ -127,212 +129,14 @@ func Load(ctx context.Context, file string, src []byte, env Env) (*Policy, error
 			return nil, fmt.Errorf("read policy: %w", err)
 		}
 	}
-	p := &Policy{File: file, env: env}
-
-	// SourceProgramOptions + Init is what ExecFileOptions does; doing it in
-	// two steps keeps the syntax tree, which locates the settings.
-	f, prog, err := sk.SourceProgramOptions(fileOptions, file, src, predeclared.Has)
+	p := &Policy{File: file, env: env, ev: &evaluator{file: file, src: src}}
+	s, err := p.ev.load(ctx, p)
 	if err != nil {
-		return nil, compileError(file, err)
-	}
-	c, cancel := p.newCall(ctx, "", p.callTimeout())
-	defer cancel()
-	var globals sk.StringDict
-	_, err = p.exec(c, func(thread *sk.Thread) (sk.Value, error) {
-		var err error
-		globals, err = prog.Init(thread, predeclared)
-		return sk.None, err
-	})
-	if err != nil {
-		return nil, c.evalError(err)
-	}
-	globals.Freeze()
-	p.entries = functionStarts(f)
-	if err := p.configure(globals, assignments(f)); err != nil {
 		return nil, err
 	}
+	p.OnFailure, p.MaxFailures = s.OnFailure, s.MaxFailures
+	p.HasSelect, p.HasWaves, p.HasPre, p.HasPost = s.HasSelect, s.HasWaves, s.HasPre, s.HasPost
 	return p, nil
-}
-
-// assignments maps each top-level name to where it is first assigned.
-func assignments(f *syntax.File) map[string]syntax.Position {
-	pos := map[string]syntax.Position{}
-	syntax.Walk(f, func(n syntax.Node) bool {
-		switch n := n.(type) {
-		case *syntax.DefStmt:
-			if _, ok := pos[n.Name.Name]; !ok {
-				pos[n.Name.Name] = n.Name.NamePos
-			}
-			return false // names assigned inside are locals
-		case *syntax.LambdaExpr:
-			return false
-		case *syntax.Ident:
-			// Top-level code cannot read a global before assigning it, so
-			// the first occurrence outside function bodies is the binding.
-			if _, ok := pos[n.Name]; !ok {
-				pos[n.Name] = n.NamePos
-			}
-		}
-		return true
-	})
-	return pos
-}
-
-// functionStarts is the set of positions of def statements and lambdas,
-// which is where a frame stands before its function's body runs.
-func functionStarts(f *syntax.File) map[syntax.Position]bool {
-	starts := map[syntax.Position]bool{}
-	syntax.Walk(f, func(n syntax.Node) bool {
-		switch n := n.(type) {
-		case *syntax.DefStmt:
-			starts[n.Def] = true
-		case *syntax.LambdaExpr:
-			starts[n.Lambda] = true
-		}
-		return true
-	})
-	return starts
-}
-
-// settingNames are the long names a typo is likely in; a global within two
-// edits of one, while the real one is undefined, is reported rather than
-// silently ignored.
-var settingNames = []string{"pre_activate", "post_activate", "max_failures", "on_failure"}
-
-// configure reads the settings and functions out of the frozen globals.
-func (p *Policy) configure(globals sk.StringDict, pos map[string]syntax.Position) error {
-	errAt := func(name, format string, args ...any) *Error {
-		e := &Error{File: p.File, Msg: fmt.Sprintf(format, args...)}
-		e.setPos(pos[name])
-		return e
-	}
-	for _, name := range globals.Keys() {
-		for _, known := range settingNames {
-			if name != known && !globals.Has(known) && spelling.Distance(name, known) <= 2 {
-				return errAt(name, "%s is not a policy setting; did you mean %s?", name, known)
-			}
-		}
-	}
-	if err := p.functions(globals, errAt); err != nil {
-		return err
-	}
-	return p.settings(globals, errAt)
-}
-
-type errAtFunc func(name, format string, args ...any) *Error
-
-// functions picks select, waves, pre_activate and post_activate out of
-// the globals.
-func (p *Policy) functions(globals sk.StringDict, errAt errAtFunc) error {
-	fns := []struct {
-		name string
-		dst  **sk.Function
-		has  *bool
-	}{
-		{"select", &p.selectFn, &p.HasSelect},
-		{"waves", &p.wavesFn, &p.HasWaves},
-		{"pre_activate", &p.pre, &p.HasPre},
-		{"post_activate", &p.post, &p.HasPost},
-	}
-	for _, f := range fns {
-		v, ok := globals[f.name]
-		if !ok {
-			continue
-		}
-		fn, ok := v.(*sk.Function)
-		if !ok {
-			return errAt(f.name, "%s must be a function defined with def, got %s", f.name, v.Type())
-		}
-		if !takesOneArg(fn) {
-			return errAt(f.name, "%s must take exactly one argument", f.name)
-		}
-		*f.dst, *f.has = fn, true
-	}
-	return nil
-}
-
-// settings reads on_failure and max_failures, with their defaults.
-func (p *Policy) settings(globals sk.StringDict, errAt errAtFunc) error {
-	p.OnFailure = OnFailureStop
-	if v, ok := globals["on_failure"]; ok {
-		s, _ := sk.AsString(v)
-		switch a := FailureAction(s); a {
-		case OnFailureStop, OnFailureContinue, OnFailureRollback:
-			p.OnFailure = a
-		default:
-			return errAt("on_failure", `on_failure must be "stop", "continue" or "rollback", got %s`, v.String())
-		}
-	}
-	p.MaxFailures = FailureBudget{Wave: Unlimited, Total: 0}
-	if p.OnFailure == OnFailureContinue {
-		p.MaxFailures.Total = Unlimited
-	}
-	if v, ok := globals["max_failures"]; ok && v != sk.None {
-		b, err := budget(v)
-		if err != nil {
-			return errAt("max_failures", "max_failures %s", err)
-		}
-		p.MaxFailures = b
-	}
-	return nil
-}
-
-// budget parses max_failures: an int (total) or {"wave": n, "total": m}.
-func budget(v sk.Value) (FailureBudget, error) {
-	b := FailureBudget{Wave: Unlimited, Total: Unlimited}
-	count := func(v sk.Value) (int, error) {
-		var n int
-		if err := sk.AsInt(v, &n); err != nil || n < 0 {
-			return 0, fmt.Errorf("must be a non-negative int, got %s", v.String())
-		}
-		return n, nil
-	}
-	var err error
-	switch v := v.(type) {
-	case sk.Int:
-		b.Total, err = count(v)
-		return b, err
-	case *sk.Dict:
-		for _, item := range v.Items() {
-			k, _ := sk.AsString(item[0])
-			var n int
-			if n, err = count(item[1]); err != nil {
-				return b, fmt.Errorf("[%s] %w", item[0].String(), err)
-			}
-			switch k {
-			case "wave":
-				b.Wave = n
-			case "total":
-				b.Total = n
-			default:
-				return b, fmt.Errorf(`has key %s; only "wave" and "total" are allowed`, item[0].String())
-			}
-		}
-		return b, nil
-	}
-	return b, fmt.Errorf(`must be an int (total) or a dict {"wave": n, "total": m}, got %s`, v.Type())
-}
-
-// takesOneArg reports whether fn can be called with one positional argument.
-func takesOneArg(fn *sk.Function) bool {
-	n := fn.NumParams()
-	if fn.HasVarargs() {
-		n--
-	}
-	if fn.HasKwargs() {
-		n--
-	}
-	positional := n - fn.NumKwonlyParams()
-	required := 0
-	for i := 0; i < n; i++ {
-		if fn.ParamDefault(i) == nil {
-			if i >= positional {
-				return false // a keyword-only parameter without default
-			}
-			required++
-		}
-	}
-	return required <= 1 && (positional >= 1 || fn.HasVarargs())
 }
 
 func (p *Policy) maxSteps() uint64 {
@@ -356,6 +160,13 @@ func (p *Policy) checkTimeout() time.Duration {
 	return p.env.CheckTimeout
 }
 
+func (p *Policy) maxMemory() uint64 {
+	if p.env.MaxMemory == 0 {
+		return DefaultMaxMemory
+	}
+	return p.env.MaxMemory
+}
+
 func (p *Policy) sleep(ctx context.Context, d time.Duration) error {
 	if p.env.Sleep != nil {
 		return p.env.Sleep(ctx, d)
@@ -367,39 +178,21 @@ func (p *Policy) sleep(ctx context.Context, d time.Duration) error {
 // order it returned them; without select it returns in unchanged. select
 // may return instances or names; each must be one of in, at most once.
 func (p *Policy) Select(ctx context.Context, in []Instance) ([]Instance, error) {
-	vals, byName, err := instanceValues(in)
-	if err != nil {
+	if _, _, err := instanceValues(in); err != nil {
 		return nil, fmt.Errorf("select: %w", err)
 	}
-	if p.selectFn == nil {
+	if !p.HasSelect {
 		return append([]Instance(nil), in...), nil
 	}
-	c, cancel := p.newCall(ctx, "select", p.callTimeout())
-	defer cancel()
-	ret, err := p.exec(c, func(thread *sk.Thread) (sk.Value, error) {
-		return sk.Call(thread, p.selectFn, sk.Tuple{listOf(vals)}, nil)
-	})
+	out, err := p.ev.call(ctx, p.newInvocation("select", p.callTimeout(), ""), frame{Fn: "select", Instances: in})
 	if err != nil {
-		return nil, c.evalError(err)
+		return nil, err
 	}
-	elems, err := iterate("select", ret)
-	if err != nil {
-		return nil, returnError(p.selectFn, "select", "returned %s, want a list of instances or names", ret.Type())
+	sel := make([]Instance, len(out.Selected))
+	for i, idx := range out.Selected {
+		sel[i] = in[idx]
 	}
-	var out []Instance
-	seen := map[int]bool{}
-	for i, e := range elems {
-		idx, msg := lookup(e, byName, len(in))
-		if msg != "" {
-			return nil, returnError(p.selectFn, "select", "element %d of the result: %s", i, msg)
-		}
-		if seen[idx] {
-			return nil, returnError(p.selectFn, "select", "returned %s twice", in[idx].Name)
-		}
-		seen[idx] = true
-		out = append(out, in[idx])
-	}
-	return out, nil
+	return sel, nil
 }
 
 // Waves calls waves(instances) and returns the waves in order; without
@@ -411,118 +204,41 @@ func (p *Policy) Select(ctx context.Context, in []Instance) ([]Instance, error) 
 // it silently in an extra wave could surprise; drop instances in select.
 // Empty waves are dropped.
 func (p *Policy) Waves(ctx context.Context, in []Instance) ([]Wave, error) {
-	vals, byName, err := instanceValues(in)
-	if err != nil {
+	if _, _, err := instanceValues(in); err != nil {
 		return nil, fmt.Errorf("waves: %w", err)
 	}
-	if p.wavesFn == nil {
+	if !p.HasWaves {
 		if len(in) == 0 {
 			return nil, nil
 		}
 		return []Wave{{Instances: append([]Instance(nil), in...)}}, nil
 	}
-	c, cancel := p.newCall(ctx, "waves", p.callTimeout())
-	defer cancel()
-	ret, err := p.exec(c, func(thread *sk.Thread) (sk.Value, error) {
-		return sk.Call(thread, p.wavesFn, sk.Tuple{listOf(vals)}, nil)
-	})
+	out, err := p.ev.call(ctx, p.newInvocation("waves", p.callTimeout(), ""), frame{Fn: "waves", Instances: in})
 	if err != nil {
-		return nil, c.evalError(err)
+		return nil, err
 	}
-	return p.readWaves(ret, in, byName, c.canaries)
-}
-
-// readWaves turns what waves() returned into waves; every instance must be
-// in exactly one. A wave is a canary wave when canaries() picked all its
-// instances.
-func (p *Policy) readWaves(ret sk.Value, in []Instance, byName map[string]int, canaries map[string]bool) ([]Wave, error) {
-	const want = "want a list of waves, each a list of instances or names"
-	waveVals, err := iterate("waves", ret)
-	if err != nil {
-		return nil, returnError(p.wavesFn, "waves", "returned %s, %s", ret.Type(), want)
-	}
-	var out []Wave
-	waveOf := map[int]int{} // instance index -> wave number (1-based)
-	for w, wv := range waveVals {
-		elems, err := iterate("waves", wv)
-		if err != nil {
-			return nil, returnError(p.wavesFn, "waves", "wave %d is %s, %s", w+1, wv.Type(), want)
-		}
-		if len(elems) == 0 {
-			continue
-		}
-		wave := Wave{Canary: true}
-		for i, e := range elems {
-			idx, msg := lookup(e, byName, len(in))
-			if msg != "" {
-				return nil, returnError(p.wavesFn, "waves", "wave %d, element %d: %s", w+1, i, msg)
-			}
-			if prev, dup := waveOf[idx]; dup {
-				return nil, returnError(p.wavesFn, "waves", "%s is in wave %d and again in wave %d", in[idx].Name, prev, w+1)
-			}
-			waveOf[idx] = w + 1
-			wave.Instances = append(wave.Instances, in[idx])
-			wave.Canary = wave.Canary && canaries[in[idx].Name]
-		}
-		out = append(out, wave)
-	}
-	if len(waveOf) < len(in) {
-		return nil, p.leftOut(in, waveOf)
-	}
-	return out, nil
-}
-
-func (p *Policy) leftOut(in []Instance, waveOf map[int]int) error {
-	var missing []string
-	for i := range in {
-		if _, ok := waveOf[i]; !ok {
-			missing = append(missing, in[i].Name)
+	waves := make([]Wave, len(out.Waves))
+	for w, idx := range out.Waves {
+		waves[w].Canary = out.Canary[w]
+		for _, i := range idx {
+			waves[w].Instances = append(waves[w].Instances, in[i])
 		}
 	}
-	list := strings.Join(missing[:min(5, len(missing))], ", ")
-	if len(missing) > 5 {
-		list += fmt.Sprintf(" and %d more", len(missing)-5)
-	}
-	return returnError(p.wavesFn, "waves", "left out %d of the instances it was given (%s); put them in a wave or drop them in select()", len(missing), list)
-}
-
-func listOf(vals []*instanceValue) *sk.List {
-	elems := make([]sk.Value, len(vals))
-	for i, v := range vals {
-		elems[i] = v
-	}
-	return sk.NewList(elems)
-}
-
-// lookup finds the input index of an instance or name returned by the
-// policy; msg says what is wrong when it is neither.
-func lookup(v sk.Value, byName map[string]int, n int) (idx int, msg string) {
-	var name string
-	switch v := v.(type) {
-	case *instanceValue:
-		name = v.inst.Name
-	case sk.String:
-		name = string(v)
-	default:
-		return 0, fmt.Sprintf("%s (%s) is neither an instance nor a name", v.String(), v.Type())
-	}
-	idx, ok := byName[name]
-	if !ok {
-		return 0, fmt.Sprintf("%q is not among the %d instances passed in", name, n)
-	}
-	return idx, ""
+	return waves, nil
 }
 
 // CheckResult is the outcome of pre_activate or post_activate for one
 // instance.
 type CheckResult struct {
 	OK bool
-	// Message says why the check failed: fail()'s message exactly, or the
-	// first line of Err ("file:line:col: post_activate(): ...").
+	// Message says why the check failed: fail()'s message exactly (its
+	// first 16 KiB), or the first line of Err
+	// ("file:line:col: post_activate(): ...").
 	Message string
 	// Err is the *Error of a failed check, nil when OK. Err.Fail is set
 	// when the policy called fail(); errors.Is(Err, context.Canceled) when
-	// the caller's context ended; ErrTimeLimit and ErrStepLimit for limits.
+	// the caller's context ended; ErrTimeLimit, ErrStepLimit and
+	// ErrMemoryLimit for limits.
 	Err      error
 	Logs     []string // log() and print() output of this check
 	Duration time.Duration
@@ -532,47 +248,43 @@ type CheckResult struct {
 // passes when the function is undefined. A failed pre-check means the host
 // is skipped.
 func (p *Policy) PreActivate(ctx context.Context, inst Instance) CheckResult {
-	return p.check(ctx, "pre_activate", p.pre, inst)
+	if !p.HasPre {
+		return CheckResult{OK: true}
+	}
+	return p.check(ctx, "pre_activate", inst)
 }
 
 // PostActivate runs post_activate(ctx) for inst within Env.CheckTimeout;
 // it passes when the function is undefined. A failed post-check marks the
 // host failed (and, with on_failure="rollback", to be rolled back).
 func (p *Policy) PostActivate(ctx context.Context, inst Instance) CheckResult {
-	return p.check(ctx, "post_activate", p.post, inst)
+	if !p.HasPost {
+		return CheckResult{OK: true}
+	}
+	return p.check(ctx, "post_activate", inst)
 }
 
 // check runs a check function. It fails when the function raises an error
 // (fail() included) or returns False; any other return value passes.
-func (p *Policy) check(ctx context.Context, name string, fn *sk.Function, inst Instance) CheckResult {
-	if fn == nil {
-		return CheckResult{OK: true}
-	}
+func (p *Policy) check(ctx context.Context, name string, inst Instance) CheckResult {
 	start := time.Now()
-	iv, err := newInstanceValue(&inst, 0)
-	if err != nil {
+	if _, err := newInstanceValue(&inst, 0); err != nil {
 		err = fmt.Errorf("%s: %w", name, err)
 		return CheckResult{Message: err.Error(), Err: err}
 	}
-	c, cancel := p.newCall(ctx, name, p.checkTimeout())
-	defer cancel()
-	c.instance = iv
-	ret, err := p.exec(c, func(thread *sk.Thread) (sk.Value, error) {
-		return sk.Call(thread, fn, sk.Tuple{checkContext(iv)}, nil)
-	})
+	inv := p.newInvocation(name, p.checkTimeout(), inst.Name)
+	_, err := p.ev.call(ctx, inv, frame{Fn: name, Instances: []Instance{inst}})
 	res := CheckResult{OK: true}
-	switch {
-	case err != nil:
-		e := c.evalError(err)
-		res = CheckResult{Message: e.Summary(), Err: e}
-		if e.Fail {
-			res.Message = e.Msg
+	if err != nil {
+		res = CheckResult{Message: err.Error(), Err: err}
+		if e, ok := err.(*Error); ok {
+			res.Message = e.Summary()
+			if e.Fail {
+				res.Message = e.Msg
+			}
 		}
-	case ret == sk.False:
-		e := returnError(fn, name, "returned False")
-		res = CheckResult{Message: e.Summary(), Err: e}
 	}
-	res.Logs = c.logsCopy()
+	res.Logs = inv.logsCopy()
 	res.Duration = time.Since(start)
 	return res
 }
@@ -581,7 +293,14 @@ func (p *Policy) check(ctx context.Context, name string, fn *sk.Function, inst I
 // given the failures so far in wave w and in the whole rollout. Failures
 // are hosts whose activation or post_activate failed; hosts skipped by a
 // failed pre_activate are not failures. Call it after each host finishes.
+//
+// Once a call of the policy has passed its memory limit, ShouldStop says
+// stop whatever the budget: the policy is broken, and the checks that ran
+// beside it were stopped too.
 func (p *Policy) ShouldStop(w Wave, waveFailures, totalFailures int) bool {
+	if p.ev != nil && p.ev.overMemory.Load() {
+		return true
+	}
 	if w.Canary && waveFailures > 0 {
 		return true
 	}

@@ -110,6 +110,7 @@ func planCase(t *testing.T, file string, w *want) (string, error) {
 	if err != nil {
 		return "load", err
 	}
+	t.Cleanup(p.ev.stop)
 	if w.OnFailure != nil && p.OnFailure != *w.OnFailure {
 		t.Errorf("OnFailure = %q, want %q", p.OnFailure, *w.OnFailure)
 	}
