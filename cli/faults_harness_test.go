@@ -331,6 +331,9 @@ type faultRow struct {
 	// interrupt: the fault is a Ctrl-C or SIGTERM, which should end the
 	// command within a second (took).
 	interrupt bool
+	// attacks tried with hostile hive data: how many ran a command from
+	// it, and how many values outside an allowlist were accepted.
+	attacks, ranFromHive, accepted int
 }
 
 var faultTable struct {
@@ -353,7 +356,7 @@ func printFaultTable(t *testing.T) {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FAULT\tEXIT\tOUTCOME\tHOSTS AT THE END\tWRONG\tEXIT 0 ON FAILURE\tLOST RECORDS\tFAULT TO END")
-	var wrong, bad, lost, interrupts, slow int
+	var wrong, bad, lost, interrupts, slow, attacks, ran, accepted int
 	var longest time.Duration
 	for _, r := range rows {
 		took := "-"
@@ -367,6 +370,7 @@ func printFaultTable(t *testing.T) {
 		if r.badExit {
 			bad++
 		}
+		attacks, ran, accepted = attacks+r.attacks, ran+r.ranFromHive, accepted+r.accepted
 		if r.interrupt {
 			interrupts++
 			if r.took > time.Second || r.exit != 130 {
@@ -378,5 +382,7 @@ func printFaultTable(t *testing.T) {
 	fmt.Fprintf(&b, "\nfaults tried: %d\nhosts left in an unknown or half-switched state: %d (goal 0)\nruns that exited 0 with a failed host: %d (goal 0)\nrecords lost from hive.state: %d (goal 0)\nlongest time a fault kept a deploy from ending: %s (goal: connect timeout + confirm timeout + a few seconds)\n",
 		len(rows), wrong, bad, lost, longest.Round(100*time.Millisecond))
 	fmt.Fprintf(&b, "interrupts not honoured within 1 s with exit 130: %d of %d (goal 0)\n", slow, interrupts)
+	fmt.Fprintf(&b, "attacks tried with hostile hive data: %d; commands run from hive data: %d (goal 0); values outside the allowlist accepted: %d (goal 0)\n", attacks, ran, accepted)
+	fmt.Fprintf(&b, "(a hostile policy's peak memory: go test -v -run TestMemoryLimit ./starlark)\n")
 	t.Logf("fault suite:\n%s", b.String())
 }

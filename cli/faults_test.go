@@ -45,6 +45,9 @@ func TestFaults(t *testing.T) {
 	t.Run("rollback skips a rolled-back generation", testFaultRollbackSkipsRolledBack)
 	t.Run("nix-hive killed during a post-check", testFaultKilledDuringCheck)
 	t.Run("interrupt while connecting", testFaultInterruptConnecting)
+	t.Run("hostile hive values", testFaultHostileHiveValues)
+	t.Run("ssh options outside the allowlist", testFaultSSHOptionsOutsideAllowlist)
+	t.Run("bad copy on a store", testFaultBadStoreCopy)
 }
 
 // baseline deploys version 1 everywhere and returns its paths.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nix-hive/nix-hive/cli"
+	"github.com/nix-hive/nix-hive/internal/nixtest"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
@@ -41,7 +42,7 @@ var hostileTokens = []struct {
 // machine through the user's ProxyCommand (%h, %n, %r) or through the
 // OpenSSH config generated for nix copy are refused when the hive is
 // read, naming the instance and the rule, before anything connects.
-func TestHostileHiveValuesNeverRun(t *testing.T) {
+func testFaultHostileHiveValues(t *testing.T) {
 	testenv.Tool(t, "nc", "apt-get install netcat-openbsd")
 	l := labtest.New(t, lab.Config{Hosts: 1})
 	h := l.Hosts[0]
@@ -55,6 +56,7 @@ func TestHostileHiveValuesNeverRun(t *testing.T) {
 	writeFile(t, filepath.Join(home, ".ssh", "config"), fmt.Sprintf(
 		"Host *\n\tProxyCommand sh -c 'cd %s && touch used && exec /usr/bin/env NAME=%%n LOGIN=%%r nc %%h %%p'\n", trap))
 	pwned := filepath.Join(trap, "pwned")
+	attacks, ran := 0, 0
 	hive := func(dir, name, attrs string) {
 		writeFile(t, filepath.Join(dir, "hive.nix"), fmt.Sprintf(`{
   systems.t.toplevel = null;
@@ -81,8 +83,10 @@ func TestHostileHiveValuesNeverRun(t *testing.T) {
 				{"ssh-config", "--write"},
 			} {
 				code, out, errOut := runIn(t, dir, args...)
+				attacks++
 				if _, err := os.Stat(pwned); err == nil {
 					os.Remove(pwned)
+					ran++
 					t.Errorf("nix-hive %s with a hostile %s: a command from the hive ran on this machine (%s)", args[0], tt.attr, tt.token)
 				}
 				// 2, a mistake in the hive, for ssh too: nothing was
@@ -97,12 +101,49 @@ func TestHostileHiveValuesNeverRun(t *testing.T) {
 					b, _ := ssh.CombinedOutput()
 					if _, err := os.Stat(pwned); err == nil {
 						os.Remove(pwned)
+						ran++
 						t.Errorf("ssh -F <generated config> with a hostile %s: a command from the hive ran (%s)\n%s", tt.attr, tt.token, b)
 					}
 				}
 			}
 		})
 	}
+	addFaultRow(faultRow{fault: "hostile host, name, login in the hive (%h %n %r)", exit: 2, outcome: "refused when read", hosts: "-",
+		attacks: attacks, ranFromHive: ran})
+}
+
+// refusedOptions are ssh options a hive tried, or might: each must be
+// refused by name (package endpoint keeps the allowlist).
+var refusedOptions = []string{"SendEnv", "SetEnv", "ForwardAgent", "ForwardX11", "GlobalKnownHostsFile", "ControlPath",
+	"ControlMaster", "ControlPersist", "ProxyCommand", "LocalCommand", "PermitLocalCommand", "RemoteCommand",
+	"KnownHostsCommand", "Include", "Match", "PKCS11Provider", "IdentityAgent", "UpdateHostKeys", "VerifyHostKeyDNS",
+	"StrictHostKeyChecking", "UserKnownHostsFile", "LocalForward", "DynamicForward", "Tunnel", "Frobnicate"}
+
+// Every option outside the allowlist is refused by name when the hive is
+// read, all of them in one round.
+func testFaultSSHOptionsOutsideAllowlist(t *testing.T) {
+	nixtest.Require(t)
+	dir := t.TempDir()
+	var b strings.Builder
+	b.WriteString("{ systems.t.toplevel = null;\n")
+	for i, o := range refusedOptions {
+		fmt.Fprintf(&b, "  instances.a%d = { system = \"t\"; host = \"10.0.0.%d\"; ssh.%s = \"x\"; };\n", i, i+1, o)
+	}
+	b.WriteString("}\n")
+	writeFile(t, filepath.Join(dir, "hive.nix"), b.String())
+	code, _, errOut := runIn(t, dir, "plan", "--offline")
+	accepted := 0
+	for _, o := range refusedOptions {
+		if !strings.Contains(errOut, "ssh option "+o+" is ") {
+			accepted++
+			t.Errorf("ssh option %s was not refused by name", o)
+		}
+	}
+	if code != 2 {
+		t.Errorf("plan with refused ssh options: exit %d, want 2", code)
+	}
+	addFaultRow(faultRow{fault: "ssh options outside the allowlist", exit: code, outcome: "refused when read", hosts: "-",
+		badExit: code == 0, attacks: len(refusedOptions), accepted: accepted})
 }
 
 // runIn runs nix-hive on the hive in dir.

@@ -205,6 +205,8 @@ type executor struct {
 	jumps   map[string]bool // hosts that are other hosts' jump host
 	// storeSlots bound the substitutions from each store instance.
 	storeSlots map[string]chan struct{}
+	// repairs are the store copies consumers refused, by "store path".
+	repairs map[string]*repair
 	ensured    map[string]*future // the host holds what it runs (or failed to)
 	supplied   map[string]*future // the host holds every closure of the plan's for it
 	urlPushed  map[string]*future
@@ -289,7 +291,7 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
 		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}}
+		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
 	for _, n := range plan.Order {

@@ -49,6 +49,23 @@ set -- --realise "$@" --option substituters "$from" --option require-sigs true
 NIX_SSHOPTS=$o exec nix-store "$@"
 `
 
+// repairProgram KEY PATH, on a store whose copy of PATH a consumer
+// refused, checks that copy: "good" when its content matches its hash and
+// a signature by KEY verifies (the consumer's refusal was its own), else
+// it removes it, with the paths that refer to it, and says "removed", or
+// "in use" when one of them is alive there.
+const repairProgram = `set -u
+key=$1 p=$2
+bad() { echo "nix-hive-agent repair: $1" >&2; exit 64; }
+case $key in *[[:space:]]*|'') bad "public key: one word" ;; esac
+case $p in /nix/store/*/*|/nix/store/.*) bad "not a store path: $p" ;; /nix/store/?*) ;; *) bad "not a store path: $p" ;; esac
+if nix --extra-experimental-features nix-command --option trusted-public-keys "$key" store verify --sigs-needed 1 "$p" >/dev/null 2>&1; then
+  echo good; exit 0
+fi
+set -- $(nix-store -q --referrers-closure "$p") || exit 2
+nix-store --delete "$@" >/dev/null 2>&1 && echo removed || echo "in use"
+`
+
 // agentOps are the agent's operations: the programs that run as root.
 var agentOps = map[string]string{
 	lockProgram:       "lock",
@@ -57,6 +74,7 @@ var agentOps = map[string]string{
 	markProgram:       "mark",
 	rebootProgram:     "reboot",
 	realiseProgram:    "realise",
+	repairProgram:     "repair",
 	keys.WriteProgram: "write-key",
 }
 

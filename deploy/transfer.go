@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-hive/nix-hive/nixcmd"
@@ -219,7 +220,7 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 	var stderr bytes.Buffer
 	code, err := e.remote.Run(ctx, n, s.command(), nil, io.Discard, &stderr)
 	if err == nil && code != 0 {
-		err = substituteError(s.from, code, stderr.String())
+		err = e.substituteError(ctx, s, code, stderr.String())
 	}
 	if err != nil {
 		return failed(StepSubstitute, err)
@@ -228,13 +229,70 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 	return nil
 }
 
-// substituteError explains a failed substitution, first of all the case an
-// operator must act on: the host does not trust the key the path is
-// signed with.
-func substituteError(from string, code int, stderr string) error {
-	if nixcmd.SignatureRefused(stderr) {
-		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", from)
+// substituteError explains a failed substitution. A copy on an instance
+// store that is not what it claims (changed there, or without the hive's
+// signature) is checked there and removed, so the next deploy pushes a
+// good one; otherwise the case an operator must act on comes first: the
+// host does not trust the key the path is signed with.
+func (e *executor) substituteError(ctx context.Context, s substitution, code int, stderr string) error {
+	if path, kind := nixcmd.BadSubstitute(stderr); path != "" && s.store != "" && e.opts.PublicKey != "" {
+		if err := e.repairStoreCopy(ctx, s.store, path, kind); err != nil {
+			return err
+		}
 	}
+	if nixcmd.SignatureRefused(stderr) {
+		if s.trustKey {
+			return fmt.Errorf("refused the closure from %s: not signed by the hive key, which it was given with --trust-hive-key", s.from)
+		}
+		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", s.from)
+	}
+	return substituteFailure(s.from, code, stderr)
+}
+
+// repairStoreCopy checks store's copy of path, which a consumer refused
+// (kind: "hash" or "signature", in nixcmd.BadSubstitute's words), once
+// however many consumers refuse it. A bad copy is removed from the store
+// and the error says so; nil means the copy is good there: the consumer
+// refused it for reasons of its own.
+func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string) error {
+	e.mu.Lock()
+	r := e.repairs[store+" "+path]
+	if r == nil {
+		r = &repair{}
+		e.repairs[store+" "+path] = r
+	}
+	e.mu.Unlock()
+	r.once.Do(func() {
+		var out, stderr bytes.Buffer
+		in := e.inv.Instances[store]
+		code, err := e.remote.Run(ctx, store, program(repairProgram, true, in.User, e.sudo(store), e.opts.PublicKey, path), nil, &out, &stderr)
+		what := "is not signed by the hive key"
+		if kind == "hash" {
+			what = "does not match its hash (it was changed there after it was pushed)"
+		}
+		bad := fmt.Sprintf("the copy of %s on its store %s %s", path, store, what)
+		switch verdict := strings.TrimSpace(out.String()); {
+		case err != nil || code != 0:
+			r.err = fmt.Errorf("%s, or so the host says; checking it on %s failed: %v", bad, store, errors.Join(err, errors.New(lastLines(stderr.String(), 2))))
+		case verdict == "removed":
+			e.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
+			r.err = fmt.Errorf("%s; nix-hive removed it from %s, and the next deploy pushes it there again", bad, store)
+		case verdict == "in use":
+			r.err = fmt.Errorf("%s; it is in use on %s, so it was left there: repair it there (nix-store --repair-path with a substituter that has a good copy)", bad, store)
+		}
+	})
+	return r.err
+}
+
+// repair is one store copy's check, shared by the consumers that refuse it.
+type repair struct {
+	once sync.Once
+	err  error
+}
+
+// substituteFailure explains a substitution that failed for another
+// reason, in Nix's words.
+func substituteFailure(from string, code int, stderr string) error {
 	var errs []string
 	for _, l := range strings.Split(stderr, "\n") {
 		if strings.Contains(l, "error:") {

@@ -106,6 +106,27 @@ func SSHConnectFailure(stderr string) (detail string, ok bool) {
 	return "", false
 }
 
+// BadSubstitute names the store path a substitution refused because the
+// substituter's copy of it is not what it claims to be, and how: "hash"
+// (its content does not match its hash: changed after it was made) or
+// "signature" (no signature by a trusted key); "" when stderr says
+// neither.
+func BadSubstitute(stderr string) (path, kind string) {
+	for _, line := range strings.Split(stderr, "\n") {
+		m := quotedStorePath.FindStringSubmatch(line)
+		switch {
+		case m == nil:
+		case strings.Contains(line, "hash mismatch"):
+			return m[1], "hash"
+		case SignatureRefused(line):
+			return m[1], "signature"
+		}
+	}
+	return "", ""
+}
+
+var quotedStorePath = regexp.MustCompile(`'(/nix/store/[^'/]+)'`)
+
 // SignatureRefused reports whether stderr of a substitution says the
 // substitute was refused for want of a trusted signature (the same words
 // in 2.8 and 2.24; older and newer forms are accepted too).

@@ -106,4 +106,7 @@ func TestReleaseFormsWithThisNix(t *testing.T) {
 	if !nixcmd.SignatureRefused(err.(*nixcmd.Error).Stderr) {
 		t.Errorf("refusal not recognised: %v", err)
 	}
+	if p, kind := nixcmd.BadSubstitute(err.(*nixcmd.Error).Stderr); p != path || kind != "signature" {
+		t.Errorf("BadSubstitute = %q, %q; want %s, signature:\n%v", p, kind, path, err)
+	}
 }
