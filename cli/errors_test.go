@@ -138,8 +138,8 @@ func TestNoSigningKeyForConsumers(t *testing.T) {
 	root, _ := filepath.Abs("..")
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "hive.nix"), fmt.Sprintf(`{ systems.www.toplevel = import %s { name = "www"; version = "%s"; };
-  instances.s = { system = "www"; host = "192.0.2.1"; };
-  instances.c = { system = "www"; host = "192.0.2.2"; store = "s"; }; }`, filepath.Join(root, "examples", "testsystems"), t.Name()))
+  instances.s = { system = "www"; host = "127.77.0.1"; };
+  instances.c = { system = "www"; host = "127.77.0.2"; store = "s"; }; }`, filepath.Join(root, "examples", "testsystems"), t.Name()))
 	var o, e bytes.Buffer
 	code := cli.Main("test", []string{"-c", dir, "deploy", "--connect-timeout", "1s"}, &o, &e)
 	if code != 2 || !strings.Contains(e.String(), "instance c substitutes from a store") || !strings.Contains(e.String(), "nix-hive keygen") {
@@ -158,7 +158,7 @@ func TestExitStatusContract(t *testing.T) {
 	bad := t.TempDir()
 	writeFile(t, filepath.Join(bad, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; hostkey = "x"; }; }`)
 	good := t.TempDir()
-	writeFile(t, filepath.Join(good, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; host = "192.0.2.1"; }; }`)
+	writeFile(t, filepath.Join(good, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; host = "127.77.0.1"; }; }`)
 	commands := [][]string{
 		{"build"}, {"plan"}, {"deploy"}, {"status"}, {"rollback", "*"}, {"run", "*", "--", "true"},
 		{"ssh", "a"}, {"scp", "/etc/hostname", "a:/tmp/x"}, {"keys", "list"}, {"keys", "upload"}, {"ssh-config"},

@@ -490,7 +490,7 @@ func TestMkDevShell(t *testing.T) {
 	}
 	for name, content := range map[string]string{
 		filepath.Join(repo, "flake.nix"):   "{ outputs = _: { }; }\n",
-		filepath.Join(hiveDir, "hive.nix"): `{ systems.web.toplevel = null; instances.web-1 = { system = "web"; host = "192.0.2.1"; }; }` + "\n",
+		filepath.Join(hiveDir, "hive.nix"): `{ systems.web.toplevel = null; instances.web-1 = { system = "web"; host = "127.77.0.1"; }; }` + "\n",
 	} {
 		if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
