@@ -48,6 +48,10 @@ func TestFaults(t *testing.T) {
 	t.Run("hostile hive values", testFaultHostileHiveValues)
 	t.Run("ssh options outside the allowlist", testFaultSSHOptionsOutsideAllowlist)
 	t.Run("bad copy on a store", testFaultBadStoreCopy)
+	t.Run("a key's command hangs", testFaultKeyCommandHangs)
+	t.Run("Ctrl-C during a key's command", testFaultKeyCommandInterrupted)
+	t.Run("nix-hive killed during a key upload", testFaultKeyUploadKilled)
+	t.Run("a policy past its memory limit", testFaultPolicyMemory)
 }
 
 // baseline deploys version 1 everywhere and returns its paths.

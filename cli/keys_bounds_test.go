@@ -71,7 +71,7 @@ func assertGone(t *testing.T, what string, pids ...string) {
 // A key's command that does not end is stopped after --key-timeout, or
 // the key's own timeout: the host fails saying so, the command's whole
 // process group is gone, and nothing was written to the host.
-func TestKeysCommandTimeout(t *testing.T) {
+func testFaultKeyCommandHangs(t *testing.T) {
 	k := newKeysLab(t)
 	k.hangKey("")
 	code, out, errOut := k.run("keys", "upload", "--key-timeout", "1s", "app-1")
@@ -95,13 +95,15 @@ func TestKeysCommandTimeout(t *testing.T) {
 	}
 	sh, child = k.hangPids()
 	assertGone(t, "after the key's timeout", sh, child)
+	addFaultRow(faultRow{fault: "a key's command hangs (--key-timeout, the key's timeout)", exit: code, outcome: "failed: timed out after 2s",
+		hosts: "no key written", badExit: code == 0})
 }
 
 // Ctrl-C (SIGINT to nix-hive's process group, as a terminal sends it)
 // while a key's command runs: the host fails saying the command was
 // interrupted, not that it exited -1, and the command's process group,
 // children included, is gone.
-func TestKeysCommandInterrupted(t *testing.T) {
+func testFaultKeyCommandInterrupted(t *testing.T) {
 	k := newKeysLab(t)
 	k.hangKey("")
 	r := k.startProcess("keys", "upload", "app-1")
@@ -109,7 +111,9 @@ func TestKeysCommandInterrupted(t *testing.T) {
 	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	if code := r.wait(); code != 130 {
+	sent := time.Now()
+	code := r.wait()
+	if code != 130 {
 		t.Errorf("exit %d after Ctrl-C, want 130", code)
 	}
 	out := r.stdout.String() + r.stderr.String()
@@ -117,6 +121,8 @@ func TestKeysCommandInterrupted(t *testing.T) {
 		t.Errorf("want the key's command named as interrupted:\n%s", out)
 	}
 	assertGone(t, "after Ctrl-C", sh, child)
+	addFaultRow(faultRow{fault: "Ctrl-C while a key's command runs", exit: code, outcome: "interrupted, command stopped", hosts: "-",
+		badExit: code == 0, took: r.ended.Sub(sent), interrupt: true, finished: true})
 }
 
 // uploadingBig reports whether a staging directory in dir holds a file
@@ -147,7 +153,7 @@ func stages(t *testing.T, dir string) []string {
 // the old key. Either way the key is the old one, whole. The next upload
 // removes the staging directory (its writer is gone) and puts the new key
 // in place.
-func TestKeysUploadKilled(t *testing.T) {
+func testFaultKeyUploadKilled(t *testing.T) {
 	k := newKeysLab(t)
 	if code, _, _ := k.run("keys", "upload", "app-1", "app-2"); code != 0 {
 		t.Fatal("first upload failed")
@@ -217,9 +223,14 @@ func TestKeysUploadKilled(t *testing.T) {
 				t.Errorf("staging directories remain after the next upload: %s", left)
 			}
 			got, err := k.keyOn(host, "tls")
+			wrong := 0
 			if want := (keyFile{big, 0o440, nobody, nogroup}); err != nil || got != want {
+				wrong = 1
 				t.Errorf("/run/keys/tls: %d bytes %v %d:%d, %v; want the new key, 0440 nobody:nogroup", len(got.content), got.mode, got.owner, got.grup, err)
 			}
+			how := map[string]string{"app-1": "over sftp", "app-2": "through the shell"}[host]
+			addFaultRow(faultRow{fault: "nix-hive SIGKILLed during a key upload " + how, outcome: "old key whole; staging removed by the next upload",
+				hosts: host + " new key", wrong: wrong})
 		})
 	}
 }

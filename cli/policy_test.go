@@ -230,11 +230,11 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 	}
 }
 
-// TestPolicyMemoryLimitStopsDeploy: a post_activate that passes the
+// testFaultPolicyMemory: a post_activate that passes the
 // policy memory limit fails its host, which follows on_failure (here back
 // to what it ran), and stops the rollout whatever max_failures allows:
 // no host starts after it.
-func TestPolicyMemoryLimitStopsDeploy(t *testing.T) {
+func testFaultPolicyMemory(t *testing.T) {
 	f := newPolicyFleet(t, 3, "", "{ }")
 	if code, _, _ := f.run("deploy"); code != 0 {
 		t.Fatal("first deploy failed")
@@ -271,6 +271,8 @@ def post_activate(ctx):
 			t.Errorf("%s row: %q", h, l)
 		}
 	}
+	addFaultRow(faultRow{fault: "a policy past its memory limit in post_activate", exit: code, outcome: "rolled back, rollout stopped",
+		hosts: "all on v1", badExit: code == 0})
 }
 
 func TestPolicySelectNarrows(t *testing.T) {
