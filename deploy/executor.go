@@ -206,11 +206,11 @@ type executor struct {
 	// storeSlots bound the substitutions from each store instance.
 	storeSlots map[string]chan struct{}
 	// repairs are the store copies consumers refused, by "store path".
-	repairs map[string]*repair
-	ensured    map[string]*future // the host holds what it runs (or failed to)
-	supplied   map[string]*future // the host holds every closure of the plan's for it
-	urlPushed  map[string]*future
-	activated  map[string]*future // the host's activation ended or never will start
+	repairs   map[string]*repair
+	ensured   map[string]*future // the host holds what it runs (or failed to)
+	supplied  map[string]*future // the host holds every closure of the plan's for it
+	urlPushed map[string]*future
+	activated map[string]*future // the host's activation ended or never will start
 }
 
 type future struct {
