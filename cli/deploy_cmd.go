@@ -113,7 +113,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 			return err
 		}
 	}
-	if pool.Mux() != "" {
+	if pool.ThroughMux() {
 		opts.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
 	}
 	view := g.newDeployView(len(prep.Plan.Order))

@@ -40,7 +40,8 @@ func (f *Fleet) AfterApply(kctx *kong.Context) error {
 // flags. Host keys accepted with --accept-new-host-keys go to the hive's
 // own known_hosts (beside its state), never the user's: they belong to
 // the hive's instances, not to addresses other hives may reuse.
-func (f *Fleet) transportConfig(inv *eval.Inventory, st *state.File) transport.Config {
+func (f *Fleet) transportConfig(h *eval.Hive, st *state.File) transport.Config {
+	inv := h.Inventory
 	eps := make(map[string]transport.Endpoint, len(inv.Instances))
 	for name, in := range inv.Instances {
 		opts := map[string]string{}
@@ -53,7 +54,7 @@ func (f *Fleet) transportConfig(inv *eval.Inventory, st *state.File) transport.C
 	// One bound for everything: connecting, and silence on an open
 	// connection (keepalives every ConnectTimeout, dead after 3 missed),
 	// for the Go client and the OpenSSH config handed to nix copy alike.
-	return transport.Config{Endpoints: eps, HostCAs: inv.HostCAs,
+	return transport.Config{Endpoints: eps, HostCAs: inv.HostCAs, Hive: h.Src.Dir,
 		AcceptNewHostKeys: f.AcceptNewHostKeys, AcceptedKnownHosts: st.AuxPath("known_hosts"),
 		ConnectTimeout: f.ConnectTimeout, KeepAlive: f.ConnectTimeout, KeepAliveTimeout: 3 * f.ConnectTimeout,
 		Passphrase: askPassphrase}

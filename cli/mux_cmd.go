@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,8 +28,8 @@ import (
 // MuxCmd is `nix-hive mux`.
 type MuxCmd struct {
 	Start MuxStartCmd `cmd:"" help:"Start the hive's connection holder and connect it to the targets."`
-	Stop  MuxStopCmd  `cmd:"" help:"Stop the hive's connection holder; its connections close."`
-	Check MuxCheckCmd `cmd:"" help:"Say whether the hive's connection holder runs, and what it holds."`
+	Stop  MuxStopCmd  `cmd:"" help:"Stop the hive's connection holders; their connections close."`
+	Check MuxCheckCmd `cmd:"" help:"List the hive's connection holders and what each holds."`
 	Serve MuxServeCmd `cmd:"" hidden:"" help:"Be the connection holder (what start runs in the background)."`
 }
 
@@ -48,10 +49,13 @@ OpenSSH's ControlMaster auto with ControlPersist does: --mux-persist
 0 starts none. mux start starts one and connects it to every target now,
 so that the first command is fast too.
 
-The holder belongs to the hive's endpoints as they are now: one whose
-addresses, keys or jump hosts changed gets a holder of its own. It ends
-after --idle without a command using it, with mux stop, or when killed;
-commands then connect directly again. Its socket lies in a directory
+The holder belongs to the hive (its directory) and serves its endpoints
+as they were when it started: once an instance, address, login, key or
+jump host changes, the next command retires it (it ends when the
+commands still using it do) and goes on with a new one. mux check lists
+the hive's holders, mux stop stops them all (--all: every holder of this
+user). A holder ends after --idle without a command using it, with mux
+stop, or when killed, and then removes its socket, record and log. Its socket lies in a directory
 only this user can enter ($XDG_RUNTIME_DIR/nix-hive, else
 /tmp/nix-hive-UID), and it serves only this user's processes. It logs in
 to the hosts with the ssh agent's keys and unencrypted identity files: it
@@ -105,7 +109,7 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 // holderPool is a pool through the hive's holder, started if none
 // answers.
 func (c *MuxStartCmd) holderPool(h *eval.Hive, st *state.File) (*transport.Pool, error) {
-	cfg := c.transportConfig(h.Inventory, st)
+	cfg := c.transportConfig(h, st)
 	sock, _, err := ensureHolder(cfg, c.Idle)
 	if err != nil {
 		return nil, err
@@ -132,6 +136,10 @@ func ensureHolder(cfg transport.Config, idle time.Duration) (sock string, pid in
 	}
 	if sock, err = transport.RunningMux(cfg); sock != "" || err != nil {
 		return sock, 0, err
+	}
+	// What holders killed before they could clean up left goes now.
+	if _, err := transport.MuxHolders(cfg.Hive); err != nil {
+		return "", 0, err
 	}
 	if sock, err = transport.MuxSocket(cfg); err != nil {
 		return "", 0, err
@@ -178,13 +186,16 @@ func spawnHolder(cfg transport.Config, sock string, idle time.Duration) (int, er
 	if err != nil {
 		return 0, fmt.Errorf("mux: find nix-hive: %w", err)
 	}
-	logPath := strings.TrimSuffix(sock, ".sock") + ".log"
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// Each holder its own log: a retired one may still write to its own
+	// while the next holder of the hive writes to another. It removes it
+	// when it ends.
+	logFile, err := os.CreateTemp(filepath.Dir(sock), strings.TrimSuffix(filepath.Base(sock), ".sock")+".*.log")
 	if err != nil {
 		return 0, fmt.Errorf("mux: %w", err)
 	}
+	logPath := logFile.Name()
 	defer logFile.Close()
-	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--idle", idle.String()},
+	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--log", logPath, "--idle", idle.String()},
 		Stdin: bytes.NewReader(conf), Stderr: logFile, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -197,6 +208,7 @@ func spawnHolder(cfg transport.Config, sock string, idle time.Duration) (int, er
 	if strings.TrimSpace(line) != "ready" {
 		werr := cmd.Wait()
 		b, _ := os.ReadFile(logPath)
+		os.Remove(logPath)
 		return 0, fmt.Errorf("mux: the holder did not start (%v): %s", werr, strings.TrimSpace(string(b)))
 	}
 	go cmd.Wait() // reaps it should it end while this command runs
@@ -206,52 +218,54 @@ func spawnHolder(cfg transport.Config, sock string, idle time.Duration) (int, er
 // MuxStopCmd is `nix-hive mux stop`.
 type MuxStopCmd struct {
 	Fleet
+	All bool `help:"Stop every holder of this user, whatever hive it belongs to."`
 }
 
-func (c *MuxStopCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
-	info, stop, err := c.holder(h, st)
+func (c *MuxStopCmd) Run(g *Globals, src eval.Source) error {
+	if c.NoMux {
+		return cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
+	}
+	hive, whose := src.Dir, "this hive"
+	if c.All {
+		hive, whose = "", "this user"
+	}
+	holders, err := transport.MuxHolders(hive)
 	if err != nil {
 		return err
 	}
-	if stop == nil {
-		fmt.Fprintln(g.stderr, "mux: no holder runs for this hive")
+	if len(holders) == 0 {
+		fmt.Fprintf(g.stderr, "mux: no holder runs for %s\n", whose)
 		return nil
 	}
-	if err := stop(); err != nil {
-		return err
+	var errs []error
+	for _, h := range holders {
+		info, _ := h.Info()
+		if err := transport.StopMuxHolder(h); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintf(g.stdout, "mux: stopped pid %d (%s)%s\n", h.Pid, holderWhat(h, c.All), connectionsClosed(h, info))
 	}
-	fmt.Fprintf(g.stdout, "mux: stopped pid %d; its %d connections are closed\n", info.Pid, info.Connected)
-	return nil
+	return errors.Join(errs...)
 }
 
-// holder finds the hive's holder: its info and a function that stops
-// it, returning once it is gone; a nil stop means none runs.
-func (f *Fleet) holder(h *eval.Hive, st *state.File) (transport.MuxInfo, func() error, error) {
-	if f.NoMux {
-		return transport.MuxInfo{}, nil, cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
+// holderWhat says which holder h is, for mux stop and check.
+func holderWhat(h transport.MuxHolder, withHive bool) string {
+	what := "current"
+	if h.Retired {
+		what = "retired: an earlier version of the hive"
 	}
-	cfg := f.transportConfig(h.Inventory, st)
-	var err error
-	if cfg.Mux, err = transport.RunningMux(cfg); err != nil || cfg.Mux == "" {
-		return transport.MuxInfo{}, nil, err
+	if withHive {
+		what += ", hive " + h.Hive
 	}
-	pool, err := transport.NewPool(cfg)
-	if err != nil {
-		return transport.MuxInfo{}, nil, err
+	return what
+}
+
+func connectionsClosed(h transport.MuxHolder, info transport.MuxInfo) string {
+	if h.Retired {
+		return ""
 	}
-	if pool.Mux() == "" {
-		pool.Close()
-		return transport.MuxInfo{}, nil, nil
-	}
-	info, err := pool.MuxInfo()
-	if err != nil {
-		pool.Close()
-		return transport.MuxInfo{}, nil, err
-	}
-	return info, func() error {
-		defer pool.Close()
-		return pool.StopMux()
-	}, nil
+	return fmt.Sprintf("; its %d connections are closed", info.Connected)
 }
 
 // MuxCheckCmd is `nix-hive mux check`.
@@ -259,21 +273,56 @@ type MuxCheckCmd struct {
 	Fleet
 }
 
+// muxCheckRow is one holder as mux check --json prints it.
+type muxCheckRow struct {
+	transport.MuxHolder
+	// Stale: it serves an earlier version of the hive; the next command
+	// that connects replaces it.
+	Stale bool               `json:"stale"`
+	Info  *transport.MuxInfo `json:"info,omitempty"`
+}
+
 func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
-	info, stop, err := c.holder(h, st)
+	if c.NoMux {
+		return cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
+	}
+	holders, err := transport.MuxHolders(h.Src.Dir)
 	if err != nil {
 		return err
 	}
-	if stop == nil {
+	cfg := c.transportConfig(h, st)
+	rows := make([]muxCheckRow, len(holders))
+	for i, hd := range holders {
+		rows[i] = muxCheckRow{MuxHolder: hd, Stale: hd.Retired || hd.Stale(cfg)}
+		if info, err := hd.Info(); err == nil {
+			rows[i].Info = &info
+		}
+	}
+	if g.JSON {
+		if err := json.NewEncoder(g.stdout).Encode(rows); err != nil {
+			return err
+		}
+	}
+	if len(rows) == 0 {
 		return errors.New("mux: no holder runs for this hive")
 	}
 	if g.JSON {
-		enc := json.NewEncoder(g.stdout)
-		return enc.Encode(info)
+		return nil
 	}
-	fmt.Fprintf(g.stdout, "mux: pid %d, up %s, idle timeout %s: holds %d connections (%d made since it started), %d sessions opened; socket %s, log %s\n",
-		info.Pid, time.Since(info.Started).Round(time.Second), info.Idle, info.Connected, info.Handshakes, info.Sessions,
-		info.Socket, strings.TrimSuffix(info.Socket, ".sock")+".log")
+	for _, r := range rows {
+		fmt.Fprintf(g.stdout, "mux: pid %d (%s), up %s", r.Pid, holderWhat(r.MuxHolder, false), time.Since(r.Started).Round(time.Second))
+		switch {
+		case r.Info != nil:
+			fmt.Fprintf(g.stdout, ", idle timeout %s: holds %d connections (%d made since it started), %d sessions opened",
+				r.Info.Idle, r.Info.Connected, r.Info.Handshakes, r.Info.Sessions)
+		case r.Retired:
+			fmt.Fprint(g.stdout, ": ends once the commands using it do")
+		}
+		if r.Stale && !r.Retired {
+			fmt.Fprint(g.stdout, "; the hive changed since it started: the next command replaces it")
+		}
+		fmt.Fprintf(g.stdout, "; socket %s, log %s\n", r.Socket, r.Log)
+	}
 	return nil
 }
 
@@ -281,6 +330,7 @@ func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 // endpoints from stdin. It prints "ready" once it listens.
 type MuxServeCmd struct {
 	Socket string        `required:"" help:"Socket to listen on."`
+	Log    string        `help:"The holder's log (its stderr), removed when it ends."`
 	Idle   time.Duration `default:"10m" help:"End after this long without a client (0: never)."`
 }
 
@@ -300,6 +350,7 @@ func (c *MuxServeCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	s.SetLog(c.Log)
 	ln, err := s.Listen(c.Socket)
 	if err != nil {
 		s.Pool().Close()

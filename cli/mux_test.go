@@ -202,12 +202,15 @@ func TestMuxPersist(t *testing.T) {
 		t.Errorf("next status does not show app-2's system")
 	}
 	code, out, _ = f.run("--json", "mux", "check")
-	var info struct {
-		Pid  int    `json:"pid"`
-		Idle string `json:"idle_timeout"`
+	var holders []struct {
+		Pid   int  `json:"pid"`
+		Stale bool `json:"stale"`
+		Info  struct {
+			Idle string `json:"idle_timeout"`
+		} `json:"info"`
 	}
-	if err := json.Unmarshal([]byte(out), &info); code != 0 || err != nil || info.Pid != pid || info.Idle != "10m0s" {
-		t.Errorf("mux check --json: exit %d, %+v (%v); want pid %d, idle 10m0s", code, info, err, pid)
+	if err := json.Unmarshal([]byte(out), &holders); code != 0 || err != nil || len(holders) != 1 || holders[0].Pid != pid || holders[0].Info.Idle != "10m0s" || holders[0].Stale {
+		t.Errorf("mux check --json: exit %d, %+v (%v); want one holder, pid %d, idle 10m0s, current", code, holders, err, pid)
 	}
 	// --mux-persist 0 starts none, but a running holder still serves.
 	code, _, errOut = f.run("-v", "status", "--mux-persist", "0")
@@ -259,5 +262,123 @@ func waitKilled(t *testing.T, pid int) {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	if n, err := unix.Poll(fds, 60_000); n != 1 || err != nil {
 		t.Fatalf("holder pid %d did not exit after SIGKILL: %v", pid, err)
+	}
+}
+
+// A holder belongs to its hive. Editing the hive makes mux check call it
+// stale, and the next command retires it: it lets go of the socket, ends
+// once the command still using it is done, and a new holder serves the
+// hive as it is now. mux check lists both meanwhile, mux stop stops both,
+// and a holder that ends leaves nothing in the socket directory; the
+// probes commands make leave nothing in its log either.
+func TestMuxBelongsToTheHive(t *testing.T) {
+	run := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", run)
+	f := newFaultLab(t, 2)
+	t.Setenv("NIX_HIVE_MUX_PERSIST", "")
+	os.Unsetenv("NIX_HIVE_MUX_PERSIST")
+	t.Cleanup(func() { f.run("mux", "stop", "--all") })
+	sockets := filepath.Join(run, "nix-hive")
+
+	_, _, errOut := f.run("run", "*", "--", "true")
+	first := startedHolder(t, errOut)
+	for range 3 {
+		if code, _, errOut := f.run("run", "*", "--", "true"); code != 0 || strings.Contains(errOut, "started connection holder") {
+			t.Fatalf("run through the holder: exit %d", code)
+		}
+	}
+	logs, _ := filepath.Glob(filepath.Join(sockets, "*.log"))
+	if len(logs) != 1 {
+		t.Fatalf("logs in the socket directory: %v; want the holder's one", logs)
+	}
+	if b, _ := os.ReadFile(logs[0]); strings.Contains(string(b), "handshake") {
+		t.Errorf("the probes of commands are in the holder's log:\n%s", b)
+	}
+
+	// A command through the holder that runs until told to end.
+	app1 := f.lab.Host("app-1")
+	busy := f.startProcess("run", "app-1", "--", "sh", "-c", "touch /run/busy; while [ ! -e /run/busy-go ]; do sleep 0.05; done")
+	waitUntil(t, "the command through the holder to run on app-1", func() bool {
+		_, err := os.Stat(app1.Path("/run/busy"))
+		return err == nil
+	})
+
+	// The hive changes: another login name for app-2.
+	editFile(t, filepath.Join(f.dir, "hive.nix"), `instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;`,
+		`instances = builtins.mapAttrs (n: v: v // { system = n; }) lab // { app-2 = lab.app-2 // { system = "app-2"; user = "root"; port = 22; }; app-3 = lab.app-2 // { system = "app-2"; }; };`)
+	code, out, _ := f.run("mux", "check")
+	if code != 0 || !strings.Contains(out, "pid "+strconv.Itoa(first)) || !strings.Contains(out, "the hive changed since it started") {
+		t.Errorf("mux check after the hive changed: exit %d, want pid %d named as stale:\n%s", code, first, out)
+	}
+	_, _, errOut = f.run("run", "*", "--", "true")
+	second := startedHolder(t, errOut)
+	code, out, _ = f.run("mux", "check")
+	if code != 0 || !strings.Contains(out, "pid "+strconv.Itoa(second)+" (current)") || !strings.Contains(out, "pid "+strconv.Itoa(first)+" (retired") {
+		t.Errorf("mux check with a retired holder still in use: exit %d, want %d current and %d retired:\n%s", code, second, first, out)
+	}
+	if err := os.WriteFile(app1.Path("/run/busy-go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := busy.wait(); code != 0 {
+		t.Errorf("the command that used the retired holder: exit %d", code)
+	}
+	waitExited(t, first) // the retired holder ends with its last command
+	code, out, _ = f.run("mux", "check")
+	if code != 0 || strings.Contains(out, "pid "+strconv.Itoa(first)) {
+		t.Errorf("mux check after the retired holder ended: exit %d:\n%s", code, out)
+	}
+
+	// mux stop stops every holder of the hive, and they leave nothing.
+	if code, out, _ := f.run("mux", "stop"); code != 0 || !strings.Contains(out, "stopped pid "+strconv.Itoa(second)) {
+		t.Errorf("mux stop: exit %d:\n%s", code, out)
+	}
+	if left, _ := os.ReadDir(sockets); len(left) != 0 {
+		var names []string
+		for _, e := range left {
+			names = append(names, e.Name())
+		}
+		t.Errorf("left in the socket directory after mux stop: %v", names)
+	}
+	if code, _, _ := f.run("mux", "check"); code != 1 {
+		t.Errorf("mux check with no holder: exit %d, want 1", code)
+	}
+}
+
+// A command that connects to no host starts no holder: a plan of a hive
+// with no instances, or whose every host is unreachable, leaves none.
+func TestMuxOnlyWhenConnected(t *testing.T) {
+	run := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", run)
+	f := newFaultLab(t, 1)
+	t.Setenv("NIX_HIVE_MUX_PERSIST", "")
+	os.Unsetenv("NIX_HIVE_MUX_PERSIST")
+	t.Cleanup(func() { f.run("mux", "stop", "--all") })
+	empty := t.TempDir()
+	writeFile(t, filepath.Join(empty, "hive.nix"), `{ systems = { }; instances = { }; }`)
+	if code, _, errOut := runIn(t, empty, "plan"); code != 0 || strings.Contains(errOut, "started connection holder") {
+		t.Errorf("plan of a hive with no instances: exit %d, or a holder started", code)
+	}
+	if err := f.lab.Host("app-1").Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := f.run("plan", "--connect-timeout", faultConnect); code != 1 {
+		t.Errorf("plan with its only host down: exit %d, want 1", code)
+	}
+	if holders, _ := filepath.Glob(filepath.Join(run, "nix-hive", "*.json")); len(holders) != 0 {
+		t.Errorf("holders left after commands that reached no host: %v", holders)
+	}
+}
+
+// waitExited returns once process pid (not this one's child) has exited.
+func waitExited(t *testing.T, pid int) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 120_000); n != 1 || err != nil {
+		t.Fatalf("pid %d did not exit: %v", pid, err)
 	}
 }

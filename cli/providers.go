@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -96,32 +97,40 @@ func loadPolicy(ctx context.Context, g *Globals, r *Rollout, src eval.Source) (*
 	return provided(starlark.Load(ctx, file, nil, env))
 }
 
-// holderFor is the socket of the holder the command goes through: the
-// running one, else (persist > 0) one started now, which then keeps the
-// connections this command makes for the next ones, as ControlPersist
-// does. Starting it is said once, since it outlives the command.
-func holderFor(g *Globals, cfg transport.Config, persist time.Duration) (string, error) {
-	if persist == 0 {
-		return transport.RunningMux(cfg)
+// startHolder is a Config.MuxStart: the pool calls it when it is about
+// to connect to its first host, so a command that connects to none
+// starts no holder. The holder then keeps the connections this command
+// makes for the next ones, as ControlPersist does; started says whether
+// it is this command's. Starting it is said once, since it outlives the
+// command.
+func startHolder(g *Globals, cfg transport.Config, persist time.Duration, started *atomic.Bool) func() (string, error) {
+	return func() (string, error) {
+		sock, pid, err := ensureHolder(cfg, persist)
+		switch {
+		case err != nil:
+			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+		case pid != 0:
+			started.Store(true)
+			fmt.Fprintf(g.stderr, "nix-hive: mux: started connection holder pid %d; it keeps this hive's connections until %s pass unused (nix-hive mux stop ends it, --mux-persist 0 starts none)\n", pid, persist)
+		}
+		return sock, err
 	}
-	sock, pid, err := ensureHolder(cfg, persist)
-	if err == nil && pid != 0 {
-		fmt.Fprintf(g.stderr, "nix-hive: mux: started connection holder pid %d; it keeps this hive's connections until %s pass unused (nix-hive mux stop ends it, --mux-persist 0 starts none)\n", pid, persist)
-	}
-	return sock, err
 }
 
 // openPool makes the connection pool for the hive (connections are made
 // on first use, one per host); it is closed when the command ends.
 func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Pool, error) {
-	cfg := f.transportConfig(h.Inventory, st)
+	cfg := f.transportConfig(h, st)
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
+	cfg.Warn = func(msg string) { fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", msg) }
+	var started atomic.Bool
 	if !f.NoMux {
 		var err error
-		cfg.Mux, err = holderFor(g, cfg, f.MuxPersist)
-		if err != nil {
+		if cfg.Mux, err = transport.RunningMux(cfg); err != nil {
 			cfg.Mux = ""
 			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+		} else if cfg.Mux == "" && f.MuxPersist > 0 {
+			cfg.MuxStart = startHolder(g, cfg, f.MuxPersist, &started)
 		}
 	}
 	p, err := transport.NewPool(cfg)
@@ -136,6 +145,13 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 		before, _ = p.MuxInfo()
 	}
 	g.onClose(func() {
+		if started.Load() {
+			// A holder this command started that got no connection (every
+			// host unreachable) keeps nothing for the next one.
+			if info, err := p.MuxInfo(); err == nil && info.Connected == 0 {
+				p.StopMux()
+			}
+		}
 		if p.Mux() != "" && g.Verbose {
 			// The holder's count, not the pool's: its connections are
 			// what the command cost the hosts' sshd.

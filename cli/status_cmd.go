@@ -62,7 +62,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	for s, b := range builds.Paths {
 		want[s] = b.OutPath
 	}
-	if c.Watch == 0 && pool.Mux() == "" {
+	if c.Watch == 0 && !pool.ThroughMux() {
 		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
 	}
 	w := &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}

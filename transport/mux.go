@@ -32,10 +32,12 @@ import (
 // a login, sshd's privilege separation), and reads a host's state files
 // over the held sftp session without starting any process there.
 //
-// The socket's name is a hash of the endpoints and the client policy
-// (Config), so a hive whose addresses, keys or jump hosts changed gets
-// a holder of its own, and the old one ends when it has been idle long
-// enough.
+// A holder belongs to a hive (Config.Hive, its directory): the socket's
+// name is a hash of it, and a record beside the socket (muxholders.go)
+// says which version of the hive's endpoints and client policy the
+// holder serves. A command that finds the hive changed retires the
+// holder (it lets go of the socket and ends when the commands using it
+// do) and goes on without it, or with a new one.
 
 // The holder's channel types and global requests.
 const (
@@ -45,11 +47,12 @@ const (
 	muxReset   = "reset@nix-hive"   // drop an instance's connection
 	muxInfo    = "info@nix-hive"    // MuxInfo as JSON
 	muxStop    = "stop@nix-hive"    // end the holder
+	muxRetire  = "retire@nix-hive"  // let go of the socket; end when unused
 )
 
 // muxProtocol changes whenever the protocol does: it is part of the
 // socket's name, so a newer nix-hive never talks to an older holder.
-const muxProtocol = "nix-hive-mux-1"
+const muxProtocol = "nix-hive-mux-2"
 
 type muxOpenMsg struct {
 	Instance string
@@ -95,6 +98,7 @@ type muxConfig struct {
 	// UserConfigSum is the user's ssh config's content hash: a changed
 	// IdentityFile or HostName there changes the holder too.
 	UserConfigSum string
+	Hive          string
 }
 
 func toMuxConfig(cfg Config) muxConfig {
@@ -111,14 +115,23 @@ func toMuxConfig(cfg Config) muxConfig {
 	return muxConfig{Protocol: muxProtocol, Endpoints: cfg.Endpoints, KnownHostsFiles: cfg.KnownHostsFiles,
 		HostCAs: cfg.HostCAs, AcceptNewHostKeys: cfg.AcceptNewHostKeys, AcceptedKnownHosts: cfg.AcceptedKnownHosts,
 		ConnectTimeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive, KeepAliveTimeout: cfg.KeepAliveTimeout,
-		UserConfig: cfg.UserConfig, UserConfigSum: sum}
+		UserConfig: cfg.UserConfig, UserConfigSum: sum, Hive: cfg.Hive}
+}
+
+// sum names the version of the hive m serves: everything but the
+// timeouts, which are each command's own.
+func (m muxConfig) sum() string {
+	m.ConnectTimeout, m.KeepAlive, m.KeepAliveTimeout = 0, 0, 0
+	b, _ := json.Marshal(m)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:12])
 }
 
 func (m muxConfig) config() Config {
 	return Config{Endpoints: m.Endpoints, KnownHostsFiles: m.KnownHostsFiles, HostCAs: m.HostCAs,
 		AcceptNewHostKeys: m.AcceptNewHostKeys, AcceptedKnownHosts: m.AcceptedKnownHosts,
 		ConnectTimeout: m.ConnectTimeout, KeepAlive: m.KeepAlive, KeepAliveTimeout: m.KeepAliveTimeout,
-		UserConfig: m.UserConfig, BatchMode: true}
+		UserConfig: m.UserConfig, BatchMode: true, Hive: m.Hive}
 }
 
 // MuxDir is the directory of this user's holder sockets:
@@ -155,33 +168,39 @@ func MuxDir(create bool) (string, error) {
 	return dir, nil
 }
 
-// MuxSocket is the socket of the holder for cfg, in MuxDir (which it
-// does not create). Timeouts are the holder's own and not part of the
-// name: a command with another --connect-timeout still finds it.
+// MuxSocket is the socket of cfg's hive's holder, in MuxDir (which it
+// does not create): a hash of Config.Hive, or, for a Config that names
+// no hive, of its endpoints and policy.
 func MuxSocket(cfg Config) (string, error) {
 	dir, err := MuxDir(false)
 	if err != nil {
 		return "", err
 	}
-	m := toMuxConfig(cfg)
-	m.ConnectTimeout, m.KeepAlive, m.KeepAliveTimeout = 0, 0, 0
-	b, err := json.Marshal(m)
-	if err != nil {
-		return "", fmt.Errorf("mux socket name: %w", err)
+	name := toMuxConfig(cfg).sum()
+	if cfg.Hive != "" {
+		s := sha256.Sum256([]byte("hive " + cfg.Hive))
+		name = hex.EncodeToString(s[:12])
 	}
-	sum := sha256.Sum256(b)
-	return filepath.Join(dir, hex.EncodeToString(sum[:12])+".sock"), nil
+	return filepath.Join(dir, name+".sock"), nil
 }
 
-// RunningMux is the socket of cfg's holder if one answers there, else
-// "": what a command goes through unless told not to. A socket directory
-// others could use is an error.
+// RunningMux is the socket of cfg's holder if one answers there and
+// serves the hive as cfg has it, else "": what a command goes through
+// unless told not to. A holder of an earlier version of the hive is
+// retired on the way (it ends when the commands using it do), so that
+// the next holder takes its socket. A socket directory others could use
+// is an error.
 func RunningMux(cfg Config) (string, error) {
 	sock, err := MuxSocket(cfg)
 	if err != nil || !MuxAnswers(sock) {
 		return "", err
 	}
-	return sock, nil
+	cur, ok := currentHolder(sock)
+	if ok && cur.ConfigSum == toMuxConfig(cfg).sum() {
+		return sock, nil
+	}
+	retireMux(sock)
+	return "", nil
 }
 
 // MuxAnswers says whether a process listens at the socket path: a socket
@@ -244,6 +263,9 @@ type MuxServer struct {
 	started time.Time
 	hostKey ssh.Signer
 	log     func(format string, args ...any)
+	record  MuxHolder
+	retired atomic.Bool
+	ln      *net.UnixListener
 
 	clients atomic.Int64
 	reads   atomic.Int64 // file-read channels opened: hosts a command read
@@ -289,8 +311,13 @@ func NewMuxServer(cfg Config, idle time.Duration, log func(format string, args .
 		log = func(string, ...any) {}
 	}
 	return &MuxServer{pool: p, idle: idle, started: time.Now(), hostKey: signer, log: log,
-		active: make(chan struct{}, 1), stop: make(chan struct{})}, nil
+		active: make(chan struct{}, 1), stop: make(chan struct{}),
+		record: MuxHolder{Pid: os.Getpid(), Hive: cfg.Hive, ConfigSum: toMuxConfig(cfg).sum(), Started: time.Now()}}, nil
 }
+
+// SetLog names the holder's log file in its record, for mux check to
+// show and for the holder to remove when it ends.
+func (s *MuxServer) SetLog(path string) { s.record.Log = path }
 
 // Pool is the holder's pool.
 func (s *MuxServer) Pool() *Pool { return s.pool }
@@ -319,7 +346,38 @@ func (s *MuxServer) Listen(path string) (*net.UnixListener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("mux: %w", err)
 	}
+	s.record.Socket, s.record.file = path, recordPath(path, s.record.Pid)
+	if err := s.record.write(); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("mux: %w", err)
+	}
+	s.ln = ln
 	return ln, nil
+}
+
+// retire lets go of the socket (a holder for the hive as it is now takes
+// it) and ends the holder once no command uses it.
+func (s *MuxServer) retire() {
+	if s.retired.Swap(true) {
+		return
+	}
+	s.log("the hive changed: retired, ending once unused")
+	s.ln.Close() // unlinks the socket before the retiring command goes on
+	os.Remove(s.socket + ".pub")
+	s.record.Retired = true
+	s.record.write()
+	s.touch()
+}
+
+// cleanUp removes what the holder keeps beside its socket.
+func (s *MuxServer) cleanUp() {
+	os.Remove(s.record.file)
+	if !s.retired.Load() {
+		os.Remove(s.socket + ".pub")
+	}
+	if s.record.Log != "" {
+		os.Remove(s.record.Log)
+	}
 }
 
 // Serve answers clients on ln until Stop, ctx's end, or idle time without
@@ -328,7 +386,7 @@ func (s *MuxServer) Serve(ctx context.Context, ln *net.UnixListener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer s.pool.Close()
-	defer os.Remove(ln.Addr().String() + ".pub")
+	defer s.cleanUp()
 	go func() {
 		s.waitIdle(ctx)
 		// Clients see their connection end only once the hosts' have:
@@ -387,6 +445,9 @@ func (s *MuxServer) touch() {
 func (s *MuxServer) waitIdle(ctx context.Context) {
 	var timer <-chan time.Time
 	for {
+		if s.retired.Load() && s.clients.Load() == 0 {
+			return
+		}
 		if s.idle > 0 && s.clients.Load() == 0 && timer == nil {
 			timer = time.After(s.idle)
 		}
@@ -413,7 +474,10 @@ func (s *MuxServer) serveClient(ctx context.Context, c net.Conn) {
 	cfg.AddHostKey(s.hostKey)
 	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
-		s.log("client handshake: %v", err)
+		// A probe (MuxAnswers) connects and hangs up: nothing to say.
+		if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+			s.log("client handshake: %v", err)
+		}
 		return
 	}
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
@@ -442,6 +506,9 @@ func (s *MuxServer) globalRequests(reqs <-chan *ssh.Request) {
 		case muxStop:
 			r.Reply(true, nil)
 			s.Stop()
+		case muxRetire:
+			s.retire()
+			r.Reply(true, nil)
 		case "keepalive@openssh.com":
 			r.Reply(true, nil)
 		default:

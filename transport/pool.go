@@ -43,7 +43,10 @@ type Pool struct {
 	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
 	ids      identities // identity files decrypted in this run
 
-	mux *muxClient // the holder every connection goes through, if any
+	// mux is the holder every connection goes through, if any: dialled
+	// by NewPool (Config.Mux), or started on first use (Config.MuxStart).
+	mux     atomic.Pointer[muxClient]
+	muxOnce sync.Once
 
 	mu      sync.Mutex
 	closed  bool
@@ -108,11 +111,14 @@ func NewPool(cfg Config) (*Pool, error) {
 		p.warnings = append(p.warnings, warn.Error())
 	}
 	if cfg.Mux != "" {
-		m, err := dialMux(cfg.Mux, cfg.ConnectTimeout)
-		if err != nil {
-			p.warnings = append(p.warnings, fmt.Sprintf("%v; connecting to each host directly", err))
-		}
-		p.mux = m
+		p.muxOnce.Do(func() {
+			m, err := dialMux(cfg.Mux, cfg.ConnectTimeout)
+			if err != nil {
+				p.warnings = append(p.warnings, fmt.Sprintf("%v; connecting to each host directly", err))
+				return
+			}
+			p.mux.Store(m)
+		})
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
@@ -272,7 +278,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 && (p.mux == nil || p.direct[name]) {
+	if p.cfg.KeepAlive > 0 && (p.mux.Load() == nil || p.direct[name]) {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -330,14 +336,37 @@ func (p *Pool) keepalive(c *conn) {
 	}
 }
 
-// throughHolder says whether name's connections go through the holder.
+// throughHolder says whether name's connections go through the holder,
+// starting one first when the pool is to (Config.MuxStart).
 func (p *Pool) throughHolder(name string) bool {
-	if p.mux == nil {
+	if p.holder() == nil {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return !p.direct[name]
+}
+
+// holder is the holder the pool goes through, started now if it is the
+// pool's first connection and Config.MuxStart says how; nil for none.
+func (p *Pool) holder() *muxClient {
+	if p.cfg.MuxStart != nil {
+		p.muxOnce.Do(func() {
+			sock, err := p.cfg.MuxStart()
+			if err != nil || sock == "" {
+				return // the starter said why
+			}
+			m, err := dialMux(sock, p.cfg.ConnectTimeout)
+			if err != nil {
+				if p.cfg.Warn != nil {
+					p.cfg.Warn(fmt.Sprintf("%v; connecting to each host directly", err))
+				}
+				return
+			}
+			p.mux.Store(m)
+		})
+	}
+	return p.mux.Load()
 }
 
 // dial connects to one endpoint, through its jump host's pooled connection
@@ -349,7 +378,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 	if p.throughHolder(name) {
 		ctx, cancel := context.WithTimeout(p.ctx, p.dialBound(s))
 		defer cancel()
-		c, err := p.mux.dial(ctx, name, fresh)
+		c, err := p.mux.Load().dial(ctx, name, fresh)
 		if err != nil && ctx.Err() != nil {
 			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
 		}
@@ -819,8 +848,9 @@ func (p *Pool) Close() error {
 			errs = append(errs, fmt.Errorf("close connection to %s: %w", c.name, err))
 		}
 	}
-	if p.mux != nil {
-		p.mux.close()
+	p.muxOnce.Do(func() {}) // no holder is started after Close
+	if m := p.mux.Load(); m != nil {
+		m.close()
 	}
 	p.wg.Wait()
 	return errors.Join(errs...)

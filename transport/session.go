@@ -416,8 +416,8 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 // Through a holder, the holder drops its connection too.
 func (p *Pool) Reset(name string) {
 	p.Release(name)
-	if p.mux != nil {
-		p.mux.reset(name)
+	if m := p.mux.Load(); m != nil {
+		m.reset(name)
 	}
 }
 
@@ -434,32 +434,39 @@ func (p *Pool) Release(name string) {
 	}
 }
 
+// ThroughMux says whether the pool goes through a holder: one that runs,
+// or one it starts when it first connects (Config.MuxStart).
+func (p *Pool) ThroughMux() bool { return p.mux.Load() != nil || p.cfg.MuxStart != nil }
+
 // Mux is the socket of the holder the pool goes through, "" for none.
 func (p *Pool) Mux() string {
-	if p.mux == nil {
+	m := p.mux.Load()
+	if m == nil {
 		return ""
 	}
-	return p.mux.path
+	return m.path
 }
 
 // MuxInfo asks the holder the pool goes through about itself.
 func (p *Pool) MuxInfo() (MuxInfo, error) {
-	if p.mux == nil {
+	m := p.mux.Load()
+	if m == nil {
 		return MuxInfo{}, errors.New("no mux")
 	}
-	return p.mux.info()
+	return m.info()
 }
 
 // StopMux ends the holder the pool goes through and returns once it has
 // closed its connections to the hosts.
 func (p *Pool) StopMux() error {
-	if p.mux == nil {
+	m := p.mux.Load()
+	if m == nil {
 		return errors.New("no mux")
 	}
-	if _, _, err := p.mux.client.SendRequest(muxStop, true, nil); err != nil {
-		return fmt.Errorf("mux %s: stop: %w", p.mux.path, err)
+	if _, _, err := m.client.SendRequest(muxStop, true, nil); err != nil {
+		return fmt.Errorf("mux %s: stop: %w", m.path, err)
 	}
-	<-p.mux.done
+	<-m.done
 	return nil
 }
 
@@ -478,7 +485,7 @@ func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		f, err := p.mux.filesOf(ctx, name, p.dialBound(s))
+		f, err := p.mux.Load().filesOf(ctx, name, p.dialBound(s))
 		if err != nil {
 			return nil, err // not a nil *muxFileReader in a non-nil interface
 		}

@@ -118,4 +118,15 @@ type Config struct {
 	// to go through instead of connecting to hosts: "" connects directly.
 	// A holder that does not answer is warned about and passed over.
 	Mux string
+	// MuxStart, when Mux is "", starts a holder and returns its socket,
+	// called the first time the pool would connect to a host (never for
+	// a command that connects to none). An error connects directly.
+	MuxStart func() (string, error)
+	// Hive names the hive the endpoints come from (its directory): a
+	// holder belongs to it (MuxSocket), whatever its endpoints are now.
+	Hive string
+	// Warn, if set, is told of problems found after NewPool returned (a
+	// holder started on first use that does not answer); NewPool's own
+	// are in Warnings.
+	Warn func(msg string)
 }
