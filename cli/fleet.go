@@ -70,7 +70,9 @@ func askPassphrase(keyFile string) ([]byte, error) {
 		return nil, errors.New("encrypted, no agent holds it, and there is no terminal to ask for its passphrase; load it into ssh-agent")
 	}
 	defer tty.Close()
-	pass, err := readSecret(tty, fmt.Sprintf("Enter passphrase for key '%s': ", keyFile))
+	pass, err := promptOnTerminal(func() ([]byte, error) {
+		return readSecret(tty, fmt.Sprintf("Enter passphrase for key '%s': ", keyFile))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read passphrase: %w", err)
 	}
@@ -106,7 +108,9 @@ func askSudoPassword() func() ([]byte, error) {
 			return nil, fmt.Errorf("sudo password: %w", err)
 		}
 		defer tty.Close()
-		pass, err := readSecret(tty, "[nix-hive] sudo password for the hosts' logins: ")
+		pass, err := promptOnTerminal(func() ([]byte, error) {
+			return readSecret(tty, "[nix-hive] sudo password for the hosts' logins: ")
+		})
 		if err != nil {
 			return nil, fmt.Errorf("read sudo password: %w", err)
 		}

@@ -45,7 +45,11 @@ func (g *Globals) newDeployView(hosts int) *deployView {
 		return v
 	}
 	if f, ok := g.stderrRaw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		v.p = mpb.New(mpb.WithOutput(f), mpb.WithWidth(30), mpb.WithRefreshRate(150*time.Millisecond))
+		// Through a barWriter, so that a prompt can take the terminal
+		// from the bar (terminal.go).
+		bw := &barWriter{out: f}
+		v.p = mpb.New(mpb.WithConsoleWriter(bw), mpb.WithWidth(30), mpb.WithRefreshRate(150*time.Millisecond))
+		setDrawing(bw)
 		v.bar = v.p.AddBar(int64(hosts),
 			mpb.PrependDecorators(decor.Name("hosts "), decor.CountersNoUnit("%d/%d")),
 			mpb.AppendDecorators(decor.Any(func(decor.Statistics) string { return v.summary() })),
@@ -124,6 +128,7 @@ func (v *deployView) Close() error {
 	if v.bar != nil {
 		v.bar.SetTotal(-1, true)
 		v.p.Wait()
+		setDrawing(nil)
 		v.g.setLogWriter(nil)
 	}
 	v.mu.Lock()
