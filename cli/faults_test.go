@@ -525,6 +525,15 @@ func testFaultRollbackSkipsRolledBack(t *testing.T) {
 		t.Errorf("rollback: exit %d", code)
 	}
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
+	// hive.state says so, and plan --offline knows the host is behind.
+	lost := 0
+	if rec := f.state().Instances["app-1"]; rec.OutPath != v1["app-1"] || rec.Status != "ok" || rec.Step != "rollback" {
+		lost++
+		t.Errorf("hive.state after the rollback: %+v; want ok at rollback, running %s", rec, v1["app-1"])
+	}
+	if code, out, _ := f.run("plan", "--offline"); code != 0 || !strings.Contains(out, "changes: 1 to change, 0 unchanged") {
+		t.Errorf("plan --offline after the rollback: exit %d, want app-1 to change:\n%s", code, out)
+	}
 	outcome := "back on v1"
 	if wrong > 0 {
 		outcome = "WRONG generation"
@@ -540,7 +549,7 @@ func testFaultRollbackSkipsRolledBack(t *testing.T) {
 	}
 	_, wrong2 := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"], link: "system-1-link"}})
 	addFaultRow(faultRow{fault: "rollback after a rolled-back generation", exit: code, outcome: outcome, hosts: hosts, wrong: wrong + wrong2,
-		badExit: code2 == 0})
+		badExit: code2 == 0, lost: lost})
 }
 
 // slowCheckPolicy makes app-1 a canary wave of its own whose post-check

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -32,7 +33,7 @@ a new connection. Targets are required: rolling back a whole fleet should
 be typed out ('*').`
 }
 
-func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
+func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pool *transport.Pool) error {
 	targets, err := h.Inventory.Select(c.Targets)
 	if err != nil {
 		return err
@@ -44,7 +45,11 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *t
 	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{
 		Privilege: priv, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
 		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout, ConnectTimeout: c.ConnectTimeout,
+		State: st,
 	})
+	if err := st.Save(); err != nil {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
+	}
 	failed := 0
 	var table [][]string
 	for _, r := range rows {

@@ -11,6 +11,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/keys"
+	"github.com/nix-hive/nix-hive/state"
 )
 
 // StatusRow is one instance's state compared with the hive.
@@ -104,6 +105,9 @@ type RollbackOptions struct {
 	ConfirmTimeout    time.Duration
 	ActivationTimeout time.Duration
 	ConnectTimeout    time.Duration
+	// State, if set, records each host the rollback changed (what it runs
+	// after it), as a deploy records its hosts; the caller saves it.
+	State *state.File
 }
 
 // RollbackRow is one instance's rollback outcome.
@@ -130,8 +134,28 @@ func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []s
 	}
 	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
 		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Privilege, opts)
+		recordRollback(o.State, inv.Instances[names[i]], rows[i])
 	})
 	return rows
+}
+
+// recordRollback records in st what host in runs after its rollback, when
+// the rollback changed it (a host it could not lock, or where it found no
+// good generation, keeps its record): ok with the system it returned to,
+// or failed, which plan --offline does not take for known.
+func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
+	if st == nil || r.Before == "" || (r.Error != "" && r.After == r.Before) {
+		return
+	}
+	rec := state.Instance{System: in.System, OutPath: r.After, Goal: string(GoalSwitch), Step: string(StepRollback),
+		Status: string(StatusOK), Error: r.Error, Before: r.Before, Time: time.Now().UTC()}
+	if r.Error != "" {
+		rec.Status = string(StatusFailed)
+	}
+	if prev, ok := st.Instance(in.Name); ok {
+		rec.Stored = prev.Stored
+	}
+	st.SetInstance(in.Name, rec)
 }
 
 func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, priv *Privilege, opts Options) RollbackRow {
