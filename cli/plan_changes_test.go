@@ -3,15 +3,19 @@ package cli_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/internal/nixtest"
 )
 
 // plan says what a deploy would change on each host: a system that gains
@@ -120,5 +124,31 @@ func TestPlanShowsChanges(t *testing.T) {
 	}
 	if code, out, _ := f.run("plan", "--offline", "--build", "app-2"); code != 0 || !strings.Contains(out, "nixos-system-app: 1 → 3n") {
 		t.Errorf("plan --build: exit %d, no diff", code)
+	}
+}
+
+// A plan of systems not built here asks no binary cache about them: on a
+// machine without a network, the default cache.nixos.org stalled every
+// plan for seconds. A cache that counts what it is asked stands in for it.
+func TestPlanAsksNoCache(t *testing.T) {
+	nixtest.Require(t)
+	var asked atomic.Int64
+	cache := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer cache.Close()
+	t.Setenv("NIX_CONFIG", nixtest.Config+"\nsubstituters = "+cache.URL+"\n")
+	root, _ := filepath.Abs("..")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "hive.nix"), fmt.Sprintf(`{
+  systems.www.toplevel = import %q { name = "www"; version = "%d"; };
+  instances.www-1 = { system = "www"; host = "127.77.0.1"; };
+}`, filepath.Join(root, "examples", "testsystems"), time.Now().UnixNano()))
+	if code, out, _ := runIn(t, dir, "plan", "--offline"); code != 0 || !strings.Contains(out, "not built on this machine") {
+		t.Fatalf("plan --offline: exit %d", code)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("plan asked the binary cache %d times about systems it has not built", n)
 	}
 }

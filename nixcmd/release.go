@@ -69,9 +69,12 @@ func DecodePathInfo(data []byte) ([]PathInfo, error) {
 }
 
 // PathInfo runs `nix path-info --json args...` (paths, and flags such as
-// --recursive or --store URL) and decodes it whatever the release.
+// --recursive or --store URL) and decodes it whatever the release. It asks
+// the store alone: with --offline, a path not built here is not looked up
+// in the substituters (cache.nixos.org by default, which on a machine
+// without a network stalls every plan for seconds).
 func (r *Runner) PathInfo(ctx context.Context, args ...string) ([]PathInfo, error) {
-	out, err := r.Run(ctx, "nix", append([]string{"path-info", "--json"}, args...)...)
+	out, err := r.Run(ctx, "nix", append([]string{"path-info", "--offline", "--json"}, args...)...)
 	if err != nil && len(bytes.TrimSpace(out)) == 0 {
 		// An invalid path makes nix exit non-zero, yet it still describes
 		// every path; only an empty answer is a failure.
