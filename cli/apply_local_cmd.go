@@ -70,12 +70,13 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 	if err != nil {
 		return err
 	}
+	prep.Plan.Local() // before --confirm shows it
 	if c.Confirm {
 		if err := confirm(ctx, g, prep, st, deploy.Local{}, nix, &c.Activation, 1); err != nil {
 			return err
 		}
 	}
-	view := g.newDeployView(len(prep.Plan.Order))
+	view := g.newDeployView(len(prep.Plan.Targets))
 	opts.Events, opts.State = view.Event, st
 	report, err := deploy.ApplyLocal(ctx, prep, opts)
 	if verr := view.Close(); err == nil {

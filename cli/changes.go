@@ -108,12 +108,49 @@ func writeDiff(w io.Writer, indent string, f deploy.ChangeFrom) {
 		deploy.HumanBytes(d.OldSize), deploy.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
 }
 
-// changesSummary is the summary line of what changes.
-func changesSummary(pc *planChanges) string {
-	change, same, unknown := pc.counts()
-	parts := []string{fmt.Sprintf("%d to change", change), fmt.Sprintf("%d unchanged", same)}
-	if unknown > 0 {
-		parts = append(parts, fmt.Sprintf("%d not known", unknown))
+// planCounts are the numbers a plan states, computed once for its
+// summary and for deploy --confirm's question, so that they agree: the
+// targets, and of them those whose system changes, those that run it
+// already (left alone, unless --force) and those not known; and the
+// stores that only receive closures.
+type planCounts struct {
+	targets, change, unchanged, unknown, storeOnly int
+	force                                          bool
+}
+
+func countPlan(plan *deploy.Plan, changes *planChanges, force bool) planCounts {
+	n := planCounts{targets: len(plan.Targets), storeOnly: len(plan.Hosts) - len(plan.Targets), force: force}
+	if changes != nil {
+		n.change, n.unchanged, n.unknown = changes.counts()
+	}
+	return n
+}
+
+// changes is the summary's changes line.
+func (n planCounts) changes() string {
+	parts := []string{fmt.Sprintf("%d to change", n.change), fmt.Sprintf("%d unchanged", n.unchanged)}
+	if n.unknown > 0 {
+		parts = append(parts, fmt.Sprintf("%d not known", n.unknown))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// activated is how many targets a deploy activates.
+func (n planCounts) activated() int {
+	if n.force {
+		return n.targets
+	}
+	return n.change + n.unknown
+}
+
+// question is deploy --confirm's, in the summary's numbers.
+func (n planCounts) question(goal string) string {
+	left := ""
+	switch {
+	case n.force && n.unchanged > 0:
+		left = fmt.Sprintf("; --force: the %d unchanged too", n.unchanged)
+	case n.unchanged > 0:
+		left = fmt.Sprintf("; the %d unchanged are left alone", n.unchanged)
+	}
+	return fmt.Sprintf("Deploy (%s) to %d of %s (%s%s)? [y/N] ", goal, n.activated(), plural(n.targets, "target"), n.changes(), left)
 }

@@ -116,7 +116,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if pool.ThroughMux() {
 		opts.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
 	}
-	view := g.newDeployView(len(prep.Plan.Order))
+	view := g.newDeployView(len(prep.Plan.Targets))
 	opts.Events, opts.State = view.Event, st
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)
 	if verr := view.Close(); err == nil {
@@ -140,12 +140,7 @@ func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.F
 		return ctx.Err()
 	}
 	writePlan(g.stderr, prep, planSizes(ctx, g, nix, prep.Plan), changes, g.Verbose)
-	change, same, unknown := changes.counts()
-	hosts := change + unknown
-	if c.Force {
-		hosts += same
-	}
-	fmt.Fprintf(g.stderr, "Deploy (%s) to %s? [y/N] ", c.Goal, plural(hosts, "host"))
+	fmt.Fprint(g.stderr, countPlan(prep.Plan, changes, c.Force).question(c.Goal))
 	answer, err := bufio.NewReader(g.stdin).ReadString('\n')
 	if err != nil && answer == "" {
 		fmt.Fprintln(g.stderr)

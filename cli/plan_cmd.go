@@ -290,18 +290,13 @@ func sizeSuffix(sizes deploy.ClosureSizer, paths []string) string {
 // writeSummary ends the text plan with its numbers.
 func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, changes *planChanges, all bool) {
 	plan := prep.Plan
-	targets := 0
-	for _, h := range plan.Hosts {
-		if h.Target {
-			targets++
-		}
-	}
+	n := countPlan(plan, changes, false)
 	stores, urls := plan.Stores()
 	fmt.Fprintln(w, "summary:")
 	fmt.Fprintf(w, "  systems: %d\n", len(plan.Systems))
-	hosts := fmt.Sprintf("%d to activate", targets)
-	if n := len(plan.Hosts) - targets; n > 0 {
-		hosts += fmt.Sprintf(", %d store only", n)
+	hosts := plural(n.targets, "target")
+	if n.storeOnly > 0 {
+		hosts += fmt.Sprintf(", %d store only", n.storeOnly)
 	}
 	more := ""
 	if !all {
@@ -324,7 +319,7 @@ func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer,
 	}
 	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(plan.Transfers), "destination"), out)
 	if changes != nil {
-		fmt.Fprintf(w, "  changes: %s\n", changesSummary(changes))
+		fmt.Fprintf(w, "  changes: %s\n", n.changes())
 	}
 }
 

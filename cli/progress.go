@@ -82,7 +82,9 @@ func (v *deployView) Event(e deploy.Event) {
 	}
 	switch {
 	case e.Step == deploy.StepFinished:
-		if v.bar != nil {
+		// The bar counts targets; a store that only receives closures is
+		// in no wave.
+		if v.bar != nil && e.Wave > 0 {
 			v.bar.Increment()
 		}
 		return

@@ -63,7 +63,10 @@ func (g *Globals) finishReport(r *deploy.Report) error {
 	case r.Interrupted:
 		return fmt.Errorf("deploy interrupted; see the summary for each host's state: %w", context.Canceled)
 	case !r.OK():
-		msg := fmt.Sprintf("deploy failed on %d of %d hosts", r.NotOK(), len(r.Order))
+		msg := fmt.Sprintf("deploy failed on %d of %s", r.NotOK(), plural(r.Targets(), "host"))
+		if s := r.StoresNotOK(); len(s) > 0 {
+			msg += fmt.Sprintf("; %s that only receive closures did not: %s", plural(len(s), "store"), strings.Join(s, ", "))
+		}
 		if r.Stopped != "" {
 			msg += "; rollout stopped: " + r.Stopped
 		}
@@ -80,23 +83,43 @@ const fullTableHosts = 50
 // groupedRows keeps the rows of hosts that did not end ok or unchanged and
 // counts every status: "998 ok, 2 failed".
 func groupedRows(r *deploy.Report, rows [][]string) (kept [][]string, counts string) {
-	n := map[deploy.Status]int{}
-	var order []deploy.Status
+	// Targets and stores that only received closures, each counted apart.
+	type tally struct {
+		n     map[deploy.Status]int
+		order []deploy.Status
+		total int
+	}
+	var targets, stores tally
 	for i, name := range r.Order {
-		st := r.Results[name].Status
-		if n[st] == 0 {
-			order = append(order, st)
+		res := r.Results[name]
+		t := &targets
+		if !res.Target {
+			t = &stores
 		}
-		n[st]++
-		if st != deploy.StatusOK && st != deploy.StatusUnchanged && st != deploy.StatusStored {
+		if t.n == nil {
+			t.n = map[deploy.Status]int{}
+		}
+		if t.n[res.Status] == 0 {
+			t.order = append(t.order, res.Status)
+		}
+		t.n[res.Status]++
+		t.total++
+		if st := res.Status; st != deploy.StatusOK && st != deploy.StatusUnchanged && st != deploy.StatusStored {
 			kept = append(kept, rows[i])
 		}
 	}
-	var parts []string
-	for _, st := range order {
-		parts = append(parts, fmt.Sprintf("%d %s", n[st], st))
+	say := func(t tally) string {
+		var parts []string
+		for _, st := range t.order {
+			parts = append(parts, fmt.Sprintf("%d %s", t.n[st], st))
+		}
+		return strings.Join(parts, ", ")
 	}
-	return kept, fmt.Sprintf("%d hosts: %s (every host with -v or --json)", len(r.Order), strings.Join(parts, ", "))
+	counts = fmt.Sprintf("%s: %s", plural(targets.total, "host"), say(targets))
+	if stores.total > 0 {
+		counts += fmt.Sprintf("; %s that only receive closures: %s", plural(stores.total, "store"), say(stores))
+	}
+	return kept, counts + " (every host with -v or --json)"
 }
 
 func summaryRows(r *deploy.Report) [][]string {

@@ -160,18 +160,42 @@ type Report struct {
 
 // OK reports whether every host ended as wanted.
 func (r *Report) OK() bool {
-	return r.NotOK() == 0 && !r.Interrupted && r.Stopped == ""
+	return r.NotOK() == 0 && len(r.StoresNotOK()) == 0 && !r.Interrupted && r.Stopped == ""
 }
 
-// NotOK counts hosts that did not end as wanted.
+// NotOK counts the targets that did not end as wanted (a store that only
+// received closures is not one: see StoresNotOK).
 func (r *Report) NotOK() int {
 	n := 0
 	for _, res := range r.Results {
-		if !res.Status.Succeeded() {
+		if res.Target && !res.Status.Succeeded() {
 			n++
 		}
 	}
 	return n
+}
+
+// Targets counts the hosts the deploy was to activate.
+func (r *Report) Targets() int {
+	n := 0
+	for _, res := range r.Results {
+		if res.Target {
+			n++
+		}
+	}
+	return n
+}
+
+// StoresNotOK lists, in order, the stores that only were to receive
+// their consumers' closures and did not.
+func (r *Report) StoresNotOK() []string {
+	var out []string
+	for _, n := range r.Order {
+		if res := r.Results[n]; !res.Target && !res.Status.Succeeded() {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Unknown lists, in order, hosts whose activation outcome nix-hive does
@@ -296,7 +320,11 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
 	for _, n := range plan.Order {
 		h := plan.Hosts[n]
-		e.res[n] = &Result{Instance: n, System: h.System, Wave: h.Wave + 1, Target: h.Target, Status: StatusNotStarted}
+		wave := 0 // a store that only receives closures activates in no wave
+		if h.Target {
+			wave = h.Wave + 1
+		}
+		e.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
 		e.ensured[n] = newFuture()
 		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()

@@ -41,6 +41,7 @@ const (
 	SourcePush  SourceKind = "push"  // nix copy from the deploy host
 	SourceStore SourceKind = "store" // substituted from a store instance
 	SourceCache SourceKind = "cache" // substituted from a store URL
+	SourceLocal SourceKind = "local" // built on the host itself (apply-local)
 )
 
 // Source says where a host gets its closure from.
@@ -50,10 +51,22 @@ type Source struct {
 }
 
 func (s Source) String() string {
-	if s.Kind == SourcePush {
+	switch s.Kind {
+	case SourcePush:
 		return "pushed from this host"
+	case SourceLocal:
+		return "built here: this machine is the host"
 	}
 	return "substituted from " + s.From
+}
+
+// Local makes the plan apply-local's: the one host is this machine,
+// which built its closure, so nothing moves.
+func (p *Plan) Local() {
+	for _, h := range p.Hosts {
+		h.Source = Source{Kind: SourceLocal}
+	}
+	p.Transfers = nil
 }
 
 // Host is one instance's part of the plan.
