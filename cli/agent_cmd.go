@@ -17,14 +17,23 @@ not root, one fixed operation per call (take the deploy lock, start an
 activation job, confirm it, reboot, write a key, realise store paths from a
 substituter), so that sudo can allow that file and nothing else.
 
-On NixOS, lib/module.nix installs it and writes the sudo rule
-(nix-hive.deployUser). Elsewhere, install it root-owned, e.g.
+On NixOS, nixosModules.default (lib/module.nix) installs this nix-hive's
+agent and writes the sudo rule:
 
-  nix-hive agent > /usr/local/sbin/nix-hive-agent
-  chmod 0755 /usr/local/sbin/nix-hive-agent
+  nix-hive.sudo.user = "deploy";
+  nix-hive.sudo.noPassword = true;  # optional: NOPASSWD
 
-and allow it in sudoers (see README: Non-root logins and sudo). nix-hive
-uses a host's agent only when its version is this nix-hive's.`
+Elsewhere, install it root-owned where the login's PATH finds it:
+
+  nix-hive agent > /usr/local/bin/nix-hive-agent
+  chmod 0755 /usr/local/bin/nix-hive-agent
+
+and allow it alone in sudoers:
+
+  deploy ALL=(root) /usr/local/bin/nix-hive-agent
+
+(see README: Non-root logins and sudo). nix-hive uses a host's agent
+only when its version is this nix-hive's.`
 }
 
 func (c *AgentCmd) Run(g *Globals) error {

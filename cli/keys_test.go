@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -362,5 +363,102 @@ func TestKeysMissingOwner(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(k.lab.Host("app-1").Path("/run/keys")); len(ents) != 0 {
 		t.Errorf("deploy --no keys put %d entries in app-1's /run/keys", len(ents))
+	}
+}
+
+// A key is readable by the owner and the group it names, read as those
+// users on the hosts with no other groups, over sftp (app-1) and through
+// the shell (app-2): /run/keys and the directories nix-hive creates for
+// keys let others search them (0751), never list them, so each key's own
+// owner, group and mode decide; a directory of keys only root reads stays
+// 0750. A /run/keys with a group of its own (NixOS's root:keys 0750) is
+// left as it is: its group's members reach the keys.
+func TestKeysReadableByTheirOwners(t *testing.T) {
+	k := newKeysLab(t)
+	editFile(t, filepath.Join(k.dir, "hive.nix"), `keys.tls = {`, `keys.app-tls = { text = "app tls"; dest = "/run/app/tls/key.pem"; user = "nobody"; group = "nogroup"; mode = "0440"; };
+    keys.app-root = { text = "app root"; dest = "/run/app/root/key.pem"; };
+    keys.tls = {`)
+	if code, _, _ := k.run("keys", "upload", "app-1", "app-2"); code != 0 {
+		t.Fatal("keys upload failed")
+	}
+	ctx := context.Background()
+	nobody := []string{"--reuid=65534", "--regid=65534", "--clear-groups"}
+	member := []string{"--reuid=4242", "--regid=4242", "--groups=65534"} // in nogroup, not its owner
+	stranger := []string{"--reuid=4242", "--regid=4242", "--clear-groups"}
+	as := func(h *lab.Host, who []string, args ...string) (string, error) {
+		out, err := h.Exec(ctx, append(append([]string{"setpriv"}, who...), args...)...)
+		return string(out), err
+	}
+	mode := func(h *lab.Host, p string) (fs.FileMode, int) {
+		st, err := os.Stat(h.Path(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm(), int(st.Sys().(*syscall.Stat_t).Gid)
+	}
+	for _, host := range []string{"app-1", "app-2"} {
+		h := k.lab.Host(host)
+		for _, r := range []struct {
+			who  []string
+			path string
+			want string
+		}{
+			{nobody, "/run/keys/tls", k.values["tls"]},
+			{member, "/run/keys/tls", k.values["tls"]},
+			{nobody, "/run/app/tls/key.pem", "app tls"},
+		} {
+			if got, err := as(h, r.who, "cat", r.path); err != nil || got != r.want {
+				t.Errorf("%s: setpriv %s cat %s: %q %v, want the key", host, strings.Join(r.who, " "), r.path, got, err)
+			}
+		}
+		for _, r := range []struct {
+			who  []string
+			args []string
+		}{
+			{stranger, []string{"cat", "/run/keys/tls"}},
+			{stranger, []string{"cat", "/run/keys/shared"}},
+			{nobody, []string{"cat", "/run/keys/shared"}},
+			{nobody, []string{"cat", "/run/app/root/key.pem"}},
+			{stranger, []string{"ls", "/run/keys"}},
+			{stranger, []string{"ls", "/run/app/tls"}},
+		} {
+			if out, err := as(h, r.who, r.args...); err == nil {
+				t.Errorf("%s: setpriv %s %s succeeded: %q", host, strings.Join(r.who, " "), strings.Join(r.args, " "), out)
+			}
+		}
+		for dir, want := range map[string]fs.FileMode{"/run/keys": 0o751, "/run/app": 0o751, "/run/app/tls": 0o751, "/run/app/root": 0o750} {
+			if got, _ := mode(h, dir); got != want {
+				t.Errorf("%s: %s is %v, want %v", host, dir, got, want)
+			}
+		}
+	}
+
+	// /run/keys as NixOS keeps it: root:keys 0750 (here gid 96, NixOS's
+	// keys). nix-hive leaves it so; the group's members read the key.
+	const keysGID = 96
+	for _, host := range []string{"app-1", "app-2"} {
+		h := k.lab.Host(host)
+		if err := os.Chown(h.Path("/run/keys"), 0, keysGID); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(h.Path("/run/keys"), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code, _, _ := k.run("keys", "upload", "app-1", "app-2"); code != 0 {
+		t.Fatal("keys upload into a root:keys /run/keys failed")
+	}
+	for _, host := range []string{"app-1", "app-2"} {
+		h := k.lab.Host(host)
+		if m, gid := mode(h, "/run/keys"); m != 0o750 || gid != keysGID {
+			t.Errorf("%s: a root:keys 0750 /run/keys became %v gid %d", host, m, gid)
+		}
+		if out, err := as(h, nobody, "cat", "/run/keys/tls"); err == nil {
+			t.Errorf("%s: nobody, not in keys, read /run/keys/tls through NixOS's /run/keys: %q", host, out)
+		}
+		inKeys := []string{"--reuid=65534", "--regid=65534", "--groups=" + strconv.Itoa(keysGID)}
+		if got, err := as(h, inKeys, "cat", "/run/keys/tls"); err != nil || got != k.values["tls"] {
+			t.Errorf("%s: nobody in keys: %q %v, want the key", host, got, err)
+		}
 	}
 }

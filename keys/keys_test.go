@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -277,14 +278,30 @@ func TestValuesOfTextLimit(t *testing.T) {
 	}
 }
 
-// runWrite runs WriteProgram here, as the shell way runs it on a host.
+// runWrite runs WriteProgram here, as the shell way runs it on a host,
+// for a key of this process's user and group.
 func runWrite(t *testing.T, dest, mode, stdin string) (int, string) {
 	t.Helper()
-	cmd := exec.Command("sh", "-c", WriteProgram, "nix-hive", dest, strconv.Itoa(os.Getuid()), strconv.Itoa(os.Getgid()), mode)
+	return runWriteFor(t, dest, os.Getuid(), os.Getgid(), mode, stdin)
+}
+
+// runWriteFor runs WriteProgram for a key owned by uid:gid, with OPEN as
+// the upload decides it.
+func runWriteFor(t *testing.T, dest string, uid, gid int, mode, stdin string) (int, string) {
+	t.Helper()
+	m, err := strconv.ParseUint(mode, 8, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := "0"
+	if readByOthers(uid, gid, os.FileMode(m)) {
+		open = "1"
+	}
+	cmd := exec.Command("sh", "-c", WriteProgram, "nix-hive", dest, strconv.Itoa(uid), strconv.Itoa(gid), mode, open)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	err := cmd.Run()
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
 		t.Fatal(err)
@@ -355,5 +372,91 @@ func TestWriteProgram(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, ".nix-hive-*"))
 	if len(left) != 2 {
 		t.Errorf("left in %s: %s; want the live staging directory and the one not named as staging", dir, left)
+	}
+}
+
+// Who besides root may read a key: its owner or group when not root and
+// the mode lets them, or everyone.
+func TestReadByOthers(t *testing.T) {
+	for _, tt := range []struct {
+		uid, gid int
+		mode     os.FileMode
+		want     bool
+	}{
+		{0, 0, 0o400, false},
+		{0, 0, 0o440, false},
+		{0, 0, 0o600, false},
+		{0, 0, 0o444, true},
+		{65534, 0, 0o400, true},
+		{65534, 0, 0o000, false},
+		{0, 65534, 0o440, true},
+		{0, 65534, 0o400, false},
+		{65534, 65534, 0o040, true},
+	} {
+		if got := readByOthers(tt.uid, tt.gid, tt.mode); got != tt.want {
+			t.Errorf("readByOthers(%d, %d, %04o) = %v, want %v", tt.uid, tt.gid, tt.mode, got, tt.want)
+		}
+	}
+}
+
+// The shell way's directories: those it creates are 0750; a key someone
+// besides root reads lets others search every root:root directory on its
+// way (0751 for those it made), and nobody reads it with no other group;
+// directories with an owner or group of their own are left as they are.
+func TestWriteProgramKeyDirs(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("gives keys to nobody: needs root")
+	}
+	setpriv := testenv.Tool(t, "setpriv", "apt-get install util-linux")
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	grouped, owned := filepath.Join(base, "grouped"), filepath.Join(base, "owned")
+	for dir, ids := range map[string][2]int{grouped: {0, 96}, owned: {65534, 65534}} {
+		if err := os.Mkdir(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, ids[0], ids[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	perm := func(p string) os.FileMode {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	if code, errOut := runWriteFor(t, filepath.Join(base, "root", "sub", "key"), 0, 0, "0400", "4\nroot"); code != 0 {
+		t.Fatalf("root's key: exit %d: %s", code, errOut)
+	}
+	for p, want := range map[string]os.FileMode{base: 0o700, filepath.Join(base, "root"): 0o750, filepath.Join(base, "root", "sub"): 0o750} {
+		if got := perm(p); got != want {
+			t.Errorf("after root's key %s is %v, want %v", p, got, want)
+		}
+	}
+
+	for _, dest := range []string{filepath.Join(base, "nobody", "sub", "key"), filepath.Join(grouped, "key"), filepath.Join(owned, "key")} {
+		if code, errOut := runWriteFor(t, dest, 65534, 65534, "0440", "6\nnobody"); code != 0 {
+			t.Fatalf("nobody's key %s: exit %d: %s", dest, code, errOut)
+		}
+	}
+	for p, want := range map[string]os.FileMode{
+		base: 0o701, filepath.Join(base, "nobody"): 0o751, filepath.Join(base, "nobody", "sub"): 0o751,
+		filepath.Join(base, "root"): 0o750, filepath.Join(base, "root", "sub"): 0o750,
+		grouped: 0o750, owned: 0o750,
+	} {
+		if got := perm(p); got != want {
+			t.Errorf("after nobody's keys %s is %v, want %v", p, got, want)
+		}
+	}
+	out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat", filepath.Join(base, "nobody", "sub", "key")).CombinedOutput()
+	if err != nil || string(out) != "nobody" {
+		t.Errorf("nobody reading its key: %q %v", out, err)
+	}
+	out, err = exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "ls", base).CombinedOutput()
+	if err == nil {
+		t.Errorf("nobody listed %s: %q", base, out)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"slices"
@@ -166,21 +167,43 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	defer r.Close()
 	value := &sending{ctx: ctx, r: r, size: size}
 	id := b.ids[k.Name]
+	open := readByOthers(id[0], id[1], os.FileMode(mode))
 	in := b.instance
 	// sftp runs as the login: only a root login can chown and write
 	// anywhere. Others go through the privilege command.
 	if in.User == "root" || in.User == "" {
 		c, err := b.u.Host.SFTP(ctx, in.Name)
 		if err == nil {
-			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), value)
+			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), open, value)
 		}
 		if !strings.Contains(err.Error(), "subsystem") {
 			return err
 		}
 		// No sftp on this host (NixOS allowSFTP = false): the shell does it.
 	}
-	return b.uploadShell(ctx, k.Dest, id, k.Mode, value)
+	return b.uploadShell(ctx, k.Dest, id, k.Mode, open, value)
 }
+
+// readByOthers reports whether someone other than root may read a key
+// file owned by uid:gid with mode: its owner or its group when not root,
+// or everyone. Such a key's directories let others search them (see
+// dirMode).
+func readByOthers(uid, gid int, mode os.FileMode) bool {
+	return uid != 0 && mode&0o400 != 0 || gid != 0 && mode&0o040 != 0 || mode&0o004 != 0
+}
+
+// dirMode is the mode of a directory nix-hive creates for a key, root's.
+// When someone other than root may read the key (readByOthers), every
+// directory on its path that root:root owns and closes to others gets
+// search permission for others (o+x: 0751 for one nix-hive made), never
+// read: they reach the key by its name, and its own owner, group and mode
+// decide who reads it, as with sops-nix's and agenix's 0751 secret
+// directories. Keys only root reads leave directories as they are. A
+// directory with an owner or a group of its own is left to them: NixOS
+// keeps /run/keys root:keys 0750 (and restores it at every boot and
+// switch), entered by the members of keys, to which lib/module.nix adds
+// the users its keys name.
+const dirMode = 0o750
 
 // sending is a value on its way: it stops when ctx ends, and tells sftp
 // its size, so that sftp pipelines its writes. It is read in chunks,
@@ -216,16 +239,11 @@ func (s *sending) short() error {
 // (transport.CreatePrivate: a 0700 directory beside dest, the file created
 // with the owner bits of mode; staging directories that uploads cut off
 // earlier left there are removed first), synced, given its owner and then
-// its whole mode, and renamed over dest.
-func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, value *sending) error {
-	dir := path.Dir(dest)
-	if _, err := c.Stat(dir); err != nil {
-		if err := c.MkdirAll(dir); err != nil {
-			return fmt.Errorf("mkdir %s: %w", dir, err)
-		}
-		if err := c.Chmod(dir, 0o750); err != nil {
-			return fmt.Errorf("chmod %s: %w", dir, err)
-		}
+// its whole mode, and renamed over dest. Its directories are made, and
+// opened to others' search when open, as dirMode says.
+func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, open bool, value *sending) error {
+	if err := keyDirs(c, path.Dir(dest), open); err != nil {
+		return err
 	}
 	t, err := transport.CreatePrivate(c, dest, mode)
 	if err != nil {
@@ -240,6 +258,46 @@ func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, 
 		return fmt.Errorf("chown %s: %w", t.Name(), err)
 	}
 	return t.Commit(mode)
+}
+
+// keyDirs creates dir and its missing parents dirMode (with o+x when
+// open) and, when open, gives o+x to each directory on the way that
+// root:root owns and closes to others. A symlink is left as it is.
+func keyDirs(c *transport.SFTP, dir string, open bool) error {
+	made := os.FileMode(dirMode)
+	if open {
+		made |= 0o001
+	}
+	var missing []string
+	for d := dir; ; d = path.Dir(d) {
+		fi, err := c.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, d)
+		} else if err != nil {
+			return fmt.Errorf("stat %s: %w", d, err)
+		} else if !open {
+			break // it and those above stay as they are
+		} else if st, ok := fi.Sys().(*sftp.FileStat); ok && fi.IsDir() && st.UID == 0 && st.GID == 0 && fi.Mode()&0o001 == 0 {
+			m := fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+			if err := c.Chmod(d, m|0o001); err != nil {
+				return fmt.Errorf("chmod o+x %s: %w", d, err)
+			}
+		}
+		if d == "/" {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		// Made with its mode from the start; the chmod makes it exact
+		// whatever the host's umask.
+		if err := c.MkdirMode(missing[i], made); err != nil {
+			return fmt.Errorf("mkdir %s: %w", missing[i], err)
+		}
+		if err := c.Chmod(missing[i], made); err != nil {
+			return fmt.Errorf("chmod %s: %w", missing[i], err)
+		}
+	}
+	return nil
 }
 
 // writeSynced writes value in pipelined chunks and asks the server to
@@ -261,20 +319,32 @@ func writeSynced(f *sftp.File, value *sending) error {
 	return nil
 }
 
-// WriteProgram DEST UID GID MODE writes stdin to DEST the same way as
-// uploadSFTP. It removes the staging directories beside DEST whose writer
-// is gone (transport.StagePrefix: named with the host's boot and the
-// writer's pid, which for this program is its shell); mktemp -d makes
-// its own, 0700, and the file in it is created under a umask that leaves
-// only MODE's owner bits. The value arrives on stdin, never on a command
-// line, after a line with its length: a value that ends short (the
-// connection was lost, nix-hive killed) is never put in place. The file
-// is synced, given its owner and then MODE, and renamed over DEST.
+// WriteProgram DEST UID GID MODE OPEN writes stdin to DEST the same way
+// as uploadSFTP: DEST's missing directories are made 0750 (dirMode, by
+// umask 027) and, with OPEN 1 (readByOthers), those on its way that
+// root:root owns and close to others get o+x. It removes the staging
+// directories beside DEST whose writer is gone (transport.StagePrefix:
+// named with the host's boot and the writer's pid, which for this
+// program is its shell); mktemp -d makes its own, 0700, and the file in
+// it is created under a umask that leaves only MODE's owner bits. The
+// value arrives on stdin, never on a command line, after a line with its
+// length: a value that ends short (the connection was lost, nix-hive
+// killed) is never put in place. The file is synced, given its owner and
+// then MODE, and renamed over DEST.
 const WriteProgram = `set -eu
-dest=$1 uid=$2 gid=$3 mode=$4
+dest=$1 uid=$2 gid=$3 mode=$4 open=$5
 dir=${dest%/*}
 [ -n "$dir" ] || dir=/
-if [ ! -d "$dir" ]; then mkdir -p "$dir" && chmod 0750 "$dir"; fi
+[ -d "$dir" ] || (umask 027 && mkdir -p "$dir")
+if [ "$open" = 1 ]; then
+  d=$dir
+  while :; do
+    set -f; set -- $(ls -ldn -- "$d"); set +f
+    case $3:$4:$1 in 0:0:d????????[!xt]*) chmod o+x -- "$d" ;; esac
+    [ "$d" != / ] || break
+    d=${d%/*}; d=${d:-/}
+  done
+fi
 boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id 2>/dev/null) || boot=
 name=.nix-hive-
 if [ -n "$boot" ] && [ -d "/proc/$$" ]; then
@@ -309,9 +379,13 @@ chmod "$mode" "$tmp"
 mv -f "$tmp" "$dest"
 `
 
-func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, value *sending) error {
+func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, open bool, value *sending) error {
 	in := b.instance
-	args := []string{dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode}
+	o := "0"
+	if open {
+		o = "1"
+	}
+	args := []string{dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode, o}
 	cmd := shell.QuoteArgs(append([]string{"sh", "-c", WriteProgram, "nix-hive"}, args...))
 	if b.u.Root != nil {
 		cmd = b.u.Root(in, WriteProgram, args...)

@@ -7,9 +7,13 @@
 # what lets a host substitute by itself, e.g. during `nixos-rebuild`).
 #
 # Keys (secrets) nix-hive uploads live in /run/keys (root:keys 0750, as
-# NixOS has it); each key named in nix-hive.keys gets a <name>-key.service
-# that is active while the key's file exists, so services can order
-# themselves after it (wants/after = [ "db-password-key.service" ]).
+# NixOS has it, restored at every boot and switch): only root and the
+# members of keys enter it. So the users who may read a key in /run/keys
+# named in nix-hive.keys (its owner, and the users of its group, when its
+# mode lets them read it) are made members of keys. Each key named in
+# nix-hive.keys gets a <name>-key.service that is active while the key's
+# file exists, so services can order themselves after it
+# (wants/after = [ "db-password-key.service" ]).
 #
 # A host whose hive login is not root (instances.<name>.user) sets
 # nix-hive.sudo.user to it: the module installs nix-hive-agent (./agent.sh,
@@ -25,7 +29,7 @@ let
       dest = mkOption { type = types.str; default = "/run/keys/${name}"; description = "Where the key's file is."; };
       user = mkOption { type = types.str; default = "root"; description = "The key file's owner."; };
       group = mkOption { type = types.str; default = "root"; description = "The key file's group."; };
-      mode = mkOption { type = types.str; default = "0400"; description = "The key file's mode."; };
+      mode = mkOption { type = types.strMatching "0?[0-7]{3}"; default = "0400"; description = "The key file's mode (octal)."; };
       upload = mkOption { type = types.enum [ "pre-activation" "post-activation" ]; default = "pre-activation"; description = "When nix-hive uploads it."; };
     };
   };
@@ -47,6 +51,22 @@ let
   # The agent of the nix-hive this module comes with: nix-hive uses a
   # host's agent only when it is its own version.
   agent = pkgs.writeScriptBin "nix-hive-agent" (builtins.readFile ./agent.sh);
+
+  # Whether mode (an octal string, "0440") lets its digit at pos (0 the
+  # owner's, 1 the group's) read.
+  reads = mode: pos: lib.toInt (builtins.substring (builtins.stringLength mode - 3 + pos) 1 mode) >= 4;
+  # The declared users who may read a key in /run/keys: its owner, and the
+  # users of its group (their own or one of their extra groups), when its
+  # mode lets them; root needs nothing.
+  runKeys = lib.filter (k: lib.hasPrefix "/run/keys/" k.dest) (builtins.attrValues cfg.keys);
+  keyReaders = lib.unique (lib.concatLists (lib.mapAttrsToList (n: u:
+    let
+      name = u.name or n;
+      inGroup = g: (u.group or null) == g || builtins.elem g (u.extraGroups or [ ]);
+      readsKey = k: k.user == name && reads k.mode 0 || k.group != "root" && inGroup k.group && reads k.mode 1;
+    in
+    lib.optional (name != "root" && builtins.any readsKey runKeys) name
+  ) (if runKeys == [ ] then { } else config.users.users)));
 
   keyPath = name: k: nameValuePair "${name}-key" {
     description = "nix-hive key ${name} appears";
@@ -120,7 +140,7 @@ in
       }];
     }];
     systemd.tmpfiles.rules = [ "d /run/keys 0750 root keys -" ];
-    users.groups.keys = { };
+    users.groups.keys.members = keyReaders;
     systemd.services = mapAttrs' keyService cfg.keys;
     systemd.paths = mapAttrs' keyPath cfg.keys;
     nix.settings.trusted-public-keys = optional (cfg.publicKey != null) cfg.publicKey;

@@ -118,6 +118,10 @@ func TestModuleTypesAndPriorities(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nix-hive.keys.x.upload") {
 		t.Errorf("an unknown upload point: %v, want an error naming nix-hive.keys.x.upload", err)
 	}
+	err = evalNixOS(t, nixpkgs, []string{"module", `{ nix-hive.keys.x.mode = "rw-r-----"; }`}, "config.nix-hive.keys", &v)
+	if err == nil || !strings.Contains(err.Error(), "nix-hive.keys.x.mode") {
+		t.Errorf("a mode that is not octal: %v, want an error naming nix-hive.keys.x.mode", err)
+	}
 	var sigs bool
 	if err := evalNixOS(t, nixpkgs, []string{"module", `{ nix.settings.require-sigs = false; }`}, "config.nix.settings.require-sigs", &sigs); err != nil || sigs {
 		t.Errorf("require-sigs set false by the operator: %v %v, want false", sigs, err)
@@ -167,6 +171,65 @@ func TestModuleKeysUnits(t *testing.T) {
 	}
 	if k := got.Keys["tls"]; k["mode"] != "0440" || k["user"] != "root" || k["upload"] != "post-activation" {
 		t.Errorf("nix-hive.keys.tls = %v", k)
+	}
+}
+
+// nixosUsers declares users.users and users.groups as NixOS does
+// (config/users-groups.nix: a user's name, group and extraGroups; a
+// group's members, a list every definition adds to) and defines NixOS's
+// own nobody (group nogroup) and the keys group.
+const nixosUsers = `({ lib, ... }: with lib; {
+  options.users.users = mkOption { type = types.attrsOf (types.submodule ({ name, ... }: { options = {
+    name = mkOption { type = types.str; default = name; };
+    group = mkOption { type = types.str; default = ""; };
+    extraGroups = mkOption { type = types.listOf types.str; default = [ ]; };
+  }; })); };
+  options.users.groups = mkOption { type = types.attrsOf (types.submodule { options.members = mkOption { type = types.listOf types.str; default = [ ]; }; }); };
+  config.users.users.root.group = "root";
+  config.users.users.nobody.group = "nogroup";
+  config.users.groups.keys = { };
+})`
+
+// /run/keys is NixOS's, root:keys 0750: the users who may read a key
+// there (its owner, the users of its group, as its mode says) become
+// members of keys; a key elsewhere, a key only root reads, or a group the
+// mode does not let read adds no one, and others' members are kept.
+func TestModuleKeysReaders(t *testing.T) {
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
+	var members []string
+	err := evalNixOS(t, nixpkgs, []string{"module", nixosUsers, `{
+  users.users = {
+    alice = { group = "users"; extraGroups = [ "nogroup" ]; };
+    postgres.group = "postgres";
+    carol.group = "users";
+    dave.group = "staff";
+    bob.group = "users";
+    svc = { name = "service-account"; group = "svc"; };
+    erin.group = "svc";
+  };
+  users.groups.keys.members = [ "operator" ];
+  nix-hive.keys = {
+    tls = { group = "nogroup"; mode = "0440"; };
+    db-password = { user = "postgres"; group = "postgres"; };
+    report = { user = "carol"; group = "staff"; mode = "400"; };
+    elsewhere = { dest = "/var/lib/app/key"; user = "bob"; group = "users"; mode = "0440"; };
+    svc = { user = "service-account"; group = "svc"; mode = "0400"; };
+    root-only = { mode = "0440"; };
+  };
+}`}, "config.users.groups.keys.members", &members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(members)
+	want := []string{"alice", "carol", "nobody", "operator", "postgres", "service-account"}
+	if !slices.Equal(members, want) {
+		t.Errorf("members of keys: %q\nwant %q", members, want)
+	}
+
+	var none []string
+	if err := evalNixOS(t, nixpkgs, []string{"module", nixosUsers, `{ nix-hive.keys.token = { }; }`}, "config.users.groups.keys.members", &none); err != nil || len(none) != 0 {
+		t.Errorf("root's keys alone: members of keys %q (%v), want none", none, err)
 	}
 }
 

@@ -30,8 +30,11 @@ in
     portico.toplevel = testSystem { name = "portico"; };
     www = {
       toplevel = testSystem { name = "www"; };
-      # Every www instance gets it, readable by nogroup's members, before
-      # its system is switched to.
+      # Every www instance gets it before its system is switched to, owned
+      # by root and readable by nogroup's members (0440): /run/keys lets
+      # them reach it by name (0751: enter, not list). On NixOS, whose
+      # /run/keys is root:keys 0750, they read it as members of keys
+      # (nixosModules.default adds them; see README: Keys).
       keys.tls-key = {
         command = [ "sh" "-c" "echo demo TLS key made $(date -u +%F)" ];
         user = "root"; group = "nogroup"; mode = "0440";
