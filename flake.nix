@@ -23,7 +23,11 @@
 
       # The same package default.nix gives nix-env -if and nix-build.
       packages = forAll (pkgs: {
-        default = pkgs.callPackage ./package.nix { };
+        default = pkgs.callPackage ./package.nix {
+          # A clean git tree's commit; a dirty one's "<commit>-dirty" (on
+          # Nix releases that say it); unknown for other sources.
+          revision = self.rev or self.dirtyRev or null;
+        };
       });
 
       apps = forAll (pkgs: {

@@ -1,11 +1,19 @@
 # The nix-hive package. One definition for every way of installing it: the
 # flake's packages.default and default.nix (nix-env -if <tarball>,
 # nix-build) both callPackage this file.
-{ lib, stdenv, buildGoModule, installShellFiles }:
+{ lib, stdenv, buildGoModule, installShellFiles
+  # The commit built from, which `nix-hive --version` names ("<commit>-dirty"
+  # for a tree with uncommitted changes), or null when unknown. The Go
+  # toolchain cannot find it: the source has no .git. The flake and
+  # default.nix pass what they know.
+, revision ? null
+}:
 
 let
   version = "0.1.0";
 in
+assert lib.assertMsg (revision == null || builtins.match "[0-9a-f]{7,64}(-dirty)?" revision != null)
+  "nix-hive: revision must be a git commit (hex, maybe with -dirty), not ${builtins.toJSON revision}";
 buildGoModule {
   pname = "nix-hive";
   inherit version;
@@ -15,7 +23,8 @@ buildGoModule {
   # Kept in sync with go.sum by TestFlakeVendorHash (cmd/nix-hive).
   vendorHash = "sha256-dRhVpSVMuI6h/1n016rwHVPY7HjRh+yFvhOeZnCuzxA=";
   subPackages = [ "cmd/nix-hive" ];
-  ldflags = [ "-s" "-w" "-X main.version=${version}" ];
+  ldflags = [ "-s" "-w" "-X main.version=${version}" ]
+    ++ lib.optional (revision != null) "-X main.revision=${revision}";
   # The test suite needs root, sshd and a lab of hosts; CI runs it.
   doCheck = false;
 

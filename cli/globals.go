@@ -18,6 +18,8 @@ type Globals struct {
 	JSON    bool             `help:"Machine-readable output (JSON events / documents)."`
 	Verbose bool             `short:"v" help:"Say more: every host of a large plan, the Nix command lines behind errors, the SSH connections and sessions a command used."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
+	// Where Nix says "use --show-trace", it names this flag (providers.go).
+	ShowTrace bool `help:"Show Nix's full trace of an error in evaluating the hive."`
 
 	stdout, stderr io.Writer
 	stdin          io.Reader       // answers to questions (deploy --confirm)

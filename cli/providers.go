@@ -49,7 +49,7 @@ func provided[T any](v T, err error) (T, error) {
 }
 
 func nixRunner(g *Globals) *nixcmd.Runner {
-	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: ", Verbose: g.Verbose}
+	return &nixcmd.Runner{Stderr: g.stderr, Prefix: "nix: ", Verbose: g.Verbose, ShowTrace: g.ShowTrace, TraceHint: "nix-hive --show-trace"}
 }
 
 // locate finds the hive; none where -c points is a usage error (2), as a

@@ -35,6 +35,16 @@ type Runner struct {
 	// Verbose puts the command line into errors; without it an error is
 	// what Nix said, which is what a user can act on.
 	Verbose bool
+	// ShowTrace turns on Nix's show-trace setting: an evaluation error
+	// comes with the full trace of what was being evaluated, kept whole
+	// in the error (up to traceMax). It is set in NIX_CONFIG, which every
+	// release reads for every command, so calls that evaluate nothing
+	// take it too.
+	ShowTrace bool
+	// TraceHint, if set, is how the user of the program running nix
+	// turns ShowTrace on ("nix-hive --show-trace"). Errors name it where
+	// Nix advises its own --show-trace, which that user cannot pass.
+	TraceHint string
 	// Observe, when set, sees every finished process (for benchmarks:
 	// peak memory and CPU time from ProcessState.SysUsage).
 	Observe func(args []string, ps *os.ProcessState)
@@ -47,6 +57,8 @@ type Error struct {
 	Stderr string
 	// Verbose: the message starts with the command line.
 	Verbose bool
+	// TraceHint replaces --show-trace in Nix's advice (Runner.TraceHint).
+	TraceHint string
 }
 
 func (e *Error) Error() string {
@@ -58,6 +70,12 @@ func (e *Error) Error() string {
 	}
 	if msg == "" {
 		msg = e.Args[0] + ": " + e.Err.Error()
+	}
+	if e.TraceHint != "" {
+		// "(use '--show-trace' to show detailed location information)"
+		// up to 2.18, "(stack trace truncated; use '--show-trace' to
+		// show the full, detailed trace)" since.
+		msg = strings.ReplaceAll(msg, "--show-trace", e.TraceHint)
 	}
 	if !e.Verbose {
 		return msg
@@ -90,6 +108,9 @@ func (r *Runner) Command(ctx context.Context, tool string, args ...string) *exec
 	cmd.Env = append(os.Environ(), r.Env...)
 	conf := os.Getenv("NIX_CONFIG")
 	lines := append([]string{"extra-experimental-features = " + Features}, r.Config...)
+	if r.ShowTrace {
+		lines = append(lines, "show-trace = true")
+	}
 	if conf != "" {
 		conf += "\n"
 	}
@@ -104,6 +125,9 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	tail := &tailWriter{max: 4096}
+	if r.ShowTrace {
+		tail.max = traceMax
+	}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	var wg sync.WaitGroup
@@ -135,7 +159,7 @@ func (r *Runner) Run(ctx context.Context, tool string, args ...string) ([]byte, 
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return stdout.Bytes(), &Error{Args: append([]string{tool}, args...), Err: err, Stderr: tail.String(), Verbose: r.Verbose}
+		return stdout.Bytes(), &Error{Args: append([]string{tool}, args...), Err: err, Stderr: tail.String(), Verbose: r.Verbose, TraceHint: r.TraceHint}
 	}
 	return stdout.Bytes(), nil
 }
@@ -158,6 +182,12 @@ func (r *Runner) JSON(ctx context.Context, v any, tool string, args ...string) e
 func noise(line string) bool {
 	return strings.Contains(line, "you did not specify '--add-root'") || strings.TrimSpace(line) == "added 0 signatures"
 }
+
+// traceMax is how much of Nix's output an error keeps with ShowTrace: a
+// NixOS module's trace runs to tens of KiB (Nix 2.8 repeats recursive
+// frames; later releases count them), and the error must keep its
+// first line, which 2.8 prints before the trace.
+const traceMax = 1 << 20
 
 // tailWriter keeps the last max bytes of complete lines.
 type tailWriter struct {

@@ -52,3 +52,35 @@ func TestCommandEnablesFeatures(t *testing.T) {
 		}
 	}
 }
+
+// ShowTrace turns the setting on for the call and keeps the whole trace
+// in the error, first line included (Nix 2.8 prints the error, then the
+// trace); TraceHint rewords Nix's advice to name the flag that does it.
+func TestShowTrace(t *testing.T) {
+	testenv.Tool(t, "sh", "a POSIX shell stands in for nix")
+	t.Setenv("NIX_CONFIG", "")
+	// A long trace, as Nix 2.8 prints one, when show-trace is on; the
+	// advice to turn it on otherwise.
+	script := `case "$NIX_CONFIG" in
+*"show-trace = true"*)
+  echo "error: boom" >&2
+  i=0; while [ $i -lt 2000 ]; do echo "       … while evaluating 'f' (frame $i)" >&2; i=$((i+1)); done ;;
+*) echo "error: boom" >&2; echo "(use '--show-trace' to show detailed location information)" >&2 ;;
+esac
+exit 1`
+	r := &Runner{TraceHint: "nix-hive --show-trace"}
+	_, err := r.Run(context.Background(), "sh", "-c", script)
+	if err == nil || err.Error() != "error: boom\n(use 'nix-hive --show-trace' to show detailed location information)" {
+		t.Errorf("without ShowTrace: %v", err)
+	}
+	r.ShowTrace = true
+	_, err = r.Run(context.Background(), "sh", "-c", script)
+	if err == nil || !strings.HasPrefix(err.Error(), "error: boom\n") || !strings.HasSuffix(err.Error(), "(frame 1999)") {
+		t.Errorf("with ShowTrace, the error lacks the start or the end of the trace: %.200q", err)
+	}
+	// Without a hint, Nix's words stay.
+	var plain *Error
+	if _, err := (&Runner{}).Run(context.Background(), "sh", "-c", script); !errors.As(err, &plain) || !strings.Contains(err.Error(), "use '--show-trace'") {
+		t.Errorf("without a hint: %v", err)
+	}
+}

@@ -133,6 +133,7 @@ let
   out = flake.outputs { self = out; nixpkgs = ` + stubNixpkgs(lib) + `; };
   pkg = out.packages.x86_64-linux.default;
   hive = out.lib.mkHive { systems.a.toplevel = null; instances.x.system = "a"; };
+  takes = revision: (builtins.tryEval (pkg.override { inherit revision; }).ldflags).success;
 in {
   subPackages = pkg.subPackages;
   mainProgram = pkg.meta.mainProgram;
@@ -141,6 +142,17 @@ in {
   instances = builtins.attrNames hive.inventory.instances;
   module = builtins.isPath out.nixosModules.default;
   devShell = builtins.isFunction out.lib.mkDevShell;
+  # What the package stamps into --version for each kind of source.
+  ldflags = let
+    from = self: (flake.outputs { inherit self; nixpkgs = ` + stubNixpkgs(lib) + `; }).packages.x86_64-linux.default.ldflags;
+  in {
+    clean = from (out // { rev = "` + testCommit + `"; });
+    dirty = from (out // { dirtyRev = "` + testCommit + `-dirty"; });
+    unknown = pkg.ldflags;
+  };
+  # Nothing but a commit reaches the linker's command line.
+  refused = takes "main -X main.version=evil";
+  accepted = takes "` + testCommit[:7] + `";
 }`
 	var got struct {
 		SubPackages []string `json:"subPackages"`
@@ -150,6 +162,11 @@ in {
 		Instances   []string `json:"instances"`
 		Module      bool     `json:"module"`
 		DevShell    bool     `json:"devShell"`
+		Ldflags     struct {
+			Clean, Dirty, Unknown []string
+		} `json:"ldflags"`
+		Refused  bool `json:"refused"`
+		Accepted bool `json:"accepted"`
 	}
 	nixEvalJSON(t, expr, &got)
 	if len(got.SubPackages) != 1 || got.SubPackages[0] != "cmd/nix-hive" || got.MainProgram != "nix-hive" ||
@@ -157,7 +174,18 @@ in {
 		len(got.Instances) != 1 || !got.Module || !got.DevShell {
 		t.Fatalf("unexpected flake outputs: %+v", got)
 	}
+	if !slices.Contains(got.Ldflags.Clean, "-X main.revision="+testCommit) ||
+		!slices.Contains(got.Ldflags.Dirty, "-X main.revision="+testCommit+"-dirty") ||
+		slices.ContainsFunc(got.Ldflags.Unknown, func(f string) bool { return strings.Contains(f, "main.revision") }) {
+		t.Errorf("the flake's package stamps the wrong revision: %+v", got.Ldflags)
+	}
+	if got.Refused || !got.Accepted {
+		t.Errorf("package.nix takes a revision that is no commit (%v), or refuses an abbreviated commit (%v)", got.Refused, !got.Accepted)
+	}
 }
+
+// testCommit stands for a commit nix-hive is built from.
+const testCommit = "63031cc5c972d634676334fb154ce2ec34bf79cb"
 
 // releaseFiles is what a release tarball of this checkout holds: the
 // files git tracks, as they are in the working tree, plus new files not
