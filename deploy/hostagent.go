@@ -24,7 +24,7 @@ import (
 // The script is versioned by its content: nix-hive uses a host's agent
 // only when it is exactly this nix-hive's (`nix-hive-agent version`), so
 // a host never runs programs of another release. lib/module.nix installs
-// it (nix-hive.deployUser), `nix-hive agent` prints it for other hosts.
+// it (nix-hive.sudo.user), `nix-hive agent` prints it for other hosts.
 
 // realiseProgram TIMEOUT PORT KNOWN_HOSTS SUBSTITUTER PUBLIC_KEY PATH...
 // realises store paths from a substituter, signatures required, as a
