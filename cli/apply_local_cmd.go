@@ -72,7 +72,7 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 	}
 	prep.Plan.Local() // before --confirm shows it
 	if c.Confirm {
-		if err := confirm(ctx, g, prep, st, deploy.Local{}, nix, &c.Activation, 1); err != nil {
+		if err := confirm(ctx, g, prep, st, deploy.Local{}, nix, &c.Activation, 1, false); err != nil {
 			return err
 		}
 	}

@@ -108,6 +108,26 @@ func writeDiff(w io.Writer, indent string, f deploy.ChangeFrom) {
 		deploy.HumanBytes(d.OldSize), deploy.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
 }
 
+// warnUntrusting says, before anything is touched, which consumers will
+// refuse the closures their store serves because their nix.conf does not
+// trust the hive's key, and the two ways out.
+func (pc *planChanges) warnUntrusting(g *Globals, key string) {
+	var who []string
+	for _, s := range pc.Systems {
+		who = append(who, s.Untrusting...)
+	}
+	if len(who) == 0 {
+		return
+	}
+	slices.SortFunc(who, func(a, b string) int { return strings.Compare(a, b) })
+	names := strings.Join(who, ", ")
+	if len(who) > 10 {
+		names = strings.Join(who[:10], ", ") + fmt.Sprintf(" and %d more", len(who)-10)
+	}
+	fmt.Fprintf(g.stderr, "nix-hive: warning: %s substitute from a store, and their nix.conf does not trust the hive's key %s: they will refuse its closures. Set nix-hive.publicKey on them (lib/module.nix), or deploy with --trust-hive-key: %s\n",
+		plural(len(who), "consumer"), key, names)
+}
+
 // planCounts are the numbers a plan states, computed once for its
 // summary and for deploy --confirm's question, so that they agree: the
 // targets, and of them those whose system changes, those that run it

@@ -109,7 +109,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	if c.Confirm {
-		if err := confirm(ctx, g, prep, st, pool, nix, &c.Activation, cmp.Or(c.Parallel, deploy.AutoParallel(prep.Plan))); err != nil {
+		if err := confirm(ctx, g, prep, st, pool, nix, &c.Activation, cmp.Or(c.Parallel, deploy.AutoParallel(prep.Plan)), c.TrustHiveKey); err != nil {
 			return err
 		}
 	}
@@ -133,12 +133,16 @@ var errNotConfirmed = errors.New("not confirmed: no host was touched")
 
 // confirm shows the plan and what it changes on the hosts (asked through
 // remote, parallel at once), and asks on stdin.
-func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int) error {
-	changes := &planChanges{Systems: deploy.Changes(ctx, deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory,
-		Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel})}
+func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
+	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel}
+	if !trustKey { // consumers are given the key: their nix.conf does not matter
+		req.PublicKey, _ = prep.Hive.PublicKey()
+	}
+	changes := &planChanges{Systems: deploy.Changes(ctx, req)}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	changes.warnUntrusting(g, req.PublicKey)
 	writePlan(g.stderr, prep, planSizes(ctx, g, nix, prep.Plan), changes, g.Verbose)
 	fmt.Fprint(g.stderr, countPlan(prep.Plan, changes, c.Force).question(c.Goal))
 	answer, err := bufio.NewReader(g.stdin).ReadString('\n')

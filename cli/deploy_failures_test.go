@@ -23,6 +23,20 @@ func summaryLine(out, instance string) string {
 
 func TestDeployUntrustedKeyIsRefused(t *testing.T) {
 	s := newSeedTrusting(t, map[string]bool{"www-2": true})
+	// plan, and deploy --confirm before it asks, say so first: they ask
+	// the hosts anyway, and read their nix.conf on the way.
+	const untrusting = `warning: 1 consumer substitute from a store, and their nix.conf does not trust the hive's key`
+	code, _, errOut := s.run("plan")
+	if code != 0 || !strings.Contains(errOut, untrusting) || !strings.HasSuffix(strings.TrimSpace(errOut), ": www-2") {
+		t.Errorf("plan: exit %d, does not warn that www-2 (alone) will refuse the closures:\n%s", code, errOut)
+	}
+	code, _, errOut = s.run("deploy", "--confirm", "portico", "*")
+	if code == 0 || !strings.Contains(errOut, untrusting) || s.current("www-1") != "" {
+		t.Errorf("deploy --confirm answered no: exit %d, or no warning before the question, or a host was touched:\n%s", code, errOut)
+	}
+	if _, _, errOut = s.run("deploy", "--confirm", "--trust-hive-key", "portico", "*"); strings.Contains(errOut, untrusting) {
+		t.Errorf("deploy --confirm --trust-hive-key warns that consumers will refuse the key it gives them")
+	}
 	code, out, _ := s.run("deploy", "portico", "*")
 	if code == 0 {
 		t.Fatal("deploy succeeded although www-2 does not trust the hive key")

@@ -148,6 +148,11 @@ func TestNoSigningKeyForConsumers(t *testing.T) {
 	if strings.Contains(o.String()+e.String(), "push") {
 		t.Errorf("something was pushed:\n%s%s", o.String(), e.String())
 	}
+	// plan warns of it.
+	e.Reset()
+	if code := cli.Main("test", []string{"-c", dir, "plan", "--offline"}, &o, &e); code != 0 || !strings.Contains(e.String(), "warning: ") || !strings.Contains(e.String(), "nix-hive keygen") {
+		t.Errorf("plan of consumers without a signing key: exit %d, no warning:\n%s", code, e.String())
+	}
 }
 
 // The exit-status contract, command by command: 0 ok, 1 a host failed, 2

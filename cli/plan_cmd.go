@@ -89,6 +89,9 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 	if err != nil {
 		return err
 	}
+	if err := prep.Unsigned(); err != nil {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %v (deploy refuses it)\n", err)
+	}
 	var changes *planChanges
 	if format == "text" || format == "json" {
 		// A graph shows the distribution, not the hosts' systems: it asks
@@ -140,8 +143,11 @@ func (c *PlanCmd) changes(ctx context.Context, g *Globals, prep *deploy.Prepared
 			return nil, err
 		}
 		req.Remote = pool
+		req.PublicKey, _ = prep.Hive.PublicKey() // no key: Prepare refused consumers already
 	}
-	return &planChanges{Offline: c.Offline, Systems: deploy.Changes(ctx, req)}, nil
+	pc := &planChanges{Offline: c.Offline, Systems: deploy.Changes(ctx, req)}
+	pc.warnUntrusting(g, req.PublicKey)
+	return pc, nil
 }
 
 // planSizes are the closure sizes of the plan's systems when this machine

@@ -131,6 +131,11 @@ fi
 line boot /proc/sys/kernel/random/boot_id
 line rebootmark /run/nix-hive/reboot
 if command -v gzip >/dev/null; then echo gzip=1; fi
+t=
+while IFS= read -r l; do
+  l=${l%%#*}
+  case $l in *trusted-public-keys*=*) set -- ${l%%=*}; case $1 in trusted-public-keys|extra-trusted-public-keys) t="$t ${l#*=}" ;; esac ;; esac
+done </etc/nix/nix.conf && echo "trusted=$t"
 } 2>/dev/null
 `
 
@@ -278,6 +283,10 @@ type HostState struct {
 	RebootMark string `json:"-"`
 	// Gzip says the host has gzip: the job script goes there compressed.
 	Gzip bool `json:"-"`
+	// Trusted are the keys the host's /etc/nix/nix.conf trusts
+	// (trusted-public-keys and extra-trusted-public-keys), when TrustRead.
+	Trusted   []string `json:"-"`
+	TrustRead bool     `json:"-"`
 }
 
 // LastActivation is a host's record of the last activation nix-hive ran
@@ -321,6 +330,8 @@ func parseHostState(out string) HostState {
 			hs.RebootMark = v
 		case "gzip":
 			hs.Gzip = v == "1"
+		case "trusted":
+			hs.Trusted, hs.TrustRead = strings.Fields(v), true
 		}
 	}
 	return hs

@@ -25,6 +25,10 @@ type SystemChange struct {
 	// Unknown are the instances whose current system is not known, with
 	// why (unreachable, no record in hive.state).
 	Unknown map[string]string `json:"unknown,omitempty"`
+	// Untrusting are the instances that substitute from a store and whose
+	// nix.conf does not trust the hive's key (ChangesRequest.PublicKey):
+	// they will refuse its closures unless told to trust it.
+	Untrusting []string `json:"untrusting,omitempty"`
 }
 
 // ChangeFrom is the instances that run one system now, and what the
@@ -46,6 +50,9 @@ type ChangesRequest struct {
 	State    *state.File
 	Nix      *nixcmd.Runner
 	Parallel int
+	// PublicKey, if set, is the hive's: consumers asked what they run are
+	// also checked for trusting it (SystemChange.Untrusting).
+	PublicKey string
 }
 
 // Changes compares every system of the plan with what its targets run:
@@ -55,7 +62,7 @@ type ChangesRequest struct {
 // system it lacks is read from one instance that runs it.
 func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 	targets := r.Plan.Targets
-	running, unknown := currentSystems(ctx, r, targets)
+	running, unknown, states := currentSystems(ctx, r, targets)
 	bySystem := map[string]*SystemChange{}
 	groups := map[string]map[string][]string{} // system -> running path -> instances
 	for _, n := range targets {
@@ -65,6 +72,10 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 			sc = &SystemChange{System: h.System, Wanted: h.OutPath, Unchanged: []string{}, From: []ChangeFrom{}}
 			bySystem[h.System] = sc
 			groups[h.System] = map[string][]string{}
+		}
+		if hs, ok := states[n]; ok && r.PublicKey != "" && h.Source.Kind != SourcePush && h.Source.Kind != SourceLocal &&
+			hs.TrustRead && !slices.Contains(hs.Trusted, r.PublicKey) {
+			sc.Untrusting = append(sc.Untrusting, n)
 		}
 		switch p, ok := running[n]; {
 		case !ok:
@@ -104,9 +115,9 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 }
 
 // currentSystems is what each target runs now (absent when unknown, with
-// why in unknown).
-func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (running, unknown map[string]string) {
-	running, unknown = map[string]string{}, map[string]string{}
+// why in unknown), and, when the hosts were asked, what they said.
+func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (running, unknown map[string]string, states map[string]HostState) {
+	running, unknown, states = map[string]string{}, map[string]string{}, map[string]HostState{}
 	if r.Remote == nil {
 		for _, n := range targets {
 			rec, ok := r.State.Instances[n]
@@ -120,7 +131,7 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 				running[n] = path
 			}
 		}
-		return running, unknown
+		return running, unknown, states
 	}
 	rows := Inspect(ctx, r.Remote, r.Inventory, targets, nil, r.Parallel)
 	for _, row := range rows {
@@ -129,8 +140,9 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 			continue
 		}
 		running[row.Instance] = row.Active
+		states[row.Instance] = row.HostState
 	}
-	return running, unknown
+	return running, unknown, states
 }
 
 // recordedRunning is what an instance runs by its last deploy's record:

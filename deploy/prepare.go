@@ -68,6 +68,25 @@ func Prepare(ctx context.Context, r Request) (*Prepared, error) {
 	return &Prepared{Hive: r.Hive, Plan: plan, Policy: r.Policy, Waves: waves}, nil
 }
 
+// Unsigned is the hive error of a plan whose consumers substitute from a
+// store while the hive has no signing key: they would refuse every
+// closure. nil when the hive signs, or nothing substitutes.
+func (prep *Prepared) Unsigned() error {
+	if pk, err := prep.Hive.PublicKey(); err != nil || pk != "" {
+		return err
+	}
+	subs := prep.Plan.substituting()
+	if len(subs) == 0 {
+		return nil
+	}
+	verb := "substitute"
+	if len(subs) == 1 {
+		verb = "substitutes"
+	}
+	return eval.InHive(fmt.Errorf("%s: %s %s from a store, which needs closures signed by the hive, and the hive has no signing key: run `nix-hive keygen` and set signing.keyFile = \"keys/hive.sec\";",
+		prep.Hive.Src.File, countNames(subs, "instance"), verb))
+}
+
 // Deploy carries out a prepared plan: closures leave through nix copy with
 // the pool's OpenSSH configuration, everything else goes over the pool,
 // policy checks included.
@@ -76,16 +95,11 @@ func Deploy(ctx context.Context, prep *Prepared, pool *transport.Pool, nix *nixc
 	if opts.PublicKey, err = prep.Hive.PublicKey(); err != nil {
 		return nil, err
 	}
-	if opts.PublicKey == "" && !opts.SkipPush {
-		if subs := prep.Plan.substituting(); len(subs) > 0 {
-			// Consumers require signatures; without a hive key they would
-			// fail one by one, each with advice that cannot help.
-			verb := "substitute"
-			if len(subs) == 1 {
-				verb = "substitutes"
-			}
-			return nil, eval.InHive(fmt.Errorf("%s: %s %s from a store, which needs closures signed by the hive, and the hive has no signing key: run `nix-hive keygen` and set signing.keyFile = \"keys/hive.sec\";",
-				prep.Hive.Src.File, countNames(subs, "instance"), verb))
+	if !opts.SkipPush {
+		// Consumers require signatures; without a hive key they would fail
+		// one by one, each with advice that cannot help.
+		if err := prep.Unsigned(); err != nil {
+			return nil, err
 		}
 	}
 	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Privilege)
