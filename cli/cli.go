@@ -56,7 +56,7 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 		Name: "nix-hive",
 		Tree: &cli,
 		Options: append([]kong.Option{
-			kong.Description("Deploy a handful of NixOS systems to fleets of hosts."),
+			kong.Description("Deploy a handful of NixOS systems to fleets of hosts.\n\nExit status, for every command:\n" + cmdline.ContractText()),
 			kong.Vars{"version": "nix-hive " + versionString(version)},
 			kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 			kong.Bind(g),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -163,7 +164,8 @@ func TestExitStatusContract(t *testing.T) {
 	bad := t.TempDir()
 	writeFile(t, filepath.Join(bad, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; hostkey = "x"; }; }`)
 	good := t.TempDir()
-	writeFile(t, filepath.Join(good, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; host = "127.77.0.1"; }; }`)
+	writeFile(t, filepath.Join(good, "hive.nix"), `{ systems.www.toplevel = null; instances.a = { system = "www"; host = "127.77.0.1"; };
+  instances.www-1 = { system = "www"; host = "127.77.0.1"; }; }`)
 	commands := [][]string{
 		{"build"}, {"plan"}, {"deploy"}, {"status"}, {"rollback", "*"}, {"run", "*", "--", "true"},
 		{"ssh", "a"}, {"scp", "/etc/hostname", "a:/tmp/x"}, {"keys", "list"}, {"keys", "upload"}, {"ssh-config"},
@@ -192,10 +194,30 @@ func TestExitStatusContract(t *testing.T) {
 			t.Errorf("%s: exit %d, want 2 (a target matching nothing)\n%s", strings.Join(c, " "), code, msg)
 		}
 	}
-	for _, c := range [][]string{{"rollback"}, {"run", "--", "uname"}, {"deploy", "--reboot"}} {
+	for _, c := range [][]string{{"rollback"}, {"run", "--", "uname"}, {"deploy", "--reboot"},
+		{"scp", "/etc/hostname", "/tmp/x"}, {"scp", "a:/x", "a:/y"}} {
 		if code, msg := run(good, c...); code != 2 {
 			t.Errorf("%s: exit %d, want 2 (usage)\n%s", strings.Join(c, " "), code, msg)
 		}
+	}
+	// An instance named on the command line that the hive lacks: 2, with
+	// the nearest name.
+	for _, c := range [][]string{{"ssh", "www-9"}, {"ssh", "www-9", "true"}, {"scp", "/etc/hostname", "www-9:/tmp/x"}, {"scp", "www-9:/etc/hostname", "/tmp/x"},
+		{"apply-local", "--instance", "www-9"}} {
+		if code, msg := run(good, c...); code != 2 || !strings.Contains(msg, `no instance "www-9"`) || !strings.Contains(msg, `did you mean "www-1"?`) {
+			t.Errorf("%s: exit %d, want 2 (no such instance, did you mean www-1)\n%s", strings.Join(c, " "), code, msg)
+		}
+	}
+	// A tool the command line needs is missing: 2. PATH keeps nix alone.
+	bin := t.TempDir()
+	for _, tool := range []string{"nix", "nix-store", "nix-instantiate"} {
+		if p, err := exec.LookPath(tool); err == nil {
+			os.Symlink(p, filepath.Join(bin, tool))
+		}
+	}
+	t.Setenv("PATH", bin)
+	if code, msg := run(good, "plan", "--format", "svg"); code != 2 || !strings.Contains(msg, "Graphviz") {
+		t.Errorf("plan --format svg without Graphviz: exit %d, want 2\n%s", code, msg)
 	}
 	if code, msg := run(filepath.Join(good, "nowhere"), "plan"); code != 2 || !strings.Contains(msg, "nowhere") {
 		t.Errorf("-c to a missing hive: exit %d, want 2\n%s", code, msg)

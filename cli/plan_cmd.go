@@ -75,7 +75,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 		// not cost that wait.
 		var err error
 		if dotPath, err = exec.LookPath("dot"); err != nil {
-			return fmt.Errorf("--format svg needs Graphviz's dot (%w): install graphviz (apt-get install graphviz), or use --format dot and render it elsewhere", err)
+			return cmdline.UsageError{Err: fmt.Errorf("--format svg needs Graphviz's dot (%w): install graphviz (apt-get install graphviz), or use --format dot and render it elsewhere", err)}
 		}
 	}
 	mode := c.paths(eval.Evaluate)

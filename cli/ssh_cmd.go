@@ -25,7 +25,7 @@ type SSHCmd struct {
 
 // sshFailure is OpenSSH's exit status for its own failures (no connection,
 // connection lost), so scripts can tell them from the remote command's.
-const sshFailure = 255
+const sshFailure = cmdline.SSHFailure
 
 func (c *SSHCmd) Help() string {
 	return `Opens an interactive shell (with a pty when run from a terminal) on an
@@ -43,7 +43,7 @@ joins them with spaces):
 
 func (c *SSHCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
 	if _, ok := h.Inventory.Instances[c.Instance]; !ok {
-		return fmt.Errorf("ssh: no instance %q in %s", c.Instance, h.Src.File)
+		return fmt.Errorf("ssh: %w", h.Inventory.NoSuchInstance(c.Instance))
 	}
 	args := c.Command
 	if len(args) > 0 && args[0] == "--" {
@@ -87,7 +87,20 @@ SSH connection: instance:path on either side, directories with -r, modes
 preserved, each file written under a temporary name and renamed into place.`
 }
 
-func (c *SCPCmd) Run(ctx context.Context, g *Globals, pool *transport.Pool) error {
+func (c *SCPCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
+	// What the command line says is checked before anything connects: a
+	// usage error, or an instance the hive lacks, is 2 as everywhere.
+	si, _ := transport.SplitTarget(c.Src)
+	di, _ := transport.SplitTarget(c.Dst)
+	switch {
+	case si == "" && di == "":
+		return cmdline.UsageError{Err: fmt.Errorf("scp %s %s: neither side is an instance (write instance:path)", c.Src, c.Dst)}
+	case si != "" && di != "":
+		return cmdline.UsageError{Err: fmt.Errorf("scp %s %s: copying between two instances is not supported; copy through a local directory", c.Src, c.Dst)}
+	}
+	if in := si + di; h.Inventory.Instances[in] == nil {
+		return fmt.Errorf("scp: %w", h.Inventory.NoSuchInstance(in))
+	}
 	var progress func(done, total int64)
 	if !c.Quiet {
 		if f, ok := g.stderrRaw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

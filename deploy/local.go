@@ -88,11 +88,11 @@ func ThisInstance(inv *eval.Inventory, name string) (string, error) {
 	sort.Strings(found)
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("no instance is named %q or has host = %q: name this machine's instance with --instance", short, host)
+		return "", eval.InHive(fmt.Errorf("no instance is named %q or has host = %q: name this machine's instance with --instance", short, host))
 	case 1:
 		return found[0], nil
 	}
-	return "", fmt.Errorf("instances %s all match this machine (%s): choose one with --instance", strings.Join(found, ", "), host)
+	return "", eval.InHive(fmt.Errorf("instances %s all match this machine (%s): choose one with --instance", strings.Join(found, ", "), host))
 }
 
 // LocalHive is h reduced to instance name, reached on this machine as

@@ -3,11 +3,14 @@
 package docs
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 )
 
 const module = "github.com/nix-hive/nix-hive/"
@@ -66,5 +69,29 @@ func TestMapMatchesGoList(t *testing.T) {
 	}
 	for pkg := range documented {
 		t.Errorf("design.md's map lists %s, which go list does not know", pkg)
+	}
+}
+
+// TestExitStatusTableMatchesContract: the README's table of exit statuses
+// is cmdline.Contract, which --help prints and the cli tests enforce.
+func TestExitStatusTableMatchesContract(t *testing.T) {
+	doc, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(doc), "<!-- exit-status: begin -->")
+	table, _, _ = strings.Cut(table, "<!-- exit-status: end -->")
+	var rows []string
+	for _, line := range strings.Split(table, "\n") {
+		if cells := strings.Split(line, "|"); len(cells) == 4 && strings.TrimSpace(cells[1]) != "status" && !strings.HasPrefix(strings.TrimSpace(cells[1]), "-") {
+			rows = append(rows, strings.TrimSpace(cells[1])+" "+strings.TrimSpace(cells[2]))
+		}
+	}
+	var want []string
+	for _, c := range cmdline.Contract {
+		want = append(want, fmt.Sprintf("%d %s", c.Code, c.Meaning))
+	}
+	if !slices.Equal(rows, want) {
+		t.Errorf("README's exit statuses:\n%s\nwant cmdline.Contract:\n%s", strings.Join(rows, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -22,7 +23,32 @@ const (
 	Failure     = 1
 	Usage       = 2
 	Interrupted = 130
+	// SSHFailure is OpenSSH's status for its own failures (no connection),
+	// which nix-hive ssh keeps; otherwise it exits with the remote's.
+	SSHFailure = 255
 )
+
+// Contract says what each exit status means, for every command: the
+// README and --help show it, and the tests hold every command to it.
+var Contract = []struct {
+	Code    int
+	Meaning string
+}{
+	{OK, "success"},
+	{Failure, "a host failed or could not be reached; or deploy --confirm was declined (nothing was done)"},
+	{Usage, "a usage error (an unknown flag, flags that contradict, no hive where -c points, a tool the command line needs is missing) or a mistake in the hive (an unknown attribute, an expression that does not evaluate, a target or instance that matches nothing, with a did-you-mean, a refused value)"},
+	{Interrupted, "interrupted (Ctrl-C, SIGTERM)"},
+	{SSHFailure, "ssh only: it could not connect or lost the connection, as OpenSSH; otherwise ssh exits with the remote command's status"},
+}
+
+// ContractText is Contract as lines of "CODE  meaning".
+func ContractText() string {
+	var b strings.Builder
+	for _, c := range Contract {
+		fmt.Fprintf(&b, "%4d  %s\n", c.Code, c.Meaning)
+	}
+	return b.String()
+}
 
 // ExitError carries an exit status a command chose (ssh passing the
 // remote one through, say); nothing more is printed.
