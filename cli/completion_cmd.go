@@ -995,10 +995,17 @@ function __nix_hive_names
 	$__nix_hive_prog $args 2>/dev/null
 end
 
+# __nix_hive_token: the token at the cursor as nix-hive will get it, its
+# quotes and backslashes removed (what completes here has none): fish
+# matches what a function offers against that, not the token as typed.
+function __nix_hive_token
+	string replace -ra -- '[\'"\\\\]' '' (commandline -ct)
+end
+
 # __nix_hive_list WORD...: complete the last word of a comma-separated
 # list with the WORDs not given yet.
 function __nix_hive_list
-	set -l tok (string replace -r -- '^--[^=]*=' '' (commandline -ct))
+	set -l tok (string replace -r -- '^--[^=]*=' '' (__nix_hive_token))
 	set -l pre (string replace -r -- '[^,]*$' '' "$tok")
 	set -l given (string split , -- "$pre")
 	for w in $argv
@@ -1032,7 +1039,7 @@ function __nix_hive_args
 		set -l sub (__nix_hive_children "$__nix_hive_path")
 		test (count $sub) = 0; or return
 	end
-	set -l tok (commandline -ct)
+	set -l tok (__nix_hive_token)
 	set -l kind (__nix_hive_argkind "$__nix_hive_path" $__nix_hive_npos)
 	switch $kind
 		case targets

@@ -220,6 +220,7 @@ var completionCases = []completionCase{
 	{line: "nix-hive scp -r hive", want: []string{"hive.nix"}},
 	{line: "nix-hive scp www-1:", not: []string{"www-1:"}, tab: "nix-hive scp www-1:"},
 	{line: "nix-hive deploy --no build,p", want: []string{"build,push"}, not: []string{"build,build"}, tab: "nix-hive deploy --no build,push "},
+	{line: "nix-hive deploy --no 'build,p", want: []string{"build,push"}, not: []string{"build,build"}, tab: "nix-hive deploy --no 'build,push' "},
 	{line: "nix-hive completion ", want: []string{"bash", "zsh", "fish"}},
 	{line: "nix-hive deploy ", hive: hiveNone, not: seedTargets},
 	{line: "nix-hive -c SEED deploy @", hive: hiveNone, want: seedTags},
@@ -235,6 +236,7 @@ var completionCases = []completionCase{
 	{line: "nix-hive deploy w", want: []string{"www-1", "www-2", "www-3"}, not: []string{"@web"}, tab: "nix-hive deploy www-"},
 	{line: "nix-hive run @w", want: []string{"@web"}, not: seedInstances, tab: "nix-hive run @web "},
 	{line: "nix-hive run www-*,@w", want: []string{"www-*,@web"}, not: []string{"www-*,www-1"}, tab: "nix-hive run www-*,@web "},
+	{line: "nix-hive run 'www-*,@w", want: []string{"www-*,@web"}, not: []string{"www-*,www-1"}, tab: "nix-hive run 'www-*,@web' "},
 	{line: `nix-hive deploy "@s`, want: []string{"@storage"}, not: []string{"storage"}, tab: `nix-hive deploy "@storage" `},
 	{line: "nix-hive deploy www-1 \\@w", want: []string{"@web"}, not: seedInstances, tab: "nix-hive deploy www-1 @web "},
 
@@ -247,6 +249,7 @@ var completionCases = []completionCase{
 	{line: "nix-hive deploy e", hive: hiveTagged, want: []string{"eu/web+1"}, not: []string{"@eu/west"}, tab: "nix-hive deploy eu/web+1 "},
 	{line: "nix-hive deploy d", hive: hiveTagged, want: []string{"db.eu-1", "db.eu-2"}, tab: "nix-hive deploy db.eu-"},
 	{line: "nix-hive run db.eu-1,@team:w", hive: hiveTagged, want: []string{"db.eu-1,@team:web"}, tab: "nix-hive run db.eu-1,@team:web "},
+	{line: "nix-hive run 'db.eu-1,@env=s", hive: hiveTagged, want: []string{"db.eu-1,@env=staging"}, tab: "nix-hive run 'db.eu-1,@env=staging' "},
 	{line: "nix-hive ssh e", hive: hiveTagged, want: []string{"eu/web+1"}, not: []string{"@eu/west"}, tab: "nix-hive ssh eu/web+1 "},
 	{line: "nix-hive scp eu", hive: hiveTagged, want: []string{"eu/web+1:"}, tab: "nix-hive scp eu/web+1:"},
 }
