@@ -427,39 +427,72 @@ const bashHead = `# bash completion for nix-hive                             -*-
 # flags. Instance names and @tags come from nix-hive itself, which evaluates
 # the hive in the current directory (or the one -c/--config names) on Tab.
 
-# _nix_hive_split sets words and cword from COMP_WORDS, with what bash
-# split at : and = (COMP_WORDBREAKS) joined again: instance:path and
-# --flag=value are one word to nix-hive.
+# _nix_hive_split sets words and cword to the words up to the cursor as
+# nix-hive will get them: split at blanks, quotes and backslashes removed.
+# Not COMP_WORDS: bash splits those at each character of COMP_WORDBREAKS
+# (@ : = among them), but @tag, @env=prod, instance:path and --flag=value
+# are one word each to nix-hive.
+# It sets keep to what bash keeps of the current word: the part before $1,
+# the text bash replaces with a reply (readline's word, which starts at
+# the last character of COMP_WORDBREAKS if that is @, else after it, or
+# after an open quote). A caller that passes COMP_WORDS' word as $1 instead
+# (bash-completion's _command_offset, for sudo nix-hive) passes the @ as a
+# word of its own, and the : or = that readline does not replace.
 _nix_hive_split() {
-	local line=$COMP_LINE gap w i n
-	words=() cword=0
-	for ((i = 0; i < ${#COMP_WORDS[@]}; i++)); do
-		w=${COMP_WORDS[i]} n=$((${#words[@]} - 1))
-		gap=${line%%[![:space:]]*}
-		line=${line#"$gap"}
-		line=${line#"$w"}
-		if ((i > 1)) && [[ -z $gap ]] && [[ $w == :* || $w == =* || ${words[n]} == *: || ${words[n]} == *= ]]; then
-			words[n]+=$w
+	local line=${COMP_LINE:0:COMP_POINT} text=$1 c q= w= i start=0 mark
+	while [[ $text == [!@]* && $COMP_WORDBREAKS == *"${text:0:1}"* ]]; do
+		text=${text:1}
+	done
+	mark=$((${#line} - ${#text}))
+	((mark > 0)) && [[ $text != @* && ${line:mark-1:1} == @ ]] && ((mark -= 1))
+	words=() keep=
+	for ((i = 0; i < ${#line}; i++)); do
+		((i == mark)) && keep=$w
+		c=${line:i:1}
+		if [[ $q == "'" ]]; then
+			if [[ $c == "'" ]]; then q=; else w+=$c; fi
+		elif [[ $q == '"' ]]; then
+			if [[ $c == '"' ]]; then
+				q=
+			elif [[ $c == '\' && ${line:i+1:1} == [\$\"\\\` + "`" + `] ]]; then
+				w+=${line:i+1:1}
+				((i += 1))
+			else
+				w+=$c
+			fi
+		elif [[ $c == [$' \t\n'] ]]; then
+			((i > start)) && words+=("$w")
+			w= start=$((i + 1))
+		elif [[ $c == [\"\'] ]]; then
+			q=$c
+		elif [[ $c == '\' ]]; then
+			w+=${line:i+1:1}
+			((i += 1))
 		else
-			words+=("$w")
+			w+=$c
 		fi
-		((i == COMP_CWORD)) && cword=$((${#words[@]} - 1))
+	done
+	((i == mark)) && keep=$w
+	# bash's word begins before this one only if COMP_WORDBREAKS lacks
+	# the blanks: keep nothing
+	((mark < start)) && keep=
+	words+=("$w")
+	cword=$((${#words[@]} - 1))
+}
+
+# _nix_hive_offer CUR [PREFIX [SUFFIX]]: reply with each line of standard
+# input that starts with CUR, between PREFIX and SUFFIX. Lines are compared
+# and replied as they are: compgen -W would expand them.
+_nix_hive_offer() {
+	local w
+	while IFS= read -r w; do
+		[[ -n $w && $w == "$1"* ]] && COMPREPLY+=("${2-}$w${3-}")
 	done
 }
 
-# _nix_hive_trim drops from the replies what bash does not replace: the
-# current word up to its last : or = (when bash splits words there).
-_nix_hive_trim() {
-	local keep=$cur
-	[[ $COMP_WORDBREAKS == *:* ]] && keep=${keep##*:}
-	[[ $COMP_WORDBREAKS == *=* ]] && keep=${keep##*=}
-	local pre=${cur%"$keep"}
-	[[ -n $pre ]] && COMPREPLY=("${COMPREPLY[@]#"$pre"}")
-}
-
+# _nix_hive_words WORDS CUR: the space-separated WORDS that start with CUR.
 _nix_hive_words() {
-	local IFS=$' \t\n'
-	COMPREPLY+=($(compgen -W "$1" -- "$2"))
+	_nix_hive_offer "$2" <<<"${1// /$'\n'}"
 }
 
 # _nix_hive_list WORDS CUR: complete the last of CUR's comma-separated
@@ -468,9 +501,9 @@ _nix_hive_list() {
 	local IFS=$' \t\n' last=${2##*,} w left=
 	local pre=${2%"$last"}
 	for w in $1; do
-		[[ ,$pre == *,$w,* ]] || left+=" $w"
+		[[ ,$pre == *,$w,* ]] || left+=$w$'\n'
 	done
-	COMPREPLY+=($(compgen -P "$pre" -W "$left" -- "$last"))
+	_nix_hive_offer "$last" "$pre" <<<"$left"
 }
 
 _nix_hive_files() {
@@ -507,11 +540,11 @@ _nix_hive_arg() {
 // config flag's long and short name.
 const bashTail = `
 _nix_hive() {
-	local cur words cword _nh_prog=${COMP_WORDS[0]} _nh_config=
+	local cur words cword keep _nh_prog _nh_config=
 	local _nh_cmds _nh_flags _nh_valued _nh_args
 	COMPREPLY=()
-	_nix_hive_split
-	cur=${words[cword]}
+	_nix_hive_split "${2-${COMP_WORDS[COMP_CWORD]}}"
+	cur=${words[cword]} _nh_prog=${words[0]}
 	[[ $_nh_prog == '~/'* ]] && _nh_prog=$HOME/${_nh_prog#'~/'}
 
 	# Walk the words before the current one as nix-hive parses them:
@@ -550,8 +583,6 @@ _nix_hive() {
 		[[ $kind == rest ]] && flags=0
 		((npos++))
 	done
-	_nh_config=${_nh_config#[\"\']}
-	_nh_config=${_nh_config%[\"\']}
 
 	local IFS=$'\n'
 	if [[ -n $expect ]]; then
@@ -570,19 +601,19 @@ _nix_hive() {
 		_nix_hive_arg $npos
 		case $kind in
 		targets)
-			COMPREPLY=($(compgen -W "$(_nix_hive_names targets)" -- "$cur"))
+			_nix_hive_offer "$cur" <<<"$(_nix_hive_names targets)"
 			;;
 		instance)
-			COMPREPLY=($(compgen -W "$(_nix_hive_names instances)" -- "$cur"))
+			_nix_hive_offer "$cur" <<<"$(_nix_hive_names instances)"
 			;;
 		targetset)
 			local last=${cur##*,}
-			COMPREPLY=($(compgen -P "${cur%"$last"}" -W "$(_nix_hive_names targets)" -- "$last"))
+			_nix_hive_offer "$last" "${cur%"$last"}" <<<"$(_nix_hive_names targets)"
 			;;
 		remote)
 			# a path on an instance is not listed: that would connect
 			[[ $cur == *:* ]] && return 0
-			COMPREPLY=($(compgen -S : -W "$(_nix_hive_names instances)" -- "$cur"))
+			_nix_hive_offer "$cur" "" : <<<"$(_nix_hive_names instances)"
 			if ((${#COMPREPLY[@]})); then
 				# not -o filenames: it would quote the colons
 				local f
@@ -601,7 +632,8 @@ _nix_hive() {
 			;;
 		esac
 	fi
-	_nix_hive_trim
+	# bash replaces its word only: reply with what goes there
+	[[ -n $keep ]] && COMPREPLY=("${COMPREPLY[@]#"$keep"}")
 	return 0
 }
 
@@ -963,10 +995,17 @@ function __nix_hive_names
 	$__nix_hive_prog $args 2>/dev/null
 end
 
+# __nix_hive_token: the token at the cursor as nix-hive will get it, its
+# quotes and backslashes removed (what completes here has none): fish
+# matches what a function offers against that, not the token as typed.
+function __nix_hive_token
+	string replace -ra -- '[\'"\\\\]' '' (commandline -ct)
+end
+
 # __nix_hive_list WORD...: complete the last word of a comma-separated
 # list with the WORDs not given yet.
 function __nix_hive_list
-	set -l tok (string replace -r -- '^--[^=]*=' '' (commandline -ct))
+	set -l tok (string replace -r -- '^--[^=]*=' '' (__nix_hive_token))
 	set -l pre (string replace -r -- '[^,]*$' '' "$tok")
 	set -l given (string split , -- "$pre")
 	for w in $argv
@@ -1000,7 +1039,7 @@ function __nix_hive_args
 		set -l sub (__nix_hive_children "$__nix_hive_path")
 		test (count $sub) = 0; or return
 	end
-	set -l tok (commandline -ct)
+	set -l tok (__nix_hive_token)
 	set -l kind (__nix_hive_argkind "$__nix_hive_path" $__nix_hive_npos)
 	switch $kind
 		case targets

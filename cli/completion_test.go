@@ -3,15 +3,17 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/nix-hive/nix-hive/cli"
 	"github.com/nix-hive/nix-hive/internal/nixtest"
 	"github.com/nix-hive/nix-hive/internal/testenv"
@@ -57,11 +59,12 @@ func TestCompletionSyntax(t *testing.T) {
 }
 
 // completionEnv is a directory holding a copy of the seed hive (instances
-// portico, storage, www-1..3; tags edge, storage, web, canary) and one
-// without a hive, and the environment nix-hive evaluates them in.
+// portico, storage, www-1..3; tags edge, storage, web, canary), one of
+// testdata/completion's hive (names and tags with : = / + .), one without
+// a hive, and the environment nix-hive evaluates them in.
 type completionEnv struct {
-	seed, empty string
-	env         []string
+	seed, tagged, empty string
+	env                 []string
 }
 
 func newCompletionEnv(t *testing.T) *completionEnv {
@@ -84,7 +87,16 @@ func newCompletionEnv(t *testing.T) *completionEnv {
 		}
 		writeFile(t, to, string(data))
 	}
-	e := &completionEnv{seed: filepath.Join(dir, "examples", "seed"), empty: filepath.Join(dir, "empty")}
+	e := &completionEnv{seed: filepath.Join(dir, "examples", "seed"), tagged: filepath.Join(dir, "examples", "tagged"),
+		empty: filepath.Join(dir, "empty")}
+	data, err := os.ReadFile(filepath.Join("testdata", "completion", "hive.nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(e.tagged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(e.tagged, "hive.nix"), string(data))
 	if err := os.MkdirAll(e.empty, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -153,13 +165,25 @@ func TestCompletionNames(t *testing.T) {
 
 // completionCase is a command line completed at its end, and words the
 // shell must offer (and must not) there, each as it reads on the command
-// line once completed. SEED in line stands for the seed hive's directory.
+// line once completed (quotes removed). SEED in line stands for the seed
+// hive's directory.
 type completionCase struct {
 	line string
-	// empty: run in a directory without a hive, so names come only from -c
-	empty     bool
+	// hive is the directory it runs in: the seed hive's (""), hiveTagged
+	// (testdata/completion's hive), or hiveNone (no hive: names come only
+	// from -c)
+	hive      string
 	want, not []string
+	// tab, if set, is the line as bash leaves it after one Tab: the word
+	// replaced by the one match and a space, or by the matches' common
+	// start
+	tab string
 }
+
+const (
+	hiveTagged = "tagged"
+	hiveNone   = "none"
+)
 
 var (
 	seedInstances = []string{"portico", "storage", "www-1", "www-2", "www-3"}
@@ -175,10 +199,10 @@ var completionCases = []completionCase{
 	{line: "nix-hive deploy --g", want: []string{"--goal"}},
 	{line: "nix-hive deploy --", want: []string{"--goal", "--force", "--parallel", "--config", "--accept-new-host-keys", "--magic-rollback", "--no-magic-rollback"}},
 	{line: "nix-hive deploy --goal ", want: []string{"switch", "boot", "test", "dry-activate"}, not: []string{"www-1"}},
-	{line: "nix-hive deploy --goal=b", want: []string{"--goal=boot"}, not: []string{"--goal=switch"}},
+	{line: "nix-hive deploy --goal=b", want: []string{"--goal=boot"}, not: []string{"--goal=switch"}, tab: "nix-hive deploy --goal=boot "},
 	{line: "nix-hive deploy ", want: seedTargets},
 	{line: "nix-hive deploy --force www-1 w", want: []string{"www-2", "www-3"}, not: []string{"portico"}},
-	{line: "nix-hive plan @", want: seedTags, not: []string{"portico"}},
+	{line: "nix-hive plan @", want: seedTags, not: seedInstances, tab: "nix-hive plan @"},
 	{line: "nix-hive build ", want: seedTargets},
 	{line: "nix-hive status @w", want: []string{"@web"}, not: []string{"@edge"}},
 	{line: "nix-hive rollback ", want: seedTargets},
@@ -187,20 +211,47 @@ var completionCases = []completionCase{
 	{line: "nix-hive keys upload --sudo doas ", want: seedTargets},
 	{line: "nix-hive keys upload --p", want: []string{"--parallel"}, not: []string{"--policy"}},
 	{line: "nix-hive deploy --p", want: []string{"--parallel", "--policy"}},
-	{line: "nix-hive run www-1,@w", want: []string{"www-1,@web"}},
+	{line: "nix-hive run www-1,@w", want: []string{"www-1,@web"}, tab: "nix-hive run www-1,@web "},
 	{line: "nix-hive run ", want: seedTargets},
 	{line: "nix-hive run @web -- ", not: seedTargets},
 	{line: "nix-hive ssh ", want: seedInstances, not: seedTags},
 	{line: "nix-hive ssh www-1 ", not: seedTargets},
 	{line: "nix-hive scp ww", want: []string{"www-1:", "www-2:", "www-3:"}},
 	{line: "nix-hive scp -r hive", want: []string{"hive.nix"}},
-	{line: "nix-hive scp www-1:", not: []string{"www-1:"}},
-	{line: "nix-hive deploy --no build,p", want: []string{"build,push"}, not: []string{"build,build"}},
+	{line: "nix-hive scp www-1:", not: []string{"www-1:"}, tab: "nix-hive scp www-1:"},
+	{line: "nix-hive deploy --no build,p", want: []string{"build,push"}, not: []string{"build,build"}, tab: "nix-hive deploy --no build,push "},
+	{line: "nix-hive deploy --no 'build,p", want: []string{"build,push"}, not: []string{"build,build"}, tab: "nix-hive deploy --no 'build,push' "},
 	{line: "nix-hive completion ", want: []string{"bash", "zsh", "fish"}},
-	{line: "nix-hive deploy ", empty: true, not: seedTargets},
-	{line: "nix-hive -c SEED deploy @", empty: true, want: seedTags},
-	{line: "nix-hive --config=SEED keys list ", empty: true, want: seedTargets},
-	{line: "nix-hive ssh --config SEED ", empty: true, want: seedInstances},
+	{line: "nix-hive deploy ", hive: hiveNone, not: seedTargets},
+	{line: "nix-hive -c SEED deploy @", hive: hiveNone, want: seedTags},
+	{line: "nix-hive --config=SEED keys list ", hive: hiveNone, want: seedTargets},
+	{line: "nix-hive ssh --config SEED ", hive: hiveNone, want: seedInstances},
+
+	// bash splits words at @ (and : and =), and replaces from the @ on:
+	// a tag completes as the tag, never as an instance named like it
+	{line: "nix-hive deploy @w", want: []string{"@web"}, not: seedInstances, tab: "nix-hive deploy @web "},
+	{line: "nix-hive status @s", want: []string{"@storage"}, not: []string{"storage"}, tab: "nix-hive status @storage "},
+	{line: "nix-hive deploy --force @web @c", want: []string{"@canary"}, not: []string{"canary"}, tab: "nix-hive deploy --force @web @canary "},
+	{line: "nix-hive -c SEED status @w", hive: hiveNone, want: []string{"@web"}, not: seedInstances, tab: "nix-hive -c SEED status @web "},
+	{line: "nix-hive deploy w", want: []string{"www-1", "www-2", "www-3"}, not: []string{"@web"}, tab: "nix-hive deploy www-"},
+	{line: "nix-hive run @w", want: []string{"@web"}, not: seedInstances, tab: "nix-hive run @web "},
+	{line: "nix-hive run www-*,@w", want: []string{"www-*,@web"}, not: []string{"www-*,www-1"}, tab: "nix-hive run www-*,@web "},
+	{line: "nix-hive run 'www-*,@w", want: []string{"www-*,@web"}, not: []string{"www-*,www-1"}, tab: "nix-hive run 'www-*,@web' "},
+	{line: `nix-hive deploy "@s`, want: []string{"@storage"}, not: []string{"storage"}, tab: `nix-hive deploy "@storage" `},
+	{line: "nix-hive deploy www-1 \\@w", want: []string{"@web"}, not: seedInstances, tab: "nix-hive deploy www-1 @web "},
+
+	// names and tags with the other characters bash splits at
+	{line: "nix-hive deploy @env=p", hive: hiveTagged, want: []string{"@env=prod"}, not: []string{"@env=staging", "prod"}, tab: "nix-hive deploy @env=prod "},
+	{line: "nix-hive deploy @team:", hive: hiveTagged, want: []string{"@team:db", "@team:web"}, not: []string{"@env=prod"}, tab: "nix-hive deploy @team:"},
+	{line: "nix-hive status @team:w", hive: hiveTagged, want: []string{"@team:web"}, not: []string{"@team:db", "web"}, tab: "nix-hive status @team:web "},
+	{line: "nix-hive deploy @e", hive: hiveTagged, want: []string{"@env=prod", "@env=staging", "@eu/west"}, not: []string{"eu/web+1"}, tab: "nix-hive deploy @e"},
+	{line: "nix-hive deploy @eu", hive: hiveTagged, want: []string{"@eu/west"}, tab: "nix-hive deploy @eu/west "},
+	{line: "nix-hive deploy e", hive: hiveTagged, want: []string{"eu/web+1"}, not: []string{"@eu/west"}, tab: "nix-hive deploy eu/web+1 "},
+	{line: "nix-hive deploy d", hive: hiveTagged, want: []string{"db.eu-1", "db.eu-2"}, tab: "nix-hive deploy db.eu-"},
+	{line: "nix-hive run db.eu-1,@team:w", hive: hiveTagged, want: []string{"db.eu-1,@team:web"}, tab: "nix-hive run db.eu-1,@team:web "},
+	{line: "nix-hive run 'db.eu-1,@env=s", hive: hiveTagged, want: []string{"db.eu-1,@env=staging"}, tab: "nix-hive run 'db.eu-1,@env=staging' "},
+	{line: "nix-hive ssh e", hive: hiveTagged, want: []string{"eu/web+1"}, not: []string{"@eu/west"}, tab: "nix-hive ssh eu/web+1 "},
+	{line: "nix-hive scp eu", hive: hiveTagged, want: []string{"eu/web+1:"}, tab: "nix-hive scp eu/web+1:"},
 }
 
 // resolvedCase is a case with its directory and SEED replaced.
@@ -213,10 +264,14 @@ func (e *completionEnv) cases() []resolvedCase {
 	var rs []resolvedCase
 	for _, c := range completionCases {
 		r := resolvedCase{completionCase: c, dir: e.seed}
-		if c.empty {
+		switch c.hive {
+		case hiveTagged:
+			r.dir = e.tagged
+		case hiveNone:
 			r.dir = e.empty
 		}
 		r.line = strings.ReplaceAll(c.line, "SEED", e.seed)
+		r.tab = strings.ReplaceAll(c.tab, "SEED", e.seed)
 		rs = append(rs, r)
 	}
 	return rs
@@ -224,10 +279,10 @@ func (e *completionEnv) cases() []resolvedCase {
 
 // checkCompletion runs each case with complete (the shell's) and checks
 // what it offered.
-func checkCompletion(t *testing.T, e *completionEnv, complete func(t *testing.T, dir, line string) []string) {
-	for _, c := range e.cases() {
+func checkCompletion(t *testing.T, e *completionEnv, cases []resolvedCase, complete func(t *testing.T, c resolvedCase) []string) {
+	for _, c := range cases {
 		t.Run(strings.ReplaceAll(strings.ReplaceAll(c.line, e.seed, "SEED"), "/", "_"), func(t *testing.T) {
-			got := complete(t, c.dir, c.line)
+			got := complete(t, c)
 			for _, w := range c.want {
 				if !slices.Contains(got, w) {
 					t.Errorf("%q: %q not offered; got %q", c.line, w, got)
@@ -242,62 +297,179 @@ func checkCompletion(t *testing.T, e *completionEnv, complete func(t *testing.T,
 	}
 }
 
-// bashWords splits line as bash does for COMP_WORDS (with the default
-// COMP_WORDBREAKS): at blanks, and around runs of : and =.
-func bashWords(line string) []string {
-	var words []string
-	for _, f := range strings.Fields(line) {
-		start := 0
-		for i := 0; i <= len(f); i++ {
-			if i > start && (i == len(f) || isBreak(f[i]) != isBreak(f[start])) {
-				words = append(words, f[start:i])
-				start = i
-			}
-		}
-	}
-	if strings.HasSuffix(line, " ") {
-		words = append(words, "")
-	}
-	return words
+// bashCapture is the rc file of an interactive bash that sources the
+// script ($NH_SCRIPT) and captures what it completes. On Tab the script's
+// function runs as bash calls it, and each of its replies is printed
+// between \x01 and \x02 after the line before it as bash leaves it:
+// readline replaces the text it passes as $2 (its word, which starts at
+// the last character of COMP_WORDBREAKS, or after an open quote) with the
+// reply. C-x C-p prints the line as the Tab left it, between \x01\x03 and
+// \x02, and clears it. The prompt, \x1e, says bash reads the next line.
+const bashCapture = `source "$NH_SCRIPT"
+PS1=$'\x1e' PS2=
+bind 'set bell-style none'
+_nh_call() { _nix_hive "$@"; }
+_nh_capture() {
+	_nh_call "$@"
+	local r pre=${COMP_LINE:0:COMP_POINT-${#2}}
+	for r in "${COMPREPLY[@]}"; do
+		printf '\1%s\2' "$pre$r"
+	done
+}
+complete -F _nh_capture nix-hive
+_nh_line() {
+	printf '\1\3%s\2' "$READLINE_LINE"
+	READLINE_LINE= READLINE_POINT=0
+}
+bind -x '"\C-x\C-p": _nh_line'
+`
+
+// bashSession is an interactive bash on a pseudo-terminal, with
+// bashCapture as its rc file.
+type bashSession struct {
+	t      *testing.T
+	tty    *os.File
+	out    chan []byte // what bash writes to the terminal
+	unread []byte
+	n      int  // lines completed
+	lost   bool // a line's completion did not end: bash cannot go on
 }
 
-func isBreak(b byte) bool { return b == ':' || b == '=' }
+// startBash starts bash in e's directory without a hive; setup runs after
+// bashCapture, before the first prompt.
+func (e *completionEnv) startBash(t *testing.T, bash, script, setup string) *bashSession {
+	t.Helper()
+	rc := filepath.Join(t.TempDir(), "rc.bash")
+	writeFile(t, rc, bashCapture+setup+"\n")
+	cmd := exec.Command(bash, "--noprofile", "--rcfile", rc, "-i")
+	cmd.Dir = e.empty
+	cmd.Env = append(slices.Clone(e.env), "NH_SCRIPT="+script, "INPUTRC=/dev/null", "HISTFILE=/dev/null", "TERM=dumb")
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 50, Cols: 500})
+	if err != nil {
+		t.Fatalf("bash on a pty: %v", err)
+	}
+	s := &bashSession{t: t, tty: tty, out: make(chan []byte)}
+	stop := make(chan struct{})
+	go func() {
+		defer close(s.out)
+		for {
+			b := make([]byte, 4096)
+			n, err := tty.Read(b)
+			if n > 0 {
+				select {
+				case s.out <- b[:n]:
+				case <-stop:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		cmd.Process.Kill()
+		cmd.Wait()
+		tty.Close()
+	})
+	s.until("\x1e")
+	return s
+}
 
-// TestCompletionBash calls the completion function as bash's programmable
-// completion does (COMP_WORDS, COMP_CWORD, COMP_LINE, COMP_POINT).
+// until reads what bash writes up to mark, and returns what came before
+// it. Bash that does not write mark in time (it waits for a completion
+// that hangs) fails the test.
+func (s *bashSession) until(mark string) string {
+	s.t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		if i := bytes.Index(s.unread, []byte(mark)); i >= 0 {
+			before := string(s.unread[:i])
+			s.unread = s.unread[i+len(mark):]
+			return before
+		}
+		select {
+		case b, ok := <-s.out:
+			if !ok {
+				s.lost = true
+				s.t.Fatalf("bash ended before writing %q; it wrote:\n%q", mark, s.unread)
+			}
+			s.unread = append(s.unread, b...)
+		case <-timeout:
+			s.lost = true
+			s.t.Fatalf("bash did not write %q in 60s; it wrote:\n%q", mark, s.unread)
+		}
+	}
+}
+
+// complete types line in dir and Tab, and returns the words bash was
+// offered (each as it would read, without quotes) and the line as the Tab
+// left it.
+func (s *bashSession) complete(dir, line string) (words []string, tab string) {
+	s.t.Helper()
+	if s.lost {
+		s.t.Fatal("bash is still busy with an earlier line")
+	}
+	s.n++
+	// the command's mark, then the prompt after it: bash reads the line
+	done := fmt.Sprintf("\x1f%d\x1f", s.n)
+	fmt.Fprintf(s.tty, "cd %s && printf '\\037%%d\\037' %d\n", completionQuote(dir), s.n)
+	s.until(done)
+	s.until("\x1e")
+	if _, err := io.WriteString(s.tty, line+"\t\x18\x10"); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, r := range strings.Split(s.until("\x01\x03"), "\x01")[1:] {
+		r, _, _ = strings.Cut(r, "\x02")
+		w := r[strings.LastIndexByte(r, ' ')+1:]
+		words = append(words, strings.NewReplacer("'", "", `"`, "").Replace(w))
+	}
+	return words, s.until("\x02")
+}
+
+// completionQuote quotes s for bash.
+func completionQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// TestCompletionBash completes in a real interactive bash: readline splits
+// the line and calls the script's function as it does on Tab. With bash's
+// default COMP_WORDBREAKS; then, for the lines whose last word bash splits
+// or quotes, with a COMP_WORDBREAKS that lacks @ : = (as some users set
+// it), and with the function called as bash-completion's _command_offset
+// calls it (for sudo nix-hive ...): with the current word of COMP_WORDS,
+// which lacks the @ that readline's keeps.
 func TestCompletionBash(t *testing.T) {
 	bash := testenv.Tool(t, "bash", "apt-get install bash")
 	e := newCompletionEnv(t)
 	script := completionScript(t, "bash", t.TempDir(), "nix-hive.bash")
-	const driver = `source "$1"
-COMP_LINE=$2 COMP_POINT=${#2} COMP_CWORD=$3
-shift 3
-COMP_WORDS=("$@")
-_nix_hive nix-hive "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-printf '%s\n' "${COMPREPLY[@]}"`
-	checkCompletion(t, e, func(t *testing.T, dir, line string) []string {
-		words := bashWords(line)
-		cword := len(words) - 1
-		args := append([]string{"--norc", "--noprofile", "-c", driver, "bash", script, line, strconv.Itoa(cword)}, words...)
-		stdout, stderr := e.run(t, dir, bash, args...)
-		if stderr != "" {
-			t.Errorf("stderr: %s", stderr)
+	var split []resolvedCase
+	for _, c := range e.cases() {
+		if strings.ContainsAny(c.line[strings.LastIndexByte(c.line, ' ')+1:], `@:='"\`) {
+			split = append(split, c)
 		}
-		// Bash replaces only the current word's text after its last : or
-		// =; put back what comes before, to compare whole words.
-		field := line[strings.LastIndexByte(line, ' ')+1:]
-		pre := strings.TrimSuffix(field, words[cword])
-		if strings.Trim(words[cword], ":=") == "" {
-			pre = field
-		}
-		var got []string
-		for _, r := range strings.Split(strings.TrimSuffix(stdout, "\n"), "\n") {
-			if r != "" {
-				got = append(got, pre+r)
-			}
-		}
-		return got
-	})
+	}
+	for _, v := range []struct {
+		name, setup string
+		cases       []resolvedCase
+	}{
+		{"default", "", e.cases()},
+		{"wordbreaks", "COMP_WORDBREAKS=${COMP_WORDBREAKS//[@:=]}", split},
+		{"comp_words", `_nh_call() { _nix_hive "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; }`, split},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			s := e.startBash(t, bash, script, v.setup)
+			checkCompletion(t, e, v.cases, func(t *testing.T, c resolvedCase) []string {
+				s.t = t
+				words, tab := s.complete(c.dir, c.line)
+				if c.tab != "" && tab != c.tab {
+					t.Errorf("%q<Tab>: the line reads %q, want %q", c.line, tab, c.tab)
+				}
+				return words
+			})
+		})
+	}
 }
 
 // zshCapture drives an interactive zsh on a pseudo-terminal: compinit
@@ -360,8 +532,8 @@ func TestCompletionZsh(t *testing.T) {
 			}
 		}
 	}
-	checkCompletion(t, e, func(t *testing.T, dir, line string) []string {
-		return got[dir+"\x00"+line]
+	checkCompletion(t, e, e.cases(), func(t *testing.T, c resolvedCase) []string {
+		return got[c.dir+"\x00"+c.line]
 	})
 
 	t.Run("sourced", func(t *testing.T) {
@@ -378,8 +550,8 @@ func TestCompletionFish(t *testing.T) {
 	fish := testenv.Tool(t, "fish", "apt-get install fish")
 	e := newCompletionEnv(t)
 	script := completionScript(t, "fish", t.TempDir(), "nix-hive.fish")
-	checkCompletion(t, e, func(t *testing.T, dir, line string) []string {
-		stdout, stderr := e.run(t, dir, fish, "--no-config", "-c", `source $argv[1]; complete -C $argv[2]`, script, line)
+	checkCompletion(t, e, e.cases(), func(t *testing.T, c resolvedCase) []string {
+		stdout, stderr := e.run(t, c.dir, fish, "--no-config", "-c", `source $argv[1]; complete -C $argv[2]`, script, c.line)
 		if stderr != "" {
 			t.Errorf("stderr: %s", stderr)
 		}
