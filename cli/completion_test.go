@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/nix-hive/nix-hive/shell"
 	"io"
 	"os"
 	"os/exec"
@@ -107,8 +108,38 @@ func newCompletionEnv(t *testing.T) *completionEnv {
 		}
 	}
 	e.env = append(e.env, "XDG_CACHE_HOME="+filepath.Join(dir, "cache"), "HOME="+filepath.Join(dir, "home"),
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"PATH="+memoizedNixHive(t, filepath.Join(dir, "bin"))+string(os.PathListSeparator)+os.Getenv("PATH"))
 	return e
+}
+
+// memoizedNixHive puts in bin a nix-hive that runs the real one once per
+// working directory, arguments and NIX_HIVE_CONFIG, and answers the same
+// question again from what it said: the shells' completion functions ask
+// nix-hive for the hive's names at every Tab, and each answer costs an
+// evaluation of the hive, while what these tests exercise is what the
+// shells make of the answers (TestCompletionNames tests the answers).
+func memoizedNixHive(t *testing.T, bin string) string {
+	t.Helper()
+	real, err := exec.LookPath("nix-hive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(bin, "answers"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(bin, "nix-hive"), fmt.Sprintf(`#!/bin/sh
+key=$( { pwd; printf '%%s\n' "${NIX_HIVE_CONFIG-}" "$@"; } | sha256sum | cut -c1-32)
+a=%s/answers/$key
+if [ ! -e "$a.status" ]; then
+  %s "$@" >"$a.out"; echo $? >"$a.status"
+fi
+cat "$a.out"; exit "$(cat "$a.status")"
+`, shell.Quote(bin), shell.Quote(real)))
+	if err := os.Chmod(filepath.Join(bin, "nix-hive"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // run runs name with args in dir, with the test's environment and a

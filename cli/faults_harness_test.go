@@ -167,6 +167,21 @@ func (f *faultLab) settled(host string) {
 	})
 }
 
+// silence stops host h and puts a listener that accepts TCP and never
+// speaks in its sshd's place, until the test ends (or Close).
+func silence(t *testing.T, h *lab.Host) *lab.Silent {
+	t.Helper()
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := h.Silence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // activationsOf are the test system's records of its activations on
 // host, one "TIME PATH GOAL" line each.
 func (f *faultLab) activationsOf(host string) []string {

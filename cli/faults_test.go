@@ -265,13 +265,7 @@ func testFaultSilentHost(t *testing.T) {
 	f.variants(map[string]string{"app-1": `version = "2";`, "app-2": `version = "2";`})
 	v2 := f.build()
 	h := f.lab.Host("app-1")
-	if err := h.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	silent, err := h.Silence()
-	if err != nil {
-		t.Fatal(err)
-	}
+	silent := silence(t, h)
 	start := time.Now()
 	code, out, _ := f.run("deploy", "--no", "build", "--connect-timeout", faultConnect)
 	took := time.Since(start)
@@ -312,14 +306,7 @@ func testFaultInterruptConnecting(t *testing.T) {
 	f := newFaultLab(t, 2)
 	f.baseline()
 	h := f.lab.Host("app-1")
-	if err := h.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	silent, err := h.Silence()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
+	silent := silence(t, h)
 	const patient = "60s"
 	interrupt := func(how string, sig syscall.Signal, args ...string) {
 		t.Helper()
@@ -772,17 +759,10 @@ func TestNixCopyToSilentHostEnds(t *testing.T) {
 	}
 	scPath := filepath.Join(dir, "ssh_config")
 	writeFile(t, scPath, sc.String())
-	if err := h.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	silent, err := h.Silence()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
+	silent := silence(t, h)
 	copier := &deploy.NixCopier{Nix: &nixcmd.Runner{}, SSHConfig: scPath}
 	start := time.Now()
-	err = copier.Copy(t.Context(), "app-1", []string{f.built("app-1")})
+	err := copier.Copy(t.Context(), "app-1", []string{f.built("app-1")})
 	t.Logf("nix copy to a silent host ended after %s: %v", time.Since(start).Round(100*time.Millisecond), err)
 	if err == nil || !strings.Contains(err.Error(), "cannot connect over SSH (tried twice)") {
 		t.Errorf("nix copy to a silent host: %v, want it to give up connecting, twice", err)

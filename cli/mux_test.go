@@ -259,10 +259,7 @@ func waitKilled(t *testing.T, pid int) {
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, 60_000); n != 1 || err != nil {
-		t.Fatalf("holder pid %d did not exit after SIGKILL: %v", pid, err)
-	}
+	waitExited(t, pid)
 }
 
 // A holder belongs to its hive. Editing the hive makes mux check call it

@@ -149,8 +149,8 @@ func TestPlanSVGNeedsGraphviz(t *testing.T) {
 	}
 	t.Setenv("PATH", bin)
 	code, out, stderr := runPlan(t, dir, "--format", "svg")
-	if code != 1 || out != "" {
-		t.Fatalf("exit %d, stdout %q; want 1 and nothing", code, out)
+	if code != 2 || out != "" {
+		t.Fatalf("exit %d, stdout %q; want 2 (usage: a tool the command line needs is missing) and nothing", code, out)
 	}
 	for _, want := range []string{"apt-get install graphviz", "--format dot"} {
 		if !strings.Contains(stderr, want) {
