@@ -280,7 +280,7 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 	}()
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
-	e.releaseLocks()
+	e.releaseLocks(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
 	return report
@@ -506,12 +506,12 @@ func (e *executor) finished(n string) {
 // again, and at a thousand hosts, holding every connection until the last
 // host is done costs memory here and keepalives through the uplink for
 // the whole deploy.
-func (e *executor) letGo(n string) {
+func (e *executor) letGo(ctx context.Context, n string) {
 	e.mu.Lock()
 	l := e.locks[n]
 	delete(e.locks, n)
 	e.mu.Unlock()
-	l.release()
+	l.release(ctx)
 	if !e.servers[n] && !e.jumps[n] {
 		e.remote.Release(n)
 	}
@@ -520,7 +520,7 @@ func (e *executor) letGo(n string) {
 // sudo is how host n's commands become root.
 func (e *executor) sudo(n string) escalation { return e.opts.Privilege.For(n) }
 
-func (e *executor) releaseLocks() {
+func (e *executor) releaseLocks(ctx context.Context) {
 	e.mu.Lock()
 	locks := e.locks
 	e.locks = map[string]*hostLock{}
@@ -530,7 +530,7 @@ func (e *executor) releaseLocks() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.release()
+			l.release(ctx)
 		}()
 	}
 	wg.Wait()

@@ -165,7 +165,7 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 		row.Error = err.Error()
 		return row
 	}
-	defer l.release()
+	defer l.release(ctx)
 	row.Before = before.Active
 	spec := jobSpec{goal: GoalSwitch, target: "previous", gzip: before.Gzip}
 	if opts.MagicRollback {
@@ -222,7 +222,7 @@ func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names [
 		}
 		l, _, err := lockAs(ctx, remote, in, o.Privilege, o.Owner)
 		if err == nil {
-			defer l.release()
+			defer l.release(ctx)
 			var b *keys.Batch
 			if b, err = up.Prepare(ctx, in); err == nil {
 				err = b.Upload(ctx, "")

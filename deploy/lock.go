@@ -128,13 +128,19 @@ func lockAs(ctx context.Context, remote Remote, in *eval.Instance, priv *Privile
 
 // release lets go of the lock and waits (briefly) for the remote holder
 // to end.
-func (l *hostLock) release() {
+// release lets go of the lock, and waits a moment for the host to say it
+// did, so that a deploy started right after finds it free: at most a
+// second (an unreachable host never answers; its sshd ends the holder
+// with the connection), and not at all once ctx ended (Ctrl-C: the user
+// is not waiting for that, and the next deploy's lock waits 3 seconds).
+func (l *hostLock) release(ctx context.Context) {
 	if l == nil {
 		return
 	}
 	l.stdin.Close()
 	select {
 	case <-l.done:
-	case <-time.After(time.Second): // an unreachable host never answers; its sshd ends the holder with the connection
+	case <-ctx.Done():
+	case <-time.After(time.Second):
 	}
 }

@@ -24,7 +24,7 @@ func (e *executor) host(ctx, actx context.Context, n string) {
 	e.update(n, func(r *Result) { r.Duration = time.Since(start) })
 	e.settle(n, status, err)
 	e.record(n)
-	e.letGo(n)
+	e.letGo(ctx, n)
 	e.finished(n)
 }
 

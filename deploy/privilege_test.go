@@ -117,7 +117,7 @@ func TestLockAsRootLoginSkipsPrivilege(t *testing.T) {
 		if err != nil || hs.Active != "/nix/store/x" {
 			t.Fatalf("%s: lock: %v %+v", c.user, err, hs)
 		}
-		l.release()
+		l.release(context.Background())
 		all := strings.Join(r.cmds, "\n")
 		if len(r.cmds) != c.wantCmds || strings.Contains(all, "sudo -S") != c.wantSudoS {
 			t.Errorf("%s: %d commands, want %d (sudo -S: %v):\n%s", c.user, len(r.cmds), c.wantCmds, c.wantSudoS, all)
