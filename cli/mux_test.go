@@ -173,8 +173,7 @@ func TestMuxPersist(t *testing.T) {
 	if code, _, _ := f.run("deploy", "--mux-persist", "0"); code != 0 {
 		t.Fatalf("first deploy: exit %d", code)
 	}
-	t.Setenv("NIX_HIVE_MUX_PERSIST", "") // put back after the test
-	os.Unsetenv("NIX_HIVE_MUX_PERSIST")  // TestMain's 0: the default applies
+	defaultPersist(t)
 	t.Cleanup(func() { f.run("mux", "stop") })
 
 	// A process of its own, whose output is a pipe: it ends although the
@@ -272,8 +271,7 @@ func TestMuxBelongsToTheHive(t *testing.T) {
 	run := t.TempDir()
 	t.Setenv("XDG_RUNTIME_DIR", run)
 	f := newFaultLab(t, 2)
-	t.Setenv("NIX_HIVE_MUX_PERSIST", "")
-	os.Unsetenv("NIX_HIVE_MUX_PERSIST")
+	defaultPersist(t)
 	t.Cleanup(func() { f.run("mux", "stop", "--all") })
 	sockets := filepath.Join(run, "nix-hive")
 
@@ -347,8 +345,7 @@ func TestMuxOnlyWhenConnected(t *testing.T) {
 	run := t.TempDir()
 	t.Setenv("XDG_RUNTIME_DIR", run)
 	f := newFaultLab(t, 1)
-	t.Setenv("NIX_HIVE_MUX_PERSIST", "")
-	os.Unsetenv("NIX_HIVE_MUX_PERSIST")
+	defaultPersist(t)
 	t.Cleanup(func() { f.run("mux", "stop", "--all") })
 	empty := t.TempDir()
 	writeFile(t, filepath.Join(empty, "hive.nix"), `{ systems = { }; instances = { }; }`)
@@ -364,6 +361,14 @@ func TestMuxOnlyWhenConnected(t *testing.T) {
 	if holders, _ := filepath.Glob(filepath.Join(run, "nix-hive", "*.json")); len(holders) != 0 {
 		t.Errorf("holders left after commands that reached no host: %v", holders)
 	}
+}
+
+// defaultPersist lets the commands of the rest of the test start a
+// holder, as an operator's do (TestMain's NIX_HIVE_MUX_PERSIST=0 is put
+// back afterwards).
+func defaultPersist(t *testing.T) {
+	t.Setenv("NIX_HIVE_MUX_PERSIST", "")
+	os.Unsetenv("NIX_HIVE_MUX_PERSIST")
 }
 
 // waitExited returns once process pid (not this one's child) has exited.
