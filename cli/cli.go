@@ -61,9 +61,8 @@ func Main(version string, args []string, stdout, stderr io.Writer) int {
 			kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 			kong.Bind(g),
 		}, providers()...),
-		Validate: g.validate,
-		Message:  message,
-		IsUsage:  func(err error) bool { return errors.Is(err, eval.ErrHive) },
+		Message: message,
+		IsUsage: func(err error) bool { return errors.Is(err, eval.ErrHive) },
 	}.Main(ctx, args, stdout, stderr)
 }
 

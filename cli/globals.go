@@ -47,8 +47,6 @@ func (g *Globals) setLogWriter(w io.Writer) {
 	g.logMu.Unlock()
 }
 
-func (g *Globals) validate() error { return nil }
-
 // Steps is the --no flag of the commands that build, push or upload: only
 // those show it in their help.
 type Steps struct {

@@ -2,12 +2,8 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/nixcmd"
@@ -29,39 +25,17 @@ key out of version control and out of the Nix store.`
 func (c *KeygenCmd) Run(ctx context.Context, g *Globals, src eval.Source, nix *nixcmd.Runner) error {
 	out := c.Out
 	if out == "" {
-		out = filepath.Join(src.Dir, "keys", "hive.sec")
 		// Only ask the hive where the key belongs when it is readable:
 		// keygen must work before the hive is complete.
-		if h, err := eval.Open(ctx, src, nix); err == nil && h.Inventory.Signing.KeyFile != "" {
-			out = h.Inventory.Signing.KeyFile
-			if !filepath.IsAbs(out) {
-				out = filepath.Join(src.Dir, out)
-			}
-		}
+		h, _ := eval.Open(ctx, src, nix)
+		out = eval.NewKeyFile(src, h)
 	}
-	pub := eval.PublicKeyPath(out)
-	for _, p := range []string{out, pub} {
-		if _, err := os.Stat(p); err == nil {
-			return fmt.Errorf("keygen: %s already exists; not overwriting a signing key", p)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("keygen: %w", err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	if _, err := nix.Run(ctx, "nix-store", "--generate-binary-cache-key", c.keyName(out), out, pub); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	if err := os.Chmod(out, 0o600); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	key, err := os.ReadFile(pub)
+	key, err := eval.GenerateKey(ctx, nix, out, c.keyName(out))
 	if err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
-	fmt.Fprintf(g.stderr, "secret key: %s (keep it out of git and out of the Nix store)\npublic key: %s\n", out, pub)
-	fmt.Fprintln(g.stdout, strings.TrimSpace(string(key)))
+	fmt.Fprintf(g.stderr, "secret key: %s (keep it out of git and out of the Nix store)\npublic key: %s\n", out, eval.PublicKeyPath(out))
+	fmt.Fprintln(g.stdout, key)
 	return nil
 }
 

@@ -2,7 +2,9 @@ package eval
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,17 +44,63 @@ func (s Source) StatePath() string { return filepath.Join(s.Dir, "hive.state") }
 // when the hive does not sign; a configured key that is missing is an
 // error naming the file and how to make one.
 func (h *Hive) KeyFile() (string, error) {
-	kf := h.Inventory.Signing.KeyFile
+	kf := h.keyFilePath()
 	if kf == "" {
 		return "", nil
-	}
-	if !filepath.IsAbs(kf) {
-		kf = filepath.Join(h.Src.Dir, kf)
 	}
 	if _, err := os.Stat(kf); err != nil {
 		return "", fmt.Errorf("%s: signing.keyFile: %w (create it with `nix-hive keygen`)", h.Src.File, err)
 	}
 	return kf, nil
+}
+
+// keyFilePath is where the hive says its secret key is, "" for nowhere.
+func (h *Hive) keyFilePath() string {
+	kf := h.Inventory.Signing.KeyFile
+	if kf != "" && !filepath.IsAbs(kf) {
+		kf = filepath.Join(h.Src.Dir, kf)
+	}
+	return kf
+}
+
+// NewKeyFile is where keygen puts the hive's secret key: signing.keyFile
+// when the hive names one (h may be nil: keygen must work before the hive
+// evaluates), else keys/hive.sec beside the hive.
+func NewKeyFile(src Source, h *Hive) string {
+	if h != nil {
+		if kf := h.keyFilePath(); kf != "" {
+			return kf
+		}
+	}
+	return filepath.Join(src.Dir, "keys", "hive.sec")
+}
+
+// GenerateKey makes a signing key pair named name: the secret at secret
+// (mode 0600, in a directory made 0700 if missing), the public key beside
+// it (PublicKeyPath), whose line it returns. It never overwrites a key.
+func GenerateKey(ctx context.Context, nix *nixcmd.Runner, secret, name string) (string, error) {
+	pub := PublicKeyPath(secret)
+	for _, p := range []string{secret, pub} {
+		if _, err := os.Stat(p); err == nil {
+			return "", fmt.Errorf("%s already exists; not overwriting a signing key", p)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(secret), 0o700); err != nil {
+		return "", err
+	}
+	if _, err := nix.Run(ctx, "nix-store", "--generate-binary-cache-key", name, secret, pub); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(secret, 0o600); err != nil {
+		return "", err
+	}
+	key, err := os.ReadFile(pub)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(key)), nil
 }
 
 // PublicKeyPath is where the public half of a secret key file lives.
