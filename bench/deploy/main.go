@@ -250,37 +250,18 @@ func stepper() func(string) {
 // key), makes every host trust the key as lib/module.nix would, and gets an
 // OpenSSH config for the baselines.
 func (b *bench) prepareHive(ctx context.Context, root string) error {
-	if err := harness.CopyTree(ctx, filepath.Join(root, "examples", "testsystems"), filepath.Join(b.work, "testsystems")); err != nil {
-		return err
-	}
-	b.hive = filepath.Join(b.work, "hive")
-	if err := os.MkdirAll(b.hive, 0o755); err != nil {
-		return fmt.Errorf("hive dir: %w", err)
-	}
-	files := map[string]string{
-		filepath.Join(b.hive, "lab.nix"):       b.lab.HiveNix(),
-		filepath.Join(b.hive, "hive.nix"):      hiveNix(b.o.payloadMiB),
-		filepath.Join(b.work, "baselines.nix"): baselinesNix(b.o.payloadMiB),
-	}
-	for p, content := range files {
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
-		}
-	}
-	out, err := b.logs.Run(ctx, "setup", nil, b.bin, "-c", b.hive, "keygen")
+	var err error
+	b.hive, err = harness.WriteHive(ctx, root, b.work, b.lab, hiveNix(b.o.payloadMiB), nil)
 	if err != nil {
 		return err
 	}
-	pub := strings.TrimSpace(string(out))
-	if pub == "" || strings.ContainsAny(pub, "\n") {
-		return fmt.Errorf("nix-hive keygen printed %q, want one public key", pub)
+	if err := os.WriteFile(filepath.Join(b.work, "baselines.nix"), []byte(baselinesNix(b.o.payloadMiB)), 0o644); err != nil {
+		return fmt.Errorf("write baselines.nix: %w", err)
+	}
+	if _, err := b.logs.KeygenTrusted(ctx, b.bin, b.hive, b.lab); err != nil {
+		return err
 	}
 	b.keySec = filepath.Join(b.hive, "keys", "hive.sec")
-	for _, h := range b.lab.Hosts {
-		if err := h.WriteNixConf("trusted-public-keys = " + pub); err != nil {
-			return err
-		}
-	}
 	// The baselines reach hosts the way a user of nix-hive would by hand:
 	// through the config nix-hive generates. The lab's own config is the
 	// fallback while that command is missing.

@@ -171,38 +171,19 @@ func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, e
 // host) as their store. version.nix is rewritten between deploys so each
 // deploys new systems.
 func (b *bench) prepareHive(ctx context.Context, root string) error {
-	if err := harness.CopyTree(ctx, filepath.Join(root, "examples", "testsystems"), filepath.Join(b.work, "testsystems")); err != nil {
+	var err error
+	if b.hive, err = harness.WriteHive(ctx, root, b.work, b.lab, hiveNix(b.o.payloadMiB), nil); err != nil {
 		return err
-	}
-	b.hive = filepath.Join(b.work, "hive")
-	if err := os.MkdirAll(b.hive, 0o755); err != nil {
-		return fmt.Errorf("hive dir: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(b.hive, "lab.nix"), []byte(b.lab.HiveNix()), 0o644); err != nil {
-		return fmt.Errorf("write lab.nix: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(b.hive, "hive.nix"), []byte(hiveNix(b.o.payloadMiB)), 0o644); err != nil {
-		return fmt.Errorf("write hive.nix: %w", err)
 	}
 	if err := b.setVersion("0"); err != nil {
 		return err
 	}
-	out, err := b.logs.Run(ctx, "setup", nil, b.bin, "-c", b.hive, "keygen")
-	if err != nil {
+	if _, err := b.logs.KeygenTrusted(ctx, b.bin, b.hive, b.lab); err != nil {
 		return err
-	}
-	pub := strings.TrimSpace(string(out))
-	if pub == "" || strings.ContainsAny(pub, "\n") {
-		return fmt.Errorf("nix-hive keygen printed %q, want one public key", pub)
-	}
-	for _, h := range b.lab.Hosts {
-		if err := h.WriteNixConf("trusted-public-keys = " + pub); err != nil {
-			return err
-		}
 	}
 	// The script reaches hosts the way a user of nix-hive would by hand:
 	// through the config nix-hive generates (ProxyJump chains, pinned keys).
-	out, err = b.logs.Run(ctx, "setup", nil, b.bin, "-c", b.hive, "ssh-config")
+	out, err := b.logs.Run(ctx, "setup", nil, b.bin, "-c", b.hive, "ssh-config")
 	if err != nil {
 		return err
 	}

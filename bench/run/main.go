@@ -175,28 +175,12 @@ func (m *meter) compare(ctx context.Context, o options, bin, hive string) error 
 // writeHive writes a hive of the lab's hosts. run never builds, but every
 // instance needs a system, so they share one that is never built.
 func writeHive(ctx context.Context, root, work string, l *lab.Lab) (string, error) {
-	if err := harness.CopyTree(ctx, filepath.Join(root, "examples", "testsystems"), filepath.Join(work, "testsystems")); err != nil {
-		return "", err
-	}
-	hive := filepath.Join(work, "hive")
-	if err := os.MkdirAll(hive, 0o755); err != nil {
-		return "", fmt.Errorf("hive dir: %w", err)
-	}
-	files := map[string]string{
-		"lab.nix": l.HiveNix(),
-		"hive.nix": `# Written by bench/run.
+	return harness.WriteHive(ctx, root, work, l, `# Written by bench/run.
 {
   systems.idle.toplevel = import ../testsystems { name = "idle"; };
   instances = builtins.mapAttrs (name: conn: conn // { system = "idle"; }) (import ./lab.nix);
 }
-`,
-	}
-	for n, content := range files {
-		if err := os.WriteFile(filepath.Join(hive, n), []byte(content), 0o644); err != nil {
-			return "", fmt.Errorf("write %s: %w", n, err)
-		}
-	}
-	return hive, nil
+`, nil)
 }
 
 func median(samples []sample) time.Duration {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -173,6 +174,47 @@ func CopyTree(ctx context.Context, src, dst string) error {
 		return fmt.Errorf("cp -r %s %s: %w: %s", src, dst, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// WriteHive writes a benchmark's hive beside a copy of the test systems
+// (root's examples/testsystems, imported as ../testsystems): work/hive
+// with l's lab.nix, hiveNix as hive.nix, and more files, by name; it
+// returns the hive's directory.
+func WriteHive(ctx context.Context, root, work string, l *lab.Lab, hiveNix string, more map[string]string) (string, error) {
+	if err := CopyTree(ctx, filepath.Join(root, "examples", "testsystems"), filepath.Join(work, "testsystems")); err != nil {
+		return "", err
+	}
+	hive := filepath.Join(work, "hive")
+	if err := os.MkdirAll(hive, 0o755); err != nil {
+		return "", fmt.Errorf("hive dir: %w", err)
+	}
+	files := map[string]string{"lab.nix": l.HiveNix(), "hive.nix": hiveNix}
+	maps.Copy(files, more)
+	for n, content := range files {
+		if err := os.WriteFile(filepath.Join(hive, n), []byte(content), 0o644); err != nil {
+			return "", fmt.Errorf("write %s: %w", n, err)
+		}
+	}
+	return hive, nil
+}
+
+// KeygenTrusted makes the hive's signing key with bin and has every host
+// of l trust it, as lib/module.nix would; it returns the public key.
+func (r *Runner) KeygenTrusted(ctx context.Context, bin, hive string, l *lab.Lab) (string, error) {
+	out, err := r.Run(ctx, "setup", nil, bin, "-c", hive, "keygen")
+	if err != nil {
+		return "", err
+	}
+	pub := strings.TrimSpace(string(out))
+	if pub == "" || strings.ContainsAny(pub, "\n") {
+		return "", fmt.Errorf("nix-hive keygen printed %q, want one public key", pub)
+	}
+	for _, h := range l.Hosts {
+		if err := h.WriteNixConf("trusted-public-keys = " + pub); err != nil {
+			return "", err
+		}
+	}
+	return pub, nil
 }
 
 // Current is where /run/current-system points on h, "" when it does not.
