@@ -1,7 +1,3 @@
-// Package eval talks to Nix about a hive: it locates the hive definition,
-// evaluates its inventory in one call, builds the unique systems of a
-// deployment in one `nix-store --realise`, keeps GC roots for them, signs
-// what it built and asks the local store which paths are valid.
 package eval
 
 import (

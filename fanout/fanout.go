@@ -1,6 +1,3 @@
-// Package fanout runs one function per host with a bound on how many run
-// at once: the one bounded worker pool behind deploy, status, rollback and
-// run.
 package fanout
 
 import (

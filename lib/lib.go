@@ -1,5 +1,3 @@
-// Package hivelib carries lib/hive.nix inside the nix-hive binary, so a
-// plain hive.nix needs no NIX_PATH entry and no flake input to be evaluated.
 package hivelib
 
 import (

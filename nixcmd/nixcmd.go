@@ -1,6 +1,3 @@
-// Package nixcmd runs the nix command-line tools: every call nix-hive makes
-// to Nix goes through here, so flags, environment and error reporting are
-// the same everywhere and work on Nix 2.8 as well as on current releases.
 package nixcmd
 
 import (

@@ -1,5 +1,3 @@
-// Package shell quotes words for POSIX shells, so that names, paths and
-// arguments reach a remote command exactly as given and run nothing.
 package shell
 
 import "strings"

@@ -1,6 +1,3 @@
-// Package state reads and writes hive.state, the cache of what nix-hive last
-// built and deployed. It is never the source of truth: the hive and the
-// hosts are; hive.state only lets `--no build,push` resume.
 package state
 
 import (

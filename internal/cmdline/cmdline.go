@@ -1,6 +1,3 @@
-// Package cmdline runs a kong command tree the way both of nix-hive's
-// programs do: one signal-aware root context, parse, run, and one mapping
-// of errors onto exit statuses.
 package cmdline
 
 import (

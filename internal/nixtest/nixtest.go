@@ -1,5 +1,3 @@
-// Package nixtest prepares tests that run the real nix: it checks that nix
-// is installed and gives the environment every such test uses.
 package nixtest
 
 import (

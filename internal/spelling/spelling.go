@@ -1,5 +1,3 @@
-// Package spelling finds what a user probably meant: the "did you mean"
-// of hive attributes, targets and policy settings.
 package spelling
 
 import "strings"

@@ -1,5 +1,3 @@
-// Package labtest starts labs for tests: the part of the lab that needs
-// the testing package, kept out of the nix-hive-lab binary.
 package labtest
 
 import (
