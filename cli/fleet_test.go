@@ -301,28 +301,11 @@ func TestRunTimeout(t *testing.T) {
 	})
 }
 
-// waitUntil polls cond until it holds; the test's deadline bounds it. For
-// things that happen asynchronously on a host (a signal landing, a file
-// written by a detached job), never a sleep that hopes.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if err := waitFor(what, cond); err != nil {
-		t.Fatal(err)
-	}
-}
+// waitUntil and waitFor are testenv's WaitFor and Eventually (the latter
+// for goroutines other than the test's).
+func waitUntil(t *testing.T, what string, cond func() bool) { testenv.WaitFor(t, what, cond) }
 
-// waitFor is waitUntil for goroutines other than the test's.
-func waitFor(what string, cond func() bool) error {
-	// A bound against a hang, not a speed assertion.
-	deadline := time.Now().Add(2 * time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return nil
-}
+func waitFor(what string, cond func() bool) error { return testenv.Eventually(what, cond) }
 
 // status reads a host's links as readlink does: links into the store,
 // links to paths gone from it, either link alone, a profile that is no

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -48,24 +49,9 @@ func (k *keysLab) hangPids() (sh, child string) {
 	return read("sh.pid"), read("child.pid")
 }
 
-// processGone reports whether process pid (on this machine) has ended; a
-// zombie has.
-func processGone(pid string) bool {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
-}
-
 func assertGone(t *testing.T, what string, pids ...string) {
 	t.Helper()
-	for _, p := range pids {
-		if err := waitFor("process "+p+" to end", func() bool { return processGone(p) }); err != nil {
-			t.Errorf("%s: %v", what, err)
-		}
-	}
+	testenv.WaitGone(t, what, pids...)
 }
 
 // A key's command that does not end is stopped after --key-timeout, or

@@ -133,43 +133,20 @@ func TestScrub(t *testing.T) {
 // test acts on, never a sleep.
 func waitFile(t *testing.T, p string) string {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute) // against a hang, not a speed assertion
-	for {
-		if b, err := os.ReadFile(p); err == nil && strings.HasSuffix(string(b), "\n") {
-			return strings.TrimSpace(string(b))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", p)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// gone reports whether process pid has ended (a zombie has).
-func gone(pid string) bool {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return true
-	}
-	// pid (comm) STATE ...: the state follows the last parenthesis.
-	s := string(b)
-	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
+	var b []byte
+	testenv.WaitFor(t, p, func() bool {
+		var err error
+		b, err = os.ReadFile(p)
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+	return strings.TrimSpace(string(b))
 }
 
 // waitGone waits for the processes to end: the kill that stops a key's
 // command is sent before Of returns, but the kernel may take a moment.
 func waitGone(t *testing.T, what string, pids ...string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute) // against a hang, not a speed assertion
-	for _, p := range pids {
-		for !gone(p) {
-			if time.Now().After(deadline) {
-				t.Errorf("%s: process %s still runs", what, p)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	testenv.WaitGone(t, what, pids...)
 }
 
 // hangingKey is a command key whose shell writes its pid, starts a child

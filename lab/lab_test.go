@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -118,19 +119,9 @@ func leftovers(t *testing.T, dir string) []string {
 	return found
 }
 
-// waitFor polls cond until it holds; the test's deadline bounds it. Things
-// the kernel does asynchronously (signal delivery) are waited for this way,
-// not with a sleep.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("gave up waiting for %s", what)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
+// waitFor is testenv.WaitFor: things the kernel does asynchronously
+// (signal delivery) are waited for this way, not with a sleep.
+func waitFor(t *testing.T, what string, cond func() bool) { testenv.WaitFor(t, what, cond) }
 
 func TestPlainHosts(t *testing.T) {
 	labtest.Require(t)

@@ -1,9 +1,12 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+	"time"
 )
 
 // CI reports whether the tests run under CI, where nothing may be skipped.
@@ -28,4 +31,48 @@ func Tool(t testing.TB, name, hint string) string {
 		Missing(t, name+" not found in PATH ("+hint+")")
 	}
 	return p
+}
+
+// Eventually polls cond until it holds, for what happens asynchronously
+// (a signal landing, a file a detached job writes, a process ending):
+// never a sleep that hopes. It gives up after two minutes, a bound against
+// a hang and not a speed assertion.
+func Eventually(what string, cond func() bool) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// WaitFor is Eventually, failing t when it gives up.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	if err := Eventually(what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WaitGone waits for the processes (pids, on this machine) to end, as
+// Eventually does; a zombie has ended. It reports on t what did not.
+func WaitGone(t testing.TB, what string, pids ...string) {
+	t.Helper()
+	for _, p := range pids {
+		if err := Eventually("process "+p+" to end", func() bool { return processGone(p) }); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
+
+func processGone(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	// pid (comm) STATE ...: the state follows the last parenthesis.
+	s := string(b)
+	return strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
 }
