@@ -57,11 +57,10 @@ func Write(w io.Writer, shell string, app *kong.Node, opts Options) error {
 	root := tree(app, opts)
 	var b bytes.Buffer
 	if err := scripts.ExecuteTemplate(&b, name, struct {
-		Root  *node
-		Nodes []*node
+		Nodes []*node // every command, parents first
 		// the flag naming the hive, long and short ("" if it has none)
 		Config, ConfigShort string
-	}{root, root.all(), opts.Config, root.short(opts.Config)}); err != nil {
+	}{root.all(), opts.Config, root.short(opts.Config)}); err != nil {
 		return fmt.Errorf("%s completion: %w", shell, err)
 	}
 	_, err := w.Write(b.Bytes())
