@@ -154,39 +154,6 @@ func section(text, from, to string) string {
 	return before
 }
 
-// Text that roff would take for requests, escapes or fonts must come out
-// exactly as written.
-func TestManEscapes(t *testing.T) {
-	type hostile struct {
-		Path   string `arg:"" help:"'quoted' at the start, a \\back\\slash\\, \"double\" quotes, ~/.ssh, a^b, --x and \\fBnot bold\\fR."`
-		Dashes string `default:"-.-'x\"y" help:".. a line of dots"`
-	}
-	type grammar struct {
-		Do struct {
-			hostile
-		} `cmd:"" name:"do-it" help:".TH looks like a request"`
-	}
-	parser, err := kong.New(&grammar{}, kong.Name("hostile"), kong.Description(".SH not a section\n'br not a request"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parser.Model.Children[0].Detail = "First line.\n.SH NOT A SECTION\n'tis a line\n\n  .indented \\n example\n  'second\n\\fIlast"
-	_, text := render(t, manPage(parser.Model, "v1"))
-	for _, want := range []string{
-		`hostile - .SH not a section 'br not a request SYNOPSIS`,
-		`hostile do-it .TH looks like a request First line. .SH NOT A SECTION 'tis a line .indented \n example 'second \fIlast`,
-		`'quoted' at the start, a \back\slash\, "double" quotes, ~/.ssh, a^b, --x and \fBnot bold\fR.`,
-		`--dashes=DASHES .. a line of dots Default: -.-'x"y`,
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("page lost %q:\n%s", want, text)
-		}
-	}
-	if strings.Contains(text, "\u2018") || strings.Contains(text, "\u2019") || strings.Contains(text, "\u02dc") || strings.Contains(text, "\u02c6") {
-		t.Errorf("quotes, ~ or ^ rendered as typographic glyphs:\n%s", text)
-	}
-}
-
 // The statuses the page documents for wrong input are the ones nix-hive
 // exits with.
 func TestManExitStatus(t *testing.T) {
