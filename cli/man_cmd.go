@@ -2,6 +2,8 @@ package cli
 
 import (
 	"github.com/alecthomas/kong"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"strconv"
 
 	"github.com/nix-hive/nix-hive/internal/manpage"
 )
@@ -38,13 +40,7 @@ Commands that take targets select instances with globs on instance names
 explicitly come first, in the order given; duplicates collapse. A pattern
 that matches nothing is an error, so a typo never silently shrinks a
 deploy. Without targets, where they are optional, every instance is meant.`,
-	ExitStatus: []manpage.Entry{
-		{Term: "0", Text: "Success."},
-		{Term: "1", Text: "Failure: a host failed (deploy, keys upload, rollback), a command failed on an instance (run), an instance drifted from the hive (status), or something else went wrong (a build, reading the state)."},
-		{Term: "2", Text: "Usage error: an unknown command or flag, a bad flag value, flags that contradict each other, no hive where -c points; or a mistake in the hive: it does not evaluate, it is invalid, or a target matches no instance."},
-		{Term: "130", Text: "Interrupted (SIGINT or SIGTERM) before the command finished. A deploy records every host's state in hive.state first."},
-		{Term: "255", Text: "ssh: the connection to the instance could not be made or was lost, as with OpenSSH. Otherwise ssh exits with the remote command's status."},
-	},
+	ExitStatus: exitStatuses(),
 	Files: []manpage.Entry{
 		{Term: "hive.nix", Text: "The hive as a Nix expression: systems and instances (lib.mkHive's arguments). Found in the -c/--config directory."},
 		{Term: "flake.nix", Text: "A flake whose hive output is the hive (made with nix-hive.lib.mkHive). Preferred over hive.nix in the same directory."},
@@ -53,4 +49,14 @@ deploy. Without targets, where they are optional, every instance is meant.`,
 		{Term: ".nix-hive/", Text: "Beside the state file: GC roots of built systems (gcroots/), host keys accepted with --accept-new-host-keys (known_hosts), and what ssh-config --write writes (ssh_config, ssh_known_hosts)."},
 	},
 	SeeAlso: []string{"nix(1)", "nix-build(1)", "nix-copy-closure(1)", "ssh(1)", "ssh_config(5)", "nixos-rebuild(8)"},
+}
+
+// exitStatuses is cmdline.Contract as the page's entries: the one
+// statement of what each status means.
+func exitStatuses() []manpage.Entry {
+	var e []manpage.Entry
+	for _, c := range cmdline.Contract {
+		e = append(e, manpage.Entry{Term: strconv.Itoa(c.Code), Text: c.Meaning + "."})
+	}
+	return e
 }
