@@ -155,7 +155,7 @@ is also written to .nix-hive/ssh_config, which --write prints instead:
 }
 
 func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
-	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: 10 * time.Second}
+	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: transport.DefaultConnectTimeout}
 	p, err := transport.NewPool(f.transportConfig(h, st))
 	if err != nil {
 		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))

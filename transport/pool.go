@@ -132,7 +132,7 @@ func withDefaults(cfg Config) Config {
 		cfg.AcceptedKnownHosts = filepath.Join(homeDir(), ".ssh", "known_hosts")
 	}
 	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 10 * time.Second
+		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = 15 * time.Second

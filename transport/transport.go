@@ -24,6 +24,11 @@ var (
 	ErrClosed = errors.New("transport pool closed")
 )
 
+// DefaultConnectTimeout is how long connecting to one host (TCP and the
+// SSH handshake, per hop) may take unless told otherwise: the pool's,
+// the --connect-timeout flag's and the deploy's default.
+const DefaultConnectTimeout = 10 * time.Second
+
 // Endpoint is how to reach one instance.
 type Endpoint struct {
 	// Name is the instance name. It is the HostKeyAlias in the generated
@@ -80,7 +85,7 @@ type Config struct {
 	// .nix-hive/known_hosts; "" means ~/.ssh/known_hosts.
 	AcceptedKnownHosts string
 	// ConnectTimeout bounds TCP connect plus SSH handshake of one hop;
-	// 0 means 10s.
+	// 0 means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// KeepAlive is the interval of keepalive@openssh.com probes on every
 	// pooled connection; 0 means 15s, negative disables them.
