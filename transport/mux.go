@@ -82,23 +82,19 @@ type MuxInfo struct {
 	Socket string `json:"socket"`
 }
 
-// muxConfig is the part of a Config that a holder is made of, and that
-// names its socket.
+// muxConfig is what a holder is made of, and what names its socket: a
+// Config's persisted fields (those not tagged json:"-": the endpoints and
+// the client policy, not what is each command's own), with the protocol
+// and the content of the user's ssh config.
 type muxConfig struct {
-	Protocol           string
-	Endpoints          map[string]Endpoint
-	KnownHostsFiles    []string
-	HostCAs            []string
-	AcceptNewHostKeys  bool
-	AcceptedKnownHosts string
-	ConnectTimeout     time.Duration
-	KeepAlive          time.Duration
-	KeepAliveTimeout   time.Duration
-	UserConfig         string
+	Protocol string
+	Config
 	// UserConfigSum is the user's ssh config's content hash: a changed
 	// IdentityFile or HostName there changes the holder too.
 	UserConfigSum string
-	Hive          string
+	// Hive is Config.Hive, which it hides: encoded after UserConfigSum,
+	// where the sums in running holders' records have it.
+	Hive string
 }
 
 func toMuxConfig(cfg Config) muxConfig {
@@ -112,10 +108,7 @@ func toMuxConfig(cfg Config) muxConfig {
 		s := sha256.Sum256(b)
 		sum = hex.EncodeToString(s[:])
 	}
-	return muxConfig{Protocol: muxProtocol, Endpoints: cfg.Endpoints, KnownHostsFiles: cfg.KnownHostsFiles,
-		HostCAs: cfg.HostCAs, AcceptNewHostKeys: cfg.AcceptNewHostKeys, AcceptedKnownHosts: cfg.AcceptedKnownHosts,
-		ConnectTimeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive, KeepAliveTimeout: cfg.KeepAliveTimeout,
-		UserConfig: cfg.UserConfig, UserConfigSum: sum, Hive: cfg.Hive}
+	return muxConfig{Protocol: muxProtocol, Config: cfg, UserConfigSum: sum, Hive: cfg.Hive}
 }
 
 // sum names the version of the hive m serves: everything but the
@@ -127,11 +120,12 @@ func (m muxConfig) sum() string {
 	return hex.EncodeToString(s[:12])
 }
 
+// config is the Config a holder serves: m's, in batch mode (a holder
+// has no one to ask for a password).
 func (m muxConfig) config() Config {
-	return Config{Endpoints: m.Endpoints, KnownHostsFiles: m.KnownHostsFiles, HostCAs: m.HostCAs,
-		AcceptNewHostKeys: m.AcceptNewHostKeys, AcceptedKnownHosts: m.AcceptedKnownHosts,
-		ConnectTimeout: m.ConnectTimeout, KeepAlive: m.KeepAlive, KeepAliveTimeout: m.KeepAliveTimeout,
-		UserConfig: m.UserConfig, BatchMode: true, Hive: m.Hive}
+	cfg := m.Config
+	cfg.Hive, cfg.BatchMode = m.Hive, true
+	return cfg
 }
 
 // MuxDir is the directory of this user's holder sockets:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -460,5 +461,43 @@ func TestMuxSocketName(t *testing.T) {
 		t.Error("a changed address keeps the holder's socket")
 	case name(base) != name(slow):
 		t.Error("a changed timeout changes the holder's socket")
+	}
+}
+
+// A holder's config, as handed to it and as summed into its record and
+// its socket's name, is what it was before the holder's config became the
+// Config itself: holders that run now are not taken for another version
+// of their hive.
+func TestMuxConfigUnchanged(t *testing.T) {
+	cfg := Config{
+		Endpoints: map[string]Endpoint{
+			"a": {Name: "a", Host: "10.0.0.1", Port: 2222, User: "ops", HostKeys: []string{"ssh-ed25519 AAAA"}, Jump: "b", Options: map[string]string{"IdentityFile": "~/.ssh/k"}},
+			"b": {Host: "b.example"},
+		},
+		KnownHostsFiles: []string{"/kh"}, HostCAs: []string{"ssh-ed25519 CA"}, AcceptNewHostKeys: true,
+		AcceptedKnownHosts: "/acc", ConnectTimeout: 3 * time.Second, KeepAlive: 3 * time.Second, KeepAliveTimeout: 9 * time.Second,
+		IdleKeepAlive: time.Minute, UserConfig: "none", BatchMode: true, RawCommands: true, Hive: "/hive",
+		Passphrase: func(string) ([]byte, error) { return nil, nil },
+	}
+	const wantJSON = `{"Protocol":"nix-hive-mux-2","Endpoints":{"a":{"Name":"a","Host":"10.0.0.1","Port":2222,"User":"ops","HostKeys":["ssh-ed25519 AAAA"],"Jump":"b","Options":{"IdentityFile":"~/.ssh/k"}},"b":{"Name":"","Host":"b.example","Port":0,"User":"","HostKeys":null,"Jump":"","Options":null}},"KnownHostsFiles":["/kh"],"HostCAs":["ssh-ed25519 CA"],"AcceptNewHostKeys":true,"AcceptedKnownHosts":"/acc","ConnectTimeout":3000000000,"KeepAlive":3000000000,"KeepAliveTimeout":9000000000,"UserConfig":"none","UserConfigSum":"","Hive":"/hive"}`
+	b, err := EncodeMuxConfig(cfg)
+	if err != nil || string(b) != wantJSON {
+		t.Errorf("EncodeMuxConfig = %s, %v; want %s", b, err, wantJSON)
+	}
+	if sum := toMuxConfig(cfg).sum(); sum != "d33970cff78e145d904ddb3f" {
+		t.Errorf("sum = %s; want d33970cff78e145d904ddb3f", sum)
+	}
+	bare := Config{UserConfig: "none", KnownHostsFiles: []string{}, AcceptedKnownHosts: "/x"}
+	if sum := toMuxConfig(bare).sum(); sum != "7ac742dfc7569cded6ce2434" {
+		t.Errorf("sum of a bare config = %s; want 7ac742dfc7569cded6ce2434", sum)
+	}
+	got, err := DecodeMuxConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cfg
+	want.IdleKeepAlive, want.RawCommands, want.Passphrase = 0, false, nil
+	if got.Passphrase != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("DecodeMuxConfig = %+v; want %+v", got, want)
 	}
 }

@@ -59,6 +59,8 @@ type Endpoint struct {
 }
 
 // Config is the set of endpoints and the client-side policy of a Pool.
+// A connection holder is made of the fields not tagged json:"-" (see
+// muxConfig); the others are each command's own.
 type Config struct {
 	// Endpoints by instance name; an Endpoint's empty Name is filled from
 	// its key.
@@ -99,7 +101,7 @@ type Config struct {
 	// openChannel): a holder's connections waiting between commands then
 	// cost the uplink little, while one a command uses is still probed
 	// every KeepAlive.
-	IdleKeepAlive time.Duration
+	IdleKeepAlive time.Duration `json:"-"`
 	// UserConfig is the user's OpenSSH config, read for defaults the hive
 	// does not set (User, Port, HostName, IdentityFile) and included by the
 	// generated config. "" means ~/.ssh/config; "none" ignores it.
@@ -107,31 +109,31 @@ type Config struct {
 	// BatchMode makes the generated OpenSSH config never prompt (for a
 	// password or passphrase): for configs handed to tools that run ssh
 	// without a terminal of their own, like nix copy.
-	BatchMode bool
+	BatchMode bool `json:"-"`
 	// Passphrase, if set, is asked for the passphrase of an encrypted
 	// identity file that no agent holds (once per file and run; calls are
 	// serialised). nix-hive asks on the terminal; nil skips such keys.
-	Passphrase func(keyFile string) ([]byte, error)
+	Passphrase func(keyFile string) ([]byte, error) `json:"-"`
 	// RawCommands sends Run's command lines exactly as given. By default a
 	// short probe of shell builtins (read and echo, no process) runs first
 	// and reports the command's process group on stderr, where Run removes
 	// it again, so that a cancelled command can be stopped even on root
 	// logins, for which OpenSSH ignores signal requests. Set it for
 	// restricted accounts whose forced command checks the command line.
-	RawCommands bool
+	RawCommands bool `json:"-"`
 	// Mux is the socket of a connection holder (nix-hive mux, MuxSocket)
 	// to go through instead of connecting to hosts: "" connects directly.
 	// A holder that does not answer is warned about and passed over.
-	Mux string
+	Mux string `json:"-"`
 	// MuxStart, when Mux is "", starts a holder and returns its socket,
 	// called the first time the pool would connect to a host (never for
 	// a command that connects to none). An error connects directly.
-	MuxStart func() (string, error)
+	MuxStart func() (string, error) `json:"-"`
 	// Hive names the hive the endpoints come from (its directory): a
 	// holder belongs to it (MuxSocket), whatever its endpoints are now.
 	Hive string
 	// Warn, if set, is told of problems found after NewPool returned (a
 	// holder started on first use that does not answer); NewPool's own
 	// are in Warnings.
-	Warn func(msg string)
+	Warn func(msg string) `json:"-"`
 }
