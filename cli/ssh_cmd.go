@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -169,7 +170,7 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 		return fmt.Errorf("ssh-config: %w", err)
 	}
 	kh := st.AuxPath("ssh_known_hosts")
-	if err := p.WriteOpenSSH(cfg, kh); err != nil {
+	if err := openssh.Write(p.Hosts(), cfg, kh); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
 	if c.Write {
@@ -180,5 +181,5 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 		_, err = fmt.Fprintln(g.stdout, abs)
 		return err
 	}
-	return p.WriteSSHConfig(g.stdout, kh)
+	return openssh.WriteConfig(g.stdout, p.Hosts(), kh)
 }

@@ -27,8 +27,8 @@ var defaultIdentities = []string{"id_ed25519", "id_ecdsa", "id_rsa"}
 // (CertificateFile, or <identity>-cert.pub beside an identity file) is
 // offered before the key it certifies. The returned close function
 // releases the agent socket; call it once the handshake is over.
-func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
-	k := &keyring{seen: map[string]bool{}, ids: &p.ids}
+func (h *Hosts) authFor(s *settings) (ssh.AuthMethod, func(), error) {
+	k := &keyring{seen: map[string]bool{}, ids: &h.ids}
 	// Public halves of explicit identities, for IdentitiesOnly with agent
 	// keys whose private file is encrypted.
 	wanted := map[string]bool{}
@@ -48,7 +48,7 @@ func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
 			}
 		}
 	}
-	k.decrypt(p.cfg.Passphrase)
+	k.decrypt(h.cfg.Passphrase)
 	k.certify(append(append([]string(nil), s.CertificateFiles...), certFilesBeside(files)...))
 	if len(k.signers) == 0 {
 		closeAgent()

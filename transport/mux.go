@@ -98,13 +98,9 @@ type muxConfig struct {
 }
 
 func toMuxConfig(cfg Config) muxConfig {
-	cfg = withDefaults(cfg)
-	path := cfg.UserConfig
-	if path == "" {
-		path = filepath.Join(homeDir(), ".ssh", "config")
-	}
+	cfg = WithDefaults(cfg)
 	var sum string
-	if b, err := os.ReadFile(expandPath(path)); err == nil {
+	if b, err := os.ReadFile(UserConfigFile(cfg)); err == nil {
 		s := sha256.Sum256(b)
 		sum = hex.EncodeToString(s[:])
 	}
@@ -569,10 +565,7 @@ func dialRejection(err error) ssh.RejectionReason {
 // dialBound is how long the holder waits to reach instance: as long as
 // its pool dials, ConnectTimeout per hop.
 func (s *MuxServer) dialBound(instance string) time.Duration {
-	if ep, ok := s.pool.endpoints[instance]; ok {
-		return s.pool.dialBound(ep)
-	}
-	return s.pool.cfg.ConnectTimeout
+	return s.pool.Hosts().DialBound(instance)
 }
 
 // relay opens m's channel on the instance's connection and relays it to

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -26,12 +25,9 @@ const maxSessions = 10
 // every command, shell and sftp client of a run; a jump host's connection
 // carries all the hosts behind it. It is safe for concurrent use.
 type Pool struct {
-	cfg       Config
-	endpoints map[string]*settings
-	known     []string // known_hosts files consulted, in order
-	cas       []ssh.PublicKey
-	uc        *userConfig // the user's ssh config, included by WriteSSHConfig
-	warnings  []string
+	hosts    *Hosts
+	cfg      Config // hosts.cfg
+	warnings []string
 
 	ctx    context.Context // cancelled by Close; parent of every dial
 	cancel context.CancelFunc
@@ -39,9 +35,6 @@ type Pool struct {
 	// kills are pending process-group kills of cancelled commands; Close
 	// lets them finish so a cancelled command does not outlive the run.
 	kills sync.WaitGroup
-
-	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
-	ids      identities // identity files decrypted in this run
 
 	// mux is the holder every connection goes through, if any: dialled
 	// by NewPool (Config.Mux), or started on first use (Config.MuxStart).
@@ -86,29 +79,19 @@ type dialCall struct {
 // jump references and cycles), reads the user's ssh config for defaults and
 // returns an empty pool; connections are made on first use.
 func NewPool(cfg Config) (*Pool, error) {
-	cfg = withDefaults(cfg)
-	uc, warn := loadUserConfig(cfg.UserConfig)
-	eps, err := resolveAll(cfg, uc)
+	hosts, err := newHosts(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cas, err := parseCAs(cfg.HostCAs)
-	if err != nil {
-		return nil, err
-	}
+	cfg = hosts.cfg
 	p := &Pool{
-		cfg:       cfg,
-		cas:       cas,
-		endpoints: eps,
-		known:     knownFiles(cfg),
-		uc:        uc,
-		conns:     map[string]*conn{},
-		dialing:   map[string]*dialCall{},
-		dials:     map[string]int{},
-		direct:    map[string]bool{},
-	}
-	if warn != nil {
-		p.warnings = append(p.warnings, warn.Error())
+		hosts:    hosts,
+		cfg:      cfg,
+		warnings: hosts.Warnings(),
+		conns:    map[string]*conn{},
+		dialing:  map[string]*dialCall{},
+		dials:    map[string]int{},
+		direct:   map[string]bool{},
 	}
 	if cfg.Mux != "" {
 		p.muxOnce.Do(func() {
@@ -124,56 +107,12 @@ func NewPool(cfg Config) (*Pool, error) {
 	return p, nil
 }
 
-func withDefaults(cfg Config) Config {
-	if cfg.KnownHostsFiles == nil {
-		cfg.KnownHostsFiles = []string{filepath.Join(homeDir(), ".ssh", "known_hosts")}
-	}
-	if cfg.AcceptedKnownHosts == "" {
-		cfg.AcceptedKnownHosts = filepath.Join(homeDir(), ".ssh", "known_hosts")
-	}
-	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = DefaultConnectTimeout
-	}
-	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = 15 * time.Second
-	}
-	if cfg.KeepAliveTimeout <= 0 {
-		cfg.KeepAliveTimeout = 3 * cfg.KeepAlive
-	}
-	return cfg
-}
-
-// knownFiles lists the known_hosts files to consult: the file new keys go
-// to first (a key accepted by one run is known to the next, with or
-// without accepting), then the configured ones.
-func knownFiles(cfg Config) []string {
-	out := []string{expandPath(cfg.AcceptedKnownHosts)}
-	for _, f := range cfg.KnownHostsFiles {
-		f = expandPath(f)
-		if !slices.Contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
+// Hosts is how the pool reaches and checks each instance.
+func (p *Pool) Hosts() *Hosts { return p.hosts }
 
 // Warnings are non-fatal problems found by NewPool (an unreadable user ssh
 // config, for instance), for the caller to show.
 func (p *Pool) Warnings() []string { return slices.Clone(p.warnings) }
-
-// Resolve returns the effective settings of an instance: host, port, user
-// and jump chain after merging the hive, the user's ssh config and the
-// defaults. `ssh -G -F <WriteSSHConfig output> NAME` agrees with it.
-func (p *Pool) Resolve(name string) (Effective, error) {
-	s, ok := p.endpoints[name]
-	if !ok {
-		return Effective{}, fmt.Errorf("%w %q", ErrUnknownInstance, name)
-	}
-	e := s.Effective
-	e.JumpChain = slices.Clone(e.JumpChain)
-	e.IdentityFiles = slices.Clone(e.IdentityFiles)
-	return e, nil
-}
 
 // Dials reports how many connections were started to an instance so far
 // (successful or not); with pooling it stays at 1 per host for a run
@@ -214,7 +153,7 @@ func (p *Pool) Client(ctx context.Context, name string) (*ssh.Client, error) {
 }
 
 func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
-	if _, ok := p.endpoints[name]; !ok {
+	if _, ok := p.hosts.endpoints[name]; !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
 	p.mu.Lock()
@@ -373,10 +312,10 @@ func (p *Pool) holder() *muxClient {
 // when it has one, or through the holder. A fresh connection is one the
 // holder makes for the channel opened on it alone (see RunFresh).
 func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
-	s := p.endpoints[name]
+	s := p.hosts.endpoints[name]
 	addr := s.Addr()
 	if p.throughHolder(name) {
-		ctx, cancel := context.WithTimeout(p.ctx, p.dialBound(s))
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.DialBound(name))
 		defer cancel()
 		c, err := p.mux.Load().dial(ctx, name, fresh)
 		if err != nil && ctx.Err() != nil {
@@ -395,7 +334,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
 		defer cancel()
-		raw, via, err := p.dialDirect(ctx, s)
+		raw, via, err := dialDirect(ctx, s)
 		if err != nil {
 			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, p.ctxErr(ctx, err))
 		}
@@ -428,13 +367,6 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 	}
 }
 
-// dialBound is how long connecting to s may take: ConnectTimeout per
-// hop, as when this pool dials it, and as long as a command waits for a
-// holder to.
-func (p *Pool) dialBound(s *settings) time.Duration {
-	return time.Duration(1+len(s.JumpChain)) * p.cfg.ConnectTimeout
-}
-
 // ctxErr prefers the context's reason over the symptom it caused.
 func (p *Pool) ctxErr(ctx context.Context, err error) error {
 	if p.ctx.Err() != nil {
@@ -455,7 +387,7 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 	if via != "" {
 		where += " via " + via
 	}
-	cc, closeAgent, err := p.clientConfig(s)
+	cc, closeAgent, err := p.hosts.clientConfig(s)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -483,53 +415,6 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 		p.handshakes[1].Add(1)
 	}
 	return ssh.NewClient(sc, chans, reqs), nil
-}
-
-// clientConfig is the SSH client configuration of one handshake with s:
-// its host key checks and its keys; closeAgent releases the agent.
-func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(), err error) {
-	hk := p.hostKeys(s)
-	cb, algos, err := hk.callback()
-	if err != nil {
-		return nil, nil, err
-	}
-	auth, closeAgent, err := p.authFor(s)
-	if err != nil {
-		return nil, nil, err
-	}
-	cc = &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}
-	cc.KeyExchanges, cc.Ciphers, cc.MACs = kexAlgorithms, cipherAlgorithms, macAlgorithms
-	return cc, closeAgent, nil
-}
-
-// The algorithms offered, in order of preference: x/crypto's defaults
-// without SHA-1 and the larger NIST curves. Every sshd since OpenSSH 6.5
-// (2014), FIPS builds included, shares one of them with this list, and
-// each name left out is bytes saved on every connection, which a deploy
-// of a thousand hosts makes two thousand of.
-var (
-	kexAlgorithms = []string{ssh.KeyExchangeMLKEM768X25519, ssh.KeyExchangeCurve25519,
-		ssh.KeyExchangeECDHP256, ssh.KeyExchangeDH14SHA256}
-	cipherAlgorithms = []string{ssh.CipherAES128GCM, ssh.CipherAES256GCM, ssh.CipherChaCha20Poly1305,
-		ssh.CipherAES128CTR, ssh.CipherAES256CTR}
-	macAlgorithms = []string{ssh.HMACSHA256ETM, ssh.HMACSHA512ETM, ssh.HMACSHA256, ssh.HMACSHA512}
-)
-
-// hostKeys is what decides s's host keys.
-func (p *Pool) hostKeys(s *settings) *hostKeys {
-	return &hostKeys{
-		instance:   s.Name,
-		addr:       s.Addr(),
-		alias:      Alias(s.Name),
-		hostName:   s.HostName,
-		cas:        p.cas,
-		candidates: s.knownNames(),
-		pinned:     s.pinned,
-		files:      p.known,
-		accept:     p.cfg.AcceptNewHostKeys,
-		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
-		acceptMu:   &p.acceptMu,
-	}
 }
 
 // handshakeError says why a handshake with s failed: a host key error as

@@ -351,7 +351,7 @@ func terminal(name string, s *ssh.Session, t Terminal) (restore func(), err erro
 // that broke sshd or the network cannot be confirmed through a connection
 // made before it was activated.
 func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	if _, ok := p.endpoints[name]; !ok {
+	if _, ok := p.hosts.endpoints[name]; !ok {
 		return -1, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
 	client, err := p.dialFresh(ctx, name)
@@ -481,11 +481,10 @@ type FileReader interface {
 // or the holder's, which outlives the command.
 func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
 	if p.throughHolder(name) {
-		s, ok := p.endpoints[name]
-		if !ok {
+		if _, ok := p.hosts.endpoints[name]; !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		f, err := p.mux.Load().filesOf(ctx, name, p.dialBound(s))
+		f, err := p.mux.Load().filesOf(ctx, name, p.hosts.DialBound(name))
 		if err != nil {
 			return nil, err // not a nil *muxFileReader in a non-nil interface
 		}
