@@ -157,14 +157,11 @@ is also written to .nix-hive/ssh_config, which --write prints instead:
 
 func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
 	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: transport.DefaultConnectTimeout}
-	p, err := transport.NewPool(f.transportConfig(h, st))
+	p, err := newPool(g, h, f.transportConfig(h, st))
 	if err != nil {
-		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+		return err
 	}
 	defer p.Close()
-	for _, w := range p.Warnings() {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
-	}
 	cfg := st.AuxPath("ssh_config")
 	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)

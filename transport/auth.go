@@ -56,19 +56,12 @@ func (h *Hosts) authFor(s *settings) (ssh.AuthMethod, func(), error) {
 		if len(k.skipped) > 0 {
 			msg += "; skipped " + strings.Join(k.skipped, ", ")
 		}
-		return nil, nil, loginError{fmt.Errorf("authenticate to %s: %s", s.Name, msg)}
+		return nil, nil, LoginError{fmt.Errorf("authenticate to %s: %s", s.Name, msg)}
 	}
 	// One publickey method with every signer: x/crypto tries each method
 	// name once, so a second publickey method would never run.
 	return ssh.PublicKeys(k.signers...), closeAgent, nil
 }
-
-// loginError is a login the host refused, or one no key could be offered
-// for. A holder, which cannot ask for passphrases, says so to a command
-// that can (see dialRejection), whose muxClient.dial returns it again.
-type loginError struct{ error }
-
-func (e loginError) Unwrap() error { return e.error }
 
 // certFilesBeside are the <identity>-cert.pub files that exist, which
 // OpenSSH loads with their identities.

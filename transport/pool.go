@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,9 +24,8 @@ const maxSessions = 10
 // every command, shell and sftp client of a run; a jump host's connection
 // carries all the hosts behind it. It is safe for concurrent use.
 type Pool struct {
-	hosts    *Hosts
-	cfg      Config // hosts.cfg
-	warnings []string
+	hosts *Hosts
+	cfg   Config // hosts.cfg
 
 	ctx    context.Context // cancelled by Close; parent of every dial
 	cancel context.CancelFunc
@@ -36,17 +34,13 @@ type Pool struct {
 	// lets them finish so a cancelled command does not outlive the run.
 	kills sync.WaitGroup
 
-	// mux is the holder every connection goes through, if any: dialled
-	// by NewPool (Config.Mux), or started on first use (Config.MuxStart).
-	mux     atomic.Pointer[muxClient]
-	muxOnce sync.Once
+	holder *holderLink // the holder every connection goes through, if any
 
 	mu      sync.Mutex
 	closed  bool
 	conns   map[string]*conn
 	dialing map[string]*dialCall
 	dials   map[string]int
-	direct  map[string]bool // instances the holder cannot log in to: dialed here
 
 	keepaliveTick func(probed bool) // tests: told at each keepalive tick whether it probed
 
@@ -63,7 +57,7 @@ type conn struct {
 	done     chan struct{} // closed once the connection is gone
 	sessions chan struct{} // one token per open session (maxSessions)
 
-	inUse    atomic.Int32  // channels open through openChannel (IdleKeepAlive)
+	inUse    atomic.Int32  // channels open through OpenChannel (IdleKeepAlive)
 	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
 	sftp     *SFTP
 	sftpDone chan struct{}
@@ -83,25 +77,13 @@ func NewPool(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg = hosts.cfg
 	p := &Pool{
-		hosts:    hosts,
-		cfg:      cfg,
-		warnings: hosts.Warnings(),
-		conns:    map[string]*conn{},
-		dialing:  map[string]*dialCall{},
-		dials:    map[string]int{},
-		direct:   map[string]bool{},
-	}
-	if cfg.Mux != "" {
-		p.muxOnce.Do(func() {
-			m, err := dialMux(cfg.Mux, cfg.ConnectTimeout)
-			if err != nil {
-				p.warnings = append(p.warnings, fmt.Sprintf("%v; connecting to each host directly", err))
-				return
-			}
-			p.mux.Store(m)
-		})
+		hosts:   hosts,
+		cfg:     hosts.cfg,
+		holder:  newHolderLink(cfg),
+		conns:   map[string]*conn{},
+		dialing: map[string]*dialCall{},
+		dials:   map[string]int{},
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
@@ -109,10 +91,6 @@ func NewPool(cfg Config) (*Pool, error) {
 
 // Hosts is how the pool reaches and checks each instance.
 func (p *Pool) Hosts() *Hosts { return p.hosts }
-
-// Warnings are non-fatal problems found by NewPool (an unreadable user ssh
-// config, for instance), for the caller to show.
-func (p *Pool) Warnings() []string { return slices.Clone(p.warnings) }
 
 // Dials reports how many connections were started to an instance so far
 // (successful or not); with pooling it stays at 1 per host for a run
@@ -217,7 +195,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 && (p.mux.Load() == nil || p.direct[name]) {
+	if p.cfg.KeepAlive > 0 && !p.holder.carries(name) {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -275,61 +253,26 @@ func (p *Pool) keepalive(c *conn) {
 	}
 }
 
-// throughHolder says whether name's connections go through the holder,
-// starting one first when the pool is to (Config.MuxStart).
-func (p *Pool) throughHolder(name string) bool {
-	if p.holder() == nil {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.direct[name]
-}
-
-// holder is the holder the pool goes through, started now if it is the
-// pool's first connection and Config.MuxStart says how; nil for none.
-func (p *Pool) holder() *muxClient {
-	if p.cfg.MuxStart != nil {
-		p.muxOnce.Do(func() {
-			sock, err := p.cfg.MuxStart()
-			if err != nil || sock == "" {
-				return // the starter said why
-			}
-			m, err := dialMux(sock, p.cfg.ConnectTimeout)
-			if err != nil {
-				if p.cfg.Warn != nil {
-					p.cfg.Warn(fmt.Sprintf("%v; connecting to each host directly", err))
-				}
-				return
-			}
-			p.mux.Store(m)
-		})
-	}
-	return p.mux.Load()
-}
-
 // dial connects to one endpoint, through its jump host's pooled connection
 // when it has one, or through the holder. A fresh connection is one the
 // holder makes for the channel opened on it alone (see RunFresh).
 func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 	s := p.hosts.endpoints[name]
 	addr := s.Addr()
-	if p.throughHolder(name) {
+	if p.holder.through(name) {
 		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.DialBound(name))
 		defer cancel()
-		c, err := p.mux.Load().dial(ctx, name, fresh)
+		c, err := p.holder.loaded().Dial(ctx, name, fresh)
 		if err != nil && ctx.Err() != nil {
 			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
 		}
-		if !errors.As(err, new(loginError)) || p.cfg.Passphrase == nil {
+		if !errors.As(err, new(LoginError)) || p.cfg.Passphrase == nil {
 			return c, err
 		}
 		// The holder has no one to ask for a key's passphrase; this
 		// command has, so it logs in itself (through the holder's
 		// connections to the jump hosts, if it has those).
-		p.mu.Lock()
-		p.direct[name] = true
-		p.mu.Unlock()
+		p.holder.goDirect(name)
 	}
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
@@ -429,7 +372,7 @@ func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, er
 		if len(s.IdentityFiles) > 0 {
 			keys = strings.Join(s.IdentityFiles, ", ")
 		}
-		return loginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
+		return LoginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
 	}
 	return fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 }
@@ -468,12 +411,12 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 	}
 }
 
-// openChannel opens a channel of any type on the instance, as a holder
-// relays it: on the pooled connection (a session holding one of its
+// OpenChannel opens a channel of any type on the instance, as a holder
+// (package mux) relays it: on the pooled connection (a session holding one of its
 // slots, redialing once a connection found dead, like session) or, when
 // fresh, on a connection made for it. release gives back what it held;
 // call it once the channel is closed.
-func (p *Pool) openChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
+func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
 	if fresh {
 		client, err := p.dialFresh(ctx, name)
 		if err != nil {
@@ -733,10 +676,7 @@ func (p *Pool) Close() error {
 			errs = append(errs, fmt.Errorf("close connection to %s: %w", c.name, err))
 		}
 	}
-	p.muxOnce.Do(func() {}) // no holder is started after Close
-	if m := p.mux.Load(); m != nil {
-		m.close()
-	}
+	p.holder.close() // and none is started after Close
 	p.wg.Wait()
 	return errors.Join(errs...)
 }

@@ -66,7 +66,7 @@ func TestUnparsableUserConfigIsAWarning(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewPool: %v", err)
 	}
-	if w := p.Warnings(); len(w) != 1 || !strings.Contains(w[0], uc) {
+	if w := p.Hosts().Warnings(); len(w) != 1 || !strings.Contains(w[0], uc) {
 		t.Errorf("Warnings = %q; want one naming %s", w, uc)
 	}
 }

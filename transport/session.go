@@ -416,8 +416,8 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 // Through a holder, the holder drops its connection too.
 func (p *Pool) Reset(name string) {
 	p.Release(name)
-	if m := p.mux.Load(); m != nil {
-		m.reset(name)
+	if h := p.holder.loaded(); h != nil {
+		h.Reset(name)
 	}
 }
 
@@ -434,41 +434,9 @@ func (p *Pool) Release(name string) {
 	}
 }
 
-// ThroughMux says whether the pool goes through a holder: one that runs,
-// or one it starts when it first connects (Config.MuxStart).
-func (p *Pool) ThroughMux() bool { return p.mux.Load() != nil || p.cfg.MuxStart != nil }
-
-// Mux is the socket of the holder the pool goes through, "" for none.
-func (p *Pool) Mux() string {
-	m := p.mux.Load()
-	if m == nil {
-		return ""
-	}
-	return m.path
-}
-
-// MuxInfo asks the holder the pool goes through about itself.
-func (p *Pool) MuxInfo() (MuxInfo, error) {
-	m := p.mux.Load()
-	if m == nil {
-		return MuxInfo{}, errors.New("no mux")
-	}
-	return m.info()
-}
-
-// StopMux ends the holder the pool goes through and returns once it has
-// closed its connections to the hosts.
-func (p *Pool) StopMux() error {
-	m := p.mux.Load()
-	if m == nil {
-		return errors.New("no mux")
-	}
-	if _, _, err := m.client.SendRequest(muxStop, true, nil); err != nil {
-		return fmt.Errorf("mux %s: stop: %w", m.path, err)
-	}
-	<-m.done
-	return nil
-}
+// ThroughMux says whether the pool goes through a holder: one it was
+// given, or one it starts when it first connects (Config.StartHolder).
+func (p *Pool) ThroughMux() bool { return p.holder.loaded() != nil || p.cfg.StartHolder != nil }
 
 // FileReader reads a host's links and small files (see Reader), one at
 // a time or in a batch.
@@ -480,15 +448,11 @@ type FileReader interface {
 // Files reads the instance's files over its sftp session: the pool's own,
 // or the holder's, which outlives the command.
 func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
-	if p.throughHolder(name) {
+	if p.holder.through(name) {
 		if _, ok := p.hosts.endpoints[name]; !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		f, err := p.mux.Load().filesOf(ctx, name, p.hosts.DialBound(name))
-		if err != nil {
-			return nil, err // not a nil *muxFileReader in a non-nil interface
-		}
-		return f, nil
+		return p.holder.loaded().Files(ctx, name, p.hosts.DialBound(name))
 	}
 	sc, err := p.SFTP(ctx, name)
 	if err != nil {

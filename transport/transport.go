@@ -62,8 +62,8 @@ type Endpoint struct {
 }
 
 // Config is the set of endpoints and the client-side policy of a Pool.
-// A connection holder is made of the fields not tagged json:"-" (see
-// muxConfig); the others are each command's own.
+// A connection holder (package mux) is made of the fields not tagged
+// json:"-"; the others are each command's own.
 type Config struct {
 	// Endpoints by instance name; an Endpoint's empty Name is filled from
 	// its key.
@@ -101,7 +101,7 @@ type Config struct {
 	KeepAliveTimeout time.Duration
 	// IdleKeepAlive, if longer than KeepAlive, is the interval of probes
 	// on a connection no channel opened through the pool is using (see
-	// openChannel): a holder's connections waiting between commands then
+	// OpenChannel): a holder's connections waiting between commands then
 	// cost the uplink little, while one a command uses is still probed
 	// every KeepAlive.
 	IdleKeepAlive time.Duration `json:"-"`
@@ -124,19 +124,16 @@ type Config struct {
 	// logins, for which OpenSSH ignores signal requests. Set it for
 	// restricted accounts whose forced command checks the command line.
 	RawCommands bool `json:"-"`
-	// Mux is the socket of a connection holder (nix-hive mux, MuxSocket)
-	// to go through instead of connecting to hosts: "" connects directly.
-	// A holder that does not answer is warned about and passed over.
-	Mux string `json:"-"`
-	// MuxStart, when Mux is "", starts a holder and returns its socket,
+	// Holder is a connection holder (package mux) to go through instead
+	// of connecting to hosts; the pool closes it on Close (NewPool's
+	// caller, should NewPool fail). nil connects directly.
+	Holder Holder `json:"-"`
+	// StartHolder, when Holder is nil, starts a holder and returns it,
 	// called the first time the pool would connect to a host (never for
-	// a command that connects to none). An error connects directly.
-	MuxStart func() (string, error) `json:"-"`
+	// a command that connects to none). nil (it says why) connects
+	// directly.
+	StartHolder func() Holder `json:"-"`
 	// Hive names the hive the endpoints come from (its directory): a
-	// holder belongs to it (MuxSocket), whatever its endpoints are now.
+	// holder belongs to it (package mux), whatever its endpoints are now.
 	Hive string
-	// Warn, if set, is told of problems found after NewPool returned (a
-	// holder started on first use that does not answer); NewPool's own
-	// are in Warnings.
-	Warn func(msg string) `json:"-"`
 }
