@@ -24,8 +24,7 @@ const maxSessions = 10
 // every command, shell and sftp client of a run; a jump host's connection
 // carries all the hosts behind it. It is safe for concurrent use.
 type Pool struct {
-	hosts *Hosts
-	cfg   Config // hosts.cfg
+	hosts *Hosts // how each instance is reached; hosts.cfg is the pool's Config
 
 	ctx    context.Context // cancelled by Close; parent of every dial
 	cancel context.CancelFunc
@@ -70,8 +69,9 @@ type dialCall struct {
 }
 
 // NewPool validates the endpoints (names, addresses, pinned keys, options,
-// jump references and cycles), reads the user's ssh config for defaults and
-// returns an empty pool; connections are made on first use.
+// jump references and cycles), reads the user's ssh config for defaults
+// (its Hosts) and returns an empty pool; connections are made on first
+// use.
 func NewPool(cfg Config) (*Pool, error) {
 	hosts, err := newHosts(cfg)
 	if err != nil {
@@ -79,7 +79,6 @@ func NewPool(cfg Config) (*Pool, error) {
 	}
 	p := &Pool{
 		hosts:   hosts,
-		cfg:     hosts.cfg,
 		holder:  newHolderLink(cfg),
 		conns:   map[string]*conn{},
 		dialing: map[string]*dialCall{},
@@ -195,7 +194,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 && !p.holder.carries(name) {
+	if p.hosts.cfg.KeepAlive > 0 && !p.holder.carries(name) {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -213,7 +212,7 @@ func (p *Pool) evict(c *conn) {
 // keepalive probes the connection; a probe that fails or stays unanswered
 // for KeepAliveTimeout closes it, which evicts it from the pool.
 func (p *Pool) keepalive(c *conn) {
-	t := time.NewTicker(p.cfg.KeepAlive)
+	t := time.NewTicker(p.hosts.cfg.KeepAlive)
 	defer t.Stop()
 	probed := time.Now()
 	for {
@@ -222,7 +221,7 @@ func (p *Pool) keepalive(c *conn) {
 			return
 		case <-t.C:
 		}
-		idle := c.inUse.Load() == 0 && time.Since(probed) < p.cfg.IdleKeepAlive
+		idle := c.inUse.Load() == 0 && time.Since(probed) < p.hosts.cfg.IdleKeepAlive
 		if p.keepaliveTick != nil {
 			p.keepaliveTick(!idle)
 		}
@@ -235,7 +234,7 @@ func (p *Pool) keepalive(c *conn) {
 			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
 			replied <- err
 		})
-		timer := time.NewTimer(p.cfg.KeepAliveTimeout)
+		timer := time.NewTimer(p.hosts.cfg.KeepAliveTimeout)
 		select {
 		case err := <-replied:
 			timer.Stop()
@@ -266,7 +265,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		if err != nil && ctx.Err() != nil {
 			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
 		}
-		if !errors.As(err, new(LoginError)) || p.cfg.Passphrase == nil {
+		if !errors.As(err, new(LoginError)) || p.hosts.cfg.Passphrase == nil {
 			return c, err
 		}
 		// The holder has no one to ask for a key's passphrase; this
@@ -275,7 +274,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		p.holder.goDirect(name)
 	}
 	if len(s.JumpChain) == 0 {
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		defer cancel()
 		raw, via, err := dialDirect(ctx, s)
 		if err != nil {
@@ -291,7 +290,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, err)
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		raw, err := jc.client.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			cancel()
@@ -316,7 +315,7 @@ func (p *Pool) ctxErr(ctx context.Context, err error) error {
 		return ErrClosed
 	}
 	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", p.cfg.ConnectTimeout, context.DeadlineExceeded)
+		return fmt.Errorf("no answer within %s: %w", p.hosts.cfg.ConnectTimeout, context.DeadlineExceeded)
 	}
 	return err
 }
@@ -412,10 +411,10 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 }
 
 // OpenChannel opens a channel of any type on the instance, as a holder
-// (package mux) relays it: on the pooled connection (a session holding one of its
-// slots, redialing once a connection found dead, like session) or, when
-// fresh, on a connection made for it. release gives back what it held;
-// call it once the channel is closed.
+// (package mux) relays it: on the pooled connection (a session holding
+// one of its slots, redialing once a connection found dead, like
+// session) or, when fresh, on a connection made for it. release gives
+// back what it held; call it once the channel is closed.
 func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
 	if fresh {
 		client, err := p.dialFresh(ctx, name)
@@ -667,7 +666,7 @@ func (p *Pool) Close() error {
 	go func() { p.kills.Wait(); close(killed) }()
 	select {
 	case <-killed:
-	case <-time.After(p.cfg.ConnectTimeout):
+	case <-time.After(p.hosts.cfg.ConnectTimeout):
 	}
 	p.cancel()
 	var errs []error

@@ -58,7 +58,7 @@ func (p *Pool) withSession(ctx context.Context, name string, stdin io.Reader, st
 func (p *Pool) start(ctx context.Context, name, cmd string, c *conn, s *ssh.Session, errOut *gated) (int, error) {
 	var pids *pidFilter
 	line := cmd
-	if !p.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
+	if !p.hosts.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
 		pids = &pidFilter{w: errOut.writer(), ready: make(chan struct{})}
 		s.Stderr = pids
 		line = pidProbe + "\n" + cmd
@@ -197,7 +197,7 @@ func (p *Pool) killGroup(c *conn, pids *pidFilter) {
 	go func() {
 		defer p.wg.Done()
 		defer p.kills.Done()
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		defer cancel()
 		pgid := pids.processGroup(ctx)
 		if pgid <= 0 {
@@ -436,7 +436,7 @@ func (p *Pool) Release(name string) {
 
 // ThroughMux says whether the pool goes through a holder: one it was
 // given, or one it starts when it first connects (Config.StartHolder).
-func (p *Pool) ThroughMux() bool { return p.holder.loaded() != nil || p.cfg.StartHolder != nil }
+func (p *Pool) ThroughMux() bool { return p.holder.loaded() != nil || p.hosts.cfg.StartHolder != nil }
 
 // FileReader reads a host's links and small files (see Reader), one at
 // a time or in a batch.
