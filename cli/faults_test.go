@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -748,21 +748,19 @@ func TestNixCopyToSilentHostEnds(t *testing.T) {
 		BatchMode: true, UserConfig: "none",
 		Endpoints: map[string]transport.Endpoint{"app-1": {Host: h.Addr, Port: h.Port, User: "root", HostKeys: []string{h.HostKey},
 			Options: map[string]string{"IdentityFile": f.lab.ClientKey}}}}
-	var kh, sc bytes.Buffer
-	if err := transport.WriteKnownHosts(&kh, cfg); err != nil {
+	pool, err := transport.NewPool(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	khPath := filepath.Join(dir, "known_hosts")
-	writeFile(t, khPath, kh.String())
-	if err := transport.WriteSSHConfig(&sc, cfg, khPath); err != nil {
-		t.Fatal(err)
-	}
+	defer pool.Close()
 	scPath := filepath.Join(dir, "ssh_config")
-	writeFile(t, scPath, sc.String())
+	if err := openssh.Write(pool.Hosts(), scPath, filepath.Join(dir, "known_hosts")); err != nil {
+		t.Fatal(err)
+	}
 	silent := silence(t, h)
 	copier := &deploy.NixCopier{Nix: &nixcmd.Runner{}, SSHConfig: scPath}
 	start := time.Now()
-	err := copier.Copy(t.Context(), "app-1", []string{f.built("app-1")})
+	err = copier.Copy(t.Context(), "app-1", []string{f.built("app-1")})
 	t.Logf("nix copy to a silent host ended after %s: %v", time.Since(start).Round(100*time.Millisecond), err)
 	if err == nil || !strings.Contains(err.Error(), "cannot connect over SSH (tried twice)") {
 		t.Errorf("nix copy to a silent host: %v, want it to give up connecting, twice", err)

@@ -19,6 +19,8 @@ import (
 )
 
 // Fleet flags are shared by every command that connects to instances.
+// ConnectTimeout's default is transport.DefaultConnectTimeout (a kong tag
+// cannot name it; TestFleetConnectTimeoutDefault holds the two together).
 type Fleet struct {
 	AcceptNewHostKeys bool          `help:"Record and accept host keys of instances with neither a pinned hostKey nor a known_hosts entry, in the hive's .nix-hive/known_hosts (a changed key is still refused)."`
 	ConnectTimeout    time.Duration `default:"10s" help:"Limit for connecting to one host (TCP and SSH handshake, per hop); a connection silent for 3 times as long is given up."`

@@ -1,26 +1,18 @@
 package cli
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"os/signal"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/mux"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -82,13 +74,13 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	if err != nil {
 		return err
 	}
-	pool, err := c.holderPool(h, st)
+	pool, held, err := c.holderPool(g, h, st)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	failed := connectAll(ctx, pool, targets, c.Parallel)
-	info, err := pool.MuxInfo()
+	info, err := held.Info()
 	if err != nil {
 		return err
 	}
@@ -107,48 +99,23 @@ func (c *MuxStartCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 }
 
 // holderPool is a pool through the hive's holder, started if none
-// answers.
-func (c *MuxStartCmd) holderPool(h *eval.Hive, st *state.File) (*transport.Pool, error) {
+// answers; held is the way to it.
+func (c *MuxStartCmd) holderPool(g *Globals, h *eval.Hive, st *state.File) (pool *transport.Pool, held *mux.Client, err error) {
 	cfg := c.transportConfig(h, st)
 	sock, _, err := ensureHolder(cfg, c.Idle)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	cfg.Mux = sock
-	pool, err := transport.NewPool(cfg)
+	held, err = mux.Dial(sock, cfg.ConnectTimeout)
 	if err != nil {
-		return nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+		return nil, nil, fmt.Errorf("mux: started, but it does not answer at %s: %w", sock, err)
 	}
-	if pool.Mux() == "" {
-		pool.Close()
-		return nil, fmt.Errorf("mux: started, but it does not answer at %s: %s", sock, strings.Join(pool.Warnings(), "; "))
+	cfg.Holder = held
+	if pool, err = newPool(g, h, cfg); err != nil {
+		held.Close()
+		return nil, nil, err
 	}
-	return pool, nil
-}
-
-// ensureHolder returns the socket of cfg's holder, starting one that ends
-// after idle without use unless one answers there already; pid is the
-// started holder's, 0 when one was running. A holder a concurrent command
-// started first serves this one as well as its own would.
-func ensureHolder(cfg transport.Config, idle time.Duration) (sock string, pid int, err error) {
-	if _, err := transport.MuxDir(true); err != nil {
-		return "", 0, err
-	}
-	if sock, err = transport.RunningMux(cfg); sock != "" || err != nil {
-		return sock, 0, err
-	}
-	// What holders killed before they could clean up left goes now.
-	if _, err := transport.MuxHolders(cfg.Hive); err != nil {
-		return "", 0, err
-	}
-	if sock, err = transport.MuxSocket(cfg); err != nil {
-		return "", 0, err
-	}
-	pid, err = spawnHolder(cfg, sock, idle)
-	if err != nil && transport.MuxAnswers(sock) {
-		return sock, 0, nil // lost the race to another command's holder
-	}
-	return sock, pid, err
+	return pool, held, nil
 }
 
 // connectAll has the holder connect to every target and open its sftp
@@ -173,48 +140,6 @@ func connectAll(ctx context.Context, pool *transport.Pool, targets []string, par
 	return failed
 }
 
-// spawnHolder starts `nix-hive mux serve` in a session of its own, hands
-// it the endpoints on stdin, and waits until it listens (its first line
-// of output) or fails (its log says why). The holder shares no output
-// with this command: `$(nix-hive status)` must not wait for it to end.
-func spawnHolder(cfg transport.Config, sock string, idle time.Duration) (int, error) {
-	conf, err := transport.EncodeMuxConfig(cfg)
-	if err != nil {
-		return 0, err
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return 0, fmt.Errorf("mux: find nix-hive: %w", err)
-	}
-	// Each holder its own log: a retired one may still write to its own
-	// while the next holder of the hive writes to another. It removes it
-	// when it ends.
-	logFile, err := os.CreateTemp(filepath.Dir(sock), strings.TrimSuffix(filepath.Base(sock), ".sock")+".*.log")
-	if err != nil {
-		return 0, fmt.Errorf("mux: %w", err)
-	}
-	logPath := logFile.Name()
-	defer logFile.Close()
-	cmd := &exec.Cmd{Path: exe, Args: []string{"nix-hive", "mux", "serve", "--socket", sock, "--log", logPath, "--idle", idle.String()},
-		Stdin: bytes.NewReader(conf), Stderr: logFile, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return 0, fmt.Errorf("mux: %w", err)
-	}
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("mux: start %s: %w", exe, err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		werr := cmd.Wait()
-		b, _ := os.ReadFile(logPath)
-		os.Remove(logPath)
-		return 0, fmt.Errorf("mux: the holder did not start (%v): %s", werr, strings.TrimSpace(string(b)))
-	}
-	go cmd.Wait() // reaps it should it end while this command runs
-	return cmd.Process.Pid, nil
-}
-
 // MuxStopCmd is `nix-hive mux stop`.
 type MuxStopCmd struct {
 	Fleet
@@ -229,7 +154,7 @@ func (c *MuxStopCmd) Run(g *Globals, src eval.Source) error {
 	if c.All {
 		hive, whose = "", "this user"
 	}
-	holders, err := transport.MuxHolders(hive)
+	holders, err := mux.Holders(hive)
 	if err != nil {
 		return err
 	}
@@ -240,7 +165,7 @@ func (c *MuxStopCmd) Run(g *Globals, src eval.Source) error {
 	var errs []error
 	for _, h := range holders {
 		info, _ := h.Info()
-		if err := transport.StopMuxHolder(h); err != nil {
+		if err := h.Stop(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -250,7 +175,7 @@ func (c *MuxStopCmd) Run(g *Globals, src eval.Source) error {
 }
 
 // holderWhat says which holder h is, for mux stop and check.
-func holderWhat(h transport.MuxHolder, withHive bool) string {
+func holderWhat(h mux.Record, withHive bool) string {
 	what := "current"
 	if h.Retired {
 		what = "retired: an earlier version of the hive"
@@ -261,7 +186,7 @@ func holderWhat(h transport.MuxHolder, withHive bool) string {
 	return what
 }
 
-func connectionsClosed(h transport.MuxHolder, info transport.MuxInfo) string {
+func connectionsClosed(h mux.Record, info mux.Info) string {
 	if h.Retired {
 		return ""
 	}
@@ -275,25 +200,25 @@ type MuxCheckCmd struct {
 
 // muxCheckRow is one holder as mux check --json prints it.
 type muxCheckRow struct {
-	transport.MuxHolder
+	mux.Record
 	// Stale: it serves an earlier version of the hive; the next command
 	// that connects replaces it.
-	Stale bool               `json:"stale"`
-	Info  *transport.MuxInfo `json:"info,omitempty"`
+	Stale bool      `json:"stale"`
+	Info  *mux.Info `json:"info,omitempty"`
 }
 
 func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 	if c.NoMux {
 		return cmdline.UsageError{Err: errors.New("--no-mux: this command is about the holder")}
 	}
-	holders, err := transport.MuxHolders(h.Src.Dir)
+	holders, err := mux.Holders(h.Src.Dir)
 	if err != nil {
 		return err
 	}
 	cfg := c.transportConfig(h, st)
 	rows := make([]muxCheckRow, len(holders))
 	for i, hd := range holders {
-		rows[i] = muxCheckRow{MuxHolder: hd, Stale: hd.Retired || hd.Stale(cfg)}
+		rows[i] = muxCheckRow{Record: hd, Stale: hd.Retired || hd.Stale(cfg)}
 		if info, err := hd.Info(); err == nil {
 			rows[i].Info = &info
 		}
@@ -310,7 +235,7 @@ func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 		return nil
 	}
 	for _, r := range rows {
-		fmt.Fprintf(g.stdout, "mux: pid %d (%s), up %s", r.Pid, holderWhat(r.MuxHolder, false), time.Since(r.Started).Round(time.Second))
+		fmt.Fprintf(g.stdout, "mux: pid %d (%s), up %s", r.Pid, holderWhat(r.Record, false), time.Since(r.Started).Round(time.Second))
 		switch {
 		case r.Info != nil:
 			fmt.Fprintf(g.stdout, ", idle timeout %s: holds %d connections (%d made since it started), %d sessions opened",
@@ -326,8 +251,9 @@ func (c *MuxCheckCmd) Run(g *Globals, h *eval.Hive, st *state.File) error {
 	return nil
 }
 
-// MuxServeCmd is `nix-hive mux serve`: the holder itself, reading its
-// endpoints from stdin. It prints "ready" once it listens.
+// MuxServeCmd is `nix-hive mux serve`: the holder itself (mux.Run),
+// reading its endpoints from stdin, as mux.Ensure starts it
+// (holderCommand). It prints "ready" once it listens.
 type MuxServeCmd struct {
 	Socket string        `required:"" help:"Socket to listen on."`
 	Log    string        `help:"The holder's log (its stderr), removed when it ends."`
@@ -335,37 +261,5 @@ type MuxServeCmd struct {
 }
 
 func (c *MuxServeCmd) Run(g *Globals) error {
-	conf, err := io.ReadAll(g.stdin)
-	if err != nil {
-		return fmt.Errorf("mux: read config: %w", err)
-	}
-	cfg, err := transport.DecodeMuxConfig(conf)
-	if err != nil {
-		return err
-	}
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(g.stderr, "%s %s\n", time.Now().UTC().Format(time.RFC3339), fmt.Sprintf(format, args...))
-	}
-	s, err := transport.NewMuxServer(cfg, c.Idle, logf)
-	if err != nil {
-		return err
-	}
-	s.SetLog(c.Log)
-	ln, err := s.Listen(c.Socket)
-	if err != nil {
-		s.Pool().Close()
-		return err
-	}
-	// Its own signals only: it outlives the command that started it, and
-	// that command's Ctrl-C is not for it.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	logf("pid %d listening on %s for %d instances", os.Getpid(), c.Socket, len(cfg.Endpoints))
-	fmt.Fprintln(g.stdout, "ready")
-	if f, ok := g.stdout.(*os.File); ok {
-		f.Close() // start returns now
-	}
-	err = s.Serve(ctx, ln)
-	logf("ended")
-	return err
+	return mux.Run(g.stdin, g.stdout, g.stderr, c.Socket, c.Log, c.Idle)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/mux"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
@@ -97,65 +98,119 @@ func loadPolicy(ctx context.Context, g *Globals, r *Rollout, src eval.Source) (*
 	return provided(starlark.Load(ctx, file, nil, env))
 }
 
-// startHolder is a Config.MuxStart: the pool calls it when it is about
+// newPool makes a pool of cfg for the hive h, the one way commands make
+// one: a problem with the hive's endpoints is the hive's (exit status 2),
+// named with its file, and the pool's warnings are shown.
+func newPool(g *Globals, h *eval.Hive, cfg transport.Config) (*transport.Pool, error) {
+	p, err := transport.NewPool(cfg)
+	if err != nil {
+		return nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+	}
+	for _, w := range p.Hosts().Warnings() {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
+	}
+	return p, nil
+}
+
+// holderCommand is how a holder is run: this program's `mux serve`
+// (MuxServeCmd), which mux.Ensure starts in the background.
+func holderCommand() (mux.Command, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return mux.Command{}, fmt.Errorf("mux: find nix-hive: %w", err)
+	}
+	return mux.Command{Path: exe, Args: []string{"nix-hive", "mux", "serve"}}, nil
+}
+
+// ensureHolder is mux.Ensure with this program's holder.
+func ensureHolder(cfg transport.Config, idle time.Duration) (sock string, pid int, err error) {
+	cmd, err := holderCommand()
+	if err != nil {
+		return "", 0, err
+	}
+	return mux.Ensure(cfg, idle, cmd)
+}
+
+// startHolder is a Config.StartHolder: the pool calls it when it is about
 // to connect to its first host, so a command that connects to none
 // starts no holder. The holder then keeps the connections this command
 // makes for the next ones, as ControlPersist does; started says whether
-// it is this command's. Starting it is said once, since it outlives the
-// command.
-func startHolder(g *Globals, cfg transport.Config, persist time.Duration, started *atomic.Bool) func() (string, error) {
-	return func() (string, error) {
+// it is this command's, held is the way to it. Starting it is said once,
+// since it outlives the command.
+func startHolder(g *Globals, cfg transport.Config, persist time.Duration, held *atomic.Pointer[mux.Client], started *atomic.Bool) func() transport.Holder {
+	return func() transport.Holder {
 		sock, pid, err := ensureHolder(cfg, persist)
 		switch {
 		case err != nil:
 			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+			return nil
 		case pid != 0:
 			started.Store(true)
 			fmt.Fprintf(g.stderr, "nix-hive: mux: started connection holder pid %d; it keeps this hive's connections until %s pass unused (nix-hive mux stop ends it, --mux-persist 0 starts none)\n", pid, persist)
 		}
-		return sock, err
+		m, err := mux.Dial(sock, cfg.ConnectTimeout)
+		if err != nil {
+			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting to each host directly\n", err)
+			return nil
+		}
+		held.Store(m)
+		return m
 	}
 }
 
 // openPool makes the connection pool for the hive (connections are made
-// on first use, one per host); it is closed when the command ends.
+// on first use, one per host); it is closed when the command ends. It
+// goes through the hive's holder, if one runs, else starts one when it
+// first connects (--mux-persist), unless --no-mux.
 func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Pool, error) {
 	cfg := f.transportConfig(h, st)
 	cfg.BatchMode = true // the OpenSSH config for nix copy has no one to ask for a password
-	cfg.Warn = func(msg string) { fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", msg) }
+	var held atomic.Pointer[mux.Client]
 	var started atomic.Bool
+	var unanswered error // a running holder that did not answer, said after the pool's warnings
 	if !f.NoMux {
-		var err error
-		if cfg.Mux, err = transport.RunningMux(cfg); err != nil {
-			cfg.Mux = ""
+		switch sock, err := mux.Running(cfg); {
+		case err != nil:
 			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
-		} else if cfg.Mux == "" && f.MuxPersist > 0 {
-			cfg.MuxStart = startHolder(g, cfg, f.MuxPersist, &started)
+		case sock != "":
+			m, err := mux.Dial(sock, cfg.ConnectTimeout)
+			if err != nil {
+				unanswered = err
+				break
+			}
+			held.Store(m)
+			cfg.Holder = m
+		case f.MuxPersist > 0:
+			cfg.StartHolder = startHolder(g, cfg, f.MuxPersist, &held, &started)
 		}
 	}
-	p, err := transport.NewPool(cfg)
+	p, err := newPool(g, h, cfg)
 	if err != nil {
-		return provided[*transport.Pool](nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err)))
+		if m := held.Load(); m != nil {
+			m.Close()
+		}
+		return provided[*transport.Pool](nil, err)
 	}
-	for _, w := range p.Warnings() {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
+	if unanswered != nil {
+		fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting to each host directly\n", unanswered)
 	}
-	var before transport.MuxInfo
-	if p.Mux() != "" && g.Verbose {
-		before, _ = p.MuxInfo()
+	var before mux.Info
+	if m := held.Load(); m != nil && g.Verbose {
+		before, _ = m.Info()
 	}
 	g.onClose(func() {
-		if started.Load() {
+		m := held.Load()
+		if m != nil && started.Load() {
 			// A holder this command started that got no connection (every
 			// host unreachable) keeps nothing for the next one.
-			if info, err := p.MuxInfo(); err == nil && info.Connected == 0 {
-				p.StopMux()
+			if info, err := m.Info(); err == nil && info.Connected == 0 {
+				m.Stop()
 			}
 		}
-		if p.Mux() != "" && g.Verbose {
+		if m != nil && g.Verbose {
 			// The holder's count, not the pool's: its connections are
 			// what the command cost the hosts' sshd.
-			if after, err := p.MuxInfo(); err == nil {
+			if after, err := m.Info(); err == nil {
 				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions, %d hosts' state read\n",
 					after.Pid, after.Handshakes-before.Handshakes, p.Sessions(), after.Reads-before.Reads)
 			}

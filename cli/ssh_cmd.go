@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -155,21 +156,18 @@ is also written to .nix-hive/ssh_config, which --write prints instead:
 }
 
 func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
-	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: 10 * time.Second}
-	p, err := transport.NewPool(f.transportConfig(h, st))
+	f := Fleet{AcceptNewHostKeys: c.AcceptNewHostKeys, ConnectTimeout: transport.DefaultConnectTimeout}
+	p, err := newPool(g, h, f.transportConfig(h, st))
 	if err != nil {
-		return eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
+		return err
 	}
 	defer p.Close()
-	for _, w := range p.Warnings() {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
-	}
 	cfg := st.AuxPath("ssh_config")
 	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
 	kh := st.AuxPath("ssh_known_hosts")
-	if err := p.WriteOpenSSH(cfg, kh); err != nil {
+	if err := openssh.Write(p.Hosts(), cfg, kh); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)
 	}
 	if c.Write {
@@ -180,5 +178,5 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 		_, err = fmt.Fprintln(g.stdout, abs)
 		return err
 	}
-	return p.WriteSSHConfig(g.stdout, kh)
+	return openssh.WriteConfig(g.stdout, p.Hosts(), kh)
 }

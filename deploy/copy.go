@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -47,7 +48,7 @@ func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory,
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
 	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Privilege: priv, Privileged: map[string]bool{}, pool: pool, dir: dir}
-	if err := pool.WriteOpenSSH(c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
+	if err := openssh.Write(pool.Hosts(), c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/state"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Remote runs shell commands on instances (transport.Pool does).
@@ -122,7 +123,7 @@ func (o Options) withDefaults() Options {
 	}
 	def(&o.ActivationTimeout, 30*time.Minute)
 	def(&o.ConfirmTimeout, 30*time.Second)
-	def(&o.ConnectTimeout, 10*time.Second)
+	def(&o.ConnectTimeout, transport.DefaultConnectTimeout)
 	def(&o.RebootTimeout, 10*time.Minute)
 	if o.Owner == "" {
 		o.Owner = "nix-hive"

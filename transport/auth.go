@@ -27,8 +27,8 @@ var defaultIdentities = []string{"id_ed25519", "id_ecdsa", "id_rsa"}
 // (CertificateFile, or <identity>-cert.pub beside an identity file) is
 // offered before the key it certifies. The returned close function
 // releases the agent socket; call it once the handshake is over.
-func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
-	k := &keyring{seen: map[string]bool{}, ids: &p.ids}
+func (h *Hosts) authFor(s *settings) (ssh.AuthMethod, func(), error) {
+	k := &keyring{seen: map[string]bool{}, ids: &h.ids}
 	// Public halves of explicit identities, for IdentitiesOnly with agent
 	// keys whose private file is encrypted.
 	wanted := map[string]bool{}
@@ -48,7 +48,7 @@ func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
 			}
 		}
 	}
-	k.decrypt(p.cfg.Passphrase)
+	k.decrypt(h.cfg.Passphrase)
 	k.certify(append(append([]string(nil), s.CertificateFiles...), certFilesBeside(files)...))
 	if len(k.signers) == 0 {
 		closeAgent()
@@ -56,19 +56,12 @@ func (p *Pool) authFor(s *settings) (ssh.AuthMethod, func(), error) {
 		if len(k.skipped) > 0 {
 			msg += "; skipped " + strings.Join(k.skipped, ", ")
 		}
-		return nil, nil, loginError{fmt.Errorf("authenticate to %s: %s", s.Name, msg)}
+		return nil, nil, LoginError{fmt.Errorf("authenticate to %s: %s", s.Name, msg)}
 	}
 	// One publickey method with every signer: x/crypto tries each method
 	// name once, so a second publickey method would never run.
 	return ssh.PublicKeys(k.signers...), closeAgent, nil
 }
-
-// loginError is a login the host refused, or one no key could be offered
-// for. A holder, which cannot ask for passphrases, says so to a command
-// that can (see dialRejection), whose muxClient.dial returns it again.
-type loginError struct{ error }
-
-func (e loginError) Unwrap() error { return e.error }
 
 // certFilesBeside are the <identity>-cert.pub files that exist, which
 // OpenSSH loads with their identities.

@@ -38,14 +38,4 @@ func Example() {
 	if err := pool.Copy(ctx, "./site", "www-1:/var/www", true, nil); err != nil {
 		log.Fatal(err)
 	}
-
-	// The OpenSSH equivalent, for ssh -F and NIX_SSHOPTS.
-	f, err := os.Create("ssh_config")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer f.Close()
-	if err := transport.WriteSSHConfig(f, cfg, "known_hosts"); err != nil {
-		log.Fatal(err)
-	}
 }

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,12 +24,7 @@ const maxSessions = 10
 // every command, shell and sftp client of a run; a jump host's connection
 // carries all the hosts behind it. It is safe for concurrent use.
 type Pool struct {
-	cfg       Config
-	endpoints map[string]*settings
-	known     []string // known_hosts files consulted, in order
-	cas       []ssh.PublicKey
-	uc        *userConfig // the user's ssh config, included by WriteSSHConfig
-	warnings  []string
+	hosts *Hosts // how each instance is reached; hosts.cfg is the pool's Config
 
 	ctx    context.Context // cancelled by Close; parent of every dial
 	cancel context.CancelFunc
@@ -40,20 +33,13 @@ type Pool struct {
 	// lets them finish so a cancelled command does not outlive the run.
 	kills sync.WaitGroup
 
-	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
-	ids      identities // identity files decrypted in this run
-
-	// mux is the holder every connection goes through, if any: dialled
-	// by NewPool (Config.Mux), or started on first use (Config.MuxStart).
-	mux     atomic.Pointer[muxClient]
-	muxOnce sync.Once
+	holder *holderLink // the holder every connection goes through, if any
 
 	mu      sync.Mutex
 	closed  bool
 	conns   map[string]*conn
 	dialing map[string]*dialCall
 	dials   map[string]int
-	direct  map[string]bool // instances the holder cannot log in to: dialed here
 
 	keepaliveTick func(probed bool) // tests: told at each keepalive tick whether it probed
 
@@ -70,7 +56,7 @@ type conn struct {
 	done     chan struct{} // closed once the connection is gone
 	sessions chan struct{} // one token per open session (maxSessions)
 
-	inUse    atomic.Int32  // channels open through openChannel (IdleKeepAlive)
+	inUse    atomic.Int32  // channels open through OpenChannel (IdleKeepAlive)
 	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
 	sftp     *SFTP
 	sftpDone chan struct{}
@@ -83,97 +69,27 @@ type dialCall struct {
 }
 
 // NewPool validates the endpoints (names, addresses, pinned keys, options,
-// jump references and cycles), reads the user's ssh config for defaults and
-// returns an empty pool; connections are made on first use.
+// jump references and cycles), reads the user's ssh config for defaults
+// (its Hosts) and returns an empty pool; connections are made on first
+// use.
 func NewPool(cfg Config) (*Pool, error) {
-	cfg = withDefaults(cfg)
-	uc, warn := loadUserConfig(cfg.UserConfig)
-	eps, err := resolveAll(cfg, uc)
-	if err != nil {
-		return nil, err
-	}
-	cas, err := parseCAs(cfg.HostCAs)
+	hosts, err := newHosts(cfg)
 	if err != nil {
 		return nil, err
 	}
 	p := &Pool{
-		cfg:       cfg,
-		cas:       cas,
-		endpoints: eps,
-		known:     knownFiles(cfg),
-		uc:        uc,
-		conns:     map[string]*conn{},
-		dialing:   map[string]*dialCall{},
-		dials:     map[string]int{},
-		direct:    map[string]bool{},
-	}
-	if warn != nil {
-		p.warnings = append(p.warnings, warn.Error())
-	}
-	if cfg.Mux != "" {
-		p.muxOnce.Do(func() {
-			m, err := dialMux(cfg.Mux, cfg.ConnectTimeout)
-			if err != nil {
-				p.warnings = append(p.warnings, fmt.Sprintf("%v; connecting to each host directly", err))
-				return
-			}
-			p.mux.Store(m)
-		})
+		hosts:   hosts,
+		holder:  newHolderLink(cfg),
+		conns:   map[string]*conn{},
+		dialing: map[string]*dialCall{},
+		dials:   map[string]int{},
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
 }
 
-func withDefaults(cfg Config) Config {
-	if cfg.KnownHostsFiles == nil {
-		cfg.KnownHostsFiles = []string{filepath.Join(homeDir(), ".ssh", "known_hosts")}
-	}
-	if cfg.AcceptedKnownHosts == "" {
-		cfg.AcceptedKnownHosts = filepath.Join(homeDir(), ".ssh", "known_hosts")
-	}
-	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = 15 * time.Second
-	}
-	if cfg.KeepAliveTimeout <= 0 {
-		cfg.KeepAliveTimeout = 3 * cfg.KeepAlive
-	}
-	return cfg
-}
-
-// knownFiles lists the known_hosts files to consult: the file new keys go
-// to first (a key accepted by one run is known to the next, with or
-// without accepting), then the configured ones.
-func knownFiles(cfg Config) []string {
-	out := []string{expandPath(cfg.AcceptedKnownHosts)}
-	for _, f := range cfg.KnownHostsFiles {
-		f = expandPath(f)
-		if !slices.Contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-// Warnings are non-fatal problems found by NewPool (an unreadable user ssh
-// config, for instance), for the caller to show.
-func (p *Pool) Warnings() []string { return slices.Clone(p.warnings) }
-
-// Resolve returns the effective settings of an instance: host, port, user
-// and jump chain after merging the hive, the user's ssh config and the
-// defaults. `ssh -G -F <WriteSSHConfig output> NAME` agrees with it.
-func (p *Pool) Resolve(name string) (Effective, error) {
-	s, ok := p.endpoints[name]
-	if !ok {
-		return Effective{}, fmt.Errorf("%w %q", ErrUnknownInstance, name)
-	}
-	e := s.Effective
-	e.JumpChain = slices.Clone(e.JumpChain)
-	e.IdentityFiles = slices.Clone(e.IdentityFiles)
-	return e, nil
-}
+// Hosts is how the pool reaches and checks each instance.
+func (p *Pool) Hosts() *Hosts { return p.hosts }
 
 // Dials reports how many connections were started to an instance so far
 // (successful or not); with pooling it stays at 1 per host for a run
@@ -214,7 +130,7 @@ func (p *Pool) Client(ctx context.Context, name string) (*ssh.Client, error) {
 }
 
 func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
-	if _, ok := p.endpoints[name]; !ok {
+	if _, ok := p.hosts.endpoints[name]; !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
 	p.mu.Lock()
@@ -278,7 +194,7 @@ func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err e
 		close(c.done)
 		p.evict(c)
 	})
-	if p.cfg.KeepAlive > 0 && (p.mux.Load() == nil || p.direct[name]) {
+	if p.hosts.cfg.KeepAlive > 0 && !p.holder.carries(name) {
 		p.goTracked(func() { p.keepalive(c) })
 	}
 }
@@ -296,7 +212,7 @@ func (p *Pool) evict(c *conn) {
 // keepalive probes the connection; a probe that fails or stays unanswered
 // for KeepAliveTimeout closes it, which evicts it from the pool.
 func (p *Pool) keepalive(c *conn) {
-	t := time.NewTicker(p.cfg.KeepAlive)
+	t := time.NewTicker(p.hosts.cfg.KeepAlive)
 	defer t.Stop()
 	probed := time.Now()
 	for {
@@ -305,7 +221,7 @@ func (p *Pool) keepalive(c *conn) {
 			return
 		case <-t.C:
 		}
-		idle := c.inUse.Load() == 0 && time.Since(probed) < p.cfg.IdleKeepAlive
+		idle := c.inUse.Load() == 0 && time.Since(probed) < p.hosts.cfg.IdleKeepAlive
 		if p.keepaliveTick != nil {
 			p.keepaliveTick(!idle)
 		}
@@ -318,7 +234,7 @@ func (p *Pool) keepalive(c *conn) {
 			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
 			replied <- err
 		})
-		timer := time.NewTimer(p.cfg.KeepAliveTimeout)
+		timer := time.NewTimer(p.hosts.cfg.KeepAliveTimeout)
 		select {
 		case err := <-replied:
 			timer.Stop()
@@ -336,66 +252,31 @@ func (p *Pool) keepalive(c *conn) {
 	}
 }
 
-// throughHolder says whether name's connections go through the holder,
-// starting one first when the pool is to (Config.MuxStart).
-func (p *Pool) throughHolder(name string) bool {
-	if p.holder() == nil {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.direct[name]
-}
-
-// holder is the holder the pool goes through, started now if it is the
-// pool's first connection and Config.MuxStart says how; nil for none.
-func (p *Pool) holder() *muxClient {
-	if p.cfg.MuxStart != nil {
-		p.muxOnce.Do(func() {
-			sock, err := p.cfg.MuxStart()
-			if err != nil || sock == "" {
-				return // the starter said why
-			}
-			m, err := dialMux(sock, p.cfg.ConnectTimeout)
-			if err != nil {
-				if p.cfg.Warn != nil {
-					p.cfg.Warn(fmt.Sprintf("%v; connecting to each host directly", err))
-				}
-				return
-			}
-			p.mux.Store(m)
-		})
-	}
-	return p.mux.Load()
-}
-
 // dial connects to one endpoint, through its jump host's pooled connection
 // when it has one, or through the holder. A fresh connection is one the
 // holder makes for the channel opened on it alone (see RunFresh).
 func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
-	s := p.endpoints[name]
+	s := p.hosts.endpoints[name]
 	addr := s.Addr()
-	if p.throughHolder(name) {
-		ctx, cancel := context.WithTimeout(p.ctx, p.dialBound(s))
+	if p.holder.through(name) {
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.DialBound(name))
 		defer cancel()
-		c, err := p.mux.Load().dial(ctx, name, fresh)
+		c, err := p.holder.loaded().Dial(ctx, name, fresh)
 		if err != nil && ctx.Err() != nil {
 			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
 		}
-		if !errors.As(err, new(loginError)) || p.cfg.Passphrase == nil {
+		if !errors.As(err, new(LoginError)) || p.hosts.cfg.Passphrase == nil {
 			return c, err
 		}
 		// The holder has no one to ask for a key's passphrase; this
 		// command has, so it logs in itself (through the holder's
 		// connections to the jump hosts, if it has those).
-		p.mu.Lock()
-		p.direct[name] = true
-		p.mu.Unlock()
+		p.holder.goDirect(name)
 	}
 	if len(s.JumpChain) == 0 {
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		defer cancel()
-		raw, via, err := p.dialDirect(ctx, s)
+		raw, via, err := dialDirect(ctx, s)
 		if err != nil {
 			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, p.ctxErr(ctx, err))
 		}
@@ -409,7 +290,7 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, err)
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		raw, err := jc.client.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			cancel()
@@ -428,20 +309,13 @@ func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
 	}
 }
 
-// dialBound is how long connecting to s may take: ConnectTimeout per
-// hop, as when this pool dials it, and as long as a command waits for a
-// holder to.
-func (p *Pool) dialBound(s *settings) time.Duration {
-	return time.Duration(1+len(s.JumpChain)) * p.cfg.ConnectTimeout
-}
-
 // ctxErr prefers the context's reason over the symptom it caused.
 func (p *Pool) ctxErr(ctx context.Context, err error) error {
 	if p.ctx.Err() != nil {
 		return ErrClosed
 	}
 	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", p.cfg.ConnectTimeout, context.DeadlineExceeded)
+		return fmt.Errorf("no answer within %s: %w", p.hosts.cfg.ConnectTimeout, context.DeadlineExceeded)
 	}
 	return err
 }
@@ -455,7 +329,7 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 	if via != "" {
 		where += " via " + via
 	}
-	cc, closeAgent, err := p.clientConfig(s)
+	cc, closeAgent, err := p.hosts.clientConfig(s)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -485,53 +359,6 @@ func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via str
 	return ssh.NewClient(sc, chans, reqs), nil
 }
 
-// clientConfig is the SSH client configuration of one handshake with s:
-// its host key checks and its keys; closeAgent releases the agent.
-func (p *Pool) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(), err error) {
-	hk := p.hostKeys(s)
-	cb, algos, err := hk.callback()
-	if err != nil {
-		return nil, nil, err
-	}
-	auth, closeAgent, err := p.authFor(s)
-	if err != nil {
-		return nil, nil, err
-	}
-	cc = &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}
-	cc.KeyExchanges, cc.Ciphers, cc.MACs = kexAlgorithms, cipherAlgorithms, macAlgorithms
-	return cc, closeAgent, nil
-}
-
-// The algorithms offered, in order of preference: x/crypto's defaults
-// without SHA-1 and the larger NIST curves. Every sshd since OpenSSH 6.5
-// (2014), FIPS builds included, shares one of them with this list, and
-// each name left out is bytes saved on every connection, which a deploy
-// of a thousand hosts makes two thousand of.
-var (
-	kexAlgorithms = []string{ssh.KeyExchangeMLKEM768X25519, ssh.KeyExchangeCurve25519,
-		ssh.KeyExchangeECDHP256, ssh.KeyExchangeDH14SHA256}
-	cipherAlgorithms = []string{ssh.CipherAES128GCM, ssh.CipherAES256GCM, ssh.CipherChaCha20Poly1305,
-		ssh.CipherAES128CTR, ssh.CipherAES256CTR}
-	macAlgorithms = []string{ssh.HMACSHA256ETM, ssh.HMACSHA512ETM, ssh.HMACSHA256, ssh.HMACSHA512}
-)
-
-// hostKeys is what decides s's host keys.
-func (p *Pool) hostKeys(s *settings) *hostKeys {
-	return &hostKeys{
-		instance:   s.Name,
-		addr:       s.Addr(),
-		alias:      Alias(s.Name),
-		hostName:   s.HostName,
-		cas:        p.cas,
-		candidates: s.knownNames(),
-		pinned:     s.pinned,
-		files:      p.known,
-		accept:     p.cfg.AcceptNewHostKeys,
-		acceptFile: expandPath(p.cfg.AcceptedKnownHosts),
-		acceptMu:   &p.acceptMu,
-	}
-}
-
 // handshakeError says why a handshake with s failed: a host key error as
 // it is, a refused login with the keys that were tried.
 func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, err error) error {
@@ -544,7 +371,7 @@ func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, er
 		if len(s.IdentityFiles) > 0 {
 			keys = strings.Join(s.IdentityFiles, ", ")
 		}
-		return loginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
+		return LoginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
 	}
 	return fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 }
@@ -583,12 +410,12 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 	}
 }
 
-// openChannel opens a channel of any type on the instance, as a holder
-// relays it: on the pooled connection (a session holding one of its
-// slots, redialing once a connection found dead, like session) or, when
-// fresh, on a connection made for it. release gives back what it held;
-// call it once the channel is closed.
-func (p *Pool) openChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
+// OpenChannel opens a channel of any type on the instance, as a holder
+// (package mux) relays it: on the pooled connection (a session holding
+// one of its slots, redialing once a connection found dead, like
+// session) or, when fresh, on a connection made for it. release gives
+// back what it held; call it once the channel is closed.
+func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
 	if fresh {
 		client, err := p.dialFresh(ctx, name)
 		if err != nil {
@@ -839,7 +666,7 @@ func (p *Pool) Close() error {
 	go func() { p.kills.Wait(); close(killed) }()
 	select {
 	case <-killed:
-	case <-time.After(p.cfg.ConnectTimeout):
+	case <-time.After(p.hosts.cfg.ConnectTimeout):
 	}
 	p.cancel()
 	var errs []error
@@ -848,10 +675,7 @@ func (p *Pool) Close() error {
 			errs = append(errs, fmt.Errorf("close connection to %s: %w", c.name, err))
 		}
 	}
-	p.muxOnce.Do(func() {}) // no holder is started after Close
-	if m := p.mux.Load(); m != nil {
-		m.close()
-	}
+	p.holder.close() // and none is started after Close
 	p.wg.Wait()
 	return errors.Join(errs...)
 }

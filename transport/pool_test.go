@@ -243,7 +243,7 @@ func TestJumpChain(t *testing.T) {
 	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": epB, "c": epC}})
 	ctx := testCtx(t)
 
-	eff, err := p.Resolve("c")
+	eff, err := p.Hosts().Resolve("c")
 	if err != nil || strings.Join(eff.JumpChain, ",") != "a,b" {
 		t.Fatalf("Resolve(c) = %+v, %v; want jump chain a,b", eff, err)
 	}

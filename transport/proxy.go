@@ -155,7 +155,7 @@ var _ net.Conn = (*proxyConn)(nil)
 
 // dialDirect reaches an endpoint without a jump host: through its
 // ProxyCommand when the user's config has one, else over TCP.
-func (p *Pool) dialDirect(ctx context.Context, s *settings) (net.Conn, string, error) {
+func dialDirect(ctx context.Context, s *settings) (net.Conn, string, error) {
 	if s.ProxyCommand != "" {
 		c, err := dialProxy(s.Name, s.ProxyCommandLine())
 		return c, "ProxyCommand", err

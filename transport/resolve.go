@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/user"
@@ -43,7 +45,17 @@ type Effective struct {
 	// Teleport, cloudflared): its stdin and stdout are the connection.
 	// Tokens are not yet expanded; ProxyCommandLine does that.
 	ProxyCommand string
+	// Pinned are the host keys the hive pins (Endpoint.HostKeys): when
+	// there are any, the host must present one of them, and known_hosts
+	// files are not consulted.
+	Pinned []ssh.PublicKey
+	// Options are the hive's ssh options (Endpoint.Options), sorted by
+	// name: the generated OpenSSH config has every one of them.
+	Options []Option
 }
+
+// Option is one of the hive's OpenSSH options of an instance.
+type Option struct{ Key, Value string }
 
 // ProxyCommandLine is the ProxyCommand with %h, %p, %r, %n, %u, %d and %%
 // expanded, as OpenSSH expands it, except that each value is quoted for
@@ -63,15 +75,25 @@ func (e Effective) Addr() string {
 // settings is one endpoint after validation and merging.
 type settings struct {
 	Effective
-	pinned  []ssh.PublicKey
-	options []option // hive Options, sorted, for the generated config
 }
-
-type option struct{ key, value string }
 
 // nameRE is what OpenSSH takes as a Host alias; other names get one
 // derived from them (Alias).
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
+
+// Alias is an instance's name in generated OpenSSH files (Host,
+// HostKeyAlias, ProxyJump, known_hosts) and in ssh:// store URLs, and the
+// name accepted host keys are recorded under: the name itself when
+// OpenSSH accepts it as a host alias, else a stable stand-in derived from
+// it, so an instance named with spaces, quotes or $(...) is never pasted
+// into a config line or a command.
+func Alias(name string) string {
+	if nameRE.MatchString(name) && !strings.HasPrefix(name, "nix-hive-") {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "nix-hive-" + hex.EncodeToString(sum[:8])
+}
 
 // resolveAll validates every endpoint and merges it with the user's ssh
 // config; it reports jump cycles with the whole cycle.
@@ -136,15 +158,15 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 		if err != nil {
 			return nil, fmt.Errorf("instance %s: hostKey #%d %q: %w; expected \"ssh-ed25519 AAAA...\"", name, i+1, line, err)
 		}
-		s.pinned = append(s.pinned, k)
+		s.Pinned = append(s.Pinned, k)
 	}
 	for k, v := range ep.Options {
 		if err := checkOption(name, k, v); err != nil {
 			return nil, err
 		}
-		s.options = append(s.options, option{k, v})
+		s.Options = append(s.Options, Option{k, v})
 	}
-	sort.Slice(s.options, func(i, j int) bool { return s.options[i].key < s.options[j].key })
+	sort.Slice(s.Options, func(i, j int) bool { return s.Options[i].Key < s.Options[j].Key })
 	// The hive first, then the user's ssh config, then OpenSSH's defaults.
 	s.HostName = firstOf(endpoint.HostName(ep.Host), expandTokens(uc.get(name, "HostName"), tokens{alias: name}), name)
 	port, err := userPort(uc, name)
@@ -351,18 +373,14 @@ type userConfig struct {
 	cfg  *ssh_config.Config
 }
 
-// loadUserConfig reads path ("" = ~/.ssh/config, "none" = nothing). A file
-// that does not exist is no error; one that the parser cannot read
+// loadUserConfig reads path (UserConfigFile; "" is none). A file that
+// does not exist is no error; one that the parser cannot read
 // (ssh_config lacks "Match exec", for instance) is returned as a warning,
 // because ssh itself still reads it through the generated config's Include.
 func loadUserConfig(path string) (uc *userConfig, warning error) {
-	if path == "none" {
+	if path == "" {
 		return nil, nil
 	}
-	if path == "" {
-		path = filepath.Join(homeDir(), ".ssh", "config")
-	}
-	path = expandPath(path)
 	f, err := os.Open(path)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -398,15 +416,6 @@ func (u *userConfig) getAll(alias, key string) []string {
 		return nil
 	}
 	return v
-}
-
-// exists reports whether the user's config file is there to be included.
-func (u *userConfig) exists() bool {
-	if u == nil {
-		return false
-	}
-	_, err := os.Stat(u.path)
-	return err == nil
 }
 
 // knownNames are the names s's host keys may be recorded under in

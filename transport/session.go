@@ -58,7 +58,7 @@ func (p *Pool) withSession(ctx context.Context, name string, stdin io.Reader, st
 func (p *Pool) start(ctx context.Context, name, cmd string, c *conn, s *ssh.Session, errOut *gated) (int, error) {
 	var pids *pidFilter
 	line := cmd
-	if !p.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
+	if !p.hosts.cfg.RawCommands && strings.TrimSpace(cmd) != "" {
 		pids = &pidFilter{w: errOut.writer(), ready: make(chan struct{})}
 		s.Stderr = pids
 		line = pidProbe + "\n" + cmd
@@ -197,7 +197,7 @@ func (p *Pool) killGroup(c *conn, pids *pidFilter) {
 	go func() {
 		defer p.wg.Done()
 		defer p.kills.Done()
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		defer cancel()
 		pgid := pids.processGroup(ctx)
 		if pgid <= 0 {
@@ -351,7 +351,7 @@ func terminal(name string, s *ssh.Session, t Terminal) (restore func(), err erro
 // that broke sshd or the network cannot be confirmed through a connection
 // made before it was activated.
 func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	if _, ok := p.endpoints[name]; !ok {
+	if _, ok := p.hosts.endpoints[name]; !ok {
 		return -1, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
 	client, err := p.dialFresh(ctx, name)
@@ -416,8 +416,8 @@ func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) 
 // Through a holder, the holder drops its connection too.
 func (p *Pool) Reset(name string) {
 	p.Release(name)
-	if m := p.mux.Load(); m != nil {
-		m.reset(name)
+	if h := p.holder.loaded(); h != nil {
+		h.Reset(name)
 	}
 }
 
@@ -434,41 +434,9 @@ func (p *Pool) Release(name string) {
 	}
 }
 
-// ThroughMux says whether the pool goes through a holder: one that runs,
-// or one it starts when it first connects (Config.MuxStart).
-func (p *Pool) ThroughMux() bool { return p.mux.Load() != nil || p.cfg.MuxStart != nil }
-
-// Mux is the socket of the holder the pool goes through, "" for none.
-func (p *Pool) Mux() string {
-	m := p.mux.Load()
-	if m == nil {
-		return ""
-	}
-	return m.path
-}
-
-// MuxInfo asks the holder the pool goes through about itself.
-func (p *Pool) MuxInfo() (MuxInfo, error) {
-	m := p.mux.Load()
-	if m == nil {
-		return MuxInfo{}, errors.New("no mux")
-	}
-	return m.info()
-}
-
-// StopMux ends the holder the pool goes through and returns once it has
-// closed its connections to the hosts.
-func (p *Pool) StopMux() error {
-	m := p.mux.Load()
-	if m == nil {
-		return errors.New("no mux")
-	}
-	if _, _, err := m.client.SendRequest(muxStop, true, nil); err != nil {
-		return fmt.Errorf("mux %s: stop: %w", m.path, err)
-	}
-	<-m.done
-	return nil
-}
+// ThroughMux says whether the pool goes through a holder: one it was
+// given, or one it starts when it first connects (Config.StartHolder).
+func (p *Pool) ThroughMux() bool { return p.holder.loaded() != nil || p.hosts.cfg.StartHolder != nil }
 
 // FileReader reads a host's links and small files (see Reader), one at
 // a time or in a batch.
@@ -480,16 +448,11 @@ type FileReader interface {
 // Files reads the instance's files over its sftp session: the pool's own,
 // or the holder's, which outlives the command.
 func (p *Pool) Files(ctx context.Context, name string) (FileReader, error) {
-	if p.throughHolder(name) {
-		s, ok := p.endpoints[name]
-		if !ok {
+	if p.holder.through(name) {
+		if _, ok := p.hosts.endpoints[name]; !ok {
 			return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 		}
-		f, err := p.mux.Load().filesOf(ctx, name, p.dialBound(s))
-		if err != nil {
-			return nil, err // not a nil *muxFileReader in a non-nil interface
-		}
-		return f, nil
+		return p.holder.loaded().Files(ctx, name, p.hosts.DialBound(name))
 	}
 	sc, err := p.SFTP(ctx, name)
 	if err != nil {

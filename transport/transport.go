@@ -1,6 +1,9 @@
 // Package transport connects to hive instances over SSH: pooled connections
 // through jump chains with pinned host keys, commands, interactive shells,
-// sftp copies, and the equivalent OpenSSH configuration for other tools.
+// sftp copies. Hosts is how each instance is reached and checked, resolved
+// once; package openssh writes the OpenSSH files for other tools from it,
+// and package mux holds a pool's connections between commands. Neither is
+// imported here.
 package transport
 
 import (
@@ -23,6 +26,11 @@ var (
 	// ErrClosed means the pool was closed.
 	ErrClosed = errors.New("transport pool closed")
 )
+
+// DefaultConnectTimeout is how long connecting to one host (TCP and the
+// SSH handshake, per hop) may take unless told otherwise: the pool's,
+// the --connect-timeout flag's and the deploy's default.
+const DefaultConnectTimeout = 10 * time.Second
 
 // Endpoint is how to reach one instance.
 type Endpoint struct {
@@ -54,6 +62,8 @@ type Endpoint struct {
 }
 
 // Config is the set of endpoints and the client-side policy of a Pool.
+// A connection holder (package mux) is made of the fields not tagged
+// json:"-"; the others are each command's own.
 type Config struct {
 	// Endpoints by instance name; an Endpoint's empty Name is filled from
 	// its key.
@@ -80,7 +90,7 @@ type Config struct {
 	// .nix-hive/known_hosts; "" means ~/.ssh/known_hosts.
 	AcceptedKnownHosts string
 	// ConnectTimeout bounds TCP connect plus SSH handshake of one hop;
-	// 0 means 10s.
+	// 0 means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// KeepAlive is the interval of keepalive@openssh.com probes on every
 	// pooled connection; 0 means 15s, negative disables them.
@@ -91,10 +101,10 @@ type Config struct {
 	KeepAliveTimeout time.Duration
 	// IdleKeepAlive, if longer than KeepAlive, is the interval of probes
 	// on a connection no channel opened through the pool is using (see
-	// openChannel): a holder's connections waiting between commands then
+	// OpenChannel): a holder's connections waiting between commands then
 	// cost the uplink little, while one a command uses is still probed
 	// every KeepAlive.
-	IdleKeepAlive time.Duration
+	IdleKeepAlive time.Duration `json:"-"`
 	// UserConfig is the user's OpenSSH config, read for defaults the hive
 	// does not set (User, Port, HostName, IdentityFile) and included by the
 	// generated config. "" means ~/.ssh/config; "none" ignores it.
@@ -102,31 +112,28 @@ type Config struct {
 	// BatchMode makes the generated OpenSSH config never prompt (for a
 	// password or passphrase): for configs handed to tools that run ssh
 	// without a terminal of their own, like nix copy.
-	BatchMode bool
+	BatchMode bool `json:"-"`
 	// Passphrase, if set, is asked for the passphrase of an encrypted
 	// identity file that no agent holds (once per file and run; calls are
 	// serialised). nix-hive asks on the terminal; nil skips such keys.
-	Passphrase func(keyFile string) ([]byte, error)
+	Passphrase func(keyFile string) ([]byte, error) `json:"-"`
 	// RawCommands sends Run's command lines exactly as given. By default a
 	// short probe of shell builtins (read and echo, no process) runs first
 	// and reports the command's process group on stderr, where Run removes
 	// it again, so that a cancelled command can be stopped even on root
 	// logins, for which OpenSSH ignores signal requests. Set it for
 	// restricted accounts whose forced command checks the command line.
-	RawCommands bool
-	// Mux is the socket of a connection holder (nix-hive mux, MuxSocket)
-	// to go through instead of connecting to hosts: "" connects directly.
-	// A holder that does not answer is warned about and passed over.
-	Mux string
-	// MuxStart, when Mux is "", starts a holder and returns its socket,
+	RawCommands bool `json:"-"`
+	// Holder is a connection holder (package mux) to go through instead
+	// of connecting to hosts; the pool closes it on Close (NewPool's
+	// caller, should NewPool fail). nil connects directly.
+	Holder Holder `json:"-"`
+	// StartHolder, when Holder is nil, starts a holder and returns it,
 	// called the first time the pool would connect to a host (never for
-	// a command that connects to none). An error connects directly.
-	MuxStart func() (string, error)
+	// a command that connects to none). nil (it says why) connects
+	// directly.
+	StartHolder func() Holder `json:"-"`
 	// Hive names the hive the endpoints come from (its directory): a
-	// holder belongs to it (MuxSocket), whatever its endpoints are now.
+	// holder belongs to it (package mux), whatever its endpoints are now.
 	Hive string
-	// Warn, if set, is told of problems found after NewPool returned (a
-	// holder started on first use that does not answer); NewPool's own
-	// are in Warnings.
-	Warn func(msg string)
 }

@@ -1,9 +1,11 @@
-package transport
+package openssh
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +15,47 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/nix-hive/nix-hive/internal/testenv"
+	"github.com/nix-hive/nix-hive/lab"
+	"github.com/nix-hive/nix-hive/lab/labtest"
+	"github.com/nix-hive/nix-hive/transport"
 )
+
+// hermetic keeps the user's real agent, keys and configs out of a test.
+func hermetic(t *testing.T) string {
+	t.Helper()
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	return home
+}
+
+// hostsOf is cfg resolved, as a pool made of it resolves it.
+func hostsOf(t *testing.T, cfg transport.Config) *transport.Hosts {
+	t.Helper()
+	p, err := transport.NewPool(cfg)
+	if err != nil {
+		t.Fatalf("NewPool: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p.Hosts()
+}
+
+// hostKey is a new host key in authorized_keys form.
+func hostKey(t *testing.T) string {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return transport.AuthorizedKey(k)
+}
 
 // needSSH returns the OpenSSH client or skips (fails under CI).
 func needSSH(t *testing.T) string {
@@ -56,10 +97,10 @@ func writeFile(t *testing.T, path, content string) string {
 	return path
 }
 
-// TestSSHConfigAgreesWithOpenSSH: for every endpoint, ssh -G on the
+// TestConfigAgreesWithOpenSSH: for every endpoint, ssh -G on the
 // generated config yields the host, user, port and jump chain that the Go
 // client uses (Resolve), with the user's own config in play.
-func TestSSHConfigAgreesWithOpenSSH(t *testing.T) {
+func TestConfigAgreesWithOpenSSH(t *testing.T) {
 	ssh := needSSH(t)
 	home := hermetic(t)
 	dir := t.TempDir()
@@ -76,10 +117,10 @@ Host *
 	ServerAliveCountMax 7
 `)
 	dbKey := filepath.Join(dir, "my keys", "db key")
-	cfg := Config{
+	cfg := transport.Config{
 		UserConfig:      userConfig,
 		KnownHostsFiles: []string{filepath.Join(dir, "user known_hosts")},
-		Endpoints: map[string]Endpoint{
+		Endpoints: map[string]transport.Endpoint{
 			"portico": {Host: "203.0.113.4"},
 			"www-1":   {Host: "10.22.0.8", Jump: "portico"},
 			"www-2":   {Host: "10.22.0.9", Jump: "www-1", User: "root", Port: 22},
@@ -87,20 +128,16 @@ Host *
 			"v6":      {Host: "fe80::1%eth0", User: "deploy"},
 		},
 	}
-	p, err := NewPool(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := hostsOf(t, cfg)
 	genKnown := filepath.Join(dir, "known_hosts")
 	var buf bytes.Buffer
-	if err := WriteSSHConfig(&buf, cfg, genKnown); err != nil {
+	if err := WriteConfig(&buf, p, genKnown); err != nil {
 		t.Fatal(err)
 	}
 	config := writeFile(t, filepath.Join(dir, "ssh_config"), buf.String())
 	t.Logf("generated config:\n%s", buf.String())
 
-	want := map[string]Effective{
+	want := map[string]transport.Effective{
 		"portico": {HostName: "203.0.113.4", User: "bob", Port: 22},
 		"www-1":   {HostName: "10.22.0.8", User: "alice", Port: 2200, JumpChain: []string{"portico"}},
 		"www-2":   {HostName: "10.22.0.9", User: "root", Port: 22, JumpChain: []string{"portico", "www-1"}},
@@ -150,8 +187,8 @@ Host *
 	// bounds derived from ConnectTimeout and KeepAlive are nix-hive's.
 	if g := sshG(t, ssh, config, "portico"); g["compression"] != "yes" {
 		t.Errorf("compression = %q; the user's config was not included", g["compression"])
-	} else if g["serveralivecountmax"] != "3" || g["serveraliveinterval"] != "15" || g["connecttimeout"] != "10" {
-		t.Errorf("serveralive %s x %s, connecttimeout %s; want 15 x 3 and 10 from the Pool's defaults",
+	} else if g["serveralivecountmax"] != "3" || g["serveraliveinterval"] != "15" || g["connecttimeout"] != strconv.Itoa(int(transport.DefaultConnectTimeout.Seconds())) {
+		t.Errorf("serveralive %s x %s, connecttimeout %s; want 15 x 3 and transport.DefaultConnectTimeout from the pool's defaults",
 			g["serveraliveinterval"], g["serveralivecountmax"], g["connecttimeout"])
 	}
 	g := sshG(t, ssh, config, "db-1")
@@ -163,82 +200,29 @@ Host *
 	}
 }
 
-func TestUserConfigDefaults(t *testing.T) {
+func TestWriteConfigAndKnownHosts(t *testing.T) {
 	home := hermetic(t)
-	uc := writeFile(t, filepath.Join(home, "cfg"), `
-Host web-*
-	User alice
-	Port 2200
-	IdentityFile ~/.ssh/web
-	IdentitiesOnly yes
-Host alias
-	HostName %h.example.org
-Host *
-	IdentityFile ~/.ssh/all
-`)
-	tests := []struct {
-		name string
-		ep   Endpoint
-		want Effective
-	}{
-		{"web-1", Endpoint{Host: "10.0.0.1"}, Effective{HostName: "10.0.0.1", User: "alice", Port: 2200,
-			IdentityFiles: []string{home + "/.ssh/web", home + "/.ssh/all"}, IdentitiesOnly: true}},
-		{"web-2", Endpoint{Host: "10.0.0.2", User: "root", Port: 22, Options: map[string]string{"IdentityFile": "/k1,/k2"}},
-			Effective{HostName: "10.0.0.2", User: "root", Port: 22, IdentityFiles: []string{"/k1", "/k2"}, IdentitiesOnly: true}},
-		{"alias", Endpoint{}, Effective{HostName: "alias.example.org", User: "root", Port: 22, IdentityFiles: []string{home + "/.ssh/all"}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, err := NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{tt.name: tt.ep}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := p.Resolve(tt.name)
-			tt.want.Name = tt.name
-			if got.HostName != tt.want.HostName || got.User != tt.want.User || got.Port != tt.want.Port ||
-				!slices.Equal(got.IdentityFiles, tt.want.IdentityFiles) || got.IdentitiesOnly != tt.want.IdentitiesOnly {
-				t.Errorf("Resolve = %+v; want %+v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestUnparsableUserConfigIsAWarning(t *testing.T) {
-	home := hermetic(t)
-	uc := writeFile(t, filepath.Join(home, "cfg"), "Match exec \"true\"\n\tUser x\n")
-	p, err := NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{"a": {}}})
-	if err != nil {
-		t.Fatalf("NewPool: %v", err)
-	}
-	if w := p.Warnings(); len(w) != 1 || !strings.Contains(w[0], uc) {
-		t.Errorf("Warnings = %q; want one naming %s", w, uc)
-	}
-}
-
-func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
-	home := hermetic(t)
-	key := newClientKey(t)
-	srv := newTestServer(t, key.signer.PublicKey())
+	key, port := hostKey(t), 2345
 	userKnown := writeFile(t, filepath.Join(home, ".ssh", "known_hosts"),
-		"[127.0.0.1]:"+strconv.Itoa(srv.port)+" "+srv.hostKey+"\n")
-	cfg := Config{
+		"[127.0.0.1]:"+strconv.Itoa(port)+" "+key+"\n")
+	cfg := transport.Config{
 		UserConfig: "none",
-		Endpoints: map[string]Endpoint{
-			"pinned":  {Host: "192.0.2.1", HostKeys: []string{srv.hostKey + " comment"}, Options: map[string]string{"IdentityFile": `/a b/"q"`}},
-			"learned": {Host: "127.0.0.1", Port: srv.port},
+		Endpoints: map[string]transport.Endpoint{
+			"pinned":  {Host: "192.0.2.1", HostKeys: []string{key + " comment"}, Options: map[string]string{"IdentityFile": `/a b/"q"`}},
+			"learned": {Host: "127.0.0.1", Port: port},
 			"unknown": {Host: "192.0.2.3"},
 		},
 	}
 	var kh bytes.Buffer
-	if err := WriteKnownHosts(&kh, cfg); err != nil {
+	if err := WriteKnownHosts(&kh, hostsOf(t, cfg)); err != nil {
 		t.Fatal(err)
 	}
-	wantKH := "learned " + srv.hostKey + "\npinned " + srv.hostKey + "\n"
+	wantKH := "learned " + key + "\npinned " + key + "\n"
 	if kh.String() != wantKH {
 		t.Errorf("WriteKnownHosts =\n%s\nwant\n%s", kh.String(), wantKH)
 	}
 	var sc bytes.Buffer
-	if err := WriteSSHConfig(&sc, cfg, "/tmp/gen known_hosts"); err != nil {
+	if err := WriteConfig(&sc, hostsOf(t, cfg), "/tmp/gen known_hosts"); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -250,7 +234,7 @@ func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
 		"\tIdentityFile \"/a b/\\\"q\\\"\"\n",
 	} {
 		if !strings.Contains(sc.String(), want) {
-			t.Errorf("WriteSSHConfig output lacks %q:\n%s", want, sc.String())
+			t.Errorf("WriteConfig output lacks %q:\n%s", want, sc.String())
 		}
 	}
 	if strings.Contains(sc.String(), "Include") {
@@ -260,7 +244,7 @@ func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
 	cfg.AcceptNewHostKeys = true
 	cfg.UserConfig = ""
 	sc.Reset()
-	if err := WriteSSHConfig(&sc, cfg, ""); err != nil {
+	if err := WriteConfig(&sc, hostsOf(t, cfg), ""); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(sc.String(), "StrictHostKeyChecking accept-new") || !strings.HasSuffix(sc.String(), "\nHost *\n\tInclude ~/.ssh/config\n") {
@@ -268,7 +252,7 @@ func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(home, ".ssh", "config"), "")
 	sc.Reset()
-	if err := WriteSSHConfig(&sc, cfg, ""); err != nil {
+	if err := WriteConfig(&sc, hostsOf(t, cfg), ""); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasSuffix(sc.String(), "\nHost *\n\tInclude "+filepath.Join(home, ".ssh", "config")+"\n") {
@@ -277,30 +261,24 @@ func TestWriteSSHConfigAndKnownHosts(t *testing.T) {
 }
 
 // TestOpenSSHThroughGeneratedConfig: plain ssh, given only the generated
-// config and known_hosts, reaches a host two jumps away and checks its
-// pinned key.
+// config and known_hosts, reaches real sshd hosts, internal ones through
+// the jump host, checking their pinned keys; a wrong pin stops it.
 func TestOpenSSHThroughGeneratedConfig(t *testing.T) {
 	ssh := needSSH(t)
 	home := hermetic(t)
-	key := newClientKey(t)
-	a := newTestServer(t, key.signer.PublicKey())
-	b := newTestServer(t, key.signer.PublicKey())
-	c := newTestServer(t, key.signer.PublicKey())
-	epB, epC := b.endpoint("b", key), c.endpoint("c", key)
-	epB.Jump, epC.Jump = "a", "b"
-	cfg := Config{UserConfig: "none", KnownHostsFiles: []string{}, Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": epB, "c": epC}}
-
+	l := labtest.New(t, lab.Config{Internal: 1})
+	eps := map[string]transport.Endpoint{}
+	for _, h := range l.Hosts {
+		eps[h.Name] = transport.Endpoint{Name: h.Name, Host: h.Addr, Port: h.Port, User: "root", Jump: h.Jump,
+			HostKeys: []string{h.HostKey}, Options: map[string]string{"IdentityFile": l.ClientKey}}
+	}
+	cfg := transport.Config{Endpoints: eps, UserConfig: "none", KnownHostsFiles: []string{},
+		AcceptedKnownHosts: filepath.Join(t.TempDir(), "accepted")}
 	dir := t.TempDir()
-	var kh, sc bytes.Buffer
-	if err := WriteKnownHosts(&kh, cfg); err != nil {
+	config, khPath := filepath.Join(dir, "config"), filepath.Join(dir, "known_hosts")
+	if err := Write(hostsOf(t, cfg), config, khPath); err != nil {
 		t.Fatal(err)
 	}
-	khPath := writeFile(t, filepath.Join(dir, "known_hosts"), kh.String())
-	if err := WriteSSHConfig(&sc, cfg, khPath); err != nil {
-		t.Fatal(err)
-	}
-	config := writeFile(t, filepath.Join(dir, "config"), sc.String())
-
 	run := func(name string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -309,18 +287,23 @@ func TestOpenSSHThroughGeneratedConfig(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	if out, err := run("c"); err != nil || out != "hello from c\n" {
-		t.Fatalf("ssh -F generated c: %v: %q", err, out)
+	var inner string
+	for _, h := range l.Hosts {
+		if h.Jump != "" {
+			inner = h.Name
+		}
+		if out, err := run(h.Name); err != nil || out != "hello from "+h.Name+"\n" {
+			t.Fatalf("ssh -F generated %s: %v: %q", h.Name, err, out)
+		}
 	}
 	// A wrong pin must stop plain ssh too.
-	epC.HostKeys = []string{AuthorizedKey(newHostSigner(t).PublicKey())}
-	cfg.Endpoints["c"] = epC
-	kh.Reset()
-	if err := WriteKnownHosts(&kh, cfg); err != nil {
+	ep := eps[inner]
+	ep.HostKeys = []string{hostKey(t)}
+	eps[inner] = ep
+	if err := Write(hostsOf(t, cfg), config, khPath); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, khPath, kh.String())
-	if out, err := run("c"); err == nil || !strings.Contains(out, "HOST IDENTIFICATION HAS CHANGED") {
+	if out, err := run(inner); err == nil || !strings.Contains(out, "HOST IDENTIFICATION HAS CHANGED") {
 		t.Fatalf("ssh with a wrong pinned key: err %v, output %q; want a refusal", err, out)
 	}
 }

@@ -1,4 +1,4 @@
-package transport
+package mux
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Every holder keeps a record of itself beside its socket, SOCKET-base.PID.json,
@@ -24,8 +26,8 @@ import (
 // holder of an earlier version of the hive from the current one without
 // asking it.
 
-// MuxHolder is a holder's record.
-type MuxHolder struct {
+// Record is a holder's record.
+type Record struct {
 	Pid  int    `json:"pid"`
 	Hive string `json:"hive"`
 	// ConfigSum names the version of the hive's endpoints and client
@@ -46,7 +48,7 @@ func recordPath(sock string, pid int) string {
 	return strings.TrimSuffix(sock, ".sock") + "." + strconv.Itoa(pid) + ".json"
 }
 
-func (h MuxHolder) write() error {
+func (h Record) write() error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -58,12 +60,12 @@ func (h MuxHolder) write() error {
 	return os.Rename(tmp, h.file)
 }
 
-// MuxHolders are the holders that run for hive ("" for every hive of
+// Holders are the holders that run for hive ("" for every hive of
 // this user), the current one of each hive first. Records of holders
 // that are gone (killed: they had no chance to clean up) are removed,
 // with their logs and sockets.
-func MuxHolders(hive string) ([]MuxHolder, error) {
-	dir, err := MuxDir(false)
+func Holders(hive string) ([]Record, error) {
+	dir, err := Dir(false)
 	if err != nil {
 		return nil, err
 	}
@@ -71,13 +73,13 @@ func MuxHolders(hive string) ([]MuxHolder, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []MuxHolder
+	var out []Record
 	for _, f := range files {
 		h, ok := readRecord(f)
 		if !ok {
 			continue
 		}
-		if !holderAlive(h.Pid) {
+		if !h.alive() {
 			h.remove()
 			continue
 		}
@@ -85,7 +87,7 @@ func MuxHolders(hive string) ([]MuxHolder, error) {
 			out = append(out, h)
 		}
 	}
-	slices.SortFunc(out, func(a, b MuxHolder) int {
+	slices.SortFunc(out, func(a, b Record) int {
 		if a.Retired != b.Retired {
 			if a.Retired {
 				return 1
@@ -97,74 +99,72 @@ func MuxHolders(hive string) ([]MuxHolder, error) {
 	return out, nil
 }
 
-func readRecord(file string) (MuxHolder, bool) {
+func readRecord(file string) (Record, bool) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return MuxHolder{}, false
+		return Record{}, false
 	}
-	var h MuxHolder
+	var h Record
 	if json.Unmarshal(b, &h) != nil || h.Pid <= 0 {
-		return MuxHolder{}, false
+		return Record{}, false
 	}
 	h.file = file
 	return h, true
 }
 
 // currentHolder is the record of the holder listening at sock.
-func currentHolder(sock string) (MuxHolder, bool) {
+func currentHolder(sock string) (Record, bool) {
 	files, _ := filepath.Glob(strings.TrimSuffix(sock, ".sock") + ".*.json")
 	for _, f := range files {
-		if h, ok := readRecord(f); ok && !h.Retired && h.Socket == sock && holderAlive(h.Pid) {
+		if h, ok := readRecord(f); ok && !h.Retired && h.Socket == sock && h.alive() {
 			return h, true
 		}
 	}
-	return MuxHolder{}, false
+	return Record{}, false
 }
 
-// holderAlive says whether pid is a holder of this user: a process that
-// runs `mux serve` (a pid reused by another program is not).
-func holderAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return err == nil && bytes.Contains(b, []byte("\x00mux\x00serve\x00"))
+// alive says whether h's holder still runs: its pid is a process of this
+// user that was started to serve h's socket (spawn's --socket; a pid
+// reused by another program, or by another hive's holder, is not).
+func (h Record) alive() bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(h.Pid) + "/cmdline")
+	return err == nil && bytes.Contains(b, []byte("\x00"+socketFlag+"\x00"+h.Socket+"\x00"))
 }
 
 // remove deletes what a holder that ended without cleaning up left: its
 // record, its log, and its socket when no other holder answers there.
-func (h MuxHolder) remove() {
+func (h Record) remove() {
 	os.Remove(h.file)
 	if h.Log != "" {
 		os.Remove(h.Log)
 	}
-	if !h.Retired && !MuxAnswers(h.Socket) {
+	if !h.Retired && !Answers(h.Socket) {
 		os.Remove(h.Socket)
 		os.Remove(h.Socket + ".pub")
 	}
 }
 
-// retireMux asks the holder at sock to let go of it and end once the
+// retire asks the holder at sock to let go of it and end once the
 // commands using it are done; it returns once the socket is free.
-func retireMux(sock string) {
-	m, err := dialMux(sock, 5*time.Second)
+func retire(sock string) {
+	m, err := Dial(sock, 5*time.Second)
 	if err != nil {
 		return
 	}
-	defer m.close()
+	defer m.Close()
 	m.client.SendRequest(muxRetire, true, nil)
 }
 
-// StopMuxHolder stops h and returns once it has ended: through its socket
-// while it listens, else (retired) with SIGTERM.
-func StopMuxHolder(h MuxHolder) error {
+// Stop stops h and returns once it has ended: through its socket while it
+// listens, else (retired) with SIGTERM.
+func (h Record) Stop() error {
 	if !h.Retired {
-		if m, err := dialMux(h.Socket, 5*time.Second); err == nil {
-			_, _, err := m.client.SendRequest(muxStop, true, nil)
-			if err == nil {
-				<-m.done
-			}
-			m.close()
+		if m, err := Dial(h.Socket, 5*time.Second); err == nil {
+			m.Stop()
+			m.Close()
 		}
 	}
-	if holderAlive(h.Pid) {
+	if h.alive() {
 		if err := syscall.Kill(h.Pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("mux: stop pid %d: %w", h.Pid, err)
 		}
@@ -201,17 +201,17 @@ func waitExit(pid int, d time.Duration) bool {
 
 // Info asks h about itself (what it holds now); a retired holder no
 // longer listens, and is not asked.
-func (h MuxHolder) Info() (MuxInfo, error) {
+func (h Record) Info() (Info, error) {
 	if h.Retired {
-		return MuxInfo{}, errors.New("retired: it no longer listens")
+		return Info{}, errors.New("retired: it no longer listens")
 	}
-	m, err := dialMux(h.Socket, 5*time.Second)
+	m, err := Dial(h.Socket, 5*time.Second)
 	if err != nil {
-		return MuxInfo{}, err
+		return Info{}, err
 	}
-	defer m.close()
-	return m.info()
+	defer m.Close()
+	return m.Info()
 }
 
 // Stale says whether h serves another version of cfg's hive than cfg.
-func (h MuxHolder) Stale(cfg Config) bool { return h.ConfigSum != toMuxConfig(cfg).sum() }
+func (h Record) Stale(cfg transport.Config) bool { return h.ConfigSum != configOf(cfg).sum() }

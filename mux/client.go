@@ -1,4 +1,4 @@
-package transport
+package mux
 
 import (
 	"context"
@@ -11,22 +11,30 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nix-hive/nix-hive/transport"
 )
 
-// muxClient is a pool's connection to a holder (see mux.go): every
-// instance's "connection" is then a muxHostConn over it.
-type muxClient struct {
+// Client is a connection to a holder, the transport.Holder a pool goes
+// through: every instance's "connection" is then a hostConn over it.
+type Client struct {
 	path   string
 	client *ssh.Client
 	done   chan struct{}
 
 	mu    sync.Mutex
-	files map[string]*muxFileReader
+	files map[string]*fileReader
 }
 
-// dialMux connects to the holder listening at path, checking that it is
-// this user's process and the holder whose key lies beside the socket.
-func dialMux(path string, timeout time.Duration) (*muxClient, error) {
+var _ transport.Holder = (*Client)(nil)
+
+// Dial connects to the holder listening at path, checking that it is
+// this user's process and the holder whose key lies beside the socket;
+// timeout bounds it (0: transport.DefaultConnectTimeout).
+func Dial(path string, timeout time.Duration) (*Client, error) {
+	if timeout <= 0 {
+		timeout = transport.DefaultConnectTimeout
+	}
 	pubText, err := os.ReadFile(path + ".pub")
 	if err != nil {
 		return nil, fmt.Errorf("mux %s: %w", path, err)
@@ -50,7 +58,7 @@ func dialMux(path string, timeout time.Duration) (*muxClient, error) {
 		return nil, fmt.Errorf("mux %s: %w", path, err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	m := &muxClient{path: path, client: ssh.NewClient(sc, chans, reqs), done: make(chan struct{}), files: map[string]*muxFileReader{}}
+	m := &Client{path: path, client: ssh.NewClient(sc, chans, reqs), done: make(chan struct{}), files: map[string]*fileReader{}}
 	go func() {
 		m.client.Wait()
 		close(m.done)
@@ -58,33 +66,46 @@ func dialMux(path string, timeout time.Duration) (*muxClient, error) {
 	return m, nil
 }
 
-// MuxInfo asks the holder about itself.
-func (m *muxClient) info() (MuxInfo, error) {
+// Socket is where the holder listens.
+func (m *Client) Socket() string { return m.path }
+
+// Info asks the holder about itself.
+func (m *Client) Info() (Info, error) {
 	ok, b, err := m.client.SendRequest(muxInfo, true, nil)
 	if err == nil && !ok {
 		err = errors.New("refused")
 	}
-	var info MuxInfo
+	var info Info
 	if err == nil {
 		err = json.Unmarshal(b, &info)
 	}
 	if err != nil {
-		return MuxInfo{}, fmt.Errorf("mux %s: info: %w", m.path, err)
+		return Info{}, fmt.Errorf("mux %s: info: %w", m.path, err)
 	}
 	return info, nil
 }
 
-// dial is an instance's connection through the holder. Unless fresh, the
+// Stop ends the holder and returns once it has closed its connections to
+// the hosts.
+func (m *Client) Stop() error {
+	if _, _, err := m.client.SendRequest(muxStop, true, nil); err != nil {
+		return fmt.Errorf("mux %s: stop: %w", m.path, err)
+	}
+	<-m.done
+	return nil
+}
+
+// Dial is an instance's connection through the holder. Unless fresh, the
 // holder connects to the instance first (if it has not), so that a
-// connection error comes from dial, as it would without a holder.
-func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error) {
+// connection error comes from Dial, as it would without a holder.
+func (m *Client) Dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error) {
 	if !fresh {
 		ch, err := m.open(ctx, muxConnect, name)
 		if err != nil {
 			if oce := (*ssh.OpenChannelError)(nil); errors.As(err, &oce) {
 				err = fmt.Errorf("%s (through mux)", oce.Message)
 				if oce.Reason == ssh.Prohibited { // see dialRejection
-					err = loginError{err}
+					err = transport.LoginError{Err: err}
 				}
 				return nil, err
 			}
@@ -92,14 +113,14 @@ func (m *muxClient) dial(ctx context.Context, name string, fresh bool) (*ssh.Cli
 		}
 		ch.Close()
 	}
-	h := &muxHostConn{m: m, name: name, fresh: fresh, closed: make(chan struct{}),
+	h := &hostConn{m: m, name: name, fresh: fresh, closed: make(chan struct{}),
 		chans: make(chan ssh.NewChannel), reqs: make(chan *ssh.Request)}
 	return ssh.NewClient(h, h.chans, h.reqs), nil
 }
 
 // open opens a channel of the holder's own (typ, for instance), bounded
 // by ctx; one that arrives after ctx ended is closed.
-func (m *muxClient) open(ctx context.Context, typ, instance string) (ssh.Channel, error) {
+func (m *Client) open(ctx context.Context, typ, instance string) (ssh.Channel, error) {
 	type result struct {
 		ch  ssh.Channel
 		err error
@@ -125,20 +146,21 @@ func (m *muxClient) open(ctx context.Context, typ, instance string) (ssh.Channel
 	}
 }
 
-// reset asks the holder to drop its connection to name.
-func (m *muxClient) reset(name string) {
+// Reset asks the holder to drop its connection to name.
+func (m *Client) Reset(name string) {
 	m.mu.Lock()
 	delete(m.files, name)
 	m.mu.Unlock()
 	m.client.SendRequest(muxReset, true, []byte(name))
 }
 
-func (m *muxClient) close() error { return m.client.Close() }
+// Close closes the connection to the holder; the holder runs on.
+func (m *Client) Close() error { return m.client.Close() }
 
-// muxHostConn is an instance's connection as the pool sees it: channels
+// hostConn is an instance's connection as the pool sees it: channels
 // opened on it are opened by the holder on its own connection.
-type muxHostConn struct {
-	m     *muxClient
+type hostConn struct {
+	m     *Client
 	name  string
 	fresh bool
 
@@ -148,25 +170,25 @@ type muxHostConn struct {
 	reqs   chan *ssh.Request
 }
 
-func (h *muxHostConn) OpenChannel(typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, error) {
+func (h *hostConn) OpenChannel(typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, error) {
 	select {
 	case <-h.closed:
 		return nil, nil, net.ErrClosed
 	default:
 	}
-	return h.m.client.OpenChannel(muxOpen, ssh.Marshal(muxOpenMsg{Instance: h.name, Fresh: h.fresh, Type: typ, Data: data}))
+	return h.m.client.OpenChannel(muxOpen, ssh.Marshal(openMsg{Instance: h.name, Fresh: h.fresh, Type: typ, Data: data}))
 }
 
 // SendRequest answers the pool's keepalives for the holder, which keeps
 // its own connections alive: the holder answering is what matters here.
-func (h *muxHostConn) SendRequest(name string, wantReply bool, payload []byte) (bool, []byte, error) {
+func (h *hostConn) SendRequest(name string, wantReply bool, payload []byte) (bool, []byte, error) {
 	if name == "keepalive@openssh.com" {
 		return h.m.client.SendRequest(name, wantReply, payload)
 	}
 	return false, nil, nil
 }
 
-func (h *muxHostConn) shut() {
+func (h *hostConn) shut() {
 	h.once.Do(func() {
 		close(h.closed)
 		close(h.chans)
@@ -174,12 +196,12 @@ func (h *muxHostConn) shut() {
 	})
 }
 
-func (h *muxHostConn) Close() error {
+func (h *hostConn) Close() error {
 	h.shut()
 	return nil
 }
 
-func (h *muxHostConn) Wait() error {
+func (h *hostConn) Wait() error {
 	select {
 	case <-h.closed:
 		return nil
@@ -189,16 +211,17 @@ func (h *muxHostConn) Wait() error {
 	}
 }
 
-func (h *muxHostConn) User() string          { return h.m.client.User() }
-func (h *muxHostConn) SessionID() []byte     { return h.m.client.SessionID() }
-func (h *muxHostConn) ClientVersion() []byte { return h.m.client.ClientVersion() }
-func (h *muxHostConn) ServerVersion() []byte { return h.m.client.ServerVersion() }
-func (h *muxHostConn) RemoteAddr() net.Addr  { return h.m.client.RemoteAddr() }
-func (h *muxHostConn) LocalAddr() net.Addr   { return h.m.client.LocalAddr() }
+func (h *hostConn) User() string          { return h.m.client.User() }
+func (h *hostConn) SessionID() []byte     { return h.m.client.SessionID() }
+func (h *hostConn) ClientVersion() []byte { return h.m.client.ClientVersion() }
+func (h *hostConn) ServerVersion() []byte { return h.m.client.ServerVersion() }
+func (h *hostConn) RemoteAddr() net.Addr  { return h.m.client.RemoteAddr() }
+func (h *hostConn) LocalAddr() net.Addr   { return h.m.client.LocalAddr() }
 
-// muxFileReader is a FileReader whose requests the holder answers over its
-// sftp session with the instance: one request at a time per instance.
-type muxFileReader struct {
+// fileReader is a transport.FileReader whose requests the holder answers
+// over its sftp session with the instance: one request at a time per
+// instance.
+type fileReader struct {
 	mu  sync.Mutex
 	ch  ssh.Channel
 	enc *json.Encoder
@@ -209,9 +232,9 @@ type muxFileReader struct {
 	broken bool
 }
 
-// filesOf is name's FileReader through the holder, reopened if the last
+// Files is name's FileReader through the holder, reopened if the last
 // one broke.
-func (m *muxClient) filesOf(ctx context.Context, name string, within time.Duration) (*muxFileReader, error) {
+func (m *Client) Files(ctx context.Context, name string, within time.Duration) (transport.FileReader, error) {
 	m.mu.Lock()
 	f := m.files[name]
 	m.mu.Unlock()
@@ -227,7 +250,7 @@ func (m *muxClient) filesOf(ctx context.Context, name string, within time.Durati
 	if err != nil {
 		return nil, fmt.Errorf("read files of %s through mux: %w", name, err)
 	}
-	f = &muxFileReader{ch: ch, enc: json.NewEncoder(ch), dec: json.NewDecoder(ch), within: within}
+	f = &fileReader{ch: ch, enc: json.NewEncoder(ch), dec: json.NewDecoder(ch), within: within}
 	m.mu.Lock()
 	m.files[name] = f
 	m.mu.Unlock()
@@ -236,7 +259,7 @@ func (m *muxClient) filesOf(ctx context.Context, name string, within time.Durati
 
 // Batch sends qs to the holder as one request, which it answers with
 // their sftp requests in flight together.
-func (f *muxFileReader) Batch(qs []FileQuery) ([]FileAnswer, error) {
+func (f *fileReader) Batch(qs []transport.FileQuery) ([]transport.FileAnswer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.broken {
@@ -267,30 +290,30 @@ func (f *muxFileReader) Batch(qs []FileQuery) ([]FileAnswer, error) {
 	return a.Answers, nil
 }
 
-func (f *muxFileReader) one(op, p string) (FileAnswer, error) {
-	a, err := f.Batch([]FileQuery{{Op: op, Path: p}})
+func (f *fileReader) one(op, p string) (transport.FileAnswer, error) {
+	a, err := f.Batch([]transport.FileQuery{{Op: op, Path: p}})
 	if err != nil {
-		return FileAnswer{}, err
+		return transport.FileAnswer{}, err
 	}
 	return a[0], nil
 }
 
-func (f *muxFileReader) Readlink(p string) (string, error) {
+func (f *fileReader) Readlink(p string) (string, error) {
 	a, err := f.one("readlink", p)
 	return a.S, err
 }
 
-func (f *muxFileReader) Resolve(p string) (string, error) {
+func (f *fileReader) Resolve(p string) (string, error) {
 	a, err := f.one("resolve", p)
 	return a.S, err
 }
 
-func (f *muxFileReader) Exists(p string) (bool, error) {
+func (f *fileReader) Exists(p string) (bool, error) {
 	a, err := f.one("exists", p)
 	return a.B, err
 }
 
-func (f *muxFileReader) FirstLine(p string) (string, error) {
+func (f *fileReader) FirstLine(p string) (string, error) {
 	a, err := f.one("firstline", p)
 	return a.S, err
 }
