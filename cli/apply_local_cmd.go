@@ -8,6 +8,7 @@ import (
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -66,7 +67,7 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 		}
 	}
 	local := deploy.LocalHive(h, name, me.Username)
-	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: local, State: st, Policy: pol, Patterns: []string{name}, Paths: c.paths(eval.Build)})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: local, State: st, Policy: pol, Patterns: []string{name}, Paths: c.paths(eval.Build)})
 	if err != nil {
 		return err
 	}

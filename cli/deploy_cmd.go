@@ -15,6 +15,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -104,7 +105,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	mode := c.paths(eval.Build)
-	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
@@ -133,7 +134,7 @@ var errNotConfirmed = errors.New("not confirmed: no host was touched")
 
 // confirm shows the plan and what it changes on the hosts (asked through
 // remote, parallel at once), and asks on stdin.
-func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
+func confirm(ctx context.Context, g *Globals, prep *plan.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
 	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel}
 	if !trustKey { // consumers are given the key: their nix.conf does not matter
 		req.PublicKey, _ = prep.Hive.PublicKey()

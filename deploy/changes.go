@@ -10,6 +10,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -42,7 +43,7 @@ type ChangeFrom struct {
 
 // ChangesRequest is what Changes compares.
 type ChangesRequest struct {
-	Plan      *Plan
+	Plan      *plan.Plan
 	Inventory *eval.Inventory
 	// Remote asks the hosts what they run; nil compares with State
 	// (plan --offline).
@@ -73,7 +74,7 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 			bySystem[h.System] = sc
 			groups[h.System] = map[string][]string{}
 		}
-		if hs, ok := states[n]; ok && r.PublicKey != "" && h.Source.Kind != SourcePush && h.Source.Kind != SourceLocal &&
+		if hs, ok := states[n]; ok && r.PublicKey != "" && h.Source.Kind != plan.SourcePush && h.Source.Kind != plan.SourceLocal &&
 			hs.TrustRead && !slices.Contains(hs.Trusted, r.PublicKey) {
 			sc.Untrusting = append(sc.Untrusting, n)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/keys"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -211,7 +212,7 @@ func (r *Report) Unknown() []string {
 }
 
 type executor struct {
-	plan   *Plan
+	plan   *plan.Plan
 	inv    *eval.Inventory
 	remote Remote
 	copier Copier
@@ -258,15 +259,15 @@ func (f *future) run(fn func() error) error {
 // wave by wave. Every host ends with a Result; none hides another's.
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
 // activations go on until opts.Abort is closed.
-func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
+func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
 	opts = opts.withDefaults()
 	if opts.Parallel <= 0 {
-		opts.Parallel = AutoParallel(plan)
+		opts.Parallel = AutoParallel(p)
 	}
-	e := newExecutor(plan, inv, remote, copier, opts)
+	e := newExecutor(p, inv, remote, copier, opts)
 	actx, cancel := activationContext(ctx, e.opts.Abort)
 	defer cancel()
-	report := &Report{Results: e.res, Order: plan.Order}
+	report := &Report{Results: e.res, Order: p.Order}
 	stopWatch := context.AfterFunc(ctx, e.announceInterrupt)
 	defer stopWatch()
 
@@ -293,10 +294,10 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 // own SSH sessions and processes, not the hosts, become the limit.
 // A tree of 4 racks runs 32 hosts at once, 32 racks 256: more racks, more
 // parallel service, without the deploy host thrashing on a flat fleet.
-func AutoParallel(p *Plan) int {
+func AutoParallel(p *plan.Plan) int {
 	stores := map[string]bool{}
 	for _, h := range p.Hosts {
-		if h.Source.Kind == SourceStore || h.Source.Kind == SourceCache {
+		if h.Source.Kind == plan.SourceStore || h.Source.Kind == plan.SourceCache {
 			stores[h.Source.From] = true
 		}
 	}
@@ -311,15 +312,15 @@ func AutoParallel(p *Plan) int {
 // queue instead; --parallel still bounds the whole deploy.
 const storeConcurrency = 8
 
-func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
-	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
+func newExecutor(p *plan.Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
+	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
 		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
 	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
 		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
-	for _, n := range plan.Order {
-		h := plan.Hosts[n]
+	for _, n := range p.Order {
+		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave
 		if h.Target {
 			wave = h.Wave + 1
@@ -328,13 +329,13 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		e.ensured[n] = newFuture()
 		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()
-		if h.Source.Kind == SourceStore && !e.servers[h.Source.From] {
+		if h.Source.Kind == plan.SourceStore && !e.servers[h.Source.From] {
 			e.servers[h.Source.From] = true
 			e.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
 		}
 	}
-	for _, t := range plan.Transfers {
-		if _, ok := plan.Hosts[t.To]; !ok {
+	for _, t := range p.Transfers {
+		if _, ok := p.Hosts[t.To]; !ok {
 			e.urlPushed[t.To] = newFuture()
 		}
 	}

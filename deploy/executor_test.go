@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -149,7 +150,7 @@ func TestExecutor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, err := Make(inv, tt.targets, seedBuilt, tt.waves)
+			p, err := plan.Make(inv, tt.targets, seedBuilt, tt.waves)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -163,7 +164,7 @@ func TestExecutor(t *testing.T) {
 			for k, v := range tt.last {
 				f.last[k] = v
 			}
-			r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
+			r := Execute(context.Background(), p, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
 			if strings.Join(f.order, " ") != strings.Join(tt.order, " ") {
 				t.Errorf("activations %v, want %v", f.order, tt.order)
 			}
@@ -188,7 +189,7 @@ func TestExecutor(t *testing.T) {
 // Ctrl-C while an activation runs: it finishes, nothing else starts.
 func TestExecutorInterrupt(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"storage", "portico"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"storage", "portico"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +206,7 @@ func TestExecutorInterrupt(t *testing.T) {
 			}
 		}
 	}()
-	r := Execute(ctx, plan, inv, f, f, Options{Parallel: 1, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Parallel: 1, Events: func(e Event) {
 		select {
 		case events <- e:
 		default:
@@ -284,7 +285,7 @@ func TestExecutorOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+			p, err := plan.Make(inv, []string{"storage"}, seedBuilt, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -296,7 +297,7 @@ func TestExecutorOutcomes(t *testing.T) {
 			st := newState(t)
 			opts := tt.opts
 			opts.State = st
-			r := Execute(context.Background(), plan, inv, f, f, opts)
+			r := Execute(context.Background(), p, inv, f, f, opts)
 			res := r.Results["storage"]
 			if res.Status != tt.status || res.Step != tt.step || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("storage: %s at %s (%q), want %s at %s (%q)", res.Status, res.Step, res.Error, tt.status, tt.step, tt.err)
@@ -327,7 +328,7 @@ func TestExecutorOutcomes(t *testing.T) {
 // outcome is unknown (the job goes on there), and the report says so.
 func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"storage"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +338,7 @@ func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	abort := make(chan struct{})
 	var interrupted string
-	r := Execute(ctx, plan, inv, f, f, Options{Abort: abort, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Abort: abort, Events: func(e Event) {
 		switch {
 		case e.Step == StepActivate && e.Status == EventStart:
 			cancel() // first Ctrl-C
@@ -369,7 +370,7 @@ func newState(t *testing.T) *state.File {
 // for it end interrupted (not failed), nothing is activated.
 func TestExecutorInterruptedStorePush(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"www-1", "www-2"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"www-1", "www-2"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +393,7 @@ func TestExecutorInterruptedStorePush(t *testing.T) {
 			}
 		}
 	}()
-	r := Execute(ctx, plan, inv, f, f, Options{})
+	r := Execute(ctx, p, inv, f, f, Options{})
 	close(f.pushing)
 	for _, h := range []string{"www-1", "www-2", "portico"} {
 		if s := r.Results[h].Status; s != StatusInterrupted && s != StatusNotStarted {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // ensure makes sure host n holds what it is to run, once however many
@@ -126,14 +127,14 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 		return nil
 	}
 	switch h.Source.Kind {
-	case SourcePush:
+	case plan.SourcePush:
 		return e.push(ctx, n, h.Paths)
-	case SourceCache:
+	case plan.SourceCache:
 		if err := e.pushURL(ctx, h.Source.From); err != nil {
 			return failed(StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
 		}
 		return e.substitute(ctx, n, substitution{from: h.Source.From})
-	case SourceStore:
+	case plan.SourceStore:
 		err := e.ensure(ctx, h.Source.From)
 		if err == nil {
 			err = e.supply(ctx, h.Source.From)
