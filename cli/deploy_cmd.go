@@ -13,6 +13,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/plan"
@@ -49,7 +50,7 @@ type Activation struct {
 
 // options are the deploy.Options the flags decide.
 func (a *Activation) options(g *Globals, s *Steps) (deploy.Options, error) {
-	goal, err := deploy.ParseGoal(a.Goal)
+	goal, err := host.ParseGoal(a.Goal)
 	if err != nil {
 		return deploy.Options{}, err
 	}
@@ -86,7 +87,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	if err != nil {
 		return opts, err
 	}
-	if c.Reboot && opts.Goal != deploy.GoalBoot {
+	if c.Reboot && opts.Goal != host.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
 	opts.Parallel, opts.TrustKey = c.Parallel, c.TrustHiveKey
@@ -134,7 +135,7 @@ var errNotConfirmed = errors.New("not confirmed: no host was touched")
 
 // confirm shows the plan and what it changes on the hosts (asked through
 // remote, parallel at once), and asks on stdin.
-func confirm(ctx context.Context, g *Globals, prep *plan.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
+func confirm(ctx context.Context, g *Globals, prep *plan.Prepared, st *state.File, remote host.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
 	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel}
 	if !trustKey { // consumers are given the key: their nix.conf does not matter
 		req.PublicKey, _ = prep.Hive.PublicKey()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -85,7 +86,7 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	up, err := deploy.NewKeys(ctx, h, priv.Hosts(pool), targets, priv, c.KeyTimeout)
+	up, err := keys.NewUploader(ctx, h, priv.Hosts(pool), targets, priv, c.KeyTimeout)
 	if err != nil {
 		return err
 	}

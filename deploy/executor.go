@@ -3,33 +3,17 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
-
-// Remote runs shell commands on instances (transport.Pool does).
-type Remote interface {
-	// Run runs cmd on the instance over its pooled connection; a non-zero
-	// exit is exitCode with a nil error, err is for transport failures.
-	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
-	// RunFresh runs cmd like Run but over a new connection made for it and
-	// closed afterwards: it proves that a new login works now.
-	RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
-	// Reset closes the pooled connection to the instance, if any, so the
-	// next Run dials anew (after a reboot, say).
-	Reset(name string)
-	// Release says the command is done with the instance: its connection
-	// need not be kept (a connection holder's may be).
-	Release(name string)
-}
 
 // Copier moves closures out of the deploy host's store.
 type Copier interface {
@@ -55,7 +39,7 @@ type Policy interface {
 
 // Options tune an execution.
 type Options struct {
-	Goal     Goal
+	Goal     host.Goal
 	Parallel int // hosts worked on at once (0: AutoParallel of the plan)
 	SkipPush bool
 	// Force activates hosts that already run the wanted system.
@@ -65,7 +49,7 @@ type Options struct {
 	PublicKey string
 	TrustKey  bool
 	// Privilege is how non-root logins become root (nil: they cannot).
-	Privilege *Privilege
+	Privilege *host.Privilege
 	State     *state.File
 	Events    func(Event)
 	// Policy, when set, runs checks and may stop the rollout; without one
@@ -82,7 +66,7 @@ type Options struct {
 	// a host may be lost for ConfirmTimeout+ConnectTimeout during an
 	// activation before its outcome is declared unknown.
 	ConnectTimeout time.Duration
-	// Reboot, with GoalBoot, reboots each host after activation and
+	// Reboot, with host.GoalBoot, reboots each host after activation and
 	// waits up to RebootTimeout (default 10m) for it to come back on the
 	// new system.
 	Reboot        bool
@@ -109,7 +93,7 @@ type Options struct {
 	// outlive the command): a target seen already running what the deploy
 	// would leave it running, with no deploy holding it and no activation
 	// running, is left alone without taking its deploy lock.
-	Files func(ctx context.Context, name string) (HostFiles, error)
+	Files func(ctx context.Context, name string) (host.Files, error)
 }
 
 func (o Options) withDefaults() Options {
@@ -119,7 +103,7 @@ func (o Options) withDefaults() Options {
 		}
 	}
 	if o.Goal == "" {
-		o.Goal = GoalSwitch
+		o.Goal = host.GoalSwitch
 	}
 	def(&o.ActivationTimeout, 30*time.Minute)
 	def(&o.ConfirmTimeout, 30*time.Second)
@@ -214,15 +198,15 @@ func (r *Report) Unknown() []string {
 type executor struct {
 	plan   *plan.Plan
 	inv    *eval.Inventory
-	remote Remote
+	remote host.Remote
 	copier Copier
 	opts   Options
-	jobs   *jobs
+	jobs   *host.Jobs
 
 	mu         sync.Mutex
 	res        map[string]*Result
-	locks      map[string]*hostLock
-	locked     map[string]HostState // what each host ran when its lock was taken
+	locks      map[string]*host.DeployLock
+	locked     map[string]host.State // what each host ran when its lock was taken
 	lockErr    map[string]error
 	activating map[string]bool
 
@@ -259,7 +243,7 @@ func (f *future) run(fn func() error) error {
 // wave by wave. Every host ends with a Result; none hides another's.
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
 // activations go on until opts.Abort is closed.
-func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
+func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *Report {
 	opts = opts.withDefaults()
 	if opts.Parallel <= 0 {
 		opts.Parallel = AutoParallel(p)
@@ -312,13 +296,13 @@ func AutoParallel(p *plan.Plan) int {
 // queue instead; --parallel still bounds the whole deploy.
 const storeConcurrency = 8
 
-func newExecutor(p *plan.Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
+func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
-		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
+		res: map[string]*Result{}, locks: map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
-	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
-		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
+	e.jobs = host.NewJobs(remote, opts.Privilege, host.Timing{Activation: opts.ActivationTimeout, Confirm: opts.ConfirmTimeout, Connect: opts.ConnectTimeout},
+		opts.Local, e.notice)
 	for _, n := range p.Order {
 		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave
@@ -512,26 +496,35 @@ func (e *executor) letGo(ctx context.Context, n string) {
 	l := e.locks[n]
 	delete(e.locks, n)
 	e.mu.Unlock()
-	l.release(ctx)
+	l.Release(ctx)
 	if !e.servers[n] && !e.jumps[n] {
 		e.remote.Release(n)
 	}
 }
 
-// sudo is how host n's commands become root.
-func (e *executor) sudo(n string) escalation { return e.opts.Privilege.For(n) }
+// notice reports what the host's jobs tell about host n as its events.
+func (e *executor) notice(n string, what host.Notice, msg string) {
+	switch what {
+	case host.ContactLost:
+		e.step(n, StepActivate, EventInfo, msg)
+	case host.Confirmed:
+		e.step(n, StepConfirm, EventOK, msg)
+	case host.ConfirmRetry:
+		e.step(n, StepConfirm, EventInfo, msg)
+	}
+}
 
 func (e *executor) releaseLocks(ctx context.Context) {
 	e.mu.Lock()
 	locks := e.locks
-	e.locks = map[string]*hostLock{}
+	e.locks = map[string]*host.DeployLock{}
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, l := range locks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.release(ctx)
+			l.Release(ctx)
 		}()
 	}
 	wg.Wait()
@@ -541,7 +534,7 @@ func (e *executor) releaseLocks(ctx context.Context) {
 // the file). A dry activation deploys nothing and is not recorded.
 func (e *executor) record(n string) {
 	r := e.result(n)
-	if e.opts.State == nil || r.untouched || (r.Target && e.opts.Goal == GoalDryActivate) {
+	if e.opts.State == nil || r.untouched || (r.Target && e.opts.Goal == host.GoalDryActivate) {
 		return
 	}
 	now := time.Now().UTC()

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -270,13 +271,13 @@ func TestExecutorOutcomes(t *testing.T) {
 			opts:   Options{Policy: postFails{}},
 			status: StatusFailed, step: StepPostCheck, active: "/nix/store/s", err: "unhealthy"},
 		{name: "dry-activate changes nothing",
-			opts:   Options{Goal: GoalDryActivate},
+			opts:   Options{Goal: host.GoalDryActivate},
 			status: StatusDryActivated, step: StepDone, active: old},
 		{name: "a host another deploy holds is refused at once",
 			setup:  func(f *fakeHosts) { f.locks["storage"] = "alice@box (nix-hive pid 7)" },
 			status: StatusFailed, step: StepLock, active: old, err: "alice@box (nix-hive pid 7)"},
 		{name: "boot after a failed switch runs the boot activation",
-			opts: Options{Goal: GoalBoot},
+			opts: Options{Goal: host.GoalBoot},
 			setup: func(f *fakeHosts) {
 				f.profile["storage"] = "/nix/store/s" // the failed switch moved the profile
 				f.last["storage"] = "J switch /nix/store/s failed"

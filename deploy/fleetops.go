@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -18,7 +19,7 @@ import (
 type StatusRow struct {
 	Instance string `json:"instance"`
 	System   string `json:"system"`
-	HostState
+	host.State
 	Wanted string `json:"wanted"`
 	// Drift is "" when the active system is the wanted one, else a short
 	// reason ("active differs", "unreachable: ...").
@@ -28,10 +29,10 @@ type StatusRow struct {
 
 // Inspect asks every instance in names what it runs, parallel at most
 // parallel at once; want maps a system to its wanted path ("" unknown).
-func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+func Inspect(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
 	jumps := jumpHosts(inv)
-	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (HostState, error) {
-		hs, err := queryHost(ctx, remote, n)
+	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (host.State, error) {
+		hs, err := host.Query(ctx, remote, n)
 		if !jumps[n] {
 			remote.Release(n) // done with it: no keepalives, no memory held
 		}
@@ -40,7 +41,7 @@ func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []st
 }
 
 func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int,
-	query func(context.Context, string) (HostState, error)) []StatusRow {
+	query func(context.Context, string) (host.State, error)) []StatusRow {
 	rows := make([]StatusRow, len(names))
 	for i, n := range names {
 		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
@@ -50,14 +51,14 @@ func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[
 		row := &rows[i]
 		row.Error, row.Drift = "", ""
 		hs, err := query(ctx, row.Instance)
-		var qe *queryError
+		var qe *host.QueryError
 		switch {
 		case errors.As(err, &qe):
 			row.Error, row.Drift = err.Error(), "unknown"
 		case err != nil:
 			row.Error, row.Drift = err.Error(), "unreachable"
 		default:
-			row.HostState = hs
+			row.State = hs
 			row.Drift = drift(hs, row.Wanted)
 		}
 	})
@@ -76,7 +77,7 @@ func jumpHosts(inv *eval.Inventory) map[string]bool {
 	return jumps
 }
 
-func drift(hs HostState, wanted string) string {
+func drift(hs host.State, wanted string) string {
 	switch {
 	case hs.Running != "":
 		return "activation running (job " + hs.Running + ")"
@@ -96,7 +97,7 @@ func drift(hs HostState, wanted string) string {
 
 // RollbackOptions tune Rollback.
 type RollbackOptions struct {
-	Privilege *Privilege
+	Privilege *host.Privilege
 	Parallel  int
 	Owner     string
 	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
@@ -122,12 +123,11 @@ type RollbackRow struct {
 // system profile, as a detached activation job under the host's deploy
 // lock (with magic rollback, confirmed like a deploy), and confirms that
 // the previous generation is active.
-func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
+func Rollback(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
 	opts := Options{MagicRollback: o.MagicRollback, ConfirmTimeout: o.ConfirmTimeout, Owner: o.Owner,
 		ActivationTimeout: o.ActivationTimeout, ConnectTimeout: o.ConnectTimeout}.withDefaults()
 	remote = o.Privilege.Remote(remote)
-	j := &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
-		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: func(string, Step, EventStatus, string) {}}
+	j := host.NewJobs(remote, o.Privilege, host.Timing{Activation: opts.ActivationTimeout, Confirm: opts.ConfirmTimeout, Connect: opts.ConnectTimeout}, false, nil)
 	rows := make([]RollbackRow, len(names))
 	for i, n := range names {
 		rows[i] = RollbackRow{Instance: n, Error: "not started: interrupted"}
@@ -147,7 +147,7 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 	if st == nil || r.Before == "" || (r.Error != "" && r.After == r.Before) {
 		return
 	}
-	rec := state.Instance{System: in.System, OutPath: r.After, Goal: string(GoalSwitch), Step: string(StepRollback),
+	rec := state.Instance{System: in.System, OutPath: r.After, Goal: string(host.GoalSwitch), Step: string(StepRollback),
 		Status: string(StatusOK), Error: r.Error, Before: r.Before, Time: time.Now().UTC()}
 	if r.Error != "" {
 		rec.Status = string(StatusFailed)
@@ -158,24 +158,24 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 	st.SetInstance(in.Name, rec)
 }
 
-func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, priv *Privilege, opts Options) RollbackRow {
+func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval.Instance, priv *host.Privilege, opts Options) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, before, err := lockAs(ctx, remote, in, priv, opts.Owner)
+	l, before, err := host.Lock(ctx, remote, in, priv, opts.Owner)
 	if err != nil {
 		row.Error = err.Error()
 		return row
 	}
-	defer l.release(ctx)
+	defer l.Release(ctx)
 	row.Before = before.Active
-	spec := jobSpec{goal: GoalSwitch, target: "previous", gzip: before.Gzip}
+	job := host.Job{Goal: host.GoalSwitch, Target: host.Previous, Gzip: before.Gzip}
 	if opts.MagicRollback {
-		spec.confirm = opts.ConfirmTimeout
+		job.Confirm = opts.ConfirmTimeout
 	}
-	st, err := j.run(ctx, in.Name, in.User, priv.For(in.Name), spec)
+	st, err := j.Run(ctx, in, job)
 	if err == nil {
-		err = jobOutcome(st)
+		err = st.Err()
 	}
-	after, qerr := queryHost(ctx, remote, in.Name)
+	after, qerr := host.Query(ctx, remote, in.Name)
 	row.After = after.Active
 	switch {
 	case err != nil:
@@ -192,7 +192,7 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 
 // KeysOptions tune UploadKeys.
 type KeysOptions struct {
-	Privilege *Privilege
+	Privilege *host.Privilege
 	Parallel  int
 	Owner     string
 }
@@ -207,7 +207,7 @@ type KeysRow struct {
 // UploadKeys uploads every key of each instance in names, under the host's
 // deploy lock; a key that cannot be had fails its host before anything is
 // written there.
-func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
+func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
 	remote = o.Privilege.Remote(remote)
 	rows := make([]KeysRow, len(names))
 	for i, n := range names {
@@ -220,9 +220,9 @@ func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names [
 		if len(in.Keys) == 0 {
 			return
 		}
-		l, _, err := lockAs(ctx, remote, in, o.Privilege, o.Owner)
+		l, _, err := host.Lock(ctx, remote, in, o.Privilege, o.Owner)
 		if err == nil {
-			defer l.release(ctx)
+			defer l.Release(ctx)
 			var b *keys.Batch
 			if b, err = up.Prepare(ctx, in); err == nil {
 				err = b.Upload(ctx, "")

@@ -1,4 +1,4 @@
-package deploy
+package host
 
 import "fmt"
 
@@ -23,3 +23,7 @@ func ParseGoal(s string) (Goal, error) {
 
 // SetsProfile reports whether the goal makes the system the boot default.
 func (g Goal) SetsProfile() bool { return g == GoalSwitch || g == GoalBoot }
+
+// Activates reports whether the goal changes what runs now ("" is a
+// record from before goals were recorded: a switch).
+func (g Goal) Activates() bool { return g == "" || g == GoalSwitch || g == GoalTest }
