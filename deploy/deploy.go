@@ -15,17 +15,17 @@ import (
 // policy checks included.
 func Deploy(ctx context.Context, prep *plan.Prepared, pool *transport.Pool, nix *nixcmd.Runner, opts Options) (*Report, error) {
 	var err error
-	if opts.PublicKey, err = prep.Hive.PublicKey(); err != nil {
+	if opts.publicKey, err = prep.Hive.PublicKey(); err != nil {
 		return nil, err
 	}
-	if !opts.SkipPush {
+	if !opts.Steps.SkipPush {
 		// Consumers require signatures; without a hive key they would fail
 		// one by one, each with advice that cannot help.
 		if err := prep.Unsigned(); err != nil {
 			return nil, err
 		}
 	}
-	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Privilege)
+	copier, err := NewNixCopier(nix, pool, prep.Hive.Inventory, opts.Connection.Privilege)
 	if err != nil {
 		return nil, err
 	}
@@ -37,12 +37,12 @@ func Deploy(ctx context.Context, prep *plan.Prepared, pool *transport.Pool, nix 
 // hive's keys.
 func execute(ctx context.Context, prep *plan.Prepared, h host.Hosts, copier Copier, opts Options) (*Report, error) {
 	var err error
-	h = opts.Privilege.Hosts(h)
+	h = opts.Connection.Privilege.Hosts(h)
 	if prep.Policy != nil {
 		opts.Policy = prep.Checks(host.Commands{Remote: h})
 	}
-	if !opts.SkipKeys {
-		if opts.Keys, err = keys.NewUploader(ctx, prep.Hive, h, prep.Plan.Targets, opts.Privilege, opts.KeyTimeout); err != nil {
+	if !opts.Steps.SkipKeys {
+		if opts.uploader, err = keys.NewUploader(ctx, prep.Hive, h, prep.Plan.Targets, opts.Connection.Privilege, opts.Steps.KeyTimeout); err != nil {
 			return nil, err
 		}
 	}

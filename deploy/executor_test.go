@@ -165,7 +165,7 @@ func TestExecutor(t *testing.T) {
 			for k, v := range tt.last {
 				f.last[k] = v
 			}
-			r := Execute(context.Background(), p, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
+			r := Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: 1}, Policy: tt.policy})
 			if strings.Join(f.order, " ") != strings.Join(tt.order, " ") {
 				t.Errorf("activations %v, want %v", f.order, tt.order)
 			}
@@ -207,12 +207,12 @@ func TestExecutorInterrupt(t *testing.T) {
 			}
 		}
 	}()
-	r := Execute(ctx, p, inv, f, f, Options{Parallel: 1, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Connection: Connection{Parallel: 1}, Record: Record{Events: func(e Event) {
 		select {
 		case events <- e:
 		default:
 		}
-	}})
+	}}})
 	if !r.Interrupted {
 		t.Error("report not marked interrupted")
 	}
@@ -252,32 +252,32 @@ func TestExecutorOutcomes(t *testing.T) {
 		active string // on storage at the end
 		err    string
 	}{
-		{name: "confirmed", opts: Options{MagicRollback: true}, status: StatusOK, step: StepDone, active: "/nix/store/s"},
+		{name: "confirmed", opts: Options{Activation: Activation{MagicRollback: true}}, status: StatusOK, step: StepDone, active: "/nix/store/s"},
 		{name: "no new connection gets through: rolled back by the host",
-			opts:   Options{MagicRollback: true, ConfirmTimeout: 50 * time.Millisecond},
+			opts:   Options{Activation: Activation{MagicRollback: true, ConfirmTimeout: 50 * time.Millisecond}},
 			setup:  func(f *fakeHosts) { f.unconfirmable["storage"] = true },
 			status: StatusRolledBack, step: StepActivate, active: old, err: "not confirmed"},
 		{name: "failed activation with magic rollback returns to before",
-			opts:   Options{MagicRollback: true},
+			opts:   Options{Activation: Activation{MagicRollback: true}},
 			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
 			status: StatusRolledBack, step: StepActivate, active: old, err: "exited 1"},
 		{name: "failed activation without magic rollback stays failed",
 			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
 			status: StatusFailed, step: StepActivate, active: old, err: "exited 1"},
 		{name: "failed post-check rolls back to what ran before the deploy",
-			opts:   Options{MagicRollback: true, Policy: postFails{rollback: true}},
+			opts:   Options{Activation: Activation{MagicRollback: true}, Policy: postFails{rollback: true}},
 			status: StatusRolledBack, step: StepRollback, active: old, err: "post-check failed: unhealthy"},
 		{name: "failed post-check without rollback",
 			opts:   Options{Policy: postFails{}},
 			status: StatusFailed, step: StepPostCheck, active: "/nix/store/s", err: "unhealthy"},
 		{name: "dry-activate changes nothing",
-			opts:   Options{Goal: host.GoalDryActivate},
+			opts:   Options{Activation: Activation{Goal: host.GoalDryActivate}},
 			status: StatusDryActivated, step: StepDone, active: old},
 		{name: "a host another deploy holds is refused at once",
 			setup:  func(f *fakeHosts) { f.locks["storage"] = "alice@box (nix-hive pid 7)" },
 			status: StatusFailed, step: StepLock, active: old, err: "alice@box (nix-hive pid 7)"},
 		{name: "boot after a failed switch runs the boot activation",
-			opts: Options{Goal: host.GoalBoot},
+			opts: Options{Activation: Activation{Goal: host.GoalBoot}},
 			setup: func(f *fakeHosts) {
 				f.profile["storage"] = "/nix/store/s" // the failed switch moved the profile
 				f.last["storage"] = "J switch /nix/store/s failed"
@@ -297,7 +297,7 @@ func TestExecutorOutcomes(t *testing.T) {
 			}
 			st := newState(t)
 			opts := tt.opts
-			opts.State = st
+			opts.Record.State = st
 			r := Execute(context.Background(), p, inv, f, f, opts)
 			res := r.Results["storage"]
 			if res.Status != tt.status || res.Step != tt.step || !strings.Contains(res.Error, tt.err) {
@@ -339,7 +339,7 @@ func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	abort := make(chan struct{})
 	var interrupted string
-	r := Execute(ctx, p, inv, f, f, Options{Abort: abort, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Abort: abort, Record: Record{Events: func(e Event) {
 		switch {
 		case e.Step == StepActivate && e.Status == EventStart:
 			cancel() // first Ctrl-C
@@ -347,7 +347,7 @@ func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 			interrupted = e.Message
 			close(abort) // second Ctrl-C
 		}
-	}})
+	}}})
 	if res := r.Results["storage"]; res.Status != StatusUnknown || !strings.Contains(res.Error, "finishes on the host") {
 		t.Errorf("storage: %s (%s), want unknown, still running on the host", res.Status, res.Error)
 	}

@@ -97,15 +97,10 @@ func drift(hs host.State, wanted string) string {
 
 // RollbackOptions tune Rollback.
 type RollbackOptions struct {
-	Privilege *host.Privilege
-	Parallel  int
-	Owner     string
-	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
-	// mean what they mean for a deploy: a rollback is a switch too.
-	MagicRollback     bool
-	ConfirmTimeout    time.Duration
-	ActivationTimeout time.Duration
-	ConnectTimeout    time.Duration
+	// Activation and Connection mean what they mean for a deploy: a
+	// rollback is a switch too (Goal, Force and Reboot do not apply).
+	Activation Activation
+	Connection Connection
 	// State, if set, records each host the rollback changed (what it runs
 	// after it), as a deploy records its hosts; the caller saves it.
 	State *state.File
@@ -124,16 +119,15 @@ type RollbackRow struct {
 // lock (with magic rollback, confirmed like a deploy), and confirms that
 // the previous generation is active.
 func Rollback(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
-	opts := Options{MagicRollback: o.MagicRollback, ConfirmTimeout: o.ConfirmTimeout, Owner: o.Owner,
-		ActivationTimeout: o.ActivationTimeout, ConnectTimeout: o.ConnectTimeout}.withDefaults()
-	remote = o.Privilege.Remote(remote)
-	j := host.NewJobs(remote, o.Privilege, host.Timing{Activation: opts.ActivationTimeout, Confirm: opts.ConfirmTimeout, Connect: opts.ConnectTimeout}, false, nil)
+	act, conn := o.Activation.withDefaults(), o.Connection.withDefaults()
+	remote = conn.Privilege.Remote(remote)
+	j := newJobs(remote, act, conn, false, nil)
 	rows := make([]RollbackRow, len(names))
 	for i, n := range names {
 		rows[i] = RollbackRow{Instance: n, Error: "not started: interrupted"}
 	}
-	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
-		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Privilege, opts)
+	fanout.Each(ctx, len(names), conn.Parallel, func(ctx context.Context, i int) {
+		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], act, conn)
 		recordRollback(o.State, inv.Instances[names[i]], rows[i])
 	})
 	return rows
@@ -158,19 +152,16 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 	st.SetInstance(in.Name, rec)
 }
 
-func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval.Instance, priv *host.Privilege, opts Options) RollbackRow {
+func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval.Instance, act Activation, conn Connection) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, before, err := host.Lock(ctx, remote, in, priv, opts.Owner)
+	l, before, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
 	if err != nil {
 		row.Error = err.Error()
 		return row
 	}
 	defer l.Release(ctx)
 	row.Before = before.Active
-	job := host.Job{Goal: host.GoalSwitch, Target: host.Previous, Gzip: before.Gzip}
-	if opts.MagicRollback {
-		job.Confirm = opts.ConfirmTimeout
-	}
+	job := host.Job{Goal: host.GoalSwitch, Target: host.Previous, Confirm: act.watchdog(host.GoalSwitch), Gzip: before.Gzip}
 	st, err := j.Run(ctx, in, job)
 	if err == nil {
 		err = st.Err()
@@ -190,13 +181,6 @@ func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval
 	return row
 }
 
-// KeysOptions tune UploadKeys.
-type KeysOptions struct {
-	Privilege *host.Privilege
-	Parallel  int
-	Owner     string
-}
-
 // KeysRow is one instance's key upload.
 type KeysRow struct {
 	Instance string   `json:"instance"`
@@ -205,22 +189,23 @@ type KeysRow struct {
 }
 
 // UploadKeys uploads every key of each instance in names, under the host's
-// deploy lock; a key that cannot be had fails its host before anything is
-// written there.
-func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
-	remote = o.Privilege.Remote(remote)
+// deploy lock, taken as conn says; a key that cannot be had fails its host
+// before anything is written there.
+func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, up *keys.Uploader, conn Connection) []KeysRow {
+	conn = conn.withDefaults()
+	remote = conn.Privilege.Remote(remote)
 	rows := make([]KeysRow, len(names))
 	for i, n := range names {
 		rows[i] = KeysRow{Instance: n, Error: "not started: interrupted"}
 	}
-	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
+	fanout.Each(ctx, len(names), conn.Parallel, func(ctx context.Context, i int) {
 		in := inv.Instances[names[i]]
 		row := KeysRow{Instance: in.Name, Keys: slices.Sorted(maps.Keys(in.Keys))}
 		defer func() { rows[i] = row }()
 		if len(in.Keys) == 0 {
 			return
 		}
-		l, _, err := host.Lock(ctx, remote, in, o.Privilege, o.Owner)
+		l, _, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
 		if err == nil {
 			defer l.Release(ctx)
 			var b *keys.Batch

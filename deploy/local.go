@@ -108,7 +108,7 @@ func LocalHive(h *eval.Hive, name, user string) *eval.Hive {
 
 // ApplyLocal carries out a prepared plan of LocalHive on this machine.
 func ApplyLocal(ctx context.Context, prep *plan.Prepared, opts Options) (*Report, error) {
-	opts.Local = true
+	opts.local = true
 	prep.Plan.Local()
 	return execute(ctx, prep, Local{}, localCopier{}, opts)
 }

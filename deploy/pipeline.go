@@ -50,10 +50,10 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", err
 	}
-	if job := checksPending(e.opts.Goal, before, h.OutPath); job != "" && !e.opts.Force {
+	if job := checksPending(e.opts.Activation.Goal, before, h.OutPath); job != "" && !e.opts.Activation.Force {
 		return e.recheck(actx, n, job, batch)
 	}
-	if !e.opts.Force && upToDate(e.opts.Goal, before, h.OutPath) {
+	if !e.opts.Activation.Force && upToDate(e.opts.Activation.Goal, before, h.OutPath) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
 		if batch != nil {
@@ -74,14 +74,14 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", err
 	}
-	if e.opts.Goal == host.GoalDryActivate {
+	if e.opts.Activation.Goal == host.GoalDryActivate {
 		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
 		return StatusDryActivated, nil
 	}
 	if err := e.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
 		return "", err
 	}
-	if e.opts.Reboot {
+	if e.opts.Activation.Reboot {
 		if err := e.reboot(actx, n); err != nil {
 			return "", err
 		}
@@ -100,7 +100,7 @@ func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, erro
 	if !e.hasKeys(n) {
 		return nil, nil
 	}
-	b, err := e.opts.Keys.Prepare(ctx, e.inv.Instances[n])
+	b, err := e.opts.uploader.Prepare(ctx, e.inv.Instances[n])
 	if err != nil {
 		return nil, failed(StepKeys, err)
 	}
@@ -109,7 +109,7 @@ func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, erro
 
 // hasKeys reports whether the deploy uploads keys to host n.
 func (e *executor) hasKeys(n string) bool {
-	return e.opts.Keys != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Goal != host.GoalDryActivate
+	return e.opts.uploader != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Activation.Goal != host.GoalDryActivate
 }
 
 // uploadKeys uploads the batch's keys of when ("" for all); events name
@@ -257,11 +257,8 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
-	goal, path := e.opts.Goal, e.plan.Hosts[n].OutPath
-	job := host.Job{Goal: goal, Target: path, Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
-	if e.opts.MagicRollback && (goal == host.GoalSwitch || goal == host.GoalTest) {
-		job.Confirm = e.opts.ConfirmTimeout
-	}
+	goal, path := e.opts.Activation.Goal, e.plan.Hosts[n].OutPath
+	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
 	e.step(n, StepActivate, EventStart, string(goal))
@@ -342,7 +339,7 @@ func (e *executor) markChecked(ctx context.Context, n, job, status string) error
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
 	e.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
+	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
@@ -371,7 +368,7 @@ func (e *executor) lockError(n string) error {
 // refused at once, with who holds it, and its hive.state record is left
 // alone.
 func (e *executor) lock(ctx context.Context, n string) error {
-	l, hs, err := host.Lock(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege, e.opts.Owner)
+	l, hs, err := host.Lock(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.opts.Connection.Owner)
 	if err != nil {
 		return e.lockFailed(n, err)
 	}

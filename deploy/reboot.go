@@ -18,11 +18,11 @@ func (e *executor) reboot(ctx context.Context, n string) error {
 		return failed(StepReboot, err)
 	}
 	e.step(n, StepReboot, EventStart, "")
-	mark, err := host.Reboot(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege)
+	mark, err := host.Reboot(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege)
 	if err != nil {
 		return failed(StepReboot, err)
 	}
-	hs, err := host.AwaitReboot(ctx, e.remote, n, mark, before.BootID, e.opts.RebootTimeout, e.opts.ConnectTimeout)
+	hs, err := host.AwaitReboot(ctx, e.remote, n, mark, before.BootID, e.opts.Activation.RebootTimeout, e.opts.Connection.ConnectTimeout)
 	switch {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return unknown(StepReboot, err) // stopped waiting: the host may still come back

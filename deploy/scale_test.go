@@ -52,7 +52,7 @@ func deployTree(tb testing.TB, consumers int) time.Duration {
 	start := time.Now()
 	p := planAll(tb, inv, treeBuilt)
 	f := newFakeHosts()
-	r := Execute(context.Background(), p, inv, f, f, Options{Parallel: 16})
+	r := Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: 16}})
 	took := time.Since(start)
 	if !r.OK() {
 		tb.Fatalf("deploy of %d consumers failed", consumers)
@@ -117,7 +117,7 @@ func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 	done := make(chan *Report)
 	const parallel = 32
 	go func() {
-		done <- Execute(context.Background(), p, inv, f, f, Options{Parallel: parallel, Events: events})
+		done <- Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: parallel}, Record: Record{Events: events}})
 	}()
 	// Every worker is busy: storeConcurrency substituting, the others
 	// queued (the region and the rack take two workers' turns first and

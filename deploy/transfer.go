@@ -54,14 +54,14 @@ func (e *executor) supply(ctx context.Context, n string) error {
 // already runs what the deploy would leave it running (or only awaits
 // its checks), so that a no-op deploy copies nothing to it.
 func (e *executor) alreadyThere(n string) bool {
-	if e.opts.Force {
+	if e.opts.Activation.Force {
 		return false
 	}
 	e.mu.Lock()
 	hs, ok := e.locked[n]
 	e.mu.Unlock()
 	path := e.plan.Hosts[n].OutPath
-	return ok && hs.Running == "" && (upToDate(e.opts.Goal, hs, path) || checksPending(e.opts.Goal, hs, path) != "")
+	return ok && hs.Running == "" && (upToDate(e.opts.Activation.Goal, hs, path) || checksPending(e.opts.Activation.Goal, hs, path) != "")
 }
 
 // seenUpToDate reads target n's state without its deploy lock where
@@ -77,10 +77,10 @@ func (e *executor) alreadyThere(n string) bool {
 // A host that did not answer the read within the connect timeout is an
 // error: taking the lock would wait as long again for the same silence.
 func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool, error) {
-	if e.opts.Files == nil || e.opts.Force || e.hasKeys(n) || e.leftElsewhere(n) {
+	if e.opts.Connection.Files == nil || e.opts.Activation.Force || e.hasKeys(n) || e.leftElsewhere(n) {
 		return host.State{}, false, nil
 	}
-	f, err := e.opts.Files(ctx, n)
+	f, err := e.opts.Connection.Files(ctx, n)
 	if err != nil {
 		return host.State{}, false, nil
 	}
@@ -88,7 +88,7 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool
 	if errors.Is(err, context.DeadlineExceeded) {
 		return host.State{}, false, fmt.Errorf("read the state of %s: %w", n, err)
 	}
-	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath) {
+	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Activation.Goal, hs, e.plan.Hosts[n].OutPath) {
 		return host.State{}, false, nil
 	}
 	return hs, true, nil
@@ -97,10 +97,10 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool
 // leftElsewhere says whether hive.state has n's last deploy ending with
 // n running another system than the one this deploy wants.
 func (e *executor) leftElsewhere(n string) bool {
-	if e.opts.State == nil {
+	if e.opts.Record.State == nil {
 		return false
 	}
-	rec, _ := e.opts.State.Instance(n)
+	rec, _ := e.opts.Record.State.Instance(n)
 	path, known := recordedRunning(rec)
 	return known && path != e.plan.Hosts[n].OutPath
 }
@@ -112,10 +112,10 @@ func (e *executor) servesOthers(n string) bool { return e.servers[n] }
 func (e *executor) transfer(ctx context.Context, n string) error {
 	h := e.plan.Hosts[n]
 	switch {
-	case e.opts.Local:
+	case e.opts.local:
 		e.step(n, StepPush, EventSkipped, "built on this machine, the host")
 		return nil
-	case e.opts.SkipPush:
+	case e.opts.Steps.SkipPush:
 		e.step(n, StepPush, EventSkipped, "--no push")
 		return nil
 	}
@@ -176,7 +176,7 @@ func (e *executor) urlPaths(url string) []string {
 
 // substitute realises n's paths on n from its store.
 func (e *executor) substitute(ctx context.Context, n string, s host.Substitution) error {
-	s.PublicKey, s.TrustKey, s.ConnectTimeout = e.opts.PublicKey, e.opts.TrustKey, e.opts.ConnectTimeout
+	s.PublicKey, s.TrustKey, s.ConnectTimeout = e.opts.publicKey, e.opts.Steps.TrustKey, e.opts.Connection.ConnectTimeout
 	if slots := e.storeSlots[s.Store]; slots != nil {
 		// Queue rather than fail: see storeConcurrency.
 		select {
@@ -193,7 +193,7 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 	}
 	e.step(n, StepSubstitute, EventStart, "from "+s.From)
 	start := time.Now()
-	err := s.Run(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege, e.plan.Hosts[n].Paths)
+	err := s.Run(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.plan.Hosts[n].Paths)
 	var f *host.SubstituteFailure
 	if errors.As(err, &f) {
 		err = e.substituteError(ctx, s, f)
@@ -211,7 +211,7 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 // good one; otherwise the case an operator must act on comes first: the
 // host does not trust the key the path is signed with.
 func (e *executor) substituteError(ctx context.Context, s host.Substitution, f *host.SubstituteFailure) error {
-	if path, kind := nixcmd.BadSubstitute(f.Stderr); path != "" && s.Store != "" && e.opts.PublicKey != "" {
+	if path, kind := nixcmd.BadSubstitute(f.Stderr); path != "" && s.Store != "" && e.opts.publicKey != "" {
 		if err := e.repairStoreCopy(ctx, s.Store, path, kind); err != nil {
 			return err
 		}
@@ -239,7 +239,7 @@ func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string
 	}
 	e.mu.Unlock()
 	r.once.Do(func() {
-		verdict, err := host.Repair(ctx, e.remote, e.inv.Instances[store], e.opts.Privilege, e.opts.PublicKey, path)
+		verdict, err := host.Repair(ctx, e.remote, e.inv.Instances[store], e.opts.Connection.Privilege, e.opts.publicKey, path)
 		what := "is not signed by the hive key"
 		if kind == "hash" {
 			what = "does not match its hash (it was changed there after it was pushed)"
