@@ -3,7 +3,7 @@ package cli
 import (
 	"fmt"
 
-	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/host"
 )
 
 // AgentCmd is `nix-hive agent`.
@@ -38,9 +38,9 @@ only when its version is this nix-hive's.`
 
 func (c *AgentCmd) Run(g *Globals) error {
 	if c.PrintVersion {
-		_, err := fmt.Fprintln(g.stdout, deploy.AgentVersion())
+		_, err := fmt.Fprintln(g.stdout, host.AgentVersion())
 		return err
 	}
-	_, err := fmt.Fprint(g.stdout, deploy.AgentScript())
+	_, err := fmt.Fprint(g.stdout, host.AgentScript())
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -40,11 +41,11 @@ Activating needs root: run as root, or with --sudo.`
 }
 
 func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy, nix *nixcmd.Runner) error {
-	opts, err := c.Activation.options(g, &c.Steps)
+	act, err := c.activation()
 	if err != nil {
 		return err
 	}
-	opts.KeyTimeout = c.KeyTimeout
+	opts := deploy.Options{Activation: act, Connection: deploy.Connection{Owner: owner()}, Steps: deploySteps(&c.Steps, &c.KeyLimits), Abort: g.abort}
 	name, err := deploy.ThisInstance(h.Inventory, c.Instance)
 	if err != nil {
 		return err
@@ -61,12 +62,12 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 		// fight the progress view, and a command in its own process
 		// group cannot read the terminal); nix-hive asks once instead.
 		esc := Escalation{Sudo: "sudo -n", AskSudoPassword: c.AskSudoPassword}
-		if opts.Privilege, err = esc.privilege(); err != nil {
+		if opts.Connection.Privilege, err = esc.privilege(); err != nil {
 			return err
 		}
 	}
 	local := deploy.LocalHive(h, name, me.Username)
-	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: local, State: st, Policy: pol, Patterns: []string{name}, Paths: c.paths(eval.Build)})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: local, State: st, Policy: pol, Patterns: []string{name}, Paths: c.paths(eval.Build)})
 	if err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 		}
 	}
 	view := g.newDeployView(len(prep.Plan.Targets))
-	opts.Events, opts.State = view.Event, st
+	opts.Record = deploy.Record{State: st, Events: view.Event}
 	report, err := deploy.ApplyLocal(ctx, prep, opts)
 	if verr := view.Close(); err == nil {
 		err = verr

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // planChanges is what a plan changes on the hosts.
@@ -105,7 +106,7 @@ func writeDiff(w io.Writer, indent string, f deploy.ChangeFrom) {
 		rebuilt = fmt.Sprintf("; %s rebuilt with the same version", plural(d.Rebuilt, "package"))
 	}
 	fmt.Fprintf(w, "%sclosure: %d → %d paths, %s → %s (%s)%s\n", indent, d.OldPaths, d.NewPaths,
-		deploy.HumanBytes(d.OldSize), deploy.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
+		plan.HumanBytes(d.OldSize), plan.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
 }
 
 // warnUntrusting says, before anything is touched, which consumers will
@@ -138,8 +139,8 @@ type planCounts struct {
 	force                                          bool
 }
 
-func countPlan(plan *deploy.Plan, changes *planChanges, force bool) planCounts {
-	n := planCounts{targets: len(plan.Targets), storeOnly: len(plan.Hosts) - len(plan.Targets), force: force}
+func countPlan(p *plan.Plan, changes *planChanges, force bool) planCounts {
+	n := planCounts{targets: len(p.Targets), storeOnly: len(p.Hosts) - len(p.Targets), force: force}
 	if changes != nil {
 		n.change, n.unchanged, n.unknown = changes.counts()
 	}

@@ -13,8 +13,10 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -38,25 +40,53 @@ type DeployCmd struct {
 // Activation is how deploy and apply-local activate: the flags they
 // share.
 type Activation struct {
-	Goal              string        `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
-	Force             bool          `help:"Activate instances that already run the wanted system."`
-	MagicRollback     bool          `default:"true" negatable:"" help:"For switch and test: each host returns to what it ran before by itself unless nix-hive confirms, over a new connection, within --confirm-timeout (a system that breaks SSH or the network rolls back)."`
-	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation before it rolls back."`
-	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
-	Confirm           bool          `short:"i" help:"Build, then show the plan with what changes on each host (as plan does) and ask before touching any."`
+	Goal  string `default:"switch" enum:"switch,boot,test,dry-activate" help:"switch-to-configuration goal: switch, boot, test or dry-activate."`
+	Force bool   `help:"Activate instances that already run the wanted system."`
+	Guard
+	Confirm bool `short:"i" help:"Build, then show the plan with what changes on each host (as plan does) and ask before touching any."`
 }
 
-// options are the deploy.Options the flags decide.
-func (a *Activation) options(g *Globals, s *Steps) (deploy.Options, error) {
-	goal, err := deploy.ParseGoal(a.Goal)
+// Guard is how an activation job is guarded on its host: the flags that
+// deploy, apply-local and rollback share. Their defaults are deploy's
+// (TestActivationDefaults holds them together).
+type Guard struct {
+	MagicRollback     bool          `default:"true" negatable:"" help:"For switch and test (a rollback is a switch): each host returns to what it ran before by itself unless nix-hive confirms, over a new connection, within --confirm-timeout (a system that breaks SSH or the network rolls back)."`
+	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation before it rolls back."`
+	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
+}
+
+// activation is the deploy.Activation the flags decide (a rollback's is
+// a switch).
+func (g *Guard) activation() deploy.Activation {
+	return deploy.Activation{MagicRollback: g.MagicRollback, ConfirmTimeout: g.ConfirmTimeout, ActivationTimeout: g.ActivationTimeout}
+}
+
+// activation is the deploy.Activation the flags decide.
+func (a *Activation) activation() (deploy.Activation, error) {
+	goal, err := host.ParseGoal(a.Goal)
 	if err != nil {
-		return deploy.Options{}, err
+		return deploy.Activation{}, err
 	}
-	return deploy.Options{
-		Goal: goal, SkipPush: s.skip("push"), SkipKeys: s.skip("keys"), Force: a.Force,
-		MagicRollback: a.MagicRollback, ConfirmTimeout: a.ConfirmTimeout, ActivationTimeout: a.ActivationTimeout,
-		Abort: g.abort, Owner: owner(),
-	}, nil
+	act := a.Guard.activation()
+	act.Goal, act.Force = goal, a.Force
+	return act, nil
+}
+
+// connection is how a command works on its hosts: the fleet's connect
+// timeout, parallel at once, the privilege flags' way to root (which may
+// ask for the password now), and this run as the deploy locks' owner.
+func connection(f *Fleet, e *Escalation, parallel int) (deploy.Connection, error) {
+	priv, err := e.privilege()
+	if err != nil {
+		return deploy.Connection{}, err
+	}
+	return deploy.Connection{ConnectTimeout: f.ConnectTimeout, Parallel: parallel, Privilege: priv, Owner: owner()}, nil
+}
+
+// deploySteps are the deploy.Steps of --no and the keys' time limit; a
+// deploy adds --trust-hive-key.
+func deploySteps(s *Steps, k *KeyLimits) deploy.Steps {
+	return deploy.Steps{SkipPush: s.skip("push"), SkipKeys: s.skip("keys"), KeyTimeout: k.KeyTimeout}
 }
 
 func (c *DeployCmd) Help() string {
@@ -80,18 +110,24 @@ waiting and names the hosts whose activation still runs (it finishes there,
 and rolls back unconfirmed).`
 }
 
+// options are the deploy.Options the flags decide. Usage errors come
+// before the privilege flags may ask for a password.
 func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
-	opts, err := c.Activation.options(g, &c.Steps)
+	act, err := c.activation()
 	if err != nil {
-		return opts, err
+		return deploy.Options{}, err
 	}
-	if c.Reboot && opts.Goal != deploy.GoalBoot {
+	if c.Reboot && act.Goal != host.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
-	opts.Parallel, opts.TrustKey = c.Parallel, c.TrustHiveKey
-	opts.ConnectTimeout, opts.Reboot, opts.RebootTimeout = c.ConnectTimeout, c.Reboot, c.RebootTimeout
-	opts.KeyTimeout = c.KeyTimeout
-	return opts, nil
+	act.Reboot, act.RebootTimeout = c.Reboot, c.RebootTimeout
+	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	steps := deploySteps(&c.Steps, &c.KeyLimits)
+	steps.TrustKey = c.TrustHiveKey
+	return deploy.Options{Activation: act, Connection: conn, Steps: steps, Abort: g.abort}, nil
 }
 
 func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy,
@@ -100,11 +136,8 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	if opts.Privilege, err = c.privilege(); err != nil {
-		return err
-	}
 	mode := c.paths(eval.Build)
-	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
@@ -114,10 +147,10 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		}
 	}
 	if pool.ThroughMux() {
-		opts.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
+		opts.Connection.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
 	}
 	view := g.newDeployView(len(prep.Plan.Targets))
-	opts.Events, opts.State = view.Event, st
+	opts.Record = deploy.Record{State: st, Events: view.Event}
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)
 	if verr := view.Close(); err == nil {
 		err = verr
@@ -133,7 +166,7 @@ var errNotConfirmed = errors.New("not confirmed: no host was touched")
 
 // confirm shows the plan and what it changes on the hosts (asked through
 // remote, parallel at once), and asks on stdin.
-func confirm(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, remote deploy.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
+func confirm(ctx context.Context, g *Globals, prep *plan.Prepared, st *state.File, remote host.Remote, nix *nixcmd.Runner, c *Activation, parallel int, trustKey bool) error {
 	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, Remote: remote, State: st, Nix: nix.Quiet(), Parallel: parallel}
 	if !trustKey { // consumers are given the key: their nix.conf does not matter
 		req.PublicKey, _ = prep.Hive.PublicKey()

@@ -11,8 +11,8 @@ import (
 	"github.com/alecthomas/kong"
 	"golang.org/x/sys/unix"
 
-	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -90,8 +90,8 @@ type Escalation struct {
 
 // privilege is the flags' privilege command, asking for a password on
 // the terminal when one is wanted.
-func (e *Escalation) privilege() (*deploy.Privilege, error) {
-	p := deploy.NewPrivilege(e.Sudo, askSudoPassword(), e.AskSudoPassword)
+func (e *Escalation) privilege() (*host.Privilege, error) {
+	p := host.NewPrivilege(e.Sudo, askSudoPassword(), e.AskSudoPassword)
 	return p, p.Prepare()
 }
 
@@ -117,7 +117,7 @@ func askSudoPassword() func() ([]byte, error) {
 			return nil, fmt.Errorf("read sudo password: %w", err)
 		}
 		if len(pass) == 0 {
-			return nil, fmt.Errorf("%w: none given", deploy.ErrSudoPassword)
+			return nil, fmt.Errorf("%w: none given", host.ErrSudoPassword)
 		}
 		return pass, nil
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -81,15 +82,15 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	priv, err := c.privilege()
+	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return err
 	}
-	up, err := deploy.NewKeys(ctx, h, priv.Hosts(pool), targets, priv, c.KeyTimeout)
+	up, err := keys.NewUploader(ctx, h, conn.Privilege.Hosts(pool), targets, conn.Privilege, c.KeyTimeout)
 	if err != nil {
 		return err
 	}
-	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, deploy.KeysOptions{Privilege: priv, Parallel: c.Parallel, Owner: owner()})
+	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, conn)
 	failed := 0
 	var table [][]string
 	for _, r := range rows {

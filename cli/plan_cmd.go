@@ -15,6 +15,7 @@ import (
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -85,7 +86,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 		}
 		mode = eval.Build
 	}
-	prep, err := deploy.Prepare(ctx, deploy.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {
 		return err
 	}
@@ -135,7 +136,7 @@ func unreachableError(g *Globals, changes *planChanges) error {
 // changes compares the plan's systems with what the hosts run, or with
 // hive.state when offline. The pool is made only when hosts are asked: a
 // plan offline reads no SSH configuration.
-func (c *PlanCmd) changes(ctx context.Context, g *Globals, prep *deploy.Prepared, st *state.File, nix *nixcmd.Runner) (*planChanges, error) {
+func (c *PlanCmd) changes(ctx context.Context, g *Globals, prep *plan.Prepared, st *state.File, nix *nixcmd.Runner) (*planChanges, error) {
 	req := deploy.ChangesRequest{Plan: prep.Plan, Inventory: prep.Hive.Inventory, State: st, Nix: nix.Quiet(), Parallel: c.Parallel}
 	if !c.Offline {
 		pool, err := openPool(g, prep.Hive, st, &c.Fleet)
@@ -153,9 +154,9 @@ func (c *PlanCmd) changes(ctx context.Context, g *Globals, prep *deploy.Prepared
 // planSizes are the closure sizes of the plan's systems when this machine
 // has them (they were built here); nil otherwise. Sizes only decorate a
 // plan, so failing to learn them is a warning, not a failed plan.
-func planSizes(ctx context.Context, g *Globals, nix *nixcmd.Runner, plan *deploy.Plan) deploy.ClosureSizer {
-	paths := slices.Sorted(maps.Values(plan.Systems))
-	sizes, err := deploy.LoadSizes(ctx, nix.Quiet(), slices.Compact(paths))
+func planSizes(ctx context.Context, g *Globals, nix *nixcmd.Runner, p *plan.Plan) plan.ClosureSizer {
+	paths := slices.Sorted(maps.Values(p.Systems))
+	sizes, err := plan.LoadSizes(ctx, nix.Quiet(), slices.Compact(paths))
 	if err != nil {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
 		return nil
@@ -166,8 +167,8 @@ func planSizes(ctx context.Context, g *Globals, nix *nixcmd.Runner, plan *deploy
 	return sizes
 }
 
-func dotOptions(g *Globals, prep *deploy.Prepared, sizes deploy.ClosureSizer) deploy.DotOptions {
-	opts := deploy.DotOptions{Inventory: prep.Hive.Inventory, Sizes: sizes}
+func dotOptions(g *Globals, prep *plan.Prepared, sizes plan.ClosureSizer) plan.DotOptions {
+	opts := plan.DotOptions{Inventory: prep.Hive.Inventory, Sizes: sizes}
 	if g.Verbose {
 		opts.Collapse = -1
 	}
@@ -178,7 +179,7 @@ func dotOptions(g *Globals, prep *deploy.Prepared, sizes deploy.ClosureSizer) de
 }
 
 // renderSVG pipes the plan's graph through `dot -Tsvg`.
-func renderSVG(ctx context.Context, dotPath string, w io.Writer, prep *deploy.Prepared, opts deploy.DotOptions) error {
+func renderSVG(ctx context.Context, dotPath string, w io.Writer, prep *plan.Prepared, opts plan.DotOptions) error {
 	var graph bytes.Buffer
 	if err := prep.Plan.WriteDot(&graph, opts); err != nil {
 		return err
@@ -196,26 +197,26 @@ func renderSVG(ctx context.Context, dotPath string, w io.Writer, prep *deploy.Pr
 	return nil
 }
 
-// planJSON is the plan as `plan --json` prints it. deploy.Host.Wave is an
+// planJSON is the plan as `plan --json` prints it. plan.Host.Wave is an
 // index into Plan.Waves (0 for the first wave), but wave numbers users read
 // (the text plan, deploy's events and report) count from 1: so does
 // "wave" here, and a store-only host, which activates in no wave, has 0,
 // as in deploy's events.
 type planJSON struct {
-	*deploy.Plan
+	*plan.Plan
 	Hosts map[string]planHostJSON `json:"hosts"`
 	// Changes is what changes on the hosts.
 	Changes *planChanges `json:"changes,omitempty"`
 }
 
 // planHostJSON shadows the embedded Wave (encoding/json takes the
-// shallower field); every other field is deploy.Host's own.
+// shallower field); every other field is plan.Host's own.
 type planHostJSON struct {
-	*deploy.Host
+	*plan.Host
 	Wave int `json:"wave"`
 }
 
-func newPlanJSON(p *deploy.Plan, changes *planChanges) planJSON {
+func newPlanJSON(p *plan.Plan, changes *planChanges) planJSON {
 	out := planJSON{Plan: p, Hosts: make(map[string]planHostJSON, len(p.Hosts)), Changes: changes}
 	for n, h := range p.Hosts {
 		wave := 0
@@ -230,18 +231,18 @@ func newPlanJSON(p *deploy.Plan, changes *planChanges) planJSON {
 // writePlan writes the text plan. A plan of more than planVerboseHosts
 // hosts lists them only when verbose: a fleet's worth of lines would bury
 // the summary that a reader of such a plan wants.
-func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, changes *planChanges, verbose bool) {
-	plan := prep.Plan
-	all := verbose || len(plan.Hosts) <= planVerboseHosts
+func writePlan(w io.Writer, prep *plan.Prepared, sizes plan.ClosureSizer, changes *planChanges, verbose bool) {
+	p := prep.Plan
+	all := verbose || len(p.Hosts) <= planVerboseHosts
 	fmt.Fprintln(w, "systems:")
-	for _, s := range slices.Sorted(maps.Keys(plan.Systems)) {
-		fmt.Fprintf(w, "  %s: %s\n", s, plan.Systems[s])
+	for _, s := range slices.Sorted(maps.Keys(p.Systems)) {
+		fmt.Fprintf(w, "  %s: %s\n", s, p.Systems[s])
 	}
-	writeTransfers(w, plan, sizes, all)
+	writeTransfers(w, p, sizes, all)
 	if all {
 		fmt.Fprintln(w, "hosts:")
-		for _, n := range plan.Order {
-			h := plan.Hosts[n]
+		for _, n := range p.Order {
+			h := p.Hosts[n]
 			role := "activate " + h.System
 			if !h.Target {
 				role = "store only"
@@ -251,11 +252,11 @@ func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, ch
 	}
 	if all {
 		fmt.Fprintf(w, "waves%s:\n", policyFrom(prep))
-		for i, wv := range plan.Waves {
+		for i, wv := range p.Waves {
 			fmt.Fprintf(w, "  %d: %s\n", i+1, strings.Join(wv, " "))
 		}
 	}
-	for _, m := range plan.Moved {
+	for _, m := range p.Moved {
 		fmt.Fprintf(w, "note: %s\n", m)
 	}
 	if changes != nil {
@@ -267,12 +268,12 @@ func writePlan(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, ch
 // writeTransfers lists what leaves this machine. Without all, pushes to
 // hosts that serve no one else are counted rather than listed: the ones
 // to stores are the plan's shape, the rest is one line per host.
-func writeTransfers(w io.Writer, plan *deploy.Plan, sizes deploy.ClosureSizer, all bool) {
-	stores, _ := plan.Stores()
+func writeTransfers(w io.Writer, p *plan.Plan, sizes plan.ClosureSizer, all bool) {
+	stores, _ := p.Stores()
 	fmt.Fprintln(w, "transfers from this host:")
 	others := 0
-	for _, t := range plan.Transfers {
-		if h := plan.Hosts[t.To]; !all && h != nil && !slices.Contains(stores, t.To) {
+	for _, t := range p.Transfers {
+		if h := p.Hosts[t.To]; !all && h != nil && !slices.Contains(stores, t.To) {
 			others++
 			continue
 		}
@@ -283,23 +284,23 @@ func writeTransfers(w io.Writer, plan *deploy.Plan, sizes deploy.ClosureSizer, a
 	}
 }
 
-func sizeSuffix(sizes deploy.ClosureSizer, paths []string) string {
+func sizeSuffix(sizes plan.ClosureSizer, paths []string) string {
 	if sizes == nil {
 		return ""
 	}
 	if n, ok := sizes.ClosureSize(paths); ok {
-		return ", " + deploy.HumanBytes(n)
+		return ", " + plan.HumanBytes(n)
 	}
 	return ""
 }
 
 // writeSummary ends the text plan with its numbers.
-func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer, changes *planChanges, all bool) {
-	plan := prep.Plan
-	n := countPlan(plan, changes, false)
-	stores, urls := plan.Stores()
+func writeSummary(w io.Writer, prep *plan.Prepared, sizes plan.ClosureSizer, changes *planChanges, all bool) {
+	p := prep.Plan
+	n := countPlan(p, changes, false)
+	stores, urls := p.Stores()
 	fmt.Fprintln(w, "summary:")
-	fmt.Fprintf(w, "  systems: %d\n", len(plan.Systems))
+	fmt.Fprintf(w, "  systems: %d\n", len(p.Systems))
 	hosts := plural(n.targets, "target")
 	if n.storeOnly > 0 {
 		hosts += fmt.Sprintf(", %d store only", n.storeOnly)
@@ -308,22 +309,22 @@ func writeSummary(w io.Writer, prep *deploy.Prepared, sizes deploy.ClosureSizer,
 	if !all {
 		more = "; -v lists them"
 	}
-	fmt.Fprintf(w, "  hosts: %d (%s)%s\n", len(plan.Hosts), hosts, more)
+	fmt.Fprintf(w, "  hosts: %d (%s)%s\n", len(p.Hosts), hosts, more)
 	fmt.Fprintf(w, "  stores: %d%s\n", len(stores)+len(urls), nameList(append(stores, urls...)))
 	from := ""
 	if !all {
 		from = policyFrom(prep) // no waves section said it
 	}
-	fmt.Fprintf(w, "  waves%s: %d (hosts per wave: %s)\n", from, len(plan.Waves), waveSizes(plan.Waves))
+	fmt.Fprintf(w, "  waves%s: %d (hosts per wave: %s)\n", from, len(p.Waves), waveSizes(p.Waves))
 	closures := 0
-	for _, t := range plan.Transfers {
+	for _, t := range p.Transfers {
 		closures += len(t.Paths)
 	}
 	out := "size unknown (not built on this machine)"
-	if n, ok := plan.BytesOut(sizes); ok {
-		out = "at most " + deploy.HumanBytes(n)
+	if n, ok := p.BytesOut(sizes); ok {
+		out = "at most " + plan.HumanBytes(n)
 	}
-	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(plan.Transfers), "destination"), out)
+	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(p.Transfers), "destination"), out)
 	if changes != nil {
 		fmt.Fprintf(w, "  changes: %s\n", n.changes())
 	}
@@ -363,7 +364,7 @@ func nameList(names []string) string {
 }
 
 // policyFrom is " (from FILE)" when a policy made the waves.
-func policyFrom(prep *deploy.Prepared) string {
+func policyFrom(prep *plan.Prepared) string {
 	if prep.Policy == nil {
 		return ""
 	}

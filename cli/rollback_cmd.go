@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
@@ -17,9 +16,7 @@ type RollbackCmd struct {
 	Parallel int      `default:"16" help:"Hosts worked on at once."`
 	Targets  []string `arg:"" help:"Instance name globs, or @tag globs ('*' for all: a fleet-wide rollback is typed out)."`
 	Escalation
-	MagicRollback     bool          `default:"true" negatable:"" help:"The host returns to what it ran before the rollback unless nix-hive confirms over a new SSH connection within --confirm-timeout."`
-	ConfirmTimeout    time.Duration `default:"30s" help:"How long a host waits for the confirmation."`
-	ActivationTimeout time.Duration `default:"30m" help:"Limit for one switch-to-configuration on a host."`
+	Guard
 }
 
 func (c *RollbackCmd) Help() string {
@@ -38,15 +35,11 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	if err != nil {
 		return err
 	}
-	priv, err := c.privilege()
+	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return err
 	}
-	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{
-		Privilege: priv, Parallel: c.Parallel, Owner: owner(), MagicRollback: c.MagicRollback,
-		ConfirmTimeout: c.ConfirmTimeout, ActivationTimeout: c.ActivationTimeout, ConnectTimeout: c.ConnectTimeout,
-		State: st,
-	})
+	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{Activation: c.activation(), Connection: conn, State: st})
 	if err := st.Save(); err != nil {
 		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
 	}

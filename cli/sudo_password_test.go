@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
@@ -54,7 +54,7 @@ func TestDeploySudoPassword(t *testing.T) {
 	// The agent where the host's sessions find it, and a sudo rule that
 	// allows it and nothing else.
 	agent := filepath.Join(s.lab.Host("www-1").Root, "bin", "nix-hive-agent")
-	if err := os.WriteFile(agent, []byte(deploy.AgentScript()), 0o755); err != nil {
+	if err := os.WriteFile(agent, []byte(host.AgentScript()), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(sudoers, []byte(name+" ALL=(root) "+agent+"\n"), 0o440); err != nil {
@@ -153,12 +153,12 @@ func TestDeploySudoPassword(t *testing.T) {
 		t.Errorf("www-1 runs %s after the rollback, want %s", got, want)
 	}
 	// An agent of another nix-hive: not used, and the refusal says why.
-	old := strings.Replace(deploy.AgentScript(), "v="+deploy.AgentVersion(), "v=0ld", 1)
+	old := strings.Replace(host.AgentScript(), "v="+host.AgentVersion(), "v=0ld", 1)
 	if err := os.WriteFile(agent, []byte(old), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _, _, _ = ptyRun(t, start, password, "deploy", "--force", "www-1")
-	if code == 0 || !strings.Contains(out.String(), `nix-hive-agent is version \"0ld\", this nix-hive's is `+deploy.AgentVersion()) {
+	if code == 0 || !strings.Contains(out.String(), `nix-hive-agent is version \"0ld\", this nix-hive's is `+host.AgentVersion()) {
 		t.Errorf("an agent of another version: exit %d, no word of the versions", code)
 	}
 	if got := s.current("www-1"); got != want {

@@ -9,7 +9,9 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -42,11 +44,11 @@ type ChangeFrom struct {
 
 // ChangesRequest is what Changes compares.
 type ChangesRequest struct {
-	Plan      *Plan
+	Plan      *plan.Plan
 	Inventory *eval.Inventory
 	// Remote asks the hosts what they run; nil compares with State
 	// (plan --offline).
-	Remote   Remote
+	Remote   host.Remote
 	State    *state.File
 	Nix      *nixcmd.Runner
 	Parallel int
@@ -73,7 +75,7 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 			bySystem[h.System] = sc
 			groups[h.System] = map[string][]string{}
 		}
-		if hs, ok := states[n]; ok && r.PublicKey != "" && h.Source.Kind != SourcePush && h.Source.Kind != SourceLocal &&
+		if hs, ok := states[n]; ok && r.PublicKey != "" && h.Source.Kind != plan.SourcePush && h.Source.Kind != plan.SourceLocal &&
 			hs.TrustRead && !slices.Contains(hs.Trusted, r.PublicKey) {
 			sc.Untrusting = append(sc.Untrusting, n)
 		}
@@ -116,8 +118,8 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 
 // currentSystems is what each target runs now (absent when unknown, with
 // why in unknown), and, when the hosts were asked, what they said.
-func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (running, unknown map[string]string, states map[string]HostState) {
-	running, unknown, states = map[string]string{}, map[string]string{}, map[string]HostState{}
+func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (running, unknown map[string]string, states map[string]host.State) {
+	running, unknown, states = map[string]string{}, map[string]string{}, map[string]host.State{}
 	if r.Remote == nil {
 		for _, n := range targets {
 			rec, ok := r.State.Instances[n]
@@ -140,7 +142,7 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 			continue
 		}
 		running[row.Instance] = row.Active
-		states[row.Instance] = row.HostState
+		states[row.Instance] = row.State
 	}
 	return running, unknown, states
 }
@@ -149,15 +151,11 @@ func currentSystems(ctx context.Context, r ChangesRequest, targets []string) (ru
 // known only when that deploy activated its system, or found it running
 // already, and succeeded.
 func recordedRunning(rec state.Instance) (string, bool) {
-	if (rec.Status != string(StatusOK) && rec.Status != string(StatusUnchanged)) || !Goal(rec.Goal).Activates() || rec.OutPath == "" {
+	if (rec.Status != string(StatusOK) && rec.Status != string(StatusUnchanged)) || !host.Goal(rec.Goal).Activates() || rec.OutPath == "" {
 		return "", false
 	}
 	return rec.OutPath, true
 }
-
-// Activates reports whether the goal changes what runs now ("" is a
-// record from before goals were recorded: a switch).
-func (g Goal) Activates() bool { return g == "" || g == GoalSwitch || g == GoalTest }
 
 type localResult struct {
 	once sync.Once
@@ -207,7 +205,7 @@ func (c *closures) diff(ctx context.Context, cf *ChangeFrom, wanted string) (*Cl
 			return nil, errors.New("the running system is not in this machine's store (--offline reads no host)")
 		}
 		// Any instance of the group has it: it runs it.
-		if oldC, err = remoteClosure(ctx, c.r.Remote, cf.Instances[0], cf.Path); err != nil {
+		if oldC, err = host.Closure(ctx, c.r.Remote, cf.Instances[0], cf.Path); err != nil {
 			return nil, err
 		}
 	}

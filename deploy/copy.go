@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/transport"
@@ -22,15 +23,10 @@ import (
 type NixCopier struct {
 	Nix       *nixcmd.Runner
 	SSHConfig string // generated config file, given to ssh as -F
-	// Privileged lists instances whose login is not root: their store is
-	// written through the privilege command (nix-store --serve --write
-	// needs root when no daemon accepts the import for the user), unless
-	// sudo there wants a password, which nix copy has no way to give, or
-	// the host has the nix-hive agent, whose sudo rules allow nothing
-	// else: then nix-store runs as the login, and the host's nix-daemon
-	// (NixOS runs one) imports the signed closure.
-	Privileged map[string]bool
-	Privilege  *Privilege
+	// Privilege says how nix-store writes the store of an instance whose
+	// login is not root (host.Privilege.CopyProgram).
+	Privilege *host.Privilege
+	logins    map[string]string // instance -> its login
 	// pool, when set, connects to an instance before nix copy does, so
 	// a refused host key is reported as nix-hive reports it (fingerprint
 	// and the hostKey line to pin) rather than as ssh's "cannot connect",
@@ -42,18 +38,18 @@ type NixCopier struct {
 
 // NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
 // them.
-func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, priv *Privilege) (*NixCopier, error) {
+func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, priv *host.Privilege) (*NixCopier, error) {
 	dir, err := os.MkdirTemp("", "nix-hive-ssh-")
 	if err != nil {
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
-	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Privilege: priv, Privileged: map[string]bool{}, pool: pool, dir: dir}
+	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Privilege: priv, logins: map[string]string{}, pool: pool, dir: dir}
 	if err := openssh.Write(pool.Hosts(), c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
 	}
 	for n, in := range inv.Instances {
-		c.Privileged[n] = needsPrivilege(in.User)
+		c.logins[n] = in.User
 	}
 	return c, nil
 }
@@ -74,8 +70,8 @@ func (c *NixCopier) URL(dest string) string {
 	// The instance name is the Host alias in the generated config, which
 	// supplies address, user, port and jump chain.
 	u := "ssh://" + transport.Alias(dest)
-	if esc := c.Privilege.For(dest); c.Privileged[dest] && esc.prefix != "" && !esc.agent && !c.Privilege.usesPassword(dest) {
-		u += "?remote-program=" + url.PathEscape(esc.prefix+" nix-store")
+	if prog := c.Privilege.CopyProgram(dest, c.logins[dest]); prog != "" {
+		u += "?remote-program=" + url.PathEscape(prog)
 	}
 	return u
 }
@@ -92,8 +88,8 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 			return fmt.Errorf("nix copy to %s: %w", dest, err)
 		}
 	}
-	if c.pool != nil && c.Privileged[dest] {
-		if err := c.Privilege.probeAgent(ctx, c.pool, dest); err != nil {
+	if c.pool != nil && host.NeedsPrivilege(c.logins[dest]) {
+		if err := c.Privilege.ProbeAgent(ctx, c.pool, dest); err != nil {
 			return fmt.Errorf("nix copy to %s: %w", dest, err)
 		}
 	}

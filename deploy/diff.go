@@ -7,10 +7,10 @@ import (
 	"maps"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // Closure is a closure's store paths with their NAR sizes.
@@ -46,51 +46,6 @@ func LocalClosure(ctx context.Context, nix *nixcmd.Runner, path string) (c Closu
 		c[i.Path] = i.NarSize
 	}
 	return c, true, nil
-}
-
-// closureProgram prints the closure of $1, a line "--", then the NAR
-// size of each of its paths in the same order. It uses nix-store, not
-// nix path-info: hosts need not enable the nix-command feature, and its
-// output is the same in every release.
-const closureProgram = `p=$(nix-store --query --requisites "$1") || exit 1
-printf '%s\n' "$p" --
-nix-store --query --size $p`
-
-// remoteClosure reads path's closure from instance n's store.
-func remoteClosure(ctx context.Context, remote Remote, n, path string) (Closure, error) {
-	var out, stderr lockedBuffer
-	code, err := remote.Run(ctx, n, program(closureProgram, false, "", escalation{}, path), nil, &out, &stderr)
-	if err != nil {
-		return nil, fmt.Errorf("closure of %s on %s: %w", path, n, err)
-	}
-	if code != 0 {
-		return nil, fmt.Errorf("closure of %s on %s: exit %d: %s", path, n, code, lastLines(stderr.String(), 2))
-	}
-	c, err := parseClosure(out.String())
-	if err != nil {
-		return nil, fmt.Errorf("closure of %s on %s: %w", path, n, err)
-	}
-	return c, nil
-}
-
-func parseClosure(out string) (Closure, error) {
-	paths, sizes, ok := strings.Cut(strings.TrimSpace(out), "\n--")
-	if !ok {
-		return nil, fmt.Errorf("no separator in %.60q", out)
-	}
-	ps, ss := strings.Fields(paths), strings.Fields(sizes)
-	if len(ps) != len(ss) {
-		return nil, fmt.Errorf("%d paths but %d sizes", len(ps), len(ss))
-	}
-	c := make(Closure, len(ps))
-	for i, p := range ps {
-		n, err := strconv.ParseUint(ss[i], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("size of %s: %w", p, err)
-		}
-		c[p] = n
-	}
-	return c, nil
 }
 
 // PackageChange is a package whose versions or size differ between two
@@ -234,7 +189,7 @@ func versions(vs []string) string {
 // SignedBytes is a size change: "+1.0 MiB", "-12.0 KiB", "+0 B".
 func SignedBytes(n int64) string {
 	if n < 0 {
-		return "-" + HumanBytes(uint64(-n))
+		return "-" + plan.HumanBytes(uint64(-n))
 	}
-	return "+" + HumanBytes(uint64(n))
+	return "+" + plan.HumanBytes(uint64(n))
 }

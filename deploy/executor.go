@@ -3,33 +3,16 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
-	"github.com/nix-hive/nix-hive/keys"
+	"github.com/nix-hive/nix-hive/host"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
-	"github.com/nix-hive/nix-hive/transport"
 )
-
-// Remote runs shell commands on instances (transport.Pool does).
-type Remote interface {
-	// Run runs cmd on the instance over its pooled connection; a non-zero
-	// exit is exitCode with a nil error, err is for transport failures.
-	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
-	// RunFresh runs cmd like Run but over a new connection made for it and
-	// closed afterwards: it proves that a new login works now.
-	RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
-	// Reset closes the pooled connection to the instance, if any, so the
-	// next Run dials anew (after a reboot, say).
-	Reset(name string)
-	// Release says the command is done with the instance: its connection
-	// need not be kept (a connection holder's may be).
-	Release(name string)
-}
 
 // Copier moves closures out of the deploy host's store.
 type Copier interface {
@@ -51,84 +34,6 @@ type Policy interface {
 	// Rollback reports whether a host whose post-check failed goes back to
 	// the system it ran before.
 	Rollback() bool
-}
-
-// Options tune an execution.
-type Options struct {
-	Goal     Goal
-	Parallel int // hosts worked on at once (0: AutoParallel of the plan)
-	SkipPush bool
-	// Force activates hosts that already run the wanted system.
-	Force bool
-	// PublicKey is the hive's signing key; TrustKey passes it on the
-	// consumers' command line instead of relying on their nix.conf.
-	PublicKey string
-	TrustKey  bool
-	// Privilege is how non-root logins become root (nil: they cannot).
-	Privilege *Privilege
-	State     *state.File
-	Events    func(Event)
-	// Policy, when set, runs checks and may stop the rollout; without one
-	// every host is attempted.
-	Policy Policy
-	// MagicRollback arms a watchdog on the host for switch and test: the
-	// host returns to what it ran before unless nix-hive confirms over a
-	// new SSH connection within ConfirmTimeout (default 30s).
-	MagicRollback  bool
-	ConfirmTimeout time.Duration
-	// ActivationTimeout bounds one switch-to-configuration (default 30m).
-	ActivationTimeout time.Duration
-	// ConnectTimeout is the transport's bound for connecting; contact with
-	// a host may be lost for ConfirmTimeout+ConnectTimeout during an
-	// activation before its outcome is declared unknown.
-	ConnectTimeout time.Duration
-	// Reboot, with GoalBoot, reboots each host after activation and
-	// waits up to RebootTimeout (default 10m) for it to come back on the
-	// new system.
-	Reboot        bool
-	RebootTimeout time.Duration
-	// Abort, when closed, stops waiting for running activations (a
-	// second Ctrl-C); they finish on the hosts.
-	Abort <-chan struct{}
-	// Owner says who deploys, for hosts' deploy locks.
-	Owner string
-	// Keys uploads the hosts' keys (nil: none, --no keys): pre-activation
-	// keys before the switch, post-activation ones after it, both before
-	// the post-check; an unchanged host gets its keys too.
-	Keys *keys.Uploader
-	// SkipKeys (--no keys) uploads none.
-	SkipKeys bool
-	// KeyTimeout bounds a key's command that has no timeout of its own
-	// (0: keys.DefaultTimeout).
-	KeyTimeout time.Duration
-	// Local says the one host is this machine (apply-local): its closure
-	// is here already, and its commands run without SSH.
-	Local bool
-	// Files, when set, reads a host's state files where that is cheaper
-	// than a session (through a connection holder, whose sftp sessions
-	// outlive the command): a target seen already running what the deploy
-	// would leave it running, with no deploy holding it and no activation
-	// running, is left alone without taking its deploy lock.
-	Files func(ctx context.Context, name string) (HostFiles, error)
-}
-
-func (o Options) withDefaults() Options {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	if o.Goal == "" {
-		o.Goal = GoalSwitch
-	}
-	def(&o.ActivationTimeout, 30*time.Minute)
-	def(&o.ConfirmTimeout, 30*time.Second)
-	def(&o.ConnectTimeout, transport.DefaultConnectTimeout)
-	def(&o.RebootTimeout, 10*time.Minute)
-	if o.Owner == "" {
-		o.Owner = "nix-hive"
-	}
-	return o
 }
 
 // Result is a host's outcome.
@@ -212,17 +117,17 @@ func (r *Report) Unknown() []string {
 }
 
 type executor struct {
-	plan   *Plan
+	plan   *plan.Plan
 	inv    *eval.Inventory
-	remote Remote
+	remote host.Remote
 	copier Copier
 	opts   Options
-	jobs   *jobs
+	jobs   *host.Jobs
 
 	mu         sync.Mutex
 	res        map[string]*Result
-	locks      map[string]*hostLock
-	locked     map[string]HostState // what each host ran when its lock was taken
+	locks      map[string]*host.DeployLock
+	locked     map[string]host.State // what each host ran when its lock was taken
 	lockErr    map[string]error
 	activating map[string]bool
 
@@ -259,15 +164,15 @@ func (f *future) run(fn func() error) error {
 // wave by wave. Every host ends with a Result; none hides another's.
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
 // activations go on until opts.Abort is closed.
-func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *Report {
+func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *Report {
 	opts = opts.withDefaults()
-	if opts.Parallel <= 0 {
-		opts.Parallel = AutoParallel(plan)
+	if opts.Connection.Parallel <= 0 {
+		opts.Connection.Parallel = AutoParallel(p)
 	}
-	e := newExecutor(plan, inv, remote, copier, opts)
+	e := newExecutor(p, inv, remote, copier, opts)
 	actx, cancel := activationContext(ctx, e.opts.Abort)
 	defer cancel()
-	report := &Report{Results: e.res, Order: plan.Order}
+	report := &Report{Results: e.res, Order: p.Order}
 	stopWatch := context.AfterFunc(ctx, e.announceInterrupt)
 	defer stopWatch()
 
@@ -294,10 +199,10 @@ func Execute(ctx context.Context, plan *Plan, inv *eval.Inventory, remote Remote
 // own SSH sessions and processes, not the hosts, become the limit.
 // A tree of 4 racks runs 32 hosts at once, 32 racks 256: more racks, more
 // parallel service, without the deploy host thrashing on a flat fleet.
-func AutoParallel(p *Plan) int {
+func AutoParallel(p *plan.Plan) int {
 	stores := map[string]bool{}
 	for _, h := range p.Hosts {
-		if h.Source.Kind == SourceStore || h.Source.Kind == SourceCache {
+		if h.Source.Kind == plan.SourceStore || h.Source.Kind == plan.SourceCache {
 			stores[h.Source.From] = true
 		}
 	}
@@ -312,15 +217,14 @@ func AutoParallel(p *Plan) int {
 // queue instead; --parallel still bounds the whole deploy.
 const storeConcurrency = 8
 
-func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, opts Options) *executor {
-	e := &executor{plan: plan, inv: inv, remote: remote, copier: copier, opts: opts,
-		res: map[string]*Result{}, locks: map[string]*hostLock{}, locked: map[string]HostState{}, lockErr: map[string]error{},
+func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
+	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
+		res: map[string]*Result{}, locks: map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
-	e.jobs = &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
-		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: e.step, local: opts.Local}
-	for _, n := range plan.Order {
-		h := plan.Hosts[n]
+	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
+	for _, n := range p.Order {
+		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave
 		if h.Target {
 			wave = h.Wave + 1
@@ -329,13 +233,13 @@ func newExecutor(plan *Plan, inv *eval.Inventory, remote Remote, copier Copier, 
 		e.ensured[n] = newFuture()
 		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()
-		if h.Source.Kind == SourceStore && !e.servers[h.Source.From] {
+		if h.Source.Kind == plan.SourceStore && !e.servers[h.Source.From] {
 			e.servers[h.Source.From] = true
 			e.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
 		}
 	}
-	for _, t := range plan.Transfers {
-		if _, ok := plan.Hosts[t.To]; !ok {
+	for _, t := range p.Transfers {
+		if _, ok := p.Hosts[t.To]; !ok {
 			e.urlPushed[t.To] = newFuture()
 		}
 	}
@@ -380,7 +284,7 @@ func (e *executor) announceInterrupt() {
 func (e *executor) transferAll(ctx context.Context) {
 	order := append([]string(nil), e.plan.Order...)
 	sort.SliceStable(order, func(a, b int) bool { return e.plan.Hosts[order[a]].Level < e.plan.Hosts[order[b]].Level })
-	fanout.Each(ctx, len(order), e.opts.Parallel, func(ctx context.Context, i int) {
+	fanout.Each(ctx, len(order), e.opts.Connection.Parallel, func(ctx context.Context, i int) {
 		n := order[i]
 		err := e.ensure(ctx, n)
 		if !e.plan.Hosts[n].Target {
@@ -409,7 +313,7 @@ func (e *executor) runWaves(ctx, actx context.Context) string {
 }
 
 // runWave activates one wave's hosts in its order (stores first), at most
-// opts.Parallel at once; once the policy says stop, or after Ctrl-C, no
+// Connection.Parallel at once; once the policy says stop, or after Ctrl-C, no
 // further host starts.
 func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, total *int) string {
 	wctx, stop := context.WithCancel(ctx)
@@ -419,7 +323,7 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 		waveFails int
 		stopped   string
 	)
-	started := fanout.Each(wctx, len(wave), e.opts.Parallel, func(_ context.Context, i int) {
+	started := fanout.Each(wctx, len(wave), e.opts.Connection.Parallel, func(_ context.Context, i int) {
 		n := wave[i]
 		e.activated[n].run(func() error { e.host(ctx, actx, n); return nil })
 		if s := e.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
@@ -457,8 +361,8 @@ func (e *executor) event(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	if e.opts.Events != nil {
-		e.opts.Events(ev)
+	if e.opts.Record.Events != nil {
+		e.opts.Record.Events(ev)
 	}
 }
 
@@ -512,26 +416,35 @@ func (e *executor) letGo(ctx context.Context, n string) {
 	l := e.locks[n]
 	delete(e.locks, n)
 	e.mu.Unlock()
-	l.release(ctx)
+	l.Release(ctx)
 	if !e.servers[n] && !e.jumps[n] {
 		e.remote.Release(n)
 	}
 }
 
-// sudo is how host n's commands become root.
-func (e *executor) sudo(n string) escalation { return e.opts.Privilege.For(n) }
+// notice reports what the host's jobs tell about host n as its events.
+func (e *executor) notice(n string, what host.Notice, msg string) {
+	switch what {
+	case host.ContactLost:
+		e.step(n, StepActivate, EventInfo, msg)
+	case host.Confirmed:
+		e.step(n, StepConfirm, EventOK, msg)
+	case host.ConfirmRetry:
+		e.step(n, StepConfirm, EventInfo, msg)
+	}
+}
 
 func (e *executor) releaseLocks(ctx context.Context) {
 	e.mu.Lock()
 	locks := e.locks
-	e.locks = map[string]*hostLock{}
+	e.locks = map[string]*host.DeployLock{}
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, l := range locks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.release(ctx)
+			l.Release(ctx)
 		}()
 	}
 	wg.Wait()
@@ -541,34 +454,34 @@ func (e *executor) releaseLocks(ctx context.Context) {
 // the file). A dry activation deploys nothing and is not recorded.
 func (e *executor) record(n string) {
 	r := e.result(n)
-	if e.opts.State == nil || r.untouched || (r.Target && e.opts.Goal == GoalDryActivate) {
+	if e.opts.Record.State == nil || r.untouched || (r.Target && e.opts.Activation.Goal == host.GoalDryActivate) {
 		return
 	}
 	now := time.Now().UTC()
 	if !r.Target {
 		// A store that only received closures keeps the record of its own
 		// activation, which this deploy did not touch.
-		rec, _ := e.opts.State.Instance(n)
+		rec, _ := e.opts.Record.State.Instance(n)
 		if rec.System == "" {
 			rec.System = r.System
 		}
 		rec.Stored = &state.Stored{Paths: e.plan.Hosts[n].Paths, Status: string(r.Status), Error: r.Error, Time: now}
-		e.opts.State.SetInstance(n, rec)
+		e.opts.Record.State.SetInstance(n, rec)
 		return
 	}
 	rec := state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath,
-		Goal: string(e.opts.Goal), Step: string(r.Step), Status: string(r.Status), Error: r.Error,
+		Goal: string(e.opts.Activation.Goal), Step: string(r.Step), Status: string(r.Status), Error: r.Error,
 		Before: r.Before, Job: r.Job, Time: now}
-	if prev, ok := e.opts.State.Instance(n); ok {
+	if prev, ok := e.opts.Record.State.Instance(n); ok {
 		rec.Stored = prev.Stored
 	}
-	e.opts.State.SetInstance(n, rec)
+	e.opts.Record.State.SetInstance(n, rec)
 }
 
 // save writes hive.state: every host so far reached, and at the end
 // (all) every host of the plan, those never started included.
 func (e *executor) save(all bool) {
-	if e.opts.State == nil {
+	if e.opts.Record.State == nil {
 		return
 	}
 	for _, n := range e.plan.Order {
@@ -576,7 +489,7 @@ func (e *executor) save(all bool) {
 			e.record(n)
 		}
 	}
-	if err := e.opts.State.Save(); err != nil {
+	if err := e.opts.Record.State.Save(); err != nil {
 		e.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-hive/nix-hive/host"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -149,7 +151,7 @@ func TestExecutor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, err := Make(inv, tt.targets, seedBuilt, tt.waves)
+			p, err := plan.Make(inv, tt.targets, seedBuilt, tt.waves)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -163,7 +165,7 @@ func TestExecutor(t *testing.T) {
 			for k, v := range tt.last {
 				f.last[k] = v
 			}
-			r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 1, Policy: tt.policy})
+			r := Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: 1}, Policy: tt.policy})
 			if strings.Join(f.order, " ") != strings.Join(tt.order, " ") {
 				t.Errorf("activations %v, want %v", f.order, tt.order)
 			}
@@ -188,7 +190,7 @@ func TestExecutor(t *testing.T) {
 // Ctrl-C while an activation runs: it finishes, nothing else starts.
 func TestExecutorInterrupt(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"storage", "portico"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"storage", "portico"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,12 +207,12 @@ func TestExecutorInterrupt(t *testing.T) {
 			}
 		}
 	}()
-	r := Execute(ctx, plan, inv, f, f, Options{Parallel: 1, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Connection: Connection{Parallel: 1}, Record: Record{Events: func(e Event) {
 		select {
 		case events <- e:
 		default:
 		}
-	}})
+	}}})
 	if !r.Interrupted {
 		t.Error("report not marked interrupted")
 	}
@@ -250,32 +252,32 @@ func TestExecutorOutcomes(t *testing.T) {
 		active string // on storage at the end
 		err    string
 	}{
-		{name: "confirmed", opts: Options{MagicRollback: true}, status: StatusOK, step: StepDone, active: "/nix/store/s"},
+		{name: "confirmed", opts: Options{Activation: Activation{MagicRollback: true}}, status: StatusOK, step: StepDone, active: "/nix/store/s"},
 		{name: "no new connection gets through: rolled back by the host",
-			opts:   Options{MagicRollback: true, ConfirmTimeout: 50 * time.Millisecond},
+			opts:   Options{Activation: Activation{MagicRollback: true, ConfirmTimeout: 50 * time.Millisecond}},
 			setup:  func(f *fakeHosts) { f.unconfirmable["storage"] = true },
 			status: StatusRolledBack, step: StepActivate, active: old, err: "not confirmed"},
 		{name: "failed activation with magic rollback returns to before",
-			opts:   Options{MagicRollback: true},
+			opts:   Options{Activation: Activation{MagicRollback: true}},
 			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
 			status: StatusRolledBack, step: StepActivate, active: old, err: "exited 1"},
 		{name: "failed activation without magic rollback stays failed",
 			setup:  func(f *fakeHosts) { f.fail["storage"] = true },
 			status: StatusFailed, step: StepActivate, active: old, err: "exited 1"},
 		{name: "failed post-check rolls back to what ran before the deploy",
-			opts:   Options{MagicRollback: true, Policy: postFails{rollback: true}},
+			opts:   Options{Activation: Activation{MagicRollback: true}, Policy: postFails{rollback: true}},
 			status: StatusRolledBack, step: StepRollback, active: old, err: "post-check failed: unhealthy"},
 		{name: "failed post-check without rollback",
 			opts:   Options{Policy: postFails{}},
 			status: StatusFailed, step: StepPostCheck, active: "/nix/store/s", err: "unhealthy"},
 		{name: "dry-activate changes nothing",
-			opts:   Options{Goal: GoalDryActivate},
+			opts:   Options{Activation: Activation{Goal: host.GoalDryActivate}},
 			status: StatusDryActivated, step: StepDone, active: old},
 		{name: "a host another deploy holds is refused at once",
 			setup:  func(f *fakeHosts) { f.locks["storage"] = "alice@box (nix-hive pid 7)" },
 			status: StatusFailed, step: StepLock, active: old, err: "alice@box (nix-hive pid 7)"},
 		{name: "boot after a failed switch runs the boot activation",
-			opts: Options{Goal: GoalBoot},
+			opts: Options{Activation: Activation{Goal: host.GoalBoot}},
 			setup: func(f *fakeHosts) {
 				f.profile["storage"] = "/nix/store/s" // the failed switch moved the profile
 				f.last["storage"] = "J switch /nix/store/s failed"
@@ -284,7 +286,7 @@ func TestExecutorOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+			p, err := plan.Make(inv, []string{"storage"}, seedBuilt, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -295,8 +297,8 @@ func TestExecutorOutcomes(t *testing.T) {
 			}
 			st := newState(t)
 			opts := tt.opts
-			opts.State = st
-			r := Execute(context.Background(), plan, inv, f, f, opts)
+			opts.Record.State = st
+			r := Execute(context.Background(), p, inv, f, f, opts)
 			res := r.Results["storage"]
 			if res.Status != tt.status || res.Step != tt.step || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("storage: %s at %s (%q), want %s at %s (%q)", res.Status, res.Step, res.Error, tt.status, tt.step, tt.err)
@@ -327,7 +329,7 @@ func TestExecutorOutcomes(t *testing.T) {
 // outcome is unknown (the job goes on there), and the report says so.
 func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"storage"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"storage"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +339,7 @@ func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	abort := make(chan struct{})
 	var interrupted string
-	r := Execute(ctx, plan, inv, f, f, Options{Abort: abort, Events: func(e Event) {
+	r := Execute(ctx, p, inv, f, f, Options{Abort: abort, Record: Record{Events: func(e Event) {
 		switch {
 		case e.Step == StepActivate && e.Status == EventStart:
 			cancel() // first Ctrl-C
@@ -345,7 +347,7 @@ func TestExecutorAbortLeavesActivationUnknown(t *testing.T) {
 			interrupted = e.Message
 			close(abort) // second Ctrl-C
 		}
-	}})
+	}}})
 	if res := r.Results["storage"]; res.Status != StatusUnknown || !strings.Contains(res.Error, "finishes on the host") {
 		t.Errorf("storage: %s (%s), want unknown, still running on the host", res.Status, res.Error)
 	}
@@ -369,7 +371,7 @@ func newState(t *testing.T) *state.File {
 // for it end interrupted (not failed), nothing is activated.
 func TestExecutorInterruptedStorePush(t *testing.T) {
 	inv := seedInventory()
-	plan, err := Make(inv, []string{"www-1", "www-2"}, seedBuilt, nil)
+	p, err := plan.Make(inv, []string{"www-1", "www-2"}, seedBuilt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +394,7 @@ func TestExecutorInterruptedStorePush(t *testing.T) {
 			}
 		}
 	}()
-	r := Execute(ctx, plan, inv, f, f, Options{})
+	r := Execute(ctx, p, inv, f, f, Options{})
 	close(f.pushing)
 	for _, h := range []string{"www-1", "www-2", "portico"} {
 		if s := r.Results[h].Status; s != StatusInterrupted && s != StatusNotStarted {

@@ -9,11 +9,12 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/shell"
 )
 
 // fakeHosts is an in-memory fleet that answers the executor's remote
-// programs (agent.go) the way job.sh and the agent do on a real host:
+// programs (package host) the way job.sh and the agent do on a real host:
 // locks, detached jobs with confirmation, restore. The lab tests prove the
 // real programs; this proves the executor's ordering and bookkeeping
 // quickly and deterministically.
@@ -57,9 +58,13 @@ func newFakeHosts() *fakeHosts {
 	return f
 }
 
-// programArgs returns the arguments after "nix-hive" when cmd runs prog.
-func programArgs(cmd, prog string) ([]string, bool) {
-	q := shell.Quote(compact(prog))
+// programs are the host programs, by name, as commands carry them.
+var programs = host.Programs()
+
+// programArgs returns the arguments after "nix-hive" when cmd runs the
+// program named name.
+func programArgs(cmd, name string) ([]string, bool) {
+	q := shell.Quote(programs[name])
 	i := strings.Index(cmd, q)
 	if i < 0 {
 		return nil, false
@@ -104,20 +109,20 @@ func splitWords(s string) []string {
 }
 
 func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, _ io.Writer) (int, error) {
-	if args, ok := programArgs(cmd, lockProgram); ok {
+	if args, ok := programArgs(cmd, "lock"); ok {
 		return f.lock(name, args[0], stdin, stdout)
 	}
-	if args, ok := programArgs(cmd, startProgram); ok {
+	if args, ok := programArgs(cmd, "start"); ok {
 		io.Copy(io.Discard, stdin)
 		f.start(name, args[0], args[4:])
 		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
 		return 0, ctx.Err()
 	}
-	if args, ok := programArgs(cmd, followProgram); ok {
+	if args, ok := programArgs(cmd, "follow"); ok {
 		fmt.Fprintln(stdout, f.follow(ctx, args[0], args[1]))
 		return 0, ctx.Err()
 	}
-	if args, ok := programArgs(cmd, markProgram); ok {
+	if args, ok := programArgs(cmd, "mark"); ok {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if l := strings.Fields(f.last[name]); len(l) == 4 && l[0] == args[0] && l[3] == "activated" {
@@ -151,7 +156,7 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 }
 
 func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, _ io.Reader, stdout, _ io.Writer) (int, error) {
-	args, ok := programArgs(cmd, confirmProgram)
+	args, ok := programArgs(cmd, "confirm")
 	if !ok {
 		return 127, nil
 	}
@@ -194,7 +199,7 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 
 // start runs a job like job.sh with GOAL TARGET CONFIRM LIMIT CHECKS.
 func (f *fakeHosts) start(name, id string, args []string) {
-	goal, target, confirm, checks := Goal(args[0]), args[1], args[2] != "0", args[4] == "1"
+	goal, target, confirm, checks := host.Goal(args[0]), args[1], args[2] != "0", args[4] == "1"
 	f.mu.Lock()
 	j := &fakeJob{host: name, state: "running", before: [2]string{f.active[name], f.profile[name]}}
 	f.jobs[id] = j
@@ -222,7 +227,7 @@ func (f *fakeHosts) start(name, id string, args []string) {
 			}
 			return
 		}
-		if goal == GoalSwitch || goal == GoalTest {
+		if goal == host.GoalSwitch || goal == host.GoalTest {
 			f.active[name] = target
 		}
 		if goal.SetsProfile() {

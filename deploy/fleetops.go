@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/state"
 )
@@ -18,7 +19,7 @@ import (
 type StatusRow struct {
 	Instance string `json:"instance"`
 	System   string `json:"system"`
-	HostState
+	host.State
 	Wanted string `json:"wanted"`
 	// Drift is "" when the active system is the wanted one, else a short
 	// reason ("active differs", "unreachable: ...").
@@ -28,10 +29,10 @@ type StatusRow struct {
 
 // Inspect asks every instance in names what it runs, parallel at most
 // parallel at once; want maps a system to its wanted path ("" unknown).
-func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+func Inspect(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
 	jumps := jumpHosts(inv)
-	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (HostState, error) {
-		hs, err := queryHost(ctx, remote, n)
+	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (host.State, error) {
+		hs, err := host.Query(ctx, remote, n)
 		if !jumps[n] {
 			remote.Release(n) // done with it: no keepalives, no memory held
 		}
@@ -40,7 +41,7 @@ func Inspect(ctx context.Context, remote Remote, inv *eval.Inventory, names []st
 }
 
 func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int,
-	query func(context.Context, string) (HostState, error)) []StatusRow {
+	query func(context.Context, string) (host.State, error)) []StatusRow {
 	rows := make([]StatusRow, len(names))
 	for i, n := range names {
 		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
@@ -50,14 +51,14 @@ func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[
 		row := &rows[i]
 		row.Error, row.Drift = "", ""
 		hs, err := query(ctx, row.Instance)
-		var qe *queryError
+		var qe *host.QueryError
 		switch {
 		case errors.As(err, &qe):
 			row.Error, row.Drift = err.Error(), "unknown"
 		case err != nil:
 			row.Error, row.Drift = err.Error(), "unreachable"
 		default:
-			row.HostState = hs
+			row.State = hs
 			row.Drift = drift(hs, row.Wanted)
 		}
 	})
@@ -76,7 +77,7 @@ func jumpHosts(inv *eval.Inventory) map[string]bool {
 	return jumps
 }
 
-func drift(hs HostState, wanted string) string {
+func drift(hs host.State, wanted string) string {
 	switch {
 	case hs.Running != "":
 		return "activation running (job " + hs.Running + ")"
@@ -96,15 +97,10 @@ func drift(hs HostState, wanted string) string {
 
 // RollbackOptions tune Rollback.
 type RollbackOptions struct {
-	Privilege *Privilege
-	Parallel  int
-	Owner     string
-	// MagicRollback, ConfirmTimeout, ActivationTimeout and ConnectTimeout
-	// mean what they mean for a deploy: a rollback is a switch too.
-	MagicRollback     bool
-	ConfirmTimeout    time.Duration
-	ActivationTimeout time.Duration
-	ConnectTimeout    time.Duration
+	// Activation and Connection mean what they mean for a deploy: a
+	// rollback is a switch too (Goal, Force and Reboot do not apply).
+	Activation Activation
+	Connection Connection
 	// State, if set, records each host the rollback changed (what it runs
 	// after it), as a deploy records its hosts; the caller saves it.
 	State *state.File
@@ -122,18 +118,16 @@ type RollbackRow struct {
 // system profile, as a detached activation job under the host's deploy
 // lock (with magic rollback, confirmed like a deploy), and confirms that
 // the previous generation is active.
-func Rollback(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
-	opts := Options{MagicRollback: o.MagicRollback, ConfirmTimeout: o.ConfirmTimeout, Owner: o.Owner,
-		ActivationTimeout: o.ActivationTimeout, ConnectTimeout: o.ConnectTimeout}.withDefaults()
-	remote = o.Privilege.Remote(remote)
-	j := &jobs{remote: remote, limit: opts.ActivationTimeout, connect: opts.ConnectTimeout,
-		reconnect: opts.ConfirmTimeout + opts.ConnectTimeout, event: func(string, Step, EventStatus, string) {}}
+func Rollback(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, o RollbackOptions) []RollbackRow {
+	act, conn := o.Activation.withDefaults(), o.Connection.withDefaults()
+	remote = conn.Privilege.Remote(remote)
+	j := newJobs(remote, act, conn, false, nil)
 	rows := make([]RollbackRow, len(names))
 	for i, n := range names {
 		rows[i] = RollbackRow{Instance: n, Error: "not started: interrupted"}
 	}
-	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
-		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], o.Privilege, opts)
+	fanout.Each(ctx, len(names), conn.Parallel, func(ctx context.Context, i int) {
+		rows[i] = rollbackOne(ctx, remote, j, inv.Instances[names[i]], act, conn)
 		recordRollback(o.State, inv.Instances[names[i]], rows[i])
 	})
 	return rows
@@ -147,7 +141,7 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 	if st == nil || r.Before == "" || (r.Error != "" && r.After == r.Before) {
 		return
 	}
-	rec := state.Instance{System: in.System, OutPath: r.After, Goal: string(GoalSwitch), Step: string(StepRollback),
+	rec := state.Instance{System: in.System, OutPath: r.After, Goal: string(host.GoalSwitch), Step: string(StepRollback),
 		Status: string(StatusOK), Error: r.Error, Before: r.Before, Time: time.Now().UTC()}
 	if r.Error != "" {
 		rec.Status = string(StatusFailed)
@@ -158,24 +152,21 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 	st.SetInstance(in.Name, rec)
 }
 
-func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance, priv *Privilege, opts Options) RollbackRow {
+func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval.Instance, act Activation, conn Connection) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, before, err := lockAs(ctx, remote, in, priv, opts.Owner)
+	l, before, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
 	if err != nil {
 		row.Error = err.Error()
 		return row
 	}
-	defer l.release(ctx)
+	defer l.Release(ctx)
 	row.Before = before.Active
-	spec := jobSpec{goal: GoalSwitch, target: "previous", gzip: before.Gzip}
-	if opts.MagicRollback {
-		spec.confirm = opts.ConfirmTimeout
-	}
-	st, err := j.run(ctx, in.Name, in.User, priv.For(in.Name), spec)
+	job := host.Job{Goal: host.GoalSwitch, Target: host.Previous, Confirm: act.watchdog(host.GoalSwitch), Gzip: before.Gzip}
+	st, err := j.Run(ctx, in, job)
 	if err == nil {
-		err = jobOutcome(st)
+		err = st.Err()
 	}
-	after, qerr := queryHost(ctx, remote, in.Name)
+	after, qerr := host.Query(ctx, remote, in.Name)
 	row.After = after.Active
 	switch {
 	case err != nil:
@@ -190,13 +181,6 @@ func rollbackOne(ctx context.Context, remote Remote, j *jobs, in *eval.Instance,
 	return row
 }
 
-// KeysOptions tune UploadKeys.
-type KeysOptions struct {
-	Privilege *Privilege
-	Parallel  int
-	Owner     string
-}
-
 // KeysRow is one instance's key upload.
 type KeysRow struct {
 	Instance string   `json:"instance"`
@@ -205,24 +189,25 @@ type KeysRow struct {
 }
 
 // UploadKeys uploads every key of each instance in names, under the host's
-// deploy lock; a key that cannot be had fails its host before anything is
-// written there.
-func UploadKeys(ctx context.Context, remote Remote, inv *eval.Inventory, names []string, up *keys.Uploader, o KeysOptions) []KeysRow {
-	remote = o.Privilege.Remote(remote)
+// deploy lock, taken as conn says; a key that cannot be had fails its host
+// before anything is written there.
+func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, up *keys.Uploader, conn Connection) []KeysRow {
+	conn = conn.withDefaults()
+	remote = conn.Privilege.Remote(remote)
 	rows := make([]KeysRow, len(names))
 	for i, n := range names {
 		rows[i] = KeysRow{Instance: n, Error: "not started: interrupted"}
 	}
-	fanout.Each(ctx, len(names), o.Parallel, func(ctx context.Context, i int) {
+	fanout.Each(ctx, len(names), conn.Parallel, func(ctx context.Context, i int) {
 		in := inv.Instances[names[i]]
 		row := KeysRow{Instance: in.Name, Keys: slices.Sorted(maps.Keys(in.Keys))}
 		defer func() { rows[i] = row }()
 		if len(in.Keys) == 0 {
 			return
 		}
-		l, _, err := lockAs(ctx, remote, in, o.Privilege, o.Owner)
+		l, _, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
 		if err == nil {
-			defer l.release(ctx)
+			defer l.Release(ctx)
 			var b *keys.Batch
 			if b, err = up.Prepare(ctx, in); err == nil {
 				err = b.Upload(ctx, "")

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -106,8 +107,8 @@ func LocalHive(h *eval.Hive, name, user string) *eval.Hive {
 }
 
 // ApplyLocal carries out a prepared plan of LocalHive on this machine.
-func ApplyLocal(ctx context.Context, prep *Prepared, opts Options) (*Report, error) {
-	opts.Local = true
+func ApplyLocal(ctx context.Context, prep *plan.Prepared, opts Options) (*Report, error) {
+	opts.local = true
 	prep.Plan.Local()
 	return execute(ctx, prep, Local{}, localCopier{}, opts)
 }

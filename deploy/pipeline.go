@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
 )
 
@@ -49,10 +50,10 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", err
 	}
-	if job := checksPending(e.opts.Goal, before, h.OutPath); job != "" && !e.opts.Force {
+	if job := checksPending(e.opts.Activation.Goal, before, h.OutPath); job != "" && !e.opts.Activation.Force {
 		return e.recheck(actx, n, job, batch)
 	}
-	if !e.opts.Force && upToDate(e.opts.Goal, before, h.OutPath) {
+	if !e.opts.Activation.Force && upToDate(e.opts.Activation.Goal, before, h.OutPath) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
 		if batch != nil {
@@ -73,14 +74,14 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", err
 	}
-	if e.opts.Goal == GoalDryActivate {
+	if e.opts.Activation.Goal == host.GoalDryActivate {
 		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
 		return StatusDryActivated, nil
 	}
 	if err := e.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
 		return "", err
 	}
-	if e.opts.Reboot {
+	if e.opts.Activation.Reboot {
 		if err := e.reboot(actx, n); err != nil {
 			return "", err
 		}
@@ -99,7 +100,7 @@ func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, erro
 	if !e.hasKeys(n) {
 		return nil, nil
 	}
-	b, err := e.opts.Keys.Prepare(ctx, e.inv.Instances[n])
+	b, err := e.opts.uploader.Prepare(ctx, e.inv.Instances[n])
 	if err != nil {
 		return nil, failed(StepKeys, err)
 	}
@@ -108,7 +109,7 @@ func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, erro
 
 // hasKeys reports whether the deploy uploads keys to host n.
 func (e *executor) hasKeys(n string) bool {
-	return e.opts.Keys != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Goal != GoalDryActivate
+	return e.opts.uploader != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Activation.Goal != host.GoalDryActivate
 }
 
 // uploadKeys uploads the batch's keys of when ("" for all); events name
@@ -139,7 +140,7 @@ func (e *executor) waitForStore(n string) {
 // would leave it, and nix-hive's last activation of path there did not
 // fail (a failed switch may have moved the profile without the boot
 // loader, say) and passed its checks.
-func upToDate(goal Goal, hs HostState, path string) bool {
+func upToDate(goal host.Goal, hs host.State, path string) bool {
 	if hs.Last != nil && hs.Last.Path == path && hs.Last.Status != "ok" {
 		return false
 	}
@@ -149,7 +150,7 @@ func upToDate(goal Goal, hs HostState, path string) bool {
 // checksPending is the job whose activation of path the host runs as the
 // goal would leave it, but whose post-activation checks never finished
 // (nix-hive was stopped during them); "" when there is none.
-func checksPending(goal Goal, hs HostState, path string) string {
+func checksPending(goal host.Goal, hs host.State, path string) string {
 	if l := hs.Last; l != nil && l.Path == path && l.Goal == goal && l.Status == "activated" && runs(goal, hs, path) {
 		return l.Job
 	}
@@ -157,13 +158,13 @@ func checksPending(goal Goal, hs HostState, path string) string {
 }
 
 // runs reports whether a host runs path the way goal would leave it.
-func runs(goal Goal, hs HostState, path string) bool {
+func runs(goal host.Goal, hs host.State, path string) bool {
 	switch goal {
-	case GoalSwitch:
+	case host.GoalSwitch:
 		return hs.Active == path && hs.Profile == path
-	case GoalBoot:
+	case host.GoalBoot:
 		return hs.Profile == path
-	case GoalTest:
+	case host.GoalTest:
 		return hs.Active == path
 	}
 	return false
@@ -198,7 +199,7 @@ func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch
 // (nothing but this deploy changes it while the lock is held). When an
 // activation job of an earlier deploy ran there then (nix-hive was killed,
 // say), it first waits for that job to end and says how it ended.
-func (e *executor) idleHost(ctx context.Context, n string) (HostState, error) {
+func (e *executor) idleHost(ctx context.Context, n string) (host.State, error) {
 	e.mu.Lock()
 	hs := e.locked[n]
 	e.mu.Unlock()
@@ -206,12 +207,12 @@ func (e *executor) idleHost(ctx context.Context, n string) (HostState, error) {
 		return hs, nil
 	}
 	e.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
-	st, err := e.jobs.follow(ctx, n, hs.Running, "")
+	st, err := e.jobs.Follow(ctx, n, hs.Running)
 	if err != nil {
 		return hs, fmt.Errorf("activation job %s of an earlier deploy is still running: %w", hs.Running, err)
 	}
 	e.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
-	return queryHost(ctx, e.remote, n)
+	return host.Query(ctx, e.remote, n)
 }
 
 func (e *executor) preCheck(ctx context.Context, n string) error {
@@ -256,35 +257,32 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
-	goal, path := e.opts.Goal, e.plan.Hosts[n].OutPath
-	spec := jobSpec{goal: goal, target: path, gzip: e.hasGzip(n), checks: e.hasCheck("post")}
-	if e.opts.MagicRollback && (goal == GoalSwitch || goal == GoalTest) {
-		spec.confirm = e.opts.ConfirmTimeout
-	}
+	goal, path := e.opts.Activation.Goal, e.plan.Hosts[n].OutPath
+	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
 	e.step(n, StepActivate, EventStart, string(goal))
-	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.sudo(n), spec)
-	e.update(n, func(r *Result) { r.Job = st.id })
-	var je *jobError
+	st, err := e.jobs.Run(ctx, e.inv.Instances[n], job)
+	e.update(n, func(r *Result) { r.Job = st.ID })
+	var je *host.JobError
 	switch {
 	case errors.As(err, &je):
 		return "", unknown(StepActivate, err)
 	case err != nil:
 		return "", failed(StepActivate, err)
 	}
-	if err := jobOutcome(st); err != nil {
-		if st.status == "rolled-back" {
+	if err := st.Err(); err != nil {
+		if st.RolledBack() {
 			e.update(n, func(r *Result) { r.Active = r.Before })
 			return "", rolledBack(StepActivate, err)
 		}
 		return "", failed(StepActivate, err)
 	}
-	if goal != GoalBoot && goal != GoalDryActivate {
+	if goal != host.GoalBoot && goal != host.GoalDryActivate {
 		e.update(n, func(r *Result) { r.Active = path })
 	}
 	e.step(n, StepActivate, EventOK, "")
-	return st.id, nil
+	return st.ID, nil
 }
 
 func (e *executor) setActivating(n string, on bool) {
@@ -295,21 +293,6 @@ func (e *executor) setActivating(n string, on bool) {
 	} else {
 		delete(e.activating, n)
 	}
-}
-
-// jobOutcome is nil for a job that ended ok, else why it did not.
-func jobOutcome(st jobState) error {
-	if st.phase == "done" && st.status == "ok" {
-		return nil
-	}
-	msg := st.reason
-	if msg == "" {
-		msg = st.phase + " " + st.status
-	}
-	if st.log != "" && st.status != "rolled-back" {
-		msg += " (host log: " + lastLines(st.log, 3) + ")"
-	}
-	return errors.New(msg)
 }
 
 // postCheck runs the policy's post-activation check and records its
@@ -345,7 +328,7 @@ func (e *executor) postCheck(ctx context.Context, n, job string) error {
 // record cannot be written fails: its checks would run again next time,
 // and the operator should know why.
 func (e *executor) markChecked(ctx context.Context, n, job, status string) error {
-	if err := e.jobs.mark(ctx, n, e.inv.Instances[n].User, e.sudo(n), job, status); err != nil {
+	if err := e.jobs.Mark(ctx, e.inv.Instances[n], job, status); err != nil {
 		return failed(StepPostCheck, err)
 	}
 	return nil
@@ -356,15 +339,15 @@ func (e *executor) markChecked(ctx context.Context, n, job, status string) error
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
 	e.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.run(ctx, n, e.inv.Instances[n].User, e.sudo(n), jobSpec{goal: e.opts.Goal, target: "restore:" + job, gzip: e.hasGzip(n)})
+	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
-	if err := jobOutcome(st); err != nil {
+	if err := st.Err(); err != nil {
 		return failed(StepRollback, fmt.Errorf("%v; rollback failed: %w", why, err))
 	}
 	e.update(n, func(r *Result) { r.Active = r.Before })
-	e.step(n, StepRollback, EventOK, st.reason)
+	e.step(n, StepRollback, EventOK, st.Reason)
 	return rolledBack(StepRollback, why)
 }
 
@@ -385,7 +368,7 @@ func (e *executor) lockError(n string) error {
 // refused at once, with who holds it, and its hive.state record is left
 // alone.
 func (e *executor) lock(ctx context.Context, n string) error {
-	l, hs, err := lockAs(ctx, e.remote, e.inv.Instances[n], e.opts.Privilege, e.opts.Owner)
+	l, hs, err := host.Lock(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.opts.Connection.Owner)
 	if err != nil {
 		return e.lockFailed(n, err)
 	}
@@ -401,7 +384,7 @@ func (e *executor) lockFailed(n string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		status = StatusInterrupted // Ctrl-C while it connected
 	}
-	he := &hostError{step: StepLock, status: status, err: err, untouched: errors.Is(err, ErrHostLocked)}
+	he := &hostError{step: StepLock, status: status, err: err, untouched: errors.Is(err, host.ErrLocked)}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.lockErr[n] = he

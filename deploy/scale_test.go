@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // treeInventory is a store tree: one region store, racks substituting from
@@ -31,17 +32,17 @@ func treeInventory(racks, consumers int) *eval.Inventory {
 var treeBuilt = map[string]eval.Built{"store": {OutPath: "/nix/store/s"}, "node": {OutPath: "/nix/store/n"}}
 
 // planAll plans a deploy of every instance of inv.
-func planAll(tb testing.TB, inv *eval.Inventory, built map[string]eval.Built) *Plan {
+func planAll(tb testing.TB, inv *eval.Inventory, built map[string]eval.Built) *plan.Plan {
 	tb.Helper()
 	targets, err := inv.Select(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	plan, err := Make(inv, targets, built, nil)
+	p, err := plan.Make(inv, targets, built, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return plan
+	return p
 }
 
 // deployTree plans and executes a deploy of the whole tree on fake hosts
@@ -49,9 +50,9 @@ func planAll(tb testing.TB, inv *eval.Inventory, built map[string]eval.Built) *P
 func deployTree(tb testing.TB, consumers int) time.Duration {
 	inv := treeInventory(4, consumers)
 	start := time.Now()
-	plan := planAll(tb, inv, treeBuilt)
+	p := planAll(tb, inv, treeBuilt)
 	f := newFakeHosts()
-	r := Execute(context.Background(), plan, inv, f, f, Options{Parallel: 16})
+	r := Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: 16}})
 	took := time.Since(start)
 	if !r.OK() {
 		tb.Fatalf("deploy of %d consumers failed", consumers)
@@ -93,7 +94,7 @@ func TestTreeDeployOneUpload(t *testing.T) {
 // queue, saying so, and then all finish.
 func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 	inv := treeInventory(1, 40)
-	plan := planAll(t, inv, treeBuilt)
+	p := planAll(t, inv, treeBuilt)
 	f := newFakeHosts()
 	f.substGate = map[string]bool{}
 	for n := range inv.Instances {
@@ -116,7 +117,7 @@ func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 	done := make(chan *Report)
 	const parallel = 32
 	go func() {
-		done <- Execute(context.Background(), plan, inv, f, f, Options{Parallel: parallel, Events: events})
+		done <- Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: parallel}, Record: Record{Events: events}})
 	}()
 	// Every worker is busy: storeConcurrency substituting, the others
 	// queued (the region and the rack take two workers' turns first and
@@ -154,15 +155,15 @@ func TestSubstitutionsPerStoreAreBounded(t *testing.T) {
 }
 
 func TestAutoParallel(t *testing.T) {
-	plan := func(inv *eval.Inventory, built map[string]eval.Built) *Plan { return planAll(t, inv, built) }
+	planOf := func(inv *eval.Inventory, built map[string]eval.Built) *plan.Plan { return planAll(t, inv, built) }
 	for _, tt := range []struct {
 		name string
-		plan *Plan
+		plan *plan.Plan
 		want int
 	}{
-		{"seed: one store and one cache", plan(seedInventory(), seedBuilt), 16},
-		{"4 racks behind a region", plan(treeInventory(4, 1000), treeBuilt), 40},
-		{"40 racks", plan(treeInventory(40, 1000), treeBuilt), 256},
+		{"seed: one store and one cache", planOf(seedInventory(), seedBuilt), 16},
+		{"4 racks behind a region", planOf(treeInventory(4, 1000), treeBuilt), 40},
+		{"40 racks", planOf(treeInventory(40, 1000), treeBuilt), 256},
 	} {
 		if got := AutoParallel(tt.plan); got != tt.want {
 			t.Errorf("%s: AutoParallel = %d; want %d", tt.name, got, tt.want)

@@ -1,16 +1,15 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/nixcmd"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // ensure makes sure host n holds what it is to run, once however many
@@ -55,20 +54,15 @@ func (e *executor) supply(ctx context.Context, n string) error {
 // already runs what the deploy would leave it running (or only awaits
 // its checks), so that a no-op deploy copies nothing to it.
 func (e *executor) alreadyThere(n string) bool {
-	if e.opts.Force {
+	if e.opts.Activation.Force {
 		return false
 	}
 	e.mu.Lock()
 	hs, ok := e.locked[n]
 	e.mu.Unlock()
 	path := e.plan.Hosts[n].OutPath
-	return ok && hs.Running == "" && (upToDate(e.opts.Goal, hs, path) || checksPending(e.opts.Goal, hs, path) != "")
+	return ok && hs.Running == "" && (upToDate(e.opts.Activation.Goal, hs, path) || checksPending(e.opts.Activation.Goal, hs, path) != "")
 }
-
-// deployOwner names the deploy that holds a host's deploy lock; it exists
-// only while one does (or one ended without removing it, when the host
-// was cut off: reading it as held then only costs a lock).
-const deployOwner = "/run/nix-hive/deploy.owner"
 
 // seenUpToDate reads target n's state without its deploy lock where
 // Options.Files makes that cheap: a host that runs what the deploy would
@@ -82,20 +76,20 @@ const deployOwner = "/run/nix-hive/deploy.owner"
 //
 // A host that did not answer the read within the connect timeout is an
 // error: taking the lock would wait as long again for the same silence.
-func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool, error) {
-	if e.opts.Files == nil || e.opts.Force || e.hasKeys(n) || e.leftElsewhere(n) {
-		return HostState{}, false, nil
+func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool, error) {
+	if e.opts.Connection.Files == nil || e.opts.Activation.Force || e.hasKeys(n) || e.leftElsewhere(n) {
+		return host.State{}, false, nil
 	}
-	f, err := e.opts.Files(ctx, n)
+	f, err := e.opts.Connection.Files(ctx, n)
 	if err != nil {
-		return HostState{}, false, nil
+		return host.State{}, false, nil
 	}
-	hs, exact, held, err := readState(f, true)
+	hs, exact, held, err := host.ReadState(f, true)
 	if errors.Is(err, context.DeadlineExceeded) {
-		return HostState{}, false, fmt.Errorf("read the state of %s: %w", n, err)
+		return host.State{}, false, fmt.Errorf("read the state of %s: %w", n, err)
 	}
-	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Goal, hs, e.plan.Hosts[n].OutPath) {
-		return HostState{}, false, nil
+	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Activation.Goal, hs, e.plan.Hosts[n].OutPath) {
+		return host.State{}, false, nil
 	}
 	return hs, true, nil
 }
@@ -103,10 +97,10 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (HostState, bool,
 // leftElsewhere says whether hive.state has n's last deploy ending with
 // n running another system than the one this deploy wants.
 func (e *executor) leftElsewhere(n string) bool {
-	if e.opts.State == nil {
+	if e.opts.Record.State == nil {
 		return false
 	}
-	rec, _ := e.opts.State.Instance(n)
+	rec, _ := e.opts.Record.State.Instance(n)
 	path, known := recordedRunning(rec)
 	return known && path != e.plan.Hosts[n].OutPath
 }
@@ -118,22 +112,22 @@ func (e *executor) servesOthers(n string) bool { return e.servers[n] }
 func (e *executor) transfer(ctx context.Context, n string) error {
 	h := e.plan.Hosts[n]
 	switch {
-	case e.opts.Local:
+	case e.opts.local:
 		e.step(n, StepPush, EventSkipped, "built on this machine, the host")
 		return nil
-	case e.opts.SkipPush:
+	case e.opts.Steps.SkipPush:
 		e.step(n, StepPush, EventSkipped, "--no push")
 		return nil
 	}
 	switch h.Source.Kind {
-	case SourcePush:
+	case plan.SourcePush:
 		return e.push(ctx, n, h.Paths)
-	case SourceCache:
+	case plan.SourceCache:
 		if err := e.pushURL(ctx, h.Source.From); err != nil {
 			return failed(StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
 		}
-		return e.substitute(ctx, n, substitution{from: h.Source.From})
-	case SourceStore:
+		return e.substitute(ctx, n, host.FromURL(h.Source.From))
+	case plan.SourceStore:
 		err := e.ensure(ctx, h.Source.From)
 		if err == nil {
 			err = e.supply(ctx, h.Source.From)
@@ -143,16 +137,7 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 			// interrupted, not failed.
 			return failed(StepSubstitute, fmt.Errorf("its store %s did not receive the closure: %w", h.Source.From, cause(err)))
 		}
-		st := e.inv.Instances[h.Source.From]
-		user := st.StoreUser
-		if user == "" {
-			user = st.User
-		}
-		s := substitution{from: "ssh://" + user + "@" + st.Host, port: st.Port, store: h.Source.From}
-		for _, k := range st.HostKeys {
-			s.knownHosts = append(s.knownHosts, knownHostsName(st.Host, st.Port)+" "+k)
-		}
-		return e.substitute(ctx, n, s)
+		return e.substitute(ctx, n, host.FromStore(e.inv.Instances[h.Source.From]))
 	}
 	return fmt.Errorf("host %s: unknown source %q", n, h.Source.Kind)
 }
@@ -180,13 +165,6 @@ func (e *executor) pushURL(ctx context.Context, url string) error {
 	})
 }
 
-func knownHostsName(host string, port int) string {
-	if port == 0 || port == 22 {
-		return host
-	}
-	return fmt.Sprintf("[%s]:%d", host, port)
-}
-
 func (e *executor) urlPaths(url string) []string {
 	for _, t := range e.plan.Transfers {
 		if t.To == url {
@@ -197,16 +175,14 @@ func (e *executor) urlPaths(url string) []string {
 }
 
 // substitute realises n's paths on n from its store.
-func (e *executor) substitute(ctx context.Context, n string, s substitution) error {
-	in := e.inv.Instances[n]
-	s.paths, s.user, s.esc = e.plan.Hosts[n].Paths, in.User, e.sudo(n)
-	s.publicKey, s.trustKey, s.connectTimeout = e.opts.PublicKey, e.opts.TrustKey, e.opts.ConnectTimeout
-	if slots := e.storeSlots[s.store]; slots != nil {
+func (e *executor) substitute(ctx context.Context, n string, s host.Substitution) error {
+	s.PublicKey, s.TrustKey, s.ConnectTimeout = e.opts.publicKey, e.opts.Steps.TrustKey, e.opts.Connection.ConnectTimeout
+	if slots := e.storeSlots[s.Store]; slots != nil {
 		// Queue rather than fail: see storeConcurrency.
 		select {
 		case slots <- struct{}{}:
 		default:
-			e.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.store))
+			e.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -215,12 +191,12 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 		}
 		defer func() { <-slots }()
 	}
-	e.step(n, StepSubstitute, EventStart, "from "+s.from)
+	e.step(n, StepSubstitute, EventStart, "from "+s.From)
 	start := time.Now()
-	var stderr bytes.Buffer
-	code, err := e.remote.Run(ctx, n, s.command(), nil, io.Discard, &stderr)
-	if err == nil && code != 0 {
-		err = e.substituteError(ctx, s, code, stderr.String())
+	err := s.Run(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.plan.Hosts[n].Paths)
+	var f *host.SubstituteFailure
+	if errors.As(err, &f) {
+		err = e.substituteError(ctx, s, f)
 	}
 	if err != nil {
 		return failed(StepSubstitute, err)
@@ -234,19 +210,19 @@ func (e *executor) substitute(ctx context.Context, n string, s substitution) err
 // signature) is checked there and removed, so the next deploy pushes a
 // good one; otherwise the case an operator must act on comes first: the
 // host does not trust the key the path is signed with.
-func (e *executor) substituteError(ctx context.Context, s substitution, code int, stderr string) error {
-	if path, kind := nixcmd.BadSubstitute(stderr); path != "" && s.store != "" && e.opts.PublicKey != "" {
-		if err := e.repairStoreCopy(ctx, s.store, path, kind); err != nil {
+func (e *executor) substituteError(ctx context.Context, s host.Substitution, f *host.SubstituteFailure) error {
+	if path, kind := nixcmd.BadSubstitute(f.Stderr); path != "" && s.Store != "" && e.opts.publicKey != "" {
+		if err := e.repairStoreCopy(ctx, s.Store, path, kind); err != nil {
 			return err
 		}
 	}
-	if nixcmd.SignatureRefused(stderr) {
-		if s.trustKey {
-			return fmt.Errorf("refused the closure from %s: not signed by the hive key, which it was given with --trust-hive-key", s.from)
+	if nixcmd.SignatureRefused(f.Stderr) {
+		if s.TrustKey {
+			return fmt.Errorf("refused the closure from %s: not signed by the hive key, which it was given with --trust-hive-key", s.From)
 		}
-		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", s.from)
+		return fmt.Errorf("refused the closure from %s: not signed by a key in the host's trusted-public-keys (configure it with lib/module.nix, or pass --trust-hive-key)", s.From)
 	}
-	return substituteFailure(s.from, code, stderr)
+	return f
 }
 
 // repairStoreCopy checks store's copy of path, which a consumer refused
@@ -263,17 +239,15 @@ func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string
 	}
 	e.mu.Unlock()
 	r.once.Do(func() {
-		var out, stderr bytes.Buffer
-		in := e.inv.Instances[store]
-		code, err := e.remote.Run(ctx, store, program(repairProgram, true, in.User, e.sudo(store), e.opts.PublicKey, path), nil, &out, &stderr)
+		verdict, err := host.Repair(ctx, e.remote, e.inv.Instances[store], e.opts.Connection.Privilege, e.opts.publicKey, path)
 		what := "is not signed by the hive key"
 		if kind == "hash" {
 			what = "does not match its hash (it was changed there after it was pushed)"
 		}
 		bad := fmt.Sprintf("the copy of %s on its store %s %s", path, store, what)
-		switch verdict := strings.TrimSpace(out.String()); {
-		case err != nil || code != 0:
-			r.err = fmt.Errorf("%s, or so the host says; checking it on %s failed: %v", bad, store, errors.Join(err, errors.New(lastLines(stderr.String(), 2))))
+		switch {
+		case err != nil:
+			r.err = fmt.Errorf("%s, or so the host says; checking it on %s failed: %v", bad, store, err)
 		case verdict == "removed":
 			e.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
 			r.err = fmt.Errorf("%s; nix-hive removed it from %s, and the next deploy pushes it there again", bad, store)
@@ -288,27 +262,4 @@ func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string
 type repair struct {
 	once sync.Once
 	err  error
-}
-
-// substituteFailure explains a substitution that failed for another
-// reason, in Nix's words.
-func substituteFailure(from string, code int, stderr string) error {
-	var errs []string
-	for _, l := range strings.Split(stderr, "\n") {
-		if strings.Contains(l, "error:") {
-			errs = append(errs, strings.TrimSpace(l))
-		}
-	}
-	if len(errs) == 0 {
-		errs = []string{lastLines(stderr, 3)}
-	}
-	return fmt.Errorf("nix-store --realise from %s exited %d: %s", from, code, strings.Join(errs, " | "))
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }

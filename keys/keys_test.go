@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -255,14 +256,14 @@ func TestValuesOfTextLimit(t *testing.T) {
 	}
 }
 
-// runWrite runs WriteProgram here, as the shell way runs it on a host,
+// runWrite runs the key-write program here, as the shell way runs it on a host,
 // for a key of this process's user and group.
 func runWrite(t *testing.T, dest, mode, stdin string) (int, string) {
 	t.Helper()
 	return runWriteFor(t, dest, os.Getuid(), os.Getgid(), mode, stdin)
 }
 
-// runWriteFor runs WriteProgram for a key owned by uid:gid, with OPEN as
+// runWriteFor runs the key-write program for a key owned by uid:gid, with OPEN as
 // the upload decides it.
 func runWriteFor(t *testing.T, dest string, uid, gid int, mode, stdin string) (int, string) {
 	t.Helper()
@@ -270,11 +271,8 @@ func runWriteFor(t *testing.T, dest string, uid, gid int, mode, stdin string) (i
 	if err != nil {
 		t.Fatal(err)
 	}
-	open := "0"
-	if readByOthers(uid, gid, os.FileMode(m)) {
-		open = "1"
-	}
-	cmd := exec.Command("sh", "-c", WriteProgram, "nix-hive", dest, strconv.Itoa(uid), strconv.Itoa(gid), mode, open)
+	root := &eval.Instance{Name: "here", User: "root"}
+	cmd := exec.Command("sh", "-c", host.WriteKeyCommand(root, nil, dest, uid, gid, mode, readByOthers(uid, gid, os.FileMode(m))))
 	cmd.Stdin = strings.NewReader(stdin)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -12,16 +12,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pkg/sftp"
 
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/nix-hive/nix-hive/shell"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
 // Host is what an upload needs of a connection to an instance
-// (transport.Pool).
+// (transport.Pool, or host.Hosts).
 type Host interface {
 	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 	SFTP(ctx context.Context, name string) (*transport.SFTP, error)
@@ -31,10 +32,35 @@ type Host interface {
 type Uploader struct {
 	Host   Host
 	Values *Values
-	// Root is the command that runs program with args as root on the
-	// instance (through its privilege command for a non-root login); nil
-	// runs it as the login.
-	Root func(in *eval.Instance, program string, args ...string) string
+	// Privilege is how the shell way's writes become root for a login
+	// that is not root (nil: they cannot).
+	Privilege *host.Privilege
+}
+
+// NewUploader is the uploader of hive h's keys over hosts, becoming root
+// with priv; the text keys of targets are evaluated now, in one go. A
+// key's command without a timeout of its own is stopped after timeout
+// (0: DefaultTimeout).
+func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string, priv *host.Privilege, timeout time.Duration) (*Uploader, error) {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	v := NewValues(h, timeout)
+	var withText []string
+	for _, t := range targets {
+		for _, k := range h.Inventory.Instances[t].Keys {
+			if k.Source == "text" {
+				withText = append(withText, t)
+				break
+			}
+		}
+	}
+	if len(withText) > 0 {
+		if err := v.LoadTexts(ctx, withText); err != nil {
+			return nil, err
+		}
+	}
+	return &Uploader{Host: hosts, Values: v, Privilege: priv}, nil
 }
 
 // Batch is an instance's keys with their values, ready to go.
@@ -75,17 +101,6 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 	}
 }
 
-// ownersProgram USER GROUP ... prints "uid gid" for each pair, or fails
-// naming the first user or group the host does not have.
-const ownersProgram = `while [ $# -gt 0 ]; do
-  u=$(id -u -- "$1" 2>/dev/null) || { echo "no user $1 on the host" >&2; exit 3; }
-  g=$(getent group "$2" | cut -d: -f3)
-  [ -n "$g" ] || { echo "no group $2 on the host" >&2; exit 3; }
-  echo "$u $g"
-  shift 2
-done
-`
-
 // resolveOwners finds the uid and gid of the owners of the keys uploaded
 // at when ("" for all) that are not known yet.
 func (b *Batch) resolveOwners(ctx context.Context, when string) error {
@@ -98,12 +113,12 @@ func (b *Batch) resolveOwners(ctx context.Context, when string) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	args := []string{"sh", "-c", ownersProgram, "nix-hive"}
+	var pairs []string
 	for _, k := range todo {
-		args = append(args, k.User, k.Group)
+		pairs = append(pairs, k.User, k.Group)
 	}
 	var out, stderr bytes.Buffer
-	code, err := b.u.Host.Run(ctx, b.instance.Name, shell.QuoteArgs(args), nil, &out, &stderr)
+	code, err := b.u.Host.Run(ctx, b.instance.Name, host.KeyOwnersCommand(pairs...), nil, &out, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("%s", strings.TrimSpace(stderr.String()))
 	}
@@ -171,7 +186,7 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	in := b.instance
 	// sftp runs as the login: only a root login can chown and write
 	// anywhere. Others go through the privilege command.
-	if in.User == "root" || in.User == "" {
+	if !host.NeedsPrivilege(in.User) {
 		c, err := b.u.Host.SFTP(ctx, in.Name)
 		if err == nil {
 			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), open, value)
@@ -319,77 +334,11 @@ func writeSynced(f *sftp.File, value *sending) error {
 	return nil
 }
 
-// WriteProgram DEST UID GID MODE OPEN writes stdin to DEST the same way
-// as uploadSFTP: DEST's missing directories are made 0750 (dirMode, by
-// umask 027) and, with OPEN 1 (readByOthers), those on its way that
-// root:root owns and close to others get o+x. It removes the staging
-// directories beside DEST whose writer is gone (transport.StagePrefix:
-// named with the host's boot and the writer's pid, which for this
-// program is its shell); mktemp -d makes its own, 0700, and the file in
-// it is created under a umask that leaves only MODE's owner bits. The
-// value arrives on stdin, never on a command line, after a line with its
-// length: a value that ends short (the connection was lost, nix-hive
-// killed) is never put in place. The file is synced, given its owner and
-// then MODE, and renamed over DEST.
-const WriteProgram = `set -eu
-dest=$1 uid=$2 gid=$3 mode=$4 open=$5
-dir=${dest%/*}
-[ -n "$dir" ] || dir=/
-[ -d "$dir" ] || (umask 027 && mkdir -p "$dir")
-if [ "$open" = 1 ]; then
-  d=$dir
-  while :; do
-    set -f; set -- $(ls -ldn -- "$d"); set +f
-    case $3:$4:$1 in 0:0:d????????[!xt]*) chmod o+x -- "$d" ;; esac
-    [ "$d" != / ] || break
-    d=${d%/*}; d=${d:-/}
-  done
-fi
-boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id 2>/dev/null) || boot=
-name=.nix-hive-
-if [ -n "$boot" ] && [ -d "/proc/$$" ]; then
-  name=.nix-hive-stage-$boot-$$-
-  for s in "$dir"/.nix-hive-stage-*; do
-    o=${s##*/.nix-hive-stage-}; b=${o%%-*}; o=${o#*-}; p=${o%%-*}
-    case $b in ????????) ;; *) continue ;; esac
-    case $p in *[!0-9]*|'') continue ;; esac
-    if [ -d "$s" ] && { [ "$b" != "$boot" ] || [ ! -d "/proc/$p" ]; }; then rm -rf "$s"; fi
-  done
-fi
-umask 077
-stage=$(mktemp -d "$dir/${name}XXXXXXXX")
-trap 'rm -rf "$stage"' EXIT
-trap 'exit 129' HUP
-trap 'exit 141' PIPE
-trap 'exit 143' TERM
-tmp=$stage/${dest##*/}
-IFS= read -r size || size=
-case $size in *[!0-9]*|'') echo "no length before the value" >&2; exit 64 ;; esac
-umask "$(printf %o $((0777 & ~(0$mode & 0700))))"
-cat >"$tmp"
-umask 077
-got=$(($(wc -c <"$tmp")))
-if [ "$got" != "$size" ]; then
-  echo "the value ended after $got of its $size bytes (the upload was cut off)" >&2
-  exit 65
-fi
-sync "$tmp" 2>/dev/null || sync
-chown "$uid:$gid" "$tmp"
-chmod "$mode" "$tmp"
-mv -f "$tmp" "$dest"
-`
-
+// uploadShell writes value to dest with the shell (host.WriteKeyCommand),
+// as root: for logins that are not root, and hosts without sftp.
 func (b *Batch) uploadShell(ctx context.Context, dest string, id [2]int, mode string, open bool, value *sending) error {
 	in := b.instance
-	o := "0"
-	if open {
-		o = "1"
-	}
-	args := []string{dest, strconv.Itoa(id[0]), strconv.Itoa(id[1]), mode, o}
-	cmd := shell.QuoteArgs(append([]string{"sh", "-c", WriteProgram, "nix-hive"}, args...))
-	if b.u.Root != nil {
-		cmd = b.u.Root(in, WriteProgram, args...)
-	}
+	cmd := host.WriteKeyCommand(in, b.u.Privilege, dest, id[0], id[1], mode, open)
 	var stderr bytes.Buffer
 	stdin := io.MultiReader(strings.NewReader(strconv.FormatInt(value.size, 10)+"\n"), value)
 	code, err := b.u.Host.Run(ctx, in.Name, cmd, stdin, io.Discard, &stderr)

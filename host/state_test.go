@@ -1,7 +1,8 @@
-package deploy
+package host
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/nix-hive/nix-hive/transport"
@@ -45,7 +46,7 @@ func (f fakeFiles) Batch(qs []transport.FileQuery) ([]transport.FileAnswer, erro
 	return transport.BatchOf(f, qs, false)
 }
 
-func TestReadHostState(t *testing.T) {
+func TestReadState(t *testing.T) {
 	const sys = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"
 	links := map[string]string{
 		"/run/current-system":                 sys,
@@ -78,19 +79,31 @@ func TestReadHostState(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hs, exact, err := readHostState(tt.f)
+			hs, exact, _, err := ReadState(tt.f, false)
 			if exact != tt.wantExact || (err != nil) != tt.wantErr {
 				t.Fatalf("exact %v, error %v; want exact %v, error %v", exact, err, tt.wantExact, tt.wantErr)
 			}
 			if !exact {
 				return
 			}
-			want := HostState{Active: sys, Generation: 3, Profile: sys, BootID: "B",
+			want := State{Active: sys, Generation: 3, Profile: sys, BootID: "B",
 				Last: &LastActivation{Job: "J", Goal: "switch", Path: sys, Status: "ok"}}
 			if hs.Active != want.Active || hs.Generation != want.Generation || hs.Profile != want.Profile ||
 				hs.BootID != want.BootID || hs.Last == nil || *hs.Last != *want.Last || hs.Running != "" {
 				t.Errorf("got %+v (last %+v), want %+v", hs, hs.Last, want)
 			}
 		})
+	}
+}
+
+func TestParseState(t *testing.T) {
+	hs := parseState("active=/nix/store/a\nlink=system-7-link\nprofile=/nix/store/b\nlast=J switch /nix/store/b rolled-back\nrunning=K\nboot=B\nrebootmark=\n")
+	want := State{Active: "/nix/store/a", Generation: 7, Profile: "/nix/store/b", Running: "K", BootID: "B",
+		Last: &LastActivation{Job: "J", Goal: GoalSwitch, Path: "/nix/store/b", Status: "rolled-back"}}
+	if !reflect.DeepEqual(hs, want) {
+		t.Fatalf("%+v\nwant %+v", hs, want)
+	}
+	if hs := parseState("active=\nlink=\nlast=\n"); hs.Generation != 0 || hs.Active != "" || hs.Last != nil {
+		t.Fatalf("%+v", hs)
 	}
 }

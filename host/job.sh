@@ -1,5 +1,5 @@
 # nix-hive activation job. nix-hive sends this file on the stdin of the
-# "start" command (agent.go), which stores it in the job's directory and
+# "start" program (job.go), which stores it in the job's directory and
 # runs it detached from the SSH session, as a transient systemd unit where
 # systemd runs, else in a session of its own (setsid): a dropped
 # connection, or nix-hive being killed, never stops an activation half-way.
@@ -17,7 +17,7 @@
 # LIMIT   seconds one switch-to-configuration may take
 # CHECKS  1 when nix-hive runs post-activation checks after the job: a
 #         successful activation is then recorded "activated" (not yet
-#         good) until nix-hive marks it ok or failed (agent.go's
+#         good) until nix-hive marks it ok or failed (job.go's
 #         markProgram)
 #
 # The job writes its progress to DIR/state, always by rename so a reader

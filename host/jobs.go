@@ -1,39 +1,23 @@
-package deploy
+package host
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
 )
 
-// jobSpec is an activation job for one host (see job.sh).
-type jobSpec struct {
-	goal Goal
-	// target is a store path, "previous" (the profile's previous
-	// generation) or "restore:ID" (what ran before job ID).
-	target string
-	// confirm > 0 arms magic rollback: unless confirmed over a new SSH
-	// connection within confirm, the host returns to what ran before.
-	confirm time.Duration
-	// gzip: the host has gzip (HostState.Gzip), send the script gzipped.
-	gzip bool
-	// checks: post-activation checks follow, so a successful activation
-	// is recorded "activated" until they pass (markChecked).
-	checks bool
-}
-
-// jobs runs activation jobs on hosts: it starts them detached, follows
+// Jobs runs activation jobs on hosts: it starts them detached, follows
 // them across dropped connections and confirms them.
-type jobs struct {
+type Jobs struct {
 	remote Remote
+	priv   *Privilege
 	// limit bounds one switch-to-configuration on the host.
 	limit time.Duration
 	// reconnect is how long contact with a host may be lost before the
@@ -41,14 +25,55 @@ type jobs struct {
 	reconnect time.Duration
 	// connect bounds one attempt to confirm over a new connection.
 	connect time.Duration
-	event   func(n string, step Step, status EventStatus, msg string)
+	notify  func(n string, what Notice, msg string)
 	// local: the host is this machine (apply-local), where a new
 	// connection is a new process.
 	local bool
 }
 
+// Timing bounds the jobs of a run.
+type Timing struct {
+	Activation time.Duration // one switch-to-configuration on the host
+	Confirm    time.Duration // the confirmation window of magic rollback
+	Connect    time.Duration // one connection; silence on one
+}
+
+// Notice is what Jobs tells about a job it waits for.
+type Notice int
+
+const (
+	// ContactLost: the connection to the host was lost while its job
+	// ran; Jobs reconnects to follow the job.
+	ContactLost Notice = iota
+	// Confirmed: the activation was confirmed over a new connection (or
+	// from a new process, on this machine).
+	Confirmed
+	// ConfirmRetry: a new connection to confirm failed; Jobs tries again
+	// until the confirmation window closes.
+	ConfirmRetry
+)
+
+// NewJobs runs jobs over remote, becoming root with priv. Contact with a
+// host whose job runs may be lost for the confirmation window and a
+// connect timeout (t.Confirm + t.Connect) before the job's outcome is
+// declared unknown: longer than that, the job (if the host is alive) has
+// rolled back or still runs switch-to-configuration. local says the host
+// is this machine (apply-local), where a new connection is a new process.
+// notify (nil: nobody) hears what happens while a job is waited for.
+func NewJobs(remote Remote, priv *Privilege, t Timing, local bool, notify func(n string, what Notice, msg string)) *Jobs {
+	return &Jobs{remote: remote, priv: priv, limit: t.Activation, connect: t.Connect,
+		reconnect: t.Confirm + t.Connect, local: local, notify: notify}
+}
+
+// tell notifies what happened on host n, if anyone listens.
+func (j *Jobs) tell(n string, what Notice, msg string) {
+	if j.notify != nil {
+		j.notify(n, what, msg)
+	}
+}
+
 // confirmedHow says how a confirmation reached the host.
-func (j *jobs) confirmedHow() string {
+func (j *Jobs) confirmedHow() string {
 	if j.local {
 		return "confirmed from a new process"
 	}
@@ -59,76 +84,56 @@ func (j *jobs) confirmedHow() string {
 // the reconnect window while a job ran there; the job goes on.
 var errLostContact = errors.New("lost contact")
 
-// run starts spec on host n (as user, with sudo for non-root) and returns
-// the job's end state. An error means the outcome is not known: contact
+// Run starts job on host in (as root, through the privilege command for
+// a non-root login) and returns the job's end state. An error means the outcome is not known: contact
 // was lost, or ctx ended (the second Ctrl-C); the job's id is in it.
 // Three SSH sessions carry a confirmed activation: the query before it,
 // the start (which goes on to wait for the activation), and the
 // confirmation over a new connection (which waits for the end).
-func (j *jobs) run(ctx context.Context, n, user string, esc escalation, spec jobSpec) (jobState, error) {
-	id := newJobID()
+func (j *Jobs) Run(ctx context.Context, in *eval.Instance, job Job) (JobState, error) {
+	n, user, esc := in.Name, in.User, j.priv.forHost(in.Name)
+	id := newID()
 	until := ""
-	if spec.confirm > 0 {
+	if job.Confirm > 0 {
 		until = "activated"
 	}
-	st, err := j.start(ctx, n, user, esc, id, until, spec)
-	st.id = id
-	if err != nil || st.phase != "activated" {
+	st, err := j.start(ctx, n, user, esc, id, until, job)
+	st.ID = id
+	if err != nil || st.Phase != "activated" {
 		return j.settled(n, id, st, err)
 	}
-	st, err = j.confirm(ctx, n, user, esc, id, spec.confirm)
-	st.id = id
+	st, err = j.confirm(ctx, n, user, esc, id, job.Confirm)
+	st.ID = id
 	return j.settled(n, id, st, err)
 }
 
-func (j *jobs) settled(n, id string, st jobState, err error) (jobState, error) {
+func (j *Jobs) settled(n, id string, st JobState, err error) (JobState, error) {
 	switch {
 	case err != nil:
-		return st, &jobError{id: id, host: n, err: err}
-	case st.phase == "lost":
-		return st, &jobError{id: id, host: n, err: fmt.Errorf("the job ended without an outcome: %s", st)}
+		return st, &JobError{id: id, host: n, err: err}
+	case st.Phase == "lost":
+		return st, &JobError{id: id, host: n, err: fmt.Errorf("the job ended without an outcome: %s", st)}
 	}
 	return st, nil
-}
-
-// jobError: the outcome of job id on host is not known.
-type jobError struct {
-	id, host string
-	err      error
-}
-
-func (e *jobError) Error() string {
-	return fmt.Sprintf("activation job %s on %s: %v; it finishes on the host (unconfirmed, it returns to the previous system)", e.id, e.host, e.err)
-}
-func (e *jobError) Unwrap() error { return e.err }
-
-func newJobID() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b)
-}
-
-func secs(d time.Duration) string {
-	return strconv.Itoa(max(int((d+time.Second-1)/time.Second), 0))
 }
 
 // start sends the job to the host, starts it and waits there until it
 // reaches until or ends. When the connection is lost on the way it is
 // unclear whether the job runs; following it tells.
-func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, until string, spec jobSpec) (jobState, error) {
+func (j *Jobs) start(ctx context.Context, n, user string, esc escalation, id, until string, job Job) (JobState, error) {
 	enc := "plain"
 	// The agent starts its own job script: nothing is sent.
 	agent := esc.viaAgent(user)
-	if spec.gzip && !agent {
+	if job.Gzip && !agent {
 		enc = "gzip"
 	}
 	checks := "0"
-	if spec.checks {
+	if job.Checks {
 		checks = "1"
 	}
-	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(spec.goal), spec.target, secs(spec.confirm), secs(j.limit), checks)
+	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(job.Goal), job.Target, secs(job.Confirm), secs(j.limit), checks)
 	began := time.Now()
-	var payload io.Reader = strings.NewReader(jobPayload(spec.gzip))
+	var payload io.Reader = strings.NewReader(jobPayload(job.Gzip))
 	if agent {
 		payload = nil
 	}
@@ -138,7 +143,7 @@ func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 	}
 	j.lost(n, err)
 	st, ferr := j.followFrom(ctx, n, id, until, later(began, heard), true)
-	if ferr == nil && st.phase == "gone" {
+	if ferr == nil && st.Phase == "gone" {
 		return st, fmt.Errorf("start activation: %w", err)
 	}
 	return st, ferr
@@ -147,31 +152,31 @@ func (j *jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 // sorted says what a waiting program's result means: the job's state, or
 // a failure of the program (what) or of ctx; all final. A lost connection
 // is not final: the job goes on, and can be followed again.
-func sorted(ctx context.Context, what, out string, err error) (st jobState, final bool, ferr error) {
+func sorted(ctx context.Context, what, out string, err error) (st JobState, final bool, ferr error) {
 	var ee *exitError
 	switch {
 	case err == nil:
 		return parseJobState(out), true, nil
 	case errors.As(err, &ee):
-		return jobState{}, true, fmt.Errorf("%s: %w", what, err)
+		return JobState{}, true, fmt.Errorf("%s: %w", what, err)
 	case ctx.Err() != nil:
-		return jobState{}, true, fmt.Errorf("stopped waiting: %w", ctx.Err())
+		return JobState{}, true, fmt.Errorf("stopped waiting: %w", ctx.Err())
 	}
-	return jobState{}, false, nil
+	return JobState{}, false, nil
 }
 
 // lost says the connection to n was lost while a job ran there.
-func (j *jobs) lost(n string, err error) {
-	j.event(n, StepActivate, EventInfo, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
+func (j *Jobs) lost(n string, err error) {
+	j.tell(n, ContactLost, "connection lost ("+err.Error()+"); reconnecting to follow the activation")
 }
 
-func (j *jobs) beat() time.Duration { return max(j.connect/3, time.Second) }
+func (j *Jobs) beat() time.Duration { return max(j.connect/3, time.Second) }
 
 // watched runs cmd with run (Run or a RunFresh adapter), cancelling it
 // when the host says nothing on stdout for a connect timeout. It returns
 // stdout, and err for a transport failure (silence included) or, with a
 // non-zero exit, what the command said on stderr.
-func (j *jobs) watched(ctx context.Context, n, cmd string, stdin io.Reader, run runFunc) (out string, heard time.Time, err error) {
+func (j *Jobs) watched(ctx context.Context, n, cmd string, stdin io.Reader, run runFunc) (out string, heard time.Time, err error) {
 	hb := &heartbeat{last: time.Now()}
 	stderr := &lockedBuffer{}
 	actx, cancel := context.WithCancel(ctx)
@@ -199,22 +204,22 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit %d: %s", e.code, e
 type runFunc func(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 
 // fresh adapts RunFresh to runFunc.
-func (j *jobs) fresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+func (j *Jobs) fresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	return j.remote.RunFresh(ctx, name, cmd, stdin, stdout, stderr)
 }
 
-// follow waits until job id reaches state until or ends. When the host
+// Follow waits until job id on host n ends. When the host
 // goes silent (no heartbeat for a connect timeout) or the connection
 // drops, it reconnects and follows again, until it has heard nothing from
 // the host for j.reconnect.
-func (j *jobs) follow(ctx context.Context, n, id, until string) (jobState, error) {
-	return j.followFrom(ctx, n, id, until, time.Now(), false)
+func (j *Jobs) Follow(ctx context.Context, n, id string) (JobState, error) {
+	return j.followFrom(ctx, n, id, "", time.Now(), false)
 }
 
-// followFrom is follow when the host was last heard from at heard, and
+// followFrom is Follow, until state until ("" for the end), when the host was last heard from at heard, and
 // the loss of contact was already announced or not.
-func (j *jobs) followFrom(ctx context.Context, n, id, until string, heard time.Time, announced bool) (jobState, error) {
-	cmd := program(followProgram, false, "", escalation{}, id, until, secs(j.beat()))
+func (j *Jobs) followFrom(ctx context.Context, n, id, until string, heard time.Time, announced bool) (JobState, error) {
+	cmd := asLogin(followProgram, id, until, secs(j.beat()))
 	for {
 		out, at, err := j.watched(ctx, n, cmd, nil, j.remote.Run)
 		heard = later(heard, at)
@@ -222,14 +227,14 @@ func (j *jobs) followFrom(ctx context.Context, n, id, until string, heard time.T
 			return st, ferr
 		}
 		if time.Since(heard) > j.reconnect {
-			return jobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(heard).Round(time.Second), err)
+			return JobState{}, fmt.Errorf("%w for %s: %v", errLostContact, time.Since(heard).Round(time.Second), err)
 		}
 		if !announced {
 			j.lost(n, err)
 			announced = true
 		}
 		if err := pause(ctx, time.Second); err != nil {
-			return jobState{}, fmt.Errorf("stopped waiting: %w", err)
+			return JobState{}, fmt.Errorf("stopped waiting: %w", err)
 		}
 	}
 }
@@ -311,7 +316,7 @@ func (h *heartbeat) watch(limit time.Duration, cancel func()) (stop func()) {
 // session then waits for the job to end. It tries until the confirmation
 // window has passed; then (or when the session is lost after confirming)
 // it follows the job over the pool to learn how it ended.
-func (j *jobs) confirm(ctx context.Context, n, user string, esc escalation, id string, window time.Duration) (jobState, error) {
+func (j *Jobs) confirm(ctx context.Context, n, user string, esc escalation, id string, window time.Duration) (JobState, error) {
 	deadline := time.Now().Add(window)
 	cmd := program(confirmProgram, true, user, esc, id, secs(j.beat()))
 	var last error // why the last new connection failed
@@ -321,58 +326,49 @@ func (j *jobs) confirm(ctx context.Context, n, user string, esc escalation, id s
 		var ee *exitError
 		switch {
 		case err == nil && verdict == "confirmed":
-			j.event(n, StepConfirm, EventOK, j.confirmedHow())
+			j.tell(n, Confirmed, j.confirmedHow())
 			return parseJobState(rest), nil
 		case err == nil:
 			st := parseJobState(rest) // too late: the job returned, or returns, to what ran before
-			if last != nil && st.status == "rolled-back" {
-				st.reason += "; last attempt: " + last.Error()
+			if last != nil && st.RolledBack() {
+				st.Reason += "; last attempt: " + last.Error()
 			}
 			return st, nil
 		case errors.As(err, &ee):
-			return jobState{}, fmt.Errorf("confirm activation: %w", err)
+			return JobState{}, fmt.Errorf("confirm activation: %w", err)
 		case ctx.Err() != nil:
-			return jobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
+			return JobState{}, fmt.Errorf("stopped waiting: %w", ctx.Err())
 		case verdict == "confirmed":
 			// Confirmed, and then the session was lost: follow the rest.
-			j.event(n, StepConfirm, EventOK, j.confirmedHow())
+			j.tell(n, Confirmed, j.confirmedHow())
 			j.lost(n, err)
 			return j.followFrom(ctx, n, id, "", time.Now(), true)
 		}
 		if last == nil {
-			j.event(n, StepConfirm, EventInfo, "a new connection failed ("+err.Error()+"); trying until the confirmation window closes")
+			j.tell(n, ConfirmRetry, "a new connection failed ("+err.Error()+"); trying until the confirmation window closes")
 		}
 		last = err
 		if time.Now().After(deadline) {
-			st, ferr := j.follow(ctx, n, id, "")
-			if ferr == nil && st.status == "rolled-back" {
-				st.reason += "; last attempt: " + last.Error()
+			st, ferr := j.Follow(ctx, n, id)
+			if ferr == nil && st.RolledBack() {
+				st.Reason += "; last attempt: " + last.Error()
 			}
 			return st, ferr
 		}
 		if err := pause(ctx, time.Second); err != nil {
-			return jobState{}, fmt.Errorf("stopped waiting: %w", err)
+			return JobState{}, fmt.Errorf("stopped waiting: %w", err)
 		}
 	}
 }
 
-// pause waits d, or less when ctx ends first.
-func pause(ctx context.Context, d time.Duration) error {
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// mark records on host n how the post-activation checks of job id ended
-// (ok or failed): until then the host's records say the activation's
+// Mark records on host in how the post-activation checks of job id ended
+// (status ok or failed): until then the host's records say the activation's
 // checks have not finished, so a deploy stopped during them runs them
 // again rather than counting the host as up to date.
-func (j *jobs) mark(ctx context.Context, n, user string, esc escalation, id, status string) error {
+func (j *Jobs) Mark(ctx context.Context, in *eval.Instance, id, status string) error {
+	n := in.Name
 	var stderr bytes.Buffer
-	code, err := j.remote.Run(ctx, n, program(markProgram, true, user, esc, id, status), nil, io.Discard, &stderr)
+	code, err := j.remote.Run(ctx, n, asRoot(in, j.priv, markProgram, id, status), nil, io.Discard, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit %d: %s", code, lastLines(stderr.String(), 3))
 	}

@@ -1,4 +1,4 @@
-package deploy
+package host
 
 import (
 	"bytes"
@@ -7,13 +7,21 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/shell"
 )
 
-// hostPrograms are every shell program this package sends to hosts.
-var hostPrograms = map[string]string{
-	"query": queryProgram, "lock": lockProgram, "start": startProgram,
-	"follow": followProgram, "confirm": confirmProgram, "reboot": rebootProgram,
-	"job.sh": jobScript,
+// hostPrograms are every shell program this package sends to hosts, as
+// written: the agent's operations, those run as the login, and the job.
+func hostPrograms() map[string]string {
+	out := map[string]string{"job.sh": jobScript}
+	for prog, op := range agentOps {
+		out[op] = prog
+	}
+	for name, prog := range loginPrograms {
+		out[name] = prog
+	}
+	return out
 }
 
 // TestProgramsCompact: compact may drop comment lines and indentation only
@@ -21,7 +29,7 @@ var hostPrograms = map[string]string{
 // a program that grows one fails here rather than on a host. The compacted
 // program must still parse, and be much smaller.
 func TestProgramsCompact(t *testing.T) {
-	for name, prog := range hostPrograms {
+	for name, prog := range hostPrograms() {
 		t.Run(name, func(t *testing.T) {
 			if line, ok := multilineQuote(prog); ok {
 				t.Fatalf("a quoted string spans lines from line %d: compact would change it", line)
@@ -119,5 +127,23 @@ func TestMultilineQuote(t *testing.T) {
 		if _, got := multilineQuote(tc.prog); got != tc.want {
 			t.Errorf("multilineQuote(%q) = %v, want %v", tc.prog, got, tc.want)
 		}
+	}
+}
+
+func TestRemoteCommandsQuote(t *testing.T) {
+	evil := "/nix/store/x-it's $(rm -rf /)"
+	sudo := escalation{prefix: "sudo"}
+	cmd := program(startProgram, true, "deploy", sudo, "id", "", "1", "gzip", string(GoalSwitch), evil, "30", "60")
+	if !strings.Contains(cmd, `'/nix/store/x-it'\''s $(rm -rf /)'`) {
+		t.Errorf("path not quoted as one word:\n%s", cmd)
+	}
+	if !strings.HasPrefix(cmd, "sudo sh -c ") {
+		t.Errorf("no privilege command for a non-root user:\n%s", cmd)
+	}
+	if c := program(confirmProgram, true, "root", sudo, "id"); strings.Contains(c, "sudo") {
+		t.Errorf("root needs no sudo:\n%s", c)
+	}
+	if !strings.Contains(cmd, shell.Quote(compact(startProgram))) || strings.Contains(cmd, "switch-to-configuration") {
+		t.Errorf("the start program travels as one quoted word, the job script on stdin only:\n%s", cmd)
 	}
 }

@@ -1,4 +1,4 @@
-package deploy
+package host
 
 import (
 	"bytes"
@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -66,10 +65,10 @@ func (p *Privilege) isSudo() bool {
 	return len(f) > 0 && (f[0] == "sudo" || strings.HasSuffix(f[0], "/sudo"))
 }
 
-// For is how host's commands become root: the privilege command as
+// forHost is how host's commands become root: the privilege command as
 // given, or, once the host is given the password, sudo reading it from
 // standard input; through the host's agent when it has this nix-hive's.
-func (p *Privilege) For(host string) escalation {
+func (p *Privilege) forHost(host string) escalation {
 	if p == nil || p.Command == "" {
 		return escalation{}
 	}
@@ -91,9 +90,9 @@ func (p *Privilege) For(host string) escalation {
 	return escalation{prefix: p.Command}
 }
 
-// probeAgent asks host, as its login, for a nix-hive-agent, once: one of
+// ProbeAgent asks host, as its login, for a nix-hive-agent, once: one of
 // this nix-hive's version is used from then on.
-func (p *Privilege) probeAgent(ctx context.Context, remote Remote, host string) error {
+func (p *Privilege) ProbeAgent(ctx context.Context, remote Remote, host string) error {
 	if p == nil || p.Command == "" {
 		return nil
 	}
@@ -104,7 +103,7 @@ func (p *Privilege) probeAgent(ctx context.Context, remote Remote, host string) 
 		return nil
 	}
 	var out, stderr lockedBuffer
-	code, err := remote.Run(ctx, host, program(agentProbe, false, "", escalation{}), nil, &out, &stderr)
+	code, err := remote.Run(ctx, host, asLogin(agentProbe), nil, &out, &stderr)
 	if err != nil {
 		return fmt.Errorf("look for nix-hive-agent: %w", err)
 	}
@@ -132,9 +131,19 @@ func (p *Privilege) agentMismatch(host string) string {
 	return fmt.Sprintf("; its %s is version %q, this nix-hive's is %s (install this one: nix-hive agent, or lib/module.nix from this nix-hive)", path, version, AgentVersion())
 }
 
-// Root runs program with args as root on in (the keys' way to it).
-func (p *Privilege) Root(in *eval.Instance, prog string, args ...string) string {
-	return program(prog, true, in.User, p.For(in.Name), args...)
+// CopyProgram is the remote program nix copy runs on host, whose login
+// is user, to write its store: nix-store through the privilege command
+// (nix-store --serve --write needs root when no daemon accepts the import
+// for the user); "" to run it as the login: for root, or when sudo there
+// wants a password, which nix copy has no way to give, or when the host
+// has the nix-hive agent, whose sudo rules allow nothing else (the host's
+// nix-daemon, which NixOS runs, imports the signed closure then).
+func (p *Privilege) CopyProgram(host, user string) string {
+	esc := p.forHost(host)
+	if !NeedsPrivilege(user) || esc.prefix == "" || esc.agent || p.usesPassword(host) {
+		return ""
+	}
+	return esc.prefix + " nix-store"
 }
 
 func (p *Privilege) usesPassword(host string) bool {

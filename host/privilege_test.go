@@ -1,4 +1,4 @@
-package deploy
+package host
 
 import (
 	"bytes"
@@ -23,15 +23,15 @@ func TestPrivilegeCommands(t *testing.T) {
 		{"c", "sudo -S -p '' -- sh -c 'while IFS= read -r l; do [ \"$l\" = \"$0\" ] && break; done; exec \"$@\"' " + p.marker + " sh -c "},
 		{"d", "sudo -S -p '' -- /run/current-system/sw/bin/nix-hive-agent --skip-to " + p.marker + " lock owner"},
 	} {
-		got := program(lockProgram, true, "deploy", p.For(c.host), "owner")
+		got := program(lockProgram, true, "deploy", p.forHost(c.host), "owner")
 		if !strings.HasPrefix(got, c.want) {
 			t.Errorf("%s: lock as %q, want it to start %q", c.host, got, c.want)
 		}
-		if root := program(lockProgram, true, "root", p.For(c.host), "owner"); strings.Contains(root, "sudo") {
+		if root := program(lockProgram, true, "root", p.forHost(c.host), "owner"); strings.Contains(root, "sudo") {
 			t.Errorf("%s: a root login's lock goes through sudo: %q", c.host, root)
 		}
 	}
-	if got := program(queryProgram, false, "deploy", p.For("d")); strings.Contains(got, "sudo") {
+	if got := program(queryProgram, false, "deploy", p.forHost("d")); strings.Contains(got, "sudo") {
 		t.Errorf("an unprivileged program goes through sudo: %q", got)
 	}
 }
@@ -41,7 +41,7 @@ func TestPrivilegeCommands(t *testing.T) {
 func TestPrivilegeStdin(t *testing.T) {
 	p := NewPrivilege("sudo", nil, true)
 	p.password = []byte("s3cret")
-	cmd := program(catProgram, true, "deploy", p.For("a"))
+	cmd := program(catProgram, true, "deploy", p.forHost("a"))
 	in, _ := io.ReadAll(p.stdin(cmd, strings.NewReader("key value")))
 	if want := "s3cret\n" + p.marker + "\nkey value"; string(in) != want {
 		t.Errorf("stdin = %q, want %q", in, want)
@@ -113,11 +113,11 @@ func TestLockAsRootLoginSkipsPrivilege(t *testing.T) {
 		wantSudoS bool
 	}{{"root", 1, false}, {"deploy", 3, true}} { // probe, check, lock
 		r := &lockRecorder{}
-		l, hs, err := lockAs(context.Background(), r, &eval.Instance{Name: "h-" + c.user, User: c.user}, p, "me")
+		l, hs, err := Lock(context.Background(), r, &eval.Instance{Name: "h-" + c.user, User: c.user}, p, "me")
 		if err != nil || hs.Active != "/nix/store/x" {
 			t.Fatalf("%s: lock: %v %+v", c.user, err, hs)
 		}
-		l.release(context.Background())
+		l.Release(context.Background())
 		all := strings.Join(r.cmds, "\n")
 		if len(r.cmds) != c.wantCmds || strings.Contains(all, "sudo -S") != c.wantSudoS {
 			t.Errorf("%s: %d commands, want %d (sudo -S: %v):\n%s", c.user, len(r.cmds), c.wantCmds, c.wantSudoS, all)

@@ -1,4 +1,4 @@
-package deploy
+package host
 
 import (
 	"crypto/sha256"
@@ -9,15 +9,13 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/shell"
 )
 
 // The host agent is nix-hive's privileged programs in one script of fixed
 // content, for hosts whose login is not root and whose sudo rules should
 // allow exactly what nix-hive does there: `sudo nix-hive-agent OP ARGS`
-// runs operation OP (take the deploy lock, start an activation job, confirm
-// it, reboot, write a key, realise store paths from a substituter), and
+// runs operation OP, one of the programs that run as root (agentOps), and
 // nothing else. Without it, nix-hive sends each program as `sh -c
 // PROGRAM`, which a sudo rule can only allow as a whole shell.
 //
@@ -26,56 +24,41 @@ import (
 // a host never runs programs of another release. lib/module.nix installs
 // it (nix-hive.sudo.user), `nix-hive agent` prints it for other hosts.
 
-// realiseProgram TIMEOUT PORT KNOWN_HOSTS SUBSTITUTER PUBLIC_KEY PATH...
-// realises store paths from a substituter, signatures required, as a
-// consumer's substitution does (see substitution). It checks its
-// arguments: no option reaches nix-store or ssh but those it sets.
-const realiseProgram = `set -u
-t=$1 port=$2 kh=$3 from=$4 key=$5; shift 5
-bad() { echo "nix-hive-agent realise: $1" >&2; exit 64; }
-case $t$port in *[!0-9]*|'') bad "timeout and port are numbers" ;; esac
-case $kh in *[!A-Za-z0-9/._-]*) bad "known_hosts: a plain path" ;; esac
-case $from in *[[:space:]]*|ssh://-*|-*|'') bad "substituter: a URL" ;; esac
-case $key in *[[:space:]]*) bad "public key: no spaces" ;; esac
-[ $# -gt 0 ] || bad "no store paths"
-for p in "$@"; do
-  case $p in /nix/store/*/*|/nix/store/.*) bad "not a store path: $p" ;; /nix/store/?*) ;; *) bad "not a store path: $p" ;; esac
-done
-o="-o BatchMode=yes -o ConnectTimeout=$t -o ServerAliveInterval=$t -o ServerAliveCountMax=3"
-[ "$port" = 0 ] || [ "$port" = 22 ] || o="$o -p $port"
-[ -z "$kh" ] || o="$o -o UserKnownHostsFile=$kh -o StrictHostKeyChecking=yes"
-set -- --realise "$@" --option substituters "$from" --option require-sigs true
-[ -z "$key" ] || set -- "$@" --option trusted-public-keys "$key"
-NIX_SSHOPTS=$o exec nix-store "$@"
-`
-
-// repairProgram KEY PATH, on a store whose copy of PATH a consumer
-// refused, checks that copy: "good" when its content matches its hash and
-// a signature by KEY verifies (the consumer's refusal was its own), else
-// it removes it, with the paths that refer to it, and says "removed", or
-// "in use" when one of them is alive there.
-const repairProgram = `set -u
-key=$1 p=$2
-bad() { echo "nix-hive-agent repair: $1" >&2; exit 64; }
-case $key in *[[:space:]]*|'') bad "public key: one word" ;; esac
-case $p in /nix/store/*/*|/nix/store/.*) bad "not a store path: $p" ;; /nix/store/?*) ;; *) bad "not a store path: $p" ;; esac
-if nix --extra-experimental-features nix-command --option trusted-public-keys "$key" store verify --sigs-needed 1 "$p" >/dev/null 2>&1; then
-  echo good; exit 0
-fi
-set -- $(nix-store -q --referrers-closure "$p") || exit 2
-nix-store --delete "$@" >/dev/null 2>&1 && echo removed || echo "in use"
-`
-
 // agentOps are the agent's operations: the programs that run as root.
 var agentOps = map[string]string{
-	lockProgram:       "lock",
-	startProgram:      "start",
-	confirmProgram:    "confirm",
-	markProgram:       "mark",
-	rebootProgram:     "reboot",
-	realiseProgram:    "realise",
-	repairProgram:     "repair",
-	keys.WriteProgram: "write-key",
+	lockProgram:     "lock",
+	startProgram:    "start",
+	confirmProgram:  "confirm",
+	markProgram:     "mark",
+	rebootProgram:   "reboot",
+	realiseProgram:  "realise",
+	repairProgram:   "repair",
+	keyWriteProgram: "write-key",
+}
+
+// loginPrograms are the programs that run as the login, by name.
+var loginPrograms = map[string]string{
+	"query":      queryProgram,
+	"follow":     followProgram,
+	"probe":      agentProbe,
+	"closure":    closureProgram,
+	"key-owners": keyOwnersProgram,
+}
+
+// Programs are the shell programs nix-hive runs on hosts, by name (an
+// agent operation's for those that run as root), as they travel: a
+// command runs one as `sh -c PROGRAM nix-hive ARG...`, PROGRAM quoted
+// (or as the agent's operation). Fake hosts in tests know commands by
+// them.
+func Programs() map[string]string {
+	out := map[string]string{}
+	for prog, op := range agentOps {
+		out[op] = compact(prog)
+	}
+	for name, prog := range loginPrograms {
+		out[name] = compact(prog)
+	}
+	return out
 }
 
 // AgentScript is the host agent; AgentVersion names it.

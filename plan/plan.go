@@ -1,6 +1,4 @@
-// Package deploy plans and executes a rollout: who receives which closure
-// from where, in which order, and what happened to every host.
-package deploy
+package plan
 
 import (
 	"fmt"
@@ -11,28 +9,6 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 )
-
-// Goal is what switch-to-configuration is asked to do.
-type Goal string
-
-const (
-	GoalSwitch      Goal = "switch"
-	GoalBoot        Goal = "boot"
-	GoalTest        Goal = "test"
-	GoalDryActivate Goal = "dry-activate"
-)
-
-// ParseGoal validates a --goal value.
-func ParseGoal(s string) (Goal, error) {
-	switch g := Goal(s); g {
-	case GoalSwitch, GoalBoot, GoalTest, GoalDryActivate:
-		return g, nil
-	}
-	return "", fmt.Errorf("goal %q: want switch, boot, test or dry-activate", s)
-}
-
-// SetsProfile reports whether the goal makes the system the boot default.
-func (g Goal) SetsProfile() bool { return g == GoalSwitch || g == GoalBoot }
 
 // SourceKind says how a host gets its closures.
 type SourceKind string

@@ -1,0 +1,15 @@
+// Package deploy carries out a rollout and works on fleets. The executor
+// (Execute, Deploy, ApplyLocal) takes a plan (package plan) to the hosts:
+// a pipeline per host (lock, transfer, wave, checks, activation, reboot,
+// rollback), every host ending with a Result, every step an Event, and
+// the outcomes recorded in hive.state. The fleet operations ask or change
+// many hosts at once with the same programs: Inspect and Watcher
+// (status), Changes (what a plan changes, for plan and deploy --confirm),
+// Rollback, UploadKeys.
+//
+// What runs on a host, and as whom, is package host's: this package
+// decides when to run it and what its answer means for the rollout, and
+// builds no shell command of its own. What a rollout will do is decided
+// before it starts, by plan; the command line (cli) only maps flags onto
+// Options.
+package deploy

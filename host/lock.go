@@ -1,0 +1,172 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
+)
+
+// deployOwner names the deploy that holds a host's deploy lock; it exists
+// only while one does (or one ended without removing it, when the host
+// was cut off: reading it as held then only costs a lock).
+const deployOwner = "/run/nix-hive/deploy.owner"
+
+// lockProgram OWNER takes the host's deploy lock and holds it until its
+// stdin closes (nix-hive closes it when done with the host; a dropped
+// connection closes it too). It prints "locked" and what the host runs
+// (queryProgram's lines, then "end"), or "held by OWNER" and exits 75 when
+// another deploy has it. It waits a few seconds first: the holder of a
+// deploy that just died takes a moment to notice.
+const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
+umask 022
+mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
+o=/run/nix-hive/deploy.owner
+if ! flock -w 3 9; then
+  printf "held by %s\n" "$(cat $o 2>/dev/null)"
+  exit 75
+fi
+printf "%s\n" "$1" >$o.tmp && mv -f $o.tmp $o
+echo locked
+` + queryProgram + `echo end
+read -r _ || :
+rm -f $o
+`
+
+// ErrLocked means another deploy holds the host.
+var ErrLocked = errors.New("host is locked by another deploy")
+
+// DeployLock is a held deploy lock on a host: a remote flock that lives
+// as long as the command holding it, whose stdin is ours. Closing stdin (or
+// losing the connection) releases it, so a crashed nix-hive never leaves a
+// host locked.
+type DeployLock struct {
+	stdin *io.PipeWriter
+	done  chan struct{}
+}
+
+// lockHost takes the deploy lock of host n for owner, or fails at once
+// with who holds it. It returns what the host runs, read under the lock.
+func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation, owner string) (*DeployLock, State, error) {
+	pr, pw := io.Pipe()
+	outR, outW := io.Pipe()
+	l := &DeployLock{stdin: pw, done: make(chan struct{})}
+	type result struct {
+		code int
+		err  error
+	}
+	res := make(chan result, 1)
+	var stderr lockedBuffer
+	// The lock outlives a first Ctrl-C, like the activations it guards;
+	// release ends it.
+	lctx := context.WithoutCancel(ctx)
+	go func() {
+		defer close(l.done)
+		code, err := remote.Run(lctx, n, program(lockProgram, true, user, esc, owner), pr, outW, &stderr)
+		outW.Close()
+		pr.Close()
+		res <- result{code, err}
+	}()
+	// Until the lock is held, Ctrl-C stops waiting for it (and for the
+	// connection it needs): the command above gives up on the host, and
+	// a lock taken later is let go of at once, its stdin being closed.
+	stop := context.AfterFunc(ctx, func() {
+		pw.Close()
+		outR.CloseWithError(fmt.Errorf("lock: %w", context.Cause(ctx)))
+	})
+	br := bufio.NewReader(outR)
+	line, rerr := br.ReadString('\n')
+	line = strings.TrimSpace(line)
+	if !stop() {
+		return nil, State{}, fmt.Errorf("connect %s and take its deploy lock: %w", n, context.Cause(ctx))
+	}
+	if rerr == nil && line == "locked" {
+		var state strings.Builder
+		for {
+			ln, err := br.ReadString('\n')
+			if err != nil || ln == "end\n" {
+				rerr = err
+				break
+			}
+			state.WriteString(ln)
+		}
+		go io.Copy(io.Discard, outR)
+		if rerr == nil {
+			return l, parseState(state.String()), nil
+		}
+		pw.Close()
+		r := <-res
+		return nil, State{}, fmt.Errorf("lock: %w", errors.Join(r.err, rerr))
+	}
+	go io.Copy(io.Discard, outR)
+	pw.Close()
+	r := <-res
+	switch {
+	case r.err != nil:
+		return nil, State{}, fmt.Errorf("lock: %w", r.err)
+	case r.code == 75:
+		return nil, State{}, fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(line, "held by "))
+	case needsPassword(stderr.String()):
+		return nil, State{}, fmt.Errorf("lock: %w", ErrSudoPassword)
+	case notAllowed(stderr.String()):
+		return nil, State{}, fmt.Errorf("lock: %w: %s", errNotAllowed, lastLines(stderr.String(), 1))
+	default:
+		return nil, State{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
+	}
+}
+
+// Lock takes in's deploy lock for owner, becoming root with priv, or
+// fails at once with who holds it (ErrLocked); it returns what the host
+// runs, read under the lock. When sudo there turns out to want a
+// password, the password is asked (once for the run), checked on the
+// host, and the lock taken again with it.
+func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*DeployLock, State, error) {
+	n := in.Name
+	if !NeedsPrivilege(in.User) {
+		return lockHost(ctx, remote, n, in.User, escalation{}, owner)
+	}
+	if err := priv.ProbeAgent(ctx, remote, n); err != nil {
+		return nil, State{}, fmt.Errorf("lock: %w", err)
+	}
+	if priv.usesPassword(n) {
+		if err := priv.check(ctx, remote, n); err != nil {
+			return nil, State{}, fmt.Errorf("lock: %w", err)
+		}
+	}
+	l, hs, err := lockHost(ctx, remote, n, in.User, priv.forHost(n), owner)
+	if errors.Is(err, errNotAllowed) {
+		return nil, State{}, fmt.Errorf("%w%s", err, priv.agentMismatch(n))
+	}
+	if !errors.Is(err, ErrSudoPassword) || priv.usesPassword(n) {
+		return l, hs, err
+	}
+	if err := priv.givePassword(n); err != nil {
+		return nil, State{}, fmt.Errorf("lock: %w", err)
+	}
+	if err := priv.check(ctx, remote, n); err != nil {
+		return nil, State{}, fmt.Errorf("lock: %w", err)
+	}
+	return lockHost(ctx, remote, n, in.User, priv.forHost(n), owner)
+}
+
+// Release lets go of the lock, and waits a moment for the host to say it
+// did, so that a deploy started right after finds it free: at most a
+// second (an unreachable host never answers; its sshd ends the holder
+// with the connection), and not at all once ctx ended (Ctrl-C: the user
+// is not waiting for that, and the next deploy's lock waits 3 seconds).
+func (l *DeployLock) Release(ctx context.Context) {
+	if l == nil {
+		return
+	}
+	l.stdin.Close()
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+	case <-time.After(time.Second):
+	}
+}

@@ -1,0 +1,239 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/shell"
+)
+
+// Substitution is a consumer realising store paths from its store, as
+// root (nix-store --realise with the store as its only substituter,
+// signatures required).
+type Substitution struct {
+	From  string // the substituter: a store URL
+	Store string // the store instance, "" for a URL
+	// knownHosts are the pinned keys of an instance store, handed to the
+	// consumer's ssh so it checks the store as strictly as nix-hive does.
+	knownHosts []string
+	port       int
+	// Trust is the host's own: its nix.conf must trust the hive key
+	// (lib/module.nix does that), unless TrustKey passes PublicKey on
+	// the command line for hosts being brought in.
+	PublicKey string
+	TrustKey  bool
+	// ConnectTimeout bounds the consumer's ssh to its store: connecting,
+	// and silence on an open connection (3 unanswered keepalives).
+	ConnectTimeout time.Duration
+}
+
+// FromStore is a substitution from store instance st: over ssh as its
+// storeUser (by default its user), with its pinned host keys.
+func FromStore(st *eval.Instance) Substitution {
+	user := st.StoreUser
+	if user == "" {
+		user = st.User
+	}
+	s := Substitution{From: "ssh://" + user + "@" + st.Host, port: st.Port, Store: st.Name}
+	for _, k := range st.HostKeys {
+		s.knownHosts = append(s.knownHosts, knownHostsName(st.Host, st.Port)+" "+k)
+	}
+	return s
+}
+
+// FromURL is a substitution from a store URL (a binary cache).
+func FromURL(url string) Substitution { return Substitution{From: url} }
+
+// SubstituteFailure is a substitution that ran and failed on the
+// consumer: nix-store's exit status and what it said.
+type SubstituteFailure struct {
+	From   string
+	Code   int
+	Stderr string
+}
+
+// Error explains the failure in Nix's words: its error lines, else the
+// end of what it said.
+func (f *SubstituteFailure) Error() string {
+	var errs []string
+	for _, l := range strings.Split(f.Stderr, "\n") {
+		if strings.Contains(l, "error:") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) == 0 {
+		errs = []string{lastLines(f.Stderr, 3)}
+	}
+	return fmt.Sprintf("nix-store --realise from %s exited %d: %s", f.From, f.Code, strings.Join(errs, " | "))
+}
+
+// Run realises paths on consumer in, as root (with priv). A transport
+// failure is returned as is; nix-store failing there as a
+// *SubstituteFailure.
+func (s Substitution) Run(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, paths []string) error {
+	var stderr bytes.Buffer
+	code, err := remote.Run(ctx, in.Name, s.command(paths, in.User, priv.forHost(in.Name)), nil, io.Discard, &stderr)
+	if err == nil && code != 0 {
+		err = &SubstituteFailure{From: s.From, Code: code, Stderr: stderr.String()}
+	}
+	return err
+}
+
+// command is the shell command that realises paths on a consumer whose
+// login is user, becoming root with esc.
+func (s Substitution) command(paths []string, user string, esc escalation) string {
+	var b strings.Builder
+	args := []string{"nix-store", "--realise"}
+	args = append(args, paths...)
+	args = append(args, "--option", "substituters", s.From, "--option", "require-sigs", "true")
+	if s.TrustKey && s.PublicKey != "" {
+		args = append(args, "--option", "trusted-public-keys", s.PublicKey)
+	}
+	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
+	sshopts := []string{"-o", "BatchMode=yes", "-o", fmt.Sprintf("ConnectTimeout=%d", secs),
+		"-o", fmt.Sprintf("ServerAliveInterval=%d", secs), "-o", "ServerAliveCountMax=3"}
+	if s.port != 0 && s.port != 22 {
+		sshopts = append(sshopts, "-p", fmt.Sprint(s.port))
+	}
+	if len(s.knownHosts) > 0 {
+		b.WriteString("umask 077; kh=$(mktemp) || exit 1; trap 'rm -f \"$kh\"' EXIT\n")
+		for _, l := range s.knownHosts {
+			fmt.Fprintf(&b, "printf '%%s\\n' %s >> \"$kh\"\n", shell.Quote(l))
+		}
+		sshopts = append(sshopts, "-o", "UserKnownHostsFile=$kh", "-o", "StrictHostKeyChecking=yes")
+	}
+	// $kh must expand, so this one value is double-quoted; everything in
+	// it is either a constant or a number.
+	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
+	prefix := sudoPrefix(user, esc)
+	if esc.viaAgent(user) {
+		// The agent sets NIX_SSHOPTS itself, to the same options.
+		key := ""
+		if s.TrustKey {
+			key = s.PublicKey
+		}
+		fmt.Fprintf(&b, "%srealise %d %d \"${kh-}\" %s %s %s >/dev/null\n", prefix, secs, s.port, shell.Quote(s.From), shell.Quote(key), shell.QuoteArgs(paths))
+		return b.String()
+	}
+	if prefix != "" {
+		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
+		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, shell.QuoteArgs(args))
+	} else {
+		fmt.Fprintf(&b, "%s >/dev/null\n", shell.QuoteArgs(args))
+	}
+	return b.String()
+}
+
+func knownHostsName(host string, port int) string {
+	if port == 0 || port == 22 {
+		return host
+	}
+	return fmt.Sprintf("[%s]:%d", host, port)
+}
+
+// realiseProgram TIMEOUT PORT KNOWN_HOSTS SUBSTITUTER PUBLIC_KEY PATH...
+// realises store paths from a substituter, signatures required, as a
+// consumer's substitution does (see Substitution). It checks its
+// arguments: no option reaches nix-store or ssh but those it sets.
+const realiseProgram = `set -u
+t=$1 port=$2 kh=$3 from=$4 key=$5; shift 5
+bad() { echo "nix-hive-agent realise: $1" >&2; exit 64; }
+case $t$port in *[!0-9]*|'') bad "timeout and port are numbers" ;; esac
+case $kh in *[!A-Za-z0-9/._-]*) bad "known_hosts: a plain path" ;; esac
+case $from in *[[:space:]]*|ssh://-*|-*|'') bad "substituter: a URL" ;; esac
+case $key in *[[:space:]]*) bad "public key: no spaces" ;; esac
+[ $# -gt 0 ] || bad "no store paths"
+for p in "$@"; do
+  case $p in /nix/store/*/*|/nix/store/.*) bad "not a store path: $p" ;; /nix/store/?*) ;; *) bad "not a store path: $p" ;; esac
+done
+o="-o BatchMode=yes -o ConnectTimeout=$t -o ServerAliveInterval=$t -o ServerAliveCountMax=3"
+[ "$port" = 0 ] || [ "$port" = 22 ] || o="$o -p $port"
+[ -z "$kh" ] || o="$o -o UserKnownHostsFile=$kh -o StrictHostKeyChecking=yes"
+set -- --realise "$@" --option substituters "$from" --option require-sigs true
+[ -z "$key" ] || set -- "$@" --option trusted-public-keys "$key"
+NIX_SSHOPTS=$o exec nix-store "$@"
+`
+
+// repairProgram KEY PATH, on a store whose copy of PATH a consumer
+// refused, checks that copy: "good" when its content matches its hash and
+// a signature by KEY verifies (the consumer's refusal was its own), else
+// it removes it, with the paths that refer to it, and says "removed", or
+// "in use" when one of them is alive there.
+const repairProgram = `set -u
+key=$1 p=$2
+bad() { echo "nix-hive-agent repair: $1" >&2; exit 64; }
+case $key in *[[:space:]]*|'') bad "public key: one word" ;; esac
+case $p in /nix/store/*/*|/nix/store/.*) bad "not a store path: $p" ;; /nix/store/?*) ;; *) bad "not a store path: $p" ;; esac
+if nix --extra-experimental-features nix-command --option trusted-public-keys "$key" store verify --sigs-needed 1 "$p" >/dev/null 2>&1; then
+  echo good; exit 0
+fi
+set -- $(nix-store -q --referrers-closure "$p") || exit 2
+nix-store --delete "$@" >/dev/null 2>&1 && echo removed || echo "in use"
+`
+
+// Repair checks store's copy of path, which a consumer refused, with
+// repairProgram (as root, with priv): verdict is "good" (the consumer
+// refused it for reasons of its own), "removed", or "in use". err is why
+// the check failed, with what the host said.
+func Repair(ctx context.Context, remote Remote, store *eval.Instance, priv *Privilege, key, path string) (verdict string, err error) {
+	var out, stderr bytes.Buffer
+	code, err := remote.Run(ctx, store.Name, asRoot(store, priv, repairProgram, key, path), nil, &out, &stderr)
+	if err != nil || code != 0 {
+		return "", errors.Join(err, errors.New(lastLines(stderr.String(), 2)))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// closureProgram prints the closure of $1, a line "--", then the NAR
+// size of each of its paths in the same order. It uses nix-store, not
+// nix path-info: hosts need not enable the nix-command feature, and its
+// output is the same in every release.
+const closureProgram = `p=$(nix-store --query --requisites "$1") || exit 1
+printf '%s\n' "$p" --
+nix-store --query --size $p
+`
+
+// Closure reads path's closure from instance n's store: each of its
+// paths with its NAR size.
+func Closure(ctx context.Context, remote Remote, n, path string) (map[string]uint64, error) {
+	var out, stderr lockedBuffer
+	code, err := remote.Run(ctx, n, asLogin(closureProgram, path), nil, &out, &stderr)
+	if err != nil {
+		return nil, fmt.Errorf("closure of %s on %s: %w", path, n, err)
+	}
+	if code != 0 {
+		return nil, fmt.Errorf("closure of %s on %s: exit %d: %s", path, n, code, lastLines(stderr.String(), 2))
+	}
+	c, err := parseClosure(out.String())
+	if err != nil {
+		return nil, fmt.Errorf("closure of %s on %s: %w", path, n, err)
+	}
+	return c, nil
+}
+
+func parseClosure(out string) (map[string]uint64, error) {
+	paths, sizes, ok := strings.Cut(strings.TrimSpace(out), "\n--")
+	if !ok {
+		return nil, fmt.Errorf("no separator in %.60q", out)
+	}
+	ps, ss := strings.Fields(paths), strings.Fields(sizes)
+	if len(ps) != len(ss) {
+		return nil, fmt.Errorf("%d paths but %d sizes", len(ps), len(ss))
+	}
+	c := make(map[string]uint64, len(ps))
+	for i, p := range ps {
+		n, err := strconv.ParseUint(ss[i], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("size of %s: %w", p, err)
+		}
+		c[p] = n
+	}
+	return c, nil
+}
