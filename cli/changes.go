@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/plan"
 )
 
@@ -62,7 +63,7 @@ func writeChanges(w io.Writer, pc *planChanges) {
 		for _, f := range s.From {
 			n += len(f.Instances)
 		}
-		line := fmt.Sprintf("  %s: %s", s.System, plural(n, "host"))
+		line := fmt.Sprintf("  %s: %s", s.System, quantity.Count(n, "host"))
 		if len(s.Unchanged) > 0 {
 			line += fmt.Sprintf(", %d unchanged%s", len(s.Unchanged), nameList(s.Unchanged))
 		}
@@ -75,7 +76,7 @@ func writeChanges(w io.Writer, pc *planChanges) {
 			if f.Path != "" {
 				from = f.Path
 			}
-			fmt.Fprintf(w, "    %s run %s%s:\n", plural(len(f.Instances), "host"), from, nameList(f.Instances))
+			fmt.Fprintf(w, "    %s run %s%s:\n", quantity.Count(len(f.Instances), "host"), from, nameList(f.Instances))
 			writeDiff(w, "      ", f)
 		}
 		for _, i := range slices.Sorted(maps.Keys(s.Unknown)) {
@@ -103,10 +104,10 @@ func writeDiff(w io.Writer, indent string, f deploy.ChangeFrom) {
 	}
 	rebuilt := ""
 	if d.Rebuilt > 0 {
-		rebuilt = fmt.Sprintf("; %s rebuilt with the same version", plural(d.Rebuilt, "package"))
+		rebuilt = fmt.Sprintf("; %s rebuilt with the same version", quantity.Count(d.Rebuilt, "package"))
 	}
 	fmt.Fprintf(w, "%sclosure: %d → %d paths, %s → %s (%s)%s\n", indent, d.OldPaths, d.NewPaths,
-		plan.HumanBytes(d.OldSize), plan.HumanBytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
+		quantity.Bytes(d.OldSize), quantity.Bytes(d.NewSize), deploy.SignedBytes(d.SizeDelta()), rebuilt)
 }
 
 // warnUntrusting says, before anything is touched, which consumers will
@@ -125,8 +126,8 @@ func (pc *planChanges) warnUntrusting(g *Globals, key string) {
 	if len(who) > 10 {
 		names = strings.Join(who[:10], ", ") + fmt.Sprintf(" and %d more", len(who)-10)
 	}
-	fmt.Fprintf(g.stderr, "nix-hive: warning: %s substitute from a store, and their nix.conf does not trust the hive's key %s: they will refuse its closures. Set nix-hive.publicKey on them (lib/module.nix), or deploy with --trust-hive-key: %s\n",
-		plural(len(who), "consumer"), key, names)
+	g.warnf("%s substitute from a store, and their nix.conf does not trust the hive's key %s: they will refuse its closures. Set nix-hive.publicKey on them (lib/module.nix), or deploy with --trust-hive-key: %s",
+		quantity.Count(len(who), "consumer"), key, names)
 }
 
 // planCounts are the numbers a plan states, computed once for its
@@ -173,5 +174,5 @@ func (n planCounts) question(goal string) string {
 	case n.unchanged > 0:
 		left = fmt.Sprintf("; the %d unchanged are left alone", n.unchanged)
 	}
-	return fmt.Sprintf("Deploy (%s) to %d of %s (%s%s)? [y/N] ", goal, n.activated(), plural(n.targets, "target"), n.changes(), left)
+	return fmt.Sprintf("Deploy (%s) to %d of %s (%s%s)? [y/N] ", goal, n.activated(), quantity.Count(n.targets, "target"), n.changes(), left)
 }

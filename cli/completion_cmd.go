@@ -95,7 +95,7 @@ func (c *CompletionCmd) names(ctx context.Context, g *Globals) error {
 		}
 		ctx, cancel := context.WithTimeout(ctx, completionTimeout)
 		defer cancel()
-		h, err := eval.Open(ctx, src, &nixcmd.Runner{})
+		h, err := eval.Open(ctx, src, &nixcmd.Runner{}, nil)
 		if err != nil {
 			return nil
 		}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/alecthomas/kong"
+
 	"github.com/nix-hive/nix-hive/eval"
 )
 
@@ -86,6 +87,13 @@ type Rollout struct {
 func (r *Rollout) AfterApply(kctx *kong.Context) error {
 	kctx.Bind(r)
 	return nil
+}
+
+// warnf tells the operator something that does not stop the command.
+// Every warning nix-hive prints goes through here (eval's too, through
+// eval.Open), so that they read alike and scripts can find them.
+func (g *Globals) warnf(format string, args ...any) {
+	fmt.Fprintf(g.stderr, "nix-hive: warning: "+format+"\n", args...)
 }
 
 // onClose registers what to do when the command ends.

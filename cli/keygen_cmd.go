@@ -27,7 +27,7 @@ func (c *KeygenCmd) Run(ctx context.Context, g *Globals, src eval.Source, nix *n
 	if out == "" {
 		// Only ask the hive where the key belongs when it is readable:
 		// keygen must work before the hive is complete.
-		h, _ := eval.Open(ctx, src, nix)
+		h, _ := openHive(ctx, g, src, nix)
 		out = eval.NewKeyFile(src, h)
 	}
 	key, err := eval.GenerateKey(ctx, nix, out, c.keyName(out))

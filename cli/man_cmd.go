@@ -1,10 +1,11 @@
 package cli
 
 import (
-	"github.com/alecthomas/kong"
-	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"strconv"
 
+	"github.com/alecthomas/kong"
+
+	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/internal/manpage"
 )
 

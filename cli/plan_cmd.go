@@ -14,6 +14,7 @@ import (
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/starlark"
@@ -91,7 +92,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 		return err
 	}
 	if err := prep.Unsigned(); err != nil {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %v (deploy refuses it)\n", err)
+		g.warnf("%v (deploy refuses it)", err)
 	}
 	var changes *planChanges
 	if format == "text" || format == "json" {
@@ -158,7 +159,7 @@ func planSizes(ctx context.Context, g *Globals, nix *nixcmd.Runner, p *plan.Plan
 	paths := slices.Sorted(maps.Values(p.Systems))
 	sizes, err := plan.LoadSizes(ctx, nix.Quiet(), slices.Compact(paths))
 	if err != nil {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
+		g.warnf("%v", err)
 		return nil
 	}
 	if sizes == nil {
@@ -280,7 +281,7 @@ func writeTransfers(w io.Writer, p *plan.Plan, sizes plan.ClosureSizer, all bool
 		fmt.Fprintf(w, "  -> %s: %d closure(s)%s\n", t.To, len(t.Paths), sizeSuffix(sizes, t.Paths))
 	}
 	if others > 0 {
-		fmt.Fprintf(w, "  -> %s that are no store (-v lists them)\n", plural(others, "other host"))
+		fmt.Fprintf(w, "  -> %s that are no store (-v lists them)\n", quantity.Count(others, "other host"))
 	}
 }
 
@@ -289,7 +290,7 @@ func sizeSuffix(sizes plan.ClosureSizer, paths []string) string {
 		return ""
 	}
 	if n, ok := sizes.ClosureSize(paths); ok {
-		return ", " + plan.HumanBytes(n)
+		return ", " + quantity.Bytes(n)
 	}
 	return ""
 }
@@ -301,7 +302,7 @@ func writeSummary(w io.Writer, prep *plan.Prepared, sizes plan.ClosureSizer, cha
 	stores, urls := p.Stores()
 	fmt.Fprintln(w, "summary:")
 	fmt.Fprintf(w, "  systems: %d\n", len(p.Systems))
-	hosts := plural(n.targets, "target")
+	hosts := quantity.Count(n.targets, "target")
 	if n.storeOnly > 0 {
 		hosts += fmt.Sprintf(", %d store only", n.storeOnly)
 	}
@@ -322,9 +323,9 @@ func writeSummary(w io.Writer, prep *plan.Prepared, sizes plan.ClosureSizer, cha
 	}
 	out := "size unknown (not built on this machine)"
 	if n, ok := p.BytesOut(sizes); ok {
-		out = "at most " + plan.HumanBytes(n)
+		out = "at most " + quantity.Bytes(n)
 	}
-	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", plural(closures, "closure"), plural(len(p.Transfers), "destination"), out)
+	fmt.Fprintf(w, "  leaving this host: %s to %s, %s\n", quantity.Count(closures, "closure"), quantity.Count(len(p.Transfers), "destination"), out)
 	if changes != nil {
 		fmt.Fprintf(w, "  changes: %s\n", n.changes())
 	}
@@ -369,11 +370,4 @@ func policyFrom(prep *plan.Prepared) string {
 		return ""
 	}
 	return " (from " + prep.Policy.File + ")"
-}
-
-func plural(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -63,8 +63,8 @@ func locate(g *Globals) (eval.Source, error) {
 	return provided(src, err)
 }
 
-func openHive(ctx context.Context, src eval.Source, nix *nixcmd.Runner) (*eval.Hive, error) {
-	return provided(eval.Open(ctx, src, nix))
+func openHive(ctx context.Context, g *Globals, src eval.Source, nix *nixcmd.Runner) (*eval.Hive, error) {
+	return provided(eval.Open(ctx, src, nix, func(msg string) { g.warnf("%s", msg) }))
 }
 
 func openState(g *Globals, src eval.Source) (*state.File, error) {
@@ -107,7 +107,7 @@ func newPool(g *Globals, h *eval.Hive, cfg transport.Config) (*transport.Pool, e
 		return nil, eval.InHive(fmt.Errorf("%s: %w", h.Src.File, err))
 	}
 	for _, w := range p.Hosts().Warnings() {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %s\n", w)
+		g.warnf("%s", w)
 	}
 	return p, nil
 }
@@ -142,7 +142,7 @@ func startHolder(g *Globals, cfg transport.Config, persist time.Duration, held *
 		sock, pid, err := ensureHolder(cfg, persist)
 		switch {
 		case err != nil:
-			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+			g.warnf("%v; connecting directly", err)
 			return nil
 		case pid != 0:
 			started.Store(true)
@@ -150,7 +150,7 @@ func startHolder(g *Globals, cfg transport.Config, persist time.Duration, held *
 		}
 		m, err := mux.Dial(sock, cfg.ConnectTimeout)
 		if err != nil {
-			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting to each host directly\n", err)
+			g.warnf("%v; connecting to each host directly", err)
 			return nil
 		}
 		held.Store(m)
@@ -171,7 +171,7 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 	if !f.NoMux {
 		switch sock, err := mux.Running(cfg); {
 		case err != nil:
-			fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting directly\n", err)
+			g.warnf("%v; connecting directly", err)
 		case sock != "":
 			m, err := mux.Dial(sock, cfg.ConnectTimeout)
 			if err != nil {
@@ -192,7 +192,7 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 		return provided[*transport.Pool](nil, err)
 	}
 	if unanswered != nil {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %v; connecting to each host directly\n", unanswered)
+		g.warnf("%v; connecting to each host directly", unanswered)
 	}
 	var before mux.Info
 	if m := held.Load(); m != nil && g.Verbose {

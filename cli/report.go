@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/internal/quantity"
 )
 
 // render writes v as JSON with --json, else rows as an aligned table
@@ -63,9 +64,9 @@ func (g *Globals) finishReport(r *deploy.Report) error {
 	case r.Interrupted:
 		return fmt.Errorf("deploy interrupted; see the summary for each host's state: %w", context.Canceled)
 	case !r.OK():
-		msg := fmt.Sprintf("deploy failed on %d of %s", r.NotOK(), plural(r.Targets(), "host"))
+		msg := fmt.Sprintf("deploy failed on %d of %s", r.NotOK(), quantity.Count(r.Targets(), "host"))
 		if s := r.StoresNotOK(); len(s) > 0 {
-			msg += fmt.Sprintf("; %s that only receive closures did not: %s", plural(len(s), "store"), strings.Join(s, ", "))
+			msg += fmt.Sprintf("; %s that only receive closures did not: %s", quantity.Count(len(s), "store"), strings.Join(s, ", "))
 		}
 		if r.Stopped != "" {
 			msg += "; rollout stopped: " + r.Stopped
@@ -115,9 +116,9 @@ func groupedRows(r *deploy.Report, rows [][]string) (kept [][]string, counts str
 		}
 		return strings.Join(parts, ", ")
 	}
-	counts = fmt.Sprintf("%s: %s", plural(targets.total, "host"), say(targets))
+	counts = fmt.Sprintf("%s: %s", quantity.Count(targets.total, "host"), say(targets))
 	if stores.total > 0 {
-		counts += fmt.Sprintf("; %s that only receive closures: %s", plural(stores.total, "store"), say(stores))
+		counts += fmt.Sprintf("; %s that only receive closures: %s", quantity.Count(stores.total, "store"), say(stores))
 	}
 	return kept, counts + " (every host with -v or --json)"
 }

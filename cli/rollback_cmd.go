@@ -41,7 +41,7 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	}
 	rows := deploy.Rollback(ctx, pool, h.Inventory, targets, deploy.RollbackOptions{Activation: c.activation(), Connection: conn, State: st})
 	if err := st.Save(); err != nil {
-		fmt.Fprintf(g.stderr, "nix-hive: warning: %v\n", err)
+		g.warnf("%v", err)
 	}
 	failed := 0
 	var table [][]string

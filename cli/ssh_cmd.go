@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/state"
@@ -115,7 +116,7 @@ func (c *SCPCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 				if total > 0 {
 					pct = float64(done) * 100 / float64(total)
 				}
-				fmt.Fprintf(g.stderr, "\r%s -> %s: %5.1f%% of %s", c.Src, c.Dst, pct, humanBytes(total))
+				fmt.Fprintf(g.stderr, "\r%s -> %s: %5.1f%% of %s", c.Src, c.Dst, pct, quantity.Bytes(uint64(total)))
 				if done >= total {
 					fmt.Fprintln(g.stderr)
 				}
@@ -123,19 +124,6 @@ func (c *SCPCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 		}
 	}
 	return pool.Copy(ctx, c.Src, c.Dst, c.Recursive, progress)
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // SSHConfigCmd is `nix-hive ssh-config`.

@@ -9,8 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/nixcmd"
-	"github.com/nix-hive/nix-hive/plan"
 )
 
 // Closure is a closure's store paths with their NAR sizes.
@@ -189,7 +189,7 @@ func versions(vs []string) string {
 // SignedBytes is a size change: "+1.0 MiB", "-12.0 KiB", "+0 B".
 func SignedBytes(n int64) string {
 	if n < 0 {
-		return "-" + plan.HumanBytes(uint64(-n))
+		return "-" + quantity.Bytes(uint64(-n))
 	}
-	return "+" + plan.HumanBytes(uint64(n))
+	return "+" + quantity.Bytes(uint64(n))
 }

@@ -23,12 +23,11 @@ type Hive struct {
 }
 
 // Open evaluates the inventory of the hive at src. A hive with validation
-// errors is an *InvalidHiveError naming the file.
-func Open(ctx context.Context, src Source, nix *nixcmd.Runner) (*Hive, error) {
-	ev := &Evaluator{Src: src, Nix: nix}
-	if w := nix.Stderr; w != nil {
-		ev.Warn = func(msg string) { fmt.Fprintf(w, "nix-hive: warning: %s\n", msg) }
-	}
+// errors is an *InvalidHiveError naming the file. warn (nil: dropped) is
+// told what the hive's evaluation warns of; the command line decides how
+// a warning looks.
+func Open(ctx context.Context, src Source, nix *nixcmd.Runner, warn func(string)) (*Hive, error) {
+	ev := &Evaluator{Src: src, Nix: nix, Warn: warn}
 	inv, err := ev.Inventory(ctx)
 	if err != nil {
 		return nil, err

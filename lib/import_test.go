@@ -26,7 +26,7 @@ func openHive(t *testing.T, dir string) (*eval.Hive, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return eval.Open(context.Background(), src, &nixcmd.Runner{})
+	return eval.Open(context.Background(), src, &nixcmd.Runner{}, nil)
 }
 
 // The example's inventory holds one instance per element of its

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/nixcmd"
 )
 
@@ -87,23 +88,6 @@ func (s *Sizes) ClosureSize(paths []string) (uint64, bool) {
 		stack = append(stack, i.References...)
 	}
 	return total, true
-}
-
-// HumanBytes is n in B, KiB, MiB, GiB or TiB with one decimal.
-func HumanBytes(n uint64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	v := float64(n)
-	unit := ""
-	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
-		v /= 1024
-		unit = u
-		if v < 1024 {
-			break
-		}
-	}
-	return fmt.Sprintf("%.1f %s", v, unit)
 }
 
 // Stores are where the plan's hosts substitute from: store instances and
@@ -319,7 +303,7 @@ func (g *dotGraph) write(w io.Writer) {
 	for i, wave := range p.Waves {
 		fmt.Fprintf(w, "  subgraph %s {\n", dotQuote(fmt.Sprintf("cluster_wave_%d", i+1)))
 		fmt.Fprintf(w, "    label=%s;\n    style=dashed;\n    color=\"#888888\";\n",
-			dotQuote(fmt.Sprintf("wave %d (%s)", i+1, plural(len(wave), "host"))))
+			dotQuote(fmt.Sprintf("wave %d (%s)", i+1, quantity.Count(len(wave), "host"))))
 		for _, n := range wave {
 			if !g.grouped[n] {
 				g.writeHost(w, "    ", n)
@@ -363,7 +347,7 @@ func (g *dotGraph) writeHost(w io.Writer, indent, n string) {
 	}
 	fill := ""
 	if c := len(g.consumers[dotHost+n]); c > 0 {
-		lines = append(lines, "store for "+plural(c, "host"))
+		lines = append(lines, "store for "+quantity.Count(c, "host"))
 		style = append(style, "filled")
 		fill = `, fillcolor="#fff3c4"`
 	}
@@ -445,9 +429,9 @@ func (g *dotGraph) writeEdges(w io.Writer) {
 // moves describes closures moving along an edge: how many, and their size
 // when known.
 func (g *dotGraph) moves(paths []string) []string {
-	lines := []string{plural(len(paths), "closure")}
+	lines := []string{quantity.Count(len(paths), "closure")}
 	if n, ok := sizeOf(g.opts.Sizes, paths); ok {
-		lines = append(lines, HumanBytes(n))
+		lines = append(lines, quantity.Bytes(n))
 	}
 	return lines
 }
@@ -468,13 +452,13 @@ func (g *dotGraph) groupMoves(grp *dotGroupNode) []string {
 		known = known && ok
 		maxB = max(maxB, b)
 	}
-	count := plural(maxC, "closure") + " each"
+	count := quantity.Count(maxC, "closure") + " each"
 	if minC != maxC {
 		count = fmt.Sprintf("%d–%d closures each", minC, maxC)
 	}
 	lines := []string{fmt.Sprintf("%d hosts", len(grp.hosts)), count}
 	if known {
-		lines = append(lines, "up to "+HumanBytes(maxB)+" each")
+		lines = append(lines, "up to "+quantity.Bytes(maxB)+" each")
 	}
 	return lines
 }
@@ -501,13 +485,6 @@ func groupPattern(hosts []string) string {
 		return "hosts"
 	}
 	return prefix + "*"
-}
-
-func plural(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // dotQuote is s as a DOT quoted string.
