@@ -146,9 +146,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 			return err
 		}
 	}
-	if pool.ThroughMux() {
-		opts.Connection.Files = deploy.PoolFiles(pool) // the holder's sftp sessions: reading is cheaper than locking
-	}
+	opts.Connection.Files = hostFiles(pool, false) // reading a host that needs nothing is cheaper than locking it
 	view := g.newDeployView(len(prep.Plan.Targets))
 	opts.Record = deploy.Record{State: st, Events: view.Event}
 	report, err := deploy.Deploy(ctx, prep, pool, nix, opts)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"github.com/alecthomas/kong"
 	"golang.org/x/sys/unix"
 
+	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
@@ -159,4 +161,25 @@ func readSecret(tty *os.File, prompt string) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// remoteCommand is a passthrough argument list without the "--" that
+// ends nix-hive's own flags (kong keeps it), so that `run T -- ls` and
+// `ssh i -- ls` run ls, as `run T ls` and `ssh i ls` do.
+func remoteCommand(args []string) []string {
+	if len(args) > 0 && args[0] == "--" {
+		return args[1:]
+	}
+	return args
+}
+
+// hostFiles is how a command reads hosts' state files over sftp, or nil
+// when a query session per host is cheaper. Reading is cheaper when the
+// sftp sessions outlive one question: a holder's, which outlive the
+// command, or the command's own when it asks again (status --watch).
+func hostFiles(pool *transport.Pool, rounds bool) func(context.Context, string) (host.Files, error) {
+	if rounds || pool.ThroughMux() {
+		return deploy.PoolFiles(pool)
+	}
+	return nil
 }

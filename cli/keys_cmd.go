@@ -91,26 +91,9 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 		return err
 	}
 	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, conn)
-	failed := 0
-	var table [][]string
-	for _, r := range rows {
-		res := "ok"
-		if r.Error != "" {
-			failed++
-			res = "failed: " + oneLine(r.Error)
-		}
-		table = append(table, []string{r.Instance, fmt.Sprint(len(r.Keys)), res})
-	}
-	if err := g.render(rows, "INSTANCE\tKEYS\tRESULT", table); err != nil {
-		return err
-	}
-	if failed > 0 && ctx.Err() != nil {
-		return fmt.Errorf("keys upload interrupted; see the summary for each host: %w", context.Canceled)
-	}
-	if failed > 0 {
-		return failures(g, fmt.Sprintf("keys failed on %d of %d instances", failed, len(rows)))
-	}
-	return nil
+	return fleetOutcome(ctx, g, "keys upload", rows, "INSTANCE\tKEYS\tRESULT", func(r deploy.KeysRow) ([]string, string) {
+		return []string{r.Instance, fmt.Sprint(len(r.Keys))}, r.Error
+	})
 }
 
 // commandLine shows a key's command as it was given: a shell string as

@@ -154,6 +154,33 @@ func oneLine(s string) string {
 
 // failures prints msg and exits 1 without the generic error prefix
 // repeating the table.
+// fleetOutcome prints a fleet operation's table (row gives a host's cells
+// and its error, "" when it went well; the table adds ok or the error) and
+// says how it ended: failed on some hosts, interrupted, or nil.
+func fleetOutcome[R any](ctx context.Context, g *Globals, op string, rows []R, header string, row func(R) (cells []string, err string)) error {
+	failed := 0
+	var table [][]string
+	for _, r := range rows {
+		cells, e := row(r)
+		res := "ok"
+		if e != "" {
+			failed++
+			res = "failed: " + oneLine(e)
+		}
+		table = append(table, append(cells, res))
+	}
+	if err := g.render(rows, header, table); err != nil {
+		return err
+	}
+	if failed > 0 && ctx.Err() != nil {
+		return fmt.Errorf("%s interrupted; see the summary for each host: %w", op, context.Canceled)
+	}
+	if failed > 0 {
+		return failures(g, fmt.Sprintf("%s failed on %d of %d instances", op, failed, len(rows)))
+	}
+	return nil
+}
+
 func failures(g *Globals, msg string) error {
 	fmt.Fprintf(g.stderr, "nix-hive: %s\n", msg)
 	return cmdline.ExitError{Code: cmdline.Failure}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
@@ -43,21 +42,7 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	if err := st.Save(); err != nil {
 		g.warnf("%v", err)
 	}
-	failed := 0
-	var table [][]string
-	for _, r := range rows {
-		res := "ok"
-		if r.Error != "" {
-			failed++
-			res = "failed: " + oneLine(r.Error)
-		}
-		table = append(table, []string{r.Instance, r.Before, r.After, res})
-	}
-	if err := g.render(rows, "INSTANCE\tBEFORE\tAFTER\tRESULT", table); err != nil {
-		return err
-	}
-	if failed > 0 {
-		return failures(g, fmt.Sprintf("rollback failed on %d of %d instances", failed, len(rows)))
-	}
-	return nil
+	return fleetOutcome(ctx, g, "rollback", rows, "INSTANCE\tBEFORE\tAFTER\tRESULT", func(r deploy.RollbackRow) ([]string, string) {
+		return []string{r.Instance, r.Before, r.After}, r.Error
+	})
 }

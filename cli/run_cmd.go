@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -12,8 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/transport"
@@ -40,10 +39,7 @@ say so: nix-hive run '@web' -- sh -c 'systemctl is-active nginx || uptime'`
 }
 
 func (c *RunCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
-	args := c.Command
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	}
+	args := remoteCommand(c.Command)
 	if len(args) == 0 {
 		return cmdline.UsageError{Err: fmt.Errorf("run: give targets, then the command after --: nix-hive run TARGETS -- CMD ARGS... (got targets %q and no command)", c.Targets)}
 	}
@@ -58,48 +54,25 @@ func (c *RunCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 	return nil
 }
 
-// runOutcome is how cmd ended on one host: an exit status, or err when
-// it could not run (or was stopped).
-type runOutcome struct {
-	code int
-	err  error
-}
-
 // runOn runs cmd on every target, at most --parallel at once, with each
 // host's output lines prefixed by its name.
-func (c *RunCmd) runOn(ctx context.Context, g *Globals, pool *transport.Pool, targets []string, cmd string) []runOutcome {
+func (c *RunCmd) runOn(ctx context.Context, g *Globals, pool *transport.Pool, targets []string, cmd string) []deploy.CommandRow {
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t))
 	}
 	var outMu sync.Mutex
-	results := make([]runOutcome, len(targets))
-	for i := range results {
-		results[i] = runOutcome{-1, fmt.Errorf("not started: %w", context.Canceled)}
-	}
-	fanout.Each(ctx, len(targets), c.Parallel, func(ctx context.Context, i int) {
-		prefix := fmt.Sprintf("%-*s | ", width, targets[i])
+	return deploy.RunCommand(ctx, pool, targets, cmd, c.Parallel, c.Timeout, func(name string) (io.Writer, io.Writer, func()) {
+		prefix := fmt.Sprintf("%-*s | ", width, name)
 		stdout := &prefixWriter{w: g.stdout, mu: &outMu, prefix: prefix}
 		stderr := &prefixWriter{w: g.stderr, mu: &outMu, prefix: prefix}
-		if c.Timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, c.Timeout)
-			defer cancel()
-		}
-		code, err := pool.Run(ctx, targets[i], cmd, nil, stdout, stderr)
-		stdout.Flush()
-		stderr.Flush()
-		if err != nil && c.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			err = fmt.Errorf("stopped after --timeout %s", c.Timeout)
-		}
-		results[i] = runOutcome{code, err}
+		return stdout, stderr, func() { stdout.Flush(); stderr.Flush() }
 	})
-	return results
 }
 
 // summarizeRun prints why hosts failed and a line of exit statuses; it
 // reports whether every host exited 0.
-func summarizeRun(g *Globals, targets []string, results []runOutcome) bool {
+func summarizeRun(g *Globals, targets []string, results []deploy.CommandRow) bool {
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t))
@@ -108,11 +81,11 @@ func summarizeRun(g *Globals, targets []string, results []runOutcome) bool {
 	failed := map[string][]string{}
 	for i, t := range targets {
 		switch r := results[i]; {
-		case r.err != nil:
+		case r.Err != nil:
 			unreachable = append(unreachable, t)
-			fmt.Fprintf(g.stderr, "%-*s | nix-hive: %v\n", width, t, r.err)
-		case r.code != 0:
-			k := fmt.Sprintf("exit %d", r.code)
+			fmt.Fprintf(g.stderr, "%-*s | nix-hive: %v\n", width, t, r.Err)
+		case r.Code != 0:
+			k := fmt.Sprintf("exit %d", r.Code)
 			failed[k] = append(failed[k], t)
 		default:
 			ok = append(ok, t)

@@ -47,10 +47,7 @@ func (c *SSHCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 	if _, ok := h.Inventory.Instances[c.Instance]; !ok {
 		return fmt.Errorf("ssh: %w", h.Inventory.NoSuchInstance(c.Instance))
 	}
-	args := c.Command
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	}
+	args := remoteCommand(c.Command)
 	t := transport.Terminal{In: os.Stdin}
 	if len(args) > 0 {
 		t.Command = args[0]

@@ -62,11 +62,12 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	for s, b := range builds.Paths {
 		want[s] = b.OutPath
 	}
-	if c.Watch == 0 && !pool.ThroughMux() {
+	files := hostFiles(pool, c.Watch != 0)
+	if files == nil {
 		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
 	}
-	w := &deploy.Watcher{Remote: pool, Files: deploy.PoolFiles(pool)}
-	if c.Watch == 0 { // the holder's sftp sessions are open: read, as a --watch round does
+	w := &deploy.Watcher{Remote: pool, Files: files}
+	if c.Watch == 0 {
 		return c.report(g, w.Inspect(ctx, h.Inventory, targets, want, c.Parallel))
 	}
 	return c.watch(ctx, g, w, h.Inventory, targets, want)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"time"
@@ -216,6 +217,41 @@ func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, na
 		if err != nil {
 			row.Error = err.Error()
 		}
+	})
+	return rows
+}
+
+// CommandRow is how a command ended on one host: its exit status, or Err
+// when it could not run (or was stopped).
+type CommandRow struct {
+	Instance string
+	Code     int
+	Err      error
+}
+
+// RunCommand runs cmd (a shell command line, quoted by the caller) on
+// every instance in names, parallel at most at once, each stopped after
+// timeout (0: no limit). output gives a host's writers and a function
+// called when its command has ended (to flush a last partial line).
+func RunCommand(ctx context.Context, remote host.Remote, names []string, cmd string, parallel int, timeout time.Duration,
+	output func(name string) (stdout, stderr io.Writer, done func())) []CommandRow {
+	rows := make([]CommandRow, len(names))
+	for i, n := range names {
+		rows[i] = CommandRow{Instance: n, Code: -1, Err: fmt.Errorf("not started: %w", context.Canceled)}
+	}
+	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
+		stdout, stderr, done := output(names[i])
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		code, err := remote.Run(ctx, names[i], cmd, nil, stdout, stderr)
+		done()
+		if err != nil && timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("stopped after --timeout %s", timeout)
+		}
+		rows[i] = CommandRow{Instance: names[i], Code: code, Err: err}
 	})
 	return rows
 }
