@@ -1,8 +1,3 @@
-// Package cli is nix-hive's command tree. Each command's Run maps flags
-// onto calls into the packages that do the work (eval, deploy, transport)
-// and renders what they return; what a command needs (the hive, the
-// state file, the policy, the connection pool) is provided on demand (see
-// providers.go), so --help or keygen never evaluate a hive or connect.
 package cli
 
 import (
