@@ -92,7 +92,7 @@ func (h *Host) CutConnections() (int, error) {
 		return 0, err
 	}
 	listener := 0
-	if b, err := os.ReadFile(h.pidFile()); err == nil {
+	if b, err := os.ReadFile(h.files.sshdPid); err == nil {
 		listener, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
 	n := 0
