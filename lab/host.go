@@ -75,11 +75,12 @@ type Host struct {
 	// Nix is the bin directory of the Nix the host runs.
 	Nix string
 
-	lab    *Lab
-	files  layout
-	netns  string   // network namespace file; "" for the root namespace
-	listen []string // addresses sshd listens on
-	sshd   string   // extra sshd_config lines, read before the lab's own
+	lab      *Lab
+	files    layout
+	firewall firewall
+	netns    string   // network namespace file; "" for the root namespace
+	listen   []string // addresses sshd listens on
+	sshd     string   // extra sshd_config lines, read before the lab's own
 
 	mu    sync.Mutex
 	boots int
@@ -95,7 +96,8 @@ func newHost(l *Lab, name, addr, jump, netns string, listen ...string) *Host {
 	root := filepath.Join(l.Dir, "hosts", name)
 	return &Host{
 		Name: name, Addr: addr, Port: sshPort, Jump: jump, Root: root, Nix: l.nixFor[name],
-		lab: l, files: newLayout(root), netns: netns, listen: listen,
+		lab: l, files: newLayout(root), firewall: newFirewall(addr, netns),
+		netns: netns, listen: listen,
 	}
 }
 
@@ -109,13 +111,6 @@ func (h *Host) Path(p string) string { return h.files.path(p) }
 // HostKeyFile is the host's private host key (its public half beside it,
 // with .pub), for tests that sign it into a host certificate.
 func (h *Host) HostKeyFile() string { return h.files.hostKey }
-
-// firewallTable is the nft table (inet family) that lab-service uses to
-// block the host's sshd: named for the host's address, so hosts sharing a
-// network namespace never touch each other's rules.
-func (h *Host) firewallTable() string {
-	return "nixhive_lab_" + strings.NewReplacer(".", "_", ":", "_").Replace(h.Addr)
-}
 
 // prepare creates the host's directories, host key and configuration.
 func (h *Host) prepare() error {
@@ -216,7 +211,7 @@ firewall-open)
 *)
   echo "usage: lab-service sshd-start|sshd-stop|firewall-block-ssh|firewall-open" >&2; exit 2 ;;
 esac
-`, sshdPath, shell.Quote(h.files.sshdConfig), shell.Quote(h.files.sshdLog), h.firewallTable(), addrs, h.Port)
+`, sshdPath, shell.Quote(h.files.sshdConfig), shell.Quote(h.files.sshdLog), h.firewall.table, addrs, h.Port)
 }
 
 func (h *Host) sshdConfig() string {
@@ -412,7 +407,7 @@ func (h *Host) reboot(cmd *exec.Cmd) {
 	h.proc, h.done = nil, nil
 	err := h.files.clearRun()
 	if err == nil {
-		h.openFirewall()
+		h.firewall.open()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		err = h.startLocked(ctx)
@@ -429,19 +424,6 @@ func (h *Host) Boots() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.boots
-}
-
-// openFirewall removes the host's blocking rules, if any (lab-service
-// firewall-block-ssh), from this machine's side. Internal hosts' rules
-// live in the internal network's namespace.
-func (h *Host) openFirewall() {
-	args := []string{"delete", "table", "inet", h.firewallTable()}
-	if h.netns != "" {
-		args = append([]string{"--net=" + h.netns, "--", "nft"}, args...)
-		exec.Command("nsenter", args...).Run()
-		return
-	}
-	exec.Command("nft", args...).Run()
 }
 
 // waitReady waits until sshd accepts connections on the host's addresses:

@@ -509,8 +509,8 @@ func (l *Lab) close() error {
 	// instead of an nft run per host, which took 15 s for 1,000 hosts.
 	tables, listErr := exec.Command("nft", "list", "tables").Output()
 	for _, h := range l.Hosts {
-		if h.netns == "" && (listErr != nil || bytes.Contains(tables, []byte(" "+h.firewallTable()+"\n"))) {
-			h.openFirewall()
+		if h.firewall.netns == "" && (listErr != nil || bytes.Contains(tables, []byte(" "+h.firewall.table+"\n"))) {
+			h.firewall.open()
 		}
 	}
 	if l.internal != nil {
