@@ -56,7 +56,10 @@ func (h *Host) path() string {
 }
 
 // Host is one lab host: an sshd in its own mount, pid and UTS namespaces
-// (its hostname is its Name).
+// (its hostname is its Name). It owns the host's life: its configuration
+// and its init's start, stop and reboot, which its lock serialises, and
+// the commands run inside. What is fixed when the host is made stays out
+// of it (files, firewall), and so do the faults a test injects (Faults).
 type Host struct {
 	Name string
 	// Addr is the IP the deploy host dials; for internal hosts, the IP the
