@@ -174,7 +174,7 @@ func silence(t *testing.T, h *lab.Host) *lab.Silent {
 	if err := h.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := h.Silence()
+	s, err := h.Faults().Silence()
 	if err != nil {
 		t.Fatal(err)
 	}

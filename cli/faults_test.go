@@ -151,7 +151,7 @@ func testFaultConnectionCut(t *testing.T) {
 	v2 := f.build()
 	r := f.start("deploy", "--no", "build", "--connect-timeout", faultConnect)
 	f.waitActivation("app-1", v2["app-1"], "switch")
-	if n, err := f.lab.Host("app-1").CutConnections(); err != nil || n == 0 {
+	if n, err := f.lab.Host("app-1").Faults().CutConnections(); err != nil || n == 0 {
 		t.Fatalf("cut connections: %d %v", n, err)
 	}
 	cut := time.Now()
@@ -365,14 +365,14 @@ func testFaultFrozen(t *testing.T) {
 	r := f.start("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
 	f.waitActivation("app-1", v2["app-1"], "switch")
 	h := f.lab.Host("app-1")
-	if err := h.Freeze(); err != nil {
+	if err := h.Faults().Freeze(); err != nil {
 		t.Fatal(err)
 	}
 	frozen := time.Now()
 	f.openGate("app-1") // seen once the host thaws
 	code := r.wait()
 	took := r.ended.Sub(frozen)
-	if err := h.Thaw(); err != nil {
+	if err := h.Faults().Thaw(); err != nil {
 		t.Fatal(err)
 	}
 	out := r.stdout.String()
@@ -663,10 +663,10 @@ func testFaultStuckPush(t *testing.T) {
 	r := f.startProcess("--json", "deploy", "--no", "build", "--connect-timeout", "60s")
 	r.stdout.waitFor(t, `"instance":"app-1","wave":1,"step":"push","status":"start"`, r.done)
 	h := f.lab.Host("app-1")
-	if err := h.Freeze(); err != nil {
+	if err := h.Faults().Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	defer h.Thaw()
+	defer h.Faults().Thaw()
 	r.signal(syscall.SIGTERM)
 	term := time.Now()
 	code := r.wait()
@@ -682,7 +682,7 @@ func testFaultStuckPush(t *testing.T) {
 	if out, err := exec.Command("pgrep", "-af", tmp).Output(); err == nil {
 		t.Errorf("processes of the deploy outlived it:\n%s", out)
 	}
-	h.Thaw()
+	h.Faults().Thaw()
 	hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}})
 	addFaultRow(faultRow{fault: "SIGTERM during a push stuck on a frozen host", exit: code, outcome: outcome, hosts: hosts, wrong: wrong,
 		badExit: code == 0, lost: f.recorded(map[string]string{"app-1": "interrupted"}), took: r.ended.Sub(term), interrupt: true})

@@ -477,7 +477,7 @@ func TestStatusWatch(t *testing.T) {
 		case 1:
 			activate(b)
 		case 2:
-			if n, err := f.lab.Host("host-1").CutConnections(); n == 0 || err != nil {
+			if n, err := f.lab.Host("host-1").Faults().CutConnections(); n == 0 || err != nil {
 				t.Errorf("cut host-1's connections: %d cut, %v", n, err)
 			}
 		}

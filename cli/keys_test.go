@@ -271,13 +271,13 @@ func TestKeysUploadInterrupted(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := h.Freeze(); err != nil {
+				if err := h.Faults().Freeze(); err != nil {
 					t.Fatal(err)
 				}
 				if uploading(h.Path("/run/keys")) {
 					break
 				}
-				h.Thaw()
+				h.Faults().Thaw()
 				r.wait()
 				if attempt == 5 {
 					t.Fatal("5 uploads finished before the host could be frozen")
@@ -296,8 +296,8 @@ func TestKeysUploadInterrupted(t *testing.T) {
 				}
 			}
 			t.Logf("in flight: %d temporary files, each 0400", len(files))
-			n, err := h.CutConnections()
-			h.Thaw()
+			n, err := h.Faults().CutConnections()
+			h.Faults().Thaw()
 			if err != nil || n == 0 {
 				t.Fatalf("cut: %d %v", n, err)
 			}

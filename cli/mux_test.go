@@ -127,7 +127,7 @@ func TestMux(t *testing.T) {
 		}
 	}
 
-	if n, err := f.lab.Host("app-3").CutConnections(); n == 0 || err != nil {
+	if n, err := f.lab.Host("app-3").Faults().CutConnections(); n == 0 || err != nil {
 		t.Fatalf("cut app-3's connections: %d, %v", n, err)
 	}
 	code, _, errOut = f.run("-v", "status")

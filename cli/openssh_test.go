@@ -56,7 +56,7 @@ func TestSSHLikeOpenSSH(t *testing.T) {
 			return err == nil
 		})
 		if err == nil {
-			_, err = h.CutConnections()
+			_, err = h.Faults().CutConnections()
 		}
 		cut <- err
 	}()

@@ -65,7 +65,7 @@ func TestHostNames(t *testing.T) {
 }
 
 func TestPath(t *testing.T) {
-	h := &Host{Root: "/lab/hosts/a"}
+	h := newHost(&Lab{Dir: "/lab"}, "a", "", "", "")
 	tests := []struct{ in, want string }{
 		{"/run/current-system", "/lab/hosts/a/run/current-system"},
 		{"/nix/store", "/lab/hosts/a/nix/store"},
@@ -120,7 +120,7 @@ func TestShellQuote(t *testing.T) {
 // them is proven by every test that starts a host.
 func TestSSHDConfig(t *testing.T) {
 	l := &Lab{Dir: "/lab"}
-	h := &Host{Name: "portico", Port: 22, Root: "/lab/hosts/portico", lab: l, listen: []string{"198.18.1.2", "127.77.1.2"}}
+	h := newHost(l, "portico", "198.18.1.2", "", "", "198.18.1.2", "127.77.1.2")
 	got := h.sshdConfig()
 	for _, want := range []string{
 		"ListenAddress 198.18.1.2:22\n",

@@ -14,6 +14,6 @@
 // under CI, fails) a test otherwise.
 //
 // It owns everything about the lab's hosts and networks, and the faults
-// tests inject into them. It must not be imported by nix-hive's own
-// packages: only by tests, benchmarks and nix-hive-lab.
+// tests inject into them (a host's Faults). It must not be imported by
+// nix-hive's own packages: only by tests, benchmarks and nix-hive-lab.
 package lab

@@ -13,11 +13,20 @@ import (
 	"syscall"
 )
 
-// Faults a test injects into a running host. Each acts on the host's real
-// processes, so what nix-hive sees is what it would see on a network.
+// Faults are what a test does to a running host, acting on its real
+// processes or its address, so that what nix-hive sees is what it would
+// see of a hung machine or a bad network. They are apart from Host, which
+// runs the host as a lab host should run, because a fault is done to the
+// host from outside: it finds the host's processes and changes nothing
+// Host keeps.
+type Faults struct{ h *Host }
+
+// Faults returns the faults a test can inject into h.
+func (h *Host) Faults() Faults { return Faults{h} }
 
 // processes lists the host's processes as pids of this machine.
-func (h *Host) processes() ([]int, error) {
+func (f Faults) processes() ([]int, error) {
+	h := f.h
 	init := h.pid()
 	if init == 0 {
 		return nil, fmt.Errorf("host %s is stopped", h.Name)
@@ -46,12 +55,12 @@ func (h *Host) processes() ([]int, error) {
 // Freeze stops every process of the host (SIGSTOP), as a hung machine
 // would be: its kernel side still accepts TCP connections, nothing
 // answers. Thaw resumes it.
-func (h *Host) Freeze() error {
+func (f Faults) Freeze() error {
 	// A process forked while the others were being stopped is caught by
 	// the next round.
 	stopped := map[int]bool{}
 	for round := 0; round < 10; round++ {
-		pids, err := h.processes()
+		pids, err := f.processes()
 		if err != nil {
 			return err
 		}
@@ -67,12 +76,12 @@ func (h *Host) Freeze() error {
 			return nil
 		}
 	}
-	return fmt.Errorf("freeze host %s: processes kept appearing", h.Name)
+	return fmt.Errorf("freeze host %s: processes kept appearing", f.h.Name)
 }
 
 // Thaw resumes a frozen host.
-func (h *Host) Thaw() error {
-	pids, err := h.processes()
+func (f Faults) Thaw() error {
+	pids, err := f.processes()
 	if err != nil {
 		return err
 	}
@@ -86,13 +95,13 @@ func (h *Host) Thaw() error {
 // listener, not what sessions started in sessions of their own): every
 // SSH connection to the host ends at once, as when a network path drops
 // and comes back. It returns how many connection processes it killed.
-func (h *Host) CutConnections() (int, error) {
-	pids, err := h.processes()
+func (f Faults) CutConnections() (int, error) {
+	pids, err := f.processes()
 	if err != nil {
 		return 0, err
 	}
 	listener := 0
-	if b, err := os.ReadFile(h.pidFile()); err == nil {
+	if b, err := os.ReadFile(f.h.files.sshdPid); err == nil {
 		listener, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
 	n := 0
@@ -133,7 +142,8 @@ func nsPid(pid int) int {
 // middlebox that swallows the traffic). It only works for hosts this
 // machine reaches directly. Close the returned listener to undo it; the
 // host can be started again afterwards.
-func (h *Host) Silence() (*Silent, error) {
+func (f Faults) Silence() (*Silent, error) {
+	h := f.h
 	if h.netns != "" {
 		return nil, errors.New("silence: only for hosts outside the internal network")
 	}

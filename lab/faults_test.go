@@ -116,7 +116,7 @@ func TestHostFaults(t *testing.T) {
 		// A process in a session of its own (a detached activation) lives on.
 		marker := "sleep 4712" + strconv.Itoa(os.Getpid())
 		run(t, c, "setsid "+marker+" </dev/null >/dev/null 2>&1 &")
-		n, err := a.CutConnections()
+		n, err := a.Faults().CutConnections()
 		if err != nil || n == 0 {
 			t.Fatalf("cut: %d %v", n, err)
 		}
@@ -136,11 +136,11 @@ func TestHostFaults(t *testing.T) {
 	})
 
 	t.Run("freeze", func(t *testing.T) {
-		if err := a.Freeze(); err != nil {
+		if err := a.Faults().Freeze(); err != nil {
 			t.Fatal(err)
 		}
 		err := cannotDial(t, l, a)
-		if thawErr := a.Thaw(); thawErr != nil {
+		if thawErr := a.Faults().Thaw(); thawErr != nil {
 			t.Fatal(thawErr)
 		}
 		var ne net.Error
@@ -156,7 +156,7 @@ func TestHostFaults(t *testing.T) {
 		if err := b.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		s, err := b.Silence()
+		s, err := b.Faults().Silence()
 		if err != nil {
 			t.Fatal(err)
 		}

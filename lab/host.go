@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -18,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nix-hive/nix-hive/shell"
 )
 
@@ -28,16 +25,6 @@ const (
 	sftpServerPath = "/usr/lib/openssh/sftp-server"
 	sshPort        = 22
 )
-
-// overlays are the directories every host has of its own: the host's
-// process sees Root/<dir> at <inHost>; everything else (/usr, /tmp, ...) is
-// the machine's.
-var overlays = []struct{ inHost, dir string }{
-	{"/nix", "nix"},
-	{"/run", "run"},
-	{"/etc/nix", "etc-nix"},
-	{"/root", "root"},
-}
 
 // initialNixConf makes a host behave like a fleet member with no daemon, no
 // build users and no binary cache: substituters are what a deploy configures.
@@ -61,7 +48,7 @@ func (h *Host) env() []string {
 // path is the PATH of the host's sessions: its own commands, then its
 // Nix, then the system's.
 func (h *Host) path() string {
-	p := h.binDir()
+	p := h.files.bin
 	if h.Nix != "" {
 		p += ":" + h.Nix
 	}
@@ -69,7 +56,10 @@ func (h *Host) path() string {
 }
 
 // Host is one lab host: an sshd in its own mount, pid and UTS namespaces
-// (its hostname is its Name).
+// (its hostname is its Name). It owns the host's life: its configuration
+// and its init's start, stop and reboot, which its lock serialises, and
+// the commands run inside. What is fixed when the host is made stays out
+// of it (files, firewall), and so do the faults a test injects (Faults).
 type Host struct {
 	Name string
 	// Addr is the IP the deploy host dials; for internal hosts, the IP the
@@ -88,10 +78,12 @@ type Host struct {
 	// Nix is the bin directory of the Nix the host runs.
 	Nix string
 
-	lab    *Lab
-	netns  string   // network namespace file; "" for the root namespace
-	listen []string // addresses sshd listens on
-	sshd   string   // extra sshd_config lines, read before the lab's own
+	lab      *Lab
+	files    layout
+	firewall firewall
+	netns    string   // network namespace file; "" for the root namespace
+	listen   []string // addresses sshd listens on
+	sshd     string   // extra sshd_config lines, read before the lab's own
 
 	mu    sync.Mutex
 	boots int
@@ -100,43 +92,33 @@ type Host struct {
 	exit  error         // proc's Wait result, valid after done
 }
 
+// newHost makes the host called name in lab l, its directory under
+// l.Dir. What follows from its name and addresses is worked out here,
+// once: a host never moves.
+func newHost(l *Lab, name, addr, jump, netns string, listen ...string) *Host {
+	root := filepath.Join(l.Dir, "hosts", name)
+	return &Host{
+		Name: name, Addr: addr, Port: sshPort, Jump: jump, Root: root, Nix: l.nixFor[name],
+		lab: l, files: newLayout(root), firewall: newFirewall(addr, netns),
+		netns: netns, listen: listen,
+	}
+}
+
 // Path returns where a file inside the host lives on this machine, e.g.
 // Path("/run/current-system") is Root+"/run/current-system". Paths outside
 // the host's own directories are shared with this machine and returned as
 // they are. A symlink read this way points into the host's view (/nix/store
 // means Path("/nix/store")).
-func (h *Host) Path(p string) string {
-	p = path.Clean("/" + p)
-	for _, o := range overlays {
-		if p == o.inHost || strings.HasPrefix(p, o.inHost+"/") {
-			return filepath.Join(h.Root, o.dir, strings.TrimPrefix(p, o.inHost))
-		}
-	}
-	return p
-}
-
-func (h *Host) hostKeyFile() string { return filepath.Join(h.Root, "ssh_host_ed25519_key") }
+func (h *Host) Path(p string) string { return h.files.path(p) }
 
 // HostKeyFile is the host's private host key (its public half beside it,
 // with .pub), for tests that sign it into a host certificate.
-func (h *Host) HostKeyFile() string    { return h.hostKeyFile() }
-func (h *Host) sshdConfigFile() string { return filepath.Join(h.Root, "sshd_config") }
-func (h *Host) logFile() string        { return filepath.Join(h.Root, "sshd.log") }
-func (h *Host) consoleFile() string    { return filepath.Join(h.Root, "console.log") }
-func (h *Host) pidFile() string        { return h.Path("/run/sshd.pid") }
-func (h *Host) binDir() string         { return filepath.Join(h.Root, "bin") }
-
-// firewallTable is the nft table (inet family) that lab-service uses to
-// block the host's sshd: named for the host's address, so hosts sharing a
-// network namespace never touch each other's rules.
-func (h *Host) firewallTable() string {
-	return "nixhive_lab_" + strings.NewReplacer(".", "_", ":", "_").Replace(h.Addr)
-}
+func (h *Host) HostKeyFile() string { return h.files.hostKey }
 
 // prepare creates the host's directories, host key and configuration.
 func (h *Host) prepare() error {
 	for _, o := range overlays {
-		if err := os.MkdirAll(filepath.Join(h.Root, o.dir), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(h.files.root, o.dir), 0o755); err != nil {
 			return fmt.Errorf("prepare host %s: %w", h.Name, err)
 		}
 	}
@@ -161,20 +143,20 @@ func (h *Host) prepare() error {
 			return fmt.Errorf("prepare host %s: copy client key: %w", h.Name, err)
 		}
 	}
-	key, err := writeKeyPair(h.hostKeyFile(), "root@"+h.Name)
+	key, err := writeKeyPair(h.files.hostKey, "root@"+h.Name)
 	if err != nil {
 		return fmt.Errorf("prepare host %s: %w", h.Name, err)
 	}
 	h.HostKey = key
-	if err := os.MkdirAll(h.binDir(), 0o755); err != nil {
+	if err := os.MkdirAll(h.files.bin, 0o755); err != nil {
 		return fmt.Errorf("prepare host %s: %w", h.Name, err)
 	}
 	for name, text := range map[string]string{"lab-service": h.serviceScript(), "reboot": rebootScript} {
-		if err := writeFileAtomic(filepath.Join(h.binDir(), name), []byte(text), 0o755); err != nil {
+		if err := writeFileAtomic(filepath.Join(h.files.bin, name), []byte(text), 0o755); err != nil {
 			return fmt.Errorf("prepare host %s: %w", h.Name, err)
 		}
 	}
-	return writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644)
+	return writeFileAtomic(h.files.sshdConfig, []byte(h.sshdConfig()), 0o644)
 }
 
 // rebootScript is the host's reboot: its init (see script) exits with 129
@@ -232,7 +214,7 @@ firewall-open)
 *)
   echo "usage: lab-service sshd-start|sshd-stop|firewall-block-ssh|firewall-open" >&2; exit 2 ;;
 esac
-`, sshdPath, shell.Quote(h.sshdConfigFile()), shell.Quote(h.logFile()), h.firewallTable(), addrs, h.Port)
+`, sshdPath, shell.Quote(h.files.sshdConfig), shell.Quote(h.files.sshdLog), h.firewall.table, addrs, h.Port)
 }
 
 func (h *Host) sshdConfig() string {
@@ -244,7 +226,7 @@ func (h *Host) sshdConfig() string {
 		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(a, strconv.Itoa(h.Port)))
 	}
 	// Paths are checked by validDir to need no quoting here.
-	fmt.Fprintf(&b, "HostKey %s\n", h.hostKeyFile())
+	fmt.Fprintf(&b, "HostKey %s\n", h.files.hostKey)
 	fmt.Fprintf(&b, "AuthorizedKeysFile %s\n", h.lab.authorizedKeysFile())
 	// Sessions find the host's own commands first, as a NixOS host's
 	// sessions find its system's.
@@ -280,9 +262,9 @@ LogLevel ERROR
 func (h *Host) script() string {
 	var b strings.Builder
 	b.WriteString("set -e\n")
-	// The lab sets up the host's mounts from outside (mountHost) once the
+	// The lab sets up the host's mounts from outside (layout.mount) once the
 	// shell says on fd 4 that it runs (nsenter has entered the network
-	// namespace through a file under /run/netns, which mountHost hides),
+	// namespace through a file under /run/netns, which layout.mount hides),
 	// and then writes a line to fd 3.
 	b.WriteString("echo >&4\nexec 4>&-\nread -r _ <&3\nexec 3<&-\n")
 	// A /proc of the host's own pid namespace: ps inside shows the host only.
@@ -301,81 +283,9 @@ trap 'exit 129' HUP
 	// sharing one machine does not need, and it is most of what an SSH
 	// connection costs this machine's CPU (an execve and a config and
 	// host-key load each time): about 40% of every connection here.
-	fmt.Fprintf(&b, "%s -r -f %s -E %s\n", sshdPath, shell.Quote(h.sshdConfigFile()), shell.Quote(h.logFile()))
+	fmt.Fprintf(&b, "%s -r -f %s -E %s\n", sshdPath, shell.Quote(h.files.sshdConfig), shell.Quote(h.files.sshdLog))
 	b.WriteString("while :; do sleep 3600 & wait $! || :; done\n")
 	return b.String()
-}
-
-// mountHost makes the mount namespace of the host's init (pid) its own:
-// nothing mounted there shows up on this machine or the reverse, other
-// labs' ip-netns mounts are gone (they would keep those namespaces alive
-// after the other lab deletes them), and the host's directories are bound
-// over /nix, /run, /etc/nix and /root. Doing it with syscalls from here
-// rather than mount(8) in the host's shell spares five execs per host,
-// which were half the CPU a large lab took to start.
-func (h *Host) mountHost(pid int) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread leaves this process's filesystem context for good:
-		// it stays locked, so the runtime discards it when this goroutine
-		// ends.
-		runtime.LockOSThread()
-		errc <- h.mountIn(pid)
-	}()
-	return <-errc
-}
-
-func (h *Host) mountIn(pid int) error {
-	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
-	if err != nil {
-		return fmt.Errorf("mounts: %w", err)
-	}
-	defer ns.Close()
-	// setns to a mount namespace needs a filesystem context of the
-	// thread's own.
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("mounts: unshare: %w", err)
-	}
-	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("mounts: enter mount namespace of %d: %w", pid, err)
-	}
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("mounts: make / private: %w", err)
-	}
-	info, err := os.ReadFile("/proc/thread-self/mountinfo")
-	if err != nil {
-		return fmt.Errorf("mounts: %w", err)
-	}
-	for _, line := range strings.Split(string(info), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], "/run/netns/") && len(f[4]) > len("/run/netns/") {
-			// Already gone with an earlier detach of its parent: fine.
-			unix.Unmount(f[4], unix.MNT_DETACH)
-		}
-	}
-	for _, o := range overlays {
-		if err := unix.Mount(filepath.Join(h.Root, o.dir), o.inHost, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("mounts: bind %s on %s: %w", filepath.Join(h.Root, o.dir), o.inHost, err)
-		}
-	}
-	if slices.Contains(h.lab.noGzip, h.Name) {
-		return hideProgram("gzip")
-	}
-	return nil
-}
-
-// hideProgram binds /dev/null (no regular file, so no program) over every
-// copy of name on the hosts' PATH, in the calling thread's namespace.
-func hideProgram(name string) error {
-	for _, dir := range filepath.SplitList(systemPath) {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		if err := unix.Mount("/dev/null", p, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("mounts: hide %s: %w", p, err)
-		}
-	}
-	return nil
 }
 
 // rebootExit is the init's exit status when the host reboots.
@@ -394,10 +304,10 @@ func (h *Host) startLocked(ctx context.Context) error {
 	if h.proc != nil {
 		return fmt.Errorf("start host %s: already running", h.Name)
 	}
-	if err := os.Remove(h.pidFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(h.files.sshdPid); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("start host %s: %w", h.Name, err)
 	}
-	console, err := os.OpenFile(h.consoleFile(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	console, err := os.OpenFile(h.files.console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("start host %s: %w", h.Name, err)
 	}
@@ -426,14 +336,14 @@ func (h *Host) startLocked(ctx context.Context) error {
 	}
 	// EOF instead of a line: the shell (or nsenter before it) failed.
 	if _, err = started.Read(make([]byte, 1)); err == nil {
-		if err = h.mountHost(cmd.Process.Pid); err == nil {
+		if err = h.files.mount(cmd.Process.Pid, slices.Contains(h.lab.noGzip, h.Name)); err == nil {
 			_, err = release.Write([]byte("mounted\n"))
 		}
 	}
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
-		return fmt.Errorf("start host %s: %w: %s", h.Name, err, h.logTail())
+		return fmt.Errorf("start host %s: %w: %s", h.Name, err, h.files.logTail())
 	}
 	release.Close()
 	h.watch(cmd)
@@ -498,15 +408,15 @@ func (h *Host) reboot(cmd *exec.Cmd) {
 		return
 	}
 	h.proc, h.done = nil, nil
-	err := h.clearRun()
+	err := h.files.clearRun()
 	if err == nil {
-		h.openFirewall()
+		h.firewall.open()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		err = h.startLocked(ctx)
 	}
 	if err != nil {
-		h.appendConsole(fmt.Sprintf("lab: reboot of %s failed: %v\n", h.Name, err))
+		h.files.appendConsole(fmt.Sprintf("lab: reboot of %s failed: %v\n", h.Name, err))
 		return
 	}
 	h.boots++
@@ -519,39 +429,6 @@ func (h *Host) Boots() int {
 	return h.boots
 }
 
-func (h *Host) clearRun() error {
-	ents, err := os.ReadDir(h.Path("/run"))
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(h.Path("/run"), e.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// openFirewall removes the host's blocking rules, if any (lab-service
-// firewall-block-ssh), from this machine's side. Internal hosts' rules
-// live in the internal network's namespace.
-func (h *Host) openFirewall() {
-	args := []string{"delete", "table", "inet", h.firewallTable()}
-	if h.netns != "" {
-		args = append([]string{"--net=" + h.netns, "--", "nft"}, args...)
-		exec.Command("nsenter", args...).Run()
-		return
-	}
-	exec.Command("nft", args...).Run()
-}
-
-func (h *Host) appendConsole(msg string) {
-	if f, err := os.OpenFile(h.consoleFile(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
-		f.WriteString(msg)
-		f.Close()
-	}
-}
-
 // waitReady waits until sshd accepts connections on the host's addresses:
 // sshd writes its pid file only after it listens. Watching the file rather
 // than connecting spares each host an sshd re-exec for the probe
@@ -562,36 +439,18 @@ func (h *Host) waitReady(ctx context.Context) error {
 	defer tick.Stop()
 	for {
 		// sshd writes "PID\n" in one go; the newline says it is complete.
-		data, err := os.ReadFile(h.pidFile())
+		data, err := os.ReadFile(h.files.sshdPid)
 		if err == nil && bytes.HasSuffix(data, []byte("\n")) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for sshd on %s (pid file %s): %w", h.Addr, h.pidFile(), ctx.Err())
+			return fmt.Errorf("wait for sshd on %s (pid file %s): %w", h.Addr, h.files.sshdPid, ctx.Err())
 		case <-h.done:
-			return fmt.Errorf("sshd exited (%v): %s", h.exit, h.logTail())
+			return fmt.Errorf("sshd exited (%v): %s", h.exit, h.files.logTail())
 		case <-tick.C:
 		}
 	}
-}
-
-// logTail is the end of what the host's shell and sshd wrote, for errors.
-func (h *Host) logTail() string {
-	var out []byte
-	for _, f := range []string{h.consoleFile(), h.logFile()} {
-		data, _ := os.ReadFile(f)
-		out = append(out, bytes.TrimSpace(data)...)
-		out = append(out, ' ')
-	}
-	out = bytes.TrimSpace(out)
-	if len(out) > 2000 {
-		out = out[len(out)-2000:]
-	}
-	if len(out) == 0 {
-		return "no output"
-	}
-	return string(out)
 }
 
 // Stop kills the host: sshd and every process in its pid namespace, also
@@ -670,7 +529,7 @@ func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
 func (h *Host) ReplaceHostKey(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	key, err := writeKeyPair(h.hostKeyFile(), "root@"+h.Name)
+	key, err := writeKeyPair(h.files.hostKey, "root@"+h.Name)
 	if err != nil {
 		return fmt.Errorf("replace host key of %s: %w", h.Name, err)
 	}
@@ -707,7 +566,7 @@ func (h *Host) ConfigureSSHD(ctx context.Context, lines string) error {
 		lines += "\n"
 	}
 	h.sshd = lines
-	if err := writeFileAtomic(h.sshdConfigFile(), []byte(h.sshdConfig()), 0o644); err != nil {
+	if err := writeFileAtomic(h.files.sshdConfig, []byte(h.sshdConfig()), 0o644); err != nil {
 		return fmt.Errorf("sshd config of %s: %w", h.Name, err)
 	}
 	return h.restartLocked(ctx)

@@ -260,25 +260,24 @@ func (l *Lab) start(ctx context.Context, dir string, plain, internal []string, j
 // addresses that live in the internal network.
 func (l *Lab) addHosts(plain, internal []string, jump string) []string {
 	add := func(name, jumpName string) *Host {
-		i := len(l.Hosts)
-		h := &Host{
-			Name: name, Addr: l.block.hostAddr(i), Port: sshPort, Jump: jumpName,
-			Root: filepath.Join(l.Dir, "hosts", name), Nix: l.nixFor[name], lab: l,
-		}
-		h.listen = []string{h.Addr}
+		addr := l.block.hostAddr(len(l.Hosts))
+		netns := ""
 		if jumpName != "" {
-			h.netns = l.internal.path()
+			netns = l.internal.path()
 		}
+		h := newHost(l, name, addr, jumpName, netns, addr)
 		l.Hosts = append(l.Hosts, h)
 		return h
 	}
 	var internalAddrs []string
 	if jump != "" {
-		j := add(jump, "")
-		j.InternalAddr, j.Addr = j.Addr, l.internal.nsAddr
-		j.listen = []string{j.Addr, j.InternalAddr}
-		j.netns = l.internal.path()
-		internalAddrs = append(internalAddrs, j.InternalAddr)
+		// The jump host's block address is its loopback address in the
+		// internal network; this machine dials it at the namespace's.
+		inside := l.block.hostAddr(len(l.Hosts))
+		j := newHost(l, jump, l.internal.nsAddr, "", l.internal.path(), l.internal.nsAddr, inside)
+		j.InternalAddr = inside
+		l.Hosts = append(l.Hosts, j)
+		internalAddrs = append(internalAddrs, inside)
 	}
 	for _, n := range plain {
 		add(n, "")
@@ -510,8 +509,8 @@ func (l *Lab) close() error {
 	// instead of an nft run per host, which took 15 s for 1,000 hosts.
 	tables, listErr := exec.Command("nft", "list", "tables").Output()
 	for _, h := range l.Hosts {
-		if h.netns == "" && (listErr != nil || bytes.Contains(tables, []byte(" "+h.firewallTable()+"\n"))) {
-			h.openFirewall()
+		if h.firewall.netns == "" && (listErr != nil || bytes.Contains(tables, []byte(" "+h.firewall.table+"\n"))) {
+			h.firewall.open()
 		}
 	}
 	if l.internal != nil {

@@ -182,12 +182,7 @@ func (t *treeNet) remove(ctx context.Context) error {
 // and records each rack's consumer addresses for treeNet.create.
 func (l *Lab) addTreeHosts(t *treeNames) {
 	add := func(name, addr, jump, netns string) {
-		h := &Host{
-			Name: name, Addr: addr, Port: sshPort, Jump: jump,
-			Root: filepath.Join(l.Dir, "hosts", name), Nix: l.nixFor[name], lab: l,
-			listen: []string{addr}, netns: netns,
-		}
-		l.Hosts = append(l.Hosts, h)
+		l.Hosts = append(l.Hosts, newHost(l, name, addr, jump, netns, addr))
 	}
 	add(t.region, l.tree.up.nsAddr, "", l.tree.up.path())
 	for k, r := range t.racks {

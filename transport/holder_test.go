@@ -148,7 +148,7 @@ func TestHolderLab(t *testing.T) {
 
 	t.Run("a cut connection is redialed, Reset drops one", func(t *testing.T) {
 		before := made()
-		if n, err := h1.CutConnections(); n == 0 || err != nil {
+		if n, err := h1.Faults().CutConnections(); n == 0 || err != nil {
 			t.Fatalf("cut %s: %d, %v", h1.Name, n, err)
 		}
 		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {

@@ -66,10 +66,10 @@ func TestIdleKeepAlive(t *testing.T) {
 		}
 	}
 
-	if err := h.Freeze(); err != nil {
+	if err := h.Faults().Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	defer h.Thaw()
+	defer h.Faults().Thaw()
 	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	_, _, _, err = p.OpenChannel(short, h.Name, false, "session", nil)
 	cancel()
@@ -79,7 +79,7 @@ func TestIdleKeepAlive(t *testing.T) {
 	if n := p.Connected(); n != 0 {
 		t.Errorf("%d connections kept after an open on one timed out; want it dropped", n)
 	}
-	if err := h.Thaw(); err != nil {
+	if err := h.Faults().Thaw(); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := p.Handshakes()
