@@ -636,15 +636,26 @@ func openSFTP(client *ssh.Client) sftpSession {
 		s.Close()
 		return sftpSession{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
 	}
-	// Concurrent writes are safe here: Upload writes to a temporary name
-	// and removes it on any error.
-	modes := newModeWriter(w)
-	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
+	sc, err := NewSFTP(r, w)
 	if err != nil {
 		s.Close()
 		return sftpSession{err: err}
 	}
-	return sftpSession{sc: &SFTP{Client: sc, modes: modes}, s: s}
+	return sftpSession{sc: sc, s: s}
+}
+
+// NewSFTP is an sftp client that reads the server's answers from r and
+// writes its requests to w: a session's sftp subsystem, or (scp's tests)
+// an in-memory server.
+func NewSFTP(r io.Reader, w io.WriteCloser) (*SFTP, error) {
+	// Concurrent writes are safe here: uploads (scp's, keys') write through
+	// CreatePrivate, to a temporary name that is removed on any error.
+	modes := newModeWriter(w)
+	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
+	if err != nil {
+		return nil, err
+	}
+	return &SFTP{Client: sc, modes: modes}, nil
 }
 
 // Close closes every pooled connection and sftp client and waits for the
