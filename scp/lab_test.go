@@ -35,7 +35,7 @@ func TestLab(t *testing.T) {
 	t.Run("direct", func(t *testing.T) {
 		p := newPool(t, cfg)
 		testCopyTree(t, ctx, p, jump)
-		if d := p.Dials(jump.Name); d != 1 {
+		if d := p.Stats().Dials[jump.Name]; d != 1 {
 			t.Errorf("Dials(%s) = %d; want 1: copies share the pooled connection", jump.Name, d)
 		}
 	})

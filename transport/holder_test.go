@@ -126,8 +126,8 @@ func TestHolderLab(t *testing.T) {
 				t.Errorf("Output on %s = %q, %d, %v", h.Name, out, code, err)
 			}
 		}
-		if d, tun := q.Handshakes(); d+tun != 0 || made() != before {
-			t.Errorf("pool made %d, holder %d new connections; want none", d+tun, made()-before)
+		if st := q.Stats(); st.Direct+st.Tunnelled != 0 || made() != before {
+			t.Errorf("pool made %d, holder %d new connections; want none", st.Direct+st.Tunnelled, made()-before)
 		}
 	})
 
@@ -226,8 +226,8 @@ func TestHolderLoginFallback(t *testing.T) {
 	if err != nil || code != 0 || string(out) != "logged in\n" {
 		t.Fatalf("Output through the fallback = %q, %d, %v", out, code, err)
 	}
-	if d, tun := p.Handshakes(); d != 0 || tun != 1 || asked != 1 {
-		t.Errorf("command made %d direct and %d tunnelled connections and asked %d times; want 0, 1, 1", d, tun, asked)
+	if st := p.Stats(); st.Direct != 0 || st.Tunnelled != 1 || asked != 1 {
+		t.Errorf("command made %d direct and %d tunnelled connections and asked %d times; want 0, 1, 1", st.Direct, st.Tunnelled, asked)
 	}
 	// Only the jump host's connection is the holder's: the tunnel above
 	// went through it.

@@ -57,7 +57,7 @@ func TestLab(t *testing.T) {
 		}
 		wg.Wait()
 		for _, h := range l.Hosts {
-			if d := p.Dials(h.Name); d != 1 {
+			if d := p.Stats().Dials[h.Name]; d != 1 {
 				t.Errorf("Dials(%s) = %d after 20 commands; want 1", h.Name, d)
 			}
 		}
@@ -155,7 +155,7 @@ func TestLab(t *testing.T) {
 		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
 			t.Errorf("Run on %s = %d, %v", h1.Name, code, err)
 		}
-		if d := p.Dials(h1.Name); d != 1 {
+		if d := p.Stats().Dials[h1.Name]; d != 1 {
 			t.Errorf("Dials(%s) = %d; want 1", h1.Name, d)
 		}
 		// Back up, the next call redials.
@@ -232,7 +232,7 @@ func TestLabJump(t *testing.T) {
 		}
 	}
 	for _, h := range l.Hosts {
-		if d := p.Dials(h.Name); d != 1 {
+		if d := p.Stats().Dials[h.Name]; d != 1 {
 			t.Errorf("Dials(%s) = %d; want 1", h.Name, d)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"strings"
@@ -91,31 +92,32 @@ func NewPool(cfg Config) (*Pool, error) {
 // Hosts is how the pool reaches and checks each instance.
 func (p *Pool) Hosts() *Hosts { return p.hosts }
 
-// Dials reports how many connections were started to an instance so far
-// (successful or not); with pooling it stays at 1 per host for a run
-// unless a connection died.
-func (p *Pool) Dials(name string) int {
+// Stats is what a pool has cost the hosts so far.
+type Stats struct {
+	// Dials counts the connections started to each instance (successful
+	// or not); with pooling it stays at 1 per host for a run unless a
+	// connection died.
+	Dials map[string]int
+	// Direct and Tunnelled count the SSH connections established: over a
+	// TCP connection of this machine's, and through a jump host's
+	// connection or a ProxyCommand (pooled ones and RunFresh's alike).
+	// Their sum is what a fleet-wide command costs the hosts' sshd.
+	Direct, Tunnelled int
+	// Connected is how many instances the pool holds a connection to now.
+	Connected int
+	// Sessions counts the SSH sessions opened: commands, shells, sftp.
+	Sessions int
+}
+
+// Stats reports the pool's counts so far.
+func (p *Pool) Stats() Stats {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.dials[name]
+	st := Stats{Dials: maps.Clone(p.dials), Connected: len(p.conns)}
+	p.mu.Unlock()
+	st.Direct, st.Tunnelled = int(p.handshakes[0].Load()), int(p.handshakes[1].Load())
+	st.Sessions = int(p.sessions.Load())
+	return st
 }
-
-// Handshakes reports how many SSH connections were established so far:
-// over a TCP connection of this machine's, and through a jump host's
-// connection or a ProxyCommand (pooled ones and RunFresh's alike).
-func (p *Pool) Handshakes() (direct, tunnelled int) {
-	return int(p.handshakes[0].Load()), int(p.handshakes[1].Load())
-}
-
-// Connected reports how many instances the pool holds a connection to.
-func (p *Pool) Connected() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
-}
-
-// Sessions reports how many SSH sessions (commands) were opened so far.
-func (p *Pool) Sessions() int { return int(p.sessions.Load()) }
 
 // Client returns the pooled connection to an instance, dialing it (and its
 // jump hosts) on first use. Concurrent callers share one dial; each waits
