@@ -23,7 +23,7 @@ func TestIdleKeepAlive(t *testing.T) {
 	cfg.KeepAlive, cfg.IdleKeepAlive, cfg.KeepAliveTimeout = 20*time.Millisecond, time.Hour, time.Minute
 	p := newTestPool(t, cfg)
 	ticks := make(chan bool, 1)
-	p.keepaliveTick = func(probed bool) {
+	p.conns.keepaliveTick = func(probed bool) {
 		select {
 		case ticks <- probed:
 		default: // the test is not listening: keep the loop going
