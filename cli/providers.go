@@ -212,14 +212,15 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 			// what the command cost the hosts' sshd.
 			if after, err := m.Info(); err == nil {
 				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions, %d hosts' state read\n",
-					after.Pid, after.Handshakes-before.Handshakes, p.Sessions(), after.Reads-before.Reads)
+					after.Pid, after.Handshakes-before.Handshakes, p.Stats().Sessions, after.Reads-before.Reads)
 			}
 		}
 		p.Close()
-		if d, t := p.Handshakes(); g.Verbose && d+t > 0 {
+		if st := p.Stats(); g.Verbose && st.Direct+st.Tunnelled > 0 {
 			// What the command cost the hosts' sshd, for operators
 			// sizing MaxStartups and for bench/fleet.
-			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions\n", d+t, d, t, p.Sessions())
+			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions\n",
+				st.Direct+st.Tunnelled, st.Direct, st.Tunnelled, st.Sessions)
 		}
 	})
 	return p, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/openssh"
+	"github.com/nix-hive/nix-hive/scp"
 	"github.com/nix-hive/nix-hive/shell"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -89,8 +90,8 @@ preserved, each file written under a temporary name and renamed into place.`
 func (c *SCPCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transport.Pool) error {
 	// What the command line says is checked before anything connects: a
 	// usage error, or an instance the hive lacks, is 2 as everywhere.
-	si, _ := transport.SplitTarget(c.Src)
-	di, _ := transport.SplitTarget(c.Dst)
+	si, _ := scp.SplitTarget(c.Src)
+	di, _ := scp.SplitTarget(c.Dst)
 	switch {
 	case si == "" && di == "":
 		return cmdline.UsageError{Err: fmt.Errorf("scp %s %s: neither side is an instance (write instance:path)", c.Src, c.Dst)}
@@ -120,7 +121,7 @@ func (c *SCPCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool *transp
 			}
 		}
 	}
-	return pool.Copy(ctx, c.Src, c.Dst, c.Recursive, progress)
+	return scp.Copy(ctx, pool, c.Src, c.Dst, c.Recursive, progress)
 }
 
 // SSHConfigCmd is `nix-hive ssh-config`.

@@ -285,13 +285,13 @@ func (s *Server) globalRequests(reqs <-chan *ssh.Request) {
 
 // Info describes the holder now.
 func (s *Server) Info() Info {
-	d, t := s.pool.Handshakes()
+	st := s.pool.Stats()
 	idle := "none"
 	if s.idle > 0 {
 		idle = s.idle.String()
 	}
-	return Info{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: s.pool.Connected(),
-		Handshakes: d + t, Sessions: s.pool.Sessions(), Reads: int(s.reads.Load()), Socket: s.socket}
+	return Info{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: st.Connected,
+		Handshakes: st.Direct + st.Tunnelled, Sessions: st.Sessions, Reads: int(s.reads.Load()), Socket: s.socket}
 }
 
 func (s *Server) channel(ctx context.Context, nc ssh.NewChannel) {

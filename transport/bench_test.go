@@ -46,7 +46,7 @@ func benchRun(b *testing.B, cfg Config, name string) {
 	}
 	pooled := time.Since(start)
 	b.ReportMetric(float64(perDial)/float64(pooled), "x-faster-than-dial-per-command")
-	b.ReportMetric(float64(p.Dials(name)), "dials-pooled")
+	b.ReportMetric(float64(p.Stats().Dials[name]), "dials-pooled")
 }
 
 // BenchmarkRunInProcess needs no root; its dial is cheaper than sshd's

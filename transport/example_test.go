@@ -33,9 +33,4 @@ func Example() {
 		log.Fatal(err) // could not run it: connection, host key, auth, ctx
 	}
 	fmt.Println("exit status", code)
-
-	// scp-style copies over the same connection.
-	if err := pool.Copy(ctx, "./site", "www-1:/var/www", true, nil); err != nil {
-		log.Fatal(err)
-	}
 }

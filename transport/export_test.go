@@ -8,7 +8,6 @@ var (
 	NewTestPool  = newTestPool
 	TestCtx      = testCtx
 	LabEndpoints = labEndpoints
-	TestCopyTree = testCopyTree
 	TestReader   = testReader
 	TestCancel   = testCancel
 )

@@ -23,7 +23,7 @@ func TestIdleKeepAlive(t *testing.T) {
 	cfg.KeepAlive, cfg.IdleKeepAlive, cfg.KeepAliveTimeout = 20*time.Millisecond, time.Hour, time.Minute
 	p := newTestPool(t, cfg)
 	ticks := make(chan bool, 1)
-	p.keepaliveTick = func(probed bool) {
+	p.conns.keepaliveTick = func(probed bool) {
 		select {
 		case ticks <- probed:
 		default: // the test is not listening: keep the loop going
@@ -76,20 +76,20 @@ func TestIdleKeepAlive(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("open on a frozen host's connection = %v; want a timeout", err)
 	}
-	if n := p.Connected(); n != 0 {
+	if n := p.Stats().Connected; n != 0 {
 		t.Errorf("%d connections kept after an open on one timed out; want it dropped", n)
 	}
 	if err := h.Faults().Thaw(); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := p.Handshakes()
+	before := p.Stats().Direct
 	ch, _, release, err = p.OpenChannel(ctx, h.Name, false, "session", nil)
 	if err != nil {
 		t.Fatalf("open after the host thawed: %v", err)
 	}
 	ch.Close()
 	release()
-	if after, _ := p.Handshakes(); after != before+1 {
+	if after := p.Stats().Direct; after != before+1 {
 		t.Errorf("open after the host thawed made %d connections; want 1 (a redial)", after-before)
 	}
 }

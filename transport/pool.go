@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,39 +31,10 @@ type Pool struct {
 	// lets them finish so a cancelled command does not outlive the run.
 	kills sync.WaitGroup
 
-	holder *holderLink // the holder every connection goes through, if any
+	holder *holderLink  // the holder every connection goes through, if any
+	conns  *connections // the connections the sessions below are opened on
 
-	mu      sync.Mutex
-	closed  bool
-	conns   map[string]*conn
-	dialing map[string]*dialCall
-	dials   map[string]int
-
-	keepaliveTick func(probed bool) // tests: told at each keepalive tick whether it probed
-
-	// handshakes counts SSH connections established, direct and
-	// tunnelled: what a fleet-wide command costs the hosts' sshd.
-	handshakes [2]atomic.Int64
-	sessions   atomic.Int64 // sessions opened: commands, shells, sftp
-}
-
-// conn is one pooled connection.
-type conn struct {
-	name     string
-	client   *ssh.Client
-	done     chan struct{} // closed once the connection is gone
-	sessions chan struct{} // one token per open session (maxSessions)
-
-	inUse    atomic.Int32  // channels open through OpenChannel (IdleKeepAlive)
-	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
-	sftp     *SFTP
-	sftpDone chan struct{}
-}
-
-type dialCall struct {
-	done chan struct{}
-	c    *conn
-	err  error
+	sessions atomic.Int64 // sessions opened: commands, shells, sftp
 }
 
 // NewPool validates the endpoints (names, addresses, pinned keys, options,
@@ -77,303 +46,57 @@ func NewPool(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{
+	p := &Pool{hosts: hosts, holder: newHolderLink(cfg)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.conns = &connections{
 		hosts:   hosts,
-		holder:  newHolderLink(cfg),
-		conns:   map[string]*conn{},
+		holder:  p.holder,
+		ctx:     p.ctx,
+		track:   p.goTracked,
+		live:    map[string]*conn{},
 		dialing: map[string]*dialCall{},
 		dials:   map[string]int{},
 	}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
 }
 
 // Hosts is how the pool reaches and checks each instance.
 func (p *Pool) Hosts() *Hosts { return p.hosts }
 
-// Dials reports how many connections were started to an instance so far
-// (successful or not); with pooling it stays at 1 per host for a run
-// unless a connection died.
-func (p *Pool) Dials(name string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.dials[name]
+// Stats is what a pool has cost the hosts so far.
+type Stats struct {
+	// Dials counts the connections started to each instance (successful
+	// or not); with pooling it stays at 1 per host for a run unless a
+	// connection died.
+	Dials map[string]int
+	// Direct and Tunnelled count the SSH connections established: over a
+	// TCP connection of this machine's, and through a jump host's
+	// connection or a ProxyCommand (pooled ones and RunFresh's alike).
+	// Their sum is what a fleet-wide command costs the hosts' sshd.
+	Direct, Tunnelled int
+	// Connected is how many instances the pool holds a connection to now.
+	Connected int
+	// Sessions counts the SSH sessions opened: commands, shells, sftp.
+	Sessions int
 }
 
-// Handshakes reports how many SSH connections were established so far:
-// over a TCP connection of this machine's, and through a jump host's
-// connection or a ProxyCommand (pooled ones and RunFresh's alike).
-func (p *Pool) Handshakes() (direct, tunnelled int) {
-	return int(p.handshakes[0].Load()), int(p.handshakes[1].Load())
+// Stats reports the pool's counts so far.
+func (p *Pool) Stats() Stats {
+	st := p.conns.stats()
+	st.Sessions = int(p.sessions.Load())
+	return st
 }
-
-// Connected reports how many instances the pool holds a connection to.
-func (p *Pool) Connected() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
-}
-
-// Sessions reports how many SSH sessions (commands) were opened so far.
-func (p *Pool) Sessions() int { return int(p.sessions.Load()) }
 
 // Client returns the pooled connection to an instance, dialing it (and its
 // jump hosts) on first use. Concurrent callers share one dial; each waits
 // only as long as its own ctx allows. The client belongs to the pool: do
 // not Close it.
 func (p *Pool) Client(ctx context.Context, name string) (*ssh.Client, error) {
-	c, err := p.conn(ctx, name)
+	c, err := p.conns.get(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	return c.client, nil
-}
-
-func (p *Pool) conn(ctx context.Context, name string) (*conn, error) {
-	if _, ok := p.hosts.endpoints[name]; !ok {
-		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
-	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if c := p.conns[name]; c != nil {
-		select {
-		case <-c.done:
-			delete(p.conns, name)
-		default:
-			p.mu.Unlock()
-			return c, nil
-		}
-	}
-	call := p.dialing[name]
-	if call == nil {
-		call = &dialCall{done: make(chan struct{})}
-		p.dialing[name] = call
-		p.dials[name]++
-		p.goTracked(func() {
-			c, err := p.dial(name, false)
-			p.finishDial(name, call, c, err)
-		})
-	}
-	p.mu.Unlock()
-	select {
-	case <-call.done:
-		return call.c, call.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
-	}
-}
-
-func (p *Pool) finishDial(name string, call *dialCall, client *ssh.Client, err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.dialing, name)
-	if err == nil && p.closed {
-		client.Close()
-		err = ErrClosed
-	}
-	if err != nil {
-		call.err = err
-		close(call.done)
-		return
-	}
-	c := &conn{
-		name:     name,
-		client:   client,
-		done:     make(chan struct{}),
-		sessions: make(chan struct{}, maxSessions),
-		sftpMu:   make(chan struct{}, 1),
-	}
-	p.conns[name] = c
-	call.c = c
-	close(call.done)
-	p.goTracked(func() {
-		client.Wait()
-		close(c.done)
-		p.evict(c)
-	})
-	if p.hosts.cfg.KeepAlive > 0 && !p.holder.carries(name) {
-		p.goTracked(func() { p.keepalive(c) })
-	}
-}
-
-// evict forgets a connection (if it is still the pooled one) so the next
-// caller redials.
-func (p *Pool) evict(c *conn) {
-	p.mu.Lock()
-	if p.conns[c.name] == c {
-		delete(p.conns, c.name)
-	}
-	p.mu.Unlock()
-}
-
-// keepalive probes the connection; a probe that fails or stays unanswered
-// for KeepAliveTimeout closes it, which evicts it from the pool.
-func (p *Pool) keepalive(c *conn) {
-	t := time.NewTicker(p.hosts.cfg.KeepAlive)
-	defer t.Stop()
-	probed := time.Now()
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-t.C:
-		}
-		idle := c.inUse.Load() == 0 && time.Since(probed) < p.hosts.cfg.IdleKeepAlive
-		if p.keepaliveTick != nil {
-			p.keepaliveTick(!idle)
-		}
-		if idle {
-			continue
-		}
-		probed = time.Now()
-		replied := make(chan error, 1)
-		p.goTracked(func() {
-			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
-			replied <- err
-		})
-		timer := time.NewTimer(p.hosts.cfg.KeepAliveTimeout)
-		select {
-		case err := <-replied:
-			timer.Stop()
-			if err != nil {
-				c.client.Close()
-				return
-			}
-		case <-timer.C:
-			c.client.Close()
-			return
-		case <-c.done:
-			timer.Stop()
-			return
-		}
-	}
-}
-
-// dial connects to one endpoint, through its jump host's pooled connection
-// when it has one, or through the holder. A fresh connection is one the
-// holder makes for the channel opened on it alone (see RunFresh).
-func (p *Pool) dial(name string, fresh bool) (*ssh.Client, error) {
-	s := p.hosts.endpoints[name]
-	addr := s.Addr()
-	if p.holder.through(name) {
-		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.DialBound(name))
-		defer cancel()
-		c, err := p.holder.loaded().Dial(ctx, name, fresh)
-		if err != nil && ctx.Err() != nil {
-			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, p.ctxErr(ctx, err))
-		}
-		if !errors.As(err, new(LoginError)) || p.hosts.cfg.Passphrase == nil {
-			return c, err
-		}
-		// The holder has no one to ask for a key's passphrase; this
-		// command has, so it logs in itself (through the holder's
-		// connections to the jump hosts, if it has those).
-		p.holder.goDirect(name)
-	}
-	if len(s.JumpChain) == 0 {
-		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
-		defer cancel()
-		raw, via, err := dialDirect(ctx, s)
-		if err != nil {
-			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, p.ctxErr(ctx, err))
-		}
-		return p.handshake(ctx, s, raw, via)
-	}
-	jump := s.JumpChain[len(s.JumpChain)-1]
-	// The jump's own dial is bounded by its own timeout; ours starts once
-	// the jump is up, so ConnectTimeout is per hop.
-	for attempt := 0; ; attempt++ {
-		jc, err := p.conn(p.ctx, jump)
-		if err != nil {
-			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, err)
-		}
-		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
-		raw, err := jc.client.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			cancel()
-			select {
-			case <-jc.done:
-				if attempt == 0 {
-					continue // the jump connection died under us: redial it once
-				}
-			default:
-			}
-			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, p.ctxErr(ctx, err))
-		}
-		client, err := p.handshake(ctx, s, raw, jump)
-		cancel()
-		return client, err
-	}
-}
-
-// ctxErr prefers the context's reason over the symptom it caused.
-func (p *Pool) ctxErr(ctx context.Context, err error) error {
-	if p.ctx.Err() != nil {
-		return ErrClosed
-	}
-	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", p.hosts.cfg.ConnectTimeout, context.DeadlineExceeded)
-	}
-	return err
-}
-
-// handshake runs the SSH handshake on raw, bounded by ctx: a deadline on
-// the raw conn (cleared afterwards) and, for tunneled conns that have no
-// deadlines, closing the conn when ctx ends.
-func (p *Pool) handshake(ctx context.Context, s *settings, raw net.Conn, via string) (*ssh.Client, error) {
-	addr := s.Addr()
-	where := fmt.Sprintf("%s (%s)", s.Name, addr)
-	if via != "" {
-		where += " via " + via
-	}
-	cc, closeAgent, err := p.hosts.clientConfig(s)
-	if err != nil {
-		raw.Close()
-		return nil, err
-	}
-	defer closeAgent()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
-	}
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	sc, chans, reqs, err := ssh.NewClientConn(raw, addr, cc)
-	if !stop() {
-		if err == nil {
-			sc.Close()
-		}
-		return nil, fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
-	}
-	if err != nil {
-		raw.Close()
-		return nil, p.handshakeError(ctx, s, where, err)
-	}
-	_ = raw.SetDeadline(time.Time{})
-	if via == "" {
-		p.handshakes[0].Add(1)
-	} else {
-		p.handshakes[1].Add(1)
-	}
-	return ssh.NewClient(sc, chans, reqs), nil
-}
-
-// handshakeError says why a handshake with s failed: a host key error as
-// it is, a refused login with the keys that were tried.
-func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, err error) error {
-	var hkErr *HostKeyError
-	if errors.As(err, &hkErr) {
-		return hkErr
-	}
-	if strings.Contains(err.Error(), "unable to authenticate") {
-		keys := "the ssh agent's keys and ~/.ssh/id_*"
-		if len(s.IdentityFiles) > 0 {
-			keys = strings.Join(s.IdentityFiles, ", ")
-		}
-		return LoginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
-	}
-	return fmt.Errorf("connect %s: %w", where, p.ctxErr(ctx, err))
 }
 
 // session opens a session on the pooled connection, holding one of its
@@ -382,7 +105,7 @@ func (p *Pool) handshakeError(ctx context.Context, s *settings, where string, er
 // retry is safe.
 func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Session, release func(), err error) {
 	for attempt := 0; ; attempt++ {
-		c, err := p.conn(ctx, name)
+		c, err := p.conns.get(ctx, name)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -405,7 +128,7 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 			// The server refused the session; the connection is fine.
 			return nil, nil, nil, fmt.Errorf("open session on %s: %w", name, err)
 		}
-		p.evict(c)
+		p.conns.evict(c)
 		c.client.Close()
 	}
 }
@@ -417,7 +140,7 @@ func (p *Pool) session(ctx context.Context, name string) (c *conn, s *ssh.Sessio
 // back what it held; call it once the channel is closed.
 func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ string, data []byte) (ssh.Channel, <-chan *ssh.Request, func(), error) {
 	if fresh {
-		client, err := p.dialFresh(ctx, name)
+		client, err := p.conns.fresh(ctx, name)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -429,7 +152,7 @@ func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ str
 		return ch, reqs, func() { client.Close() }, nil
 	}
 	for attempt := 0; ; attempt++ {
-		c, err := p.conn(ctx, name)
+		c, err := p.conns.get(ctx, name)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -456,13 +179,13 @@ func (p *Pool) OpenChannel(ctx context.Context, name string, fresh bool, typ str
 			// No answer in time: a connection a NAT or firewall forgot
 			// while it was idle goes silent rather than failing. The
 			// next open redials instead of waiting on it again.
-			p.evict(c)
+			p.conns.evict(c)
 			c.client.Close()
 		}
 		if attempt > 0 || ctx.Err() != nil {
 			return nil, nil, nil, err
 		}
-		p.evict(c)
+		p.conns.evict(c)
 		c.client.Close()
 	}
 }
@@ -540,7 +263,7 @@ func (p *Pool) goTracked(fn func()) {
 // ends (or its connection dies) the next call makes a new one.
 func (p *Pool) SFTP(ctx context.Context, name string) (*SFTP, error) {
 	for attempt := 0; ; attempt++ {
-		c, err := p.conn(ctx, name)
+		c, err := p.conns.get(ctx, name)
 		if err != nil {
 			return nil, err
 		}
@@ -636,32 +359,36 @@ func openSFTP(client *ssh.Client) sftpSession {
 		s.Close()
 		return sftpSession{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
 	}
-	// Concurrent writes are safe here: Upload writes to a temporary name
-	// and removes it on any error.
-	modes := newModeWriter(w)
-	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
+	sc, err := NewSFTP(r, w)
 	if err != nil {
 		s.Close()
 		return sftpSession{err: err}
 	}
-	return sftpSession{sc: &SFTP{Client: sc, modes: modes}, s: s}
+	return sftpSession{sc: sc, s: s}
+}
+
+// NewSFTP is an sftp client that reads the server's answers from r and
+// writes its requests to w: a session's sftp subsystem, or (scp's tests)
+// an in-memory server.
+func NewSFTP(r io.Reader, w io.WriteCloser) (*SFTP, error) {
+	// Concurrent writes are safe here: uploads (scp's, keys') write through
+	// CreatePrivate, to a temporary name that is removed on any error.
+	modes := newModeWriter(w)
+	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
+	if err != nil {
+		return nil, err
+	}
+	return &SFTP{Client: sc, modes: modes}, nil
 }
 
 // Close closes every pooled connection and sftp client and waits for the
 // pool's goroutines; dials in progress are abandoned. Later calls return
 // ErrClosed.
 func (p *Pool) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	conns, first := p.conns.close()
+	if !first {
 		return nil
 	}
-	p.closed = true
-	conns := make([]*conn, 0, len(p.conns))
-	for _, c := range p.conns {
-		conns = append(conns, c)
-	}
-	p.mu.Unlock()
 	killed := make(chan struct{})
 	go func() { p.kills.Wait(); close(killed) }()
 	select {

@@ -92,7 +92,7 @@ func TestRunOutputAndExitCodes(t *testing.T) {
 	if err != nil || string(stdout) != "x" || string(stderr) != "y" || code != 1 {
 		t.Errorf("Output = %q, %q, %d, %v; want x, y, 1, nil", stdout, stderr, code, err)
 	}
-	if got := p.Dials("a"); got != 1 {
+	if got := p.Stats().Dials["a"]; got != 1 {
 		t.Errorf("Dials(a) = %d after %d commands; want 1", got, len(tests)+1)
 	}
 }
@@ -121,7 +121,7 @@ func TestConcurrentCallersShareOneDial(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if d, a := p.Dials("a"), srv.acceptCount(); d != 1 || a != 1 {
+	if d, a := p.Stats().Dials["a"], srv.acceptCount(); d != 1 || a != 1 {
 		t.Errorf("Dials = %d, server accepted %d connections; want 1 and 1", d, a)
 	}
 }
@@ -255,7 +255,7 @@ func TestJumpChain(t *testing.T) {
 		}
 	}
 	for name, srv := range map[string]*testServer{"a": a, "b": b, "c": c} {
-		if d, acc := p.Dials(name), srv.acceptCount(); d != 1 || acc != 1 {
+		if d, acc := p.Stats().Dials[name], srv.acceptCount(); d != 1 || acc != 1 {
 			t.Errorf("%s: Dials = %d, server accepted %d; want 1 and 1 (jump connections are shared)", name, d, acc)
 		}
 	}
@@ -345,7 +345,7 @@ func TestDeadConnectionIsEvictedAndRedialed(t *testing.T) {
 	if code, err := p.Run(ctx, "a", "true", nil, nil, nil); err != nil || code != 0 {
 		t.Fatalf("Run after eviction = %d, %v", code, err)
 	}
-	if d := p.Dials("a"); d != 2 {
+	if d := p.Stats().Dials["a"]; d != 2 {
 		t.Errorf("Dials = %d; want 2 (one redial)", d)
 	}
 }
@@ -371,7 +371,7 @@ func TestKilledHost(t *testing.T) {
 	if code, err := p.Run(ctx, "b", "true", nil, nil, nil); err != nil || code != 0 {
 		t.Errorf("Run on the other host = %d, %v", code, err)
 	}
-	if d := p.Dials("b"); d != 1 {
+	if d := p.Stats().Dials["b"]; d != 1 {
 		t.Errorf("Dials(b) = %d; want 1", d)
 	}
 }

@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +73,7 @@ func (t *PrivateFile) Commit(mode fs.FileMode) error {
 		}
 	}
 	if err == nil {
-		if err = (remoteFS{t.c}).Rename(t.name, t.dest); err != nil {
+		if err = t.c.renameOver(t.name, t.dest); err != nil {
 			err = fmt.Errorf("rename %s to %s: %w", t.name, t.dest, err)
 		} else {
 			t.done = true
@@ -79,6 +81,18 @@ func (t *PrivateFile) Commit(mode fs.FileMode) error {
 	}
 	t.Discard()
 	return err
+}
+
+// renameOver renames from to to, replacing to if it exists.
+func (c *SFTP) renameOver(from, to string) error {
+	if _, posix := c.HasExtension("posix-rename@openssh.com"); posix {
+		return c.PosixRename(from, to)
+	}
+	// Plain SFTP rename refuses to replace an existing file.
+	if err := c.Remove(to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return c.Rename(from, to)
 }
 
 // Discard removes the temporary file, if still there, and its directory.
@@ -169,6 +183,12 @@ func (c *SFTP) stageName() string {
 		return ".nix-hive-" + randomSuffix()
 	}
 	return StagePrefix + boot + "-" + strconv.Itoa(pid) + "-" + randomSuffix()
+}
+
+func randomSuffix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // removeStale removes, once per session and directory, the staging

@@ -186,14 +186,12 @@ func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, p
 // session on the same connection, in the background so the caller returns
 // at once. A dead connection is not redialed for it: its sessions are gone.
 func (p *Pool) killGroup(c *conn, pids *pidFilter) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.conns.unlessClosed(func() {
+		p.wg.Add(1)
+		p.kills.Add(1)
+	}) {
 		return
 	}
-	p.wg.Add(1)
-	p.kills.Add(1)
-	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
 		defer p.kills.Done()
@@ -354,7 +352,7 @@ func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, 
 	if _, ok := p.hosts.endpoints[name]; !ok {
 		return -1, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
-	client, err := p.dialFresh(ctx, name)
+	client, err := p.conns.fresh(ctx, name)
 	if err != nil {
 		return -1, err
 	}
@@ -378,38 +376,6 @@ func (p *Pool) RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, 
 	}
 }
 
-// dialFresh dials a connection outside the pool, bounded by ctx as well as
-// the pool's own limits.
-func (p *Pool) dialFresh(ctx context.Context, name string) (*ssh.Client, error) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	p.dials[name]++
-	p.mu.Unlock()
-	type result struct {
-		c   *ssh.Client
-		err error
-	}
-	ch := make(chan result, 1)
-	p.goTracked(func() {
-		c, err := p.dial(name, true)
-		ch <- result{c, err}
-	})
-	select {
-	case r := <-ch:
-		return r.c, r.err
-	case <-ctx.Done():
-		p.goTracked(func() {
-			if r := <-ch; r.c != nil {
-				r.c.Close()
-			}
-		})
-		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
-	}
-}
-
 // Reset closes the pooled connection to the instance, if there is one, so
 // that the next use dials anew: after a reboot, a connection may be dead
 // without anything having noticed yet. Commands running on it fail.
@@ -425,11 +391,7 @@ func (p *Pool) Reset(name string) {
 // the command is done with the host, and holds neither its connection
 // nor its keepalives any longer. A holder keeps its own connection.
 func (p *Pool) Release(name string) {
-	p.mu.Lock()
-	c := p.conns[name]
-	delete(p.conns, name)
-	p.mu.Unlock()
-	if c != nil {
+	if c := p.conns.forget(name); c != nil {
 		c.client.Close()
 	}
 }

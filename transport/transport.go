@@ -1,9 +1,3 @@
-// Package transport connects to hive instances over SSH: pooled connections
-// through jump chains with pinned host keys, commands, interactive shells,
-// sftp copies. Hosts is how each instance is reached and checked, resolved
-// once; package openssh writes the OpenSSH files for other tools from it,
-// and package mux holds a pool's connections between commands. Neither is
-// imported here.
 package transport
 
 import (

@@ -48,8 +48,8 @@ func (b *bench) measureFloor(ctx context.Context, r *row) {
 			return nil
 		})
 	})
-	direct, tunnelled := pool.Handshakes()
-	r.sshConns = direct + tunnelled
+	st := pool.Stats()
+	r.sshConns = st.Direct + st.Tunnelled
 	if r.err == nil && r.sshConns < len(b.lab.Hosts) {
 		r.err = errors.New("fewer SSH handshakes than hosts")
 	}
@@ -104,11 +104,11 @@ func (b *bench) measureHeld(ctx context.Context, r *row) {
 	if r.err = round(); r.err != nil {
 		return
 	}
-	d0, t0 := pool.Handshakes()
-	s0 := pool.Sessions()
+	st0 := pool.Stats()
 	b.around(ctx, r, round)
-	d1, t1 := pool.Handshakes()
-	r.sshConns, r.sessions = d1+t1-d0-t0, pool.Sessions()-s0
+	st1 := pool.Stats()
+	r.sshConns = st1.Direct + st1.Tunnelled - st0.Direct - st0.Tunnelled
+	r.sessions = st1.Sessions - st0.Sessions
 }
 
 // eachHost runs fn for every host, floorParallel at once, and reports how

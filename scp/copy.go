@@ -1,9 +1,7 @@
-package transport
+package scp
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +10,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // modeBits are the mode bits a copy preserves.
@@ -32,11 +32,17 @@ func SplitTarget(arg string) (instance, p string) {
 	return arg[:i], p
 }
 
+// Pool is what a copy needs of a transport.Pool: an instance's sftp
+// client, which the pool owns.
+type Pool interface {
+	SFTP(ctx context.Context, name string) (*transport.SFTP, error)
+}
+
 // Copy copies between this machine and an instance; src and dst are
 // scp-style (see SplitTarget) and exactly one of them must be remote. It
 // uses the instance's pooled sftp client; see Upload and Download for the
 // rest of the semantics.
-func (p *Pool) Copy(ctx context.Context, src, dst string, recursive bool, progress func(done, total int64)) error {
+func Copy(ctx context.Context, p Pool, src, dst string, recursive bool, progress func(done, total int64)) error {
 	si, sp := SplitTarget(src)
 	di, dp := SplitTarget(dst)
 	switch {
@@ -72,7 +78,7 @@ func (p *Pool) Copy(ctx context.Context, src, dst string, recursive bool, progre
 // name beside its target and renamed over it once complete, so readers
 // never see a partial file. progress, if set, gets the bytes copied so far
 // and the total of all files, starting with (0, total).
-func Upload(ctx context.Context, c *SFTP, local, remote string, recursive bool, progress func(done, total int64)) error {
+func Upload(ctx context.Context, c *transport.SFTP, local, remote string, recursive bool, progress func(done, total int64)) error {
 	if err := copyTree(ctx, localFS{}, remoteFS{c}, local, remote, recursive, progress); err != nil {
 		return fmt.Errorf("upload %s: %w", local, err)
 	}
@@ -83,7 +89,7 @@ func Upload(ctx context.Context, c *SFTP, local, remote string, recursive bool, 
 // directory) to local, with the same rules as Upload (into local/<base>
 // when local is an existing directory, modes and symlinks preserved,
 // temporary name then rename, progress over all files).
-func Download(ctx context.Context, c *SFTP, remote, local string, recursive bool, progress func(done, total int64)) error {
+func Download(ctx context.Context, c *transport.SFTP, remote, local string, recursive bool, progress func(done, total int64)) error {
 	if err := copyTree(ctx, remoteFS{c}, localFS{}, remote, local, recursive, progress); err != nil {
 		return fmt.Errorf("download %s: %w", remote, err)
 	}
@@ -237,7 +243,6 @@ type side interface {
 	Readlink(p string) (string, error)
 	Symlink(target, p string) error
 	Remove(p string) error
-	Rename(from, to string) error
 	Open(p string) (io.ReadCloser, int64, error)
 	// Lstat does not follow a final symbolic link.
 	Lstat(p string) (fs.FileInfo, error)
@@ -257,7 +262,6 @@ func (localFS) Chmod(p string, m fs.FileMode) error { return os.Chmod(p, m) }
 func (localFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
 func (localFS) Symlink(target, p string) error      { return os.Symlink(target, p) }
 func (localFS) Remove(p string) error               { return os.Remove(p) }
-func (localFS) Rename(from, to string) error        { return os.Rename(from, to) }
 func (localFS) Base(p string) string                { return filepath.Base(p) }
 func (localFS) Join(dir, rel string) string         { return filepath.Join(dir, filepath.FromSlash(rel)) }
 
@@ -343,7 +347,7 @@ func (t *localTemp) Discard() {
 	os.Remove(t.Name())
 }
 
-type remoteFS struct{ c *SFTP }
+type remoteFS struct{ c *transport.SFTP }
 
 func (r remoteFS) Stat(p string) (fs.FileInfo, error)  { return r.c.Stat(p) }
 func (r remoteFS) Lstat(p string) (fs.FileInfo, error) { return r.c.Lstat(p) }
@@ -365,17 +369,6 @@ func (r remoteFS) Base(p string) string {
 	return base
 }
 
-func (r remoteFS) Rename(from, to string) error {
-	if _, posix := r.c.HasExtension("posix-rename@openssh.com"); posix {
-		return r.c.PosixRename(from, to)
-	}
-	// Plain SFTP rename refuses to replace an existing file.
-	if err := r.c.Remove(to); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return r.c.Rename(from, to)
-}
-
 func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 	w := r.c.Walk(root)
 	for w.Step() {
@@ -392,7 +385,7 @@ func (r remoteFS) Walk(root string, fn func(string, fs.FileInfo) error) error {
 func (r remoteFS) Open(p string) (io.ReadCloser, int64, error) { return sized(r.c.Open(p)) }
 
 func (r remoteFS) CreateTemp(p string, mode fs.FileMode) (tempFile, error) {
-	t, err := CreatePrivate(r.c, p, mode)
+	t, err := transport.CreatePrivate(r.c, p, mode)
 	if err != nil {
 		return nil, err
 	}
@@ -424,12 +417,6 @@ func treeSize(s side, root string) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-func randomSuffix() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // progress counts bytes over a whole copy and stops it when ctx ends.

@@ -1,12 +1,19 @@
-package transport
+package scp
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 func TestSplitTarget(t *testing.T) {
@@ -27,10 +34,58 @@ func TestSplitTarget(t *testing.T) {
 	}
 }
 
-// The in-process server's sftp works on this machine's file system, so
-// "remote" paths here are temporary directories too.
+// memPool is a Pool of in-memory sftp servers: their "remote" file
+// system is this machine's, so remote paths are temporary directories too.
+type memPool map[string]*transport.SFTP
+
+func (p memPool) SFTP(_ context.Context, name string) (*transport.SFTP, error) {
+	c, ok := p[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", transport.ErrUnknownInstance, name)
+	}
+	return c, nil
+}
+
+func serveSFTP(t *testing.T) *transport.SFTP {
+	t.Helper()
+	cr, sw := io.Pipe()
+	sr, cw := io.Pipe()
+	srv, err := sftp.NewServer(struct {
+		io.Reader
+		io.WriteCloser
+	}{sr, sw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	c, err := transport.NewSFTP(cr, cw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close(); cw.Close(); c.Close() })
+	return c
+}
+
+func testCtx(t *testing.T) context.Context {
+	// Generous: only a hang would hit it, and a hang is the failure.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestCopyInProcess(t *testing.T) {
-	p, _, ctx := onePool(t)
+	p, ctx := memPool{"a": serveSFTP(t)}, testCtx(t)
 
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "tree", "sub", "f"), "hello")
@@ -44,10 +99,10 @@ func TestCopyInProcess(t *testing.T) {
 	remote := t.TempDir()
 
 	t.Run("file to a new name, then into a directory", func(t *testing.T) {
-		if err := p.Copy(ctx, filepath.Join(src, "tree", "x.sh"), "a:"+remote+"/renamed", false, nil); err != nil {
+		if err := Copy(ctx, p, filepath.Join(src, "tree", "x.sh"), "a:"+remote+"/renamed", false, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := p.Copy(ctx, filepath.Join(src, "tree", "x.sh"), "a:"+remote, false, nil); err != nil {
+		if err := Copy(ctx, p, filepath.Join(src, "tree", "x.sh"), "a:"+remote, false, nil); err != nil {
 			t.Fatal(err)
 		}
 		for _, n := range []string{"renamed", "x.sh"} {
@@ -59,12 +114,12 @@ func TestCopyInProcess(t *testing.T) {
 	})
 
 	t.Run("tree round trip", func(t *testing.T) {
-		if err := p.Copy(ctx, filepath.Join(src, "tree"), "a:"+remote+"/copy", true, nil); err != nil {
+		if err := Copy(ctx, p, filepath.Join(src, "tree"), "a:"+remote+"/copy", true, nil); err != nil {
 			t.Fatal(err)
 		}
 		compareTrees(t, filepath.Join(src, "tree"), filepath.Join(remote, "copy"))
 		back := t.TempDir()
-		if err := p.Copy(ctx, "a:"+remote+"/copy/", back, true, nil); err != nil {
+		if err := Copy(ctx, p, "a:"+remote+"/copy/", back, true, nil); err != nil {
 			t.Fatal(err)
 		}
 		compareTrees(t, filepath.Join(src, "tree"), filepath.Join(back, "copy"))
@@ -74,7 +129,7 @@ func TestCopyInProcess(t *testing.T) {
 		big := writeFile(t, filepath.Join(t.TempDir(), "big"), strings.Repeat("x", 8<<20))
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		err := p.Copy(cctx, big, "a:"+remote+"/big", false, func(done, total int64) {
+		err := Copy(cctx, p, big, "a:"+remote+"/big", false, func(done, total int64) {
 			if done > 0 {
 				cancel()
 			}
@@ -92,15 +147,12 @@ func TestCopyInProcess(t *testing.T) {
 
 	t.Run("bad arguments", func(t *testing.T) {
 		for _, c := range [][2]string{{"/x", "/y"}, {"a:/x", "a:/y"}} {
-			if err := p.Copy(ctx, c[0], c[1], false, nil); err == nil {
+			if err := Copy(ctx, p, c[0], c[1], false, nil); err == nil {
 				t.Errorf("Copy(%s, %s) succeeded", c[0], c[1])
 			}
 		}
-		if err := p.Copy(ctx, "/x", "nope:/y", false, nil); !errors.Is(err, ErrUnknownInstance) {
+		if err := Copy(ctx, p, "/x", "nope:/y", false, nil); !errors.Is(err, transport.ErrUnknownInstance) {
 			t.Errorf("Copy to an unknown instance = %v; want ErrUnknownInstance", err)
 		}
 	})
-	if d := p.Dials("a"); d != 1 {
-		t.Errorf("Dials = %d; want 1", d)
-	}
 }

@@ -1,0 +1,390 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// connections holds a pool's SSH connections, at most one per endpoint.
+// It owns making them (directly, through a jump host's connection or a
+// ProxyCommand, or through the holder; the handshake and what a failed
+// one means), sharing one dial between the callers that ask at once,
+// probing them with keepalives, and forgetting a dead one so that the
+// next caller redials. The sessions on them are the Pool's.
+type connections struct {
+	hosts  *Hosts
+	holder *holderLink
+	ctx    context.Context // the pool's, cancelled by Close; parent of every dial
+	track  func(fn func()) // the pool's goTracked, so Close waits for dials and keepalives
+
+	mu      sync.Mutex
+	closed  bool
+	live    map[string]*conn
+	dialing map[string]*dialCall
+	dials   map[string]int
+
+	keepaliveTick func(probed bool) // tests: told at each keepalive tick whether it probed
+
+	// handshakes counts SSH connections established, direct and
+	// tunnelled: what a fleet-wide command costs the hosts' sshd.
+	handshakes [2]atomic.Int64
+}
+
+// conn is one pooled connection.
+type conn struct {
+	name     string
+	client   *ssh.Client
+	done     chan struct{} // closed once the connection is gone
+	sessions chan struct{} // one token per open session (maxSessions)
+
+	inUse    atomic.Int32  // channels open through OpenChannel (IdleKeepAlive)
+	sftpMu   chan struct{} // 1-slot lock that a waiting caller can abandon
+	sftp     *SFTP
+	sftpDone chan struct{}
+}
+
+type dialCall struct {
+	done chan struct{}
+	c    *conn
+	err  error
+}
+
+// get returns the pooled connection to name, dialing it (and its jump
+// hosts) on first use; see Pool.Client.
+func (cs *connections) get(ctx context.Context, name string) (*conn, error) {
+	if _, ok := cs.hosts.endpoints[name]; !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
+	}
+	cs.mu.Lock()
+	if cs.closed {
+		cs.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if c := cs.live[name]; c != nil {
+		select {
+		case <-c.done:
+			delete(cs.live, name)
+		default:
+			cs.mu.Unlock()
+			return c, nil
+		}
+	}
+	call := cs.dialing[name]
+	if call == nil {
+		call = &dialCall{done: make(chan struct{})}
+		cs.dialing[name] = call
+		cs.dials[name]++
+		cs.track(func() {
+			c, err := cs.dial(name, false)
+			cs.finish(name, call, c, err)
+		})
+	}
+	cs.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.c, call.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
+	}
+}
+
+// finish records a dial's outcome for its callers and, if it connected,
+// pools the connection and watches it.
+func (cs *connections) finish(name string, call *dialCall, client *ssh.Client, err error) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	delete(cs.dialing, name)
+	if err == nil && cs.closed {
+		client.Close()
+		err = ErrClosed
+	}
+	if err != nil {
+		call.err = err
+		close(call.done)
+		return
+	}
+	c := &conn{
+		name:     name,
+		client:   client,
+		done:     make(chan struct{}),
+		sessions: make(chan struct{}, maxSessions),
+		sftpMu:   make(chan struct{}, 1),
+	}
+	cs.live[name] = c
+	call.c = c
+	close(call.done)
+	cs.track(func() {
+		client.Wait()
+		close(c.done)
+		cs.evict(c)
+	})
+	if cs.hosts.cfg.KeepAlive > 0 && !cs.holder.carries(name) {
+		cs.track(func() { cs.keepalive(c) })
+	}
+}
+
+// evict forgets a connection (if it is still the pooled one) so the next
+// caller redials.
+func (cs *connections) evict(c *conn) {
+	cs.mu.Lock()
+	if cs.live[c.name] == c {
+		delete(cs.live, c.name)
+	}
+	cs.mu.Unlock()
+}
+
+// keepalive probes the connection; a probe that fails or stays unanswered
+// for KeepAliveTimeout closes it, which evicts it from the pool.
+func (cs *connections) keepalive(c *conn) {
+	t := time.NewTicker(cs.hosts.cfg.KeepAlive)
+	defer t.Stop()
+	probed := time.Now()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		idle := c.inUse.Load() == 0 && time.Since(probed) < cs.hosts.cfg.IdleKeepAlive
+		if cs.keepaliveTick != nil {
+			cs.keepaliveTick(!idle)
+		}
+		if idle {
+			continue
+		}
+		probed = time.Now()
+		replied := make(chan error, 1)
+		cs.track(func() {
+			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
+			replied <- err
+		})
+		timer := time.NewTimer(cs.hosts.cfg.KeepAliveTimeout)
+		select {
+		case err := <-replied:
+			timer.Stop()
+			if err != nil {
+				c.client.Close()
+				return
+			}
+		case <-timer.C:
+			c.client.Close()
+			return
+		case <-c.done:
+			timer.Stop()
+			return
+		}
+	}
+}
+
+// dial connects to one endpoint, through its jump host's pooled connection
+// when it has one, or through the holder. A fresh connection is one the
+// holder makes for the channel opened on it alone (see RunFresh).
+func (cs *connections) dial(name string, fresh bool) (*ssh.Client, error) {
+	s := cs.hosts.endpoints[name]
+	addr := s.Addr()
+	if cs.holder.through(name) {
+		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.DialBound(name))
+		defer cancel()
+		c, err := cs.holder.loaded().Dial(ctx, name, fresh)
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, cs.ctxErr(ctx, err))
+		}
+		if !errors.As(err, new(LoginError)) || cs.hosts.cfg.Passphrase == nil {
+			return c, err
+		}
+		// The holder has no one to ask for a key's passphrase; this
+		// command has, so it logs in itself (through the holder's
+		// connections to the jump hosts, if it has those).
+		cs.holder.goDirect(name)
+	}
+	if len(s.JumpChain) == 0 {
+		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.cfg.ConnectTimeout)
+		defer cancel()
+		raw, via, err := dialDirect(ctx, s)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s (%s): %w", name, addr, cs.ctxErr(ctx, err))
+		}
+		return cs.handshake(ctx, s, raw, via)
+	}
+	jump := s.JumpChain[len(s.JumpChain)-1]
+	// The jump's own dial is bounded by its own timeout; ours starts once
+	// the jump is up, so ConnectTimeout is per hop.
+	for attempt := 0; ; attempt++ {
+		jc, err := cs.get(cs.ctx, jump)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, err)
+		}
+		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.cfg.ConnectTimeout)
+		raw, err := jc.client.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			cancel()
+			select {
+			case <-jc.done:
+				if attempt == 0 {
+					continue // the jump connection died under us: redial it once
+				}
+			default:
+			}
+			return nil, fmt.Errorf("dial %s (%s) via %s: %w", name, addr, jump, cs.ctxErr(ctx, err))
+		}
+		client, err := cs.handshake(ctx, s, raw, jump)
+		cancel()
+		return client, err
+	}
+}
+
+// ctxErr prefers the context's reason over the symptom it caused.
+func (cs *connections) ctxErr(ctx context.Context, err error) error {
+	if cs.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("no answer within %s: %w", cs.hosts.cfg.ConnectTimeout, context.DeadlineExceeded)
+	}
+	return err
+}
+
+// handshake runs the SSH handshake on raw, bounded by ctx: a deadline on
+// the raw conn (cleared afterwards) and, for tunneled conns that have no
+// deadlines, closing the conn when ctx ends.
+func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn, via string) (*ssh.Client, error) {
+	addr := s.Addr()
+	where := fmt.Sprintf("%s (%s)", s.Name, addr)
+	if via != "" {
+		where += " via " + via
+	}
+	cc, closeAgent, err := cs.hosts.clientConfig(s)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	defer closeAgent()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
+	}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(raw, addr, cc)
+	if !stop() {
+		if err == nil {
+			sc.Close()
+		}
+		return nil, fmt.Errorf("connect %s: %w", where, cs.ctxErr(ctx, err))
+	}
+	if err != nil {
+		raw.Close()
+		return nil, cs.handshakeError(ctx, s, where, err)
+	}
+	_ = raw.SetDeadline(time.Time{})
+	if via == "" {
+		cs.handshakes[0].Add(1)
+	} else {
+		cs.handshakes[1].Add(1)
+	}
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// handshakeError says why a handshake with s failed: a host key error as
+// it is, a refused login with the keys that were tried.
+func (cs *connections) handshakeError(ctx context.Context, s *settings, where string, err error) error {
+	var hkErr *HostKeyError
+	if errors.As(err, &hkErr) {
+		return hkErr
+	}
+	if strings.Contains(err.Error(), "unable to authenticate") {
+		keys := "the ssh agent's keys and ~/.ssh/id_*"
+		if len(s.IdentityFiles) > 0 {
+			keys = strings.Join(s.IdentityFiles, ", ")
+		}
+		return LoginError{fmt.Errorf("connect %s: %s was refused with %s; authorize one for that user or set IdentityFile: %w", where, s.User, keys, err)}
+	}
+	return fmt.Errorf("connect %s: %w", where, cs.ctxErr(ctx, err))
+}
+
+// fresh dials a connection outside the pool, bounded by ctx as well as
+// the pool's own limits.
+func (cs *connections) fresh(ctx context.Context, name string) (*ssh.Client, error) {
+	cs.mu.Lock()
+	if cs.closed {
+		cs.mu.Unlock()
+		return nil, ErrClosed
+	}
+	cs.dials[name]++
+	cs.mu.Unlock()
+	type result struct {
+		c   *ssh.Client
+		err error
+	}
+	ch := make(chan result, 1)
+	cs.track(func() {
+		c, err := cs.dial(name, true)
+		ch <- result{c, err}
+	})
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		cs.track(func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		})
+		return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
+	}
+}
+
+// stats is the pool's Stats but for Sessions, which the Pool counts.
+func (cs *connections) stats() Stats {
+	cs.mu.Lock()
+	st := Stats{Dials: maps.Clone(cs.dials), Connected: len(cs.live)}
+	cs.mu.Unlock()
+	st.Direct, st.Tunnelled = int(cs.handshakes[0].Load()), int(cs.handshakes[1].Load())
+	return st
+}
+
+// forget takes the pooled connection to name, if there is one, out of the
+// pool and returns it.
+func (cs *connections) forget(name string) *conn {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	c := cs.live[name]
+	delete(cs.live, name)
+	return c
+}
+
+// unlessClosed runs fn unless Close has begun, holding the lock, so that
+// what fn starts is counted before Close looks.
+func (cs *connections) unlessClosed(fn func()) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		return false
+	}
+	fn()
+	return true
+}
+
+// close refuses connections from now on and returns those pooled; first
+// is false when it had been called before.
+func (cs *connections) close() (live []*conn, first bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		return nil, false
+	}
+	cs.closed = true
+	live = make([]*conn, 0, len(cs.live))
+	for _, c := range cs.live {
+		live = append(live, c)
+	}
+	return live, true
+}
