@@ -124,8 +124,9 @@ type executor struct {
 	opts   Options
 	jobs   *host.Jobs
 
+	journal *journal
+
 	mu         sync.Mutex
-	res        map[string]*Result
 	locks      map[string]*host.DeployLock
 	locked     map[string]host.State // what each host ran when its lock was taken
 	lockErr    map[string]error
@@ -172,7 +173,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	e := newExecutor(p, inv, remote, copier, opts)
 	actx, cancel := activationContext(ctx, e.opts.Abort)
 	defer cancel()
-	report := &Report{Results: e.res, Order: p.Order}
+	report := &Report{Results: e.journal.res, Order: p.Order}
 	stopWatch := context.AfterFunc(ctx, e.announceInterrupt)
 	defer stopWatch()
 
@@ -219,7 +220,8 @@ const storeConcurrency = 8
 
 func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
-		res: map[string]*Result{}, locks: map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
+		journal: &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
+		locks:   map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
 	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
@@ -229,7 +231,7 @@ func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier C
 		if h.Target {
 			wave = h.Wave + 1
 		}
-		e.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
+		e.journal.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
 		e.ensured[n] = newFuture()
 		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()
@@ -276,7 +278,7 @@ func (e *executor) announceInterrupt() {
 		sort.Strings(names)
 		msg += fmt.Sprintf("; waiting for %d running activation(s) (%v) to finish; interrupt again to stop waiting (they finish on the hosts)", len(names), names)
 	}
-	e.event(Event{Step: StepRollout, Status: EventInfo, Message: msg})
+	e.journal.event(Event{Step: StepRollout, Status: EventInfo, Message: msg})
 }
 
 // transferAll makes sure every host holds its closures, stores before
@@ -305,7 +307,7 @@ func (e *executor) runWaves(ctx, actx context.Context) string {
 		stopped := e.runWave(ctx, actx, wi, wave, &total)
 		e.save(false)
 		if stopped != "" {
-			e.event(Event{Step: StepRollout, Status: EventFailed, Message: stopped})
+			e.journal.event(Event{Step: StepRollout, Status: EventFailed, Message: stopped})
 			return stopped
 		}
 	}
@@ -326,7 +328,7 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 	started := fanout.Each(wctx, len(wave), e.opts.Connection.Parallel, func(_ context.Context, i int) {
 		n := wave[i]
 		e.activated[n].run(func() error { e.host(ctx, actx, n); return nil })
-		if s := e.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
+		if s := e.journal.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
 			return
 		}
 		mu.Lock()
@@ -345,64 +347,35 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 	return stopped
 }
 
-func (e *executor) result(n string) Result {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return *e.res[n]
-}
-
-func (e *executor) update(n string, fn func(r *Result)) {
-	e.mu.Lock()
-	fn(e.res[n])
-	e.mu.Unlock()
-}
-
-func (e *executor) event(ev Event) {
-	if ev.Time.IsZero() {
-		ev.Time = time.Now()
-	}
-	if e.opts.Record.Events != nil {
-		e.opts.Record.Events(ev)
-	}
-}
-
-func (e *executor) step(n string, step Step, status EventStatus, msg string) {
-	wave := 0
-	if h := e.plan.Hosts[n]; h != nil && h.Target {
-		wave = h.Wave + 1
-	}
-	e.event(Event{Instance: n, Wave: wave, Step: step, Status: status, Message: msg})
-}
-
 // settle sets a host's outcome from what its pipeline returned: the one
 // place a Result's status, step and error are decided.
 func (e *executor) settle(n string, ok Status, err error) {
 	status, step, msg, untouched := outcome(ok, err)
-	e.update(n, func(r *Result) {
+	e.journal.update(n, func(r *Result) {
 		r.Status, r.Step, r.Error, r.untouched = status, step, msg, untouched
 	})
 	switch {
 	case err == nil:
 	case status == StatusSkipped:
-		e.step(n, step, EventSkipped, msg)
+		e.journal.step(n, step, EventSkipped, msg)
 	case status == StatusRolledBack:
 		// The rollback itself went well (its own event said so); what
 		// failed is the host's deploy.
-		e.step(n, StepDone, EventFailed, "rolled back: "+msg)
+		e.journal.step(n, StepDone, EventFailed, "rolled back: "+msg)
 	default:
-		e.step(n, step, EventFailed, msg)
+		e.journal.step(n, step, EventFailed, msg)
 	}
 }
 
 // finished announces a host's outcome (StepFinished, with its final
 // status); progress views count these.
 func (e *executor) finished(n string) {
-	r := e.result(n)
+	r := e.journal.result(n)
 	st := EventOK
 	if !r.Status.Succeeded() {
 		st = EventFailed
 	}
-	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
+	e.journal.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
 }
 
 // letGo releases target n's deploy lock and, unless other hosts are
@@ -426,11 +399,11 @@ func (e *executor) letGo(ctx context.Context, n string) {
 func (e *executor) notice(n string, what host.Notice, msg string) {
 	switch what {
 	case host.ContactLost:
-		e.step(n, StepActivate, EventInfo, msg)
+		e.journal.step(n, StepActivate, EventInfo, msg)
 	case host.Confirmed:
-		e.step(n, StepConfirm, EventOK, msg)
+		e.journal.step(n, StepConfirm, EventOK, msg)
 	case host.ConfirmRetry:
-		e.step(n, StepConfirm, EventInfo, msg)
+		e.journal.step(n, StepConfirm, EventInfo, msg)
 	}
 }
 
@@ -453,7 +426,7 @@ func (e *executor) releaseLocks(ctx context.Context) {
 // record writes a host's outcome to hive.state (in memory; save writes
 // the file). A dry activation deploys nothing and is not recorded.
 func (e *executor) record(n string) {
-	r := e.result(n)
+	r := e.journal.result(n)
 	if e.opts.Record.State == nil || r.untouched || (r.Target && e.opts.Activation.Goal == host.GoalDryActivate) {
 		return
 	}
@@ -485,11 +458,11 @@ func (e *executor) save(all bool) {
 		return
 	}
 	for _, n := range e.plan.Order {
-		if r := e.result(n); all || r.Status != StatusNotStarted || r.Step != "" {
+		if r := e.journal.result(n); all || r.Status != StatusNotStarted || r.Step != "" {
 			e.record(n)
 		}
 	}
 	if err := e.opts.Record.State.Save(); err != nil {
-		e.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
+		e.journal.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
 	}
 }

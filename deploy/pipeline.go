@@ -22,7 +22,7 @@ import (
 func (e *executor) host(ctx, actx context.Context, n string) {
 	start := time.Now()
 	status, err := e.activateHost(ctx, actx, n)
-	e.update(n, func(r *Result) { r.Duration = time.Since(start) })
+	e.journal.update(n, func(r *Result) { r.Duration = time.Since(start) })
 	e.settle(n, status, err)
 	e.record(n)
 	e.letGo(ctx, n)
@@ -45,7 +45,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err != nil {
 		return "", failed(StepActivate, err)
 	}
-	e.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
+	e.journal.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
 	batch, err := e.prepareKeys(ctx, n)
 	if err != nil {
 		return "", err
@@ -61,7 +61,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 				return "", failed(StepKeys, err)
 			}
 		}
-		e.step(n, StepDone, EventOK, Unchanged)
+		e.journal.step(n, StepDone, EventOK, Unchanged)
 		return StatusUnchanged, nil
 	}
 	if err := e.preCheck(ctx, n); err != nil {
@@ -75,7 +75,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 		return "", err
 	}
 	if e.opts.Activation.Goal == host.GoalDryActivate {
-		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
+		e.journal.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
 		return StatusDryActivated, nil
 	}
 	if err := e.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
@@ -89,7 +89,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err := e.postCheck(actx, n, job); err != nil {
 		return "", err
 	}
-	e.step(n, StepDone, EventOK, "")
+	e.journal.step(n, StepDone, EventOK, "")
 	return StatusOK, nil
 }
 
@@ -119,11 +119,11 @@ func (e *executor) uploadKeys(ctx context.Context, n string, b *keys.Batch, when
 		return nil
 	}
 	names := strings.Join(b.Names(when), ", ")
-	e.step(n, StepKeys, EventStart, names)
+	e.journal.step(n, StepKeys, EventStart, names)
 	if err := b.Upload(ctx, when); err != nil {
 		return failed(StepKeys, err)
 	}
-	e.step(n, StepKeys, EventOK, names)
+	e.journal.step(n, StepKeys, EventOK, names)
 	return nil
 }
 
@@ -176,8 +176,8 @@ func runs(goal host.Goal, hs host.State, path string) bool {
 // activation) and the policy's failure rule applies, as if the deploy
 // had never stopped.
 func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch) (Status, error) {
-	e.update(n, func(r *Result) { r.Job = job })
-	e.step(n, StepPostCheck, EventInfo, "activation job "+job+" of an earlier deploy activated this system, and its checks did not finish: running them again")
+	e.journal.update(n, func(r *Result) { r.Job = job })
+	e.journal.step(n, StepPostCheck, EventInfo, "activation job "+job+" of an earlier deploy activated this system, and its checks did not finish: running them again")
 	if batch != nil {
 		if err := e.uploadKeys(ctx, n, batch, ""); err != nil {
 			return "", err
@@ -191,7 +191,7 @@ func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch
 	if err := check(ctx, n, job); err != nil {
 		return "", err
 	}
-	e.step(n, StepDone, EventOK, "")
+	e.journal.step(n, StepDone, EventOK, "")
 	return StatusOK, nil
 }
 
@@ -206,12 +206,12 @@ func (e *executor) idleHost(ctx context.Context, n string) (host.State, error) {
 	if hs.Running == "" {
 		return hs, nil
 	}
-	e.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
+	e.journal.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
 	st, err := e.jobs.Follow(ctx, n, hs.Running)
 	if err != nil {
 		return hs, fmt.Errorf("activation job %s of an earlier deploy is still running: %w", hs.Running, err)
 	}
-	e.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
+	e.journal.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
 	return host.Query(ctx, e.remote, n)
 }
 
@@ -219,13 +219,13 @@ func (e *executor) preCheck(ctx context.Context, n string) error {
 	if !e.hasCheck("pre") {
 		return nil
 	}
-	e.step(n, StepPreCheck, EventStart, "")
+	e.journal.step(n, StepPreCheck, EventStart, "")
 	ok, msg := e.opts.Policy.Pre(ctx, n)
 	e.addCheck(n, "pre", ok, msg)
 	if !ok {
 		return skipped(StepPreCheck, "pre-check failed: "+msg)
 	}
-	e.step(n, StepPreCheck, EventOK, msg)
+	e.journal.step(n, StepPreCheck, EventOK, msg)
 	return nil
 }
 
@@ -250,7 +250,7 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 	if msg != "" {
 		s += " (" + msg + ")"
 	}
-	e.update(n, func(r *Result) { r.Checks = append(r.Checks, s) })
+	e.journal.update(n, func(r *Result) { r.Checks = append(r.Checks, s) })
 }
 
 // switchHost runs the activation job and returns its id. With magic
@@ -261,9 +261,9 @@ func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
-	e.step(n, StepActivate, EventStart, string(goal))
+	e.journal.step(n, StepActivate, EventStart, string(goal))
 	st, err := e.jobs.Run(ctx, e.inv.Instances[n], job)
-	e.update(n, func(r *Result) { r.Job = st.ID })
+	e.journal.update(n, func(r *Result) { r.Job = st.ID })
 	var je *host.JobError
 	switch {
 	case errors.As(err, &je):
@@ -273,15 +273,15 @@ func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	}
 	if err := st.Err(); err != nil {
 		if st.RolledBack() {
-			e.update(n, func(r *Result) { r.Active = r.Before })
+			e.journal.update(n, func(r *Result) { r.Active = r.Before })
 			return "", rolledBack(StepActivate, err)
 		}
 		return "", failed(StepActivate, err)
 	}
 	if goal != host.GoalBoot && goal != host.GoalDryActivate {
-		e.update(n, func(r *Result) { r.Active = path })
+		e.journal.update(n, func(r *Result) { r.Active = path })
 	}
-	e.step(n, StepActivate, EventOK, "")
+	e.journal.step(n, StepActivate, EventOK, "")
 	return st.ID, nil
 }
 
@@ -303,14 +303,14 @@ func (e *executor) postCheck(ctx context.Context, n, job string) error {
 	if !e.hasCheck("post") {
 		return nil // the job recorded its activation ok
 	}
-	e.step(n, StepPostCheck, EventStart, "")
+	e.journal.step(n, StepPostCheck, EventStart, "")
 	ok, msg := e.opts.Policy.Post(ctx, n)
 	e.addCheck(n, "post", ok, msg)
 	if ok {
 		if err := e.markChecked(ctx, n, job, "ok"); err != nil {
 			return err
 		}
-		e.step(n, StepPostCheck, EventOK, msg)
+		e.journal.step(n, StepPostCheck, EventOK, msg)
 		return nil
 	}
 	why := errors.New("post-check failed: " + msg)
@@ -320,7 +320,7 @@ func (e *executor) postCheck(ctx context.Context, n, job string) error {
 		}
 		return failed(StepPostCheck, why)
 	}
-	e.step(n, StepPostCheck, EventFailed, msg)
+	e.journal.step(n, StepPostCheck, EventFailed, msg)
 	return e.rollback(ctx, n, job, why)
 }
 
@@ -338,7 +338,7 @@ func (e *executor) markChecked(ctx context.Context, n, job, status string) error
 // generation and the active system recorded on the host when job
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
-	e.step(n, StepRollback, EventStart, why.Error())
+	e.journal.step(n, StepRollback, EventStart, why.Error())
 	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
@@ -346,8 +346,8 @@ func (e *executor) rollback(ctx context.Context, n, job string, why error) error
 	if err := st.Err(); err != nil {
 		return failed(StepRollback, fmt.Errorf("%v; rollback failed: %w", why, err))
 	}
-	e.update(n, func(r *Result) { r.Active = r.Before })
-	e.step(n, StepRollback, EventOK, st.Reason)
+	e.journal.update(n, func(r *Result) { r.Active = r.Before })
+	e.journal.step(n, StepRollback, EventOK, st.Reason)
 	return rolledBack(StepRollback, why)
 }
 

@@ -17,7 +17,7 @@ func (e *executor) reboot(ctx context.Context, n string) error {
 	if err != nil {
 		return failed(StepReboot, err)
 	}
-	e.step(n, StepReboot, EventStart, "")
+	e.journal.step(n, StepReboot, EventStart, "")
 	mark, err := host.Reboot(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege)
 	if err != nil {
 		return failed(StepReboot, err)
@@ -29,10 +29,10 @@ func (e *executor) reboot(ctx context.Context, n string) error {
 	case err != nil:
 		return failed(StepReboot, err)
 	}
-	e.update(n, func(r *Result) { r.Active = hs.Active })
+	e.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	if hs.Active != path {
 		return failedf(StepReboot, "the host booted %q, want %s", hs.Active, path)
 	}
-	e.step(n, StepReboot, EventOK, "booted "+path)
+	e.journal.step(n, StepReboot, EventOK, "booted "+path)
 	return nil
 }

@@ -113,10 +113,10 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 	h := e.plan.Hosts[n]
 	switch {
 	case e.opts.local:
-		e.step(n, StepPush, EventSkipped, "built on this machine, the host")
+		e.journal.step(n, StepPush, EventSkipped, "built on this machine, the host")
 		return nil
 	case e.opts.Steps.SkipPush:
-		e.step(n, StepPush, EventSkipped, "--no push")
+		e.journal.step(n, StepPush, EventSkipped, "--no push")
 		return nil
 	}
 	switch h.Source.Kind {
@@ -143,24 +143,24 @@ func (e *executor) transfer(ctx context.Context, n string) error {
 }
 
 func (e *executor) push(ctx context.Context, n string, paths []string) error {
-	e.step(n, StepPush, EventStart, fmt.Sprintf("%d closure(s)", len(paths)))
+	e.journal.step(n, StepPush, EventStart, fmt.Sprintf("%d closure(s)", len(paths)))
 	start := time.Now()
 	if err := e.copier.Copy(ctx, n, paths); err != nil {
 		return failed(StepPush, err)
 	}
-	e.step(n, StepPush, EventOK, time.Since(start).Round(time.Millisecond).String())
+	e.journal.step(n, StepPush, EventOK, time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
 // pushURL copies to a store URL once, whichever consumer asks first.
 func (e *executor) pushURL(ctx context.Context, url string) error {
 	return e.urlPushed[url].run(func() error {
-		e.event(Event{Instance: url, Step: StepPush, Status: EventStart})
+		e.journal.event(Event{Instance: url, Step: StepPush, Status: EventStart})
 		if err := e.copier.Copy(ctx, url, e.urlPaths(url)); err != nil {
-			e.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
+			e.journal.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
 			return err
 		}
-		e.event(Event{Instance: url, Step: StepPush, Status: EventOK})
+		e.journal.event(Event{Instance: url, Step: StepPush, Status: EventOK})
 		return nil
 	})
 }
@@ -182,7 +182,7 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 		select {
 		case slots <- struct{}{}:
 		default:
-			e.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
+			e.journal.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -191,7 +191,7 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 		}
 		defer func() { <-slots }()
 	}
-	e.step(n, StepSubstitute, EventStart, "from "+s.From)
+	e.journal.step(n, StepSubstitute, EventStart, "from "+s.From)
 	start := time.Now()
 	err := s.Run(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.plan.Hosts[n].Paths)
 	var f *host.SubstituteFailure
@@ -201,7 +201,7 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 	if err != nil {
 		return failed(StepSubstitute, err)
 	}
-	e.step(n, StepSubstitute, EventOK, time.Since(start).Round(time.Millisecond).String())
+	e.journal.step(n, StepSubstitute, EventOK, time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
@@ -249,7 +249,7 @@ func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string
 		case err != nil:
 			r.err = fmt.Errorf("%s, or so the host says; checking it on %s failed: %v", bad, store, err)
 		case verdict == "removed":
-			e.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
+			e.journal.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
 			r.err = fmt.Errorf("%s; nix-hive removed it from %s, and the next deploy pushes it there again", bad, store)
 		case verdict == "in use":
 			r.err = fmt.Errorf("%s; it is in use on %s, so it was left there: repair it there (nix-store --repair-path with a substituter that has a good copy)", bad, store)
