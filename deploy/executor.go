@@ -126,10 +126,9 @@ type executor struct {
 
 	journal *journal
 
+	locks *hostLocks
+
 	mu         sync.Mutex
-	locks      map[string]*host.DeployLock
-	locked     map[string]host.State // what each host ran when its lock was taken
-	lockErr    map[string]error
 	activating map[string]bool
 
 	servers map[string]bool // hosts that are other hosts' store
@@ -187,7 +186,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	}()
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
-	e.releaseLocks(ctx)
+	e.locks.releaseAll(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
 	return report
@@ -220,8 +219,8 @@ const storeConcurrency = 8
 
 func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
-		journal: &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
-		locks:   map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
+		journal:    &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
+		locks:      newHostLocks(remote, inv, opts.Connection),
 		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
 		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
 	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
@@ -385,11 +384,7 @@ func (e *executor) finished(n string) {
 // host is done costs memory here and keepalives through the uplink for
 // the whole deploy.
 func (e *executor) letGo(ctx context.Context, n string) {
-	e.mu.Lock()
-	l := e.locks[n]
-	delete(e.locks, n)
-	e.mu.Unlock()
-	l.Release(ctx)
+	e.locks.release(ctx, n)
 	if !e.servers[n] && !e.jumps[n] {
 		e.remote.Release(n)
 	}
@@ -405,22 +400,6 @@ func (e *executor) notice(n string, what host.Notice, msg string) {
 	case host.ConfirmRetry:
 		e.journal.step(n, StepConfirm, EventInfo, msg)
 	}
-}
-
-func (e *executor) releaseLocks(ctx context.Context) {
-	e.mu.Lock()
-	locks := e.locks
-	e.locks = map[string]*host.DeployLock{}
-	e.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, l := range locks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.Release(ctx)
-		}()
-	}
-	wg.Wait()
 }
 
 // record writes a host's outcome to hive.state (in memory; save writes

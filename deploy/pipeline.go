@@ -35,7 +35,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 	if err := e.ensure(ctx, n); err != nil {
 		return "", err
 	}
-	if err := e.lockError(n); err != nil {
+	if err := e.locks.lockError(n); err != nil {
 		return "", err
 	}
 	if ctx.Err() != nil {
@@ -200,9 +200,7 @@ func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch
 // activation job of an earlier deploy ran there then (nix-hive was killed,
 // say), it first waits for that job to end and says how it ended.
 func (e *executor) idleHost(ctx context.Context, n string) (host.State, error) {
-	e.mu.Lock()
-	hs := e.locked[n]
-	e.mu.Unlock()
+	hs, _ := e.locks.state(n)
 	if hs.Running == "" {
 		return hs, nil
 	}
@@ -258,7 +256,7 @@ func (e *executor) addCheck(n, which string, ok bool, msg string) {
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	goal, path := e.opts.Activation.Goal, e.plan.Hosts[n].OutPath
-	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
+	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.locks.hasGzip(n), Checks: e.hasCheck("post")}
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
 	e.journal.step(n, StepActivate, EventStart, string(goal))
@@ -339,7 +337,7 @@ func (e *executor) markChecked(ctx context.Context, n, job, status string) error
 // started, as the goal affects them (test never touches the profile).
 func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
 	e.journal.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
+	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.locks.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
@@ -349,44 +347,4 @@ func (e *executor) rollback(ctx context.Context, n, job string, why error) error
 	e.journal.update(n, func(r *Result) { r.Active = r.Before })
 	e.journal.step(n, StepRollback, EventOK, st.Reason)
 	return rolledBack(StepRollback, why)
-}
-
-// hasGzip says what the host's lock query found (false when unknown).
-func (e *executor) hasGzip(n string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.locked[n].Gzip
-}
-
-func (e *executor) lockError(n string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.lockErr[n]
-}
-
-// lock takes target n's deploy lock; a host another deploy holds is
-// refused at once, with who holds it, and its hive.state record is left
-// alone.
-func (e *executor) lock(ctx context.Context, n string) error {
-	l, hs, err := host.Lock(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.opts.Connection.Owner)
-	if err != nil {
-		return e.lockFailed(n, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.locks[n], e.locked[n] = l, hs
-	return nil
-}
-
-// lockFailed records why target n could not be locked (lockError).
-func (e *executor) lockFailed(n string, err error) error {
-	status := StatusFailed
-	if errors.Is(err, context.Canceled) {
-		status = StatusInterrupted // Ctrl-C while it connected
-	}
-	he := &hostError{step: StepLock, status: status, err: err, untouched: errors.Is(err, host.ErrLocked)}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.lockErr[n] = he
-	return he
 }

@@ -23,15 +23,13 @@ func (e *executor) ensure(ctx context.Context, n string) error {
 		if e.plan.Hosts[n].Target {
 			hs, ok, err := e.seenUpToDate(ctx, n)
 			if ok {
-				e.mu.Lock()
-				e.locked[n] = hs
-				e.mu.Unlock()
+				e.locks.seen(n, hs)
 				return nil
 			}
 			if err == nil {
-				err = e.lock(ctx, n)
+				err = e.locks.lock(ctx, n)
 			} else {
-				err = e.lockFailed(n, err)
+				err = e.locks.lockFailed(n, err)
 			}
 			if err != nil && !e.servesOthers(n) {
 				return err
@@ -57,9 +55,7 @@ func (e *executor) alreadyThere(n string) bool {
 	if e.opts.Activation.Force {
 		return false
 	}
-	e.mu.Lock()
-	hs, ok := e.locked[n]
-	e.mu.Unlock()
+	hs, ok := e.locks.state(n)
 	path := e.plan.Hosts[n].OutPath
 	return ok && hs.Running == "" && (upToDate(e.opts.Activation.Goal, hs, path) || checksPending(e.opts.Activation.Goal, hs, path) != "")
 }
