@@ -120,26 +120,17 @@ type executor struct {
 	plan   *plan.Plan
 	inv    *eval.Inventory
 	remote host.Remote
-	copier Copier
 	opts   Options
 	jobs   *host.Jobs
 
-	journal *journal
-
-	locks *hostLocks
+	journal   *journal
+	locks     *hostLocks
+	transfers *transfers
 
 	mu         sync.Mutex
 	activating map[string]bool
 
-	servers map[string]bool // hosts that are other hosts' store
-	jumps   map[string]bool // hosts that are other hosts' jump host
-	// storeSlots bound the substitutions from each store instance.
-	storeSlots map[string]chan struct{}
-	// repairs are the store copies consumers refused, by "store path".
-	repairs   map[string]*repair
-	ensured   map[string]*future // the host holds what it runs (or failed to)
-	supplied  map[string]*future // the host holds every closure of the plan's for it
-	urlPushed map[string]*future
+	jumps     map[string]bool    // hosts that are other hosts' jump host
 	activated map[string]*future // the host's activation ended or never will start
 }
 
@@ -218,11 +209,11 @@ func AutoParallel(p *plan.Plan) int {
 const storeConcurrency = 8
 
 func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
-	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
+	e := &executor{plan: p, inv: inv, remote: remote, opts: opts,
 		journal:    &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
 		locks:      newHostLocks(remote, inv, opts.Connection),
-		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
+		activating: map[string]bool{}, activated: map[string]*future{}}
+	e.transfers = newTransfers(p, inv, remote, copier, opts, e.locks, e.journal)
 	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
 	for _, n := range p.Order {
 		h := p.Hosts[n]
@@ -231,18 +222,7 @@ func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier C
 			wave = h.Wave + 1
 		}
 		e.journal.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
-		e.ensured[n] = newFuture()
-		e.supplied[n] = newFuture()
 		e.activated[n] = newFuture()
-		if h.Source.Kind == plan.SourceStore && !e.servers[h.Source.From] {
-			e.servers[h.Source.From] = true
-			e.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
-		}
-	}
-	for _, t := range p.Transfers {
-		if _, ok := p.Hosts[t.To]; !ok {
-			e.urlPushed[t.To] = newFuture()
-		}
 	}
 	e.jumps = jumpHosts(inv)
 	return e
@@ -287,7 +267,7 @@ func (e *executor) transferAll(ctx context.Context) {
 	sort.SliceStable(order, func(a, b int) bool { return e.plan.Hosts[order[a]].Level < e.plan.Hosts[order[b]].Level })
 	fanout.Each(ctx, len(order), e.opts.Connection.Parallel, func(ctx context.Context, i int) {
 		n := order[i]
-		err := e.ensure(ctx, n)
+		err := e.transfers.ensure(ctx, n)
 		if !e.plan.Hosts[n].Target {
 			e.settle(n, StatusStored, err)
 			e.finished(n)
@@ -385,7 +365,7 @@ func (e *executor) finished(n string) {
 // the whole deploy.
 func (e *executor) letGo(ctx context.Context, n string) {
 	e.locks.release(ctx, n)
-	if !e.servers[n] && !e.jumps[n] {
+	if !e.transfers.servesOthers(n) && !e.jumps[n] {
 		e.remote.Release(n)
 	}
 }

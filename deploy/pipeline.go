@@ -32,7 +32,7 @@ func (e *executor) host(ctx, actx context.Context, n string) {
 func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, error) {
 	h := e.plan.Hosts[n]
 	e.waitForStore(n)
-	if err := e.ensure(ctx, n); err != nil {
+	if err := e.transfers.ensure(ctx, n); err != nil {
 		return "", err
 	}
 	if err := e.locks.lockError(n); err != nil {
@@ -97,7 +97,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 // the host, writing nothing: a key that cannot be had fails the host
 // before anything changes there. nil without keys to upload.
 func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, error) {
-	if !e.hasKeys(n) {
+	if !e.opts.uploadsKeys(e.inv.Instances[n]) {
 		return nil, nil
 	}
 	b, err := e.opts.uploader.Prepare(ctx, e.inv.Instances[n])
@@ -105,11 +105,6 @@ func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, erro
 		return nil, failed(StepKeys, err)
 	}
 	return b, nil
-}
-
-// hasKeys reports whether the deploy uploads keys to host n.
-func (e *executor) hasKeys(n string) bool {
-	return e.opts.uploader != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Activation.Goal != host.GoalDryActivate
 }
 
 // uploadKeys uploads the batch's keys of when ("" for all); events name
