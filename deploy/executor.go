@@ -126,6 +126,7 @@ type executor struct {
 	journal   *journal
 	locks     *hostLocks
 	transfers *transfers
+	checks    *checks
 
 	mu         sync.Mutex
 	activating map[string]bool
@@ -215,6 +216,7 @@ func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier C
 		activating: map[string]bool{}, activated: map[string]*future{}}
 	e.transfers = newTransfers(p, inv, remote, copier, opts, e.locks, e.journal)
 	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
+	e.checks = &checks{policy: opts.Policy, jobs: e.jobs, inv: inv, journal: e.journal}
 	for _, n := range p.Order {
 		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave

@@ -64,7 +64,7 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 		e.journal.step(n, StepDone, EventOK, Unchanged)
 		return StatusUnchanged, nil
 	}
-	if err := e.preCheck(ctx, n); err != nil {
+	if err := e.checks.pre(ctx, n); err != nil {
 		return "", err
 	}
 	if err := e.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
@@ -179,9 +179,9 @@ func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch
 		}
 	}
 	check := e.postCheck
-	if !e.hasCheck("post") {
+	if !e.checks.has("post") {
 		// The policy has no post-check any more: nothing to wait for.
-		check = func(ctx context.Context, n, job string) error { return e.markChecked(ctx, n, job, "ok") }
+		check = func(ctx context.Context, n, job string) error { return e.checks.mark(ctx, n, job, "ok") }
 	}
 	if err := check(ctx, n, job); err != nil {
 		return "", err
@@ -208,50 +208,12 @@ func (e *executor) idleHost(ctx context.Context, n string) (host.State, error) {
 	return host.Query(ctx, e.remote, n)
 }
 
-func (e *executor) preCheck(ctx context.Context, n string) error {
-	if !e.hasCheck("pre") {
-		return nil
-	}
-	e.journal.step(n, StepPreCheck, EventStart, "")
-	ok, msg := e.opts.Policy.Pre(ctx, n)
-	e.addCheck(n, "pre", ok, msg)
-	if !ok {
-		return skipped(StepPreCheck, "pre-check failed: "+msg)
-	}
-	e.journal.step(n, StepPreCheck, EventOK, msg)
-	return nil
-}
-
-// hasCheck reports whether the policy has the check ("pre" or "post"): a
-// summary must not say "pre: ok" of a check that does not exist. Policies
-// that cannot tell are asked.
-func (e *executor) hasCheck(which string) bool {
-	if e.opts.Policy == nil {
-		return false
-	}
-	if d, ok := e.opts.Policy.(interface{ HasCheck(string) bool }); ok {
-		return d.HasCheck(which)
-	}
-	return true
-}
-
-func (e *executor) addCheck(n, which string, ok bool, msg string) {
-	s := which + ": ok"
-	if !ok {
-		s = which + ": failed"
-	}
-	if msg != "" {
-		s += " (" + msg + ")"
-	}
-	e.journal.update(n, func(r *Result) { r.Checks = append(r.Checks, s) })
-}
-
 // switchHost runs the activation job and returns its id. With magic
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
 func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	goal, path := e.opts.Activation.Goal, e.plan.Hosts[n].OutPath
-	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.locks.hasGzip(n), Checks: e.hasCheck("post")}
+	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.locks.hasGzip(n), Checks: e.checks.has("post")}
 	e.setActivating(n, true)
 	defer e.setActivating(n, false)
 	e.journal.step(n, StepActivate, EventStart, string(goal))
@@ -288,43 +250,15 @@ func (e *executor) setActivating(n string, on bool) {
 	}
 }
 
-// postCheck runs the policy's post-activation check and records its
-// outcome on the host (job's activation was recorded "activated" until
-// now); when it fails and the policy says so, the host returns to what
-// ran before.
+// postCheck runs the policy's post-activation check on host n and, when
+// it fails and the policy says so, returns the host to what ran before
+// job.
 func (e *executor) postCheck(ctx context.Context, n, job string) error {
-	if !e.hasCheck("post") {
-		return nil // the job recorded its activation ok
+	rollBack, err := e.checks.post(ctx, n, job)
+	if rollBack {
+		return e.rollback(ctx, n, job, err)
 	}
-	e.journal.step(n, StepPostCheck, EventStart, "")
-	ok, msg := e.opts.Policy.Post(ctx, n)
-	e.addCheck(n, "post", ok, msg)
-	if ok {
-		if err := e.markChecked(ctx, n, job, "ok"); err != nil {
-			return err
-		}
-		e.journal.step(n, StepPostCheck, EventOK, msg)
-		return nil
-	}
-	why := errors.New("post-check failed: " + msg)
-	if !e.opts.Policy.Rollback() {
-		if err := e.markChecked(ctx, n, job, "failed"); err != nil {
-			return failed(StepPostCheck, fmt.Errorf("%v; %w", why, err))
-		}
-		return failed(StepPostCheck, why)
-	}
-	e.journal.step(n, StepPostCheck, EventFailed, msg)
-	return e.rollback(ctx, n, job, why)
-}
-
-// markChecked records how job's checks ended on host n. A host whose
-// record cannot be written fails: its checks would run again next time,
-// and the operator should know why.
-func (e *executor) markChecked(ctx context.Context, n, job, status string) error {
-	if err := e.jobs.Mark(ctx, e.inv.Instances[n], job, status); err != nil {
-		return failed(StepPostCheck, err)
-	}
-	return nil
+	return err
 }
 
 // rollback returns host n to exactly what ran before job: the profile
