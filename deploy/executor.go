@@ -121,15 +121,11 @@ type executor struct {
 	inv    *eval.Inventory
 	remote host.Remote
 	opts   Options
-	jobs   *host.Jobs
 
 	journal   *journal
 	locks     *hostLocks
 	transfers *transfers
-	checks    *checks
-
-	mu         sync.Mutex
-	activating map[string]bool
+	pipeline  *pipeline
 
 	jumps     map[string]bool    // hosts that are other hosts' jump host
 	activated map[string]*future // the host's activation ended or never will start
@@ -211,12 +207,11 @@ const storeConcurrency = 8
 
 func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
 	e := &executor{plan: p, inv: inv, remote: remote, opts: opts,
-		journal:    &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
-		locks:      newHostLocks(remote, inv, opts.Connection),
-		activating: map[string]bool{}, activated: map[string]*future{}}
+		journal:   &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
+		locks:     newHostLocks(remote, inv, opts.Connection),
+		activated: map[string]*future{}}
 	e.transfers = newTransfers(p, inv, remote, copier, opts, e.locks, e.journal)
-	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
-	e.checks = &checks{policy: opts.Policy, jobs: e.jobs, inv: inv, journal: e.journal}
+	e.pipeline = newPipeline(p, inv, remote, opts, e.journal, e.locks, e.transfers)
 	for _, n := range p.Order {
 		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave
@@ -248,12 +243,7 @@ func activationContext(ctx context.Context, abort <-chan struct{}) (context.Cont
 }
 
 func (e *executor) announceInterrupt() {
-	e.mu.Lock()
-	var names []string
-	for n := range e.activating {
-		names = append(names, n)
-	}
-	e.mu.Unlock()
+	names := e.pipeline.activations()
 	msg := "interrupted: no further host starts and transfers stop"
 	if len(names) > 0 {
 		sort.Strings(names)
@@ -328,6 +318,27 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 	return stopped
 }
 
+// host runs target n's pipeline from its wave's turn on and settles it.
+func (e *executor) host(ctx, actx context.Context, n string) {
+	start := time.Now()
+	e.waitForStore(n)
+	status, err := e.pipeline.activate(ctx, actx, n)
+	e.journal.update(n, func(r *Result) { r.Duration = time.Since(start) })
+	e.settle(n, status, err)
+	e.record(n)
+	e.letGo(ctx, n)
+	e.finished(n)
+}
+
+// waitForStore lets a store activate before its consumers in the same
+// wave.
+func (e *executor) waitForStore(n string) {
+	st := e.inv.Instances[n].Store
+	if sh, ok := e.plan.Hosts[st]; ok && sh.Target && sh.Wave == e.plan.Hosts[n].Wave {
+		<-e.activated[st].done
+	}
+}
+
 // settle sets a host's outcome from what its pipeline returned: the one
 // place a Result's status, step and error are decided.
 func (e *executor) settle(n string, ok Status, err error) {
@@ -369,18 +380,6 @@ func (e *executor) letGo(ctx context.Context, n string) {
 	e.locks.release(ctx, n)
 	if !e.transfers.servesOthers(n) && !e.jumps[n] {
 		e.remote.Release(n)
-	}
-}
-
-// notice reports what the host's jobs tell about host n as its events.
-func (e *executor) notice(n string, what host.Notice, msg string) {
-	switch what {
-	case host.ContactLost:
-		e.journal.step(n, StepActivate, EventInfo, msg)
-	case host.Confirmed:
-		e.journal.step(n, StepConfirm, EventOK, msg)
-	case host.ConfirmRetry:
-		e.journal.step(n, StepConfirm, EventInfo, msg)
 	}
 }
 
