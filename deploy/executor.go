@@ -116,6 +116,11 @@ func (r *Report) Unknown() []string {
 	return out
 }
 
+// executor carries out one plan as a rollout: it starts the transfers,
+// gives the targets their turns in the pipeline wave by wave, and settles
+// each host's outcome, recording it in hive.state. The parts it holds
+// keep their own state; what they share is the journal they write to and
+// the deploy locks.
 type executor struct {
 	plan   *plan.Plan
 	inv    *eval.Inventory
