@@ -116,30 +116,23 @@ func (r *Report) Unknown() []string {
 	return out
 }
 
+// executor carries out one plan as a rollout: it starts the transfers,
+// gives the targets their turns in the pipeline wave by wave, and settles
+// each host's outcome, recording it in hive.state. The parts it holds
+// keep their own state; what they share is the journal they write to and
+// the deploy locks.
 type executor struct {
 	plan   *plan.Plan
 	inv    *eval.Inventory
 	remote host.Remote
-	copier Copier
 	opts   Options
-	jobs   *host.Jobs
 
-	mu         sync.Mutex
-	res        map[string]*Result
-	locks      map[string]*host.DeployLock
-	locked     map[string]host.State // what each host ran when its lock was taken
-	lockErr    map[string]error
-	activating map[string]bool
+	journal   *journal
+	locks     *hostLocks
+	transfers *transfers
+	pipeline  *pipeline
 
-	servers map[string]bool // hosts that are other hosts' store
-	jumps   map[string]bool // hosts that are other hosts' jump host
-	// storeSlots bound the substitutions from each store instance.
-	storeSlots map[string]chan struct{}
-	// repairs are the store copies consumers refused, by "store path".
-	repairs   map[string]*repair
-	ensured   map[string]*future // the host holds what it runs (or failed to)
-	supplied  map[string]*future // the host holds every closure of the plan's for it
-	urlPushed map[string]*future
+	jumps     map[string]bool    // hosts that are other hosts' jump host
 	activated map[string]*future // the host's activation ended or never will start
 }
 
@@ -172,7 +165,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	e := newExecutor(p, inv, remote, copier, opts)
 	actx, cancel := activationContext(ctx, e.opts.Abort)
 	defer cancel()
-	report := &Report{Results: e.res, Order: p.Order}
+	report := &Report{Results: e.journal.res, Order: p.Order}
 	stopWatch := context.AfterFunc(ctx, e.announceInterrupt)
 	defer stopWatch()
 
@@ -186,7 +179,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	}()
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
-	e.releaseLocks(ctx)
+	e.locks.releaseAll(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
 	return report
@@ -218,30 +211,20 @@ func AutoParallel(p *plan.Plan) int {
 const storeConcurrency = 8
 
 func newExecutor(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options) *executor {
-	e := &executor{plan: p, inv: inv, remote: remote, copier: copier, opts: opts,
-		res: map[string]*Result{}, locks: map[string]*host.DeployLock{}, locked: map[string]host.State{}, lockErr: map[string]error{},
-		activating: map[string]bool{}, ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		activated: map[string]*future{}, servers: map[string]bool{}, storeSlots: map[string]chan struct{}{}, repairs: map[string]*repair{}}
-	e.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, e.notice)
+	e := &executor{plan: p, inv: inv, remote: remote, opts: opts,
+		journal:   &journal{plan: p, events: opts.Record.Events, res: map[string]*Result{}},
+		locks:     newHostLocks(remote, inv, opts.Connection),
+		activated: map[string]*future{}}
+	e.transfers = newTransfers(p, inv, remote, copier, opts, e.locks, e.journal)
+	e.pipeline = newPipeline(p, inv, remote, opts, e.journal, e.locks, e.transfers)
 	for _, n := range p.Order {
 		h := p.Hosts[n]
 		wave := 0 // a store that only receives closures activates in no wave
 		if h.Target {
 			wave = h.Wave + 1
 		}
-		e.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
-		e.ensured[n] = newFuture()
-		e.supplied[n] = newFuture()
+		e.journal.res[n] = &Result{Instance: n, System: h.System, Wave: wave, Target: h.Target, Status: StatusNotStarted}
 		e.activated[n] = newFuture()
-		if h.Source.Kind == plan.SourceStore && !e.servers[h.Source.From] {
-			e.servers[h.Source.From] = true
-			e.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
-		}
-	}
-	for _, t := range p.Transfers {
-		if _, ok := p.Hosts[t.To]; !ok {
-			e.urlPushed[t.To] = newFuture()
-		}
 	}
 	e.jumps = jumpHosts(inv)
 	return e
@@ -265,18 +248,13 @@ func activationContext(ctx context.Context, abort <-chan struct{}) (context.Cont
 }
 
 func (e *executor) announceInterrupt() {
-	e.mu.Lock()
-	var names []string
-	for n := range e.activating {
-		names = append(names, n)
-	}
-	e.mu.Unlock()
+	names := e.pipeline.activations()
 	msg := "interrupted: no further host starts and transfers stop"
 	if len(names) > 0 {
 		sort.Strings(names)
 		msg += fmt.Sprintf("; waiting for %d running activation(s) (%v) to finish; interrupt again to stop waiting (they finish on the hosts)", len(names), names)
 	}
-	e.event(Event{Step: StepRollout, Status: EventInfo, Message: msg})
+	e.journal.event(Event{Step: StepRollout, Status: EventInfo, Message: msg})
 }
 
 // transferAll makes sure every host holds its closures, stores before
@@ -286,7 +264,7 @@ func (e *executor) transferAll(ctx context.Context) {
 	sort.SliceStable(order, func(a, b int) bool { return e.plan.Hosts[order[a]].Level < e.plan.Hosts[order[b]].Level })
 	fanout.Each(ctx, len(order), e.opts.Connection.Parallel, func(ctx context.Context, i int) {
 		n := order[i]
-		err := e.ensure(ctx, n)
+		err := e.transfers.ensure(ctx, n)
 		if !e.plan.Hosts[n].Target {
 			e.settle(n, StatusStored, err)
 			e.finished(n)
@@ -305,7 +283,7 @@ func (e *executor) runWaves(ctx, actx context.Context) string {
 		stopped := e.runWave(ctx, actx, wi, wave, &total)
 		e.save(false)
 		if stopped != "" {
-			e.event(Event{Step: StepRollout, Status: EventFailed, Message: stopped})
+			e.journal.event(Event{Step: StepRollout, Status: EventFailed, Message: stopped})
 			return stopped
 		}
 	}
@@ -326,7 +304,7 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 	started := fanout.Each(wctx, len(wave), e.opts.Connection.Parallel, func(_ context.Context, i int) {
 		n := wave[i]
 		e.activated[n].run(func() error { e.host(ctx, actx, n); return nil })
-		if s := e.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
+		if s := e.journal.result(n).Status; s.Succeeded() || s == StatusSkipped || s == StatusNotStarted {
 			return
 		}
 		mu.Lock()
@@ -345,64 +323,56 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 	return stopped
 }
 
-func (e *executor) result(n string) Result {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return *e.res[n]
+// host runs target n's pipeline from its wave's turn on and settles it.
+func (e *executor) host(ctx, actx context.Context, n string) {
+	start := time.Now()
+	e.waitForStore(n)
+	status, err := e.pipeline.activate(ctx, actx, n)
+	e.journal.update(n, func(r *Result) { r.Duration = time.Since(start) })
+	e.settle(n, status, err)
+	e.record(n)
+	e.letGo(ctx, n)
+	e.finished(n)
 }
 
-func (e *executor) update(n string, fn func(r *Result)) {
-	e.mu.Lock()
-	fn(e.res[n])
-	e.mu.Unlock()
-}
-
-func (e *executor) event(ev Event) {
-	if ev.Time.IsZero() {
-		ev.Time = time.Now()
+// waitForStore lets a store activate before its consumers in the same
+// wave.
+func (e *executor) waitForStore(n string) {
+	st := e.inv.Instances[n].Store
+	if sh, ok := e.plan.Hosts[st]; ok && sh.Target && sh.Wave == e.plan.Hosts[n].Wave {
+		<-e.activated[st].done
 	}
-	if e.opts.Record.Events != nil {
-		e.opts.Record.Events(ev)
-	}
-}
-
-func (e *executor) step(n string, step Step, status EventStatus, msg string) {
-	wave := 0
-	if h := e.plan.Hosts[n]; h != nil && h.Target {
-		wave = h.Wave + 1
-	}
-	e.event(Event{Instance: n, Wave: wave, Step: step, Status: status, Message: msg})
 }
 
 // settle sets a host's outcome from what its pipeline returned: the one
 // place a Result's status, step and error are decided.
 func (e *executor) settle(n string, ok Status, err error) {
 	status, step, msg, untouched := outcome(ok, err)
-	e.update(n, func(r *Result) {
+	e.journal.update(n, func(r *Result) {
 		r.Status, r.Step, r.Error, r.untouched = status, step, msg, untouched
 	})
 	switch {
 	case err == nil:
 	case status == StatusSkipped:
-		e.step(n, step, EventSkipped, msg)
+		e.journal.step(n, step, EventSkipped, msg)
 	case status == StatusRolledBack:
 		// The rollback itself went well (its own event said so); what
 		// failed is the host's deploy.
-		e.step(n, StepDone, EventFailed, "rolled back: "+msg)
+		e.journal.step(n, StepDone, EventFailed, "rolled back: "+msg)
 	default:
-		e.step(n, step, EventFailed, msg)
+		e.journal.step(n, step, EventFailed, msg)
 	}
 }
 
 // finished announces a host's outcome (StepFinished, with its final
 // status); progress views count these.
 func (e *executor) finished(n string) {
-	r := e.result(n)
+	r := e.journal.result(n)
 	st := EventOK
 	if !r.Status.Succeeded() {
 		st = EventFailed
 	}
-	e.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
+	e.journal.event(Event{Instance: n, Wave: r.Wave, Step: StepFinished, Status: st, Result: r.Status, Message: r.Error})
 }
 
 // letGo releases target n's deploy lock and, unless other hosts are
@@ -412,48 +382,16 @@ func (e *executor) finished(n string) {
 // host is done costs memory here and keepalives through the uplink for
 // the whole deploy.
 func (e *executor) letGo(ctx context.Context, n string) {
-	e.mu.Lock()
-	l := e.locks[n]
-	delete(e.locks, n)
-	e.mu.Unlock()
-	l.Release(ctx)
-	if !e.servers[n] && !e.jumps[n] {
+	e.locks.release(ctx, n)
+	if !e.transfers.servesOthers(n) && !e.jumps[n] {
 		e.remote.Release(n)
 	}
-}
-
-// notice reports what the host's jobs tell about host n as its events.
-func (e *executor) notice(n string, what host.Notice, msg string) {
-	switch what {
-	case host.ContactLost:
-		e.step(n, StepActivate, EventInfo, msg)
-	case host.Confirmed:
-		e.step(n, StepConfirm, EventOK, msg)
-	case host.ConfirmRetry:
-		e.step(n, StepConfirm, EventInfo, msg)
-	}
-}
-
-func (e *executor) releaseLocks(ctx context.Context) {
-	e.mu.Lock()
-	locks := e.locks
-	e.locks = map[string]*host.DeployLock{}
-	e.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, l := range locks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.Release(ctx)
-		}()
-	}
-	wg.Wait()
 }
 
 // record writes a host's outcome to hive.state (in memory; save writes
 // the file). A dry activation deploys nothing and is not recorded.
 func (e *executor) record(n string) {
-	r := e.result(n)
+	r := e.journal.result(n)
 	if e.opts.Record.State == nil || r.untouched || (r.Target && e.opts.Activation.Goal == host.GoalDryActivate) {
 		return
 	}
@@ -485,11 +423,11 @@ func (e *executor) save(all bool) {
 		return
 	}
 	for _, n := range e.plan.Order {
-		if r := e.result(n); all || r.Status != StatusNotStarted || r.Step != "" {
+		if r := e.journal.result(n); all || r.Status != StatusNotStarted || r.Step != "" {
 			e.record(n)
 		}
 	}
 	if err := e.opts.Record.State.Save(); err != nil {
-		e.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
+		e.journal.event(Event{Step: StepState, Status: EventFailed, Message: err.Error()})
 	}
 }

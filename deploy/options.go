@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
 	"github.com/nix-hive/nix-hive/state"
@@ -34,6 +35,11 @@ type Options struct {
 	publicKey string
 	uploader  *keys.Uploader
 	local     bool
+}
+
+// uploadsKeys reports whether a deploy with o uploads keys to in.
+func (o Options) uploadsKeys(in *eval.Instance) bool {
+	return o.uploader != nil && len(in.Keys) > 0 && o.Activation.Goal != host.GoalDryActivate
 }
 
 func (o Options) withDefaults() Options {

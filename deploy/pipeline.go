@@ -5,55 +5,78 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
+	"sync"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
+	"github.com/nix-hive/nix-hive/plan"
 )
 
 // A target host goes through: lock, transfer (push, or substitute after
 // its store's transfer), wait for its wave and for its store's activation
 // in that wave, query, pre-check, activate (a detached job, confirmed over
-// a new connection), reboot (--reboot), post-check, rollback. Each step
-// returns nil or a hostError; host settles the outcome in one place.
+// a new connection), reboot (--reboot), post-check, rollback. The first
+// three are the transfers' and the executor's; the rest are here. Each
+// step returns nil or a hostError; the executor's host settles the
+// outcome in one place.
 
-// host runs target n's pipeline from its wave's turn on and settles it.
-func (e *executor) host(ctx, actx context.Context, n string) {
-	start := time.Now()
-	status, err := e.activateHost(ctx, actx, n)
-	e.update(n, func(r *Result) { r.Duration = time.Since(start) })
-	e.settle(n, status, err)
-	e.record(n)
-	e.letGo(ctx, n)
-	e.finished(n)
+// pipeline runs each target's steps from its turn in its wave to its
+// outcome: the deploy lock's verdict, keys, the activation job
+// (confirmed, and followed when contact is lost), reboot, the policy's
+// checks and the rollback they may call for. It runs the hosts' jobs and
+// reports every step; it is apart from the executor, whose waves decide
+// when a host's turn comes and which settles what an outcome means for
+// the rollout and hive.state.
+type pipeline struct {
+	plan      *plan.Plan
+	inv       *eval.Inventory
+	remote    host.Remote
+	opts      Options
+	jobs      *host.Jobs
+	journal   *journal
+	locks     *hostLocks
+	transfers *transfers
+	checks    *checks
+
+	mu         sync.Mutex
+	activating map[string]bool
 }
 
-func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, error) {
-	h := e.plan.Hosts[n]
-	e.waitForStore(n)
-	if err := e.ensure(ctx, n); err != nil {
+func newPipeline(p *plan.Plan, inv *eval.Inventory, remote host.Remote, opts Options, j *journal, locks *hostLocks, t *transfers) *pipeline {
+	pl := &pipeline{plan: p, inv: inv, remote: remote, opts: opts, journal: j, locks: locks, transfers: t,
+		activating: map[string]bool{}}
+	pl.jobs = newJobs(remote, opts.Activation, opts.Connection, opts.local, pl.notice)
+	pl.checks = &checks{policy: opts.Policy, jobs: pl.jobs, inv: inv, journal: j}
+	return pl
+}
+
+// activate takes target n from its turn in its wave to how it ends: a
+// Status, or the hostError that stopped it.
+func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error) {
+	h := p.plan.Hosts[n]
+	if err := p.transfers.ensure(ctx, n); err != nil {
 		return "", err
 	}
-	if err := e.lockError(n); err != nil {
+	if err := p.locks.lockError(n); err != nil {
 		return "", err
 	}
 	if ctx.Err() != nil {
 		return StatusNotStarted, nil // Ctrl-C came first
 	}
-	before, err := e.idleHost(actx, n)
+	before, err := p.idleHost(actx, n)
 	if err != nil {
 		return "", failed(StepActivate, err)
 	}
-	e.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
-	batch, err := e.prepareKeys(ctx, n)
+	p.journal.update(n, func(r *Result) { r.Before, r.Active = before.Active, before.Active })
+	batch, err := p.prepareKeys(ctx, n)
 	if err != nil {
 		return "", err
 	}
-	if job := checksPending(e.opts.Activation.Goal, before, h.OutPath); job != "" && !e.opts.Activation.Force {
-		return e.recheck(actx, n, job, batch)
+	if job := checksPending(p.opts.Activation.Goal, before, h.OutPath); job != "" && !p.opts.Activation.Force {
+		return p.recheck(actx, n, job, batch)
 	}
-	if !e.opts.Activation.Force && upToDate(e.opts.Activation.Goal, before, h.OutPath) {
+	if !p.opts.Activation.Force && upToDate(p.opts.Activation.Goal, before, h.OutPath) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
 		if batch != nil {
@@ -61,79 +84,65 @@ func (e *executor) activateHost(ctx, actx context.Context, n string) (Status, er
 				return "", failed(StepKeys, err)
 			}
 		}
-		e.step(n, StepDone, EventOK, Unchanged)
+		p.journal.step(n, StepDone, EventOK, Unchanged)
 		return StatusUnchanged, nil
 	}
-	if err := e.preCheck(ctx, n); err != nil {
+	if err := p.checks.pre(ctx, n); err != nil {
 		return "", err
 	}
-	if err := e.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
+	if err := p.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
 		return "", err
 	}
-	job, err := e.switchHost(actx, n)
+	job, err := p.switchHost(actx, n)
 	if err != nil {
 		return "", err
 	}
-	if e.opts.Activation.Goal == host.GoalDryActivate {
-		e.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
+	if p.opts.Activation.Goal == host.GoalDryActivate {
+		p.journal.step(n, StepDone, EventOK, "dry-activate ran; the host runs what it ran before")
 		return StatusDryActivated, nil
 	}
-	if err := e.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
+	if err := p.uploadKeys(actx, n, batch, eval.PostActivation); err != nil {
 		return "", err
 	}
-	if e.opts.Activation.Reboot {
-		if err := e.reboot(actx, n); err != nil {
+	if p.opts.Activation.Reboot {
+		if err := p.reboot(actx, n); err != nil {
 			return "", err
 		}
 	}
-	if err := e.postCheck(actx, n, job); err != nil {
+	if err := p.postCheck(actx, n, job); err != nil {
 		return "", err
 	}
-	e.step(n, StepDone, EventOK, "")
+	p.journal.step(n, StepDone, EventOK, "")
 	return StatusOK, nil
 }
 
 // prepareKeys reads host n's key values and checks their owners exist on
 // the host, writing nothing: a key that cannot be had fails the host
 // before anything changes there. nil without keys to upload.
-func (e *executor) prepareKeys(ctx context.Context, n string) (*keys.Batch, error) {
-	if !e.hasKeys(n) {
+func (p *pipeline) prepareKeys(ctx context.Context, n string) (*keys.Batch, error) {
+	if !p.opts.uploadsKeys(p.inv.Instances[n]) {
 		return nil, nil
 	}
-	b, err := e.opts.uploader.Prepare(ctx, e.inv.Instances[n])
+	b, err := p.opts.uploader.Prepare(ctx, p.inv.Instances[n])
 	if err != nil {
 		return nil, failed(StepKeys, err)
 	}
 	return b, nil
 }
 
-// hasKeys reports whether the deploy uploads keys to host n.
-func (e *executor) hasKeys(n string) bool {
-	return e.opts.uploader != nil && len(e.inv.Instances[n].Keys) > 0 && e.opts.Activation.Goal != host.GoalDryActivate
-}
-
 // uploadKeys uploads the batch's keys of when ("" for all); events name
 // keys, never values.
-func (e *executor) uploadKeys(ctx context.Context, n string, b *keys.Batch, when string) error {
+func (p *pipeline) uploadKeys(ctx context.Context, n string, b *keys.Batch, when string) error {
 	if b == nil || len(b.Names(when)) == 0 {
 		return nil
 	}
 	names := strings.Join(b.Names(when), ", ")
-	e.step(n, StepKeys, EventStart, names)
+	p.journal.step(n, StepKeys, EventStart, names)
 	if err := b.Upload(ctx, when); err != nil {
 		return failed(StepKeys, err)
 	}
-	e.step(n, StepKeys, EventOK, names)
+	p.journal.step(n, StepKeys, EventOK, names)
 	return nil
-}
-
-// waitForStore lets a store activate before its consumers in the same
-// wave.
-func (e *executor) waitForStore(n string) {
-	st := e.inv.Instances[n].Store
-	if sh, ok := e.plan.Hosts[st]; ok && sh.Target && sh.Wave == e.plan.Hosts[n].Wave {
-		<-e.activated[st].done
-	}
 }
 
 // upToDate reports whether a host already runs path the way the goal
@@ -175,23 +184,23 @@ func runs(goal host.Goal, hs host.State, path string) bool {
 // checks ended. The checks run again (keys first, as after an
 // activation) and the policy's failure rule applies, as if the deploy
 // had never stopped.
-func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch) (Status, error) {
-	e.update(n, func(r *Result) { r.Job = job })
-	e.step(n, StepPostCheck, EventInfo, "activation job "+job+" of an earlier deploy activated this system, and its checks did not finish: running them again")
+func (p *pipeline) recheck(ctx context.Context, n, job string, batch *keys.Batch) (Status, error) {
+	p.journal.update(n, func(r *Result) { r.Job = job })
+	p.journal.step(n, StepPostCheck, EventInfo, "activation job "+job+" of an earlier deploy activated this system, and its checks did not finish: running them again")
 	if batch != nil {
-		if err := e.uploadKeys(ctx, n, batch, ""); err != nil {
+		if err := p.uploadKeys(ctx, n, batch, ""); err != nil {
 			return "", err
 		}
 	}
-	check := e.postCheck
-	if !e.hasCheck("post") {
+	check := p.postCheck
+	if !p.checks.has("post") {
 		// The policy has no post-check any more: nothing to wait for.
-		check = func(ctx context.Context, n, job string) error { return e.markChecked(ctx, n, job, "ok") }
+		check = func(ctx context.Context, n, job string) error { return p.checks.mark(ctx, n, job, "ok") }
 	}
 	if err := check(ctx, n, job); err != nil {
 		return "", err
 	}
-	e.step(n, StepDone, EventOK, "")
+	p.journal.step(n, StepDone, EventOK, "")
 	return StatusOK, nil
 }
 
@@ -199,71 +208,31 @@ func (e *executor) recheck(ctx context.Context, n, job string, batch *keys.Batch
 // (nothing but this deploy changes it while the lock is held). When an
 // activation job of an earlier deploy ran there then (nix-hive was killed,
 // say), it first waits for that job to end and says how it ended.
-func (e *executor) idleHost(ctx context.Context, n string) (host.State, error) {
-	e.mu.Lock()
-	hs := e.locked[n]
-	e.mu.Unlock()
+func (p *pipeline) idleHost(ctx context.Context, n string) (host.State, error) {
+	hs, _ := p.locks.state(n)
 	if hs.Running == "" {
 		return hs, nil
 	}
-	e.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
-	st, err := e.jobs.Follow(ctx, n, hs.Running)
+	p.journal.step(n, StepActivate, EventInfo, "waiting for activation job "+hs.Running+" of an earlier deploy to end")
+	st, err := p.jobs.Follow(ctx, n, hs.Running)
 	if err != nil {
 		return hs, fmt.Errorf("activation job %s of an earlier deploy is still running: %w", hs.Running, err)
 	}
-	e.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
-	return host.Query(ctx, e.remote, n)
-}
-
-func (e *executor) preCheck(ctx context.Context, n string) error {
-	if !e.hasCheck("pre") {
-		return nil
-	}
-	e.step(n, StepPreCheck, EventStart, "")
-	ok, msg := e.opts.Policy.Pre(ctx, n)
-	e.addCheck(n, "pre", ok, msg)
-	if !ok {
-		return skipped(StepPreCheck, "pre-check failed: "+msg)
-	}
-	e.step(n, StepPreCheck, EventOK, msg)
-	return nil
-}
-
-// hasCheck reports whether the policy has the check ("pre" or "post"): a
-// summary must not say "pre: ok" of a check that does not exist. Policies
-// that cannot tell are asked.
-func (e *executor) hasCheck(which string) bool {
-	if e.opts.Policy == nil {
-		return false
-	}
-	if d, ok := e.opts.Policy.(interface{ HasCheck(string) bool }); ok {
-		return d.HasCheck(which)
-	}
-	return true
-}
-
-func (e *executor) addCheck(n, which string, ok bool, msg string) {
-	s := which + ": ok"
-	if !ok {
-		s = which + ": failed"
-	}
-	if msg != "" {
-		s += " (" + msg + ")"
-	}
-	e.update(n, func(r *Result) { r.Checks = append(r.Checks, s) })
+	p.journal.step(n, StepActivate, EventInfo, "earlier activation job "+hs.Running+" ended: "+st.String())
+	return host.Query(ctx, p.remote, n)
 }
 
 // switchHost runs the activation job and returns its id. With magic
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
-func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
-	goal, path := e.opts.Activation.Goal, e.plan.Hosts[n].OutPath
-	job := host.Job{Goal: goal, Target: path, Confirm: e.opts.Activation.watchdog(goal), Gzip: e.hasGzip(n), Checks: e.hasCheck("post")}
-	e.setActivating(n, true)
-	defer e.setActivating(n, false)
-	e.step(n, StepActivate, EventStart, string(goal))
-	st, err := e.jobs.Run(ctx, e.inv.Instances[n], job)
-	e.update(n, func(r *Result) { r.Job = st.ID })
+func (p *pipeline) switchHost(ctx context.Context, n string) (string, error) {
+	goal, path := p.opts.Activation.Goal, p.plan.Hosts[n].OutPath
+	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post")}
+	p.setActivating(n, true)
+	defer p.setActivating(n, false)
+	p.journal.step(n, StepActivate, EventStart, string(goal))
+	st, err := p.jobs.Run(ctx, p.inv.Instances[n], job)
+	p.journal.update(n, func(r *Result) { r.Job = st.ID })
 	var je *host.JobError
 	switch {
 	case errors.As(err, &je):
@@ -273,120 +242,75 @@ func (e *executor) switchHost(ctx context.Context, n string) (string, error) {
 	}
 	if err := st.Err(); err != nil {
 		if st.RolledBack() {
-			e.update(n, func(r *Result) { r.Active = r.Before })
+			p.journal.update(n, func(r *Result) { r.Active = r.Before })
 			return "", rolledBack(StepActivate, err)
 		}
 		return "", failed(StepActivate, err)
 	}
 	if goal != host.GoalBoot && goal != host.GoalDryActivate {
-		e.update(n, func(r *Result) { r.Active = path })
+		p.journal.update(n, func(r *Result) { r.Active = path })
 	}
-	e.step(n, StepActivate, EventOK, "")
+	p.journal.step(n, StepActivate, EventOK, "")
 	return st.ID, nil
 }
 
-func (e *executor) setActivating(n string, on bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (p *pipeline) setActivating(n string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if on {
-		e.activating[n] = true
+		p.activating[n] = true
 	} else {
-		delete(e.activating, n)
+		delete(p.activating, n)
 	}
 }
 
-// postCheck runs the policy's post-activation check and records its
-// outcome on the host (job's activation was recorded "activated" until
-// now); when it fails and the policy says so, the host returns to what
-// ran before.
-func (e *executor) postCheck(ctx context.Context, n, job string) error {
-	if !e.hasCheck("post") {
-		return nil // the job recorded its activation ok
+// activations are the hosts whose activation job runs now, in no order.
+func (p *pipeline) activations() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var names []string
+	for n := range p.activating {
+		names = append(names, n)
 	}
-	e.step(n, StepPostCheck, EventStart, "")
-	ok, msg := e.opts.Policy.Post(ctx, n)
-	e.addCheck(n, "post", ok, msg)
-	if ok {
-		if err := e.markChecked(ctx, n, job, "ok"); err != nil {
-			return err
-		}
-		e.step(n, StepPostCheck, EventOK, msg)
-		return nil
-	}
-	why := errors.New("post-check failed: " + msg)
-	if !e.opts.Policy.Rollback() {
-		if err := e.markChecked(ctx, n, job, "failed"); err != nil {
-			return failed(StepPostCheck, fmt.Errorf("%v; %w", why, err))
-		}
-		return failed(StepPostCheck, why)
-	}
-	e.step(n, StepPostCheck, EventFailed, msg)
-	return e.rollback(ctx, n, job, why)
+	return names
 }
 
-// markChecked records how job's checks ended on host n. A host whose
-// record cannot be written fails: its checks would run again next time,
-// and the operator should know why.
-func (e *executor) markChecked(ctx context.Context, n, job, status string) error {
-	if err := e.jobs.Mark(ctx, e.inv.Instances[n], job, status); err != nil {
-		return failed(StepPostCheck, err)
+// notice reports what the host's jobs tell about host n as its events.
+func (p *pipeline) notice(n string, what host.Notice, msg string) {
+	switch what {
+	case host.ContactLost:
+		p.journal.step(n, StepActivate, EventInfo, msg)
+	case host.Confirmed:
+		p.journal.step(n, StepConfirm, EventOK, msg)
+	case host.ConfirmRetry:
+		p.journal.step(n, StepConfirm, EventInfo, msg)
 	}
-	return nil
+}
+
+// postCheck runs the policy's post-activation check on host n and, when
+// it fails and the policy says so, returns the host to what ran before
+// job.
+func (p *pipeline) postCheck(ctx context.Context, n, job string) error {
+	rollBack, err := p.checks.post(ctx, n, job)
+	if rollBack {
+		return p.rollback(ctx, n, job, err)
+	}
+	return err
 }
 
 // rollback returns host n to exactly what ran before job: the profile
 // generation and the active system recorded on the host when job
 // started, as the goal affects them (test never touches the profile).
-func (e *executor) rollback(ctx context.Context, n, job string, why error) error {
-	e.step(n, StepRollback, EventStart, why.Error())
-	st, err := e.jobs.Run(ctx, e.inv.Instances[n], host.Job{Goal: e.opts.Activation.Goal, Target: host.Restore(job), Gzip: e.hasGzip(n)})
+func (p *pipeline) rollback(ctx context.Context, n, job string, why error) error {
+	p.journal.step(n, StepRollback, EventStart, why.Error())
+	st, err := p.jobs.Run(ctx, p.inv.Instances[n], host.Job{Goal: p.opts.Activation.Goal, Target: host.Restore(job), Gzip: p.locks.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; rollback: %w", why, err))
 	}
 	if err := st.Err(); err != nil {
 		return failed(StepRollback, fmt.Errorf("%v; rollback failed: %w", why, err))
 	}
-	e.update(n, func(r *Result) { r.Active = r.Before })
-	e.step(n, StepRollback, EventOK, st.Reason)
+	p.journal.update(n, func(r *Result) { r.Active = r.Before })
+	p.journal.step(n, StepRollback, EventOK, st.Reason)
 	return rolledBack(StepRollback, why)
-}
-
-// hasGzip says what the host's lock query found (false when unknown).
-func (e *executor) hasGzip(n string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.locked[n].Gzip
-}
-
-func (e *executor) lockError(n string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.lockErr[n]
-}
-
-// lock takes target n's deploy lock; a host another deploy holds is
-// refused at once, with who holds it, and its hive.state record is left
-// alone.
-func (e *executor) lock(ctx context.Context, n string) error {
-	l, hs, err := host.Lock(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.opts.Connection.Owner)
-	if err != nil {
-		return e.lockFailed(n, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.locks[n], e.locked[n] = l, hs
-	return nil
-}
-
-// lockFailed records why target n could not be locked (lockError).
-func (e *executor) lockFailed(n string, err error) error {
-	status := StatusFailed
-	if errors.Is(err, context.Canceled) {
-		status = StatusInterrupted // Ctrl-C while it connected
-	}
-	he := &hostError{step: StepLock, status: status, err: err, untouched: errors.Is(err, host.ErrLocked)}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.lockErr[n] = he
-	return he
 }

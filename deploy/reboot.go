@@ -11,28 +11,28 @@ import (
 // RebootTimeout) for it to come back, and checks it booted the wanted
 // system. A reboot is recognised by a mark left in /run (which every boot
 // clears) or a new kernel boot id.
-func (e *executor) reboot(ctx context.Context, n string) error {
-	path := e.plan.Hosts[n].OutPath
-	before, err := host.Query(ctx, e.remote, n)
+func (p *pipeline) reboot(ctx context.Context, n string) error {
+	path := p.plan.Hosts[n].OutPath
+	before, err := host.Query(ctx, p.remote, n)
 	if err != nil {
 		return failed(StepReboot, err)
 	}
-	e.step(n, StepReboot, EventStart, "")
-	mark, err := host.Reboot(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege)
+	p.journal.step(n, StepReboot, EventStart, "")
+	mark, err := host.Reboot(ctx, p.remote, p.inv.Instances[n], p.opts.Connection.Privilege)
 	if err != nil {
 		return failed(StepReboot, err)
 	}
-	hs, err := host.AwaitReboot(ctx, e.remote, n, mark, before.BootID, e.opts.Activation.RebootTimeout, e.opts.Connection.ConnectTimeout)
+	hs, err := host.AwaitReboot(ctx, p.remote, n, mark, before.BootID, p.opts.Activation.RebootTimeout, p.opts.Connection.ConnectTimeout)
 	switch {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return unknown(StepReboot, err) // stopped waiting: the host may still come back
 	case err != nil:
 		return failed(StepReboot, err)
 	}
-	e.update(n, func(r *Result) { r.Active = hs.Active })
+	p.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	if hs.Active != path {
 		return failedf(StepReboot, "the host booted %q, want %s", hs.Active, path)
 	}
-	e.step(n, StepReboot, EventOK, "booted "+path)
+	p.journal.step(n, StepReboot, EventOK, "booted "+path)
 	return nil
 }

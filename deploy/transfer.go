@@ -7,10 +7,61 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/plan"
 )
+
+// transfers bring every host the closures the plan gives it: pushed
+// from this machine, pushed to a store URL, or substituted from its
+// instance store, each once however many ask, with the substitutions
+// from one store bounded and a store's bad copies repaired. They run
+// ahead of the waves, for every host at once, so they are apart from the
+// executor, which only waits for them; a target's deploy lock is taken
+// here, since a host another deploy holds gets no transfer.
+type transfers struct {
+	plan    *plan.Plan
+	inv     *eval.Inventory
+	remote  host.Remote
+	copier  Copier
+	opts    Options
+	locks   *hostLocks
+	journal *journal
+
+	servers map[string]bool // hosts that are other hosts' store
+	// storeSlots bound the substitutions from each store instance.
+	storeSlots map[string]chan struct{}
+	ensured    map[string]*future // the host holds what it runs (or failed to)
+	supplied   map[string]*future // the host holds every closure of the plan's for it
+	urlPushed  map[string]*future
+
+	mu sync.Mutex
+	// repairs are the store copies consumers refused, by "store path".
+	repairs map[string]*repair
+}
+
+func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier Copier, opts Options, locks *hostLocks, j *journal) *transfers {
+	t := &transfers{plan: p, inv: inv, remote: remote, copier: copier, opts: opts, locks: locks, journal: j,
+		servers: map[string]bool{}, storeSlots: map[string]chan struct{}{},
+		ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
+		repairs: map[string]*repair{}}
+	for _, n := range p.Order {
+		h := p.Hosts[n]
+		t.ensured[n] = newFuture()
+		t.supplied[n] = newFuture()
+		if h.Source.Kind == plan.SourceStore && !t.servers[h.Source.From] {
+			t.servers[h.Source.From] = true
+			t.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
+		}
+	}
+	for _, tr := range p.Transfers {
+		if _, ok := p.Hosts[tr.To]; !ok {
+			t.urlPushed[tr.To] = newFuture()
+		}
+	}
+	return t
+}
 
 // ensure makes sure host n holds what it is to run, once however many
 // ask. A target takes its deploy lock first; one that another deploy
@@ -18,50 +69,46 @@ import (
 // that already runs its system gets nothing: a store among them receives
 // its consumers' closures only when the first consumer that lacks them
 // asks (supply), so a no-op deploy copies nothing anywhere.
-func (e *executor) ensure(ctx context.Context, n string) error {
-	return e.ensured[n].run(func() error {
-		if e.plan.Hosts[n].Target {
-			hs, ok, err := e.seenUpToDate(ctx, n)
+func (t *transfers) ensure(ctx context.Context, n string) error {
+	return t.ensured[n].run(func() error {
+		if t.plan.Hosts[n].Target {
+			hs, ok, err := t.seenUpToDate(ctx, n)
 			if ok {
-				e.mu.Lock()
-				e.locked[n] = hs
-				e.mu.Unlock()
+				t.locks.seen(n, hs)
 				return nil
 			}
 			if err == nil {
-				err = e.lock(ctx, n)
+				err = t.locks.lock(ctx, n)
 			} else {
-				err = e.lockFailed(n, err)
+				err = t.locks.lockFailed(n, err)
 			}
-			if err != nil && !e.servesOthers(n) {
+			if err != nil && !t.servesOthers(n) {
 				return err
 			}
-			if e.alreadyThere(n) {
+			if t.alreadyThere(n) {
 				return nil // it runs the closure, so it has it
 			}
 		}
-		return e.supply(ctx, n)
+		return t.supply(ctx, n)
 	})
 }
 
 // supply transfers to n every closure the plan gives it (its own and,
 // for a store, its consumers'), once however many ask.
-func (e *executor) supply(ctx context.Context, n string) error {
-	return e.supplied[n].run(func() error { return e.transfer(ctx, n) })
+func (t *transfers) supply(ctx context.Context, n string) error {
+	return t.supplied[n].run(func() error { return t.transfer(ctx, n) })
 }
 
 // alreadyThere reports whether target n, as read when its lock was taken,
 // already runs what the deploy would leave it running (or only awaits
 // its checks), so that a no-op deploy copies nothing to it.
-func (e *executor) alreadyThere(n string) bool {
-	if e.opts.Activation.Force {
+func (t *transfers) alreadyThere(n string) bool {
+	if t.opts.Activation.Force {
 		return false
 	}
-	e.mu.Lock()
-	hs, ok := e.locked[n]
-	e.mu.Unlock()
-	path := e.plan.Hosts[n].OutPath
-	return ok && hs.Running == "" && (upToDate(e.opts.Activation.Goal, hs, path) || checksPending(e.opts.Activation.Goal, hs, path) != "")
+	hs, ok := t.locks.state(n)
+	path := t.plan.Hosts[n].OutPath
+	return ok && hs.Running == "" && (upToDate(t.opts.Activation.Goal, hs, path) || checksPending(t.opts.Activation.Goal, hs, path) != "")
 }
 
 // seenUpToDate reads target n's state without its deploy lock where
@@ -76,11 +123,11 @@ func (e *executor) alreadyThere(n string) bool {
 //
 // A host that did not answer the read within the connect timeout is an
 // error: taking the lock would wait as long again for the same silence.
-func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool, error) {
-	if e.opts.Connection.Files == nil || e.opts.Activation.Force || e.hasKeys(n) || e.leftElsewhere(n) {
+func (t *transfers) seenUpToDate(ctx context.Context, n string) (host.State, bool, error) {
+	if t.opts.Connection.Files == nil || t.opts.Activation.Force || t.opts.uploadsKeys(t.inv.Instances[n]) || t.leftElsewhere(n) {
 		return host.State{}, false, nil
 	}
-	f, err := e.opts.Connection.Files(ctx, n)
+	f, err := t.opts.Connection.Files(ctx, n)
 	if err != nil {
 		return host.State{}, false, nil
 	}
@@ -88,7 +135,7 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool
 	if errors.Is(err, context.DeadlineExceeded) {
 		return host.State{}, false, fmt.Errorf("read the state of %s: %w", n, err)
 	}
-	if err != nil || !exact || held || hs.Running != "" || !upToDate(e.opts.Activation.Goal, hs, e.plan.Hosts[n].OutPath) {
+	if err != nil || !exact || held || hs.Running != "" || !upToDate(t.opts.Activation.Goal, hs, t.plan.Hosts[n].OutPath) {
 		return host.State{}, false, nil
 	}
 	return hs, true, nil
@@ -96,77 +143,77 @@ func (e *executor) seenUpToDate(ctx context.Context, n string) (host.State, bool
 
 // leftElsewhere says whether hive.state has n's last deploy ending with
 // n running another system than the one this deploy wants.
-func (e *executor) leftElsewhere(n string) bool {
-	if e.opts.Record.State == nil {
+func (t *transfers) leftElsewhere(n string) bool {
+	if t.opts.Record.State == nil {
 		return false
 	}
-	rec, _ := e.opts.Record.State.Instance(n)
+	rec, _ := t.opts.Record.State.Instance(n)
 	path, known := recordedRunning(rec)
-	return known && path != e.plan.Hosts[n].OutPath
+	return known && path != t.plan.Hosts[n].OutPath
 }
 
 // servesOthers reports whether n is the store of another host of the
 // plan (looked up, not searched: it is asked for every host).
-func (e *executor) servesOthers(n string) bool { return e.servers[n] }
+func (t *transfers) servesOthers(n string) bool { return t.servers[n] }
 
-func (e *executor) transfer(ctx context.Context, n string) error {
-	h := e.plan.Hosts[n]
+func (t *transfers) transfer(ctx context.Context, n string) error {
+	h := t.plan.Hosts[n]
 	switch {
-	case e.opts.local:
-		e.step(n, StepPush, EventSkipped, "built on this machine, the host")
+	case t.opts.local:
+		t.journal.step(n, StepPush, EventSkipped, "built on this machine, the host")
 		return nil
-	case e.opts.Steps.SkipPush:
-		e.step(n, StepPush, EventSkipped, "--no push")
+	case t.opts.Steps.SkipPush:
+		t.journal.step(n, StepPush, EventSkipped, "--no push")
 		return nil
 	}
 	switch h.Source.Kind {
 	case plan.SourcePush:
-		return e.push(ctx, n, h.Paths)
+		return t.push(ctx, n, h.Paths)
 	case plan.SourceCache:
-		if err := e.pushURL(ctx, h.Source.From); err != nil {
+		if err := t.pushURL(ctx, h.Source.From); err != nil {
 			return failed(StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
 		}
-		return e.substitute(ctx, n, host.FromURL(h.Source.From))
+		return t.substitute(ctx, n, host.FromURL(h.Source.From))
 	case plan.SourceStore:
-		err := e.ensure(ctx, h.Source.From)
+		err := t.ensure(ctx, h.Source.From)
 		if err == nil {
-			err = e.supply(ctx, h.Source.From)
+			err = t.supply(ctx, h.Source.From)
 		}
 		if err != nil {
 			// %w: a store push that Ctrl-C stopped leaves its consumers
 			// interrupted, not failed.
 			return failed(StepSubstitute, fmt.Errorf("its store %s did not receive the closure: %w", h.Source.From, cause(err)))
 		}
-		return e.substitute(ctx, n, host.FromStore(e.inv.Instances[h.Source.From]))
+		return t.substitute(ctx, n, host.FromStore(t.inv.Instances[h.Source.From]))
 	}
 	return fmt.Errorf("host %s: unknown source %q", n, h.Source.Kind)
 }
 
-func (e *executor) push(ctx context.Context, n string, paths []string) error {
-	e.step(n, StepPush, EventStart, fmt.Sprintf("%d closure(s)", len(paths)))
+func (t *transfers) push(ctx context.Context, n string, paths []string) error {
+	t.journal.step(n, StepPush, EventStart, fmt.Sprintf("%d closure(s)", len(paths)))
 	start := time.Now()
-	if err := e.copier.Copy(ctx, n, paths); err != nil {
+	if err := t.copier.Copy(ctx, n, paths); err != nil {
 		return failed(StepPush, err)
 	}
-	e.step(n, StepPush, EventOK, time.Since(start).Round(time.Millisecond).String())
+	t.journal.step(n, StepPush, EventOK, time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
 // pushURL copies to a store URL once, whichever consumer asks first.
-func (e *executor) pushURL(ctx context.Context, url string) error {
-	return e.urlPushed[url].run(func() error {
-		e.event(Event{Instance: url, Step: StepPush, Status: EventStart})
-		if err := e.copier.Copy(ctx, url, e.urlPaths(url)); err != nil {
-			e.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
+func (t *transfers) pushURL(ctx context.Context, url string) error {
+	return t.urlPushed[url].run(func() error {
+		t.journal.event(Event{Instance: url, Step: StepPush, Status: EventStart})
+		if err := t.copier.Copy(ctx, url, t.urlPaths(url)); err != nil {
+			t.journal.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
 			return err
 		}
-		e.event(Event{Instance: url, Step: StepPush, Status: EventOK})
+		t.journal.event(Event{Instance: url, Step: StepPush, Status: EventOK})
 		return nil
 	})
 }
 
-func (e *executor) urlPaths(url string) []string {
-	for _, t := range e.plan.Transfers {
+func (t *transfers) urlPaths(url string) []string {
+	for _, t := range t.plan.Transfers {
 		if t.To == url {
 			return t.Paths
 		}
@@ -175,14 +222,14 @@ func (e *executor) urlPaths(url string) []string {
 }
 
 // substitute realises n's paths on n from its store.
-func (e *executor) substitute(ctx context.Context, n string, s host.Substitution) error {
-	s.PublicKey, s.TrustKey, s.ConnectTimeout = e.opts.publicKey, e.opts.Steps.TrustKey, e.opts.Connection.ConnectTimeout
-	if slots := e.storeSlots[s.Store]; slots != nil {
+func (t *transfers) substitute(ctx context.Context, n string, s host.Substitution) error {
+	s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
+	if slots := t.storeSlots[s.Store]; slots != nil {
 		// Queue rather than fail: see storeConcurrency.
 		select {
 		case slots <- struct{}{}:
 		default:
-			e.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
+			t.journal.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -191,17 +238,17 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 		}
 		defer func() { <-slots }()
 	}
-	e.step(n, StepSubstitute, EventStart, "from "+s.From)
+	t.journal.step(n, StepSubstitute, EventStart, "from "+s.From)
 	start := time.Now()
-	err := s.Run(ctx, e.remote, e.inv.Instances[n], e.opts.Connection.Privilege, e.plan.Hosts[n].Paths)
+	err := s.Run(ctx, t.remote, t.inv.Instances[n], t.opts.Connection.Privilege, t.plan.Hosts[n].Paths)
 	var f *host.SubstituteFailure
 	if errors.As(err, &f) {
-		err = e.substituteError(ctx, s, f)
+		err = t.substituteError(ctx, s, f)
 	}
 	if err != nil {
 		return failed(StepSubstitute, err)
 	}
-	e.step(n, StepSubstitute, EventOK, time.Since(start).Round(time.Millisecond).String())
+	t.journal.step(n, StepSubstitute, EventOK, time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
@@ -210,9 +257,9 @@ func (e *executor) substitute(ctx context.Context, n string, s host.Substitution
 // signature) is checked there and removed, so the next deploy pushes a
 // good one; otherwise the case an operator must act on comes first: the
 // host does not trust the key the path is signed with.
-func (e *executor) substituteError(ctx context.Context, s host.Substitution, f *host.SubstituteFailure) error {
-	if path, kind := nixcmd.BadSubstitute(f.Stderr); path != "" && s.Store != "" && e.opts.publicKey != "" {
-		if err := e.repairStoreCopy(ctx, s.Store, path, kind); err != nil {
+func (t *transfers) substituteError(ctx context.Context, s host.Substitution, f *host.SubstituteFailure) error {
+	if path, kind := nixcmd.BadSubstitute(f.Stderr); path != "" && s.Store != "" && t.opts.publicKey != "" {
+		if err := t.repairStoreCopy(ctx, s.Store, path, kind); err != nil {
 			return err
 		}
 	}
@@ -230,16 +277,16 @@ func (e *executor) substituteError(ctx context.Context, s host.Substitution, f *
 // however many consumers refuse it. A bad copy is removed from the store
 // and the error says so; nil means the copy is good there: the consumer
 // refused it for reasons of its own.
-func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string) error {
-	e.mu.Lock()
-	r := e.repairs[store+" "+path]
+func (t *transfers) repairStoreCopy(ctx context.Context, store, path, kind string) error {
+	t.mu.Lock()
+	r := t.repairs[store+" "+path]
 	if r == nil {
 		r = &repair{}
-		e.repairs[store+" "+path] = r
+		t.repairs[store+" "+path] = r
 	}
-	e.mu.Unlock()
+	t.mu.Unlock()
 	r.once.Do(func() {
-		verdict, err := host.Repair(ctx, e.remote, e.inv.Instances[store], e.opts.Connection.Privilege, e.opts.publicKey, path)
+		verdict, err := host.Repair(ctx, t.remote, t.inv.Instances[store], t.opts.Connection.Privilege, t.opts.publicKey, path)
 		what := "is not signed by the hive key"
 		if kind == "hash" {
 			what = "does not match its hash (it was changed there after it was pushed)"
@@ -249,7 +296,7 @@ func (e *executor) repairStoreCopy(ctx context.Context, store, path, kind string
 		case err != nil:
 			r.err = fmt.Errorf("%s, or so the host says; checking it on %s failed: %v", bad, store, err)
 		case verdict == "removed":
-			e.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
+			t.journal.step(store, StepSubstitute, EventInfo, "removed its bad copy of "+path+" (refused by a consumer); the next deploy pushes it again")
 			r.err = fmt.Errorf("%s; nix-hive removed it from %s, and the next deploy pushes it there again", bad, store)
 		case verdict == "in use":
 			r.err = fmt.Errorf("%s; it is in use on %s, so it was left there: repair it there (nix-store --repair-path with a substituter that has a good copy)", bad, store)
