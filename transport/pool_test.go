@@ -16,6 +16,8 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nix-hive/nix-hive/hostkey"
 )
 
 // hermetic keeps the user's real agent, keys and configs out of a test.
@@ -129,7 +131,7 @@ func TestConcurrentCallersShareOneDial(t *testing.T) {
 func TestHostKeyVerification(t *testing.T) {
 	key := newClientKey(t)
 	srv := newTestServer(t, key.signer.PublicKey())
-	other := AuthorizedKey(newHostSigner(t).PublicKey())
+	other := hostkey.AuthorizedKey(newHostSigner(t).PublicKey())
 
 	tests := []struct {
 		name       string
@@ -142,19 +144,19 @@ func TestHostKeyVerification(t *testing.T) {
 	}{
 		{name: "pinned key matches", pinned: []string{srv.hostKey}},
 		{name: "one of several pinned keys matches", pinned: []string{other, srv.hostKey}},
-		{name: "pinned key differs", pinned: []string{other}, wantErr: ErrHostKeyMismatch,
+		{name: "pinned key differs", pinned: []string{other}, wantErr: hostkey.ErrMismatch,
 			wantInMsg: []string{"does not match", "SHA256:", "pin its new key with hostKey = \"ssh-ed25519 "}},
-		{name: "pinned key wins over known_hosts", pinned: []string{other}, knownHosts: "[127.0.0.1]:PORT %s\n", wantErr: ErrHostKeyMismatch},
+		{name: "pinned key wins over known_hosts", pinned: []string{other}, knownHosts: "[127.0.0.1]:PORT %s\n", wantErr: hostkey.ErrMismatch},
 		{name: "known_hosts by address", knownHosts: "[127.0.0.1]:PORT %s\n"},
 		{name: "known_hosts by instance name (HostKeyAlias)", knownHosts: "www-1 %s\n"},
 		{name: "known_hosts hashed entry", knownHosts: "HASHED %s\n"},
-		{name: "known_hosts has another key", knownHosts: "[127.0.0.1]:PORT " + other + "\n", wantErr: ErrHostKeyMismatch,
+		{name: "known_hosts has another key", knownHosts: "[127.0.0.1]:PORT " + other + "\n", wantErr: hostkey.ErrMismatch,
 			wantInMsg: []string{"known_hosts:1"}},
-		{name: "revoked key", knownHosts: "@revoked * %s\n", accept: true, wantErr: ErrHostKeyMismatch, wantInMsg: []string{"revoked"}},
-		{name: "unknown", wantErr: ErrHostKeyUnknown,
+		{name: "revoked key", knownHosts: "@revoked * %s\n", accept: true, wantErr: hostkey.ErrMismatch, wantInMsg: []string{"revoked"}},
+		{name: "unknown", wantErr: hostkey.ErrUnknown,
 			wantInMsg: []string{"is unknown", "SHA256:", `hostKey = "ssh-ed25519 AAAA`, "--accept-new-host-keys"}},
 		{name: "unknown accepted when asked", accept: true, wantRecord: true},
-		{name: "mismatch refused even when accepting new keys", knownHosts: "[127.0.0.1]:PORT " + other + "\n", accept: true, wantErr: ErrHostKeyMismatch},
+		{name: "mismatch refused even when accepting new keys", knownHosts: "[127.0.0.1]:PORT " + other + "\n", accept: true, wantErr: hostkey.ErrMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
