@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nix-hive/nix-hive/hostkey"
 	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
@@ -54,7 +55,7 @@ func hostKey(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return transport.AuthorizedKey(k)
+	return hostkey.AuthorizedKey(k)
 }
 
 // needSSH returns the OpenSSH client or skips (fails under CI).

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nix-hive/nix-hive/hostkey"
 )
 
 // connections holds a pool's SSH connections, at most one per endpoint.
@@ -296,7 +298,7 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 // handshakeError says why a handshake with s failed: a host key error as
 // it is, a refused login with the keys that were tried.
 func (cs *connections) handshakeError(ctx context.Context, s *settings, where string, err error) error {
-	var hkErr *HostKeyError
+	var hkErr *hostkey.Error
 	if errors.As(err, &hkErr) {
 		return hkErr
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nix-hive/nix-hive/hostkey"
 )
 
 // Hosts is how a pool reaches and checks each of its instances, resolved
@@ -39,7 +41,7 @@ func newHosts(cfg Config) (*Hosts, error) {
 	if err != nil {
 		return nil, err
 	}
-	cas, err := parseCAs(cfg.HostCAs)
+	cas, err := hostkey.ParseCAs(cfg.HostCAs)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +148,7 @@ func (h *Hosts) KnownKeys(name string) ([]ssh.PublicKey, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
-	keys, _, _, err := h.hostKeys(s).known()
+	keys, err := h.hostKeys(s).Known()
 	return slices.Clone(keys), err
 }
 
@@ -158,7 +160,7 @@ func (h *Hosts) Certified(name string) bool {
 	if !ok {
 		return false
 	}
-	ok, _, err := h.hostKeys(s).certificates()
+	ok, err := h.hostKeys(s).Certified()
 	return ok && err == nil
 }
 
@@ -174,27 +176,26 @@ func (h *Hosts) DialBound(name string) time.Duration {
 }
 
 // hostKeys is what decides s's host keys.
-func (h *Hosts) hostKeys(s *settings) *hostKeys {
-	return &hostKeys{
-		instance:   s.Name,
-		addr:       s.Addr(),
-		alias:      Alias(s.Name),
-		hostName:   s.HostName,
-		cas:        h.cas,
-		candidates: s.knownNames(),
-		pinned:     s.Pinned,
-		files:      h.known,
-		accept:     h.cfg.AcceptNewHostKeys,
-		acceptFile: expandPath(h.cfg.AcceptedKnownHosts),
-		acceptMu:   &h.acceptMu,
+func (h *Hosts) hostKeys(s *settings) *hostkey.Policy {
+	return &hostkey.Policy{
+		Instance:   s.Name,
+		Addr:       s.Addr(),
+		Alias:      Alias(s.Name),
+		HostName:   s.HostName,
+		CAs:        h.cas,
+		Names:      s.knownNames(),
+		Pinned:     s.Pinned,
+		Files:      h.known,
+		Accept:     h.cfg.AcceptNewHostKeys,
+		AcceptFile: expandPath(h.cfg.AcceptedKnownHosts),
+		AcceptMu:   &h.acceptMu,
 	}
 }
 
 // clientConfig is the SSH client configuration of one handshake with s:
 // its host key checks and its keys; closeAgent releases the agent.
 func (h *Hosts) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func(), err error) {
-	hk := h.hostKeys(s)
-	cb, algos, err := hk.callback()
+	cb, algos, err := h.hostKeys(s).Callback()
 	if err != nil {
 		return nil, nil, err
 	}

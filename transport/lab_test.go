@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-hive/nix-hive/hostkey"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
 	"github.com/nix-hive/nix-hive/shell"
@@ -104,7 +105,7 @@ func TestLab(t *testing.T) {
 			wantErr error
 		}{
 			{"no pin, key in known_hosts", []string{known}, false, nil},
-			{"no pin, nothing known", nil, false, ErrHostKeyUnknown},
+			{"no pin, nothing known", nil, false, hostkey.ErrUnknown},
 			{"no pin, accept new", nil, true, nil},
 		}
 		for _, tt := range tests {
@@ -132,8 +133,8 @@ func TestLab(t *testing.T) {
 		}
 		q := newTestPool(t, Config{Endpoints: map[string]Endpoint{h3.Name: stale}})
 		_, err := q.Run(ctx, h3.Name, "touch /root/marker", nil, nil, nil)
-		if !errors.Is(err, ErrHostKeyMismatch) {
-			t.Fatalf("Run = %v; want ErrHostKeyMismatch", err)
+		if !errors.Is(err, hostkey.ErrMismatch) {
+			t.Fatalf("Run = %v; want hostkey.ErrMismatch", err)
 		}
 		if !strings.Contains(err.Error(), "SHA256:") || !strings.Contains(err.Error(), "pin its new key with hostKey = ") {
 			t.Errorf("message %q lacks the fingerprint or the hint", err)

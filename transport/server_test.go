@@ -19,6 +19,8 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nix-hive/nix-hive/hostkey"
 )
 
 // testServer is an in-process SSH server for unit tests: it runs exec
@@ -95,7 +97,7 @@ func newTestServer(t testing.TB, client ssh.PublicKey) *testServer {
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
 	s.host = host
 	s.port, _ = strconv.Atoi(port)
-	s.hostKey = AuthorizedKey(s.signer.PublicKey())
+	s.hostKey = hostkey.AuthorizedKey(s.signer.PublicKey())
 	cfg := &ssh.ServerConfig{
 		PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
 			if bytes.Equal(k.Marshal(), client.Marshal()) {

@@ -6,15 +6,10 @@ import (
 )
 
 // Sentinel errors; test with errors.Is. The wrapping error always names the
-// instance and, for host keys, the fingerprint and how to fix it.
+// instance. A refused host key is a *hostkey.Error instead, which
+// matches hostkey.ErrMismatch (refused even with AcceptNewHostKeys) or
+// hostkey.ErrUnknown (refused unless AcceptNewHostKeys is set).
 var (
-	// ErrHostKeyMismatch means the host presented a key other than the
-	// pinned or known one (or a revoked one). It is never accepted, not even
-	// with AcceptNewHostKeys.
-	ErrHostKeyMismatch = errors.New("host key mismatch")
-	// ErrHostKeyUnknown means no pinned or known key exists for the host and
-	// AcceptNewHostKeys is off.
-	ErrHostKeyUnknown = errors.New("host key unknown")
 	// ErrUnknownInstance means a name is not an endpoint of the pool.
 	ErrUnknownInstance = errors.New("unknown instance")
 	// ErrClosed means the pool was closed.

@@ -1,4 +1,4 @@
-package transport
+package hostkey
 
 import (
 	"bytes"
@@ -16,10 +16,21 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// HostKeyError is a refused host key. It matches ErrHostKeyMismatch or
-// ErrHostKeyUnknown with errors.Is, and carries what a front end needs to
-// offer pinning the key.
-type HostKeyError struct {
+// Sentinel errors; test with errors.Is. An Error always names the
+// instance, the fingerprint and how to fix it.
+var (
+	// ErrMismatch means the host presented a key other than the pinned or
+	// known one (or a revoked one). It is never accepted, not even with
+	// Policy.Accept.
+	ErrMismatch = errors.New("host key mismatch")
+	// ErrUnknown means no pinned or known key exists for the host and
+	// Policy.Accept is off.
+	ErrUnknown = errors.New("host key unknown")
+)
+
+// Error is a refused host key. It matches ErrMismatch or ErrUnknown with
+// errors.Is, and carries what a front end needs to offer pinning the key.
+type Error struct {
 	Instance string
 	Addr     string
 	// Got is the key the host presented.
@@ -35,14 +46,14 @@ type HostKeyError struct {
 }
 
 // Is makes errors.Is match the sentinel for the kind of refusal.
-func (e *HostKeyError) Is(target error) bool {
+func (e *Error) Is(target error) bool {
 	if len(e.Want) == 0 && !e.Revoked {
-		return target == ErrHostKeyUnknown
+		return target == ErrUnknown
 	}
-	return target == ErrHostKeyMismatch
+	return target == ErrMismatch
 }
 
-func (e *HostKeyError) Error() string {
+func (e *Error) Error() string {
 	got := keyTypeLabel(e.Got) + " " + ssh.FingerprintSHA256(e.Got)
 	if e.Cert != nil {
 		got += " (its host certificate was refused: " + e.Cert.Error() + ")"
@@ -79,21 +90,40 @@ func keyTypeLabel(k ssh.PublicKey) string {
 	return strings.ToUpper(t)
 }
 
-// hostKeys decides which host keys are acceptable for one endpoint: the
+// Policy decides which host keys are acceptable for one endpoint: the
 // pinned ones, else those in known_hosts files under the endpoint's address
-// or its name (the HostKeyAlias of the generated OpenSSH config).
-type hostKeys struct {
-	instance   string
-	alias      string // the name accepted keys are recorded under
-	addr       string // address the key is checked for (host:port)
-	hostName   string // the principal a host certificate must name
-	cas        []ssh.PublicKey
-	candidates []string // names looked up in known_hosts
-	pinned     []ssh.PublicKey
-	files      []string
-	accept     bool
-	acceptFile string
-	acceptMu   *sync.Mutex
+// or its name (the HostKeyAlias of the generated OpenSSH config), or a
+// host certificate an authority vouches for; a key no one vouches for only
+// when Accept says so, and then it is recorded in AcceptFile.
+type Policy struct {
+	// Instance names the endpoint in messages.
+	Instance string
+	// Alias is the name accepted keys are recorded under.
+	Alias string
+	// Addr is the address the key is checked for (host:port).
+	Addr string
+	// HostName is the principal a host certificate must name.
+	HostName string
+	// CAs are the hive's certificate authorities (see ParseCAs).
+	CAs []ssh.PublicKey
+	// Names are looked up in known_hosts, in order; the first is also the
+	// one @revoked lines are checked for. There must be at least one.
+	Names []string
+	// Pinned are the endpoint's own keys; when any is set, the host must
+	// present one of them and known_hosts files and authorities are not
+	// consulted.
+	Pinned []ssh.PublicKey
+	// Files are the known_hosts files consulted; those that do not exist
+	// are skipped.
+	Files []string
+	// Accept records and accepts the key of a host that has neither a
+	// pinned nor a known key. A mismatch is still refused.
+	Accept bool
+	// AcceptFile is the known_hosts file accepted keys are appended to.
+	AcceptFile string
+	// AcceptMu serialises appends to AcceptFile; every Policy writing to
+	// the same file must share it.
+	AcceptMu *sync.Mutex
 }
 
 // lookupKeyType is a key no file can contain; checking it yields every
@@ -108,26 +138,33 @@ func (lookupKeyType) Verify(data []byte, sig *ssh.Signature) error { return erro
 // given; tunneled connections have no meaningful remote address anyway.
 var dummyRemote = &net.TCPAddr{IP: net.IPv4zero, Port: 22}
 
+// Known returns the keys accepted from the endpoint's host: its pinned
+// keys, else those the known_hosts files hold for it, read afresh.
+func (h *Policy) Known() ([]ssh.PublicKey, error) {
+	keys, _, _, err := h.known()
+	return keys, err
+}
+
 // known returns the keys recorded for the endpoint and where, reading the
 // files afresh so keys accepted by other dials are seen.
-func (h *hostKeys) known() (keys []ssh.PublicKey, where []string, revoked func(ssh.PublicKey) *knownhosts.KnownKey, err error) {
-	if len(h.pinned) > 0 {
-		for range h.pinned {
+func (h *Policy) known() (keys []ssh.PublicKey, where []string, revoked func(ssh.PublicKey) *knownhosts.KnownKey, err error) {
+	if len(h.Pinned) > 0 {
+		for range h.Pinned {
 			where = append(where, "hostKey")
 		}
-		return h.pinned, where, func(ssh.PublicKey) *knownhosts.KnownKey { return nil }, nil
+		return h.Pinned, where, func(ssh.PublicKey) *knownhosts.KnownKey { return nil }, nil
 	}
 	var files []string
-	for _, f := range h.files {
+	for _, f := range h.Files {
 		if _, err := os.Stat(f); err == nil {
 			files = append(files, f)
 		}
 	}
 	cb, err := knownhosts.New(files...)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("read known_hosts for %s: %w", h.instance, err)
+		return nil, nil, nil, fmt.Errorf("read known_hosts for %s: %w", h.Instance, err)
 	}
-	for _, name := range h.candidates {
+	for _, name := range h.Names {
 		var kerr *knownhosts.KeyError
 		if err := cb(name, dummyRemote, lookupKeyType{}); errors.As(err, &kerr) {
 			for _, k := range kerr.Want {
@@ -140,7 +177,7 @@ func (h *hostKeys) known() (keys []ssh.PublicKey, where []string, revoked func(s
 	}
 	revoked = func(k ssh.PublicKey) *knownhosts.KnownKey {
 		var rerr *knownhosts.RevokedError
-		if err := cb(h.candidates[0], dummyRemote, k); errors.As(err, &rerr) {
+		if err := cb(h.Names[0], dummyRemote, k); errors.As(err, &rerr) {
 			return &rerr.Revoked
 		}
 		return nil
@@ -168,9 +205,9 @@ func algorithms(keys []ssh.PublicKey) []string {
 	return out
 }
 
-// callback builds the HostKeyCallback and the algorithm preference for one
-// dial.
-func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
+// Callback builds the HostKeyCallback and the algorithm preference for one
+// dial. The callback's refusals are *Error.
+func (h *Policy) Callback() (ssh.HostKeyCallback, []string, error) {
 	keys, where, revoked, err := h.known()
 	if err != nil {
 		return nil, nil, err
@@ -191,7 +228,7 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 			return check(cert.Key)
 		}
 		if r := revoked(got); r != nil {
-			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Revoked: true,
+			return &Error{Instance: h.Instance, Addr: h.Addr, Got: got, Revoked: true,
 				Want: []string{ssh.FingerprintSHA256(r.Key)}, Where: []string{fmt.Sprintf("%s:%d", r.Filename, r.Line)}}
 		}
 		for _, k := range keys {
@@ -200,16 +237,16 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 			}
 		}
 		if len(keys) > 0 {
-			e := &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Where: where, Cert: certErr}
+			e := &Error{Instance: h.Instance, Addr: h.Addr, Got: got, Where: where, Cert: certErr}
 			for _, k := range keys {
 				e.Want = append(e.Want, keyTypeLabel(k)+" "+ssh.FingerprintSHA256(k))
 			}
 			return e
 		}
-		if !h.accept || certErr != nil {
+		if !h.Accept || certErr != nil {
 			// A certificate that failed its check is never accepted as
 			// new: the host claims an authority that does not vouch for it.
-			return &HostKeyError{Instance: h.instance, Addr: h.addr, Got: got, Cert: certErr}
+			return &Error{Instance: h.Instance, Addr: h.Addr, Got: got, Cert: certErr}
 		}
 		return h.record(got)
 	}
@@ -221,45 +258,53 @@ func (h *hostKeys) callback() (ssh.HostKeyCallback, []string, error) {
 	return cb, algos, nil
 }
 
+// Certified says whether a host certificate may vouch for the endpoint's
+// host: it has no pinned keys, and a hostCA or an @cert-authority line of
+// the known_hosts files names an authority.
+func (h *Policy) Certified() (bool, error) {
+	ok, _, err := h.certificates()
+	return ok, err
+}
+
 // certificates says whether host certificates may be accepted for the
 // endpoint (it has no pins, and the hive or a known_hosts file names an
 // authority) and returns their check: signed by one of the hive's
 // hostCAs or by an @cert-authority of the known_hosts files for the
 // address, valid now, naming the HostName as a principal.
-func (h *hostKeys) certificates() (bool, func(*ssh.Certificate) error, error) {
+func (h *Policy) certificates() (bool, func(*ssh.Certificate) error, error) {
 	none := func(*ssh.Certificate) error { return errors.New("no certificate authority is trusted for it") }
-	if len(h.pinned) > 0 {
+	if len(h.Pinned) > 0 {
 		return false, none, nil
 	}
 	var files []string
-	for _, f := range h.files {
+	for _, f := range h.Files {
 		if hasCertAuthority(f) {
 			files = append(files, f)
 		}
 	}
-	if len(h.cas) == 0 && len(files) == 0 {
+	if len(h.CAs) == 0 && len(files) == 0 {
 		return false, none, nil
 	}
 	var known ssh.HostKeyCallback
 	if len(files) > 0 {
 		cb, err := knownhosts.New(files...)
 		if err != nil {
-			return false, nil, fmt.Errorf("read known_hosts for %s: %w", h.instance, err)
+			return false, nil, fmt.Errorf("read known_hosts for %s: %w", h.Instance, err)
 		}
 		known = cb
 	}
 	hive := &ssh.CertChecker{IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
-		return slices.ContainsFunc(h.cas, func(ca ssh.PublicKey) bool { return bytes.Equal(ca.Marshal(), auth.Marshal()) })
+		return slices.ContainsFunc(h.CAs, func(ca ssh.PublicKey) bool { return bytes.Equal(ca.Marshal(), auth.Marshal()) })
 	}}
 	// The principal is the HostName, as OpenSSH checks it without a
 	// HostKeyAlias (the generated config sets none for such hosts).
-	addr := joinHostPort(h.hostName, portOf(h.addr))
+	addr := joinHostPort(h.HostName, portOf(h.Addr))
 	return true, func(cert *ssh.Certificate) error {
 		err := hive.CheckHostKey(addr, dummyRemote, cert)
 		if err != nil && known != nil {
 			if kerr := known(addr, dummyRemote, cert); kerr == nil {
 				return nil
-			} else if len(h.cas) == 0 {
+			} else if len(h.CAs) == 0 {
 				err = kerr
 			}
 		}
@@ -313,8 +358,8 @@ func certAlgorithms(keys []ssh.PublicKey) []string {
 	return out
 }
 
-// parseCAs parses the hive's hostCA keys.
-func parseCAs(lines []string) ([]ssh.PublicKey, error) {
+// ParseCAs parses the hive's hostCA keys (authorized_keys form).
+func ParseCAs(lines []string) ([]ssh.PublicKey, error) {
 	var out []ssh.PublicKey
 	for i, line := range lines {
 		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
@@ -326,6 +371,17 @@ func parseCAs(lines []string) ([]ssh.PublicKey, error) {
 	return out, nil
 }
 
+// joinHostPort is host:port, the host in brackets if it is an IPv6
+// address, as known_hosts and certificate checks look it up.
+func joinHostPort(host string, port int) string {
+	h := host
+	if strings.Contains(h, ":") && !strings.HasPrefix(h, "[") {
+		h = "[" + h + "]"
+	}
+	return h + ":" + strconv.Itoa(port)
+}
+
+// portOf is addr's port, 22 if it has none.
 func portOf(addr string) int {
 	_, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -340,21 +396,21 @@ func portOf(addr string) int {
 
 // record appends an accepted key under the instance's alias, as ssh's
 // accept-new does with the generated config's HostKeyAlias.
-func (h *hostKeys) record(k ssh.PublicKey) error {
-	h.acceptMu.Lock()
-	defer h.acceptMu.Unlock()
-	if err := os.MkdirAll(filepath.Dir(h.acceptFile), 0o700); err != nil {
-		return fmt.Errorf("record host key of %s: %w", h.instance, err)
+func (h *Policy) record(k ssh.PublicKey) error {
+	h.AcceptMu.Lock()
+	defer h.AcceptMu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(h.AcceptFile), 0o700); err != nil {
+		return fmt.Errorf("record host key of %s: %w", h.Instance, err)
 	}
-	f, err := os.OpenFile(h.acceptFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(h.AcceptFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return fmt.Errorf("record host key of %s: %w", h.instance, err)
+		return fmt.Errorf("record host key of %s: %w", h.Instance, err)
 	}
-	line := knownhosts.Line([]string{h.alias}, k) + "\n"
+	line := knownhosts.Line([]string{h.Alias}, k) + "\n"
 	// A file whose last line lacks its newline would glue our line to it.
 	if st, err := f.Stat(); err == nil && st.Size() > 0 {
 		last := make([]byte, 1)
-		if r, err := os.Open(h.acceptFile); err == nil {
+		if r, err := os.Open(h.AcceptFile); err == nil {
 			if _, err := r.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
 				line = "\n" + line
 			}
@@ -363,10 +419,10 @@ func (h *hostKeys) record(k ssh.PublicKey) error {
 	}
 	if _, err := f.WriteString(line); err != nil {
 		f.Close()
-		return fmt.Errorf("record host key of %s in %s: %w", h.instance, h.acceptFile, err)
+		return fmt.Errorf("record host key of %s in %s: %w", h.Instance, h.AcceptFile, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("record host key of %s in %s: %w", h.instance, h.acceptFile, err)
+		return fmt.Errorf("record host key of %s in %s: %w", h.Instance, h.AcceptFile, err)
 	}
 	return nil
 }
