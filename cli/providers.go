@@ -211,17 +211,32 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 			// The holder's count, not the pool's: its connections are
 			// what the command cost the hosts' sshd.
 			if after, err := m.Info(); err == nil {
-				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions, %d hosts' state read\n",
-					after.Pid, after.Handshakes-before.Handshakes, p.Stats().Sessions, after.Reads-before.Reads)
+				st := p.Stats()
+				fmt.Fprintf(g.stderr, "ssh: through mux pid %d: %d new connections, %d sessions, %d hosts' state read"+
+					" (sessions: %d exec, %d sftp; sftp requests: %d of this command's, %d of the holder's)\n",
+					after.Pid, after.Handshakes-before.Handshakes, st.Sessions, after.Reads-before.Reads,
+					st.Exec, st.SFTP, st.SFTPRequests, after.SFTPRequests-before.SFTPRequests)
 			}
 		}
 		p.Close()
 		if st := p.Stats(); g.Verbose && st.Direct+st.Tunnelled > 0 {
 			// What the command cost the hosts' sshd, for operators
 			// sizing MaxStartups and for bench/fleet.
-			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions\n",
-				st.Direct+st.Tunnelled, st.Direct, st.Tunnelled, st.Sessions)
+			// The text up to "sessions" is what bench/fleet and the
+			// tests match; what follows was added after them.
+			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions"+
+				" (%d exec, %d sftp), %d sftp requests, at most %d connections to one host\n",
+				st.Direct+st.Tunnelled, st.Direct, st.Tunnelled, st.Sessions, st.Exec, st.SFTP, st.SFTPRequests, maxDials(st.Dials))
 		}
 	})
 	return p, nil
+}
+
+// maxDials is the most connections started to one instance.
+func maxDials(dials map[string]int) int {
+	n := 0
+	for _, d := range dials {
+		n = max(n, d)
+	}
+	return n
 }

@@ -55,6 +55,10 @@ type Info struct {
 	// (its state, for status or a deploy): a command counts each host
 	// once.
 	Reads int `json:"reads"`
+	// SFTPRequests is how many sftp requests it has sent on its sftp
+	// sessions (transport.Stats.SFTPRequests): the reads commands asked
+	// it for. A holder from before it was counted reports 0.
+	SFTPRequests int `json:"sftp_requests,omitempty"`
 	// Socket is where it listens; its log is beside it (.log).
 	Socket string `json:"socket"`
 }

@@ -291,7 +291,8 @@ func (s *Server) Info() Info {
 		idle = s.idle.String()
 	}
 	return Info{Pid: os.Getpid(), Started: s.started, Idle: idle, Connected: st.Connected,
-		Handshakes: st.Direct + st.Tunnelled, Sessions: st.Sessions, Reads: int(s.reads.Load()), Socket: s.socket}
+		Handshakes: st.Direct + st.Tunnelled, Sessions: st.Sessions, Reads: int(s.reads.Load()),
+		SFTPRequests: st.SFTPRequests, Socket: s.socket}
 }
 
 func (s *Server) channel(ctx context.Context, nc ssh.NewChannel) {

@@ -34,7 +34,12 @@ type Pool struct {
 	holder *holderLink  // the holder every connection goes through, if any
 	conns  *connections // the connections the sessions below are opened on
 
-	sessions atomic.Int64 // sessions opened: commands, shells, sftp
+	sessions atomic.Int64 // sessions opened: commands, shells, sftp, relayed
+	execs    atomic.Int64 // of those, for commands and shells
+	sftps    atomic.Int64 // of those, sftp subsystems
+	// sftpRequests counts the packets written on the pool's sftp
+	// sessions (see modeWriter).
+	sftpRequests atomic.Int64
 }
 
 // NewPool validates the endpoints (names, addresses, pinned keys, options,
@@ -76,14 +81,26 @@ type Stats struct {
 	Direct, Tunnelled int
 	// Connected is how many instances the pool holds a connection to now.
 	Connected int
-	// Sessions counts the SSH sessions opened: commands, shells, sftp.
+	// Sessions counts the SSH sessions opened: commands, shells, sftp,
+	// and those OpenChannel opened for a holder's clients.
 	Sessions int
+	// Exec and SFTP split Sessions: sessions that ran a command or a
+	// shell (Run, Shell, RunFresh, a cancelled command's kill), and sftp
+	// subsystem sessions. What OpenChannel relays for a holder's
+	// clients is in neither: the holder cannot tell what a client runs
+	// on a session; the client counts it in its own pool.
+	Exec, SFTP int
+	// SFTPRequests counts the packets the pool's sftp clients sent (the
+	// version handshake included): a request each.
+	SFTPRequests int
 }
 
 // Stats reports the pool's counts so far.
 func (p *Pool) Stats() Stats {
 	st := p.conns.stats()
 	st.Sessions = int(p.sessions.Load())
+	st.Exec, st.SFTP = int(p.execs.Load()), int(p.sftps.Load())
+	st.SFTPRequests = int(p.sftpRequests.Load())
 	return st
 }
 
@@ -220,8 +237,8 @@ func (p *Pool) channelWithin(ctx context.Context, client *ssh.Client, typ string
 	}
 }
 
-// newSession is ssh.Client.NewSession bounded by ctx; a session that
-// arrives after ctx ended is closed.
+// newSession is ssh.Client.NewSession bounded by ctx, for a command or a
+// shell; a session that arrives after ctx ended is closed.
 func (p *Pool) newSession(ctx context.Context, client *ssh.Client) (*ssh.Session, error) {
 	type result struct {
 		s   *ssh.Session
@@ -232,6 +249,7 @@ func (p *Pool) newSession(ctx context.Context, client *ssh.Client) (*ssh.Session
 		s, err := client.NewSession()
 		if err == nil {
 			p.sessions.Add(1)
+			p.execs.Add(1)
 		}
 		ch <- result{s, err}
 	})
@@ -306,7 +324,7 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*SFTP, error) {
 		return nil, fmt.Errorf("sftp to %s: %w", c.name, ctx.Err())
 	}
 	ch := make(chan sftpSession, 1)
-	p.goTracked(func() { ch <- openSFTP(c.client) })
+	p.goTracked(func() { ch <- openSFTP(c.client, &p.sftpRequests) })
 	var r sftpSession
 	select {
 	case r = <-ch:
@@ -325,6 +343,7 @@ func (p *Pool) startSFTP(ctx context.Context, c *conn) (*SFTP, error) {
 		return nil, fmt.Errorf("sftp to %s: %w", c.name, r.err)
 	}
 	p.sessions.Add(1)
+	p.sftps.Add(1)
 	done := make(chan struct{})
 	c.sftp, c.sftpDone = r.sc, done
 	p.goTracked(func() {
@@ -344,7 +363,9 @@ type sftpSession struct {
 	err error
 }
 
-func openSFTP(client *ssh.Client) sftpSession {
+// openSFTP starts an sftp client on a new session of client, counting
+// the packets it sends in sent.
+func openSFTP(client *ssh.Client, sent *atomic.Int64) sftpSession {
 	s, err := client.NewSession()
 	if err != nil {
 		return sftpSession{err: err}
@@ -359,7 +380,7 @@ func openSFTP(client *ssh.Client) sftpSession {
 		s.Close()
 		return sftpSession{err: fmt.Errorf("start sftp subsystem (is it enabled in sshd?): %w", err)}
 	}
-	sc, err := NewSFTP(r, w)
+	sc, err := newSFTP(r, w, sent)
 	if err != nil {
 		s.Close()
 		return sftpSession{err: err}
@@ -370,10 +391,14 @@ func openSFTP(client *ssh.Client) sftpSession {
 // NewSFTP is an sftp client that reads the server's answers from r and
 // writes its requests to w: a session's sftp subsystem, or (scp's tests)
 // an in-memory server.
-func NewSFTP(r io.Reader, w io.WriteCloser) (*SFTP, error) {
+func NewSFTP(r io.Reader, w io.WriteCloser) (*SFTP, error) { return newSFTP(r, w, nil) }
+
+// newSFTP is NewSFTP counting the packets it writes in sent (nil: none).
+func newSFTP(r io.Reader, w io.WriteCloser, sent *atomic.Int64) (*SFTP, error) {
 	// Concurrent writes are safe here: uploads (scp's, keys') write through
 	// CreatePrivate, to a temporary name that is removed on any error.
 	modes := newModeWriter(w)
+	modes.sent = sent
 	sc, err := sftp.NewClientPipe(r, modes, sftp.UseConcurrentWrites(true))
 	if err != nil {
 		return nil, err

@@ -98,6 +98,33 @@ func TestRunOutputAndExitCodes(t *testing.T) {
 	}
 }
 
+// Stats tells exec sessions from sftp sessions, and counts the requests
+// sent on the sftp ones: the version handshake, then one per call.
+func TestStatsSplitSessions(t *testing.T) {
+	p, _, ctx := onePool(t)
+	for range 2 {
+		if _, _, code, err := p.Output(ctx, "a", "true"); err != nil || code != 0 {
+			t.Fatalf("Output: %d, %v", code, err)
+		}
+	}
+	sc, err := p.SFTP(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := sc.Stat("/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.SFTP(ctx, "a"); err != nil { // the same session
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	if st.Exec != 2 || st.SFTP != 1 || st.Sessions != 3 || st.SFTPRequests != 4 {
+		t.Errorf("Stats: %d exec, %d sftp, %d sessions, %d sftp requests; want 2, 1, 3, 4", st.Exec, st.SFTP, st.Sessions, st.SFTPRequests)
+	}
+}
+
 func TestConcurrentCallersShareOneDial(t *testing.T) {
 	p, srv, ctx := onePool(t)
 

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pkg/sftp"
 )
@@ -48,10 +49,12 @@ const (
 // modeWriter sits between pkg/sftp and the session's stdin. It passes
 // every packet through unchanged, except an OPEN that creates, or a
 // MKDIR, of a path that CreateMode or MkdirMode is waiting on: that one
-// gains the permissions attribute.
+// gains the permissions attribute. It counts the packets in sent, if set:
+// it frames them anyway, so the count costs an atomic add per packet.
 type modeWriter struct {
-	w   io.WriteCloser
-	buf []byte // a packet not yet complete
+	w    io.WriteCloser
+	buf  []byte        // a packet not yet complete
+	sent *atomic.Int64 // packets written, if not nil
 
 	mu    sync.Mutex
 	modes map[string]fs.FileMode
@@ -85,6 +88,9 @@ func (m *modeWriter) Write(p []byte) (int, error) {
 		}
 		if _, err := m.w.Write(m.rewrite(m.buf[:end])); err != nil {
 			return 0, err
+		}
+		if m.sent != nil {
+			m.sent.Add(1)
 		}
 		m.buf = m.buf[end:]
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -65,6 +66,7 @@ func TestModeWriterRewrites(t *testing.T) {
 			for _, split := range []int{len(tt.in), 1} {
 				var out bytes.Buffer
 				m := newModeWriter(nopCloser{&out})
+				m.sent = new(atomic.Int64)
 				m.ask("/run/keys/.x/tls", 0o400)
 				m.ask("/run/keys/.x", 0o400)
 				for i := 0; i < len(tt.in); i += split {
@@ -75,14 +77,21 @@ func TestModeWriterRewrites(t *testing.T) {
 				if !bytes.Equal(out.Bytes(), tt.want) {
 					t.Errorf("split %d:\n got %x\nwant %x", split, out.Bytes(), tt.want)
 				}
+				if n := m.sent.Load(); n != 1 {
+					t.Errorf("split %d: counted %d packets, want 1", split, n)
+				}
 			}
 			var out bytes.Buffer
 			m := newModeWriter(nopCloser{&out})
+			m.sent = new(atomic.Int64)
 			m.ask("/run/keys/.x/tls", 0o400)
 			m.ask("/run/keys/.x", 0o400)
 			m.Write(append(append([]byte{}, tt.in...), tt.in...))
 			if !bytes.Equal(out.Bytes(), append(append([]byte{}, tt.want...), tt.want...)) {
 				t.Errorf("two in one write:\n got %x", out.Bytes())
+			}
+			if n := m.sent.Load(); n != 2 {
+				t.Errorf("two in one write: counted %d packets, want 2", n)
 			}
 		})
 	}
