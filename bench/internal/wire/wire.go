@@ -155,26 +155,46 @@ func rootQdisc(out []byte) (string, error) {
 	return "", nil
 }
 
-// Counter is a named nftables counter of the packets leaving this machine's
-// processes (the output hook) that match its rule.
+// Counter is a named nftables counter of the packets that match its rule:
+// those leaving this machine's processes (the output hook), or, for a
+// rule made by FromSSH, those arriving for them (the input hook).
 type Counter struct {
 	Name string
 	Rule Match
 }
 
-// Match selects packets; build it with ToSSH or NewSSHConns.
-type Match struct{ expr string }
+// Match selects packets; build it with ToSSH, NewSSHConns or FromSSH.
+type Match struct {
+	expr  string
+	input bool // in the input hook, not the output hook
+}
 
 // ToSSH matches every packet sent to addr's port 22, from any process.
 func ToSSH(addr netip.Addr) Match {
-	return Match{fmt.Sprintf("%s daddr %s tcp dport 22", family(addr), addr)}
+	return Match{expr: fmt.Sprintf("%s daddr %s tcp dport 22", family(addr), addr)}
+}
+
+// FromSSH matches every packet addr's port 22 sends to this machine: the
+// other direction of ToSSH's connections.
+func FromSSH(addr netip.Addr) Match {
+	return Match{expr: fmt.Sprintf("%s saddr %s tcp sport 22", family(addr), addr), input: true}
 }
 
 // NewSSHConns matches the first packet of each TCP connection to addr's
 // port 22 (SYN without ACK), so its count is connections opened. It needs
 // no connection tracking.
 func NewSSHConns(addr netip.Addr) Match {
-	return Match{fmt.Sprintf("%s daddr %s tcp dport 22 tcp flags & (syn | ack) == syn", family(addr), addr)}
+	return Match{expr: fmt.Sprintf("%s daddr %s tcp dport 22 tcp flags & (syn | ack) == syn", family(addr), addr)}
+}
+
+// ArrivingSSHConns is NewSSHConns in the input hook: in the network
+// namespace where addr is local, it counts the connections addr's sshd
+// is asked for, from this namespace's processes (over lo) and from
+// anywhere else alike.
+func ArrivingSSHConns(addr netip.Addr) Match {
+	m := NewSSHConns(addr)
+	m.input = true
+	return m
 }
 
 func family(a netip.Addr) string {
@@ -190,6 +210,7 @@ type Value struct{ Packets, Bytes uint64 }
 // Table is an nftables table of counters that only counts, never drops.
 type Table struct {
 	name  string
+	netns string // ip netns name; "" for this machine's own namespace
 	names map[string]bool
 }
 
@@ -198,34 +219,72 @@ var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
 // NewTable creates table name (family inet) with counters; an old table of
 // that name (from a killed run) is replaced. Delete it when done.
 func NewTable(ctx context.Context, name string, counters []Counter) (*Table, error) {
-	if !nameRE.MatchString(name) {
-		return nil, fmt.Errorf("nft table name %q: use letters, digits and _", name)
+	return NewTableIn(ctx, "", name, counters)
+}
+
+// NewTableIn is NewTable in the network namespace netns (an `ip netns`
+// name; "" for this machine's own). Its table goes with the namespace.
+func NewTableIn(ctx context.Context, netns, name string, counters []Counter) (*Table, error) {
+	script, err := tableScript(name, counters)
+	if err != nil {
+		return nil, err
 	}
-	t := &Table{name: name, names: map[string]bool{}}
-	var b strings.Builder
-	// "add" then "delete" is how nft -f replaces a table that may not exist.
-	fmt.Fprintf(&b, "add table inet %s\ndelete table inet %s\ntable inet %s {\n", name, name, name)
+	t := &Table{name: name, netns: netns, names: map[string]bool{}}
 	for _, c := range counters {
-		if !nameRE.MatchString(c.Name) || t.names[c.Name] {
-			return nil, fmt.Errorf("nft counter name %q: invalid or used twice", c.Name)
-		}
 		t.names[c.Name] = true
-		fmt.Fprintf(&b, "  counter %s { }\n", c.Name)
 	}
-	b.WriteString("  chain output {\n    type filter hook output priority 0; policy accept;\n")
-	for _, c := range counters {
-		fmt.Fprintf(&b, "    %s counter name %s\n", c.Rule.expr, c.Name)
-	}
-	b.WriteString("  }\n}\n")
-	if _, err := run(ctx, b.String(), "nft", "-f", "-"); err != nil {
+	if _, err := t.nft(ctx, script, "-f", "-"); err != nil {
 		return nil, fmt.Errorf("create nft table %s: %w", name, err)
 	}
 	return t, nil
 }
 
+// tableScript is the nft -f input that creates table name with counters:
+// an output chain, and an input chain if any counter needs one.
+func tableScript(name string, counters []Counter) (string, error) {
+	if !nameRE.MatchString(name) {
+		return "", fmt.Errorf("nft table name %q: use letters, digits and _", name)
+	}
+	var b strings.Builder
+	// "add" then "delete" is how nft -f replaces a table that may not exist.
+	fmt.Fprintf(&b, "add table inet %s\ndelete table inet %s\ntable inet %s {\n", name, name, name)
+	seen := map[string]bool{}
+	input := false
+	for _, c := range counters {
+		if !nameRE.MatchString(c.Name) || seen[c.Name] {
+			return "", fmt.Errorf("nft counter name %q: invalid or used twice", c.Name)
+		}
+		seen[c.Name] = true
+		input = input || c.Rule.input
+		fmt.Fprintf(&b, "  counter %s { }\n", c.Name)
+	}
+	for _, hook := range []string{"output", "input"} {
+		if hook == "input" && !input {
+			continue
+		}
+		fmt.Fprintf(&b, "  chain %s {\n    type filter hook %s priority 0; policy accept;\n", hook, hook)
+		for _, c := range counters {
+			if c.Rule.input == (hook == "input") {
+				fmt.Fprintf(&b, "    %s counter name %s\n", c.Rule.expr, c.Name)
+			}
+		}
+		b.WriteString("  }\n")
+	}
+	b.WriteString("}\n")
+	return b.String(), nil
+}
+
+// nft runs nft in the table's namespace.
+func (t *Table) nft(ctx context.Context, stdin string, args ...string) ([]byte, error) {
+	if t.netns == "" {
+		return run(ctx, stdin, "nft", args...)
+	}
+	return run(ctx, stdin, "ip", append([]string{"netns", "exec", t.netns, "nft"}, args...)...)
+}
+
 // Read returns every counter's value.
 func (t *Table) Read(ctx context.Context) (map[string]Value, error) {
-	out, err := run(ctx, "", "nft", "-j", "list", "counters", "table", "inet", t.name)
+	out, err := t.nft(ctx, "", "-j", "list", "counters", "table", "inet", t.name)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +329,7 @@ func parseCounters(out []byte) (map[string]Value, error) {
 func (t *Table) Delete() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := run(ctx, "", "nft", "delete", "table", "inet", t.name)
+	_, err := t.nft(ctx, "", "delete", "table", "inet", t.name)
 	if err != nil && strings.Contains(err.Error(), "No such file") {
 		return nil
 	}

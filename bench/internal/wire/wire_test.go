@@ -3,6 +3,7 @@ package wire
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -85,12 +86,53 @@ func TestMatches(t *testing.T) {
 		{"bytes v4", ToSSH(netip.MustParseAddr("198.18.3.2")), "ip daddr 198.18.3.2 tcp dport 22"},
 		{"bytes v6", ToSSH(netip.MustParseAddr("::1")), "ip6 daddr ::1 tcp dport 22"},
 		{"conns", NewSSHConns(netip.MustParseAddr("127.77.2.5")), "ip daddr 127.77.2.5 tcp dport 22 tcp flags & (syn | ack) == syn"},
+		{"bytes back v4", FromSSH(netip.MustParseAddr("198.18.3.2")), "ip saddr 198.18.3.2 tcp sport 22"},
+		{"conns arriving", ArrivingSSHConns(netip.MustParseAddr("127.77.2.5")), "ip daddr 127.77.2.5 tcp dport 22 tcp flags & (syn | ack) == syn"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.m.expr != tc.want {
 				t.Errorf("got %q, want %q", tc.m.expr, tc.want)
 			}
 		})
+	}
+}
+
+// Counters of both directions go to chains of their own hooks; a table
+// of output counters alone has no input chain.
+func TestTableScript(t *testing.T) {
+	a := netip.MustParseAddr("198.18.3.2")
+	got, err := tableScript("t", []Counter{{"up", ToSSH(a)}, {"down", FromSSH(a)}, {"syn", NewSSHConns(a)}})
+	want := `add table inet t
+delete table inet t
+table inet t {
+  counter up { }
+  counter down { }
+  counter syn { }
+  chain output {
+    type filter hook output priority 0; policy accept;
+    ip daddr 198.18.3.2 tcp dport 22 counter name up
+    ip daddr 198.18.3.2 tcp dport 22 tcp flags & (syn | ack) == syn counter name syn
+  }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    ip saddr 198.18.3.2 tcp sport 22 counter name down
+  }
+}
+`
+	if err != nil || got != want {
+		t.Errorf("tableScript = %v\n%s\nwant\n%s", err, got, want)
+	}
+	got, _ = tableScript("t", []Counter{{"up", ToSSH(a)}})
+	if strings.Contains(got, "input") {
+		t.Errorf("an input chain without input counters:\n%s", got)
+	}
+	for _, bad := range [][]Counter{{{"up", ToSSH(a)}, {"up", FromSSH(a)}}, {{"no-dash", ToSSH(a)}}} {
+		if _, err := tableScript("t", bad); err == nil {
+			t.Errorf("tableScript accepted %v", bad)
+		}
+	}
+	if _, err := tableScript("bad name", nil); err == nil {
+		t.Error("tableScript accepted a bad table name")
 	}
 }
 
