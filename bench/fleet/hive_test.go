@@ -62,14 +62,19 @@ func TestHiveInstances(t *testing.T) {
 
 func TestSSHCounts(t *testing.T) {
 	tests := []struct {
-		name, log           string
-		wantConns, wantSess int
-		wantErr             bool
+		name, log string
+		want      sshLine
+		wantErr   bool
 	}{
-		{"own line", "INSTANCE\nssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 23 sessions\n", 23, 23, false},
-		{"inside a table row", "node-1-9   web     ssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 24 sessions\n1    /nix/store/x  ok\n", 23, 24, false},
-		{"the last one counts", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\nssh: 5 connections (1 direct, 4 through jump hosts or ProxyCommand), 9 sessions\n", 5, 9, false},
-		{"none", "INSTANCE\n", 0, 0, true},
+		{"own line", "INSTANCE\nssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 23 sessions\n",
+			sshLine{conns: 23, sessions: 23}, false},
+		{"inside a table row", "node-1-9   web     ssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 24 sessions\n1    /nix/store/x  ok\n",
+			sshLine{conns: 23, sessions: 24}, false},
+		{"the last one counts", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\nssh: 5 connections (1 direct, 4 through jump hosts or ProxyCommand), 9 sessions\n",
+			sshLine{conns: 5, sessions: 9}, false},
+		{"with the split", "ssh: 90 connections (2 direct, 88 through jump hosts or ProxyCommand), 180 sessions (178 exec, 2 sftp), 31 sftp requests, at most 2 connections to one host\n",
+			sshLine{conns: 90, sessions: 180, split: true, exec: 178, sftp: 2, sftpRequests: 31, maxConns: 2}, false},
+		{"none", "INSTANCE\n", sshLine{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,9 +82,35 @@ func TestSSHCounts(t *testing.T) {
 			if err := os.WriteFile(f, []byte(tt.log), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			c, s, err := sshCounts(f)
-			if (err != nil) != tt.wantErr || c != tt.wantConns || s != tt.wantSess {
-				t.Errorf("sshCounts = %d, %d, %v; want %d, %d, error %v", c, s, err, tt.wantConns, tt.wantSess, tt.wantErr)
+			got, err := sshCounts(f)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("sshCounts = %+v, %v; want %+v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestMuxCounts(t *testing.T) {
+	tests := []struct {
+		name, log string
+		want      sshLine
+		wantErr   bool
+	}{
+		{"before the split", "ssh: through mux pid 77: 0 new connections, 0 sessions, 45 hosts' state read\n",
+			sshLine{}, false},
+		{"with the split", "ssh: through mux pid 77: 1 new connections, 2 sessions, 45 hosts' state read (sessions: 2 exec, 0 sftp; sftp requests: 0 of this command's, 270 of the holder's)\n",
+			sshLine{conns: 1, sessions: 2, split: true, exec: 2, holderSFTPRequests: 270}, false},
+		{"not through the holder", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\n", sshLine{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "log")
+			if err := os.WriteFile(f, []byte(tt.log), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got, err := muxCounts(f)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("muxCounts = %+v, %v; want %+v, error %v", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}

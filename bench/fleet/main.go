@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,6 +42,7 @@ type options struct {
 	baselines  string
 	keep       bool
 	verbose    bool
+	rollback   bool
 }
 
 func main() {
@@ -52,6 +54,7 @@ func main() {
 	flag.StringVar(&o.baselines, "baselines", "all", "the hand-written script's runs: all (a tenth and the whole fleet), tenth, or none")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, hive) instead of removing it")
 	flag.BoolVar(&o.verbose, "v", false, "copy every command's output to stderr")
+	flag.BoolVar(&o.rollback, "rollback", true, "end with another deploy of all and rollback '*' (about as long as two deploys of all)")
 	flag.Parse()
 	harness.Main("bench/fleet", func(ctx context.Context) error { return run(ctx, o) })
 }
@@ -70,6 +73,7 @@ type bench struct {
 	logs    *harness.Runner
 	step    func(string)
 	out     map[string]string // system name -> out path of the last build
+	acct    *accounting       // the per-host readings' setup
 }
 
 // row is one measured command.
@@ -82,15 +86,18 @@ type row struct {
 	held     bool // a status --watch round, in this process (measureHeld)
 	mux      bool // through the connection holder that "mux start" started
 	wall     time.Duration
-	up       uint64 // bytes sent to the region's sshd (IP level)
-	closure  uint64 // NAR size of the systems it deployed, 0 if none
-	tcpConns int    // TCP connections opened to the region
-	sshConns int    // SSH connections nix-hive made (its -v count)
+	up       uint64    // bytes sent to the region's sshd (IP level)
+	down     uint64    // bytes the region's sshd sent back
+	packets  [2]uint64 // IP packets up and down
+	closure  uint64    // NAR size of the systems it deployed, 0 if none
+	tcpConns int       // TCP connections opened to the region
+	sshConns int       // SSH connections nix-hive made (its -v count)
 	sessions int
 	rssKiB   int64         // nix-hive's peak RSS
 	fds      int           // nix-hive's peak open files
 	cpu      float64       // CPU seconds the whole machine spent
 	ownCPU   time.Duration // of that, nix-hive's and its children's (this process's, for floor and held)
+	acct     *account      // per host, for the rows accounted()
 	err      error
 }
 
@@ -159,11 +166,12 @@ func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, e
 	// sshd: the racks and consumers are reached through it.
 	table := fmt.Sprintf("nix_hive_bench_fleet_%d", os.Getpid())
 	if b.counter, err = wire.NewTable(ctx, table, []wire.Counter{
-		{Name: "to_region", Rule: wire.ToSSH(addr)}, {Name: "new_conns", Rule: wire.NewSSHConns(addr)}}); err != nil {
+		{Name: "to_region", Rule: wire.ToSSH(addr)}, {Name: "from_region", Rule: wire.FromSSH(addr)},
+		{Name: "new_conns", Rule: wire.NewSSHConns(addr)}}); err != nil {
 		return cleanup, err
 	}
 	w.OnCleanup(b.counter.Delete)
-	return cleanup, nil
+	return cleanup, b.setupAccounting(ctx)
 }
 
 // prepareHive writes the hive: the region runs "region", racks "rack" with
@@ -280,7 +288,7 @@ func (b *bench) deployRuns(tenth []string) []deployRow {
 	if b.o.baselines == "all" {
 		runs = append(runs, deployRow{"script-all", "script, all", nil, true})
 	}
-	runs = append(runs, deployRow{"all", "nix-hive deploy, all", nil, false})
+	runs = append(runs, deployRow{"all", allWhat, nil, false})
 	return runs
 }
 
@@ -324,7 +332,7 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 		what string
 		args []string
 	}{
-		{"no-op redeploy", deploy},
+		{noopWhat, deploy},
 		{"status", []string{"-v", "-c", b.hive, "status"}},
 		{"run '*' -- true", []string{"-v", "-c", b.hive, "run", "*", "--", "true"}},
 	} {
@@ -338,7 +346,43 @@ func (b *bench) measureAll(ctx context.Context) []*row {
 	b.measureInProcess(ctx, add)
 	b.measureMux(ctx, deploy, add)
 	b.measureAutoMux(ctx, deploy, add)
+	if b.o.rollback {
+		b.measureRollback(ctx, deploy, add)
+	}
 	return rows
+}
+
+// measureRollback deploys new systems to every host once more, so that
+// every host has an earlier good generation (those outside the tenth had
+// only one), and then rolls every host back to it: each must run the
+// system of the deploy of all again. It comes last, so that no later row
+// finds a fleet that runs what the hive does not say.
+func (b *bench) measureRollback(ctx context.Context, deploy []string, add func(*row)) {
+	if ctx.Err() != nil {
+		return
+	}
+	prev := maps.Clone(b.out)
+	r := &row{what: againWhat, hosts: len(b.lab.Hosts), deploy: true}
+	if r.err = b.setVersion("again"); r.err == nil {
+		r.closure, r.err = b.build(ctx, "again")
+	}
+	if r.err == nil {
+		b.measure(ctx, r, deploy...)
+	}
+	if r.err == nil {
+		r.err = b.check(nil)
+	}
+	add(r)
+	if r.err != nil || ctx.Err() != nil {
+		return
+	}
+	rb := &row{what: rollbackWhat, hosts: len(b.lab.Hosts)}
+	b.measure(ctx, rb, "-v", "-c", b.hive, "rollback", "*")
+	if rb.err == nil {
+		b.out = prev
+		rb.err = b.check(nil)
+	}
+	add(rb)
 }
 
 // measureInProcess measures, in this process, connections alone and a
@@ -591,7 +635,8 @@ func (b *bench) around(ctx context.Context, r *row, fn func() error) {
 		return
 	}
 	d := wire.Sub(c1.nft, c0.nft)
-	r.up, r.tcpConns = d["to_region"].Bytes, int(d["new_conns"].Packets)
+	r.up, r.down, r.tcpConns = d["to_region"].Bytes, d["from_region"].Bytes, int(d["new_conns"].Packets)
+	r.packets = [2]uint64{d["to_region"].Packets, d["from_region"].Packets}
 	r.cpu = c1.cpu - c0.cpu
 }
 
@@ -603,6 +648,13 @@ func (b *bench) measure(ctx context.Context, r *row, args ...string) {
 	var hwm int64
 	var ownCPU time.Duration
 	logs.Watch = func(pid int) func() { return watchFDs(pid, &fds, &hwm) }
+	// The hosts are read outside the timed window (and the CPU counted).
+	var hosts0 hostReading
+	if accounted(r.what) {
+		if hosts0, r.err = b.readHosts(ctx); r.err != nil {
+			return
+		}
+	}
 	b.around(ctx, r, func() error {
 		_, ps, err := logs.RunState(ctx, logName, nil, b.bin, args...)
 		if ps != nil {
@@ -612,32 +664,25 @@ func (b *bench) measure(ctx context.Context, r *row, args ...string) {
 		return err
 	})
 	r.ownCPU = ownCPU
+	var line sshLine
 	switch {
 	case r.err != nil || r.what == muxStartWhat: // it prints no count: it is the holder's
 	case r.mux:
-		r.sshConns, r.sessions, r.err = muxCounts(filepath.Join(b.logs.Logs, logName+".log"))
+		line, r.err = muxCounts(filepath.Join(b.logs.Logs, logName+".log"))
 	default:
-		r.sshConns, r.sessions, r.err = sshCounts(filepath.Join(b.logs.Logs, logName+".log"))
+		line, r.err = sshCounts(filepath.Join(b.logs.Logs, logName+".log"))
+	}
+	r.sshConns, r.sessions = line.conns, line.sessions
+	if accounted(r.what) && r.err == nil {
+		hosts1, err := b.readHosts(ctx)
+		if err != nil {
+			r.err = err
+			return
+		}
+		r.acct = &account{ssh: line}
+		r.acct.fill(b.acct, b.lab.Hosts, hosts0, hosts1)
 	}
 }
-
-// muxCounts reads nix-hive -v's count of a command through the holder:
-// the connections the holder made for it, the sessions it opened.
-func muxCounts(log string) (conns, sessions int, err error) {
-	b, err := os.ReadFile(log)
-	if err != nil {
-		return 0, 0, err
-	}
-	m := muxCountsRE.FindSubmatch(b)
-	if m == nil {
-		return 0, 0, fmt.Errorf("%s: the command did not go through the holder", log)
-	}
-	conns, _ = strconv.Atoi(string(m[1]))
-	sessions, _ = strconv.Atoi(string(m[2]))
-	return conns, sessions, nil
-}
-
-var muxCountsRE = regexp.MustCompile(`ssh: through mux pid \d+: (\d+) new connections, (\d+) sessions`)
 
 // selfCPU is the CPU time this process has used.
 func selfCPU() time.Duration {
@@ -647,28 +692,6 @@ func selfCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
-
-// sshCounts reads the last "ssh: N connections (...), M sessions" line
-// nix-hive -v printed into a log. The line is matched anywhere, not only
-// at the start of a line: the log takes stdout and stderr as they come,
-// so the line (one write to stderr) can land inside a table row that
-// stdout was writing in pieces.
-func sshCounts(log string) (conns, sessions int, err error) {
-	b, err := os.ReadFile(log)
-	if err != nil {
-		return 0, 0, err
-	}
-	m := sshCountsRE.FindAllSubmatch(b, -1)
-	if m == nil {
-		return 0, 0, fmt.Errorf("%s: nix-hive -v printed no count of SSH connections", log)
-	}
-	last := m[len(m)-1]
-	conns, _ = strconv.Atoi(string(last[1]))
-	sessions, _ = strconv.Atoi(string(last[2]))
-	return conns, sessions, nil
-}
-
-var sshCountsRE = regexp.MustCompile(`ssh: (\d+) connections \(\d+ direct, \d+ through [^)]*\), (\d+) sessions`)
 
 // watchFDs samples how many files pid has open, and its peak RSS, until
 // stop is called, keeping the largest in *peak and *hwm. A sample counts
@@ -760,15 +783,16 @@ func (b *bench) report(w *os.File, rows []*row) {
 	fmt.Fprintf(w, "\nnix-hive fleet benchmark: %s -> %d racks -> %d consumers (%d hosts), %d MiB payload per system, nix-hive deploy --parallel %s, script %d at once\n",
 		regionName, b.o.racks, b.o.racks*b.perRack, len(b.lab.Hosts), b.o.payloadMiB, b.parallelFlag(), b.parallel())
 	fmt.Fprintf(w, "times include nix-hive's evaluation; systems were built beforehand; MiB up = bytes this machine sent to the region's sshd (nft);\n")
-	fmt.Fprintf(w, "control = (up - closure) / hosts; TCP = connections this machine opened to the region (nft SYN); SSH = nix-hive's connections\n")
+	fmt.Fprintf(w, "control = (up - closure) / hosts; down = what the region's sshd sent back / hosts; TCP = connections this machine opened to the\n")
+	fmt.Fprintf(w, "region (nft SYN); SSH = nix-hive's connections\n")
 	fmt.Fprintf(w, "(direct and through jump hosts, from its -v) and sessions; CPU = what the whole machine, lab hosts included, spent per host;\n")
 	fmt.Fprintf(w, "own CPU = nix-hive's share of it, with the nix commands it runs (this program's, for the last two rows): what a fleet\n")
 	fmt.Fprintf(w, "whose hosts have CPUs of their own would still cost this machine\n\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tcontrol KiB/host\tTCP\tSSH conns\tsessions\tpeak RSS MiB\tpeak FDs\tCPU ms/host\town CPU ms/host\t")
+	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tcontrol KiB/host\tdown KiB/host\tTCP\tSSH conns\tsessions\tpeak RSS MiB\tpeak FDs\tCPU ms/host\town CPU ms/host\t")
 	for _, r := range rows {
 		if r.err != nil {
-			fmt.Fprintf(tw, "%s\t%d\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.what, r.hosts)
+			fmt.Fprintf(tw, "%s\t%d\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.what, r.hosts)
 			continue
 		}
 		closure, ratio := "-", "-"
@@ -787,13 +811,20 @@ func (b *bench) report(w *os.File, rows []*row) {
 		if !r.script {
 			own = fmt.Sprintf("%.1f", r.ownMsPerHost())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.1f\t%d\t%s\t%s\t%s\t%s\t%.0f\t%s\t\n", r.what, r.hosts, r.wall.Seconds(),
-			r.msPerHost(), harness.MiB(r.up), closure, ratio, r.controlKiB(), r.tcpConns, conns, sessions, rss, fds, 1000*r.cpu/float64(r.hosts), own)
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%.0f\t%s\t\n", r.what, r.hosts, r.wall.Seconds(),
+			r.msPerHost(), harness.MiB(r.up), closure, ratio, r.controlKiB(), r.downKiB(), r.tcpConns, conns, sessions, rss, fds, 1000*r.cpu/float64(r.hosts), own)
 	}
 	tw.Flush()
+	b.reportAccount(w, rows)
 	fmt.Fprintln(w, "\ngoals (issue 14):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, g := range goals(rows) {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", g.what, g.target, g.value, g.verdict())
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\ngoals (issue 28):")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, g := range accountGoals(rows) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", g.what, g.target, g.value, g.verdict())
 	}
 	tw.Flush()
@@ -816,6 +847,9 @@ func (r *row) ownMsPerHost() float64 {
 func (r *row) controlKiB() float64 {
 	return (float64(r.up) - float64(r.closure)) / 1024 / float64(r.hosts)
 }
+
+// downKiB is what came back over the uplink per host.
+func (r *row) downKiB() float64 { return float64(r.down) / 1024 / float64(r.hosts) }
 
 // goal is one target of the issue and the value measured for it.
 type goal struct {
@@ -842,11 +876,11 @@ func goals(rows []*row) []goal {
 		}
 		return nil
 	}
-	tenth, all := find("nix-hive deploy, a tenth"), find("nix-hive deploy, all")
-	noop, status, floor, held := find("no-op redeploy"), find("status"), find(floorWhat), find(heldWhat)
+	tenth, all := find("nix-hive deploy, a tenth"), find(allWhat)
+	noop, status, floor, held := find(noopWhat), find("status"), find(floorWhat), find(heldWhat)
 	var gs []goal
 	g := goal{what: "every host runs the new system after nix-hive deploy, all", target: "all"}
-	if r := rowNamed(rows, "nix-hive deploy, all"); r != nil {
+	if r := rowNamed(rows, allWhat); r != nil {
 		g.known, g.ok = true, r.err == nil
 		g.value = "yes"
 		if r.err != nil {
