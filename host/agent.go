@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -43,6 +44,7 @@ var loginPrograms = map[string]string{
 	"probe":      agentProbe,
 	"closure":    closureProgram,
 	"key-owners": keyOwnersProgram,
+	"install":    installProgram,
 }
 
 // Programs are the shell programs nix-hive runs on hosts, by name (an
@@ -63,6 +65,8 @@ func Programs() map[string]string {
 
 // AgentScript is the host agent; AgentVersion names it.
 var AgentScript = sync.OnceValue(func() string { return agentScript() })
+
+var gzippedAgent = sync.OnceValue(func() string { return gzipped(AgentScript()) })
 
 // AgentVersion is the agent's content hash, which a host's agent must
 // answer to be used.
@@ -108,6 +112,57 @@ version) echo "$v" ;;
 esac
 `)
 	return b.String()
+}
+
+// RootAgentPath is where a root login's copy of this nix-hive's agent
+// lives on a host: installed once by Lock, named by its version, so that
+// root's commands are its operations (a few words each) instead of
+// programs sent with every command. The directory is root's alone.
+func RootAgentPath() string { return "/nix/var/nix-hive/agents/nix-hive-agent-" + AgentVersion() }
+
+// rootLockCommand takes the deploy lock through the installed agent, or,
+// where it is missing, says so (exit 121) with whether the host can
+// gunzip what installs it.
+func rootLockCommand(owner string) string {
+	const wrapper = `if [ -r "$0" ]; then exec sh "$0" "$@"; fi
+if command -v gzip >/dev/null 2>&1; then echo "need agent gzip"; else echo "need agent plain"; fi
+exit 121`
+	return shell.QuoteArgs([]string{"sh", "-c", wrapper, RootAgentPath(), "lock", owner})
+}
+
+// installProgram PATH ENC writes the agent read from stdin (gzip or
+// plain) to PATH, atomically, readable and runnable by root alone. Agents
+// of other versions not run for 30 days go: a deploy of another release
+// that runs now keeps its own.
+const installProgram = `set -eu
+umask 077
+d=${1%/*}
+mkdir -p "$d"
+chmod 700 "$d"
+t=$(mktemp "$1.XXXXXX")
+trap 'rm -f "$t"' EXIT
+if [ "$2" = gzip ]; then gzip -dc; else cat; fi >"$t"
+chmod 700 "$t"
+mv -f "$t" "$1"
+trap - EXIT
+find "$d" -maxdepth 1 -name 'nix-hive-agent-*' ! -name "${1##*/}" -atime +30 -exec rm -f {} + 2>/dev/null || :
+`
+
+// installAgent installs this nix-hive's agent for n's root login.
+func installAgent(ctx context.Context, remote Remote, n string, gz bool) error {
+	enc, payload := "plain", AgentScript()
+	if gz {
+		enc, payload = "gzip", gzippedAgent()
+	}
+	var out lockedBuffer
+	code, err := remote.Run(ctx, n, asLogin(installProgram, RootAgentPath(), enc), strings.NewReader(payload), &out, &out)
+	switch {
+	case err != nil:
+		return fmt.Errorf("install nix-hive-agent: %w", err)
+	case code != 0:
+		return fmt.Errorf("install nix-hive-agent at %s: exit %d: %s", RootAgentPath(), code, lastLines(out.String(), 3))
+	}
+	return nil
 }
 
 // agentProbe prints the path and version of the host's agent, if any:

@@ -33,14 +33,18 @@ func jobPayload(gz bool) string {
 
 var (
 	compactJob = sync.OnceValue(func() string { return compact(jobScript) })
-	gzippedJob = sync.OnceValue(func() string {
-		var b bytes.Buffer
-		w, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
-		w.Write([]byte(compactJob()))
-		w.Close()
-		return b.String()
-	})
+	gzippedJob = sync.OnceValue(func() string { return gzipped(compactJob()) })
 )
+
+// gzipped is s compressed as well as gzip can: what travels to every host
+// is compressed once per run.
+func gzipped(s string) string {
+	var b bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+	w.Write([]byte(s))
+	w.Close()
+	return b.String()
+}
 
 // waitProgram is shared by the programs that wait for a job: wait ID
 // UNTIL BEAT waits until job ID reaches state UNTIL ("activated"; "" for

@@ -50,9 +50,16 @@ type DeployLock struct {
 	done  chan struct{}
 }
 
-// lockHost takes the deploy lock of host n for owner, or fails at once
-// with who holds it. It returns what the host runs, read under the lock.
-func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation, owner string) (*DeployLock, State, error) {
+// errNoAgent means a root login's host lacks this nix-hive's agent
+// (rootLockCommand's answer); gzip says whether it can gunzip one.
+type errNoAgent struct{ gzip bool }
+
+func (e *errNoAgent) Error() string { return "no nix-hive-agent at " + RootAgentPath() }
+
+// lockHost takes the deploy lock of host n with cmd (lockProgram's, as
+// root), or fails at once with who holds it. It returns what the host
+// runs, read under the lock.
+func lockHost(ctx context.Context, remote Remote, n, cmd string) (*DeployLock, State, error) {
 	pr, pw := io.Pipe()
 	outR, outW := io.Pipe()
 	l := &DeployLock{stdin: pw, done: make(chan struct{})}
@@ -67,7 +74,7 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 	lctx := context.WithoutCancel(ctx)
 	go func() {
 		defer close(l.done)
-		code, err := remote.Run(lctx, n, program(lockProgram, true, user, esc, owner), pr, outW, &stderr)
+		code, err := remote.Run(lctx, n, cmd, pr, outW, &stderr)
 		outW.Close()
 		pr.Close()
 		res <- result{code, err}
@@ -111,6 +118,8 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 		return nil, State{}, fmt.Errorf("lock: %w", r.err)
 	case r.code == 75:
 		return nil, State{}, fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(line, "held by "))
+	case r.code == 121 && strings.HasPrefix(line, "need agent "):
+		return nil, State{}, &errNoAgent{gzip: line == "need agent gzip"}
 	case needsPassword(stderr.String()):
 		return nil, State{}, fmt.Errorf("lock: %w", ErrSudoPassword)
 	case notAllowed(stderr.String()):
@@ -128,7 +137,7 @@ func lockHost(ctx context.Context, remote Remote, n, user string, esc escalation
 func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*DeployLock, State, error) {
 	n := in.Name
 	if !NeedsPrivilege(in.User) {
-		return lockHost(ctx, remote, n, in.User, escalation{}, owner)
+		return lockRoot(ctx, remote, n, priv, owner)
 	}
 	if err := priv.ProbeAgent(ctx, remote, n); err != nil {
 		return nil, State{}, fmt.Errorf("lock: %w", err)
@@ -138,7 +147,7 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 			return nil, State{}, fmt.Errorf("lock: %w", err)
 		}
 	}
-	l, hs, err := lockHost(ctx, remote, n, in.User, priv.forHost(n), owner)
+	l, hs, err := lockHost(ctx, remote, n, program(lockProgram, true, in.User, priv.forHost(n), owner))
 	if errors.Is(err, errNotAllowed) {
 		return nil, State{}, fmt.Errorf("%w%s", err, priv.agentMismatch(n))
 	}
@@ -151,7 +160,29 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 	if err := priv.check(ctx, remote, n); err != nil {
 		return nil, State{}, fmt.Errorf("lock: %w", err)
 	}
-	return lockHost(ctx, remote, n, in.User, priv.forHost(n), owner)
+	return lockHost(ctx, remote, n, program(lockProgram, true, in.User, priv.forHost(n), owner))
+}
+
+// lockRoot takes the lock of n, whose login is root. With priv, root's
+// commands go through this nix-hive's agent installed on the host: the
+// lock finds it, or installs it and locks again (once per host and
+// nix-hive release). Without priv (tests' fakes), programs are sent.
+func lockRoot(ctx context.Context, remote Remote, n string, priv *Privilege, owner string) (*DeployLock, State, error) {
+	if priv == nil {
+		return lockHost(ctx, remote, n, program(lockProgram, true, "", escalation{}, owner))
+	}
+	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner))
+	var missing *errNoAgent
+	if errors.As(err, &missing) {
+		if err := installAgent(ctx, remote, n, missing.gzip); err != nil {
+			return nil, State{}, fmt.Errorf("lock: %w", err)
+		}
+		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner))
+	}
+	if err == nil {
+		priv.rootAgentFound(n)
+	}
+	return l, hs, err
 }
 
 // Release lets go of the lock, and waits a moment for the host to say it

@@ -48,6 +48,9 @@ type Privilege struct {
 	refused  error             // a host's sudo refused it: no other host is tried
 	agents   map[string]string // hosts' nix-hive-agent of this version: its path
 	probed   map[string]string // hosts asked for one: what they answered
+	// installed are the hosts whose root login has this nix-hive's agent
+	// at RootAgentPath (Lock installs it).
+	installed map[string]bool
 }
 
 // NewPrivilege is the privilege command cmd with password handling.
@@ -55,7 +58,7 @@ func NewPrivilege(cmd string, ask func() ([]byte, error), upfront bool) *Privile
 	b := make([]byte, 16)
 	rand.Read(b)
 	return &Privilege{Command: cmd, Ask: ask, Upfront: upfront, marker: "nix-hive-sudo-" + hex.EncodeToString(b),
-		hosts: map[string]bool{}, checked: map[string]bool{}, agents: map[string]string{}, probed: map[string]string{}}
+		hosts: map[string]bool{}, checked: map[string]bool{}, agents: map[string]string{}, probed: map[string]string{}, installed: map[string]bool{}}
 }
 
 // isSudo says whether the privilege command is sudo, which alone is
@@ -68,26 +71,44 @@ func (p *Privilege) isSudo() bool {
 // forHost is how host's commands become root: the privilege command as
 // given, or, once the host is given the password, sudo reading it from
 // standard input; through the host's agent when it has this nix-hive's.
+// A root login's are the agent installed for it, once Lock found it.
 func (p *Privilege) forHost(host string) escalation {
-	if p == nil || p.Command == "" {
+	if p == nil {
 		return escalation{}
 	}
 	p.mu.Lock()
 	agent := p.agents[host]
+	var esc escalation
+	if p.installed[host] {
+		esc.installed = RootAgentPath()
+	}
 	p.mu.Unlock()
+	if p.Command == "" {
+		return esc
+	}
 	password := p.usesPassword(host)
 	switch {
 	case agent != "" && password:
-		return escalation{prefix: p.withPassword() + shell.Quote(agent) + " --skip-to " + p.marker, agent: true}
+		esc.prefix, esc.agent = p.withPassword()+shell.Quote(agent)+" --skip-to "+p.marker, true
 	case agent != "":
-		return escalation{prefix: p.Command + " " + shell.Quote(agent), agent: true}
+		esc.prefix, esc.agent = p.Command+" "+shell.Quote(agent), true
 	case password:
 		skip := `while IFS= read -r l; do [ "$l" = "$0" ] && break; done; exec "$@"`
 		// The marker is $0 of the skipping shell: constant to it, and
 		// not a secret.
-		return escalation{prefix: p.withPassword() + "sh -c " + shell.Quote(skip) + " " + p.marker}
+		esc.prefix = p.withPassword() + "sh -c " + shell.Quote(skip) + " " + p.marker
+	default:
+		esc.prefix = p.Command
 	}
-	return escalation{prefix: p.Command}
+	return esc
+}
+
+// rootAgentFound records that host's root login has this nix-hive's
+// agent installed at RootAgentPath.
+func (p *Privilege) rootAgentFound(host string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.installed[host] = true
 }
 
 // ProbeAgent asks host, as its login, for a nix-hive-agent, once: one of

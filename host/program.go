@@ -35,6 +35,11 @@ type escalation struct {
 	// as the login), ending with the host agent's path when agent is set.
 	prefix string
 	agent  bool
+	// installed is the path of this nix-hive's agent installed on the
+	// host for a root login (RootAgentPath), once a command found it
+	// there: root's commands are then its operations, and no program
+	// travels with them.
+	installed string
 }
 
 // NeedsPrivilege reports whether a login must go through the privilege
@@ -54,7 +59,21 @@ func sudoPrefix(user string, esc escalation) string {
 
 // viaAgent reports whether user's root commands are the host agent's
 // operations.
-func (e escalation) viaAgent(user string) bool { return e.agent && sudoPrefix(user, e) != "" }
+func (e escalation) viaAgent(user string) bool { return e.agentPrefix(user) != "" }
+
+// agentPrefix is what goes before an agent operation for user: the
+// privilege command ending with the agent's path for a non-root login,
+// the installed agent's path for root; "" when user's root commands are
+// not the agent's.
+func (e escalation) agentPrefix(user string) string {
+	switch {
+	case NeedsPrivilege(user) && e.agent:
+		return sudoPrefix(user, e)
+	case !NeedsPrivilege(user) && e.installed != "":
+		return "sh " + shell.Quote(e.installed) + " "
+	}
+	return ""
+}
 
 // program is `sh -c PROGRAM nix-hive ARGS...`, as root when root is set:
 // for a non-root login through its privilege command, and through the
@@ -64,11 +83,10 @@ func program(prog string, root bool, user string, esc escalation, args ...string
 	if !root {
 		return shell.QuoteArgs(argv)
 	}
-	prefix := sudoPrefix(user, esc)
 	if op, ok := agentOps[prog]; ok && esc.viaAgent(user) {
-		return prefix + shell.QuoteArgs(append([]string{op}, args...))
+		return esc.agentPrefix(user) + shell.QuoteArgs(append([]string{op}, args...))
 	}
-	return prefix + shell.QuoteArgs(argv)
+	return sudoPrefix(user, esc) + shell.QuoteArgs(argv)
 }
 
 // asLogin is prog with args, run as the login.

@@ -112,8 +112,7 @@ func (s Substitution) command(paths []string, user string, esc escalation) strin
 	// $kh must expand, so this one value is double-quoted; everything in
 	// it is either a constant or a number.
 	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
-	prefix := sudoPrefix(user, esc)
-	if esc.viaAgent(user) {
+	if prefix := esc.agentPrefix(user); prefix != "" {
 		// The agent sets NIX_SSHOPTS itself, to the same options.
 		key := ""
 		if s.TrustKey {
@@ -122,6 +121,7 @@ func (s Substitution) command(paths []string, user string, esc escalation) strin
 		fmt.Fprintf(&b, "%srealise %d %d \"${kh-}\" %s %s %s >/dev/null\n", prefix, secs, s.port, shell.Quote(s.From), shell.Quote(key), shell.QuoteArgs(paths))
 		return b.String()
 	}
+	prefix := sudoPrefix(user, esc)
 	if prefix != "" {
 		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
 		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, shell.QuoteArgs(args))

@@ -1,0 +1,73 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nix-hive/nix-hive/host"
+)
+
+// A root login's first deploy installs nix-hive's agent on the host, once;
+// later deploys and rollbacks run its operations instead of sending their
+// programs. The test marks the installed agent so that it logs each
+// operation it runs: a later deploy that reinstalled it, or sent programs
+// instead, would leave no log.
+func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
+	s := newSeed(t)
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatalf("first deploy: exit %d", code)
+	}
+	h := s.lab.Host("www-1")
+	agent := h.Path(host.RootAgentPath())
+	b, err := os.ReadFile(agent)
+	if err != nil || string(b) != host.AgentScript() {
+		t.Fatalf("www-1 has no agent at %s, or another one (%d bytes, want %d): %v", host.RootAgentPath(), len(b), len(host.AgentScript()), err)
+	}
+	for _, p := range []string{agent, filepath.Dir(agent)} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, want 0700 (root's alone): %v", p, fi.Mode().Perm(), err)
+		}
+	}
+	ops := h.Path("/run/nix-hive-test/agent-ops")
+	marked := strings.Replace(string(b), "\n", "\nprintf '%s\\n' \"${1-}\" >>/run/nix-hive-test/agent-ops\n", 1)
+	if err := os.WriteFile(agent, []byte(marked), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	s.edit(`toplevel = testSystem { name = "www"; };`, `toplevel = testSystem { name = "www"; version = "2"; };`)
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatalf("second deploy: exit %d", code)
+	}
+	if got, want := s.current("www-1"), s.state().Systems["www"].OutPath; got != want {
+		t.Fatalf("www-1 runs %s after the second deploy, want %s", got, want)
+	}
+	got := readLines(t, ops)
+	for _, op := range []string{"lock", "realise", "start", "confirm"} {
+		if !slices.Contains(got, op) {
+			t.Errorf("the second deploy ran the installed agent's %v; want %s among them (the programs were sent instead)", got, op)
+		}
+	}
+	if b, _ := os.ReadFile(agent); string(b) != marked {
+		t.Error("the second deploy reinstalled the agent")
+	}
+
+	before := len(got)
+	if code, _, _ := s.run("rollback", "www-1"); code != 0 {
+		t.Fatalf("rollback: exit %d", code)
+	}
+	if got := readLines(t, ops)[before:]; !slices.Contains(got, "lock") || !slices.Contains(got, "start") {
+		t.Errorf("the rollback ran the agent's %v; want lock and start", got)
+	}
+}
+
+func readLines(t *testing.T, p string) []string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	return strings.Fields(string(b))
+}
