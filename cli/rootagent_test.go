@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nix-hive/nix-hive/host"
 )
@@ -60,6 +61,35 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	}
 	if got := readLines(t, ops)[before:]; !slices.Contains(got, "lock") || !slices.Contains(got, "start") {
 		t.Errorf("the rollback ran the agent's %v; want lock and start", got)
+	}
+
+	// A host that lost its agent gets it again; agents of other releases
+	// go once they have not run for 30 days, not before.
+	dir := filepath.Dir(agent)
+	stale, recent := filepath.Join(dir, "nix-hive-agent-000000000000"), filepath.Join(dir, "nix-hive-agent-111111111111")
+	for _, p := range []string{stale, recent} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-40 * 24 * time.Hour)
+	if err := os.Chtimes(stale, long, long); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(agent); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatalf("deploy after the agent was removed: exit %d", code)
+	}
+	if b, err := os.ReadFile(agent); err != nil || string(b) != host.AgentScript() {
+		t.Errorf("the agent was not installed again: %v", err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("an agent of another release unused for 40 days is still there: %v", err)
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Errorf("an agent of another release run recently was removed: %v", err)
 	}
 }
 
