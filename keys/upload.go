@@ -102,7 +102,10 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 // resolveOwners finds the uid and gid of the owners of the keys uploaded
-// at when ("" for all) that are not known yet.
+// at when ("" for all) that are not known yet. Each user and group pair
+// is asked for once, in the order of the first key that names it (the
+// host answers each with a few processes: hundreds of keys share a
+// handful of owners).
 func (b *Batch) resolveOwners(ctx context.Context, when string) error {
 	var todo []*eval.Key
 	for _, k := range b.keys {
@@ -114,8 +117,12 @@ func (b *Batch) resolveOwners(ctx context.Context, when string) error {
 		return nil
 	}
 	var pairs []string
+	asked := map[[2]string]bool{}
 	for _, k := range todo {
-		pairs = append(pairs, k.User, k.Group)
+		if p := [2]string{k.User, k.Group}; !asked[p] {
+			asked[p] = true
+			pairs = append(pairs, k.User, k.Group)
+		}
 	}
 	var out, stderr bytes.Buffer
 	code, err := b.u.Host.Run(ctx, b.instance.Name, host.KeyOwnersCommand(pairs...), nil, &out, &stderr)
@@ -126,16 +133,20 @@ func (b *Batch) resolveOwners(ctx context.Context, when string) error {
 		return fmt.Errorf("key owners: %w", err)
 	}
 	lines := strings.Fields(out.String())
-	if len(lines) != 2*len(todo) {
+	if len(lines) != len(pairs) {
 		return fmt.Errorf("key owners: unexpected answer %q", out.String())
 	}
-	for i, k := range todo {
-		uid, err1 := strconv.Atoi(lines[2*i])
-		gid, err2 := strconv.Atoi(lines[2*i+1])
+	ids := map[[2]string][2]int{}
+	for i := 0; i < len(pairs); i += 2 {
+		uid, err1 := strconv.Atoi(lines[i])
+		gid, err2 := strconv.Atoi(lines[i+1])
 		if err := errors.Join(err1, err2); err != nil {
 			return fmt.Errorf("key owners: %w", err)
 		}
-		b.ids[k.Name] = [2]int{uid, gid}
+		ids[[2]string{pairs[i], pairs[i+1]}] = [2]int{uid, gid}
+	}
+	for _, k := range todo {
+		b.ids[k.Name] = ids[[2]string{k.User, k.Group}]
 	}
 	return nil
 }
