@@ -74,23 +74,77 @@ type Batch struct {
 	ids      map[string][2]int // key -> uid, gid on the host
 }
 
+// commandsAtOnce is how many of an instance's key commands run at once
+// while it is prepared.
+const commandsAtOnce = 4
+
 // Prepare has every key value of instance in (running commands, checking
 // files, which are read as they are sent) and checks that the owners of
 // its pre-activation keys exist on the host (a post-activation key's user
 // may come with the new system: it is checked before its upload). Nothing
-// is written anywhere; an error here leaves the host as it was.
+// is written anywhere; an error here leaves the host as it was. The host
+// is asked for the owners while the values are had; a value that cannot
+// be had is the error, before a missing owner (and stops the question).
 func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, error) {
 	b := &Batch{u: u, instance: in, values: map[string]*Value{}, ids: map[string][2]int{}}
 	for _, name := range slices.Sorted(mapsKeys(in.Keys)) {
-		k := in.Keys[name]
-		v, err := u.Values.Of(ctx, in.Name, k)
+		b.keys = append(b.keys, in.Keys[name])
+	}
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resolved := make(chan error, 1)
+	go func() { resolved <- b.resolveOwners(octx, eval.PreActivation) }()
+	values, err := u.values(ctx, in.Name, b.keys)
+	if err != nil {
+		cancel() // its answer no longer matters
+		<-resolved
+		return nil, err
+	}
+	ownersErr := <-resolved
+	for i, k := range b.keys {
+		b.values[k.Name] = values[i]
+	}
+	return b, ownersErr
+}
+
+// values are the values of keys (of instance n), their commands up to
+// commandsAtOnce at once. After a key's value cannot be had no other
+// command starts, and the error is that of the first key, in order,
+// whose value could not be had.
+func (u *Uploader) values(ctx context.Context, n string, keys []*eval.Key) ([]*Value, error) {
+	values := make([]*Value, len(keys))
+	errs := make([]error, len(keys))
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Bool
+	)
+	slots := make(chan struct{}, commandsAtOnce)
+	for i, k := range keys {
+		if k.Source != "command" {
+			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
+				break
+			}
+			continue
+		}
+		slots <- struct{}{}
+		if failed.Load() {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
+				failed.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, err
 		}
-		b.keys = append(b.keys, k)
-		b.values[name] = v
 	}
-	return b, b.resolveOwners(ctx, eval.PreActivation)
+	return values, nil
 }
 
 func mapsKeys[V any](m map[string]V) func(func(string) bool) {

@@ -202,3 +202,57 @@ func TestUploadNamesTheFirstFailedKey(t *testing.T) {
 		t.Errorf("the error holds a value: %v", err)
 	}
 }
+
+// commandKeys are keys of instance "i" whose values come from shell
+// commands run in dir, all owned by this process's user.
+func commandKeys(t *testing.T, dir string, commands map[string]string) (*Uploader, *eval.Instance, *localHost) {
+	t.Helper()
+	u, g, _, _ := owner(t)
+	in := &eval.Instance{Name: "i", User: "root", Keys: map[string]*eval.Key{}}
+	for name, c := range commands {
+		in.Keys[name] = &eval.Key{Name: name, Source: "command", Command: []string{"/bin/sh", "-c", c}, User: u, Group: g,
+			Mode: "0400", Upload: eval.PreActivation, Dest: filepath.Join(dir, "keys", name), Timeout: "30s"}
+	}
+	h := newLocalHost(t)
+	return &Uploader{Host: h, Values: NewValues(&eval.Hive{Src: eval.Source{Dir: dir}}, DefaultTimeout)}, in, h
+}
+
+// An instance's key commands run at once: each of these waits until
+// both have started, which one after the other would never see.
+func TestPrepareRunsCommandsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	wait := `touch "started-$1"; i=0; while [ "$(ls started-* | wc -l)" -lt 2 ]; do
+  i=$((i+1)); [ $i -lt 200 ] || { echo "alone" >&2; exit 9; }; sleep 0.05; done; printf "value of %s" "$1"`
+	commands := map[string]string{}
+	for i := range 2 {
+		name := fmt.Sprintf("c%d", i)
+		commands[name] = "set -- " + name + "; " + wait
+	}
+	up, in, _ := commandKeys(t, dir, commands)
+	b, err := up.Prepare(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range commands {
+		if got := content(t, b.values[name]); got != "value of "+name {
+			t.Errorf("%s: %q", name, got)
+		}
+	}
+}
+
+// The error of a Prepare is that of the first key, in order, whose value
+// could not be had, though a later one failed first; the host's answer
+// about owners does not hide it.
+func TestPrepareNamesTheFirstFailedCommand(t *testing.T) {
+	dir := t.TempDir()
+	up, in, _ := commandKeys(t, dir, map[string]string{
+		"a": "sleep 0.5; echo a failed >&2; exit 3",
+		"b": "echo b failed >&2; exit 4",
+		"c": "printf fine",
+	})
+	in.Keys["c"].User = "nix-hive-no-such-user"
+	_, err := up.Prepare(context.Background(), in)
+	if want := "key a: command /bin/sh exited 3: a failed"; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+}
