@@ -86,6 +86,19 @@ const commandsAtOnce = 4
 // is asked for the owners while the values are had; a value that cannot
 // be had is the error, before a missing owner (and stops the question).
 func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, error) {
+	return u.prepare(ctx, in, eval.PreActivation)
+}
+
+// PrepareAll is Prepare for an upload of all of instance's keys with no
+// activation between them (keys upload): the host is asked for the
+// owners of every key at once, those of the pre-activation keys first,
+// so that the owner a failure names is the one Prepare and then Upload
+// would have named.
+func (u *Uploader) PrepareAll(ctx context.Context, in *eval.Instance) (*Batch, error) {
+	return u.prepare(ctx, in, eval.PreActivation, eval.PostActivation)
+}
+
+func (u *Uploader) prepare(ctx context.Context, in *eval.Instance, owners ...string) (*Batch, error) {
 	b := &Batch{u: u, instance: in, values: map[string]*Value{}, ids: map[string][2]int{}}
 	for _, name := range slices.Sorted(mapsKeys(in.Keys)) {
 		b.keys = append(b.keys, in.Keys[name])
@@ -93,7 +106,7 @@ func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, erro
 	octx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	resolved := make(chan error, 1)
-	go func() { resolved <- b.resolveOwners(octx, eval.PreActivation) }()
+	go func() { resolved <- b.resolveOwners(octx, owners...) }()
 	values, err := u.values(ctx, in.Name, b.keys)
 	if err != nil {
 		cancel() // its answer no longer matters
@@ -158,15 +171,20 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 // resolveOwners finds the uid and gid of the owners of the keys uploaded
-// at when ("" for all) that are not known yet. Each user and group pair
-// is asked for once, in the order of the first key that names it (the
-// host answers each with a few processes: hundreds of keys share a
-// handful of owners).
-func (b *Batch) resolveOwners(ctx context.Context, when string) error {
+// at each of whens ("" for all), in that order, that are not known yet,
+// in one question to the host. Each user and group pair is asked for
+// once, in the order of the first key that names it (the host answers
+// each with a few processes: hundreds of keys share a handful of
+// owners).
+func (b *Batch) resolveOwners(ctx context.Context, whens ...string) error {
 	var todo []*eval.Key
-	for _, k := range b.keys {
-		if _, known := b.ids[k.Name]; !known && (when == "" || k.Upload == when) {
-			todo = append(todo, k)
+	asking := map[string]bool{}
+	for _, when := range whens {
+		for _, k := range b.keys {
+			if _, known := b.ids[k.Name]; !known && !asking[k.Name] && (when == "" || k.Upload == when) {
+				asking[k.Name] = true
+				todo = append(todo, k)
+			}
 		}
 	}
 	if len(todo) == 0 {

@@ -256,3 +256,34 @@ func TestPrepareNamesTheFirstFailedCommand(t *testing.T) {
 		t.Errorf("error %v, want %q", err, want)
 	}
 }
+
+// PrepareAll asks the host once for the owners of every key; of two
+// missing owners it names the pre-activation key's, as Prepare would
+// have before Upload asked for the post-activation key's.
+func TestPrepareAllAsksOnce(t *testing.T) {
+	dir := t.TempDir()
+	up, in, h := commandKeys(t, dir, map[string]string{"a": "printf a", "b": "printf b", "c": "printf c"})
+	in.Keys["a"].Upload = eval.PostActivation
+	b, err := up.PrepareAll(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Upload(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.commands) != 1 {
+		t.Errorf("the host was asked %d times, want once: %q", len(h.commands), h.commands)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		if got, err := os.ReadFile(filepath.Join(dir, "keys", name)); err != nil || string(got) != name {
+			t.Errorf("key %s: %q %v", name, got, err)
+		}
+	}
+
+	in.Keys["a"].User = "nix-hive-no-such-user-a"
+	in.Keys["c"].User = "nix-hive-no-such-user-c"
+	_, err = up.PrepareAll(context.Background(), in)
+	if want := "key owners: no user nix-hive-no-such-user-c on the host"; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+}
