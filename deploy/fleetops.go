@@ -210,7 +210,7 @@ func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, na
 		if err == nil {
 			defer l.Release(ctx)
 			var b *keys.Batch
-			if b, err = up.Prepare(ctx, in); err == nil {
+			if b, err = up.PrepareAll(ctx, in); err == nil {
 				err = b.Upload(ctx, "")
 			}
 		}

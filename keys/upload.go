@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -72,23 +74,90 @@ type Batch struct {
 	ids      map[string][2]int // key -> uid, gid on the host
 }
 
+// commandsAtOnce is how many of an instance's key commands run at once
+// while it is prepared.
+const commandsAtOnce = 4
+
 // Prepare has every key value of instance in (running commands, checking
 // files, which are read as they are sent) and checks that the owners of
 // its pre-activation keys exist on the host (a post-activation key's user
 // may come with the new system: it is checked before its upload). Nothing
-// is written anywhere; an error here leaves the host as it was.
+// is written anywhere; an error here leaves the host as it was. The host
+// is asked for the owners while the values are had; a value that cannot
+// be had is the error, before a missing owner (and stops the question).
 func (u *Uploader) Prepare(ctx context.Context, in *eval.Instance) (*Batch, error) {
+	return u.prepare(ctx, in, eval.PreActivation)
+}
+
+// PrepareAll is Prepare for an upload of all of instance's keys with no
+// activation between them (keys upload): the host is asked for the
+// owners of every key at once, those of the pre-activation keys first,
+// so that the owner a failure names is the one Prepare and then Upload
+// would have named.
+func (u *Uploader) PrepareAll(ctx context.Context, in *eval.Instance) (*Batch, error) {
+	return u.prepare(ctx, in, eval.PreActivation, eval.PostActivation)
+}
+
+func (u *Uploader) prepare(ctx context.Context, in *eval.Instance, owners ...string) (*Batch, error) {
 	b := &Batch{u: u, instance: in, values: map[string]*Value{}, ids: map[string][2]int{}}
 	for _, name := range slices.Sorted(mapsKeys(in.Keys)) {
-		k := in.Keys[name]
-		v, err := u.Values.Of(ctx, in.Name, k)
+		b.keys = append(b.keys, in.Keys[name])
+	}
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resolved := make(chan error, 1)
+	go func() { resolved <- b.resolveOwners(octx, owners...) }()
+	values, err := u.values(ctx, in.Name, b.keys)
+	if err != nil {
+		cancel() // its answer no longer matters
+		<-resolved
+		return nil, err
+	}
+	ownersErr := <-resolved
+	for i, k := range b.keys {
+		b.values[k.Name] = values[i]
+	}
+	return b, ownersErr
+}
+
+// values are the values of keys (of instance n), their commands up to
+// commandsAtOnce at once. After a key's value cannot be had no other
+// command starts, and the error is that of the first key, in order,
+// whose value could not be had.
+func (u *Uploader) values(ctx context.Context, n string, keys []*eval.Key) ([]*Value, error) {
+	values := make([]*Value, len(keys))
+	errs := make([]error, len(keys))
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Bool
+	)
+	slots := make(chan struct{}, commandsAtOnce)
+	for i, k := range keys {
+		if k.Source != "command" {
+			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
+				break
+			}
+			continue
+		}
+		slots <- struct{}{}
+		if failed.Load() {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
+				failed.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, err
 		}
-		b.keys = append(b.keys, k)
-		b.values[name] = v
 	}
-	return b, b.resolveOwners(ctx, eval.PreActivation)
+	return values, nil
 }
 
 func mapsKeys[V any](m map[string]V) func(func(string) bool) {
@@ -102,20 +171,32 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 // resolveOwners finds the uid and gid of the owners of the keys uploaded
-// at when ("" for all) that are not known yet.
-func (b *Batch) resolveOwners(ctx context.Context, when string) error {
+// at each of whens ("" for all), in that order, that are not known yet,
+// in one question to the host. Each user and group pair is asked for
+// once, in the order of the first key that names it (the host answers
+// each with a few processes: hundreds of keys share a handful of
+// owners).
+func (b *Batch) resolveOwners(ctx context.Context, whens ...string) error {
 	var todo []*eval.Key
-	for _, k := range b.keys {
-		if _, known := b.ids[k.Name]; !known && (when == "" || k.Upload == when) {
-			todo = append(todo, k)
+	asking := map[string]bool{}
+	for _, when := range whens {
+		for _, k := range b.keys {
+			if _, known := b.ids[k.Name]; !known && !asking[k.Name] && (when == "" || k.Upload == when) {
+				asking[k.Name] = true
+				todo = append(todo, k)
+			}
 		}
 	}
 	if len(todo) == 0 {
 		return nil
 	}
 	var pairs []string
+	asked := map[[2]string]bool{}
 	for _, k := range todo {
-		pairs = append(pairs, k.User, k.Group)
+		if p := [2]string{k.User, k.Group}; !asked[p] {
+			asked[p] = true
+			pairs = append(pairs, k.User, k.Group)
+		}
 	}
 	var out, stderr bytes.Buffer
 	code, err := b.u.Host.Run(ctx, b.instance.Name, host.KeyOwnersCommand(pairs...), nil, &out, &stderr)
@@ -126,16 +207,20 @@ func (b *Batch) resolveOwners(ctx context.Context, when string) error {
 		return fmt.Errorf("key owners: %w", err)
 	}
 	lines := strings.Fields(out.String())
-	if len(lines) != 2*len(todo) {
+	if len(lines) != len(pairs) {
 		return fmt.Errorf("key owners: unexpected answer %q", out.String())
 	}
-	for i, k := range todo {
-		uid, err1 := strconv.Atoi(lines[2*i])
-		gid, err2 := strconv.Atoi(lines[2*i+1])
+	ids := map[[2]string][2]int{}
+	for i := 0; i < len(pairs); i += 2 {
+		uid, err1 := strconv.Atoi(lines[i])
+		gid, err2 := strconv.Atoi(lines[i+1])
 		if err := errors.Join(err1, err2); err != nil {
 			return fmt.Errorf("key owners: %w", err)
 		}
-		b.ids[k.Name] = [2]int{uid, gid}
+		ids[[2]string{pairs[i], pairs[i+1]}] = [2]int{uid, gid}
+	}
+	for _, k := range todo {
+		b.ids[k.Name] = ids[[2]string{k.User, k.Group}]
 	}
 	return nil
 }
@@ -152,25 +237,114 @@ func (b *Batch) Names(when string) []string {
 	return out
 }
 
+// inFlight is how many of a host's keys are on their way at once over
+// its sftp session. pkg/sftp sends a request without waiting for the
+// answers to the others', so a host's keys cost little more than the
+// host's sftp server's work on them, instead of a dozen round trips
+// each, one key after the other.
+const inFlight = 16
+
 // Upload writes the batch's keys uploaded at when ("" for all): each
 // replaces its destination whole (readers see the old or the new value),
-// with its owner and mode from the start, never readable by others.
+// with its owner and mode from the start, never readable by others. Over
+// sftp, up to inFlight of them go at once (keys with the same
+// destination one after the other, in order, so the last one's value
+// stays); the shell writes them one after the other. After a key fails
+// no other starts, and the error is that of the first key, in order,
+// that failed (keys already on their way land or fail on their own).
 func (b *Batch) Upload(ctx context.Context, when string) error {
 	if err := b.resolveOwners(ctx, when); err != nil {
 		return err
 	}
+	var keys []*eval.Key
 	for _, k := range b.keys {
-		if when != "" && k.Upload != when {
+		if when == "" || k.Upload == when {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	c, err := b.sftp(ctx)
+	if err != nil {
+		return b.failed(keys[0], err)
+	}
+	if c == nil {
+		for _, k := range keys {
+			if err := b.upload(ctx, k, nil); err != nil {
+				return b.failed(k, err)
+			}
+		}
+		return nil
+	}
+	up := &sftpUploads{c: c, dirs: map[string]*keyDir{}}
+	defer up.close()
+	var chains [][]int // indexes into keys, one chain per destination
+	chainOf := map[string]int{}
+	for i, k := range keys {
+		if j, ok := chainOf[k.Dest]; ok {
+			chains[j] = append(chains[j], i)
 			continue
 		}
-		if err := b.upload(ctx, k); err != nil {
-			return fmt.Errorf("key %s to %s: %s", k.Name, k.Dest, b.values[k.Name].Scrub(err.Error()))
+		chainOf[k.Dest] = len(chains)
+		chains = append(chains, []int{i})
+	}
+	errs := make([]error, len(keys))
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Bool
+	)
+	slots := make(chan struct{}, inFlight)
+	for _, chain := range chains {
+		slots <- struct{}{}
+		if failed.Load() {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			for _, i := range chain {
+				if failed.Load() {
+					return
+				}
+				if errs[i] = b.upload(ctx, keys[i], up); errs[i] != nil {
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return b.failed(keys[i], err)
 		}
 	}
 	return nil
 }
 
-func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
+// failed is the error of key k's upload: what went wrong, never its
+// value.
+func (b *Batch) failed(k *eval.Key, err error) error {
+	return fmt.Errorf("key %s to %s: %s", k.Name, k.Dest, b.values[k.Name].Scrub(err.Error()))
+}
+
+// sftp is the host's sftp session for the batch's writes, or nil where
+// the shell writes them. sftp runs as the login: only a root login can
+// chown and write anywhere; others go through the privilege command. A
+// host without sftp (NixOS allowSFTP = false) gets the shell too.
+func (b *Batch) sftp(ctx context.Context) (*transport.SFTP, error) {
+	if host.NeedsPrivilege(b.instance.User) {
+		return nil, nil
+	}
+	c, err := b.u.Host.SFTP(ctx, b.instance.Name)
+	if err != nil && strings.Contains(err.Error(), "subsystem") {
+		return nil, nil
+	}
+	return c, err
+}
+
+// upload writes key k through up, or with the shell when up is nil.
+func (b *Batch) upload(ctx context.Context, k *eval.Key, up *sftpUploads) error {
 	mode, err := strconv.ParseUint(k.Mode, 8, 32)
 	if err != nil {
 		return fmt.Errorf("mode %q: %w", k.Mode, err)
@@ -183,18 +357,8 @@ func (b *Batch) upload(ctx context.Context, k *eval.Key) error {
 	value := &sending{ctx: ctx, r: r, size: size}
 	id := b.ids[k.Name]
 	open := readByOthers(id[0], id[1], os.FileMode(mode))
-	in := b.instance
-	// sftp runs as the login: only a root login can chown and write
-	// anywhere. Others go through the privilege command.
-	if !host.NeedsPrivilege(in.User) {
-		c, err := b.u.Host.SFTP(ctx, in.Name)
-		if err == nil {
-			return uploadSFTP(c, k.Dest, id[0], id[1], os.FileMode(mode), open, value)
-		}
-		if !strings.Contains(err.Error(), "subsystem") {
-			return err
-		}
-		// No sftp on this host (NixOS allowSFTP = false): the shell does it.
+	if up != nil {
+		return up.upload(k.Dest, id[0], id[1], os.FileMode(mode), open, value)
 	}
 	return b.uploadShell(ctx, k.Dest, id, k.Mode, open, value)
 }
@@ -250,17 +414,35 @@ func (s *sending) short() error {
 	return fmt.Errorf("the value ended after %d of its %d bytes (its file changed while it was read)", s.n, s.size)
 }
 
-// uploadSFTP writes value to dest through a private file
-// (transport.CreatePrivate: a 0700 directory beside dest, the file created
-// with the owner bits of mode; staging directories that uploads cut off
-// earlier left there are removed first), synced, given its owner and then
-// its whole mode, and renamed over dest. Its directories are made, and
-// opened to others' search when open, as dirMode says.
-func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, open bool, value *sending) error {
-	if err := keyDirs(c, path.Dir(dest), open); err != nil {
+// sftpUploads is what the keys of one Upload share over the host's sftp
+// session: their directories, each seen to once (keyDirs), with a
+// staging directory in each (transport.Stage: 0700, made when the first
+// key for the directory comes; the staging directories that uploads cut
+// off earlier left there are removed first). It lasts one Upload: an
+// activation between the pre- and post-activation keys may change the
+// directories (NixOS makes /run/keys root:keys 0750 at every switch).
+type sftpUploads struct {
+	c    *transport.SFTP
+	mu   sync.Mutex
+	dirs map[string]*keyDir
+}
+
+// keyDir is a key directory as an Upload left it.
+type keyDir struct {
+	open  bool // seen to for a key others read
+	stage *transport.Stage
+}
+
+// upload writes value to dest through a private file in its directory's
+// stage (the file created with the owner bits of mode), synced, given its
+// owner and then its whole mode, and renamed over dest. Its directories
+// are made, and opened to others' search when open, as dirMode says.
+func (u *sftpUploads) upload(dest string, uid, gid int, mode os.FileMode, open bool, value *sending) error {
+	stage, err := u.dir(path.Dir(dest), open)
+	if err != nil {
 		return err
 	}
-	t, err := transport.CreatePrivate(c, dest, mode)
+	t, err := stage.Create(dest, mode)
 	if err != nil {
 		return err
 	}
@@ -268,11 +450,48 @@ func uploadSFTP(c *transport.SFTP, dest string, uid, gid int, mode os.FileMode, 
 		t.Discard()
 		return fmt.Errorf("write %s: %w", t.Name(), err)
 	}
-	if err := c.Chown(t.Name(), uid, gid); err != nil {
+	if err := u.c.Chown(t.Name(), uid, gid); err != nil {
 		t.Discard()
 		return fmt.Errorf("chown %s: %w", t.Name(), err)
 	}
 	return t.Commit(mode)
+}
+
+// dir sees to dir for a key (keyDirs), unless an earlier key did: a
+// second keyDirs of a directory, with open or without after a first with
+// open, would leave everything as it is. It returns dir's stage. Keys in
+// a directory being seen to wait for it.
+func (u *sftpUploads) dir(dir string, open bool) (*transport.Stage, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	d := u.dirs[dir]
+	if d == nil || open && !d.open {
+		if err := keyDirs(u.c, dir, open); err != nil {
+			return nil, err
+		}
+		if d == nil {
+			d = &keyDir{}
+			u.dirs[dir] = d
+		}
+		d.open = d.open || open
+	}
+	if d.stage == nil {
+		s, err := transport.NewStage(u.c, dir)
+		if err != nil {
+			return nil, err
+		}
+		d.stage = s
+	}
+	return d.stage, nil
+}
+
+// close removes the stages, once every key is done with them.
+func (u *sftpUploads) close() {
+	for _, d := range u.dirs {
+		if d.stage != nil {
+			d.stage.Remove()
+		}
+	}
 }
 
 // keyDirs creates dir and its missing parents dirMode (with o+x when

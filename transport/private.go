@@ -17,39 +17,69 @@ import (
 
 // PrivateFile is a file being written over sftp for dest. It is created
 // with the owner bits of its final mode (so exactly its final mode for
-// 0400 or 0600), in a directory of its own beside dest that is 0700 from
+// 0400 or 0600), in a staging directory beside dest that is 0700 from
 // the moment it exists. Either would keep others out; both together still
 // do on a server that ignores the mode in a create request. Group and
 // other bits come only with Commit, once the file is complete.
 type PrivateFile struct {
 	*sftp.File
 	c     *SFTP
-	stage string
+	stage *Stage // removed with the file: CreatePrivate's own
 	name  string
 	dest  string
 	done  bool
 }
 
-// CreatePrivate creates a PrivateFile for dest that will have mode. The
-// first upload of a session into dest's directory removes the staging
-// directories there that uploads cut off earlier left behind (see
-// StagePrefix).
+// CreatePrivate creates a PrivateFile for dest that will have mode, in a
+// staging directory of its own (see NewStage).
 func CreatePrivate(c *SFTP, dest string, mode fs.FileMode) (*PrivateFile, error) {
-	dir := path.Dir(dest)
-	c.removeStale(dir)
-	stage := path.Join(dir, c.stageName())
-	if err := c.MkdirMode(stage, 0o700); err != nil {
-		return nil, fmt.Errorf("mkdir %s: %w", stage, err)
-	}
-	t := &PrivateFile{c: c, stage: stage, name: path.Join(stage, path.Base(dest)), dest: dest}
-	if err := c.Chmod(stage, 0o700); err != nil {
-		t.Discard()
-		return nil, fmt.Errorf("chmod %s: %w", stage, err)
-	}
-	owner := mode.Perm() & 0o700
-	f, err := c.CreateMode(t.name, owner)
+	s, err := NewStage(c, path.Dir(dest))
 	if err != nil {
-		t.Discard()
+		return nil, err
+	}
+	t, err := s.Create(dest, mode)
+	if err != nil {
+		s.Remove()
+		return nil, err
+	}
+	t.stage = s
+	return t, nil
+}
+
+// A Stage is a staging directory in which PrivateFiles are written for
+// destinations in the directory it is in: one for many files (a host's
+// keys) spares a directory made and removed for each.
+type Stage struct {
+	c   *SFTP
+	dir string
+}
+
+// NewStage makes a staging directory in dir, 0700 from the moment it
+// exists (see StagePrefix). The first of a session's stages in dir
+// removes the staging directories there that uploads cut off earlier
+// left behind.
+func NewStage(c *SFTP, dir string) (*Stage, error) {
+	c.removeStale(dir)
+	s := &Stage{c: c, dir: path.Join(dir, c.stageName())}
+	if err := c.MkdirMode(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mkdir %s: %w", s.dir, err)
+	}
+	if err := c.Chmod(s.dir, 0o700); err != nil {
+		s.Remove()
+		return nil, fmt.Errorf("chmod %s: %w", s.dir, err)
+	}
+	return s, nil
+}
+
+// Create creates a PrivateFile in the stage for dest, which must be in
+// the stage's directory, that will have mode. Files for different
+// destinations may be written at once; one for dest must be committed or
+// discarded before the next for the same dest is created.
+func (s *Stage) Create(dest string, mode fs.FileMode) (*PrivateFile, error) {
+	t := &PrivateFile{c: s.c, name: path.Join(s.dir, path.Base(dest)), dest: dest}
+	owner := mode.Perm() & 0o700
+	f, err := s.c.CreateMode(t.name, owner)
+	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", t.name, err)
 	}
 	t.File = f
@@ -59,6 +89,12 @@ func CreatePrivate(c *SFTP, dest string, mode fs.FileMode) (*PrivateFile, error)
 	}
 	return t, nil
 }
+
+// Remove removes the staging directory. Best effort: it is for once its
+// files are committed or discarded, and one left in it keeps it there
+// (the next upload into its directory removes it once its writer is
+// gone).
+func (s *Stage) Remove() { _ = s.c.RemoveDirectory(s.dir) }
 
 // Name is the temporary file's path.
 func (t *PrivateFile) Name() string { return t.name }
@@ -95,7 +131,8 @@ func (c *SFTP) renameOver(from, to string) error {
 	return c.Rename(from, to)
 }
 
-// Discard removes the temporary file, if still there, and its directory.
+// Discard removes the temporary file, if still there, and its staging
+// directory if CreatePrivate made it.
 func (t *PrivateFile) Discard() {
 	if t.File != nil {
 		t.File.Close()
@@ -104,11 +141,13 @@ func (t *PrivateFile) Discard() {
 	if !t.done {
 		_ = t.c.Remove(t.name)
 	}
-	_ = t.c.RemoveDirectory(t.stage)
+	if t.stage != nil {
+		t.stage.Remove()
+	}
 }
 
 // StagePrefix begins the name of the staging directory an upload makes
-// beside its destination (CreatePrivate here; keys' shell program names
+// beside its destination (NewStage here; keys' shell program names
 // its own the same way): StagePrefix + BOOT + "-" + PID + "-" + random,
 // where BOOT is the first 8 characters of the host's boot id and PID the
 // process on the host that writes in it (the session's sftp server, or

@@ -1,11 +1,13 @@
 package transport
 
 import (
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -71,5 +73,73 @@ func TestCreatePrivateRemovesStaleStages(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, stage)); err == nil {
 		t.Errorf("the upload's own staging directory %s is left", stage)
+	}
+}
+
+// Several files go through one stage at once: the stage is 0700, each
+// file has no more than its mode's owner bits until it is committed,
+// then lands whole with its mode; a discarded one leaves nothing; the
+// stage goes once they are done.
+func TestStageManyFiles(t *testing.T) {
+	c := serveSFTP(t)
+	dir := t.TempDir()
+	s, err := NewStage(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(s.dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("stage %s: %v %v, want 0700", s.dir, fi, err)
+	}
+	modes := []fs.FileMode{0o400, 0o440, 0o644, 0o600}
+	files := make([]*PrivateFile, len(modes))
+	for i, mode := range modes {
+		if files[i], err = s.Create(filepath.Join(dir, "k"+strconv.Itoa(i)), mode); err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Dir(files[i].Name()) != s.dir {
+			t.Errorf("%s is not in the stage %s", files[i].Name(), s.dir)
+		}
+	}
+	gone, err := s.Create(filepath.Join(dir, "gone"), 0o400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gone.Write([]byte("never lands")); err != nil {
+		t.Fatal(err)
+	}
+	gone.Discard()
+	var wg sync.WaitGroup
+	for i, f := range files {
+		if fi, err := os.Stat(f.Name()); err != nil || fi.Mode().Perm() != modes[i]&0o700 {
+			t.Errorf("in flight, %s: %v %v, want %v", f.Name(), fi, err, modes[i]&0o700)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := f.Write([]byte("value " + strconv.Itoa(i))); err != nil {
+				t.Error(err)
+			}
+			if err := f.Commit(modes[i]); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.Remove()
+	for i, mode := range modes {
+		p := filepath.Join(dir, "k"+strconv.Itoa(i))
+		b, err := os.ReadFile(p)
+		fi, _ := os.Stat(p)
+		if err != nil || string(b) != "value "+strconv.Itoa(i) || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %q %v %v, want its value with mode %v", p, b, fi, err, mode)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != len(modes) {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("%s holds %s; want the committed files alone", dir, strings.Join(names, " "))
 	}
 }
