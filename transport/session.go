@@ -142,7 +142,7 @@ func (f *pidFilter) Write(b []byte) (int, error) {
 // processGroup waits for the probe's line (stderr is copied by its own
 // goroutine, so it may lag behind stdout) and returns the group, 0 if
 // unknown.
-func (f *pidFilter) processGroup(ctx context.Context) int {
+func (f *pidFilter) processGroup(ctx context.Context, ended <-chan error) int {
 	select {
 	case <-f.ready:
 	default:
@@ -150,6 +150,14 @@ func (f *pidFilter) processGroup(ctx context.Context) int {
 		case <-f.ready:
 		case <-ctx.Done():
 			return 0
+		case <-ended:
+			// Wait returns once stderr is copied: the probe's line is
+			// in, or never comes.
+			select {
+			case <-f.ready:
+			default:
+				return 0
+			}
 		}
 	}
 	f.mu.Lock()
@@ -168,7 +176,7 @@ func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, p
 		_ = s.Signal(ssh.SIGTERM)
 		s.Close()
 		if pids != nil {
-			p.killGroup(c, pids)
+			p.killGroup(c, pids, done)
 		}
 		return -1, fmt.Errorf("run on %s: %w", name, ctx.Err())
 	case <-c.done:
@@ -185,7 +193,9 @@ func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, p
 // killGroup sends SIGTERM to a command's remote process group from a new
 // session on the same connection, in the background so the caller returns
 // at once. A dead connection is not redialed for it: its sessions are gone.
-func (p *Pool) killGroup(c *conn, pids *pidFilter) {
+// A session that ended (ended: its Wait returned) before its probe said
+// the group never ran the command: nothing is waited for, nor killed.
+func (p *Pool) killGroup(c *conn, pids *pidFilter, ended <-chan error) {
 	if !p.conns.unlessClosed(func() {
 		p.wg.Add(1)
 		p.kills.Add(1)
@@ -197,7 +207,7 @@ func (p *Pool) killGroup(c *conn, pids *pidFilter) {
 		defer p.kills.Done()
 		ctx, cancel := context.WithTimeout(p.ctx, p.hosts.cfg.ConnectTimeout)
 		defer cancel()
-		pgid := pids.processGroup(ctx)
+		pgid := pids.processGroup(ctx, ended)
 		if pgid <= 0 {
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nix-hive/nix-hive/internal/testenv"
 )
@@ -40,7 +41,7 @@ func TestPidFilter(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel() // an undecided filter must not block processGroup
-			if pid := f.processGroup(ctx); pid != tt.wantPID {
+			if pid := f.processGroup(ctx, nil); pid != tt.wantPID {
 				t.Errorf("pid = %d; want %d", pid, tt.wantPID)
 			}
 		})
@@ -73,7 +74,7 @@ func TestPidProbeInLoginShells(t *testing.T) {
 				t.Fatalf("%s -c: %v\nstderr: %s", c.shell, err, errOut.String())
 			}
 			leader := cmd.Process.Pid
-			if got := f.processGroup(context.Background()); got != leader {
+			if got := f.processGroup(context.Background(), nil); got != leader {
 				t.Errorf("probe reported %d; the session's group is %d (stderr %q)", got, leader, errOut.String())
 			}
 			if out.String() != "out\n" {
@@ -83,5 +84,24 @@ func TestPidProbeInLoginShells(t *testing.T) {
 				t.Errorf("stderr = %q; want only the command's", errOut.String())
 			}
 		})
+	}
+}
+
+// A command cancelled before its probe's line came, whose session then
+// ended, has no group to kill: killGroup must not wait for the line (a
+// pool's Close waits for pending kills, and Ctrl-C for Close).
+func TestProcessGroupOfASessionThatEnded(t *testing.T) {
+	f := &pidFilter{ready: make(chan struct{})}
+	ended := make(chan error, 1)
+	ended <- nil
+	got := make(chan int, 1)
+	go func() { got <- f.processGroup(context.Background(), ended) }()
+	select {
+	case pid := <-got:
+		if pid != 0 {
+			t.Errorf("processGroup = %d for a session that never printed its group; want 0", pid)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("processGroup still waits for a line from a session that ended")
 	}
 }
