@@ -279,16 +279,7 @@ func (b *Batch) Upload(ctx context.Context, when string) error {
 	}
 	up := &sftpUploads{c: c, dirs: map[string]*keyDir{}}
 	defer up.close()
-	var chains [][]int // indexes into keys, one chain per destination
-	chainOf := map[string]int{}
-	for i, k := range keys {
-		if j, ok := chainOf[k.Dest]; ok {
-			chains[j] = append(chains[j], i)
-			continue
-		}
-		chainOf[k.Dest] = len(chains)
-		chains = append(chains, []int{i})
-	}
+	chains := chainsByDest(keys)
 	errs := make([]error, len(keys))
 	var (
 		wg     sync.WaitGroup
@@ -320,6 +311,23 @@ func (b *Batch) Upload(ctx context.Context, when string) error {
 		}
 	}
 	return nil
+}
+
+// chainsByDest are indexes into keys, one chain per destination in the
+// order of their first key: keys sharing a destination go one after the
+// other, so that the last one's value stays.
+func chainsByDest(keys []*eval.Key) [][]int {
+	var chains [][]int
+	chainOf := map[string]int{}
+	for i, k := range keys {
+		if j, ok := chainOf[k.Dest]; ok {
+			chains[j] = append(chains[j], i)
+			continue
+		}
+		chainOf[k.Dest] = len(chains)
+		chains = append(chains, []int{i})
+	}
+	return chains
 }
 
 // failed is the error of key k's upload: what went wrong, never its
