@@ -75,3 +75,35 @@ func TestEachStopsStartingWhenCancelled(t *testing.T) {
 		t.Errorf("ran %v, want [0 1]", ran)
 	}
 }
+
+func TestUntilStopsStartingAfterAFailure(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		n, limit    int
+		fail        int // index that fails, -1 none
+		wantStarted int
+	}{
+		{"none fails", 20, 3, -1, 20},
+		{"one at a time", 20, 1, 5, 6},
+		{"the first fails", 10, 1, 0, 1},
+		{"nothing", 0, 4, -1, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var running, peak, started atomic.Int32
+			Until(tt.n, tt.limit, func(i int) bool {
+				started.Add(1)
+				r := running.Add(1)
+				for p := peak.Load(); r > p && !peak.CompareAndSwap(p, r); p = peak.Load() {
+				}
+				running.Add(-1)
+				return i != tt.fail
+			})
+			if int(started.Load()) != tt.wantStarted {
+				t.Errorf("started %d, want %d", started.Load(), tt.wantStarted)
+			}
+			if int(peak.Load()) > max(tt.limit, 1) {
+				t.Errorf("%d ran at once, limit %d", peak.Load(), tt.limit)
+			}
+		})
+	}
+}

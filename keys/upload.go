@@ -13,12 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -127,31 +127,10 @@ func (u *Uploader) prepare(ctx context.Context, in *eval.Instance, owners ...str
 func (u *Uploader) values(ctx context.Context, n string, keys []*eval.Key) ([]*Value, error) {
 	values := make([]*Value, len(keys))
 	errs := make([]error, len(keys))
-	var (
-		wg     sync.WaitGroup
-		failed atomic.Bool
-	)
-	slots := make(chan struct{}, commandsAtOnce)
-	for i, k := range keys {
-		if k.Source != "command" {
-			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
-				break
-			}
-			continue
-		}
-		slots <- struct{}{}
-		if failed.Load() {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			if values[i], errs[i] = u.Values.Of(ctx, n, k); errs[i] != nil {
-				failed.Store(true)
-			}
-		}()
-	}
-	wg.Wait()
+	fanout.Until(len(keys), commandsAtOnce, func(i int) bool {
+		values[i], errs[i] = u.Values.Of(ctx, n, keys[i])
+		return errs[i] == nil
+	})
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -281,30 +260,14 @@ func (b *Batch) Upload(ctx context.Context, when string) error {
 	defer up.close()
 	chains := chainsByDest(keys)
 	errs := make([]error, len(keys))
-	var (
-		wg     sync.WaitGroup
-		failed atomic.Bool
-	)
-	slots := make(chan struct{}, inFlight)
-	for _, chain := range chains {
-		slots <- struct{}{}
-		if failed.Load() {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			for _, i := range chain {
-				if failed.Load() {
-					return
-				}
-				if errs[i] = b.upload(ctx, keys[i], up); errs[i] != nil {
-					failed.Store(true)
-				}
+	fanout.Until(len(chains), inFlight, func(j int) bool {
+		for _, i := range chains[j] {
+			if errs[i] = b.upload(ctx, keys[i], up); errs[i] != nil {
+				return false
 			}
-		}()
-	}
-	wg.Wait()
+		}
+		return true
+	})
 	for i, err := range errs {
 		if err != nil {
 			return b.failed(keys[i], err)
