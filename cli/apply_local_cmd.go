@@ -62,7 +62,7 @@ func (c *ApplyLocalCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *s
 		// fight the progress view, and a command in its own process
 		// group cannot read the terminal); nix-hive asks once instead.
 		esc := Escalation{Sudo: "sudo -n", AskSudoPassword: c.AskSudoPassword}
-		if opts.Connection.Privilege, err = esc.privilege(); err != nil {
+		if opts.Connection.Privilege, err = esc.privilege(g); err != nil {
 			return err
 		}
 	}

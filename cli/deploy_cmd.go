@@ -75,8 +75,8 @@ func (a *Activation) activation() (deploy.Activation, error) {
 // connection is how a command works on its hosts: the fleet's connect
 // timeout, parallel at once, the privilege flags' way to root (which may
 // ask for the password now), and this run as the deploy locks' owner.
-func connection(f *Fleet, e *Escalation, parallel int) (deploy.Connection, error) {
-	priv, err := e.privilege()
+func connection(g *Globals, f *Fleet, e *Escalation, parallel int) (deploy.Connection, error) {
+	priv, err := e.privilege(g)
 	if err != nil {
 		return deploy.Connection{}, err
 	}
@@ -121,7 +121,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
 	act.Reboot, act.RebootTimeout = c.Reboot, c.RebootTimeout
-	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
+	conn, err := connection(g, &c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return deploy.Options{}, err
 	}

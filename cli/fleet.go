@@ -91,9 +91,10 @@ type Escalation struct {
 }
 
 // privilege is the flags' privilege command, asking for a password on
-// the terminal when one is wanted.
-func (e *Escalation) privilege() (*host.Privilege, error) {
+// the terminal when one is wanted, warning through g.
+func (e *Escalation) privilege(g *Globals) (*host.Privilege, error) {
 	p := host.NewPrivilege(e.Sudo, askSudoPassword(), e.AskSudoPassword)
+	p.Warn = func(msg string) { g.warnf("%s", msg) }
 	return p, p.Prepare()
 }
 

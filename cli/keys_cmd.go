@@ -82,7 +82,7 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
+	conn, err := connection(g, &c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return err
 	}

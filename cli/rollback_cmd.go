@@ -34,7 +34,7 @@ func (c *RollbackCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *sta
 	if err != nil {
 		return err
 	}
-	conn, err := connection(&c.Fleet, &c.Escalation, c.Parallel)
+	conn, err := connection(g, &c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return err
 	}

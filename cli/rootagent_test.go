@@ -13,9 +13,12 @@ import (
 
 // A root login's first deploy installs nix-hive's agent on the host, once;
 // later deploys and rollbacks run its operations instead of sending their
-// programs. The test marks the installed agent so that it logs each
-// operation it runs: a later deploy that reinstalled it, or sent programs
-// instead, would leave no log.
+// programs, the substitution and the job's start inside the deploy lock's
+// session. The test marks the installed agent so that it logs each
+// operation it runs, and its stdin: /dev/null when the lock's session ran
+// it, the SSH channel when it had a session of its own. A later deploy
+// that reinstalled the agent, or sent programs instead, would leave no
+// log.
 func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	s := newSeed(t)
 	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
@@ -33,7 +36,7 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 		}
 	}
 	ops := h.Path("/run/nix-hive-test/agent-ops")
-	marked := strings.Replace(string(b), "\n", "\nprintf '%s\\n' \"${1-}\" >>/run/nix-hive-test/agent-ops\n", 1)
+	marked := strings.Replace(string(b), "\n", "\nprintf '%s:%s\\n' \"${1-}\" \"$(readlink /proc/$$/fd/0)\" >>/run/nix-hive-test/agent-ops\n", 1)
 	if err := os.WriteFile(agent, []byte(marked), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -46,10 +49,13 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 		t.Fatalf("www-1 runs %s after the second deploy, want %s", got, want)
 	}
 	got := readLines(t, ops)
-	for _, op := range []string{"lock", "realise", "start", "confirm"} {
-		if !slices.Contains(got, op) {
-			t.Errorf("the second deploy ran the installed agent's %v; want %s among them (the programs were sent instead)", got, op)
+	for _, op := range []string{"lock", "realise:/dev/null", "start:/dev/null", "confirm"} {
+		if !slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, op) }) {
+			t.Errorf("the second deploy ran the installed agent's %v; want %s among them (the programs were sent instead, or not in the lock's session)", got, op)
 		}
+	}
+	if slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, "confirm:/dev/null") }) {
+		t.Errorf("the confirmation ran in the lock's session (%v): it must prove a new login", got)
 	}
 	if b, _ := os.ReadFile(agent); string(b) != marked {
 		t.Error("the second deploy reinstalled the agent")
@@ -59,8 +65,8 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	if code, _, _ := s.run("rollback", "www-1"); code != 0 {
 		t.Fatalf("rollback: exit %d", code)
 	}
-	if got := readLines(t, ops)[before:]; !slices.Contains(got, "lock") || !slices.Contains(got, "start") {
-		t.Errorf("the rollback ran the agent's %v; want lock and start", got)
+	if got := readLines(t, ops)[before:]; !slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, "lock:") }) || !slices.Contains(got, "start:/dev/null") {
+		t.Errorf("the rollback ran the agent's %v; want lock, and start in its session", got)
 	}
 
 	// A host that lost its agent gets it again; agents of other releases
@@ -90,6 +96,29 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(recent); err != nil {
 		t.Errorf("an agent of another release run recently was removed: %v", err)
+	}
+
+	// Where the agent cannot be installed, root's programs are sent with
+	// each command, as before it: the deploy works, and says so.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.edit(`version = "2"; };`, `version = "3"; };`)
+	code, _, stderr := s.run("deploy", "www-1")
+	if code != 0 {
+		t.Fatalf("deploy where the agent cannot be installed: exit %d", code)
+	}
+	if got, want := s.current("www-1"), s.state().Systems["www"].OutPath; got != want {
+		t.Errorf("www-1 runs %s, want %s", got, want)
+	}
+	if want := "nix-hive: warning: www-1: install nix-hive-agent at " + host.RootAgentPath(); !strings.Contains(stderr, want) || !strings.Contains(stderr, "programs go with each command there instead") {
+		t.Errorf("stderr does not say the agent could not be installed (want %q):\n%s", want, stderr)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.IsDir() {
+		t.Errorf("%s changed: %v", dir, err)
 	}
 }
 

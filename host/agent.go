@@ -101,7 +101,11 @@ version) echo "$v" ;;
 		progs[op] = prog
 	}
 	for _, op := range slices.Sorted(maps.Keys(progs)) {
-		if op != "start" {
+		if op == "lock" {
+			// The lock runs operations of this agent while it holds the
+			// lock (see opSession): it is told where the agent is.
+			fmt.Fprintf(&b, "%s) exec sh -c %s \"$0\" \"$@\" ;;\n", op, shell.Quote(compact(progs[op])))
+		} else if op != "start" {
 			fmt.Fprintf(&b, "%s) exec sh -c %s nix-hive \"$@\" ;;\n", op, shell.Quote(compact(progs[op])))
 		}
 	}
@@ -148,6 +152,12 @@ trap - EXIT
 find "$d" -maxdepth 1 -name 'nix-hive-agent-*' ! -name "${1##*/}" -atime +30 -exec rm -f {} + 2>/dev/null || :
 `
 
+// installRefused is the host failing to install the agent (as opposed
+// to the way there failing).
+type installRefused struct{ msg string }
+
+func (e *installRefused) Error() string { return e.msg }
+
 // installAgent installs this nix-hive's agent for n's root login.
 func installAgent(ctx context.Context, remote Remote, n string, gz bool) error {
 	enc, payload := "plain", AgentScript()
@@ -160,7 +170,7 @@ func installAgent(ctx context.Context, remote Remote, n string, gz bool) error {
 	case err != nil:
 		return fmt.Errorf("install nix-hive-agent: %w", err)
 	case code != 0:
-		return fmt.Errorf("install nix-hive-agent at %s: exit %d: %s", RootAgentPath(), code, lastLines(out.String(), 3))
+		return &installRefused{fmt.Sprintf("install nix-hive-agent at %s: exit %d: %s", RootAgentPath(), code, lastLines(out.String(), 3))}
 	}
 	return nil
 }

@@ -131,13 +131,14 @@ func (j *Jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 	if job.Checks {
 		checks = "1"
 	}
-	cmd := program(startProgram, true, user, esc, id, until, secs(j.beat()), enc, string(job.Goal), job.Target, secs(job.Confirm), secs(j.limit), checks)
+	args := []string{id, until, secs(j.beat()), enc, string(job.Goal), job.Target, secs(job.Confirm), secs(j.limit), checks}
+	cmd := program(startProgram, true, user, esc, args...)
 	began := time.Now()
 	var payload io.Reader = strings.NewReader(jobPayload(job.Gzip))
 	if agent {
 		payload = nil
 	}
-	out, heard, err := j.watched(ctx, n, cmd, payload, j.remote.Run)
+	out, heard, err := j.watched(ctx, n, cmd, payload, j.priv.through(j.remote, agentArgv(startProgram, user, esc, args...)))
 	if st, final, ferr := sorted(ctx, "start activation", out, err); final {
 		return st, ferr
 	}
@@ -367,8 +368,10 @@ func (j *Jobs) confirm(ctx context.Context, n, user string, esc escalation, id s
 // again rather than counting the host as up to date.
 func (j *Jobs) Mark(ctx context.Context, in *eval.Instance, id, status string) error {
 	n := in.Name
-	var stderr bytes.Buffer
-	code, err := j.remote.Run(ctx, n, asRoot(in, j.priv, markProgram, id, status), nil, io.Discard, &stderr)
+	var stderr lockedBuffer
+	esc := j.priv.forHost(n)
+	run := j.priv.through(j.remote, agentArgv(markProgram, in.User, esc, id, status))
+	code, err := run(ctx, n, program(markProgram, true, in.User, esc, id, status), nil, io.Discard, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit %d: %s", code, lastLines(stderr.String(), 3))
 	}

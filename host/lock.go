@@ -19,7 +19,8 @@ const deployOwner = "/run/nix-hive/deploy.owner"
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
 // stdin closes (nix-hive closes it when done with the host; a dropped
-// connection closes it too). It prints "locked" and what the host runs
+// connection closes it too). Run by the agent ($0 is the agent's path),
+// it runs the agent's operations it reads on stdin meanwhile (opSession). It prints "locked" and what the host runs
 // (queryProgram's lines, then "end"), or "held by OWNER" and exits 75 when
 // another deploy has it. It waits a few seconds first: the holder of a
 // deploy that just died takes a moment to notice.
@@ -34,7 +35,25 @@ fi
 printf "%s\n" "$1" >$o.tmp && mv -f $o.tmp $o
 echo locked
 ` + queryProgram + `echo end
-read -r _ || :
+if [ "$0" = nix-hive ]; then
+  read -r _ || :
+else
+  a=$0
+  while IFS= read -r l; do
+    case $l in run\ *) ;; *) break ;; esac
+    case $l in *[!a-z0-9\ ]*) break ;; esac
+    set -f; set -- $l; set +f
+    [ $# = 3 ] || break
+    t=$2 n=$3
+    set --
+    while [ "$n" -gt 0 ] && IFS= read -r x; do set -- "$@" "$x"; n=$((n-1)); done
+    [ "$n" = 0 ] || break
+    sh "$a" "$@" </dev/null
+    c=$?
+    echo "$t $c"
+    echo "$t $c" >&2
+  done
+fi
 rm -f $o
 `
 
@@ -48,6 +67,19 @@ var ErrLocked = errors.New("host is locked by another deploy")
 type DeployLock struct {
 	stdin *io.PipeWriter
 	done  chan struct{}
+	// ops runs the agent's operations in the lock's session, when the
+	// lock was taken through the agent (see opSession); else nil.
+	ops *opSession
+}
+
+// released reports whether the lock's command has ended.
+func (l *DeployLock) released() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // errNoAgent means a root login's host lacks this nix-hive's agent
@@ -58,8 +90,9 @@ func (e *errNoAgent) Error() string { return "no nix-hive-agent at " + RootAgent
 
 // lockHost takes the deploy lock of host n with cmd (lockProgram's, as
 // root), or fails at once with who holds it. It returns what the host
-// runs, read under the lock.
-func lockHost(ctx context.Context, remote Remote, n, cmd string) (*DeployLock, State, error) {
+// runs, read under the lock. ops says cmd is the agent's lock, whose
+// session then runs the agent's operations.
+func lockHost(ctx context.Context, remote Remote, n, cmd string, ops bool) (*DeployLock, State, error) {
 	pr, pw := io.Pipe()
 	outR, outW := io.Pipe()
 	l := &DeployLock{stdin: pw, done: make(chan struct{})}
@@ -69,12 +102,15 @@ func lockHost(ctx context.Context, remote Remote, n, cmd string) (*DeployLock, S
 	}
 	res := make(chan result, 1)
 	var stderr lockedBuffer
+	errs := newOpStream(&stderr)
 	// The lock outlives a first Ctrl-C, like the activations it guards;
-	// release ends it.
-	lctx := context.WithoutCancel(ctx)
+	// release ends it, and so does an operation cut off in its session.
+	lctx, end := context.WithCancel(context.WithoutCancel(ctx))
 	go func() {
 		defer close(l.done)
-		code, err := remote.Run(lctx, n, cmd, pr, outW, &stderr)
+		defer end()
+		code, err := remote.Run(lctx, n, cmd, pr, outW, errs)
+		errs.close(fmt.Errorf("the lock's session ended: %w", errors.Join(err, fmt.Errorf("exit %d", code))))
 		outW.Close()
 		pr.Close()
 		res <- result{code, err}
@@ -102,8 +138,15 @@ func lockHost(ctx context.Context, remote Remote, n, cmd string) (*DeployLock, S
 			}
 			state.WriteString(ln)
 		}
-		go io.Copy(io.Discard, outR)
+		out := newOpStream(io.Discard)
+		go func() {
+			_, err := io.Copy(out, br)
+			out.close(fmt.Errorf("the lock's session ended: %w", errors.Join(err, io.EOF)))
+		}()
 		if rerr == nil {
+			if ops {
+				l.ops = &opSession{stdin: pw, out: out, errs: errs, end: end}
+			}
 			return l, parseState(state.String()), nil
 		}
 		pw.Close()
@@ -147,7 +190,13 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 			return nil, State{}, fmt.Errorf("lock: %w", err)
 		}
 	}
-	l, hs, err := lockHost(ctx, remote, n, program(lockProgram, true, in.User, priv.forHost(n), owner))
+	take := func() (*DeployLock, State, error) {
+		esc := priv.forHost(n)
+		l, hs, err := lockHost(ctx, remote, n, program(lockProgram, true, in.User, esc, owner), esc.viaAgent(in.User))
+		priv.hold(n, l)
+		return l, hs, err
+	}
+	l, hs, err := take()
 	if errors.Is(err, errNotAllowed) {
 		return nil, State{}, fmt.Errorf("%w%s", err, priv.agentMismatch(n))
 	}
@@ -160,27 +209,37 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 	if err := priv.check(ctx, remote, n); err != nil {
 		return nil, State{}, fmt.Errorf("lock: %w", err)
 	}
-	return lockHost(ctx, remote, n, program(lockProgram, true, in.User, priv.forHost(n), owner))
+	return take()
 }
 
 // lockRoot takes the lock of n, whose login is root. With priv, root's
 // commands go through this nix-hive's agent installed on the host: the
 // lock finds it, or installs it and locks again (once per host and
-// nix-hive release). Without priv (tests' fakes), programs are sent.
+// nix-hive release). Where it cannot be installed (a read-only /nix/var,
+// say), root's programs are sent with each command, as they are without
+// priv (tests' fakes): more bytes per deploy, the same work.
 func lockRoot(ctx context.Context, remote Remote, n string, priv *Privilege, owner string) (*DeployLock, State, error) {
+	whole := program(lockProgram, true, "", escalation{}, owner)
 	if priv == nil {
-		return lockHost(ctx, remote, n, program(lockProgram, true, "", escalation{}, owner))
+		return lockHost(ctx, remote, n, whole, false)
 	}
-	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner))
+	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner), true)
 	var missing *errNoAgent
 	if errors.As(err, &missing) {
-		if err := installAgent(ctx, remote, n, missing.gzip); err != nil {
-			return nil, State{}, fmt.Errorf("lock: %w", err)
+		var refused *installRefused
+		ierr := installAgent(ctx, remote, n, missing.gzip)
+		if errors.As(ierr, &refused) {
+			priv.warn(fmt.Sprintf("%s: %v; nix-hive's programs go with each command there instead", n, ierr))
+			return lockHost(ctx, remote, n, whole, false)
 		}
-		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner))
+		if ierr != nil {
+			return nil, State{}, fmt.Errorf("lock: %w", ierr)
+		}
+		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner), true)
 	}
 	if err == nil {
 		priv.rootAgentFound(n)
+		priv.hold(n, l)
 	}
 	return l, hs, err
 }

@@ -37,6 +37,9 @@ type Privilege struct {
 	// (--ask-sudo-password), instead of when its sudo turns out to need
 	// one.
 	Upfront bool
+	// Warn tells the user of a host that works, but not as it should
+	// (nil: nobody).
+	Warn func(msg string)
 
 	once     sync.Once
 	password []byte
@@ -51,6 +54,9 @@ type Privilege struct {
 	// installed are the hosts whose root login has this nix-hive's agent
 	// at RootAgentPath (Lock installs it).
 	installed map[string]bool
+	// sessions are the hosts' held deploy locks whose sessions run the
+	// agent's operations.
+	sessions map[string]*DeployLock
 }
 
 // NewPrivilege is the privilege command cmd with password handling.
@@ -109,6 +115,12 @@ func (p *Privilege) rootAgentFound(host string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.installed[host] = true
+}
+
+func (p *Privilege) warn(msg string) {
+	if p != nil && p.Warn != nil {
+		p.Warn(msg)
+	}
 }
 
 // ProbeAgent asks host, as its login, for a nix-hive-agent, once: one of

@@ -76,10 +76,12 @@ func (f *SubstituteFailure) Error() string {
 
 // Run realises paths on consumer in, as root (with priv). A transport
 // failure is returned as is; nix-store failing there as a
-// *SubstituteFailure.
+// *SubstituteFailure. Where root's commands are the agent's, it runs in
+// the consumer's deploy lock's session when it holds one.
 func (s Substitution) Run(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, paths []string) error {
-	var stderr bytes.Buffer
-	code, err := remote.Run(ctx, in.Name, s.command(paths, in.User, priv.forHost(in.Name)), nil, io.Discard, &stderr)
+	var stderr lockedBuffer
+	cmd, argv := s.command(paths, in.User, priv.forHost(in.Name))
+	code, err := priv.through(remote, argv)(ctx, in.Name, cmd, nil, io.Discard, &stderr)
 	if err == nil && code != 0 {
 		err = &SubstituteFailure{From: s.From, Code: code, Stderr: stderr.String()}
 	}
@@ -87,8 +89,22 @@ func (s Substitution) Run(ctx context.Context, remote Remote, in *eval.Instance,
 }
 
 // command is the shell command that realises paths on a consumer whose
-// login is user, becoming root with esc.
-func (s Substitution) command(paths []string, user string, esc escalation) string {
+// login is user, becoming root with esc, and the same as the agent's
+// operation (nil when esc does not go through the agent).
+func (s Substitution) command(paths []string, user string, esc escalation) (string, []string) {
+	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
+	if prefix := esc.agentPrefix(user); prefix != "" {
+		// The agent writes the known hosts and sets NIX_SSHOPTS itself,
+		// to the options below.
+		key := ""
+		if s.TrustKey {
+			key = s.PublicKey
+		}
+		argv := []string{"realise", strconv.Itoa(secs), strconv.Itoa(s.port), strconv.Itoa(len(s.knownHosts))}
+		argv = append(argv, s.knownHosts...)
+		argv = append(append(argv, s.From, key), paths...)
+		return prefix + shell.QuoteArgs(argv), argv
+	}
 	var b strings.Builder
 	args := []string{"nix-store", "--realise"}
 	args = append(args, paths...)
@@ -96,7 +112,6 @@ func (s Substitution) command(paths []string, user string, esc escalation) strin
 	if s.TrustKey && s.PublicKey != "" {
 		args = append(args, "--option", "trusted-public-keys", s.PublicKey)
 	}
-	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
 	sshopts := []string{"-o", "BatchMode=yes", "-o", fmt.Sprintf("ConnectTimeout=%d", secs),
 		"-o", fmt.Sprintf("ServerAliveInterval=%d", secs), "-o", "ServerAliveCountMax=3"}
 	if s.port != 0 && s.port != 22 {
@@ -112,23 +127,13 @@ func (s Substitution) command(paths []string, user string, esc escalation) strin
 	// $kh must expand, so this one value is double-quoted; everything in
 	// it is either a constant or a number.
 	fmt.Fprintf(&b, "NIX_SSHOPTS=\"%s\"; export NIX_SSHOPTS\n", strings.Join(sshopts, " "))
-	if prefix := esc.agentPrefix(user); prefix != "" {
-		// The agent sets NIX_SSHOPTS itself, to the same options.
-		key := ""
-		if s.TrustKey {
-			key = s.PublicKey
-		}
-		fmt.Fprintf(&b, "%srealise %d %d \"${kh-}\" %s %s %s >/dev/null\n", prefix, secs, s.port, shell.Quote(s.From), shell.Quote(key), shell.QuoteArgs(paths))
-		return b.String()
-	}
-	prefix := sudoPrefix(user, esc)
-	if prefix != "" {
+	if prefix := sudoPrefix(user, esc); prefix != "" {
 		// sudo drops the environment; pass NIX_SSHOPTS explicitly.
 		fmt.Fprintf(&b, "%senv NIX_SSHOPTS=\"$NIX_SSHOPTS\" %s >/dev/null\n", prefix, shell.QuoteArgs(args))
 	} else {
 		fmt.Fprintf(&b, "%s >/dev/null\n", shell.QuoteArgs(args))
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 func knownHostsName(host string, port int) string {
@@ -138,15 +143,31 @@ func knownHostsName(host string, port int) string {
 	return fmt.Sprintf("[%s]:%d", host, port)
 }
 
-// realiseProgram TIMEOUT PORT KNOWN_HOSTS SUBSTITUTER PUBLIC_KEY PATH...
-// realises store paths from a substituter, signatures required, as a
-// consumer's substitution does (see Substitution). It checks its
-// arguments: no option reaches nix-store or ssh but those it sets.
+// realiseProgram TIMEOUT PORT N KNOWN_HOST... SUBSTITUTER PUBLIC_KEY
+// PATH... realises store paths from a substituter, signatures required,
+// as a consumer's substitution does (see Substitution): N lines of
+// known_hosts for the substituter's ssh (0: the host's own). It checks
+// its arguments: no option reaches nix-store or ssh but those it sets.
+// What it realised is not printed: nobody reads it.
 const realiseProgram = `set -u
-t=$1 port=$2 kh=$3 from=$4 key=$5; shift 5
 bad() { echo "nix-hive-agent realise: $1" >&2; exit 64; }
-case $t$port in *[!0-9]*|'') bad "timeout and port are numbers" ;; esac
-case $kh in *[!A-Za-z0-9/._-]*) bad "known_hosts: a plain path" ;; esac
+[ $# -ge 3 ] || bad "timeout, port and known hosts"
+t=$1 port=$2 n=$3; shift 3
+case $t$port$n in *[!0-9]*|'') bad "timeout, port and the count of known hosts are numbers" ;; esac
+[ $# -ge $((n + 3)) ] || bad "no store paths"
+kh=
+if [ "$n" -gt 0 ]; then
+  umask 077
+  kh=$(mktemp) || exit 1
+  trap 'rm -f "$kh"' EXIT
+  while [ "$n" -gt 0 ]; do
+    case $1 in *[![:print:]]*|'') bad "known host: one line" ;; esac
+    printf '%s\n' "$1" >>"$kh"
+    shift
+    n=$((n - 1))
+  done
+fi
+from=$1 key=$2; shift 2
 case $from in *[[:space:]]*|ssh://-*|-*|'') bad "substituter: a URL" ;; esac
 case $key in *[[:space:]]*) bad "public key: no spaces" ;; esac
 [ $# -gt 0 ] || bad "no store paths"
@@ -158,7 +179,9 @@ o="-o BatchMode=yes -o ConnectTimeout=$t -o ServerAliveInterval=$t -o ServerAliv
 [ -z "$kh" ] || o="$o -o UserKnownHostsFile=$kh -o StrictHostKeyChecking=yes"
 set -- --realise "$@" --option substituters "$from" --option require-sigs true
 [ -z "$key" ] || set -- "$@" --option trusted-public-keys "$key"
-NIX_SSHOPTS=$o exec nix-store "$@"
+# Not exec'd with known hosts: the trap removes them after.
+if [ -z "$kh" ]; then NIX_SSHOPTS=$o exec nix-store "$@" >/dev/null; fi
+NIX_SSHOPTS=$o nix-store "$@" >/dev/null
 `
 
 // repairProgram KEY PATH, on a store whose copy of PATH a consumer
