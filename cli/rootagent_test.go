@@ -13,12 +13,12 @@ import (
 
 // A root login's first deploy installs nix-hive's agent on the host, once;
 // later deploys and rollbacks run its operations instead of sending their
-// programs, the substitution and the job's start inside the deploy lock's
-// session. The test marks the installed agent so that it logs each
-// operation it runs, and its stdin: /dev/null when the lock's session ran
-// it, the SSH channel when it had a session of its own. A later deploy
-// that reinstalled the agent, or sent programs instead, would leave no
-// log.
+// programs, the substitution, the keys' owners question and the job's
+// start inside the deploy lock's session. The test marks the installed
+// agent so that it logs each operation it runs, and its stdin: /dev/null
+// when the lock's session ran it, the SSH channel when it had a session
+// of its own. A later deploy that reinstalled the agent, or sent
+// programs instead, would leave no log.
 func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	s := newSeed(t)
 	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
@@ -49,7 +49,7 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 		t.Fatalf("www-1 runs %s after the second deploy, want %s", got, want)
 	}
 	got := readLines(t, ops)
-	for _, op := range []string{"lock", "realise:/dev/null", "start:/dev/null", "confirm"} {
+	for _, op := range []string{"lock", "realise:/dev/null", "key-owners:/dev/null", "start:/dev/null", "confirm"} {
 		if !slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, op) }) {
 			t.Errorf("the second deploy ran the installed agent's %v; want %s among them (the programs were sent instead, or not in the lock's session)", got, op)
 		}

@@ -35,16 +35,18 @@ var agentOps = map[string]string{
 	realiseProgram:  "realise",
 	repairProgram:   "repair",
 	keyWriteProgram: "write-key",
+	// Not root's work, but an operation too so that it can run in the
+	// deploy lock's session (see KeyOwners).
+	keyOwnersProgram: "key-owners",
 }
 
 // loginPrograms are the programs that run as the login, by name.
 var loginPrograms = map[string]string{
-	"query":      queryProgram,
-	"follow":     followProgram,
-	"probe":      agentProbe,
-	"closure":    closureProgram,
-	"key-owners": keyOwnersProgram,
-	"install":    installProgram,
+	"query":   queryProgram,
+	"follow":  followProgram,
+	"probe":   agentProbe,
+	"closure": closureProgram,
+	"install": installProgram,
 }
 
 // Programs are the shell programs nix-hive runs on hosts, by name (an

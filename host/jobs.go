@@ -85,11 +85,13 @@ func (j *Jobs) confirmedHow() string {
 var errLostContact = errors.New("lost contact")
 
 // Run starts job on host in (as root, through the privilege command for
-// a non-root login) and returns the job's end state. An error means the outcome is not known: contact
-// was lost, or ctx ended (the second Ctrl-C); the job's id is in it.
-// Three SSH sessions carry a confirmed activation: the query before it,
-// the start (which goes on to wait for the activation), and the
-// confirmation over a new connection (which waits for the end).
+// a non-root login) and returns the job's end state. An error means the
+// outcome is not known: contact was lost, or ctx ended (the second
+// Ctrl-C); the job's id is in it. Two steps carry a confirmed
+// activation: the start, which goes on to wait for the activation (in
+// the deploy lock's session where the host's lock holds one, see
+// opSession), and the confirmation over a new connection, which waits
+// for the end.
 func (j *Jobs) Run(ctx context.Context, in *eval.Instance, job Job) (JobState, error) {
 	n, user, esc := in.Name, in.User, j.priv.forHost(in.Name)
 	id := newID()

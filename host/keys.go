@@ -1,6 +1,8 @@
 package host
 
 import (
+	"context"
+	"io"
 	"strconv"
 
 	"github.com/nix-hive/nix-hive/eval"
@@ -87,6 +89,14 @@ mv -f "$tmp" "$dest"
 // (user, group, user, group...), as the login, or fails naming the first
 // one the host does not have.
 func KeyOwnersCommand(pairs ...string) string { return asLogin(keyOwnersProgram, pairs...) }
+
+// KeyOwners runs KeyOwnersCommand on in over r, or, where in's deploy
+// lock is held through the agent, as the agent's operation in the lock's
+// session (as root: the same answer), a session fewer.
+func KeyOwners(ctx context.Context, r Runner, in *eval.Instance, priv *Privilege, pairs []string, stdout, stderr io.Writer) (int, error) {
+	argv := agentArgv(keyOwnersProgram, in.User, priv.forHost(in.Name), pairs...)
+	return priv.through(r, argv)(ctx, in.Name, KeyOwnersCommand(pairs...), nil, stdout, stderr)
+}
 
 // WriteKeyCommand writes a key to dest on in, as root (with priv): its
 // value on stdin after a line with its length; owner uid:gid, mode

@@ -11,11 +11,16 @@ import (
 	"github.com/nix-hive/nix-hive/transport"
 )
 
-// Remote runs shell commands on instances (transport.Pool does).
-type Remote interface {
+// Runner runs shell commands on instances.
+type Runner interface {
 	// Run runs cmd on the instance over its pooled connection; a non-zero
 	// exit is exitCode with a nil error, err is for transport failures.
 	Run(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
+}
+
+// Remote runs shell commands on instances (transport.Pool does).
+type Remote interface {
+	Runner
 	// RunFresh runs cmd like Run but over a new connection made for it and
 	// closed afterwards: it proves that a new login works now.
 	RunFresh(ctx context.Context, name, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)

@@ -192,7 +192,7 @@ func agentArgv(prog, user string, esc escalation, args ...string) []string {
 // through runs cmd on a host, or argv (the same, as the agent's
 // operation) in the host's held lock's session when it has one that can
 // take it.
-func (p *Privilege) through(remote Remote, argv []string) runFunc {
+func (p *Privilege) through(remote Runner, argv []string) runFunc {
 	return func(ctx context.Context, n, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 		if argv != nil && stdin == nil {
 			code, err := p.session(n).do(ctx, argv, stdout, stderr)

@@ -178,7 +178,7 @@ func (b *Batch) resolveOwners(ctx context.Context, whens ...string) error {
 		}
 	}
 	var out, stderr bytes.Buffer
-	code, err := b.u.Host.Run(ctx, b.instance.Name, host.KeyOwnersCommand(pairs...), nil, &out, &stderr)
+	code, err := host.KeyOwners(ctx, b.u.Host, b.instance, b.u.Privilege, pairs, &out, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("%s", strings.TrimSpace(stderr.String()))
 	}

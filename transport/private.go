@@ -17,10 +17,11 @@ import (
 
 // PrivateFile is a file being written over sftp for dest. It is created
 // with the owner bits of its final mode (so exactly its final mode for
-// 0400 or 0600), in a staging directory beside dest that is 0700 from
-// the moment it exists. Either would keep others out; both together still
-// do on a server that ignores the mode in a create request. Group and
-// other bits come only with Commit, once the file is complete.
+// 0400 or 0600, less what the server's umask takes), in a staging
+// directory beside dest that is 0700 from the moment it exists. Either
+// would keep others out; the stage alone still does on a server that
+// ignores the mode in a create request. Group and other bits come only
+// with Commit, once the file is complete.
 type PrivateFile struct {
 	*sftp.File
 	c     *SFTP
@@ -83,10 +84,10 @@ func (s *Stage) Create(dest string, mode fs.FileMode) (*PrivateFile, error) {
 		return nil, fmt.Errorf("create %s: %w", t.name, err)
 	}
 	t.File = f
-	if err := f.Chmod(owner); err != nil {
-		t.Discard()
-		return nil, fmt.Errorf("chmod %s: %w", t.name, err)
-	}
+	// No chmod to the owner bits here: a umask only takes bits away, and
+	// where a server ignores the create request's mode the stage, 0700,
+	// still keeps others out until Commit gives the file its mode. A
+	// host's hundreds of keys are a request each fewer.
 	return t, nil
 }
 
