@@ -59,7 +59,9 @@ func (c *KeysListCmd) Run(g *Globals, h *eval.Hive) error {
 // KeysUploadCmd is `nix-hive keys upload`.
 type KeysUploadCmd struct {
 	Fleet
-	Parallel int      `default:"16" help:"Hosts worked on at once."`
+	// As run and status: a host costs a connection and an sftp session's
+	// pipelined writes; key commands have bounds of their own.
+	Parallel int      `default:"32" help:"Hosts worked on at once."`
 	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 	Escalation
 	KeyLimits
@@ -86,10 +88,11 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	up, err := keys.NewUploader(ctx, h, conn.Privilege.Hosts(pool), targets, conn.Privilege, c.KeyTimeout)
+	up, err := keys.NewUploader(ctx, h, conn.Privilege.Hosts(pool), targets, conn.Privilege, c.KeyTimeout, true)
 	if err != nil {
 		return err
 	}
+	defer up.Close()
 	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, conn)
 	return fleetOutcome(ctx, g, "keys upload", rows, "INSTANCE\tKEYS\tRESULT", func(r deploy.KeysRow) ([]string, string) {
 		return []string{r.Instance, fmt.Sprint(len(r.Keys))}, r.Error

@@ -37,17 +37,25 @@ type Uploader struct {
 	// Privilege is how the shell way's writes become root for a login
 	// that is not root (nil: they cannot).
 	Privilege *host.Privilege
+	stop      func() // ends the commands started early
 }
 
 // NewUploader is the uploader of hive h's keys over hosts, becoming root
 // with priv; the text keys of targets are evaluated now, in one go. A
 // key's command without a timeout of its own is stopped after timeout
-// (0: DefaultTimeout).
-func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string, priv *host.Privilege, timeout time.Duration) (*Uploader, error) {
+// (0: DefaultTimeout). With commandsNow, every target's key commands
+// start once the texts are had, in the background, while the hosts are
+// reached (keys upload, where nothing else comes first): each host's
+// Prepare then finds its values had or on their way, and hosts beyond
+// the first --parallel find them had. Without it
+// (a deploy) a command runs when its host is prepared: not for a host the
+// deploy never reaches.
+func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string, priv *host.Privilege, timeout time.Duration, commandsNow bool) (*Uploader, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	v := NewValues(h, timeout)
+	u := &Uploader{Host: hosts, Values: v, Privilege: priv, stop: func() {}}
 	var withText []string
 	for _, t := range targets {
 		for _, k := range h.Inventory.Instances[t].Keys {
@@ -62,7 +70,26 @@ func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string
 			return nil, err
 		}
 	}
-	return &Uploader{Host: hosts, Values: v, Privilege: priv}, nil
+	if commandsNow {
+		// After the texts: every host waits for them, and the
+		// evaluation should not share the cores with the commands.
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			v.runCommands(cctx, h, targets)
+		}()
+		u.stop = func() { cancel(); <-done }
+	}
+	return u, nil
+}
+
+// Close stops the commands NewUploader started that are still running,
+// and waits for them.
+func (u *Uploader) Close() {
+	if u.stop != nil {
+		u.stop()
+	}
 }
 
 // Batch is an instance's keys with their values, ready to go.
@@ -405,8 +432,9 @@ type keyDir struct {
 }
 
 // upload writes value to dest through a private file in its directory's
-// stage (the file created with the owner bits of mode), synced, given its
-// owner and then its whole mode, and renamed over dest. Its directories
+// stage (the file created with the owner bits of mode), synced (not
+// under /run), given its owner and its whole mode in one request, and
+// renamed over dest: 5 requests for a key under /run, 6 elsewhere. Its directories
 // are made, and opened to others' search when open, as dirMode says.
 func (u *sftpUploads) upload(dest string, uid, gid int, mode os.FileMode, open bool, value *sending) error {
 	stage, err := u.dir(path.Dir(dest), open)
@@ -417,13 +445,13 @@ func (u *sftpUploads) upload(dest string, uid, gid int, mode os.FileMode, open b
 	if err != nil {
 		return err
 	}
-	if err := writeSynced(t.File, value); err != nil {
+	if err := writeSynced(t.File, value, !inRun(dest)); err != nil {
 		t.Discard()
 		return fmt.Errorf("write %s: %w", t.Name(), err)
 	}
-	if err := u.c.Chown(t.Name(), uid, gid); err != nil {
+	if err := t.SetOwner(uid, gid, mode); err != nil {
 		t.Discard()
-		return fmt.Errorf("chown %s: %w", t.Name(), err)
+		return err
 	}
 	return t.Commit(mode)
 }
@@ -505,15 +533,18 @@ func keyDirs(c *transport.SFTP, dir string, open bool) error {
 	return nil
 }
 
-// writeSynced writes value in pipelined chunks and asks the server to
-// fsync it (OpenSSH's fsync@openssh.com); a server without the extension
-// still gets the data.
-func writeSynced(f *sftp.File, value *sending) error {
+// writeSynced writes value in pipelined chunks and, with sync, asks the
+// server to fsync it (OpenSSH's fsync@openssh.com); a server without the
+// extension still gets the data.
+func writeSynced(f *sftp.File, value *sending, sync bool) error {
 	if _, err := f.ReadFrom(value); err != nil {
 		return err
 	}
 	if err := value.short(); err != nil {
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	if err := f.Sync(); err != nil && !errors.Is(err, sftp.ErrSSHFxOpUnsupported) {
 		var se *sftp.StatusError
@@ -523,6 +554,11 @@ func writeSynced(f *sftp.File, value *sending) error {
 	}
 	return nil
 }
+
+// inRun reports whether dest is under /run, a tmpfs on every systemd
+// system (NixOS's /run/keys included): an fsync there has no disk to
+// reach, and a request per key is what it would cost.
+func inRun(dest string) bool { return strings.HasPrefix(path.Clean(dest), "/run/") }
 
 // uploadShell writes value to dest with the shell (host.WriteKeyCommand),
 // as root: for logins that are not root, and hosts without sftp.

@@ -29,6 +29,9 @@ type PrivateFile struct {
 	name  string
 	dest  string
 	done  bool
+	// moded is the mode SetOwner gave the file, which Commit need not
+	// give again.
+	moded *fs.FileMode
 }
 
 // CreatePrivate creates a PrivateFile for dest that will have mode, in a
@@ -100,11 +103,22 @@ func (s *Stage) Remove() { _ = s.c.RemoveDirectory(s.dir) }
 // Name is the temporary file's path.
 func (t *PrivateFile) Name() string { return t.name }
 
-// Commit closes the file, gives it mode and renames it over dest (an
-// atomic replacement where the server has posix-rename@openssh.com).
+// SetOwner gives the file, still in its stage, owner uid:gid and its
+// final mode, in one request.
+func (t *PrivateFile) SetOwner(uid, gid int, mode fs.FileMode) error {
+	if err := t.c.ChownMode(t.name, uid, gid, mode); err != nil {
+		return fmt.Errorf("chown %s: %w", t.name, err)
+	}
+	t.moded = &mode
+	return nil
+}
+
+// Commit closes the file, gives it mode (unless SetOwner did) and renames
+// it over dest (an atomic replacement where the server has
+// posix-rename@openssh.com).
 func (t *PrivateFile) Commit(mode fs.FileMode) error {
 	err := t.File.Close()
-	if err == nil {
+	if err == nil && (t.moded == nil || *t.moded != mode) {
 		if err = t.c.Chmod(t.name, mode); err != nil {
 			err = fmt.Errorf("chmod %s: %w", t.name, err)
 		}

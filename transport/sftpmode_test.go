@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/pkg/sftp"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 // packet frames an SFTP request: type, id 7, path, then the given words.
@@ -52,6 +54,15 @@ func TestModeWriterRewrites(t *testing.T) {
 		{"attributes already there are left alone",
 			packet(fxpOpen, "/run/keys/.x/tls", write|creat, attrPermission, 0o600),
 			packet(fxpOpen, "/run/keys/.x/tls", write|creat, attrPermission, 0o600)},
+		{"a chown of an asked path gains its mode",
+			packet(fxpSetstat, "/run/keys/.x/tls", attrUIDGID, 65534, 65534),
+			packet(fxpSetstat, "/run/keys/.x/tls", attrUIDGID|attrPermission, 65534, 65534, 0o400)},
+		{"a setstat with more than the owner is left alone",
+			packet(fxpSetstat, "/run/keys/.x/tls", attrUIDGID|attrPermission, 0, 0, 0o600),
+			packet(fxpSetstat, "/run/keys/.x/tls", attrUIDGID|attrPermission, 0, 0, 0o600)},
+		{"a chown of a path nobody asked for is left alone",
+			packet(fxpSetstat, "/etc/shadow", attrUIDGID, 0, 0),
+			packet(fxpSetstat, "/etc/shadow", attrUIDGID, 0, 0)},
 		{"other requests pass through",
 			packet(13, "/run/keys/.x/tls"), // REMOVE
 			packet(13, "/run/keys/.x/tls")},
@@ -126,6 +137,38 @@ func TestCreateModeAgainstSFTPServer(t *testing.T) {
 	g.Close()
 	if fi, _ := os.Stat(filepath.Join(dir, "plain")); fi.Mode().Perm() != fs.FileMode(0o644) {
 		t.Errorf("a plain create is %v; this test assumes the server's 0644", fi.Mode())
+	}
+}
+
+// ChownMode's one request gives both the owner and the mode, on a real
+// server (pkg/sftp's, as root: it chowns).
+func TestChownModeAgainstSFTPServer(t *testing.T) {
+	if os.Getuid() != 0 {
+		testenv.Missing(t, "root, to chown (run the tests as root)")
+	}
+	c := serveSFTP(t)
+	p := filepath.Join(t.TempDir(), "key")
+	f, err := c.CreateMode(p, 0o400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	before := c.modes.sent
+	c.modes.sent = new(atomic.Int64)
+	defer func() { c.modes.sent = before }()
+	if err := c.ChownMode(p, 65534, 65534, 0o440); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o440 || st.Uid != 65534 || st.Gid != 65534 {
+		t.Errorf("after ChownMode(65534, 65534, 0440): %v %d:%d", fi.Mode(), st.Uid, st.Gid)
+	}
+	if n := c.modes.sent.Load(); n != 1 {
+		t.Errorf("ChownMode sent %d requests, want 1", n)
 	}
 }
 

@@ -50,7 +50,7 @@ func main() {
 	flag.IntVar(&o.keys, "keys", 200, "keys per host")
 	flag.Float64Var(&o.share, "command-share", 0.1, "share of the keys whose value comes from a command (0.1: every 10th), the rest are texts")
 	flag.IntVar(&o.runs, "runs", 3, "measure each side this many times (alternating) and report the median")
-	flag.IntVar(&o.parallel, "parallel", 16, "hosts worked on at once: nix-hive keys upload --parallel (its default is 16) and the tar streams'")
+	flag.IntVar(&o.parallel, "parallel", 32, "hosts worked on at once: nix-hive keys upload --parallel (its default is 32) and the tar streams'")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, hive) instead of removing it")
 	flag.BoolVar(&o.verbose, "v", false, "copy every command's output to stderr")
 	flag.Parse()
