@@ -88,11 +88,10 @@ func (c *KeysUploadCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, pool 
 	if err != nil {
 		return err
 	}
-	up, err := keys.NewUploader(ctx, h, conn.Privilege.Hosts(pool), targets, conn.Privilege, c.KeyTimeout, true)
+	up, err := keys.NewUploader(ctx, h, conn.Privilege.Hosts(pool), targets, conn.Privilege, c.KeyTimeout)
 	if err != nil {
 		return err
 	}
-	defer up.Close()
 	rows := deploy.UploadKeys(ctx, pool, h.Inventory, targets, up, conn)
 	return fleetOutcome(ctx, g, "keys upload", rows, "INSTANCE\tKEYS\tRESULT", func(r deploy.KeysRow) ([]string, string) {
 		return []string{r.Instance, fmt.Sprint(len(r.Keys))}, r.Error

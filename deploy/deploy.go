@@ -42,7 +42,7 @@ func execute(ctx context.Context, prep *plan.Prepared, h host.Hosts, copier Copi
 		opts.Policy = prep.Checks(host.Commands{Remote: h})
 	}
 	if !opts.Steps.SkipKeys {
-		if opts.uploader, err = keys.NewUploader(ctx, prep.Hive, h, prep.Plan.Targets, opts.Connection.Privilege, opts.Steps.KeyTimeout, false); err != nil {
+		if opts.uploader, err = keys.NewUploader(ctx, prep.Hive, h, prep.Plan.Targets, opts.Connection.Privilege, opts.Steps.KeyTimeout); err != nil {
 			return nil, err
 		}
 	}

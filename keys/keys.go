@@ -6,18 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/nix-hive/nix-hive/fanout"
 )
 
 // MaxValue is the most a text or command key's value may hold: such a
@@ -138,29 +135,6 @@ func (v *Values) Of(ctx context.Context, n string, k *eval.Key) (*Value, error) 
 		return &Value{data: data}, nil
 	}
 	return nil, fmt.Errorf("key %s: unknown source %q", k.Name, k.Source)
-}
-
-// commandsEarly bounds the commands runCommands runs at once: enough to
-// keep this machine's cores busy while the hosts are reached.
-const commandsEarly = 16
-
-// runCommands runs the key commands of instances, in their order, to have
-// their values when each instance's upload asks (Of finds them had, or
-// waits for the run under way). Failures are left for Of to report, each
-// to the hosts whose key it is.
-func (v *Values) runCommands(ctx context.Context, h *eval.Hive, instances []string) {
-	var todo []*eval.Key
-	for _, n := range instances {
-		in := h.Inventory.Instances[n]
-		for _, name := range slices.Sorted(maps.Keys(in.Keys)) {
-			if k := in.Keys[name]; k.Source == "command" {
-				todo = append(todo, k)
-			}
-		}
-	}
-	fanout.Each(ctx, len(todo), commandsEarly, func(ctx context.Context, i int) {
-		v.Of(ctx, "", todo[i])
-	})
 }
 
 func (v *Values) once(id string, produce func() ([]byte, error)) ([]byte, error) {

@@ -37,25 +37,17 @@ type Uploader struct {
 	// Privilege is how the shell way's writes become root for a login
 	// that is not root (nil: they cannot).
 	Privilege *host.Privilege
-	stop      func() // ends the commands started early
 }
 
 // NewUploader is the uploader of hive h's keys over hosts, becoming root
 // with priv; the text keys of targets are evaluated now, in one go. A
 // key's command without a timeout of its own is stopped after timeout
-// (0: DefaultTimeout). With commandsNow, every target's key commands
-// start once the texts are had, in the background, while the hosts are
-// reached (keys upload, where nothing else comes first): each host's
-// Prepare then finds its values had or on their way, and hosts beyond
-// the first --parallel find them had. Without it
-// (a deploy) a command runs when its host is prepared: not for a host the
-// deploy never reaches.
-func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string, priv *host.Privilege, timeout time.Duration, commandsNow bool) (*Uploader, error) {
+// (0: DefaultTimeout).
+func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string, priv *host.Privilege, timeout time.Duration) (*Uploader, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	v := NewValues(h, timeout)
-	u := &Uploader{Host: hosts, Values: v, Privilege: priv, stop: func() {}}
 	var withText []string
 	for _, t := range targets {
 		for _, k := range h.Inventory.Instances[t].Keys {
@@ -70,26 +62,7 @@ func NewUploader(ctx context.Context, h *eval.Hive, hosts Host, targets []string
 			return nil, err
 		}
 	}
-	if commandsNow {
-		// After the texts: every host waits for them, and the
-		// evaluation should not share the cores with the commands.
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			v.runCommands(cctx, h, targets)
-		}()
-		u.stop = func() { cancel(); <-done }
-	}
-	return u, nil
-}
-
-// Close stops the commands NewUploader started that are still running,
-// and waits for them.
-func (u *Uploader) Close() {
-	if u.stop != nil {
-		u.stop()
-	}
+	return &Uploader{Host: hosts, Values: v, Privilege: priv}, nil
 }
 
 // Batch is an instance's keys with their values, ready to go.

@@ -16,7 +16,6 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/nix-hive/nix-hive/eval"
-	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
@@ -287,44 +286,4 @@ func TestPrepareAllAsksOnce(t *testing.T) {
 	if want := "key owners: no user nix-hive-no-such-user-c on the host"; err == nil || err.Error() != want {
 		t.Errorf("error %v, want %q", err, want)
 	}
-}
-
-// With commandsNow, NewUploader starts every target's key commands
-// before any host is prepared; each runs once, and Prepare takes its
-// value. Close stops what still runs.
-func TestNewUploaderRunsCommandsNow(t *testing.T) {
-	dir := t.TempDir()
-	_, in, h := commandKeys(t, dir, map[string]string{
-		"a": `echo run >>ran-a; printf a`,
-		"b": `echo run >>ran-b; printf b`,
-	})
-	slow := &eval.Instance{Name: "j", User: "root", Keys: map[string]*eval.Key{
-		"s": {Name: "s", Source: "command", Command: []string{"/bin/sh", "-c", "touch slow-started; exec sleep 60"}, Mode: "0400", Dest: filepath.Join(dir, "keys", "s"), Timeout: "2m"},
-	}}
-	hive := &eval.Hive{Src: eval.Source{Dir: dir}, Inventory: &eval.Inventory{Instances: map[string]*eval.Instance{"i": in, "j": slow}}}
-	up, err := NewUploader(context.Background(), hive, h, []string{"i", "j"}, nil, 0, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.WaitFor(t, "the commands to start before any host is prepared", func() bool {
-		for _, f := range []string{"ran-a", "ran-b", "slow-started"} {
-			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-				return false
-			}
-		}
-		return true
-	})
-	b, err := up.Prepare(context.Background(), in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"a", "b"} {
-		if got := content(t, b.values[name]); got != name {
-			t.Errorf("%s: %q", name, got)
-		}
-		if ran, _ := os.ReadFile(filepath.Join(dir, "ran-"+name)); string(ran) != "run\n" {
-			t.Errorf("command of %s ran %q times, want once", name, ran)
-		}
-	}
-	up.Close() // stops the sleep at once; the test would wait a minute
 }
