@@ -26,6 +26,8 @@ type PrivateFile struct {
 	*sftp.File
 	c     *SFTP
 	stage *Stage // removed with the file: CreatePrivate's own
+	in    *Stage // the stage it was created in
+	asked fs.FileMode
 	name  string
 	dest  string
 	done  bool
@@ -56,6 +58,18 @@ func CreatePrivate(c *SFTP, dest string, mode fs.FileMode) (*PrivateFile, error)
 type Stage struct {
 	c   *SFTP
 	dir string
+	// made is what the stage's first create gave its file (the same
+	// server, umask and directory give every later one the same), nil
+	// until known, or when it could not be learned.
+	probe sync.Once
+	made  *made
+}
+
+// made is the owner a create in a stage gives, and the mode it gave for
+// the owner bits asked.
+type made struct {
+	uid, gid   uint32
+	asked, got fs.FileMode
 }
 
 // NewStage makes a staging directory in dir, 0700 from the moment it
@@ -80,13 +94,23 @@ func NewStage(c *SFTP, dir string) (*Stage, error) {
 // destinations may be written at once; one for dest must be committed or
 // discarded before the next for the same dest is created.
 func (s *Stage) Create(dest string, mode fs.FileMode) (*PrivateFile, error) {
-	t := &PrivateFile{c: s.c, name: path.Join(s.dir, path.Base(dest)), dest: dest}
 	owner := mode.Perm() & 0o700
+	t := &PrivateFile{c: s.c, in: s, asked: owner, name: path.Join(s.dir, path.Base(dest)), dest: dest}
 	f, err := s.c.CreateMode(t.name, owner)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", t.name, err)
 	}
 	t.File = f
+	s.probe.Do(func() {
+		// One request per stage, so that SetOwner can skip one per file.
+		fi, err := f.Stat()
+		if err != nil {
+			return
+		}
+		if st, ok := fi.Sys().(*sftp.FileStat); ok {
+			s.made = &made{uid: st.UID, gid: st.GID, asked: owner, got: fi.Mode().Perm()}
+		}
+	})
 	// No chmod to the owner bits here: a umask only takes bits away, and
 	// where a server ignores the create request's mode the stage, 0700,
 	// still keeps others out until Commit gives the file its mode. A
@@ -104,8 +128,16 @@ func (s *Stage) Remove() { _ = s.c.RemoveDirectory(s.dir) }
 func (t *PrivateFile) Name() string { return t.name }
 
 // SetOwner gives the file, still in its stage, owner uid:gid and its
-// final mode, in one request.
+// final mode, in one request; none when the create gave it both already:
+// the stage's files are created uid:gid (its probe says), and mode is
+// owner bits alone that the create was asked for and, as the probe's
+// showed, no umask took from.
 func (t *PrivateFile) SetOwner(uid, gid int, mode fs.FileMode) error {
+	if m := t.in.made; m != nil && m.uid == uint32(uid) && m.gid == uint32(gid) && m.asked == m.got &&
+		mode == t.asked && t.asked&^m.asked == 0 {
+		t.moded = &mode
+		return nil
+	}
 	if err := t.c.ChownMode(t.name, uid, gid, mode); err != nil {
 		return fmt.Errorf("chown %s: %w", t.name, err)
 	}

@@ -8,7 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/internal/testenv"
 )
 
 // An upload into a directory removes the staging directories there whose
@@ -141,5 +145,74 @@ func TestStageManyFiles(t *testing.T) {
 			names = append(names, e.Name())
 		}
 		t.Errorf("%s holds %s; want the committed files alone", dir, strings.Join(names, " "))
+	}
+}
+
+// SetOwner sends nothing for a file its create already gave the owner
+// and the mode (the stage's probe says so), and one request where the
+// owner or the mode differ, or where a umask took bits the probe did not
+// see asked. Against pkg/sftp's server in this process, as root.
+func TestSetOwnerSkipsWhatTheCreateGave(t *testing.T) {
+	if os.Getuid() != 0 {
+		testenv.Missing(t, "root, to chown (run the tests as root)")
+	}
+	for _, tt := range []struct {
+		name     string
+		umask    int
+		first    fs.FileMode // the stage's first file, probed
+		mode     fs.FileMode
+		uid      int
+		requests int64 // SetOwner's
+		want     fs.FileMode
+	}{
+		{"root's 0400, as created", 0o022, 0o400, 0o400, 0, 0, 0o400},
+		{"0600 after a 0600 probe", 0o022, 0o600, 0o600, 0, 0, 0o600},
+		{"group bits need a request", 0o022, 0o400, 0o440, 0, 1, 0o440},
+		{"another owner needs a request", 0o022, 0o400, 0o400, 65534, 1, 0o400},
+		{"write bits the probe never asked", 0o022, 0o400, 0o600, 0, 1, 0o600},
+		{"a umask that took owner bits", 0o277, 0o600, 0o600, 0, 1, 0o600},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			old := syscall.Umask(tt.umask)
+			defer syscall.Umask(old)
+			c := serveSFTP(t)
+			dir := t.TempDir()
+			s, err := NewStage(c, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Remove()
+			probe, err := s.Create(filepath.Join(dir, "first"), tt.first)
+			if err != nil {
+				t.Fatal(err)
+			}
+			probe.Discard()
+			f, err := s.Create(filepath.Join(dir, "key"), tt.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write([]byte("v"))
+			before := c.modes.sent
+			c.modes.sent = new(atomic.Int64)
+			err = f.SetOwner(tt.uid, tt.uid, tt.mode)
+			n := c.modes.sent.Load()
+			c.modes.sent = before
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != tt.requests {
+				t.Errorf("SetOwner sent %d requests, want %d", n, tt.requests)
+			}
+			if err := f.Commit(tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(filepath.Join(dir, "key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != tt.want || int(st.Uid) != tt.uid || int(st.Gid) != tt.uid {
+				t.Errorf("key is %v %d:%d, want %v %d:%d", fi.Mode().Perm(), st.Uid, st.Gid, tt.want, tt.uid, tt.uid)
+			}
+		})
 	}
 }
