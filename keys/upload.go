@@ -406,8 +406,9 @@ type keyDir struct {
 
 // upload writes value to dest through a private file in its directory's
 // stage (the file created with the owner bits of mode), synced (not
-// under /run), given its owner and its whole mode in one request, and
-// renamed over dest: 5 requests for a key under /run, 6 elsewhere. Its directories
+// under /run), given its owner and its whole mode in one request (none
+// when its create gave them, see transport.PrivateFile.SetOwner), and
+// renamed over dest: 4 to 6 requests. Its directories
 // are made, and opened to others' search when open, as dirMode says.
 func (u *sftpUploads) upload(dest string, uid, gid int, mode os.FileMode, open bool, value *sending) error {
 	stage, err := u.dir(path.Dir(dest), open)
