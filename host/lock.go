@@ -19,11 +19,12 @@ const deployOwner = "/run/nix-hive/deploy.owner"
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
 // stdin closes (nix-hive closes it when done with the host; a dropped
-// connection closes it too). Run by the agent ($0 is the agent's path),
-// it runs the agent's operations it reads on stdin meanwhile (opSession). It prints "locked" and what the host runs
+// connection closes it too). It prints "locked" and what the host runs
 // (queryProgram's lines, then "end"), or "held by OWNER" and exits 75 when
 // another deploy has it. It waits a few seconds first: the holder of a
-// deploy that just died takes a moment to notice.
+// deploy that just died takes a moment to notice. Run by the agent ($0
+// is the agent's path), it runs the agent's operations it reads on stdin
+// meanwhile (opSession).
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
 mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
@@ -129,46 +130,59 @@ func lockHost(ctx context.Context, remote Remote, n, cmd string, ops bool) (*Dep
 		return nil, State{}, fmt.Errorf("connect %s and take its deploy lock: %w", n, context.Cause(ctx))
 	}
 	if rerr == nil && line == "locked" {
-		var state strings.Builder
-		for {
-			ln, err := br.ReadString('\n')
-			if err != nil || ln == "end\n" {
-				rerr = err
-				break
-			}
-			state.WriteString(ln)
-		}
+		state, err := readState(br)
 		out := newOpStream(io.Discard)
 		go func() {
 			_, err := io.Copy(out, br)
 			out.close(fmt.Errorf("the lock's session ended: %w", errors.Join(err, io.EOF)))
 		}()
-		if rerr == nil {
+		if err == nil {
 			if ops {
 				l.ops = &opSession{stdin: pw, out: out, errs: errs, end: end}
 			}
-			return l, parseState(state.String()), nil
+			return l, state, nil
 		}
 		pw.Close()
 		r := <-res
-		return nil, State{}, fmt.Errorf("lock: %w", errors.Join(r.err, rerr))
+		return nil, State{}, fmt.Errorf("lock: %w", errors.Join(r.err, err))
 	}
 	go io.Copy(io.Discard, outR)
 	pw.Close()
 	r := <-res
+	return nil, State{}, lockRefused(r.code, r.err, line, stderr.String())
+}
+
+// lockRefused says why a lock command that did not lock ended as it did
+// (exit code or err), its first line and its stderr.
+func lockRefused(code int, err error, line, stderr string) error {
 	switch {
-	case r.err != nil:
-		return nil, State{}, fmt.Errorf("lock: %w", r.err)
-	case r.code == 75:
-		return nil, State{}, fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(line, "held by "))
-	case r.code == 121 && strings.HasPrefix(line, "need agent "):
-		return nil, State{}, &errNoAgent{gzip: line == "need agent gzip"}
-	case needsPassword(stderr.String()):
-		return nil, State{}, fmt.Errorf("lock: %w", ErrSudoPassword)
-	case notAllowed(stderr.String()):
-		return nil, State{}, fmt.Errorf("lock: %w: %s", errNotAllowed, lastLines(stderr.String(), 1))
+	case err != nil:
+		return fmt.Errorf("lock: %w", err)
+	case code == 75:
+		return fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(line, "held by "))
+	case code == 121 && strings.HasPrefix(line, "need agent "):
+		return &errNoAgent{gzip: line == "need agent gzip"}
+	case needsPassword(stderr):
+		return fmt.Errorf("lock: %w", ErrSudoPassword)
+	case notAllowed(stderr):
+		return fmt.Errorf("lock: %w: %s", errNotAllowed, lastLines(stderr, 1))
 	default:
-		return nil, State{}, fmt.Errorf("lock: exit %d: %s", r.code, line)
+		return fmt.Errorf("lock: exit %d: %s", code, line)
+	}
+}
+
+// readState reads what the host runs, queryProgram's lines up to "end".
+func readState(br *bufio.Reader) (State, error) {
+	var state strings.Builder
+	for {
+		ln, err := br.ReadString('\n')
+		if err != nil {
+			return State{}, err
+		}
+		if ln == "end\n" {
+			return parseState(state.String()), nil
+		}
+		state.WriteString(ln)
 	}
 }
 
