@@ -71,9 +71,23 @@ func (s *opSession) do(ctx context.Context, argv []string, stdout, stderr io.Wri
 	tok := "op" + hex.EncodeToString(b)
 	ends := []<-chan opEnd{s.out.begin(tok, stdout), s.errs.begin(tok, stderr)}
 	req := fmt.Sprintf("run %s %d\n%s\n", tok, len(argv), strings.Join(argv, "\n"))
-	if _, err := io.WriteString(s.stdin, req); err != nil {
+	// The write waits for the session to take it, which a stalled
+	// connection may never do: Ctrl-C must not wait with it. Ending the
+	// session closes the pipe, which ends the write.
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.WriteString(s.stdin, req)
+		sent <- err
+	}()
+	select {
+	case err := <-sent:
+		if err != nil {
+			s.abandon()
+			return 0, fmt.Errorf("send %s to the lock's session: %w", argv[0], err)
+		}
+	case <-ctx.Done():
 		s.abandon()
-		return 0, fmt.Errorf("send %s to the lock's session: %w", argv[0], err)
+		return 0, context.Cause(ctx)
 	}
 	code := 0
 	for _, ch := range ends {
