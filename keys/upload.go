@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -260,9 +261,14 @@ func (b *Batch) Upload(ctx context.Context, when string) error {
 	defer up.close()
 	chains := chainsByDest(keys)
 	errs := make([]error, len(keys))
+	var failed atomic.Bool // a chain under way starts no key after it
 	fanout.Until(len(chains), inFlight, func(j int) bool {
 		for _, i := range chains[j] {
+			if failed.Load() {
+				return false
+			}
 			if errs[i] = b.upload(ctx, keys[i], up); errs[i] != nil {
+				failed.Store(true)
 				return false
 			}
 		}
