@@ -111,9 +111,11 @@ version) echo "$v" ;;
 			fmt.Fprintf(&b, "%s) exec sh -c %s nix-hive \"$@\" ;;\n", op, shell.Quote(compact(progs[op])))
 		}
 	}
-	// The job script is the agent's own, never one sent with the call.
+	// The job script is the agent's own, never one sent with the call:
+	// it goes to the start program in the environment (see startProgram).
 	fmt.Fprintf(&b, "start) [ \"${4-}\" = plain ] || { echo \"nix-hive-agent start: the job is the agent's (ENC plain)\" >&2; exit 64; }\n"+
-		"printf '%%s' %s | exec sh -c %s nix-hive \"$@\" ;;\n", shell.Quote(compactJob()), shell.Quote(compact(startProgram)))
+		"i=$1 u=$2 b=$3; shift 4\n"+
+		"NIX_HIVE_JOB=%s exec sh -c %s nix-hive \"$i\" \"$u\" \"$b\" agent \"$@\" ;;\n", shell.Quote(compactJob()), shell.Quote(compact(startProgram)))
 	b.WriteString(`*) echo "nix-hive-agent $v: no operation ${op:-(none)}" >&2; exit 64 ;;
 esac
 `)

@@ -57,19 +57,33 @@ func gzipped(s string) string {
 const waitProgram = `wait_job() {
   d=/run/nix-hive/jobs/$1
   [ -d "$d" ] || { echo gone; return 0; }
-  wait_lock running.lock "$3"
-  [ "$2" = activated ] || wait_lock activated.lock "$3"
-  s=$(cat "$d/state" 2>/dev/null)
+  s=
+  { read -r s <"$d/state"; } 2>/dev/null
+  # A job that says "activated" holds its activated lock already (it
+  # takes it first), and one that says "done" holds none: a lock
+  # waited for costs a process.
+  case $s in
+  done*) ;;
+  activated) [ "$2" = activated ] || wait_lock activated.lock "$3" ;;
+  *)
+    wait_lock running.lock "$3"
+    [ "$2" = activated ] || wait_lock activated.lock "$3"
+    ;;
+  esac
+  s=
+  { read -r s <"$d/state"; } 2>/dev/null
   case $s in done*|activated) ;; *) s=lost ;; esac
   printf "%s\n" "$s"
   case $s in "done ok"*|activated) ;; *) tail -n 15 "$d/log" 2>/dev/null ;; esac
 }
 # wait_lock LOCK BEAT: until the job lets go of LOCK (or dies); a lock
-# never taken is not waited for.
+# never taken is not waited for. flock takes the lock on a descriptor
+# the shell opened for it alone, and lets go as it exits: one process,
+# where flock FILE true is two.
 wait_lock() {
   [ -e "$d/$1" ] || return 0
   while :; do
-    flock -s -w "$2" "$d/$1" true 2>/dev/null
+    flock -s -w "$2" 4 4<"$d/$1" 2>/dev/null
     [ $? = 1 ] || return 0
     echo .
   done
@@ -77,10 +91,12 @@ wait_lock() {
 `
 
 // startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT CHECKS stores the job
-// script from stdin (gzipped when ENC is "gzip") in /run/nix-hive/jobs/ID, starts it detached (a
-// transient systemd unit where systemd runs, like nixos-rebuild, else a
-// session of its own) and, in the same SSH session, waits for it like
-// waitProgram.
+// script in /run/nix-hive/jobs/ID, starts it detached (a transient
+// systemd unit where systemd runs, like nixos-rebuild, else a session of
+// its own) and, in the same SSH session, waits for it like waitProgram.
+// The script comes on stdin, gzipped when ENC is "gzip", or, when ENC is
+// "agent", from the agent that runs this in $NIX_HIVE_JOB (written by the
+// shell itself: no process for it).
 const startProgram = waitProgram + `set -u
 for t in flock setsid timeout mkfifo; do
   command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
@@ -89,8 +105,15 @@ id=$1 until=$2 beat=$3 enc=$4; shift 4
 goal=$1 target=$2 confirm=$3 limit=$4 checks=${5:-0}
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
-unpack() { if [ "$enc" = gzip ]; then gzip -dc; else cat; fi; }
+unpack() {
+  case $enc in
+  gzip) gzip -dc ;;
+  agent) printf '%s' "$NIX_HIVE_JOB" ;;
+  *) cat ;;
+  esac
+}
 mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" || exit 2
+unset NIX_HIVE_JOB
 exec 3<>"$d/started"
 set -- $b/jobs/*
 [ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)

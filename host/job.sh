@@ -61,7 +61,7 @@ remember() {
   [ -n "$path" ] || return 0
   st=$1
   [ "$st" = ok ] && [ "$checks" = 1 ] && st=activated
-  mkdir -p "$gens" || return 0
+  [ -d "$gens" ] || mkdir -p "$gens" || return 0
   put "$record" "$id $goal $path $st"
   [ -z "$gen" ] || put "$gens/$gen" "$st $path $id"
 }
@@ -90,14 +90,28 @@ printf '%s\n' "$id" >"$base/current"
 exec 5>"$dir/running.lock"
 flock 5
 
+# resolved LINK sets $r to where LINK leads: cd -P, a builtin, where the
+# link leads to a directory (a system always does), so that the job
+# starts no process for it; readlink where it does not (a dangling
+# link), so that the record still says where it pointed.
+resolved() {
+  if cd -P "$1" 2>/dev/null; then
+    r=$PWD
+    cd /
+  else
+    r=$(readlink -f "$1" 2>/dev/null) || r=
+  fi
+}
+
 # What runs now, for a return to exactly this.
-before_active=$(readlink /run/current-system 2>/dev/null) || before_active=
+before_active=
+if [ -L /run/current-system ]; then resolved /run/current-system && before_active=$r; fi
 before_link=$(readlink "$profile" 2>/dev/null) || before_link=
 before_gen=${before_link#system-}
 before_gen=${before_gen%-link}
 case $before_gen in '' | *[!0-9]*) before_gen= ;; esac
 before_profile=
-[ -e "$profile" ] && before_profile=$(readlink -f "$profile")
+[ -e "$profile" ] && resolved "$profile" && before_profile=$r
 printf 'active=%s\ngeneration=%s\nprofile=%s\n' "$before_active" "$before_gen" "$before_profile" >"$dir/before"
 path= gen=
 setstate running
@@ -149,9 +163,12 @@ restore() {
     stc "$r_profile" boot || return 1
     ;;
   esac
-  if [ "$goal" != boot ] && [ "$(readlink /run/current-system)" != "$r_active" ]; then
-    log "after the return /run/current-system is $(readlink /run/current-system), not $r_active"
-    return 1
+  if [ "$goal" != boot ]; then
+    resolved /run/current-system
+    if [ "$r" != "$r_active" ]; then
+      log "after the return /run/current-system is ${r:-missing}, not $r_active"
+      return 1
+    fi
   fi
   return 0
 }
@@ -195,11 +212,12 @@ previous)
   for g in $(nix-env -p "$profile" --list-generations 5>&- 6>&- 7>&- 8>&- | awk -v cur="$before_gen" '$1 + 0 < cur + 0 { print $1 }'); do
     s= p=
     read -r s p _ <"$gens/$g" 2>/dev/null
-    [ "$s" = ok ] && [ "$(readlink -f "$profile-$g-link")" = "$p" ] && prev=$g
+    [ "$s" = ok ] && resolved "$profile-$g-link" && [ "$r" = "$p" ] && prev=$g
   done
   [ -n "$prev" ] || finish failed "no generation before ${before_gen:-the current one} is recorded as good on this host (deployed by nix-hive, confirmed, its checks passed); nothing was changed"
   nix-env -p "$profile" --switch-generation "$prev" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --switch-generation $prev exited $?"
-  path=$(readlink -f "$profile")
+  resolved "$profile"
+  path=$r
   ;;
 *)
   path=$target
@@ -224,13 +242,15 @@ else
   # confirmed.
   case $goal in
   switch | test)
-    now=$(readlink /run/current-system)
+    resolved /run/current-system
+    now=$r
     [ "$now" = "$path" ] || why="/run/current-system is ${now:-missing} after switch-to-configuration $goal, not $path"
     ;;
   esac
   case $goal in
   switch | boot)
-    now=$(readlink -f "$profile")
+    resolved "$profile"
+    now=$r
     [ "$now" = "$path" ] || why="the system profile points at ${now:-nothing} after switch-to-configuration $goal, not $path"
     ;;
   esac

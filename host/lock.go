@@ -14,7 +14,10 @@ import (
 
 // deployOwner names the deploy that holds a host's deploy lock; it exists
 // only while one does (or one ended without removing it, when the host
-// was cut off: reading it as held then only costs a lock).
+// was cut off: reading it as held then only costs a lock). It is written
+// in place, not renamed into place: its only readers are status, which
+// asks whether it exists, and a deploy refused the lock, which reads it
+// after waiting seconds for a lock its holder took before writing it.
 const deployOwner = "/run/nix-hive/deploy.owner"
 
 // lockProgram OWNER takes the host's deploy lock and holds it until its
@@ -27,13 +30,13 @@ const deployOwner = "/run/nix-hive/deploy.owner"
 // meanwhile (opSession).
 const lockProgram = `command -v flock >/dev/null 2>&1 || { echo "flock is missing on the host (util-linux)"; exit 2; }
 umask 022
-mkdir -p /run/nix-hive && exec 9>>/run/nix-hive/deploy.lock || exit 2
+{ [ -d /run/nix-hive ] || mkdir -p /run/nix-hive; } && exec 9>>/run/nix-hive/deploy.lock || exit 2
 o=/run/nix-hive/deploy.owner
 if ! flock -w 3 9; then
   printf "held by %s\n" "$(cat $o 2>/dev/null)"
   exit 75
 fi
-printf "%s\n" "$1" >$o.tmp && mv -f $o.tmp $o
+printf "%s\n" "$1" >$o
 echo locked
 ` + queryProgram + `echo end
 if [ "$0" = nix-hive ]; then
