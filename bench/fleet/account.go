@@ -446,6 +446,33 @@ func accountGoals(rows []*row) []goal {
 		g.value = fmt.Sprintf("%d new connections for %d hosts", muxNoop.acct.ssh.conns, muxNoop.hosts)
 	}
 	gs = append(gs, g)
+	return append(gs, scriptGoals(rows)...)
+}
+
+// scriptGoals set nix-hive's deploys beside the hand-written script's in
+// the same run: time per host, the goal, and, as a measurement beside
+// it, the deploy host's own CPU per host, which on a real fleet (each
+// host with CPUs of its own) is what the deploy host shares among them.
+func scriptGoals(rows []*row) []goal {
+	var gs []goal
+	for _, p := range []struct{ what, nixHive, script string }{
+		{"a tenth", "nix-hive deploy, a tenth", "script, a tenth"},
+		{"all", allWhat, "script, all"},
+	} {
+		n, s := rowNamed(rows, p.nixHive), rowNamed(rows, p.script)
+		if n == nil || s == nil || n.err != nil || s.err != nil {
+			continue
+		}
+		ratio := n.msPerHost() / s.msPerHost()
+		gs = append(gs, goal{what: "deploy time per host, " + p.what + " (" + fmt.Sprint(n.hosts) + " hosts), nix-hive / script",
+			target: "<= 1.0", known: true, ok: ratio <= 1.0,
+			value: fmt.Sprintf("%.2f (%.0f / %.0f ms; the whole machine's CPU %.0f / %.0f ms per host)", ratio,
+				n.msPerHost(), s.msPerHost(), 1000*n.cpu/float64(n.hosts), 1000*s.cpu/float64(s.hosts))})
+		if n.sideKnown && s.sideKnown && s.sideCPU > 0 {
+			gs = append(gs, goal{what: "the deploy host's CPU per host, " + p.what + ", nix-hive / script", target: "-", info: true,
+				value: fmt.Sprintf("%.2f (%.1f / %.1f ms)", n.sideMsPerHost()/s.sideMsPerHost(), n.sideMsPerHost(), s.sideMsPerHost())})
+		}
+	}
 	return gs
 }
 

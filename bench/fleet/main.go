@@ -69,7 +69,8 @@ type bench struct {
 	hive    string
 	bin     string
 	counter *wire.Table
-	sshCfg  string // nix-hive ssh-config's output, for the script
+	side    *hostSide // nil when this machine has no cgroup CPU accounting
+	sshCfg  string    // nix-hive ssh-config's output, for the script
 	logs    *harness.Runner
 	step    func(string)
 	out     map[string]string // system name -> out path of the last build
@@ -97,8 +98,14 @@ type row struct {
 	fds      int           // nix-hive's peak open files
 	cpu      float64       // CPU seconds the whole machine spent
 	ownCPU   time.Duration // of that, nix-hive's and its children's (this process's, for floor and held)
-	acct     *account      // per host, for the rows accounted()
-	err      error
+	// sideCPU is what every process this machine started for the row
+	// used, the lab's hosts aside (see hostSide): for the script its ssh
+	// clients, their ControlMasters and nix copy; for nix-hive itself and
+	// what it ran. Valid when sideKnown.
+	sideCPU   time.Duration
+	sideKnown bool
+	acct      *account // per host, for the rows accounted()
+	err       error
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -171,6 +178,11 @@ func (b *bench) setup(ctx context.Context, root string) (cleanup func() error, e
 		return cleanup, err
 	}
 	w.OnCleanup(b.counter.Delete)
+	if b.side, err = newHostSide(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench/fleet: the deploy host's own CPU is not measured: %v\n", err)
+	} else {
+		w.OnCleanup(b.side.close)
+	}
 	return cleanup, b.setupAccounting(ctx)
 }
 
@@ -622,7 +634,12 @@ func (b *bench) around(ctx context.Context, r *row, fn func() error) {
 	}
 	self0 := selfCPU()
 	start := time.Now()
-	err = fn()
+	if b.side != nil {
+		r.sideCPU, err = b.side.run(fn)
+		r.sideKnown = err == nil
+	} else {
+		err = fn()
+	}
 	r.wall = time.Since(start)
 	r.ownCPU = selfCPU() - self0 // measure replaces it with nix-hive's
 	if err != nil {
@@ -787,12 +804,13 @@ func (b *bench) report(w *os.File, rows []*row) {
 	fmt.Fprintf(w, "region (nft SYN); SSH = nix-hive's connections\n")
 	fmt.Fprintf(w, "(direct and through jump hosts, from its -v) and sessions; CPU = what the whole machine, lab hosts included, spent per host;\n")
 	fmt.Fprintf(w, "own CPU = nix-hive's share of it, with the nix commands it runs (this program's, for the last two rows): what a fleet\n")
-	fmt.Fprintf(w, "whose hosts have CPUs of their own would still cost this machine\n\n")
+	fmt.Fprintf(w, "whose hosts have CPUs of their own would still cost this machine; deploy host CPU = the same for either side, nix-hive or the\n")
+	fmt.Fprintf(w, "script (its ssh clients, their ControlMasters, nix copy), from a cgroup this program runs the command in\n\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tcontrol KiB/host\tdown KiB/host\tTCP\tSSH conns\tsessions\tpeak RSS MiB\tpeak FDs\tCPU ms/host\town CPU ms/host\t")
+	fmt.Fprintln(tw, "command\thosts\twall s\tms/host\tMiB up\tclosure MiB\tup/closure\tcontrol KiB/host\tdown KiB/host\tTCP\tSSH conns\tsessions\tpeak RSS MiB\tpeak FDs\tCPU ms/host\town CPU ms/host\tdeploy host CPU ms/host\t")
 	for _, r := range rows {
 		if r.err != nil {
-			fmt.Fprintf(tw, "%s\t%d\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.what, r.hosts)
+			fmt.Fprintf(tw, "%s\t%d\tFAILED\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", r.what, r.hosts)
 			continue
 		}
 		closure, ratio := "-", "-"
@@ -811,8 +829,12 @@ func (b *bench) report(w *os.File, rows []*row) {
 		if !r.script {
 			own = fmt.Sprintf("%.1f", r.ownMsPerHost())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%.0f\t%s\t\n", r.what, r.hosts, r.wall.Seconds(),
-			r.msPerHost(), harness.MiB(r.up), closure, ratio, r.controlKiB(), r.downKiB(), r.tcpConns, conns, sessions, rss, fds, 1000*r.cpu/float64(r.hosts), own)
+		side := "-"
+		if r.sideKnown {
+			side = fmt.Sprintf("%.1f", r.sideMsPerHost())
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t\n", r.what, r.hosts, r.wall.Seconds(),
+			r.msPerHost(), harness.MiB(r.up), closure, ratio, r.controlKiB(), r.downKiB(), r.tcpConns, conns, sessions, rss, fds, 1000*r.cpu/float64(r.hosts), own, side)
 	}
 	tw.Flush()
 	b.reportAccount(w, rows)
@@ -839,6 +861,10 @@ func (b *bench) parallelFlag() string {
 
 func (r *row) msPerHost() float64 { return float64(r.wall.Milliseconds()) / float64(r.hosts) }
 
+func (r *row) sideMsPerHost() float64 {
+	return float64(r.sideCPU.Microseconds()) / 1000 / float64(r.hosts)
+}
+
 func (r *row) ownMsPerHost() float64 {
 	return float64(r.ownCPU.Microseconds()) / 1000 / float64(r.hosts)
 }
@@ -855,10 +881,13 @@ func (r *row) downKiB() float64 { return float64(r.down) / 1024 / float64(r.host
 type goal struct {
 	what, target, value string
 	ok, known           bool
+	info                bool // a measurement beside the goals, no goal of its own
 }
 
 func (g goal) verdict() string {
 	switch {
+	case g.info:
+		return "-"
 	case !g.known:
 		return "not measured"
 	case g.ok:
