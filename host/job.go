@@ -112,7 +112,7 @@ unpack() {
   *) cat ;;
   esac
 }
-mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" || exit 2
+mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" "$d/confirm" || exit 2
 unset NIX_HIVE_JOB
 exec 3<>"$d/started"
 set -- $b/jobs/*

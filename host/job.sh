@@ -263,7 +263,8 @@ fi
 if [ "$confirm" -gt 0 ]; then
   exec 6>"$dir/activated.lock"
   flock 6
-  mkfifo "$dir/confirm" && exec 7<>"$dir/confirm"
+  # The start program made the FIFO with its own (one process for both).
+  { [ -p "$dir/confirm" ] || mkfifo "$dir/confirm"; } && exec 7<>"$dir/confirm"
   : >"$dir/awaiting"
   setstate activated
   exec 5>&-

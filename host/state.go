@@ -22,7 +22,10 @@ const profile = "/nix/var/nix/profiles/system"
 // link that vanishes between the test and readlink leaves one word, and
 // then each is read alone); and the profile's store path with cd -P
 // rather than readlink -f; and the activation lock with flock on a
-// descriptor the shell opens, rather than with flock running true.
+// descriptor the shell opens, rather than with flock running true, and
+// only when the job /run/nix-hive/current names has not said "done"
+// (a job writes that last, still holding the lock; ReadState reads the
+// same files the same way).
 const queryProgram = `p=` + profile + ` c=/run/current-system
 {
 line() { v=; read -r v <"$2"; printf "%s=%s\n" "$1" "$v"; }
@@ -33,8 +36,14 @@ echo "active=$1"; echo "link=$2"
 cd -P $p && echo "profile=$PWD" && cd / || { [ -e $p ] && echo "profile=$(readlink -f $p)"; }
 line last /nix/var/nix-hive/last
 l=/run/nix-hive/activation.lock
-if [ -e $l ] && command -v flock >/dev/null && ! flock -n 9 9<$l; then
-  line running /run/nix-hive/current
+if [ -e $l ]; then
+  j= s=
+  read -r j </run/nix-hive/current
+  case $j in ''|*/*|.|..) ;; *) read -r s </run/nix-hive/jobs/$j/state ;; esac
+  case $s in
+  done*) ;;
+  *) if command -v flock >/dev/null && ! flock -n 9 9<$l; then line running /run/nix-hive/current; fi ;;
+  esac
 fi
 line boot /proc/sys/kernel/random/boot_id
 line rebootmark /run/nix-hive/reboot
