@@ -51,10 +51,12 @@ func AwaitReboot(ctx context.Context, remote Remote, n, mark, bootID string, tim
 		if err == nil && (hs.RebootMark != mark || hs.BootID != bootID) {
 			return hs, nil
 		}
-		if err != nil {
-			last = err
-		}
+		last = err
 		if time.Now().After(deadline) {
+			if last == nil {
+				// It answers, from the boot it was asked to leave.
+				return State{}, fmt.Errorf("did not reboot within %s: it still answers from the same boot (boot id %s, the reboot's mark still in /run)", timeout, bootID)
+			}
 			return State{}, fmt.Errorf("did not come back from the reboot within %s (last: %v)", timeout, last)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nix-hive/nix-hive/internal/testenv"
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
 )
@@ -89,7 +90,11 @@ ln -s system-2-link /nix/var/nix/profiles/system
 ln -s /nix/store/aaa-sys-1 /run/current-system
 touch /run/marker`)
 	exec1(t, h, "sh", "-c", "setsid reboot </dev/null >/dev/null 2>&1 &")
-	waitFor(t, "the reboot", func() bool { return h.Boots() == 1 })
+	if err := testenv.Eventually("the reboot", func() bool { return h.Boots() == 1 }); err != nil {
+		// Seen once under CI's load (every package's tests at once);
+		// whether the lab could start the host again is in its log.
+		t.Fatalf("%v; the host's log: %s", err, h.LogTail())
+	}
 	if _, err := os.Stat(h.Path("/run/marker")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("/run survived the reboot: %v", err)
 	}

@@ -422,6 +422,11 @@ func (h *Host) reboot(cmd *exec.Cmd) {
 	h.boots++
 }
 
+// LogTail is the end of what the host's init and sshd wrote, with the
+// lab's notes on it (a reboot that failed to start the host again): for a
+// test that gives up on the host to say why.
+func (h *Host) LogTail() string { return h.files.logTail() }
+
 // Boots counts the reboots the host went through.
 func (h *Host) Boots() int {
 	h.mu.Lock()
