@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nix-hive/nix-hive/internal/testenv"
@@ -176,5 +177,26 @@ func TestNixDirs(t *testing.T) {
 				t.Errorf("got %v %v, want %v", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// The host's init is started with SIGHUP at its default when this
+// process ignores it (nohup): the mask is read from /proc/self/status.
+func TestSigIgnored(t *testing.T) {
+	for _, c := range []struct {
+		name, status string
+		sig          syscall.Signal
+		want         bool
+	}{
+		{"nohup: SIGHUP ignored", "Name:\tx\nSigIgn:\t0000000000000001\n", syscall.SIGHUP, true},
+		{"SIGPIPE ignored, not SIGHUP", "SigIgn:\t0000000000001000\n", syscall.SIGHUP, false},
+		{"SIGPIPE", "SigIgn:\t0000000000001000\n", syscall.SIGPIPE, true},
+		{"nothing ignored", "SigIgn:\t0000000000000000\n", syscall.SIGHUP, false},
+		{"no SigIgn line", "Name:\tx\n", syscall.SIGHUP, false},
+		{"garbled", "SigIgn:\tzz\n", syscall.SIGHUP, false},
+	} {
+		if got := sigIgnored(c.status, c.sig); got != c.want {
+			t.Errorf("%s: sigIgnored = %v, want %v", c.name, got, c.want)
+		}
 	}
 }

@@ -288,6 +288,27 @@ trap 'exit 129' HUP
 	return b.String()
 }
 
+// hangupIgnored says whether this process ignores SIGHUP (it was started
+// under nohup, say): its children inherit that.
+var hangupIgnored = sync.OnceValue(func() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	return sigIgnored(string(b), syscall.SIGHUP)
+})
+
+// sigIgnored reads the SigIgn mask of a /proc/PID/status text.
+func sigIgnored(status string, sig syscall.Signal) bool {
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	return false
+}
+
 // rebootExit is the init's exit status when the host reboots.
 const rebootExit = 129
 
@@ -358,6 +379,12 @@ func (h *Host) startLocked(ctx context.Context) error {
 // namespaces (and the host's network namespace), writing to console.
 func (h *Host) command(console *os.File) *exec.Cmd {
 	argv := []string{"/bin/sh", "-c", h.script()}
+	if hangupIgnored() {
+		// A shell cannot trap a signal ignored when it started, so under
+		// nohup (which the host's init would inherit) the host's reboot
+		// would do nothing: env hands the shell SIGHUP at its default.
+		argv = append([]string{"env", "--default-signal=HUP"}, argv...)
+	}
 	if h.netns != "" {
 		// nsenter without -p execs instead of forking, so the shell stays
 		// the init of the new pid namespace.
