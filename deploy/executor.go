@@ -153,16 +153,6 @@ func (f *future) run(fn func() error) error {
 	return f.err
 }
 
-// result is what run returned, once it has; ran is false before.
-func (f *future) result() (err error, ran bool) {
-	select {
-	case <-f.done:
-		return f.err, true
-	default:
-		return nil, false
-	}
-}
-
 // Execute carries out plan: closures to stores and hosts, then activation
 // wave by wave. Every host ends with a Result; none hides another's.
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
@@ -189,7 +179,6 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	}()
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
-	e.settleUnstarted()
 	e.locks.releaseAll(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
@@ -281,25 +270,6 @@ func (e *executor) transferAll(ctx context.Context) {
 			e.finished(n)
 		}
 	})
-}
-
-// settleUnstarted gives a target that no wave started (Ctrl-C came
-// first, or the policy stopped the rollout) the outcome of its transfer
-// when that failed: its lock was taken and its closure was on its way
-// (Ctrl-C stopped it, or a push failed), and "not started" would say
-// nothing had happened to it.
-func (e *executor) settleUnstarted() {
-	for _, n := range e.plan.Order {
-		r := e.journal.result(n)
-		if !r.Target || r.Status != StatusNotStarted || r.Step != "" {
-			continue
-		}
-		if err, ran := e.transfers.ensured[n].result(); ran && err != nil {
-			e.settle(n, "", err)
-			e.record(n)
-			e.finished(n)
-		}
-	}
 }
 
 // runWaves activates wave after wave and returns why it stopped early, if
