@@ -319,6 +319,28 @@ func (r *running) signal(sig syscall.Signal) {
 	}
 }
 
+// waitUntil waits for cond while nix-hive runs, as waitUntil does; if it
+// ends first or the wait gives up, the test fails with what it printed.
+func (r *running) waitUntil(what string, cond func() bool) {
+	r.t.Helper()
+	ended := false
+	err := waitFor(what, func() bool {
+		select {
+		case <-r.done:
+			ended = true
+		default:
+		}
+		return cond() || ended
+	})
+	if err == nil && !ended {
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("nix-hive ended (exit %d) before %s", r.code, what)
+	}
+	r.t.Fatalf("%v\nnix-hive %s:\n--- stdout\n%s--- stderr\n%s", err, strings.Join(r.args, " "), r.stdout.String(), r.stderr.String())
+}
+
 // wait waits for the deploy to end; a hang is a failure, bounded so the
 // suite reports it instead of timing out.
 func (r *running) wait() int {

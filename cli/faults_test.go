@@ -564,7 +564,7 @@ func testFaultKilledDuringCheck(t *testing.T) {
 	v2 := f.build()
 	r := f.startProcess("deploy", "--no", "build", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect)
 	canary := f.lab.Host("app-1")
-	waitUntil(t, "app-1's post-check to start", func() bool {
+	r.waitUntil("app-1's post-check to start", func() bool {
 		_, err := os.Stat(canary.Path("/run/check-started"))
 		return err == nil
 	})
@@ -628,6 +628,10 @@ func testFaultSecondInterrupt(t *testing.T) {
 	v2 := f.build()
 	r := f.startProcess("deploy", "--no", "build", "--parallel", "1", "--confirm-timeout", faultConfirm, "--connect-timeout", faultConnect, "app-1", "app-2")
 	f.waitActivation("app-1", v2["app-1"], "switch")
+	// app-2's closure moves while app-1 activates; once it is there,
+	// Ctrl-C finds nothing of app-2's under way, and app-2 is not started.
+	// (Interrupted mid-push, it would say so: TestExecutorInterrupted*.)
+	r.stderr.waitFor(t, `app-2 \[wave 1\] push ok`, r.done)
 	r.signal(syscall.SIGINT)
 	r.stderr.waitFor(t, `waiting for 1 running activation\(s\) \(\[app-1\]\)`, r.done)
 	select {

@@ -153,6 +153,16 @@ func (f *future) run(fn func() error) error {
 	return f.err
 }
 
+// result is what run returned, once it has; ran is false before.
+func (f *future) result() (err error, ran bool) {
+	select {
+	case <-f.done:
+		return f.err, true
+	default:
+		return nil, false
+	}
+}
+
 // Execute carries out plan: closures to stores and hosts, then activation
 // wave by wave. Every host ends with a Result; none hides another's.
 // Cancelling ctx (Ctrl-C) starts nothing new and stops transfers; running
@@ -179,6 +189,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	}()
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
+	e.settleUnstarted()
 	e.locks.releaseAll(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
@@ -270,6 +281,28 @@ func (e *executor) transferAll(ctx context.Context) {
 			e.finished(n)
 		}
 	})
+}
+
+// settleUnstarted gives a target that no wave started (Ctrl-C came
+// first, or the policy stopped the rollout) the outcome of its transfer
+// when that failed after this deploy took its lock: its closure was on
+// its way (Ctrl-C stopped it, or a push failed), and "not started" would
+// say nothing had happened to it. A target whose transfer only waited
+// for its turn, or never got its lock, was not touched and stays not
+// started: which of the two a host gets depends on what reached it, not
+// on when Ctrl-C came.
+func (e *executor) settleUnstarted() {
+	for _, n := range e.plan.Order {
+		r := e.journal.result(n)
+		if !r.Target || r.Status != StatusNotStarted || r.Step != "" || !e.locks.holds(n) {
+			continue
+		}
+		if err, ran := e.transfers.ensured[n].result(); ran && err != nil {
+			e.settle(n, "", err)
+			e.record(n)
+			e.finished(n)
+		}
+	}
 }
 
 // runWaves activates wave after wave and returns why it stopped early, if

@@ -411,3 +411,50 @@ func TestExecutorInterruptedStorePush(t *testing.T) {
 		t.Errorf("report: interrupted %v ok %v", r.Interrupted, r.OK())
 	}
 }
+
+// Ctrl-C while a later wave's host holds its lock and waits for its
+// store's push: no wave starts it, and its result still says its deploy
+// was interrupted (its lock was taken and its closure on its way), not
+// that nothing happened to it, whatever the timing.
+func TestExecutorInterruptedTransferOfALaterWave(t *testing.T) {
+	inv := seedInventory()
+	p, err := plan.Make(inv, []string{"storage", "www-1"}, seedBuilt, [][]string{{"storage"}, {"www-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHosts()
+	f.hung = map[string]bool{"portico": true}
+	f.stalled = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		f.mu.Lock()
+		for f.locks["www-1"] == "" || len(f.jobs) == 0 {
+			f.changed.Wait()
+		}
+		f.mu.Unlock()
+		// www-1 holds its lock and its store's push hangs; storage's
+		// activation (wave 1) has started and waits.
+		cancel()
+		close(f.stalled)
+	}()
+	r := Execute(ctx, p, inv, f, f, Options{})
+	if s := r.Results["storage"].Status; s != StatusOK {
+		t.Errorf("storage, whose activation ran when Ctrl-C came: %s (%s), want ok", s, r.Results["storage"].Error)
+	}
+	if res := r.Results["www-1"]; res.Status != StatusInterrupted || res.Step != StepSubstitute {
+		t.Errorf("www-1, locked and waiting for its closure: %s at %q (%s), want interrupted at %s", res.Status, res.Step, res.Error, StepSubstitute)
+	}
+	if got := strings.Join(f.order, " "); got != "storage" {
+		t.Errorf("activated %q, want storage alone", got)
+	}
+	if !r.Interrupted || r.OK() {
+		t.Errorf("report: interrupted %v ok %v", r.Interrupted, r.OK())
+	}
+	// Its lock goes: the release closed the lock's input, and the host
+	// lets it go without nix-hive waiting (Ctrl-C).
+	f.mu.Lock()
+	for f.locks["www-1"] != "" {
+		f.changed.Wait()
+	}
+	f.mu.Unlock()
+}

@@ -193,6 +193,7 @@ func (f *fakeHosts) lock(name, owner string, stdin io.Reader, stdout io.Writer) 
 	bufio.NewReader(stdin).ReadString('\n') // held until stdin closes
 	f.mu.Lock()
 	delete(f.locks, name)
+	f.changed.Broadcast()
 	f.mu.Unlock()
 	return 0, nil
 }
@@ -203,6 +204,7 @@ func (f *fakeHosts) start(name, id string, args []string) {
 	f.mu.Lock()
 	j := &fakeJob{host: name, state: "running", before: [2]string{f.active[name], f.profile[name]}}
 	f.jobs[id] = j
+	f.changed.Broadcast()
 	f.mu.Unlock()
 	go func() {
 		if f.stalled != nil {

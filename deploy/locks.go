@@ -88,6 +88,13 @@ func (l *hostLocks) hasGzip(n string) bool {
 	return l.states[n].Gzip
 }
 
+// holds says whether this rollout holds target n's deploy lock.
+func (l *hostLocks) holds(n string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held[n] != nil
+}
+
 // release lets target n's deploy lock go, if this rollout holds it.
 func (l *hostLocks) release(ctx context.Context, n string) {
 	l.mu.Lock()
