@@ -224,3 +224,34 @@ func TestDeploySeed(t *testing.T) {
 		t.Errorf("plan --offline portico: exit %d, want it unchanged:\n%s", code, out)
 	}
 }
+
+// nix copy's pushes ride the deploy's own connections (mux.Relay): the
+// OpenSSH client is never run on this machine, so a store costs the
+// deploy host no third login, and its pinned key and jump chain are the
+// pool's. An ssh that refuses to run stands first on PATH to prove it.
+func TestDeployPushesOverItsOwnConnection(t *testing.T) {
+	s := newSeed(t)
+	trap := t.TempDir()
+	ran := filepath.Join(trap, "ran")
+	script := "#!/bin/sh\necho \"$*\" >>" + ran + "\nexit 255\n"
+	if err := os.WriteFile(filepath.Join(trap, "ssh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", trap+string(os.PathListSeparator)+os.Getenv("PATH"))
+	code, _, _ := s.run("deploy", "portico", "*")
+	if code != 0 {
+		t.Fatalf("deploy exit %d", code)
+	}
+	if b, err := os.ReadFile(ran); err == nil {
+		t.Errorf("the deploy ran OpenSSH's ssh:\n%s", b)
+	}
+	st := s.state()
+	for h, sys := range map[string]string{"portico": "portico", "storage": "storage", "www-1": "www", "www-2": "www", "www-3": "www"} {
+		if got, want := s.current(h), st.Systems[sys].OutPath; want == "" || got != want {
+			t.Errorf("%s: /run/current-system = %q, want %s", h, got, want)
+		}
+	}
+	if www := st.Systems["www"].OutPath; !s.has("portico", www) {
+		t.Errorf("the store portico lacks %s", www)
+	}
+}

@@ -23,6 +23,7 @@ type MuxCmd struct {
 	Stop  MuxStopCmd  `cmd:"" help:"Stop the hive's connection holders; their connections close."`
 	Check MuxCheckCmd `cmd:"" help:"List the hive's connection holders and what each holds."`
 	Serve MuxServeCmd `cmd:"" hidden:"" help:"Be the connection holder (what start runs in the background)."`
+	SSH   MuxSSHCmd   `cmd:"" name:"ssh" hidden:"" help:"Be the ssh that nix copy runs: its command runs over a deploy's own connection (mux.Relay)."`
 }
 
 func (c *MuxCmd) Help() string {
@@ -262,4 +263,25 @@ type MuxServeCmd struct {
 
 func (c *MuxServeCmd) Run(g *Globals) error {
 	return mux.Run(g.stdin, g.stdout, g.stderr, c.Socket, c.Log, c.Idle)
+}
+
+// MuxSSHCmd is `nix-hive mux ssh`: what a deploy's nix copy runs as ssh
+// (mux.SSHScript), so that a push rides the deploy's connection to the
+// host instead of logging in again.
+type MuxSSHCmd struct {
+	Socket string   `required:"" help:"The deploy's relay socket."`
+	Args   []string `arg:"" optional:"" passthrough:"" help:"ssh's arguments, as Nix gives them."`
+}
+
+func (c *MuxSSHCmd) Run(ctx context.Context, g *Globals) error {
+	// kong keeps the "--" that ends nix-hive's own flags (SSHScript
+	// writes one); what follows is ssh's command line, "--" and all.
+	args := c.Args
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	if code := mux.SSH(ctx, c.Socket, args, g.stdin, g.stdout, g.stderr); code != 0 {
+		return cmdline.ExitError{Code: code}
+	}
+	return nil
 }

@@ -11,15 +11,19 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
+	"github.com/nix-hive/nix-hive/mux"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
-// NixCopier pushes closures with `nix copy`, reaching instances through
-// the pool's OpenSSH configuration (written to a private temporary
-// directory), so addresses, jump hosts and pinned keys apply exactly as
-// they do for nix-hive's own connections.
+// NixCopier pushes closures with `nix copy`. With a pool, the ssh that
+// nix copy runs is nix-hive's relay (mux.Relay): the push is a session
+// on the connection the deploy already holds to the host, with its
+// address, jump hosts and pinned key, and costs the host no login of its
+// own. Without one, ssh is OpenSSH with the pool's configuration
+// (written to a private temporary directory), which resolves hosts as
+// the pool does.
 type NixCopier struct {
 	Nix       *nixcmd.Runner
 	SSHConfig string // generated config file, given to ssh as -F
@@ -34,6 +38,12 @@ type NixCopier struct {
 	// ssh looks for it.
 	pool *transport.Pool
 	dir  string
+	// relay, when set, serves the pool to nix copy's ssh: a script named
+	// ssh first on nix's PATH (bin) runs `nix-hive mux ssh`, so a push
+	// rides the connection the deploy holds to the host instead of
+	// logging in again (the region's third handshake per host).
+	relay *mux.Relay
+	bin   string
 }
 
 // NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
@@ -51,11 +61,48 @@ func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory,
 	for n, in := range inv.Instances {
 		c.logins[n] = in.User
 	}
+	if pool == nil {
+		return c, nil
+	}
+	if err := c.startRelay(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ssh relay for nix copy: %w", err)
+	}
 	return c, nil
 }
 
-// Close removes the files NewNixCopier wrote.
+// startRelay serves the pool on a socket beside the config and puts
+// the ssh that uses it in bin. This program is linked there as nix-hive,
+// so the script runs it under that name whatever its file is called.
+func (c *NixCopier) startRelay() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(c.dir, "bin")
+	if err := os.Mkdir(bin, 0o700); err != nil {
+		return err
+	}
+	if err := os.Symlink(exe, filepath.Join(bin, "nix-hive")); err != nil {
+		return err
+	}
+	r, err := mux.NewRelay(c.pool, filepath.Join(c.dir, "relay.sock"))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bin, "ssh"), []byte(mux.SSHScript(filepath.Join(bin, "nix-hive"), r.Socket())), 0o700); err != nil {
+		r.Close()
+		return err
+	}
+	c.relay, c.bin = r, bin
+	return nil
+}
+
+// Close stops the relay and removes the files NewNixCopier wrote.
 func (c *NixCopier) Close() error {
+	if c.relay != nil {
+		c.relay.Close()
+	}
 	if c.dir == "" {
 		return nil
 	}
@@ -82,6 +129,9 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 	r.Stderr = nil // per-path chatter of a fleet-wide copy helps nobody; errors keep the tail
 	if c.SSHConfig != "" {
 		r.Env = append(append([]string(nil), r.Env...), "NIX_SSHOPTS=-F "+c.SSHConfig)
+	}
+	if c.bin != "" {
+		r.Env = append(r.Env, "PATH="+c.bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
 	if c.pool != nil && !strings.Contains(dest, "://") {
 		if _, err := c.pool.Client(ctx, dest); err != nil {

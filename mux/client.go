@@ -21,6 +21,9 @@ type Client struct {
 	path   string
 	client *ssh.Client
 	done   chan struct{}
+	// via names what relays the connections in errors: "mux" (the
+	// holder), or "the deploy's connection" (a Relay).
+	via string
 
 	mu    sync.Mutex
 	files map[string]*fileReader
@@ -58,7 +61,7 @@ func Dial(path string, timeout time.Duration) (*Client, error) {
 		return nil, fmt.Errorf("mux %s: %w", path, err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	m := &Client{path: path, client: ssh.NewClient(sc, chans, reqs), done: make(chan struct{}), files: map[string]*fileReader{}}
+	m := &Client{path: path, client: ssh.NewClient(sc, chans, reqs), done: make(chan struct{}), files: map[string]*fileReader{}, via: "mux"}
 	go func() {
 		m.client.Wait()
 		close(m.done)
@@ -103,7 +106,7 @@ func (m *Client) Dial(ctx context.Context, name string, fresh bool) (*ssh.Client
 		ch, err := m.open(ctx, muxConnect, name)
 		if err != nil {
 			if oce := (*ssh.OpenChannelError)(nil); errors.As(err, &oce) {
-				err = fmt.Errorf("%s (through mux)", oce.Message)
+				err = fmt.Errorf("%s (through %s)", oce.Message, m.via)
 				if oce.Reason == ssh.Prohibited { // see dialRejection
 					err = transport.LoginError{Err: err}
 				}

@@ -33,6 +33,11 @@ type Server struct {
 	retired atomic.Bool
 	ln      *net.UnixListener
 
+	// relayOnly serves a command's pool (Relay): channels only, no
+	// requests that would stop, retire or reset what the command holds.
+	relayOnly bool
+	aliases   map[string]string // a Relay's instances by transport.Alias
+
 	clients atomic.Int64
 	reads   atomic.Int64 // file-read channels opened: hosts a command read
 	mu      sync.Mutex
@@ -262,6 +267,10 @@ func (s *Server) serveClient(ctx context.Context, c net.Conn) {
 
 func (s *Server) globalRequests(reqs <-chan *ssh.Request) {
 	for r := range reqs {
+		if s.relayOnly && r.Type != "keepalive@openssh.com" {
+			r.Reply(false, nil)
+			continue
+		}
 		switch r.Type {
 		case muxReset:
 			s.pool.Reset(string(r.Payload))
@@ -295,10 +304,19 @@ func (s *Server) Info() Info {
 		SFTPRequests: st.SFTPRequests, Socket: s.socket}
 }
 
+// instance is the instance a client names: a Relay also knows each by
+// its alias, the host name the ssh that nix copy runs is given.
+func (s *Server) instance(name string) string {
+	if n, ok := s.aliases[name]; ok {
+		return n
+	}
+	return name
+}
+
 func (s *Server) channel(ctx context.Context, nc ssh.NewChannel) {
 	switch nc.ChannelType() {
 	case muxConnect:
-		name := string(nc.ExtraData())
+		name := s.instance(string(nc.ExtraData()))
 		cctx, cancel := context.WithTimeout(ctx, s.dialBound(name))
 		defer cancel()
 		if _, err := s.pool.Client(cctx, name); err != nil {
@@ -316,13 +334,14 @@ func (s *Server) channel(ctx context.Context, nc ssh.NewChannel) {
 		}
 		s.reads.Add(1)
 		go ssh.DiscardRequests(reqs)
-		s.files(ctx, ch, string(nc.ExtraData()))
+		s.files(ctx, ch, s.instance(string(nc.ExtraData())))
 	case muxOpen:
 		var m openMsg
 		if err := ssh.Unmarshal(nc.ExtraData(), &m); err != nil {
 			nc.Reject(ssh.Prohibited, "malformed "+muxOpen)
 			return
 		}
+		m.Instance = s.instance(m.Instance)
 		s.relay(ctx, nc, m)
 	default:
 		nc.Reject(ssh.UnknownChannelType, nc.ChannelType())
