@@ -362,8 +362,8 @@ func (b *bench) reportAccount(w io.Writer, rows []*row) {
 	if len(acc) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nper host (issue 28): SSH handshakes = nix-hive's own connections (its -v; through mux, the holder's new ones), without\n")
-	fmt.Fprintf(w, "the ssh that nix copy starts to the region (in TCP above); exec and sftp sessions and sftp requests (packets sent) from its -v,\n")
+	fmt.Fprintf(w, "\nper host (issue 28): SSH handshakes = nix-hive's own connections (its -v; through mux, the holder's new ones); nix copy's\n")
+	fmt.Fprintf(w, "pushes ride them (its ssh is nix-hive's relay; TCP above counts any other); exec and sftp sessions and sftp requests (packets sent) from its -v,\n")
 	fmt.Fprintf(w, "through mux with the holder's sftp requests; processes = pids the host's pid namespace allocated (processes and threads,\n")
 	fmt.Fprintf(w, "ns_last_pid before and after, less the reader's own); KiB up = (bytes to the region - closure) / hosts, KiB down = bytes\n")
 	fmt.Fprintf(w, "from the region / hosts (nft, IP packets; pkts: their number); sshd conns = connections each host's sshd was asked for by any\n")
