@@ -160,10 +160,14 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	defer s.cleanUp()
 	go func() {
 		s.waitIdle(ctx)
-		// Clients see their connection end only once the hosts' have:
-		// mux stop returns when the holder is gone.
+		// Clients see their connection end only once the hosts' have
+		// and the holder's record is gone: mux stop returns when the
+		// holder is, and a command that stopped the holder it started
+		// leaves nothing behind (TestMuxOnlyWhenConnected found the
+		// record still there now and then).
 		ln.Close()
 		s.pool.Close()
+		s.cleanUp()
 		cancel()
 	}()
 	var wg sync.WaitGroup
