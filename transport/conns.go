@@ -271,6 +271,7 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 		return nil, err
 	}
 	defer closeAgent()
+	raw = newBatchConn(raw)
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
 	}
