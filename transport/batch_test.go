@@ -56,6 +56,16 @@ func (g *gatedConn) written() [][]byte {
 	return append([][]byte(nil), g.writes...)
 }
 
+// readAll is what c's peer reads until the connection closes.
+func readAll(c net.Conn) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(c)
+		got <- all
+	}()
+	return got
+}
+
 func TestBatchConn(t *testing.T) {
 	t.Run("a lone write leaves at once", func(t *testing.T) {
 		g := newGatedConn()
@@ -102,11 +112,7 @@ func TestBatchConn(t *testing.T) {
 	t.Run("close lets what is queued leave", func(t *testing.T) {
 		a, c := net.Pipe()
 		b := newBatchConn(a)
-		got := make(chan []byte)
-		go func() {
-			all, _ := io.ReadAll(c)
-			got <- all
-		}()
+		got := readAll(c)
 		want := bytes.Repeat([]byte("0123456789"), 1000)
 		for i := 0; i < len(want); i += 100 {
 			b.Write(want[i : i+100])
@@ -127,11 +133,7 @@ func TestBatchConn(t *testing.T) {
 	t.Run("concurrent writers' bytes arrive whole", func(t *testing.T) {
 		a, c := net.Pipe()
 		b := newBatchConn(a)
-		got := make(chan []byte)
-		go func() {
-			all, _ := io.ReadAll(c)
-			got <- all
-		}()
+		got := readAll(c)
 		var wg sync.WaitGroup
 		for w := range 4 {
 			wg.Add(1)
