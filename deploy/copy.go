@@ -13,20 +13,18 @@ import (
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/mux"
 	"github.com/nix-hive/nix-hive/nixcmd"
-	"github.com/nix-hive/nix-hive/openssh"
 	"github.com/nix-hive/nix-hive/transport"
 )
 
-// NixCopier pushes closures with `nix copy`. With a pool, the ssh that
-// nix copy runs is nix-hive's relay (mux.Relay): the push is a session
-// on the connection the deploy already holds to the host, with its
-// address, jump hosts and pinned key, and costs the host no login of its
-// own. Without one, ssh is OpenSSH with the pool's configuration
-// (written to a private temporary directory), which resolves hosts as
-// the pool does.
+// NixCopier pushes closures with `nix copy`. Made by NewNixCopier, the
+// ssh that nix copy runs is nix-hive's relay (mux.Relay): the push is a
+// session on the connection the deploy already holds to the host, with
+// its address, jump hosts and pinned key, and costs the host no login of
+// its own. A NixCopier made without a pool runs OpenSSH, given SSHConfig
+// (openssh.Write) when set.
 type NixCopier struct {
 	Nix       *nixcmd.Runner
-	SSHConfig string // generated config file, given to ssh as -F
+	SSHConfig string // an OpenSSH config for ssh -F, without a relay
 	// Privilege says how nix-store writes the store of an instance whose
 	// login is not root (host.Privilege.CopyProgram).
 	Privilege *host.Privilege
@@ -46,23 +44,16 @@ type NixCopier struct {
 	bin   string
 }
 
-// NewNixCopier writes pool's OpenSSH files for nix copy; Close removes
-// them.
+// NewNixCopier serves pool to nix copy's ssh from a private temporary
+// directory; Close stops it and removes the directory.
 func NewNixCopier(nix *nixcmd.Runner, pool *transport.Pool, inv *eval.Inventory, priv *host.Privilege) (*NixCopier, error) {
 	dir, err := os.MkdirTemp("", "nix-hive-ssh-")
 	if err != nil {
-		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
+		return nil, fmt.Errorf("ssh relay for nix copy: %w", err)
 	}
-	c := &NixCopier{Nix: nix, SSHConfig: filepath.Join(dir, "ssh_config"), Privilege: priv, logins: map[string]string{}, pool: pool, dir: dir}
-	if err := openssh.Write(pool.Hosts(), c.SSHConfig, filepath.Join(dir, "known_hosts")); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ssh config for nix copy: %w", err)
-	}
+	c := &NixCopier{Nix: nix, Privilege: priv, logins: map[string]string{}, pool: pool, dir: dir}
 	for n, in := range inv.Instances {
 		c.logins[n] = in.User
-	}
-	if pool == nil {
-		return c, nil
 	}
 	if err := c.startRelay(); err != nil {
 		c.Close()

@@ -2,8 +2,6 @@ package mux
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -37,11 +35,7 @@ type Relay struct {
 // be private) and serves pool's instances there, by instance name or
 // by the alias transport.Alias gives it, until Close.
 func NewRelay(pool *transport.Pool, path string) (*Relay, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
+	signer, err := newHostKey()
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}

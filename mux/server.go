@@ -68,12 +68,7 @@ func NewServer(cfg transport.Config, idle time.Duration, log func(format string,
 	if err != nil {
 		return nil, err
 	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		p.Close()
-		return nil, err
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
+	signer, err := newHostKey()
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -84,6 +79,16 @@ func NewServer(cfg transport.Config, idle time.Duration, log func(format string,
 	return &Server{pool: p, idle: idle, started: time.Now(), hostKey: signer, log: log,
 		active: make(chan struct{}, 1), stop: make(chan struct{}),
 		record: Record{Pid: os.Getpid(), Hive: cfg.Hive, ConfigSum: configOf(cfg).sum(), Started: time.Now()}}, nil
+}
+
+// newHostKey is a key of the holder's (or a Relay's) own for this run:
+// clients check it against the copy written beside the socket.
+func newHostKey() (ssh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return ssh.NewSignerFromKey(priv)
 }
 
 // SetLog names the holder's log file in its record, for mux check to

@@ -78,8 +78,8 @@ func parseSSH(args []string) (sshCommand, error) {
 			case 'O':
 				c.control = v
 			case 'o':
-				k, val, _ := strings.Cut(v, "=")
-				if !strings.Contains(v, "=") {
+				k, val, ok := strings.Cut(v, "=") // or "Key Value"
+				if !ok {
 					k, val, _ = strings.Cut(v, " ")
 				}
 				switch strings.ToLower(strings.TrimSpace(k)) {
