@@ -33,7 +33,8 @@ type DeployCmd struct {
 	TrustHiveKey bool `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
 	Escalation
 	Reboot        bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
-	RebootTimeout time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot."`
+	RebootTimeout time.Duration `default:"10m" help:"How long to wait for a host to come back from --reboot (and, with the boot fallback, as long again for the boot its watchdog makes into the old system)."`
+	BootFallback  bool          `default:"true" negatable:"" help:"With --reboot: boot the new system once (systemd-boot's one-shot entry, GRUB's grub-reboot) and keep the running one the default until the new one has come back and answered; a new system that does not come up is left by the host's next boot (a watchdog's or a power cycle's). A host whose boot loader cannot fails before anything changes, unless --force."`
 	KeyLimits
 }
 
@@ -120,7 +121,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	if c.Reboot && act.Goal != host.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
-	act.Reboot, act.RebootTimeout = c.Reboot, c.RebootTimeout
+	act.Reboot, act.RebootTimeout, act.BootFallback = c.Reboot, c.RebootTimeout, c.BootFallback
 	conn, err := connection(g, &c.Fleet, &c.Escalation, c.Parallel)
 	if err != nil {
 		return deploy.Options{}, err

@@ -32,8 +32,10 @@ type faultLab struct {
 	dir string
 }
 
-func newFaultLab(t *testing.T, n int) *faultLab {
-	l := appLab(t, n)
+func newFaultLab(t *testing.T, n int) *faultLab { return newFaultLabOf(t, appLab(t, n)) }
+
+// newFaultLabOf is newFaultLab on lab l, made by the test.
+func newFaultLabOf(t *testing.T, l *lab.Lab) *faultLab {
 	root, _ := filepath.Abs("..")
 	f := &faultLab{t: t, lab: l, dir: t.TempDir()}
 	f.write("lab.nix", l.HiveNix())
@@ -52,13 +54,16 @@ in {
 }
 
 // appLab starts a lab of plain hosts app-1..app-n for tests that run nix.
-func appLab(t *testing.T, n int) *lab.Lab {
+func appLab(t *testing.T, n int) *lab.Lab { return appLabWith(t, n, lab.Config{}) }
+
+// appLabWith is appLab with the rest of the lab's configuration.
+func appLabWith(t *testing.T, n int, cfg lab.Config) *lab.Lab {
 	nixtest.Require(t)
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("app-%d", i+1)
+	cfg.Names = make([]string, n)
+	for i := range cfg.Names {
+		cfg.Names[i] = fmt.Sprintf("app-%d", i+1)
 	}
-	return labtest.New(t, lab.Config{Names: names})
+	return labtest.New(t, cfg)
 }
 
 // keygenTrusted makes the hive's key pair and has every lab host but

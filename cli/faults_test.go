@@ -703,9 +703,10 @@ func reportOf(t *testing.T, out string) event {
 	return evs[len(evs)-1]
 }
 
-// --goal boot --reboot: the host reboots (the lab emulates it: /run
-// empties, the boot follows the system profile), nix-hive waits for it to
-// come back and checks it runs the new system. Without --goal boot,
+// --goal boot --reboot --no-boot-fallback: the host reboots (the lab
+// emulates it: /run empties, the boot follows the system profile),
+// nix-hive waits for it to come back and checks it runs the new system
+// (boot_test.go has the boot fallback). Without --goal boot,
 // --reboot is a usage error.
 func TestDeployBootWithReboot(t *testing.T) {
 	f := newFaultLab(t, 2)
@@ -715,7 +716,7 @@ func TestDeployBootWithReboot(t *testing.T) {
 	if code, _, errOut := f.run("deploy", "--no", "build", "--reboot"); code != 2 || !strings.Contains(errOut, "--reboot needs --goal boot") {
 		t.Errorf("--reboot without --goal boot: exit %d, %s", code, errOut)
 	}
-	code, out, errOut := f.run("deploy", "--no", "build", "--goal", "boot", "--reboot", "--connect-timeout", faultConnect, "app-1")
+	code, out, errOut := f.run("deploy", "--no", "build", "--goal", "boot", "--reboot", "--no-boot-fallback", "--connect-timeout", faultConnect, "app-1")
 	if code != 0 {
 		t.Fatalf("boot deploy with reboot: exit %d", code)
 	}

@@ -74,6 +74,12 @@ type Activation struct {
 	// waits up to RebootTimeout for it to come back on the new system.
 	Reboot        bool
 	RebootTimeout time.Duration
+	// BootFallback, with Reboot, boots the new system once and keeps the
+	// one that runs now the boot loader's default until the new one has
+	// come back and answered (host.PrepareBootFallback). A host whose
+	// boot loader cannot do that fails before anything changes, unless
+	// Force, which reboots it without the fallback.
+	BootFallback bool
 }
 
 func (a Activation) withDefaults() Activation {

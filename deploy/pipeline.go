@@ -76,7 +76,9 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 	if job := checksPending(p.opts.Activation.Goal, before, h.OutPath); job != "" && !p.opts.Activation.Force {
 		return p.recheck(actx, n, job, batch)
 	}
-	if !p.opts.Activation.Force && upToDate(p.opts.Activation.Goal, before, h.OutPath) {
+	// A reboot is only done once the host runs what it booted.
+	rebooted := !p.opts.Activation.Reboot || before.Active == h.OutPath
+	if !p.opts.Activation.Force && rebooted && upToDate(p.opts.Activation.Goal, before, h.OutPath) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
 		if batch != nil {
@@ -88,6 +90,10 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 		return StatusUnchanged, nil
 	}
 	if err := p.checks.pre(ctx, n); err != nil {
+		return "", err
+	}
+	loader, err := p.bootLoader(ctx, n)
+	if err != nil {
 		return "", err
 	}
 	if err := p.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
@@ -105,7 +111,7 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 		return "", err
 	}
 	if p.opts.Activation.Reboot {
-		if err := p.reboot(actx, n); err != nil {
+		if err := p.reboot(actx, n, job, before.Active, loader); err != nil {
 			return "", err
 		}
 	}

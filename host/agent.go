@@ -35,6 +35,7 @@ var agentOps = map[string]string{
 	realiseProgram:  "realise",
 	repairProgram:   "repair",
 	keyWriteProgram: "write-key",
+	bootProgram:     "boot",
 	// Not root's work, but an operation too so that it can run in the
 	// deploy lock's session (see KeyOwners).
 	keyOwnersProgram: "key-owners",

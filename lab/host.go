@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -84,6 +85,7 @@ type Host struct {
 	netns    string   // network namespace file; "" for the root namespace
 	listen   []string // addresses sshd listens on
 	sshd     string   // extra sshd_config lines, read before the lab's own
+	loader   string   // the emulated boot loader (bootloader.go), "" for none
 
 	mu    sync.Mutex
 	boots int
@@ -100,7 +102,7 @@ func newHost(l *Lab, name, addr, jump, netns string, listen ...string) *Host {
 	return &Host{
 		Name: name, Addr: addr, Port: sshPort, Jump: jump, Root: root, Nix: l.nixFor[name],
 		lab: l, files: newLayout(root), firewall: newFirewall(addr, netns),
-		netns: netns, listen: listen,
+		netns: netns, listen: listen, loader: l.bootLoader[name],
 	}
 }
 
@@ -151,7 +153,9 @@ func (h *Host) prepare() error {
 	if err := os.MkdirAll(h.files.bin, 0o755); err != nil {
 		return fmt.Errorf("prepare host %s: %w", h.Name, err)
 	}
-	for name, text := range map[string]string{"lab-service": h.serviceScript(), "reboot": rebootScript} {
+	scripts := map[string]string{"lab-service": h.serviceScript(), "reboot": rebootScript}
+	maps.Copy(scripts, bootScripts(h.loader))
+	for name, text := range scripts {
 		if err := writeFileAtomic(filepath.Join(h.files.bin, name), []byte(text), 0o755); err != nil {
 			return fmt.Errorf("prepare host %s: %w", h.Name, err)
 		}
@@ -270,6 +274,9 @@ func (h *Host) script() string {
 	// A /proc of the host's own pid namespace: ps inside shows the host only.
 	b.WriteString("mount -t proc proc /proc\n")
 	fmt.Fprintf(&b, "echo %s >/proc/sys/kernel/hostname\n", shell.Quote(h.Name))
+	if h.loader != "" {
+		b.WriteString(bootInit())
+	}
 	b.WriteString(`[ -d /run/sshd ] || mkdir -p /run/sshd
 p=/nix/var/nix/profiles/system
 if [ ! -e /run/current-system ] && [ -e $p ]; then
@@ -474,6 +481,13 @@ func (h *Host) waitReady(ctx context.Context) error {
 		data, err := os.ReadFile(h.files.sshdPid)
 		if err == nil && bytes.HasSuffix(data, []byte("\n")) {
 			return nil
+		}
+		if h.loader != "" {
+			// A boot that failed is up too, without sshd, until its
+			// watchdog reboots it (see bootInit).
+			if _, err := os.Stat(h.Path(bootFailedMark)); err == nil {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():

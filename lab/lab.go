@@ -44,6 +44,9 @@ type Config struct {
 	// per host, for fleets mid-upgrade.
 	Nix    string
 	NixFor map[string]string
+	// BootLoader gives hosts an emulated boot loader (SystemdBoot or
+	// GRUB; see bootloader.go), by name.
+	BootLoader map[string]string
 }
 
 // Lab is a set of running hosts and the files to reach them.
@@ -69,14 +72,15 @@ type Lab struct {
 	// through it) crosses it, so shaping it models a slow uplink.
 	Uplink string
 
-	removeDir bool
-	noSFTP    []string
-	noGzip    []string
-	nixFor    map[string]string // host name -> Nix bin directory
-	dirLock   *os.File
-	block     *addrBlock
-	internal  *internalNet
-	tree      *treeNet
+	removeDir  bool
+	noSFTP     []string
+	noGzip     []string
+	nixFor     map[string]string // host name -> Nix bin directory
+	bootLoader map[string]string // host name -> emulated boot loader
+	dirLock    *os.File
+	block      *addrBlock
+	internal   *internalNet
+	tree       *treeNet
 
 	mu        sync.Mutex // guards the hosts' HostKey and the files derived from them
 	closeOnce sync.Once
@@ -107,6 +111,15 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	l.nixFor = nixFor
+	for n, loader := range cfg.BootLoader {
+		if !validBootLoader(loader) {
+			return nil, fmt.Errorf("lab config: boot loader of %q: %q is neither %q nor %q", n, loader, SystemdBoot, GRUB)
+		}
+		if _, ok := nixFor[n]; !ok {
+			return nil, fmt.Errorf("lab config: boot loader of %q: no such host", n)
+		}
+	}
+	l.bootLoader = cfg.BootLoader
 	if err := l.start(ctx, cfg.Dir, plain, internal, jump, tree); err != nil {
 		return nil, errors.Join(err, l.Close())
 	}

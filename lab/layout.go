@@ -20,6 +20,8 @@ var overlays = []struct{ inHost, dir string }{
 	{"/run", "run"},
 	{"/etc/nix", "etc-nix"},
 	{"/root", "root"},
+	// A boot loader's files (see bootloader.go); empty without one.
+	{"/boot", "boot"},
 }
 
 // layout owns where a host's files live on this machine and how the host
@@ -110,6 +112,11 @@ func (f layout) mountIn(pid int, hideGzip bool) error {
 		}
 	}
 	for _, o := range overlays {
+		// A machine without /boot (a container, say) gets the mount
+		// point; nothing is written there.
+		if err := os.MkdirAll(o.inHost, 0o755); err != nil {
+			return fmt.Errorf("mounts: %w", err)
+		}
 		if err := unix.Mount(filepath.Join(f.root, o.dir), o.inHost, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("mounts: bind %s on %s: %w", filepath.Join(f.root, o.dir), o.inHost, err)
 		}

@@ -119,6 +119,26 @@ in
         description = "Whether sudo lets the login run nix-hive-agent without its password (otherwise nix-hive asks for it once per run).";
       };
     };
+    bootFallback = {
+      enable = mkEnableOption ''
+        what `nix-hive deploy --goal boot --reboot` needs to fall back from a
+        new system that does not boot: with GRUB, booting the saved entry
+        (boot.loader.grub.default = "saved"), so that grub-reboot's one-time
+        entry and grub-set-default's default apply; systemd-boot needs nothing
+      '';
+      watchdog = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "30s";
+        description = ''
+          Arms the hardware watchdog for this long (systemd.watchdog.runtimeTime):
+          a boot that hangs is reset by the hardware, and that reset boots the
+          default entry, which nix-hive's boot fallback kept the system that ran
+          before. This is what makes the fallback automatic; without a
+          watchdog, a power cycle by the operator does it.
+        '';
+      };
+    };
     serveStore = {
       enable = mkEnableOption "serving this host's Nix store to consumer instances over SSH";
       keys = mkOption {
@@ -146,6 +166,8 @@ in
     nix.settings.trusted-public-keys = optional (cfg.publicKey != null) cfg.publicKey;
     nix.settings.substituters = optional (cfg.store != null) cfg.store;
     nix.settings.require-sigs = lib.mkDefault true;
+    boot.loader.grub.default = mkIf cfg.bootFallback.enable (lib.mkDefault "saved");
+    systemd.watchdog.runtimeTime = mkIf (cfg.bootFallback.watchdog != null) cfg.bootFallback.watchdog;
     nix.sshServe = mkIf cfg.serveStore.enable {
       enable = true;
       keys = cfg.serveStore.keys;

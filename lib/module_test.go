@@ -327,3 +327,37 @@ func TestModuleSudoAgent(t *testing.T) {
 		t.Errorf("without nix-hive.sudo.user: rules %+v, %v", none.Rules, err)
 	}
 }
+
+// nix-hive.bootFallback: GRUB boots the saved entry (unless the operator
+// says otherwise) and the watchdog is systemd's runtime watchdog, under
+// NixOS's option types.
+func TestModuleBootFallback(t *testing.T) {
+	nixtest.Require(t)
+	nixpkgs := nixtest.Nixpkgs(t)
+	type boot struct {
+		Grub     any     `json:"grub"`
+		Watchdog *string `json:"watchdog"`
+	}
+	const result = `{ grub = config.boot.loader.grub.default; watchdog = config.systemd.watchdog.runtimeTime; }`
+	for _, c := range []struct {
+		name, module string
+		grub         any
+		watchdog     string
+	}{
+		{"off", `{ }`, float64(0), ""},
+		{"on", `{ nix-hive.bootFallback = { enable = true; watchdog = "30s"; }; }`, "saved", "30s"},
+		{"the operator's GRUB default wins", `{ nix-hive.bootFallback.enable = true; boot.loader.grub.default = 2; }`, float64(2), ""},
+	} {
+		var got boot
+		if err := evalNixOS(t, nixpkgs, []string{"module", c.module}, result, &got); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		w := ""
+		if got.Watchdog != nil {
+			w = *got.Watchdog
+		}
+		if got.Grub != c.grub || w != c.watchdog {
+			t.Errorf("%s: grub default %v, watchdog %q; want %v, %q", c.name, got.Grub, w, c.grub, c.watchdog)
+		}
+	}
+}

@@ -5,7 +5,8 @@
 # switch/test, points /run/current-system at itself, which is what nix-hive
 # checks after activation. On a lab host
 # (which has lab-service) switch/test also do what switching a NixOS
-# configuration does to sshd and the firewall.
+# configuration does to sshd and the firewall, and switch/boot install the
+# host's emulated boot loader (lab-bootloader) where it has one.
 #
 #   broken = true          switch-to-configuration exits 1
 #   failOn = [ "switch" ]  it exits 1 for these goals only (a unit that fails
@@ -21,6 +22,9 @@
 #                          packages the system references from sw/, each a
 #                          store path of its own (name-version), as a NixOS
 #                          system path does: what plan's closure diffs show
+#   bootFails = true       the system fails to boot on a lab host with an
+#                          emulated boot loader: its sshd never starts, and
+#                          the lab's watchdog reboots the host
 #   etc = { "nix/nix.conf" = "..."; }
 #                          files of the system's etc/ (what a configuration
 #                          decided, for tests of modules systems)
@@ -36,6 +40,7 @@
 , system ? "x86_64-linux"
 , etc ? { }
 , packages ? [ ]
+, bootFails ? false
 }:
 assert builtins.elem sshd [ "on" "off" ];
 assert builtins.elem firewall [ "open" "block-ssh" ];
@@ -66,7 +71,7 @@ derivation (etcTexts // {
   # etc file i (names without spaces) has its text in $etc_i
   etcNames = builtins.attrNames etc;
   packages = map package packages;
-  args = [ "-c" ''
+  args = [ "-c" (''
     set -e
     mkdir -p "$out/bin"
     echo "$hiveSystemName" > "$out/name"
@@ -95,6 +100,9 @@ derivation (etcTexts // {
     fi
     if [ "$sleepSeconds" -gt 0 ]; then sleep "$sleepSeconds"; fi
     case " $failOn " in *" \$goal "*) echo "switch-to-configuration: $hiveSystemName fails \$goal on purpose" >&2; exit 1;; esac
+    case "\$goal" in switch|boot)
+      if command -v lab-bootloader >/dev/null 2>&1; then lab-bootloader install; fi ;;
+    esac
     case "\$goal" in
       switch|test)
         ln -sfn "$out" /run/current-system.tmp && mv -T /run/current-system.tmp /run/current-system
@@ -107,5 +115,7 @@ derivation (etcTexts // {
     echo "activated $hiveSystemName ($version) with goal \$goal"
     EOS
     chmod +x "$out/bin/switch-to-configuration"
-  '' ];
+  '' + (if bootFails then ''
+    touch "$out/lab-boot-fails"
+  '' else "")) ];
 })

@@ -1,6 +1,6 @@
 # Declarations of the NixOS options the tests' modules set, with the types
 # NixOS gives them (nixos/modules/config/nix.nix, services/misc/nix-ssh-serve.nix,
-# system/boot/systemd.nix, config/users-groups.nix, config/system-path.nix,
+# system/boot/systemd.nix, system/boot/loader/grub/grub.nix, config/users-groups.nix, config/system-path.nix,
 # security/sudo.nix), and what
 # nix-ssh-serve.nix does with its options: enough for the real module
 # system to merge, check and reject values as NixOS would.
@@ -66,6 +66,8 @@ in
       });
       default = [ ];
     };
+    systemd.watchdog.runtimeTime = mkOption { type = types.nullOr types.str; default = null; };
+    boot.loader.grub.default = mkOption { type = types.either types.int types.str; default = 0; };
     services.openssh.enable = mkOption { type = types.bool; default = false; };
     services.openssh.extraConfig = mkOption { type = types.lines; default = ""; };
   };

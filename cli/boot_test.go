@@ -1,0 +1,133 @@
+package cli_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nix-hive/nix-hive/lab"
+)
+
+// The boot fallback of --goal boot --reboot, on lab hosts with emulated
+// boot loaders (lab/bootloader.go): app-1 has systemd-boot, app-2 GRUB
+// (with the saved default), app-3 neither.
+//
+//   - A new system that boots on app-1 becomes the default: the EFI
+//     override nix-hive set for the reboot is gone, loader.conf's default
+//     (the new generation) decides, and a later reboot starts it again.
+//   - A new system that fails to boot on app-2 (its sshd never starts)
+//     is left by the lab's watchdog reboot into the old default; the
+//     deploy says "rolled back (boot)", exits non-zero, and the host ends
+//     with the old system active, in its profile and as GRUB's default.
+//   - app-3's boot loader can do neither: the deploy refuses before
+//     anything changes there, unless --force.
+func TestDeployBootFallback(t *testing.T) {
+	f := newFaultLabOf(t, appLabWith(t, 3, lab.Config{BootLoader: map[string]string{"app-1": lab.SystemdBoot, "app-2": lab.GRUB}}))
+	v1 := f.baseline()
+	f.variants(map[string]string{
+		"app-1": `version = "2";`,
+		"app-2": `version = "2"; bootFails = true;`,
+		"app-3": `version = "2";`,
+	})
+	v2 := f.build()
+	efi := func(name string) string {
+		b, _ := os.ReadFile(f.lab.Host("app-1").Path("/boot/.lab-efivars/" + name))
+		return strings.TrimSpace(string(b))
+	}
+	grubenv := func() string {
+		b, _ := os.ReadFile(f.lab.Host("app-2").Path("/boot/grub/grubenv"))
+		return string(b)
+	}
+	deploy := func(args ...string) (int, string, string) {
+		return f.run(append([]string{"deploy", "--no", "build", "--goal", "boot", "--reboot", "--reboot-timeout", "60s", "--connect-timeout", faultConnect}, args...)...)
+	}
+
+	t.Run("a boot that succeeds becomes the default", func(t *testing.T) {
+		code, out, errOut := deploy("app-1")
+		if code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		summaryHas(t, out, "app-1", " ok ")
+		for _, want := range []string{
+			"app-1 [wave 1] reboot info: systemd-boot: the next boot starts nixos-generation-2.conf once; nixos-generation-1.conf stays the default",
+			"app-1 [wave 1] reboot ok: booted " + v2["app-1"] + "; its entry nixos-generation-2.conf is the default",
+		} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("no %q in:\n%s", want, errOut)
+			}
+		}
+		if got := f.system("app-1"); got.active != v2["app-1"] || got.profile != v2["app-1"] {
+			t.Errorf("app-1 runs %+v, want %s", got, v2["app-1"])
+		}
+		if d, o := efi("LoaderEntryDefault"), efi("LoaderEntryOneShot"); d != "" || o != "" {
+			t.Errorf("EFI variables left: default %q, one-shot %q; want none (loader.conf decides)", d, o)
+		}
+		if n := f.lab.Host("app-1").Boots(); n != 1 {
+			t.Errorf("app-1 booted %d times, want 1", n)
+		}
+		// The next boot, nix-hive's no longer, starts the new system too.
+		// The reboot kills the command with the rest of the host: its
+		// error says nothing; the boot count does.
+		f.lab.Host("app-1").Exec(context.Background(), "reboot")
+		waitUntil(t, "app-1's second boot", func() bool { return f.lab.Host("app-1").Boots() == 2 })
+		if got := f.system("app-1"); got.active != v2["app-1"] {
+			t.Errorf("after another reboot app-1 runs %s, want %s", got.active, v2["app-1"])
+		}
+	})
+
+	t.Run("a boot that fails is rolled back", func(t *testing.T) {
+		code, out, errOut := deploy("app-2")
+		if code == 0 {
+			t.Fatal("a boot that fails: exit 0")
+		}
+		summaryHas(t, out, "app-2", "rolled-back", "rolled back (boot)")
+		for _, want := range []string{
+			`app-2 [wave 1] reboot info: grub: the next boot starts NixOS once; NixOS - All configurations>NixOS - Configuration 1 (lab) stays the default`,
+			"app-2 [wave 1] rollback ok: the system profile and the boot loader's default are " + v1["app-2"] + " again",
+		} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("no %q in:\n%s", want, errOut)
+			}
+		}
+		if got := f.system("app-2"); got.active != v1["app-2"] || got.profile != v1["app-2"] {
+			t.Errorf("app-2 runs %+v, want %s", got, v1["app-2"])
+		}
+		// The failed boot, then the watchdog's into the default.
+		if n := f.lab.Host("app-2").Boots(); n != 2 {
+			t.Errorf("app-2 booted %d times, want 2", n)
+		}
+		if env := grubenv(); strings.Contains(env, "next_entry=") || !strings.Contains(env, "saved_entry=NixOS\n") {
+			t.Errorf("grubenv after the rollback:\n%s\nwant the top entry (now %s) saved and no one-shot", env, v1["app-2"])
+		}
+		if !strings.Contains(f.lab.Host("app-2").LogTail(), v2["app-2"]+" fails to boot") {
+			t.Errorf("the lab did not boot the failing system: %s", f.lab.Host("app-2").LogTail())
+		}
+		f.recorded(map[string]string{"app-2": "rolled-back"})
+	})
+
+	t.Run("no boot loader to fall back with", func(t *testing.T) {
+		code, out, _ := deploy("app-3")
+		if code == 0 {
+			t.Fatal("app-3 without a boot loader: exit 0")
+		}
+		summaryHas(t, out, "app-3", "failed", "no boot fallback: neither systemd-boot", "nothing changed (--force reboots without the fallback)")
+		if got := f.system("app-3"); got.active != v1["app-3"] || got.profile != v1["app-3"] {
+			t.Errorf("app-3 changed: %+v", got)
+		}
+		if n := f.lab.Host("app-3").Boots(); n != 0 {
+			t.Errorf("app-3 rebooted")
+		}
+		code, out, errOut := deploy("--force", "app-3")
+		if code != 0 {
+			t.Fatalf("--force: exit %d", code)
+		}
+		summaryHas(t, out, "app-3", " ok ")
+		if !strings.Contains(errOut, "--force: rebooting without it") {
+			t.Errorf("--force does not say it reboots without the fallback:\n%s", errOut)
+		}
+		if got := f.system("app-3"); got.active != v2["app-3"] || f.lab.Host("app-3").Boots() != 1 {
+			t.Errorf("app-3 after --force: %+v, %d boots", got, f.lab.Host("app-3").Boots())
+		}
+	})
+}
