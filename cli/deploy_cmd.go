@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nix-hive/nix-hive/deploy"
+	"github.com/nix-hive/nix-hive/endpoint"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
@@ -27,8 +28,9 @@ type DeployCmd struct {
 	Fleet
 	Steps
 	Rollout
-	Parallel int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
-	Targets  []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Parallel       int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
+	Targets        []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Specialisation string   `help:"Activate specialisation/NAME of each target's system (with switch or test), instead of the hive's per-instance specialisation; the system profile still gets the system, as nixos-rebuild --specialisation does." placeholder:"NAME"`
 	Activation
 	TrustHiveKey bool `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
 	Escalation
@@ -118,6 +120,14 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	if err != nil {
 		return deploy.Options{}, err
 	}
+	if c.Specialisation != "" {
+		if err := endpoint.CheckSpecialisation(c.Specialisation); err != nil {
+			return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--specialisation %q %w", c.Specialisation, err)}
+		}
+	}
+	if c.Specialisation != "" && act.Goal == host.GoalBoot {
+		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--specialisation needs --goal switch or test: the boot loader starts the system itself, never a specialisation")}
+	}
 	if c.Reboot && act.Goal != host.GoalBoot {
 		return deploy.Options{}, cmdline.UsageError{Err: fmt.Errorf("--reboot needs --goal boot (a switch or test already runs the new system)")}
 	}
@@ -138,7 +148,7 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	mode := c.paths(eval.Build)
-	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode, Specialisation: c.Specialisation})
 	if err != nil {
 		return err
 	}

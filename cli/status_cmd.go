@@ -127,7 +127,11 @@ func (c *StatusCmd) report(g *Globals, rows []deploy.StatusRow) error {
 			// end, and a table cell would cut it.
 			why = append(why, fmt.Sprintf("%s: %s", r.Instance, r.Error))
 		}
-		table = append(table, []string{r.Instance, r.System, gen, r.Active, state})
+		active := r.Active
+		if r.Specialisation != "" {
+			active += " (specialisation " + r.Specialisation + ")"
+		}
+		table = append(table, []string{r.Instance, r.System, gen, active, state})
 	}
 	if err := g.render(rows, "INSTANCE\tSYSTEM\tGEN\tACTIVE\tSTATE", table); err != nil {
 		return err

@@ -440,7 +440,7 @@ func (e *executor) record(n string) {
 		e.opts.Record.State.SetInstance(n, rec)
 		return
 	}
-	rec := state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath,
+	rec := state.Instance{System: r.System, OutPath: e.plan.Hosts[n].OutPath, Specialisation: e.plan.Hosts[n].Specialisation,
 		Goal: string(e.opts.Activation.Goal), Step: string(r.Step), Status: string(r.Status), Error: r.Error,
 		Before: r.Before, Job: r.Job, Time: now}
 	if prev, ok := e.opts.Record.State.Instance(n); ok {

@@ -13,6 +13,7 @@ import (
 	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/keys"
+	"github.com/nix-hive/nix-hive/plan"
 	"github.com/nix-hive/nix-hive/state"
 )
 
@@ -22,6 +23,10 @@ type StatusRow struct {
 	System   string `json:"system"`
 	host.State
 	Wanted string `json:"wanted"`
+	// Specialisation is the specialisation of Wanted the instance runs:
+	// the hive's, or the one the host's last activation of Wanted chose
+	// (deploy --specialisation).
+	Specialisation string `json:"specialisation,omitempty"`
 	// Drift is "" when the active system is the wanted one, else a short
 	// reason ("active differs", "unreachable: ...").
 	Drift string `json:"drift,omitempty"`
@@ -46,7 +51,7 @@ func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[
 	rows := make([]StatusRow, len(names))
 	for i, n := range names {
 		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
-			Drift: "unknown", Error: "not asked: interrupted"}
+			Specialisation: inv.Instances[n].Specialisation, Drift: "unknown", Error: "not asked: interrupted"}
 	}
 	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
 		row := &rows[i]
@@ -60,7 +65,7 @@ func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[
 			row.Error, row.Drift = err.Error(), "unreachable"
 		default:
 			row.State = hs
-			row.Drift = drift(hs, row.Wanted)
+			row.Drift = row.drift()
 		}
 	})
 	return rows
@@ -78,13 +83,27 @@ func jumpHosts(inv *eval.Inventory) map[string]bool {
 	return jumps
 }
 
-func drift(hs host.State, wanted string) string {
+// drift says how the row's host differs from what it should run, and
+// settles the specialisation it should run.
+func (r *StatusRow) drift() string {
+	hs, wanted := r.State, r.Wanted
+	if r.Specialisation == "" && hs.Last != nil && hs.Last.Path == wanted && hs.Last.Specialisation != "" && hs.Profile == wanted {
+		r.Specialisation = hs.Last.Specialisation
+	}
+	active := wanted
+	if r.Specialisation != "" && wanted != "" {
+		s, err := plan.SpecialisationOf(wanted, r.Specialisation)
+		if err != nil {
+			return "unknown (specialisation " + r.Specialisation + " of the wanted system is not in this machine's store)"
+		}
+		active = s
+	}
 	switch {
 	case hs.Running != "":
 		return "activation running (job " + hs.Running + ")"
 	case wanted == "":
 		return "unknown (system not evaluated)"
-	case hs.Active != wanted:
+	case hs.Active != active:
 		return "active system differs"
 	case hs.Profile != wanted:
 		return "boot profile differs"

@@ -64,6 +64,9 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 	if ctx.Err() != nil {
 		return StatusNotStarted, nil // Ctrl-C came first
 	}
+	if h.Specialisation != "" && p.opts.Activation.Goal == host.GoalBoot {
+		return "", failedf(StepActivate, "specialisation %q: --goal boot makes the boot loader start the system itself, never one of its specialisations (switch and test activate them); nothing changed", h.Specialisation)
+	}
 	before, err := p.idleHost(actx, n)
 	if err != nil {
 		return "", failed(StepActivate, err)
@@ -73,12 +76,12 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 	if err != nil {
 		return "", err
 	}
-	if job := checksPending(p.opts.Activation.Goal, before, h.OutPath); job != "" && !p.opts.Activation.Force {
+	if job := checksPending(p.opts.Activation.Goal, before, h); job != "" && !p.opts.Activation.Force {
 		return p.recheck(actx, n, job, batch)
 	}
 	// A reboot is only done once the host runs what it booted.
 	rebooted := !p.opts.Activation.Reboot || before.Active == h.OutPath
-	if !p.opts.Activation.Force && rebooted && upToDate(p.opts.Activation.Goal, before, h.OutPath) {
+	if !p.opts.Activation.Force && rebooted && upToDate(p.opts.Activation.Goal, before, h) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
 		if batch != nil {
@@ -151,36 +154,38 @@ func (p *pipeline) uploadKeys(ctx context.Context, n string, b *keys.Batch, when
 	return nil
 }
 
-// upToDate reports whether a host already runs path the way the goal
-// would leave it, and nix-hive's last activation of path there did not
-// fail (a failed switch may have moved the profile without the boot
+// upToDate reports whether a host already runs h's system the way the
+// goal would leave it, and nix-hive's last activation of it there did
+// not fail (a failed switch may have moved the profile without the boot
 // loader, say) and passed its checks.
-func upToDate(goal host.Goal, hs host.State, path string) bool {
-	if hs.Last != nil && hs.Last.Path == path && hs.Last.Status != "ok" {
+func upToDate(goal host.Goal, hs host.State, h *plan.Host) bool {
+	if hs.Last != nil && hs.Last.Path == h.OutPath && hs.Last.Status != "ok" {
 		return false
 	}
-	return runs(goal, hs, path)
+	return runs(goal, hs, h)
 }
 
-// checksPending is the job whose activation of path the host runs as the
-// goal would leave it, but whose post-activation checks never finished
-// (nix-hive was stopped during them); "" when there is none.
-func checksPending(goal host.Goal, hs host.State, path string) string {
-	if l := hs.Last; l != nil && l.Path == path && l.Goal == goal && l.Status == "activated" && runs(goal, hs, path) {
+// checksPending is the job whose activation of h's system the host runs
+// as the goal would leave it, but whose post-activation checks never
+// finished (nix-hive was stopped during them); "" when there is none.
+func checksPending(goal host.Goal, hs host.State, h *plan.Host) string {
+	if l := hs.Last; l != nil && l.Path == h.OutPath && l.Goal == goal && l.Status == "activated" && runs(goal, hs, h) {
 		return l.Job
 	}
 	return ""
 }
 
-// runs reports whether a host runs path the way goal would leave it.
-func runs(goal host.Goal, hs host.State, path string) bool {
+// runs reports whether a host runs h's system the way goal would leave
+// it: the profile holds the system, and what runs is the system or the
+// specialisation h activates.
+func runs(goal host.Goal, hs host.State, h *plan.Host) bool {
 	switch goal {
 	case host.GoalSwitch:
-		return hs.Active == path && hs.Profile == path
+		return hs.Active == h.Runs() && hs.Profile == h.OutPath
 	case host.GoalBoot:
-		return hs.Profile == path
+		return hs.Profile == h.OutPath
 	case host.GoalTest:
-		return hs.Active == path
+		return hs.Active == h.Runs()
 	}
 	return false
 }
@@ -232,8 +237,10 @@ func (p *pipeline) idleHost(ctx context.Context, n string) (host.State, error) {
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
 func (p *pipeline) switchHost(ctx context.Context, n string) (string, error) {
-	goal, path := p.opts.Activation.Goal, p.plan.Hosts[n].OutPath
-	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post")}
+	h := p.plan.Hosts[n]
+	goal, path := p.opts.Activation.Goal, h.OutPath
+	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post"),
+		Specialisation: h.Specialisation}
 	p.setActivating(n, true)
 	defer p.setActivating(n, false)
 	p.journal.step(n, StepActivate, EventStart, string(goal))
@@ -254,7 +261,7 @@ func (p *pipeline) switchHost(ctx context.Context, n string) (string, error) {
 		return "", failed(StepActivate, err)
 	}
 	if goal != host.GoalBoot && goal != host.GoalDryActivate {
-		p.journal.update(n, func(r *Result) { r.Active = path })
+		p.journal.update(n, func(r *Result) { r.Active = h.Runs() })
 	}
 	p.journal.step(n, StepActivate, EventOK, "")
 	return st.ID, nil

@@ -107,8 +107,8 @@ func (t *transfers) alreadyThere(n string) bool {
 		return false
 	}
 	hs, ok := t.locks.state(n)
-	path := t.plan.Hosts[n].OutPath
-	return ok && hs.Running == "" && (upToDate(t.opts.Activation.Goal, hs, path) || checksPending(t.opts.Activation.Goal, hs, path) != "")
+	h := t.plan.Hosts[n]
+	return ok && hs.Running == "" && (upToDate(t.opts.Activation.Goal, hs, h) || checksPending(t.opts.Activation.Goal, hs, h) != "")
 }
 
 // seenUpToDate reads target n's state without its deploy lock where
@@ -135,7 +135,7 @@ func (t *transfers) seenUpToDate(ctx context.Context, n string) (host.State, boo
 	if errors.Is(err, context.DeadlineExceeded) {
 		return host.State{}, false, fmt.Errorf("read the state of %s: %w", n, err)
 	}
-	if err != nil || !exact || held || hs.Running != "" || !upToDate(t.opts.Activation.Goal, hs, t.plan.Hosts[n].OutPath) {
+	if err != nil || !exact || held || hs.Running != "" || !upToDate(t.opts.Activation.Goal, hs, t.plan.Hosts[n]) {
 		return host.State{}, false, nil
 	}
 	return hs, true, nil

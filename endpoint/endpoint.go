@@ -88,6 +88,18 @@ func CheckUser(s string) error {
 	return nil
 }
 
+// CheckSpecialisation checks the name of a system's specialisation: a
+// directory name under its toplevel's specialisation/, and an argument
+// of the host's activation job.
+func CheckSpecialisation(s string) error {
+	if len(s) > maxTag || !specialisationRE.MatchString(s) {
+		return fmt.Errorf("is not a specialisation name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
+	}
+	return nil
+}
+
+var specialisationRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
+
 // CheckTag checks a tag.
 func CheckTag(s string) error {
 	if len(s) > maxTag || !tagRE.MatchString(s) {

@@ -47,6 +47,11 @@ func (inv *Inventory) checkEndpoints() []string {
 				add(name, fmt.Sprintf("attribute tags: %q %v", tag, err))
 			}
 		}
+		if in.Specialisation != "" {
+			if err := endpoint.CheckSpecialisation(in.Specialisation); err != nil {
+				add(name, fmt.Sprintf("attribute specialisation: %q %v", in.Specialisation, err))
+			}
+		}
 		if in.StoreIsURL() {
 			if err := checkStoreURL(in.Store); err != nil {
 				add(name, fmt.Sprintf("attribute store: %q %v", in.Store, err))

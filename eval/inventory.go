@@ -35,11 +35,15 @@ type Instance struct {
 	Store  string `json:"store,omitempty"`
 	// StoreUser is the login consumers use to substitute from this
 	// instance when it is their store.
-	StoreUser string         `json:"storeUser"`
-	Tags      []string       `json:"tags"`
-	HostKeys  []string       `json:"hostKeys"`
-	SSH       map[string]any `json:"ssh"`
-	Meta      map[string]any `json:"meta"`
+	StoreUser string   `json:"storeUser"`
+	Tags      []string `json:"tags"`
+	// Specialisation, when set, is the specialisation of the system the
+	// instance runs (specialisation/NAME of its toplevel), as
+	// nixos-rebuild --specialisation activates it.
+	Specialisation string         `json:"specialisation,omitempty"`
+	HostKeys       []string       `json:"hostKeys"`
+	SSH            map[string]any `json:"ssh"`
+	Meta           map[string]any `json:"meta"`
 	// Keys are the secrets uploaded to the instance, by name: where each
 	// comes from and where it goes, never its value.
 	Keys map[string]*Key `json:"keys"`

@@ -102,7 +102,7 @@ for t in flock setsid timeout mkfifo; do
   command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
 done
 id=$1 until=$2 beat=$3 enc=$4; shift 4
-goal=$1 target=$2 confirm=$3 limit=$4 checks=${5:-0}
+goal=$1 target=$2 confirm=$3 limit=$4 checks=${5:-0} spec=${6-}
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
 unpack() {
@@ -117,7 +117,7 @@ unset NIX_HIVE_JOB
 exec 3<>"$d/started"
 set -- $b/jobs/*
 [ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
-set -- "$goal" "$target" "$confirm" "$limit" "$checks"
+set -- "$goal" "$target" "$confirm" "$limit" "$checks" "$spec"
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="nix-hive-$id" --collect --quiet --no-ask-password --service-type=exec \
     --setenv=PATH="$PATH" ${LOCALE_ARCHIVE:+--setenv=LOCALE_ARCHIVE="$LOCALE_ARCHIVE"} \
@@ -243,6 +243,10 @@ type Job struct {
 	// Checks: post-activation checks follow, so a successful activation
 	// is recorded "activated" until they pass (Jobs.Mark).
 	Checks bool
+	// Specialisation, with a store path Target, activates the system's
+	// specialisation/NAME: the profile gets the system, and
+	// /run/current-system the specialisation's toplevel.
+	Specialisation string
 }
 
 // Previous is the Target of a job that switches to the newest earlier

@@ -4,7 +4,7 @@
 # systemd runs, else in a session of its own (setsid): a dropped
 # connection, or nix-hive being killed, never stops an activation half-way.
 #
-#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT CHECKS
+#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT CHECKS [SPEC]
 #
 # DIR     the job's directory, /run/nix-hive/jobs/ID (the job writes state,
 #         log and before there)
@@ -19,6 +19,9 @@
 #         successful activation is then recorded "activated" (not yet
 #         good) until nix-hive marks it ok or failed (job.go's
 #         markProgram)
+# SPEC    with a store path TARGET: activate TARGET/specialisation/SPEC
+#         (the profile still gets TARGET, as nixos-rebuild --specialisation
+#         does); recorded after the status in /nix/var/nix-hive/last
 #
 # The job writes its progress to DIR/state, always by rename so a reader
 # sees a whole line: "running", "activated" (awaiting confirmation), then
@@ -39,7 +42,7 @@
 # rolled-back or rollback-failed. A rollback goes only to a generation
 # recorded ok.
 set -u
-dir=$1 goal=$2 target=$3 confirm=$4 limit=$5 checks=${6:-0}
+dir=$1 goal=$2 target=$3 confirm=$4 limit=$5 checks=${6:-0} spec=${7-}
 id=${dir##*/}
 base=${dir%/jobs/*}
 profile=/nix/var/nix/profiles/system
@@ -62,7 +65,7 @@ remember() {
   st=$1
   [ "$st" = ok ] && [ "$checks" = 1 ] && st=activated
   [ -d "$gens" ] || mkdir -p "$gens" || return 0
-  put "$record" "$id $goal $path $st"
+  put "$record" "$id $goal $path $st${spec:+ $spec}"
   [ -z "$gen" ] || put "$gens/$gen" "$st $path $id"
 }
 finish() {
@@ -220,6 +223,10 @@ previous)
   path=$r
   ;;
 *)
+  if [ -n "$spec" ]; then
+    case $spec in */* | .* | -*) finish failed "not a specialisation name: $spec" ;; esac
+    [ -x "$target/specialisation/$spec/bin/switch-to-configuration" ] || finish failed "$target has no specialisation $spec"
+  fi
   path=$target
   case $goal in
   switch | boot)
@@ -232,7 +239,13 @@ previous)
   ;;
 esac
 
-stc "$path" "$goal"
+# What runs once activated: the system, or its specialisation.
+act=$path
+if [ -n "$spec" ] && [ -n "$path" ] && [ "$path" = "$target" ]; then
+  resolved "$path/specialisation/$spec"
+  act=$r
+fi
+stc "$act" "$goal"
 rc=$?
 why=
 if [ "$rc" != 0 ]; then
@@ -244,7 +257,7 @@ else
   switch | test)
     resolved /run/current-system
     now=$r
-    [ "$now" = "$path" ] || why="/run/current-system is ${now:-missing} after switch-to-configuration $goal, not $path"
+    [ "$now" = "$act" ] || why="/run/current-system is ${now:-missing} after switch-to-configuration $goal, not $act"
     ;;
   esac
   case $goal in

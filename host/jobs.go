@@ -134,6 +134,9 @@ func (j *Jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 		checks = "1"
 	}
 	args := []string{id, until, secs(j.beat()), enc, string(job.Goal), job.Target, secs(job.Confirm), secs(j.limit), checks}
+	if job.Specialisation != "" {
+		args = append(args, job.Specialisation)
+	}
 	cmd := program(startProgram, true, user, esc, args...)
 	began := time.Now()
 	var payload io.Reader = strings.NewReader(jobPayload(job.Gzip))

@@ -85,6 +85,8 @@ type LastActivation struct {
 	// the activation succeeded and its post-activation checks have not
 	// finished (nix-hive stopped during them, say).
 	Status string `json:"status"`
+	// Specialisation is the specialisation of Path it activated, if any.
+	Specialisation string `json:"specialisation,omitempty"`
 }
 
 func parseState(out string) State {
@@ -105,8 +107,11 @@ func parseState(out string) State {
 		case "profile":
 			hs.Profile = v
 		case "last":
-			if f := strings.Fields(v); len(f) == 4 {
+			if f := strings.Fields(v); len(f) == 4 || len(f) == 5 {
 				hs.Last = &LastActivation{Job: f[0], Goal: Goal(f[1]), Path: f[2], Status: f[3]}
+				if len(f) == 5 {
+					hs.Last.Specialisation = f[4]
+				}
 			}
 		case "running":
 			hs.Running = v

@@ -135,7 +135,7 @@ let
         ++ (if hive ? hostCA && hive.hostCA != null then expect "hive" "hostCA" (v: isString v || isStringList v) "a CA public key line (string) or a list of them" hive.hostCA else [ ]);
 
       knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" ];
-      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" ];
+      knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" "specialisation" ];
 
       # ---- keys ----------------------------------------------------------
       # A key's value comes from exactly one source; its value is never part
@@ -257,6 +257,7 @@ let
           ++ (if i ? storeUser then expect where "storeUser" isString "a user name (string)" i.storeUser else [ ])
           ++ (if i ? port then expect where "port" (p: isInt p && p > 0 && p < 65536) "a port number (1-65535)" i.port else [ ])
           ++ (if i ? tags then expect where "tags" isStringList "a list of strings" i.tags else [ ])
+          ++ (if i ? specialisation && i.specialisation != null then expect where "specialisation" isString "a specialisation name (string)" i.specialisation else [ ])
           ++ (if i ? ssh then expect where "ssh" isSSHOpts "an attribute set of OpenSSH options (strings or numbers)" i.ssh else [ ])
           ++ (if i ? meta then expect where "meta" isAttrs "an attribute set" i.meta else [ ])
           ++ (if i ? hostKey && i.hostKey != null then expect where "hostKey" (v: isString v || isStringList v) "a public key line (string) or a list of them" i.hostKey else [ ])
@@ -322,6 +323,7 @@ let
         jump = typed isRef null (i.jump or null);
         store = typed isRef null (i.store or null);
         tags = typed isStringList [ ] (i.tags or [ ]);
+        specialisation = typed isString null (i.specialisation or null);
         hostKeys = typed isStringList [ ] (normalizeHostKeys (i.hostKey or null));
         ssh = typed isSSHOpts { } (i.ssh or { });
         meta = typed isAttrs { } (i.meta or { });

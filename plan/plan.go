@@ -52,8 +52,13 @@ type Host struct {
 	OutPath string `json:"outPath"`
 	// Target is false for store instances that only receive closures for
 	// their consumers and are not activated.
-	Target bool   `json:"target"`
-	Source Source `json:"source"`
+	Target bool `json:"target"`
+	// Specialisation is the specialisation of the system a target
+	// activates ("" for the system itself), and Active its own toplevel,
+	// which then runs (see Runs).
+	Specialisation string `json:"specialisation,omitempty"`
+	Active         string `json:"active,omitempty"`
+	Source         Source `json:"source"`
 	// Paths is every closure this host must hold: its own system (if it is
 	// a target) and its consumers' systems (if it is a store).
 	Paths []string `json:"paths"`

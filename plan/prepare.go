@@ -18,6 +18,9 @@ type Request struct {
 	Policy   *starlark.Policy
 	Patterns []string
 	Paths    eval.PathMode
+	// Specialisation, when set, is activated on every target instead of
+	// each instance's own (deploy --specialisation).
+	Specialisation string
 }
 
 // Prepared is a plan with what it was made from.
@@ -59,6 +62,9 @@ func Prepare(ctx context.Context, r Request) (*Prepared, error) {
 	}
 	plan, err := Make(inv, targets, builds.Paths, waveList)
 	if err != nil {
+		return nil, err
+	}
+	if err := plan.specialise(inv, r.Specialisation); err != nil {
 		return nil, err
 	}
 	return &Prepared{Hive: r.Hive, Plan: plan, Policy: r.Policy, Waves: waves}, nil

@@ -40,10 +40,13 @@ type System struct {
 type Instance struct {
 	System  string `json:"system"`
 	OutPath string `json:"outPath"`
-	Goal    string `json:"goal,omitempty"`
-	Step    string `json:"step"`   // where it ended
-	Status  string `json:"status"` // ok, failed, skipped, rolled-back ...
-	Error   string `json:"error,omitempty"`
+	// Specialisation is the specialisation of OutPath the deploy
+	// activated, if any.
+	Specialisation string `json:"specialisation,omitempty"`
+	Goal           string `json:"goal,omitempty"`
+	Step           string `json:"step"`   // where it ended
+	Status         string `json:"status"` // ok, failed, skipped, rolled-back ...
+	Error          string `json:"error,omitempty"`
 	// Before is what the instance ran when the deploy reached it; Job the
 	// activation job on the host (its record is in /run/nix-hive/jobs).
 	Before string    `json:"before,omitempty"`

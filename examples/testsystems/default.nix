@@ -22,12 +22,17 @@
 #                          packages the system references from sw/, each a
 #                          store path of its own (name-version), as a NixOS
 #                          system path does: what plan's closure diffs show
+#   specialisations = { gpu = { etc."gpu" = "on"; }; }
+#                          specialisation/<name> of the system, each a test
+#                          system of its own with these arguments changed
+#                          (its version is "<version>-<name>")
 #   bootFails = true       the system fails to boot on a lab host with an
 #                          emulated boot loader: its sshd never starts, and
 #                          the lab's watchdog reboots the host
 #   etc = { "nix/nix.conf" = "..."; }
 #                          files of the system's etc/ (what a configuration
 #                          decided, for tests of modules systems)
+let mk =
 { name
 , version ? "1"
 , broken ? false
@@ -41,6 +46,7 @@
 , etc ? { }
 , packages ? [ ]
 , bootFails ? false
+, specialisations ? { }
 }:
 assert builtins.elem sshd [ "on" "off" ];
 assert builtins.elem firewall [ "open" "block-ssh" ];
@@ -56,8 +62,14 @@ let
   etcTexts = builtins.listToAttrs (builtins.genList
     (i: { name = "etc_${toString i}"; value = etc.${builtins.elemAt (builtins.attrNames etc) i}; })
     (builtins.length (builtins.attrNames etc)));
+  # Each a system of its own, as NixOS's specialisation.<name>: the same
+  # arguments but for what the specialisation says.
+  specs = builtins.mapAttrs (sn: sa: mk ({ inherit name system sshd firewall; version = "${version}-${sn}"; } // sa)) specialisations;
 in
-derivation (etcTexts // {
+derivation (etcTexts // (if specialisations == { } then { } else {
+  specNames = builtins.attrNames specs;
+  specPaths = map (n: specs.${n}) (builtins.attrNames specs);
+}) // {
   inherit system version firewall;
   name = "nixos-system-${name}-${version}";
   builder = "/bin/sh";
@@ -117,5 +129,10 @@ derivation (etcTexts // {
     chmod +x "$out/bin/switch-to-configuration"
   '' + (if bootFails then ''
     touch "$out/lab-boot-fails"
-  '' else "")) ];
-})
+  '' else "") + (if specialisations == { } then "" else ''
+    mkdir "$out/specialisation"
+    set -- $specPaths
+    for n in $specNames; do ln -s "$1" "$out/specialisation/$n"; shift; done
+  '')) ];
+});
+in mk
