@@ -1,6 +1,8 @@
 package cli_test
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -129,4 +131,42 @@ func readLines(t *testing.T, p string) []string {
 		t.Fatalf("read %s: %v", p, err)
 	}
 	return strings.Fields(string(b))
+}
+
+// The agent's activation job runs as root for a login that sudo lets run
+// the agent and nothing else, so it activates only what a deploy can
+// name: a system in the Nix store and that system's own specialisations.
+// A directory elsewhere, or a specialisation that climbs out of the
+// system, is refused before anything of it runs.
+func TestAgentJobActivatesOnlyStoreSystems(t *testing.T) {
+	l := appLab(t, 1)
+	h := l.Host("app-1")
+	for path, text := range map[string]string{
+		"/root/agent":                             host.AgentScript(),
+		"/root/evil/bin/switch-to-configuration": "#!/bin/sh\ntouch /root/pwned\n",
+	} {
+		if err := os.MkdirAll(filepath.Dir(h.Path(path)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(h.Path(path), []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range []struct{ target, spec, want string }{
+		{"/root/evil", "", "not a store path: /root/evil"},
+		{"/nix/store/../../root/evil", "", "not a store path"},
+		{"/nix/store/00000000000000000000000000000000-x", "../../../root/evil", "not a specialisation: ../../../root/evil"},
+	} {
+		args := []string{"sh", "/root/agent", "start", fmt.Sprintf("20261207T000000-%06d", i), "", "1", "plain", "test", c.target, "0", "60", "0"}
+		if c.spec != "" {
+			args = append(args, c.spec)
+		}
+		out, _ := h.Exec(context.Background(), args...)
+		if !strings.Contains(string(out), "done failed "+c.want) {
+			t.Errorf("start %s %s: %s, want it refused (%s)", c.target, c.spec, out, c.want)
+		}
+	}
+	if _, err := os.Stat(h.Path("/root/pwned")); err == nil {
+		t.Error("the agent's job ran a switch-to-configuration outside the store")
+	}
 }

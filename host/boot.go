@@ -33,21 +33,18 @@ const bootProgram = `set -u
 L= B= w=
 if command -v bootctl >/dev/null 2>&1 && B=$(bootctl -x 2>/dev/null) && [ -d "$B/loader/entries" ]; then
 L=systemd-boot
-else
-for B in /boot/grub/grub.cfg /boot/grub2/grub.cfg; do
-[ -r "$B" ] || continue
+elif B=/boot/grub/grub.cfg && [ -r $B ]; then
 L=grub
 command -v grub-reboot >/dev/null && command -v grub-set-default >/dev/null || w="GRUB without grub-reboot and grub-set-default"
-grep -q saved_entry "$B" || w="$B does not boot the saved entry (GRUB_DEFAULT=saved; on NixOS boot.loader.grub.default = \"saved\")"
-break
-done
-[ -n "$L" ] || w="neither systemd-boot (bootctl, loader entries) nor GRUB"
+grep -q saved_entry $B || w="$B does not boot the saved entry (GRUB_DEFAULT=saved)"
+else
+w="neither systemd-boot (bootctl, loader entries) nor GRUB"
 fi
 [ -z "$w" ] || { echo "none: $w"; exit 3; }
 entry() {
 f=$B
 [ $L = grub ] || f="$B/loader/entries/*.conf"
-awk -v s="init=$1/init" -v L=$L '/^[ \t]*submenu / { split($0, q, "\""); m = q[2]; next } /^[ \t]*menuentry / { split($0, q, "\""); t = m == "" ? q[2] : m ">" q[2]; next } /^}/ { m = "" } { for (i = 1; i <= NF; i++) if ($i == s) { if (L != "grub") { t = FILENAME; sub(/.*\//, "", t) } print t; exit } }' $f | grep . || { echo "$L has no boot entry for $1" >&2; return 1; }
+awk -v s="init=$1/init" -v L=$L '/^[ \t]*submenu /{split($0,q,"\"");m=q[2];next}/^[ \t]*menuentry /{split($0,q,"\"");t=m==""?q[2]:m">"q[2];next}/^}/{m=""}{for(i=1;i<=NF;i++)if($i==s){if(L!="grub"){t=FILENAME;sub(/.*\//,"",t)}print t;exit}}' $f | grep . || { echo "$L has no boot entry for $1" >&2; return 1; }
 }
 default() {
 if [ $L = grub ]; then grub-set-default "$1"; return; fi
@@ -61,7 +58,7 @@ default "$old" || exit 1
 if [ $L = grub ]; then grub-reboot "$new"; else bootctl set-oneshot "$new"; fi || exit 1
 printf '%s\n%s\n%s\n' $L "$new" "$old" ;;
 default) e=$(entry "$2") && default "$e" && echo "$e" ;;
-*) echo "nix-hive-agent boot: detect, prepare NEW OLD or default SYSTEM" >&2; exit 64 ;;
+*) exit 64 ;;
 esac
 `
 

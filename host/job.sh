@@ -223,10 +223,11 @@ previous)
   path=$r
   ;;
 *)
-  if [ -n "$spec" ]; then
-    case $spec in */* | .* | -*) finish failed "not a specialisation name: $spec" ;; esac
-    [ -x "$target/specialisation/$spec/bin/switch-to-configuration" ] || finish failed "$target has no specialisation $spec"
-  fi
+  # The agent runs this as root for a login sudo lets run the agent
+  # alone: only a system in the store, and its own specialisations.
+  case $target in /nix/store/*/* | /nix/store/.*) ;; /nix/store/?*) false ;; esac && finish failed "not a store path: $target"
+  case $spec in */* | .* | -*) finish failed "not a specialisation: $spec" ;; esac
+  [ -z "$spec" ] || [ -x "$target/specialisation/$spec/bin/switch-to-configuration" ] || finish failed "$target has no specialisation $spec"
   path=$target
   case $goal in
   switch | boot)
