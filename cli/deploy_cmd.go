@@ -28,9 +28,10 @@ type DeployCmd struct {
 	Fleet
 	Steps
 	Rollout
-	Parallel       int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
-	Targets        []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
-	Specialisation string   `help:"Activate specialisation/NAME of each target's system (with switch or test), instead of the hive's per-instance specialisation; the system profile still gets the system, as nixos-rebuild --specialisation does." placeholder:"NAME"`
+	Parallel          int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
+	Targets           []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	RollbackSucceeded bool     `help:"When a target fails: start no further host, and return every host this deploy changed to what it ran before, the latest wave first, each confirmed (as deploy-rs's --rollback-succeeded; a policy's rollback_succeeded = True does the same)."`
+	Specialisation    string   `help:"Activate specialisation/NAME of each target's system (with switch or test), instead of the hive's per-instance specialisation; the system profile still gets the system, as nixos-rebuild --specialisation does." placeholder:"NAME"`
 	Activation
 	TrustHiveKey bool `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
 	Escalation
@@ -138,7 +139,7 @@ func (c *DeployCmd) options(g *Globals) (deploy.Options, error) {
 	}
 	steps := deploySteps(&c.Steps, &c.KeyLimits)
 	steps.TrustKey = c.TrustHiveKey
-	return deploy.Options{Activation: act, Connection: conn, Steps: steps, Abort: g.abort}, nil
+	return deploy.Options{Activation: act, Connection: conn, Steps: steps, Abort: g.abort, RollbackSucceeded: c.RollbackSucceeded}, nil
 }
 
 func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File, pol *starlark.Policy,

@@ -34,6 +34,9 @@ type Policy interface {
 	// Rollback reports whether a host whose post-check failed goes back to
 	// the system it ran before.
 	Rollback() bool
+	// RollbackSucceeded reports whether a failed host stops the rollout
+	// and returns every host it changed (Options.RollbackSucceeded).
+	RollbackSucceeded() bool
 }
 
 // Result is a host's outcome.
@@ -134,6 +137,12 @@ type executor struct {
 
 	jumps     map[string]bool    // hosts that are other hosts' jump host
 	activated map[string]*future // the host's activation ended or never will start
+
+	// reverting is why the hosts this deploy changed return to what they
+	// ran before (the first failure, with RollbackSucceeded); "" while none
+	// has failed.
+	reverting string
+	mu        sync.Mutex
 }
 
 type future struct {
@@ -190,6 +199,9 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 	report.Stopped = e.runWaves(ctx, actx)
 	<-transfers
 	e.settleUnstarted()
+	if e.reverting != "" {
+		e.revert(ctx, actx)
+	}
 	e.locks.releaseAll(ctx)
 	report.Interrupted = ctx.Err() != nil
 	e.save(true)
@@ -344,6 +356,14 @@ func (e *executor) runWave(ctx, actx context.Context, wi int, wave []string, tot
 		defer mu.Unlock()
 		waveFails++
 		*total++
+		if e.rollbackSucceeded() && stopped == "" {
+			why := fmt.Sprintf("%s failed in wave %d", n, wi+1)
+			e.mu.Lock()
+			e.reverting = why
+			e.mu.Unlock()
+			stopped = why + ": the rollout stopped, and the hosts it changed return to what they ran before (rollback succeeded)"
+			stop()
+		}
 		if e.opts.Policy != nil && stopped == "" && e.opts.Policy.ShouldStop(wi, waveFails, *total) {
 			stopped = fmt.Sprintf("policy stopped the rollout after %d failure(s) in wave %d (%d in all)", waveFails, wi+1, *total)
 			stop()
@@ -415,6 +435,10 @@ func (e *executor) finished(n string) {
 // host is done costs memory here and keepalives through the uplink for
 // the whole deploy.
 func (e *executor) letGo(ctx context.Context, n string) {
+	if e.rollbackSucceeded() && e.journal.result(n).Status == StatusOK {
+		// It may yet be reverted: nobody else deploys to it meanwhile.
+		return
+	}
 	e.locks.release(ctx, n)
 	if !e.transfers.servesOthers(n) && !e.jumps[n] {
 		e.remote.Release(n)

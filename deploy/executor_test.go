@@ -19,7 +19,8 @@ func (s stopAfter) Post(context.Context, string) (bool, string) { return true, "
 func (s stopAfter) ShouldStop(wave, waveFailures, total int) bool {
 	return total >= s.n
 }
-func (s stopAfter) Rollback() bool { return false }
+func (s stopAfter) Rollback() bool          { return false }
+func (s stopAfter) RollbackSucceeded() bool { return false }
 
 // failPost is a policy whose post-check fails on the hosts it names; it
 // stops after the first failure.
@@ -34,6 +35,7 @@ func (p failPost) Post(_ context.Context, n string) (bool, string) {
 }
 func (p failPost) ShouldStop(wave, waveFailures, total int) bool { return total >= 1 }
 func (p failPost) Rollback() bool                                { return false }
+func (p failPost) RollbackSucceeded() bool                       { return false }
 
 func TestExecutor(t *testing.T) {
 	inv := seedInventory()
@@ -237,6 +239,7 @@ func (postFails) Pre(context.Context, string) (bool, string)  { return true, "" 
 func (postFails) Post(context.Context, string) (bool, string) { return false, "unhealthy" }
 func (postFails) ShouldStop(int, int, int) bool               { return false }
 func (p postFails) Rollback() bool                            { return p.rollback }
+func (p postFails) RollbackSucceeded() bool                   { return false }
 
 // What each host ends with, and what it runs at the end, for the outcomes
 // the host agent can report.

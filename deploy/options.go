@@ -23,6 +23,11 @@ type Options struct {
 	// every host is attempted. Deploy and ApplyLocal set it from the
 	// prepared plan's policy.
 	Policy Policy
+	// RollbackSucceeded (deploy --rollback-succeeded, or the policy's
+	// rollback_succeeded): when a target fails, no further host starts
+	// and every host this deploy changed returns to what it ran before,
+	// the latest wave first, each confirmed as an activation is.
+	RollbackSucceeded bool
 	// Abort, when closed, stops waiting for running activations (a
 	// second Ctrl-C); they finish on the hosts.
 	Abort <-chan struct{}

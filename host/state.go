@@ -141,8 +141,18 @@ func (e *QueryError) Error() string {
 // Query asks instance n what it runs. A transport failure is returned as
 // is; a failing query on the host as *QueryError.
 func Query(ctx context.Context, remote Remote, n string) (State, error) {
+	return query(ctx, remote.Run, n)
+}
+
+// QueryFresh is Query over a new connection, made for it: what the host
+// runs, and that a new login works now.
+func QueryFresh(ctx context.Context, remote Remote, n string) (State, error) {
+	return query(ctx, remote.RunFresh, n)
+}
+
+func query(ctx context.Context, run runFunc, n string) (State, error) {
 	var out, stderr bytes.Buffer
-	code, err := remote.Run(ctx, n, asLogin(queryProgram), nil, &out, &stderr)
+	code, err := run(ctx, n, asLogin(queryProgram), nil, &out, &stderr)
 	if err != nil {
 		return State{}, err
 	}

@@ -79,3 +79,7 @@ func (c *Checks) ShouldStop(wave, waveFailures, totalFailures int) bool {
 
 // Rollback says whether a host whose post-check failed goes back.
 func (c *Checks) Rollback() bool { return c.p.OnFailure == starlark.OnFailureRollback }
+
+// RollbackSucceeded says whether a failed host returns every host the
+// rollout changed to what it ran before (rollback_succeeded).
+func (c *Checks) RollbackSucceeded() bool { return c.p.RollbackSucceeded }

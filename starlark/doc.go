@@ -18,6 +18,9 @@
 //	on_failure = "stop"    "stop", "continue" or "rollback" (see FailureAction)
 //	max_failures = 2       failures tolerated overall, or
 //	max_failures = {"wave": 1, "total": 3}  per wave and overall (either key optional)
+//	rollback_succeeded = True  when any host fails, stop and return every
+//	                       host the rollout changed to what it ran before,
+//	                       the latest wave first (deploy --rollback-succeeded)
 //
 // Defaults for max_failures: 0 overall for "stop" and "rollback", unlimited
 // for "continue". A wave made only of instances picked by canaries() is a

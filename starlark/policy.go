@@ -92,6 +92,10 @@ type Policy struct {
 	File        string
 	OnFailure   FailureAction // on_failure; default OnFailureStop
 	MaxFailures FailureBudget // max_failures, or the default for OnFailure
+	// RollbackSucceeded (rollback_succeeded = True): when a host fails,
+	// the rollout stops and every host it changed returns to what it ran
+	// before, the latest wave first.
+	RollbackSucceeded bool
 	// Which optional functions the file defines.
 	HasSelect, HasWaves, HasPre, HasPost bool
 
@@ -134,7 +138,7 @@ func Load(ctx context.Context, file string, src []byte, env Env) (*Policy, error
 	if err != nil {
 		return nil, err
 	}
-	p.OnFailure, p.MaxFailures = s.OnFailure, s.MaxFailures
+	p.OnFailure, p.MaxFailures, p.RollbackSucceeded = s.OnFailure, s.MaxFailures, s.RollbackSucceeded
 	p.HasSelect, p.HasWaves, p.HasPre, p.HasPost = s.HasSelect, s.HasWaves, s.HasPre, s.HasPost
 	return p, nil
 }

@@ -31,11 +31,13 @@ func fleet(t testing.TB) []Instance {
 type want struct {
 	OnFailure   *FailureAction `json:"on_failure"`
 	MaxFailures *FailureBudget `json:"max_failures"`
-	Select      []string       `json:"select"`
-	Waves       [][]string     `json:"waves"`
-	Canary      []bool         `json:"canary"`
-	Logs        []string       `json:"logs"` // what log() and print() said, in order
-	Error       *struct {
+	// RollbackSucceeded is rollback_succeeded; absent means False.
+	RollbackSucceeded bool       `json:"rollback_succeeded"`
+	Select            []string   `json:"select"`
+	Waves             [][]string `json:"waves"`
+	Canary            []bool     `json:"canary"`
+	Logs              []string   `json:"logs"` // what log() and print() said, in order
+	Error             *struct {
 		In       string   `json:"in"` // load, select or waves
 		At       string   `json:"at"` // suffix of file:line:col
 		Fail     bool     `json:"fail"`
@@ -113,6 +115,9 @@ func planCase(t *testing.T, file string, w *want) (string, error) {
 	t.Cleanup(p.ev.stop)
 	if w.OnFailure != nil && p.OnFailure != *w.OnFailure {
 		t.Errorf("OnFailure = %q, want %q", p.OnFailure, *w.OnFailure)
+	}
+	if p.RollbackSucceeded != w.RollbackSucceeded {
+		t.Errorf("RollbackSucceeded = %v, want %v", p.RollbackSucceeded, w.RollbackSucceeded)
 	}
 	if w.MaxFailures != nil && p.MaxFailures != *w.MaxFailures {
 		t.Errorf("MaxFailures = %+v, want %+v", p.MaxFailures, *w.MaxFailures)

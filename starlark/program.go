@@ -91,7 +91,7 @@ func functionStarts(f *syntax.File) map[syntax.Position]bool {
 // settingNames are the long names a typo is likely in; a global within two
 // edits of one, while the real one is undefined, is reported rather than
 // silently ignored.
-var settingNames = []string{"pre_activate", "post_activate", "max_failures", "on_failure"}
+var settingNames = []string{"pre_activate", "post_activate", "max_failures", "on_failure", "rollback_succeeded"}
 
 // configure reads the settings and functions out of the frozen globals.
 func (p *program) configure(globals sk.StringDict, pos map[string]syntax.Position) *Error {
@@ -169,6 +169,13 @@ func (p *program) readSettings(globals sk.StringDict, errAt errAtFunc) *Error {
 			return errAt("max_failures", "max_failures %s", err)
 		}
 		s.MaxFailures = b
+	}
+	if v, ok := globals["rollback_succeeded"]; ok {
+		b, isBool := v.(sk.Bool)
+		if !isBool {
+			return errAt("rollback_succeeded", "rollback_succeeded must be True or False, got %s", v.String())
+		}
+		s.RollbackSucceeded = bool(b)
 	}
 	return nil
 }

@@ -106,6 +106,7 @@ type outcome struct {
 type settings struct {
 	OnFailure                            FailureAction
 	MaxFailures                          FailureBudget
+	RollbackSucceeded                    bool
 	HasSelect, HasWaves, HasPre, HasPost bool
 }
 
