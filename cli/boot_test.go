@@ -130,4 +130,37 @@ func TestDeployBootFallback(t *testing.T) {
 			t.Errorf("app-3 after --force: %+v, %d boots", got, f.lab.Host("app-3").Boots())
 		}
 	})
+
+	t.Run("a boot that hangs, without a watchdog, is reported unconfirmed", func(t *testing.T) {
+		f.variants(map[string]string{
+			"app-1": `version = "3"; bootFails = "hang";`,
+			"app-2": `version = "2"; bootFails = true;`,
+			"app-3": `version = "2";`,
+		})
+		v3 := f.build()
+		boots := f.lab.Host("app-1").Boots()
+		code, out, errOut := f.run("deploy", "--no", "build", "--goal", "boot", "--reboot", "--reboot-timeout", "3s", "--connect-timeout", faultConnect, "app-1")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		summaryHas(t, out, "app-1", "rolled-back", "rolled back (boot), unconfirmed: "+v3["app-1"]+" did not come up within 3s")
+		if !strings.Contains(errOut, "waiting up to 3s more for its next boot (a watchdog's or a power cycle's), which starts "+v2["app-1"]) {
+			t.Errorf("the deploy did not wait for the fallback boot:\n%s", errOut)
+		}
+		if !strings.Contains(f.lab.Host("app-1").LogTail(), v3["app-1"]+" hangs at boot") {
+			t.Errorf("the lab did not boot the hanging system: %s", f.lab.Host("app-1").LogTail())
+		}
+		// The operator's power cycle: the one-shot is spent, the default
+		// is the system that ran before.
+		if err := f.lab.Host("app-1").PowerCycle(); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "app-1 back from its power cycle", func() bool { return f.lab.Host("app-1").Boots() == boots+2 })
+		if got := f.system("app-1"); got.active != v2["app-1"] {
+			t.Errorf("after the power cycle app-1 runs %s, want %s", got.active, v2["app-1"])
+		}
+		if d, o := efi("LoaderEntryDefault"), efi("LoaderEntryOneShot"); d != "nixos-generation-2.conf" || o != "" {
+			t.Errorf("EFI variables: default %q, one-shot %q; want nixos-generation-2.conf and none", d, o)
+		}
+	})
 }

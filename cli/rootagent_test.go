@@ -142,7 +142,7 @@ func TestAgentJobActivatesOnlyStoreSystems(t *testing.T) {
 	l := appLab(t, 1)
 	h := l.Host("app-1")
 	for path, text := range map[string]string{
-		"/root/agent":                             host.AgentScript(),
+		"/root/agent":                            host.AgentScript(),
 		"/root/evil/bin/switch-to-configuration": "#!/bin/sh\ntouch /root/pwned\n",
 	} {
 		if err := os.MkdirAll(filepath.Dir(h.Path(path)), 0o755); err != nil {

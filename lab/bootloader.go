@@ -27,9 +27,11 @@ const (
 	GRUB        = "grub"
 )
 
-// bootWatchdog is how long an emulated boot that fails (its system has
-// lab-boot-fails) waits before the watchdog reboots the host, as a
-// hardware watchdog (systemd.watchdog.runtimeTime) would.
+// bootWatchdogSeconds is how long an emulated boot that fails (its
+// system has lab-boot-fails) waits before the watchdog reboots the host,
+// as a hardware watchdog (systemd.watchdog.runtimeTime) would; one that
+// hangs (lab-boot-hangs too) waits for the lab's reboot (Host.PowerCycle),
+// as a host without a watchdog waits for its operator.
 const bootWatchdogSeconds = 2
 
 // bootScripts are the host's boot-loader commands by name, for a host
@@ -205,10 +207,17 @@ func bootInit() string {
   fi
 fi
 if [ -e /run/current-system/lab-boot-fails ]; then
-  echo "lab: $(readlink /run/current-system) fails to boot (no sshd); the watchdog reboots the host in %[1]d s"
+  w=%[1]d
+  if [ -e /run/current-system/lab-boot-hangs ]; then
+    echo "lab: $(readlink /run/current-system) hangs at boot (no sshd), and no watchdog resets the host"
+    w=86400
+  else
+    echo "lab: $(readlink /run/current-system) fails to boot (no sshd); the watchdog reboots the host in $w s"
+  fi
   trap 'exit 129' HUP
   : >%[2]s
-  sleep %[1]d
+  sleep $w &
+  wait $! || :
   exit 129
 fi
 `, bootWatchdogSeconds, bootFailedMark)

@@ -461,6 +461,22 @@ func (h *Host) reboot(cmd *exec.Cmd) {
 // test that gives up on the host to say why.
 func (h *Host) LogTail() string { return h.files.logTail() }
 
+// PowerCycle reboots the host from outside, as an operator's power
+// cycle would a host that hangs: its init (up, or hung in a failed
+// boot) exits for a reboot, and the lab boots it again (Boots counts
+// it once it is up).
+func (h *Host) PowerCycle() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc == nil {
+		return fmt.Errorf("power cycle host %s: not running", h.Name)
+	}
+	if err := h.proc.Process.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("power cycle host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
 // Boots counts the reboots the host went through.
 func (h *Host) Boots() int {
 	h.mu.Lock()

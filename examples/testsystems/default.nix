@@ -28,7 +28,8 @@
 #                          (its version is "<version>-<name>")
 #   bootFails = true       the system fails to boot on a lab host with an
 #                          emulated boot loader: its sshd never starts, and
-#                          the lab's watchdog reboots the host
+#                          the lab's watchdog reboots the host; "hang": no
+#                          watchdog fires, the host waits for a power cycle
 #   etc = { "nix/nix.conf" = "..."; }
 #                          files of the system's etc/ (what a configuration
 #                          decided, for tests of modules systems)
@@ -127,8 +128,10 @@ derivation (etcTexts // (if specialisations == { } then { } else {
     echo "activated $hiveSystemName ($version) with goal \$goal"
     EOS
     chmod +x "$out/bin/switch-to-configuration"
-  '' + (if bootFails then ''
+  '' + (if bootFails != false then ''
     touch "$out/lab-boot-fails"
+  '' else "") + (if bootFails == "hang" then ''
+    touch "$out/lab-boot-hangs"
   '' else "") + (if specialisations == { } then "" else ''
     mkdir "$out/specialisation"
     set -- $specPaths
