@@ -30,6 +30,8 @@ type DeployCmd struct {
 	Rollout
 	Parallel          int      `default:"0" help:"Hosts worked on at once; 0 picks 8 per store of the plan, at least 16, at most 256 (each store serves 8 consumers at once)."`
 	Targets           []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
+	Systems           string   `help:"Deploy the systems CI built: FILE is what nix-hive build printed there, or a JSON map of system name to store path. Nothing is evaluated or built; every closure must carry the hive's signature." placeholder:"FILE" type:"path"`
+	From              string   `help:"With --systems: the binary cache CI copied the systems to (file://, http(s)://, ssh://, ssh-ng://), fetched from on this machine, signatures required." placeholder:"URL"`
 	RollbackSucceeded bool     `help:"When a target fails: start no further host, and return every host this deploy changed to what it ran before, the latest wave first, each confirmed (as deploy-rs's --rollback-succeeded; a policy's rollback_succeeded = True does the same)."`
 	Specialisation    string   `help:"Activate specialisation/NAME of each target's system (with switch or test), instead of the hive's per-instance specialisation; the system profile still gets the system, as nixos-rebuild --specialisation does." placeholder:"NAME"`
 	Activation
@@ -149,7 +151,11 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 		return err
 	}
 	mode := c.paths(eval.Build)
-	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode, Specialisation: c.Specialisation})
+	pb, err := prebuilt(c.Systems, c.From)
+	if err != nil {
+		return err
+	}
+	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode, Specialisation: c.Specialisation, Prebuilt: pb})
 	if err != nil {
 		return err
 	}

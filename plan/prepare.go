@@ -21,6 +21,18 @@ type Request struct {
 	// Specialisation, when set, is activated on every target instead of
 	// each instance's own (deploy --specialisation).
 	Specialisation string
+	// Prebuilt, when set, gives the systems' paths (deploy --systems):
+	// nothing is evaluated or built, and Paths does not apply.
+	Prebuilt *Prebuilt
+}
+
+// Prebuilt is systems built elsewhere (by CI): their output paths, read
+// from File, and the binary cache they are fetched from ("" when they
+// are in this machine's store already).
+type Prebuilt struct {
+	File  string
+	Paths map[string]string
+	From  string
 }
 
 // Prepared is a plan with what it was made from.
@@ -49,7 +61,12 @@ func Prepare(ctx context.Context, r Request) (*Prepared, error) {
 		}
 	}
 	systems := inv.SystemsOf(targets)
-	builds, err := r.Hive.Paths(ctx, r.State, systems, r.Paths)
+	var builds *eval.Builds
+	if r.Prebuilt != nil {
+		builds, err = r.Prebuilt.adopt(ctx, r.Hive, r.State, systems)
+	} else {
+		builds, err = r.Hive.Paths(ctx, r.State, systems, r.Paths)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -68,6 +85,24 @@ func Prepare(ctx context.Context, r Request) (*Prepared, error) {
 		return nil, err
 	}
 	return &Prepared{Hive: r.Hive, Plan: plan, Policy: r.Policy, Waves: waves}, nil
+}
+
+// adopt takes the prebuilt paths of systems (eval.Hive.Adopt); a system
+// the file has no path for stops the deploy, naming it.
+func (pb *Prebuilt) adopt(ctx context.Context, h *eval.Hive, st *state.File, systems []string) (*eval.Builds, error) {
+	given := map[string]string{}
+	var missing []string
+	for _, s := range systems {
+		if p, ok := pb.Paths[s]; ok {
+			given[s] = p
+		} else {
+			missing = append(missing, s)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, eval.InHive(fmt.Errorf("%s: no path for system %s, which the targets run", pb.File, strings.Join(missing, ", ")))
+	}
+	return h.Adopt(ctx, st, given, pb.From)
 }
 
 // Unsigned is the hive error of a plan whose consumers substitute from a

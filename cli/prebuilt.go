@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+
+	"github.com/nix-hive/nix-hive/endpoint"
+	"github.com/nix-hive/nix-hive/internal/cmdline"
+	"github.com/nix-hive/nix-hive/plan"
+)
+
+// prebuilt reads deploy --systems FILE (and --from URL): what `nix-hive
+// build` printed, or a map of system name to store path.
+func prebuilt(file, from string) (*plan.Prebuilt, error) {
+	if file == "" {
+		if from != "" {
+			return nil, cmdline.UsageError{Err: fmt.Errorf("--from needs --systems FILE: it says where the paths that file names are fetched from")}
+		}
+		return nil, nil
+	}
+	if from != "" {
+		if err := checkCacheURL(from); err != nil {
+			return nil, cmdline.UsageError{Err: fmt.Errorf("--from %q %w", from, err)}
+		}
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--systems: %w", err)
+	}
+	paths, err := parseSystems(data)
+	if err != nil {
+		return nil, fmt.Errorf("--systems %s: %w", file, err)
+	}
+	return &plan.Prebuilt{File: file, Paths: paths, From: from}, nil
+}
+
+// storePath is a store path's shape: no subpath, nothing a shell or nix
+// would read otherwise.
+var storePath = regexp.MustCompile(`^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+$`)
+
+// parseSystems reads `nix-hive build`'s output ({"systems": {NAME:
+// {"outPath": PATH, ...}}}) or a plain {NAME: PATH} map.
+func parseSystems(data []byte) (map[string]string, error) {
+	var build struct {
+		Systems map[string]struct {
+			OutPath string `json:"outPath"`
+		} `json:"systems"`
+	}
+	paths := map[string]string{}
+	if err := json.Unmarshal(data, &build); err == nil && build.Systems != nil {
+		for s, b := range build.Systems {
+			paths[s] = b.OutPath
+		}
+	} else if err := json.Unmarshal(data, &paths); err != nil {
+		return nil, fmt.Errorf("neither nix-hive build's output nor a map of system names to store paths: %w", err)
+	}
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("names no system")
+	}
+	for _, s := range slices.Sorted(maps.Keys(paths)) {
+		if !storePath.MatchString(paths[s]) {
+			return nil, fmt.Errorf("system %s: %q is not a store path (/nix/store/HASH-NAME)", s, paths[s])
+		}
+	}
+	return paths, nil
+}
+
+// checkCacheURL checks --from: a binary cache nix copy reads (file,
+// http, https, ssh, ssh-ng), its host and login as the hive's would be.
+func checkCacheURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("is not a URL: %w", err)
+	}
+	switch u.Scheme {
+	case "file", "http", "https":
+	case "ssh", "ssh-ng":
+		if err := endpoint.CheckHost(u.Hostname()); err != nil {
+			return fmt.Errorf("has a host that %w", err)
+		}
+		if u.User != nil {
+			if err := endpoint.CheckUser(u.User.Username()); err != nil {
+				return fmt.Errorf("has a login that %w", err)
+			}
+		}
+	default:
+		return fmt.Errorf("is not a binary cache URL nix copy reads (file://, http://, https://, ssh://, ssh-ng://)")
+	}
+	return nil
+}

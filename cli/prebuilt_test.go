@@ -1,0 +1,140 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Deploying what CI built: `nix-hive build` runs "in CI" and its systems
+// go to a file:// binary cache; this machine then lacks them. deploy
+// --systems with that build's output evaluates and builds nothing (the
+// hive now says version 3, which is never built), fetches the closures
+// from the cache with --from, checks the hive's signature and deploys
+// them as usual. Without --from the missing paths are named; a path that
+// is not signed by the hive's key is refused, naming it, whether it
+// comes from the cache or is already here; a file that names no store
+// path is an error naming the file. Hosts refused keep what they ran.
+func TestDeployPrebuilt(t *testing.T) {
+	f := newFaultLab(t, 2)
+	v1 := f.baseline()
+
+	// CI: build version 2, copy it to a binary cache, and forget it here.
+	f.variants(map[string]string{"app-1": `version = "2";`, "app-2": `version = "2";`})
+	code, out, _ := f.run("build")
+	if code != 0 {
+		t.Fatal("CI's build failed")
+	}
+	f.write("build.json", out)
+	var build struct {
+		Systems map[string]struct{ OutPath string }
+	}
+	if err := json.Unmarshal([]byte(out), &build); err != nil {
+		t.Fatal(err)
+	}
+	v2 := map[string]string{}
+	for s, b := range build.Systems {
+		v2[s] = b.OutPath
+	}
+	cache := t.TempDir()
+	nix(t, "copy", "--to", "file://"+cache, v2["app-1"], v2["app-2"])
+	if err := os.RemoveAll(filepath.Join(f.dir, ".nix-hive", "gcroots")); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(f.dir, "hive.state"))
+	for _, p := range []string{v2["app-1"], v2["app-2"]} {
+		nixStore(t, "--delete", p)
+	}
+	// The hive moves on; what CI built is what gets deployed.
+	f.variants(map[string]string{"app-1": `version = "3";`, "app-2": `version = "3";`})
+	unchanged := func(what string) {
+		t.Helper()
+		if hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v1["app-1"]}, "app-2": {active: v1["app-2"]}}); wrong > 0 {
+			t.Errorf("%s: %s", what, hosts)
+		}
+	}
+
+	code, _, errOut := f.run("deploy", "--systems", filepath.Join(f.dir, "build.json"))
+	if code == 0 || !strings.Contains(errOut, "not in this machine's Nix store: "+v2["app-1"]+" (app-1)") || !strings.Contains(errOut, "--from URL") {
+		t.Errorf("without --from: exit %d:\n%s", code, errOut)
+	}
+	unchanged("without --from")
+
+	code, out, _ = f.run("deploy", "--systems", filepath.Join(f.dir, "build.json"), "--from", "file://"+cache)
+	if code != 0 {
+		t.Fatalf("deploy --systems --from: exit %d", code)
+	}
+	summaryHas(t, out, "app-1", " ok ")
+	if hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}, "app-2": {active: v2["app-2"]}}); wrong > 0 {
+		t.Errorf("after deploy --systems: %s", hosts)
+	}
+	if got := f.state().Systems["app-1"].OutPath; got != v2["app-1"] {
+		t.Errorf("hive.state records %s for app-1, want %s", got, v2["app-1"])
+	}
+	if strings.Contains(string(mustRead(t, f.lab.Host("app-1").Path("/run/current-system/nixos-version"))), "3") {
+		t.Error("the hive's version 3 was built and deployed")
+	}
+
+	// A system nobody signed: built here, outside the hive.
+	ts, _ := filepath.Abs("../examples/testsystems")
+	unsigned := strings.TrimSpace(string(nixBuild(t, ts, `{ name = "app"; version = "tampered"; }`)))
+	f.write("unsigned.json", `{"app-1": "`+unsigned+`", "app-2": "`+v2["app-2"]+`"}`)
+	code, _, errOut = f.run("deploy", "--systems", filepath.Join(f.dir, "unsigned.json"), "app-1")
+	if code == 0 || !strings.Contains(errOut, "not signed by the hive's key") || !strings.Contains(errOut, unsigned) {
+		t.Errorf("an unsigned path here: exit %d:\n%s", code, errOut)
+	}
+	other := t.TempDir()
+	nix(t, "copy", "--to", "file://"+other, unsigned)
+	nixStore(t, "--delete", unsigned)
+	code, _, errOut = f.run("deploy", "--systems", filepath.Join(f.dir, "unsigned.json"), "--from", "file://"+other, "app-1")
+	if code == 0 || !strings.Contains(errOut, unsigned) {
+		t.Errorf("an unsigned path in the cache: exit %d:\n%s", code, errOut)
+	}
+	f.write("bad.json", `{"app-1": "/etc/passwd"}`)
+	if code, _, errOut := f.run("deploy", "--systems", filepath.Join(f.dir, "bad.json")); code == 0 || !strings.Contains(errOut, `bad.json: system app-1: "/etc/passwd" is not a store path`) {
+		t.Errorf("a file naming no store path: exit %d:\n%s", code, errOut)
+	}
+	if code, _, errOut := f.run("deploy", "--from", "file://"+other); code != 2 || !strings.Contains(errOut, "--from needs --systems") {
+		t.Errorf("--from alone: exit %d:\n%s", code, errOut)
+	}
+	if hosts, wrong := f.expect(map[string]hostSystem{"app-1": {active: v2["app-1"]}, "app-2": {active: v2["app-2"]}}); wrong > 0 {
+		t.Errorf("after the refusals: %s", hosts)
+	}
+}
+
+func nix(t *testing.T, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command("nix", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nix %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func nixStore(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("nix-store", args...).CombinedOutput(); err != nil {
+		t.Fatalf("nix-store %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func nixBuild(t *testing.T, file, args string) []byte {
+	t.Helper()
+	out, err := exec.Command("nix-build", "--no-out-link", "-E", "import "+file+" "+args).Output()
+	if err != nil {
+		t.Fatalf("nix-build %s: %v", file, err)
+	}
+	return out
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
