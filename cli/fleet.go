@@ -52,7 +52,11 @@ func (f *Fleet) transportConfig(h *eval.Hive, st *state.File) transport.Config {
 		for k, v := range in.SSH {
 			opts[k] = fmt.Sprint(v)
 		}
-		eps[name] = transport.Endpoint{Name: name, Host: in.Host, Port: in.Port, User: in.User,
+		var more []string
+		if len(in.Hosts) > 1 {
+			more = in.Hosts[1:]
+		}
+		eps[name] = transport.Endpoint{Name: name, Host: in.Host, Fallbacks: more, Port: in.Port, User: in.User,
 			HostKeys: in.HostKeys, Jump: in.Jump, Options: opts}
 	}
 	// One bound for everything: connecting, and silence on an open

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/internal/quantity"
 	"github.com/nix-hive/nix-hive/openssh"
@@ -148,6 +149,17 @@ func (c *SSHConfigCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *st
 		return err
 	}
 	defer p.Close()
+	// Of an instance's several addresses, OpenSSH takes one: the first
+	// that answers now.
+	var several []string
+	for _, n := range h.Inventory.InstanceNames() {
+		if len(h.Inventory.Instances[n].Hosts) > 1 {
+			several = append(several, n)
+		}
+	}
+	fanout.Each(ctx, len(several), fanout.DefaultLimit, func(ctx context.Context, i int) {
+		p.Client(ctx, several[i])
+	})
 	cfg := st.AuxPath("ssh_config")
 	if err := os.MkdirAll(filepath.Dir(cfg), 0o755); err != nil {
 		return fmt.Errorf("ssh-config: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"golang.org/x/term"
@@ -64,18 +65,18 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	}
 	files := hostFiles(pool, c.Watch != 0)
 	if files == nil {
-		return c.report(g, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel))
+		return c.report(g, reached(ctx, h.Inventory, pool, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel)))
 	}
 	w := &deploy.Watcher{Remote: pool, Files: files}
 	if c.Watch == 0 {
-		return c.report(g, w.Inspect(ctx, h.Inventory, targets, want, c.Parallel))
+		return c.report(g, reached(ctx, h.Inventory, pool, w.Inspect(ctx, h.Inventory, targets, want, c.Parallel)))
 	}
-	return c.watch(ctx, g, w, h.Inventory, targets, want)
+	return c.watch(ctx, g, w, pool, h.Inventory, targets, want)
 }
 
 // watch runs --watch's rounds and returns the last complete round's
 // outcome.
-func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, inv *eval.Inventory, targets []string, want map[string]string) error {
+func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, pool *transport.Pool, inv *eval.Inventory, targets []string, want map[string]string) error {
 	last := fmt.Errorf("interrupted before the first round completed: %w", context.Canceled)
 	for round := 1; c.Count == 0 || round <= c.Count; round++ {
 		rows := w.Inspect(ctx, inv, targets, want, c.Parallel)
@@ -85,7 +86,7 @@ func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, in
 		if !g.JSON {
 			fmt.Fprintf(g.stdout, "%s-- round %d, %s\n", clearScreen(g), round, time.Now().Format("15:04:05"))
 		}
-		last = c.report(g, rows)
+		last = c.report(g, reached(ctx, inv, pool, rows))
 		if c.Count > 0 && round == c.Count {
 			break
 		}
@@ -104,6 +105,23 @@ func clearScreen(g *Globals) string {
 		return "\x1b[H\x1b[2J"
 	}
 	return "\n"
+}
+
+// reached fills in, for the rows of instances with several addresses,
+// the one their connection reached (the first that answered): a
+// connection this command made knows it, the holder says it for its own.
+func reached(ctx context.Context, inv *eval.Inventory, pool *transport.Pool, rows []deploy.StatusRow) []deploy.StatusRow {
+	for i := range rows {
+		r := &rows[i]
+		if len(inv.Instances[r.Instance].Hosts) < 2 || r.Error != "" {
+			continue
+		}
+		if pool.Reached(r.Instance) == "" {
+			pool.Client(ctx, r.Instance) // through the holder: it says which
+		}
+		r.Address = pool.Reached(r.Instance)
+	}
+	return rows
 }
 
 // report prints one round's table and turns drift into the exit status.
@@ -131,9 +149,17 @@ func (c *StatusCmd) report(g *Globals, rows []deploy.StatusRow) error {
 		if r.Specialisation != "" {
 			active += " (specialisation " + r.Specialisation + ")"
 		}
-		table = append(table, []string{r.Instance, r.System, gen, active, state})
+		table = append(table, []string{r.Instance, r.System, gen, active, state, r.Address})
 	}
-	if err := g.render(rows, "INSTANCE\tSYSTEM\tGEN\tACTIVE\tSTATE", table); err != nil {
+	header := "INSTANCE\tSYSTEM\tGEN\tACTIVE\tSTATE"
+	if slices.ContainsFunc(rows, func(r deploy.StatusRow) bool { return r.Address != "" }) {
+		header += "\tADDRESS"
+	} else {
+		for i := range table {
+			table[i] = table[i][:5]
+		}
+	}
+	if err := g.render(rows, header, table); err != nil {
 		return err
 	}
 	if !g.JSON {

@@ -31,6 +31,9 @@ type StatusRow struct {
 	// reason ("active differs", "unreachable: ...").
 	Drift string `json:"drift,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Address is, for an instance with several, the address its
+	// connection reached (the first that answered).
+	Address string `json:"address,omitempty"`
 }
 
 // Inspect asks every instance in names what it runs, parallel at most

@@ -35,6 +35,11 @@ func (inv *Inventory) checkEndpoints() []string {
 		if err := endpoint.CheckHost(in.Host); err != nil && (nameErr == nil || in.Host != name) {
 			add(name, fmt.Sprintf("attribute host: %q %v", in.Host, err))
 		}
+		for _, h := range in.Hosts[min(1, len(in.Hosts)):] {
+			if err := endpoint.CheckHost(h); err != nil {
+				add(name, fmt.Sprintf("attribute host: %q %v", h, err))
+			}
+		}
 		if err := endpoint.CheckUser(in.User); err != nil {
 			add(name, fmt.Sprintf("attribute user: %q %v", in.User, err))
 		}

@@ -29,10 +29,13 @@ type Instance struct {
 	Name   string `json:"name"`
 	System string `json:"system"`
 	Host   string `json:"host"`
-	User   string `json:"user"`
-	Port   int    `json:"port"`
-	Jump   string `json:"jump,omitempty"`
-	Store  string `json:"store,omitempty"`
+	// Hosts are the instance's addresses, tried in order (the first is
+	// Host): a hive's `host = [ "10.0.0.5" "vpn-web-1" ];`.
+	Hosts []string `json:"hosts"`
+	User  string   `json:"user"`
+	Port  int      `json:"port"`
+	Jump  string   `json:"jump,omitempty"`
+	Store string   `json:"store,omitempty"`
 	// StoreUser is the login consumers use to substitute from this
 	// instance when it is their store.
 	StoreUser string   `json:"storeUser"`

@@ -252,7 +252,7 @@ let
       # it inherits from defaults is checked once, as defaults.
       attrErrors = where: i:
           unknownIn where knownInstanceAttrs i
-          ++ (if i ? host then expect where "host" isString "an address or host name (string)" i.host else [ ])
+          ++ (if i ? host then expect where "host" (h: isString h || (isStringList h && h != [ ])) "an address or host name (string), or a non-empty list of them tried in order" i.host else [ ])
           ++ (if i ? user then expect where "user" isString "a user name (string)" i.user else [ ])
           ++ (if i ? storeUser then expect where "storeUser" isString "a user name (string)" i.storeUser else [ ])
           ++ (if i ? port then expect where "port" (p: isInt p && p > 0 && p < 65536) "a port number (1-65535)" i.port else [ ])
@@ -317,7 +317,9 @@ let
       instances = mapAttrs (name: i: {
         inherit name;
         system = typed isString null (i.system or null);
-        host = typed isString name (i.host or name);
+        # Several addresses are tried in order; the first that answers wins.
+        hosts = let h = i.host or name; in if isString h then [ h ] else if isStringList h && h != [ ] then h else [ name ];
+        host = let h = i.host or name; in if isString h then h else if isStringList h && h != [ ] then head h else name;
         user = typed isString "root" (i.user or "root");
         port = typed isInt 22 (i.port or 22);
         jump = typed isRef null (i.jump or null);

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -98,10 +99,12 @@ func (m *Client) Stop() error {
 	return nil
 }
 
-// Dial is an instance's connection through the holder. Unless fresh, the
-// holder connects to the instance first (if it has not), so that a
-// connection error comes from Dial, as it would without a holder.
-func (m *Client) Dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error) {
+// Dial is an instance's connection through the holder, and the address
+// the holder's connection reached. Unless fresh, the holder connects to
+// the instance first (if it has not), so that a connection error comes
+// from Dial, as it would without a holder; a fresh one says no address.
+func (m *Client) Dial(ctx context.Context, name string, fresh bool) (*ssh.Client, string, error) {
+	reached := ""
 	if !fresh {
 		ch, err := m.open(ctx, muxConnect, name)
 		if err != nil {
@@ -110,15 +113,17 @@ func (m *Client) Dial(ctx context.Context, name string, fresh bool) (*ssh.Client
 				if oce.Reason == ssh.Prohibited { // see dialRejection
 					err = transport.LoginError{Err: err}
 				}
-				return nil, err
+				return nil, "", err
 			}
-			return nil, fmt.Errorf("connect %s through mux %s: %w", name, m.path, err)
+			return nil, "", fmt.Errorf("connect %s through mux %s: %w", name, m.path, err)
 		}
+		b, _ := io.ReadAll(io.LimitReader(ch, 300))
+		reached = string(b)
 		ch.Close()
 	}
 	h := &hostConn{m: m, name: name, fresh: fresh, closed: make(chan struct{}),
 		chans: make(chan ssh.NewChannel), reqs: make(chan *ssh.Request)}
-	return ssh.NewClient(h, h.chans, h.reqs), nil
+	return ssh.NewClient(h, h.chans, h.reqs), reached, nil
 }
 
 // open opens a channel of the holder's own (typ, for instance), bounded

@@ -334,6 +334,8 @@ func (s *Server) channel(ctx context.Context, nc ssh.NewChannel) {
 		}
 		if ch, reqs, err := nc.Accept(); err == nil {
 			go ssh.DiscardRequests(reqs)
+			// Which of the instance's addresses answered, for status.
+			ch.Write([]byte(s.pool.Reached(name)))
 			ch.Close()
 		}
 	case muxFiles:

@@ -139,7 +139,7 @@ func relaySession(ctx context.Context, socket string, c sshCommand, stdin io.Rea
 	m.via = "the deploy's connection"
 	stop := context.AfterFunc(ctx, func() { m.Close() })
 	defer stop()
-	client, err := m.Dial(ctx, c.dest, false)
+	client, _, err := m.Dial(ctx, c.dest, false)
 	if err != nil {
 		return 0, err
 	}

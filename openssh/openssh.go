@@ -109,6 +109,11 @@ func writeHost(b *bufio.Writer, cfg transport.Config, e transport.Effective, cer
 	if cfg.AcceptNewHostKeys {
 		strict = "accept-new"
 	}
+	if len(e.Fallbacks) > 0 {
+		// OpenSSH takes one HostName: the address that answered nix-hive
+		// when this was written, else the hive's first.
+		fmt.Fprintf(b, "\t# the instance's addresses: %s (HostName: the first that answered when this was written)\n", strings.Join(append([]string{e.HostName}, e.Fallbacks...), " "))
+	}
 	fmt.Fprintf(b, "\tHostName %s\n", configValue(escapeTokens(e.HostName)))
 	fmt.Fprintf(b, "\tUser %s\n", configValue(e.User))
 	fmt.Fprintf(b, "\tPort %d\n", e.Port)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -197,9 +198,12 @@ func (cs *connections) dial(name string, fresh bool) (*ssh.Client, error) {
 	if cs.holder.through(name) {
 		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.DialBound(name))
 		defer cancel()
-		c, err := cs.holder.loaded().Dial(ctx, name, fresh)
+		c, reached, err := cs.holder.loaded().Dial(ctx, name, fresh)
 		if err != nil && ctx.Err() != nil {
 			return nil, fmt.Errorf("connect %s (%s) through mux: %w", name, addr, cs.ctxErr(ctx, err))
+		}
+		if err == nil {
+			cs.setReached(name, reached)
 		}
 		if !errors.As(err, new(LoginError)) || cs.hosts.cfg.Passphrase == nil {
 			return c, err
@@ -209,6 +213,52 @@ func (cs *connections) dial(name string, fresh bool) (*ssh.Client, error) {
 		// connections to the jump hosts, if it has those).
 		cs.holder.goDirect(name)
 	}
+	// Each address in turn; the first that answers wins. One that does
+	// not (or presents another key) is said, with the others', if none
+	// does.
+	var errs []error
+	addrs := s.addresses()
+	if r := cs.hosts.reachedAddr(name); r != "" {
+		// The address that answered last goes first: a fresh connection
+		// (a confirmation) does not wait for dead ones again.
+		slices.SortStableFunc(addrs, func(a, b *settings) int {
+			switch {
+			case a.HostName == r && b.HostName != r:
+				return -1
+			case b.HostName == r && a.HostName != r:
+				return 1
+			}
+			return 0
+		})
+	}
+	for _, t := range addrs {
+		c, err := cs.dialAddress(name, t)
+		if err == nil {
+			cs.setReached(name, t.HostName)
+			return c, nil
+		}
+		errs = append(errs, err)
+		if cs.ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, fmt.Errorf("none of the %d addresses of %s answered: %w", len(errs), name, errors.Join(errs...))
+}
+
+// setReached records the address a connection to name reached.
+func (cs *connections) setReached(name, addr string) {
+	if addr != "" {
+		cs.hosts.setReached(name, addr)
+	}
+}
+
+// dialAddress connects to instance name at s's HostName, directly or
+// through its jump host.
+func (cs *connections) dialAddress(name string, s *settings) (*ssh.Client, error) {
+	addr := s.Addr()
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.cfg.ConnectTimeout)
 		defer cancel()

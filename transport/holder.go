@@ -21,7 +21,7 @@ type Holder interface {
 	// holder; a login the holder could not make is a LoginError. Fresh
 	// asks for a connection made for the channels opened on it alone, and
 	// closed with them (RunFresh). ctx bounds the dial.
-	Dial(ctx context.Context, name string, fresh bool) (*ssh.Client, error)
+	Dial(ctx context.Context, name string, fresh bool) (client *ssh.Client, reached string, err error)
 	// Files reads an instance's files over the holder's sftp session with
 	// it; ctx bounds opening the reader, within each batch of reads (the
 	// holder's dial of the host included).

@@ -29,6 +29,9 @@ type Hosts struct {
 
 	acceptMu sync.Mutex // serialises appends to AcceptedKnownHosts
 	ids      identities // identity files decrypted in this run
+
+	reachedMu sync.Mutex
+	reached   map[string]string // of an instance's several addresses, the one that answered
 }
 
 // newHosts validates cfg's endpoints (names, addresses, pinned keys,
@@ -125,12 +128,35 @@ func (h *Hosts) Resolve(name string) (Effective, error) {
 		return Effective{}, fmt.Errorf("%w %q", ErrUnknownInstance, name)
 	}
 	e := s.Effective
+	if r := h.reachedAddr(name); r != "" && r != e.HostName {
+		// The address that answered first, the others after it: what
+		// an OpenSSH config written now should use.
+		e.Fallbacks = slices.DeleteFunc(append([]string{e.HostName}, e.Fallbacks...), func(a string) bool { return a == r })
+		e.HostName = r
+	}
+	e.Fallbacks = slices.Clone(e.Fallbacks)
 	e.JumpChain = slices.Clone(e.JumpChain)
 	e.IdentityFiles = slices.Clone(e.IdentityFiles)
 	e.CertificateFiles = slices.Clone(e.CertificateFiles)
 	e.Pinned = slices.Clone(e.Pinned)
 	e.Options = slices.Clone(e.Options)
 	return e, nil
+}
+
+// setReached records which of name's addresses a connection reached.
+func (h *Hosts) setReached(name, addr string) {
+	h.reachedMu.Lock()
+	defer h.reachedMu.Unlock()
+	if h.reached == nil {
+		h.reached = map[string]string{}
+	}
+	h.reached[name] = addr
+}
+
+func (h *Hosts) reachedAddr(name string) string {
+	h.reachedMu.Lock()
+	defer h.reachedMu.Unlock()
+	return h.reached[name]
 }
 
 // KnownHostsFiles are the known_hosts files consulted for hosts without

@@ -24,8 +24,11 @@ import (
 type Effective struct {
 	Name     string
 	HostName string
-	User     string
-	Port     int
+	// Fallbacks are addresses tried after HostName, in order; the
+	// connection says which answered (Pool.Reached).
+	Fallbacks []string
+	User      string
+	Port      int
 	// JumpChain lists the hops in dial order: the first is reached directly
 	// from this machine, the last is the one that reaches Name. Empty means
 	// a direct connection.
@@ -64,6 +67,18 @@ type Option struct{ Key, Value string }
 // this keeps a value that escaped them from ever running.
 func (e Effective) ProxyCommandLine() string {
 	return expandTokens(e.ProxyCommand, tokens{alias: e.Name, host: e.HostName, port: e.Port, user: e.User, quote: shell.Quote})
+}
+
+// addresses are s as it is dialed at each of its addresses, HostName
+// first.
+func (s *settings) addresses() []*settings {
+	out := []*settings{s}
+	for _, h := range s.Fallbacks {
+		t := *s
+		t.HostName, t.Fallbacks = h, nil
+		out = append(out, &t)
+	}
+	return out
 }
 
 // Addr is the host:port to dial for the instance (from its last jump hop,
@@ -169,6 +184,9 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	sort.Slice(s.Options, func(i, j int) bool { return s.Options[i].Key < s.Options[j].Key })
 	// The hive first, then the user's ssh config, then OpenSSH's defaults.
 	s.HostName = firstOf(endpoint.HostName(ep.Host), expandTokens(uc.get(name, "HostName"), tokens{alias: name}), name)
+	for _, h := range ep.Fallbacks {
+		s.Fallbacks = append(s.Fallbacks, endpoint.HostName(h))
+	}
 	port, err := userPort(uc, name)
 	if err != nil {
 		return nil, err
@@ -219,6 +237,11 @@ func checkEndpoint(ep Endpoint) error {
 	if ep.Host != "" {
 		if err := endpoint.CheckHost(ep.Host); err != nil {
 			return fmt.Errorf("instance %s: host %q %w", name, ep.Host, err)
+		}
+	}
+	for _, h := range ep.Fallbacks {
+		if err := endpoint.CheckHost(h); err != nil {
+			return fmt.Errorf("instance %s: host %q %w", name, h, err)
 		}
 	}
 	if ep.User != "" {

@@ -406,6 +406,10 @@ func (p *Pool) Release(name string) {
 	}
 }
 
+// Reached is the address the last connection to instance name reached
+// (of its several, the first that answered), "" before one.
+func (p *Pool) Reached(name string) string { return p.hosts.reachedAddr(name) }
+
 // ThroughMux says whether the pool goes through a holder: one it was
 // given, or one it starts when it first connects (Config.StartHolder).
 func (p *Pool) ThroughMux() bool { return p.holder.loaded() != nil || p.hosts.cfg.StartHolder != nil }

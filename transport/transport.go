@@ -29,6 +29,9 @@ type Endpoint struct {
 	// Host is an address or DNS name; "" means the user's ssh config
 	// HostName for Name, else Name itself.
 	Host string
+	// Fallbacks are more addresses of the instance, tried in order when
+	// Host does not answer (a hive's `host = [ "10.0.0.5" "vpn-web-1" ]`).
+	Fallbacks []string `json:",omitempty"`
 	// Port is the TCP port; 0 means the user's ssh config Port, else 22.
 	Port int
 	// User is the login; "" means the user's ssh config User, else root.
