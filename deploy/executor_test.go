@@ -461,3 +461,43 @@ func TestExecutorInterruptedTransferOfALaterWave(t *testing.T) {
 	}
 	f.mu.Unlock()
 }
+
+// A rollout that reverts as one (Options.RollbackSucceeded): storage
+// fails in wave 3, so nothing after it starts, and the hosts this deploy
+// changed return to what they ran before in the reverse of how they
+// came: wave 2's www-2 first, then wave 1's consumer www-1 before its
+// store portico. Each ends rolled back, running what it ran before, and
+// the rollout says why it stopped.
+func TestExecutorRollbackSucceeded(t *testing.T) {
+	inv := seedInventory()
+	p, err := plan.Make(inv, []string{"portico", "www-1", "www-2", "storage", "www-3"},
+		seedBuilt, [][]string{{"portico", "www-1"}, {"www-2"}, {"storage"}, {"www-3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHosts()
+	f.fail["storage"] = true
+	r := Execute(context.Background(), p, inv, f, f, Options{Connection: Connection{Parallel: 4}, RollbackSucceeded: true})
+	if got := strings.Join(f.restores, " "); got != "www-2 www-1 portico" {
+		t.Errorf("reverted %q, want www-2, then www-1 before its store portico", got)
+	}
+	want := map[string]Status{"portico": StatusRolledBack, "www-1": StatusRolledBack, "www-2": StatusRolledBack,
+		"storage": StatusFailed, "www-3": StatusNotStarted}
+	for h, s := range want {
+		res := r.Results[h]
+		if res.Status != s {
+			t.Errorf("%s: %s (%s), want %s", h, res.Status, res.Error, s)
+		}
+		if s == StatusRolledBack && (!strings.Contains(res.Error, "reverted with the rollout: storage failed in wave 3") || f.active[h] != "" || res.Step != StepRollback) {
+			t.Errorf("%s: %s at %s, active %q; want reverted, running what it ran before", h, res.Error, res.Step, f.active[h])
+		}
+	}
+	if !strings.Contains(r.Stopped, "storage failed in wave 3") || r.OK() {
+		t.Errorf("report: stopped %q, ok %v", r.Stopped, r.OK())
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.locks) != 0 {
+		t.Errorf("deploy locks left: %v", f.locks)
+	}
+}

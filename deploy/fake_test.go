@@ -19,13 +19,14 @@ import (
 // real programs; this proves the executor's ordering and bookkeeping
 // quickly and deterministically.
 type fakeHosts struct {
-	mu      sync.Mutex
-	changed *sync.Cond // job states and locks
-	active  map[string]string
-	profile map[string]string
-	last    map[string]string
-	order   []string // activations (switch-to-configuration runs), in order
-	fail    map[string]bool
+	mu       sync.Mutex
+	changed  *sync.Cond // job states and locks
+	active   map[string]string
+	profile  map[string]string
+	last     map[string]string
+	order    []string // activations (switch-to-configuration runs), in order
+	restores []string // returns to what ran before a job (restore:ID), in order
+	fail     map[string]bool
 	// unconfirmable hosts refuse new connections after activation, like
 	// a system that broke sshd.
 	unconfirmable map[string]bool
@@ -156,6 +157,12 @@ func (f *fakeHosts) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 }
 
 func (f *fakeHosts) RunFresh(ctx context.Context, name, cmd string, _ io.Reader, stdout, _ io.Writer) (int, error) {
+	if _, ok := programArgs(cmd, "query"); ok {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		fmt.Fprintf(stdout, "active=%s\nprofile=%s\n", f.active[name], f.profile[name])
+		return 0, nil
+	}
 	args, ok := programArgs(cmd, "confirm")
 	if !ok {
 		return 127, nil
@@ -216,6 +223,7 @@ func (f *fakeHosts) start(name, id string, args []string) {
 		if from, ok := strings.CutPrefix(target, "restore:"); ok {
 			b := f.jobs[from].before
 			f.active[name], f.profile[name] = b[0], b[1]
+			f.restores = append(f.restores, name)
 			j.state = "done ok back on " + b[0]
 			f.last[name] = fmt.Sprintf("%s %s %s ok", id, goal, b[0])
 			return
