@@ -2,11 +2,13 @@ package cli_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Deploying what CI built: `nix-hive build` runs "in CI" and its systems
@@ -23,7 +25,10 @@ func TestDeployPrebuilt(t *testing.T) {
 	v1 := f.baseline()
 
 	// CI: build version 2, copy it to a binary cache, and forget it here.
-	f.variants(map[string]string{"app-1": `version = "2";`, "app-2": `version = "2";`})
+	// A version of its own, so that no other test's roots keep it alive
+	// here when it is deleted.
+	ci := fmt.Sprintf("ci%d", time.Now().UnixNano())
+	f.variants(map[string]string{"app-1": `version = "` + ci + `";`, "app-2": `version = "` + ci + `";`})
 	code, out, _ := f.run("build")
 	if code != 0 {
 		t.Fatal("CI's build failed")
@@ -74,13 +79,13 @@ func TestDeployPrebuilt(t *testing.T) {
 	if got := f.state().Systems["app-1"].OutPath; got != v2["app-1"] {
 		t.Errorf("hive.state records %s for app-1, want %s", got, v2["app-1"])
 	}
-	if strings.Contains(string(mustRead(t, f.lab.Host("app-1").Path("/run/current-system/nixos-version"))), "3") {
-		t.Error("the hive's version 3 was built and deployed")
+	if v := strings.TrimSpace(string(mustRead(t, f.lab.Host("app-1").Path("/run/current-system/nixos-version")))); v != ci {
+		t.Errorf("app-1 runs version %q, want CI's %q (the hive's 3 must not be built)", v, ci)
 	}
 
 	// A system nobody signed: built here, outside the hive.
 	ts, _ := filepath.Abs("../examples/testsystems")
-	unsigned := strings.TrimSpace(string(nixBuild(t, ts, `{ name = "app"; version = "tampered"; }`)))
+	unsigned := strings.TrimSpace(string(nixBuild(t, ts, `{ name = "app"; version = "tampered`+ci+`"; }`)))
 	f.write("unsigned.json", `{"app-1": "`+unsigned+`", "app-2": "`+v2["app-2"]+`"}`)
 	code, _, errOut = f.run("deploy", "--systems", filepath.Join(f.dir, "unsigned.json"), "app-1")
 	if code == 0 || !strings.Contains(errOut, "not signed by the hive's key") || !strings.Contains(errOut, unsigned) {
