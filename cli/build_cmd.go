@@ -6,11 +6,13 @@ import (
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/state"
+	"github.com/nix-hive/nix-hive/transport"
 )
 
 // BuildCmd is `nix-hive build`.
 type BuildCmd struct {
 	Steps
+	BuildHost
 	Targets []string `arg:"" optional:"" help:"Instance name globs, or @tag globs (default: all)."`
 }
 
@@ -48,6 +50,17 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 		return err
 	}
 	mode := c.paths(eval.Build)
+	if c.BuildHost.BuildHost != "" || inv.Build.Host != "" {
+		f := Fleet{ConnectTimeout: transport.DefaultConnectTimeout}
+		pool, err := newPool(g, h, f.transportConfig(h, st))
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		if err := c.buildOn(h, st, pool); err != nil {
+			return err
+		}
+	}
 	builds, err := h.Paths(ctx, st, inv.SystemsOf(targets), mode)
 	if err != nil {
 		return err

@@ -35,6 +35,7 @@ type DeployCmd struct {
 	RollbackSucceeded bool     `help:"When a target fails: start no further host, and return every host this deploy changed to what it ran before, the latest wave first, each confirmed (as deploy-rs's --rollback-succeeded; a policy's rollback_succeeded = True does the same)."`
 	Specialisation    string   `help:"Activate specialisation/NAME of each target's system (with switch or test), instead of the hive's per-instance specialisation; the system profile still gets the system, as nixos-rebuild --specialisation does." placeholder:"NAME"`
 	Activation
+	BuildHost
 	TrustHiveKey bool `help:"Pass the hive's public key to consumers on the command line instead of relying on their nix.conf (for hosts not yet configured with lib/module.nix)."`
 	Escalation
 	Reboot        bool          `help:"With --goal boot: reboot each host after activation, wait for it, and check it booted the new system."`
@@ -154,6 +155,11 @@ func (c *DeployCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	pb, err := prebuilt(c.Systems, c.From)
 	if err != nil {
 		return err
+	}
+	if pb == nil {
+		if err := c.buildOn(h, st, pool); err != nil {
+			return err
+		}
 	}
 	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode, Specialisation: c.Specialisation, Prebuilt: pb})
 	if err != nil {

@@ -98,6 +98,9 @@ type Signing struct {
 // BuildSettings holds hive-wide options for nix build.
 type BuildSettings struct {
 	Flags []string `json:"flags"`
+	// Host is the instance the systems are built on (nix.build.host),
+	// through Nix's remote builders; "" builds here.
+	Host string `json:"host,omitempty"`
 }
 
 // rawInstance mirrors an instance as lib/hive.nix emits it, where absent

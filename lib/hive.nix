@@ -120,7 +120,8 @@ let
         unknownIn "hive" knownTopAttrs hive
         ++ unknownIn "signing" knownSigningAttrs signing
         ++ unknownIn "nix" [ "build" ] (hive.nix or { })
-        ++ (if isAttrs (hive.nix or null) then unknownIn "nix.build" [ "flags" ] (hive.nix.build or { }) else [ ])
+        ++ (if isAttrs (hive.nix or null) then unknownIn "nix.build" [ "flags" "host" ] (hive.nix.build or { }) else [ ])
+        ++ (if (hive.nix.build.host or null) != null then refErrors "hive" "nix.build.host" hive.nix.build.host false else [ ])
         ++ expect "hive" "systems" isAttrs "an attribute set of systems" systemsIn
         # Said once here, not once per instance that names a system.
         ++ (if systemsOK && systemsIn == { } && instancesIn != { } then [ "hive: attribute systems: no system is defined, and every instance needs one" ] else [ ])
@@ -383,6 +384,7 @@ let
         };
         paths = mapAttrs (_: pathString) hivePaths;
         build.flags = hive.nix.build.flags or [ ];
+        build.host = let h = hive.nix.build.host or null; in if isString h then h else null;
         # Host certificates signed by these keys are accepted for any
         # instance without a pinned hostKey, as @cert-authority lines in
         # known_hosts would be.
