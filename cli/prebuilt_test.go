@@ -79,7 +79,7 @@ func TestDeployPrebuilt(t *testing.T) {
 	if got := f.state().Systems["app-1"].OutPath; got != v2["app-1"] {
 		t.Errorf("hive.state records %s for app-1, want %s", got, v2["app-1"])
 	}
-	if v := strings.TrimSpace(string(mustRead(t, f.lab.Host("app-1").Path("/run/current-system/nixos-version")))); v != ci {
+	if v := strings.TrimSpace(readFile(t, f.lab.Host("app-1").Path("/run/current-system/nixos-version"))); v != ci {
 		t.Errorf("app-1 runs version %q, want CI's %q (the hive's 3 must not be built)", v, ci)
 	}
 
@@ -133,13 +133,4 @@ func nixBuild(t *testing.T, file, args string) []byte {
 		t.Fatalf("nix-build %s: %v", file, err)
 	}
 	return out
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
