@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nix-hive/nix-hive/lab"
@@ -161,6 +162,34 @@ func TestDeployBootFallback(t *testing.T) {
 		}
 		if d, o := efi("LoaderEntryDefault"), efi("LoaderEntryOneShot"); d != "nixos-generation-2.conf" || o != "" {
 			t.Errorf("EFI variables: default %q, one-shot %q; want nixos-generation-2.conf and none", d, o)
+		}
+	})
+
+	t.Run("Ctrl-C cuts the wait for a boot short", func(t *testing.T) {
+		f.variants(map[string]string{
+			"app-1": `version = "4"; bootFails = "hang";`,
+			"app-2": `version = "2"; bootFails = true;`,
+			"app-3": `version = "2";`,
+		})
+		v4 := f.build()
+		boots := f.lab.Host("app-1").Boots()
+		r := f.startProcess("deploy", "--no", "build", "--goal", "boot", "--reboot", "--reboot-timeout", "10m", "--connect-timeout", faultConnect, "app-1")
+		r.stderr.waitFor(t, `app-1 \[wave 1\] reboot info: systemd-boot: the next boot starts nixos-generation-4\.conf once`, r.done)
+		// Interrupted only once the host is down in its hung boot.
+		waitUntil(t, "app-1 hung in its new system's boot", func() bool {
+			return f.lab.Host("app-1").Boots() == boots+1 && strings.Contains(f.lab.Host("app-1").LogTail(), v4["app-1"]+" hangs at boot")
+		})
+		r.signal(syscall.SIGINT)
+		if code := r.wait(); code == 0 {
+			t.Fatal("interrupted: exit 0")
+		}
+		summaryHas(t, r.stdout.String(), "app-1", "unknown", "reboot")
+		if err := f.lab.Host("app-1").PowerCycle(); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "app-1 back from its power cycle", func() bool { return f.lab.Host("app-1").Boots() == boots+2 })
+		if got := f.system("app-1"); got.active != v2["app-1"] {
+			t.Errorf("after the power cycle app-1 runs %s, want the default %s", got.active, v2["app-1"])
 		}
 	})
 }

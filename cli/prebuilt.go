@@ -9,7 +9,7 @@ import (
 	"regexp"
 	"slices"
 
-	"github.com/nix-hive/nix-hive/endpoint"
+	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/plan"
 )
@@ -71,25 +71,16 @@ func parseSystems(data []byte) (map[string]string, error) {
 }
 
 // checkCacheURL checks --from: a binary cache nix copy reads (file,
-// http, https, ssh, ssh-ng), its host and login as the hive's would be.
+// http, https, ssh, ssh-ng), an ssh one's host and login as the hive's
+// store URLs are checked.
 func checkCacheURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("is not a URL: %w", err)
 	}
 	switch u.Scheme {
-	case "file", "http", "https":
-	case "ssh", "ssh-ng":
-		if err := endpoint.CheckHost(u.Hostname()); err != nil {
-			return fmt.Errorf("has a host that %w", err)
-		}
-		if u.User != nil {
-			if err := endpoint.CheckUser(u.User.Username()); err != nil {
-				return fmt.Errorf("has a login that %w", err)
-			}
-		}
-	default:
-		return fmt.Errorf("is not a binary cache URL nix copy reads (file://, http://, https://, ssh://, ssh-ng://)")
+	case "file", "http", "https", "ssh", "ssh-ng":
+		return eval.CheckStoreURL(s)
 	}
-	return nil
+	return fmt.Errorf("is not a binary cache URL nix copy reads (file://, http://, https://, ssh://, ssh-ng://)")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/fanout"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -111,16 +112,16 @@ func clearScreen(g *Globals) string {
 // the one their connection reached (the first that answered): a
 // connection this command made knows it, the holder says it for its own.
 func reached(ctx context.Context, inv *eval.Inventory, pool *transport.Pool, rows []deploy.StatusRow) []deploy.StatusRow {
-	for i := range rows {
+	fanout.Each(ctx, len(rows), fanout.DefaultLimit, func(ctx context.Context, i int) {
 		r := &rows[i]
 		if len(inv.Instances[r.Instance].Hosts) < 2 || r.Error != "" {
-			continue
+			return
 		}
 		if pool.Reached(r.Instance) == "" {
 			pool.Client(ctx, r.Instance) // through the holder: it says which
 		}
 		r.Address = pool.Reached(r.Instance)
-	}
+	})
 	return rows
 }
 

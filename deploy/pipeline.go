@@ -114,7 +114,7 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 		return "", err
 	}
 	if p.opts.Activation.Reboot {
-		if err := p.reboot(actx, n, job, before.Active, loader); err != nil {
+		if err := p.reboot(ctx, actx, n, job, before.Active, loader); err != nil {
 			return "", err
 		}
 	}

@@ -44,38 +44,46 @@ func (p *pipeline) bootLoader(ctx context.Context, n string) (string, error) {
 // watchdog (or an operator's power cycle) makes into the default. When it
 // comes back on another system, its profile and default are made that
 // system's again and the host is rolled back.
-func (p *pipeline) reboot(ctx context.Context, n, job, running, loader string) error {
+//
+// Its changes run under actx, as activations do; the waits for the host
+// only watch, so Ctrl-C (ctx) ends them too, and the host is unknown.
+func (p *pipeline) reboot(ctx, actx context.Context, n, job, running, loader string) error {
 	path := p.plan.Hosts[n].OutPath
 	in, priv := p.inv.Instances[n], p.opts.Connection.Privilege
 	timeout, connect := p.opts.Activation.RebootTimeout, p.opts.Connection.ConnectTimeout
-	before, err := host.Query(ctx, p.remote, n)
+	before, err := host.Query(actx, p.remote, n)
 	if err != nil {
 		return failed(StepReboot, err)
 	}
 	p.journal.step(n, StepReboot, EventStart, "")
 	if loader != "" {
-		bl, err := host.PrepareBootFallback(ctx, p.remote, in, priv, path, running)
+		bl, err := host.PrepareBootFallback(actx, p.remote, in, priv, path, running)
 		if err != nil {
 			// The activation made the new system the default: undo it
 			// rather than reboot without a way back.
-			return p.rollback(ctx, n, job, fmt.Errorf("boot fallback: %w", err))
+			return p.rollback(actx, n, job, fmt.Errorf("boot fallback: %w", err))
 		}
 		p.journal.step(n, StepReboot, EventInfo, fmt.Sprintf("%s: the next boot starts %s once; %s stays the default", bl.Name, bl.Next, bl.Default))
 	}
-	mark, err := host.Reboot(ctx, p.remote, in, priv)
+	mark, err := host.Reboot(actx, p.remote, in, priv)
 	if err != nil {
 		return failed(StepReboot, err)
 	}
-	hs, err := host.AwaitReboot(ctx, p.remote, n, mark, before.BootID, timeout, connect)
-	if err != nil && loader != "" && ctx.Err() == nil {
+	wctx, stop := context.WithCancel(actx)
+	defer stop()
+	defer context.AfterFunc(ctx, stop)()
+	hs, err := host.AwaitReboot(wctx, p.remote, n, mark, before.BootID, timeout, connect)
+	if err != nil && loader != "" && wctx.Err() == nil {
 		p.journal.step(n, StepReboot, EventInfo, fmt.Sprintf("%v; waiting up to %s more for its next boot (a watchdog's or a power cycle's), which starts %s", err, timeout, running))
 		var again error
-		if hs, again = host.AwaitReboot(ctx, p.remote, n, mark, before.BootID, timeout, connect); again != nil && ctx.Err() == nil {
+		if hs, again = host.AwaitReboot(wctx, p.remote, n, mark, before.BootID, timeout, connect); again != nil && wctx.Err() == nil {
 			return rolledBack(StepReboot, fmt.Errorf("rolled back (boot), unconfirmed: %s did not come up within %s and the host has not answered since; its next boot starts %s, the default", path, timeout, running))
 		}
 		err = again
 	}
 	switch {
+	case (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && loader != "":
+		return unknown(StepReboot, fmt.Errorf("%w; the host may still come back: a boot it starts now runs %s once, and every boot after it %s, the default", err, path, running))
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return unknown(StepReboot, err) // stopped waiting: the host may still come back
 	case err != nil:
@@ -83,14 +91,14 @@ func (p *pipeline) reboot(ctx context.Context, n, job, running, loader string) e
 	}
 	p.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	if hs.Active != path && loader != "" {
-		return p.bootRolledBack(ctx, n, path, hs.Active)
+		return p.bootRolledBack(actx, n, path, hs.Active)
 	}
 	if hs.Active != path {
 		return failedf(StepReboot, "the host booted %q, want %s", hs.Active, path)
 	}
 	msg := "booted " + path
 	if loader != "" {
-		entry, err := host.SetBootDefault(ctx, p.remote, in, priv, path)
+		entry, err := host.SetBootDefault(actx, p.remote, in, priv, path)
 		if err != nil {
 			return failed(StepReboot, fmt.Errorf("booted %s, but it is not the boot loader's default (the next boot starts %s): %w", path, running, err))
 		}

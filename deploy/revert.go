@@ -98,13 +98,12 @@ func (e *executor) revertOne(ctx context.Context, n, why string) bool {
 	case goal != host.GoalBoot && hs.Active != r.Before:
 		err = fmt.Errorf("%s; after the way back it runs %s, not %s", msg, hs.Active, r.Before)
 	}
+	e.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	if err != nil {
-		e.journal.update(n, func(r *Result) { r.Active = hs.Active })
 		e.settle(n, "", failed(StepRollback, err))
 		e.record(n)
 		return false
 	}
-	e.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	e.journal.step(n, StepRollback, EventOK, st.Reason+"; confirmed over a new connection")
 	e.settle(n, "", rolledBack(StepRollback, errors.New(msg)))
 	e.record(n)

@@ -58,7 +58,7 @@ func (inv *Inventory) checkEndpoints() []string {
 			}
 		}
 		if in.StoreIsURL() {
-			if err := checkStoreURL(in.Store); err != nil {
+			if err := CheckStoreURL(in.Store); err != nil {
 				add(name, fmt.Sprintf("attribute store: %q %v", in.Store, err))
 			}
 		}
@@ -91,10 +91,10 @@ func instancesPhrase(names []string) string {
 	return fmt.Sprintf("instances %s and %d more", strings.Join(q, ", "), len(names)-3)
 }
 
-// checkStoreURL checks the address of an ssh store URL: nix copy hands
+// CheckStoreURL checks the address of an ssh store URL: nix copy hands
 // it to ssh on this machine, where "-oProxyCommand=..." would be an
 // option, and consumers to theirs.
-func checkStoreURL(s string) error {
+func CheckStoreURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("is not a URL: %w", err)
