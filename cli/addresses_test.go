@@ -44,6 +44,17 @@ func TestSeveralAddresses(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "app-1") {
 		t.Errorf("run: exit %d:\n%s", code, out)
 	}
+	// A connection holder started afresh dials the addresses itself,
+	// the silent one included, within the bound it gives a dial.
+	f.run("mux", "stop")
+	if code, _, _ := f.run("mux", "start", "--connect-timeout", faultConnect, "app-1"); code != 0 {
+		t.Fatalf("mux start: exit %d", code)
+	}
+	code, out, _ = f.run("run", "--connect-timeout", faultConnect, "app-1", "--", "hostname")
+	if code != 0 || !strings.Contains(out, "app-1") {
+		t.Errorf("run through a new holder: exit %d:\n%s", code, out)
+	}
+	f.run("mux", "stop")
 	code, out, _ = f.run("ssh-config")
 	if code != 0 || !strings.Contains(out, "\tHostName "+real+"\n") || !strings.Contains(out, "# the instance's addresses: "+real+" "+refused+" "+silent) {
 		t.Errorf("ssh-config: exit %d:\n%s", code, out)

@@ -191,12 +191,13 @@ func (h *Hosts) Certified(name string) bool {
 }
 
 // DialBound is how long connecting to an instance may take:
-// ConnectTimeout per hop, as when a pool dials it, and as long as a
+// ConnectTimeout per hop and per address, as when a pool dials it, and as long as a
 // command waits for a holder to (ConnectTimeout for a name that is no
 // instance).
 func (h *Hosts) DialBound(name string) time.Duration {
 	if s, ok := h.endpoints[name]; ok {
-		return time.Duration(1+len(s.JumpChain)) * h.cfg.ConnectTimeout
+		// Each hop, and each of the instance's addresses, within its own.
+		return time.Duration(1+len(s.JumpChain)+len(s.Fallbacks)) * h.cfg.ConnectTimeout
 	}
 	return h.cfg.ConnectTimeout
 }
