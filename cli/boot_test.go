@@ -67,6 +67,10 @@ func TestDeployBootFallback(t *testing.T) {
 		if n := f.lab.Host("app-1").Boots(); n != 1 {
 			t.Errorf("app-1 booted %d times, want 1", n)
 		}
+		// Good only once it booted and answered.
+		if l := f.lastActivation("app-1"); !strings.HasSuffix(l, " boot "+v2["app-1"]+" ok") {
+			t.Errorf("app-1's record of the activation: %q, want ok", l)
+		}
 		// The next boot, nix-hive's no longer, starts the new system too.
 		// The reboot kills the command with the rest of the host: its
 		// error says nothing; the boot count does.
@@ -97,6 +101,10 @@ func TestDeployBootFallback(t *testing.T) {
 		// The failed boot, then the watchdog's into the default.
 		if n := f.lab.Host("app-2").Boots(); n != 2 {
 			t.Errorf("app-2 booted %d times, want 2", n)
+		}
+		// The generation that did not boot is no rollback's target.
+		if b, _ := os.ReadFile(f.lab.Host("app-2").Path("/nix/var/nix-hive/generations/2")); !strings.HasPrefix(string(b), "failed "+v2["app-2"]) {
+			t.Errorf("the host's record of generation 2: %q, want it failed", b)
 		}
 		if env := grubenv(); strings.Contains(env, "next_entry=") || !strings.Contains(env, "saved_entry=NixOS\n") {
 			t.Errorf("grubenv after the rollback:\n%s\nwant the top entry (now %s) saved and no one-shot", env, v1["app-2"])
@@ -162,6 +170,10 @@ func TestDeployBootFallback(t *testing.T) {
 		}
 		if d, o := efi("LoaderEntryDefault"), efi("LoaderEntryOneShot"); d != "nixos-generation-2.conf" || o != "" {
 			t.Errorf("EFI variables: default %q, one-shot %q; want nixos-generation-2.conf and none", d, o)
+		}
+		// Never seen booted: not recorded good, so no rollback takes it.
+		if l := f.lastActivation("app-1"); !strings.HasSuffix(l, " boot "+v3["app-1"]+" activated") {
+			t.Errorf("app-1's record of the activation: %q, want it not yet good", l)
 		}
 	})
 

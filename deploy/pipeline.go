@@ -76,11 +76,12 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 	if err != nil {
 		return "", err
 	}
-	if job := checksPending(p.opts.Activation.Goal, before, h); job != "" && !p.opts.Activation.Force {
+	// A reboot is only done once the host runs what it booted: a boot
+	// that never came up is neither up to date nor a check to rerun.
+	rebooted := !p.opts.Activation.Reboot || before.Active == h.OutPath
+	if job := checksPending(p.opts.Activation.Goal, before, h); job != "" && !p.opts.Activation.Force && rebooted {
 		return p.recheck(actx, n, job, batch)
 	}
-	// A reboot is only done once the host runs what it booted.
-	rebooted := !p.opts.Activation.Reboot || before.Active == h.OutPath
 	if !p.opts.Activation.Force && rebooted && upToDate(p.opts.Activation.Goal, before, h) {
 		// Keys are uploaded again (their values may have changed) without
 		// a line of their own: a no-op deploy says one thing per host.
@@ -102,7 +103,7 @@ func (p *pipeline) activate(ctx, actx context.Context, n string) (Status, error)
 	if err := p.uploadKeys(ctx, n, batch, eval.PreActivation); err != nil {
 		return "", err
 	}
-	job, err := p.switchHost(actx, n)
+	job, err := p.switchHost(actx, n, loader != "")
 	if err != nil {
 		return "", err
 	}
@@ -236,10 +237,13 @@ func (p *pipeline) idleHost(ctx context.Context, n string) (host.State, error) {
 // switchHost runs the activation job and returns its id. With magic
 // rollback (switch, test) the job waits for a confirmation over a new
 // connection and otherwise returns to what ran before.
-func (p *pipeline) switchHost(ctx context.Context, n string) (string, error) {
+//
+// With boot, the boot fallback confirms the new system's boot: the job
+// records the activation as not yet good until it has (Jobs.Mark).
+func (p *pipeline) switchHost(ctx context.Context, n string, boot bool) (string, error) {
 	h := p.plan.Hosts[n]
 	goal, path := p.opts.Activation.Goal, h.OutPath
-	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post"),
+	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post") || boot,
 		Specialisation: h.Specialisation}
 	p.setActivating(n, true)
 	defer p.setActivating(n, false)

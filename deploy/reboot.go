@@ -91,7 +91,7 @@ func (p *pipeline) reboot(ctx, actx context.Context, n, job, running, loader str
 	}
 	p.journal.update(n, func(r *Result) { r.Active = hs.Active })
 	if hs.Active != path && loader != "" {
-		return p.bootRolledBack(actx, n, path, hs.Active)
+		return p.bootRolledBack(actx, n, job, path, hs.Active)
 	}
 	if hs.Active != path {
 		return failedf(StepReboot, "the host booted %q, want %s", hs.Active, path)
@@ -103,18 +103,31 @@ func (p *pipeline) reboot(ctx, actx context.Context, n, job, running, loader str
 			return failed(StepReboot, fmt.Errorf("booted %s, but it is not the boot loader's default (the next boot starts %s): %w", path, running, err))
 		}
 		msg += "; its entry " + entry + " is the default"
+		if !p.checks.has("post") {
+			// Booted and answering: the activation is good (the policy's
+			// post-check marks it otherwise).
+			if err := p.checks.mark(actx, n, job, "ok"); err != nil {
+				return err
+			}
+		}
 	}
 	p.journal.step(n, StepReboot, EventOK, msg)
 	return nil
 }
 
-// bootRolledBack settles host n after its boot fallback: path did not
-// boot, and the host came back on booted. Its system profile and boot
-// default become booted's again, so that neither the host's records nor
-// its next boot say otherwise.
-func (p *pipeline) bootRolledBack(ctx context.Context, n, path, booted string) error {
+// bootRolledBack settles host n after its boot fallback: path, which job
+// activated, did not boot, and the host came back on booted. The host
+// records job's activation as failed, so that no rollback takes its
+// generation for good; then the system profile and the boot default
+// become booted's again, so that neither the host's records nor its
+// next boot say otherwise. (Job's own record of what ran before it was
+// in /run, which the reboot emptied: booted is what runs.)
+func (p *pipeline) bootRolledBack(ctx context.Context, n, job, path, booted string) error {
 	why := fmt.Errorf("rolled back (boot): %s did not come up; the host booted %s, the default", path, booted)
 	p.journal.step(n, StepRollback, EventStart, why.Error())
+	if err := p.checks.mark(ctx, n, job, "failed"); err != nil {
+		return failed(StepRollback, fmt.Errorf("%v; recording it: %w", why, err))
+	}
 	st, err := p.jobs.Run(ctx, p.inv.Instances[n], host.Job{Goal: host.GoalBoot, Target: booted, Gzip: p.locks.hasGzip(n)})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; making it the system profile again: %w", why, err))
