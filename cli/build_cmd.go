@@ -36,11 +36,14 @@ type buildOutput struct {
 
 type systemOutput struct {
 	*eval.System
-	DrvPath   string   `json:"drvPath,omitempty"`
-	OutPath   string   `json:"outPath,omitempty"`
-	Built     bool     `json:"built"`
-	Cached    bool     `json:"cached,omitempty"`
-	Instances []string `json:"instances"`
+	DrvPath string `json:"drvPath,omitempty"`
+	OutPath string `json:"outPath,omitempty"`
+	// BuiltProfiles are the out paths of the system's profiles, by name
+	// (what deploy --systems reads back beside OutPath).
+	BuiltProfiles map[string]string `json:"profilePaths,omitempty"`
+	Built         bool              `json:"built"`
+	Cached        bool              `json:"cached,omitempty"`
+	Instances     []string          `json:"instances"`
 }
 
 func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
@@ -76,7 +79,7 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 		if !ok {
 			so = systemOutput{System: inv.Systems[in.System]}
 			if b, ok := builds.Paths[in.System]; ok {
-				so.DrvPath, so.OutPath = b.DrvPath, b.OutPath
+				so.DrvPath, so.OutPath, so.BuiltProfiles = b.DrvPath, b.OutPath, b.Profiles
 				so.Built = builds.Built[in.System]
 				so.Cached = !so.Built
 			}

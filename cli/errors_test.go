@@ -74,6 +74,12 @@ var hiveErrorCases = []struct {
 		[]string{"plan", "--offline"}, []string{`instance "$(id>pwned)a": the name is not a valid instance name`, `instance "b": attribute host: "$(id>pwned)10.0.0.2" is not a DNS name`,
 			`instance "b": attribute user: "r;id" is not a POSIX login name`, `instance "b": attribute storeUser: "-x" is not a POSIX login name`,
 			`instance "b": attribute tags: "a b" is not a valid tag`, `instance "b": attribute store: "ssh://-oProxyCommand=id@x" has a`, "(6 problems)"}},
+	{"profiles", `{ systems."../www" = { toplevel = null; profiles = { home = { path = null; usr = "alice"; }; "$(id)" = { path = null; user = "r;id"; activate = "../../bin/sh"; }; tools = 3; }; }; }`,
+		[]string{"plan", "--offline"}, []string{`system "../www": profile "home": unknown attribute usr; did you mean user?`, `system "../www": profile "home": attribute user: missing`,
+			`system "../www": profile "tools": expected an attribute set with path and user, got an integer`,
+			`system "../www": the name is not a valid system name`, `system "../www": profile "$(id)": the name is not a profile name`,
+			`system "../www": profile "$(id)": attribute user: "r;id" is not a POSIX login name`,
+			`system "../www": profile "$(id)": attribute activate: "../../bin/sh" is not a command inside the profile`}},
 	{"bad default user: said once", `{ systems.www.toplevel = null; defaults.user = "$(id)"; instances = builtins.listToAttrs (map (n: { name = "w-${toString n}"; value = { system = "www"; host = "10.0.0.${toString n}"; }; }) [ 1 2 3 4 5 ]); }`,
 		[]string{"plan", "--offline"}, []string{`instances "w-1", "w-2", "w-3" and 2 more: attribute user: "$(id)" is not a POSIX login name`, "(1 problem)"}},
 }

@@ -44,30 +44,43 @@ func prebuilt(file, from string) (*plan.Prebuilt, error) {
 var storePath = regexp.MustCompile(`^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+$`)
 
 // parseSystems reads `nix-hive build`'s output ({"systems": {NAME:
-// {"outPath": PATH, ...}}}) or a plain {NAME: PATH} map.
-func parseSystems(data []byte) (map[string]string, error) {
+// {"outPath": PATH, "profilePaths": {PROFILE: PATH}, ...}}}) or a plain
+// {NAME: PATH} map.
+func parseSystems(data []byte) (map[string]eval.Built, error) {
 	var build struct {
 		Systems map[string]struct {
-			OutPath string `json:"outPath"`
+			OutPath  string            `json:"outPath"`
+			Profiles map[string]string `json:"profilePaths"`
 		} `json:"systems"`
 	}
-	paths := map[string]string{}
+	out := map[string]eval.Built{}
 	if err := json.Unmarshal(data, &build); err == nil && build.Systems != nil {
 		for s, b := range build.Systems {
-			paths[s] = b.OutPath
+			out[s] = eval.Built{System: s, OutPath: b.OutPath, Profiles: b.Profiles}
 		}
-	} else if err := json.Unmarshal(data, &paths); err != nil {
-		return nil, fmt.Errorf("neither nix-hive build's output nor a map of system names to store paths: %w", err)
+	} else {
+		var paths map[string]string
+		if err := json.Unmarshal(data, &paths); err != nil {
+			return nil, fmt.Errorf("neither nix-hive build's output nor a map of system names to store paths: %w", err)
+		}
+		for s, p := range paths {
+			out[s] = eval.Built{System: s, OutPath: p}
+		}
 	}
-	if len(paths) == 0 {
+	if len(out) == 0 {
 		return nil, fmt.Errorf("names no system")
 	}
-	for _, s := range slices.Sorted(maps.Keys(paths)) {
-		if !storePath.MatchString(paths[s]) {
-			return nil, fmt.Errorf("system %s: %q is not a store path (/nix/store/HASH-NAME)", s, paths[s])
+	for _, s := range slices.Sorted(maps.Keys(out)) {
+		if !storePath.MatchString(out[s].OutPath) {
+			return nil, fmt.Errorf("system %s: %q is not a store path (/nix/store/HASH-NAME)", s, out[s].OutPath)
+		}
+		for _, n := range slices.Sorted(maps.Keys(out[s].Profiles)) {
+			if p := out[s].Profiles[n]; !storePath.MatchString(p) {
+				return nil, fmt.Errorf("system %s: profile %s: %q is not a store path (/nix/store/HASH-NAME)", s, n, p)
+			}
 		}
 	}
-	return paths, nil
+	return out, nil
 }
 
 // checkCacheURL checks --from: a binary cache nix copy reads (file,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/term"
@@ -12,6 +13,7 @@ import (
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/fanout"
+	"github.com/nix-hive/nix-hive/host"
 	"github.com/nix-hive/nix-hive/internal/cmdline"
 	"github.com/nix-hive/nix-hive/state"
 	"github.com/nix-hive/nix-hive/transport"
@@ -60,10 +62,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 	if err != nil {
 		return err
 	}
-	want := map[string]string{}
-	for s, b := range builds.Paths {
-		want[s] = b.OutPath
-	}
+	want := builds.Paths
 	files := hostFiles(pool, c.Watch != 0)
 	if files == nil {
 		return c.report(g, reached(ctx, h.Inventory, pool, deploy.Inspect(ctx, pool, h.Inventory, targets, want, c.Parallel)))
@@ -77,7 +76,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state
 
 // watch runs --watch's rounds and returns the last complete round's
 // outcome.
-func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, pool *transport.Pool, inv *eval.Inventory, targets []string, want map[string]string) error {
+func (c *StatusCmd) watch(ctx context.Context, g *Globals, w *deploy.Watcher, pool *transport.Pool, inv *eval.Inventory, targets []string, want map[string]eval.Built) error {
 	last := fmt.Errorf("interrupted before the first round completed: %w", context.Canceled)
 	for round := 1; c.Count == 0 || round <= c.Count; round++ {
 		rows := w.Inspect(ctx, inv, targets, want, c.Parallel)
@@ -150,17 +149,20 @@ func (c *StatusCmd) report(g *Globals, rows []deploy.StatusRow) error {
 		if r.Specialisation != "" {
 			active += " (specialisation " + r.Specialisation + ")"
 		}
-		table = append(table, []string{r.Instance, r.System, gen, active, state, r.Address})
+		table = append(table, []string{r.Instance, r.System, gen, active, state, r.Address, profileNames(r.ProfileList())})
 	}
-	header := "INSTANCE\tSYSTEM\tGEN\tACTIVE\tSTATE"
-	if slices.ContainsFunc(rows, func(r deploy.StatusRow) bool { return r.Address != "" }) {
-		header += "\tADDRESS"
-	} else {
+	// Columns no row has a value for are left out.
+	header := []string{"INSTANCE", "SYSTEM", "GEN", "ACTIVE", "STATE", "ADDRESS", "PROFILES"}
+	for col := len(header) - 1; col >= 5; col-- {
+		if slices.ContainsFunc(table, func(row []string) bool { return row[col] != "" }) {
+			continue
+		}
+		header = slices.Delete(header, col, col+1)
 		for i := range table {
-			table[i] = table[i][:5]
+			table[i] = slices.Delete(table[i], col, col+1)
 		}
 	}
-	if err := g.render(rows, header, table); err != nil {
+	if err := g.render(rows, strings.Join(header, "\t"), table); err != nil {
 		return err
 	}
 	if !g.JSON {
@@ -172,4 +174,14 @@ func (c *StatusCmd) report(g *Globals, rows []deploy.StatusRow) error {
 		return failures(g, fmt.Sprintf("%d of %d instances differ from the hive or could not be asked", drift, len(rows)))
 	}
 	return nil
+}
+
+// profileNames says which profiles beside the system one a host has, as
+// nix-hive set them: "home (alice)", one per profile.
+func profileNames(ps []host.Profile) string {
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.Name + " (" + p.User + ")"
+	}
+	return strings.Join(names, ", ")
 }

@@ -27,6 +27,9 @@ type StatusRow struct {
 	// the hive's, or the one the host's last activation of Wanted chose
 	// (deploy --specialisation).
 	Specialisation string `json:"specialisation,omitempty"`
+	// WantedProfiles are the profiles beside the system one the hive
+	// wants there, as the host records them (host.ProfileWords).
+	WantedProfiles string `json:"wantedProfiles,omitempty"`
 	// Drift is "" when the active system is the wanted one, else a short
 	// reason ("active differs", "unreachable: ...").
 	Drift string `json:"drift,omitempty"`
@@ -37,8 +40,9 @@ type StatusRow struct {
 }
 
 // Inspect asks every instance in names what it runs, parallel at most
-// parallel at once; want maps a system to its wanted path ("" unknown).
-func Inspect(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+// parallel at once; want maps a system to its wanted build (none:
+// unknown).
+func Inspect(ctx context.Context, remote host.Remote, inv *eval.Inventory, names []string, want map[string]eval.Built, parallel int) []StatusRow {
 	jumps := jumpHosts(inv)
 	return inspect(ctx, inv, names, want, parallel, func(ctx context.Context, n string) (host.State, error) {
 		hs, err := host.Query(ctx, remote, n)
@@ -49,12 +53,16 @@ func Inspect(ctx context.Context, remote host.Remote, inv *eval.Inventory, names
 	})
 }
 
-func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int,
+func inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]eval.Built, parallel int,
 	query func(context.Context, string) (host.State, error)) []StatusRow {
 	rows := make([]StatusRow, len(names))
 	for i, n := range names {
-		rows[i] = StatusRow{Instance: n, System: inv.Instances[n].System, Wanted: want[inv.Instances[n].System],
+		sys := inv.Instances[n].System
+		rows[i] = StatusRow{Instance: n, System: sys, Wanted: want[sys].OutPath,
 			Specialisation: inv.Instances[n].Specialisation, Drift: "unknown", Error: "not asked: interrupted"}
+		if ps, err := inv.BuiltProfiles(sys, want[sys]); err == nil {
+			rows[i].WantedProfiles = host.ProfileWords(ps)
+		}
 	}
 	fanout.Each(ctx, len(names), parallel, func(ctx context.Context, i int) {
 		row := &rows[i]
@@ -110,6 +118,8 @@ func (r *StatusRow) drift() string {
 		return "active system differs"
 	case hs.Profile != wanted:
 		return "boot profile differs"
+	case hs.Profiles != r.WantedProfiles:
+		return "profiles differ"
 	case hs.Last != nil && hs.Last.Path == wanted && hs.Last.Status == "activated":
 		return "checks of the last activation did not finish"
 	case hs.Last != nil && hs.Last.Path == wanted && hs.Last.Status != "ok":

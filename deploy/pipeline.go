@@ -179,12 +179,15 @@ func checksPending(goal host.Goal, hs host.State, h *plan.Host) string {
 // runs reports whether a host runs h's system the way goal would leave
 // it: the profile holds the system, and what runs is the system or the
 // specialisation h activates.
+//
+// Profiles beside the system one are as the host's record says nix-hive
+// set them last, for goals that set profiles (test sets none).
 func runs(goal host.Goal, hs host.State, h *plan.Host) bool {
 	switch goal {
 	case host.GoalSwitch:
-		return hs.Active == h.Runs() && hs.Profile == h.OutPath
+		return hs.Active == h.Runs() && hs.Profile == h.OutPath && hs.Profiles == host.ProfileWords(h.Profiles)
 	case host.GoalBoot:
-		return hs.Profile == h.OutPath
+		return hs.Profile == h.OutPath && hs.Profiles == host.ProfileWords(h.Profiles)
 	case host.GoalTest:
 		return hs.Active == h.Runs()
 	}
@@ -244,7 +247,7 @@ func (p *pipeline) switchHost(ctx context.Context, n string, boot bool) (string,
 	h := p.plan.Hosts[n]
 	goal, path := p.opts.Activation.Goal, h.OutPath
 	job := host.Job{Goal: goal, Target: path, Confirm: p.opts.Activation.watchdog(goal), Gzip: p.locks.hasGzip(n), Checks: p.checks.has("post") || boot,
-		Specialisation: h.Specialisation}
+		Specialisation: h.Specialisation, Profiles: h.Profiles}
 	p.setActivating(n, true)
 	defer p.setActivating(n, false)
 	p.journal.step(n, StepActivate, EventStart, string(goal))

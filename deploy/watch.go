@@ -37,7 +37,7 @@ func PoolFiles(pool *transport.Pool) func(context.Context, string) (host.Files, 
 
 // Inspect is one round: Inspect's rows, from the state files where they
 // can tell it.
-func (w *Watcher) Inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]string, parallel int) []StatusRow {
+func (w *Watcher) Inspect(ctx context.Context, inv *eval.Inventory, names []string, want map[string]eval.Built, parallel int) []StatusRow {
 	return inspect(ctx, inv, names, want, parallel, w.query)
 }
 

@@ -100,6 +100,41 @@ func CheckSpecialisation(s string) error {
 
 var specialisationRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
 
+// CheckSystem checks a system's name: a file name of its GC root beside
+// hive.state, and a word of commands that name it.
+func CheckSystem(s string) error {
+	if len(s) > maxTag || !specialisationRE.MatchString(s) {
+		return fmt.Errorf("is not a valid system name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
+	}
+	return nil
+}
+
+// CheckProfile checks the name of a profile beside the system one: a
+// file name under /nix/var/nix/profiles/per-user/USER, and a word of the
+// host's activation job.
+func CheckProfile(s string) error {
+	if len(s) > maxTag || !specialisationRE.MatchString(s) {
+		return fmt.Errorf("is not a profile name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
+	}
+	return nil
+}
+
+// CheckActivate checks a profile's activation command: a relative path
+// inside its package, which root's job runs as the profile's user.
+func CheckActivate(s string) error {
+	parts := strings.Split(s, "/")
+	ok := len(s) <= 255
+	for _, p := range parts {
+		ok = ok && activatePartRE.MatchString(p) && p != "." && p != ".."
+	}
+	if !ok {
+		return errors.New("is not a command inside the profile: a relative path of letters, digits and _ . + - such as activate or bin/activate, with no . or .. parts")
+	}
+	return nil
+}
+
+var activatePartRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
+
 // CheckTag checks a tag.
 func CheckTag(s string) error {
 	if len(s) > maxTag || !tagRE.MatchString(s) {

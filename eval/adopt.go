@@ -22,7 +22,7 @@ import (
 // consumers check it again when they substitute. Adopted systems get GC
 // roots and hive.state records, as built ones do, so that `--no build`
 // and `plan` know them afterwards.
-func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]string, from string) (*Builds, error) {
+func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]Built, from string) (*Builds, error) {
 	pub, err := h.PublicKey()
 	if err != nil {
 		return nil, err
@@ -33,7 +33,7 @@ func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]strin
 	systems := slices.Sorted(maps.Keys(paths))
 	var list []string
 	for _, s := range systems {
-		list = append(list, paths[s])
+		list = append(list, paths[s].Roots()...)
 	}
 	if from != "" {
 		if err := h.Evaluator.Fetch(ctx, from, pub, list); err != nil {
@@ -42,8 +42,10 @@ func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]strin
 	}
 	var missing []string
 	for _, s := range systems {
-		if !h.Evaluator.Valid(ctx, paths[s]) {
-			missing = append(missing, fmt.Sprintf("%s (%s)", paths[s], s))
+		for _, p := range paths[s].Roots() {
+			if !h.Evaluator.Valid(ctx, p) {
+				missing = append(missing, fmt.Sprintf("%s (%s)", p, s))
+			}
 		}
 	}
 	if len(missing) > 0 {
@@ -55,8 +57,8 @@ func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]strin
 	res := &Builds{Paths: map[string]Built{}, Built: map[string]bool{}}
 	now := time.Now().UTC()
 	for _, s := range systems {
-		res.Paths[s] = Built{System: s, OutPath: paths[s]}
-		st.SetSystem(s, state.System{OutPath: paths[s], BuiltAt: now})
+		res.Paths[s] = Built{System: s, OutPath: paths[s].OutPath, Profiles: paths[s].Profiles}
+		st.SetSystem(s, state.System{OutPath: paths[s].OutPath, Profiles: paths[s].Profiles, BuiltAt: now})
 	}
 	if err := st.Save(); err != nil {
 		return nil, err

@@ -72,6 +72,32 @@ func (inv *Inventory) checkEndpoints() []string {
 	for _, p := range order {
 		out = append(out, instancesPhrase(who[p])+": "+p)
 	}
+	return append(out, inv.checkSystems()...)
+}
+
+// checkSystems applies the same rules to the systems' names, which name
+// files, and to their profiles, whose names, users and commands reach
+// the host's activation job.
+func (inv *Inventory) checkSystems() []string {
+	var out []string
+	for _, s := range slices.Sorted(maps.Keys(inv.Systems)) {
+		if err := endpoint.CheckSystem(s); err != nil {
+			out = append(out, fmt.Sprintf("system %q: the name %v", s, err))
+		}
+		ps := inv.Systems[s].Profiles
+		for _, n := range slices.Sorted(maps.Keys(ps)) {
+			where := fmt.Sprintf("system %q: profile %q: ", s, n)
+			if err := endpoint.CheckProfile(n); err != nil {
+				out = append(out, where+"the name "+err.Error())
+			}
+			if err := endpoint.CheckUser(ps[n].User); err != nil {
+				out = append(out, fmt.Sprintf("%sattribute user: %q %v", where, ps[n].User, err))
+			}
+			if err := endpoint.CheckActivate(ps[n].Activate); err != nil {
+				out = append(out, fmt.Sprintf("%sattribute activate: %q %v", where, ps[n].Activate, err))
+			}
+		}
+	}
 	return out
 }
 

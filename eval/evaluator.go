@@ -5,8 +5,10 @@ import (
 	"crypto/sha1"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -107,6 +109,20 @@ type Built struct {
 	System  string `json:"system"`
 	DrvPath string `json:"drvPath"`
 	OutPath string `json:"outPath"`
+	// Profiles are the out paths of the system's profiles' packages, by
+	// profile name, and ProfileDrvs their derivations.
+	Profiles    map[string]string `json:"profiles,omitempty"`
+	ProfileDrvs map[string]string `json:"-"`
+}
+
+// Roots are the store paths a build of the system made: its toplevel,
+// then its profiles' packages (by name).
+func (b Built) Roots() []string {
+	out := []string{b.OutPath}
+	for _, n := range slices.Sorted(maps.Keys(b.Profiles)) {
+		out = append(out, b.Profiles[n])
+	}
+	return out
 }
 
 // Build builds the given systems. Systems that share the same effective
@@ -141,11 +157,17 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 			}
 		}
 		for _, s := range group {
-			o := drvs[s].OutPath
-			if _, err := os.Stat(filepath.Join(o, "bin", "switch-to-configuration")); err != nil {
-				return result, fmt.Errorf("system %s: %s has no bin/switch-to-configuration; is `toplevel` a NixOS system?", s, o)
+			b := drvs[s]
+			if _, err := os.Stat(filepath.Join(b.OutPath, "bin", "switch-to-configuration")); err != nil {
+				return result, fmt.Errorf("system %s: %s has no bin/switch-to-configuration; is `toplevel` a NixOS system?", s, b.OutPath)
 			}
-			result[s] = Built{System: s, DrvPath: drvs[s].DrvPath, OutPath: o}
+			for _, n := range slices.Sorted(maps.Keys(b.Profiles)) {
+				act := filepath.Join(b.Profiles[n], inv.Systems[s].Profiles[n].Activate)
+				if fi, err := os.Stat(act); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+					return result, hiveError{fmt.Errorf("%s: system %s: profile %s: %s is not a program (its activate names a command inside the package)", e.Src.File, s, n, act)}
+				}
+			}
+			result[s] = b
 		}
 	}
 	return result, nil
@@ -157,9 +179,12 @@ func (e *Evaluator) realise(ctx context.Context, flags, group []string, drvs map
 	args := append([]string{"--realise"}, flags...)
 	seen := map[string]bool{}
 	for _, s := range group {
-		if d := drvs[s].DrvPath; !seen[d] {
-			seen[d] = true
-			args = append(args, d)
+		b := drvs[s]
+		for _, d := range append([]string{b.DrvPath}, slices.Sorted(maps.Values(b.ProfileDrvs))...) {
+			if !seen[d] {
+				seen[d] = true
+				args = append(args, d)
+			}
 		}
 	}
 	if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
@@ -176,16 +201,16 @@ func (e *Evaluator) allValid(ctx context.Context, drvs map[string]Built) bool {
 		if b.OutPath == "" {
 			return false
 		}
-		args = append(args, b.OutPath)
+		args = append(args, b.Roots()...)
 	}
 	_, err := e.Nix.Quiet().Run(ctx, "nix-store", args...)
 	return err == nil
 }
 
-// instantiate evaluates the toplevels of systems in one call and returns
-// their derivation and output paths.
+// instantiate evaluates the toplevels of systems and their profiles'
+// packages in one call and returns their derivation and output paths.
 func (e *Evaluator) instantiate(ctx context.Context, include []string, systems []string) (map[string]Built, error) {
-	inst, err := e.installable("toplevels")
+	inst, err := e.installable("builds")
 	if err != nil {
 		return nil, err
 	}
@@ -193,14 +218,20 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 	if err != nil {
 		return nil, err
 	}
-	apply := "ts: builtins.listToAttrs (map (n: { name = n; value = { drv = ts.${n}.drvPath; out = ts.${n}.outPath; }; }) (builtins.fromJSON " + nixcmd.String(string(names)) + "))"
+	// A profile's path must be a derivation (a package): a plain string
+	// would name a path that nothing here builds or signs.
+	apply := "bs: builtins.listToAttrs (map (n: { name = n; value = { drv = bs.${n}.toplevel.drvPath; out = bs.${n}.toplevel.outPath; " +
+		"profiles = builtins.mapAttrs (_: p: if builtins.isAttrs p && p ? drvPath then { drv = p.drvPath; out = p.outPath; } else { bad = builtins.typeOf p; }) bs.${n}.profiles; }; }) (builtins.fromJSON " + nixcmd.String(string(names)) + "))"
 	args := []string{"eval", "--json"}
 	args = append(args, include...)
 	args = append(args, inst...)
 	args = append(args, "--apply", apply)
 	// Not drvPath/outPath: an attrset with outPath is turned into that
 	// string by toJSON.
-	var raw map[string]struct{ Drv, Out string }
+	var raw map[string]struct {
+		Drv, Out string
+		Profiles map[string]struct{ Drv, Out, Bad string }
+	}
 	if err := e.Nix.JSON(ctx, &raw, "nix", args...); err != nil {
 		if ctx.Err() == nil {
 			err = hiveError{err}
@@ -213,7 +244,18 @@ func (e *Evaluator) instantiate(ctx context.Context, include []string, systems [
 		if !ok || b.Drv == "" || b.Out == "" {
 			return nil, fmt.Errorf("evaluate system %s: no derivation (is its toplevel a derivation?)", s)
 		}
-		out[s] = Built{System: s, DrvPath: b.Drv, OutPath: b.Out}
+		built := Built{System: s, DrvPath: b.Drv, OutPath: b.Out}
+		for _, n := range slices.Sorted(maps.Keys(b.Profiles)) {
+			p := b.Profiles[n]
+			if p.Drv == "" || p.Out == "" {
+				return nil, hiveError{fmt.Errorf("%s: system %s: profile %s: attribute path: expected a derivation (a package, such as home-manager's activationPackage), got a %s", e.Src.File, s, n, p.Bad)}
+			}
+			if built.Profiles == nil {
+				built.Profiles, built.ProfileDrvs = map[string]string{}, map[string]string{}
+			}
+			built.Profiles[n], built.ProfileDrvs[n] = p.Out, p.Drv
+		}
+		out[s] = built
 	}
 	return out, nil
 }
@@ -265,12 +307,21 @@ func (e *Evaluator) AddRoots(ctx context.Context, dir string, built map[string]B
 		return fmt.Errorf("gc roots: %w", err)
 	}
 	for s, b := range built {
-		link := filepath.Join(dir, s)
-		if rootIsSet(link, b.OutPath) {
-			continue // nix-store would only write the same links again
+		roots := map[string]string{filepath.Join(dir, s): b.OutPath}
+		// System names hold no "/", so profiles/SYSTEM is the system's own.
+		for n, p := range b.Profiles {
+			roots[filepath.Join(dir, "profiles", s, n)] = p
 		}
-		if _, err := e.Nix.Run(ctx, "nix-store", "--realise", "--add-root", link, "--indirect", b.OutPath); err != nil {
-			return fmt.Errorf("gc root for %s: %w", s, err)
+		for link, out := range roots {
+			if rootIsSet(link, out) {
+				continue // nix-store would only write the same links again
+			}
+			if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+				return fmt.Errorf("gc roots: %w", err)
+			}
+			if _, err := e.Nix.Run(ctx, "nix-store", "--realise", "--add-root", link, "--indirect", out); err != nil {
+				return fmt.Errorf("gc root for %s: %w", s, err)
+			}
 		}
 	}
 	return nil
@@ -332,12 +383,12 @@ func (e *Evaluator) Sign(ctx context.Context, keyFile string, paths []string) er
 	return nil
 }
 
-// Valid reports whether path is a valid path in the local store.
-func (e *Evaluator) Valid(ctx context.Context, path string) bool {
-	if path == "" {
+// Valid reports whether paths are all valid paths in the local store.
+func (e *Evaluator) Valid(ctx context.Context, paths ...string) bool {
+	if len(paths) == 0 || slices.Contains(paths, "") {
 		return false
 	}
-	_, err := e.Nix.Quiet().Run(ctx, "nix-store", "--check-validity", path)
+	_, err := e.Nix.Quiet().Run(ctx, "nix-store", append([]string{"--check-validity"}, paths...)...)
 	return err == nil
 }
 

@@ -167,8 +167,10 @@ func (h *Hive) Paths(ctx context.Context, st *state.File, systems []string, mode
 		return res, err
 	case Reuse:
 		for _, s := range systems {
-			if prev, ok := st.System(s); ok && h.Evaluator.Valid(ctx, prev.OutPath) {
-				res.Paths[s] = Built{System: s, DrvPath: prev.DrvPath, OutPath: prev.OutPath}
+			prev, ok := st.System(s)
+			b := Built{System: s, DrvPath: prev.DrvPath, OutPath: prev.OutPath, Profiles: prev.Profiles}
+			if ok && h.Evaluator.Valid(ctx, b.Roots()...) {
+				res.Paths[s] = b
 			}
 		}
 		return res, nil
@@ -184,7 +186,7 @@ func (h *Hive) build(ctx context.Context, st *state.File, systems []string, res 
 	built, err := h.Evaluator.Build(ctx, h.Inventory, systems)
 	now := time.Now().UTC()
 	for s, b := range built {
-		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, BuiltAt: now})
+		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, Profiles: b.Profiles, BuiltAt: now})
 		res.Paths[s], res.Built[s] = b, true
 	}
 	if len(built) > 0 {
@@ -203,7 +205,7 @@ func (h *Hive) build(ctx context.Context, st *state.File, systems []string, res 
 	}
 	var paths []string
 	for _, s := range systems {
-		paths = append(paths, built[s].OutPath)
+		paths = append(paths, built[s].Roots()...)
 	}
 	return h.Evaluator.Sign(ctx, keyFile, paths)
 }

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -87,6 +89,50 @@ type System struct {
 	Kind     string            `json:"kind"`
 	Paths    map[string]string `json:"paths"`
 	Meta     map[string]any    `json:"meta"`
+	// Profiles are the system's profiles beside the system one, by name
+	// (their packages are only evaluated by Build).
+	Profiles map[string]*Profile `json:"profiles"`
+}
+
+// Profile is a profile a system carries beside the system profile, as
+// deploy-rs's profiles: a user's home-manager generation, say. Its
+// package becomes /nix/var/nix/profiles/per-user/User/NAME on the host,
+// and User runs its Activate after the system is activated.
+type Profile struct {
+	User string `json:"user"`
+	// Activate is the command inside the package that activates it, a
+	// relative path ("activate").
+	Activate string `json:"activate"`
+}
+
+// BuiltProfile is one of a built system's profiles as a host gets it:
+// Path becomes /nix/var/nix/profiles/per-user/User/Name, and User runs
+// Path/Activate.
+type BuiltProfile struct {
+	Name     string `json:"name"`
+	User     string `json:"user"`
+	Path     string `json:"path"`
+	Activate string `json:"activate"`
+}
+
+// BuiltProfiles are system's profiles as built in b, by name.
+func (inv *Inventory) BuiltProfiles(system string, b Built) ([]BuiltProfile, error) {
+	var specs map[string]*Profile
+	if sys := inv.Systems[system]; sys != nil {
+		specs = sys.Profiles
+	}
+	var out []BuiltProfile
+	for _, n := range slices.Sorted(maps.Keys(b.Profiles)) {
+		spec := specs[n]
+		if spec == nil {
+			return nil, fmt.Errorf("system %s: its build has a profile %s that the hive does not name (build it again)", system, n)
+		}
+		out = append(out, BuiltProfile{Name: n, User: spec.User, Path: b.Profiles[n], Activate: spec.Activate})
+	}
+	if len(out) != len(specs) {
+		return nil, fmt.Errorf("system %s has profiles its build lacks (build it again)", system)
+	}
+	return out, nil
 }
 
 // Signing is the hive's signing configuration.

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nix-hive/nix-hive/eval"
 )
 
 // jobScript is the activation job (see job.sh); it reaches the host on the
@@ -90,7 +92,8 @@ wait_lock() {
 }
 `
 
-// startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT CHECKS stores the job
+// startProgram ID UNTIL BEAT ENC GOAL TARGET CONFIRM LIMIT CHECKS [SPEC
+// [PROFILE...]] stores the job
 // script in /run/nix-hive/jobs/ID, starts it detached (a transient
 // systemd unit where systemd runs, like nixos-rebuild, else a session of
 // its own) and, in the same SSH session, waits for it like waitProgram.
@@ -102,7 +105,6 @@ for t in flock setsid timeout mkfifo; do
   command -v $t >/dev/null 2>&1 || { echo "nix-hive: $t is missing on the host (util-linux, coreutils)" >&2; exit 2; }
 done
 id=$1 until=$2 beat=$3 enc=$4; shift 4
-goal=$1 target=$2 confirm=$3 limit=$4 checks=${5:-0} spec=${6-}
 umask 022
 b=/run/nix-hive; d=$b/jobs/$id
 unpack() {
@@ -115,9 +117,11 @@ unpack() {
 mkdir -p "$d" && unpack >"$d/job.sh" && mkfifo "$d/started" "$d/confirm" || exit 2
 unset NIX_HIVE_JOB
 exec 3<>"$d/started"
-set -- $b/jobs/*
-[ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
-set -- "$goal" "$target" "$confirm" "$limit" "$checks" "$spec"
+prune() {
+  set -- $b/jobs/*
+  [ $# -le 100 ] || (find $b/jobs -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null &)
+}
+prune
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="nix-hive-$id" --collect --quiet --no-ask-password --service-type=exec \
     --setenv=PATH="$PATH" ${LOCALE_ARCHIVE:+--setenv=LOCALE_ARCHIVE="$LOCALE_ARCHIVE"} \
@@ -247,6 +251,38 @@ type Job struct {
 	// specialisation/NAME: the profile gets the system, and
 	// /run/current-system the specialisation's toplevel.
 	Specialisation string
+	// Profiles, with a store path Target, are the profiles beside the
+	// system one to set and activate once the system is (see job.sh);
+	// those nix-hive set earlier that are not among them are removed.
+	Profiles []Profile
+}
+
+// Profile is a profile beside the system one (see eval.BuiltProfile).
+type Profile = eval.BuiltProfile
+
+func word(p Profile) string { return p.Name + ":" + p.User + ":" + p.Path + ":" + p.Activate }
+
+// ProfileWords is how a host records a set of profiles (and a job takes
+// them): one word each, in the order given.
+func ProfileWords(ps []Profile) string {
+	w := make([]string, len(ps))
+	for i, p := range ps {
+		w[i] = word(p)
+	}
+	return strings.Join(w, " ")
+}
+
+// parseProfiles reads ProfileWords' form back; words of another form are
+// left out.
+func parseProfiles(s string) []Profile {
+	var out []Profile
+	for _, w := range strings.Fields(s) {
+		f := strings.SplitN(w, ":", 4)
+		if len(f) == 4 {
+			out = append(out, Profile{Name: f[0], User: f[1], Path: f[2], Activate: f[3]})
+		}
+	}
+	return out
 }
 
 // Previous is the Target of a job that switches to the newest earlier

@@ -4,7 +4,7 @@
 # systemd runs, else in a session of its own (setsid): a dropped
 # connection, or nix-hive being killed, never stops an activation half-way.
 #
-#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT CHECKS [SPEC]
+#   sh job.sh DIR GOAL TARGET CONFIRM LIMIT CHECKS [SPEC [PROFILE...]]
 #
 # DIR     the job's directory, /run/nix-hive/jobs/ID (the job writes state,
 #         log and before there)
@@ -22,6 +22,12 @@
 # SPEC    with a store path TARGET: activate TARGET/specialisation/SPEC
 #         (the profile still gets TARGET, as nixos-rebuild --specialisation
 #         does); recorded after the status in /nix/var/nix-hive/last
+# PROFILE with a store path TARGET: a profile beside the system one, as
+#         NAME:USER:PATH:ACTIVATE. Once the system is activated, PATH
+#         becomes /nix/var/nix/profiles/per-user/USER/NAME (switch, boot)
+#         and USER runs PATH/ACTIVATE (switch, test); a profile nix-hive
+#         set earlier that the job does not name is removed. A failed
+#         activation of one fails the job like the system's would.
 #
 # The job writes its progress to DIR/state, always by rename so a reader
 # sees a whole line: "running", "activated" (awaiting confirmation), then
@@ -40,14 +46,21 @@
 # /nix/var/nix-hive/generations/N ("STATUS PATH ID"): ok (confirmed, its
 # checks passed), activated (its checks have not finished), failed,
 # rolled-back or rollback-failed. A rollback goes only to a generation
-# recorded ok.
+# recorded ok. The profiles nix-hive set are kept in
+# /nix/var/nix-hive/profiles (their words, one line), and those that went
+# with each generation the job made in /nix/var/nix-hive/profile-sets/N:
+# every return to what ran before returns them too.
 set -u
 dir=$1 goal=$2 target=$3 confirm=$4 limit=$5 checks=${6:-0} spec=${7-}
+[ $# -gt 7 ] && shift 7 || set --
+pwant=$*
 id=${dir##*/}
 base=${dir%/jobs/*}
 profile=/nix/var/nix/profiles/system
 record=/nix/var/nix-hive/last
 gens=/nix/var/nix-hive/generations
+precs=/nix/var/nix-hive/profiles
+psets=/nix/var/nix-hive/profile-sets
 exec </dev/null >>"$dir/log" 2>&1
 
 # Readers of the state wait for the phase lock the job lets go of after
@@ -67,6 +80,14 @@ remember() {
   [ -d "$gens" ] || mkdir -p "$gens" || return 0
   put "$record" "$id $goal $path $st${spec:+ $spec}"
   [ -z "$gen" ] || put "$gens/$gen" "$st $path $id"
+  # The profiles recorded now went with the generation the profile is
+  # at (this job's, or the one nix-env kept for the same system); a host
+  # that never had profiles is spared the record of none.
+  if [ -n "$pgen" ] && [ -n "$pwant$pbefore" ]; then
+    q=
+    read -r q <$precs 2>/dev/null
+    mkdir -p $psets && put $psets/$pgen "$q"
+  fi
 }
 finish() {
   remember "$1"
@@ -115,8 +136,10 @@ before_gen=${before_gen%-link}
 case $before_gen in '' | *[!0-9]*) before_gen= ;; esac
 before_profile=
 [ -e "$profile" ] && resolved "$profile" && before_profile=$r
-printf 'active=%s\ngeneration=%s\nprofile=%s\n' "$before_active" "$before_gen" "$before_profile" >"$dir/before"
-path= gen=
+pbefore=
+read -r pbefore <$precs 2>/dev/null
+printf 'active=%s\ngeneration=%s\nprofile=%s\nprofiles=%s\n' "$before_active" "$before_gen" "$before_profile" "$pbefore" >"$dir/before"
+path= gen= pgen= pdone= pfrom=
 setstate running
 started
 
@@ -136,11 +159,56 @@ explain() { # explain STEP CODE
   if [ "$2" = 124 ] || [ "$2" = 137 ]; then echo "$1 did not finish within ${limit}s"; else echo "$1 exited $2"; fi
 }
 
-# restore [ACTIVE GENERATION PROFILE] returns to what ran before (this
-# job's, or the given): the profile to its generation (goals that set it)
-# and the system that was active (goals that activate).
+# pw WORD splits a profile word into $pn $pu $pp $pa and its profile $P;
+# false when it is not one: the agent runs this as root for a login sudo
+# lets run the agent alone.
+pw() {
+  pn=${1%%:*} r=${1#*:}
+  pu=${r%%:*} r=${r#*:}
+  pp=${r%%:*} pa=${r#*:}
+  P=/nix/var/nix/profiles/per-user/$pu/$pn
+  case $pn:$pu in [.+-]* | *:[.+-]* | *[!A-Za-z0-9_.+:-]* | :* | *:) return 1 ;; esac
+  case $pp in /nix/store/*/* | /nix/store/.*) return 1 ;; /nix/store/?*) ;; *) return 1 ;; esac
+  case $pa in '' | /* | *..* | *[!A-Za-z0-9_.+/-]*) return 1 ;; esac
+}
+
+# pon WORD sets the profile (goals that set profiles) and runs its
+# activation as its user (goals that activate), bounded by LIMIT.
+pon() {
+  pw "$1" || return 1
+  log "profile $pn of $pu: $pp"
+  if [ "$goal" != test ]; then
+    mkdir -p "${P%/*}" && nix-env -p "$P" --set "$pp" 5>&- 6>&- 7>&- 8>&- &&
+      chown -h "$pu" "${P%/*}" "$P" "${P%/*}/$(readlink "$P")" || return 1
+  fi
+  [ "$goal" = boot ] && return 0
+  x=/run/user/$(id -u "$pu")
+  [ -d "$x" ] || x=
+  PROFILE=$P XDG_RUNTIME_DIR=$x timeout -k 10 "$limit" runuser -u "$pu" -- "$pp/$pa" 5>&- 6>&- 7>&- 8>&-
+}
+
+# pto FROM TO moves the profiles from set FROM to set TO: each of TO's
+# that FROM lacks is set and activated, each of FROM's that TO has no
+# word for is removed; TO is recorded (goals that set profiles).
+pto() {
+  [ "$1" = "$2" ] && return 0
+  pdone=1
+  for w in $2; do
+    case " $1 " in *" $w "*) continue ;; esac
+    pon "$w" || { pwhy=$(explain "profile $pn of $pu: $pp/$pa" $?); return 1; }
+  done
+  for w in $1; do
+    pw "$w" && case " $2 " in *" $pn:$pu:"*) ;; *) log "profile $pn of $pu: removed" && [ "$goal" = test ] || rm -f "$P" ;; esac
+  done
+  [ "$goal" = test ] || { mkdir -p $psets && put $precs "$2"; } || { pwhy="cannot write $precs"; return 1; }
+}
+
+# restore [ACTIVE GENERATION PROFILE PROFILES] returns to what ran before
+# (this job's, or the given): the profile to its generation (goals that
+# set it), the system that was active (goals that activate), and the
+# profiles this job changed.
 restore() {
-  r_active=${1-$before_active} r_gen=${2-$before_gen} r_profile=${3-$before_profile}
+  r_active=${1-$before_active} r_gen=${2-$before_gen} r_profile=${3-$before_profile} r_profiles=${4-$pbefore}
   case $goal in
   switch | boot)
     if [ -n "$r_gen" ]; then
@@ -173,7 +241,7 @@ restore() {
       return 1
     fi
   fi
-  return 0
+  [ -z "$pdone" ] || pto "${pfrom:-$pwant}" "$r_profiles" || { log "$pwhy"; return 1; }
 }
 
 # back REASON: return to what ran before and finish with what happened.
@@ -194,9 +262,12 @@ restore:*)
   f_active=$(sed -n 's/^active=//p' "$from")
   f_gen=$(sed -n 's/^generation=//p' "$from")
   f_profile=$(sed -n 's/^profile=//p' "$from")
+  # The profiles it changed (a record without them changed none).
+  f_profiles=$(sed -n 's/^profiles=/=/p' "$from")
+  case $f_profiles in =*) pdone=1 pfrom=$pbefore f_profiles=${f_profiles#=} ;; esac
   path=$f_active
   [ "$goal" = boot ] && path=$f_profile
-  restore "$f_active" "$f_gen" "$f_profile"
+  restore "$f_active" "$f_gen" "$f_profile" "$f_profiles"
   case $? in
   0)
     # The generation that job made is not one to return to.
@@ -221,6 +292,9 @@ previous)
   nix-env -p "$profile" --switch-generation "$prev" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --switch-generation $prev exited $?"
   resolved "$profile"
   path=$r
+  # The profiles that went with it; none recorded: they stay as they are.
+  pwant=$pbefore
+  [ -r $psets/$prev ] && read -r pwant <$psets/$prev
   ;;
 *)
   # The agent runs this as root for a login sudo lets run the agent
@@ -228,12 +302,15 @@ previous)
   case $target in /nix/store/*/* | /nix/store/.*) ;; /nix/store/?*) false ;; esac && finish failed "not a store path: $target"
   case $spec in */* | .* | -*) finish failed "not a specialisation: $spec" ;; esac
   [ -z "$spec" ] || [ -x "$target/specialisation/$spec/bin/switch-to-configuration" ] || finish failed "$target has no specialisation $spec"
+  for w in $pwant; do pw "$w" || finish failed "not a profile: $w"; done
   path=$target
   case $goal in
   switch | boot)
     nix-env -p "$profile" --set "$path" 5>&- 6>&- 7>&- 8>&- || finish failed "nix-env --set exited $?"
     gen=$(readlink "$profile") && gen=${gen#system-} && gen=${gen%-link}
+    pgen=$gen
     case $gen in *[!0-9]* | "$before_gen") gen= ;; esac
+    case $pgen in *[!0-9]*) pgen= ;; esac
     printf '%s\n' "$gen" >"$dir/generation"
     ;;
   esac
@@ -268,6 +345,8 @@ else
     [ "$now" = "$path" ] || why="the system profile points at ${now:-nothing} after switch-to-configuration $goal, not $path"
     ;;
   esac
+  # Then the profiles, once the system they may need runs.
+  [ -n "$why" ] || [ "$goal" = dry-activate ] || pto "$pbefore" "$pwant" || why=$pwhy
 fi
 if [ -n "$why" ]; then
   if [ "$confirm" -gt 0 ]; then back "$why"; fi

@@ -134,8 +134,11 @@ func (j *Jobs) start(ctx context.Context, n, user string, esc escalation, id, un
 		checks = "1"
 	}
 	args := []string{id, until, secs(j.beat()), enc, string(job.Goal), job.Target, secs(job.Confirm), secs(j.limit), checks}
-	if job.Specialisation != "" {
+	if job.Specialisation != "" || len(job.Profiles) > 0 {
 		args = append(args, job.Specialisation)
+	}
+	for _, p := range job.Profiles {
+		args = append(args, word(p))
 	}
 	cmd := program(startProgram, true, user, esc, args...)
 	began := time.Now()

@@ -76,8 +76,11 @@ func TestRootLoginAgent(t *testing.T) {
 	if strings.Join(h.commands, "\n---\n") != strings.Join(want, "\n---\n") {
 		t.Errorf("commands:\n%s\nwant (lock, install, lock; then lock alone):\n%s", strings.Join(h.commands, "\n---\n"), strings.Join(want, "\n---\n"))
 	}
-	if n := len(gzippedAgent()); n > 6<<10 {
-		t.Errorf("the agent travels as %d bytes gzipped, once per host; more than 6 KiB", n)
+	// 6 KiB until profiles beside the system one (issue 30) moved into
+	// the job, which must return them with the system; the agent is sent
+	// once per host, so this is a first deploy's cost alone.
+	if n := len(gzippedAgent()); n > 7<<10 {
+		t.Errorf("the agent travels as %d bytes gzipped, once per host; more than 7 KiB", n)
 	}
 	esc := p.forHost(in.Name)
 	for _, c := range []struct {

@@ -35,6 +35,7 @@ set -f; set --
 echo "active=$1"; echo "link=$2"
 cd -P $p && echo "profile=$PWD" && cd / || { [ -e $p ] && echo "profile=$(readlink -f $p)"; }
 line last /nix/var/nix-hive/last
+line profiles /nix/var/nix-hive/profiles
 l=/run/nix-hive/activation.lock
 if [ -e $l ]; then
   j= s=
@@ -63,6 +64,9 @@ type State struct {
 	Profile    string `json:"profile"`    // what the profile points at
 	// Last is the last activation nix-hive ran there, if any.
 	Last *LastActivation `json:"last,omitempty"`
+	// Profiles are the profiles beside the system one that nix-hive set
+	// last (/nix/var/nix-hive/profiles), as ProfileWords writes them.
+	Profiles string `json:"profiles,omitempty"`
 	// Running is the id of an activation job running now.
 	Running    string `json:"running,omitempty"`
 	BootID     string `json:"-"`
@@ -74,6 +78,9 @@ type State struct {
 	Trusted   []string `json:"-"`
 	TrustRead bool     `json:"-"`
 }
+
+// ProfileList is Profiles, one by one.
+func (hs State) ProfileList() []Profile { return parseProfiles(hs.Profiles) }
 
 // LastActivation is a host's record of the last activation nix-hive ran
 // on it (/nix/var/nix-hive/last, kept across reboots).
@@ -113,6 +120,8 @@ func parseState(out string) State {
 					hs.Last.Specialisation = f[4]
 				}
 			}
+		case "profiles":
+			hs.Profiles = v
 		case "running":
 			hs.Running = v
 		case "boot":
@@ -174,6 +183,7 @@ var stateReads = []struct{ key, op, path string }{
 	{"link", "readlink", profile},
 	{"profile", "resolve", profile},
 	{"last", "firstline", "/nix/var/nix-hive/last"},
+	{"profiles", "firstline", "/nix/var/nix-hive/profiles"},
 	{"boot", "firstline", "/proc/sys/kernel/random/boot_id"},
 	{"rebootmark", "firstline", "/run/nix-hive/reboot"},
 }

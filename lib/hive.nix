@@ -135,7 +135,7 @@ let
         ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ])
         ++ (if hive ? hostCA && hive.hostCA != null then expect "hive" "hostCA" (v: isString v || isStringList v) "a CA public key line (string) or a list of them" hive.hostCA else [ ]);
 
-      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" ];
+      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" "profiles" ];
       knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" "specialisation" ];
 
       # ---- keys ----------------------------------------------------------
@@ -200,7 +200,29 @@ let
           ++ (if s ? modules then expect where "modules" isList "a list of NixOS modules" s.modules else [ ])
           ++ (if s ? system then expect where "system" isString "a platform string such as \"x86_64-linux\"" s.system else [ ])
           ++ (if s ? paths then expect where "paths" isAttrs "an attribute set" s.paths else [ ])
-          ++ (if s ? keys then keysErrors where s.keys else [ ]);
+          ++ (if s ? keys then keysErrors where s.keys else [ ])
+          ++ (if s ? profiles then profilesErrors where s.profiles else [ ]);
+
+      # ---- profiles ------------------------------------------------------
+      # Profiles beside the system one (deploy-rs's), such as a user's
+      # home-manager generation: the path is only evaluated when the
+      # system is built; its name, user and activation command are checked
+      # here, since they reach the host's activation job.
+      knownProfileAttrs = [ "path" "user" "activate" ];
+      # Their contents are checked by nix-hive (eval/check.go), as an
+      # instance's host and user are.
+      profileErrors = where: name: p:
+        let w = "${where}: profile \"${name}\""; in
+        if !isAttrs p then [ "${w}: expected an attribute set with path and user, got ${describe p}" ] else
+          unknownIn w knownProfileAttrs p
+          ++ (if !(p ? path) then [ "${w}: attribute path: missing (the profile's package, such as home-manager's activationPackage)" ] else [ ])
+          ++ (if !(p ? user) then [ "${w}: attribute user: missing (the user it belongs to, who runs its activation)" ]
+              else expect w "user" isString "a user name (string)" p.user)
+          ++ (if p ? activate then expect w "activate" isString "a command inside the profile (string), such as \"activate\"" p.activate else [ ]);
+      profilesErrors = where: ps:
+        if !isAttrs ps then [ "${where}: attribute profiles: expected an attribute set of profiles, got ${describe ps}" ]
+        else concatMap (n: profileErrors where n ps.${n}) (attrNames ps);
+      profilesOf = s: filter' isAttrs (typed isAttrs { } (s.profiles or { }));
 
       systemPaths = s: hivePaths // (s.paths or { });
 
@@ -243,6 +265,10 @@ let
         kind = if !isAttrs s then null else if s ? toplevel then "toplevel" else if s ? modules then "modules" else "configuration";
         paths = if isAttrs s then mapAttrs (_: pathString) (systemPaths s) else { };
         meta = if isAttrs s then s.meta or { } else { };
+        profiles = if isAttrs s then mapAttrs (_: p: {
+          user = typed isString "root" (p.user or "root");
+          activate = typed isString "activate" (p.activate or "activate");
+        }) (profilesOf s) else { };
       }) systemsIn else { };
 
       # ---- instances -----------------------------------------------------
@@ -397,6 +423,12 @@ let
       keyTexts = mapAttrs (name: i: mapAttrs (_: k: k.text) (filter' (k: k ? text && isString k.text) (keysOf name i))) (filter' isAttrs merged);
       # One toplevel per system, evaluated only when asked for.
       toplevels = if systemsOK then mapAttrs toplevelOf (filter' isAttrs systemsIn) else { };
+      # What building a system builds: its toplevel and its profiles'
+      # packages, evaluated only when asked for.
+      builds = if systemsOK then mapAttrs (name: s: {
+        toplevel = toplevelOf name s;
+        profiles = mapAttrs (_: p: p.path or null) (profilesOf s);
+      }) (filter' isAttrs systemsIn) else { };
       configs = if systemsOK then mapAttrs configOf (filter' isAttrs systemsIn) else { };
       # What `nix-hive eval -E` applies its expression to: the normalized
       # hive, and nixpkgs' lib when the hive names nixpkgs (hive.nixpkgs, a

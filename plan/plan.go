@@ -58,7 +58,10 @@ type Host struct {
 	// which then runs (see Runs).
 	Specialisation string `json:"specialisation,omitempty"`
 	Active         string `json:"active,omitempty"`
-	Source         Source `json:"source"`
+	// Profiles are a target's profiles beside the system one, by name,
+	// activated after the system.
+	Profiles []eval.BuiltProfile `json:"profiles,omitempty"`
+	Source   Source              `json:"source"`
 	// Paths is every closure this host must hold: its own system (if it is
 	// a target) and its consumers' systems (if it is a store).
 	Paths []string `json:"paths"`
@@ -66,6 +69,16 @@ type Host struct {
 	// Level orders activation within a wave: stores (level 0) before the
 	// consumers that use them.
 	Level int `json:"level"`
+}
+
+// Activates is what a target activates: its system, then its profiles'
+// packages.
+func (h *Host) Activates() []string {
+	out := []string{h.OutPath}
+	for _, p := range h.Profiles {
+		out = append(out, p.Path)
+	}
+	return out
 }
 
 // Transfer is one closure leaving the deploy host.
@@ -104,11 +117,19 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 	}
 	for _, t := range targets {
 		in := inv.Instances[t]
-		p.Hosts[t] = &Host{Name: t, System: in.System, OutPath: p.Systems[in.System], Target: true}
+		h := &Host{Name: t, System: in.System, OutPath: p.Systems[in.System], Target: true}
+		profiles, err := inv.BuiltProfiles(in.System, built[in.System])
+		if err != nil {
+			return nil, err
+		}
+		h.Profiles = profiles
+		p.Hosts[t] = h
 	}
 	for _, t := range targets {
-		if err := p.need(inv, t, p.Hosts[t].OutPath, 0); err != nil {
-			return nil, err
+		for _, path := range p.Hosts[t].Activates() {
+			if err := p.need(inv, t, path, 0); err != nil {
+				return nil, err
+			}
 		}
 	}
 	p.setTransfers()

@@ -109,3 +109,29 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
+
+// A system's profiles travel with it: its store receives them for its
+// consumers, which activate them after the system.
+func TestPlanProfiles(t *testing.T) {
+	inv := seedInventory()
+	inv.Systems = map[string]*eval.System{"www": {Name: "www", Profiles: map[string]*eval.Profile{
+		"home": {User: "alice", Activate: "activate"}, "tools": {User: "bob", Activate: "bin/activate"},
+	}}}
+	built := map[string]eval.Built{"www": {OutPath: "/nix/store/w", Profiles: map[string]string{"tools": "/nix/store/t", "home": "/nix/store/h"}}}
+	p, err := Make(inv, []string{"www-1", "cdn-1"}, built, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []eval.BuiltProfile{{Name: "home", User: "alice", Path: "/nix/store/h", Activate: "activate"}, {Name: "tools", User: "bob", Path: "/nix/store/t", Activate: "bin/activate"}}
+	if got := p.Hosts["www-1"].Profiles; !reflect.DeepEqual(got, want) {
+		t.Errorf("www-1's profiles: %+v, want %+v", got, want)
+	}
+	paths := []string{"/nix/store/w", "/nix/store/h", "/nix/store/t"}
+	if got := p.Transfers; !reflect.DeepEqual(got, []Transfer{{To: "portico", Paths: paths}, {To: "https://cache.example", Paths: paths}}) {
+		t.Errorf("transfers: %+v, want the system and its profiles to portico and the cache", got)
+	}
+	delete(built["www"].Profiles, "tools")
+	if _, err := Make(inv, []string{"www-1"}, built, nil); err == nil || !strings.Contains(err.Error(), "system www has profiles its build lacks") {
+		t.Errorf("a build without a profile the hive names: %v", err)
+	}
+}

@@ -30,8 +30,9 @@ type Request struct {
 // from File, and the binary cache they are fetched from ("" when they
 // are in this machine's store already).
 type Prebuilt struct {
-	File  string
-	Paths map[string]string
+	File string
+	// Paths are each system's toplevel and its profiles' packages.
+	Paths map[string]eval.Built
 	From  string
 }
 
@@ -90,7 +91,7 @@ func Prepare(ctx context.Context, r Request) (*Prepared, error) {
 // adopt takes the prebuilt paths of systems (eval.Hive.Adopt); a system
 // the file has no path for stops the deploy, naming it.
 func (pb *Prebuilt) adopt(ctx context.Context, h *eval.Hive, st *state.File, systems []string) (*eval.Builds, error) {
-	given := map[string]string{}
+	given := map[string]eval.Built{}
 	var missing []string
 	for _, s := range systems {
 		if p, ok := pb.Paths[s]; ok {
@@ -101,6 +102,11 @@ func (pb *Prebuilt) adopt(ctx context.Context, h *eval.Hive, st *state.File, sys
 	}
 	if len(missing) > 0 {
 		return nil, eval.InHive(fmt.Errorf("%s: no path for system %s, which the targets run", pb.File, strings.Join(missing, ", ")))
+	}
+	for _, s := range systems {
+		if _, err := h.Inventory.BuiltProfiles(s, given[s]); err != nil {
+			return nil, eval.InHive(fmt.Errorf("%s: %w: nix-hive build's output names a system's profiles, a map of systems to paths none", pb.File, err))
+		}
 	}
 	return h.Adopt(ctx, st, given, pb.From)
 }

@@ -31,9 +31,11 @@ type File struct {
 
 // System is the last build of one system.
 type System struct {
-	DrvPath string    `json:"drvPath"`
-	OutPath string    `json:"outPath"`
-	BuiltAt time.Time `json:"builtAt"`
+	DrvPath string `json:"drvPath"`
+	OutPath string `json:"outPath"`
+	// Profiles are its profiles' packages, by profile name.
+	Profiles map[string]string `json:"profiles,omitempty"`
+	BuiltAt  time.Time         `json:"builtAt"`
 }
 
 // Instance is the last deploy outcome of one instance.
