@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"slices"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/state"
@@ -41,9 +42,12 @@ type systemOutput struct {
 	// BuiltProfiles are the out paths of the system's profiles, by name
 	// (what deploy --systems reads back beside OutPath).
 	BuiltProfiles map[string]string `json:"profilePaths,omitempty"`
-	Built         bool              `json:"built"`
-	Cached        bool              `json:"cached,omitempty"`
-	Instances     []string          `json:"instances"`
+	// BuiltOn is the build host whose store holds the outputs ("" this
+	// machine's).
+	BuiltOn   string   `json:"builtOn,omitempty"`
+	Built     bool     `json:"built"`
+	Cached    bool     `json:"cached,omitempty"`
+	Instances []string `json:"instances"`
 }
 
 func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.File) error {
@@ -53,7 +57,7 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 		return err
 	}
 	mode := c.paths(eval.Build)
-	if c.BuildHost.BuildHost != "" || inv.Build.Host != "" {
+	if c.BuildHost.BuildHost != "" || slices.ContainsFunc(inv.SystemsOf(targets), func(s string) bool { return inv.BuildHostOf(s) != "" }) {
 		f := Fleet{ConnectTimeout: transport.DefaultConnectTimeout}
 		pool, err := newPool(g, h, f.transportConfig(h, st))
 		if err != nil {
@@ -79,7 +83,7 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 		if !ok {
 			so = systemOutput{System: inv.Systems[in.System]}
 			if b, ok := builds.Paths[in.System]; ok {
-				so.DrvPath, so.OutPath, so.BuiltProfiles = b.DrvPath, b.OutPath, b.Profiles
+				so.DrvPath, so.OutPath, so.BuiltProfiles, so.BuiltOn = b.DrvPath, b.OutPath, b.Profiles, b.On
 				so.Built = builds.Built[in.System]
 				so.Cached = !so.Built
 			}

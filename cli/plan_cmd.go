@@ -86,6 +86,14 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 			return cmdline.UsageError{Err: fmt.Errorf("--build and --no build: choose one")}
 		}
 		mode = eval.Build
+		pool, err := newPool(g, h, c.Fleet.transportConfig(h, st))
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		if err := (&BuildHost{}).buildOn(h, st, pool); err != nil {
+			return err
+		}
 	}
 	prep, err := plan.Prepare(ctx, plan.Request{Hive: h, State: st, Policy: pol, Patterns: c.Targets, Paths: mode})
 	if err != nil {

@@ -114,8 +114,9 @@ func (c *NixCopier) URL(dest string) string {
 	return u
 }
 
-// Copy implements Copier.
-func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error {
+// runner is nix with the ssh that reaches instances (the relay, or
+// OpenSSH with SSHConfig).
+func (c *NixCopier) runner() *nixcmd.Runner {
 	r := *c.Nix
 	r.Stderr = nil // per-path chatter of a fleet-wide copy helps nobody; errors keep the tail
 	if c.SSHConfig != "" {
@@ -124,6 +125,30 @@ func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error
 	if c.bin != "" {
 		r.Env = append(r.Env, "PATH="+c.bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
+	return &r
+}
+
+// Fetch implements Fetcher: nix copy --from the instance, every path
+// signed by key.
+func (c *NixCopier) Fetch(ctx context.Context, from, key string, paths []string) error {
+	if c.pool != nil {
+		if _, err := c.pool.Client(ctx, from); err != nil {
+			return fmt.Errorf("nix copy from %s: %w", from, err)
+		}
+	}
+	args := []string{"copy", "--from", c.URL(from), "--option", "require-sigs", "true"}
+	if key != "" {
+		args = append(args, "--option", "extra-trusted-public-keys", key)
+	}
+	if _, err := c.runner().Run(ctx, "nix", append(args, paths...)...); err != nil {
+		return fmt.Errorf("nix copy from %s: %w", from, err)
+	}
+	return nil
+}
+
+// Copy implements Copier.
+func (c *NixCopier) Copy(ctx context.Context, dest string, paths []string) error {
+	r := c.runner()
 	if c.pool != nil && !strings.Contains(dest, "://") {
 		if _, err := c.pool.Client(ctx, dest); err != nil {
 			return fmt.Errorf("nix copy to %s: %w", dest, err)

@@ -21,6 +21,13 @@ type Copier interface {
 	Copy(ctx context.Context, dest string, paths []string) error
 }
 
+// Fetcher is a Copier that also brings closures to this machine, from
+// an instance's store: a build host's outputs, for hosts that cannot
+// substitute from it. Each path must be signed by key (the hive's).
+type Fetcher interface {
+	Fetch(ctx context.Context, from, key string, paths []string) error
+}
+
 // Policy decides the checks around activation and when a rollout stops
 // (a Starlark rollout policy implements it).
 type Policy interface {
@@ -218,7 +225,7 @@ func Execute(ctx context.Context, p *plan.Plan, inv *eval.Inventory, remote host
 func AutoParallel(p *plan.Plan) int {
 	stores := map[string]bool{}
 	for _, h := range p.Hosts {
-		if h.Source.Kind == plan.SourceStore || h.Source.Kind == plan.SourceCache {
+		if h.Source.Kind == plan.SourceStore || h.Source.Kind == plan.SourceCache || h.Source.Kind == plan.SourceBuilder {
 			stores[h.Source.From] = true
 		}
 	}

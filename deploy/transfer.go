@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,9 @@ type transfers struct {
 	ensured    map[string]*future // the host holds what it runs (or failed to)
 	supplied   map[string]*future // the host holds every closure of the plan's for it
 	urlPushed  map[string]*future
+	// fetched are the build hosts whose outputs came to this machine,
+	// for hosts that cannot substitute from them.
+	fetched map[string]*future
 
 	mu sync.Mutex
 	// repairs are the store copies consumers refused, by "store path".
@@ -45,7 +49,13 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 	t := &transfers{plan: p, inv: inv, remote: remote, copier: copier, opts: opts, locks: locks, journal: j,
 		servers: map[string]bool{}, storeSlots: map[string]chan struct{}{},
 		ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		repairs: map[string]*repair{}}
+		fetched: map[string]*future{}, repairs: map[string]*repair{}}
+	for _, on := range p.BuiltOn {
+		if t.fetched[on] == nil {
+			t.fetched[on] = newFuture()
+			t.storeSlots[on] = make(chan struct{}, storeConcurrency)
+		}
+	}
 	for _, n := range p.Order {
 		h := p.Hosts[n]
 		t.ensured[n] = newFuture()
@@ -168,7 +178,12 @@ func (t *transfers) transfer(ctx context.Context, n string) error {
 	}
 	switch h.Source.Kind {
 	case plan.SourcePush:
+		if err := t.fetch(ctx, h.Paths); err != nil {
+			return failed(StepPush, err)
+		}
 		return t.push(ctx, n, h.Paths)
+	case plan.SourceBuilder:
+		return t.fromBuilder(ctx, n, h)
 	case plan.SourceCache:
 		if err := t.pushURL(ctx, h.Source.From); err != nil {
 			return failed(StepPush, fmt.Errorf("push to store %s: %w", h.Source.From, err))
@@ -199,10 +214,65 @@ func (t *transfers) push(ctx context.Context, n string, paths []string) error {
 	return nil
 }
 
+// fromBuilder has n substitute its paths from the build host whose
+// store holds them, which checks the hive's signature as a store's
+// consumer does; n is the build host itself, nothing moves. A host that
+// cannot (it cannot reach the builder, say) gets them through this
+// machine instead.
+func (t *transfers) fromBuilder(ctx context.Context, n string, h *plan.Host) error {
+	if n == h.Source.From {
+		t.journal.step(n, StepPush, EventSkipped, "built there: it is the build host")
+		return nil
+	}
+	err := t.substitute(ctx, n, host.FromStore(t.inv.Instances[h.Source.From]))
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	t.journal.step(n, StepPush, EventInfo, fmt.Sprintf("not substituted from its build host %s (%v): the closure comes through this machine", h.Source.From, cause(err)))
+	if err := t.fetch(ctx, h.Paths); err != nil {
+		return failed(StepPush, err)
+	}
+	return t.push(ctx, n, h.Paths)
+}
+
+// fetch brings the paths among paths that are in a build host's store
+// to this machine's, each build host's all at once, once.
+func (t *transfers) fetch(ctx context.Context, paths []string) error {
+	for _, path := range paths {
+		on := t.plan.BuiltOn[path]
+		if on == "" {
+			continue
+		}
+		err := t.fetched[on].run(func() error {
+			f, ok := t.copier.(Fetcher)
+			if !ok {
+				return fmt.Errorf("the closures built on %s cannot come through this machine: no fetcher", on)
+			}
+			var all []string
+			for p, o := range t.plan.BuiltOn {
+				if o == on {
+					all = append(all, p)
+				}
+			}
+			slices.Sort(all)
+			t.journal.event(Event{Instance: on, Step: StepPush, Status: EventInfo, Message: fmt.Sprintf("fetching %d closure(s) from build host %s", len(all), on)})
+			return f.Fetch(ctx, on, t.opts.publicKey, all)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // pushURL copies to a store URL once, whichever consumer asks first.
 func (t *transfers) pushURL(ctx context.Context, url string) error {
 	return t.urlPushed[url].run(func() error {
 		t.journal.event(Event{Instance: url, Step: StepPush, Status: EventStart})
+		if err := t.fetch(ctx, t.urlPaths(url)); err != nil {
+			t.journal.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
+			return err
+		}
 		if err := t.copier.Copy(ctx, url, t.urlPaths(url)); err != nil {
 			t.journal.event(Event{Instance: url, Step: StepPush, Status: EventFailed, Message: err.Error()})
 			return err

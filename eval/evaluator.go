@@ -28,6 +28,11 @@ type Evaluator struct {
 	FlakeAttr string
 	// Warn, if set, receives warnings (one line each, no prefix).
 	Warn func(string)
+	// BuildStores maps each build host (an instance) to the Nix store URL
+	// this machine's nix reaches it at (ssh-ng://ALIAS, NIX_SSHOPTS in
+	// Nix's environment): the systems built on one are built in its store
+	// and stay there (Built.On).
+	BuildStores map[string]string
 
 	offlineOnce sync.Once
 
@@ -113,6 +118,9 @@ type Built struct {
 	// profile name, and ProfileDrvs their derivations.
 	Profiles    map[string]string `json:"profiles,omitempty"`
 	ProfileDrvs map[string]string `json:"-"`
+	// On is the build host (an instance) whose store holds the outputs,
+	// "" for this machine's.
+	On string `json:"on,omitempty"`
 }
 
 // Roots are the store paths a build of the system made: its toplevel,
@@ -148,6 +156,17 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		if err != nil {
 			return result, err
 		}
+		if on := inv.BuildHostOf(group[0]); on != "" {
+			if err := e.buildOn(ctx, on, inv.Build.Flags, group, drvs); err != nil {
+				return result, err
+			}
+			for _, s := range group {
+				b := drvs[s]
+				b.On = on
+				result[s] = b
+			}
+			continue
+		}
 		// Outputs already in the store need no realising: a no-op deploy
 		// spares the process.
 		if !e.allValid(ctx, drvs) {
@@ -171,6 +190,42 @@ func (e *Evaluator) Build(ctx context.Context, inv *Inventory, systems []string)
 		}
 	}
 	return result, nil
+}
+
+// buildOn builds group's systems in the store of build host on, where
+// the outputs stay: the derivations go there (nix copy --derivation, the
+// same in every release), nix-store --realise runs against that store
+// (the builder's daemon builds, its log comes back), and each output is
+// checked there as Build checks a local one.
+func (e *Evaluator) buildOn(ctx context.Context, on string, flags, group []string, drvs map[string]Built) error {
+	store := e.BuildStores[on]
+	if store == "" {
+		return fmt.Errorf("build host %s: no store URL for it", on)
+	}
+	var outs, ds []string
+	for _, s := range group {
+		outs = append(outs, drvs[s].Roots()...)
+		ds = append(ds, drvs[s].DrvPath)
+		ds = append(ds, slices.Sorted(maps.Values(drvs[s].ProfileDrvs))...)
+	}
+	ds = slices.Compact(slices.Sorted(slices.Values(ds)))
+	if _, err := e.Nix.Quiet().Run(ctx, "nix-store", append([]string{"--store", store, "--check-validity"}, outs...)...); err == nil {
+		return nil // built there before: nothing to send or build
+	}
+	if _, err := e.Nix.Run(ctx, "nix", append([]string{"copy", "--derivation", "--to", store}, ds...)...); err != nil {
+		return fmt.Errorf("build %s on %s: send the derivations: %w", strings.Join(group, ", "), on, err)
+	}
+	args := append(append([]string{"--store", store, "--realise"}, flags...), ds...)
+	if _, err := e.Nix.Run(ctx, "nix-store", args...); err != nil {
+		return fmt.Errorf("build %s on %s: %w", strings.Join(group, ", "), on, err)
+	}
+	for _, s := range group {
+		stc := drvs[s].OutPath + "/bin/switch-to-configuration"
+		if _, err := e.Nix.Quiet().Run(ctx, "nix", "store", "ls", "--store", store, stc); err != nil {
+			return fmt.Errorf("system %s: %s on %s has no bin/switch-to-configuration; is `toplevel` a NixOS system?", s, drvs[s].OutPath, on)
+		}
+	}
+	return nil
 }
 
 // realise builds (or substitutes) the derivations of group's systems,
@@ -270,7 +325,8 @@ func groupByPaths(inv *Inventory, systems []string) ([][]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("unknown system %q", s)
 		}
-		k := pathsKey(sys.Paths)
+		// Systems built elsewhere are built apart, each host's in one call.
+		k := inv.BuildHostOf(s) + "\x00" + pathsKey(sys.Paths)
 		i, ok := index[k]
 		if !ok {
 			i = len(groups)
@@ -307,6 +363,9 @@ func (e *Evaluator) AddRoots(ctx context.Context, dir string, built map[string]B
 		return fmt.Errorf("gc roots: %w", err)
 	}
 	for s, b := range built {
+		if b.On != "" {
+			continue // in the build host's store, not this machine's
+		}
 		roots := map[string]string{filepath.Join(dir, s): b.OutPath}
 		// System names hold no "/", so profiles/SYSTEM is the system's own.
 		for n, p := range b.Profiles {
@@ -373,10 +432,22 @@ func nix32(h []byte) string {
 
 // Sign signs the closures of paths with the secret key in keyFile.
 func (e *Evaluator) Sign(ctx context.Context, keyFile string, paths []string) error {
+	return e.SignOn(ctx, "", keyFile, paths)
+}
+
+// SignOn signs the closures of paths in build host on's store ("" this
+// machine's). The key stays here: a signature covers a path's hash,
+// size and references, which the builder's daemon tells, and it is
+// added there (which needs a login its daemon trusts).
+func (e *Evaluator) SignOn(ctx context.Context, on, keyFile string, paths []string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	args := append([]string{"store", "sign", "--recursive", "--key-file", keyFile}, paths...)
+	args := []string{"store", "sign", "--recursive", "--key-file", keyFile}
+	if on != "" {
+		args = append(args, "--store", e.BuildStores[on])
+	}
+	args = append(args, paths...)
 	if _, err := e.Nix.Run(ctx, "nix", args...); err != nil {
 		return fmt.Errorf("sign %d closure(s) with %s: %w", len(paths), keyFile, err)
 	}
@@ -385,10 +456,23 @@ func (e *Evaluator) Sign(ctx context.Context, keyFile string, paths []string) er
 
 // Valid reports whether paths are all valid paths in the local store.
 func (e *Evaluator) Valid(ctx context.Context, paths ...string) bool {
+	return e.ValidOn(ctx, "", paths...)
+}
+
+// ValidOn is Valid in build host on's store ("" this machine's); false
+// for a build host this run does not reach.
+func (e *Evaluator) ValidOn(ctx context.Context, on string, paths ...string) bool {
 	if len(paths) == 0 || slices.Contains(paths, "") {
 		return false
 	}
-	_, err := e.Nix.Quiet().Run(ctx, "nix-store", append([]string{"--check-validity"}, paths...)...)
+	args := []string{"--check-validity"}
+	if on != "" {
+		if e.BuildStores[on] == "" {
+			return false
+		}
+		args = append(args, "--store", e.BuildStores[on])
+	}
+	_, err := e.Nix.Quiet().Run(ctx, "nix-store", append(args, paths...)...)
 	return err == nil
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -168,8 +170,8 @@ func (h *Hive) Paths(ctx context.Context, st *state.File, systems []string, mode
 	case Reuse:
 		for _, s := range systems {
 			prev, ok := st.System(s)
-			b := Built{System: s, DrvPath: prev.DrvPath, OutPath: prev.OutPath, Profiles: prev.Profiles}
-			if ok && h.Evaluator.Valid(ctx, b.Roots()...) {
+			b := Built{System: s, DrvPath: prev.DrvPath, OutPath: prev.OutPath, Profiles: prev.Profiles, On: prev.On}
+			if ok && h.Evaluator.ValidOn(ctx, b.On, b.Roots()...) {
 				res.Paths[s] = b
 			}
 		}
@@ -186,7 +188,7 @@ func (h *Hive) build(ctx context.Context, st *state.File, systems []string, res 
 	built, err := h.Evaluator.Build(ctx, h.Inventory, systems)
 	now := time.Now().UTC()
 	for s, b := range built {
-		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, Profiles: b.Profiles, BuiltAt: now})
+		st.SetSystem(s, state.System{DrvPath: b.DrvPath, OutPath: b.OutPath, Profiles: b.Profiles, On: b.On, BuiltAt: now})
 		res.Paths[s], res.Built[s] = b, true
 	}
 	if len(built) > 0 {
@@ -203,9 +205,15 @@ func (h *Hive) build(ctx context.Context, st *state.File, systems []string, res 
 	if keyFile == "" {
 		return nil
 	}
-	var paths []string
+	// Signed where they are: here, or in their build host's store.
+	paths := map[string][]string{}
 	for _, s := range systems {
-		paths = append(paths, built[s].Roots()...)
+		paths[built[s].On] = append(paths[built[s].On], built[s].Roots()...)
 	}
-	return h.Evaluator.Sign(ctx, keyFile, paths)
+	for _, on := range slices.Sorted(maps.Keys(paths)) {
+		if err := h.Evaluator.SignOn(ctx, on, keyFile, paths[on]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -92,6 +92,18 @@ type System struct {
 	// Profiles are the system's profiles beside the system one, by name
 	// (their packages are only evaluated by Build).
 	Profiles map[string]*Profile `json:"profiles"`
+	// BuildHost is the instance the system is built on (build.host),
+	// "" for the hive's nix.build.host.
+	BuildHost string `json:"buildHost,omitempty"`
+}
+
+// BuildHostOf is the instance system is built on: its build.host, else
+// the hive's nix.build.host; "" builds here.
+func (inv *Inventory) BuildHostOf(system string) string {
+	if s := inv.Systems[system]; s != nil && s.BuildHost != "" {
+		return s.BuildHost
+	}
+	return inv.Build.Host
 }
 
 // Profile is a profile a system carries beside the system profile, as

@@ -17,6 +17,8 @@ func (e *Evaluator) OutPaths(ctx context.Context, inv *Inventory, systems []stri
 			return out, err
 		}
 		for s, b := range res {
+			// Where a build would put it, for plans that only evaluate.
+			b.On = inv.BuildHostOf(s)
 			out[s] = b
 		}
 	}

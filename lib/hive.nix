@@ -135,7 +135,7 @@ let
         ++ expect "hive" "nix.build.flags" isStringList "a list of strings" (hive.nix.build.flags or [ ])
         ++ (if hive ? hostCA && hive.hostCA != null then expect "hive" "hostCA" (v: isString v || isStringList v) "a CA public key line (string) or a list of them" hive.hostCA else [ ]);
 
-      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" "profiles" ];
+      knownSystemAttrs = [ "modules" "configuration" "toplevel" "system" "paths" "nixpkgs" "specialArgs" "meta" "keys" "profiles" "build" ];
       knownInstanceAttrs = [ "system" "host" "user" "port" "jump" "store" "storeUser" "tags" "hostKey" "ssh" "meta" "keys" "specialisation" ];
 
       # ---- keys ----------------------------------------------------------
@@ -201,7 +201,9 @@ let
           ++ (if s ? system then expect where "system" isString "a platform string such as \"x86_64-linux\"" s.system else [ ])
           ++ (if s ? paths then expect where "paths" isAttrs "an attribute set" s.paths else [ ])
           ++ (if s ? keys then keysErrors where s.keys else [ ])
-          ++ (if s ? profiles then profilesErrors where s.profiles else [ ]);
+          ++ (if s ? profiles then profilesErrors where s.profiles else [ ])
+          ++ (if !(s ? build) then [ ] else if !isAttrs s.build then expect where "build" isAttrs "an attribute set ({ host = \"builder\"; })" s.build
+              else unknownIn "${where}: build" [ "host" ] s.build ++ refErrors where "build.host" (s.build.host or null) false);
 
       # ---- profiles ------------------------------------------------------
       # Profiles beside the system one (deploy-rs's), such as a user's
@@ -265,6 +267,7 @@ let
         kind = if !isAttrs s then null else if s ? toplevel then "toplevel" else if s ? modules then "modules" else "configuration";
         paths = if isAttrs s then mapAttrs (_: pathString) (systemPaths s) else { };
         meta = if isAttrs s then s.meta or { } else { };
+        buildHost = if isAttrs s && isString ((s.build or null).host or null) then s.build.host else null;
         profiles = if isAttrs s then mapAttrs (_: p: {
           user = typed isString "root" (p.user or "root");
           activate = typed isString "activate" (p.activate or "activate");

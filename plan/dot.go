@@ -207,6 +207,11 @@ func (g *dotGraph) build() error {
 			src = dotHost + h.Source.From
 		case SourceCache:
 			src = dotURL + h.Source.From
+		case SourceBuilder:
+			src = dotURL + h.Source.From
+			if p.Hosts[h.Source.From] != nil {
+				src = dotHost + h.Source.From
+			}
 		default:
 			return fmt.Errorf("dot: host %s: unknown source kind %q", n, h.Source.Kind)
 		}

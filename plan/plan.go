@@ -18,6 +18,9 @@ const (
 	SourceStore SourceKind = "store" // substituted from a store instance
 	SourceCache SourceKind = "cache" // substituted from a store URL
 	SourceLocal SourceKind = "local" // built on the host itself (apply-local)
+	// SourceBuilder: substituted from the build host whose store holds
+	// the host's every path (nothing moves when it is that host).
+	SourceBuilder SourceKind = "builder"
 )
 
 // Source says where a host gets its closure from.
@@ -32,6 +35,8 @@ func (s Source) String() string {
 		return "pushed from this host"
 	case SourceLocal:
 		return "built here: this machine is the host"
+	case SourceBuilder:
+		return "substituted from its build host " + s.From
 	}
 	return "substituted from " + s.From
 }
@@ -98,6 +103,9 @@ type Plan struct {
 	// Make it is (Waves leaves out waves that ended up empty).
 	WaveOrigin []int      `json:"-"`
 	Transfers  []Transfer `json:"transfers"`
+	// BuiltOn maps the paths built on a build host to it: its store holds
+	// them, this machine's need not.
+	BuiltOn map[string]string `json:"builtOn,omitempty"`
 	// Moved lists stores pulled into an earlier wave than the policy gave
 	// them, so that they activate before their consumers.
 	Moved []string `json:"moved,omitempty"`
@@ -132,6 +140,17 @@ func Make(inv *eval.Inventory, targets []string, built map[string]eval.Built, wa
 			}
 		}
 	}
+	for _, s := range inv.SystemsOf(targets) {
+		if on := built[s].On; on != "" {
+			if p.BuiltOn == nil {
+				p.BuiltOn = map[string]string{}
+			}
+			for _, path := range built[s].Roots() {
+				p.BuiltOn[path] = on
+			}
+		}
+	}
+	p.fromBuilders()
 	p.setTransfers()
 	for _, h := range p.Hosts {
 		h.Level = level(inv, h.Name)
@@ -171,6 +190,26 @@ func (p *Plan) need(inv *eval.Inventory, name, path string, depth int) error {
 		return p.need(inv, in.Store, path, depth+1)
 	}
 	return nil
+}
+
+// fromBuilders has each host that would be pushed to, and whose every
+// path one build host holds, substitute from that build host instead:
+// the closure goes from the builder straight to the stores, and this
+// machine never holds it. A host whose paths are in several places gets
+// pushes, the builders' paths coming through this machine.
+func (p *Plan) fromBuilders() {
+	if len(p.BuiltOn) == 0 {
+		return
+	}
+	for _, h := range p.Hosts {
+		if h.Source.Kind != SourcePush || len(h.Paths) == 0 {
+			continue
+		}
+		on := p.BuiltOn[h.Paths[0]]
+		if on != "" && !slices.ContainsFunc(h.Paths, func(path string) bool { return p.BuiltOn[path] != on }) {
+			h.Source = Source{Kind: SourceBuilder, From: on}
+		}
+	}
 }
 
 // setTransfers lists what leaves the deploy host: to each host that gets

@@ -173,7 +173,7 @@ func waveNames(waves []starlark.Wave) [][]string {
 func (p *Plan) substituting() []string {
 	var out []string
 	for _, n := range p.Order {
-		if h := p.Hosts[n]; h.Target && (h.Source.Kind == SourceStore || h.Source.Kind == SourceCache) {
+		if h := p.Hosts[n]; h.Target && (h.Source.Kind == SourceStore || h.Source.Kind == SourceCache || h.Source.Kind == SourceBuilder && h.Source.From != n) {
 			out = append(out, n)
 		}
 	}

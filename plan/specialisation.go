@@ -29,6 +29,9 @@ func (p *Plan) specialise(inv *eval.Inventory, override string) error {
 		if name == "" {
 			continue
 		}
+		if on := p.BuiltOn[h.OutPath]; on != "" {
+			return eval.InHive(fmt.Errorf("instance %q: specialisation %q: its system was built on %s and stays there, while nix-hive reads a system's specialisations in this machine's store: build it here to deploy a specialisation", t, name, on))
+		}
 		active, err := SpecialisationOf(h.OutPath, name)
 		if err != nil {
 			// What the hive or the command line asked for is not there.

@@ -35,7 +35,9 @@ type System struct {
 	OutPath string `json:"outPath"`
 	// Profiles are its profiles' packages, by profile name.
 	Profiles map[string]string `json:"profiles,omitempty"`
-	BuiltAt  time.Time         `json:"builtAt"`
+	// On is the build host whose store holds them ("" this machine's).
+	On      string    `json:"on,omitempty"`
+	BuiltAt time.Time `json:"builtAt"`
 }
 
 // Instance is the last deploy outcome of one instance.
