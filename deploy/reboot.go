@@ -121,14 +121,18 @@ func (p *pipeline) reboot(ctx, actx context.Context, n, job, running, loader str
 // generation for good; then the system profile and the boot default
 // become booted's again, so that neither the host's records nor its
 // next boot say otherwise. (Job's own record of what ran before it was
-// in /run, which the reboot emptied: booted is what runs.)
+// in /run, which the reboot emptied: booted is what runs, and the
+// profiles are those the host recorded when the deploy locked it.)
 func (p *pipeline) bootRolledBack(ctx context.Context, n, job, path, booted string) error {
 	why := fmt.Errorf("rolled back (boot): %s did not come up; the host booted %s, the default", path, booted)
 	p.journal.step(n, StepRollback, EventStart, why.Error())
 	if err := p.checks.mark(ctx, n, job, "failed"); err != nil {
 		return failed(StepRollback, fmt.Errorf("%v; recording it: %w", why, err))
 	}
-	st, err := p.jobs.Run(ctx, p.inv.Instances[n], host.Job{Goal: host.GoalBoot, Target: booted, Gzip: p.locks.hasGzip(n)})
+	// The profiles beside the system one go back to those the host had
+	// when the deploy locked it (set, not activated: goal boot).
+	was, _ := p.locks.state(n)
+	st, err := p.jobs.Run(ctx, p.inv.Instances[n], host.Job{Goal: host.GoalBoot, Target: booted, Gzip: p.locks.hasGzip(n), Profiles: was.ProfileList()})
 	if err != nil {
 		return unknown(StepRollback, fmt.Errorf("%v; making it the system profile again: %w", why, err))
 	}
