@@ -96,14 +96,18 @@ func (f *faultLab) write(name, text string) {
 
 // variants sets each host's test-system arguments (Nix attributes, e.g.
 // `version = "2"; gate = true;`); hosts not named run version 1.
-func (f *faultLab) variants(v map[string]string) {
+func (f *faultLab) variants(v map[string]string) { f.writeAttrs("variants.nix", v) }
+
+// writeAttrs writes file as a Nix attribute set of each host's attributes
+// (Nix text).
+func (f *faultLab) writeAttrs(file string, v map[string]string) {
 	var b strings.Builder
 	b.WriteString("{\n")
 	for h, attrs := range v {
 		fmt.Fprintf(&b, "  %q = { %s };\n", h, attrs)
 	}
 	b.WriteString("}\n")
-	f.write("variants.nix", b.String())
+	f.write(file, b.String())
 }
 
 func (f *faultLab) run(args ...string) (int, string, string) {

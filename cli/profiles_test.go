@@ -49,15 +49,7 @@ in {
   }) lab;
   instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;
 }`, filepath.Join(root, "examples", "testsystems"), filepath.Join(root, "examples", "testsystems", "profile.nix"), profileUser))
-	profiles := func(v map[string]string) {
-		var b strings.Builder
-		b.WriteString("{\n")
-		for h, p := range v {
-			fmt.Fprintf(&b, "  %q = { %s };\n", h, p)
-		}
-		b.WriteString("}\n")
-		f.write("profiles.nix", b.String())
-	}
+	profiles := func(v map[string]string) { f.writeAttrs("profiles.nix", v) }
 	const (
 		link = "/nix/var/nix/profiles/per-user/" + profileUser + "/home"
 		home = "/run/" + profileUser + "/.nix-hive-test/home"
@@ -165,6 +157,21 @@ in {
 		t.Errorf("after the failed profile, the host's record: %q", got)
 	}
 
+	// backOnV1 checks app-1 runs its first system again, with the
+	// profile's second generation set and activated again.
+	backOnV1 := func(when string) {
+		t.Helper()
+		if got := f.system("app-1"); got.active != v1["app-1"] {
+			t.Errorf("%s app-1 runs %s, want %s", when, got.active, v1["app-1"])
+		}
+		if got := profileOf("app-1"); got != home2 {
+			t.Errorf("%s app-1's home profile leads to %s, want %s", when, got, home2)
+		}
+		if got, want := activated("app-1"), "2 "+profileUser+" "+link; got != want {
+			t.Errorf("%s the profile's activation says %q, want %q", when, got, want)
+		}
+	}
+
 	// A good pair, then rollback: the previous good generation comes
 	// back with the profile that went with it.
 	profiles(map[string]string{"app-1": `home.args.version = "4";`, "app-2": `home.args.version = "1";`})
@@ -177,15 +184,7 @@ in {
 	if code != 0 {
 		t.Fatalf("rollback: exit %d\n%s", code, out)
 	}
-	if got := f.system("app-1"); got.active != v1["app-1"] {
-		t.Errorf("after rollback app-1 runs %s, want %s", got.active, v1["app-1"])
-	}
-	if got := profileOf("app-1"); got != home2 {
-		t.Errorf("after rollback app-1's home profile leads to %s, want %s (the one of that generation)", got, home2)
-	}
-	if got, want := activated("app-1"), "2 "+profileUser+" "+link; got != want {
-		t.Errorf("after rollback the profile's activation says %q, want %q", got, want)
-	}
+	backOnV1("after rollback (the profile of that generation)")
 
 	// A failed post-activation check returns the profile with the system.
 	f.write("hive.star", `
@@ -198,15 +197,7 @@ def post_activate(ctx):
 	profiles(map[string]string{"app-1": `home.args.version = "5";`, "app-2": `home.args.version = "1";`})
 	out = deploy(1, "app-1")
 	summaryHas(t, out, "app-1", "rolled-back", "health check failed")
-	if got := f.system("app-1"); got.active != v1["app-1"] {
-		t.Errorf("after the failed check app-1 runs %s, want %s", got.active, v1["app-1"])
-	}
-	if got := profileOf("app-1"); got != home2 {
-		t.Errorf("after the failed check app-1's home profile leads to %s, want %s", got, home2)
-	}
-	if got, want := activated("app-1"), "2 "+profileUser+" "+link; got != want {
-		t.Errorf("after the failed check the profile's activation says %q, want %q", got, want)
-	}
+	backOnV1("after the failed check")
 	if err := os.Remove(filepath.Join(f.dir, "hive.star")); err != nil {
 		t.Fatal(err)
 	}

@@ -91,9 +91,13 @@ func CheckUser(s string) error {
 // CheckSpecialisation checks the name of a system's specialisation: a
 // directory name under its toplevel's specialisation/, and an argument
 // of the host's activation job.
-func CheckSpecialisation(s string) error {
+func CheckSpecialisation(s string) error { return checkPlain("a specialisation name", s) }
+
+// checkPlain checks a name that is a file name on a host or here, and a
+// word of command lines: specialisations, systems, profiles.
+func checkPlain(what, s string) error {
 	if len(s) > maxTag || !specialisationRE.MatchString(s) {
-		return fmt.Errorf("is not a specialisation name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
+		return fmt.Errorf("is not %s: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", what, maxTag)
 	}
 	return nil
 }
@@ -102,22 +106,12 @@ var specialisationRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
 
 // CheckSystem checks a system's name: a file name of its GC root beside
 // hive.state, and a word of commands that name it.
-func CheckSystem(s string) error {
-	if len(s) > maxTag || !specialisationRE.MatchString(s) {
-		return fmt.Errorf("is not a valid system name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
-	}
-	return nil
-}
+func CheckSystem(s string) error { return checkPlain("a valid system name", s) }
 
 // CheckProfile checks the name of a profile beside the system one: a
 // file name under /nix/var/nix/profiles/per-user/USER, and a word of the
 // host's activation job.
-func CheckProfile(s string) error {
-	if len(s) > maxTag || !specialisationRE.MatchString(s) {
-		return fmt.Errorf("is not a profile name: use letters, digits and _ . + -, starting with a letter, digit or _ (at most %d characters)", maxTag)
-	}
-	return nil
-}
+func CheckProfile(s string) error { return checkPlain("a profile name", s) }
 
 // CheckActivate checks a profile's activation command: a relative path
 // inside its package, which root's job runs as the profile's user.
