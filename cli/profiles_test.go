@@ -172,6 +172,14 @@ in {
 		}
 	}
 
+	// A user the host lacks: refused there, and nothing changes.
+	profiles(map[string]string{"app-1": `home = { args.version = "2"; user = "nixhive-nouser"; };`, "app-2": `home.args.version = "1";`})
+	out = deploy(1, "app-1")
+	summaryHas(t, out, "app-1", "rolled-back", "profile home: nixhive-nouser is no user on the host")
+	if got := profileOf("app-1"); got != home2 || f.system("app-1").active != v1["app-1"] {
+		t.Errorf("after a profile of no user, app-1 has the profile %s and runs %s", got, f.system("app-1").active)
+	}
+
 	// A good pair, then rollback: the previous good generation comes
 	// back with the profile that went with it.
 	profiles(map[string]string{"app-1": `home.args.version = "4";`, "app-2": `home.args.version = "1";`})

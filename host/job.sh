@@ -177,12 +177,13 @@ pw() {
 pon() {
   pw "$1" || return 1
   log "profile $pn of $pu: $pp"
+  u=$(id -u "$pu" 2>/dev/null) || { pwhy="profile $pn: $pu is no user on the host"; return 1; }
   if [ "$goal" != test ]; then
     mkdir -p "${P%/*}" && nix-env -p "$P" --set "$pp" 5>&- 6>&- 7>&- 8>&- &&
       chown -h "$pu" "${P%/*}" "$P" "${P%/*}/$(readlink "$P")" || return 1
   fi
   [ "$goal" = boot ] && return 0
-  x=/run/user/$(id -u "$pu")
+  x=/run/user/$u
   [ -d "$x" ] || x=
   PROFILE=$P XDG_RUNTIME_DIR=$x timeout -k 10 "$limit" runuser -u "$pu" -- "$pp/$pa" 5>&- 6>&- 7>&- 8>&-
 }
@@ -195,7 +196,8 @@ pto() {
   pdone=1
   for w in $2; do
     case " $1 " in *" $w "*) continue ;; esac
-    pon "$w" || { pwhy=$(explain "profile $pn of $pu: $pp/$pa" $?); return 1; }
+    pwhy=
+    pon "$w" || { [ -n "$pwhy" ] || pwhy=$(explain "profile $pn of $pu: $pp/$pa" $?); return 1; }
   done
   for w in $1; do
     pw "$w" && case " $2 " in *" $pn:$pu:"*) ;; *) log "profile $pn of $pu: removed" && [ "$goal" = test ] || rm -f "$P" ;; esac
