@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
@@ -174,6 +176,21 @@ func (p *Pool) wait(ctx context.Context, name string, c *conn, s *ssh.Session, p
 		return exitStatus(name, err)
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGTERM)
+		if pids != nil {
+			// The probe's line may still be on its way: the host copies
+			// stdout and stderr apart, so the command's output can
+			// overtake it, and closing the session now would lose the
+			// group to kill (a shell killed by the signal leaves its
+			// children running).
+			t := time.NewTimer(cmp.Or(p.hosts.cfg.ConnectTimeout, DefaultConnectTimeout))
+			select {
+			case <-pids.ready:
+			case err := <-done:
+				done <- err // killGroup reads it too
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		s.Close()
 		if pids != nil {
 			p.killGroup(c, pids, done)
