@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -98,6 +99,39 @@ func TestDeployPrebuilt(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, unsigned) {
 		t.Errorf("an unsigned path in the cache: exit %d:\n%s", code, errOut)
 	}
+	// A path the hive signed, changed in the cache afterwards: its
+	// content no longer matches the hash the signature covers.
+	tv := "tamper" + ci
+	f.variants(map[string]string{"app-1": `version = "` + tv + `";`})
+	if code, _, _ := f.run("build", "app-1"); code != 0 {
+		t.Fatal("the build to tamper with failed")
+	}
+	tampered := f.built("app-1")
+	changed := t.TempDir()
+	nix(t, "copy", "--to", "file://"+changed+"?compression=none", tampered)
+	nars, _ := filepath.Glob(filepath.Join(changed, "nar", "*.nar"))
+	for _, n := range nars {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(n, bytes.ReplaceAll(b, []byte(tv), []byte(strings.Repeat("x", len(tv)))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(f.dir, ".nix-hive", "gcroots")); err != nil {
+		t.Fatal(err)
+	}
+	nixStore(t, "--delete", tampered)
+	f.write("tampered.json", `{"app-1": "`+tampered+`", "app-2": "`+v2["app-2"]+`"}`)
+	code, _, errOut = f.run("deploy", "--systems", filepath.Join(f.dir, "tampered.json"), "--from", "file://"+changed, "app-1")
+	if code == 0 || !strings.Contains(errOut, tampered) {
+		t.Errorf("a path changed in the cache: exit %d:\n%s", code, errOut)
+	}
+	if exec.Command("nix-store", "--check-validity", tampered).Run() == nil {
+		t.Errorf("the changed path %s was taken into this machine's store", tampered)
+	}
+
 	f.write("bad.json", `{"app-1": "/etc/passwd"}`)
 	if code, _, errOut := f.run("deploy", "--systems", filepath.Join(f.dir, "bad.json")); code == 0 || !strings.Contains(errOut, `bad.json: system app-1: "/etc/passwd" is not a store path`) {
 		t.Errorf("a file naming no store path: exit %d:\n%s", code, errOut)
