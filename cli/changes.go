@@ -38,6 +38,7 @@ func (pc *planChanges) counts() (change, same, unknown int) {
 	for _, s := range pc.Systems {
 		same += len(s.Unchanged)
 		unknown += len(s.Unknown)
+		change += len(s.Profiles)
 		for _, f := range s.From {
 			change += len(f.Instances)
 		}
@@ -59,13 +60,16 @@ func writeChanges(w io.Writer, pc *planChanges) {
 	}
 	var unknown []string
 	for _, s := range pc.Systems {
-		n := len(s.Unchanged) + len(s.Unknown)
+		n := len(s.Unchanged) + len(s.Unknown) + len(s.Profiles)
 		for _, f := range s.From {
 			n += len(f.Instances)
 		}
 		line := fmt.Sprintf("  %s: %s", s.System, quantity.Count(n, "host"))
 		if len(s.Unchanged) > 0 {
 			line += fmt.Sprintf(", %d unchanged%s", len(s.Unchanged), nameList(s.Unchanged))
+		}
+		if len(s.Profiles) > 0 {
+			line += fmt.Sprintf(", %d get other profiles beside the same system%s", len(s.Profiles), nameList(s.Profiles))
 		}
 		if len(s.Unknown) > 0 {
 			line += fmt.Sprintf(", %d not known", len(s.Unknown))

@@ -135,6 +135,9 @@ in {
 	if code != 1 || !strings.Contains(out, "profiles differ") {
 		t.Errorf("status with a new profile: exit %d, want 1 and \"profiles differ\":\n%s", code, out)
 	}
+	if code, out, _ = f.run("plan", "app-1"); code != 0 || !strings.Contains(out, "1 get other profiles beside the same system (app-1)") {
+		t.Errorf("plan with a new profile: exit %d, want it to say app-1's profiles change:\n%s", code, out)
+	}
 	deploy(0, "app-1")
 	home2 := wantProfile("app-1", "2")
 	if got := f.system("app-1"); got.active != v1["app-1"] || got.profile != v1["app-1"] {

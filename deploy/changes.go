@@ -22,6 +22,9 @@ type SystemChange struct {
 	Wanted string `json:"wanted"`
 	// Unchanged run the wanted system already.
 	Unchanged []string `json:"unchanged"`
+	// Profiles run the wanted system already and get other profiles
+	// beside it (asked hosts only: hive.state does not record them).
+	Profiles []string `json:"profiles,omitempty"`
 	// From groups the others by the system they run now.
 	From []ChangeFrom `json:"from"`
 	// Unknown are the instances whose current system is not known, with
@@ -85,6 +88,8 @@ func Changes(ctx context.Context, r ChangesRequest) []SystemChange {
 				sc.Unknown = map[string]string{}
 			}
 			sc.Unknown[n] = unknown[n]
+		case p == h.OutPath && states[n].Profiles != host.ProfileWords(h.Profiles) && r.Remote != nil:
+			sc.Profiles = append(sc.Profiles, n)
 		case p == h.OutPath:
 			sc.Unchanged = append(sc.Unchanged, n)
 		default:
