@@ -123,6 +123,16 @@ type Built struct {
 	On string `json:"on,omitempty"`
 }
 
+// Derivations are what building the system builds: its toplevel's
+// derivation, then its profiles' (by name).
+func (b Built) Derivations() []string {
+	out := []string{b.DrvPath}
+	for _, n := range slices.Sorted(maps.Keys(b.ProfileDrvs)) {
+		out = append(out, b.ProfileDrvs[n])
+	}
+	return out
+}
+
 // Roots are the store paths a build of the system made: its toplevel,
 // then its profiles' packages (by name).
 func (b Built) Roots() []string {
@@ -205,8 +215,7 @@ func (e *Evaluator) buildOn(ctx context.Context, on string, flags, group []strin
 	var outs, ds []string
 	for _, s := range group {
 		outs = append(outs, drvs[s].Roots()...)
-		ds = append(ds, drvs[s].DrvPath)
-		ds = append(ds, slices.Sorted(maps.Values(drvs[s].ProfileDrvs))...)
+		ds = append(ds, drvs[s].Derivations()...)
 	}
 	ds = slices.Compact(slices.Sorted(slices.Values(ds)))
 	if _, err := e.Nix.Quiet().Run(ctx, "nix-store", append([]string{"--store", store, "--check-validity"}, outs...)...); err == nil {
@@ -234,8 +243,7 @@ func (e *Evaluator) realise(ctx context.Context, flags, group []string, drvs map
 	args := append([]string{"--realise"}, flags...)
 	seen := map[string]bool{}
 	for _, s := range group {
-		b := drvs[s]
-		for _, d := range append([]string{b.DrvPath}, slices.Sorted(maps.Values(b.ProfileDrvs))...) {
+		for _, d := range drvs[s].Derivations() {
 			if !seen[d] {
 				seen[d] = true
 				args = append(args, d)
