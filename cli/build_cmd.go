@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"slices"
 
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/state"
@@ -57,16 +56,9 @@ func (c *BuildCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.
 		return err
 	}
 	mode := c.paths(eval.Build)
-	if c.BuildHost.BuildHost != "" || slices.ContainsFunc(inv.SystemsOf(targets), func(s string) bool { return inv.BuildHostOf(s) != "" }) {
-		f := Fleet{ConnectTimeout: transport.DefaultConnectTimeout}
-		pool, err := newPool(g, h, f.transportConfig(h, st))
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		if err := c.buildOn(h, st, pool); err != nil {
-			return err
-		}
+	f := Fleet{ConnectTimeout: transport.DefaultConnectTimeout}
+	if err := c.buildOnOwnPool(g, h, st, f.transportConfig(h, st)); err != nil {
+		return err
 	}
 	builds, err := h.Paths(ctx, st, inv.SystemsOf(targets), mode)
 	if err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,4 +63,21 @@ func (b *BuildHost) buildOn(h *eval.Hive, st *state.File, pool *transport.Pool) 
 		h.Evaluator.BuildStores[on] = "ssh-ng://" + transport.Alias(on)
 	}
 	return nil
+}
+
+// buildOnOwnPool is buildOn for commands that hold no pool (build, plan
+// --build): one is made with cfg only when some system builds elsewhere,
+// for the OpenSSH config it writes, and closed at once (nix reaches the
+// builders with OpenSSH, not through it).
+func (b *BuildHost) buildOnOwnPool(g *Globals, h *eval.Hive, st *state.File, cfg transport.Config) error {
+	inv := h.Inventory
+	if b.BuildHost == "" && !slices.ContainsFunc(slices.Collect(maps.Keys(inv.Systems)), func(s string) bool { return inv.BuildHostOf(s) != "" }) {
+		return nil
+	}
+	pool, err := newPool(g, h, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return b.buildOn(h, st, pool)
 }

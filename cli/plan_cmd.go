@@ -86,12 +86,7 @@ func (c *PlanCmd) Run(ctx context.Context, g *Globals, h *eval.Hive, st *state.F
 			return cmdline.UsageError{Err: fmt.Errorf("--build and --no build: choose one")}
 		}
 		mode = eval.Build
-		pool, err := newPool(g, h, c.Fleet.transportConfig(h, st))
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		if err := (&BuildHost{}).buildOn(h, st, pool); err != nil {
+		if err := (&BuildHost{}).buildOnOwnPool(g, h, st, c.Fleet.transportConfig(h, st)); err != nil {
 			return err
 		}
 	}

@@ -40,11 +40,14 @@ func (h *Hive) Adopt(ctx context.Context, st *state.File, paths map[string]Built
 			return nil, err
 		}
 	}
+	// One check for all; path by path only to name what is missing.
 	var missing []string
-	for _, s := range systems {
-		for _, p := range paths[s].Roots() {
-			if !h.Evaluator.Valid(ctx, p) {
-				missing = append(missing, fmt.Sprintf("%s (%s)", p, s))
+	if !h.Evaluator.Valid(ctx, list...) {
+		for _, s := range systems {
+			for _, p := range paths[s].Roots() {
+				if !h.Evaluator.Valid(ctx, p) {
+					missing = append(missing, fmt.Sprintf("%s (%s)", p, s))
+				}
 			}
 		}
 	}
