@@ -8,38 +8,43 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nix-hive/nix-hive/host"
 )
 
-// A root login's first deploy installs nix-hive's agent on the host, once;
-// later deploys and rollbacks run its operations instead of sending their
+// A root login's first deploy gets nix-hive's agent into the host's
+// store, once: www-1 substitutes it from its store portico, which was
+// given it from here (portico is no target: only its store). Later
+// deploys and rollbacks run its operations instead of sending their
 // programs, the substitution, the keys' owners question and the job's
-// start inside the deploy lock's session. The test marks the installed
-// agent so that it logs each operation it runs, and its stdin: /dev/null
-// when the lock's session ran it, the SSH channel when it had a session
-// of its own. A later deploy that reinstalled the agent, or sent
-// programs instead, would leave no log.
-func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
+// start inside the deploy lock's session. The test marks www-1's agent
+// so that it logs each operation it runs, and its stdin: /dev/null when
+// the lock's session ran it, the SSH channel when it had a session of
+// its own. A later deploy that got the agent again, or sent programs
+// instead, would leave no log.
+func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	s := newSeed(t)
 	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
 		t.Fatalf("first deploy: exit %d", code)
 	}
 	h := s.lab.Host("www-1")
 	agent := h.Path(host.RootAgentPath())
-	b, err := os.ReadFile(agent)
-	if err != nil || string(b) != host.AgentScript() {
-		t.Fatalf("www-1 has no agent at %s, or another one (%d bytes, want %d): %v", host.RootAgentPath(), len(b), len(host.AgentScript()), err)
-	}
-	for _, p := range []string{agent, filepath.Dir(agent)} {
-		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o700 {
-			t.Errorf("%s: mode %v, want 0700 (root's alone): %v", p, fi.Mode().Perm(), err)
+	for _, n := range []string{"www-1", "portico"} {
+		b, err := os.ReadFile(s.lab.Host(n).Path(host.RootAgentPath()))
+		if err != nil || string(b) != host.AgentScript() {
+			t.Fatalf("%s has no agent at %s, or another one (%d bytes, want %d): %v", n, host.RootAgentPath(), len(b), len(host.AgentScript()), err)
+		}
+		if l, err := os.Readlink(s.lab.Host(n).Path("/nix/var/nix/gcroots/nix-hive-agent")); err != nil || l != host.RootAgentPath() {
+			t.Errorf("%s's store does not keep the agent: gcroots/nix-hive-agent -> %q (%v)", n, l, err)
 		}
 	}
+	b, _ := os.ReadFile(agent)
 	ops := h.Path("/run/nix-hive-test/agent-ops")
 	marked := strings.Replace(string(b), "\n", "\nprintf '%s:%s\\n' \"${1-}\" \"$(readlink /proc/$$/fd/0)\" >>/run/nix-hive-test/agent-ops\n", 1)
-	if err := os.WriteFile(agent, []byte(marked), 0o700); err != nil {
+	if err := os.Chmod(agent, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(agent, []byte(marked), 0o444); err != nil {
 		t.Fatal(err)
 	}
 
@@ -53,14 +58,14 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 	got := readLines(t, ops)
 	for _, op := range []string{"lock", "realise:/dev/null", "key-owners:/dev/null", "start:/dev/null", "confirm"} {
 		if !slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, op) }) {
-			t.Errorf("the second deploy ran the installed agent's %v; want %s among them (the programs were sent instead, or not in the lock's session)", got, op)
+			t.Errorf("the second deploy ran the agent's %v; want %s among them (the programs were sent instead, or not in the lock's session)", got, op)
 		}
 	}
 	if slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, "confirm:/dev/null") }) {
 		t.Errorf("the confirmation ran in the lock's session (%v): it must prove a new login", got)
 	}
 	if b, _ := os.ReadFile(agent); string(b) != marked {
-		t.Error("the second deploy reinstalled the agent")
+		t.Error("the second deploy got the agent again")
 	}
 
 	before := len(got)
@@ -71,56 +76,23 @@ func TestRootLoginRunsTheInstalledAgent(t *testing.T) {
 		t.Errorf("the rollback ran the agent's %v; want lock, and start in its session", got)
 	}
 
-	// A host that lost its agent gets it again; agents of other releases
-	// go once they have not run for 30 days, not before.
-	dir := filepath.Dir(agent)
-	stale, recent := filepath.Join(dir, "nix-hive-agent-000000000000"), filepath.Join(dir, "nix-hive-agent-111111111111")
-	for _, p := range []string{stale, recent} {
-		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o700); err != nil {
-			t.Fatal(err)
-		}
+	// A host whose garbage collection took its agent gets it again.
+	ctx := context.Background()
+	if out, err := h.Exec(ctx, "sh", "-c", `rm /nix/var/nix/gcroots/nix-hive-agent && nix-store --delete "$0"`, host.RootAgentPath()); err != nil {
+		t.Fatalf("delete www-1's agent: %v: %s", err, out)
 	}
-	long := time.Now().Add(-40 * 24 * time.Hour)
-	if err := os.Chtimes(stale, long, long); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(agent); err != nil {
-		t.Fatal(err)
-	}
-	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
-		t.Fatalf("deploy after the agent was removed: exit %d", code)
-	}
-	if b, err := os.ReadFile(agent); err != nil || string(b) != host.AgentScript() {
-		t.Errorf("the agent was not installed again: %v", err)
-	}
-	if _, err := os.Stat(stale); !os.IsNotExist(err) {
-		t.Errorf("an agent of another release unused for 40 days is still there: %v", err)
-	}
-	if _, err := os.Stat(recent); err != nil {
-		t.Errorf("an agent of another release run recently was removed: %v", err)
-	}
-
-	// Where the agent cannot be installed, root's programs are sent with
-	// each command, as before it: the deploy works, and says so.
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o644); err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat(agent); !os.IsNotExist(err) {
+		t.Fatalf("www-1's agent is still there: %v", err)
 	}
 	s.edit(`version = "2"; };`, `version = "3"; };`)
-	code, _, stderr := s.run("deploy", "www-1")
-	if code != 0 {
-		t.Fatalf("deploy where the agent cannot be installed: exit %d", code)
+	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
+		t.Fatalf("deploy after the agent was collected: exit %d", code)
 	}
 	if got, want := s.current("www-1"), s.state().Systems["www"].OutPath; got != want {
 		t.Errorf("www-1 runs %s, want %s", got, want)
 	}
-	if want := "nix-hive: warning: www-1: install nix-hive-agent at " + host.RootAgentPath(); !strings.Contains(stderr, want) || !strings.Contains(stderr, "programs go with each command there instead") {
-		t.Errorf("stderr does not say the agent could not be installed (want %q):\n%s", want, stderr)
-	}
-	if fi, err := os.Stat(dir); err != nil || fi.IsDir() {
-		t.Errorf("%s changed: %v", dir, err)
+	if b, err := os.ReadFile(agent); err != nil || string(b) != host.AgentScript() {
+		t.Errorf("www-1 did not get the agent again: %v", err)
 	}
 }
 

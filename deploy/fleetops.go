@@ -187,7 +187,7 @@ func recordRollback(st *state.File, in *eval.Instance, r RollbackRow) {
 
 func rollbackOne(ctx context.Context, remote host.Remote, j *host.Jobs, in *eval.Instance, act Activation, conn Connection) RollbackRow {
 	row := RollbackRow{Instance: in.Name}
-	l, before, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
+	l, before, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner, nil)
 	if err != nil {
 		row.Error = err.Error()
 		return row
@@ -238,7 +238,7 @@ func UploadKeys(ctx context.Context, remote host.Remote, inv *eval.Inventory, na
 		if len(in.Keys) == 0 {
 			return
 		}
-		l, _, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner)
+		l, _, err := host.Lock(ctx, remote, in, conn.Privilege, conn.Owner, nil)
 		if err == nil {
 			defer l.Release(ctx)
 			var b *keys.Batch

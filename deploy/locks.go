@@ -19,6 +19,9 @@ type hostLocks struct {
 	remote host.Remote
 	inv    *eval.Inventory
 	conn   Connection
+	// agent is where a target lacking this nix-hive's agent gets it
+	// (transfers.agentSource); nil sends it from here.
+	agent func(n string) host.AgentSource
 
 	mu      sync.Mutex
 	held    map[string]*host.DeployLock
@@ -35,7 +38,11 @@ func newHostLocks(remote host.Remote, inv *eval.Inventory, conn Connection) *hos
 // refused at once, with who holds it, and its hive.state record is left
 // alone.
 func (l *hostLocks) lock(ctx context.Context, n string) error {
-	dl, hs, err := host.Lock(ctx, l.remote, l.inv.Instances[n], l.conn.Privilege, l.conn.Owner)
+	var src host.AgentSource
+	if l.agent != nil {
+		src = l.agent(n)
+	}
+	dl, hs, err := host.Lock(ctx, l.remote, l.inv.Instances[n], l.conn.Privilege, l.conn.Owner, src)
 	if err != nil {
 		return l.lockFailed(n, err)
 	}

@@ -39,6 +39,9 @@ type transfers struct {
 	// fetched are the build hosts whose outputs came to this machine,
 	// for hosts that cannot substitute from them.
 	fetched map[string]*future
+	// agents are the stores made to hold this nix-hive's agent for
+	// their consumers (agentSource).
+	agents map[string]*future
 
 	mu sync.Mutex
 	// repairs are the store copies consumers refused, by "store path".
@@ -49,7 +52,7 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 	t := &transfers{plan: p, inv: inv, remote: remote, copier: copier, opts: opts, locks: locks, journal: j,
 		servers: map[string]bool{}, storeSlots: map[string]chan struct{}{},
 		ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		fetched: map[string]*future{}, repairs: map[string]*repair{}}
+		fetched: map[string]*future{}, agents: map[string]*future{}, repairs: map[string]*repair{}}
 	for _, on := range p.BuiltOn {
 		if t.fetched[on] == nil {
 			t.fetched[on] = newFuture()
@@ -63,8 +66,10 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 		if h.Source.Kind == plan.SourceStore && !t.servers[h.Source.From] {
 			t.servers[h.Source.From] = true
 			t.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
+			t.agents[h.Source.From] = newFuture()
 		}
 	}
+	locks.agent = t.agentSource
 	for _, tr := range p.Transfers {
 		if _, ok := p.Hosts[tr.To]; !ok {
 			t.urlPushed[tr.To] = newFuture()
@@ -101,6 +106,41 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 		}
 		return t.supply(ctx, n)
 	})
+}
+
+// agentSource is where target n, should it lack this nix-hive's agent,
+// substitutes it from: its store instance, which gets it first if it
+// lacks it too (once per deploy, whichever consumer asks first), so that
+// this machine sends the agent to each store rather than to every host.
+// The substitution takes one of the store's slots, as a closure's does.
+// A host fed otherwise, or whose store cannot be given it, gets it from
+// here.
+func (t *transfers) agentSource(n string) host.AgentSource {
+	h := t.plan.Hosts[n]
+	if h == nil || h.Source.Kind != plan.SourceStore || t.opts.local {
+		return nil
+	}
+	st := t.inv.Instances[h.Source.From]
+	return func(ctx context.Context) (*host.Substitution, func()) {
+		err := t.agents[st.Name].run(func() error {
+			if t.opts.Connection.Privilege.HasRootAgent(st.Name) {
+				return nil // its lock found it
+			}
+			return host.EnsureAgent(ctx, t.remote, st, t.agentSource(st.Name))
+		})
+		if err != nil || ctx.Err() != nil {
+			return nil, nil
+		}
+		slots := t.storeSlots[st.Name]
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, nil
+		}
+		s := host.FromStore(st)
+		s.ConnectTimeout = t.opts.Connection.ConnectTimeout
+		return &s, func() { <-slots }
+	}
 }
 
 // supply transfers to n every closure the plan gives it (its own and,

@@ -407,7 +407,7 @@ func rootIsSet(link, out string) bool {
 		return false
 	}
 	sum := sha1.Sum([]byte(abs))
-	auto := filepath.Join(stateDir(), "gcroots", "auto", nix32(sum[:]))
+	auto := filepath.Join(stateDir(), "gcroots", "auto", nixcmd.Nix32(sum[:]))
 	t, err := os.Readlink(auto)
 	return err == nil && t == abs
 }
@@ -418,24 +418,6 @@ func stateDir() string {
 		return d
 	}
 	return "/nix/var/nix"
-}
-
-// nix32 is Nix's base-32 encoding of a hash (its own alphabet, last
-// byte first).
-func nix32(h []byte) string {
-	const chars = "0123456789abcdfghijklmnpqrsvwxyz"
-	n := (len(h)*8-1)/5 + 1
-	out := make([]byte, 0, n)
-	for k := n - 1; k >= 0; k-- {
-		b := k * 5
-		i, j := b/8, uint(b%8)
-		c := h[i] >> j
-		if i+1 < len(h) {
-			c |= h[i+1] << (8 - j)
-		}
-		out = append(out, chars[c&0x1f])
-	}
-	return string(out)
 }
 
 // Sign signs the closures of paths with the secret key in keyFile.

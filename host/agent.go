@@ -1,15 +1,19 @@
 package host
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/nix-hive/nix-hive/eval"
+	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/shell"
 )
 
@@ -47,7 +51,6 @@ var loginPrograms = map[string]string{
 	"follow":  followProgram,
 	"probe":   agentProbe,
 	"closure": closureProgram,
-	"install": installProgram,
 }
 
 // Programs are the shell programs nix-hive runs on hosts, by name (an
@@ -123,59 +126,131 @@ esac
 	return b.String()
 }
 
-// RootAgentPath is where a root login's copy of this nix-hive's agent
-// lives on a host: installed once by Lock, named by its version, so that
-// root's commands are its operations (a few words each) instead of
-// programs sent with every command. The directory is root's alone.
-func RootAgentPath() string { return "/nix/var/nix-hive/agents/nix-hive-agent-" + AgentVersion() }
+// RootAgentPath is this nix-hive's agent on a host whose login is root:
+// a store path, the agent's content added as `nix-hive-agent-VERSION`,
+// so root's commands are its operations (a few words each) instead of
+// programs sent with every command. Being content-addressed, the path
+// is the same on every host and Nix takes it from any store without a
+// signature: a consumer substitutes it from its store instance, as it
+// does its system, rather than this machine sending it to every host
+// (AgentSource). The store keeps it while agentGCRoot names it.
+var RootAgentPath = sync.OnceValue(func() string {
+	return nixcmd.SourcePath("nix-hive-agent-"+AgentVersion(), []byte(AgentScript()))
+})
 
-// rootLockCommand takes the deploy lock through the installed agent, or,
-// where it is missing, says so (exit 121) with whether the host can
-// gunzip what installs it.
-func rootLockCommand(owner string) string {
-	const wrapper = `if [ -r "$0" ]; then exec sh "$0" "$@"; fi
-if command -v gzip >/dev/null 2>&1; then echo "need agent gzip"; else echo "need agent plain"; fi
-exit 121`
-	return shell.QuoteArgs([]string{"sh", "-c", wrapper, RootAgentPath(), "lock", owner})
-}
+// agentGCRoot keeps the agent in a host's store; each release's replaces
+// the last one's, which the host's garbage collection then takes.
+const agentGCRoot = "/nix/var/nix/gcroots/nix-hive-agent"
 
-// installProgram PATH ENC writes the agent read from stdin (gzip or
-// plain) to PATH, atomically, readable and runnable by root alone. Agents
-// of other versions not run for 30 days go: a deploy of another release
-// that runs now keeps its own.
-const installProgram = `set -eu
-umask 077
-d=${1%/*}
-mkdir -p "$d"
-chmod 700 "$d"
-t=$(mktemp "$1.XXXXXX")
-trap 'rm -f "$t"' EXIT
-if [ "$2" = gzip ]; then gzip -dc; else cat; fi >"$t"
-chmod 700 "$t"
-mv -f "$t" "$1"
-trap - EXIT
-find "$d" -maxdepth 1 -name 'nix-hive-agent-*' ! -name "${1##*/}" -atime +30 -exec rm -f {} + 2>/dev/null || :
+// agentWrapper runs with the agent's path as $0. Where the agent is
+// missing it says "need agent" and runs the one line nix-hive answers on
+// its stdin, which gets it there (agentSupply), then exits 121 if that
+// did not. What follows it runs with the agent present. It is sent with
+// every lock, so what only a first contact needs is in the answer.
+const agentWrapper = `test -r "$0"||{ echo need agent;IFS= read -r c;eval "$c";}
+test -r "$0"||exit 121
 `
 
-// installRefused is the host failing to install the agent (as opposed
-// to the way there failing).
-type installRefused struct{ msg string }
+// askGzip is the answer that asks whether the host has gzip ("need agent
+// gzip" or "plain") before the agent is sent, and runs the next answer.
+const askGzip = `command -v gzip >/dev/null&&echo need agent gzip||echo need agent plain;IFS= read -r c;eval "$c"`
 
-func (e *installRefused) Error() string { return e.msg }
+// rootLockCommand takes the deploy lock through the agent, getting it
+// first where it is missing.
+func rootLockCommand(owner string) string {
+	return shell.QuoteArgs([]string{"sh", "-c", agentWrapper + `exec sh "$0" "$@"`, RootAgentPath(), "lock", owner})
+}
 
-// installAgent installs this nix-hive's agent for n's root login.
-func installAgent(ctx context.Context, remote Remote, n string, gz bool) error {
-	enc, payload := "plain", AgentScript()
-	if gz {
-		enc, payload = "gzip", gzippedAgent()
+// AgentSource is where a host lacking this nix-hive's agent substitutes
+// it from: its store instance, once that holds it; done is called once
+// the substitution has ended. nil, or a nil Substitution, has it sent
+// from this machine.
+type AgentSource func(ctx context.Context) (s *Substitution, done func())
+
+// agentSupply answers a host's "need agent": the line that substitutes
+// it from its source, or the one that installs it from what follows on
+// stdin (after asking whether the host can gunzip it).
+type agentSupply struct {
+	from AgentSource
+	// substituted says the answer was a substitution, and done ends it.
+	substituted bool
+	done        func()
+}
+
+// answer answers line, one of the host's "need agent" lines, on w.
+func (a *agentSupply) answer(ctx context.Context, w io.Writer, line string) error {
+	if line == "need agent\n" && a.from != nil {
+		if s, done := a.from(ctx); s != nil {
+			a.substituted, a.done = true, done
+			_, err := io.WriteString(w, s.agentLine()+"\n")
+			return err
+		}
 	}
-	var out lockedBuffer
-	code, err := remote.Run(ctx, n, asLogin(installProgram, RootAgentPath(), enc), strings.NewReader(payload), &out, &out)
-	switch {
-	case err != nil:
-		return fmt.Errorf("install nix-hive-agent: %w", err)
-	case code != 0:
-		return &installRefused{fmt.Sprintf("install nix-hive-agent at %s: exit %d: %s", RootAgentPath(), code, lastLines(out.String(), 3))}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	payload, unpack := AgentScript(), ""
+	switch line {
+	case "need agent\n":
+		_, err := io.WriteString(w, askGzip+"\n")
+		return err
+	case "need agent gzip\n":
+		payload, unpack = gzippedAgent(), "|gzip -dc"
+	}
+	// $0 is the agent's path: the file added must come out as exactly that.
+	install := fmt.Sprintf(`d=$(mktemp -d)&&f="$d/${0#*-}"&&head -c %d%s >"$f"&&[ "$(nix-store --add "$f")" = "$0" ]&&{ ln -sfn "$0" %s 2>/dev/null||:;};rm -rf "$d"`,
+		len(payload), unpack, agentGCRoot)
+	_, err := io.WriteString(w, install+"\n"+payload)
+	return err
+}
+
+// supply reads the host's lines from br while they are "need agent" ones
+// and answers them on w; it returns the first other line.
+func (a *agentSupply) supply(ctx context.Context, br *bufio.Reader, w *io.PipeWriter) (string, error) {
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "need agent") {
+			a.ended()
+			return line, err
+		}
+		if err := a.answer(ctx, w, line); err != nil {
+			w.CloseWithError(err)
+		}
+	}
+}
+
+// ended is called once the host answered what supply sent.
+func (a *agentSupply) ended() {
+	if a.done != nil {
+		a.done()
+		a.done = nil
+	}
+}
+
+// EnsureAgent gets this nix-hive's agent into in's store where it is
+// missing (from src, else from here), as its login: adding a
+// content-addressed path needs no privilege. A store instance runs it
+// before its consumers substitute the agent from it.
+func EnsureAgent(ctx context.Context, remote Remote, in *eval.Instance, src AgentSource) error {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	outR, outW := io.Pipe()
+	var stderr lockedBuffer
+	res := make(chan error, 1)
+	go func() {
+		code, err := remote.Run(ctx, in.Name, shell.QuoteArgs([]string{"sh", "-c", agentWrapper, RootAgentPath()}), pr, outW, &stderr)
+		outW.Close()
+		pr.Close()
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit %d: %s", code, lastLines(stderr.String(), 3))
+		}
+		res <- err
+	}()
+	br := bufio.NewReader(outR)
+	(&agentSupply{from: src}).supply(ctx, br, pw)
+	go io.Copy(io.Discard, br)
+	if err := <-res; err != nil {
+		return fmt.Errorf("get nix-hive-agent into the store of %s: %w", in.Name, err)
 	}
 	return nil
 }

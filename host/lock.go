@@ -86,17 +86,21 @@ func (l *DeployLock) released() bool {
 	}
 }
 
-// errNoAgent means a root login's host lacks this nix-hive's agent
-// (rootLockCommand's answer); gzip says whether it can gunzip one.
-type errNoAgent struct{ gzip bool }
+// errNoAgent means a root login's host still lacks this nix-hive's agent
+// after it was asked to get it (rootLockCommand's exit 121), with what
+// the host said.
+type errNoAgent struct{ why string }
 
-func (e *errNoAgent) Error() string { return "no nix-hive-agent at " + RootAgentPath() }
+func (e *errNoAgent) Error() string {
+	return fmt.Sprintf("no nix-hive-agent at %s: %s", RootAgentPath(), e.why)
+}
 
 // lockHost takes the deploy lock of host n with cmd (lockProgram's, as
 // root), or fails at once with who holds it. It returns what the host
 // runs, read under the lock. ops says cmd is the agent's lock, whose
-// session then runs the agent's operations.
-func lockHost(ctx context.Context, remote Remote, n, cmd string, ops bool) (*DeployLock, State, error) {
+// session then runs the agent's operations; sup answers the host's
+// "need agent" (rootLockCommand) when it lacks the agent.
+func lockHost(ctx context.Context, remote Remote, n, cmd string, ops bool, sup *agentSupply) (*DeployLock, State, error) {
 	pr, pw := io.Pipe()
 	outR, outW := io.Pipe()
 	l := &DeployLock{stdin: pw, done: make(chan struct{})}
@@ -127,7 +131,13 @@ func lockHost(ctx context.Context, remote Remote, n, cmd string, ops bool) (*Dep
 		outR.CloseWithError(fmt.Errorf("lock: %w", context.Cause(ctx)))
 	})
 	br := bufio.NewReader(outR)
-	line, rerr := br.ReadString('\n')
+	var line string
+	var rerr error
+	if sup != nil {
+		line, rerr = sup.supply(ctx, br, pw)
+	} else {
+		line, rerr = br.ReadString('\n')
+	}
 	line = strings.TrimSpace(line)
 	if !stop() {
 		return nil, State{}, fmt.Errorf("connect %s and take its deploy lock: %w", n, context.Cause(ctx))
@@ -163,8 +173,8 @@ func lockRefused(code int, err error, line, stderr string) error {
 		return fmt.Errorf("lock: %w", err)
 	case code == 75:
 		return fmt.Errorf("%w: %s", ErrLocked, strings.TrimPrefix(line, "held by "))
-	case code == 121 && strings.HasPrefix(line, "need agent "):
-		return &errNoAgent{gzip: line == "need agent gzip"}
+	case code == 121:
+		return &errNoAgent{why: lastLines(stderr, 3)}
 	case needsPassword(stderr):
 		return fmt.Errorf("lock: %w", ErrSudoPassword)
 	case notAllowed(stderr):
@@ -193,11 +203,12 @@ func readState(br *bufio.Reader) (State, error) {
 // fails at once with who holds it (ErrLocked); it returns what the host
 // runs, read under the lock. When sudo there turns out to want a
 // password, the password is asked (once for the run), checked on the
-// host, and the lock taken again with it.
-func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string) (*DeployLock, State, error) {
+// host, and the lock taken again with it. A root login lacking this
+// nix-hive's agent gets it from agent (see AgentSource).
+func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege, owner string, agent AgentSource) (*DeployLock, State, error) {
 	n := in.Name
 	if !NeedsPrivilege(in.User) {
-		return lockRoot(ctx, remote, n, priv, owner)
+		return lockRoot(ctx, remote, n, priv, owner, agent)
 	}
 	if err := priv.ProbeAgent(ctx, remote, n); err != nil {
 		return nil, State{}, fmt.Errorf("lock: %w", err)
@@ -209,7 +220,7 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 	}
 	take := func() (*DeployLock, State, error) {
 		esc := priv.forHost(n)
-		l, hs, err := lockHost(ctx, remote, n, program(lockProgram, true, in.User, esc, owner), esc.viaAgent(in.User))
+		l, hs, err := lockHost(ctx, remote, n, program(lockProgram, true, in.User, esc, owner), esc.viaAgent(in.User), nil)
 		priv.hold(n, l)
 		return l, hs, err
 	}
@@ -230,29 +241,27 @@ func Lock(ctx context.Context, remote Remote, in *eval.Instance, priv *Privilege
 }
 
 // lockRoot takes the lock of n, whose login is root. With priv, root's
-// commands go through this nix-hive's agent installed on the host: the
-// lock finds it, or installs it and locks again (once per host and
-// nix-hive release). Where it cannot be installed (a read-only /nix/var,
-// say), root's programs are sent with each command, as they are without
-// priv (tests' fakes): more bytes per deploy, the same work.
-func lockRoot(ctx context.Context, remote Remote, n string, priv *Privilege, owner string) (*DeployLock, State, error) {
+// commands go through this nix-hive's agent in the host's store: the
+// lock's command finds it, or asks for it and is answered in the same
+// session (substituted from agent's store, else sent from here), once
+// per host and nix-hive release. A substitution that fails is followed
+// by a lock that sends it. Where it cannot be added (no nix-store for
+// the login, say), root's programs are sent with each command, as they
+// are without priv (tests' fakes): more bytes per deploy, the same work.
+func lockRoot(ctx context.Context, remote Remote, n string, priv *Privilege, owner string, agent AgentSource) (*DeployLock, State, error) {
 	whole := program(lockProgram, true, "", escalation{}, owner)
 	if priv == nil {
-		return lockHost(ctx, remote, n, whole, false)
+		return lockHost(ctx, remote, n, whole, false, nil)
 	}
-	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner), true)
+	sup := &agentSupply{from: agent}
+	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner), true, sup)
 	var missing *errNoAgent
+	if errors.As(err, &missing) && sup.substituted {
+		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner), true, &agentSupply{})
+	}
 	if errors.As(err, &missing) {
-		var refused *installRefused
-		ierr := installAgent(ctx, remote, n, missing.gzip)
-		if errors.As(ierr, &refused) {
-			priv.warn(fmt.Sprintf("%s: %v; nix-hive's programs go with each command there instead", n, ierr))
-			return lockHost(ctx, remote, n, whole, false)
-		}
-		if ierr != nil {
-			return nil, State{}, fmt.Errorf("lock: %w", ierr)
-		}
-		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner), true)
+		priv.warn(fmt.Sprintf("%s: %v; nix-hive's programs go with each command there instead", n, err))
+		return lockHost(ctx, remote, n, whole, false, nil)
 	}
 	if err == nil {
 		priv.rootAgentFound(n)

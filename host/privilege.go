@@ -52,7 +52,7 @@ type Privilege struct {
 	agents   map[string]string // hosts' nix-hive-agent of this version: its path
 	probed   map[string]string // hosts asked for one: what they answered
 	// installed are the hosts whose root login has this nix-hive's agent
-	// at RootAgentPath (Lock installs it).
+	// at RootAgentPath (Lock gets it there).
 	installed map[string]bool
 	// sessions are the hosts' held deploy locks whose sessions run the
 	// agent's operations.
@@ -77,7 +77,7 @@ func (p *Privilege) isSudo() bool {
 // forHost is how host's commands become root: the privilege command as
 // given, or, once the host is given the password, sudo reading it from
 // standard input; through the host's agent when it has this nix-hive's.
-// A root login's are the agent installed for it, once Lock found it.
+// A root login's are the agent in its store, once Lock found it.
 func (p *Privilege) forHost(host string) escalation {
 	if p == nil {
 		return escalation{}
@@ -115,6 +115,17 @@ func (p *Privilege) rootAgentFound(host string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.installed[host] = true
+}
+
+// HasRootAgent says whether host's root login was found with this
+// nix-hive's agent (by a lock in this run).
+func (p *Privilege) HasRootAgent(host string) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.installed[host]
 }
 
 func (p *Privilege) warn(msg string) {

@@ -113,7 +113,7 @@ func TestLockAsRootLoginSkipsPrivilege(t *testing.T) {
 		wantSudoS bool
 	}{{"root", 1, false}, {"deploy", 3, true}} { // probe, check, lock
 		r := &lockRecorder{}
-		l, hs, err := Lock(context.Background(), r, &eval.Instance{Name: "h-" + c.user, User: c.user}, p, "me")
+		l, hs, err := Lock(context.Background(), r, &eval.Instance{Name: "h-" + c.user, User: c.user}, p, "me", nil)
 		if err != nil || hs.Active != "/nix/store/x" {
 			t.Fatalf("%s: lock: %v %+v", c.user, err, hs)
 		}

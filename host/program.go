@@ -35,8 +35,8 @@ type escalation struct {
 	// as the login), ending with the host agent's path when agent is set.
 	prefix string
 	agent  bool
-	// installed is the path of this nix-hive's agent installed on the
-	// host for a root login (RootAgentPath), once a command found it
+	// installed is the path of this nix-hive's agent in the host's
+	// store for a root login (RootAgentPath), once a command found it
 	// there: root's commands are then its operations, and no program
 	// travels with them.
 	installed string
@@ -63,7 +63,7 @@ func (e escalation) viaAgent(user string) bool { return e.agentPrefix(user) != "
 
 // agentPrefix is what goes before an agent operation for user: the
 // privilege command ending with the agent's path for a non-root login,
-// the installed agent's path for root; "" when user's root commands are
+// the agent's store path for root; "" when user's root commands are
 // not the agent's.
 func (e escalation) agentPrefix(user string) string {
 	switch {

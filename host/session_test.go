@@ -112,7 +112,7 @@ func TestLockSessionRunsOperations(t *testing.T) {
 			return len(args)
 		},
 	}}
-	l, _, err := lockHost(ctx, f, "web-1", "lock", true)
+	l, _, err := lockHost(ctx, f, "web-1", "lock", true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

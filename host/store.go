@@ -112,11 +112,7 @@ func (s Substitution) command(paths []string, user string, esc escalation) (stri
 	if s.TrustKey && s.PublicKey != "" {
 		args = append(args, "--option", "trusted-public-keys", s.PublicKey)
 	}
-	sshopts := []string{"-o", "BatchMode=yes", "-o", fmt.Sprintf("ConnectTimeout=%d", secs),
-		"-o", fmt.Sprintf("ServerAliveInterval=%d", secs), "-o", "ServerAliveCountMax=3"}
-	if s.port != 0 && s.port != 22 {
-		sshopts = append(sshopts, "-p", fmt.Sprint(s.port))
-	}
+	sshopts := s.sshOpts(secs)
 	if len(s.knownHosts) > 0 {
 		b.WriteString("umask 077; kh=$(mktemp) || exit 1; trap 'rm -f \"$kh\"' EXIT\n")
 		for _, l := range s.knownHosts {
@@ -134,6 +130,35 @@ func (s Substitution) command(paths []string, user string, esc escalation) (stri
 		fmt.Fprintf(&b, "%s >/dev/null\n", shell.QuoteArgs(args))
 	}
 	return b.String(), nil
+}
+
+// sshOpts are the consumer's ssh options to its store, less its known
+// hosts, which the shell writes to a file first.
+func (s Substitution) sshOpts(secs int) []string {
+	o := []string{"-o", "BatchMode=yes", "-o", fmt.Sprintf("ConnectTimeout=%d", secs),
+		"-o", fmt.Sprintf("ServerAliveInterval=%d", secs), "-o", "ServerAliveCountMax=3"}
+	if s.port != 0 && s.port != 22 {
+		o = append(o, "-p", fmt.Sprint(s.port))
+	}
+	return o
+}
+
+// agentLine is the one line that substitutes the agent ($0 of
+// agentWrapper) from s, checking the store's host key as a consumer's
+// substitution does. The path is content-addressed: Nix checks its
+// content against its name, and wants no signature for it.
+func (s Substitution) agentLine() string {
+	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
+	opts := strings.Join(s.sshOpts(secs), " ")
+	pre, post := "", ""
+	if len(s.knownHosts) > 0 {
+		pre = "k=$(mktemp)&&printf '%s\\n' " + shell.QuoteArgs(s.knownHosts) + ` >"$k"&&`
+		opts += ` -o UserKnownHostsFile=$k -o StrictHostKeyChecking=yes`
+		post = `;rm -f "$k"`
+	}
+	// Only $k expands in NIX_SSHOPTS; the rest is constants and numbers.
+	return fmt.Sprintf(`%sNIX_SSHOPTS="%s" nix-store -r "$0" --option substituters %s --option require-sigs true >/dev/null&&{ ln -sfn "$0" %s||:;}%s`,
+		pre, opts, shell.Quote(s.From), agentGCRoot, post)
 }
 
 func knownHostsName(host string, port int) string {

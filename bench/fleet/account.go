@@ -423,12 +423,13 @@ func accountGoals(rows []*row) []goal {
 	}
 	all, again, noop, muxNoop := find(allWhat), find(againWhat), find(noopWhat), find(muxNoopWhat)
 	var gs []goal
-	// The first deploy to a host installs nix-hive's agent there (once per
-	// host and release); a fleet deployed before pays what "again" does.
+	// The first deploy to a host brings nix-hive's agent there (once per
+	// host and release: substituted from its store, sent from here to a
+	// store); a fleet deployed before pays what "again" does.
 	for _, d := range []struct {
 		what string
 		r    *row
-	}{{"control traffic per host (a first deploy: the agent installed)", all}, {"control traffic per host (a deploy to hosts deployed before)", again}} {
+	}{{"control traffic per host (a first deploy: the agent brought)", all}, {"control traffic per host (a deploy to hosts deployed before)", again}} {
 		g := goal{what: d.what, target: "<= 8 KiB"}
 		if d.r != nil {
 			up := d.r.controlKiB()
