@@ -41,6 +41,11 @@ type connections struct {
 	// handshakes counts SSH connections established, direct and
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
 	handshakes [2]atomic.Int64
+
+	// agreed is what the last handshake with each address agreed on
+	// (see narrow).
+	agreedMu sync.Mutex
+	agreed   map[string]ssh.NegotiatedAlgorithms
 }
 
 // conn is one pooled connection.
@@ -255,9 +260,66 @@ func (cs *connections) setReached(name, addr string) {
 	}
 }
 
+// errNarrowed is a handshake that offered only what the address agreed
+// to before (narrow), and that it no longer accepts.
+var errNarrowed = errors.New("the host no longer takes the algorithms it agreed to before")
+
+// narrow has cc offer only the algorithms the last handshake with s's
+// address agreed on, if there was one in this run: a deploy's second
+// connection to a host (the confirmation's) then sends a key exchange
+// init of a few names rather than every one nix-hive supports, about a
+// third of a kilobyte less on each host's uplink. It reports whether it
+// did. A host whose sshd changed since (its new system configures it)
+// refuses them: that handshake fails with errNarrowed, the record goes,
+// and the dial is made again with every name.
+func (cs *connections) narrow(s *settings, cc *ssh.ClientConfig) bool {
+	cs.agreedMu.Lock()
+	a, ok := cs.agreed[s.Name+" "+s.Addr()]
+	cs.agreedMu.Unlock()
+	if !ok || a.KeyExchange == "" || a.Write.Cipher == "" || a.HostKey == "" ||
+		!slices.Contains(cc.HostKeyAlgorithms, a.HostKey) {
+		return false
+	}
+	only := func(name string) []string { return []string{name} }
+	cc.KeyExchanges, cc.HostKeyAlgorithms = only(a.KeyExchange), only(a.HostKey)
+	cc.Ciphers = slices.Compact([]string{a.Write.Cipher, a.Read.Cipher})
+	// AEAD ciphers agree on no MAC; the list must still name one.
+	cc.MACs = slices.Compact(slices.DeleteFunc([]string{a.Write.MAC, a.Read.MAC}, func(m string) bool { return m == "" }))
+	if len(cc.MACs) == 0 {
+		cc.MACs = macAlgorithms[:1]
+	}
+	return true
+}
+
+// agree records what a handshake with s's address agreed on; nil
+// forgets it.
+func (cs *connections) agree(s *settings, c ssh.Conn) {
+	cs.agreedMu.Lock()
+	defer cs.agreedMu.Unlock()
+	key := s.Name + " " + s.Addr()
+	m, ok := c.(ssh.AlgorithmsConnMetadata)
+	if !ok {
+		delete(cs.agreed, key)
+		return
+	}
+	if cs.agreed == nil {
+		cs.agreed = map[string]ssh.NegotiatedAlgorithms{}
+	}
+	cs.agreed[key] = m.Algorithms()
+}
+
 // dialAddress connects to instance name at s's HostName, directly or
-// through its jump host.
+// through its jump host: again with every algorithm if a narrowed
+// handshake was refused.
 func (cs *connections) dialAddress(name string, s *settings) (*ssh.Client, error) {
+	c, err := cs.dialAddressOnce(name, s)
+	if errors.Is(err, errNarrowed) {
+		c, err = cs.dialAddressOnce(name, s)
+	}
+	return c, err
+}
+
+func (cs *connections) dialAddressOnce(name string, s *settings) (*ssh.Client, error) {
 	addr := s.Addr()
 	if len(s.JumpChain) == 0 {
 		ctx, cancel := context.WithTimeout(cs.ctx, cs.hosts.cfg.ConnectTimeout)
@@ -321,6 +383,7 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 		return nil, err
 	}
 	defer closeAgent()
+	narrowed := cs.narrow(s, cc)
 	raw = newBatchConn(raw)
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
@@ -335,8 +398,16 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 	}
 	if err != nil {
 		raw.Close()
+		// The host may also just close the connection on algorithms it
+		// refuses, before this side notices: any failure but the host's
+		// key counts.
+		if hk := new(hostkey.Error); narrowed && !errors.As(err, &hk) && ctx.Err() == nil {
+			cs.agree(s, nil)
+			return nil, fmt.Errorf("connect %s: %w: %w", where, errNarrowed, err)
+		}
 		return nil, cs.handshakeError(ctx, s, where, err)
 	}
+	cs.agree(s, sc)
 	_ = raw.SetDeadline(time.Time{})
 	if via == "" {
 		cs.handshakes[0].Add(1)

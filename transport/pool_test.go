@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -619,4 +621,61 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A second connection to a host offers only what the first agreed on
+// (the confirmation's handshake, a third of a kilobyte lighter); a host
+// whose sshd no longer takes it is dialled again with every algorithm,
+// so a new system that changes sshd's ciphers is not taken for one that
+// broke logins.
+func TestFreshConnectionOffersWhatWasAgreed(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	srv.mu.Lock()
+	srv.ciphers = []string{ssh.CipherAES128CTR}
+	srv.mu.Unlock()
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)}})
+	ctx := testCtx(t)
+	run := func(fresh bool) {
+		t.Helper()
+		var out bytes.Buffer
+		runner := p.Run
+		if fresh {
+			runner = p.RunFresh
+		}
+		if code, err := runner(ctx, "a", "echo ok", nil, &out, io.Discard); err != nil || code != 0 || out.String() != "ok\n" {
+			t.Fatalf("run (fresh %v): %d %v %q", fresh, code, err, out.String())
+		}
+	}
+	run(false)
+	cc, _, err := p.hosts.clientConfig(p.hosts.endpoints["a"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.conns.narrow(p.hosts.endpoints["a"], cc) || !slices.Equal(cc.Ciphers, []string{ssh.CipherAES128CTR}) || len(cc.KeyExchanges) != 1 || len(cc.MACs) != 1 || len(cc.HostKeyAlgorithms) != 1 {
+		t.Fatalf("after a handshake, the next offers %v %v %v %v; want one of each, the cipher aes128-ctr", cc.KeyExchanges, cc.Ciphers, cc.MACs, cc.HostKeyAlgorithms)
+	}
+	accepts := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.accepts
+	}
+	before := accepts()
+	run(true)
+	if got := accepts() - before; got != 1 {
+		t.Errorf("the narrowed fresh connection took %d dials, want 1", got)
+	}
+	srv.mu.Lock()
+	srv.ciphers = []string{ssh.CipherChaCha20Poly1305}
+	srv.mu.Unlock()
+	before = accepts()
+	run(true)
+	if got := accepts() - before; got != 2 {
+		t.Errorf("a host that changed its ciphers took %d dials, want 2 (the narrowed one refused, then every algorithm)", got)
+	}
+	run(true) // and what it agreed to now is remembered
+	if got := accepts() - before; got != 3 {
+		t.Errorf("after the change, a fresh connection took %d more dials, want 1", got-2)
+	}
 }

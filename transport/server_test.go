@@ -43,6 +43,7 @@ type testServer struct {
 	conns    []net.Conn
 	stalled  bool
 	closed   bool
+	ciphers  []string    // what the next connections accept; nil: the defaults
 	procDone chan string // commands whose process ended, for cancellation tests
 }
 
@@ -116,8 +117,14 @@ func newTestServer(t testing.TB, client ssh.PublicKey) *testServer {
 			s.mu.Lock()
 			s.accepts++
 			s.conns = append(s.conns, c)
+			conf := cfg
+			if s.ciphers != nil {
+				c := *cfg
+				c.Ciphers = s.ciphers
+				conf = &c
+			}
 			s.mu.Unlock()
-			go s.serve(&stallConn{Conn: c, s: s}, cfg)
+			go s.serve(&stallConn{Conn: c, s: s}, conf)
 		}
 	}()
 	t.Cleanup(s.kill)
