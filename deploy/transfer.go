@@ -40,8 +40,10 @@ type transfers struct {
 	// for hosts that cannot substitute from them.
 	fetched map[string]*future
 	// agents are the stores made to hold this nix-hive's agent for
-	// their consumers (agentSource).
+	// their consumers (agentSource); tried, the targets whose deploy
+	// lock was taken, refused, or found needless.
 	agents map[string]*future
+	tried  map[string]*future
 
 	mu sync.Mutex
 	// repairs are the store copies consumers refused, by "store path".
@@ -52,7 +54,7 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 	t := &transfers{plan: p, inv: inv, remote: remote, copier: copier, opts: opts, locks: locks, journal: j,
 		servers: map[string]bool{}, storeSlots: map[string]chan struct{}{},
 		ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		fetched: map[string]*future{}, agents: map[string]*future{}, repairs: map[string]*repair{}}
+		fetched: map[string]*future{}, agents: map[string]*future{}, tried: map[string]*future{}, repairs: map[string]*repair{}}
 	for _, on := range p.BuiltOn {
 		if t.fetched[on] == nil {
 			t.fetched[on] = newFuture()
@@ -63,6 +65,7 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 		h := p.Hosts[n]
 		t.ensured[n] = newFuture()
 		t.supplied[n] = newFuture()
+		t.tried[n] = newFuture()
 		if h.Source.Kind == plan.SourceStore && !t.servers[h.Source.From] {
 			t.servers[h.Source.From] = true
 			t.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
@@ -90,6 +93,7 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 			hs, ok, err := t.seenUpToDate(ctx, n)
 			if ok {
 				t.locks.seen(n, hs)
+				t.tried[n].run(func() error { return nil })
 				return nil
 			}
 			if err == nil {
@@ -97,6 +101,7 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 			} else {
 				err = t.locks.lockFailed(n, err)
 			}
+			t.tried[n].run(func() error { return nil })
 			if err != nil && !t.servesOthers(n) {
 				return err
 			}
@@ -123,6 +128,16 @@ func (t *transfers) agentSource(n string) host.AgentSource {
 	st := t.inv.Instances[h.Source.From]
 	return func(ctx context.Context) (*host.Substitution, func()) {
 		err := t.agents[st.Name].run(func() error {
+			if sh := t.plan.Hosts[st.Name]; sh != nil && sh.Target {
+				// A store this deploy locks gets the agent with its lock
+				// (transferAll takes stores first): no session of its
+				// own, and it is not sent twice.
+				select {
+				case <-t.tried[st.Name].done:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 			if t.opts.Connection.Privilege.HasRootAgent(st.Name) {
 				return nil // its lock found it
 			}

@@ -147,13 +147,12 @@ const agentGCRoot = "/nix/var/nix/gcroots/nix-hive-agent"
 // its stdin, which gets it there (agentSupply), then exits 121 if that
 // did not. What follows it runs with the agent present. It is sent with
 // every lock, so what only a first contact needs is in the answer.
-const agentWrapper = `test -r "$0"||{ echo need agent;IFS= read -r c;eval "$c";}
-test -r "$0"||exit 121
+const agentWrapper = `test -r "$0"||{ echo need agent;read -r c;eval "$c";test -r "$0"||exit 121;}
 `
 
 // askGzip is the answer that asks whether the host has gzip ("need agent
 // gzip" or "plain") before the agent is sent, and runs the next answer.
-const askGzip = `command -v gzip >/dev/null&&echo need agent gzip||echo need agent plain;IFS= read -r c;eval "$c"`
+const askGzip = `command -v gzip >/dev/null&&echo need agent gzip||echo need agent plain;read -r c;eval "$c"`
 
 // rootLockCommand takes the deploy lock through the agent, getting it
 // first where it is missing.

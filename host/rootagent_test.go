@@ -149,7 +149,7 @@ func TestRootLoginAgent(t *testing.T) {
 			}
 		})
 	}
-	if s := store.agentLine(); !strings.Contains(s, "UserKnownHostsFile=$k -o StrictHostKeyChecking=yes") || strings.Contains(s, "\n") {
+	if s := store.agentLine(); !strings.Contains(s, "UserKnownHostsFile=$k -oStrictHostKeyChecking=yes") || strings.Contains(s, "\n") {
 		t.Errorf("the substitution of the agent does not pin the store's key, or is not one line: %q", s)
 	}
 	// 6 KiB until profiles beside the system one (issue 30) moved into

@@ -42,10 +42,13 @@ type connections struct {
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
 	handshakes [2]atomic.Int64
 
-	// agreed is what the last handshake with each address agreed on
-	// (see narrow).
+	// agreed is what the last handshake with each address agreed on,
+	// and last what the last handshake with any agreed on while every
+	// narrowed one was taken (see narrow).
 	agreedMu sync.Mutex
 	agreed   map[string]ssh.NegotiatedAlgorithms
+	last     *ssh.NegotiatedAlgorithms
+	mixed    bool // a host refused what another agreed to
 }
 
 // conn is one pooled connection.
@@ -265,16 +268,22 @@ func (cs *connections) setReached(name, addr string) {
 var errNarrowed = errors.New("the host no longer takes the algorithms it agreed to before")
 
 // narrow has cc offer only the algorithms the last handshake with s's
-// address agreed on, if there was one in this run: a deploy's second
-// connection to a host (the confirmation's) then sends a key exchange
-// init of a few names rather than every one nix-hive supports, about a
-// third of a kilobyte less on each host's uplink. It reports whether it
-// did. A host whose sshd changed since (its new system configures it)
-// refuses them: that handshake fails with errNarrowed, the record goes,
-// and the dial is made again with every name.
+// address agreed on, if there was one in this run, else those the last
+// handshake with another host did: a fleet's hosts run one sshd
+// configuration, so a host's first connection, and a deploy's second
+// (the confirmation's), then send a key exchange init of a few names
+// rather than every one nix-hive supports, about a third of a kilobyte
+// less on each host's uplink. It reports whether it did. A host whose
+// sshd differs, or changed since (its new system configures it), refuses
+// them: that handshake fails with errNarrowed, the record goes, and the
+// dial is made again with every name; from then on only a host's own
+// record narrows, so a mixed fleet pays that retry once.
 func (cs *connections) narrow(s *settings, cc *ssh.ClientConfig) bool {
 	cs.agreedMu.Lock()
 	a, ok := cs.agreed[s.Name+" "+s.Addr()]
+	if !ok && cs.last != nil && !cs.mixed {
+		a, ok = *cs.last, true
+	}
 	cs.agreedMu.Unlock()
 	if !ok || a.KeyExchange == "" || a.Write.Cipher == "" || a.HostKey == "" ||
 		!slices.Contains(cc.HostKeyAlgorithms, a.HostKey) {
@@ -292,7 +301,7 @@ func (cs *connections) narrow(s *settings, cc *ssh.ClientConfig) bool {
 }
 
 // agree records what a handshake with s's address agreed on; nil
-// forgets it.
+// forgets it, and marks the fleet mixed.
 func (cs *connections) agree(s *settings, c ssh.Conn) {
 	cs.agreedMu.Lock()
 	defer cs.agreedMu.Unlock()
@@ -300,12 +309,14 @@ func (cs *connections) agree(s *settings, c ssh.Conn) {
 	m, ok := c.(ssh.AlgorithmsConnMetadata)
 	if !ok {
 		delete(cs.agreed, key)
+		cs.mixed = true
 		return
 	}
 	if cs.agreed == nil {
 		cs.agreed = map[string]ssh.NegotiatedAlgorithms{}
 	}
-	cs.agreed[key] = m.Algorithms()
+	a := m.Algorithms()
+	cs.agreed[key], cs.last = a, &a
 }
 
 // dialAddress connects to instance name at s's HostName, directly or

@@ -679,3 +679,52 @@ func TestFreshConnectionOffersWhatWasAgreed(t *testing.T) {
 		t.Errorf("after the change, a fresh connection took %d more dials, want 1", got-2)
 	}
 }
+
+// A fleet's hosts share an sshd configuration: a host's first
+// connection offers what another host agreed to; one that differs is
+// dialled again with every algorithm, and then no host is narrowed on
+// another's agreement.
+func TestFirstConnectionOffersWhatTheFleetAgreed(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	a, b, c := newTestServer(t, key.signer.PublicKey()), newTestServer(t, key.signer.PublicKey()), newTestServer(t, key.signer.PublicKey())
+	set := func(srv *testServer, cipher string) {
+		srv.mu.Lock()
+		srv.ciphers = []string{cipher}
+		srv.mu.Unlock()
+	}
+	set(a, ssh.CipherAES128CTR)
+	set(b, ssh.CipherAES128CTR)
+	set(c, ssh.CipherChaCha20Poly1305)
+	accepts := func(srv *testServer) int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.accepts
+	}
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": b.endpoint("b", key), "c": c.endpoint("c", key)}})
+	ctx := testCtx(t)
+	for _, h := range []string{"a", "b"} {
+		if code, err := p.Run(ctx, h, "true", nil, io.Discard, io.Discard); err != nil || code != 0 {
+			t.Fatalf("run on %s: %d %v", h, code, err)
+		}
+	}
+	if n := accepts(b); n != 1 {
+		t.Errorf("b, like a, took %d dials, want 1", n)
+	}
+	if code, err := p.Run(ctx, "c", "true", nil, io.Discard, io.Discard); err != nil || code != 0 {
+		t.Fatalf("run on c: %d %v", code, err)
+	}
+	if n := accepts(c); n != 2 {
+		t.Errorf("c, which takes other ciphers, took %d dials, want 2", n)
+	}
+	cc, _, err := p.hosts.clientConfig(p.hosts.endpoints["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.conns.agreedMu.Lock()
+	delete(p.conns.agreed, "b "+p.hosts.endpoints["b"].Addr())
+	p.conns.agreedMu.Unlock()
+	if p.conns.narrow(p.hosts.endpoints["b"], cc) {
+		t.Error("after a host refused another's algorithms, a host without its own record is still narrowed")
+	}
+}
