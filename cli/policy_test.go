@@ -202,10 +202,12 @@ func TestPolicyErrorsTouchNoHost(t *testing.T) {
 	tests := []struct{ name, policy, want string }{
 		{"syntax", "def waves(instances)\n    return []\n", "hive.star:2:1: got newline, want ':'"},
 		{"endless loop", "def waves(instances):\n    while True:\n        pass\n", "hive.star:1:1: waves(): policy exceeded"},
-		// One step asking for 512 MiB: a doubling loop would take seconds
-		// to pass the limit on a loaded machine and could meet the time
-		// limit first (the starlark tests cover both).
-		{"memory", "def waves(instances):\n    l = [0] * (1 << 25)\n    return [instances]\n", "waves(): policy exceeded 256 MiB (the memory limit)"},
+		// One step asking for 320 MiB of bytes: a doubling loop would take
+		// seconds to pass the limit on a loaded machine and could meet the
+		// time limit first (the starlark tests cover both), and so could a
+		// list of 2^25 values, whose filling the garbage collector scans
+		// (it did, under the race detector).
+		{"memory", "def waves(instances):\n    s = \"x\" * (320 << 20)\n    return [instances]\n", "waves(): policy exceeded 256 MiB (the memory limit)"},
 		{"waves not a list", "def waves(instances):\n    return 3\n", "hive.star:1:1: waves(): returned int"},
 		{"unknown builtin", "def pre_activate(ctx):\n    open(\"/etc/passwd\")\n", "hive.star:2:5: undefined: open"},
 	}
