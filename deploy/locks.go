@@ -25,13 +25,14 @@ type hostLocks struct {
 
 	mu      sync.Mutex
 	held    map[string]*host.DeployLock
+	carry   map[string]bool       // targets that substituted their closures with the agent
 	states  map[string]host.State // what each host ran when its lock was taken
 	refused map[string]error
 }
 
 func newHostLocks(remote host.Remote, inv *eval.Inventory, conn Connection) *hostLocks {
 	return &hostLocks{remote: remote, inv: inv, conn: conn,
-		held: map[string]*host.DeployLock{}, states: map[string]host.State{}, refused: map[string]error{}}
+		held: map[string]*host.DeployLock{}, carry: map[string]bool{}, states: map[string]host.State{}, refused: map[string]error{}}
 }
 
 // lock takes target n's deploy lock; a host another deploy holds is
@@ -49,7 +50,16 @@ func (l *hostLocks) lock(ctx context.Context, n string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.held[n], l.states[n] = dl, hs
+	l.carry[n] = dl.Carried()
 	return nil
+}
+
+// carried says whether target n substituted its closures with the agent
+// when its lock was taken.
+func (l *hostLocks) carried(n string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.carry[n]
 }
 
 // lockFailed records why target n could not be locked (lockError).

@@ -40,10 +40,8 @@ type transfers struct {
 	// for hosts that cannot substitute from them.
 	fetched map[string]*future
 	// agents are the stores made to hold this nix-hive's agent for
-	// their consumers (agentSource); tried, the targets whose deploy
-	// lock was taken, refused, or found needless.
+	// their consumers (agentSource).
 	agents map[string]*future
-	tried  map[string]*future
 
 	mu sync.Mutex
 	// repairs are the store copies consumers refused, by "store path".
@@ -54,7 +52,7 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 	t := &transfers{plan: p, inv: inv, remote: remote, copier: copier, opts: opts, locks: locks, journal: j,
 		servers: map[string]bool{}, storeSlots: map[string]chan struct{}{},
 		ensured: map[string]*future{}, supplied: map[string]*future{}, urlPushed: map[string]*future{},
-		fetched: map[string]*future{}, agents: map[string]*future{}, tried: map[string]*future{}, repairs: map[string]*repair{}}
+		fetched: map[string]*future{}, agents: map[string]*future{}, repairs: map[string]*repair{}}
 	for _, on := range p.BuiltOn {
 		if t.fetched[on] == nil {
 			t.fetched[on] = newFuture()
@@ -65,7 +63,6 @@ func newTransfers(p *plan.Plan, inv *eval.Inventory, remote host.Remote, copier 
 		h := p.Hosts[n]
 		t.ensured[n] = newFuture()
 		t.supplied[n] = newFuture()
-		t.tried[n] = newFuture()
 		if h.Source.Kind == plan.SourceStore && !t.servers[h.Source.From] {
 			t.servers[h.Source.From] = true
 			t.storeSlots[h.Source.From] = make(chan struct{}, storeConcurrency)
@@ -93,7 +90,6 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 			hs, ok, err := t.seenUpToDate(ctx, n)
 			if ok {
 				t.locks.seen(n, hs)
-				t.tried[n].run(func() error { return nil })
 				return nil
 			}
 			if err == nil {
@@ -101,7 +97,6 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 			} else {
 				err = t.locks.lockFailed(n, err)
 			}
-			t.tried[n].run(func() error { return nil })
 			if err != nil && !t.servesOthers(n) {
 				return err
 			}
@@ -114,47 +109,47 @@ func (t *transfers) ensure(ctx context.Context, n string) error {
 }
 
 // agentSource is where target n, should it lack this nix-hive's agent,
-// substitutes it from: its store instance, which gets it first if it
-// lacks it too (once per deploy, whichever consumer asks first), so that
-// this machine sends the agent to each store rather than to every host.
-// The substitution takes one of the store's slots, as a closure's does.
-// A host fed otherwise, or whose store cannot be given it, gets it from
-// here.
+// substitutes it from: its store instance, once that holds the agent and
+// n's closures, which n then substitutes with the agent, in one nix-store
+// call (one login to the store; its substitution is then done, see
+// substitute). The store gets the agent with its own lock when this
+// deploy locks it, else in a session of its own, once; so this machine
+// sends the agent to each store rather than to every host. The
+// substitution takes one of the store's slots, as a closure's does. A
+// host fed otherwise, or whose store cannot be given the agent, gets it
+// from here.
 func (t *transfers) agentSource(n string) host.AgentSource {
 	h := t.plan.Hosts[n]
 	if h == nil || h.Source.Kind != plan.SourceStore || t.opts.local {
 		return nil
 	}
 	st := t.inv.Instances[h.Source.From]
-	return func(ctx context.Context) (*host.Substitution, func()) {
+	return func(ctx context.Context) (*host.Substitution, []string, func()) {
+		// What the store holds as this deploy supplies it (an error here
+		// is the consumer's transfer's to tell).
+		stored := t.ensure(ctx, st.Name) == nil && t.supply(ctx, st.Name) == nil
 		err := t.agents[st.Name].run(func() error {
-			if sh := t.plan.Hosts[st.Name]; sh != nil && sh.Target {
-				// A store this deploy locks gets the agent with its lock
-				// (transferAll takes stores first): no session of its
-				// own, and it is not sent twice.
-				select {
-				case <-t.tried[st.Name].done:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
 			if t.opts.Connection.Privilege.HasRootAgent(st.Name) {
 				return nil // its lock found it
 			}
 			return host.EnsureAgent(ctx, t.remote, st, t.agentSource(st.Name))
 		})
 		if err != nil || ctx.Err() != nil {
-			return nil, nil
+			return nil, nil, nil
 		}
 		slots := t.storeSlots[st.Name]
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			return nil, nil
+			return nil, nil, nil
 		}
 		s := host.FromStore(st)
-		s.ConnectTimeout = t.opts.Connection.ConnectTimeout
-		return &s, func() { <-slots }
+		s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
+		var paths []string
+		if stored && !t.opts.Steps.SkipPush {
+			paths = h.Paths
+		}
+		return &s, paths, func() { <-slots }
 	}
 }
 
@@ -346,8 +341,14 @@ func (t *transfers) urlPaths(url string) []string {
 	return nil
 }
 
-// substitute realises n's paths on n from its store.
+// substitute realises n's paths on n from its store, unless n brought
+// them with the agent before its lock (agentSource).
 func (t *transfers) substitute(ctx context.Context, n string, s host.Substitution) error {
+	if t.locks.carried(n) {
+		t.journal.step(n, StepSubstitute, EventStart, "from "+s.From+", with the agent before the lock")
+		t.journal.step(n, StepSubstitute, EventOK, "with the agent")
+		return nil
+	}
 	s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
 	if slots := t.storeSlots[s.Store]; slots != nil {
 		// Queue rather than fail: see storeConcurrency.

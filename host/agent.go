@@ -161,27 +161,32 @@ func rootLockCommand(owner string) string {
 }
 
 // AgentSource is where a host lacking this nix-hive's agent substitutes
-// it from: its store instance, once that holds it; done is called once
-// the substitution has ended. nil, or a nil Substitution, has it sent
-// from this machine.
-type AgentSource func(ctx context.Context) (s *Substitution, done func())
+// it from: its store instance, once that holds it, with paths, the
+// host's closures, which come in the same nix-store call (one login to
+// the store, not two; the lock then says so: DeployLock.Carried); done
+// is called once the substitution has ended. nil, or a nil Substitution,
+// has it sent from this machine.
+type AgentSource func(ctx context.Context) (s *Substitution, paths []string, done func())
 
 // agentSupply answers a host's "need agent": the line that substitutes
 // it from its source, or the one that installs it from what follows on
 // stdin (after asking whether the host can gunzip it).
 type agentSupply struct {
 	from AgentSource
-	// substituted says the answer was a substitution, and done ends it.
+	// substituted says the answer was a substitution, and done ends it;
+	// carried, that it brought paths too.
 	substituted bool
+	paths       []string
+	carried     bool
 	done        func()
 }
 
 // answer answers line, one of the host's "need agent" lines, on w.
 func (a *agentSupply) answer(ctx context.Context, w io.Writer, line string) error {
 	if line == "need agent\n" && a.from != nil {
-		if s, done := a.from(ctx); s != nil {
-			a.substituted, a.done = true, done
-			_, err := io.WriteString(w, s.agentLine()+"\n")
+		if s, paths, done := a.from(ctx); s != nil {
+			a.substituted, a.paths, a.done = true, paths, done
+			_, err := io.WriteString(w, s.agentLine(paths)+"\n")
 			return err
 		}
 	}
@@ -211,6 +216,10 @@ func (a *agentSupply) supply(ctx context.Context, br *bufio.Reader, w *io.PipeWr
 		if err != nil || !strings.HasPrefix(line, "need agent") {
 			a.ended()
 			return line, err
+		}
+		if line == "need agent carried\n" {
+			a.carried = len(a.paths) > 0
+			continue
 		}
 		if err := a.answer(ctx, w, line); err != nil {
 			w.CloseWithError(err)

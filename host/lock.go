@@ -74,7 +74,15 @@ type DeployLock struct {
 	// ops runs the agent's operations in the lock's session, when the
 	// lock was taken through the agent (see opSession); else nil.
 	ops *opSession
+	// carried says the host substituted its closures with the agent,
+	// before the lock (AgentSource).
+	carried bool
 }
+
+// Carried says whether the host got the paths its AgentSource gave with
+// the agent, all of them, in the lock's session: its substitution is
+// done.
+func (l *DeployLock) Carried() bool { return l != nil && l.carried }
 
 // released reports whether the lock's command has ended.
 func (l *DeployLock) released() bool {
@@ -257,13 +265,15 @@ func lockRoot(ctx context.Context, remote Remote, n string, priv *Privilege, own
 	l, hs, err := lockHost(ctx, remote, n, rootLockCommand(owner), true, sup)
 	var missing *errNoAgent
 	if errors.As(err, &missing) && sup.substituted {
-		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner), true, &agentSupply{})
+		sup = &agentSupply{}
+		l, hs, err = lockHost(ctx, remote, n, rootLockCommand(owner), true, sup)
 	}
 	if errors.As(err, &missing) {
 		priv.warn(fmt.Sprintf("%s: %v; nix-hive's programs go with each command there instead", n, err))
 		return lockHost(ctx, remote, n, whole, false, nil)
 	}
 	if err == nil {
+		l.carried = sup.carried
 		priv.rootAgentFound(n)
 		priv.hold(n, l)
 	}

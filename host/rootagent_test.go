@@ -47,7 +47,7 @@ func (h *agentHost) Run(ctx context.Context, name, cmd string, stdin io.Reader, 
 		h.mu.Unlock()
 		var n int
 		switch {
-		case strings.Contains(line, "nix-store -r \"$0\""):
+		case strings.Contains(line, "nix-store -r -k \"$0\""):
 			if h.fromStore {
 				h.setInstalled(AgentScript())
 			}
@@ -104,7 +104,7 @@ func (h *agentHost) Release(string) {}
 func TestRootLoginAgent(t *testing.T) {
 	ctx := context.Background()
 	store := &Substitution{From: "ssh://root@10.0.0.1", knownHosts: []string{"10.0.0.1 ssh-ed25519 AAAA"}, ConnectTimeout: 5 * time.Second}
-	src := func(context.Context) (*Substitution, func()) { return store, nil }
+	src := func(context.Context) (*Substitution, []string, func()) { return store, nil, nil }
 	for _, c := range []struct {
 		name                 string
 		h                    *agentHost
@@ -149,8 +149,9 @@ func TestRootLoginAgent(t *testing.T) {
 			}
 		})
 	}
-	if s := store.agentLine(); !strings.Contains(s, "UserKnownHostsFile=$k -oStrictHostKeyChecking=yes") || strings.Contains(s, "\n") {
-		t.Errorf("the substitution of the agent does not pin the store's key, or is not one line: %q", s)
+	if s := store.agentLine([]string{"/nix/store/00000000000000000000000000000000-system"}); !strings.Contains(s, "UserKnownHostsFile=$k -oStrictHostKeyChecking=yes") ||
+		!strings.Contains(s, `-k "$0" /nix/store/00000000000000000000000000000000-system --option substituters ssh://root@10.0.0.1 --option require-sigs true`) || strings.Contains(s, "\n") {
+		t.Errorf("the substitution of the agent and the closure does not pin the store's key, check signatures, or is not one line: %q", s)
 	}
 	// 6 KiB until profiles beside the system one (issue 30) moved into
 	// the job, which must return them with the system; the agent is sent

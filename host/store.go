@@ -144,10 +144,13 @@ func (s Substitution) sshOpts(secs int) []string {
 }
 
 // agentLine is the one line that substitutes the agent ($0 of
-// agentWrapper) from s, checking the store's host key as a consumer's
-// substitution does. The path is content-addressed: Nix checks its
-// content against its name, and wants no signature for it.
-func (s Substitution) agentLine() string {
+// agentWrapper) from s, with paths, checking the store's host key as a
+// consumer's substitution does, and says "need agent carried" when all
+// came. The agent is content-addressed: Nix checks its content against
+// its name and wants no signature for it; the paths want the hive's, as
+// in realiseProgram. --keep-going: a path that fails does not cost the
+// agent, and the substitution that follows the lock says why it failed.
+func (s Substitution) agentLine(paths []string) string {
 	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
 	// Sent once per host, so as short as ssh reads them: -oName=value.
 	opts := strings.ReplaceAll(strings.Join(s.sshOpts(secs), " "), "-o ", "-o")
@@ -157,12 +160,17 @@ func (s Substitution) agentLine() string {
 		opts += ` -oUserKnownHostsFile=$k -oStrictHostKeyChecking=yes`
 		post = `;rm -f "$k"`
 	}
+	args := append([]string{}, paths...)
+	args = append(args, "--option", "substituters", s.From)
+	if len(paths) > 0 {
+		args = append(args, "--option", "require-sigs", "true")
+		if s.TrustKey && s.PublicKey != "" {
+			args = append(args, "--option", "trusted-public-keys", s.PublicKey)
+		}
+	}
 	// Only $k expands in NIX_SSHOPTS; the rest is constants and numbers.
-	// No signature is asked for: Nix takes a content-addressed path from
-	// a substituter only if its content hashes to its name, whatever
-	// require-sigs says.
-	return fmt.Sprintf(`%sNIX_SSHOPTS="%s" nix-store -r "$0" --option substituters %s >/dev/null&&{ ln -sfn "$0" %s||:;}%s`,
-		pre, opts, shell.Quote(s.From), agentGCRoot, post)
+	return fmt.Sprintf(`%sNIX_SSHOPTS="%s" nix-store -r -k "$0" %s >/dev/null&&echo need agent carried;ln -sfn "$0" %s 2>/dev/null%s`,
+		pre, opts, shell.QuoteArgs(args), agentGCRoot, post)
 }
 
 func knownHostsName(host string, port int) string {
