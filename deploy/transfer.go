@@ -128,6 +128,9 @@ func (t *transfers) agentSource(n string) host.AgentSource {
 		// What the store holds as this deploy supplies it (an error here
 		// is the consumer's transfer's to tell).
 		stored := t.ensure(ctx, st.Name) == nil && t.supply(ctx, st.Name) == nil
+		if !stored {
+			return nil, nil, nil // it would not answer the agent's session either
+		}
 		err := t.agents[st.Name].run(func() error {
 			if t.opts.Connection.Privilege.HasRootAgent(st.Name) {
 				return nil // its lock found it
@@ -146,7 +149,7 @@ func (t *transfers) agentSource(n string) host.AgentSource {
 		s := host.FromStore(st)
 		s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
 		var paths []string
-		if stored && !t.opts.Steps.SkipPush {
+		if !t.opts.Steps.SkipPush {
 			paths = h.Paths
 		}
 		return &s, paths, func() { <-slots }
