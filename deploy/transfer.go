@@ -140,19 +140,16 @@ func (t *transfers) agentSource(n string) host.AgentSource {
 		if err != nil || ctx.Err() != nil {
 			return nil, nil, nil
 		}
-		slots := t.storeSlots[st.Name]
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
+		release, err := t.slot(ctx, n, st.Name)
+		if err != nil {
 			return nil, nil, nil
 		}
-		s := host.FromStore(st)
-		s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
+		s := t.trusting(host.FromStore(st))
 		var paths []string
 		if !t.opts.Steps.SkipPush {
 			paths = h.Paths
 		}
-		return &s, paths, func() { <-slots }
+		return &s, paths, release
 	}
 }
 
@@ -344,6 +341,33 @@ func (t *transfers) urlPaths(url string) []string {
 	return nil
 }
 
+// trusting is s with what this deploy tells consumers: the hive's key
+// (passed along with --trust-hive-key) and the connect timeout.
+func (t *transfers) trusting(s host.Substitution) host.Substitution {
+	s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
+	return s
+}
+
+// slot takes one of store's substitution slots for n, queueing rather
+// than failing (see storeConcurrency); release gives it back.
+func (t *transfers) slot(ctx context.Context, n, store string) (release func(), err error) {
+	slots := t.storeSlots[store]
+	if slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case slots <- struct{}{}:
+	default:
+		t.journal.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, store))
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return func() { <-slots }, nil
+}
+
 // substitute realises n's paths on n from its store, unless n brought
 // them with the agent before its lock (agentSource).
 func (t *transfers) substitute(ctx context.Context, n string, s host.Substitution) error {
@@ -352,24 +376,15 @@ func (t *transfers) substitute(ctx context.Context, n string, s host.Substitutio
 		t.journal.step(n, StepSubstitute, EventOK, "with the agent")
 		return nil
 	}
-	s.PublicKey, s.TrustKey, s.ConnectTimeout = t.opts.publicKey, t.opts.Steps.TrustKey, t.opts.Connection.ConnectTimeout
-	if slots := t.storeSlots[s.Store]; slots != nil {
-		// Queue rather than fail: see storeConcurrency.
-		select {
-		case slots <- struct{}{}:
-		default:
-			t.journal.step(n, StepSubstitute, EventInfo, fmt.Sprintf("queued: %d hosts already substitute from %s", storeConcurrency, s.Store))
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return failed(StepSubstitute, ctx.Err())
-			}
-		}
-		defer func() { <-slots }()
+	s = t.trusting(s)
+	release, err := t.slot(ctx, n, s.Store)
+	if err != nil {
+		return failed(StepSubstitute, err)
 	}
+	defer release()
 	t.journal.step(n, StepSubstitute, EventStart, "from "+s.From)
 	start := time.Now()
-	err := s.Run(ctx, t.remote, t.inv.Instances[n], t.opts.Connection.Privilege, t.plan.Hosts[n].Paths)
+	err = s.Run(ctx, t.remote, t.inv.Instances[n], t.opts.Connection.Privilege, t.plan.Hosts[n].Paths)
 	var f *host.SubstituteFailure
 	if errors.As(err, &f) {
 		err = t.substituteError(ctx, s, f)
