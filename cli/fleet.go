@@ -60,7 +60,8 @@ func (f *Fleet) transportConfig(h *eval.Hive, st *state.File) transport.Config {
 			HostKeys: in.HostKeys, Jump: in.Jump, Options: opts}
 	}
 	// One bound for everything: connecting, and silence on an open
-	// connection (keepalives every ConnectTimeout, dead after 3 missed),
+	// connection (a keepalive when a host was silent for ConnectTimeout,
+	// dead when unanswered for 3 times as long),
 	// for the Go client and the OpenSSH config handed to nix copy alike.
 	return transport.Config{Endpoints: eps, HostCAs: inv.HostCAs, Hive: h.Src.Dir,
 		AcceptNewHostKeys: f.AcceptNewHostKeys, AcceptedKnownHosts: st.AuxPath("known_hosts"),

@@ -225,8 +225,8 @@ func openPool(g *Globals, h *eval.Hive, st *state.File, f *Fleet) (*transport.Po
 			// The text up to "sessions" is what bench/fleet and the
 			// tests match; what follows was added after them.
 			fmt.Fprintf(g.stderr, "ssh: %d connections (%d direct, %d through jump hosts or ProxyCommand), %d sessions"+
-				" (%d exec, %d sftp), %d sftp requests, at most %d connections to one host\n",
-				st.Direct+st.Tunnelled, st.Direct, st.Tunnelled, st.Sessions, st.Exec, st.SFTP, st.SFTPRequests, maxDials(st.Dials))
+				" (%d exec, %d sftp), %d sftp requests, at most %d connections to one host, %d keepalives\n",
+				st.Direct+st.Tunnelled, st.Direct, st.Tunnelled, st.Sessions, st.Exec, st.SFTP, st.SFTPRequests, maxDials(st.Dials), st.KeepAlives)
 		}
 	})
 	return p, nil

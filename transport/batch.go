@@ -3,7 +3,10 @@ package transport
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // batchConn is a net.Conn whose writes return once queued: a goroutine
@@ -26,6 +29,8 @@ type batchConn struct {
 	err      error // the first failed write's, returned by every later Write
 	closed   bool
 	finished chan struct{} // the writer has ended
+
+	heard atomic.Int64 // when Read last returned bytes (UnixNano)
 }
 
 // maxQueued bounds what Write queues before it waits for the writer:
@@ -44,6 +49,35 @@ func newBatchConn(c net.Conn) *batchConn {
 	b.changed.L = &b.mu
 	go b.writer()
 	return b
+}
+
+func (b *batchConn) Read(p []byte) (int, error) {
+	n, err := b.Conn.Read(p)
+	if n > 0 {
+		b.heard.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// heardConn is an SSH connection that tells when it last read from its
+// host, so that keepalives probe only one that went silent.
+type heardConn struct {
+	ssh.Conn
+	raw *batchConn
+}
+
+// lastHeard is when c last read something from its host: the zero time
+// if it cannot tell (a connection the holder made).
+func lastHeard(c *ssh.Client) time.Time {
+	h, ok := c.Conn.(heardConn)
+	if !ok {
+		return time.Time{}
+	}
+	ns := h.raw.heard.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 func (b *batchConn) Write(p []byte) (int, error) {

@@ -41,6 +41,7 @@ type connections struct {
 	// handshakes counts SSH connections established, direct and
 	// tunnelled: what a fleet-wide command costs the hosts' sshd.
 	handshakes [2]atomic.Int64
+	keepalives atomic.Int64
 
 	// agreed is what the last handshake with each address agreed on,
 	// and last what the last handshake with any agreed on while every
@@ -154,46 +155,67 @@ func (cs *connections) evict(c *conn) {
 	cs.mu.Unlock()
 }
 
-// keepalive probes the connection; a probe that fails or stays unanswered
-// for KeepAliveTimeout closes it, which evicts it from the pool.
+// keepalive probes the connection at a tick when the host said nothing
+// since the last one, as OpenSSH's ServerAliveInterval does: anything
+// read proves the connection as a reply would, and a probe costs the
+// uplink a packet each way (and an acknowledgement) on every layer of
+// tunnelling, which for hosts streaming heartbeats while their jobs run
+// was most of what a longer deploy added per host (docs/scale.md). A
+// probe that fails or stays unanswered for KeepAliveTimeout closes the
+// connection, which evicts it from the pool.
 func (cs *connections) keepalive(c *conn) {
 	t := time.NewTicker(cs.hosts.cfg.KeepAlive)
 	defer t.Stop()
 	probed := time.Now()
+	last := probed // the end of the last tick: what was read before it is no news
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-t.C:
 		}
+		heard := lastHeard(c.client).After(last)
+		if heard {
+			probed = time.Now()
+		}
 		idle := c.inUse.Load() == 0 && time.Since(probed) < cs.hosts.cfg.IdleKeepAlive
-		if cs.keepaliveTick != nil {
-			cs.keepaliveTick(!idle)
-		}
-		if idle {
-			continue
-		}
-		probed = time.Now()
-		replied := make(chan error, 1)
-		cs.track(func() {
-			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
-			replied <- err
-		})
-		timer := time.NewTimer(cs.hosts.cfg.KeepAliveTimeout)
-		select {
-		case err := <-replied:
-			timer.Stop()
-			if err != nil {
-				c.client.Close()
+		probe := !heard && !idle
+		if probe {
+			if !cs.probe(c) {
 				return
 			}
-		case <-timer.C:
-			c.client.Close()
-			return
-		case <-c.done:
-			timer.Stop()
-			return
+			probed = time.Now()
 		}
+		last = time.Now()
+		if cs.keepaliveTick != nil {
+			cs.keepaliveTick(probe)
+		}
+	}
+}
+
+// probe sends one keepalive and waits for its reply; without one it
+// closes the connection and returns false.
+func (cs *connections) probe(c *conn) bool {
+	cs.keepalives.Add(1)
+	replied := make(chan error, 1)
+	cs.track(func() {
+		_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
+		replied <- err
+	})
+	timer := time.NewTimer(cs.hosts.cfg.KeepAliveTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-replied:
+		if err != nil {
+			c.client.Close()
+			return false
+		}
+		return true
+	case <-timer.C:
+		c.client.Close()
+		return false
+	case <-c.done:
+		return false
 	}
 }
 
@@ -395,7 +417,8 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 	}
 	defer closeAgent()
 	narrowed := cs.narrow(s, cc)
-	raw = newBatchConn(raw)
+	bc := newBatchConn(raw)
+	raw = bc
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl) // unsupported on tunneled conns; AfterFunc covers them
 	}
@@ -425,7 +448,7 @@ func (cs *connections) handshake(ctx context.Context, s *settings, raw net.Conn,
 	} else {
 		cs.handshakes[1].Add(1)
 	}
-	return ssh.NewClient(sc, chans, reqs), nil
+	return ssh.NewClient(heardConn{Conn: sc, raw: bc}, chans, reqs), nil
 }
 
 // handshakeError says why a handshake with s failed: a host key error as
@@ -483,6 +506,7 @@ func (cs *connections) stats() Stats {
 	st := Stats{Dials: maps.Clone(cs.dials), Connected: len(cs.live)}
 	cs.mu.Unlock()
 	st.Direct, st.Tunnelled = int(cs.handshakes[0].Load()), int(cs.handshakes[1].Load())
+	st.KeepAlives = int(cs.keepalives.Load())
 	return st
 }
 

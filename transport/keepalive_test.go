@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -91,5 +93,95 @@ func TestIdleKeepAlive(t *testing.T) {
 	release()
 	if after := p.Stats().Direct; after != before+1 {
 		t.Errorf("open after the host thawed made %d connections; want 1 (a redial)", after-before)
+	}
+}
+
+// A connection in use is probed only at a tick when its host said
+// nothing since the last one, as OpenSSH's ServerAliveInterval does: a
+// host streaming a job's heartbeats costs no keepalives.
+func TestKeepAliveProbesOnlyASilentHost(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	srv := newTestServer(t, key.signer.PublicKey())
+	p := newTestPool(t, Config{
+		Endpoints: map[string]Endpoint{"a": srv.endpoint("a", key)},
+		KeepAlive: 20 * time.Millisecond, KeepAliveTimeout: time.Minute,
+	})
+	ctx := testCtx(t)
+	// The loop waits in the hook until the test lets it go on, so what
+	// the test does between two ticks happens between them.
+	type tick struct {
+		probed bool
+		resume chan struct{}
+	}
+	ticks := make(chan tick)
+	stop := make(chan struct{})
+	defer close(stop)
+	p.conns.keepaliveTick = func(probed bool) {
+		tk := tick{probed, make(chan struct{})}
+		select {
+		case ticks <- tk:
+			<-tk.resume
+		case <-stop:
+		}
+	}
+	next := func() tick {
+		t.Helper()
+		select {
+		case tk := <-ticks:
+			return tk
+		case <-ctx.Done():
+			t.Fatal("no keepalive tick")
+			return tick{}
+		}
+	}
+
+	stdin, in := io.Pipe()
+	out, stdout := io.Pipe()
+	ran := make(chan error, 1)
+	go func() {
+		_, err := p.Run(ctx, "a", "cat", stdin, stdout, io.Discard)
+		stdout.Close()
+		ran <- err
+	}()
+	lines := bufio.NewReader(out)
+	echo := func() {
+		t.Helper()
+		if _, err := io.WriteString(in, "beat\n"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := lines.ReadString('\n'); err != nil || l != "beat\n" {
+			t.Fatalf("echo = %q, %v", l, err)
+		}
+	}
+	echo()
+
+	tk := next()
+	for !tk.probed { // ticks that still heard the start of cat
+		close(tk.resume)
+		tk = next()
+	}
+	close(tk.resume)
+	if tk = next(); !tk.probed {
+		t.Error("a tick after one that heard nothing did not probe the silent host")
+	}
+	for i := 0; i < 3; i++ {
+		echo() // the host speaks between two ticks
+		close(tk.resume)
+		if tk = next(); tk.probed {
+			t.Errorf("heartbeat %d: a host that spoke since the last tick was probed", i)
+		}
+	}
+	close(tk.resume)
+	if tk = next(); !tk.probed {
+		t.Error("the host went silent again, and was not probed")
+	}
+	close(tk.resume)
+	in.Close()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Stats().KeepAlives; n < 2 {
+		t.Errorf("Stats().KeepAlives = %d; want the 2 probes seen", n)
 	}
 }

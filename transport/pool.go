@@ -93,6 +93,10 @@ type Stats struct {
 	// SFTPRequests counts the packets the pool's sftp clients sent (the
 	// version handshake included): a request each.
 	SFTPRequests int
+	// KeepAlives counts the keepalive@openssh.com probes sent: each costs
+	// the uplink a packet each way (and its acknowledgement) on every
+	// layer of tunnelling.
+	KeepAlives int
 }
 
 // Stats reports the pool's counts so far.

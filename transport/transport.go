@@ -85,7 +85,8 @@ type Config struct {
 	// 0 means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// KeepAlive is the interval of keepalive@openssh.com probes on every
-	// pooled connection; 0 means 15s, negative disables them.
+	// pooled connection whose host said nothing since the last one (as
+	// OpenSSH's ServerAliveInterval); 0 means 15s, negative disables them.
 	KeepAlive time.Duration
 	// KeepAliveTimeout is how long a probe may go unanswered before the
 	// connection is closed and evicted; 0 means 3*KeepAlive (OpenSSH's
@@ -95,7 +96,7 @@ type Config struct {
 	// on a connection no channel opened through the pool is using (see
 	// OpenChannel): a holder's connections waiting between commands then
 	// cost the uplink little, while one a command uses is still probed
-	// every KeepAlive.
+	// every KeepAlive it is silent.
 	IdleKeepAlive time.Duration `json:"-"`
 	// UserConfig is the user's OpenSSH config, read for defaults the hive
 	// does not set (User, Port, HostName, IdentityFile) and included by the

@@ -249,12 +249,13 @@ type sshLine struct {
 	split                    bool
 	exec, sftp, sftpRequests int
 	maxConns                 int // at most to one host; 0 through a holder
+	keepalives               int // probes sent (-1: the line does not say)
 	holderSFTPRequests       int // through a holder: the holder's sftp requests for the command
 }
 
 var (
 	sshCountsRE = regexp.MustCompile(`ssh: (\d+) connections \(\d+ direct, \d+ through [^)]*\), (\d+) sessions` +
-		`(?: \((\d+) exec, (\d+) sftp\), (\d+) sftp requests, at most (\d+) connections to one host)?`)
+		`(?: \((\d+) exec, (\d+) sftp\), (\d+) sftp requests, at most (\d+) connections to one host(?:, (\d+) keepalives)?)?`)
 	muxCountsRE = regexp.MustCompile(`ssh: through mux pid \d+: (\d+) new connections, (\d+) sessions` +
 		`(?:, \d+ hosts' state read \(sessions: (\d+) exec, (\d+) sftp; sftp requests: (\d+) of this command's, (\d+) of the holder's\))?`)
 )
@@ -274,9 +275,12 @@ func sshCounts(log string) (sshLine, error) {
 		return sshLine{}, fmt.Errorf("%s: nix-hive -v printed no count of SSH connections", log)
 	}
 	last := m[len(m)-1]
-	l := sshLine{conns: atoi(last[1]), sessions: atoi(last[2]), split: last[3] != nil}
+	l := sshLine{conns: atoi(last[1]), sessions: atoi(last[2]), split: last[3] != nil, keepalives: -1}
 	if l.split {
 		l.exec, l.sftp, l.sftpRequests, l.maxConns = atoi(last[3]), atoi(last[4]), atoi(last[5]), atoi(last[6])
+	}
+	if last[7] != nil {
+		l.keepalives = atoi(last[7])
 	}
 	return l, nil
 }
@@ -292,7 +296,7 @@ func muxCounts(log string) (sshLine, error) {
 	if m == nil {
 		return sshLine{}, fmt.Errorf("%s: the command did not go through the holder", log)
 	}
-	l := sshLine{conns: atoi(m[1]), sessions: atoi(m[2]), split: m[3] != nil}
+	l := sshLine{conns: atoi(m[1]), sessions: atoi(m[2]), split: m[3] != nil, keepalives: -1}
 	if l.split {
 		l.exec, l.sftp, l.sftpRequests, l.holderSFTPRequests = atoi(m[3]), atoi(m[4]), atoi(m[5]), atoi(m[6])
 	}
@@ -367,9 +371,9 @@ func (b *bench) reportAccount(w io.Writer, rows []*row) {
 	fmt.Fprintf(w, "through mux with the holder's sftp requests; processes = pids the host's pid namespace allocated (processes and threads,\n")
 	fmt.Fprintf(w, "ns_last_pid before and after, less the reader's own); KiB up = (bytes to the region - closure) / hosts, KiB down = bytes\n")
 	fmt.Fprintf(w, "from the region / hosts (nft, IP packets; pkts: their number); sshd conns = connections each host's sshd was asked for by any\n")
-	fmt.Fprintf(w, "client (SYNs)\n\n")
+	fmt.Fprintf(w, "client (SYNs); keepalives = the keepalive@openssh.com probes nix-hive sent (its -v), a packet each way and an ACK\n\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "command\thosts\tSSH handshakes/host\texec sessions/host\tsftp sessions/host\tsftp requests/host\tprocesses/host\tKiB up/host\tKiB down/host\tpkts up/host\tpkts down/host\tsshd conns/host\t")
+	fmt.Fprintln(tw, "command\thosts\tSSH handshakes/host\texec sessions/host\tsftp sessions/host\tsftp requests/host\tprocesses/host\tKiB up/host\tKiB down/host\tpkts up/host\tpkts down/host\tsshd conns/host\tkeepalives/host\t")
 	per := func(n int, r *row) string { return fmt.Sprintf("%.2f", float64(n)/float64(r.hosts)) }
 	for _, r := range acc {
 		a := r.acct
@@ -381,8 +385,12 @@ func (b *bench) reportAccount(w io.Writer, rows []*row) {
 		if a.sshd != nil {
 			sshd = fmt.Sprintf("%.2f", mean(a.sshd))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t\n", r.what, r.hosts, per(a.ssh.conns, r), exec, sftp, reqs,
-			mean(a.pids), r.controlKiB(), r.downKiB(), float64(r.packets[0])/float64(r.hosts), float64(r.packets[1])/float64(r.hosts), sshd)
+		kas := "-"
+		if a.ssh.keepalives >= 0 {
+			kas = per(a.ssh.keepalives, r)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%s\t\n", r.what, r.hosts, per(a.ssh.conns, r), exec, sftp, reqs,
+			mean(a.pids), r.controlKiB(), r.downKiB(), float64(r.packets[0])/float64(r.hosts), float64(r.packets[1])/float64(r.hosts), sshd, kas)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nby role: min-max (mean) per host\n")

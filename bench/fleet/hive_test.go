@@ -67,13 +67,15 @@ func TestSSHCounts(t *testing.T) {
 		wantErr   bool
 	}{
 		{"own line", "INSTANCE\nssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 23 sessions\n",
-			sshLine{conns: 23, sessions: 23}, false},
+			sshLine{conns: 23, sessions: 23, keepalives: -1}, false},
 		{"inside a table row", "node-1-9   web     ssh: 23 connections (1 direct, 22 through jump hosts or ProxyCommand), 24 sessions\n1    /nix/store/x  ok\n",
-			sshLine{conns: 23, sessions: 24}, false},
+			sshLine{conns: 23, sessions: 24, keepalives: -1}, false},
 		{"the last one counts", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\nssh: 5 connections (1 direct, 4 through jump hosts or ProxyCommand), 9 sessions\n",
-			sshLine{conns: 5, sessions: 9}, false},
+			sshLine{conns: 5, sessions: 9, keepalives: -1}, false},
 		{"with the split", "ssh: 90 connections (2 direct, 88 through jump hosts or ProxyCommand), 180 sessions (178 exec, 2 sftp), 31 sftp requests, at most 2 connections to one host\n",
-			sshLine{conns: 90, sessions: 180, split: true, exec: 178, sftp: 2, sftpRequests: 31, maxConns: 2}, false},
+			sshLine{conns: 90, sessions: 180, split: true, exec: 178, sftp: 2, sftpRequests: 31, maxConns: 2, keepalives: -1}, false},
+		{"with keepalives", "ssh: 90 connections (2 direct, 88 through jump hosts or ProxyCommand), 180 sessions (178 exec, 2 sftp), 31 sftp requests, at most 2 connections to one host, 7 keepalives\n",
+			sshLine{conns: 90, sessions: 180, split: true, exec: 178, sftp: 2, sftpRequests: 31, maxConns: 2, keepalives: 7}, false},
 		{"none", "INSTANCE\n", sshLine{}, true},
 	}
 	for _, tt := range tests {
@@ -97,9 +99,9 @@ func TestMuxCounts(t *testing.T) {
 		wantErr   bool
 	}{
 		{"before the split", "ssh: through mux pid 77: 0 new connections, 0 sessions, 45 hosts' state read\n",
-			sshLine{}, false},
+			sshLine{keepalives: -1}, false},
 		{"with the split", "ssh: through mux pid 77: 1 new connections, 2 sessions, 45 hosts' state read (sessions: 2 exec, 0 sftp; sftp requests: 0 of this command's, 270 of the holder's)\n",
-			sshLine{conns: 1, sessions: 2, split: true, exec: 2, holderSFTPRequests: 270}, false},
+			sshLine{conns: 1, sessions: 2, split: true, exec: 2, holderSFTPRequests: 270, keepalives: -1}, false},
 		{"not through the holder", "ssh: 1 connections (1 direct, 0 through jump hosts or ProxyCommand), 1 sessions\n", sshLine{}, true},
 	}
 	for _, tt := range tests {
