@@ -38,6 +38,16 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 			t.Errorf("%s's store does not keep the agent: gcroots/nix-hive-agent -> %q (%v)", n, l, err)
 		}
 	}
+	// The store's pinned key is kept for later substitutions, in a file
+	// named by its content, with nothing left beside it.
+	kh := knownHostsFiles(t, s.lab.Host("www-1").Path("/run/nix-hive"))
+	if len(kh) != 1 {
+		t.Fatalf("www-1 keeps the known hosts of its store in %v; want one file", kh)
+	}
+	khInfo, err := os.Stat(kh[0])
+	if b, _ := os.ReadFile(kh[0]); err != nil || !strings.Contains(string(b), s.lab.Host("portico").HostKey) {
+		t.Fatalf("%s holds %q (%v); want portico's pinned key", kh[0], b, err)
+	}
 	b, _ := os.ReadFile(agent)
 	ops := h.Path("/run/nix-hive-test/agent-ops")
 	marked := strings.Replace(string(b), "\n", "\nprintf '%s:%s\\n' \"${1-}\" \"$(readlink /proc/$$/fd/0)\" >>/run/nix-hive-test/agent-ops\n", 1)
@@ -67,6 +77,11 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	if b, _ := os.ReadFile(agent); string(b) != marked {
 		t.Error("the second deploy got the agent again")
 	}
+	if again := knownHostsFiles(t, s.lab.Host("www-1").Path("/run/nix-hive")); !slices.Equal(again, kh) {
+		t.Errorf("after the second deploy, known hosts in %v; want %v", again, kh)
+	} else if fi, err := os.Stat(kh[0]); err != nil || !fi.ModTime().Equal(khInfo.ModTime()) {
+		t.Errorf("the second deploy wrote %s again (%v); it should read it", kh[0], err)
+	}
 
 	before := len(got)
 	if code, _, _ := s.run("rollback", "www-1"); code != 0 {
@@ -84,9 +99,19 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	if _, err := os.Stat(agent); !os.IsNotExist(err) {
 		t.Fatalf("www-1's agent is still there: %v", err)
 	}
+	// And a wrong known hosts file under the store's name (not one a
+	// write of nix-hive's leaves: a hand's) costs the agent's
+	// substitution, which trusts it, and the agent's realise, which
+	// checks it, writes it again.
+	if err := os.WriteFile(kh[0], []byte("198.18.1.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBadBadBadBadBadBadBadBadBadBadBadBadBadBad0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s.edit(`version = "2"; };`, `version = "3"; };`)
 	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
 		t.Fatalf("deploy after the agent was collected: exit %d", code)
+	}
+	if b, err := os.ReadFile(kh[0]); err != nil || !strings.Contains(string(b), s.lab.Host("portico").HostKey) {
+		t.Errorf("after the deploy, %s holds %q (%v); want portico's pinned key again", kh[0], b, err)
 	}
 	if got, want := s.current("www-1"), s.state().Systems["www"].OutPath; got != want {
 		t.Errorf("www-1 runs %s, want %s", got, want)
@@ -94,6 +119,17 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	if b, err := os.ReadFile(agent); err != nil || string(b) != host.AgentScript() {
 		t.Errorf("www-1 did not get the agent again: %v", err)
 	}
+}
+
+// knownHostsFiles lists the known_hosts files in a host's dir, and any
+// file a write left beside them.
+func knownHostsFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "known_hosts*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 func readLines(t *testing.T, p string) []string {

@@ -65,6 +65,8 @@ func TestAgentRealiseChecksArguments(t *testing.T) {
 		{"10", "22", "", "ssh://root@h", "", "--option"},
 		{"10", "22", "", "ssh://root@h", "", "/nix/store/abc-x/../../etc"},
 		{"10", "22", "", "ssh://root@h", ""},
+		{"10", "22", "1", "../../etc/x", "h ssh-ed25519 AAAA", "ssh://root@h", "", "/nix/store/abc-x"},
+		{"10", "22", "1", "", "h ssh-ed25519 AAAA", "ssh://root@h", "", "/nix/store/abc-x"},
 	} {
 		var stderr bytes.Buffer
 		cmd := exec.Command("sh", append([]string{"-c", AgentScript(), "nix-hive-agent", "realise"}, args...)...)

@@ -3,6 +3,8 @@ package host
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -101,6 +103,9 @@ func (s Substitution) command(paths []string, user string, esc escalation) (stri
 			key = s.PublicKey
 		}
 		argv := []string{"realise", strconv.Itoa(secs), strconv.Itoa(s.port), strconv.Itoa(len(s.knownHosts))}
+		if len(s.knownHosts) > 0 {
+			argv = append(argv, s.knownHostsHash())
+		}
 		argv = append(argv, s.knownHosts...)
 		argv = append(append(argv, s.From, key), paths...)
 		return prefix + shell.QuoteArgs(argv), argv
@@ -154,11 +159,14 @@ func (s Substitution) agentLine(paths []string) string {
 	secs := max(int(s.ConnectTimeout.Round(time.Second)/time.Second), 1)
 	// Sent once per host, so as short as ssh reads them: -oName=value.
 	opts := strings.ReplaceAll(strings.Join(s.sshOpts(secs), " "), "-o ", "-o")
-	pre, post := "", ""
+	pre := ""
 	if len(s.knownHosts) > 0 {
-		pre = "k=$(mktemp)&&printf '%s\\n' " + shell.QuoteArgs(s.knownHosts) + ` >"$k"&&`
+		// As the agent's realise keeps them (see realiseProgram).
+		// $k needs no quotes: a constant and a hash. The directory is
+		// missing only where the file is: on a host's first contact.
+		pre = `k=` + knownHostsDir + `/known_hosts.` + s.knownHostsHash() + `;[ -s $k ]||{ mkdir -p ` + knownHostsDir +
+			`;printf '%s\n' ` + shell.QuoteArgs(s.knownHosts) + ` >$k.$$&&mv $k.$$ $k;}&&`
 		opts += ` -oUserKnownHostsFile=$k -oStrictHostKeyChecking=yes`
-		post = `;rm -f "$k"`
 	}
 	args := append([]string{}, paths...)
 	args = append(args, "--option", "substituters", s.From)
@@ -169,8 +177,30 @@ func (s Substitution) agentLine(paths []string) string {
 		}
 	}
 	// Only $k expands in NIX_SSHOPTS; the rest is constants and numbers.
-	return fmt.Sprintf(`%sNIX_SSHOPTS="%s" nix-store -r -k "$0" %s >/dev/null&&echo need agent carried;ln -sfn "$0" %s 2>/dev/null%s`,
-		pre, opts, shell.QuoteArgs(args), agentGCRoot, post)
+	return fmt.Sprintf(`%sNIX_SSHOPTS="%s" nix-store -r -k "$0" %s >/dev/null&&echo need agent carried;ln -sfn "$0" %s 2>/dev/null`,
+		pre, opts, shell.QuoteArgs(args), agentGCRoot)
+}
+
+// knownHostsDir holds, on a host whose root runs the agent, the known
+// hosts its substitutions check their stores' keys against, one file per
+// set of lines named by their hash (knownHostsHash): written on a
+// host's first substitution from a store, and read by every later one,
+// so that a deploy spends no process on them (a temporary file was three:
+// mktemp, rm, and the shell's fork to run nix-store before rm). A file is
+// written beside and renamed into place, so a failed write leaves none;
+// the agent's realise compares a file's lines with its own and writes it
+// again if they differ, while the agent's substitution (agentLine, sent
+// before the host has an agent) trusts one it finds, and a wrong one
+// costs it only the agent sent from here instead. Only root writes
+// there, under the umask the deploy lock's files get; the files are
+// public keys, and /run empties at boot.
+const knownHostsDir = "/run/nix-hive"
+
+// knownHostsHash names s's known hosts lines: the same lines, the same
+// file; a store's new key, a new file.
+func (s Substitution) knownHostsHash() string {
+	h := sha256.Sum256([]byte(strings.Join(s.knownHosts, "\n")))
+	return hex.EncodeToString(h[:16])
 }
 
 func knownHostsName(host string, port int) string {
@@ -180,12 +210,13 @@ func knownHostsName(host string, port int) string {
 	return fmt.Sprintf("[%s]:%d", host, port)
 }
 
-// realiseProgram TIMEOUT PORT N KNOWN_HOST... SUBSTITUTER PUBLIC_KEY
-// PATH... realises store paths from a substituter, signatures required,
-// as a consumer's substitution does (see Substitution): N lines of
-// known_hosts for the substituter's ssh (0: the host's own). It checks
-// its arguments: no option reaches nix-store or ssh but those it sets.
-// What it realised is not printed: nobody reads it.
+// realiseProgram TIMEOUT PORT N [HASH KNOWN_HOST...] SUBSTITUTER
+// PUBLIC_KEY PATH... realises store paths from a substituter, signatures
+// required, as a consumer's substitution does (see Substitution): N lines
+// of known_hosts for the substituter's ssh (0: the host's own), kept in
+// knownHostsDir under HASH, their knownHostsHash. It checks its
+// arguments: no option reaches nix-store or ssh but those it sets. What
+// it realised is not printed: nobody reads it.
 const realiseProgram = `set -u
 bad() { echo "nix-hive-agent realise: $1" >&2; exit 64; }
 [ $# -ge 3 ] || bad "timeout, port and known hosts"
@@ -194,15 +225,34 @@ case $t$port$n in *[!0-9]*|'') bad "timeout, port and the count of known hosts a
 [ $# -ge $((n + 3)) ] || bad "no store paths"
 kh=
 if [ "$n" -gt 0 ]; then
-  umask 077
-  kh=$(mktemp) || exit 1
-  trap 'rm -f "$kh"' EXIT
-  while [ "$n" -gt 0 ]; do
-    case $1 in *[![:print:]]*|'') bad "known host: one line" ;; esac
-    printf '%s\n' "$1" >>"$kh"
-    shift
-    n=$((n - 1))
+  case $1 in *[!0-9a-f]*|'') bad "known hosts: a hash" ;; esac
+  kh=` + knownHostsDir + `/known_hosts.$1
+  shift
+  i=0
+  while [ $i -lt "$n" ]; do
+    i=$((i + 1))
+    eval "l=\${$i}"
+    case $l in *[![:print:]]*|'') bad "known host: one line" ;; esac
   done
+  # The file is right when its lines are these, read with the shell's
+  # own read: a deploy spends no process on one it finds right.
+  i=0
+  if [ -f "$kh" ]; then
+    while IFS= read -r l; do
+      i=$((i + 1))
+      [ $i -le "$n" ] && eval "[ \"\$l\" = \"\${$i}\" ]" || { i=-1; break; }
+    done <"$kh"
+  fi
+  if [ "$i" != "$n" ]; then
+    { [ -d ` + knownHostsDir + ` ] || mkdir -p ` + knownHostsDir + `; } && : >"$kh.$$" || exit 1
+    i=0
+    while [ $i -lt "$n" ]; do
+      i=$((i + 1))
+      eval "printf '%s\n' \"\${$i}\"" >>"$kh.$$" || exit 1
+    done
+    mv -f "$kh.$$" "$kh" || exit 1
+  fi
+  shift "$n"
 fi
 from=$1 key=$2; shift 2
 case $from in *[[:space:]]*|ssh://-*|-*|'') bad "substituter: a URL" ;; esac
@@ -216,9 +266,7 @@ o="-o BatchMode=yes -o ConnectTimeout=$t -o ServerAliveInterval=$t -o ServerAliv
 [ -z "$kh" ] || o="$o -o UserKnownHostsFile=$kh -o StrictHostKeyChecking=yes"
 set -- --realise "$@" --option substituters "$from" --option require-sigs true
 [ -z "$key" ] || set -- "$@" --option trusted-public-keys "$key"
-# Not exec'd with known hosts: the trap removes them after.
-if [ -z "$kh" ]; then NIX_SSHOPTS=$o exec nix-store "$@" >/dev/null; fi
-NIX_SSHOPTS=$o nix-store "$@" >/dev/null
+NIX_SSHOPTS=$o exec nix-store "$@" >/dev/null
 `
 
 // repairProgram KEY PATH, on a store whose copy of PATH a consumer
