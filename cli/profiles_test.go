@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nix-hive/nix-hive/lab"
 )
 
 // profileUser owns the test profiles; its home is /run/nixhive-alice,
@@ -23,54 +25,13 @@ const profileUser = "nixhive-alice"
 // and by rollback, removed when the hive drops them; a bad profile in
 // the hive stops the deploy before any host changes.
 func TestDeployProfiles(t *testing.T) {
-	f := newFaultLab(t, 2)
-	uid, gid := ensureProfileUser(t)
-	root, _ := filepath.Abs("..")
-	for _, h := range f.lab.Hosts {
-		home := h.Path("/run/" + profileUser)
-		if err := os.MkdirAll(home, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(home, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.write("hive.nix", fmt.Sprintf(`let
-  lab = import ./lab.nix;
-  ts = import %q;
-  prof = import %q;
-  variants = import ./variants.nix;
-  profiles = import ./profiles.nix;
-in {
-  signing.keyFile = "keys/hive.sec";
-  systems = builtins.mapAttrs (n: _: {
-    toplevel = ts ({ name = "app"; } // (variants.${n} or { }));
-    profiles = builtins.mapAttrs (pn: p: { user = %q; } // removeAttrs p [ "args" ] // { path = p.path or (prof ({ name = pn; } // (p.args or { }))); }) (profiles.${n} or { });
-  }) lab;
-  instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;
-}`, filepath.Join(root, "examples", "testsystems"), filepath.Join(root, "examples", "testsystems", "profile.nix"), profileUser))
+	f, uid := newProfileLab(t, appLab(t, 2))
 	profiles := func(v map[string]string) { f.writeAttrs("profiles.nix", v) }
 	const (
-		link = "/nix/var/nix/profiles/per-user/" + profileUser + "/home"
+		link = profileLink
 		home = "/run/" + profileUser + "/.nix-hive-test/home"
 	)
-	// profileOf is where host's home profile leads ("" when it has none),
-	// checking the links are its user's.
-	profileOf := func(host string) string {
-		t.Helper()
-		h := f.lab.Host(host)
-		gen, err := os.Readlink(h.Path(link))
-		if err != nil {
-			return ""
-		}
-		for _, l := range []string{link, filepath.Join(filepath.Dir(link), gen)} {
-			if fi, err := os.Lstat(h.Path(l)); err != nil || int(fi.Sys().(*syscall.Stat_t).Uid) != uid {
-				t.Errorf("%s: %s is not %s's", host, l, profileUser)
-			}
-		}
-		p, _ := os.Readlink(h.Path(filepath.Join(filepath.Dir(link), gen)))
-		return p
-	}
+	profileOf := func(host string) string { t.Helper(); return profileOf(t, f, uid, host) }
 	// activated is what the profile's activate last wrote on host.
 	activated := func(host string) string {
 		b, _ := os.ReadFile(f.lab.Host(host).Path(home))
@@ -243,6 +204,111 @@ def post_activate(ctx):
 
 // ensureProfileUser makes the test profiles' user (once per machine:
 // lab hosts share its /etc/passwd) and returns its uid and gid.
+// A boot that fails returns the profiles beside the system one with the
+// system: the deploy's boot job set each profile's new generation (set,
+// not activated), the new system did not come up, and once the host was
+// back on its old one each profile leads where it did when the deploy
+// locked the host, and the host's record says so.
+func TestDeployBootFallbackReturnsProfiles(t *testing.T) {
+	f, uid := newProfileLab(t, appLabWith(t, 1, lab.Config{BootLoader: map[string]string{"app-1": lab.SystemdBoot}}))
+	profiles := func(v map[string]string) { f.writeAttrs("profiles.nix", v) }
+	record := func() string {
+		b, _ := os.ReadFile(f.lab.Host("app-1").Path("/nix/var/nix-hive/profiles"))
+		return strings.TrimSpace(string(b))
+	}
+	profiles(map[string]string{"app-1": `home.args.version = "1";`})
+	if code, _, _ := f.run("deploy", "--connect-timeout", faultConnect); code != 0 {
+		t.Fatalf("first deploy: exit %d", code)
+	}
+	v1, p1 := f.built("app-1"), f.state().Systems["app-1"].Profiles["home"]
+	if got := profileOf(t, f, uid, "app-1"); p1 == "" || got != p1 {
+		t.Fatalf("after the first deploy the home profile leads to %q, want %q", got, p1)
+	}
+
+	f.variants(map[string]string{"app-1": `version = "2"; bootFails = true;`})
+	profiles(map[string]string{"app-1": `home.args.version = "2";`})
+	code, out, errOut := f.run("deploy", "--goal", "boot", "--reboot", "--reboot-timeout", "60s", "--connect-timeout", faultConnect)
+	if code == 0 {
+		t.Fatal("a boot that fails: exit 0")
+	}
+	summaryHas(t, out, "app-1", "rolled-back", "rolled back (boot)")
+	if want := "app-1 [wave 1] rollback ok: the system profile and the boot loader's default are " + v1 + " again"; !strings.Contains(errOut, want) {
+		t.Errorf("no %q in:\n%s", want, errOut)
+	}
+	p2 := f.state().Systems["app-1"].Profiles["home"]
+	if p2 == "" || p2 == p1 {
+		t.Fatalf("the second deploy's home profile is %q, want a new one (first %q)", p2, p1)
+	}
+	if got := f.system("app-1"); got.active != v1 || got.profile != v1 {
+		t.Errorf("app-1 runs %+v, want %s", got, v1)
+	}
+	if n := f.lab.Host("app-1").Boots(); n != 2 {
+		t.Errorf("app-1 booted %d times, want 2 (the failed boot, then the default)", n)
+	}
+	if got := profileOf(t, f, uid, "app-1"); got != p1 {
+		t.Errorf("after the boot fallback the home profile leads to %q, want %q (not the new %q)", got, p1, p2)
+	}
+	if got, want := record(), "home:"+profileUser+":"+p1+":activate"; got != want {
+		t.Errorf("after the boot fallback the host's record of its profiles is %q, want %q", got, want)
+	}
+}
+
+// profileLink is the test profile's link on a host.
+const profileLink = "/nix/var/nix/profiles/per-user/" + profileUser + "/home"
+
+// newProfileLab is a fault lab on l whose systems carry profiles beside
+// the system one, from profiles.nix (each host's attributes, as
+// writeAttrs writes them), owned by profileUser; it returns the user's
+// uid.
+func newProfileLab(t *testing.T, l *lab.Lab) (*faultLab, int) {
+	f := newFaultLabOf(t, l)
+	uid, gid := ensureProfileUser(t)
+	root, _ := filepath.Abs("..")
+	for _, h := range f.lab.Hosts {
+		home := h.Path("/run/" + profileUser)
+		if err := os.MkdirAll(home, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(home, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.write("hive.nix", fmt.Sprintf(`let
+  lab = import ./lab.nix;
+  ts = import %q;
+  prof = import %q;
+  variants = import ./variants.nix;
+  profiles = import ./profiles.nix;
+in {
+  signing.keyFile = "keys/hive.sec";
+  systems = builtins.mapAttrs (n: _: {
+    toplevel = ts ({ name = "app"; } // (variants.${n} or { }));
+    profiles = builtins.mapAttrs (pn: p: { user = %q; } // removeAttrs p [ "args" ] // { path = p.path or (prof ({ name = pn; } // (p.args or { }))); }) (profiles.${n} or { });
+  }) lab;
+  instances = builtins.mapAttrs (n: v: v // { system = n; }) lab;
+}`, filepath.Join(root, "examples", "testsystems"), filepath.Join(root, "examples", "testsystems", "profile.nix"), profileUser))
+	f.writeAttrs("profiles.nix", nil)
+	return f, uid
+}
+
+// profileOf is where host's test profile leads ("" when it has none),
+// checking the links are its user's (uid).
+func profileOf(t *testing.T, f *faultLab, uid int, host string) string {
+	t.Helper()
+	h := f.lab.Host(host)
+	gen, err := os.Readlink(h.Path(profileLink))
+	if err != nil {
+		return ""
+	}
+	for _, l := range []string{profileLink, filepath.Join(filepath.Dir(profileLink), gen)} {
+		if fi, err := os.Lstat(h.Path(l)); err != nil || int(fi.Sys().(*syscall.Stat_t).Uid) != uid {
+			t.Errorf("%s: %s is not %s's", host, l, profileUser)
+		}
+	}
+	p, _ := os.Readlink(h.Path(filepath.Join(filepath.Dir(profileLink), gen)))
+	return p
+}
+
 func ensureProfileUser(t *testing.T) (int, int) {
 	t.Helper()
 	u, err := user.Lookup(profileUser)
