@@ -373,7 +373,8 @@ func (t *transfers) slot(ctx context.Context, n, store string) (release func(), 
 func (t *transfers) substitute(ctx context.Context, n string, s host.Substitution) error {
 	if t.locks.carried(n) {
 		t.journal.step(n, StepSubstitute, EventStart, "from "+s.From+", with the agent before the lock")
-		t.journal.step(n, StepSubstitute, EventOK, "with the agent")
+		// The operator reads this line, not the start's: say where from.
+		t.journal.step(n, StepSubstitute, EventOK, "from "+s.From+", with the agent before the lock")
 		return nil
 	}
 	s = t.trusting(s)
