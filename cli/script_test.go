@@ -32,6 +32,12 @@ func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) != "nix-hive" {
 		os.Setenv("NIX_HIVE_MUX_PERSIST", "0")
 	}
+	// Every nix-hive a test runs is this binary; built with -race, each
+	// would sleep a second at exit for races after main (scripts/test says
+	// more). Races during the run are still reported.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	testscript.Main(m, map[string]func(){
 		"nix-hive": func() { os.Exit(cli.Main("test", os.Args[1:], os.Stdout, os.Stderr)) },
 	})
