@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nix-hive/nix-hive/host"
+	"github.com/nix-hive/nix-hive/lab"
 )
 
 // A root login's first deploy gets nix-hive's agent into the host's
@@ -24,10 +25,14 @@ import (
 // instead, would leave no log.
 func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	s := newSeed(t)
+	sshStarts := recordSSHMalloc(t, s.lab.Host("www-1"))
 	if code, _, _ := s.run("deploy", "www-1"); code != 0 {
 		t.Fatalf("first deploy: exit %d", code)
 	}
 	h := s.lab.Host("www-1")
+	// The agent's substitution (need agent) brought the system: its ssh
+	// to portico ran with the malloc settings that spare it page faults.
+	wantMalloc(t, "the first deploy's substitution", sshStarts(), 1)
 	agent := h.Path(host.RootAgentPath())
 	for _, n := range []string{"www-1", "portico"} {
 		b, err := os.ReadFile(s.lab.Host(n).Path(host.RootAgentPath()))
@@ -65,6 +70,8 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	if got, want := s.current("www-1"), s.state().Systems["www"].OutPath; got != want {
 		t.Fatalf("www-1 runs %s after the second deploy, want %s", got, want)
 	}
+	// And the agent's realise.
+	wantMalloc(t, "the second deploy's substitution", sshStarts(), 2)
 	got := readLines(t, ops)
 	for _, op := range []string{"lock", "realise:/dev/null", "key-owners:/dev/null", "start:/dev/null", "confirm"} {
 		if !slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, op) }) {
@@ -118,6 +125,40 @@ func TestRootLoginRunsTheStoresAgent(t *testing.T) {
 	}
 	if b, err := os.ReadFile(agent); err != nil || string(b) != host.AgentScript() {
 		t.Errorf("www-1 did not get the agent again: %v", err)
+	}
+}
+
+// recordSSHMalloc puts an ssh first on h's PATH that notes the glibc
+// malloc settings it was started with, then runs the real one; what it
+// returns reads the notes, one line per ssh started.
+func recordSSHMalloc(t *testing.T, h *lab.Host) func() []string {
+	t.Helper()
+	const notes = "/run/nix-hive-test/ssh-malloc"
+	wrapper := `#!/bin/sh
+mkdir -p /run/nix-hive-test
+printf '%s %s\n' "${MALLOC_MMAP_THRESHOLD_-unset}" "${MALLOC_TRIM_THRESHOLD_-unset}" >>` + notes + `
+exec /usr/bin/ssh "$@"
+`
+	if err := os.WriteFile(filepath.Join(h.Root, "bin", "ssh"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return func() []string {
+		b, _ := os.ReadFile(h.Path(notes))
+		return strings.Fields(strings.ReplaceAll(string(b), " ", "/"))
+	}
+}
+
+// wantMalloc fails unless at least n ssh were started, each with
+// host.sshMalloc's settings.
+func wantMalloc(t *testing.T, what string, starts []string, n int) {
+	t.Helper()
+	if len(starts) < n {
+		t.Errorf("%s: %d ssh started on the host (%v); want at least %d", what, len(starts), starts, n)
+	}
+	for _, l := range starts {
+		if l != "8388608/16777216" {
+			t.Errorf("%s: an ssh started with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ %s; want 8388608/16777216", what, l)
+		}
 	}
 }
 
