@@ -211,8 +211,9 @@ func (s Substitution) knownHostsHash() string {
 // faulted in tens of thousands of pages and spent more CPU than
 // everything else in the substitution: 0.8 s of CPU and 49,000 page
 // faults for an 8 MiB NAR on the lab, 0.15 s and 3,400 with these
-// (1.1 s and 0.35 s for 64 MiB; peak RSS 13 and 19 MB). Below 4 MiB of
-// threshold the buffers still outgrow it. glibc reads these names from
+// (1.1 s and 0.35 s for 64 MiB; peak RSS 13 and 19 MB). At 2 MiB the
+// buffers still outgrew the threshold, 4 MiB sufficed, and 8 leaves them
+// room (docs/scale.md, "The consumers' ssh"). glibc reads these names from
 // the environment (aliases of its glibc.malloc tunables, which win when
 // set); other libcs ignore them.
 const sshMalloc = "MALLOC_MMAP_THRESHOLD_=8388608 MALLOC_TRIM_THRESHOLD_=16777216"
