@@ -372,9 +372,11 @@ func (t *transfers) slot(ctx context.Context, n, store string) (release func(), 
 // them with the agent before its lock (agentSource).
 func (t *transfers) substitute(ctx context.Context, n string, s host.Substitution) error {
 	if t.locks.carried(n) {
-		t.journal.step(n, StepSubstitute, EventStart, "from "+s.From+", with the agent before the lock")
-		// The operator reads this line, not the start's: say where from.
-		t.journal.step(n, StepSubstitute, EventOK, "from "+s.From+", with the agent before the lock")
+		// The operator reads the outcome's line, not the start's: both
+		// say where from.
+		how := "from " + s.From + ", with the agent before the lock"
+		t.journal.step(n, StepSubstitute, EventStart, how)
+		t.journal.step(n, StepSubstitute, EventOK, how)
 		return nil
 	}
 	s = t.trusting(s)
