@@ -240,10 +240,16 @@ func (h *Hosts) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func
 // (2014), FIPS builds included, shares one of them with this list, and
 // each name left out is bytes saved on every connection, which a deploy
 // of a thousand hosts makes two thousand of.
+//
+// ChaCha20-Poly1305 comes first, as in OpenSSH's own client: it pads a
+// message to 8 bytes where AES-GCM pads to 16, about 4 bytes less on
+// each of the small messages a deploy is made of, in each layer of SSH a
+// message crosses (three for a host behind two jump hosts). AES-GCM
+// stays for the sshds that refuse ChaCha20 (FIPS builds).
 var (
 	kexAlgorithms = []string{ssh.KeyExchangeMLKEM768X25519, ssh.KeyExchangeCurve25519,
 		ssh.KeyExchangeECDHP256, ssh.KeyExchangeDH14SHA256}
-	cipherAlgorithms = []string{ssh.CipherAES128GCM, ssh.CipherAES256GCM, ssh.CipherChaCha20Poly1305,
+	cipherAlgorithms = []string{ssh.CipherChaCha20Poly1305, ssh.CipherAES128GCM, ssh.CipherAES256GCM,
 		ssh.CipherAES128CTR, ssh.CipherAES256CTR}
 	macAlgorithms = []string{ssh.HMACSHA256ETM, ssh.HMACSHA512ETM, ssh.HMACSHA256, ssh.HMACSHA512}
 )

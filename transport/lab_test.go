@@ -17,6 +17,7 @@ import (
 	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/lab/labtest"
 	"github.com/nix-hive/nix-hive/shell"
+	"golang.org/x/crypto/ssh"
 )
 
 // labEndpoints describes the lab's hosts, with their keys pinned or not.
@@ -61,6 +62,20 @@ func TestLab(t *testing.T) {
 			if d := p.Stats().Dials[h.Name]; d != 1 {
 				t.Errorf("Dials(%s) = %d after 20 commands; want 1", h.Name, d)
 			}
+		}
+	})
+
+	t.Run("OpenSSH's first cipher", func(t *testing.T) {
+		// What the lab's sshd and nix-hive agreed on, both ways: the
+		// cipher that pads small messages least (see cipherAlgorithms).
+		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Fatalf("Run = %d, %v", code, err)
+		}
+		p.conns.agreedMu.Lock()
+		a, ok := p.conns.agreed[h1.Name+" "+p.hosts.endpoints[h1.Name].Addr()]
+		p.conns.agreedMu.Unlock()
+		if !ok || a.Write.Cipher != ssh.CipherChaCha20Poly1305 || a.Read.Cipher != ssh.CipherChaCha20Poly1305 {
+			t.Errorf("the connection to %s agreed on %+v (recorded: %v); want %s both ways", h1.Name, a, ok, ssh.CipherChaCha20Poly1305)
 		}
 	})
 
