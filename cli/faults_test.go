@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/nix-hive/nix-hive/deploy"
 	"github.com/nix-hive/nix-hive/eval"
 	"github.com/nix-hive/nix-hive/host"
+	"github.com/nix-hive/nix-hive/lab"
 	"github.com/nix-hive/nix-hive/nixcmd"
 	"github.com/nix-hive/nix-hive/transport"
 )
@@ -32,8 +34,10 @@ func TestFaults(t *testing.T) {
 	t.Cleanup(func() { printFaultTable(t) })
 	t.Run("connection cut mid-activation", testFaultConnectionCut)
 	t.Run("nix-hive killed mid-activation", testFaultKilled)
-	t.Run("system stops sshd", func(t *testing.T) { testFaultBreaksSSH(t, `sshd = "off";`) })
-	t.Run("system firewalls port 22", func(t *testing.T) { testFaultBreaksSSH(t, `firewall = "block-ssh";`) })
+	t.Run("system stops sshd", func(t *testing.T) { testFaultBreaksSSH(t, `sshd = "off";`, false) })
+	// On hosts whose sh is bash, as NixOS's is: the job's waits are
+	// bash's timed reads, the expired one included.
+	t.Run("system firewalls port 22", func(t *testing.T) { testFaultBreaksSSH(t, `firewall = "block-ssh";`, true) })
 	t.Run("host accepts TCP and never answers", testFaultSilentHost)
 	t.Run("host frozen mid-activation", testFaultFrozen)
 	t.Run("concurrent deploys", testFaultConcurrent)
@@ -232,8 +236,18 @@ func testFaultKilled(t *testing.T) {
 // A system that breaks SSH (stops sshd, or firewalls port 22): no new
 // connection gets through to confirm, so the host returns to the system
 // it ran before by itself; the deploy says so and exits non-zero.
-func testFaultBreaksSSH(t *testing.T, variant string) {
+//
+// With bash, every host's sh is bash (as NixOS's is), so the job started
+// there, and the agent's start, wait for a line with bash's timed read:
+// the test fails if they ran timeout for it, or did not run under bash.
+func testFaultBreaksSSH(t *testing.T, variant string, bash bool) {
 	f := newFaultLab(t, 2)
+	var waits []func() (shells, timeouts []string)
+	if bash {
+		for _, n := range []string{"app-1", "app-2"} {
+			waits = append(waits, bashAsSh(t, f.lab.Host(n)))
+		}
+	}
 	v1 := f.baseline()
 	f.variants(map[string]string{"app-1": `version = "2"; ` + variant, "app-2": `version = "2";`})
 	v2 := f.build()
@@ -254,6 +268,25 @@ func testFaultBreaksSSH(t *testing.T, variant string) {
 		t.Errorf("app-1 not reachable on its old system after rolling back: %d %s", c, runOut)
 	}
 	lost := f.recorded(map[string]string{"app-1": "rolled-back", "app-2": "ok"})
+	for i, read := range waits {
+		n := []string{"app-1", "app-2"}[i]
+		shells, timeouts := read()
+		if !slices.ContainsFunc(shells, func(l string) bool { return strings.Contains(l, "/job.sh ") }) ||
+			!slices.ContainsFunc(shells, func(l string) bool { return strings.Contains(l, " start ") }) {
+			t.Errorf("%s: the shells bash ran as sh were %q; want the job and the agent's start among them", n, shells)
+		}
+		if !slices.ContainsFunc(timeouts, func(l string) bool { return strings.Contains(l, "switch-to-configuration") }) {
+			t.Errorf("%s: timeout ran %q; want switch-to-configuration bounded by it", n, timeouts)
+		}
+		for _, l := range timeouts {
+			if strings.Contains(l, "sh -c") {
+				t.Errorf("%s: timeout ran %q; bash's read -t should wait for that line", n, l)
+			}
+		}
+	}
+	if bash {
+		variant += " (sh is bash)"
+	}
 	addFaultRow(faultRow{fault: "system with " + strings.TrimSuffix(variant, ";"), exit: code, outcome: outcome, hosts: hosts,
 		wrong: wrong, badExit: code == 0, lost: lost, took: took})
 }
@@ -866,5 +899,29 @@ env -i $env setsid "$@" </dev/null >/dev/null 2>&1 &
 	}
 	if got := f.system("app-1"); got.active != v2["app-1"] || got.active == v1["app-1"] {
 		t.Errorf("app-1 runs %+v, want %s", got, v2["app-1"])
+	}
+}
+
+// bashAsSh makes bash h's sh (first on its PATH, started as sh as NixOS
+// starts it) and puts a timeout before the real one; both note their
+// arguments. What it returns reads the notes: the shells bash ran as sh,
+// and what timeout bounded.
+func bashAsSh(t *testing.T, h *lab.Host) func() (shells, timeouts []string) {
+	t.Helper()
+	const shNotes, timeoutNotes = "/run/nix-hive-test/sh", "/run/nix-hive-test/timeout"
+	for name, script := range map[string]string{
+		"sh":      "#!/bin/bash\nmkdir -p /run/nix-hive-test\nprintf '%s\\n' \"$*\" >>" + shNotes + "\nexec -a sh /bin/bash \"$@\"\n",
+		"timeout": "#!/bin/sh\nmkdir -p /run/nix-hive-test\nprintf '%s\\n' \"$*\" >>" + timeoutNotes + "\nexec /usr/bin/timeout \"$@\"\n",
+	} {
+		if err := os.WriteFile(filepath.Join(h.Root, "bin", name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func() (shells, timeouts []string) {
+		read := func(p string) []string {
+			b, _ := os.ReadFile(h.Path(p))
+			return strings.Split(strings.TrimSpace(string(b)), "\n")
+		}
+		return read(shNotes), read(timeoutNotes)
 	}
 }

@@ -129,7 +129,10 @@ if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
 else
   setsid sh "$d/job.sh" "$d" "$@" </dev/null >/dev/null 2>&1 3>&- &
 fi
-timeout 30 sh -c 'read -r _ <&3' || { echo "nix-hive: the activation job did not start; see $d/log" >&2; exit 2; }
+# Where sh is bash (NixOS), its timed read waits for the job's word with
+# no process; elsewhere timeout and a shell do (two).
+if [ -n "${BASH_VERSION-}" ]; then read -r -t 30 _ <&3; else timeout 30 sh -c 'read -r _ <&3'; fi ||
+  { echo "nix-hive: the activation job did not start; see $d/log" >&2; exit 2; }
 exec 3>&-
 wait_job "$id" "$until" "$beat"
 `

@@ -363,8 +363,9 @@ if [ "$confirm" -gt 0 ]; then
   : >"$dir/awaiting"
   setstate activated
   exec 5>&-
-  # Wait for the confirmer's line, at most CONFIRM seconds.
-  timeout "$confirm" sh -c 'read -r _ <&7'
+  # Wait for the confirmer's line, at most CONFIRM seconds: with bash's
+  # timed read where sh is bash (NixOS), else with timeout and a shell.
+  if [ -n "${BASH_VERSION-}" ]; then read -r -t "$confirm" _ <&7; else timeout "$confirm" sh -c 'read -r _ <&7'; fi
   if [ ! -e "$dir/confirmed" ] && mv "$dir/awaiting" "$dir/expired" 2>/dev/null; then
     back "not confirmed within ${confirm}s (no new SSH connection got through)"
   fi
