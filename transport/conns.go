@@ -307,8 +307,13 @@ func (cs *connections) narrow(s *settings, cc *ssh.ClientConfig) bool {
 		a, ok = *cs.last, true
 	}
 	cs.agreedMu.Unlock()
+	// Never what s's own lists leave out: another host's agreement may
+	// be outside what this one's options allow.
+	macOK := func(m string) bool { return m == "" || slices.Contains(cc.MACs, m) }
 	if !ok || a.KeyExchange == "" || a.Write.Cipher == "" || a.HostKey == "" ||
-		!slices.Contains(cc.HostKeyAlgorithms, a.HostKey) {
+		!slices.Contains(cc.HostKeyAlgorithms, a.HostKey) || !slices.Contains(cc.KeyExchanges, a.KeyExchange) ||
+		!slices.Contains(cc.Ciphers, a.Write.Cipher) || !slices.Contains(cc.Ciphers, a.Read.Cipher) ||
+		!macOK(a.Write.MAC) || !macOK(a.Read.MAC) {
 		return false
 	}
 	only := func(name string) []string { return []string{name} }

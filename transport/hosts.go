@@ -231,7 +231,7 @@ func (h *Hosts) clientConfig(s *settings) (cc *ssh.ClientConfig, closeAgent func
 		return nil, nil, err
 	}
 	cc = &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: cb, HostKeyAlgorithms: algos}
-	cc.KeyExchanges, cc.Ciphers, cc.MACs = kexAlgorithms, cipherAlgorithms, macAlgorithms
+	cc.KeyExchanges, cc.Ciphers, cc.MACs = s.KexAlgorithms, s.Ciphers, s.MACs
 	return cc, closeAgent, nil
 }
 

@@ -79,6 +79,24 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("the hive's algorithm options", func(t *testing.T) {
+		// What a hive restricts, the lab's sshd and nix-hive agree on.
+		eps := labEndpoints(l, true)
+		ep := eps[h1.Name]
+		ep.Options = map[string]string{"IdentityFile": l.ClientKey, "Ciphers": "-chacha20*,aes128*", "KexAlgorithms": "ecdh-sha2-nistp256"}
+		eps[h1.Name] = ep
+		q := newTestPool(t, Config{Endpoints: eps})
+		if code, err := q.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
+			t.Fatalf("Run = %d, %v", code, err)
+		}
+		q.conns.agreedMu.Lock()
+		a := q.conns.agreed[h1.Name+" "+q.hosts.endpoints[h1.Name].Addr()]
+		q.conns.agreedMu.Unlock()
+		if a.Write.Cipher != ssh.CipherAES256GCM || a.KeyExchange != ssh.KeyExchangeECDHP256 {
+			t.Errorf("with Ciphers -chacha20*,aes128* and KexAlgorithms ecdh-sha2-nistp256, %s agreed on %+v; want aes256-gcm and ecdh-sha2-nistp256", h1.Name, a)
+		}
+	})
+
 	t.Run("exit status and stderr", func(t *testing.T) {
 		out, errOut, code, err := p.Output(ctx, h1.Name, "echo to-out; echo to-err >&2; exit 7")
 		if err != nil || code != 7 || string(out) != "to-out\n" || string(errOut) != "to-err\n" {

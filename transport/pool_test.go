@@ -728,3 +728,33 @@ func TestFirstConnectionOffersWhatTheFleetAgreed(t *testing.T) {
 		t.Error("after a host refused another's algorithms, a host without its own record is still narrowed")
 	}
 }
+
+// A host whose options leave out what another host agreed to is not
+// narrowed to it: its first handshake offers its own lists, and takes
+// one dial.
+func TestNarrowingKeepsAHostsOwnAlgorithms(t *testing.T) {
+	hermetic(t)
+	key := newClientKey(t)
+	a, b := newTestServer(t, key.signer.PublicKey()), newTestServer(t, key.signer.PublicKey())
+	a.mu.Lock()
+	a.ciphers = []string{ssh.CipherAES128CTR}
+	a.mu.Unlock()
+	epB := b.endpoint("b", key)
+	epB.Options["Ciphers"] = ssh.CipherChaCha20Poly1305
+	p := newTestPool(t, Config{Endpoints: map[string]Endpoint{"a": a.endpoint("a", key), "b": epB}})
+	ctx := testCtx(t)
+	for _, h := range []string{"a", "b"} {
+		if code, err := p.Run(ctx, h, "true", nil, io.Discard, io.Discard); err != nil || code != 0 {
+			t.Fatalf("run on %s: %d %v", h, code, err)
+		}
+	}
+	if n := b.acceptCount(); n != 1 {
+		t.Errorf("b took %d dials, want 1: it was offered a's aes128-ctr, which its Ciphers leave out", n)
+	}
+	p.conns.agreedMu.Lock()
+	got := p.conns.agreed["b "+p.hosts.endpoints["b"].Addr()].Write.Cipher
+	p.conns.agreedMu.Unlock()
+	if got != ssh.CipherChaCha20Poly1305 {
+		t.Errorf("b agreed on %s; want its own %s", got, ssh.CipherChaCha20Poly1305)
+	}
+}

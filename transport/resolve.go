@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +57,12 @@ type Effective struct {
 	// Options are the hive's ssh options (Endpoint.Options), sorted by
 	// name: the generated OpenSSH config has every one of them.
 	Options []Option
+	// Ciphers, KexAlgorithms and MACs are what nix-hive's client offers,
+	// in order: its own lists (see cipherAlgorithms), changed by the
+	// hive's option of that name, else the user's ssh config's, as
+	// OpenSSH changes its defaults (algorithmList), less the names
+	// x/crypto/ssh does not implement (OpenSSH's config may name them).
+	Ciphers, KexAlgorithms, MACs []string
 }
 
 // Option is one of the hive's OpenSSH options of an instance.
@@ -215,6 +223,26 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	}
 	only := firstOf(optionValue(ep.Options, "IdentitiesOnly"), uc.get(name, "IdentitiesOnly"))
 	s.IdentitiesOnly = strings.EqualFold(only, "yes")
+	supported := ssh.SupportedAlgorithms()
+	for _, a := range []struct {
+		key                 string
+		dst                 *[]string
+		defaults, supported []string
+	}{
+		{"Ciphers", &s.Ciphers, cipherAlgorithms, supported.Ciphers},
+		{"KexAlgorithms", &s.KexAlgorithms, kexAlgorithms, supported.KeyExchanges},
+		{"MACs", &s.MACs, macAlgorithms, supported.MACs},
+	} {
+		v, from := optionValue(ep.Options, a.key), "the hive's ssh options"
+		if v == "" {
+			v, from = uc.get(name, a.key), "your ssh config"
+		}
+		list, err := algorithmList(v, a.defaults, a.supported)
+		if err != nil {
+			return nil, fmt.Errorf("instance %s: %s %q (%s): %w", name, a.key, v, from, err)
+		}
+		*a.dst = list
+	}
 	// OpenSSH takes the first of ProxyJump and ProxyCommand it reads; the
 	// hive's jump is written first, so the user's ProxyCommand applies
 	// only where the hive has none.
@@ -446,4 +474,50 @@ func (u *userConfig) getAll(alias, key string) []string {
 // as the generated config's HostKeyAlias and AcceptNewHostKeys record it.
 func (s *settings) knownNames() []string {
 	return []string{s.Addr(), joinHostPort(Alias(s.Name), 22)}
+}
+
+// algorithmList is what an OpenSSH option like Ciphers makes of
+// defaults: a list replaces them, "+list" appends to them, "-patterns"
+// removes those matching (with * and ?), "^list" puts the list first;
+// "" leaves them. Names supported does not hold are left out: OpenSSH
+// implements some that x/crypto/ssh does not, and the option serves both
+// clients. A list that leaves none is an error, not the defaults: an
+// option that restricts the algorithms must never widen them.
+func algorithmList(value string, defaults, supported []string) ([]string, error) {
+	if value == "" {
+		return slices.Clone(defaults), nil
+	}
+	op, rest := value[0], value[1:]
+	names := strings.Split(rest, ",")
+	if op != '+' && op != '-' && op != '^' {
+		op, names = 0, strings.Split(value, ",")
+	}
+	for i := range names {
+		names[i] = strings.TrimSpace(names[i])
+	}
+	var list []string
+	switch op {
+	case '+':
+		list = append(slices.Clone(defaults), names...)
+	case '^':
+		list = append(slices.Clone(names), defaults...)
+	case '-':
+		for _, d := range defaults {
+			if !slices.ContainsFunc(names, func(p string) bool { ok, _ := path.Match(p, d); return ok }) {
+				list = append(list, d)
+			}
+		}
+	default:
+		list = names
+	}
+	var out []string
+	for _, n := range list {
+		if slices.Contains(supported, n) && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("leaves nix-hive's client none it implements (it implements %s)", strings.Join(supported, ","))
+	}
+	return out, nil
 }

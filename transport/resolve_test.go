@@ -70,3 +70,70 @@ func TestUnparsableUserConfigIsAWarning(t *testing.T) {
 		t.Errorf("Warnings = %q; want one naming %s", w, uc)
 	}
 }
+
+func TestAlgorithmList(t *testing.T) {
+	defaults := []string{"c", "a1", "a2", "x"}
+	supported := []string{"a1", "a2", "b", "c", "x"}
+	tests := []struct {
+		value   string
+		want    []string
+		wantErr bool
+	}{
+		{"", []string{"c", "a1", "a2", "x"}, false},
+		{"a2,b", []string{"a2", "b"}, false},
+		{"a2, b ,openssh-only", []string{"a2", "b"}, false}, // what only OpenSSH implements is left out
+		{"+b,c", []string{"c", "a1", "a2", "x", "b"}, false},
+		{"-a*", []string{"c", "x"}, false},
+		{"-c,x", []string{"a1", "a2"}, false},
+		{"-?", []string{"a1", "a2"}, false},
+		{"^a2,b", []string{"a2", "b", "c", "a1", "x"}, false},
+		{"openssh-only", nil, true}, // never the defaults instead
+		{"-*", nil, true},
+	}
+	for _, tt := range tests {
+		got, err := algorithmList(tt.value, defaults, supported)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("algorithmList(%q) = %v, %v; want %v (error: %v)", tt.value, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// The hive's Ciphers, KexAlgorithms and MACs, else the user's, shape
+// what nix-hive's client offers; one that leaves nothing it implements is
+// an error naming the instance, the option and where it came from.
+func TestAlgorithmOptions(t *testing.T) {
+	home := hermetic(t)
+	uc := writeFile(t, filepath.Join(home, "cfg"), `
+Host *
+	Ciphers -chacha20*
+	KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256
+Host bad
+	MACs hmac-md5
+`)
+	eps := map[string]Endpoint{
+		"web-1": {Host: "10.0.0.1"},
+		"web-2": {Host: "10.0.0.2", Options: map[string]string{"Ciphers": "aes256-gcm@openssh.com", "MACs": "^hmac-sha2-512-etm@openssh.com"}},
+	}
+	p, err := NewPool(Config{UserConfig: uc, Endpoints: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name             string
+		ciphers, kex, ms []string
+	}{
+		{"web-1", []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"},
+			[]string{"curve25519-sha256"}, macAlgorithms},
+		{"web-2", []string{"aes256-gcm@openssh.com"}, []string{"curve25519-sha256"},
+			[]string{"hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512"}},
+	} {
+		got, err := p.Hosts().Resolve(tt.name)
+		if err != nil || !slices.Equal(got.Ciphers, tt.ciphers) || !slices.Equal(got.KexAlgorithms, tt.kex) || !slices.Equal(got.MACs, tt.ms) {
+			t.Errorf("%s: Resolve = ciphers %v, kex %v, MACs %v (%v); want %v, %v, %v", tt.name, got.Ciphers, got.KexAlgorithms, got.MACs, err, tt.ciphers, tt.kex, tt.ms)
+		}
+	}
+	_, err = NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{"bad": {Host: "10.0.0.3"}}})
+	if err == nil || !strings.Contains(err.Error(), `instance bad: MACs "hmac-md5" (your ssh config)`) {
+		t.Errorf("a user config leaving no MAC: NewPool = %v; want an error naming the instance, the option and the config", err)
+	}
+}
