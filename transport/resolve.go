@@ -234,8 +234,8 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 		{"MACs", &s.MACs, macAlgorithms, supported.MACs},
 	} {
 		v, from := optionValue(ep.Options, a.key), "the hive's ssh options"
-		if v == "" {
-			v, from = uc.get(name, a.key), "your ssh config"
+		if v == "" && uc != nil {
+			v, from = uc.get(name, a.key), uc.path
 		}
 		list, err := algorithmList(v, a.defaults, a.supported)
 		if err != nil {

@@ -133,7 +133,7 @@ Host bad
 		}
 	}
 	_, err = NewPool(Config{UserConfig: uc, Endpoints: map[string]Endpoint{"bad": {Host: "10.0.0.3"}}})
-	if err == nil || !strings.Contains(err.Error(), `instance bad: MACs "hmac-md5" (your ssh config)`) {
+	if err == nil || !strings.Contains(err.Error(), `instance bad: MACs "hmac-md5" (`+uc+`)`) {
 		t.Errorf("a user config leaving no MAC: NewPool = %v; want an error naming the instance, the option and the config", err)
 	}
 }
