@@ -223,25 +223,8 @@ func resolveOne(ep Endpoint, uc *userConfig) (*settings, error) {
 	}
 	only := firstOf(optionValue(ep.Options, "IdentitiesOnly"), uc.get(name, "IdentitiesOnly"))
 	s.IdentitiesOnly = strings.EqualFold(only, "yes")
-	supported := ssh.SupportedAlgorithms()
-	for _, a := range []struct {
-		key                 string
-		dst                 *[]string
-		defaults, supported []string
-	}{
-		{"Ciphers", &s.Ciphers, cipherAlgorithms, supported.Ciphers},
-		{"KexAlgorithms", &s.KexAlgorithms, kexAlgorithms, supported.KeyExchanges},
-		{"MACs", &s.MACs, macAlgorithms, supported.MACs},
-	} {
-		v, from := optionValue(ep.Options, a.key), "the hive's ssh options"
-		if v == "" && uc != nil {
-			v, from = uc.get(name, a.key), uc.path
-		}
-		list, err := algorithmList(v, a.defaults, a.supported)
-		if err != nil {
-			return nil, fmt.Errorf("instance %s: %s %q (%s): %w", name, a.key, v, from, err)
-		}
-		*a.dst = list
+	if err := s.resolveAlgorithms(ep, uc); err != nil {
+		return nil, err
 	}
 	// OpenSSH takes the first of ProxyJump and ProxyCommand it reads; the
 	// hive's jump is written first, so the user's ProxyCommand applies
@@ -474,6 +457,32 @@ func (u *userConfig) getAll(alias, key string) []string {
 // as the generated config's HostKeyAlias and AcceptNewHostKeys record it.
 func (s *settings) knownNames() []string {
 	return []string{s.Addr(), joinHostPort(Alias(s.Name), 22)}
+}
+
+// resolveAlgorithms sets s's Ciphers, KexAlgorithms and MACs: ep's
+// option, else the user's config's, applied to nix-hive's lists.
+func (s *settings) resolveAlgorithms(ep Endpoint, uc *userConfig) error {
+	supported := ssh.SupportedAlgorithms()
+	for _, a := range []struct {
+		key                 string
+		dst                 *[]string
+		defaults, supported []string
+	}{
+		{"Ciphers", &s.Ciphers, cipherAlgorithms, supported.Ciphers},
+		{"KexAlgorithms", &s.KexAlgorithms, kexAlgorithms, supported.KeyExchanges},
+		{"MACs", &s.MACs, macAlgorithms, supported.MACs},
+	} {
+		v, from := optionValue(ep.Options, a.key), "the hive's ssh options"
+		if v == "" && uc != nil {
+			v, from = uc.get(s.Name, a.key), uc.path
+		}
+		list, err := algorithmList(v, a.defaults, a.supported)
+		if err != nil {
+			return fmt.Errorf("instance %s: %s %q (%s): %w", s.Name, a.key, v, from, err)
+		}
+		*a.dst = list
+	}
+	return nil
 }
 
 // algorithmList is what an OpenSSH option like Ciphers makes of
