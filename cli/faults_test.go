@@ -242,10 +242,10 @@ func testFaultKilled(t *testing.T) {
 // the test fails if they ran timeout for it, or did not run under bash.
 func testFaultBreaksSSH(t *testing.T, variant string, bash bool) {
 	f := newFaultLab(t, 2)
-	var waits []func() (shells, timeouts []string)
+	waits := map[string]func() (shells, timeouts []string){}
 	if bash {
 		for _, n := range []string{"app-1", "app-2"} {
-			waits = append(waits, bashAsSh(t, f.lab.Host(n)))
+			waits[n] = bashAsSh(t, f.lab.Host(n))
 		}
 	}
 	v1 := f.baseline()
@@ -268,8 +268,7 @@ func testFaultBreaksSSH(t *testing.T, variant string, bash bool) {
 		t.Errorf("app-1 not reachable on its old system after rolling back: %d %s", c, runOut)
 	}
 	lost := f.recorded(map[string]string{"app-1": "rolled-back", "app-2": "ok"})
-	for i, read := range waits {
-		n := []string{"app-1", "app-2"}[i]
+	for n, read := range waits {
 		shells, timeouts := read()
 		if !slices.ContainsFunc(shells, func(l string) bool { return strings.Contains(l, "/job.sh ") }) ||
 			!slices.ContainsFunc(shells, func(l string) bool { return strings.Contains(l, " start ") }) {

@@ -71,9 +71,7 @@ func TestLab(t *testing.T) {
 		if code, err := p.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
 			t.Fatalf("Run = %d, %v", code, err)
 		}
-		p.conns.agreedMu.Lock()
-		a, ok := p.conns.agreed[h1.Name+" "+p.hosts.endpoints[h1.Name].Addr()]
-		p.conns.agreedMu.Unlock()
+		a, ok := agreedWith(p, h1.Name)
 		if !ok || a.Write.Cipher != ssh.CipherChaCha20Poly1305 || a.Read.Cipher != ssh.CipherChaCha20Poly1305 {
 			t.Errorf("the connection to %s agreed on %+v (recorded: %v); want %s both ways", h1.Name, a, ok, ssh.CipherChaCha20Poly1305)
 		}
@@ -89,9 +87,7 @@ func TestLab(t *testing.T) {
 		if code, err := q.Run(ctx, h1.Name, "true", nil, nil, nil); err != nil || code != 0 {
 			t.Fatalf("Run = %d, %v", code, err)
 		}
-		q.conns.agreedMu.Lock()
-		a := q.conns.agreed[h1.Name+" "+q.hosts.endpoints[h1.Name].Addr()]
-		q.conns.agreedMu.Unlock()
+		a, _ := agreedWith(q, h1.Name)
 		if a.Write.Cipher != ssh.CipherAES256GCM || a.KeyExchange != ssh.KeyExchangeECDHP256 {
 			t.Errorf("with Ciphers -chacha20*,aes128* and KexAlgorithms ecdh-sha2-nistp256, %s agreed on %+v; want aes256-gcm and ecdh-sha2-nistp256", h1.Name, a)
 		}

@@ -751,10 +751,16 @@ func TestNarrowingKeepsAHostsOwnAlgorithms(t *testing.T) {
 	if n := b.acceptCount(); n != 1 {
 		t.Errorf("b took %d dials, want 1: it was offered a's aes128-ctr, which its Ciphers leave out", n)
 	}
-	p.conns.agreedMu.Lock()
-	got := p.conns.agreed["b "+p.hosts.endpoints["b"].Addr()].Write.Cipher
-	p.conns.agreedMu.Unlock()
-	if got != ssh.CipherChaCha20Poly1305 {
-		t.Errorf("b agreed on %s; want its own %s", got, ssh.CipherChaCha20Poly1305)
+	if a, _ := agreedWith(p, "b"); a.Write.Cipher != ssh.CipherChaCha20Poly1305 {
+		t.Errorf("b agreed on %+v; want its own %s", a, ssh.CipherChaCha20Poly1305)
 	}
+}
+
+// agreedWith is what the last handshake with instance n agreed on, and
+// whether there was one.
+func agreedWith(p *Pool, n string) (ssh.NegotiatedAlgorithms, bool) {
+	p.conns.agreedMu.Lock()
+	defer p.conns.agreedMu.Unlock()
+	a, ok := p.conns.agreed[n+" "+p.hosts.endpoints[n].Addr()]
+	return a, ok
 }
